@@ -1,0 +1,68 @@
+// Package vmimage knows the VM image formats macvz can boot (Tart, agoda
+// macosvz, and macvz's own Linux-guest format), how to recognise them in an
+// OCI manifest, and how to unpack their layers into a directory that the
+// snapshotter commits as a VM base.
+package vmimage
+
+import (
+	"context"
+	"io"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Kind names a VM image format. The zero Kind is an ordinary OCI/Docker
+// image, which macvz stores but cannot boot.
+type Kind string
+
+const (
+	KindNone  Kind = ""
+	KindTart  Kind = "tart"
+	KindAgoda Kind = "agoda"
+	KindLinux Kind = "linux"
+)
+
+// Format is one VM image format.
+type Format interface {
+	Kind() Kind
+	// Match reports whether a manifest is of this format. It looks only at
+	// media types and artifact types, never at blob contents.
+	Match(m ocispec.Manifest) bool
+	// NewUnpacker validates the manifest and its config blob and returns
+	// an Unpacker that writes the VM's files into dir (an empty directory
+	// that becomes the committed base). Validation failures (unsupported
+	// disk format, missing layer, bad config) are errdefs.ErrNotImplemented
+	// or errdefs.ErrInvalidArgument wrapped with a message naming the
+	// media type or annotation at fault.
+	NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string) (Unpacker, error)
+}
+
+// Unpacker receives the stored (compressed) bytes of each layer and writes
+// their decoded contents into the base directory.
+type Unpacker interface {
+	// Layer returns a writer for manifest layer i. The caller writes the
+	// layer's blob bytes, in order, exactly once, and then calls Close,
+	// which reports decoding and verification errors (uncompressed size
+	// and digest where the format records them). Writers for different
+	// layers may be used concurrently from different goroutines. A layer
+	// that carries nothing to unpack returns io.Discard-like writer.
+	Layer(i int) (io.WriteCloser, error)
+	// Finish runs after every layer writer closed without error. It writes
+	// Descriptor (vm.json) into dir.
+	Finish(ctx context.Context) error
+	// Abort releases resources after a failure; dir is removed by the caller.
+	Abort()
+}
+
+// Formats lists every VM format macvz understands, in match order.
+var Formats []Format
+
+// Detect returns the format of a manifest, or nil for an ordinary image.
+func Detect(m ocispec.Manifest) Format {
+	for _, f := range Formats {
+		if f.Match(m) {
+			return f
+		}
+	}
+	return nil
+}

@@ -1,0 +1,425 @@
+package imagestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/macvz/macvz/vmimage"
+)
+
+// maxManifestSize bounds manifests, indexes and configs read into memory.
+const maxManifestSize = 8 << 20
+
+// ParseRef normalizes an image reference the way containerd's CRI does
+// ("busybox" → "docker.io/library/busybox:latest").
+func ParseRef(ref string) (reference.Named, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("image reference is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q is not valid: %v: %w", ref, err, errdefs.ErrInvalidArgument)
+	}
+	return named, nil
+}
+
+// Pull fetches ref into the store and records it under its normalized name
+// (and its repo digest). Concurrent pulls of one name with the same
+// credentials share one download; pulls of different names share blobs
+// through the content store's per-digest ingest lock.
+func (s *Store) Pull(ctx context.Context, ref string, auth *Auth) (Image, error) {
+	named, err := ParseRef(ref)
+	if err != nil {
+		return Image{}, err
+	}
+	key := named.String() + "\x00" + authKey(auth)
+	ch := s.pulls.DoChan(key, func() (any, error) { return s.pull(ctx, named, auth) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return Image{}, r.Err
+		}
+		return r.Val.(Image), nil
+	case <-ctx.Done():
+		return Image{}, ctx.Err()
+	}
+}
+
+// authKey separates single-flight groups by credentials without keeping
+// them in memory in clear.
+func authKey(a *Auth) string {
+	if a == nil {
+		return ""
+	}
+	h := sha256.Sum256([]byte(strings.Join([]string{a.Username, a.Password, a.Auth, a.IdentityToken, a.RegistryToken, a.ServerAddress}, "\x00")))
+	return hex.EncodeToString(h[:])
+}
+
+func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (img Image, retErr error) {
+	name := named.String()
+	host := reference.Domain(named)
+	log := logger(ctx).With("image", name)
+	start := time.Now()
+
+	resolver, err := s.resolver(host, auth)
+	if err != nil {
+		return Image{}, err
+	}
+	_, top, err := resolver.Resolve(ctx, name)
+	if err != nil {
+		return Image{}, classify(host, fmt.Errorf("resolving %s: %w", name, err))
+	}
+	fetcher, err := resolver.Fetcher(ctx, name)
+	if err != nil {
+		return Image{}, classify(host, err)
+	}
+
+	p := &pullState{s: s, fetcher: fetcher, host: host}
+	defer p.releaseAll()
+	defer func() {
+		// A pull that failed for a reason other than the network keeps
+		// nothing: its blobs are unreferenced, collect them now. After a
+		// network failure the fetched blobs and the partial ingest stay, so
+		// that the retry resumes instead of starting over.
+		if retErr != nil && !errdefs.IsUnavailable(retErr) && !errors.Is(retErr, context.Canceled) && !errors.Is(retErr, context.DeadlineExceeded) {
+			p.releaseAll()
+			if err := s.collect(context.WithoutCancel(ctx)); err != nil {
+				log.Warn("collecting blobs of a failed pull", "error", err)
+			}
+		}
+	}()
+
+	manifestDesc, manifest, err := p.manifest(ctx, top)
+	if err != nil {
+		return Image{}, err
+	}
+	configBytes, err := p.small(ctx, manifest.Config, "config")
+	if err != nil {
+		return Image{}, err
+	}
+	format := vmimage.Detect(manifest)
+
+	img = Image{
+		Name:      name,
+		Target:    stripData(top),
+		Manifest:  stripData(manifestDesc),
+		Config:    stripData(manifest.Config),
+		Size:      top.Size + manifest.Config.Size,
+		CreatedAt: time.Now().UTC(),
+	}
+	if manifestDesc.Digest != top.Digest {
+		img.Size += manifestDesc.Size
+	}
+	for _, l := range manifest.Layers {
+		img.Size += l.Size
+	}
+	if format != nil {
+		img.Kind = format.Kind()
+		if err := p.layersAndBase(ctx, format, manifestDesc, manifest, configBytes); err != nil {
+			return Image{}, err
+		}
+	} else {
+		if err := p.layers(ctx, manifest.Layers, nil); err != nil {
+			return Image{}, err
+		}
+	}
+	img.UpdatedAt = time.Now().UTC()
+
+	s.gc.Lock()
+	defer s.gc.Unlock()
+	records := []Image{img}
+	if _, tagged := named.(reference.Tagged); tagged {
+		byDigest := img
+		byDigest.Name = named.Name() + "@" + top.Digest.String()
+		records = append(records, byDigest)
+	}
+	for _, r := range records {
+		if err := s.put(r); err != nil {
+			return Image{}, err
+		}
+	}
+	log.Info("pulled image", "id", img.ID(), "kind", img.Kind, "size", img.Size, "duration", time.Since(start).Round(time.Millisecond))
+	return img, nil
+}
+
+func stripData(d ocispec.Descriptor) ocispec.Descriptor {
+	d.Data = nil
+	return d
+}
+
+// pullState is one pull's fetcher and the digests it protects from
+// garbage collection until its records are written.
+type pullState struct {
+	s       *Store
+	fetcher remotes.Fetcher
+	host    string
+
+	mu   sync.Mutex
+	held []digest.Digest
+}
+
+func (p *pullState) holdDigest(d digest.Digest) {
+	p.s.hold(d)
+	p.mu.Lock()
+	p.held = append(p.held, d)
+	p.mu.Unlock()
+}
+
+func (p *pullState) releaseAll() {
+	p.mu.Lock()
+	held := p.held
+	p.held = nil
+	p.mu.Unlock()
+	p.s.release(held...)
+}
+
+// small fetches a manifest, index or config blob and returns its bytes.
+func (p *pullState) small(ctx context.Context, desc ocispec.Descriptor, what string) ([]byte, error) {
+	if desc.Size > maxManifestSize {
+		return nil, fmt.Errorf("%s %s (%s) is %d bytes, more than the %d allowed: %w", what, desc.Digest, desc.MediaType, desc.Size, maxManifestSize, errdefs.ErrInvalidArgument)
+	}
+	if _, err := p.fetch(ctx, desc, nil); err != nil {
+		return nil, err
+	}
+	return content.ReadBlob(ctx, p.s.content, desc)
+}
+
+// manifest fetches the top-level descriptor and, for an index, the
+// manifest for this host's platform.
+func (p *pullState) manifest(ctx context.Context, top ocispec.Descriptor) (ocispec.Descriptor, ocispec.Manifest, error) {
+	desc := top
+	for depth := 0; ; depth++ {
+		switch desc.MediaType {
+		case ocispec.MediaTypeImageIndex, images.MediaTypeDockerSchema2ManifestList:
+			if depth > 0 {
+				return desc, ocispec.Manifest{}, fmt.Errorf("index %s nests another index; not supported: %w", desc.Digest, errdefs.ErrNotImplemented)
+			}
+			b, err := p.small(ctx, desc, "index")
+			if err != nil {
+				return desc, ocispec.Manifest{}, err
+			}
+			var idx ocispec.Index
+			if err := json.Unmarshal(b, &idx); err != nil {
+				return desc, ocispec.Manifest{}, fmt.Errorf("index %s (%s) is not valid JSON: %w", desc.Digest, desc.MediaType, errdefs.ErrInvalidArgument)
+			}
+			next, err := pickPlatform(idx, desc)
+			if err != nil {
+				return desc, ocispec.Manifest{}, err
+			}
+			desc = next
+		case ocispec.MediaTypeImageManifest, images.MediaTypeDockerSchema2Manifest:
+			b, err := p.small(ctx, desc, "manifest")
+			if err != nil {
+				return desc, ocispec.Manifest{}, err
+			}
+			var m ocispec.Manifest
+			if err := json.Unmarshal(b, &m); err != nil {
+				return desc, ocispec.Manifest{}, fmt.Errorf("manifest %s (%s) is not valid JSON: %v: %w", desc.Digest, desc.MediaType, err, errdefs.ErrInvalidArgument)
+			}
+			if m.Config.Digest == "" || m.Config.Digest.Validate() != nil || m.Config.Size <= 0 {
+				return desc, ocispec.Manifest{}, fmt.Errorf("manifest %s (%s) has no valid config descriptor: %w", desc.Digest, desc.MediaType, errdefs.ErrInvalidArgument)
+			}
+			for i, l := range m.Layers {
+				if l.Digest.Validate() != nil || l.Size < 0 {
+					return desc, ocispec.Manifest{}, fmt.Errorf("manifest %s (%s): layer %d has an invalid digest or size: %w", desc.Digest, desc.MediaType, i, errdefs.ErrInvalidArgument)
+				}
+			}
+			return desc, m, nil
+		default:
+			return desc, ocispec.Manifest{}, fmt.Errorf("unsupported manifest media type %q (%s): macvz reads OCI and Docker schema 2 manifests and indexes: %w", desc.MediaType, desc.Digest, errdefs.ErrNotImplemented)
+		}
+	}
+}
+
+func pickPlatform(idx ocispec.Index, desc ocispec.Descriptor) (ocispec.Descriptor, error) {
+	want := platforms.Default()
+	var best *ocispec.Descriptor
+	var seen []string
+	for i := range idx.Manifests {
+		m := idx.Manifests[i]
+		if m.Platform == nil {
+			// Attestations and other artifacts carry no platform.
+			continue
+		}
+		seen = append(seen, platforms.Format(*m.Platform))
+		if want.Match(*m.Platform) && (best == nil || want.Less(*m.Platform, *best.Platform)) {
+			best = &idx.Manifests[i]
+		}
+	}
+	if best == nil {
+		// An index of exactly one manifest without platform (how some VM
+		// image tools publish) is that manifest.
+		if len(idx.Manifests) == 1 && idx.Manifests[0].Platform == nil {
+			return idx.Manifests[0], nil
+		}
+		return ocispec.Descriptor{}, fmt.Errorf("index %s has no manifest for platform %s (it has: %s): %w",
+			desc.Digest, platforms.DefaultString(), strings.Join(seen, ", "), errdefs.ErrNotFound)
+	}
+	return *best, nil
+}
+
+// layers fetches blobs in parallel, bounded by MaxConcurrentDownloads.
+// sink, when set, returns the writer that receives layer i's bytes.
+func (p *pullState) layers(ctx context.Context, layers []ocispec.Descriptor, sink func(i int) (io.WriteCloser, error)) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(p.s.opts.MaxConcurrentDownloads)
+	for i, l := range layers {
+		g.Go(func() error {
+			var w io.WriteCloser
+			if sink != nil {
+				var err error
+				if w, err = sink(i); err != nil {
+					return err
+				}
+			}
+			return p.layer(gctx, l, w)
+		})
+	}
+	return g.Wait()
+}
+
+// layer fetches one blob, feeding w as the bytes stream in when this pull
+// is the one downloading it from the start, or from the content store
+// afterwards when the blob was already there, came from a resumed ingest,
+// or was downloaded by a concurrent pull.
+func (p *pullState) layer(ctx context.Context, desc ocispec.Descriptor, w io.WriteCloser) error {
+	var tee *errWriter
+	if w != nil {
+		tee = &errWriter{w: w}
+	}
+	streamed, err := p.fetch(ctx, desc, tee)
+	if err != nil {
+		if w != nil {
+			w.Close()
+		}
+		return err
+	}
+	if w == nil {
+		return nil
+	}
+	if !streamed {
+		ra, err := p.s.content.ReaderAt(ctx, desc)
+		if err != nil {
+			w.Close()
+			return err
+		}
+		_, err = io.Copy(tee, io.NewSectionReader(ra, 0, ra.Size()))
+		ra.Close()
+		if err != nil {
+			w.Close()
+			return err
+		}
+	}
+	if tee.err != nil {
+		w.Close()
+		return fmt.Errorf("unpacking layer %s (%s): %w", desc.Digest, desc.MediaType, tee.err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("unpacking layer %s (%s): %w", desc.Digest, desc.MediaType, err)
+	}
+	return nil
+}
+
+// errWriter remembers the first write error and swallows the rest of the
+// stream, so a decoding failure does not abort a download whose bytes
+// are still worth keeping in the content store.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(b []byte) (int, error) {
+	if e.err == nil {
+		if _, err := e.w.Write(b); err != nil {
+			e.err = err
+		}
+	}
+	return len(b), nil
+}
+
+// fetch makes desc present in the content store, verifying its digest.
+// It reports whether it streamed the blob's whole content through tee.
+func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.Writer) (streamed bool, err error) {
+	p.holdDigest(desc.Digest)
+	if desc.Size <= 0 {
+		return false, fmt.Errorf("blob %s (%s) has size %d in its manifest: %w", desc.Digest, desc.MediaType, desc.Size, errdefs.ErrInvalidArgument)
+	}
+	ref := "macvz-pull-" + desc.Digest.String()
+	// Waits while another pull holds the same ingest; when it commits,
+	// this returns AlreadyExists and the blob is not downloaded twice.
+	cw, err := content.OpenWriter(ctx, p.s.content, content.WithRef(ref), content.WithDescriptor(desc))
+	if errdefs.IsAlreadyExists(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer cw.Close()
+	st, err := cw.Status()
+	if err != nil {
+		return false, err
+	}
+	if st.Offset > desc.Size {
+		// A bigger ingest than the blob cannot be resumed.
+		cw.Close()
+		p.s.content.Abort(ctx, ref)
+		return p.fetch(ctx, desc, tee)
+	}
+	if st.Offset < desc.Size {
+		rc, err := p.fetcher.Fetch(ctx, desc)
+		if err != nil {
+			return false, classify(p.host, fmt.Errorf("fetching %s (%s): %w", desc.Digest, desc.MediaType, err))
+		}
+		defer rc.Close()
+		var r io.Reader = rc
+		if st.Offset > 0 {
+			logger(ctx).Info("resuming blob download", "digest", desc.Digest, "offset", st.Offset, "size", desc.Size)
+			sk, ok := rc.(io.Seeker)
+			if !ok {
+				return false, fmt.Errorf("fetching %s: resuming needs a seekable reader", desc.Digest)
+			}
+			if _, err := sk.Seek(st.Offset, io.SeekStart); err != nil {
+				return false, classify(p.host, fmt.Errorf("resuming %s at %d: %w", desc.Digest, st.Offset, err))
+			}
+		} else if tee != nil {
+			r = io.TeeReader(rc, tee)
+			streamed = true
+		}
+		n, err := io.Copy(cw, io.LimitReader(r, desc.Size-st.Offset+1))
+		if err != nil {
+			return false, classify(p.host, fmt.Errorf("downloading %s (%s) at byte %d: %w", desc.Digest, desc.MediaType, st.Offset+n, err))
+		}
+		if st.Offset+n != desc.Size {
+			p.s.content.Abort(ctx, ref)
+			return false, fmt.Errorf("blob %s (%s): registry sent %d bytes, manifest says %d: %w", desc.Digest, desc.MediaType, st.Offset+n, desc.Size, errdefs.ErrDataLoss)
+		}
+	}
+	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return streamed, nil
+		}
+		// The bytes are not what the manifest promised: drop them, so
+		// nothing of them is stored or resumed from.
+		p.s.content.Abort(ctx, ref)
+		return false, fmt.Errorf("blob %s (%s) failed verification: %v: %w", desc.Digest, desc.MediaType, err, errdefs.ErrDataLoss)
+	}
+	return streamed, nil
+}

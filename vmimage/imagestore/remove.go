@@ -1,0 +1,232 @@
+package imagestore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Resolve finds the records an image ID, repo digest or tag refers to:
+// every name of that image. An ID may be given with or without its
+// "sha256:" prefix.
+func (s *Store) Resolve(ctx context.Context, refOrID string) ([]Image, error) {
+	all, err := s.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id := refOrID
+	if !strings.Contains(id, ":") && len(id) == 64 {
+		id = "sha256:" + id
+	}
+	if d, err := digest.Parse(id); err == nil {
+		if out := byID(all, d.String()); len(out) > 0 {
+			return out, nil
+		}
+		return nil, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
+	}
+	named, err := ParseRef(refOrID)
+	if err != nil {
+		return nil, err
+	}
+	for _, img := range all {
+		if img.Name == named.String() {
+			return byID(all, img.ID()), nil
+		}
+	}
+	return nil, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
+}
+
+func byID(all []Image, id string) []Image {
+	var out []Image
+	for _, img := range all {
+		if img.ID() == id {
+			out = append(out, img)
+		}
+	}
+	return out
+}
+
+// Remove deletes every name of the image refOrID designates, then the
+// blobs and VM base no other image needs. It returns NotFound when there
+// is no such image (CRI callers treat that as success) and
+// FailedPrecondition when a sandbox uses it.
+func (s *Store) Remove(ctx context.Context, refOrID string) error {
+	imgs, err := s.Resolve(ctx, refOrID)
+	if err != nil {
+		return err
+	}
+	id := imgs[0].ID()
+	if s.opts.InUse != nil && s.opts.InUse(id) {
+		return fmt.Errorf("image %s (%s) is used by a pod sandbox; remove the sandbox first: %w", refOrID, id, errdefs.ErrFailedPrecondition)
+	}
+	s.gc.Lock()
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketImages)
+		for _, img := range imgs {
+			if err := b.Delete([]byte(img.Name)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	s.gc.Unlock()
+	if err != nil {
+		return err
+	}
+	logger(ctx).Info("removed image", "id", id, "names", len(imgs))
+	return s.collect(ctx)
+}
+
+// collect deletes blobs and VM bases that no image record references and
+// no running pull holds: a mark-and-sweep over the content store, so a
+// blob shared by two images lives as long as either.
+func (s *Store) collect(ctx context.Context) error {
+	s.gc.Lock()
+	defer s.gc.Unlock()
+	all, err := s.List(ctx)
+	if err != nil {
+		return err
+	}
+	live := map[digest.Digest]bool{}
+	bases := map[string]bool{}
+	for _, img := range all {
+		if img.Kind != "" {
+			bases[BaseName(img.Manifest.Digest)] = true
+		}
+		err := images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+			live[d.Digest] = true
+			children, err := images.Children(ctx, s.content, d)
+			if errdefs.IsNotFound(err) {
+				// Index entries for other platforms were never fetched.
+				return nil, nil
+			}
+			return children, err
+		}), img.Target)
+		if err != nil {
+			return fmt.Errorf("walking image %s: %w", img.Name, err)
+		}
+	}
+	s.mu.Lock()
+	for d := range s.inflight {
+		live[d] = true
+	}
+	s.mu.Unlock()
+
+	var dead []digest.Digest
+	if err := s.content.Walk(ctx, func(info content.Info) error {
+		if !live[info.Digest] {
+			dead = append(dead, info.Digest)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, d := range dead {
+		if err := s.content.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
+	}
+
+	var deadBases []string
+	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindCommitted && info.Labels[LabelBase] != "" && !bases[info.Name] {
+			deadBases = append(deadBases, info.Name)
+		}
+		return nil
+	})
+	for _, b := range deadBases {
+		err := s.sn.Remove(ctx, b)
+		switch {
+		case err == nil, errdefs.IsNotFound(err):
+		case errdefs.IsFailedPrecondition(err):
+			// A sandbox's clone still has it as parent; it goes with the
+			// next collection after that sandbox is removed.
+			logger(ctx).Info("VM base still has clones; keeping it", "base", b)
+		default:
+			return fmt.Errorf("removing VM base %s: %w", b, err)
+		}
+	}
+	if len(dead) > 0 || len(deadBases) > 0 {
+		logger(ctx).Debug("collected unreferenced image data", "blobs", len(dead), "bases", len(deadBases))
+	}
+	return nil
+}
+
+// Collect runs garbage collection (at daemon start, and after sandboxes
+// that pinned a base went away).
+func (s *Store) Collect(ctx context.Context) error { return s.collect(ctx) }
+
+// Usage is the space the store's content takes: allocated bytes and
+// inodes under the content directory, plus the snapshotter's usage.
+func (s *Store) Usage(ctx context.Context) (bytes, inodes int64, err error) {
+	err = filepath.WalkDir(filepath.Join(s.opts.Root, "content"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		inodes++
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			bytes += int64(st.Blocks) * 512
+		} else {
+			bytes += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	var names []string
+	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		names = append(names, info.Name)
+		return nil
+	})
+	for _, n := range names {
+		u, err := s.sn.Usage(ctx, n)
+		if err != nil {
+			continue
+		}
+		bytes += u.Size
+		inodes += u.Inodes
+	}
+	return bytes, inodes, nil
+}
+
+// Config returns the image's config blob.
+func (s *Store) Config(ctx context.Context, img Image) ([]byte, error) {
+	return content.ReadBlob(ctx, s.content, img.Config)
+}
+
+// OCIConfig parses the config of an ordinary image; ok is false for VM
+// images, whose config is a format-specific document.
+func (s *Store) OCIConfig(ctx context.Context, img Image) (cfg ocispec.Image, ok bool, err error) {
+	if img.Kind != "" {
+		return cfg, false, nil
+	}
+	b, err := s.Config(ctx, img)
+	if err != nil {
+		return cfg, false, err
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, false, fmt.Errorf("image config %s: %w", img.Config.Digest, err)
+	}
+	return cfg, true, nil
+}

@@ -1,0 +1,195 @@
+// Package imagestore keeps pulled images: blobs in containerd's local
+// content store, image records (name → manifest) in bbolt, and, for VM
+// images, the unpacked disk as a committed base in the snapshotter.
+package imagestore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/vmimage"
+)
+
+var bucketImages = []byte("images.v1")
+
+// Image is one image record: a name and what it points at.
+type Image struct {
+	// Name is the normalized reference: "docker.io/library/busybox:1.36"
+	// for a tag, "repo@sha256:..." for a pull by digest.
+	Name string `json:"name"`
+	// Target is what the name resolved to in the registry (manifest or
+	// index); its digest is the repo digest.
+	Target ocispec.Descriptor `json:"target"`
+	// Manifest is the platform manifest chosen from Target.
+	Manifest ocispec.Descriptor `json:"manifest"`
+	// Config is the manifest's config blob; its digest is the image ID.
+	Config ocispec.Descriptor `json:"config"`
+	// Kind says which VM format the image is, if any.
+	Kind vmimage.Kind `json:"kind,omitempty"`
+	// Size is the bytes of every blob of the image (manifests, config,
+	// layers) as stored.
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// ID is the image ID CRI reports, the config digest as containerd does.
+func (i *Image) ID() string { return i.Config.Digest.String() }
+
+// Options configure a Store.
+type Options struct {
+	// Root holds content/, images.db and the snapshotter's data.
+	Root string
+	// Snapshotter receives unpacked VM bases. Required.
+	Snapshotter snapshots.Snapshotter
+	// Registry holds per-host mirrors and plain-HTTP permission.
+	Registry config.Registry
+	// MaxConcurrentDownloads bounds parallel blob downloads per pull.
+	MaxConcurrentDownloads int
+	// InUse, when set, reports whether a sandbox uses an image ID; such
+	// images refuse removal.
+	InUse func(imageID string) bool
+}
+
+// Store is safe for concurrent use.
+type Store struct {
+	opts    Options
+	content content.Store
+	db      *bolt.DB
+	sn      snapshots.Snapshotter
+
+	pulls singleflight.Group
+
+	// inflight counts pulls holding each digest, so that garbage
+	// collection after a removal never deletes a blob a running pull has
+	// fetched but not yet recorded.
+	mu       sync.Mutex
+	inflight map[digest.Digest]int
+	// gc serialises record changes with garbage collection.
+	gc sync.Mutex
+}
+
+// Open opens (creating if needed) the store under opts.Root.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Snapshotter == nil {
+		return nil, errors.New("imagestore: a snapshotter is required")
+	}
+	if opts.MaxConcurrentDownloads < 1 {
+		opts.MaxConcurrentDownloads = 1
+	}
+	if err := os.MkdirAll(opts.Root, 0o700); err != nil {
+		return nil, err
+	}
+	cs, err := local.NewStore(filepath.Join(opts.Root, "content"))
+	if err != nil {
+		return nil, fmt.Errorf("content store: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(opts.Root, "images.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("image database %s: %w", filepath.Join(opts.Root, "images.db"), err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketImages)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}}
+	// A crash mid-pull can leave an unpacked-but-uncommitted base; the
+	// snapshotter's active extraction snapshots are ours to remove.
+	s.removeStaleExtractions(ctx)
+	return s, nil
+}
+
+// Close closes the database. The snapshotter is the caller's.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Content exposes the content store (read-only use by callers).
+func (s *Store) Content() content.Store { return s.content }
+
+// List returns every image record, sorted by name.
+func (s *Store) List(ctx context.Context) ([]Image, error) {
+	var out []Image
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketImages).ForEach(func(k, v []byte) error {
+			var img Image
+			if err := json.Unmarshal(v, &img); err != nil {
+				return fmt.Errorf("image record %q: %w", k, err)
+			}
+			out = append(out, img)
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, err
+}
+
+// Get returns the record with exactly this name.
+func (s *Store) Get(ctx context.Context, name string) (Image, error) {
+	var img Image
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketImages).Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("image %q: %w", name, errdefs.ErrNotFound)
+		}
+		return json.Unmarshal(v, &img)
+	})
+	return img, err
+}
+
+func (s *Store) put(img Image) error {
+	b, err := json.Marshal(img)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketImages)
+		if old := bk.Get([]byte(img.Name)); old != nil {
+			var prev Image
+			if json.Unmarshal(old, &prev) == nil {
+				img.CreatedAt = prev.CreatedAt
+				b, _ = json.Marshal(img)
+			}
+		}
+		return bk.Put([]byte(img.Name), b)
+	})
+}
+
+func (s *Store) hold(ds ...digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		s.inflight[d]++
+	}
+}
+
+func (s *Store) release(ds ...digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		if s.inflight[d]--; s.inflight[d] <= 0 {
+			delete(s.inflight, d)
+		}
+	}
+}
+
+func logger(ctx context.Context) *slog.Logger { return slog.Default() }

@@ -321,7 +321,9 @@ func (p *pullState) layer(ctx context.Context, desc ocispec.Descriptor, w io.Wri
 			w.Close()
 			return err
 		}
-		_, err = io.Copy(tee, io.NewSectionReader(ra, 0, ra.Size()))
+		buf := copyBufs.Get().(*[]byte)
+		_, err = io.CopyBuffer(tee, io.NewSectionReader(ra, 0, ra.Size()), *buf)
+		copyBufs.Put(buf)
 		ra.Close()
 		if err != nil {
 			w.Close()
@@ -337,6 +339,10 @@ func (p *pullState) layer(ctx context.Context, desc ocispec.Descriptor, w io.Wri
 	}
 	return nil
 }
+
+// copyBufs are large copy buffers: the decoders behind a tee work better
+// on big writes than on io.Copy's 32 KiB.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 
 // errWriter remembers the first write error and swallows the rest of the
 // stream, so a decoding failure does not abort a download whose bytes
@@ -403,7 +409,9 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 			r = io.TeeReader(rc, tee)
 			streamed = true
 		}
-		n, err := io.Copy(cw, io.LimitReader(r, desc.Size-st.Offset+1))
+		buf := copyBufs.Get().(*[]byte)
+		n, err := io.CopyBuffer(cw, io.LimitReader(r, desc.Size-st.Offset+1), *buf)
+		copyBufs.Put(buf)
 		if err != nil {
 			return false, classify(p.host, fmt.Errorf("downloading %s (%s) at byte %d: %w", desc.Digest, desc.MediaType, st.Offset+n, err))
 		}

@@ -15,7 +15,6 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
-
 )
 
 // Auth is what a client gives to pull a private image (CRI AuthConfig).

@@ -66,3 +66,23 @@ func Detect(m ocispec.Manifest) Format {
 	}
 	return nil
 }
+
+// ProcessFormat is implemented by formats whose config names a default
+// process (macvz's Linux-guest format).
+type ProcessFormat interface {
+	Process(config []byte) (*Process, error)
+}
+
+// DefaultProcess returns the default process a VM image's config names,
+// or nil when its format has none.
+func DefaultProcess(kind Kind, config []byte) (*Process, error) {
+	for _, f := range Formats {
+		if f.Kind() != kind {
+			continue
+		}
+		if pf, ok := f.(ProcessFormat); ok {
+			return pf.Process(config)
+		}
+	}
+	return nil, nil
+}

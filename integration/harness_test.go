@@ -1,0 +1,148 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/macvz/macvz/integration/testutil"
+)
+
+var (
+	macvzBin  string
+	crictlBin string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	tmp, err := os.MkdirTemp("", "macvz-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	macvzBin = os.Getenv("MACVZ")
+	if macvzBin == "" {
+		macvzBin = filepath.Join(tmp, "macvz")
+		cmd := exec.Command("go", "build", "-o", macvzBin, "github.com/macvz/macvz/cmd/macvz")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building macvz:", err)
+			return 1
+		}
+	}
+	crictlBin = os.Getenv("CRICTL")
+	if crictlBin == "" {
+		_, self, _, _ := runtime.Caller(0)
+		crictlBin = filepath.Join(filepath.Dir(self), "tools", "bin", "crictl")
+	}
+	return m.Run()
+}
+
+// requireCrictl returns the crictl binary built by integration/tools.
+func requireCrictl(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat(crictlBin); err != nil {
+		testutil.Unavailable(t, "needs crictl at %s: run `make tools` (builds cri-tools v1.36.0)", crictlBin)
+	}
+	return crictlBin
+}
+
+// daemon is one `macvz serve` started for a test.
+type daemon struct {
+	t      *testing.T
+	dir    string
+	socket string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+}
+
+// startDaemon writes config (extra TOML appended to the paths) and runs
+// macvz serve until the test ends.
+func startDaemon(t *testing.T, extraTOML string) *daemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "macvz-d-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &bytes.Buffer{}}
+	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.socket, extraTOML)
+	cfgPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(macvzBin, "serve", "--config", cfgPath)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.stop()
+		if t.Failed() {
+			t.Logf("macvz log:\n%s", d.log.String())
+		}
+		os.RemoveAll(dir)
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", d.socket); err == nil {
+			c.Close()
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("macvz did not create %s in 30s; log:\n%s", d.socket, d.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *daemon) stop() {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		d.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// root is the daemon's persistent data directory.
+func (d *daemon) root() string { return filepath.Join(d.dir, "root") }
+
+// crictl runs crictl against the daemon and returns its combined output.
+func (d *daemon) crictl(args ...string) (string, error) {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	full := append([]string{"--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket, "--timeout", "4m"}, args...)
+	out, err := exec.CommandContext(ctx, requireCrictl(d.t), full...).CombinedOutput()
+	return string(out), err
+}
+
+// mustCrictl fails the test when crictl fails.
+func (d *daemon) mustCrictl(args ...string) string {
+	d.t.Helper()
+	out, err := d.crictl(args...)
+	if err != nil {
+		d.t.Fatalf("crictl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}

@@ -1,0 +1,330 @@
+package vmimage
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/macvz/macvz/vmimage/applelz4"
+)
+
+// Tart images (github.com/cirruslabs/tart). Facts from Tart's sources,
+// Sources/tart/OCI/Manifest.swift, OCI/Layerizer/DiskV2.swift,
+// VMDirectory+OCI.swift, VMConfig.swift, Platform/*.swift and
+// DiskImageFormat.swift:
+//
+//   - The manifest config is an ordinary OCI image config
+//     (architecture, os, config.Labels); the VM's own config is a layer.
+//   - Layers: one config layer (Tart's VMConfig JSON), the disk split
+//     into disk.v2 layers, one nvram layer (stored as-is).
+//   - Each disk.v2 layer is a chunk of the disk of at most 512 MiB,
+//     compressed on its own with NSData.compressed(using: .lz4), Apple's
+//     LZ4 framing (package applelz4). The layer's annotations give the
+//     chunk's uncompressed size (decimal) and the digest of its
+//     uncompressed bytes ("sha256:<hex>"). Chunks are laid end to end in
+//     manifest order; Tart truncates the disk to the sum of the sizes and
+//     writes each chunk at its offset, skipping zero runs.
+//   - The manifest annotation uncompressed-disk-size is the total size.
+//   - The OCI config's label org.cirruslabs.tart.disk.format is the disk
+//     image format, "raw" or "asif" (Apple Sparse Image Format, macOS 26);
+//     the VM config's diskFormat says the same (absent means raw).
+//   - disk.v1 (one LZ4 stream cut into 500 MB layers) is Tart's legacy
+//     format; Tart no longer pulls it ("no longer supported, please
+//     re-push the image using a current Tart version"), nor does macvz.
+const (
+	MediaTypeTartConfig = "application/vnd.cirruslabs.tart.config.v1"
+	MediaTypeTartDiskV1 = "application/vnd.cirruslabs.tart.disk.v1"
+	MediaTypeTartDiskV2 = "application/vnd.cirruslabs.tart.disk.v2"
+	MediaTypeTartNVRAM  = "application/vnd.cirruslabs.tart.nvram.v1"
+
+	AnnotationTartUncompressedSize     = "org.cirruslabs.tart.uncompressed-size"
+	AnnotationTartUncompressedDigest   = "org.cirruslabs.tart.uncompressed-content-digest"
+	AnnotationTartUncompressedDiskSize = "org.cirruslabs.tart.uncompressed-disk-size"
+	LabelTartDiskFormat                = "org.cirruslabs.tart.disk.format"
+
+	tartMediaTypePrefix = "application/vnd.cirruslabs.tart."
+)
+
+// TartFormat is the Tart image format.
+type TartFormat struct{}
+
+func (TartFormat) Kind() Kind { return KindTart }
+
+func (TartFormat) Match(m ocispec.Manifest) bool {
+	for _, l := range m.Layers {
+		if strings.HasPrefix(l.MediaType, tartMediaTypePrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// tartVMConfig is the part of Tart's VMConfig JSON macvz uses.
+type tartVMConfig struct {
+	Version       int     `json:"version"`
+	OS            string  `json:"os"`
+	Arch          string  `json:"arch"`
+	CPUCount      int     `json:"cpuCount"`
+	MemorySize    uint64  `json:"memorySize"`
+	MACAddress    string  `json:"macAddress"`
+	DiskFormat    string  `json:"diskFormat"`
+	ECID          *string `json:"ecid"`
+	HardwareModel *string `json:"hardwareModel"`
+	Display       *struct {
+		Width  int    `json:"width"`
+		Height int    `json:"height"`
+		Unit   string `json:"unit"`
+	} `json:"display"`
+}
+
+// ociImageConfig is the part of the manifest's OCI config Tart fills in.
+type ociImageConfig struct {
+	Architecture string `json:"architecture"`
+	OS           string `json:"os"`
+	Config       struct {
+		Labels map[string]string `json:"Labels"`
+	} `json:"config"`
+}
+
+type tartRole uint8
+
+const (
+	tartIgnored tartRole = iota
+	tartConfig
+	tartChunk
+	tartNVRAM
+)
+
+type tartLayer struct {
+	role   tartRole
+	offset int64
+	size   int64
+	digest digest.Digest
+}
+
+type tartUnpacker struct {
+	dir    string
+	m      ocispec.Manifest
+	layers []tartLayer
+	t      *tracker
+	disk   *os.File
+	size   int64
+
+	config []byte // the VM config layer, once closed
+}
+
+func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string) (Unpacker, error) {
+	if len(config) > 0 {
+		var oc ociImageConfig
+		if err := json.Unmarshal(config, &oc); err != nil {
+			return nil, invalidf("Tart image config (%s): %v", m.Config.MediaType, err)
+		}
+		if f := oc.Config.Labels[LabelTartDiskFormat]; f != "" && f != "raw" {
+			return nil, notImplementedf("Tart disk format %q (label %s): only raw disks are supported", f, LabelTartDiskFormat)
+		}
+	}
+	if f := m.Annotations[LabelTartDiskFormat]; f != "" && f != "raw" {
+		return nil, notImplementedf("Tart disk format %q (annotation %s): only raw disks are supported", f, LabelTartDiskFormat)
+	}
+	u := &tartUnpacker{dir: dir, m: m, layers: make([]tartLayer, len(m.Layers)), t: newTracker(len(m.Layers))}
+	var configs, nvrams, chunks int
+	for i, l := range m.Layers {
+		switch l.MediaType {
+		case MediaTypeTartConfig:
+			configs++
+			u.layers[i].role = tartConfig
+		case MediaTypeTartNVRAM:
+			nvrams++
+			u.layers[i].role = tartNVRAM
+		case MediaTypeTartDiskV1:
+			return nil, notImplementedf("%s: Tart's legacy disk format %s, which Tart itself no longer pulls; re-push the image with a current Tart", layerName(i, l), MediaTypeTartDiskV1)
+		case MediaTypeTartDiskV2:
+			chunks++
+			size, ok, err := sizeAnnotation(i, l, AnnotationTartUncompressedSize)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, invalidf("%s: missing annotation %s", layerName(i, l), AnnotationTartUncompressedSize)
+			}
+			dg, ok, err := digestAnnotation(i, l, AnnotationTartUncompressedDigest)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, invalidf("%s: missing annotation %s", layerName(i, l), AnnotationTartUncompressedDigest)
+			}
+			if _, err := newHash(i, l, dg); err != nil {
+				return nil, err
+			}
+			if size > math.MaxInt64-u.size {
+				return nil, invalidf("%s: disk size overflows", layerName(i, l))
+			}
+			u.layers[i] = tartLayer{role: tartChunk, offset: u.size, size: size, digest: dg}
+			u.size += size
+		}
+	}
+	if configs != 1 {
+		return nil, invalidf("Tart image has %d layers of media type %s, want 1", configs, MediaTypeTartConfig)
+	}
+	if nvrams != 1 {
+		return nil, invalidf("Tart image has %d layers of media type %s, want 1", nvrams, MediaTypeTartNVRAM)
+	}
+	if chunks == 0 {
+		return nil, invalidf("Tart image has no disk layer (%s)", MediaTypeTartDiskV2)
+	}
+	if v, ok := m.Annotations[AnnotationTartUncompressedDiskSize]; ok && v != fmt.Sprint(u.size) {
+		return nil, invalidf("Tart manifest annotation %s=%q disagrees with its disk layers, whose %s add up to %d", AnnotationTartUncompressedDiskSize, v, AnnotationTartUncompressedSize, u.size)
+	}
+	disk, err := createSized(dir, DiskFile, u.size)
+	if err != nil {
+		return nil, err
+	}
+	u.disk = disk
+	return u, nil
+}
+
+func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {
+	if err := u.t.open(i); err != nil {
+		return nil, err
+	}
+	l, desc := u.layers[i], u.m.Layers[i]
+	switch l.role {
+	case tartConfig:
+		buf := &limitedBuffer{what: layerName(i, desc)}
+		return &layerWriter{w: buf, i: i, t: u.t, finish: func() error {
+			u.t.mu.Lock()
+			u.config = buf.b
+			u.t.mu.Unlock()
+			return nil
+		}}, nil
+	case tartNVRAM:
+		return fileWriter(u.t, i, u.dir, NVRAMFile)
+	case tartChunk:
+		h, _ := newHash(i, desc, l.digest)
+		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h}
+		dec := applelz4.NewDecoder(sw)
+		return &layerWriter{w: dec, i: i, t: u.t, finish: func() error {
+			if err := dec.Close(); err != nil {
+				return corruptf("%s: %v", layerName(i, desc), err)
+			}
+			return sw.verify(layerName(i, desc), l.size, l.digest)
+		}}, nil
+	}
+	return u.t.discard(i), nil
+}
+
+func (u *tartUnpacker) Finish(ctx context.Context) error {
+	var want []int
+	for i, l := range u.layers {
+		if l.role != tartIgnored {
+			want = append(want, i)
+		}
+	}
+	if err := u.t.check(u.m, want); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d, err := tartDescriptor(u.config)
+	if err != nil {
+		return err
+	}
+	if err := u.disk.Sync(); err != nil {
+		return err
+	}
+	if err := u.disk.Close(); err != nil {
+		return err
+	}
+	return WriteDescriptor(u.dir, d)
+}
+
+func (u *tartUnpacker) Abort() {
+	u.t.abort()
+	u.disk.Close()
+}
+
+// tartDescriptor checks a Tart VM config and makes the descriptor.
+func tartDescriptor(b []byte) (*Descriptor, error) {
+	bad := func(format string, args ...any) error {
+		return invalidf("Tart VM config (layer %s): %s", MediaTypeTartConfig, fmt.Sprintf(format, args...))
+	}
+	var c tartVMConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, bad("%v", err)
+	}
+	if c.Version != 1 {
+		if c.Version == 0 {
+			return nil, bad("no version")
+		}
+		return nil, notImplementedf("Tart VM config (layer %s) version %d: only version 1 is known", MediaTypeTartConfig, c.Version)
+	}
+	if c.DiskFormat != "" && c.DiskFormat != "raw" {
+		return nil, notImplementedf("Tart disk format %q (VM config diskFormat): only raw disks are supported", c.DiskFormat)
+	}
+	d := &Descriptor{
+		Kind:       KindTart,
+		OS:         c.OS,
+		Arch:       c.Arch,
+		Disk:       DiskFile,
+		NVRAM:      NVRAMFile,
+		MACAddress: c.MACAddress,
+	}
+	// Tart's defaults for absent keys (VMConfig.init(from:)).
+	if d.OS == "" {
+		d.OS = "darwin"
+	}
+	if d.Arch == "" {
+		d.Arch = "arm64"
+	}
+	if d.OS != "darwin" && d.OS != "linux" {
+		return nil, bad("os %q is neither darwin nor linux", d.OS)
+	}
+	if d.Arch != "arm64" && d.Arch != "amd64" {
+		return nil, bad("arch %q is neither arm64 nor amd64", d.Arch)
+	}
+	if c.CPUCount < 1 {
+		return nil, bad("cpuCount %d", c.CPUCount)
+	}
+	if c.MemorySize == 0 || c.MemorySize > math.MaxInt64 {
+		return nil, bad("memorySize %d", c.MemorySize)
+	}
+	// Tart runs the VM with cpuCount and memorySize (the *Min values only
+	// bound what a user may set), so the image's VM gets at least those.
+	d.MinCPUs, d.MinMemoryBytes = c.CPUCount, int64(c.MemorySize)
+	if c.Display != nil && c.Display.Width > 0 && c.Display.Height > 0 {
+		d.Display = fmt.Sprintf("%dx%d%s", c.Display.Width, c.Display.Height, c.Display.Unit)
+	}
+	if d.OS == "darwin" {
+		// Platform/Darwin.swift: both are base64 of the Virtualization
+		// framework's dataRepresentation, and both are required.
+		var err error
+		if d.HardwareModel, err = decodeBase64("hardwareModel", c.HardwareModel); err != nil {
+			return nil, bad("%v", err)
+		}
+		if d.MachineID, err = decodeBase64("ecid", c.ECID); err != nil {
+			return nil, bad("%v", err)
+		}
+	}
+	return d, nil
+}
+
+func decodeBase64(key string, v *string) ([]byte, error) {
+	if v == nil || *v == "" {
+		return nil, fmt.Errorf("no %s", key)
+	}
+	b, err := base64.StdEncoding.DecodeString(*v)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not base64: %v", key, err)
+	}
+	return b, nil
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/vmimage/imagestore"
@@ -18,10 +19,7 @@ func (s *Service) ListImages(ctx context.Context, r *runtimeapi.ListImagesReques
 	var recs []imagestore.Image
 	var err error
 	if f := r.GetFilter().GetImage().GetImage(); f != "" {
-		recs, err = s.images.Resolve(ctx, f)
-		if errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) {
-			return &runtimeapi.ListImagesResponse{}, nil
-		}
+		recs, err = s.filterImages(ctx, f)
 	} else {
 		recs, err = s.images.List(ctx)
 	}
@@ -87,4 +85,36 @@ func (s *Service) criImage(ctx context.Context, recs []imagestore.Image) (*runti
 		}
 	}
 	return img, nil
+}
+
+// filterImages is ListImages' filter: an image ID, a tag or a digest names
+// one image (as ImageStatus resolves it); a bare repository ("busybox",
+// "registry.k8s.io/pause") matches every image with a name in it, as
+// `crictl images <repo>` expects. A filter that matches nothing, or is not
+// a reference at all, lists nothing.
+func (s *Service) filterImages(ctx context.Context, f string) ([]imagestore.Image, error) {
+	if named, err := reference.ParseNormalizedNamed(f); err == nil && reference.IsNameOnly(named) {
+		all, err := s.images.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ids := map[string]bool{}
+		for _, img := range all {
+			if n, err := reference.ParseNormalizedNamed(img.Name); err == nil && n.Name() == named.Name() {
+				ids[img.ID()] = true
+			}
+		}
+		var out []imagestore.Image
+		for _, img := range all {
+			if ids[img.ID()] {
+				out = append(out, img)
+			}
+		}
+		return out, nil
+	}
+	recs, err := s.images.Resolve(ctx, f)
+	if errdefs.IsNotFound(err) || errdefs.IsInvalidArgument(err) {
+		return nil, nil
+	}
+	return recs, err
 }

@@ -7,7 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/snapshotter"
@@ -18,6 +21,11 @@ import (
 // Service implements runtimeapi.RuntimeServiceServer and
 // runtimeapi.ImageServiceServer.
 type Service struct {
+	// The generated bases satisfy the interfaces' unexported methods;
+	// every RPC is implemented explicitly in this package.
+	runtimeapi.UnimplementedRuntimeServiceServer
+	runtimeapi.UnimplementedImageServiceServer
+
 	cfg    *config.Config
 	sn     *snapshotter.Snapshotter
 	images *imagestore.Store
@@ -38,6 +46,14 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 	if err != nil {
 		sn.Close()
 		return nil, fmt.Errorf("image store: %w", err)
+	}
+	// A crash can leave half-made clones and unreferenced blobs; reclaim
+	// them before serving, as containerd's GC does at start.
+	if err := sn.Cleanup(ctx); err != nil {
+		slog.Warn("snapshot cleanup failed", "err", err)
+	}
+	if err := images.Collect(ctx); err != nil {
+		slog.Warn("image garbage collection failed", "err", err)
 	}
 	return &Service{cfg: cfg, sn: sn, images: images}, nil
 }

@@ -132,9 +132,16 @@ func (d *daemon) crictl(args ...string) (string, error) {
 	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	full := append([]string{"--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket, "--timeout", "4m"}, args...)
-	out, err := exec.CommandContext(ctx, requireCrictl(d.t), full...).CombinedOutput()
-	return string(out), err
+	full := append([]string{"--config", d.crictlConfig(), "--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket, "--timeout", "4m"}, args...)
+	// On success only stdout, which JSON output (-o json) must be alone
+	// in; on failure stderr too, where crictl prints the gRPC status.
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, requireCrictl(d.t), full...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return stdout.String(), nil
 }
 
 // mustCrictl fails the test when crictl fails.
@@ -145,4 +152,16 @@ func (d *daemon) mustCrictl(args ...string) string {
 		d.t.Fatalf("crictl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
+}
+
+// crictlConfig is an empty crictl config file: without one crictl warns
+// on every call that /etc/crictl.yaml is missing, and the flags say all.
+func (d *daemon) crictlConfig() string {
+	p := filepath.Join(d.dir, "crictl.yaml")
+	if _, err := os.Stat(p); err != nil {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			d.t.Fatal(err)
+		}
+	}
+	return p
 }

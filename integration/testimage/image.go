@@ -58,3 +58,16 @@ func FromManifest(m ocispec.Manifest, blobs ...Blob) (Image, error) {
 		Blobs:        blobs,
 	}, nil
 }
+
+// Parsed is the image's manifest decoded; it panics on a manifest the
+// builders did not make, which is a bug in the test.
+func (i Image) Parsed() ocispec.Manifest {
+	var m ocispec.Manifest
+	if err := json.Unmarshal(i.ManifestData, &m); err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// ConfigDigest is the image ID a CRI runtime reports for the image.
+func (i Image) ConfigDigest() digest.Digest { return i.Parsed().Config.Digest }

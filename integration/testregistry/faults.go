@@ -3,6 +3,7 @@ package testregistry
 import (
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -77,6 +78,21 @@ func (r *Registry) Requests(dgst digest.Digest) int {
 	return r.faults.requests[dgst]
 }
 
+// ServeManifest makes GET and HEAD of /v2/<repo>/manifests/<ref> answer
+// body with the given Content-Type, as a registry that accepted a manifest
+// of a type (or a form) a client cannot handle would. The registry's own
+// validation never sees it. ClearFaults does not undo it.
+func (r *Registry) ServeManifest(repo, ref, mediaType string, body []byte) {
+	r.faults.mu.Lock()
+	defer r.faults.mu.Unlock()
+	r.faults.manifests["/v2/"+repo+"/manifests/"+ref] = servedManifest{mediaType, body}
+}
+
+type servedManifest struct {
+	mediaType string
+	body      []byte
+}
+
 type truncation struct {
 	n    int
 	left int // responses still to cut; < 0 means unlimited
@@ -87,6 +103,7 @@ type faults struct {
 	corrupt     map[digest.Digest]bool
 	truncate    map[digest.Digest]*truncation
 	requests    map[digest.Digest]int
+	manifests   map[string]servedManifest
 	bytesPerSec int
 }
 
@@ -94,6 +111,7 @@ func (f *faults) init() {
 	f.corrupt = map[digest.Digest]bool{}
 	f.truncate = map[digest.Digest]*truncation{}
 	f.requests = map[digest.Digest]int{}
+	f.manifests = map[string]servedManifest{}
 }
 
 // plan is what one response gets.
@@ -148,6 +166,18 @@ func (h *faultHandler) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer h.running.RUnlock()
 	if h.stopped {
 		http.Error(w, "registry stopped", http.StatusServiceUnavailable)
+		return
+	}
+	h.f.mu.Lock()
+	m, override := h.f.manifests[req.URL.Path]
+	h.f.mu.Unlock()
+	if override && (req.Method == http.MethodGet || req.Method == http.MethodHead) {
+		w.Header().Set("Content-Type", m.mediaType)
+		w.Header().Set("Content-Length", strconv.Itoa(len(m.body)))
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(m.body).String())
+		if req.Method == http.MethodGet {
+			w.Write(m.body)
+		}
 		return
 	}
 	if req.Method != http.MethodGet {

@@ -305,7 +305,13 @@ func (p *pullState) layer(ctx context.Context, desc ocispec.Descriptor, w io.Wri
 	if w != nil {
 		tee = &errWriter{w: w}
 	}
-	streamed, err := p.fetch(ctx, desc, tee)
+	// A nil *errWriter in an io.Writer is not a nil interface: pass nil
+	// explicitly when nothing unpacks this blob.
+	var sink io.Writer
+	if tee != nil {
+		sink = tee
+	}
+	streamed, err := p.fetch(ctx, desc, sink)
 	if err != nil {
 		if w != nil {
 			w.Close()

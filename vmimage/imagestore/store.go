@@ -98,6 +98,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := os.MkdirAll(opts.Root, 0o700); err != nil {
 		return nil, err
 	}
+	// The local store makes blobs/ on its first write, but walks it for
+	// GC before that: make it now so an empty store collects cleanly.
+	if err := os.MkdirAll(filepath.Join(opts.Root, "content", "blobs"), 0o700); err != nil {
+		return nil, err
+	}
 	cs, err := local.NewStore(filepath.Join(opts.Root, "content"))
 	if err != nil {
 		return nil, fmt.Errorf("content store: %w", err)

@@ -1,0 +1,98 @@
+package config
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestDefaultTOMLRoundTrip(t *testing.T) {
+	got, err := Decode(bytes.NewReader(DefaultTOML()))
+	if err != nil {
+		t.Fatalf("decode default TOML: %v\n%s", err, DefaultTOML())
+	}
+	if !reflect.DeepEqual(got, Default()) {
+		t.Fatalf("default TOML decodes to %+v, want %+v", got, Default())
+	}
+	// Every key of the struct appears in the commented text.
+	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "mirrors", "insecure", "skip_verify"} {
+		if !strings.Contains(string(DefaultTOML()), key+" =") {
+			t.Errorf("default TOML does not document %q", key)
+		}
+	}
+}
+
+func TestDecodeOverridesDefaults(t *testing.T) {
+	cfg, err := Decode(strings.NewReader(`
+root = "/srv/macvz"
+[image]
+max_concurrent_downloads = 8
+[registry.hosts."registry.k8s.io"]
+mirrors = ["127.0.0.1:5000"]
+[registry.hosts."127.0.0.1:5000"]
+insecure = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Root != "/srv/macvz" || cfg.Socket != Default().Socket || cfg.Image.MaxConcurrentDownloads != 8 {
+		t.Fatalf("unexpected config %+v", cfg)
+	}
+	if m := cfg.Registry.Hosts["registry.k8s.io"].Mirrors; len(m) != 1 || m[0] != "127.0.0.1:5000" {
+		t.Fatalf("mirrors = %v", m)
+	}
+	if !cfg.Registry.Hosts["127.0.0.1:5000"].Insecure {
+		t.Fatal("insecure not set")
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	for name, tc := range map[string]struct{ in, want string }{
+		"unknown key":      {`rooot = "/x"`, "rooot"},
+		"relative root":    {`root = "var/lib"`, "root"},
+		"backend":          {`backend = "kvm"`, "backend"},
+		"log level":        {"[log]\nlevel = \"loud\"", "log.level"},
+		"downloads":        {"[image]\nmax_concurrent_downloads = 0", "max_concurrent_downloads"},
+		"mirror scheme":    {"[registry.hosts.\"a.io\"]\nmirrors = [\"http://m:5000\"]", "mirrors"},
+		"syntax":           {`root = `, "line 1"},
+		"wrong type":       {`root = 3`, "root"},
+		"unknown host key": {"[registry.hosts.\"a.io\"]\nmirror = [\"m\"]", "mirror"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Decode(strings.NewReader(tc.in))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errdefs.IsInvalidArgument(err) {
+				t.Errorf("error %v is not InvalidArgument", err)
+			}
+			if !strings.Contains(strings.ToLower(err.Error()), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.toml")
+	cfg, err := Load(missing, false)
+	if err != nil || !reflect.DeepEqual(cfg, Default()) {
+		t.Fatalf("implicit missing file: %v %+v", err, cfg)
+	}
+	if _, err := Load(missing, true); err == nil {
+		t.Fatal("explicit missing --config accepted")
+	}
+	p := filepath.Join(t.TempDir(), "c.toml")
+	if err := os.WriteFile(p, []byte("socket = \"/tmp/x.sock\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = Load(p, true)
+	if err != nil || cfg.Socket != "/tmp/x.sock" {
+		t.Fatalf("load: %v %+v", err, cfg)
+	}
+}

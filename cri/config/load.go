@@ -1,0 +1,129 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is where `macvz serve` looks for its configuration.
+const DefaultPath = "/etc/macvz/config.toml"
+
+// Default is the configuration used for every key the file does not set.
+func Default() *Config {
+	return &Config{
+		Root:    "/var/lib/macvz",
+		State:   "/var/run/macvz",
+		Socket:  "/var/run/macvz/macvz.sock",
+		Backend: DefaultBackend,
+		Log:     Log{Level: "info", Format: "text"},
+		Registry: Registry{
+			Hosts: map[string]Host{},
+		},
+		Image: Image{MaxConcurrentDownloads: 4},
+	}
+}
+
+// Load reads path over the defaults. A missing file at the default path
+// means "all defaults"; a missing file that was asked for explicitly is an
+// error, so a typo in --config never silently runs with defaults.
+func Load(path string, explicit bool) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !explicit {
+			return Default(), nil
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := Decode(f)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Decode reads a TOML configuration over the defaults. Unknown keys are
+// errors: a misspelt key would otherwise be ignored without a word.
+func Decode(r io.Reader) (*Config, error) {
+	cfg := Default()
+	dec := toml.NewDecoder(r).DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return nil, fmt.Errorf("%w: %s", errdefs.ErrInvalidArgument, strings.TrimSpace(sm.String()))
+		}
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return nil, fmt.Errorf("%w: line %d column %d: %s", errdefs.ErrInvalidArgument, row, col, de.Error())
+		}
+		return nil, fmt.Errorf("%w: %v", errdefs.ErrInvalidArgument, err)
+	}
+	if cfg.Registry.Hosts == nil {
+		cfg.Registry.Hosts = map[string]Host{}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Validate reports the first setting that cannot work, naming its key.
+func (c *Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", errdefs.ErrInvalidArgument, key, fmt.Sprintf(format, args...))
+	}
+	for key, p := range map[string]string{"root": c.Root, "state": c.State, "socket": c.Socket} {
+		if !filepath.IsAbs(p) {
+			return bad(key, "must be an absolute path, got %q", p)
+		}
+	}
+	switch c.Backend {
+	case "qemu", "vz":
+	default:
+		return bad("backend", "must be \"qemu\" or \"vz\", got %q", c.Backend)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	if c.Image.MaxConcurrentDownloads < 1 {
+		return bad("image.max_concurrent_downloads", "must be at least 1, got %d", c.Image.MaxConcurrentDownloads)
+	}
+	for host, h := range c.Registry.Hosts {
+		if host == "" || strings.Contains(host, "/") {
+			return bad("registry.hosts", "%q is not a registry host (host[:port], no scheme or path)", host)
+		}
+		for _, m := range h.Mirrors {
+			if m == "" || strings.ContainsAny(m, "/") {
+				return bad(fmt.Sprintf("registry.hosts.%q.mirrors", host), "%q must be host[:port] without a scheme or path; give it its own [registry.hosts] entry with insecure = true for plain HTTP", m)
+			}
+		}
+	}
+	return nil
+}
+
+// Marshal renders c as TOML (without comments).
+func (c *Config) Marshal() ([]byte, error) {
+	var buf bytes.Buffer
+	enc := toml.NewEncoder(&buf)
+	enc.SetIndentTables(true)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,47 @@
+package cri
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// The one place where errors become gRPC statuses: everything below cri/
+// returns errors classified with containerd/errdefs (wrapped with context
+// a user can act on), and these interceptors map the class to its code.
+// An unclassified error becomes Unknown, as in containerd.
+
+func unaryErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	if err != nil {
+		err = errgrpc.ToGRPC(err)
+		slog.Log(ctx, levelFor(err), "CRI call failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", status.Convert(err).Message(), "duration", time.Since(start))
+	} else {
+		slog.Log(ctx, slog.LevelDebug-1, "CRI call", "method", info.FullMethod, "duration", time.Since(start))
+	}
+	return resp, err
+}
+
+func streamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	err := handler(srv, ss)
+	if err != nil {
+		err = errgrpc.ToGRPC(err)
+		slog.Log(ss.Context(), levelFor(err), "CRI stream failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", status.Convert(err).Message())
+	}
+	return err
+}
+
+// levelFor keeps expected answers (NotFound for a status poll, Unimplemented
+// for a verb this build lacks) out of the default log.
+func levelFor(err error) slog.Level {
+	switch status.Code(err).String() {
+	case "NotFound", "Unimplemented", "AlreadyExists", "Canceled":
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}

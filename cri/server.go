@@ -1,0 +1,75 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/cri/config"
+)
+
+// maxMsgSize matches kubelet's CRI client limit (16 MiB), so a large
+// ListContainers or ExecSync answer is not refused by us first.
+const maxMsgSize = 16 << 20
+
+// Serve runs the CRI services on cfg.Socket until ctx is done, then stops
+// gracefully: new calls are refused, running ones get up to grace to
+// finish, then the rest are cut off.
+func Serve(ctx context.Context, cfg *config.Config, grace time.Duration) error {
+	// Checked before the stores are opened: a second daemon would block
+	// on their locks instead of saying what is wrong.
+	if err := refuseLiveSocket(cfg.Socket); err != nil {
+		return err
+	}
+	svc, err := NewService(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+
+	ln, err := listenUnix(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Lstat(cfg.Socket)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer removeSocketIfOurs(cfg.Socket, fi)
+
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(unaryErrors),
+		grpc.ChainStreamInterceptor(streamErrors),
+		grpc.MaxRecvMsgSize(maxMsgSize),
+		grpc.MaxSendMsgSize(maxMsgSize),
+	)
+	runtimeapi.RegisterRuntimeServiceServer(srv, svc)
+	runtimeapi.RegisterImageServiceServer(srv, svc)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	slog.Info("serving CRI", "socket", cfg.Socket, "backend", cfg.Backend, "root", cfg.Root, "version", RuntimeVersion)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("grpc server: %w", err)
+	case <-ctx.Done():
+	}
+	slog.Info("shutting down", "grace", grace)
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		slog.Warn("calls still running after the grace period; cutting them off")
+		srv.Stop()
+		<-done
+	}
+	return nil
+}

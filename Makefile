@@ -58,8 +58,9 @@ bench:
 	@mkdir -p bin
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) ./... | tee bin/bench.txt
 
-demo: build tools
-	@test -f integration/demo.sh || { echo "integration/demo.sh is not written yet" >&2; exit 1; }
+# Installs the system packages first: `make demo` is the first command on a
+# fresh machine.
+demo: deps build tools
 	bash integration/demo.sh
 
 # crictl and critest (cri-tools, pinned in integration/tools/go.mod) and the
@@ -68,6 +69,7 @@ tools:
 	$(TOOLS)/build.sh
 	@mkdir -p bin
 	$(GO) build -o bin/testregistry ./integration/cmd/testregistry
+	$(GO) build -o bin/pushimage ./integration/cmd/pushimage
 
 clean:
 	rm -rf bin $(TOOLS)/bin

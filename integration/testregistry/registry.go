@@ -60,6 +60,7 @@ type Registry struct {
 	faults  faults
 	stopped sync.Once
 	served  chan struct{}
+	remote  string // set by Remote
 }
 
 // Start runs a registry until t ends. It fails t on error.
@@ -190,7 +191,20 @@ func writeHtpasswd(dir, user, pass string) (string, error) {
 }
 
 // Host is "127.0.0.1:port", the registry part of an image reference.
-func (r *Registry) Host() string { return r.ln.Addr().String() }
+func (r *Registry) Host() string {
+	if r.remote != "" {
+		return r.remote
+	}
+	return r.ln.Addr().String()
+}
+
+// Remote is a push client for a registry served elsewhere (plain HTTP,
+// no auth), such as the testregistry command: only Push, PushManifest,
+// Host, URL and Ref work on it. Blobs whose data does not match their
+// digest cannot be pushed through it.
+func Remote(host string) *Registry {
+	return &Registry{remote: host, client: &http.Client{}}
+}
 
 // URL is the registry's base URL, "http://127.0.0.1:port".
 func (r *Registry) URL() string { return "http://" + r.Host() }

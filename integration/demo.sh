@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make demo`: a local registry, the macvz daemon, and crictl driving it.
+# Everything lives in a temporary directory and is removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=$PWD/bin
+CRICTL=$PWD/integration/tools/bin/crictl
+work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+say "starting a local OCI registry"
+"$BIN/testregistry" -addr 127.0.0.1:0 -root "$work/registry" >"$work/registry.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q listening "$work/registry.log" && break; sleep 0.1; done
+reg=$(sed -n 's/^testregistry listening on //p' "$work/registry.log")
+echo "registry at $reg"
+
+say "pushing a Tart-format VM image (Apple-LZ4 disk chunks) and an ordinary OCI image"
+"$BIN/pushimage" -registry "$reg" -kind tart -repo demo/macos -tag 15 -disk-mib 64
+"$BIN/pushimage" -registry "$reg" -kind oci -repo demo/app -tag 1
+
+say "starting macvz serve"
+cat >"$work/config.toml" <<TOML
+root = "$work/root"
+state = "$work/state"
+socket = "$work/macvz.sock"
+
+[registry.hosts."$reg"]
+insecure = true
+TOML
+"$BIN/macvz" serve --config "$work/config.toml" 2>"$work/macvz.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/macvz.sock" ] && break; sleep 0.1; done
+: >"$work/crictl.yaml"
+crictl() { "$CRICTL" --config "$work/crictl.yaml" --runtime-endpoint "unix://$work/macvz.sock" --image-endpoint "unix://$work/macvz.sock" "$@"; }
+
+say "what crictl sees"
+run crictl version
+run crictl pull "$reg/demo/macos:15"
+run crictl pull "$reg/demo/app:1"
+run crictl images
+printf '$ crictl inspecti %s  (abridged)\n' "$reg/demo/macos:15"
+crictl inspecti -o json "$reg/demo/macos:15" | grep -E '"(id|size|kind|bootable|base)"'
+run crictl imagefsinfo
+run crictl rmi "$reg/demo/app:1"
+run crictl images
+
+say "done; cleaning up"

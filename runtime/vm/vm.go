@@ -1,0 +1,167 @@
+// Package vm is the one small interface every hypervisor backend
+// implements (lima's pkg/driver is the model): a neutral description of a
+// VM (Spec), a Driver that validates and creates machines from it, and the
+// Machine it hands back. The per-VM shim is the only user: it owns the
+// Machine for the VM's whole life, so the daemon can restart freely.
+//
+// Backends live in their own packages: runtime/qemu (Linux guests under
+// qemu-system-x86_64) and runtime/vz (macOS guests, darwin only).
+package vm
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// BootKind says how the VM starts.
+type BootKind string
+
+const (
+	// BootLinux boots a kernel (and initrd) directly, without firmware.
+	BootLinux BootKind = "linux"
+	// BootMacOS boots a macOS guest with Apple's boot loader.
+	BootMacOS BootKind = "macos"
+)
+
+// Spec is everything a backend needs to run one VM. It is written by the
+// daemon as JSON into the sandbox's state directory and read by the shim.
+type Spec struct {
+	// ID is the sandbox ID the VM belongs to (names, logs).
+	ID string `json:"id"`
+	// Dir is the sandbox's state directory: the backend keeps its sockets,
+	// pid files and saved state there, nothing elsewhere.
+	Dir string `json:"dir"`
+
+	CPUs        int   `json:"cpus"`
+	MemoryBytes int64 `json:"memoryBytes"`
+
+	Boot   Boot    `json:"boot"`
+	Disks  []Disk  `json:"disks,omitempty"`
+	Shares []Share `json:"shares,omitempty"`
+	NICs   []NIC   `json:"nics,omitempty"`
+
+	// ConsoleLog receives the guest's serial console (kernel messages,
+	// the agent's log). Appended to, never truncated.
+	ConsoleLog string `json:"consoleLog"`
+
+	// RestoreFrom, when set, is a state file written by Machine.Save of a
+	// VM with the same Spec (but for ID, Dir, disks' paths, NICs): the VM
+	// resumes from it instead of booting.
+	RestoreFrom string `json:"restoreFrom,omitempty"`
+
+	// Options are backend settings from the daemon config (for qemu:
+	// "accel" = auto|kvm|tcg, "binary").
+	Options map[string]string `json:"options,omitempty"`
+}
+
+// Boot is how the guest starts.
+type Boot struct {
+	Kind BootKind `json:"kind"`
+	// BootLinux: an uncompressed kernel (PVH ELF vmlinux for qemu, an
+	// arm64 Image for vz), optional initrd and the command line.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+	// BootMacOS: the platform identity, and the auxiliary storage (NVRAM)
+	// file, which must be this VM's own copy.
+	HardwareModel []byte `json:"hardwareModel,omitempty"`
+	MachineID     []byte `json:"machineId,omitempty"`
+	AuxStorage    string `json:"auxStorage,omitempty"`
+}
+
+// Disk is a raw disk image file attached as a virtio block device, in
+// order (the first is the boot disk where that matters).
+type Disk struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// Share is a host directory shared into the guest under Tag (virtio-9p
+// on qemu, virtiofs on vz); the guest agent mounts it.
+type Share struct {
+	Tag      string `json:"tag"`
+	HostPath string `json:"hostPath"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// NICKind is how a NIC reaches the host network, as the net plugin's
+// result says.
+type NICKind string
+
+const (
+	NICTap          NICKind = "tap"           // Linux: an existing tap device, Device names it
+	NICUser         NICKind = "user"          // qemu user-mode networking (no host setup)
+	NICVmnetNAT     NICKind = "vmnet-nat"     // vz NAT attachment
+	NICVmnetBridged NICKind = "vmnet-bridged" // vz bridged to host interface Device
+	NICSocket       NICKind = "socket"        // vz file-handle attachment to a unix datagram socket at Device
+)
+
+// NIC is one virtio network interface.
+type NIC struct {
+	Kind   NICKind `json:"kind"`
+	Device string  `json:"device,omitempty"`
+	MAC    string  `json:"mac"`
+}
+
+// State is a machine's lifecycle state.
+type State string
+
+const (
+	StateCreated State = "created"
+	StateRunning State = "running"
+	StateStopped State = "stopped"
+)
+
+// Exit describes how a machine stopped.
+type Exit struct {
+	At time.Time `json:"at"`
+	// Reason is human-readable: "guest powered off", "killed", "qemu
+	// exited with status 1: <last stderr line>".
+	Reason string `json:"reason"`
+	// Clean is true when the guest shut itself down or was stopped by
+	// Stop within its grace period.
+	Clean bool `json:"clean"`
+}
+
+// Stats is the host's view of a machine's resource use.
+type Stats struct {
+	CPUNanos    uint64 `json:"cpuNanos"`    // CPU time used by the VM process(es)
+	MemoryBytes uint64 `json:"memoryBytes"` // resident memory of the VM
+}
+
+// Driver creates machines. Implementations are safe for concurrent use.
+type Driver interface {
+	// Name is the backend's name in the config ("qemu", "vz").
+	Name() string
+	// Validate reports, before anything is created, why a spec cannot run
+	// on this backend (errdefs.ErrInvalidArgument or
+	// ErrFailedPrecondition, with a message naming the field).
+	Validate(spec *Spec) error
+	// Create prepares a machine without starting it.
+	Create(ctx context.Context, spec *Spec) (Machine, error)
+}
+
+// Machine is one VM. Methods are safe for concurrent use.
+type Machine interface {
+	// Start boots (or restores) the VM and returns once it is running;
+	// it does not wait for the guest agent.
+	Start(ctx context.Context) error
+	// Stop asks the guest to power off (ACPI power button; the shim asks
+	// the agent first, which is gentler) and waits up to grace, then
+	// stops the VM hard. Stopping a stopped machine is not an error.
+	Stop(ctx context.Context, grace time.Duration) error
+	// Done is closed when the VM has stopped, for any reason.
+	Done() <-chan struct{}
+	// Exit is how it stopped; valid once Done is closed.
+	Exit() Exit
+	State() State
+	Stats(ctx context.Context) (Stats, error)
+	// DialAgent opens a byte stream to the guest agent's channel
+	// (virtio-serial on qemu: one stream at a time; vsock on vz). The
+	// caller owns the connection.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Save pauses the VM and writes its device and memory state to path,
+	// for a later Spec.RestoreFrom. The VM stays paused; the caller stops it.
+	Save(ctx context.Context, path string) error
+}

@@ -1,0 +1,300 @@
+// Package store persists sandboxes and containers in bbolt, so a daemon
+// restart loses nothing. Records are JSON; the CRI configs inside them are
+// kept as protobuf bytes, exactly as kubelet sent them.
+//
+// Names are unique like containerd's: a sandbox name is
+// <name>_<namespace>_<uid>_<attempt>, a container name
+// <name>_<sandbox name>_<sandbox namespace>_<sandbox uid>_<attempt>, and a
+// second object with a taken name is ErrAlreadyExists. IDs are 64 hex
+// digits; any unique prefix finds the object, as containerd's truncindex.
+package store
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketSandboxes  = []byte("sandboxes.v1")
+	bucketContainers = []byte("containers.v1")
+	bucketNames      = []byte("names.v1") // "s/<name>" or "c/<name>" → id
+)
+
+// SandboxState is a sandbox's CRI state.
+type SandboxState string
+
+const (
+	SandboxReady    SandboxState = "ready"
+	SandboxNotReady SandboxState = "notready"
+)
+
+// Sandbox is one pod: its VM and network attachment.
+type Sandbox struct {
+	ID        string       `json:"id"`
+	Name      string       `json:"name"`
+	Config    []byte       `json:"config"` // runtimeapi.PodSandboxConfig, protobuf
+	Handler   string       `json:"handler,omitempty"`
+	State     SandboxState `json:"state"`
+	CreatedAt time.Time    `json:"createdAt"`
+	// Dir is the sandbox's state directory (shim socket, VM spec, logs).
+	Dir string `json:"dir"`
+	// VMImage is the image ID whose base the VM disk is cloned from, set by
+	// the first VM-image container (or the pod annotation).
+	VMImage string `json:"vmImage,omitempty"`
+	// VMStarted is set once the VM has booted and its agent answered.
+	VMStarted bool `json:"vmStarted,omitempty"`
+	// Disk is the snapshotter key of the sandbox's disk clone, if any.
+	Disk string `json:"disk,omitempty"`
+	IP   string `json:"ip,omitempty"`
+	// Reason says why a sandbox is NotReady when it did not stop by
+	// StopPodSandbox ("the VM's shim is gone").
+	Reason string `json:"reason,omitempty"`
+}
+
+// ContainerState is a container's CRI state.
+type ContainerState string
+
+const (
+	ContainerCreated ContainerState = "created"
+	ContainerRunning ContainerState = "running"
+	ContainerExited  ContainerState = "exited"
+	ContainerUnknown ContainerState = "unknown"
+)
+
+// Container is one process tree in a sandbox VM.
+type Container struct {
+	ID        string         `json:"id"`
+	SandboxID string         `json:"sandboxId"`
+	Name      string         `json:"name"`
+	Config    []byte         `json:"config"` // runtimeapi.ContainerConfig, protobuf
+	ImageRef  string         `json:"imageRef"`
+	ImageID   string         `json:"imageId"`
+	IsVM      bool           `json:"isVm,omitempty"` // a VM-image container with no command: the VM itself
+	State     ContainerState `json:"state"`
+	LogPath   string         `json:"logPath,omitempty"`
+
+	CreatedAt  time.Time `json:"createdAt"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	ExitCode   int32     `json:"exitCode"`
+	Reason     string    `json:"reason,omitempty"`
+	Message    string    `json:"message,omitempty"`
+}
+
+// Store is the state database.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating) the database at path.
+func Open(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("state database %s (is another macvz using it?): %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketSandboxes, bucketContainers, bucketNames} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// NewID returns a fresh 64-hex-digit ID.
+func NewID() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// kind is one of the two record types.
+type kind struct {
+	bucket []byte
+	prefix string // in the names bucket
+	what   string // for messages
+}
+
+var (
+	sandboxes  = kind{bucketSandboxes, "s/", "pod sandbox"}
+	containers = kind{bucketContainers, "c/", "container"}
+)
+
+func put(tx *bolt.Tx, k kind, id string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(k.bucket).Put([]byte(id), b)
+}
+
+// create stores a new record, reserving its name.
+func create(db *bolt.DB, k kind, id, name string, v any) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		names := tx.Bucket(bucketNames)
+		if other := names.Get([]byte(k.prefix + name)); other != nil {
+			return fmt.Errorf("%s name %q is reserved for %s %s: %w", k.what, name, k.what, other, errdefs.ErrAlreadyExists)
+		}
+		if tx.Bucket(k.bucket).Get([]byte(id)) != nil {
+			return fmt.Errorf("%s %s: %w", k.what, id, errdefs.ErrAlreadyExists)
+		}
+		if err := names.Put([]byte(k.prefix+name), []byte(id)); err != nil {
+			return err
+		}
+		return put(tx, k, id, v)
+	})
+}
+
+// resolve finds the full ID for id or a unique prefix of it.
+func resolve(tx *bolt.Tx, k kind, id string) (string, error) {
+	if id == "" {
+		return "", fmt.Errorf("%s ID is empty: %w", k.what, errdefs.ErrInvalidArgument)
+	}
+	b := tx.Bucket(k.bucket)
+	if b.Get([]byte(id)) != nil {
+		return id, nil
+	}
+	var found string
+	c := b.Cursor()
+	for key, _ := c.Seek([]byte(id)); key != nil && strings.HasPrefix(string(key), id); key, _ = c.Next() {
+		if found != "" {
+			return "", fmt.Errorf("%s ID prefix %q is ambiguous: %w", k.what, id, errdefs.ErrInvalidArgument)
+		}
+		found = string(key)
+	}
+	if found == "" {
+		return "", fmt.Errorf("%s %q: %w", k.what, id, errdefs.ErrNotFound)
+	}
+	return found, nil
+}
+
+func get(db *bolt.DB, k kind, id string, v any) error {
+	return db.View(func(tx *bolt.Tx) error {
+		full, err := resolve(tx, k, id)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(tx.Bucket(k.bucket).Get([]byte(full)), v)
+	})
+}
+
+// update applies fn to a record in one transaction; fn's error aborts it.
+func update[T any](db *bolt.DB, k kind, id string, fn func(*T) error) (T, error) {
+	var v T
+	err := db.Update(func(tx *bolt.Tx) error {
+		full, err := resolve(tx, k, id)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(tx.Bucket(k.bucket).Get([]byte(full)), &v); err != nil {
+			return err
+		}
+		if err := fn(&v); err != nil {
+			return err
+		}
+		return put(tx, k, full, &v)
+	})
+	return v, err
+}
+
+func remove(db *bolt.DB, k kind, id, name string) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(k.bucket).Delete([]byte(id)); err != nil {
+			return err
+		}
+		names := tx.Bucket(bucketNames)
+		if string(names.Get([]byte(k.prefix+name))) == id {
+			return names.Delete([]byte(k.prefix + name))
+		}
+		return nil
+	})
+}
+
+func list[T any](db *bolt.DB, k kind, keep func(*T) bool) ([]T, error) {
+	var out []T
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(k.bucket).ForEach(func(_, b []byte) error {
+			var v T
+			if err := json.Unmarshal(b, &v); err != nil {
+				return err
+			}
+			if keep == nil || keep(&v) {
+				out = append(out, v)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CreateSandbox stores a new sandbox; its name must be free.
+func (s *Store) CreateSandbox(sb *Sandbox) error { return create(s.db, sandboxes, sb.ID, sb.Name, sb) }
+
+// Sandbox finds a sandbox by ID or unique ID prefix.
+func (s *Store) Sandbox(id string) (Sandbox, error) {
+	var sb Sandbox
+	err := get(s.db, sandboxes, id, &sb)
+	return sb, err
+}
+
+// UpdateSandbox changes a sandbox atomically.
+func (s *Store) UpdateSandbox(id string, fn func(*Sandbox) error) (Sandbox, error) {
+	return update(s.db, sandboxes, id, fn)
+}
+
+// DeleteSandbox removes a sandbox record and frees its name.
+func (s *Store) DeleteSandbox(sb Sandbox) error { return remove(s.db, sandboxes, sb.ID, sb.Name) }
+
+// Sandboxes lists sandboxes, oldest first, keeping those keep accepts.
+func (s *Store) Sandboxes(keep func(*Sandbox) bool) ([]Sandbox, error) {
+	out, err := list(s.db, sandboxes, keep)
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, err
+}
+
+// CreateContainer stores a new container; its sandbox must exist and its
+// name be free.
+func (s *Store) CreateContainer(c *Container) error {
+	if _, err := s.Sandbox(c.SandboxID); err != nil {
+		return err
+	}
+	return create(s.db, containers, c.ID, c.Name, c)
+}
+
+// Container finds a container by ID or unique ID prefix.
+func (s *Store) Container(id string) (Container, error) {
+	var c Container
+	err := get(s.db, containers, id, &c)
+	return c, err
+}
+
+// UpdateContainer changes a container atomically.
+func (s *Store) UpdateContainer(id string, fn func(*Container) error) (Container, error) {
+	return update(s.db, containers, id, fn)
+}
+
+// DeleteContainer removes a container record and frees its name.
+func (s *Store) DeleteContainer(c Container) error { return remove(s.db, containers, c.ID, c.Name) }
+
+// Containers lists containers, oldest first, keeping those keep accepts.
+func (s *Store) Containers(keep func(*Container) bool) ([]Container, error) {
+	out, err := list(s.db, containers, keep)
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, err
+}

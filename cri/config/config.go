@@ -16,6 +16,36 @@ type Config struct {
 	Log      Log      `toml:"log"`
 	Registry Registry `toml:"registry"`
 	Image    Image    `toml:"image"`
+	VM       VM       `toml:"vm"`
+	QEMU     QEMU     `toml:"qemu"`
+	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
+	// handlers) besides the default one ("" and "macvz").
+	RuntimeHandlers map[string]RuntimeHandler `toml:"runtime_handlers"`
+}
+
+// VM sizes and times sandboxes.
+type VM struct {
+	// DefaultCPUs and DefaultMemoryBytes size a VM whose pod sets no
+	// limits or requests (never below the image's minimums).
+	DefaultCPUs        int   `toml:"default_cpus"`
+	DefaultMemoryBytes int64 `toml:"default_memory_bytes"`
+	// BootTimeout bounds boot-to-agent-ready.
+	BootTimeout Duration `toml:"boot_timeout"`
+}
+
+// QEMU configures the qemu backend.
+type QEMU struct {
+	// Binary is the qemu-system executable.
+	Binary string `toml:"binary"`
+	// Accel is "auto" (kvm when /dev/kvm opens, else tcg), "kvm" or "tcg".
+	Accel string `toml:"accel"`
+}
+
+// RuntimeHandler is one named runtime handler.
+type RuntimeHandler struct {
+	// VMImage, when set, boots every sandbox of this handler from this
+	// image at RunPodSandbox, before any container is created.
+	VMImage string `toml:"vm_image"`
 }
 
 // Log configures the daemon's log/slog output.

@@ -40,6 +40,31 @@ backend = "{{.C.Backend}}"
   # Blobs (layers, disk chunks) fetched at once by one pull.
   max_concurrent_downloads = {{.C.Image.MaxConcurrentDownloads}}
 
+[vm]
+  # Size of a VM whose pod sets no CPU/memory limits or requests. A pod's
+  # limits (requests where no limit is set), summed over its containers,
+  # size its VM otherwise; never below the image's minimums.
+  default_cpus = {{.C.VM.DefaultCPUs}}
+  default_memory_bytes = {{.C.VM.DefaultMemoryBytes}}
+  # How long a VM may take from boot to an answering guest agent.
+  boot_timeout = "{{.C.VM.BootTimeout}}"
+
+[qemu]
+  # The qemu backend (Linux guests on Linux).
+  binary = "{{.C.QEMU.Binary}}"
+  # "auto" uses kvm when /dev/kvm can be opened, else tcg (software
+  # emulation, slow but works everywhere). Set "tcg" where /dev/kvm exists
+  # but does not work (nested or paravirtualised hosts).
+  accel = "{{.C.QEMU.Accel}}"
+
+# Runtime handlers (the handler of a RuntimeClass) besides the default
+# ("macvz" or empty). vm_image boots every sandbox of the handler from that
+# image at RunPodSandbox, before any container exists.
+#
+# [runtime_handlers.macos-15]
+#   vm_image = "ghcr.io/cirruslabs/macos-sequoia-base:latest"
+[runtime_handlers]
+
 # Per-registry settings, keyed by the host as written in image references.
 # Mirrors are tried in order before the host itself; credentials given to
 # PullImage are sent only to the host they were given for. Plain HTTP is

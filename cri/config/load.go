@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
@@ -28,6 +29,13 @@ func Default() *Config {
 			Hosts: map[string]Host{},
 		},
 		Image: Image{MaxConcurrentDownloads: 4},
+		VM: VM{
+			DefaultCPUs:        1,
+			DefaultMemoryBytes: 512 << 20,
+			BootTimeout:        Duration(2 * time.Minute),
+		},
+		QEMU:            QEMU{Binary: "qemu-system-x86_64", Accel: "auto"},
+		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
 
@@ -70,6 +78,9 @@ func Decode(r io.Reader) (*Config, error) {
 	if cfg.Registry.Hosts == nil {
 		cfg.Registry.Hosts = map[string]Host{}
 	}
+	if cfg.RuntimeHandlers == nil {
+		cfg.RuntimeHandlers = map[string]RuntimeHandler{}
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -104,6 +115,25 @@ func (c *Config) Validate() error {
 	if c.Image.MaxConcurrentDownloads < 1 {
 		return bad("image.max_concurrent_downloads", "must be at least 1, got %d", c.Image.MaxConcurrentDownloads)
 	}
+	if c.VM.DefaultCPUs < 1 {
+		return bad("vm.default_cpus", "must be at least 1, got %d", c.VM.DefaultCPUs)
+	}
+	if c.VM.DefaultMemoryBytes < 64<<20 {
+		return bad("vm.default_memory_bytes", "must be at least 64 MiB, got %d", c.VM.DefaultMemoryBytes)
+	}
+	if c.VM.BootTimeout <= 0 {
+		return bad("vm.boot_timeout", "must be positive")
+	}
+	switch c.QEMU.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return bad("qemu.accel", "must be auto, kvm or tcg, got %q", c.QEMU.Accel)
+	}
+	for name := range c.RuntimeHandlers {
+		if name == "" || name == "macvz" {
+			return bad("runtime_handlers", "%q is the default handler and cannot be redefined", name)
+		}
+	}
 	for host, h := range c.Registry.Hosts {
 		if host == "" || strings.Contains(host, "/") {
 			return bad("registry.hosts", "%q is not a registry host (host[:port], no scheme or path)", host)
@@ -127,3 +157,22 @@ func (c *Config) Marshal() ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
+
+// Duration is a time.Duration written as a string in TOML ("90s", "2m").
+type Duration time.Duration
+
+// UnmarshalText reads "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration as "1m30s".
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// String is the duration as Go prints it.
+func (d Duration) String() string { return time.Duration(d).String() }

@@ -51,16 +51,57 @@ func (s *Store) Pull(ctx context.Context, ref string, auth *Auth) (Image, error)
 		return Image{}, err
 	}
 	key := named.String() + "\x00" + authKey(auth)
-	ch := s.pulls.DoChan(key, func() (any, error) { return s.pull(ctx, named, auth) })
+
+	s.flightsMu.Lock()
+	f := s.flights[key]
+	if f == nil {
+		// The download belongs to no single caller: it runs until it ends
+		// or until every caller waiting for it has given up, so that one
+		// impatient caller does not fail the others.
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		f = &flight{done: make(chan struct{}), cancel: cancel}
+		s.flights[key] = f
+		go func() {
+			img, err := s.pull(fctx, named, auth)
+			s.flightsMu.Lock()
+			if s.flights[key] == f {
+				delete(s.flights, key)
+			}
+			s.flightsMu.Unlock()
+			f.img, f.err = img, err
+			cancel()
+			close(f.done)
+		}()
+	}
+	f.waiters++
+	s.flightsMu.Unlock()
+
 	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return Image{}, r.Err
-		}
-		return r.Val.(Image), nil
+	case <-f.done:
+		return f.img, f.err
 	case <-ctx.Done():
+		s.flightsMu.Lock()
+		if f.waiters--; f.waiters == 0 {
+			// Nobody waits for this pull any more: stop it, and let a
+			// later Pull start afresh instead of joining a dying one (it
+			// resumes from what this one downloaded).
+			f.cancel()
+			if s.flights[key] == f {
+				delete(s.flights, key)
+			}
+		}
+		s.flightsMu.Unlock()
 		return Image{}, ctx.Err()
 	}
+}
+
+// flight is one pull and the callers waiting for it.
+type flight struct {
+	done    chan struct{} // closed when img and err are set
+	img     Image
+	err     error
+	cancel  context.CancelFunc
+	waiters int // guarded by Store.flightsMu
 }
 
 // authKey separates single-flight groups by credentials without keeping
@@ -96,12 +137,15 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (im
 	defer p.releaseAll()
 	defer func() {
 		// A pull that failed for a reason other than the network keeps
-		// nothing: its blobs are unreferenced, collect them now. After a
-		// network failure the fetched blobs and the partial ingest stay, so
+		// nothing: its partial downloads are dropped and its blobs are
+		// unreferenced, collect them now. After a network failure (or a
+		// cancellation) the fetched blobs and the partial ingests stay, so
 		// that the retry resumes instead of starting over.
 		if retErr != nil && !errdefs.IsUnavailable(retErr) && !errors.Is(retErr, context.Canceled) && !errors.Is(retErr, context.DeadlineExceeded) {
-			p.releaseAll()
-			if err := s.collect(context.WithoutCancel(ctx)); err != nil {
+			held := p.releaseAll()
+			cctx := context.WithoutCancel(ctx)
+			s.abortIngests(cctx, held)
+			if err := s.collect(cctx); err != nil {
 				log.Warn("collecting blobs of a failed pull", "error", err)
 			}
 		}
@@ -151,9 +195,14 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (im
 		byDigest.Name = named.Name() + "@" + top.Digest.String()
 		records = append(records, byDigest)
 	}
-	for _, r := range records {
-		if err := s.put(r); err != nil {
+	for i, r := range records {
+		stored, err := s.put(r)
+		if err != nil {
 			return Image{}, err
+		}
+		if i == 0 {
+			// A re-pull keeps the record's creation time: report it.
+			img = stored
 		}
 	}
 	log.Info("pulled image", "id", img.ID(), "kind", img.Kind, "size", img.Size, "duration", time.Since(start).Round(time.Millisecond))
@@ -183,13 +232,22 @@ func (p *pullState) holdDigest(d digest.Digest) {
 	p.mu.Unlock()
 }
 
-func (p *pullState) releaseAll() {
+// releaseAll releases every digest the pull holds and returns them.
+func (p *pullState) releaseAll() []digest.Digest {
 	p.mu.Lock()
 	held := p.held
 	p.held = nil
 	p.mu.Unlock()
 	p.s.release(held...)
+	return held
 }
+
+// ingestRef is the content store ingest of a blob's download: one per
+// digest, so that concurrent pulls of one blob share it and a retry
+// resumes it.
+func ingestRef(d digest.Digest) string { return ingestPrefix + d.String() }
+
+const ingestPrefix = "macvz-pull-"
 
 // small fetches a manifest, index or config blob and returns its bytes.
 func (p *pullState) small(ctx context.Context, desc ocispec.Descriptor, what string) ([]byte, error) {
@@ -374,7 +432,7 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 	if desc.Size <= 0 {
 		return false, fmt.Errorf("blob %s (%s) has size %d in its manifest: %w", desc.Digest, desc.MediaType, desc.Size, errdefs.ErrInvalidArgument)
 	}
-	ref := "macvz-pull-" + desc.Digest.String()
+	ref := ingestRef(desc.Digest)
 	// Waits while another pull holds the same ingest; when it commits,
 	// this returns AlreadyExists and the blob is not downloaded twice.
 	cw, err := content.OpenWriter(ctx, p.s.content, content.WithRef(ref), content.WithDescriptor(desc))

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
@@ -140,6 +141,8 @@ func (s *Store) collect(ctx context.Context) error {
 		}
 	}
 
+	s.expireIngests(ctx)
+
 	var deadBases []string
 	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindCommitted && info.Labels[LabelBase] != "" && !bases[info.Name] {
@@ -163,6 +166,58 @@ func (s *Store) collect(ctx context.Context) error {
 		logger(ctx).Debug("collected unreferenced image data", "blobs", len(dead), "bases", len(deadBases))
 	}
 	return nil
+}
+
+// ingestExpiry is how long a partial download that no pull is writing is
+// kept for a retry to resume from.
+var ingestExpiry = 24 * time.Hour
+
+// expireIngests drops partial downloads no pull holds that have not
+// grown for ingestExpiry: the pulls that left them are not coming back.
+func (s *Store) expireIngests(ctx context.Context) {
+	sts, err := s.content.ListStatuses(ctx)
+	if err != nil {
+		// The local store fails the whole listing while an ingest is
+		// being created; the next collection catches up.
+		logger(ctx).Debug("listing partial downloads", "error", err)
+		return
+	}
+	var stale []digest.Digest
+	for _, st := range sts {
+		if time.Since(st.UpdatedAt) < ingestExpiry {
+			continue
+		}
+		d, err := digest.Parse(strings.TrimPrefix(st.Ref, ingestPrefix))
+		if err != nil || !strings.HasPrefix(st.Ref, ingestPrefix) {
+			// Not ours: no pull of this store resumes it.
+			if err := s.content.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
+				logger(ctx).Warn("removing a stale partial download", "ref", st.Ref, "error", err)
+			}
+			continue
+		}
+		stale = append(stale, d)
+	}
+	if len(stale) > 0 {
+		logger(ctx).Info("removing stale partial downloads", "count", len(stale))
+		s.abortIngests(ctx, stale)
+	}
+}
+
+// abortIngests drops the partial downloads of ds that no running pull
+// holds. A pull holds a digest from before it opens the ingest until it
+// ends, and the check and the removal happen under s.mu, so an ingest
+// being written is never removed.
+func (s *Store) abortIngests(ctx context.Context, ds []digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		if s.inflight[d] > 0 {
+			continue
+		}
+		if err := s.content.Abort(ctx, ingestRef(d)); err != nil && !errdefs.IsNotFound(err) {
+			logger(ctx).Warn("removing a partial download", "digest", d, "error", err)
+		}
+	}
 }
 
 // Collect runs garbage collection (at daemon start, and after sandboxes

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -176,6 +177,11 @@ func classify(host string, err error) error {
 		}
 	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
 		return fmt.Errorf("registry %s speaks plain HTTP; allow it with [registry.hosts.%q] insecure = true: %w: %w", host, host, errdefs.ErrUnavailable, err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		// The connection broke off mid-response (and the fetcher's own
+		// reconnection attempts failed): a network failure, which the
+		// next pull resumes from.
+		return fmt.Errorf("registry %s: connection lost: %w: %w", host, errdefs.ErrUnavailable, err)
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
 		errors.As(err, &dnsErr), errors.As(err, &opErr):
 		return fmt.Errorf("registry %s is unreachable: %w: %w", host, errdefs.ErrUnavailable, err)

@@ -22,7 +22,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/vmimage"
@@ -76,7 +75,10 @@ type Store struct {
 	db      *bolt.DB
 	sn      snapshots.Snapshotter
 
-	pulls singleflight.Group
+	// flights are the pulls under way, by name and credentials: callers
+	// of one pull share its download (see Pull).
+	flightsMu sync.Mutex
+	flights   map[string]*flight
 
 	// inflight counts pulls holding each digest, so that garbage
 	// collection after a removal never deletes a blob a running pull has
@@ -118,7 +120,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}}
+	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}, flights: map[string]*flight{}}
 	// A crash mid-pull can leave an unpacked-but-uncommitted base; the
 	// snapshotter's active extraction snapshots are ours to remove.
 	s.removeStaleExtractions(ctx)
@@ -161,22 +163,24 @@ func (s *Store) Get(ctx context.Context, name string) (Image, error) {
 	return img, err
 }
 
-func (s *Store) put(img Image) error {
-	b, err := json.Marshal(img)
-	if err != nil {
-		return err
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+// put stores img under its name, keeping the creation time of a record
+// it replaces, and returns what it stored.
+func (s *Store) put(img Image) (Image, error) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketImages)
 		if old := bk.Get([]byte(img.Name)); old != nil {
 			var prev Image
-			if json.Unmarshal(old, &prev) == nil {
+			if json.Unmarshal(old, &prev) == nil && !prev.CreatedAt.IsZero() {
 				img.CreatedAt = prev.CreatedAt
-				b, _ = json.Marshal(img)
 			}
+		}
+		b, err := json.Marshal(img)
+		if err != nil {
+			return err
 		}
 		return bk.Put([]byte(img.Name), b)
 	})
+	return img, err
 }
 
 func (s *Store) hold(ds ...digest.Digest) {

@@ -1,0 +1,739 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// Timeouts for steps that have no caller deadline of their own.
+const (
+	qmpConnectTimeout = 30 * time.Second // QEMU up to its QMP greeting
+	qmpCommandTimeout = 5 * time.Second  // one control command (stop, quit, powerdown)
+	quitWait          = 5 * time.Second  // QEMU exiting after "quit"
+	eventDrainWait    = 2 * time.Second  // the QMP reader catching up after QEMU exited
+)
+
+// How Stop escalated, so the exit reason can say what happened.
+const (
+	stopNone = iota
+	stopPowerdown
+	stopQuit
+	stopKill
+)
+
+type machine struct {
+	spec *vm.Spec
+	cfg  config
+	args []string
+
+	done chan struct{}
+	tail tailBuffer
+
+	mu       sync.Mutex
+	state    vm.State
+	starting bool
+	proc     *os.Process
+	qmp      *qmpConn
+	exit     vm.Exit
+	shutdown string // reason of QEMU's SHUTDOWN event
+	stopMode int
+	paused   bool // by Save
+	grace    time.Duration
+	dirFile  *os.File // Dir, kept open when socket paths need /proc/self/fd
+}
+
+var _ vm.Machine = (*machine)(nil)
+
+func newMachine(spec *vm.Spec, c config) *machine {
+	return &machine{
+		spec:  spec,
+		cfg:   c,
+		args:  Args(spec, c.accel, c.machine),
+		done:  make(chan struct{}),
+		state: vm.StateCreated,
+	}
+}
+
+func (m *machine) path(name string) string { return filepath.Join(m.spec.Dir, name) }
+
+// Start implements vm.Machine. It returns once QEMU answers on QMP (a cold
+// boot) or once the saved state is loaded and the VM resumed (a restore);
+// it does not wait for the guest.
+func (m *machine) Start(ctx context.Context) error {
+	m.mu.Lock()
+	if m.state != vm.StateCreated || m.starting {
+		st := m.state
+		m.mu.Unlock()
+		return precondition("machine %s is %s; a machine starts once", m.spec.ID, st)
+	}
+	m.starting = true
+	m.mu.Unlock()
+
+	err := m.start(ctx)
+	if err != nil {
+		m.abortStart()
+		<-m.done
+		reason := m.Exit().Reason
+		if errors.Is(err, errExited) {
+			return fmt.Errorf("starting VM %s: %s", m.spec.ID, reason)
+		}
+		if reason != "" && !strings.Contains(err.Error(), reason) {
+			err = fmt.Errorf("%w (%s)", err, reason)
+		}
+		return fmt.Errorf("starting VM %s: %w", m.spec.ID, err)
+	}
+	m.mu.Lock()
+	m.starting = false
+	if m.state == vm.StateCreated {
+		m.state = vm.StateRunning
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *machine) start(ctx context.Context) error {
+	for _, name := range []string{AgentSocket, QMPSocket, PIDFile} {
+		os.Remove(m.path(name))
+	}
+	logf, err := os.OpenFile(m.path(LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		m.failEarly(err)
+		return err
+	}
+	fmt.Fprintf(logf, "%s starting: %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), m.cfg.binary, strings.Join(m.args, " "))
+
+	cmd := exec.Command(m.cfg.binary, m.args...)
+	cmd.Dir = m.spec.Dir
+	out := io.MultiWriter(logf, &m.tail)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = sysProcAttr()
+	if needsDirFD(m.spec.Dir) {
+		// A socket path is too long for sun_path: hand QEMU the directory
+		// as fd 3; Args named its sockets /proc/self/fd/3/<name>.
+		f, err := os.Open(m.spec.Dir)
+		if err != nil {
+			logf.Close()
+			m.failEarly(err)
+			return err
+		}
+		m.mu.Lock()
+		m.dirFile = f
+		m.mu.Unlock()
+		cmd.ExtraFiles = []*os.File{f}
+	}
+
+	started := make(chan error, 1)
+	go m.run(cmd, logf, started)
+	if err := <-started; err != nil {
+		return err
+	}
+	m.mu.Lock()
+	pid := m.proc.Pid
+	m.mu.Unlock()
+	if err := writeFileAtomic(m.path(PIDFile), []byte(strconv.Itoa(pid)+"\n")); err != nil {
+		return err
+	}
+
+	q, err := m.connectQMP(ctx)
+	if err != nil {
+		return err
+	}
+	if m.spec.RestoreFrom != "" {
+		if err := m.waitIncoming(ctx, q); err != nil {
+			return err
+		}
+		if _, err := q.execute(ctx, "cont", nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// failEarly ends a machine whose QEMU never started.
+func (m *machine) failEarly(err error) {
+	m.finish(vm.Exit{At: time.Now(), Reason: "qemu did not start: " + err.Error()})
+}
+
+// run starts QEMU and waits for it, on one goroutine locked to its OS
+// thread. Pdeathsig (see sysProcAttr) fires when the *thread* that forked
+// the child exits, not the process: Go may end an OS thread whenever a
+// goroutine that locked it exits without unlocking (netns helpers do this
+// on purpose), and any unlocked goroutine may happen to run on such a
+// thread. Locking the thread for the child's whole life guarantees the
+// forking thread lives exactly as long as we care about the child, and
+// costs nothing extra: cmd.Wait blocks a thread in wait4 anyway.
+func (m *machine) run(cmd *exec.Cmd, logf *os.File, started chan<- error) {
+	lockOSThread()
+	defer unlockOSThread()
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		m.failEarly(err)
+		started <- err
+		return
+	}
+	m.mu.Lock()
+	m.proc = cmd.Process
+	if m.stopMode >= stopKill { // Stop came first
+		cmd.Process.Kill()
+	}
+	m.mu.Unlock()
+	started <- nil
+	werr := cmd.Wait()
+	logf.Close()
+	m.exited(cmd.ProcessState, werr)
+}
+
+func (m *machine) connectQMP(ctx context.Context) (*qmpConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancel()
+	path := m.path(QMPSocket)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			q, err := m.dialQMP(ctx)
+			if err == nil {
+				m.mu.Lock()
+				if m.state == vm.StateStopped {
+					m.mu.Unlock()
+					q.Close()
+					return nil, errExited
+				}
+				m.qmp = q
+				m.mu.Unlock()
+				return q, nil
+			}
+		}
+		select {
+		case <-m.done:
+			return nil, errExited
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for QMP on %s: %w", path, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+func (m *machine) dialQMP(ctx context.Context) (*qmpConn, error) {
+	c, err := m.dial(ctx, QMPSocket)
+	if err != nil {
+		return nil, err
+	}
+	q, err := newQMP(ctx, c, m.onEvent)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// errExited says QEMU exited while Start waited for it.
+var errExited = errors.New("qemu exited")
+
+// dial connects to a socket in Dir, through /proc/self/fd when the path
+// is too long for sun_path.
+func (m *machine) dial(ctx context.Context, name string) (net.Conn, error) {
+	path := m.path(name)
+	if len(path) > maxSocketPath {
+		m.mu.Lock()
+		f := m.dirFile
+		m.mu.Unlock()
+		if f == nil {
+			return nil, fmt.Errorf("socket path %s is too long", path)
+		}
+		path = fmt.Sprintf("/proc/self/fd/%d/%s", f.Fd(), name)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", path)
+}
+
+func (m *machine) onEvent(e qmpEvent) {
+	if e.Event != "SHUTDOWN" {
+		return
+	}
+	var data struct {
+		Reason string `json:"reason"`
+	}
+	json.Unmarshal(e.Data, &data)
+	m.mu.Lock()
+	if m.shutdown == "" {
+		m.shutdown = data.Reason
+	}
+	m.mu.Unlock()
+}
+
+// waitIncoming polls the incoming migration until it has completed.
+// A failed load makes QEMU exit, which ends the wait too.
+func (m *machine) waitIncoming(ctx context.Context, q *qmpConn) error {
+	for {
+		st, err := queryMigrate(ctx, q)
+		if err != nil {
+			return fmt.Errorf("restoring from %s: %w", m.spec.RestoreFrom, err)
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("restoring from %s: migration %s: %s", m.spec.RestoreFrom, st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("restoring from %s: %w", m.spec.RestoreFrom, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+type migrateStatus struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+func queryMigrate(ctx context.Context, q *qmpConn) (migrateStatus, error) {
+	var st migrateStatus
+	raw, err := q.execute(ctx, "query-migrate", nil)
+	if err != nil {
+		return st, err
+	}
+	err = json.Unmarshal(raw, &st)
+	return st, err
+}
+
+// abortStart kills a QEMU whose start failed.
+func (m *machine) abortStart() {
+	m.mu.Lock()
+	p := m.proc
+	if m.stopMode < stopKill {
+		m.stopMode = stopKill
+	}
+	m.mu.Unlock()
+	if p != nil {
+		p.Kill()
+	}
+}
+
+// exited runs once QEMU has exited: it lets the QMP reader drain the
+// last events (SHUTDOWN says why), then records the exit.
+func (m *machine) exited(ps *os.ProcessState, werr error) {
+	m.mu.Lock()
+	q := m.qmp
+	m.mu.Unlock()
+	if q != nil {
+		select {
+		case <-q.Done():
+		case <-time.After(eventDrainWait):
+		}
+		q.Close()
+	}
+	m.mu.Lock()
+	reason, clean := m.exitReason(ps, werr)
+	m.mu.Unlock()
+	os.Remove(m.path(PIDFile))
+	m.finish(vm.Exit{At: time.Now(), Reason: reason, Clean: clean})
+}
+
+// exitReason explains QEMU's exit; m.mu is held.
+func (m *machine) exitReason(ps *os.ProcessState, werr error) (string, bool) {
+	hard := "stopped hard after the grace period"
+	if m.grace <= 0 {
+		hard = "stopped hard (no grace period)"
+	}
+	last := m.tail.LastLine()
+	withLast := func(s string) string {
+		if last != "" {
+			return s + ": " + last
+		}
+		return s
+	}
+	switch m.shutdown {
+	case "guest-shutdown":
+		return "guest powered off", true
+	case "guest-reset":
+		return "guest rebooted (a reboot ends the VM)", true
+	case "guest-panic":
+		return "guest panicked", false
+	case "host-qmp-quit":
+		if m.paused && m.stopMode == stopQuit {
+			return "stopped while paused (after Save)", true
+		}
+		if m.stopMode >= stopQuit {
+			return hard, false
+		}
+		return "qemu quit on a QMP command", false
+	case "":
+	default:
+		if m.stopMode >= stopQuit {
+			return hard, false
+		}
+		return withLast("qemu shut down (" + m.shutdown + ")"), false
+	}
+	if ps == nil {
+		return withLast(fmt.Sprintf("qemu: %v", werr)), false
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		if ws.Signal() == syscall.SIGKILL && m.stopMode >= stopKill {
+			return "killed", false
+		}
+		return withLast(fmt.Sprintf("qemu killed by signal %s", ws.Signal())), false
+	}
+	if code := ps.ExitCode(); code != 0 {
+		return withLast(fmt.Sprintf("qemu exited with status %d", code)), false
+	}
+	if m.stopMode >= stopQuit {
+		return hard, false
+	}
+	return "qemu exited", false
+}
+
+// finish records the exit and closes Done, once.
+func (m *machine) finish(e vm.Exit) {
+	m.mu.Lock()
+	if m.state == vm.StateStopped {
+		m.mu.Unlock()
+		return
+	}
+	m.state = vm.StateStopped
+	m.exit = e
+	if m.dirFile != nil {
+		m.dirFile.Close()
+		m.dirFile = nil
+	}
+	m.mu.Unlock()
+	close(m.done)
+}
+
+// Stop implements vm.Machine: ACPI power button (QMP system_powerdown),
+// up to grace for the guest to power off, then QMP quit, then SIGKILL.
+// A grace of 0 skips the power button. Safe to call repeatedly and
+// concurrently; a machine that never started just becomes stopped.
+func (m *machine) Stop(ctx context.Context, grace time.Duration) error {
+	m.mu.Lock()
+	switch {
+	case m.state == vm.StateStopped:
+		m.mu.Unlock()
+		return nil
+	case m.state == vm.StateCreated && !m.starting:
+		m.mu.Unlock()
+		m.finish(vm.Exit{At: time.Now(), Reason: "stopped before it started", Clean: true})
+		return nil
+	}
+	q, p, paused := m.qmp, m.proc, m.paused
+	if m.stopMode == stopNone {
+		m.grace = grace
+	}
+	m.mu.Unlock()
+
+	// A paused guest cannot react to the power button.
+	if grace > 0 && q != nil && !paused {
+		m.escalate(stopPowerdown)
+		cctx, cancel := context.WithTimeout(ctx, qmpCommandTimeout)
+		_, err := q.execute(cctx, "system_powerdown", nil)
+		cancel()
+		if err == nil {
+			t := time.NewTimer(grace)
+			select {
+			case <-m.done:
+				t.Stop()
+				return nil
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+	}
+	if q != nil {
+		m.escalate(stopQuit)
+		cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
+		_, err := q.execute(cctx, "quit", nil)
+		cancel()
+		if err == nil || errors.Is(err, errQMPClosed) {
+			t := time.NewTimer(quitWait)
+			select {
+			case <-m.done:
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+	}
+	m.escalate(stopKill)
+	if p == nil {
+		m.mu.Lock()
+		p = m.proc
+		m.mu.Unlock()
+	}
+	if p != nil {
+		p.Kill()
+	}
+	select {
+	case <-m.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m *machine) escalate(mode int) {
+	m.mu.Lock()
+	if m.stopMode < mode {
+		m.stopMode = mode
+	}
+	m.mu.Unlock()
+}
+
+// Done implements vm.Machine.
+func (m *machine) Done() <-chan struct{} { return m.done }
+
+// Exit implements vm.Machine.
+func (m *machine) Exit() vm.Exit {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exit
+}
+
+// State implements vm.Machine.
+func (m *machine) State() vm.State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// Stats implements vm.Machine from /proc/<pid>/stat (utime + stime) and
+// /proc/<pid>/statm (resident pages) of the QEMU process.
+func (m *machine) Stats(ctx context.Context) (vm.Stats, error) {
+	m.mu.Lock()
+	p, st := m.proc, m.state
+	m.mu.Unlock()
+	if p == nil || st == vm.StateStopped {
+		return vm.Stats{}, precondition("machine %s is not running", m.spec.ID)
+	}
+	return procStats(p.Pid)
+}
+
+func procStats(pid int) (vm.Stats, error) {
+	var s vm.Stats
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	// comm (field 2) is in parentheses and may contain anything; fields
+	// after its closing parenthesis start at field 3 (state).
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return s, fmt.Errorf("parsing /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return s, fmt.Errorf("parsing /proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseUint(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseUint(f[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return s, fmt.Errorf("parsing /proc/%d/stat: %w", pid, err)
+	}
+	s.CPUNanos = (utime + stime) * uint64(time.Second/clockTicks)
+
+	statm, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", pid))
+	if err != nil {
+		return s, err
+	}
+	g := strings.Fields(string(statm))
+	if len(g) < 2 {
+		return s, fmt.Errorf("parsing /proc/%d/statm", pid)
+	}
+	rss, err := strconv.ParseUint(g[1], 10, 64)
+	if err != nil {
+		return s, fmt.Errorf("parsing /proc/%d/statm: %w", pid, err)
+	}
+	s.MemoryBytes = rss * uint64(os.Getpagesize())
+	return s, nil
+}
+
+// DialAgent implements vm.Machine: a connection to the host end of the
+// guest agent's virtio-serial port. QEMU serves one client at a time on
+// that socket: while one connection is open, a second one connects but
+// sees no data until the first is closed. The guest side reads EOF while
+// no host client is connected.
+func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
+	if st := m.State(); st != vm.StateRunning {
+		return nil, precondition("machine %s is %s, not running", m.spec.ID, st)
+	}
+	return m.dial(ctx, AgentSocket)
+}
+
+// Save implements vm.Machine: QMP stop, then migrate into a pipe whose
+// other end this process copies to path (through path+".tmp", renamed
+// once QEMU has written everything). The VM stays paused.
+//
+// The pipe ("fd:" migration with the write end passed by SCM_RIGHTS to
+// QMP getfd) rather than "exec:cat > file": QEMU reports the migration
+// completed before its exec'd child has necessarily written the last
+// bytes, whereas EOF on our pipe end proves the stream is all there.
+func (m *machine) Save(ctx context.Context, path string) error {
+	m.mu.Lock()
+	q, st := m.qmp, m.state
+	m.mu.Unlock()
+	if st != vm.StateRunning || q == nil {
+		return precondition("machine %s is %s, not running", m.spec.ID, st)
+	}
+	if _, err := q.execute(ctx, "stop", nil); err != nil {
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	m.mu.Lock()
+	m.paused = true
+	m.mu.Unlock()
+	// The default migration bandwidth limit (32 MiB/s) would make a save
+	// of a few hundred MiB take seconds; a paused VM has no reason to
+	// throttle.
+	if _, err := q.execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}); err != nil {
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+
+	tmp := path + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			out.Close()
+			os.Remove(tmp)
+		}
+	}()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1<<20)
+		_, err := io.CopyBuffer(out, pr, buf)
+		pr.Close()
+		copied <- err
+	}()
+	_, err = q.executeFD(ctx, "getfd", map[string]any{"fdname": "macvz-save"}, pw)
+	pw.Close()
+	if err != nil {
+		<-copied
+		return fmt.Errorf("saving VM %s: passing the pipe to qemu: %w", m.spec.ID, err)
+	}
+	if _, err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:macvz-save"}); err != nil {
+		q.execute(context.Background(), "closefd", map[string]any{"fdname": "macvz-save"})
+		<-copied
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	for {
+		st, err := queryMigrate(ctx, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
+				q.execute(cctx, "migrate_cancel", nil)
+				cancel()
+			}
+			<-copied
+			return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		}
+		switch st.Status {
+		case "completed":
+		case "failed", "cancelled":
+			<-copied
+			return fmt.Errorf("saving VM %s: migration %s: %s", m.spec.ID, st.Status, st.ErrorDesc)
+		default:
+			select {
+			case <-ctx.Done():
+				cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
+				q.execute(cctx, "migrate_cancel", nil)
+				cancel()
+				<-copied
+				return fmt.Errorf("saving VM %s: %w", m.spec.ID, ctx.Err())
+			case <-time.After(5 * time.Millisecond):
+			}
+			continue
+		}
+		break
+	}
+	// Completed: QEMU closes its end of the pipe right after; wait for
+	// the copy to reach EOF.
+	select {
+	case err = <-copied:
+	case <-ctx.Done():
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("saving VM %s: writing %s: %w", m.spec.ID, tmp, err)
+	}
+	if err := out.Sync(); err != nil {
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	ok = true
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// needsDirFD reports whether a socket in dir needs the /proc/self/fd
+// detour (see socketPath).
+func needsDirFD(dir string) bool {
+	return socketPath(dir, AgentSocket) != filepath.Join(dir, AgentSocket) ||
+		socketPath(dir, QMPSocket) != filepath.Join(dir, QMPSocket)
+}
+
+// tailBuffer keeps the last few KiB QEMU wrote, for error messages.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const tailMax = 4096
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > tailMax {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-tailMax:]...)
+	}
+	return len(p), nil
+}
+
+// LastLine is the last non-empty line written.
+func (t *tailBuffer) LastLine() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := strings.TrimRight(string(t.buf), "\r\n\t ")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return strings.TrimSpace(s)
+}

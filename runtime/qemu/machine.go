@@ -142,12 +142,6 @@ func (m *machine) start(ctx context.Context) error {
 	if err := <-started; err != nil {
 		return err
 	}
-	m.mu.Lock()
-	pid := m.proc.Pid
-	m.mu.Unlock()
-	if err := writeFileAtomic(m.path(PIDFile), []byte(strconv.Itoa(pid)+"\n")); err != nil {
-		return err
-	}
 
 	q, err := m.connectQMP(ctx)
 	if err != nil {
@@ -192,6 +186,9 @@ func (m *machine) run(cmd *exec.Cmd, logf *os.File, started chan<- error) {
 		cmd.Process.Kill()
 	}
 	m.mu.Unlock()
+	// Written here, before Wait, so that exited's removal always comes
+	// after; a failure only loses the convenience file.
+	writeFileAtomic(m.path(PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"))
 	started <- nil
 	werr := cmd.Wait()
 	logf.Close()

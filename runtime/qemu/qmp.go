@@ -98,9 +98,6 @@ func dialQMP(ctx context.Context, path string, onEvent func(qmpEvent)) (*qmpConn
 func newQMP(ctx context.Context, conn net.Conn, onEvent func(qmpEvent)) (*qmpConn, error) {
 	r := bufio.NewReader(conn)
 	// The greeting comes first; bound the wait by ctx.
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetReadDeadline(dl)
-	}
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	line, err := r.ReadBytes('\n')
 	stop()

@@ -1,0 +1,341 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// fakeFiles makes the files a spec points at.
+func fakeFiles(t *testing.T) (dir, kernel, initrd, disk, share string) {
+	t.Helper()
+	root := t.TempDir()
+	dir = filepath.Join(root, "vm")
+	kernel = filepath.Join(root, "vmlinux")
+	initrd = filepath.Join(root, "initrd.img")
+	disk = filepath.Join(root, "disk,0.raw") // a comma, to see it escaped
+	share = filepath.Join(root, "share")
+	for _, f := range []string{kernel, initrd, disk} {
+		if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(share, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
+func sampleSpec(t *testing.T) *vm.Spec {
+	dir, kernel, initrd, disk, share := fakeFiles(t)
+	return &vm.Spec{
+		ID:          "sb1",
+		Dir:         dir,
+		CPUs:        2,
+		MemoryBytes: 512 << 20,
+		Boot:        vm.Boot{Kind: vm.BootLinux, Kernel: kernel, Initrd: initrd, Cmdline: "quiet rdinit=/init"},
+		Disks:       []vm.Disk{{Path: disk}, {Path: disk, ReadOnly: true}},
+		Shares:      []vm.Share{{Tag: "vol0", HostPath: share, ReadOnly: true}},
+		NICs: []vm.NIC{
+			{Kind: vm.NICTap, Device: "tap0", MAC: "02:00:00:00:00:01"},
+			{Kind: vm.NICUser, MAC: "02:00:00:00:00:02"},
+		},
+		ConsoleLog: filepath.Join(dir, "console.log"),
+		Options:    map[string]string{"accel": "tcg"},
+	}
+}
+
+func TestArgs(t *testing.T) {
+	s := sampleSpec(t)
+	d, root := s.Dir, filepath.Dir(s.Dir)
+	s.RestoreFrom = filepath.Join(root, "it's.state")
+	got := Args(s, AccelTCG, "pc")
+	want := []string{
+		"-name", "sb1",
+		"-M", "pc",
+		"-accel", "tcg",
+		"-nodefaults", "-no-user-config", "-nographic", "-display", "none",
+		"-no-reboot",
+		"-smp", "2",
+		"-m", "512M",
+		"-kernel", root + "/vmlinux",
+		"-initrd", root + "/initrd.img",
+		"-append", "console=ttyS0 panic=-1 quiet rdinit=/init",
+		"-chardev", "file,id=con,path=" + d + "/console.log,append=on",
+		"-serial", "chardev:con",
+		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-device", "virtio-serial-pci,id=vser",
+		"-chardev", "socket,id=agent,path=" + d + "/agent.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=vser.0,chardev=agent,name=agent",
+		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk0,cache=writeback,discard=unmap",
+		"-device", "virtio-blk-pci,drive=disk0",
+		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk1,cache=writeback,discard=unmap,readonly=on",
+		"-device", "virtio-blk-pci,drive=disk1",
+		"-fsdev", "local,id=fs0,path=" + root + "/share,security_model=none,readonly=on",
+		"-device", "virtio-9p-pci,fsdev=fs0,mount_tag=vol0",
+		"-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,romfile=",
+		"-netdev", "user,id=net1",
+		"-device", "virtio-net-pci,netdev=net1,mac=02:00:00:00:00:02,romfile=",
+		"-incoming", "exec:cat '" + root + `/it'\''s.state'`,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("args differ\n got: %q\nwant: %q", got, want)
+	}
+	for _, a := range got {
+		if strings.Contains(a, "vhost") {
+			t.Errorf("vhost requested: %q", a)
+		}
+	}
+}
+
+func TestArgsKVMAndDefaults(t *testing.T) {
+	s := &vm.Spec{ID: "x", Dir: "/run/x", CPUs: 1, MemoryBytes: 100<<20 + 1,
+		Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k", Cmdline: "console=hvc0 panic=5"}}
+	got := strings.Join(Args(s, AccelKVM, ""), " ")
+	for _, want := range []string{
+		"-M pc -accel kvm -cpu host ",
+		"-m 101M ",
+		"-append console=hvc0 panic=5 ",
+		"-chardev file,id=con,path=/run/x/console.log,append=on ",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q not in %q", want, got)
+		}
+	}
+	if strings.Contains(got, "-initrd") || strings.Contains(got, "-incoming") {
+		t.Errorf("unexpected option in %q", got)
+	}
+}
+
+func TestArgsLongDir(t *testing.T) {
+	dir := "/var/lib/macvz/sandboxes/" + strings.Repeat("a", 64) + "/vm/state/qemu"
+	s := &vm.Spec{ID: "x", Dir: dir, CPUs: 1, MemoryBytes: 64 << 20, Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k"}}
+	got := strings.Join(Args(s, AccelTCG, "q35"), " ")
+	if !strings.Contains(got, "socket,id=agent,path=/proc/self/fd/3/agent.sock,") ||
+		!strings.Contains(got, "socket,id=qmp,path=/proc/self/fd/3/qmp.sock,") {
+		t.Errorf("long socket paths not redirected: %s", got)
+	}
+	if !needsDirFD(dir) || needsDirFD("/tmp/x") {
+		t.Error("needsDirFD")
+	}
+}
+
+func TestCmdline(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                         "console=ttyS0 panic=-1",
+		"quiet":                    "console=ttyS0 panic=-1 quiet",
+		"console=ttyS0,115200":     "panic=-1 console=ttyS0,115200",
+		"panic=1 -- console=x":     "console=ttyS0 panic=1 -- console=x",
+		"console=hvc0 panic=0 foo": "console=hvc0 panic=0 foo",
+	} {
+		if got := Cmdline(in); got != want {
+			t.Errorf("Cmdline(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	d := New(WithBinary("sh")) // any executable: Validate only looks it up
+	if err := d.Validate(sampleSpec(t)); err != nil {
+		t.Fatalf("valid spec: %v", err)
+	}
+	type tc struct {
+		name  string
+		edit  func(*vm.Spec)
+		class error
+		msg   string
+	}
+	cases := []tc{
+		{"macos", func(s *vm.Spec) { s.Boot.Kind = vm.BootMacOS }, errdefs.ErrInvalidArgument, "macOS guests need the vz backend on a Mac"},
+		{"kind", func(s *vm.Spec) { s.Boot.Kind = "efi" }, errdefs.ErrInvalidArgument, `boot.kind "efi"`},
+		{"id", func(s *vm.Spec) { s.ID = "" }, errdefs.ErrInvalidArgument, "id is empty"},
+		{"dir", func(s *vm.Spec) { s.Dir = "rel" }, errdefs.ErrInvalidArgument, "dir"},
+		{"cpus", func(s *vm.Spec) { s.CPUs = 0 }, errdefs.ErrInvalidArgument, "cpus 0"},
+		{"memory", func(s *vm.Spec) { s.MemoryBytes = 63 << 20 }, errdefs.ErrInvalidArgument, "memoryBytes"},
+		{"no kernel", func(s *vm.Spec) { s.Boot.Kernel = "" }, errdefs.ErrInvalidArgument, "boot.kernel is empty"},
+		{"kernel missing", func(s *vm.Spec) { s.Boot.Kernel = "/nonexistent/vmlinux" }, errdefs.ErrFailedPrecondition, "boot.kernel"},
+		{"kernel dir", func(s *vm.Spec) { s.Boot.Kernel = s.Shares[0].HostPath }, errdefs.ErrInvalidArgument, "boot.kernel"},
+		{"initrd", func(s *vm.Spec) { s.Boot.Initrd = "/nonexistent" }, errdefs.ErrFailedPrecondition, "boot.initrd"},
+		{"cmdline", func(s *vm.Spec) { s.Boot.Cmdline = "a\nb" }, errdefs.ErrInvalidArgument, "boot.cmdline"},
+		{"disk", func(s *vm.Spec) { s.Disks[1].Path = "/nonexistent" }, errdefs.ErrFailedPrecondition, "disks[1].path"},
+		{"share missing", func(s *vm.Spec) { s.Shares[0].HostPath = "/nonexistent" }, errdefs.ErrFailedPrecondition, "shares[0].hostPath"},
+		{"share file", func(s *vm.Spec) { s.Shares[0].HostPath = s.Boot.Kernel }, errdefs.ErrInvalidArgument, "is not a directory"},
+		{"share tag", func(s *vm.Spec) { s.Shares[0].Tag = "a,b" }, errdefs.ErrInvalidArgument, "shares[0].tag"},
+		{"share tag dup", func(s *vm.Spec) { s.Shares = append(s.Shares, s.Shares[0]) }, errdefs.ErrInvalidArgument, "used twice"},
+		{"nic kind", func(s *vm.Spec) { s.NICs[0].Kind = vm.NICVmnetNAT }, errdefs.ErrInvalidArgument, `nics[0].kind "vmnet-nat"`},
+		{"nic device", func(s *vm.Spec) { s.NICs[0].Device = "" }, errdefs.ErrInvalidArgument, "nics[0].device"},
+		{"mac", func(s *vm.Spec) { s.NICs[1].MAC = "02:00:00:00:00" }, errdefs.ErrInvalidArgument, "nics[1].mac"},
+		{"mac multicast", func(s *vm.Spec) { s.NICs[1].MAC = "03:00:00:00:00:01" }, errdefs.ErrInvalidArgument, "multicast"},
+		{"restore", func(s *vm.Spec) { s.RestoreFrom = "/nonexistent.state" }, errdefs.ErrFailedPrecondition, "restoreFrom"},
+		{"accel", func(s *vm.Spec) { s.Options["accel"] = "hvf" }, errdefs.ErrInvalidArgument, `options.accel "hvf"`},
+		{"machine", func(s *vm.Spec) { s.Options["machine"] = "microvm" }, errdefs.ErrInvalidArgument, `options.machine "microvm"`},
+		{"binary", func(s *vm.Spec) { s.Options["binary"] = "/nonexistent/qemu" }, errdefs.ErrFailedPrecondition, "options.binary"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := sampleSpec(t)
+			c.edit(s)
+			err := d.Validate(s)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, c.class) {
+				t.Errorf("error %v is not %v", err, c.class)
+			}
+			if !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("error %q does not mention %q", err, c.msg)
+			}
+		})
+	}
+	if err := d.Validate(nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("nil spec: %v", err)
+	}
+	// Create validates too and creates nothing on error.
+	s := sampleSpec(t)
+	s.CPUs = 0
+	if _, err := d.Create(context.Background(), s); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Create: %v", err)
+	}
+	if _, err := os.Stat(s.Dir); !os.IsNotExist(err) {
+		t.Errorf("Create of an invalid spec made its dir: %v", err)
+	}
+}
+
+func TestResolveAccel(t *testing.T) {
+	d := New()
+	if d.Name() != "qemu" {
+		t.Error(d.Name())
+	}
+	for _, a := range []string{AccelKVM, AccelTCG} {
+		if got := d.resolveAccel(a); got != a {
+			t.Errorf("resolveAccel(%s) = %s", a, got)
+		}
+	}
+	got := d.resolveAccel(AccelAuto)
+	if got != AccelKVM && got != AccelTCG {
+		t.Errorf("auto resolved to %q", got)
+	}
+	if got == AccelKVM && !kvmUsable() {
+		t.Error("auto picked kvm on a host without usable kvm")
+	}
+}
+
+// A machine that never started stops cleanly and refuses the rest.
+func TestMachineNotStarted(t *testing.T) {
+	s := sampleSpec(t)
+	m, err := New(WithBinary("sh")).Create(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.State() != vm.StateCreated {
+		t.Fatal(m.State())
+	}
+	ctx := context.Background()
+	if _, err := m.DialAgent(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("DialAgent: %v", err)
+	}
+	if err := m.Save(ctx, filepath.Join(s.Dir, "x")); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Save: %v", err)
+	}
+	if _, err := m.Stats(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Stats: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := m.Stop(ctx, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-m.Done()
+	if e := m.Exit(); !e.Clean || m.State() != vm.StateStopped {
+		t.Errorf("exit %+v state %s", e, m.State())
+	}
+	if err := m.Start(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Start after Stop: %v", err)
+	}
+}
+
+// A QEMU that cannot be executed fails Start and leaves the machine stopped.
+func TestStartExecFails(t *testing.T) {
+	s := sampleSpec(t)
+	bin := filepath.Join(t.TempDir(), "qemu")
+	if err := os.WriteFile(bin, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.Options["binary"] = bin
+	m, err := New().Create(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err == nil {
+		t.Fatal("Start succeeded")
+	}
+	<-m.Done()
+	if m.State() != vm.StateStopped || m.Exit().Clean {
+		t.Errorf("state %s exit %+v", m.State(), m.Exit())
+	}
+}
+
+// A QEMU that exits at once: Start reports its last stderr line.
+func TestStartQEMUExits(t *testing.T) {
+	s := sampleSpec(t)
+	bin := filepath.Join(t.TempDir(), "qemu")
+	script := "#!/bin/sh\necho 'some noise' >&2\necho 'qemu: could not do the thing' >&2\nexit 3\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.Options["binary"] = bin
+	m, err := New().Create(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "qemu exited with status 3: qemu: could not do the thing") {
+		t.Fatalf("Start: %v", err)
+	}
+	<-m.Done()
+	if e := m.Exit(); e.Clean || !strings.Contains(e.Reason, "could not do the thing") {
+		t.Errorf("exit %+v", e)
+	}
+	log, _ := os.ReadFile(filepath.Join(s.Dir, LogFile))
+	if !strings.Contains(string(log), "could not do the thing") {
+		t.Errorf("qemu.log: %q", log)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, PIDFile)); !os.IsNotExist(err) {
+		t.Errorf("pid file left behind: %v", err)
+	}
+}
+
+func TestProcStats(t *testing.T) {
+	st, err := procStats(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MemoryBytes == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestTailBuffer(t *testing.T) {
+	var tb tailBuffer
+	tb.Write([]byte("one\ntwo\n"))
+	tb.Write([]byte("thr"))
+	tb.Write([]byte("ee\n\n"))
+	if got := tb.LastLine(); got != "three" {
+		t.Errorf("LastLine %q", got)
+	}
+	tb.Write([]byte(strings.Repeat("x", 3*tailMax) + "\nend"))
+	if got := tb.LastLine(); got != "end" || len(tb.buf) > tailMax {
+		t.Errorf("LastLine %q len %d", got, len(tb.buf))
+	}
+}

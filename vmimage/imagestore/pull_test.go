@@ -148,6 +148,9 @@ func TestPullVMFormats(t *testing.T) {
 		if got.Kind != vmimage.KindTart || !s.HasBase(ctx, got) {
 			t.Fatalf("Kind %q, HasBase %v", got.Kind, s.HasBase(ctx, got))
 		}
+		if got.ID() != img.Manifest.Digest.String() {
+			t.Errorf("ID of a VM image = %s, want its manifest digest %s", got.ID(), img.Manifest.Digest)
+		}
 		if _, ok, err := s.OCIConfig(ctx, got); ok || err != nil {
 			t.Errorf("OCIConfig of a VM image: ok=%v err=%v", ok, err)
 		}
@@ -558,7 +561,7 @@ func TestConcurrentPulls(t *testing.T) {
 				if err != nil {
 					t.Fatalf("pull %s: %v", tc.refs[i], err)
 				}
-				if results[i].ID() != img.ConfigDigest().String() || results[i].Manifest.Digest != img.Manifest.Digest {
+				if results[i].ID() != img.Manifest.Digest.String() || results[i].Config.Digest != img.ConfigDigest() {
 					t.Errorf("pull %s gave %+v", tc.refs[i], results[i])
 				}
 			}

@@ -39,7 +39,8 @@ type Image struct {
 	Target ocispec.Descriptor `json:"target"`
 	// Manifest is the platform manifest chosen from Target.
 	Manifest ocispec.Descriptor `json:"manifest"`
-	// Config is the manifest's config blob; its digest is the image ID.
+	// Config is the manifest's config blob; its digest is the image ID
+	// of an ordinary image (see ID).
 	Config ocispec.Descriptor `json:"config"`
 	// Kind says which VM format the image is, if any.
 	Kind vmimage.Kind `json:"kind,omitempty"`
@@ -50,8 +51,18 @@ type Image struct {
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 
-// ID is the image ID CRI reports, the config digest as containerd does.
-func (i *Image) ID() string { return i.Config.Digest.String() }
+// ID is the image ID CRI reports. For an ordinary image it is the config
+// digest, as containerd reports. For a VM image it is the manifest
+// digest: VM formats carry stub configs that unrelated images share byte
+// for byte (every Tart image of one OS, architecture and disk format has
+// the same config, agoda images the empty config "{}"), and a shared ID
+// would make them one image to List, Resolve and Remove.
+func (i *Image) ID() string {
+	if i.Kind != vmimage.KindNone {
+		return i.Manifest.Digest.String()
+	}
+	return i.Config.Digest.String()
+}
 
 // Options configure a Store.
 type Options struct {

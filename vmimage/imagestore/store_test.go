@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -704,4 +705,68 @@ func eventually(d time.Duration, cond func() bool) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return nil
+}
+
+// VM image formats use stub configs that many images share byte for byte
+// (every Tart image of one OS, architecture and disk format has the same
+// config; agoda images all have the empty config): distinct images must
+// still get distinct IDs, and removing one must not remove another.
+func TestVMImageIDsAreDistinct(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	type pushed struct {
+		ref string
+		img testimage.Image
+	}
+	var all []pushed
+	for seed := uint64(1); seed <= 2; seed++ {
+		tart, err := testimage.Tart(testimage.TartOptions{Seed: seed, DiskSize: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		agoda, err := testimage.Agoda(testimage.AgodaOptions{Seed: seed, DiskSize: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []pushed{{fmt.Sprintf("tart%d", seed), tart}, {fmt.Sprintf("agoda%d", seed), agoda}} {
+			push(t, reg, p.ref, "v1", p.img)
+			all = append(all, pushed{reg.Ref(p.ref, "v1"), p.img})
+		}
+	}
+	if all[0].img.ConfigDigest() != all[2].img.ConfigDigest() || all[1].img.ConfigDigest() != all[3].img.ConfigDigest() {
+		t.Fatal("the test images do not share their configs; the test tests nothing")
+	}
+	s := newStore(t, insecure(reg.Host()))
+	ids := map[string]string{}
+	var got []imagestore.Image
+	for _, p := range all {
+		img := mustPull(t, s, p.ref, nil)
+		if other, dup := ids[img.ID()]; dup {
+			t.Errorf("%s and %s have the same ID %s", other, p.ref, img.ID())
+		}
+		ids[img.ID()] = p.ref
+		got = append(got, img)
+	}
+	for i, img := range got {
+		rs, err := s.Resolve(ctx, img.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.Manifest.Digest != all[i].img.Manifest.Digest {
+				t.Errorf("Resolve(%s) (ID of %s) includes %s", img.ID(), all[i].ref, r.Name)
+			}
+		}
+	}
+	if err := s.Remove(ctx, got[0].ID()); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range got[1:] {
+		if _, err := s.Get(ctx, img.Name); err != nil {
+			t.Errorf("removing %s removed %s: %v", got[0].Name, img.Name, err)
+		}
+		if !s.HasBase(ctx, img) {
+			t.Errorf("removing %s removed the base of %s", got[0].Name, img.Name)
+		}
+	}
 }

@@ -162,6 +162,37 @@ func TestPullVMFormats(t *testing.T) {
 			t.Errorf("descriptor = %+v", d)
 		}
 		checkSparse(t, s, got, filepath.Join(dir, vmimage.DiskFile), disk, int64(len(nvram))+8<<10)
+
+		// A re-pull downloads nothing; a base lost since is unpacked
+		// again from the content store, still without downloading.
+		before := map[digest.Digest]int{}
+		for _, b := range img.Blobs {
+			before[b.Desc.Digest] = reg.Requests(b.Desc.Digest)
+		}
+		mustPull(t, s, reg.Ref("macos/tart", "sonoma"), nil)
+		for name := range snaps(t, s) {
+			if strings.HasPrefix(name, "test-view-") {
+				if err := s.sn.Remove(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := s.sn.Remove(ctx, imagestore.BaseName(got.Manifest.Digest)); err != nil {
+			t.Fatal(err)
+		}
+		if s.HasBase(ctx, got) {
+			t.Fatal("HasBase after the base was removed")
+		}
+		mustPull(t, s, reg.Ref("macos/tart", "sonoma"), nil)
+		for _, b := range img.Blobs {
+			if n := reg.Requests(b.Desc.Digest); n != before[b.Desc.Digest] {
+				t.Errorf("re-pull fetched %s (%s) again", b.Desc.Digest, b.Desc.MediaType)
+			}
+		}
+		if !s.HasBase(ctx, got) {
+			t.Fatal("re-pull did not restore the base")
+		}
+		sameFile(t, filepath.Join(viewBase(t, s, got), vmimage.DiskFile), disk)
 	})
 
 	t.Run("agoda", func(t *testing.T) {

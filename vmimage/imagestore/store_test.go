@@ -770,3 +770,31 @@ func TestVMImageIDsAreDistinct(t *testing.T) {
 		}
 	}
 }
+
+// Open removes the extraction snapshots a crash mid-pull left behind, and
+// nothing else.
+func TestOpenRemovesStaleExtractions(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t, config.Registry{})
+	if _, err := s.sn.Prepare(ctx, "macvz.extract/0123/abcd", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.sn.Prepare(ctx, "sandbox-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := imagestore.Open(ctx, imagestore.Options{Root: filepath.Join(s.root, "images"), Snapshotter: s.sn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	left := snaps(t, s)
+	if _, ok := left["macvz.extract/0123/abcd"]; ok {
+		t.Error("stale extraction kept")
+	}
+	if _, ok := left["sandbox-1"]; !ok {
+		t.Error("a sandbox's snapshot was removed")
+	}
+}

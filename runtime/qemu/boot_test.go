@@ -235,6 +235,23 @@ func TestBoot(t *testing.T) {
 	if got := a.cmd("cat /mnt/greeting"); got != "hi from the host" {
 		t.Errorf("9p read: %q", got)
 	}
+	// QEMU cannot migrate a mounted 9p share: Save fails, says why, and
+	// leaves the guest running.
+	state := filepath.Join(t.TempDir(), "vm.state")
+	err := m.Save(ctx, state)
+	t.Logf("Save with 9p mounted: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "mount_tag") {
+		t.Errorf("Save with a mounted 9p share: %v", err)
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		t.Errorf("failed Save left %s: %v", state, err)
+	}
+	if _, err := os.Stat(state + ".tmp"); !os.IsNotExist(err) {
+		t.Errorf("failed Save left %s.tmp: %v", state, err)
+	}
+	if got := a.cmd("ping"); got != "pong" {
+		t.Errorf("ping after a failed Save: %q", got)
+	}
 	st, err := m.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -383,6 +400,33 @@ func TestStartBadKernel(t *testing.T) {
 	if e.Clean || !strings.Contains(e.Reason, "invalid kernel header") {
 		t.Errorf("exit %+v", e)
 	}
+	if pids := qemuProcesses(spec.Dir); len(pids) != 0 {
+		t.Errorf("qemu processes left: %v", pids)
+	}
+}
+
+// TestRestoreBadState: QEMU cannot load the state file; Start says why.
+func TestRestoreBadState(t *testing.T) {
+	requireQEMU(t)
+	spec := guestSpec(t, t.TempDir())
+	spec.RestoreFrom = filepath.Join(t.TempDir(), "vm.state")
+	if err := os.WriteFile(spec.RestoreFrom, []byte("QEVM garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New().Create(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Start(context.Background())
+	if err == nil {
+		m.Stop(context.Background(), 0)
+		t.Fatal("Start succeeded")
+	}
+	t.Logf("Start: %v", err)
+	if !strings.Contains(err.Error(), "qemu exited with status 1: qemu-system-x86_64: load of migration failed") {
+		t.Errorf("Start error %q lacks QEMU's message", err)
+	}
+	waitDone(t, m, time.Second)
 	if pids := qemuProcesses(spec.Dir); len(pids) != 0 {
 		t.Errorf("qemu processes left: %v", pids)
 	}

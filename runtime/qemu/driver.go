@@ -27,7 +27,8 @@
 //     hang a stock kernel under kvm, which is why auto avoids it there;
 //     set "tcg" explicitly wherever kvm is known to be unusable.
 //   - "machine": "pc" (default) or "q35". Both boot the same PVH kernels;
-//     pc measured slightly faster to boot here under TCG.
+//     no measurable difference here under TCG (cold boot to an answering
+//     agent: pc 1.95–2.28 s, q35 1.94–2.03 s, 6 boots × 3 runs each).
 package qemu
 
 import (

@@ -89,8 +89,13 @@ func (m *machine) Start(ctx context.Context) error {
 		m.abortStart()
 		<-m.done
 		reason := m.Exit().Reason
-		if errors.Is(err, errExited) {
-			return fmt.Errorf("starting VM %s: %s", m.spec.ID, reason)
+		if errors.Is(err, errExited) || errors.Is(err, errQMPClosed) {
+			// QEMU's own last words say it best.
+			what := "starting VM " + m.spec.ID
+			if m.spec.RestoreFrom != "" {
+				what += " from " + m.spec.RestoreFrom
+			}
+			return fmt.Errorf("%s: %s", what, reason)
 		}
 		if reason != "" && !strings.Contains(err.Error(), reason) {
 			err = fmt.Errorf("%w (%s)", err, reason)
@@ -593,20 +598,37 @@ func (m *machine) Save(ctx context.Context, path string) error {
 	if _, err := q.execute(ctx, "stop", nil); err != nil {
 		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
 	}
+	m.setPaused(true)
+	if err := m.save(ctx, q, path); err != nil {
+		// Leave the VM as it was: running. (A 9p share the guest has
+		// mounted, for one, makes QEMU refuse to migrate.)
+		cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
+		if _, cerr := q.execute(cctx, "cont", nil); cerr == nil {
+			m.setPaused(false)
+		}
+		cancel()
+		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+	}
+	return nil
+}
+
+func (m *machine) setPaused(p bool) {
 	m.mu.Lock()
-	m.paused = true
+	m.paused = p
 	m.mu.Unlock()
+}
+
+func (m *machine) save(ctx context.Context, q *qmpConn, path string) error {
 	// The default migration bandwidth limit (32 MiB/s) would make a save
 	// of a few hundred MiB take seconds; a paused VM has no reason to
 	// throttle.
 	if _, err := q.execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}); err != nil {
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
-
 	tmp := path + ".tmp"
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
 	ok := false
 	defer func() {
@@ -617,7 +639,7 @@ func (m *machine) Save(ctx context.Context, path string) error {
 	}()
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
 	copied := make(chan error, 1)
 	go func() {
@@ -626,70 +648,76 @@ func (m *machine) Save(ctx context.Context, path string) error {
 		pr.Close()
 		copied <- err
 	}()
-	_, err = q.executeFD(ctx, "getfd", map[string]any{"fdname": "macvz-save"}, pw)
+	_, err = q.executeFD(ctx, "getfd", map[string]any{"fdname": saveFD}, pw)
 	pw.Close()
 	if err != nil {
 		<-copied
-		return fmt.Errorf("saving VM %s: passing the pipe to qemu: %w", m.spec.ID, err)
+		return fmt.Errorf("passing the pipe to qemu: %w", err)
 	}
-	if _, err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:macvz-save"}); err != nil {
-		q.execute(context.Background(), "closefd", map[string]any{"fdname": "macvz-save"})
+	if _, err := q.execute(ctx, "migrate", map[string]any{"uri": "fd:" + saveFD}); err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
+		q.execute(cctx, "closefd", map[string]any{"fdname": saveFD})
+		cancel()
 		<-copied
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
-	for {
+	cancelMigration := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
+		q.execute(cctx, "migrate_cancel", nil)
+		cancel()
+		<-copied
+	}
+	for done := false; !done; {
 		st, err := queryMigrate(ctx, q)
 		if err != nil {
 			if ctx.Err() != nil {
-				cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
-				q.execute(cctx, "migrate_cancel", nil)
-				cancel()
+				cancelMigration()
+				return ctx.Err()
 			}
 			<-copied
-			return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+			return err
 		}
 		switch st.Status {
 		case "completed":
+			done = true
 		case "failed", "cancelled":
 			<-copied
-			return fmt.Errorf("saving VM %s: migration %s: %s", m.spec.ID, st.Status, st.ErrorDesc)
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
 		default:
 			select {
 			case <-ctx.Done():
-				cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
-				q.execute(cctx, "migrate_cancel", nil)
-				cancel()
-				<-copied
-				return fmt.Errorf("saving VM %s: %w", m.spec.ID, ctx.Err())
+				cancelMigration()
+				return ctx.Err()
 			case <-time.After(5 * time.Millisecond):
 			}
-			continue
 		}
-		break
 	}
-	// Completed: QEMU closes its end of the pipe right after; wait for
-	// the copy to reach EOF.
+	// Completed: QEMU closes its end of the pipe right after; the copy
+	// reaching EOF proves every byte is in the file.
 	select {
 	case err = <-copied:
 	case <-ctx.Done():
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, ctx.Err())
+		return ctx.Err()
 	}
 	if err != nil {
-		return fmt.Errorf("saving VM %s: writing %s: %w", m.spec.ID, tmp, err)
+		return fmt.Errorf("writing %s: %w", tmp, err)
 	}
 	if err := out.Sync(); err != nil {
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
 	if err := out.Close(); err != nil {
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
 	ok = true
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
+		return err
 	}
 	return nil
 }
+
+// saveFD is the name Save gives its pipe in QEMU (QMP getfd).
+const saveFD = "macvz-save"
 
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"

@@ -572,7 +572,12 @@ func procStats(pid int) (vm.Stats, error) {
 // guest agent's virtio-serial port. QEMU serves one client at a time on
 // that socket: while one connection is open, a second one connects but
 // sees no data until the first is closed. The guest side reads EOF while
-// no host client is connected.
+// no host client is connected, and a guest write blocks until one is.
+// The guest learns of connects and disconnects from control messages it
+// may not have processed yet (a disconnect just before Save, a quick
+// reconnect), so it cannot count on seeing every new connection: the
+// host should speak first on a new connection, and the protocol should
+// tolerate leftovers of the previous one.
 func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 	if st := m.State(); st != vm.StateRunning {
 		return nil, precondition("machine %s is %s, not running", m.spec.ID, st)

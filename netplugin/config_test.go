@@ -1,0 +1,127 @@
+package netplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestLoadConfDefaults(t *testing.T) {
+	c, err := LoadConf([]byte(`{"cniVersion":"1.1.0","name":"n","type":"macvz-net","mode":"bridge-tap"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Bridge != DefaultBridge || c.IPAM.Type != "host-local" || !*c.HairpinMode {
+		t.Fatalf("defaults: %+v", c)
+	}
+	if len(c.ipam.Ranges) != 1 || c.ipam.Ranges[0][0].Subnet != DefaultSubnet {
+		t.Fatalf("default range: %+v", c.ipam)
+	}
+	if c.HostLocalDir() != "/var/lib/cni/networks/n" {
+		t.Fatalf("store %s", c.HostLocalDir())
+	}
+	// The IPAM plugin's stdin has the default section, other keys intact.
+	var in map[string]any
+	if err := json.Unmarshal(c.ipamStdin, &in); err != nil {
+		t.Fatal(err)
+	}
+	ipam := in["ipam"].(map[string]any)
+	if in["name"] != "n" || ipam["type"] != "host-local" || ipam["routes"] == nil {
+		t.Fatalf("ipam stdin: %s", c.ipamStdin)
+	}
+
+	// A host-local section with a subnet keeps it; no mode means the
+	// platform's.
+	c, err = LoadConf([]byte(`{"name":"n","ipam":{"type":"host-local","subnet":"10.9.0.0/24","dataDir":"/tmp/x"},"mtu":1400,"hairpinMode":false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != DefaultMode() || c.ipam.Subnet != "10.9.0.0/24" || c.ipam.Ranges != nil || c.MTU != 1400 || *c.HairpinMode {
+		t.Fatalf("%+v", c)
+	}
+	if c.HostLocalDir() != "/tmp/x/n" {
+		t.Fatalf("store %s", c.HostLocalDir())
+	}
+
+	// GC's list: present-and-empty is not absent.
+	c, err = LoadConf([]byte(`{"name":"n","mode":"bridge-tap","cni.dev/valid-attachments":[]}`))
+	if err != nil || !c.hasValid || len(c.valid) != 0 {
+		t.Fatalf("%v %+v", err, c)
+	}
+	c, err = LoadConf([]byte(`{"name":"n","mode":"bridge-tap","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}`))
+	if err != nil || !c.hasValid || c.valid[0] != (types.GCAttachment{ContainerID: "a", IfName: "eth0"}) {
+		t.Fatalf("%v %+v", err, c)
+	}
+}
+
+func TestLoadConfErrors(t *testing.T) {
+	for _, tc := range []struct{ conf, want string }{
+		{`{"name":"n","mode":"slirp"}`, `unknown mode "slirp"`},
+		{`{"mode":"bridge-tap"}`, "missing network name"},
+		{`{"name":"n","mode":"bridge-tap","bridge":"a-name-that-is-too-long"}`, "bridge"},
+		{`{"name":"n","mode":"bridge-tap","mtu":20}`, "mtu 20"},
+		{`{"name":"n","mode":"bridge-tap","ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/33"}]]}}`, `ipam.ranges[0][0].subnet "10.88.0.0/33"`},
+		{`{"name":"n","mode":"bridge-tap","ipam":{"type":"host-local","subnet":"nonsense"}}`, `ipam.subnet "nonsense"`},
+		{`{"name":"n","mode":"bridge-tap","ipam":{"type":"host-local","ranges":[[{"subnet":"10.0.0.0/8","gateway":"x"}]]}}`, "gateway"},
+		{`{"name":"n","mode":"bridge-tap","ipam":{"type":"host-local","ranges":[[]]}}`, "empty range set"},
+		{`{"name":"n","mode":"bridge-tap","ipam":{"subnet":"10.0.0.0/8"}}`, `missing "type"`},
+		{`{"name":"n","mode":"vmnet-bridged"}`, `needs "interface"`},
+		{`{"name":"n","mode":"socket","socket":"relative.sock"}`, "absolute path"},
+		{`{"name":"n","mode":"vmnet-nat","ipam":{"type":"host-local"}}`, `takes no "ipam"`},
+		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}`, "hostPort 0"},
+		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}`, `protocol "icmp"`},
+		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"x"}]}}`, `hostIP "x"`},
+		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"mac":"01:00:00:00:00:01"}}`, "multicast"},
+	} {
+		_, err := LoadConf([]byte(tc.conf))
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.Contains(te.Msg, tc.want) {
+			t.Errorf("%s: got %v, want code 7 with %q", tc.conf, err, tc.want)
+		}
+	}
+	_, err := LoadConf([]byte(`{"name":`))
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrDecodingFailure {
+		t.Errorf("bad JSON: %v", err)
+	}
+}
+
+func TestNames(t *testing.T) {
+	id := strings.Repeat("0123456789abcdef", 4)
+	tap := TapName("macvz", id, "eth0")
+	if len(tap) > 15 || !strings.HasPrefix(tap, TapPrefix) || tap != TapName("macvz", id, "eth0") {
+		t.Fatalf("tap %q", tap)
+	}
+	if tap == TapName("macvz", id, "eth1") || tap == TapName("other", id, "eth0") || tap == TapName("macvz", id[1:], "eth0") {
+		t.Fatal("tap names collide")
+	}
+	mac := GuestMAC("macvz", id, "eth0")
+	hw, err := net.ParseMAC(mac)
+	if err != nil || hw[0]&2 == 0 || hw[0]&1 != 0 || mac != GuestMAC("macvz", id, "eth0") || mac == GuestMAC("macvz", "x", "eth0") {
+		t.Fatalf("mac %q", mac)
+	}
+	if b := BridgeMAC("macvz0"); b[0]&3 != 2 {
+		t.Fatalf("bridge mac %s", b)
+	}
+	tag := Tag("macvz", "eth0", id)
+	if !strings.HasPrefix(tag, TagPrefix) || !strings.HasSuffix(tag, " eth0 "+id) || len(tag) > maxTag {
+		t.Fatalf("tag %q", tag)
+	}
+	long := Tag("macvz", "eth0", strings.Repeat("x", 200))
+	if len(long) > maxTag || long == Tag("macvz", "eth0", strings.Repeat("x", 201)) {
+		t.Fatalf("long tag %q", long)
+	}
+	if !strings.HasPrefix(long, networkTagPrefix("macvz")) {
+		t.Fatalf("long tag lost its network: %q", long)
+	}
+	c := &NetConf{}
+	c.Name = "macvz"
+	c.RuntimeConfig.MAC = "AA:BB:CC:DD:EE:00"
+	if c.GuestMAC(id, "eth0") != "aa:bb:cc:dd:ee:00" {
+		t.Fatal("mac capability ignored")
+	}
+}

@@ -312,7 +312,8 @@ func WithDNS(d DNS) Option { return func(o *options) { o.dns = &d } }
 // plugin's derived one.
 func WithMAC(mac string) Option { return func(o *options) { o.mac = mac } }
 
-// WithArgs adds CNI_ARGS pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, ...).
+// WithArgs adds CNI_ARGS pairs (K8S_POD_NAMESPACE, K8S_POD_NAME, ...);
+// IgnoreUnknown=1 is sent with them.
 func WithArgs(kv ...[2]string) Option { return func(o *options) { o.args = append(o.args, kv...) } }
 
 func (m *Manager) runtimeConf(sandboxID, sandboxDir string, ports []PortMapping, opts []Option) *libcni.RuntimeConf {
@@ -330,11 +331,17 @@ func (m *Manager) runtimeConf(sandboxID, sandboxDir string, ports []PortMapping,
 	if o.mac != "" {
 		caps["mac"] = o.mac
 	}
+	args := o.args
+	if len(args) > 0 {
+		// Plugins that parse CNI_ARGS strictly (host-local) accept the
+		// ones they do not know only with this first.
+		args = append([][2]string{{"IgnoreUnknown", "1"}}, args...)
+	}
 	return &libcni.RuntimeConf{
 		ContainerID:    sandboxID,
 		NetNS:          sandboxDir,
 		IfName:         m.cfg.IfName,
-		Args:           o.args,
+		Args:           args,
 		CapabilityArgs: caps,
 	}
 }

@@ -80,4 +80,4 @@ deps:
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
 		qemu-system-x86 qemu-utils busybox-static cpio kmod xfsprogs e2fsprogs \
-		iproute2 tmux git ca-certificates
+		iproute2 nftables tmux git ca-certificates

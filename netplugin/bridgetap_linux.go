@@ -233,6 +233,7 @@ func (bridgeTap) add(args *skel.CmdArgs, c *NetConf) (res *current.Result, err e
 	if err := n.replace(tag, planRules(res.IPs, c.RuntimeConfig.PortMappings)); err != nil {
 		return nil, err
 	}
+	flushUDPHostPorts(c.RuntimeConfig.PortMappings)
 	res.DNS = c.resultDNS(res.DNS)
 	return res, nil
 }
@@ -257,6 +258,7 @@ func (bridgeTap) del(args *skel.CmdArgs, c *NetConf) error {
 	if err := delLink(TapName(c.Name, args.ContainerID, args.IfName)); err != nil {
 		errs = append(errs, err)
 	}
+	flushPodIPs(c.PrevResult)
 	return errors.Join(errs...)
 }
 

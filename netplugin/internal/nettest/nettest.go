@@ -30,6 +30,7 @@ var Packages = []string{
 	"github.com/macvz/macvz/cmd/macvz-net",
 	"github.com/containernetworking/plugins/plugins/ipam/host-local",
 	"github.com/containernetworking/plugins/plugins/meta/portmap",
+	"github.com/containernetworking/plugins/plugins/main/bridge", // the benchmark's baseline
 }
 
 // Build builds Packages into dir (one binary each, named after the last

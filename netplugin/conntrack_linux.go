@@ -3,7 +3,6 @@
 package netplugin
 
 import (
-
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -64,4 +63,3 @@ func flush(filters []netlink.CustomConntrackFilter) {
 		_, _ = netlinksafe.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...)
 	}
 }
-

@@ -436,3 +436,40 @@ func TestChain(t *testing.T) {
 	e.del(id)
 	e.expectGone(id, ip)
 }
+
+func TestDualStack(t *testing.T) {
+	e := newEnv(t, "10.88.0.0/16")
+	s := conflist(e.ipamDir, "10.88.0.0/16", "macvz0")
+	s = strings.Replace(s, `"ranges":[[{"subnet":"10.88.0.0/16"}]]`, `"ranges":[[{"subnet":"10.88.0.0/16"}],[{"subnet":"fd00:88::/64"}]]`, 1)
+	e.setList(s)
+	id := sandboxID(3)
+	res := e.add(id, netplugin.PortMapping{HostPort: 12000, ContainerPort: 80}, netplugin.PortMapping{HostPort: 12000, ContainerPort: 80, HostIP: "::"})
+	if len(res.IPs) != 2 || res.IPs[1].Address.IP.To4() != nil || res.IPs[1].Gateway.String() != "fd00:88::1" {
+		t.Fatalf("ips: %+v", res.IPs)
+	}
+	ip6 := res.IPs[1].Address.IP.String()
+	if out := e.ns.IP(t, "addr", "show", "macvz0"); !strings.Contains(out, "inet6 fd00:88::1/64") {
+		t.Errorf("bridge:\n%s", out)
+	}
+	rules := e.ns.Exec(t, "nft", "list", "table", "inet", netplugin.TableName)
+	for _, want := range []string{
+		"ip6 saddr " + ip6 + " ip6 daddr != fd00:88::/64 masquerade",
+		"ip6 saddr fd00:88::/64 ip6 daddr " + ip6 + " ct status dnat masquerade",
+		"tcp dport 12000 dnat ip6 to [" + ip6 + "]:80",
+		"tcp dport 12000 dnat ip to " + res.IPs[0].Address.IP.String() + ":80",
+	} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("no %q in:\n%s", want, rules)
+		}
+	}
+	// v4: NAT, loopback, hairpin, DNAT (the :: mapping is v6 only); v6:
+	// NAT, hairpin, DNAT for both mappings.
+	if n := e.ruleCount(id); n != 4+4 {
+		t.Errorf("%d rules, want 8:\n%s", n, rules)
+	}
+	if v := strings.TrimSpace(e.ns.Exec(t, "sysctl", "-n", "net.ipv6.conf.all.forwarding")); v != "1" {
+		t.Errorf("ipv6 forwarding %q", v)
+	}
+	e.del(id)
+	e.expectGone(id, ip6)
+}

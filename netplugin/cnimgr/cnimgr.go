@@ -27,6 +27,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/macvz/macvz/netplugin"
 	"github.com/macvz/macvz/runtime/vm"
 )
@@ -87,7 +88,13 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("cnimgr: %q is not an absolute path", d)
 		}
 	}
-	return &Manager{cfg: cfg, cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, cfg.Exec)}, nil
+	exec := cfg.Exec
+	if exec == nil {
+		// Not left to libcni: it makes its default lazily, unguarded, which
+		// races when sandboxes are set up concurrently.
+		exec = &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	}
+	return &Manager{cfg: cfg, cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, cfg.CacheDir, exec)}, nil
 }
 
 // Config is the effective configuration (defaults filled in).

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/macvz/macvz/netplugin"
@@ -303,4 +304,39 @@ func TestStatusNotReady(t *testing.T) {
 	e := newEnv(t)
 	os.Remove(filepath.Join(e.bin, "host-local"))
 	wantReason(t, e.m.Status(context.Background()), cnimgr.ReasonPluginNotReady, "(CNI error 50)")
+}
+
+func TestConcurrentSetup(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const n = 6
+	atts := make([]*cnimgr.Attachment, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s := id(100 + i)
+			atts[i], errs[i] = e.m.Setup(ctx, s, e.dir(s), []cnimgr.PortMapping{{HostPort: int32(20000 + i), ContainerPort: 80}})
+		}(i)
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i := 0; i < n; i++ {
+		if errs[i] != nil {
+			t.Fatalf("Setup %d: %v", i, errs[i])
+		}
+		ip := atts[i].PodIPs()[0]
+		if seen[ip] {
+			t.Fatalf("IP %s given twice", ip)
+		}
+		seen[ip] = true
+	}
+	if err := e.m.GC(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		e.gone("macvz", id(100+i), atts[i])
+	}
 }

@@ -588,3 +588,43 @@ func (m *Manager) attachment(list *libcni.NetworkConfigList, conf *netplugin.Net
 	a.DNS = DNS{Servers: res.DNS.Nameservers, Searches: res.DNS.Search, Options: res.DNS.Options, Domain: res.DNS.Domain}
 	return a, nil
 }
+
+// DefaultConflist is the network configuration macvz proposes for a
+// platform ("linux" or "darwin") when the operator has written none: on
+// Linux bridge-tap on macvz0 with host-local on 10.88.0.0/16, hostPorts
+// by DNAT; on macOS vmnet-nat (hostPorts are the daemon's proxy). Write it
+// to <ConfDir>/10-macvz.conflist.
+func DefaultConflist(goos string) []byte {
+	if goos == "darwin" {
+		return []byte(`{
+  "cniVersion": "1.1.0",
+  "name": "macvz",
+  "plugins": [
+    {
+      "type": "macvz-net",
+      "mode": "vmnet-nat",
+      "capabilities": {"dns": true, "mac": true}
+    }
+  ]
+}
+`)
+	}
+	return []byte(`{
+  "cniVersion": "1.1.0",
+  "name": "macvz",
+  "plugins": [
+    {
+      "type": "macvz-net",
+      "mode": "bridge-tap",
+      "bridge": "macvz0",
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.88.0.0/16"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      },
+      "capabilities": {"portMappings": true, "dns": true, "mac": true}
+    }
+  ]
+}
+`)
+}

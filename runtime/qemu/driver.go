@@ -4,7 +4,7 @@
 // What a machine looks like (see Args for the exact command line):
 //
 //   - firmware-less direct boot of an uncompressed (PVH ELF) vmlinux on
-//     -M pc, with -nodefaults and no display; a guest reboot ends QEMU
+//     -M q35, with -nodefaults and no display; a guest reboot ends QEMU
 //     (-no-reboot) so the runtime sees it;
 //   - the serial console (ttyS0) appended to Spec.ConsoleLog;
 //   - the guest agent's channel: a virtio-serial port named "agent" whose
@@ -26,9 +26,10 @@
 //     else tcg. Hosts whose /dev/kvm is backed by kvm_pvm (our CI machines)
 //     hang a stock kernel under kvm, which is why auto avoids it there;
 //     set "tcg" explicitly wherever kvm is known to be unusable.
-//   - "machine": "pc" (default) or "q35". Both boot the same PVH kernels;
-//     no measurable difference here under TCG (cold boot to an answering
-//     agent: pc 1.95–2.28 s, q35 1.94–2.03 s, 6 boots × 3 runs each).
+//   - "machine": "q35" (default) or "pc". Both boot the same PVH kernels;
+//     q35 was a little faster in every run here under TCG (cold boot to an
+//     answering agent, integration/guest's initramfs, 5 boots per run:
+//     q35 2.11–2.59 s, pc 2.18–2.97 s).
 package qemu
 
 import (
@@ -63,6 +64,9 @@ const (
 
 // DefaultBinary is the QEMU executable used when no option names one.
 const DefaultBinary = "qemu-system-x86_64"
+
+// DefaultMachine is the QEMU machine type used when no option names one.
+const DefaultMachine = "q35"
 
 // MinMemoryBytes is the smallest guest memory Validate accepts.
 const MinMemoryBytes = 64 << 20
@@ -101,9 +105,9 @@ type Driver struct {
 var _ vm.Driver = (*Driver)(nil)
 
 // New returns the QEMU driver. Without options it runs
-// qemu-system-x86_64 from PATH with accel auto on -M pc.
+// qemu-system-x86_64 from PATH with accel auto on -M q35.
 func New(opts ...Option) *Driver {
-	d := &Driver{binary: DefaultBinary, accel: AccelAuto, machine: "pc"}
+	d := &Driver{binary: DefaultBinary, accel: AccelAuto, machine: DefaultMachine}
 	for _, o := range opts {
 		o(d)
 	}
@@ -346,7 +350,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) 
 // exposed for tests and for debugging.
 func Args(spec *vm.Spec, accel, machine string) []string {
 	if machine == "" {
-		machine = "pc"
+		machine = DefaultMachine
 	}
 	sock := func(name string) string { return socketPath(spec.Dir, name) }
 	console := spec.ConsoleLog

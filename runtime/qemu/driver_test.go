@@ -58,10 +58,10 @@ func TestArgs(t *testing.T) {
 	s := sampleSpec(t)
 	d, root := s.Dir, filepath.Dir(s.Dir)
 	s.RestoreFrom = filepath.Join(root, "it's.state")
-	got := Args(s, AccelTCG, "pc")
+	got := Args(s, AccelTCG, "")
 	want := []string{
 		"-name", "sb1",
-		"-M", "pc",
+		"-M", "q35",
 		"-accel", "tcg",
 		"-nodefaults", "-no-user-config", "-nographic", "-display", "none",
 		"-no-reboot",
@@ -104,7 +104,7 @@ func TestArgsKVMAndDefaults(t *testing.T) {
 		Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k", Cmdline: "console=hvc0 panic=5"}}
 	got := strings.Join(Args(s, AccelKVM, ""), " ")
 	for _, want := range []string{
-		"-M pc -accel kvm -cpu host ",
+		"-M q35 -accel kvm -cpu host ",
 		"-m 101M ",
 		"-append console=hvc0 panic=5 ",
 		"-chardev file,id=con,path=/run/x/console.log,append=on ",

@@ -1,0 +1,59 @@
+// build-guest writes macvz's QEMU test guest image (integration/guest):
+//
+//	go run ./integration/guest/cmd/build-guest --out bin/guest --agent bin/macvz-agent
+//
+// Output: <out>/oci (OCI image layout, tags plain and httpd), <out>/vmlinux
+// and <out>/initrd (for booting QEMU directly), <out>/guest.json, and the
+// Debian package cache <out>/cache.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/macvz/macvz/integration/guest"
+)
+
+func main() {
+	var o guest.Options
+	testInit := flag.Bool("test-init", false, "use integration/guest/testinit as /init instead of --agent")
+	flag.StringVar(&o.Out, "out", "bin/guest", "output directory")
+	flag.StringVar(&o.Agent, "agent", "", "static linux/amd64 binary to install as /init (bin/macvz-agent)")
+	flag.StringVar(&o.Cache, "cache", "", "Debian package cache (default <out>/cache)")
+	flag.StringVar(&o.KernelVersion, "kernel", "", "kernel release, e.g. "+guest.KernelSeries+"-56-amd64 (default: the newest apt offers)")
+	flag.StringVar(&o.Cmdline, "cmdline", guest.DefaultCmdline, "kernel command line recorded in the images")
+	flag.BoolVar(&o.Gzip, "gzip", false, "gzip the initramfs")
+	flag.Parse()
+	if flag.NArg() != 0 || (o.Agent == "") == !*testInit {
+		fmt.Fprintln(os.Stderr, "usage: build-guest [--out DIR] (--agent PATH | --test-init) [flags]")
+		flag.PrintDefaults()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	o.Log = os.Stderr
+	if *testInit {
+		o.Agent = filepath.Join(o.Out, "testinit")
+		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+			fail(err)
+		}
+		if err := guest.BuildStatic(ctx, guest.TestInitPackage, o.Agent); err != nil {
+			fail(err)
+		}
+	}
+	res, err := guest.Build(ctx, o)
+	if err != nil {
+		fail(err)
+	}
+	fmt.Printf("%s (tags %s, %s)\n%s\n%s\n", res.Layout, guest.RefPlain, guest.RefHTTPD, res.Kernel, res.Initrd)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "build-guest:", err)
+	os.Exit(1)
+}

@@ -1,0 +1,305 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// KernelSeries is the Debian kernel ABI series the guest uses: bookworm's
+// linux-image-6.1.0-NN-amd64 (the standard flavour; the cloud flavour has
+// no 9p). Its vmlinux has CONFIG_PVH=y.
+const KernelSeries = "6.1.0"
+
+// Kernel is a Debian kernel package unpacked in a Cache.
+type Kernel struct {
+	// Version is the kernel release (uname -r), e.g. "6.1.0-56-amd64";
+	// the package is linux-image-<Version>.
+	Version string
+	// Vmlinux is the uncompressed ELF kernel, checked for PVH.
+	Vmlinux string
+	// ModulesDir is lib/modules/<Version> of the package, with the
+	// modules.dep that `depmod -b` wrote.
+	ModulesDir string
+}
+
+// Cache holds Debian packages fetched with `apt-get download` and
+// unpacked with `dpkg-deb -x`, for reuse across builds. Methods lock the
+// directory (flock), so concurrent test processes can share one.
+//
+// Layout: kernel-<version>/ (the unpacked linux-image package plus
+// vmlinux), busybox-static_<debian version>/bin/busybox, .lock. The .deb
+// files are removed once unpacked.
+type Cache struct {
+	Dir string
+	Log io.Writer // progress messages; nil for none
+}
+
+func (c *Cache) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, format+"\n", args...)
+	}
+}
+
+// lock takes the cache's exclusive lock; call the result to release it.
+func (c *Cache) lock() (func(), error) {
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(c.Dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", c.Dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+var kernelPackageRE = regexp.MustCompile(`^linux-image-(` + regexp.QuoteMeta(KernelSeries) + `-([0-9]+)-amd64)$`)
+
+// NewestKernel returns the newest kernel release of KernelSeries, standard
+// amd64 flavour, that apt's package lists offer (e.g. "6.1.0-56-amd64").
+func NewestKernel(ctx context.Context) (string, error) {
+	pattern := "^linux-image-" + regexp.QuoteMeta(KernelSeries) + "-[0-9]+-amd64$"
+	out, err := exec.CommandContext(ctx, "apt-cache", "search", "--names-only", pattern).Output()
+	if err != nil {
+		return "", fmt.Errorf("apt-cache search %s: %w%s", pattern, err, stderrOf(err))
+	}
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		if kernelPackageRE.MatchString(name) {
+			names = append(names, name)
+		}
+	}
+	best, err := newestKernel(names)
+	if err != nil {
+		return "", fmt.Errorf("%w in apt's package lists: they are missing or stale; run `apt-get update` (`make deps` does)", err)
+	}
+	return best, nil
+}
+
+// newestKernel picks the highest ABI number among linux-image package
+// names (or kernel-<version> directory names).
+func newestKernel(names []string) (string, error) {
+	best, bestABI := "", -1
+	for _, n := range names {
+		m := kernelPackageRE.FindStringSubmatch(strings.Replace(n, "kernel-", "linux-image-", 1))
+		if m == nil {
+			continue
+		}
+		if abi, _ := strconv.Atoi(m[2]); abi > bestABI {
+			best, bestABI = m[1], abi
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("no linux-image-%s-NN-amd64 package", KernelSeries)
+	}
+	return best, nil
+}
+
+// Kernel returns the unpacked kernel of the given release, fetching it on
+// first use. An empty version means the newest that apt offers (or, when
+// apt's lists have none, the newest already in the cache). Fetching a new
+// release removes the other releases from the cache.
+func (c *Cache) Kernel(ctx context.Context, version string) (*Kernel, error) {
+	unlock, err := c.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	newest := version == ""
+	if newest {
+		v, err := NewestKernel(ctx)
+		if err != nil {
+			cached, _ := filepath.Glob(filepath.Join(c.Dir, "kernel-*"))
+			for i := range cached {
+				cached[i] = filepath.Base(cached[i])
+			}
+			v2, err2 := newestKernel(cached)
+			if err2 != nil {
+				return nil, err
+			}
+			c.logf("guest: %v; using the cached kernel %s", err, v2)
+			v = v2
+		}
+		version = v
+	}
+	if !kernelPackageRE.MatchString("linux-image-" + version) {
+		return nil, fmt.Errorf("kernel version %q: want %s-NN-amd64", version, KernelSeries)
+	}
+	k := &Kernel{
+		Version:    version,
+		Vmlinux:    filepath.Join(c.Dir, "kernel-"+version, "vmlinux"),
+		ModulesDir: filepath.Join(c.Dir, "kernel-"+version, "lib", "modules", version),
+	}
+	if _, err := os.Stat(k.Vmlinux); err == nil {
+		return k, nil
+	}
+	if err := c.fetchKernel(ctx, version); err != nil {
+		return nil, err
+	}
+	if newest {
+		old, _ := filepath.Glob(filepath.Join(c.Dir, "kernel-*"))
+		for _, d := range old {
+			if filepath.Base(d) != "kernel-"+version {
+				c.logf("guest: removing the older %s from the cache", filepath.Base(d))
+				os.RemoveAll(d)
+			}
+		}
+	}
+	return k, nil
+}
+
+func (c *Cache) fetchKernel(ctx context.Context, version string) error {
+	pkg := "linux-image-" + version
+	tmp, err := os.MkdirTemp(c.Dir, ".kernel-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	deb, err := c.download(ctx, pkg, tmp)
+	if err != nil {
+		return err
+	}
+	root := filepath.Join(tmp, "root")
+	c.logf("guest: unpacking %s", filepath.Base(deb))
+	if err := run(ctx, "", "dpkg-deb", "-x", deb, root); err != nil {
+		return err
+	}
+	os.Remove(deb)
+	vmlinuz := filepath.Join(root, "boot", "vmlinuz-"+version)
+	if _, err := os.Stat(vmlinuz); err != nil {
+		return fmt.Errorf("%s: %w", pkg, err)
+	}
+	depmod, err := lookSbin("depmod")
+	if err != nil {
+		return fmt.Errorf("%w (apt-get install kmod)", err)
+	}
+	if err := run(ctx, "", depmod, "-b", root, version); err != nil {
+		return err
+	}
+	vmlinux := filepath.Join(root, "vmlinux")
+	c.logf("guest: extracting vmlinux from %s", filepath.Base(vmlinuz))
+	if err := ExtractVmlinux(ctx, vmlinuz, vmlinux); err != nil {
+		return err
+	}
+	if err := CheckPVH(vmlinux); err != nil {
+		return err
+	}
+	dst := filepath.Join(c.Dir, "kernel-"+version)
+	os.RemoveAll(dst) // a half-made one (no vmlinux)
+	return os.Rename(root, dst)
+}
+
+// Busybox returns the path of busybox-static's /bin/busybox, fetching the
+// package on first use.
+func (c *Cache) Busybox(ctx context.Context) (string, error) {
+	unlock, err := c.lock()
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	have, _ := filepath.Glob(filepath.Join(c.Dir, "busybox-static_*", "bin", "busybox"))
+	if len(have) > 0 {
+		sort.Strings(have)
+		return have[len(have)-1], nil
+	}
+	tmp, err := os.MkdirTemp(c.Dir, ".busybox-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	deb, err := c.download(ctx, "busybox-static", tmp)
+	if err != nil {
+		return "", err
+	}
+	root := filepath.Join(tmp, "root")
+	if err := run(ctx, "", "dpkg-deb", "-x", deb, root); err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(filepath.Join(root, "bin", "busybox")); err != nil {
+		return "", fmt.Errorf("busybox-static: %w", err)
+	}
+	// busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb -> busybox-static_1%3a1.35.0-4+deb12u1+b1
+	name := strings.TrimSuffix(filepath.Base(deb), "_amd64.deb")
+	dst := filepath.Join(c.Dir, name)
+	if err := os.Rename(root, dst); err != nil {
+		return "", err
+	}
+	return filepath.Join(dst, "bin", "busybox"), nil
+}
+
+// download runs `apt-get download pkg` in dir and returns the .deb.
+func (c *Cache) download(ctx context.Context, pkg, dir string) (string, error) {
+	c.logf("guest: apt-get download %s", pkg)
+	args := []string{"download"}
+	if os.Geteuid() == 0 {
+		// The _apt sandbox user cannot write to our private temp dir.
+		args = append(args, "-o", "APT::Sandbox::User=root")
+	}
+	args = append(args, pkg)
+	if err := run(ctx, dir, "apt-get", args...); err != nil {
+		msg := err.Error()
+		if strings.Contains(msg, "Unable to locate package") || strings.Contains(msg, "no installation candidate") ||
+			strings.Contains(msg, "Can't select") {
+			return "", fmt.Errorf("%w\napt's package lists do not have %s: run `apt-get update` (`make deps` does)", err, pkg)
+		}
+		return "", err
+	}
+	debs, _ := filepath.Glob(filepath.Join(dir, pkg+"_*.deb"))
+	if len(debs) != 1 {
+		return "", fmt.Errorf("apt-get download %s left %d .deb files", pkg, len(debs))
+	}
+	return debs[0], nil
+}
+
+// run runs a command; its error includes the command's output.
+func run(ctx context.Context, dir, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, bytes.TrimSpace(out.Bytes()))
+	}
+	return nil
+}
+
+func stderrOf(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return ": " + string(bytes.TrimSpace(ee.Stderr))
+	}
+	return ""
+}
+
+// lookSbin finds an administration tool also when PATH lacks the sbin
+// directories (a non-root shell on Debian).
+func lookSbin(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
+}

@@ -1,0 +1,293 @@
+// Package guest builds macvz's QEMU test guest: a Linux-guest VM image
+// (vmimage's macvz Linux format) made from Debian packages only.
+//
+//   - kernel: the uncompressed ELF vmlinux of linux-image-6.1.0-NN-amd64
+//     (the newest apt offers), which QEMU boots with PVH;
+//   - initramfs (newc cpio): /init = the guest agent, busybox-static with
+//     its applets in /bin, the kernel modules the guest needs with their
+//     modules.dep dependencies, listed in load order in ModulesList, and a
+//     minimal /etc;
+//   - written as an OCI image layout with two tags: RefPlain (no default
+//     process) and RefHTTPD (busybox httpd serving /www on port 80).
+//
+// `make guest-image` runs cmd/build-guest; tests call Build and Load.
+//
+// What /init must do (the agent's contract): mount devtmpfs on /dev, proc,
+// sysfs; load every module listed in ModulesList with finit_module, in
+// order (EEXIST is fine); find the virtio-serial port named AgentPort in
+// /sys/class/virtio-ports/*/name and talk on /dev/<vportNpM>. The kernel
+// opens /dev/console (in the archive) as /init's stdin, stdout and stderr.
+package guest
+
+import (
+	"bytes"
+	"context"
+	_ "crypto/sha256" // digest.FromBytes
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/macvz/macvz/integration/testimage"
+	"github.com/macvz/macvz/vmimage"
+)
+
+// Tags of the two images in the layout (org.opencontainers.image.ref.name).
+const (
+	RefPlain = "plain" // no default process
+	RefHTTPD = "httpd" // default process: busybox httpd on port 80
+)
+
+// DefaultCmdline is the kernel command line the images carry (the runtime
+// puts console=ttyS0 and panic=-1 before it). Chosen by measuring boots
+// under TCG; see the package README.
+const DefaultCmdline = "quiet"
+
+// Guest sizing recorded in the images as minimums.
+const (
+	MinCPUs        = 1
+	MinMemoryBytes = 256 << 20
+)
+
+// HTTPDProcess is the RefHTTPD image's default process.
+var HTTPDProcess = vmimage.Process{
+	Entrypoint: []string{"/bin/busybox", "httpd"},
+	Cmd:        []string{"-f", "-p", "80", "-h", "/www"},
+	Env:        []string{"PATH=/bin"},
+	WorkingDir: "/",
+	User:       "0",
+}
+
+// IndexHTML is /www/index.html, what the RefHTTPD image serves.
+const IndexHTML = "<html><body>hello from the macvz guest</body></html>\n"
+
+// epoch is the mtime of every initramfs entry, so builds are reproducible.
+var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Options of Build.
+type Options struct {
+	// Out is the output directory (see Result). Required.
+	Out string
+	// Cache holds the Debian packages between builds; default Out/cache.
+	Cache string
+	// Agent is the host path of the static linux/amd64 binary that
+	// becomes /init (bin/macvz-agent, or testinit). Required.
+	Agent string
+	// KernelVersion pins the kernel release (e.g. "6.1.0-56-amd64");
+	// empty means the newest apt offers.
+	KernelVersion string
+	// Cmdline is the images' kernel command line; empty means
+	// DefaultCmdline.
+	Cmdline string
+	// Gzip compresses the initramfs. Off by default: the uncompressed
+	// archive boots faster under TCG.
+	Gzip bool
+	// Modules replaces DefaultModules when not nil.
+	Modules []string
+	// Log receives progress messages; nil for none.
+	Log io.Writer
+}
+
+// Result is what Build wrote.
+type Result struct {
+	Dir    string // Options.Out
+	Layout string // the OCI image layout: Out/oci
+	// Kernel and Initrd are Out/vmlinux and Out/initrd, hard links to the
+	// layout's blobs, for booting QEMU directly.
+	Kernel string
+	Initrd string
+	// Info is also written to Out/guest.json.
+	Info Info
+}
+
+// Info describes a build.
+type Info struct {
+	KernelVersion string                   `json:"kernelVersion"`
+	Cmdline       string                   `json:"kernelCmdline"`
+	KernelBytes   int64                    `json:"kernelBytes"`
+	InitrdBytes   int64                    `json:"initrdBytes"`
+	InitrdGzip    bool                     `json:"initrdGzip"`
+	Modules       []string                 `json:"modules"`
+	Images        map[string]digest.Digest `json:"images"` // tag -> manifest digest
+}
+
+// InfoFile is the name of the build description in Out.
+const InfoFile = "guest.json"
+
+// Build fetches what it needs into the cache and writes the guest image.
+func Build(ctx context.Context, o Options) (*Result, error) {
+	if o.Out == "" || o.Agent == "" {
+		return nil, fmt.Errorf("guest: Options.Out and Options.Agent are required")
+	}
+	if o.Cache == "" {
+		o.Cache = filepath.Join(o.Out, "cache")
+	}
+	if o.Cmdline == "" {
+		o.Cmdline = DefaultCmdline
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, err
+	}
+	cache := &Cache{Dir: o.Cache, Log: o.Log}
+	k, err := cache.Kernel(ctx, o.KernelVersion)
+	if err != nil {
+		return nil, err
+	}
+	bb, err := cache.Busybox(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var initrd bytes.Buffer
+	ii, err := WriteInitramfs(&initrd, InitramfsOptions{
+		Init:    o.Agent,
+		Kernel:  k,
+		Modules: o.Modules,
+		Busybox: bb,
+		Files:   []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}},
+		Gzip:    o.Gzip,
+	})
+	if err != nil {
+		return nil, err
+	}
+	kernel, err := os.ReadFile(k.Vmlinux)
+	if err != nil {
+		return nil, err
+	}
+	imgs := map[string]testimage.Image{}
+	for ref, proc := range map[string]*vmimage.Process{RefPlain: nil, RefHTTPD: &HTTPDProcess} {
+		img, err := testimage.Linux(testimage.LinuxOptions{
+			Kernel:         kernel,
+			Initrd:         initrd.Bytes(),
+			MinCPUs:        MinCPUs,
+			MinMemoryBytes: MinMemoryBytes,
+			KernelCmdline:  o.Cmdline,
+			Process:        proc,
+		})
+		if err != nil {
+			return nil, err
+		}
+		imgs[ref] = img
+	}
+	layout := filepath.Join(o.Out, "oci")
+	if err := WriteLayout(layout, imgs, map[string]string{AnnotationKernelVersion: k.Version}); err != nil {
+		return nil, err
+	}
+	res := &Result{
+		Dir:    o.Out,
+		Layout: layout,
+		Kernel: filepath.Join(o.Out, "vmlinux"),
+		Initrd: filepath.Join(o.Out, "initrd"),
+		Info: Info{
+			KernelVersion: k.Version,
+			Cmdline:       o.Cmdline,
+			KernelBytes:   int64(len(kernel)),
+			InitrdBytes:   int64(initrd.Len()),
+			InitrdGzip:    o.Gzip,
+			Modules:       ii.Modules,
+			Images:        map[string]digest.Digest{},
+		},
+	}
+	for ref, img := range imgs {
+		res.Info.Images[ref] = img.Manifest.Digest
+	}
+	if err := linkBlob(layout, digest.FromBytes(kernel), res.Kernel); err != nil {
+		return nil, err
+	}
+	if err := linkBlob(layout, digest.FromBytes(initrd.Bytes()), res.Initrd); err != nil {
+		return nil, err
+	}
+	b, _ := json.MarshalIndent(res.Info, "", "  ")
+	if err := writeFileAtomic(filepath.Join(o.Out, InfoFile), append(b, '\n')); err != nil {
+		return nil, err
+	}
+	if o.Log != nil {
+		fmt.Fprintf(o.Log, "guest: kernel %s (%d bytes), initrd %d bytes (%d entries, %d modules, gzip %v)\n",
+			k.Version, len(kernel), initrd.Len(), ii.Entries, len(ii.Modules), o.Gzip)
+		for ref, img := range imgs {
+			fmt.Fprintf(o.Log, "guest: %s:%s %s\n", layout, ref, img.Manifest.Digest)
+		}
+	}
+	return res, nil
+}
+
+// linkBlob makes dst a hard link to (or else a copy of) the layout's blob.
+func linkBlob(layout string, d digest.Digest, dst string) error {
+	src := blobPath(layout, d)
+	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(dst, b)
+}
+
+func writeFileAtomic(p string, b []byte) error {
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+// TestInitPackage is the import path of the stand-in /init for tests.
+const TestInitPackage = "github.com/macvz/macvz/integration/guest/testinit"
+
+// BuildStatic builds a Go main package as a static linux/amd64 binary
+// (what /init must be), from within this module.
+func BuildStatic(ctx context.Context, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if dir, err := ModuleRoot(); err == nil {
+		cmd.Dir = dir
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+// ModuleRoot is the directory of macvz's go.mod, found from the working
+// directory up.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && slices.Contains(strings.Split(string(b), "\n"), "module github.com/macvz/macvz") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("not inside the github.com/macvz/macvz module")
+		}
+		dir = parent
+	}
+}
+
+// DefaultCacheDir is where tests keep the Debian packages: $MACVZ_GUEST_CACHE,
+// else bin/guest/cache of the module (the cache `make guest-image` uses),
+// else a directory in the user's cache.
+func DefaultCacheDir() string {
+	if d := os.Getenv("MACVZ_GUEST_CACHE"); d != "" {
+		return d
+	}
+	if root, err := ModuleRoot(); err == nil {
+		return filepath.Join(root, "bin", "guest", "cache")
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "macvz-guest")
+	}
+	return filepath.Join(os.TempDir(), "macvz-guest-cache")
+}

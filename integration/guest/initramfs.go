@@ -1,0 +1,249 @@
+package guest
+
+import (
+	"compress/gzip"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// ModulesList is the file, in the initramfs, naming the kernel modules
+// /init must load: one absolute path per line, in load order (every
+// module after the modules it depends on).
+const ModulesList = "/etc/macvz/modules"
+
+// AgentPort is the name of the virtio-serial port the guest agent talks
+// on (/sys/class/virtio-ports/vportNpM/name).
+const AgentPort = "agent"
+
+// DefaultModules are the modules the guest loads, by name, in the order
+// wanted (their dependencies are added before them): the agent's channel
+// first, then disks, network, host shares (9p for QEMU, virtiofs for vz),
+// file systems, and the ACPI power button (QMP system_powerdown).
+//
+// crc32c_generic stands for ext4's and jbd2's soft dependency on the
+// crc32c crypto driver, which the kernel would otherwise request through
+// modprobe (crc32c-intel needs SSE4.2, which TCG's default CPU lacks).
+var DefaultModules = []string{
+	"virtio_pci", "virtio_console",
+	"virtio_blk", "virtio_net",
+	"9pnet_virtio", "9p",
+	"virtiofs",
+	"crc32c_generic", "ext4",
+	"overlay",
+	"button", "evdev",
+}
+
+// File is one extra file of an initramfs.
+type File struct {
+	Path string      // absolute path in the guest
+	Mode fs.FileMode // type and permission bits; 0 means a regular file, 0644
+	Data []byte      // the content, or a symbolic link's target
+}
+
+// InitramfsOptions describe an initramfs.
+type InitramfsOptions struct {
+	// Init is the host path of the static linux/amd64 program that
+	// becomes /init (the guest agent). Required.
+	Init string
+	// Kernel supplies the modules; nil for none.
+	Kernel *Kernel
+	// Modules are module names (as modprobe takes them) to include and
+	// list in ModulesList; nil means DefaultModules.
+	Modules []string
+	// Busybox is the host path of a static busybox, installed as
+	// /bin/busybox with a symbolic link in /bin for each applet; "" for
+	// none.
+	Busybox string
+	// Files are added last and replace what is already at their path.
+	Files []File
+	// Gzip compresses the archive (the kernel unpacks either).
+	Gzip bool
+}
+
+// InitramfsInfo describes a written initramfs.
+type InitramfsInfo struct {
+	Modules []string // guest paths, in load order, as in ModulesList
+	Entries int      // cpio entries
+	Size    int64    // bytes written (after compression)
+}
+
+// Applets left out of /bin: without init and linuxrc a failing /init ends
+// the boot (kernel panic) instead of starting busybox's init; without
+// modprobe the kernel's request_module fails at once instead of running
+// busybox for every module it asks for (the modules are loaded up front).
+var skipApplets = map[string]bool{"init": true, "linuxrc": true, "modprobe": true}
+
+// baseFiles is the skeleton every guest gets.
+func baseFiles() []File {
+	dir := func(p string, perm fs.FileMode) File { return File{Path: p, Mode: fs.ModeDir | perm} }
+	link := func(p, target string) File { return File{Path: p, Mode: fs.ModeSymlink | 0o777, Data: []byte(target)} }
+	return []File{
+		dir("/bin", 0o755), dir("/dev", 0o755), dir("/etc", 0o755),
+		dir("/proc", 0o555), dir("/sys", 0o555), dir("/run", 0o755),
+		dir("/tmp", fs.ModeSticky|0o777), dir("/root", 0o700), dir("/mnt", 0o755),
+		link("/sbin", "bin"), link("/usr/bin", "../bin"), link("/usr/sbin", "../bin"),
+		// The kernel opens /dev/console for /init's stdin, stdout and
+		// stderr before anything is mounted.
+		{Path: "/dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600},
+		{Path: "/etc/passwd", Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{Path: "/etc/group", Data: []byte("root:x:0:\nnobody:x:65534:\nnogroup:x:65534:\n")},
+		{Path: "/etc/hostname", Data: []byte("macvz\n")},
+		{Path: "/etc/hosts", Data: []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")},
+		{Path: "/etc/resolv.conf", Data: []byte{}},
+	}
+}
+
+// WriteInitramfs writes a newc cpio archive: the skeleton (/bin, /dev with
+// /dev/console, /etc/passwd, group, hostname, hosts, an empty resolv.conf,
+// /proc, /sys, /run, /tmp, /root, /mnt), /init, busybox, the modules with
+// a modules.dep restricted to them and ModulesList, and o.Files.
+func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
+	if o.Init == "" {
+		return nil, fmt.Errorf("initramfs: no /init program")
+	}
+	t := tree{}
+	for _, f := range baseFiles() {
+		t.add(f)
+	}
+	init, err := os.ReadFile(o.Init)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs /init: %w", err)
+	}
+	t.add(File{Path: "/init", Mode: 0o755, Data: init})
+
+	if o.Busybox != "" {
+		bb, err := os.ReadFile(o.Busybox)
+		if err != nil {
+			return nil, fmt.Errorf("initramfs busybox: %w", err)
+		}
+		t.add(File{Path: "/bin/busybox", Mode: 0o755, Data: bb})
+		out, err := exec.Command(o.Busybox, "--list").Output()
+		if err != nil {
+			return nil, fmt.Errorf("%s --list: %w%s", o.Busybox, err, stderrOf(err))
+		}
+		for _, a := range strings.Fields(string(out)) {
+			if !skipApplets[a] && a != "busybox" && !strings.Contains(a, "/") {
+				t.add(File{Path: "/bin/" + a, Mode: fs.ModeSymlink | 0o777, Data: []byte("busybox")})
+			}
+		}
+	}
+
+	info := &InitramfsInfo{}
+	if o.Kernel != nil {
+		names := o.Modules
+		if names == nil {
+			names = DefaultModules
+		}
+		mods, err := ResolveModules(o.Kernel.ModulesDir, names)
+		if err != nil {
+			return nil, err
+		}
+		guestDir := "/lib/modules/" + o.Kernel.Version
+		var dep strings.Builder
+		for _, m := range mods {
+			data, err := os.ReadFile(filepath.Join(o.Kernel.ModulesDir, m.Path))
+			if err != nil {
+				return nil, err
+			}
+			t.add(File{Path: guestDir + "/" + m.Path, Mode: 0o644, Data: data})
+			info.Modules = append(info.Modules, guestDir+"/"+m.Path)
+			dep.WriteString(m.Path + ":")
+			for _, d := range m.Deps {
+				dep.WriteString(" " + d)
+			}
+			dep.WriteString("\n")
+		}
+		t.add(File{Path: guestDir + "/modules.dep", Data: []byte(dep.String())})
+		list := strings.Join(info.Modules, "\n")
+		if list != "" {
+			list += "\n"
+		}
+		t.add(File{Path: ModulesList, Data: []byte(list)})
+	}
+	for _, f := range o.Files {
+		t.add(f)
+	}
+
+	cw := &countWriter{w: w}
+	var out io.Writer = cw
+	var zw *gzip.Writer
+	if o.Gzip {
+		zw = gzip.NewWriter(cw)
+		out = zw
+	}
+	info.Entries, err = t.write(out)
+	if err != nil {
+		return nil, err
+	}
+	if zw != nil {
+		if err := zw.Close(); err != nil {
+			return nil, err
+		}
+	}
+	info.Size = cw.n
+	return info, nil
+}
+
+// tree is the initramfs being assembled, by guest path.
+type tree map[string]File
+
+// add puts f at its path, with any missing parent directories.
+func (t tree) add(f File) {
+	p := path.Clean("/" + f.Path)
+	if f.Mode == 0 {
+		f.Mode = 0o644
+	}
+	f.Path = p
+	t[p] = f
+	for d := path.Dir(p); d != "/"; d = path.Dir(d) {
+		if _, ok := t[d]; ok {
+			break
+		}
+		t[d] = File{Path: d, Mode: fs.ModeDir | 0o755}
+	}
+}
+
+// write writes the entries, parents before children, and the trailer.
+func (t tree) write(w io.Writer) (int, error) {
+	names := make([]string, 0, len(t))
+	for p := range t {
+		names = append(names, p)
+	}
+	// Compare by path components so that a directory comes right before
+	// its contents ("/a" < "/a/b" < "/a-b").
+	sort.Slice(names, func(i, j int) bool {
+		return strings.ReplaceAll(names[i], "/", "\x00") < strings.ReplaceAll(names[j], "/", "\x00")
+	})
+	cw := &cpioWriter{w: w, mtime: uint32(epoch.Unix())}
+	for _, p := range names {
+		f := t[p]
+		var major, minor uint32
+		if p == "/dev/console" {
+			major, minor = 5, 1
+		}
+		data := f.Data
+		if f.Mode.IsDir() {
+			data = nil
+		}
+		cw.entry(cpioName(p), cpioMode(f.Mode), data, major, minor)
+	}
+	return len(names) + 1, cw.close()
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
+}

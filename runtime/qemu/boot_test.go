@@ -449,10 +449,10 @@ func TestParentDeath(t *testing.T) {
 		os.Exit(0)
 	}
 	requireQEMU(t)
-	testGuest(t)
+	kernel, initrd := testGuest(t)
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestParentDeath$")
-	cmd.Env = append(os.Environ(), "QEMU_TEST_PARENT="+dir)
+	cmd.Env = append(os.Environ(), "QEMU_TEST_PARENT="+dir, envKernel+"="+kernel, envInitrd+"="+initrd)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)
@@ -479,7 +479,7 @@ func TestParentDeath(t *testing.T) {
 // BenchmarkBoot is a cold boot until the agent answers, per machine type.
 func BenchmarkBoot(b *testing.B) {
 	requireQEMU(b)
-	for _, machine := range []string{"pc", "q35"} {
+	for _, machine := range []string{"q35", "pc"} {
 		b.Run(machine, func(b *testing.B) {
 			ctx := context.Background()
 			var total time.Duration

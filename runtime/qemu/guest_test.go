@@ -1,49 +1,91 @@
 package qemu
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/macvz/macvz/integration/guest"
 )
 
-var testInit struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-	out  []byte
+// testGuestFiles is the test guest, built once per test process.
+var testGuestFiles struct {
+	once           sync.Once
+	dir            string
+	kernel, initrd string
+	err            error
+	out            []byte // go build's output on failure
 }
 
-// buildTestInit builds testdata/testinit as a static linux/amd64 binary,
-// once per test process.
-func buildTestInit(t testing.TB) string {
-	t.Helper()
-	testInit.once.Do(func() {
-		testInit.dir, testInit.err = os.MkdirTemp("", "qemu-testinit-")
-		if testInit.err != nil {
-			return
-		}
-		testInit.path = filepath.Join(testInit.dir, "init")
-		cmd := exec.Command("go", "build", "-o", testInit.path, "./testdata/testinit")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		testInit.out, testInit.err = cmd.CombinedOutput()
-	})
-	if testInit.err != nil {
-		t.Fatalf("building testinit: %v\n%s", testInit.err, testInit.out)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if d := testGuestFiles.dir; d != "" {
+		os.RemoveAll(d)
 	}
-	return testInit.path
+	os.Exit(code)
 }
 
-// testGuest returns a kernel and an initramfs whose /init is testinit.
-// TEMPORARY: from QEMU_TEST_KERNEL/QEMU_TEST_INITRD until integration/guest
-// (the shared kernel fetcher and initramfs builder) lands.
+// Environment variables that hand a built guest to a helper process.
+const (
+	envKernel = "QEMU_TEST_KERNEL"
+	envInitrd = "QEMU_TEST_INITRD"
+)
+
+// testGuest returns the Debian kernel (ELF vmlinux, PVH) and an initramfs
+// whose /init is testdata/testinit, both made with integration/guest (the
+// kernel comes from its package cache: guest.DefaultCacheDir).
 func testGuest(t testing.TB) (kernel, initrd string) {
 	t.Helper()
-	k, i := os.Getenv("QEMU_TEST_KERNEL"), os.Getenv("QEMU_TEST_INITRD")
-	if k == "" {
-		t.Skip("no test guest yet: integration/guest has not landed (set QEMU_TEST_KERNEL and QEMU_TEST_INITRD)")
+	g := &testGuestFiles
+	g.once.Do(func() {
+		if k, i := os.Getenv(envKernel), os.Getenv(envInitrd); k != "" && i != "" {
+			g.kernel, g.initrd = k, i
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		dir, err := os.MkdirTemp("", "qemu-test-guest-")
+		if err != nil {
+			g.err = err
+			return
+		}
+		g.dir = dir
+		init := filepath.Join(dir, "init")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", init, "./testdata/testinit")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if g.out, g.err = cmd.CombinedOutput(); g.err != nil {
+			return
+		}
+		cache := &guest.Cache{Dir: guest.DefaultCacheDir()}
+		k, err := cache.Kernel(ctx, "")
+		if err != nil {
+			g.err = err
+			return
+		}
+		g.initrd = filepath.Join(dir, "initrd.img")
+		f, err := os.Create(g.initrd)
+		if err != nil {
+			g.err = err
+			return
+		}
+		// Uncompressed: it boots faster under TCG. Modules: the default
+		// set, the same the real guest agent loads.
+		if _, err := guest.WriteInitramfs(f, guest.InitramfsOptions{Init: init, Kernel: k}); err != nil {
+			f.Close()
+			g.err = err
+			return
+		}
+		if g.err = f.Close(); g.err != nil {
+			return
+		}
+		g.kernel = k.Vmlinux
+	})
+	if g.err != nil {
+		t.Fatalf("building the test guest: %v\n%s", g.err, g.out)
 	}
-	return k, i
+	return g.kernel, g.initrd
 }

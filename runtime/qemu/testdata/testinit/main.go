@@ -1,12 +1,12 @@
 //go:build linux
 
-// testinit is the /init of the QEMU driver's test guest. It loads the
-// virtio modules it needs, finds the virtio-serial port named "agent" and
+// testinit is the /init of the QEMU driver's test guest (an initramfs made
+// by integration/guest). It loads the kernel modules the initramfs lists, finds the virtio-serial port named "agent" and
 // says "hello" to every host connection, then answers one-line commands:
 //
 //	ping              -> pong
 //	cat PATH          -> the file's first line
-//	mount9p TAG DIR   -> ok (loads the 9p modules, mounts TAG at DIR)
+//	mount9p TAG DIR   -> ok (mounts the 9p share TAG at DIR)
 //	poweroff | reboot -> ok, then does it
 //
 // It also powers off on the ACPI power button (QMP system_powerdown).
@@ -15,7 +15,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -46,7 +45,7 @@ func main() {
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		console = f
 	}
-	loadModules("virtio_pci", "virtio_console", "virtio_blk", "virtio_net", "button", "evdev")
+	loadModules()
 	go powerButton()
 
 	port := findPort("agent")
@@ -91,7 +90,6 @@ func serve(f *os.File) {
 			}
 			reply("%s", strings.SplitN(string(b), "\n", 2)[0])
 		case "mount9p":
-			loadModules("9pnet_virtio", "9p")
 			os.MkdirAll(args[2], 0o755)
 			if err := unix.Mount(args[1], args[2], "9p", 0, "trans=virtio,version=9p2000.L"); err != nil {
 				reply("error %v", err)
@@ -135,61 +133,28 @@ func findPort(name string) string {
 	}
 }
 
-// loadModules loads modules and their dependencies, in modules.dep order.
-func loadModules(names ...string) {
-	var uts unix.Utsname
-	unix.Uname(&uts)
-	dir := "/lib/modules/" + string(bytes.TrimRight(uts.Release[:], "\x00"))
-	dep, err := os.ReadFile(dir + "/modules.dep")
+// modulesList is integration/guest's contract: the modules to load, one
+// absolute path per line, in load order.
+const modulesList = "/etc/macvz/modules"
+
+// loadModules loads every module in modulesList, in order.
+func loadModules() {
+	b, err := os.ReadFile(modulesList)
 	if err != nil {
-		logf("modules.dep: %v", err)
+		logf("%s: %v", modulesList, err)
 		return
 	}
-	deps := map[string][]string{} // module name -> [path, dep paths...]
-	for _, line := range strings.Split(string(dep), "\n") {
-		mod, rest, ok := strings.Cut(line, ":")
-		if !ok {
+	for _, path := range strings.Fields(string(b)) {
+		f, err := os.Open(path)
+		if err != nil {
+			logf("module %s: %v", path, err)
 			continue
 		}
-		n := modName(mod)
-		deps[n] = append([]string{mod}, strings.Fields(rest)...)
-	}
-	done := map[string]bool{}
-	var load func(path string)
-	load = func(path string) {
-		n := modName(path)
-		if done[n] {
-			return
-		}
-		done[n] = true
-		d := deps[n]
-		// modules.dep lists every transitive dependency, deepest last.
-		for i := len(d) - 1; i >= 1; i-- {
-			load(d[i])
-		}
-		f, err := os.Open(dir + "/" + path)
-		if err != nil {
-			logf("module %s: %v", n, err)
-			return
-		}
-		defer f.Close()
 		if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST {
-			logf("module %s: %v", n, err)
+			logf("module %s: %v", path, err)
 		}
+		f.Close()
 	}
-	for _, n := range names {
-		d, ok := deps[n]
-		if !ok {
-			continue // built in, or not shipped
-		}
-		load(d[0])
-	}
-}
-
-func modName(path string) string {
-	b := filepath.Base(path)
-	b = b[:strings.Index(b, ".ko")]
-	return strings.ReplaceAll(b, "-", "_")
 }
 
 // powerButton powers off on KEY_POWER from the ACPI power button's input

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	api "github.com/macvz/macvz/runtime/agentapi"
+)
+
+// version is the agent's version (set with -ldflags -X main.version=...).
+var version = "dev"
+
+// config is what the agent acts on.
+type config struct {
+	// etcDir is where hostname and resolv.conf are written ("/etc").
+	etcDir string
+	// system lets the agent change the machine: the kernel hostname,
+	// network interfaces, mounts, power. Off when testing on a host.
+	system bool
+	// pid1: the agent is the guest's init.
+	pid1 bool
+	// central reaping: wait4(-1) for every child (init, subreaper).
+	centralReaper bool
+	// powerOff powers the machine off or reboots it (system only).
+	powerOff func(reboot bool)
+	log      *slog.Logger
+}
+
+// agent implements api.AgentService.
+type agent struct {
+	cfg    config
+	start  time.Time
+	reaper reaper
+	// ready is closed once the guest's kernel modules are loaded; the
+	// calls that need devices wait for it.
+	ready chan struct{}
+
+	mu    sync.Mutex
+	procs map[procKey]*process
+
+	shutdownOnce sync.Once
+}
+
+var _ api.AgentService = (*agent)(nil)
+
+func newAgent(cfg config) *agent {
+	if cfg.etcDir == "" {
+		cfg.etcDir = "/etc"
+	}
+	if cfg.log == nil {
+		cfg.log = slog.Default()
+	}
+	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, ready: make(chan struct{})}
+	close(a.ready)
+	if cfg.centralReaper {
+		a.reaper = newCentralReaper(cfg.log)
+	} else {
+		a.reaper = pidReaper{}
+	}
+	return a
+}
+
+func errf(c codes.Code, format string, args ...any) error {
+	return status.Errorf(c, format, args...)
+}
+
+// osErr classifies an error from the OS for the host.
+func osErr(c codes.Code, err error, format string, args ...any) error {
+	if _, ok := status.FromError(err); ok && err != nil {
+		if s, _ := status.FromError(err); s.Code() != codes.Unknown {
+			return err
+		}
+	}
+	switch {
+	case os.IsNotExist(err):
+		c = codes.NotFound
+	case os.IsPermission(err):
+		c = codes.PermissionDenied
+	}
+	return status.Errorf(c, "%s: %v", fmt.Sprintf(format, args...), err)
+}
+
+func (a *agent) Ping(ctx context.Context, _ *api.PingRequest) (*api.PingResponse, error) {
+	return &api.PingResponse{AgentVersion: version}, nil
+}
+
+func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse, error) {
+	host, _ := os.Hostname()
+	r := &api.InfoResponse{
+		AgentVersion:       version,
+		Os:                 runtime.GOOS,
+		Arch:               runtime.GOARCH,
+		Hostname:           host,
+		AgentStartUnixNano: a.start.UnixNano(),
+		Pid1:               a.cfg.pid1,
+		NumCpu:             uint32(runtime.NumCPU()),
+	}
+	sysInfo(r)
+	return r, nil
+}
+
+// writeFileAtomic replaces path with data.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".macvz-tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func validHostname(h string) bool {
+	if h == "" || len(h) > 64 {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *agent) SetHostname(ctx context.Context, req *api.SetHostnameRequest) (*api.SetHostnameResponse, error) {
+	if !validHostname(req.Hostname) {
+		return nil, errf(codes.InvalidArgument, "invalid hostname %q", req.Hostname)
+	}
+	if a.cfg.system {
+		if err := setKernelHostname(req.Hostname); err != nil {
+			return nil, osErr(codes.Internal, err, "setting the hostname to %q", req.Hostname)
+		}
+	}
+	if err := writeFileAtomic(filepath.Join(a.cfg.etcDir, "hostname"), []byte(req.Hostname+"\n"), 0o644); err != nil {
+		return nil, osErr(codes.Internal, err, "writing hostname")
+	}
+	a.cfg.log.Info("hostname set", "hostname", req.Hostname)
+	return &api.SetHostnameResponse{}, nil
+}
+
+func (a *agent) WriteResolvConf(ctx context.Context, req *api.WriteResolvConfRequest) (*api.WriteResolvConfResponse, error) {
+	var b strings.Builder
+	b.WriteString("# written by macvz-agent\n")
+	for _, s := range [][]string{req.Nameservers, req.Searches, req.Options} {
+		for _, v := range s {
+			if v == "" || strings.ContainsAny(v, " \t\r\n#;") {
+				return nil, errf(codes.InvalidArgument, "invalid resolv.conf value %q", v)
+			}
+		}
+	}
+	for _, ns := range req.Nameservers {
+		fmt.Fprintf(&b, "nameserver %s\n", ns)
+	}
+	if len(req.Searches) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(req.Searches, " "))
+	}
+	if len(req.Options) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(req.Options, " "))
+	}
+	if err := writeFileAtomic(filepath.Join(a.cfg.etcDir, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
+		return nil, osErr(codes.Internal, err, "writing resolv.conf")
+	}
+	return &api.WriteResolvConfResponse{}, nil
+}
+
+func (a *agent) Shutdown(ctx context.Context, req *api.ShutdownRequest) (*api.ShutdownResponse, error) {
+	if !a.cfg.system || a.cfg.powerOff == nil {
+		return nil, errf(codes.FailedPrecondition, "the agent does not own this machine (not started as init or with --system)")
+	}
+	grace := time.Duration(req.GracePeriodMs) * time.Millisecond
+	if grace == 0 {
+		grace = 3 * time.Second
+	}
+	a.shutdownOnce.Do(func() {
+		a.cfg.log.Info("shutdown requested", "reboot", req.Reboot, "grace", grace)
+		go func() {
+			// Let the answer leave first.
+			time.Sleep(50 * time.Millisecond)
+			a.stopAll(grace)
+			a.cfg.powerOff(req.Reboot)
+		}()
+	})
+	return &api.ShutdownResponse{}, nil
+}
+
+// waitReady waits until the guest's devices are there.
+func (a *agent) waitReady(ctx context.Context) error {
+	select {
+	case <-a.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// initMounts mounts what a guest's init must (when the agent is PID 1).
+// Already mounted file systems are fine.
+func initMounts(log *slog.Logger) {
+	mounts := []struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"},
+		{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	}
+	for _, m := range mounts {
+		os.MkdirAll(m.target, 0o755)
+		if err := unix.Mount(m.src, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			log.Warn("mount failed", "target", m.target, "fstype", m.fstype, "err", err)
+		}
+	}
+	// /dev/ptmx must reach the devpts instance mounted above.
+	if st, err := os.Lstat("/dev/ptmx"); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		os.Remove("/dev/ptmx")
+		os.Symlink("pts/ptmx", "/dev/ptmx")
+	}
+	for _, l := range [][2]string{{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}} {
+		if _, err := os.Lstat(l[1]); err != nil {
+			os.Symlink(l[0], l[1])
+		}
+	}
+}
+
+// loadModules loads the kernel modules listed in path (one .ko path a
+// line, in dependency order; '#' comments) with finit_module. A missing
+// list loads nothing; a module already loaded is fine. After each module
+// it pokes loaded (non-blocking) so a waiter can look for new devices.
+func loadModules(log *slog.Logger, path string, loaded chan<- struct{}) {
+	f, err := os.Open(path)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("module list", "path", path, "err", err)
+		}
+		return
+	}
+	defer f.Close()
+	start := time.Now()
+	n := 0
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		line := strings.TrimSpace(s.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := loadModule(line); err != nil {
+			log.Warn("module not loaded", "module", line, "err", err)
+			continue
+		}
+		n++
+		select {
+		case loaded <- struct{}{}:
+		default:
+		}
+	}
+	log.Info("modules loaded", "count", n, "took", time.Since(start).Round(time.Millisecond))
+}
+
+func loadModule(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	err = unix.FinitModule(fd, "", 0)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
+}
+
+// findVirtioPort returns the device of the virtio-serial port named name.
+func findVirtioPort(name string) (string, bool) {
+	const dir = "/sys/class/virtio-ports"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", false
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "name"))
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return "/dev/" + e.Name(), true
+		}
+	}
+	return "", false
+}
+
+// openVirtioPort returns an opener for the virtio-serial port named name:
+// it waits until the port exists (a module load pokes `loaded`), then
+// opens its device read/write.
+func openVirtioPort(name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
+	return func() (io.ReadWriteCloser, error) {
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			if dev, ok := findVirtioPort(name); ok {
+				f, err := os.OpenFile(dev, os.O_RDWR, 0)
+				if err != nil {
+					return nil, fmt.Errorf("opening %s: %w", dev, err)
+				}
+				return f, nil
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("no virtio-serial port named %q", name)
+			}
+			select {
+			case <-loaded:
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func setSubreaper() error {
+	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+}

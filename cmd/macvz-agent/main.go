@@ -1,0 +1,119 @@
+// Command macvz-agent is the guest agent of macvz: it runs inside each
+// sandbox VM (as the guest's init on Linux QEMU guests) and serves the
+// ttrpc service of runtime/agentapi to the host.
+//
+//	macvz-agent [--listen serial:agent|vsock:PORT|unix:PATH] [--etc-dir DIR]
+//	            [--system] [--modules FILE] [--subreaper] [--log-level LEVEL]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	api "github.com/macvz/macvz/runtime/agentapi"
+)
+
+// defaultVsockPort is where the agent listens on vsock (macOS guests).
+const defaultVsockPort = 1024
+
+func main() {
+	pid1 := os.Getpid() == 1
+	defListen := "serial:agent"
+	if runtime.GOOS == "darwin" {
+		defListen = fmt.Sprintf("vsock:%d", defaultVsockPort)
+	}
+	var (
+		listenSpec = flag.String("listen", defListen, "where to serve: serial:NAME (virtio-serial port), vsock:PORT, unix:PATH")
+		etcDir     = flag.String("etc-dir", "/etc", "directory for hostname and resolv.conf")
+		system     = flag.Bool("system", pid1, "own the machine: set the kernel hostname, configure the network, mount shares, power off (default: when PID 1)")
+		modules    = flag.String("modules", "/etc/macvz/modules", "kernel modules to load at start, one .ko path a line (init only)")
+		subreaper  = flag.Bool("subreaper", false, "become a child subreaper and reap every descendant (implied as PID 1)")
+		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
+		showVer    = flag.Bool("version", false, "print the version and exit")
+	)
+	flag.Parse()
+	if *showVer {
+		fmt.Println("macvz-agent", version)
+		return
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "macvz-agent: --log-level: %v\n", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.Attr{} // the console (or journal) stamps lines
+			}
+			return a
+		}})).With("c", "macvz-agent")
+	slog.SetDefault(log)
+
+	if err := run(log, pid1, *listenSpec, *etcDir, *system, *modules, *subreaper); err != nil {
+		log.Error("agent failed", "err", err)
+		if pid1 {
+			// init must not exit: the kernel would panic. Power off.
+			powerOff(false)
+			select {}
+		}
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, modules string, subreaper bool) error {
+	start := time.Now()
+	loaded := make(chan struct{}, 1)
+	ready := make(chan struct{})
+	if pid1 {
+		initMounts(log)
+		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		go func() {
+			loadModules(log, modules, loaded)
+			close(ready)
+		}()
+	} else {
+		close(ready)
+		if subreaper {
+			if err := setSubreaper(); err != nil {
+				return err
+			}
+		}
+	}
+	cfg := config{
+		etcDir:        etcDir,
+		system:        system,
+		pid1:          pid1,
+		centralReaper: pid1 || subreaper,
+		log:           log,
+	}
+	if system {
+		cfg.powerOff = powerOff
+	}
+	a := newAgent(cfg)
+	a.ready = ready
+
+	l, err := listen(listenSpec, loaded)
+	if err != nil {
+		return err
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	api.RegisterAgentService(srv, a)
+	log.Info("serving", "listen", listenSpec, "version", version, "pid1", pid1, "startup", time.Since(start).Round(time.Microsecond))
+	err = srv.Serve(context.Background(), l)
+	if err != nil && !strings.Contains(err.Error(), "closed") {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	api "github.com/macvz/macvz/runtime/agentapi"
+)
+
+// PortForward tunnels a stream to a TCP port on the guest's loopback; see
+// api.PortForwardFrame for the flow control.
+func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if first.Port == 0 || first.Port > 65535 {
+		return errf(codes.InvalidArgument, "PortForward: invalid port %d", first.Port)
+	}
+	window := uint64(first.Window)
+	if window == 0 || window > defaultWindow {
+		window = defaultWindow
+	}
+	port := strconv.Itoa(int(first.Port))
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := d.DialContext(dctx, "tcp4", net.JoinHostPort("127.0.0.1", port))
+	if err != nil {
+		var err6 error
+		conn, err6 = d.DialContext(dctx, "tcp6", net.JoinHostPort("::1", port))
+		if err6 != nil {
+			cancel()
+			return errf(codes.Unavailable, "PortForward: connecting to localhost:%s in the guest: %v", port, err)
+		}
+	}
+	cancel()
+	defer conn.Close()
+	tcp, _ := conn.(*net.TCPConn)
+
+	var sendMu sync.Mutex
+	send := func(f *api.PortForwardFrame) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(f)
+	}
+	if err := send(&api.PortForwardFrame{}); err != nil {
+		return err
+	}
+
+	var (
+		mu       sync.Mutex
+		changed  = make(chan struct{})
+		peerAck  uint64
+		sent     uint64
+		inflight []uint64
+	)
+	notify := func() {
+		close(changed)
+		changed = make(chan struct{})
+	}
+	clientDone := make(chan struct{})
+	// client -> guest
+	go func() {
+		defer close(clientDone)
+		var received, acked uint64
+		chunks := 0
+		for {
+			f, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			if f.Ack > 0 {
+				mu.Lock()
+				if f.Ack > peerAck {
+					peerAck = min(f.Ack, sent)
+					for len(inflight) > 0 && inflight[0] <= peerAck {
+						inflight = inflight[1:]
+					}
+					notify()
+				}
+				mu.Unlock()
+			}
+			if len(f.Data) > 0 {
+				if _, err := conn.Write(f.Data); err != nil {
+					return
+				}
+				received += uint64(len(f.Data))
+				chunks++
+				if received-acked >= window/4 || chunks >= maxInFlightChunks/4 {
+					if send(&api.PortForwardFrame{Ack: received}) != nil {
+						return
+					}
+					acked, chunks = received, 0
+				}
+			}
+			if f.CloseWrite && tcp != nil {
+				tcp.CloseWrite()
+			}
+		}
+	}()
+	// guest -> client
+	buf := make([]byte, maxChunk)
+	for {
+		mu.Lock()
+		for sent-peerAck >= window || len(inflight) >= maxInFlightChunks {
+			ch := changed
+			mu.Unlock()
+			select {
+			case <-ch:
+			case <-clientDone:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			mu.Lock()
+		}
+		room := min(window-(sent-peerAck), uint64(len(buf)))
+		mu.Unlock()
+		n, err := conn.Read(buf[:room])
+		if n > 0 {
+			mu.Lock()
+			sent += uint64(n)
+			inflight = append(inflight, sent)
+			mu.Unlock()
+			if serr := send(&api.PortForwardFrame{Data: append([]byte(nil), buf[:n]...)}); serr != nil {
+				return serr
+			}
+		}
+		if err != nil {
+			select {
+			case <-clientDone:
+				// The client went away (or closed everything): nothing to say.
+				return nil
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// The guest side ended: tell the client, and end the stream.
+			send(&api.PortForwardFrame{CloseWrite: true})
+			return nil
+		}
+	}
+}

@@ -1,0 +1,403 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+
+	api "github.com/macvz/macvz/runtime/agentapi"
+)
+
+func setKernelHostname(h string) error { return unix.Sethostname([]byte(h)) }
+
+func cstr(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+func sysInfo(r *api.InfoResponse) {
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		r.KernelRelease = cstr(u.Release[:])
+		r.KernelVersion = cstr(u.Version[:])
+	}
+	if v, ok := procStatField("btime"); ok && len(v) > 0 {
+		if s, err := strconv.ParseInt(v[0], 10, 64); err == nil {
+			r.BootTimeUnixNano = s * int64(time.Second)
+		}
+	}
+	if m, err := readMeminfo(); err == nil {
+		r.MemoryTotalBytes = m["MemTotal"]
+	}
+}
+
+// procStatField returns the fields of the line of /proc/stat named key.
+func procStatField(key string) ([]string, bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && f[0] == key {
+			return f[1:], true
+		}
+	}
+	return nil, false
+}
+
+// readMeminfo returns /proc/meminfo in bytes.
+func readMeminfo() (map[string]uint64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	m := map[string]uint64{}
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		k, v, ok := strings.Cut(s.Text(), ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(f) > 1 && f[1] == "kB" {
+			n *= 1024
+		}
+		m[k] = n
+	}
+	return m, s.Err()
+}
+
+// userHZ is the unit of /proc/stat times (USER_HZ, 100 on every Linux ABI).
+const userHZ = 100
+
+func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsResponse, error) {
+	r := &api.StatsResponse{TimestampUnixNano: time.Now().UnixNano()}
+	if f, ok := procStatField("cpu"); ok {
+		// user nice system idle iowait irq softirq steal ...
+		var busy uint64
+		for i, v := range f {
+			if i == 3 || i == 4 || i >= 8 {
+				continue
+			}
+			n, _ := strconv.ParseUint(v, 10, 64)
+			busy += n
+		}
+		r.Cpu = &api.CPUStats{UsageCoreNanoseconds: busy * (uint64(time.Second) / userHZ), NumCpu: uint32(numCPU())}
+	}
+	m, err := readMeminfo()
+	if err != nil {
+		return nil, osErr(codes.Internal, err, "reading /proc/meminfo")
+	}
+	usage := m["MemTotal"] - m["MemFree"]
+	ws := usage
+	if in := m["Inactive(file)"]; in < ws {
+		ws -= in
+	}
+	r.Memory = &api.MemoryStats{
+		TotalBytes:      m["MemTotal"],
+		AvailableBytes:  m["MemAvailable"],
+		UsageBytes:      usage,
+		WorkingSetBytes: ws,
+		RssBytes:        m["AnonPages"],
+	}
+	for _, p := range req.FilesystemPaths {
+		r.Filesystems = append(r.Filesystems, fsStats(p))
+	}
+	if req.PerContainer {
+		r.Containers = a.containerStats()
+	}
+	return r, nil
+}
+
+func numCPU() int {
+	n := 0
+	if f, err := os.ReadFile("/proc/stat"); err == nil {
+		for _, l := range strings.Split(string(f), "\n") {
+			if strings.HasPrefix(l, "cpu") && len(l) > 3 && l[3] >= '0' && l[3] <= '9' {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func fsStats(path string) *api.FilesystemStats {
+	fs := &api.FilesystemStats{Path: path}
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		fs.Error = err.Error()
+		return fs
+	}
+	bs := uint64(st.Bsize)
+	fs.CapacityBytes = st.Blocks * bs
+	fs.AvailableBytes = st.Bavail * bs
+	fs.UsedBytes = (st.Blocks - st.Bfree) * bs
+	fs.Inodes = st.Files
+	fs.InodesUsed = st.Files - st.Ffree
+	return fs
+}
+
+// containerStats sums CPU time and RSS of the live processes in the
+// sessions of each container's processes (each process leads its own).
+func (a *agent) containerStats() []*api.ContainerStats {
+	sessions := map[int]string{}
+	out := map[string]*api.ContainerStats{}
+	for _, p := range a.snapshot("") {
+		p.mu.Lock()
+		if p.state == api.ProcessState_RUNNING {
+			sessions[p.pid] = p.key.container
+		}
+		p.mu.Unlock()
+		if out[p.key.container] == nil {
+			out[p.key.container] = &api.ContainerStats{ContainerId: p.key.container}
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	page := uint64(os.Getpagesize())
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp session ... utime(14) stime(15) ... rss(24)
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 22 {
+			continue
+		}
+		sid, _ := strconv.Atoi(f[3])
+		c, ok := sessions[sid]
+		if !ok {
+			continue
+		}
+		ut, _ := strconv.ParseUint(f[11], 10, 64)
+		st, _ := strconv.ParseUint(f[12], 10, 64)
+		rss, _ := strconv.ParseUint(f[21], 10, 64)
+		cs := out[c]
+		cs.CpuUsageCoreNanoseconds += (ut + st) * (uint64(time.Second) / userHZ)
+		cs.MemoryRssBytes += rss * page
+		cs.Processes++
+	}
+	var r []*api.ContainerStats
+	for _, cs := range out {
+		r = append(r, cs)
+	}
+	return r
+}
+
+func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*api.MountShareResponse, error) {
+	if req.Tag == "" || !filepath.IsAbs(req.Target) {
+		return nil, errf(codes.InvalidArgument, "MountShare needs a tag and an absolute target (got %q, %q)", req.Tag, req.Target)
+	}
+	var opts []string
+	switch req.Fstype {
+	case "9p":
+		opts = []string{"trans=virtio", "version=9p2000.L", "msize=262144"}
+	case "virtiofs":
+	default:
+		return nil, errf(codes.InvalidArgument, "MountShare: fstype %q is not 9p or virtiofs", req.Fstype)
+	}
+	for _, o := range req.Options {
+		if o == "" || strings.Contains(o, ",") {
+			return nil, errf(codes.InvalidArgument, "MountShare: invalid option %q", o)
+		}
+	}
+	opts = append(opts, req.Options...)
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "MountShare: the agent does not own this machine")
+	}
+	if err := a.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	if req.CreateTarget {
+		if err := os.MkdirAll(req.Target, 0o755); err != nil {
+			return nil, osErr(codes.Internal, err, "creating mount point %s", req.Target)
+		}
+	}
+	var flags uintptr
+	if req.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount(req.Tag, req.Target, req.Fstype, flags, strings.Join(opts, ",")); err != nil {
+		c := codes.Internal
+		if errors.Is(err, unix.ENOENT) {
+			c = codes.NotFound
+		}
+		return nil, osErr(c, err, "mounting %s share %q on %s", req.Fstype, req.Tag, req.Target)
+	}
+	a.cfg.log.Info("share mounted", "tag", req.Tag, "fstype", req.Fstype, "target", req.Target, "ro", req.ReadOnly)
+	return &api.MountShareResponse{}, nil
+}
+
+func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkRequest) (*api.ConfigureNetworkResponse, error) {
+	type ifc struct {
+		link  netlink.Link
+		addrs []*netlink.Addr
+		req   *api.Interface
+	}
+	// Validate everything first.
+	if err := a.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	var ifcs []ifc
+	links, err := netlink.LinkList()
+	if err != nil && a.cfg.system {
+		return nil, osErr(codes.Internal, err, "listing interfaces")
+	}
+	for _, in := range req.Interfaces {
+		mac, err := net.ParseMAC(in.Mac)
+		if err != nil {
+			return nil, errf(codes.InvalidArgument, "interface MAC %q: %v", in.Mac, err)
+		}
+		if in.Name != "" && (len(in.Name) >= unix.IFNAMSIZ || strings.ContainsAny(in.Name, "/ \t\n")) {
+			return nil, errf(codes.InvalidArgument, "invalid interface name %q", in.Name)
+		}
+		var c ifc
+		c.req = in
+		for _, s := range in.Addresses {
+			ad, err := netlink.ParseAddr(s)
+			if err != nil {
+				return nil, errf(codes.InvalidArgument, "interface %s: address %q is not CIDR: %v", in.Mac, s, err)
+			}
+			if ad.IP.To4() == nil {
+				ad.Flags |= unix.IFA_F_NODAD
+			}
+			c.addrs = append(c.addrs, ad)
+		}
+		for _, l := range links {
+			if bytes.Equal(l.Attrs().HardwareAddr, mac) {
+				c.link = l
+				break
+			}
+		}
+		if c.link == nil && a.cfg.system {
+			return nil, errf(codes.NotFound, "no interface with MAC %s", in.Mac)
+		}
+		ifcs = append(ifcs, c)
+	}
+	var routes []*netlink.Route
+	for _, rt := range req.Routes {
+		r := &netlink.Route{Priority: int(rt.Metric)}
+		if rt.Gateway != "" {
+			if r.Gw = net.ParseIP(rt.Gateway); r.Gw == nil {
+				return nil, errf(codes.InvalidArgument, "route gateway %q is not an IP", rt.Gateway)
+			}
+		}
+		if rt.Source != "" {
+			if r.Src = net.ParseIP(rt.Source); r.Src == nil {
+				return nil, errf(codes.InvalidArgument, "route source %q is not an IP", rt.Source)
+			}
+		}
+		if rt.Destination != "" {
+			_, dst, err := net.ParseCIDR(rt.Destination)
+			if err != nil {
+				return nil, errf(codes.InvalidArgument, "route destination %q: %v", rt.Destination, err)
+			}
+			r.Dst = dst
+		} else if r.Gw == nil {
+			return nil, errf(codes.InvalidArgument, "a route needs a destination or a gateway")
+		} else if r.Gw.To4() != nil {
+			r.Dst = &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		} else {
+			r.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		if rt.Device == "" && r.Gw == nil {
+			return nil, errf(codes.InvalidArgument, "route %s needs a device or a gateway", rt.Destination)
+		}
+		routes = append(routes, r)
+	}
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "ConfigureNetwork: the agent does not own this machine")
+	}
+
+	if err := loopbackUp(); err != nil {
+		return nil, osErr(codes.Internal, err, "bringing lo up")
+	}
+	for _, c := range ifcs {
+		l := c.link
+		if c.req.Name != "" && c.req.Name != l.Attrs().Name {
+			if err := netlink.LinkSetDown(l); err != nil {
+				return nil, osErr(codes.Internal, err, "interface %s down", l.Attrs().Name)
+			}
+			if err := netlink.LinkSetName(l, c.req.Name); err != nil {
+				return nil, osErr(codes.Internal, err, "renaming %s to %s", l.Attrs().Name, c.req.Name)
+			}
+		}
+		if c.req.Mtu > 0 {
+			if err := netlink.LinkSetMTU(l, int(c.req.Mtu)); err != nil {
+				return nil, osErr(codes.Internal, err, "setting MTU %d on %s", c.req.Mtu, c.req.Mac)
+			}
+		}
+		for _, ad := range c.addrs {
+			if err := netlink.AddrReplace(l, ad); err != nil {
+				return nil, osErr(codes.Internal, err, "adding %s to %s", ad.IPNet, c.req.Mac)
+			}
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return nil, osErr(codes.Internal, err, "interface %s up", c.req.Mac)
+		}
+	}
+	for i, r := range routes {
+		if dev := req.Routes[i].Device; dev != "" {
+			l, err := netlink.LinkByName(dev)
+			if err != nil {
+				return nil, osErr(codes.NotFound, err, "route device %s", dev)
+			}
+			r.LinkIndex = l.Attrs().Index
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			return nil, osErr(codes.Internal, err, "adding route to %s via %s", r.Dst, r.Gw)
+		}
+	}
+	a.cfg.log.Info("network configured", "interfaces", len(ifcs), "routes", len(routes))
+	return &api.ConfigureNetworkResponse{}, nil
+}
+
+func loopbackUp() error {
+	l, err := netlink.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
+
+// powerOff ends the guest: sync, unmount what it can, then power off or
+// restart.
+func powerOff(reboot bool) {
+	unix.Sync()
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	if reboot {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART
+	}
+	err := unix.Reboot(cmd)
+	fmt.Fprintf(os.Stderr, "macvz-agent: reboot(%#x): %v\n", cmd, err)
+}

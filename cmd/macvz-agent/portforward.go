@@ -68,6 +68,9 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 	// client -> guest
 	go func() {
 		defer close(clientDone)
+		// The client ended the stream (or it broke): end the guest side,
+		// which ends the loop below.
+		defer conn.Close()
 		var received, acked uint64
 		chunks := 0
 		for {

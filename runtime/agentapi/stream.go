@@ -1,0 +1,326 @@
+package agentapi
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Flow-control constants shared by the agent and these helpers.
+const (
+	// DefaultWindow is the default and largest window of ReadOutput and
+	// PortForward streams.
+	DefaultWindow = 1 << 20
+	// ackChunks: acknowledge at least every this many messages (the
+	// agent keeps at most 32 unacknowledged messages in flight).
+	ackChunks = 8
+)
+
+// OutputReader reads one output stream of a process (ReadOutput) as an
+// io.Reader, acknowledging what it has consumed. Read returns io.EOF once
+// the process's side is closed and everything was read.
+type OutputReader struct {
+	stream Agent_ReadOutputClient
+	cancel context.CancelFunc
+	window uint64
+
+	mu       sync.Mutex
+	pending  []byte
+	offset   uint64 // offset of pending[0]; after it, of the next byte
+	acked    uint64
+	unacked  int // messages since the last ack
+	err      error
+	closeOne sync.Once
+}
+
+// OpenOutput starts reading stdio of the process id. from acknowledges the
+// output before that offset (what an earlier reader already got; 0 for a
+// first reader). The stream ends when ctx does.
+func OpenOutput(ctx context.Context, c AgentClient, id *ProcessID, stdio Stdio, from uint64) (*OutputReader, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	s, err := c.ReadOutput(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.Send(&OutputRequest{Id: id, Stdio: stdio, Window: DefaultWindow, Ack: from}); err != nil {
+		cancel()
+		return nil, err
+	}
+	return &OutputReader{stream: s, cancel: cancel, window: DefaultWindow, offset: from, acked: from}, nil
+}
+
+// Offset is the offset in the process's output of the next byte Read
+// returns.
+func (r *OutputReader) Offset() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.offset
+}
+
+func (r *OutputReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(r.pending) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if err := r.ackLocked(false); err != nil {
+			r.err = err
+			return 0, err
+		}
+		m, err := r.stream.Recv()
+		if err != nil {
+			r.err = err
+			return 0, err
+		}
+		r.unacked++
+		if m.Offset > r.offset {
+			// Output was freed before we got it (another reader acked it).
+			r.offset = m.Offset
+		}
+		skip := r.offset - m.Offset
+		if skip < uint64(len(m.Data)) {
+			r.pending = m.Data[skip:]
+		}
+	}
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
+	r.offset += uint64(n)
+	return n, nil
+}
+
+// ackLocked acknowledges what was consumed when it is worth a message
+// (or always, with force).
+func (r *OutputReader) ackLocked(force bool) error {
+	if r.offset == r.acked {
+		return nil
+	}
+	if !force && r.offset-r.acked < r.window/4 && r.unacked < ackChunks {
+		return nil
+	}
+	if err := r.stream.Send(&OutputRequest{Ack: r.offset}); err != nil {
+		return err
+	}
+	r.acked, r.unacked = r.offset, 0
+	return nil
+}
+
+// Close acknowledges what was read, detaches from the stream (the agent
+// keeps the rest for the next reader) and waits for the stream to end.
+func (r *OutputReader) Close() error {
+	r.closeOne.Do(func() {
+		r.mu.Lock()
+		if r.err == nil {
+			r.ackLocked(true)
+			r.stream.CloseSend()
+			// Drain until the agent ends the stream.
+			timer := time.AfterFunc(5*time.Second, r.cancel)
+			for {
+				if _, err := r.stream.Recv(); err != nil {
+					break
+				}
+			}
+			timer.Stop()
+			r.err = io.ErrClosedPipe
+		}
+		r.mu.Unlock()
+		r.cancel()
+	})
+	return nil
+}
+
+// ForwardConn is a PortForward stream as a connection to a TCP port on
+// the guest's localhost. CloseWrite half-closes it; Close ends it.
+type ForwardConn struct {
+	stream Agent_PortForwardClient
+	cancel context.CancelFunc
+	window uint64
+
+	sendMu sync.Mutex
+
+	mu       sync.Mutex
+	changed  chan struct{}
+	peerAck  uint64
+	sent     uint64
+	inflight []uint64
+	closed   bool
+	failed   error // the stream broke (seen by Read)
+
+	rmu      sync.Mutex
+	pending  []byte
+	received uint64
+	acked    uint64
+	unacked  int
+	rerr     error
+}
+
+// DialPort opens a tunnel to 127.0.0.1:port (or [::1]:port) in the guest.
+// It returns once the agent has connected.
+func DialPort(ctx context.Context, c AgentClient, port uint16) (*ForwardConn, error) {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s, err := c.PortForward(sctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.Send(&PortForwardFrame{Port: uint32(port), Window: DefaultWindow}); err != nil {
+		cancel()
+		return nil, err
+	}
+	type res struct {
+		f   *PortForwardFrame
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		f, err := s.Recv()
+		ch <- res{f, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			cancel()
+			return nil, r.err
+		}
+	case <-ctx.Done():
+		cancel()
+		return nil, ctx.Err()
+	}
+	return &ForwardConn{stream: s, cancel: cancel, window: DefaultWindow, changed: make(chan struct{})}, nil
+}
+
+func (c *ForwardConn) send(f *PortForwardFrame) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return c.stream.Send(f)
+}
+
+func (c *ForwardConn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for len(c.pending) == 0 {
+		if c.rerr != nil {
+			return 0, c.rerr
+		}
+		if c.received-c.acked >= c.window/4 || (c.unacked >= ackChunks && c.received > c.acked) {
+			if err := c.send(&PortForwardFrame{Ack: c.received}); err != nil {
+				c.rerr = err
+				return 0, err
+			}
+			c.acked, c.unacked = c.received, 0
+		}
+		f, err := c.stream.Recv()
+		if err != nil {
+			c.rerr = err
+			c.mu.Lock()
+			c.failed = err
+			close(c.changed)
+			c.changed = make(chan struct{})
+			c.mu.Unlock()
+			return 0, err
+		}
+		if f.Ack > 0 {
+			c.mu.Lock()
+			if f.Ack > c.peerAck {
+				c.peerAck = min(f.Ack, c.sent)
+				for len(c.inflight) > 0 && c.inflight[0] <= c.peerAck {
+					c.inflight = c.inflight[1:]
+				}
+				close(c.changed)
+				c.changed = make(chan struct{})
+			}
+			c.mu.Unlock()
+		}
+		if len(f.Data) > 0 {
+			c.pending = f.Data
+			c.received += uint64(len(f.Data))
+			c.unacked++
+		}
+		if f.CloseWrite && len(c.pending) == 0 {
+			c.rerr = io.EOF
+		} else if f.CloseWrite {
+			defer func() { c.rerr = io.EOF }()
+		}
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// Write sends p, waiting while the window is full. Acks arrive through
+// Read, so a ForwardConn that writes a lot must also be read.
+func (c *ForwardConn) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		c.mu.Lock()
+		for !c.closed && (c.sent-c.peerAck >= c.window || len(c.inflight) >= 32) {
+			if c.failed != nil {
+				err := c.failed
+				c.mu.Unlock()
+				return written, err
+			}
+			ch := c.changed
+			c.mu.Unlock()
+			<-ch
+			c.mu.Lock()
+		}
+		if c.closed {
+			c.mu.Unlock()
+			return written, net.ErrClosed
+		}
+		n := int(min(uint64(len(p)), c.window-(c.sent-c.peerAck), 32<<10))
+		c.sent += uint64(n)
+		c.inflight = append(c.inflight, c.sent)
+		c.mu.Unlock()
+		if err := c.send(&PortForwardFrame{Data: p[:n]}); err != nil {
+			return written, err
+		}
+		written += n
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// CloseWrite tells the guest side no more data comes (TCP half close).
+func (c *ForwardConn) CloseWrite() error {
+	return c.send(&PortForwardFrame{CloseWrite: true})
+}
+
+// Close ends the tunnel.
+func (c *ForwardConn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	err := c.stream.CloseSend()
+	// Let the agent end the stream so the client forgets it, then cancel.
+	go func() {
+		t := time.AfterFunc(5*time.Second, c.cancel)
+		defer t.Stop()
+		defer c.cancel()
+		c.rmu.Lock()
+		defer c.rmu.Unlock()
+		if c.rerr != nil {
+			return
+		}
+		for {
+			if _, err := c.stream.Recv(); err != nil {
+				c.rerr = net.ErrClosed
+				return
+			}
+		}
+	}()
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return err
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,7 +67,7 @@ type daemon struct {
 	dir    string
 	socket string
 	cmd    *exec.Cmd
-	log    *bytes.Buffer
+	log    *syncBuffer
 }
 
 // startDaemon writes config (extra TOML appended to the paths) and runs
@@ -77,7 +78,7 @@ func startDaemon(t *testing.T, extraTOML string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &bytes.Buffer{}}
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}}
 	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.socket, extraTOML)
 	cfgPath := filepath.Join(dir, "config.toml")
@@ -164,4 +165,23 @@ func (d *daemon) crictlConfig() string {
 		}
 	}
 	return p
+}
+
+// syncBuffer is the daemon's log: exec's copier goroutine writes it while
+// tests read it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -186,16 +186,24 @@ func (a *agent) Shutdown(ctx context.Context, req *api.ShutdownRequest) (*api.Sh
 	if grace == 0 {
 		grace = 3 * time.Second
 	}
-	a.shutdownOnce.Do(func() {
-		a.cfg.log.Info("shutdown requested", "reboot", req.Reboot, "grace", grace)
-		go func() {
-			// Let the answer leave first.
-			time.Sleep(50 * time.Millisecond)
-			a.stopAll(grace)
-			a.cfg.powerOff(req.Reboot)
-		}()
-	})
+	a.cfg.log.Info("shutdown requested", "reboot", req.Reboot, "grace", grace)
+	go func() {
+		// Let the answer leave first.
+		time.Sleep(50 * time.Millisecond)
+		a.shutdown(req.Reboot, grace)
+	}()
 	return &api.ShutdownResponse{}, nil
+}
+
+// shutdown stops every process (SIGTERM, SIGKILL after grace) and powers
+// the machine off or restarts it; only the first call does anything.
+func (a *agent) shutdown(reboot bool, grace time.Duration) {
+	a.shutdownOnce.Do(func() {
+		a.stopAll(grace)
+		if a.cfg.powerOff != nil {
+			a.cfg.powerOff(reboot)
+		}
+	})
 }
 
 // waitReady waits until the guest's devices are there.

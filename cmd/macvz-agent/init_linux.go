@@ -139,3 +139,44 @@ func openVirtioPort(name string, loaded <-chan struct{}) func() (io.ReadWriteClo
 func setSubreaper() error {
 	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 }
+
+// watchPowerButton calls press when an ACPI power button (QEMU's
+// system_powerdown) is pressed: it reads key events from the input
+// devices named "Power Button" (the button and evdev modules).
+func watchPowerButton(log *slog.Logger, press func()) {
+	ents, _ := filepath.Glob("/sys/class/input/event*")
+	n := 0
+	for _, e := range ents {
+		name, err := os.ReadFile(filepath.Join(e, "device", "name"))
+		if err != nil || !strings.Contains(string(name), "Power Button") {
+			continue
+		}
+		f, err := os.Open("/dev/input/" + filepath.Base(e))
+		if err != nil {
+			log.Warn("power button", "dev", filepath.Base(e), "err", err)
+			continue
+		}
+		n++
+		go func() {
+			defer f.Close()
+			// struct input_event: struct timeval, u16 type, u16 code, s32 value.
+			const size = 24
+			const evKey, keyPower = 1, 116
+			buf := make([]byte, size)
+			for {
+				if _, err := io.ReadFull(f, buf); err != nil {
+					return
+				}
+				typ := uint16(buf[16]) | uint16(buf[17])<<8
+				code := uint16(buf[18]) | uint16(buf[19])<<8
+				val := int32(uint32(buf[20]) | uint32(buf[21])<<8 | uint32(buf[22])<<16 | uint32(buf[23])<<24)
+				if typ == evKey && code == keyPower && val == 1 {
+					press()
+				}
+			}
+		}()
+	}
+	if n == 0 {
+		log.Warn("no ACPI power button found")
+	}
+}

@@ -100,6 +100,15 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 	}
 	a := newAgent(cfg)
 	a.ready = ready
+	if pid1 {
+		go func() {
+			<-ready
+			watchPowerButton(log, func() {
+				log.Info("power button pressed")
+				a.shutdown(false, 3*time.Second)
+			})
+		}()
+	}
 
 	l, err := listen(listenSpec, loaded)
 	if err != nil {

@@ -65,6 +65,8 @@ func openVirtioPort(name string, loaded <-chan struct{}) func() (io.ReadWriteClo
 	}
 }
 
+func watchPowerButton(log *slog.Logger, press func()) {}
+
 func setSubreaper() error { return errors.New("no subreapers on macOS") }
 
 func powerOff(reboot bool) {}

@@ -210,6 +210,13 @@ func TestBootAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("boot to agent answering: %s (kernel %s)", time.Since(start).Round(time.Millisecond), info.KernelRelease)
+	if con, err := os.ReadFile(vm.console); err == nil {
+		for _, l := range strings.Split(string(con), "\n") {
+			if strings.Contains(l, "macvz-agent") {
+				t.Log(l)
+			}
+		}
+	}
 	if !info.Pid1 || info.Os != "linux" || info.MemoryTotalBytes == 0 {
 		t.Errorf("Info %v", info)
 	}

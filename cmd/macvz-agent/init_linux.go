@@ -114,7 +114,8 @@ func findVirtioPort(name string) (string, bool) {
 // openVirtioPort returns an opener for the virtio-serial port named name:
 // it waits until the port exists (a module load pokes `loaded`), then
 // opens its device read/write.
-func openVirtioPort(name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
+func openVirtioPort(log *slog.Logger, name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
+	first := true
 	return func() (io.ReadWriteCloser, error) {
 		deadline := time.Now().Add(2 * time.Second)
 		for {
@@ -122,6 +123,10 @@ func openVirtioPort(name string, loaded <-chan struct{}) func() (io.ReadWriteClo
 				f, err := os.OpenFile(dev, os.O_RDWR, 0)
 				if err != nil {
 					return nil, fmt.Errorf("opening %s: %w", dev, err)
+				}
+				if first {
+					first = false
+					log.Info("agent port open", "dev", dev, "since_start", time.Since(processStart).Round(time.Millisecond))
 				}
 				return f, nil
 			}

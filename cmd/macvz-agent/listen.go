@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -21,14 +22,14 @@ import (
 //	             framing of runtime/agentapi
 //	vsock:PORT   AF_VSOCK on PORT, any CID (vz)
 //	unix:PATH    a unix socket (tests, debugging)
-func listen(spec string, loaded <-chan struct{}) (net.Listener, error) {
+func listen(log *slog.Logger, spec string, loaded <-chan struct{}) (net.Listener, error) {
 	kind, arg, ok := strings.Cut(spec, ":")
 	if !ok || arg == "" {
 		return nil, fmt.Errorf("--listen %q: want serial:NAME, vsock:PORT or unix:PATH", spec)
 	}
 	switch kind {
 	case "serial":
-		return api.NewLinkListener("serial:"+arg, openVirtioPort(arg, loaded), 20*time.Millisecond), nil
+		return api.NewLinkListener("serial:"+arg, openVirtioPort(log, arg, loaded), 20*time.Millisecond), nil
 	case "unix":
 		os.Remove(arg)
 		return net.Listen("unix", arg)

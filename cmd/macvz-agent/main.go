@@ -21,6 +21,9 @@ import (
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
+// processStart is when the agent started (as near as Go lets us see).
+var processStart = time.Now()
+
 // defaultVsockPort is where the agent listens on vsock (macOS guests).
 const defaultVsockPort = 1024
 
@@ -110,7 +113,7 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 		}()
 	}
 
-	l, err := listen(listenSpec, loaded)
+	l, err := listen(log, listenSpec, loaded)
 	if err != nil {
 		return err
 	}

@@ -59,7 +59,7 @@ func initMounts(log *slog.Logger) {}
 
 func loadModules(log *slog.Logger, path string, loaded chan<- struct{}) {}
 
-func openVirtioPort(name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
+func openVirtioPort(log *slog.Logger, name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
 	return func() (io.ReadWriteCloser, error) {
 		return nil, errors.New("virtio-serial ports are not supported on macOS guests")
 	}

@@ -1,0 +1,5 @@
+package shim
+
+// The vz backend (runtime/vz) registers here once it exists:
+//
+//	RegisterBackend("vz", Backend{New: ..., LinkFraming: false}) // vsock

@@ -250,6 +250,14 @@ func (a *agentConn) watchSession(s *agentSession) {
 	}
 	suspended := a.suspended != ""
 	a.mu.Unlock()
+	// A VM that is going away takes its channel first.
+	t := time.NewTimer(200 * time.Millisecond)
+	select {
+	case <-a.m.Done():
+	case <-a.ctx.Done():
+	case <-t.C:
+	}
+	t.Stop()
 	if a.ctx.Err() != nil || a.m.State() != vm.StateRunning || suspended {
 		a.log.Debug("agent connection closed", "session", s.n)
 		return

@@ -17,6 +17,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/shimapi"
@@ -245,6 +247,12 @@ func Connect(ctx context.Context, dir string) (*Client, error) {
 func clientErrors(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoker ttrpc.Invoker) error {
 	err := invoker(ctx, req, resp)
 	if err == nil {
+		// ttrpc's Call turns resp.Status into its error after the
+		// interceptor: take it over here.
+		if st := resp.Status; st != nil && codes.Code(st.Code) != codes.OK {
+			resp.Status = nil
+			return errgrpc.ToNative(status.ErrorProto(st))
+		}
 		return nil
 	}
 	if errors.Is(err, ttrpc.ErrClosed) {

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 	"time"
-
 
 	"github.com/macvz/macvz/runtime/agentapi"
 )
@@ -176,9 +176,14 @@ func pump[Up, Down any](ctx context.Context, ss serverStream[Up, Down], open fun
 	if err := cs.Send(first); err != nil {
 		return agentErr(err)
 	}
+	var ended atomic.Bool // the agent ended the stream
+	defer ended.Store(true)
 	go func() {
 		for {
 			m, err := ss.Recv()
+			if ended.Load() {
+				return // late messages (acks) would reach a finished stream
+			}
 			if err != nil {
 				cs.CloseSend()
 				return
@@ -241,4 +246,3 @@ func (f *forwarder) PortForward(ctx context.Context, ss agentapi.Agent_PortForwa
 		return s.api.PortForward(ctx)
 	}, first)
 }
-

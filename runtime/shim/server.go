@@ -582,4 +582,3 @@ func (s *server) ForgetProcess(ctx context.Context, req *shimapi.ForgetProcessRe
 	s.procs.forget(k)
 	return &shimapi.ForgetProcessResponse{}, nil
 }
-

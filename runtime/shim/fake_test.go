@@ -1,0 +1,270 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// The fake backend runs a "VM" that is just a macvz-agent process on the
+// host serving a unix socket (--listen unix:), started like QEMU is: a
+// child of the shim with a parent-death signal. Test hooks, as files in
+// the sandbox directory (the shim is another process):
+//
+//	drop-agent   the machine closes every agent connection it handed out
+//	             (a lost virtio-serial connection), then deletes the file
+const fakeBackend = "fake"
+
+// Fake options in Spec.Options.
+const (
+	optAgent = "agent" // path of the macvz-agent binary
+)
+
+const (
+	fakeAgentSocket = "fake-agent.sock"
+	fakeAgentPID    = "fake-agent.pid"
+	dropAgentFile   = "drop-agent"
+)
+
+func init() {
+	RegisterBackend(fakeBackend, Backend{
+		New:      func() (vm.Driver, error) { return fakeDriver{}, nil },
+		PIDFiles: []string{fakeAgentPID},
+	})
+}
+
+type fakeDriver struct{}
+
+func (fakeDriver) Name() string { return fakeBackend }
+
+func (fakeDriver) Validate(spec *vm.Spec) error {
+	if spec.Options[optAgent] == "" {
+		return fmt.Errorf("%w: options.agent is empty", errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (fakeDriver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
+	return &fakeMachine{spec: spec, state: vm.StateCreated, done: make(chan struct{}), conns: map[net.Conn]struct{}{}}, nil
+}
+
+type fakeMachine struct {
+	spec *vm.Spec
+
+	mu     sync.Mutex
+	state  vm.State
+	exit   vm.Exit
+	proc   *os.Process
+	killed bool
+	conns  map[net.Conn]struct{}
+	done   chan struct{}
+}
+
+func (m *fakeMachine) path(name string) string { return filepath.Join(m.spec.Dir, name) }
+
+func (m *fakeMachine) Start(ctx context.Context) error {
+	m.mu.Lock()
+	if m.state != vm.StateCreated {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: machine is %s", errdefs.ErrFailedPrecondition, m.state)
+	}
+	m.mu.Unlock()
+	console := m.spec.ConsoleLog
+	if console == "" {
+		console = m.path("console.log")
+	}
+	logf, err := os.OpenFile(console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig follows the thread that forked: keep it.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer logf.Close()
+		cmd := exec.Command(m.spec.Options[optAgent], "--listen", "unix:"+m.path(fakeAgentSocket),
+			"--etc-dir", m.path("etc"), "--log-level", "debug")
+		cmd.Dir = m.spec.Dir
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			m.finish(vm.Exit{At: time.Now(), Reason: "agent did not start: " + err.Error()})
+			started <- err
+			return
+		}
+		os.WriteFile(m.path(fakeAgentPID), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600)
+		m.mu.Lock()
+		m.proc = cmd.Process
+		m.state = vm.StateRunning
+		m.mu.Unlock()
+		started <- nil
+		err := cmd.Wait()
+		os.Remove(m.path(fakeAgentPID))
+		m.mu.Lock()
+		killed := m.killed
+		m.mu.Unlock()
+		reason, clean := fmt.Sprintf("agent exited: %v", err), false
+		if killed {
+			reason, clean = "killed", false
+		}
+		m.finish(vm.Exit{At: time.Now(), Reason: reason, Clean: clean})
+	}()
+	if err := <-started; err != nil {
+		return fmt.Errorf("starting fake VM: %w", err)
+	}
+	go m.hooks()
+	return nil
+}
+
+// hooks serves the test hooks while the machine runs.
+func (m *fakeMachine) hooks() {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		if err := os.Remove(m.path(dropAgentFile)); err == nil {
+			m.mu.Lock()
+			var cs []net.Conn
+			for c := range m.conns {
+				cs = append(cs, c)
+			}
+			m.mu.Unlock()
+			for _, c := range cs {
+				c.Close()
+			}
+		}
+	}
+}
+
+func (m *fakeMachine) finish(e vm.Exit) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state == vm.StateStopped {
+		return
+	}
+	m.state = vm.StateStopped
+	m.exit = e
+	close(m.done)
+}
+
+func (m *fakeMachine) Stop(ctx context.Context, grace time.Duration) error {
+	m.mu.Lock()
+	switch m.state {
+	case vm.StateStopped:
+		m.mu.Unlock()
+		return nil
+	case vm.StateCreated:
+		m.mu.Unlock()
+		m.finish(vm.Exit{At: time.Now(), Reason: "stopped before it started", Clean: true})
+		return nil
+	}
+	p := m.proc
+	m.mu.Unlock()
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		select {
+		case <-m.done:
+			t.Stop()
+			return nil
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	m.mu.Lock()
+	m.killed = true
+	m.mu.Unlock()
+	p.Kill()
+	select {
+	case <-m.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m *fakeMachine) Done() <-chan struct{} { return m.done }
+
+func (m *fakeMachine) Exit() vm.Exit {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exit
+}
+
+func (m *fakeMachine) State() vm.State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state
+}
+
+func (m *fakeMachine) Stats(ctx context.Context) (vm.Stats, error) {
+	m.mu.Lock()
+	p := m.proc
+	m.mu.Unlock()
+	if p == nil {
+		return vm.Stats{}, errors.New("not running")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.Pid))
+	if err != nil {
+		return vm.Stats{}, err
+	}
+	f := strings.Fields(string(b))
+	rss, _ := strconv.ParseUint(f[1], 10, 64)
+	return vm.Stats{CPUNanos: 1, MemoryBytes: rss * uint64(os.Getpagesize())}, nil
+}
+
+type trackedConn struct {
+	net.Conn
+	m    *fakeMachine
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.m.mu.Lock()
+		delete(c.m.conns, c)
+		c.m.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
+	if st := m.State(); st != vm.StateRunning {
+		return nil, fmt.Errorf("%w: machine is %s", errdefs.ErrFailedPrecondition, st)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", m.path(fakeAgentSocket))
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, m: m}
+	m.mu.Lock()
+	m.conns[tc] = struct{}{}
+	m.mu.Unlock()
+	return tc, nil
+}
+
+func (m *fakeMachine) Save(ctx context.Context, path string) error {
+	return os.WriteFile(path, []byte("fake VM state of "+m.spec.ID+"\n"), 0o600)
+}

@@ -170,6 +170,7 @@ func (w *lineWriter) cutParts(keep int) {
 // Close writes a pending partial line as a P entry (the stream ended
 // without a newline).
 func (w *lineWriter) Close() error {
+	w.cutParts(0)
 	if len(w.line) > 0 {
 		w.log.entry(w.stream, logTagPartial, w.line)
 		w.line = w.line[:0]

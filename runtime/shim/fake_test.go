@@ -4,6 +4,7 @@ package shim
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -78,6 +79,16 @@ type fakeMachine struct {
 
 func (m *fakeMachine) path(name string) string { return filepath.Join(m.spec.Dir, name) }
 
+// agentSocket is where the agent listens: in Dir unless that path is too
+// long for a socket.
+func (m *fakeMachine) agentSocket() string {
+	p := m.path(fakeAgentSocket)
+	if len(p) > 100 {
+		p = filepath.Join(os.TempDir(), fmt.Sprintf("fake-agent-%x.sock", sha256.Sum224([]byte(p))))
+	}
+	return p
+}
+
 func (m *fakeMachine) Start(ctx context.Context) error {
 	m.mu.Lock()
 	if m.state != vm.StateCreated {
@@ -99,7 +110,7 @@ func (m *fakeMachine) Start(ctx context.Context) error {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		defer logf.Close()
-		cmd := exec.Command(m.spec.Options[optAgent], "--listen", "unix:"+m.path(fakeAgentSocket),
+		cmd := exec.Command(m.spec.Options[optAgent], "--listen", "unix:"+m.agentSocket(),
 			"--etc-dir", m.path("etc"), "--log-level", "debug")
 		cmd.Dir = m.spec.Dir
 		cmd.Stdout, cmd.Stderr = logf, logf
@@ -117,6 +128,7 @@ func (m *fakeMachine) Start(ctx context.Context) error {
 		started <- nil
 		err := cmd.Wait()
 		os.Remove(m.path(fakeAgentPID))
+		os.Remove(m.agentSocket())
 		m.mu.Lock()
 		killed := m.killed
 		m.mu.Unlock()
@@ -254,7 +266,7 @@ func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 		return nil, fmt.Errorf("%w: machine is %s", errdefs.ErrFailedPrecondition, st)
 	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", m.path(fakeAgentSocket))
+	c, err := d.DialContext(ctx, "unix", m.agentSocket())
 	if err != nil {
 		return nil, err
 	}

@@ -950,3 +950,48 @@ func TestStartTimeout(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestLongDirAndSave: a sandbox directory whose socket path is longer
+// than sun_path; Save.
+func TestLongDirAndSave(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, strings.Repeat("d", 60), strings.Repeat("e", 60), "sb")
+	t.Cleanup(func() { Kill(context.Background(), dir) })
+	if len(filepath.Join(dir, SocketFile)) <= 108 {
+		t.Fatal("path not long enough")
+	}
+	ctx := ctxT(t, 60*time.Second)
+	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Start(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Connect(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+	state := filepath.Join(base, "vm.state")
+	if _, err := c.Shim().Save(ctx, &shimapi.SaveRequest{Path: "relative"}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("Save(relative): %v", err)
+	}
+	if _, err := c.Shim().Save(ctx, &shimapi.SaveRequest{Path: state}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(state); err != nil || !strings.HasPrefix(string(b), "fake VM state") {
+		t.Errorf("state file: %q %v", b, err)
+	}
+	// Paused: the agent is not reachable any more.
+	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("Ping after Save: %v", err)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, SocketFile)); err == nil {
+		t.Error("socket left")
+	}
+}

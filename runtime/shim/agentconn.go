@@ -248,8 +248,11 @@ func (a *agentConn) watchSession(s *agentSession) {
 		close(a.changed)
 		a.changed = make(chan struct{})
 	}
-	suspended := a.suspended != ""
 	a.mu.Unlock()
+	if a.ctx.Err() != nil {
+		return
+	}
+	a.log.Info("agent connection closed", "session", s.n)
 	// A VM that is going away takes its channel first.
 	t := time.NewTimer(200 * time.Millisecond)
 	select {
@@ -258,12 +261,14 @@ func (a *agentConn) watchSession(s *agentSession) {
 	case <-t.C:
 	}
 	t.Stop()
-	if a.ctx.Err() != nil || a.m.State() != vm.StateRunning || suspended {
-		a.log.Debug("agent connection closed", "session", s.n)
-		return
-	}
-	a.log.Warn("agent connection lost; reconnecting", "session", s.n)
-	for a.ctx.Err() == nil && a.m.State() == vm.StateRunning {
+	for a.ctx.Err() == nil && a.m.State() == vm.StateRunning && !a.connected() {
+		a.mu.Lock()
+		suspended := a.suspended != ""
+		a.mu.Unlock()
+		if suspended {
+			return
+		}
+		a.log.Warn("agent connection lost; reconnecting")
 		ctx, cancel := context.WithTimeout(a.ctx, time.Minute)
 		_, err := a.get(ctx)
 		cancel()

@@ -365,6 +365,7 @@ func Kill(ctx context.Context, dir string) error {
 		return err
 	}
 	var errs []error
+	killed := false
 	if pid, err := readPID(filepath.Join(dir, PIDFile)); err == nil && processAlive(pid) {
 		if ok, why := isShimFor(pid, dir); ok {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -372,6 +373,7 @@ func Kill(ctx context.Context, dir string) error {
 			} else if err := waitGone(ctx, pid, nil); err != nil {
 				errs = append(errs, err)
 			}
+			killed = true
 		} else {
 			errs = append(errs, fmt.Errorf("not killing pid %d from %s: %s", pid, filepath.Join(dir, PIDFile), why))
 		}
@@ -383,7 +385,19 @@ func Kill(ctx context.Context, dir string) error {
 		if err != nil || !processAlive(pid) {
 			continue
 		}
+		if killed {
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			err := waitGone(wctx, pid, nil)
+			cancel()
+			if err == nil {
+				os.Remove(filepath.Join(dir, name))
+				continue
+			}
+		}
 		if cwd, err := procCwd(pid); err != nil || !sameDir(cwd, dir) {
+			if !processAlive(pid) {
+				continue
+			}
 			errs = append(errs, fmt.Errorf("not killing pid %d from %s: it does not run in %s", pid, name, dir))
 			continue
 		}

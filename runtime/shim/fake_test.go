@@ -35,6 +35,9 @@ const fakeBackend = "fake"
 // Fake options in Spec.Options.
 const (
 	optAgent = "agent" // path of the macvz-agent binary
+	// optPowerButton: the guest powers off at once when Stop presses the
+	// power button (grace > 0), as a real guest does.
+	optPowerButton = "power-button"
 )
 
 const (
@@ -73,8 +76,10 @@ type fakeMachine struct {
 	exit   vm.Exit
 	proc   *os.Process
 	killed bool
-	conns  map[net.Conn]struct{}
-	done   chan struct{}
+	// poweredOff: Stop pressed the power button (optPowerButton)
+	poweredOff bool
+	conns      map[net.Conn]struct{}
+	done       chan struct{}
 }
 
 func (m *fakeMachine) path(name string) string { return filepath.Join(m.spec.Dir, name) }
@@ -130,11 +135,13 @@ func (m *fakeMachine) Start(ctx context.Context) error {
 		os.Remove(m.path(fakeAgentPID))
 		os.Remove(m.agentSocket())
 		m.mu.Lock()
-		killed := m.killed
+		killed, poweredOff := m.killed, m.poweredOff
 		m.mu.Unlock()
 		reason, clean := fmt.Sprintf("agent exited: %v", err), false
 		if killed {
 			reason, clean = "killed", false
+		} else if poweredOff {
+			reason, clean = "guest powered off", true
 		}
 		m.finish(vm.Exit{At: time.Now(), Reason: reason, Clean: clean})
 	}()
@@ -193,6 +200,12 @@ func (m *fakeMachine) Stop(ctx context.Context, grace time.Duration) error {
 	}
 	p := m.proc
 	m.mu.Unlock()
+	if grace > 0 && m.spec.Options[optPowerButton] != "" {
+		m.mu.Lock()
+		m.poweredOff = true
+		m.mu.Unlock()
+		p.Signal(syscall.SIGTERM)
+	}
 	if grace > 0 {
 		t := time.NewTimer(grace)
 		select {

@@ -401,9 +401,59 @@ func TestLifecycle(t *testing.T) {
 	if _, err := Connect(ctx, dir); !errdefs.IsNotFound(err) {
 		t.Errorf("Connect after Shutdown: %v, want NotFound", err)
 	}
-	// The exits stay for a daemon that comes back later.
+	// The exits stay for a daemon that comes back later, and a new shim
+	// in the directory knows them.
 	if rec, err := ReadExit(dir, "ctr1", ""); err != nil || rec.ExitCode != 3 {
 		t.Errorf("exit file after Shutdown: %v %v", rec, err)
+	}
+	c3, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err = c3.Shim().ProcessStatus(ctx, &shimapi.ProcessStatusRequest{ContainerId: "ctr1"})
+	if err != nil || ps.Exit.GetExitCode() != 3 || ps.LogPath != logPath {
+		t.Errorf("ProcessStatus from a new shim: %v %v", ps, err)
+	}
+	if err := c3.Shutdown(ctx); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestSIGTERM: the shim stops its VM and exits cleanly on SIGTERM.
+func TestSIGTERM(t *testing.T) {
+	dir := sandboxDir(t)
+	ctx := ctxT(t, 60*time.Second)
+	spec := fakeSpec(dir, agentBin)
+	spec.Options[optPowerButton] = "1"
+	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Start(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	agentPid, err := readPID(filepath.Join(dir, fakeAgentPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(c.Pid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitGone(ctxT(t, 30*time.Second), c.Pid(), c.exited); err != nil {
+		t.Fatal(err)
+	}
+	if processAlive(agentPid) {
+		t.Error("the VM outlived its shim")
+	}
+	for _, f := range []string{SocketFile, PIDFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("%s is left", f)
+		}
+	}
+	log := readFile(t, filepath.Join(dir, LogFile))
+	if !strings.Contains(log, "signal: stopping the VM") || !strings.Contains(log, `reason="guest powered off" clean=true`) {
+		t.Error("no log of the signal and the clean stop")
 	}
 }
 
@@ -735,7 +785,7 @@ func TestAgentReconnect(t *testing.T) {
 	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); err != nil {
 		t.Errorf("Ping after the reconnect: %v", err)
 	}
-	if !strings.Contains(readFile(t, filepath.Join(dir, LogFile)), "agent connection lost") {
+	if !strings.Contains(readFile(t, filepath.Join(dir, LogFile)), "agent connection closed") {
 		t.Error("the shim did not notice the lost connection")
 	}
 }

@@ -163,7 +163,8 @@ func (t *procTable) load() {
 		if err != nil || k.fileName() != e.Name() {
 			continue
 		}
-		w := &watched{t: t, key: k, logPath: r.LogPath, watchedAt: r.WatchedAt, exit: &r, done: make(chan struct{}), cancel: func() {}}
+		w := &watched{t: t, key: k, logPath: r.LogPath, watchedAt: r.WatchedAt, exit: &r, done: make(chan struct{}), cancel: func() {},
+			log: t.log.With("container", k.container, "exec", k.exec)}
 		close(w.done)
 		t.procs[k] = w
 	}

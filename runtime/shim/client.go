@@ -140,7 +140,7 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Client, error) {
 	cmd := exec.Command(binary, "shim", "--dir", dir)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf // stdin: /dev/null
-	cmd.Env = append(os.Environ(), o.Env...)
+	cmd.Env = append(shimEnv(os.Environ()), o.Env...)
 	// A session of its own; deliberately no parent-death signal.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
@@ -451,4 +451,19 @@ func isShimFor(pid int, dir string) (bool, string) {
 		return false, fmt.Sprintf("it is the shim of %s", d)
 	}
 	return false, fmt.Sprintf("its command line %q names no --dir", args)
+}
+
+// shimEnv is the daemon's environment without what belongs to the
+// daemon's service manager (socket activation, readiness notification).
+func shimEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, e := range env {
+		k, _, _ := strings.Cut(e, "=")
+		switch k {
+		case "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_PID", "WATCHDOG_USEC":
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }

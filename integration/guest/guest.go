@@ -91,6 +91,8 @@ type Options struct {
 	Gzip bool
 	// Modules replaces DefaultModules when not nil.
 	Modules []string
+	// KeepModuleSignatures: see InitramfsOptions.
+	KeepModuleSignatures bool
 	// Log receives progress messages; nil for none.
 	Log io.Writer
 }
@@ -152,6 +154,8 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		Busybox: bb,
 		Files:   []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}},
 		Gzip:    o.Gzip,
+
+		KeepModuleSignatures: o.KeepModuleSignatures,
 	})
 	if err != nil {
 		return nil, err

@@ -24,14 +24,18 @@ const AgentPort = "agent"
 
 // DefaultModules are the modules the guest loads, by name, in the order
 // wanted (their dependencies are added before them): the agent's channel
-// first, then disks, network, host shares (9p for QEMU, virtiofs for vz),
-// file systems, and the ACPI power button (QMP system_powerdown).
+// first, the virtio RNG (with a virtio-rng device the kernel's CRNG is
+// ready as soon as it loads; without one getrandom(2) blocks for about a
+// second after boot under TCG), then disks, network, host shares (9p for
+// QEMU, virtiofs for vz), file systems, and the ACPI power button (QMP
+// system_powerdown).
 //
 // crc32c_generic stands for ext4's and jbd2's soft dependency on the
 // crc32c crypto driver, which the kernel would otherwise request through
 // modprobe (crc32c-intel needs SSE4.2, which TCG's default CPU lacks).
 var DefaultModules = []string{
 	"virtio_pci", "virtio_console",
+	"virtio_rng",
 	"virtio_blk", "virtio_net",
 	"9pnet_virtio", "9p",
 	"virtiofs",
@@ -65,6 +69,10 @@ type InitramfsOptions struct {
 	Files []File
 	// Gzip compresses the archive (the kernel unpacks either).
 	Gzip bool
+	// KeepModuleSignatures keeps the modules' appended signatures. By
+	// default they are stripped: checking them is a large part of the
+	// module loading time under TCG (see StripModuleSignature).
+	KeepModuleSignatures bool
 }
 
 // InitramfsInfo describes a written initramfs.
@@ -151,6 +159,9 @@ func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 			data, err := os.ReadFile(filepath.Join(o.Kernel.ModulesDir, m.Path))
 			if err != nil {
 				return nil, err
+			}
+			if !o.KeepModuleSignatures {
+				data = StripModuleSignature(data)
 			}
 			t.add(File{Path: guestDir + "/" + m.Path, Mode: 0o644, Data: data})
 			info.Modules = append(info.Modules, guestDir+"/"+m.Path)

@@ -13,9 +13,9 @@
 //
 //     macvz-test-init ok
 //     modules loaded=N failed=M ms=T [errors...]
+//     uptime <seconds since the kernel started, when the modules were loaded>
 //     filesystems <the ones of interest found in /proc/filesystems>
-//     uptime <seconds since the kernel started>
-//     busybox <output>        (only with testinit=busybox on the cmdline)
+//     (the lines the flags below add)
 //     macvz-test-init done
 //
 //  4. powers the machine off.
@@ -26,6 +26,8 @@
 //	busybox   bring up lo, start busybox httpd on 127.0.0.1:80 serving
 //	          /www and fetch / with busybox wget, reporting the body
 //	modtimes  log each module's load time to the console
+//	getrandom time a blocking getrandom(2) (until the kernel's CRNG is
+//	          ready), reported as "getrandom ms=N"
 //
 // Build: CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build ./integration/guest/testinit
 package main
@@ -65,14 +67,11 @@ func main() {
 	}
 	start := time.Now()
 	loaded, failed, errs := loadModules("/etc/macvz/modules", flags["modtimes"])
-	report := []string{fmt.Sprintf("modules loaded=%d failed=%d ms=%d%s", loaded, failed,
-		time.Since(start).Milliseconds(), strings.Join(append([]string{""}, errs...), " "))}
-	report = append(report, "filesystems "+filesystems("9p", "virtiofs", "fuse", "ext4", "overlay", "tmpfs"))
-	if flags["busybox"] {
-		report = append(report, "busybox "+busybox())
-	}
+	modules := fmt.Sprintf("modules loaded=%d failed=%d ms=%d%s", loaded, failed,
+		time.Since(start).Milliseconds(), strings.Join(append([]string{""}, errs...), " "))
+	uptime := ""
 	if b, err := os.ReadFile("/proc/uptime"); err == nil {
-		report = append(report, "uptime "+strings.Fields(string(b))[0])
+		uptime = "uptime " + strings.Fields(string(b))[0]
 	}
 
 	port := findPort("agent", 30*time.Second)
@@ -92,8 +91,16 @@ func main() {
 		fmt.Fprintf(console, "macvz-test-init: no virtio-serial port named agent\n")
 	}
 	say("macvz-test-init ok")
-	for _, l := range report {
-		say(l)
+	say(modules)
+	say(uptime)
+	say("filesystems " + filesystems("9p", "virtiofs", "fuse", "ext4", "overlay", "tmpfs"))
+	if flags["busybox"] {
+		say("busybox " + busybox())
+	}
+	if flags["getrandom"] {
+		t := time.Now()
+		_, err := unix.Getrandom(make([]byte, 16), 0)
+		say(fmt.Sprintf("getrandom ms=%d err=%v", time.Since(t).Milliseconds(), err))
 	}
 	say("macvz-test-init done")
 	unix.Sync()

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/macvz/macvz/integration/guest"
@@ -28,11 +29,15 @@ func main() {
 	flag.StringVar(&o.KernelVersion, "kernel", "", "kernel release, e.g. "+guest.KernelSeries+"-56-amd64 (default: the newest apt offers)")
 	flag.StringVar(&o.Cmdline, "cmdline", guest.DefaultCmdline, "kernel command line recorded in the images")
 	flag.BoolVar(&o.Gzip, "gzip", false, "gzip the initramfs")
+	modules := flag.String("modules", "", "comma-separated kernel modules to load (default: "+strings.Join(guest.DefaultModules, ",")+")")
 	flag.Parse()
 	if flag.NArg() != 0 || (o.Agent == "") == !*testInit {
 		fmt.Fprintln(os.Stderr, "usage: build-guest [--out DIR] (--agent PATH | --test-init) [flags]")
 		flag.PrintDefaults()
 		os.Exit(2)
+	}
+	if *modules != "" {
+		o.Modules = strings.Split(*modules, ",")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -5,7 +5,6 @@ package netplugin_test
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,22 +19,7 @@ import (
 // binDir holds the built plugins (macvz-net, host-local, portmap).
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "macvz-net-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if err := nettest.Build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(nettest.Main(m, &binDir)) }
 
 // exec runs the plugin binary the way a runtime does and returns stdout
 // and the CNI error (from stdout) when it failed.

@@ -20,22 +20,7 @@ import (
 
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "macvz-cnimgr-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if err := nettest.Build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(nettest.Main(m, &binDir)) }
 
 func conflist(name, bridge, ipamDir string, extra ...string) string {
 	plugins := append([]string{fmt.Sprintf(`{"type":"macvz-net","mode":"bridge-tap","bridge":%q,

@@ -6,15 +6,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
 )
 
@@ -52,7 +51,7 @@ func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, md
 			}
 		}
 	}()
-	dir, err := mountDir(mounts)
+	dir, err := snapshotter.Dir(mounts)
 	if err != nil {
 		return err
 	}
@@ -74,18 +73,6 @@ func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, md
 		return p.s.sn.Remove(ctx, key)
 	}
 	return err
-}
-
-// mountDir returns the directory behind a snapshot's mounts: macvz's
-// snapshotter hands out its snapshot directories as bind mounts.
-func mountDir(ms []mount.Mount) (string, error) {
-	if len(ms) != 1 || ms[0].Source == "" {
-		return "", fmt.Errorf("snapshot mounts %v: expected one directory: %w", ms, errdefs.ErrInvalidArgument)
-	}
-	if fi, err := os.Stat(ms[0].Source); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("snapshot directory %s: %w", ms[0].Source, errdefs.ErrNotFound)
-	}
-	return ms[0].Source, nil
 }
 
 func randomSuffix() string {

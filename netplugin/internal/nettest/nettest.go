@@ -33,6 +33,23 @@ var Packages = []string{
 	"github.com/containernetworking/plugins/plugins/main/bridge", // the benchmark's baseline
 }
 
+// Main is a TestMain body: it builds the plugins into a temporary
+// directory, stores its path in *binDir, runs the tests and removes it.
+func Main(m *testing.M, binDir *string) int {
+	dir, err := os.MkdirTemp("", "macvz-net-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*binDir = dir
+	return m.Run()
+}
+
 // Build builds Packages into dir (one binary each, named after the last
 // path element).
 func Build(dir string) error {

@@ -17,7 +17,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit integration darwin-check bench demo tools clean deps
+.PHONY: all build test unit integration darwin-check bench demo tools clean deps guest-image
 
 all: build
 
@@ -41,6 +41,12 @@ test: unit integration
 unit:
 	pkgs=$$($(GO) list ./... | grep -v '^github.com/macvz/macvz/integration'); \
 		$(GO) test -race $$pkgs
+
+# The QEMU test guest (integration/guest): Debian kernel + busybox + the
+# agent as /init, written as an OCI layout in bin/guest/oci (tags plain and
+# httpd); push it with bin/pushimage -kind layout -layout bin/guest/oci.
+guest-image: build
+	$(GO) run ./integration/guest/cmd/build-guest --out bin/guest --agent bin/macvz-agent
 
 # Needs root (loop devices, mounts, taps, QEMU); outside CI the tests that
 # lack it skip and say why, under CI=true they fail.

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"sync"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/shim"
+	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
 	"github.com/macvz/macvz/vmimage/imagestore"
@@ -29,6 +32,18 @@ type Service struct {
 	cfg    *config.Config
 	sn     *snapshotter.Snapshotter
 	images *imagestore.Store
+	st     *store.Store
+
+	// locks serialise lifecycle calls per sandbox ID.
+	locks keyedLocks
+
+	shimsMu  sync.Mutex
+	shims    map[string]*shim.Client // sandbox ID → connected shim
+	stopping map[string]bool         // sandboxes being stopped on purpose
+
+	// shimBinary is the executable run as `<shimBinary> shim --dir`;
+	// empty = this executable.
+	shimBinary string
 }
 
 // NewService opens the stores under cfg.Root and returns a ready service.
@@ -37,30 +52,58 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter: %w", err)
 	}
-	images, err := imagestore.Open(ctx, imagestore.Options{
+	st, err := store.Open(filepath.Join(cfg.Root, "runtime.db"))
+	if err != nil {
+		sn.Close()
+		return nil, fmt.Errorf("runtime state: %w", err)
+	}
+	s := &Service{cfg: cfg, sn: sn, st: st, shims: map[string]*shim.Client{}}
+	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
 		Registry:               cfg.Registry,
 		MaxConcurrentDownloads: cfg.Image.MaxConcurrentDownloads,
+		InUse:                  s.imageInUse,
 	})
 	if err != nil {
+		st.Close()
 		sn.Close()
 		return nil, fmt.Errorf("image store: %w", err)
 	}
+	// Re-attach to the shims that outlived the previous daemon before
+	// anything is collected: their disk clones are in use.
+	s.reconcile(ctx)
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
 	if err := sn.Cleanup(ctx); err != nil {
 		slog.Warn("snapshot cleanup failed", "err", err)
 	}
-	if err := images.Collect(ctx); err != nil {
+	if err := s.images.Collect(ctx); err != nil {
 		slog.Warn("image garbage collection failed", "err", err)
 	}
-	return &Service{cfg: cfg, sn: sn, images: images}, nil
+	return s, nil
 }
 
 // Close releases the stores. In-flight RPCs must have finished.
+// The shims and their VMs keep running: the next daemon re-attaches.
 func (s *Service) Close() error {
-	return errors.Join(s.images.Close(), s.sn.Close())
+	s.shimsMu.Lock()
+	for id, c := range s.shims {
+		c.Close()
+		delete(s.shims, id)
+	}
+	s.shimsMu.Unlock()
+	return errors.Join(s.images.Close(), s.st.Close(), s.sn.Close())
+}
+
+// imageInUse reports whether a sandbox or container uses an image ID.
+func (s *Service) imageInUse(id string) bool {
+	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.VMImage == id })
+	if err != nil || len(sbs) > 0 {
+		return true
+	}
+	cs, err := s.st.Containers(func(c *store.Container) bool { return c.ImageID == id })
+	return err != nil || len(cs) > 0
 }
 
 // imageUser is the user an image runs as by default: the OCI config's

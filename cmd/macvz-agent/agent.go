@@ -47,6 +47,9 @@ type agent struct {
 
 	mu    sync.Mutex
 	procs map[procKey]*process
+	// shares maps a share's tag to where MountShare mounted its root, the
+	// source of later subpath binds.
+	shares map[string]string
 
 	shutdownOnce sync.Once
 }
@@ -60,7 +63,7 @@ func newAgent(cfg config) *agent {
 	if cfg.log == nil {
 		cfg.log = slog.Default()
 	}
-	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, ready: make(chan struct{})}
+	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, ready: make(chan struct{})}
 	close(a.ready)
 	if cfg.centralReaper {
 		a.reaper = newCentralReaper(cfg.log)

@@ -218,6 +218,9 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 	if req.Tag == "" || !filepath.IsAbs(req.Target) {
 		return nil, errf(codes.InvalidArgument, "MountShare needs a tag and an absolute target (got %q, %q)", req.Tag, req.Target)
 	}
+	if req.Subpath != "" {
+		return a.bindShare(req)
+	}
 	var opts []string
 	switch req.Fstype {
 	case "9p":
@@ -254,8 +257,73 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 		}
 		return nil, osErr(c, err, "mounting %s share %q on %s", req.Fstype, req.Tag, req.Target)
 	}
+	a.mu.Lock()
+	a.shares[req.Tag] = req.Target
+	a.mu.Unlock()
 	a.cfg.log.Info("share mounted", "tag", req.Tag, "fstype", req.Fstype, "target", req.Target, "ro", req.ReadOnly)
 	return &api.MountShareResponse{}, nil
+}
+
+// bindShare binds a path inside a mounted share at req.Target.
+func (a *agent) bindShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
+	sub := filepath.Clean(req.Subpath)
+	if filepath.IsAbs(sub) || sub == ".." || strings.HasPrefix(sub, "../") {
+		return nil, errf(codes.InvalidArgument, "MountShare: subpath %q must be relative and inside the share", req.Subpath)
+	}
+	a.mu.Lock()
+	root, ok := a.shares[req.Tag]
+	a.mu.Unlock()
+	if !ok {
+		return nil, errf(codes.FailedPrecondition, "MountShare: share %q is not mounted; mount its root before a subpath", req.Tag)
+	}
+	src := filepath.Join(root, sub)
+	// The share's contents come from the host: resolve symlinks and
+	// refuse any that lead out of the share.
+	real, err := filepath.EvalSymlinks(src)
+	if err != nil {
+		return nil, osErr(codes.NotFound, err, "MountShare: %s in share %q", sub, req.Tag)
+	}
+	if real != root && !strings.HasPrefix(real, root+"/") {
+		return nil, errf(codes.InvalidArgument, "MountShare: %s in share %q resolves outside the share", sub, req.Tag)
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return nil, osErr(codes.NotFound, err, "MountShare: %s", real)
+	}
+	if req.CreateTarget {
+		if err := makeMountPoint(req.Target, fi.IsDir()); err != nil {
+			return nil, osErr(codes.Internal, err, "creating mount point %s", req.Target)
+		}
+	}
+	if err := unix.Mount(real, req.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return nil, osErr(codes.Internal, err, "binding %s on %s", real, req.Target)
+	}
+	if req.ReadOnly {
+		// A bind takes the source's flags; read-only needs a remount of
+		// the bind itself.
+		if err := unix.Mount("", req.Target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			unix.Unmount(req.Target, unix.MNT_DETACH)
+			return nil, osErr(codes.Internal, err, "making %s read-only", req.Target)
+		}
+	}
+	a.cfg.log.Info("share path bound", "tag", req.Tag, "subpath", sub, "target", req.Target, "ro", req.ReadOnly)
+	return &api.MountShareResponse{}, nil
+}
+
+// makeMountPoint creates target as a directory or an empty file, with its
+// parents.
+func makeMountPoint(target string, dir bool) error {
+	if dir {
+		return os.MkdirAll(target, 0o755)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkRequest) (*api.ConfigureNetworkResponse, error) {

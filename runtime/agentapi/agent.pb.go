@@ -2180,7 +2180,14 @@ type MountShareRequest struct {
 	CreateTarget bool `protobuf:"varint,5,opt,name=create_target,json=createTarget,proto3" json:"create_target,omitempty"`
 	// options are extra mount options appended to the defaults
 	// (9p: trans=virtio,version=9p2000.L,msize=262144).
-	Options       []string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty"`
+	Options []string `protobuf:"bytes,6,rep,name=options,proto3" json:"options,omitempty"`
+	// subpath mounts a directory or file inside the share instead of its
+	// root: a bind mount from where an earlier MountShare of the same tag
+	// (without subpath) mounted it. That is how one share set at boot
+	// serves volumes of containers started later. It must be relative and
+	// stay inside the share; a file is bound onto a file (create_target
+	// creates an empty one). read_only makes the bind read-only.
+	Subpath       string `protobuf:"bytes,7,opt,name=subpath,proto3" json:"subpath,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2255,6 +2262,13 @@ func (x *MountShareRequest) GetOptions() []string {
 		return x.Options
 	}
 	return nil
+}
+
+func (x *MountShareRequest) GetSubpath() string {
+	if x != nil {
+		return x.Subpath
+	}
+	return ""
 }
 
 type MountShareResponse struct {
@@ -3013,14 +3027,15 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces\x18\x01 \x03(\v2\x19.macvz.agent.v1.InterfaceR\n" +
 	"interfaces\x12-\n" +
 	"\x06routes\x18\x02 \x03(\v2\x15.macvz.agent.v1.RouteR\x06routes\"\x1a\n" +
-	"\x18ConfigureNetworkResponse\"\xb1\x01\n" +
+	"\x18ConfigureNetworkResponse\"\xcb\x01\n" +
 	"\x11MountShareRequest\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06fstype\x18\x02 \x01(\tR\x06fstype\x12\x16\n" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x1b\n" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12#\n" +
 	"\rcreate_target\x18\x05 \x01(\bR\fcreateTarget\x12\x18\n" +
-	"\aoptions\x18\x06 \x03(\tR\aoptions\"\x14\n" +
+	"\aoptions\x18\x06 \x03(\tR\aoptions\x12\x18\n" +
+	"\asubpath\x18\a \x01(\tR\asubpath\"\x14\n" +
 	"\x12MountShareResponse\"^\n" +
 	"\fStatsRequest\x12)\n" +
 	"\x10filesystem_paths\x18\x01 \x03(\tR\x0ffilesystemPaths\x12#\n" +

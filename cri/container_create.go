@@ -1,0 +1,144 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/vmimage"
+)
+
+// CreateContainer records a container in a sandbox. Its image must be a
+// pulled VM image; the first one decides the sandbox's VM, and a second,
+// different VM image in the same pod is refused. Nothing runs yet.
+func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	cfg := r.GetConfig()
+	if cfg.GetMetadata().GetName() == "" {
+		return nil, fmt.Errorf("container config lacks metadata.name: %w", errdefs.ErrInvalidArgument)
+	}
+	if cfg.GetImage().GetImage() == "" {
+		return nil, fmt.Errorf("container %q has no image: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
+	}
+	if err := validateMounts(cfg.GetMounts()); err != nil {
+		return nil, err
+	}
+	if err := validateResources(cfg.GetLinux().GetResources()); err != nil {
+		return nil, err
+	}
+	unlock := s.locks.lock(r.GetPodSandboxId())
+	defer unlock()
+	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	if sb.State != store.SandboxReady {
+		return nil, fmt.Errorf("sandbox %s is not ready (%s): %w", sb.ID, orDefault(sb.Reason, "stopped"), errdefs.ErrFailedPrecondition)
+	}
+	pod, err := podConfig(sb)
+	if err != nil {
+		return nil, err
+	}
+	img, err := s.vmImage(ctx, cfg.GetImage().GetImage())
+	if err != nil {
+		return nil, err
+	}
+	if sb.VMImage != "" && sb.VMImage != img.rec.ID() {
+		return nil, fmt.Errorf("sandbox %s already runs VM image %s; a pod is one VM, so its containers must share one VM image (got %s): %w",
+			sb.ID, sb.VMImage, cfg.GetImage().GetImage(), errdefs.ErrFailedPrecondition)
+	}
+	raw, err := proto.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &store.Container{
+		ID:        store.NewID(),
+		SandboxID: sb.ID,
+		Name:      containerName(cfg.GetMetadata(), pod.GetMetadata()),
+		Config:    raw,
+		ImageRef:  cfg.GetImage().GetImage(),
+		ImageID:   img.rec.ID(),
+		IsVM:      len(cfg.GetCommand()) == 0 && len(cfg.GetArgs()) == 0 && img.desc.Process == nil,
+		State:     store.ContainerCreated,
+		CreatedAt: time.Now(),
+	}
+	if cfg.GetLogPath() != "" {
+		c.LogPath = filepath.Join(pod.GetLogDirectory(), cfg.GetLogPath())
+	}
+	if err := s.st.CreateContainer(c); err != nil {
+		return nil, err
+	}
+	if sb.VMImage == "" {
+		if _, err := s.st.UpdateSandbox(sb.ID, func(sb *store.Sandbox) error { sb.VMImage = img.rec.ID(); return nil }); err != nil {
+			s.st.DeleteContainer(*c)
+			return nil, err
+		}
+	}
+	ctrLog(*c).Info("container created", "name", c.Name, "image", c.ImageRef, "vm", c.IsVM)
+	return &runtimeapi.CreateContainerResponse{ContainerId: c.ID}, nil
+}
+
+// validateMounts checks volume mounts before anything is created: both
+// paths absolute, the host path present (kubelet creates the directories
+// it hands over).
+func validateMounts(ms []*runtimeapi.Mount) error {
+	for _, m := range ms {
+		if !filepath.IsAbs(m.GetContainerPath()) {
+			return fmt.Errorf("mount container_path %q is not absolute: %w", m.GetContainerPath(), errdefs.ErrInvalidArgument)
+		}
+		if !filepath.IsAbs(m.GetHostPath()) {
+			return fmt.Errorf("mount host_path %q is not absolute: %w", m.GetHostPath(), errdefs.ErrInvalidArgument)
+		}
+		if _, err := filepath.EvalSymlinks(m.GetHostPath()); err != nil {
+			return fmt.Errorf("mount host_path %q: %v: %w", m.GetHostPath(), err, errdefs.ErrNotFound)
+		}
+	}
+	return nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// processOf merges an image's default process with a container config,
+// as Docker and containerd do: command replaces the entrypoint (and drops
+// the image's cmd), args replace cmd; env is the image's, overridden by
+// the config's; workdir and user from the config when set.
+func processOf(def *vmimage.Process, cfg *runtimeapi.ContainerConfig) (argv, env []string, cwd, user string) {
+	var entry, cmd []string
+	if def != nil {
+		entry, cmd, env, cwd, user = def.Entrypoint, def.Cmd, append([]string(nil), def.Env...), def.WorkingDir, def.User
+	}
+	if len(cfg.GetCommand()) > 0 {
+		entry, cmd = cfg.GetCommand(), nil
+	}
+	if len(cfg.GetArgs()) > 0 {
+		cmd = cfg.GetArgs()
+	}
+	argv = append(append([]string{}, entry...), cmd...)
+	for _, kv := range cfg.GetEnvs() {
+		env = setEnv(env, kv.GetKey(), string(kv.GetValue()))
+	}
+	if cfg.GetWorkingDir() != "" {
+		cwd = cfg.GetWorkingDir()
+	}
+	return argv, env, cwd, user
+}
+
+func setEnv(env []string, k, v string) []string {
+	for i, e := range env {
+		if len(e) > len(k) && e[:len(k)] == k && e[len(k)] == '=' {
+			env[i] = k + "=" + v
+			return env
+		}
+	}
+	return append(env, k+"="+v)
+}

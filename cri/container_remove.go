@@ -1,0 +1,58 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/shimapi"
+)
+
+// RemoveContainer removes a container, killing it first if it runs (as
+// the CRI asks). Removing an unknown or removed container is fine.
+func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
+	c, err := s.st.Container(r.GetContainerId())
+	if errdefs.IsNotFound(err) {
+		return &runtimeapi.RemoveContainerResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	unlock := s.locks.lock(c.SandboxID)
+	defer unlock()
+	if err := s.stopContainer(ctx, c.ID, 0); err != nil {
+		if errdefs.IsNotFound(err) {
+			return &runtimeapi.RemoveContainerResponse{}, nil
+		}
+		return nil, fmt.Errorf("stopping container %s before removing it: %w", c.ID, err)
+	}
+	sb, err := s.st.Sandbox(c.SandboxID)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	if err == nil {
+		if sb.VMStarted && !c.IsVM {
+			if sc, err := s.shimFor(ctx, sb); err == nil {
+				// The guest forgets the process. Its volume binds in
+				// the guest stay (empty once the host side below is
+				// unmounted) until the VM stops.
+				sc.Shim().ForgetProcess(ctx, &shimapi.ForgetProcessRequest{ContainerId: c.ID})
+				if _, err := sc.Agent().RemoveProcess(ctx, &agentapi.RemoveProcessRequest{Id: &agentapi.ProcessID{ContainerId: c.ID}}); err != nil && !errdefs.IsNotFound(err) {
+					ctrLog(c).Warn("removing the process from the guest", "err", err)
+				}
+			}
+		}
+		if err := unmountUnder(filepath.Join(sb.Dir, sharedDir, c.ID)); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.st.DeleteContainer(c); err != nil && !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	ctrLog(c).Info("container removed")
+	return &runtimeapi.RemoveContainerResponse{}, nil
+}

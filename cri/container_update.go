@@ -1,0 +1,100 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/shimapi"
+	"github.com/macvz/macvz/runtime/store"
+)
+
+// UpdateContainerResources records new resources in the container's
+// config. A running VM cannot be resized: they size the VM at its next
+// boot (the pod's next sandbox).
+func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.UpdateContainerResourcesRequest) (*runtimeapi.UpdateContainerResourcesResponse, error) {
+	res := r.GetLinux()
+	if res == nil {
+		return nil, fmt.Errorf("UpdateContainerResources needs linux resources: %w", errdefs.ErrInvalidArgument)
+	}
+	if err := validateResources(res); err != nil {
+		return nil, err
+	}
+	c, err := s.st.Container(r.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	unlock := s.locks.lock(c.SandboxID)
+	defer unlock()
+	_, err = s.st.UpdateContainer(c.ID, func(c *store.Container) error {
+		if c.State == store.ContainerExited {
+			return fmt.Errorf("container %s has exited: %w", c.ID, errdefs.ErrFailedPrecondition)
+		}
+		cfg, err := ctrConfig(*c)
+		if err != nil {
+			return err
+		}
+		if cfg.Linux == nil {
+			cfg.Linux = &runtimeapi.LinuxContainerConfig{}
+		}
+		cfg.Linux.Resources = res
+		for k, v := range r.GetAnnotations() {
+			if cfg.Annotations == nil {
+				cfg.Annotations = map[string]string{}
+			}
+			cfg.Annotations[k] = v
+		}
+		c.Config, err = proto.Marshal(cfg)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctrLog(c).Info("container resources recorded; they apply at the VM's next boot",
+		"cpuQuota", res.GetCpuQuota(), "cpuPeriod", res.GetCpuPeriod(), "memoryLimit", res.GetMemoryLimitInBytes())
+	return &runtimeapi.UpdateContainerResourcesResponse{}, nil
+}
+
+// validateResources refuses resources no VM can have.
+func validateResources(r *runtimeapi.LinuxContainerResources) error {
+	switch {
+	case r.GetCpuQuota() < -1 || r.GetCpuPeriod() < 0 || r.GetCpuShares() < 0:
+		return fmt.Errorf("negative CPU resources (quota %d, period %d, shares %d): %w", r.GetCpuQuota(), r.GetCpuPeriod(), r.GetCpuShares(), errdefs.ErrInvalidArgument)
+	case r.GetMemoryLimitInBytes() < 0:
+		return fmt.Errorf("negative memory limit %d: %w", r.GetMemoryLimitInBytes(), errdefs.ErrInvalidArgument)
+	case r.GetMemoryLimitInBytes() > 0 && r.GetMemoryLimitInBytes() < 64<<20:
+		return fmt.Errorf("memory limit %d bytes is below the 64 MiB a VM needs: %w", r.GetMemoryLimitInBytes(), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ReopenContainerLog makes the shim reopen a running container's log
+// file (kubelet renames it to rotate it first).
+func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenContainerLogRequest) (*runtimeapi.ReopenContainerLogResponse, error) {
+	c, err := s.st.Container(r.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	c = s.refreshContainer(ctx, c)
+	if c.State != store.ContainerRunning {
+		return nil, fmt.Errorf("container %s is not running: %w", c.ID, errdefs.ErrFailedPrecondition)
+	}
+	if c.IsVM || c.LogPath == "" {
+		return &runtimeapi.ReopenContainerLogResponse{}, nil
+	}
+	sb, err := s.st.Sandbox(c.SandboxID)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := s.shimFor(ctx, sb)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sc.Shim().ReopenLog(ctx, &shimapi.ReopenLogRequest{ContainerId: c.ID}); err != nil {
+		return nil, fmt.Errorf("reopening the log: %w", err)
+	}
+	return &runtimeapi.ReopenContainerLogResponse{}, nil
+}

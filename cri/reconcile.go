@@ -1,0 +1,173 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/shim"
+	"github.com/macvz/macvz/runtime/shimapi"
+	"github.com/macvz/macvz/runtime/store"
+)
+
+// reconcile runs once at daemon start: it re-attaches to the shim of
+// every sandbox whose VM runs, and settles the rest. A sandbox whose shim
+// is gone becomes NotReady with its containers Exited and a reason; a VM
+// that was still booting when the previous daemon died (its container
+// never started) is killed and its clone removed, so StartContainer can
+// boot it again.
+func (s *Service) reconcile(ctx context.Context) {
+	sbs, err := s.st.Sandboxes(nil)
+	if err != nil {
+		slogWarn("listing sandboxes at start", err)
+		return
+	}
+	for _, sb := range sbs {
+		log := sbLog(sb.ID)
+		switch {
+		case sb.VMStarted && sb.State == store.SandboxReady:
+			c, err := shim.Connect(ctx, sb.Dir)
+			if err != nil {
+				log.Warn("the VM's shim is gone", "err", err)
+				s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim exited while macvz was not running (%v)", err))
+				continue
+			}
+			s.shimsMu.Lock()
+			s.shims[sb.ID] = c
+			s.shimsMu.Unlock()
+			log.Info("re-attached to the VM's shim", "pid", c.Pid())
+			s.refreshSandbox(ctx, sb)
+		case !sb.VMStarted && sb.Disk != "":
+			log.Warn("the VM was booting when macvz stopped; discarding that boot")
+			if err := shim.Kill(ctx, sb.Dir); err != nil {
+				log.Warn("killing the shim", "err", err)
+			}
+			if err := s.sn.Remove(ctx, sb.Disk); err != nil && !errdefs.IsNotFound(err) {
+				log.Warn("removing the disk clone", "err", err)
+			}
+			s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = ""; return nil })
+		case !sb.VMStarted:
+			// Nothing ran, nothing to check.
+		default:
+			// Stopped: a shim may linger if the daemon died mid-stop.
+			if err := shim.Kill(ctx, sb.Dir); err != nil {
+				log.Warn("killing a stopped sandbox's shim", "err", err)
+			}
+		}
+	}
+}
+
+// vmGone marks a ready sandbox NotReady because its VM or shim ended
+// without StopPodSandbox, and its running containers Exited.
+func (s *Service) vmGone(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) store.Sandbox {
+	sbLog(sb.ID).Warn("sandbox is no longer ready", "reason", reason)
+	s.recordExits(ctx, sb, c, reason)
+	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		if r.State != store.SandboxReady {
+			return errNoChange
+		}
+		r.State = store.SandboxNotReady
+		r.Reason = reason
+		return nil
+	})
+	if err != nil {
+		return sb
+	}
+	return rec
+}
+
+var errNoChange = errors.New("no change")
+
+// refreshSandbox checks that a ready sandbox's VM still runs and returns
+// its current record. Lifecycle calls hold the sandbox lock; this one
+// does not (listings must not wait for a boot): it only ever moves a
+// record forward (Ready → NotReady, Running → Exited).
+func (s *Service) refreshSandbox(ctx context.Context, sb store.Sandbox) store.Sandbox {
+	if sb.State != store.SandboxReady || !sb.VMStarted || s.isStopping(sb.ID) {
+		return sb
+	}
+	c, err := s.shimFor(ctx, sb)
+	if err != nil {
+		if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
+			s.dropShim(sb.ID)
+			return s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim is gone (%v)", err))
+		}
+		return sb
+	}
+	st, err := c.State(ctx)
+	if err != nil {
+		if errdefs.IsUnavailable(err) {
+			s.dropShim(sb.ID)
+			if c2, err2 := shim.Connect(ctx, sb.Dir); err2 == nil {
+				s.shimsMu.Lock()
+				s.shims[sb.ID] = c2
+				s.shimsMu.Unlock()
+				return sb
+			}
+			return s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim is gone (%v)", err))
+		}
+		return sb
+	}
+	if st.GetState() == shimapi.VMState_VM_STOPPED {
+		reason := "the VM stopped"
+		if e := st.GetExit(); e != nil && e.GetReason() != "" {
+			reason = "the VM stopped: " + e.GetReason()
+		}
+		sb = s.vmGone(ctx, sb, c, reason)
+		// The shim has nothing left to do; its exit files stay.
+		c.Shutdown(ctx)
+		s.dropShim(sb.ID)
+	}
+	return sb
+}
+
+// refreshContainer brings a running container's record up to date with
+// its process (or, for the VM container, its VM).
+func (s *Service) refreshContainer(ctx context.Context, c store.Container) store.Container {
+	if c.State != store.ContainerRunning {
+		return c
+	}
+	sb, err := s.st.Sandbox(c.SandboxID)
+	if err != nil {
+		return c
+	}
+	sb = s.refreshSandbox(ctx, sb)
+	if !c.IsVM && sb.State == store.SandboxReady {
+		s.shimsMu.Lock()
+		sc := s.shims[sb.ID]
+		s.shimsMu.Unlock()
+		if sc != nil {
+			if ex := exitOf(ctx, sb.Dir, sc, c.ID); ex != nil {
+				s.setExited(c.ID, ex)
+			}
+		}
+	}
+	if rec, err := s.st.Container(c.ID); err == nil {
+		return rec
+	}
+	return c
+}
+
+func slogWarn(msg string, err error) {
+	sbLog("").Warn(msg, "err", err)
+}
+
+// removeSandboxFiles removes a sandbox's state directory; shared/ must
+// have no mounts left (unmountShared), or RemoveAll would descend into
+// the volumes.
+func removeSandboxFiles(dir string) error {
+	if err := unmountShared(dir); err != nil {
+		return err
+	}
+	for i := 0; ; i++ {
+		err := os.RemoveAll(dir)
+		if err == nil || i == 3 {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,98 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/store"
+)
+
+// RunPodSandbox records a sandbox and prepares its state directory. The
+// VM boots with the first VM-image container (StartContainer), or here
+// when the runtime handler or the pod's macvz.io/vm-image annotation
+// names the image. Anything made before a failure is undone.
+func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandboxRequest) (_ *runtimeapi.RunPodSandboxResponse, retErr error) {
+	cfg := r.GetConfig()
+	if err := validateSandboxConfig(cfg); err != nil {
+		return nil, err
+	}
+	if err := validateResources(cfg.GetLinux().GetResources()); err != nil {
+		return nil, err
+	}
+	vmImage, err := s.handlerImage(r.GetRuntimeHandler(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	var img *imageRef
+	if vmImage != "" {
+		if img, err = s.vmImage(ctx, vmImage); err != nil {
+			return nil, err
+		}
+	}
+	raw, err := proto.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	id := store.NewID()
+	sb := &store.Sandbox{
+		ID:        id,
+		Name:      sandboxName(cfg.GetMetadata()),
+		Config:    raw,
+		Handler:   r.GetRuntimeHandler(),
+		State:     store.SandboxReady,
+		CreatedAt: time.Now(),
+		Dir:       filepath.Join(s.cfg.State, "sandboxes", id),
+	}
+	log := sbLog(id)
+	unlock := s.locks.lock(id)
+	defer unlock()
+	if err := s.st.CreateSandbox(sb); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			log.Warn("RunPodSandbox failed; undoing", "err", retErr)
+			s.destroySandbox(context.WithoutCancel(ctx), *sb)
+		}
+	}()
+	if err := os.MkdirAll(sb.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if img != nil {
+		if err := s.bootVM(ctx, sb, cfg, img, nil); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("sandbox created", "name", sb.Name, "vmImage", vmImage)
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
+}
+
+// handlerImage is the VM image a sandbox boots at creation, if any.
+func (s *Service) handlerImage(handler string, cfg *runtimeapi.PodSandboxConfig) (string, error) {
+	var img string
+	if handler != "" && handler != "macvz" {
+		h, ok := s.cfg.RuntimeHandlers[handler]
+		if !ok {
+			known := []string{"macvz"}
+			for k := range s.cfg.RuntimeHandlers {
+				known = append(known, k)
+			}
+			sort.Strings(known)
+			return "", fmt.Errorf("runtime handler %q is not configured (configured: %s): %w", handler, strings.Join(known, ", "), errdefs.ErrNotFound)
+		}
+		img = h.VMImage
+	}
+	if a := cfg.GetAnnotations()[annotationVMImage]; a != "" {
+		img = a
+	}
+	return img, nil
+}

@@ -1,0 +1,249 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/shim"
+	"github.com/macvz/macvz/runtime/shimapi"
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/snapshotter"
+	"github.com/macvz/macvz/vmimage/imagestore"
+)
+
+// vmStopGrace is how long a stopping VM gets between the guest's
+// shutdown request and a hard stop.
+const vmStopGrace = 10 * time.Second
+
+// bootVM clones the image's base for the sandbox, starts its shim and VM
+// and prepares the guest (hostname, DNS, the shared directory). The
+// caller holds the sandbox lock. On failure everything it made is undone
+// and the sandbox record is as before (VMImage aside).
+func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, ctrs []*runtimeapi.ContainerConfig) (retErr error) {
+	log := sbLog(sb.ID)
+	start := time.Now()
+	key := diskKey(sb.ID)
+	// Record the clone before making it, so a crash in between leaves a
+	// record that reconcile and RemovePodSandbox clean up.
+	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = key; r.VMImage = img.rec.ID(); return nil })
+	if err != nil {
+		return err
+	}
+	*sb = rec
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		cctx := context.WithoutCancel(ctx)
+		s.dropShim(sb.ID)
+		if err := shim.Kill(cctx, sb.Dir); err != nil {
+			log.Warn("killing the shim of a failed boot", "err", err)
+		}
+		if err := s.sn.Remove(cctx, key); err != nil && !errdefs.IsNotFound(err) {
+			log.Warn("removing the disk clone of a failed boot", "err", err)
+		}
+		if r, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = ""; return nil }); err == nil {
+			*sb = r
+		}
+	}()
+	ms, err := s.sn.Prepare(ctx, key, imagestore.BaseName(img.rec.Manifest.Digest))
+	if err != nil {
+		return fmt.Errorf("cloning the VM disk: %w", err)
+	}
+	base, err := snapshotter.Dir(ms)
+	if err != nil {
+		return err
+	}
+	cpus, mem := vmSize(s.cfg.VM, pod, ctrs, img.desc)
+	spec, err := s.vmSpec(sb.ID, sb.Dir, base, img.desc, cpus, mem)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(sb.Dir, sharedDir), 0o700); err != nil {
+		return err
+	}
+	c, err := shim.Spawn(ctx, shim.SpawnOptions{
+		Binary:   s.shimBinary,
+		Dir:      sb.Dir,
+		Backend:  s.cfg.Backend,
+		Spec:     spec,
+		LogLevel: s.cfg.Log.Level,
+	})
+	if err != nil {
+		return fmt.Errorf("starting the VM's shim: %w", err)
+	}
+	s.shimsMu.Lock()
+	s.shims[sb.ID] = c
+	s.shimsMu.Unlock()
+	resp, err := c.Start(ctx, time.Duration(s.cfg.VM.BootTimeout))
+	if err != nil {
+		return fmt.Errorf("booting the VM: %w", err)
+	}
+	if err := s.setupGuest(ctx, c.Agent(), pod); err != nil {
+		return err
+	}
+	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
+	if err != nil {
+		return err
+	}
+	*sb = rec
+	log.Info("VM booted", "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
+		"boot", time.Duration(resp.GetBootNs()), "total", time.Since(start).Round(time.Millisecond),
+		"kernel", resp.GetAgent().GetKernelRelease())
+	return nil
+}
+
+// setupGuest applies the pod's hostname and DNS config and mounts the
+// shared directory.
+func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig) error {
+	if h := podHostname(pod); h != "" {
+		if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
+			return fmt.Errorf("setting the guest's hostname: %w", err)
+		}
+	}
+	if d := pod.GetDnsConfig(); d != nil && (len(d.GetServers())+len(d.GetSearches())+len(d.GetOptions())) > 0 {
+		if _, err := a.WriteResolvConf(ctx, &agentapi.WriteResolvConfRequest{
+			Nameservers: d.GetServers(), Searches: d.GetSearches(), Options: d.GetOptions(),
+		}); err != nil {
+			return fmt.Errorf("writing the guest's resolv.conf: %w", err)
+		}
+	}
+	if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
+		Tag: sharedTag, Fstype: "9p", Target: guestSharedDir, CreateTarget: true,
+	}); err != nil {
+		return fmt.Errorf("mounting the shared directory in the guest: %w", err)
+	}
+	return nil
+}
+
+// podHostname is the guest's hostname: the pod's, else its name, cut to
+// a valid host name.
+func podHostname(pod *runtimeapi.PodSandboxConfig) string {
+	h := pod.GetHostname()
+	if h == "" {
+		h = pod.GetMetadata().GetName()
+	}
+	if len(h) > 63 {
+		h = h[:63]
+	}
+	return strings.TrimRight(h, "-.")
+}
+
+// stopVM stops a sandbox's VM (guest shutdown, hard stop after grace),
+// records the exits of its running containers and ends its shim. A
+// sandbox whose shim is already gone is fine. The caller holds the
+// sandbox lock.
+func (s *Service) stopVM(ctx context.Context, sb store.Sandbox, grace time.Duration, reason string) error {
+	log := sbLog(sb.ID)
+	c, err := s.shimFor(ctx, sb)
+	switch {
+	case err == nil:
+		if _, err := c.Stop(ctx, grace); err != nil && !errdefs.IsUnavailable(err) {
+			return fmt.Errorf("stopping the VM: %w", err)
+		}
+		s.recordExits(ctx, sb, c, reason)
+		if err := c.Shutdown(ctx); err != nil && !errdefs.IsUnavailable(err) {
+			log.Warn("shim shutdown", "err", err)
+		}
+		s.dropShim(sb.ID)
+	case errdefs.IsFailedPrecondition(err):
+		// No VM was ever started.
+	default:
+		log.Warn("the VM's shim does not answer; killing it", "err", err)
+		s.dropShim(sb.ID)
+		s.recordExits(ctx, sb, nil, reason)
+	}
+	// Kill whatever is left (a shim that did not exit, its VM process).
+	if err := shim.Kill(ctx, sb.Dir); err != nil {
+		return fmt.Errorf("killing the VM's shim: %w", err)
+	}
+	return unmountShared(sb.Dir)
+}
+
+// recordExits marks a sandbox's running containers Exited, with the exit
+// the shim recorded (from c, or its exit files when c is nil) or, when it
+// has none, exit code 255 and reason.
+func (s *Service) recordExits(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) {
+	cs, err := s.st.Containers(func(c *store.Container) bool {
+		return c.SandboxID == sb.ID && c.State == store.ContainerRunning
+	})
+	if err != nil {
+		sbLog(sb.ID).Warn("listing containers", "err", err)
+		return
+	}
+	for _, ctr := range cs {
+		ex := exitOf(ctx, sb.Dir, c, ctr.ID)
+		if ctr.IsVM {
+			// The VM itself: it ended because its VM stopped.
+			ex = &exit{code: 0, reason: "Completed", at: time.Now()}
+			if reason != "" {
+				ex = &exit{code: 255, reason: "Error", message: reason, at: time.Now()}
+			}
+		}
+		if ex == nil {
+			ex = &exit{code: 255, reason: "Error", message: orDefault(reason, "the VM stopped"), at: time.Now()}
+		}
+		s.setExited(ctr.ID, ex)
+	}
+}
+
+// exit is a container's recorded end.
+type exit struct {
+	code    int32
+	reason  string
+	message string
+	at      time.Time
+}
+
+// exitOf is the exit the shim recorded for a container's main process,
+// nil when none is (it still runs, or it was never watched).
+func exitOf(ctx context.Context, dir string, c *shim.Client, cid string) *exit {
+	if c != nil {
+		st, err := c.Shim().ProcessStatus(ctx, &shimapi.ProcessStatusRequest{ContainerId: cid})
+		if err == nil && st.GetExit() != nil {
+			e := st.GetExit()
+			return &exit{code: e.GetExitCode(), reason: e.GetReason(), message: e.GetMessage(), at: time.Unix(0, e.GetFinishedUnixNano())}
+		}
+		if err == nil {
+			return nil
+		}
+	}
+	r, err := shim.ReadExit(dir, cid, "")
+	if err != nil {
+		return nil
+	}
+	return &exit{code: r.ExitCode, reason: r.Reason, message: r.Message, at: r.FinishedAt}
+}
+
+// setExited moves a running container to Exited (once).
+func (s *Service) setExited(id string, ex *exit) {
+	_, err := s.st.UpdateContainer(id, func(c *store.Container) error {
+		if c.State == store.ContainerExited {
+			return errAlreadyExited
+		}
+		c.State = store.ContainerExited
+		c.ExitCode = ex.code
+		c.Reason = ex.reason
+		c.Message = ex.message
+		c.FinishedAt = ex.at
+		if c.FinishedAt.IsZero() {
+			c.FinishedAt = time.Now()
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errAlreadyExited) && !errdefs.IsNotFound(err) {
+		slog.Warn("recording a container exit", "container", id, "err", err)
+	}
+}
+
+var errAlreadyExited = errors.New("container already exited")

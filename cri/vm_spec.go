@@ -1,0 +1,157 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"runtime"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/vm"
+	"github.com/macvz/macvz/snapshotter"
+	"github.com/macvz/macvz/vmimage"
+	"github.com/macvz/macvz/vmimage/imagestore"
+)
+
+// sharedTag is the one host directory share every VM gets: the sandbox's
+// shared/ directory, under which each container's volumes are bind-mounted
+// on the host at StartContainer. One share set at boot serves volumes of
+// containers created later, which a hypervisor could not add to a running
+// VM.
+const sharedTag = "macvz-shared"
+
+// guestSharedDir is where the agent mounts that share in the guest.
+const guestSharedDir = "/run/macvz/shared"
+
+// imageRef is a VM image resolved for booting.
+type imageRef struct {
+	rec  imagestore.Image
+	desc *vmimage.Descriptor
+}
+
+// vmImage resolves a reference to a pulled, bootable VM image.
+func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
+	recs, err := s.images.Resolve(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("image %q is not present; pull it first: %w", ref, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec := recs[0]
+	if rec.Kind == vmimage.KindNone {
+		return nil, fmt.Errorf("image %q is an ordinary container image; macvz sandboxes boot VM images (Tart, macOS-vz-kubelet, macvz Linux guest): %w", ref, errdefs.ErrFailedPrecondition)
+	}
+	desc, err := s.baseDescriptor(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	return &imageRef{rec: rec, desc: desc}, nil
+}
+
+// baseDescriptor reads vm.json from an image's committed base.
+func (s *Service) baseDescriptor(ctx context.Context, rec imagestore.Image) (*vmimage.Descriptor, error) {
+	if !s.images.HasBase(ctx, rec) {
+		return nil, fmt.Errorf("image %s has no unpacked VM base; remove and pull it again: %w", rec.Name, errdefs.ErrFailedPrecondition)
+	}
+	key := "macvz.view/" + rec.Manifest.Digest.Encoded() + "/" + randomHex(6)
+	ms, err := s.sn.View(ctx, key, imagestore.BaseName(rec.Manifest.Digest))
+	if err != nil {
+		return nil, err
+	}
+	defer s.sn.Remove(context.WithoutCancel(ctx), key)
+	dir, err := snapshotter.Dir(ms)
+	if err != nil {
+		return nil, err
+	}
+	return vmimage.ReadDescriptor(dir)
+}
+
+// vmSize is the VM's CPU count and memory: the pod's resources (kubelet
+// sends the sum of its containers' limits, requests where no limit is
+// set), else the containers known so far, else the configured default;
+// never below the image's minimums, never above the host.
+func vmSize(cfg config.VM, pod *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.ContainerConfig, desc *vmimage.Descriptor) (cpus int, mem int64) {
+	milli, mem := resourcesOf(pod.GetLinux().GetResources())
+	if milli == 0 && mem == 0 {
+		for _, c := range ctrs {
+			m, b := resourcesOf(c.GetLinux().GetResources())
+			milli += m
+			mem += b
+		}
+	}
+	cpus = int((milli + 999) / 1000)
+	if cpus == 0 {
+		cpus = cfg.DefaultCPUs
+	}
+	if mem == 0 {
+		mem = cfg.DefaultMemoryBytes
+	}
+	cpus = max(cpus, desc.MinCPUs, 1)
+	mem = max(mem, desc.MinMemoryBytes, 64<<20)
+	cpus = min(cpus, runtime.NumCPU())
+	// Round memory up to whole MiB: hypervisors size guests in MiB.
+	mem = (mem + 1<<20 - 1) &^ (1<<20 - 1)
+	return cpus, mem
+}
+
+// resourcesOf is (CPU in millicores, memory in bytes) from CRI Linux
+// resources: the CFS quota when set (a limit), else the shares (a request).
+func resourcesOf(r *runtimeapi.LinuxContainerResources) (milli, mem int64) {
+	if r == nil {
+		return 0, 0
+	}
+	switch {
+	case r.GetCpuQuota() > 0 && r.GetCpuPeriod() > 0:
+		milli = r.GetCpuQuota() * 1000 / r.GetCpuPeriod()
+	case r.GetCpuShares() > 2: // 2 is kubelet's "no request" minimum
+		milli = r.GetCpuShares() * 1000 / 1024
+	}
+	return milli, r.GetMemoryLimitInBytes()
+}
+
+// vmSpec describes a sandbox's VM booting from base (the directory of
+// the sandbox's writable clone of the image's base).
+func (s *Service) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpus int, mem int64) (*vm.Spec, error) {
+	spec := &vm.Spec{
+		ID:          sbID,
+		Dir:         sbDir,
+		CPUs:        cpus,
+		MemoryBytes: mem,
+		ConsoleLog:  filepath.Join(sbDir, "console.log"),
+		Shares:      []vm.Share{{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)}},
+		Options:     map[string]string{"accel": s.cfg.QEMU.Accel, "binary": s.cfg.QEMU.Binary},
+	}
+	in := func(name string) string {
+		if name == "" {
+			return ""
+		}
+		return filepath.Join(base, name)
+	}
+	switch desc.OS {
+	case "linux":
+		if desc.Kernel == "" {
+			return nil, fmt.Errorf("VM image has no kernel; EFI-booted Linux images are not supported yet: %w", errdefs.ErrNotImplemented)
+		}
+		spec.Boot = vm.Boot{Kind: vm.BootLinux, Kernel: in(desc.Kernel), Initrd: in(desc.Initrd), Cmdline: desc.KernelCmdline}
+	case "darwin":
+		spec.Boot = vm.Boot{Kind: vm.BootMacOS, HardwareModel: desc.HardwareModel, MachineID: desc.MachineID, AuxStorage: in(desc.NVRAM)}
+	default:
+		return nil, fmt.Errorf("VM image for OS %q: %w", desc.OS, errdefs.ErrNotImplemented)
+	}
+	if desc.Disk != "" {
+		spec.Disks = []vm.Disk{{Path: in(desc.Disk)}}
+	}
+	return spec, nil
+}
+
+// sharedDir is the sandbox directory the VM's share exports.
+const sharedDir = "shared"
+
+// unmountShared removes the volume binds of a sandbox.
+func unmountShared(sbDir string) error {
+	return unmountUnder(filepath.Join(sbDir, sharedDir))
+}

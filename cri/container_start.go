@@ -78,18 +78,19 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 			return nil, err
 		}
 	}
+	started := time.Now()
 	if !c.IsVM {
 		sc, err := s.shimFor(ctx, sb)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.startProcess(ctx, sb, sc, c, pod, cfg, img); err != nil {
+		if started, err = s.startProcess(ctx, sb, sc, c, pod, cfg, img); err != nil {
 			return nil, err
 		}
 	}
 	_, err = s.st.UpdateContainer(c.ID, func(r *store.Container) error {
 		r.State = store.ContainerRunning
-		r.StartedAt = time.Now()
+		r.StartedAt = started
 		return nil
 	})
 	if err != nil {
@@ -117,19 +118,21 @@ func (s *Service) sandboxContainerConfigs(id string) ([]*runtimeapi.ContainerCon
 }
 
 // startProcess binds the container's volumes into the guest, then
-// creates, watches and starts its process.
-func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.Client, c store.Container, pod *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig, img *imageRef) (retErr error) {
+// creates, watches and starts its process. It returns when the process
+// was started (host time, taken just before, so a process that exits at
+// once never finishes before it started).
+func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.Client, c store.Container, pod *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig, img *imageRef) (_ time.Time, retErr error) {
 	argv, env, cwd, user := processOf(img.desc.Process, cfg)
 	if len(argv) == 0 {
-		return fmt.Errorf("container %s has no command and its image no default process: %w", c.ID, errdefs.ErrInvalidArgument)
+		return time.Time{}, fmt.Errorf("container %s has no command and its image no default process: %w", c.ID, errdefs.ErrInvalidArgument)
 	}
 	uid, gid, groups, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	env = completeEnv(env, podHostname(pod))
 	if err := s.mountVolumes(ctx, sb, sc.Agent(), c.ID, cfg.GetMounts()); err != nil {
-		return err
+		return time.Time{}, err
 	}
 	id := &agentapi.ProcessID{ContainerId: c.ID}
 	_, err = sc.Agent().CreateProcess(ctx, &agentapi.CreateProcessRequest{
@@ -138,7 +141,7 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 		Tty: cfg.GetTty(), Stdin: cfg.GetStdin(),
 	})
 	if err != nil {
-		return fmt.Errorf("creating the container's process in the guest: %w", err)
+		return time.Time{}, fmt.Errorf("creating the container's process in the guest: %w", err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -150,16 +153,17 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 	if c.LogPath != "" {
 		// kubelet makes the pod's log directory; crictl users may not.
 		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
-			return err
+			return time.Time{}, err
 		}
 	}
 	if _, err := sc.Shim().WatchProcess(ctx, &shimapi.WatchProcessRequest{ContainerId: c.ID, LogPath: c.LogPath}); err != nil {
-		return fmt.Errorf("watching the container's process: %w", err)
+		return time.Time{}, fmt.Errorf("watching the container's process: %w", err)
 	}
+	started := time.Now()
 	if _, err := sc.Agent().StartProcess(ctx, &agentapi.StartProcessRequest{Id: id}); err != nil {
-		return fmt.Errorf("starting the container's process in the guest: %w", err)
+		return time.Time{}, fmt.Errorf("starting the container's process in the guest: %w", err)
 	}
-	return nil
+	return started, nil
 }
 
 // mountVolumes makes each mount visible in the guest at its container

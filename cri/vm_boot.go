@@ -49,6 +49,7 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 		if err := shim.Kill(cctx, sb.Dir); err != nil {
 			log.Warn("killing the shim of a failed boot", "err", err)
 		}
+		removeVMSockets(sb.Dir)
 		if err := s.sn.Remove(cctx, key); err != nil && !errdefs.IsNotFound(err) {
 			log.Warn("removing the disk clone of a failed boot", "err", err)
 		}
@@ -106,6 +107,11 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 // setupGuest applies the pod's hostname and DNS config and mounts the
 // shared directory.
 func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig) error {
+	// Loopback comes up even in a VM without a NIC: pods talk to
+	// themselves over 127.0.0.1.
+	if _, err := a.ConfigureNetwork(ctx, &agentapi.ConfigureNetworkRequest{}); err != nil {
+		return fmt.Errorf("configuring the guest's network: %w", err)
+	}
 	if h := podHostname(pod); h != "" {
 		if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
 			return fmt.Errorf("setting the guest's hostname: %w", err)
@@ -167,7 +173,20 @@ func (s *Service) stopVM(ctx context.Context, sb store.Sandbox, grace time.Durat
 	if err := shim.Kill(ctx, sb.Dir); err != nil {
 		return fmt.Errorf("killing the VM's shim: %w", err)
 	}
+	removeVMSockets(sb.Dir)
 	return unmountShared(sb.Dir)
+}
+
+// removeVMSockets removes the sockets and pid files a stopped VM and
+// shim leave in the sandbox directory (the logs stay until the sandbox
+// is removed).
+func removeVMSockets(dir string) {
+	for _, pat := range []string{"*.sock", "*.pid"} {
+		ms, _ := filepath.Glob(filepath.Join(dir, pat))
+		for _, m := range ms {
+			os.Remove(m)
+		}
+	}
 }
 
 // recordExits marks a sandbox's running containers Exited, with the exit
@@ -238,6 +257,12 @@ func (s *Service) setExited(id string, ex *exit) {
 		c.FinishedAt = ex.at
 		if c.FinishedAt.IsZero() {
 			c.FinishedAt = time.Now()
+		}
+		// The exit time comes from the guest's clock, which the shim
+		// keeps within milliseconds of the host's; a process that exits
+		// at once must still not finish before it started.
+		if c.FinishedAt.Before(c.StartedAt) {
+			c.FinishedAt = c.StartedAt
 		}
 		return nil
 	})

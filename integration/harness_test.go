@@ -15,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/macvz/macvz/integration/testutil"
 )
 
@@ -74,20 +78,15 @@ type daemon struct {
 // macvz serve until the test ends.
 func startDaemon(t *testing.T, extraTOML string) *daemon {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "macvz-d-")
+	// Short: a sandbox's sockets live under it (sun_path is 108 bytes).
+	dir, err := os.MkdirTemp("", "mvz")
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}}
 	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.socket, extraTOML)
-	cfgPath := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command(macvzBin, "serve", "--config", cfgPath)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
+	if err := os.WriteFile(d.configPath(), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -97,17 +96,42 @@ func startDaemon(t *testing.T, extraTOML string) *daemon {
 		}
 		os.RemoveAll(dir)
 	})
+	d.start()
+	return d
+}
+
+func (d *daemon) configPath() string { return filepath.Join(d.dir, "config.toml") }
+
+// start runs macvz serve and waits for its socket.
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	d.cmd = exec.Command(macvzBin, "serve", "--config", d.configPath())
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if c, err := net.Dial("unix", d.socket); err == nil {
 			c.Close()
-			return d
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("macvz did not create %s in 30s; log:\n%s", d.socket, d.log.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// crash kills the daemon with SIGKILL (its shims live on) and starts a
+// new one on the same state.
+func (d *daemon) crash() {
+	d.t.Helper()
+	d.cmd.Process.Kill()
+	d.cmd.Wait()
+	fmt.Fprintf(d.log, "---- daemon killed with SIGKILL, restarting ----\n")
+	d.start()
 }
 
 func (d *daemon) stop() {
@@ -184,4 +208,16 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// runtimeClient is a CRI RuntimeService client on the daemon's socket,
+// for calls crictl cannot make.
+func (d *daemon) runtimeClient(t *testing.T) runtimeapi.RuntimeServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return runtimeapi.NewRuntimeServiceClient(conn)
 }

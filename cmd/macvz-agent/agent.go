@@ -93,9 +93,23 @@ func osErr(c codes.Code, err error, format string, args ...any) error {
 	return status.Errorf(c, "%s: %v", fmt.Sprintf(format, args...), err)
 }
 
-func (a *agent) Ping(ctx context.Context, _ *api.PingRequest) (*api.PingResponse, error) {
+func (a *agent) Ping(ctx context.Context, req *api.PingRequest) (*api.PingResponse, error) {
+	if t := req.GetHostTimeUnixNano(); t != 0 && a.cfg.system {
+		host := time.Unix(0, t)
+		if d := time.Since(host); d > clockSlack || d < -clockSlack {
+			if err := setClock(host); err != nil {
+				a.cfg.log.Warn("setting the clock from the host", "err", err)
+			} else {
+				a.cfg.log.Debug("clock set from the host", "offset", d)
+			}
+		}
+	}
 	return &api.PingResponse{AgentVersion: version}, nil
 }
+
+// clockSlack is how far the guest's clock may be from the host's before
+// a ping sets it.
+const clockSlack = 20 * time.Millisecond
 
 func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse, error) {
 	host, _ := os.Hostname()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -70,3 +71,6 @@ func watchPowerButton(log *slog.Logger, press func()) {}
 func setSubreaper() error { return errors.New("no subreapers on macOS") }
 
 func powerOff(reboot bool) {}
+
+// setClock: macOS guests keep their own time (timed/NTP).
+func setClock(t time.Time) error { return nil }

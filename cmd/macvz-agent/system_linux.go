@@ -469,3 +469,9 @@ func powerOff(reboot bool) {
 	err := unix.Reboot(cmd)
 	fmt.Fprintf(os.Stderr, "macvz-agent: reboot(%#x): %v\n", cmd, err)
 }
+
+// setClock sets the system clock (CLOCK_REALTIME).
+func setClock(t time.Time) error {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
+}

@@ -141,9 +141,16 @@ func (ProcessState) EnumDescriptor() ([]byte, []int) {
 }
 
 type PingRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// host_time_unix_nano is the host's clock when it sent the ping. An
+	// agent that owns the machine (--system) sets the guest's clock to it
+	// when they differ by more than 20 ms: a Linux guest has no NTP, its
+	// RTC has whole seconds, and a TCG guest's clock drifts. The shim
+	// sends it on every ping, so container exit times (taken in the
+	// guest) line up with the host's.
+	HostTimeUnixNano int64 `protobuf:"varint,1,opt,name=host_time_unix_nano,json=hostTimeUnixNano,proto3" json:"host_time_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PingRequest) Reset() {
@@ -174,6 +181,13 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PingRequest) GetHostTimeUnixNano() int64 {
+	if x != nil {
+		return x.HostTimeUnixNano
+	}
+	return 0
 }
 
 type PingResponse struct {
@@ -2904,8 +2918,9 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0emacvz.agent.v1\"\r\n" +
-	"\vPingRequest\"3\n" +
+	"\vagent.proto\x12\x0emacvz.agent.v1\"<\n" +
+	"\vPingRequest\x12-\n" +
+	"\x13host_time_unix_nano\x18\x01 \x01(\x03R\x10hostTimeUnixNano\"3\n" +
 	"\fPingResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\"\r\n" +
 	"\vInfoRequest\"\xfe\x02\n" +

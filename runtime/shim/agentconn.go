@@ -232,7 +232,7 @@ func (a *agentConn) dial(ctx context.Context, n int) (*agentSession, error) {
 	s.api = agentapi.NewAgentClient(s.tc)
 	pctx, pcancel := context.WithTimeout(ctx, dialPingTimeout)
 	defer pcancel()
-	if _, err := s.api.Ping(pctx, &agentapi.PingRequest{}); err != nil {
+	if _, err := s.api.Ping(pctx, &agentapi.PingRequest{HostTimeUnixNano: time.Now().UnixNano()}); err != nil {
 		s.tc.Close()
 		return nil, fmt.Errorf("ping: %w", err)
 	}
@@ -300,7 +300,7 @@ func (a *agentConn) keepalive() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(a.ctx, keepaliveTimeout)
-		_, err := s.api.Ping(ctx, &agentapi.PingRequest{})
+		_, err := s.api.Ping(ctx, &agentapi.PingRequest{HostTimeUnixNano: time.Now().UnixNano()})
 		cancel()
 		if err != nil && !s.isClosed() && a.ctx.Err() == nil && a.m.State() == vm.StateRunning {
 			a.log.Warn("the agent does not answer pings; dropping the connection", "session", s.n, "err", err)

@@ -1,0 +1,81 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/integration/testimage"
+	"github.com/macvz/macvz/integration/testregistry"
+	"github.com/macvz/macvz/integration/testutil"
+)
+
+// guestImages builds the QEMU test guest (integration/guest) once per
+// test binary: the agent as /init, the Debian kernel and busybox from the
+// package cache (guest.DefaultCacheDir, filled by apt-get download).
+var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
+	dir, err := os.MkdirTemp("", "macvz-guest-")
+	if err != nil {
+		return nil, err
+	}
+	agent := filepath.Join(dir, "macvz-agent")
+	cmd := exec.Command("go", "build", "-o", agent, "github.com/macvz/macvz/cmd/macvz-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, err
+	}
+	res, err := guest.Build(context.Background(), guest.Options{Out: dir, Agent: agent, Cache: guest.DefaultCacheDir()})
+	if err != nil {
+		return nil, err
+	}
+	return guest.Load(res.Layout)
+})
+
+// vmTest is what every VM test needs: root, QEMU, crictl, the guest
+// images pushed to a fresh registry, and a daemon using TCG.
+type vmTest struct {
+	d     *daemon
+	reg   *testregistry.Registry
+	plain string // ref of the plain guest (no default process)
+	httpd string // ref of the guest whose default process is httpd
+}
+
+func newVMTest(t *testing.T) *vmTest {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	requireCrictl(t)
+	if _, err := os.Stat("/dev/net/tun"); err != nil && testutil.InCI() {
+		t.Log("no /dev/net/tun (not needed without networking)")
+	}
+	imgs, err := guestImages()
+	if err != nil {
+		t.Fatalf("building the test guest: %v", err)
+	}
+	reg := testregistry.Start(t, testregistry.Options{})
+	ctx := context.Background()
+	for _, tag := range []string{guest.RefPlain, guest.RefHTTPD} {
+		if err := reg.Push(ctx, "macvz/guest", tag, imgs[tag]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := &vmTest{
+		reg:   reg,
+		plain: reg.Ref("macvz/guest", guest.RefPlain),
+		httpd: reg.Ref("macvz/guest", guest.RefHTTPD),
+	}
+	v.d = startDaemon(t, `[qemu]
+accel = "tcg"
+
+[registry.hosts."`+reg.Host()+`"]
+insecure = true
+`)
+	v.d.mustCrictl("pull", v.plain)
+	v.d.mustCrictl("pull", v.httpd)
+	return v
+}

@@ -32,7 +32,11 @@ const vmStopGrace = 10 * time.Second
 func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, ctrs []*runtimeapi.ContainerConfig) (retErr error) {
 	log := sbLog(sb.ID)
 	start := time.Now()
-	key := diskKey(sb.ID)
+	baseName := imagestore.BaseName(img.rec.Manifest.Digest)
+	var key string
+	if img.desc.Disk != "" {
+		key = diskKey(sb.ID)
+	}
 	// Record the clone before making it, so a crash in between leaves a
 	// record that reconcile and RemovePodSandbox clean up.
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = key; r.VMImage = img.rec.ID(); return nil })
@@ -50,6 +54,9 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 			log.Warn("killing the shim of a failed boot", "err", err)
 		}
 		removeVMSockets(sb.Dir)
+		if key == "" {
+			return
+		}
 		if err := s.sn.Remove(cctx, key); err != nil && !errdefs.IsNotFound(err) {
 			log.Warn("removing the disk clone of a failed boot", "err", err)
 		}
@@ -57,12 +64,19 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 			*sb = r
 		}
 	}()
-	ms, err := s.sn.Prepare(ctx, key, imagestore.BaseName(img.rec.Manifest.Digest))
-	if err != nil {
-		return fmt.Errorf("cloning the VM disk: %w", err)
-	}
-	base, err := snapshotter.Dir(ms)
-	if err != nil {
+	var base string
+	if key != "" {
+		ms, err := s.sn.Prepare(ctx, key, baseName)
+		if err != nil {
+			return fmt.Errorf("cloning the VM disk: %w", err)
+		}
+		if base, err = snapshotter.Dir(ms); err != nil {
+			return err
+		}
+	} else if base, err = s.sn.CommittedDir(ctx, baseName); err != nil {
+		// A Linux guest without a disk: QEMU only reads its kernel and
+		// initrd, and the image cannot be removed while the sandbox
+		// uses it (imageInUse).
 		return err
 	}
 	cpus, mem := vmSize(s.cfg.VM, pod, ctrs, img.desc)

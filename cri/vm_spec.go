@@ -11,7 +11,6 @@ import (
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/runtime/vm"
-	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -52,18 +51,13 @@ func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
 	return &imageRef{rec: rec, desc: desc}, nil
 }
 
-// baseDescriptor reads vm.json from an image's committed base.
+// baseDescriptor reads vm.json from an image's committed base (read in
+// place: nothing writes it).
 func (s *Service) baseDescriptor(ctx context.Context, rec imagestore.Image) (*vmimage.Descriptor, error) {
 	if !s.images.HasBase(ctx, rec) {
 		return nil, fmt.Errorf("image %s has no unpacked VM base; remove and pull it again: %w", rec.Name, errdefs.ErrFailedPrecondition)
 	}
-	key := "macvz.view/" + rec.Manifest.Digest.Encoded() + "/" + randomHex(6)
-	ms, err := s.sn.View(ctx, key, imagestore.BaseName(rec.Manifest.Digest))
-	if err != nil {
-		return nil, err
-	}
-	defer s.sn.Remove(context.WithoutCancel(ctx), key)
-	dir, err := snapshotter.Dir(ms)
+	dir, err := s.sn.CommittedDir(ctx, imagestore.BaseName(rec.Manifest.Digest))
 	if err != nil {
 		return nil, err
 	}

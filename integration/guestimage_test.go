@@ -45,14 +45,13 @@ type vmTest struct {
 	httpd string // ref of the guest whose default process is httpd
 }
 
-func newVMTest(t *testing.T) *vmTest {
+func newVMTest(t *testing.T) *vmTest { return newVMTestTB(t) }
+
+func newVMTestTB(t testing.TB) *vmTest {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	requireCrictl(t)
-	if _, err := os.Stat("/dev/net/tun"); err != nil && testutil.InCI() {
-		t.Log("no /dev/net/tun (not needed without networking)")
-	}
 	imgs, err := guestImages()
 	if err != nil {
 		t.Fatalf("building the test guest: %v", err)

@@ -57,7 +57,7 @@ func run(m *testing.M) int {
 }
 
 // requireCrictl returns the crictl binary built by integration/tools.
-func requireCrictl(t *testing.T) string {
+func requireCrictl(t testing.TB) string {
 	t.Helper()
 	if _, err := os.Stat(crictlBin); err != nil {
 		testutil.Unavailable(t, "needs crictl at %s: run `make tools` (builds cri-tools v1.36.0)", crictlBin)
@@ -67,7 +67,7 @@ func requireCrictl(t *testing.T) string {
 
 // daemon is one `macvz serve` started for a test.
 type daemon struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	socket string
 	cmd    *exec.Cmd
@@ -76,7 +76,7 @@ type daemon struct {
 
 // startDaemon writes config (extra TOML appended to the paths) and runs
 // macvz serve until the test ends.
-func startDaemon(t *testing.T, extraTOML string) *daemon {
+func startDaemon(t testing.TB, extraTOML string) *daemon {
 	t.Helper()
 	// Short: a sandbox's sockets live under it (sun_path is 108 bytes).
 	dir, err := os.MkdirTemp("", "mvz")
@@ -212,7 +212,7 @@ func (b *syncBuffer) String() string {
 
 // runtimeClient is a CRI RuntimeService client on the daemon's socket,
 // for calls crictl cannot make.
-func (d *daemon) runtimeClient(t *testing.T) runtimeapi.RuntimeServiceClient {
+func (d *daemon) runtimeClient(t testing.TB) runtimeapi.RuntimeServiceClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

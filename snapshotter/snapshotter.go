@@ -197,6 +197,27 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 	return s.create(ctx, snapshots.KindView, key, parent, opts)
 }
 
+// CommittedDir is the directory of a committed snapshot, for a reader
+// that only reads its files and keeps the snapshot from being removed
+// meanwhile (a Linux guest's kernel and initrd, which QEMU reads once at
+// start: cloning them for every VM would only cost time and space).
+// Anything that may write needs Prepare.
+func (s *Snapshotter) CommittedDir(ctx context.Context, name string) (string, error) {
+	var dir string
+	err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		id, info, _, err := storage.GetInfo(ctx, name)
+		if err != nil {
+			return fmt.Errorf("snapshot %q: %w", name, err)
+		}
+		if info.Kind != snapshots.KindCommitted {
+			return fmt.Errorf("snapshot %q is %v, not committed: %w", name, info.Kind, errdefs.ErrFailedPrecondition)
+		}
+		dir = s.snapshotDir(id)
+		return nil
+	})
+	return dir, err
+}
+
 // Commit turns the active snapshot key into the committed snapshot name.
 // The directory stays where it is (its id does not change); its usage is
 // measured now and stored.

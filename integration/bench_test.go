@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/runtime/qemu"
+	"github.com/macvz/macvz/vmimage"
+)
+
+// benchPods is how many pods (and bare boots) one benchmark run measures
+// at least: the p50 needs a handful.
+const benchPods = 10
+
+// BenchmarkPodStart measures pod start on a cached image: RunPodSandbox →
+// CreateContainer → StartContainer → the first ExecSync answered, over
+// the CRI socket, against the bare boot of the same kernel and initrd by
+// qemu-system-x86_64 (same machine type and accel) until /init's first
+// console line. It reports both p50s and their ratio, and the resident
+// memory of the idle daemon and of each pod's shim.
+func BenchmarkPodStart(b *testing.B) {
+	v := newVMBench(b)
+	n := max(b.N, benchPods)
+
+	bare := make([]time.Duration, 0, n)
+	for range n {
+		bare = append(bare, bareBoot(b, v.kernel, v.initrd))
+	}
+
+	daemonRSS, _ := rssOf(b, v.d.cmd.Process.Pid)
+	rt := v.d.runtimeClient(b)
+	ctx := context.Background()
+	pods := make([]time.Duration, 0, n)
+	var shimRSS, shimAnon []int64
+	b.ResetTimer()
+	for i := range n {
+		podCfg := &runtimeapi.PodSandboxConfig{
+			Metadata:     &runtimeapi.PodSandboxMetadata{Name: "bench" + strconv.Itoa(i), Namespace: "bench", Uid: "bench-" + strconv.Itoa(i)},
+			LogDirectory: filepath.Join(v.d.dir, "logs", strconv.Itoa(i)),
+		}
+		start := time.Now()
+		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+			PodSandboxId:  sb.GetPodSandboxId(),
+			SandboxConfig: podCfg,
+			Config: &runtimeapi.ContainerConfig{
+				Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+				Image:    &runtimeapi.ImageSpec{Image: v.plain},
+				Command:  []string{"sleep", "3600"},
+				LogPath:  "main.log",
+			},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c.GetContainerId(), Cmd: []string{"true"}}); err != nil {
+			b.Fatal(err)
+		}
+		pods = append(pods, time.Since(start))
+		b.StopTimer()
+		if pid, err := readPidFile(filepath.Join(v.d.dir, "state", "sandboxes", sb.GetPodSandboxId(), "shim.pid")); err == nil {
+			rss, anon := rssOf(b, pid)
+			shimRSS = append(shimRSS, rss)
+			shimAnon = append(shimAnon, anon)
+		}
+		if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	bareP50, podP50 := p50(bare), p50(pods)
+	b.ReportMetric(float64(bareP50.Milliseconds()), "bare-p50-ms")
+	b.ReportMetric(float64(podP50.Milliseconds()), "pod-p50-ms")
+	b.ReportMetric(float64(podP50)/float64(bareP50), "ratio")
+	b.ReportMetric(float64(daemonRSS)/(1<<20), "daemon-idle-MiB")
+	if len(shimRSS) > 0 {
+		b.ReportMetric(float64(p50i(shimRSS))/(1<<20), "shim-rss-MiB")
+		b.ReportMetric(float64(p50i(shimAnon))/(1<<20), "shim-anon-MiB")
+	}
+	b.Logf("bare boots %v; pods %v", bare, pods)
+}
+
+// vmBench is newVMTest for a benchmark, plus the guest's kernel and
+// initrd for the bare boots.
+type vmBench struct {
+	*vmTest
+	kernel, initrd string
+}
+
+func newVMBench(b *testing.B) *vmBench {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		b.Skip("needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
+	}
+	v := newVMTestTB(b)
+	imgs, err := guestImages()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	kernel, initrd := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initrd")
+	img := imgs[guest.RefPlain]
+	for _, bl := range img.Blobs {
+		switch bl.Desc.MediaType {
+		case vmimage.MediaTypeLinuxKernel:
+			os.WriteFile(kernel, bl.Data, 0o644)
+		case vmimage.MediaTypeLinuxInitrd:
+			os.WriteFile(initrd, bl.Data, 0o644)
+		}
+	}
+	if _, err := os.Stat(kernel); err != nil {
+		b.Fatalf("the guest image has no vmlinux layer: %v", err)
+	}
+	return &vmBench{vmTest: v, kernel: kernel, initrd: initrd}
+}
+
+// bareBoot boots kernel+initrd with QEMU as macvz's driver would (q35,
+// TCG, same command line) and returns the time to /init's first line.
+func bareBoot(b *testing.B, kernel, initrd string) time.Duration {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-M", "q35", "-accel", "tcg",
+		"-nodefaults", "-no-user-config", "-nographic", "-display", "none", "-no-reboot",
+		"-smp", "1", "-m", "512M", "-kernel", kernel, "-initrd", initrd,
+		"-append", qemu.Cmdline(guest.DefaultCmdline), "-serial", "stdio")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		// The agent's first log line; the kernel prints nothing (quiet).
+		if strings.Contains(sc.Text(), "c=macvz-agent") {
+			return time.Since(start)
+		}
+	}
+	b.Fatalf("the guest printed no /init line: %v", sc.Err())
+	return 0
+}
+
+func p50(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func p50i(xs []int64) int64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// rssOf is a process's resident set size and the anonymous part of it,
+// in bytes. The rest is file pages of the macvz binary, which the daemon
+// and every shim share (they are one executable).
+func rssOf(b *testing.B, pid int) (rss, anon int64) {
+	b.Helper()
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb << 10
+		case "RssAnon:":
+			anon = kb << 10
+		}
+	}
+	if rss == 0 {
+		b.Fatalf("no VmRSS for pid %d", pid)
+	}
+	return rss, anon
+}
+
+func readPidFile(p string) (int, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}

@@ -66,7 +66,7 @@ bench:
 
 # Installs the system packages first: `make demo` is the first command on a
 # fresh machine.
-demo: deps build tools
+demo: deps build tools guest-image
 	bash integration/demo.sh
 
 # crictl and critest (cri-tools, pinned in integration/tools/go.mod) and the

@@ -25,9 +25,10 @@ for _ in $(seq 100); do grep -q listening "$work/registry.log" && break; sleep 0
 reg=$(sed -n 's/^testregistry listening on //p' "$work/registry.log")
 echo "registry at $reg"
 
-say "pushing a Tart-format VM image (Apple-LZ4 disk chunks) and an ordinary OCI image"
+say "pushing a Tart-format VM image (Apple-LZ4 disk chunks), an ordinary OCI image and the Linux test guest"
 "$BIN/pushimage" -registry "$reg" -kind tart -repo demo/macos -tag 15 -disk-mib 64
 "$BIN/pushimage" -registry "$reg" -kind oci -repo demo/app -tag 1
+"$BIN/pushimage" -registry "$reg" -kind layout -layout "$BIN/guest/oci" -repo macvz/guest
 
 say "starting macvz serve"
 cat >"$work/config.toml" <<TOML
@@ -54,5 +55,38 @@ crictl inspecti -o json "$reg/demo/macos:15" | grep -E '"(id|size|kind|bootable|
 run crictl imagefsinfo
 run crictl rmi "$reg/demo/app:1"
 run crictl images
+
+say "a pod is a VM: run one on the Linux test guest (QEMU) and exec into it"
+run crictl pull "$reg/macvz/guest:httpd"
+cat >"$work/pod.json" <<JSON
+{"metadata": {"name": "demo", "namespace": "default", "uid": "demo-1"},
+ "hostname": "demo-pod", "log_directory": "$work/logs",
+ "dns_config": {"servers": ["10.96.0.10"], "searches": ["default.svc.cluster.local"]}}
+JSON
+cat >"$work/web.json" <<JSON
+{"metadata": {"name": "web"}, "image": {"image": "$reg/macvz/guest:httpd"}, "log_path": "web.log"}
+JSON
+cat >"$work/shell.json" <<JSON
+{"metadata": {"name": "shell"}, "image": {"image": "$reg/macvz/guest:httpd"},
+ "command": ["/bin/sh", "-c", "echo hello from a container in a VM; sleep 3600"], "log_path": "shell.log"}
+JSON
+start=$EPOCHREALTIME
+pod=$(run crictl --timeout 2m runp "$work/pod.json" | tail -1)
+web=$(crictl --timeout 2m create "$pod" "$work/web.json" "$work/pod.json")
+run crictl --timeout 2m start "$web"
+echo "pod running in $(( (${EPOCHREALTIME/./} - ${start/./}) / 1000 )) ms (VM boot included)"
+shell=$(crictl create "$pod" "$work/shell.json" "$work/pod.json")
+run crictl start "$shell"
+run crictl pods
+run crictl ps
+run crictl exec -s "$shell" uname -a
+run crictl exec -s "$shell" hostname
+run crictl exec -s "$shell" cat /etc/resolv.conf
+run crictl exec -s "$shell" wget -q -O - http://127.0.0.1/
+run crictl logs "$shell"
+run crictl stats
+run crictl stopp "$pod"
+run crictl rmp "$pod"
+run crictl pods
 
 say "done; cleaning up"

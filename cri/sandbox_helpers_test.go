@@ -169,12 +169,6 @@ func TestPodHostname(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	if got := unescapeMountPath(`/a\040b/c\011d`); got != "/a b/c\td" {
-		t.Errorf("got %q", got)
-	}
-}
-
 // TestKeyedLocks: one key's holders exclude each other, other keys do not
 // wait, and the map does not grow.
 func TestKeyedLocks(t *testing.T) {

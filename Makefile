@@ -27,6 +27,7 @@ all: build
 build:
 	@mkdir -p bin
 	$(if $(call has_main,macvz),$(GO) build -o bin/macvz ./cmd/macvz)
+	$(if $(call has_main,macvz-shim),$(GO) build -o bin/macvz-shim ./cmd/macvz-shim)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -57,7 +58,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, fmt.Errorf("runtime state: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, shims: map[string]*shim.Client{}}
+	s := &Service{cfg: cfg, sn: sn, st: st, shims: map[string]*shim.Client{}, shimBinary: shimBinary()}
 	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
@@ -94,6 +95,22 @@ func (s *Service) Close() error {
 	}
 	s.shimsMu.Unlock()
 	return errors.Join(s.images.Close(), s.st.Close(), s.sn.Close())
+}
+
+// shimBinary is the macvz-shim next to this executable, or "" (this
+// executable's `macvz shim`) when there is none: the small binary keeps
+// every VM's shim small.
+func shimBinary() string {
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(self), "macvz-shim")
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		return p
+	}
+	slog.Info("no macvz-shim next to the daemon; VMs run under `macvz shim`", "looked for", p)
+	return ""
 }
 
 // imageInUse reports whether a sandbox or container uses an image ID.

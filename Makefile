@@ -32,6 +32,7 @@ build:
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-net ./cmd/macvz-net)
+	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
 
 test: unit integration

@@ -50,6 +50,9 @@ func (s *Service) destroySandbox(ctx context.Context, sb store.Sandbox) error {
 	if err := shim.Kill(ctx, sb.Dir); err != nil {
 		errs = append(errs, err)
 	}
+	if err := s.teardownNetwork(ctx, sb); err != nil {
+		errs = append(errs, err)
+	}
 	if err := removeSandboxFiles(sb.Dir); err != nil {
 		errs = append(errs, err)
 	}

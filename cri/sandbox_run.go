@@ -67,6 +67,9 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if err := os.MkdirAll(sb.Dir, 0o700); err != nil {
 		return nil, err
 	}
+	if err := s.setupNetwork(ctx, sb, cfg); err != nil {
+		return nil, err
+	}
 	if img != nil {
 		if err := s.bootVM(ctx, sb, cfg, img, nil); err != nil {
 			return nil, err

@@ -28,7 +28,7 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 		Labels:         cfg.GetLabels(),
 		Annotations:    cfg.GetAnnotations(),
 		RuntimeHandler: sb.Handler,
-		Network:        &runtimeapi.PodSandboxNetworkStatus{Ip: sb.IP},
+		Network:        networkStatusOf(sb),
 		Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{
 			Options: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(),
 		}},
@@ -67,5 +67,18 @@ func sandboxInfo(sb store.Sandbox) map[string]any {
 		"vmStarted": sb.VMStarted,
 		"disk":      sb.Disk,
 		"reason":    sb.Reason,
+		"network":   sb.Network,
 	}
+}
+
+// networkStatusOf is the pod IP and the additional ones.
+func networkStatusOf(sb store.Sandbox) *runtimeapi.PodSandboxNetworkStatus {
+	st := &runtimeapi.PodSandboxNetworkStatus{}
+	if len(sb.IPs) > 0 {
+		st.Ip = sb.IPs[0]
+		for _, ip := range sb.IPs[1:] {
+			st.AdditionalIps = append(st.AdditionalIps, &runtimeapi.PodIP{Ip: ip})
+		}
+	}
+	return st
 }

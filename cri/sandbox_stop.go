@@ -36,6 +36,10 @@ func (s *Service) stopSandbox(ctx context.Context, id string) error {
 	if err := s.stopVM(ctx, sb, vmStopGrace, ""); err != nil {
 		return fmt.Errorf("sandbox %s: %w", sb.ID, err)
 	}
+	// The VM is gone: its tap and address can go (CNI DEL).
+	if err := s.teardownNetwork(ctx, sb); err != nil {
+		return fmt.Errorf("sandbox %s: %w", sb.ID, err)
+	}
 	// Containers that never started cannot start any more.
 	_, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.State = store.SandboxNotReady

@@ -15,6 +15,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/snapshotter"
@@ -34,6 +35,7 @@ type Service struct {
 	sn     *snapshotter.Snapshotter
 	images *imagestore.Store
 	st     *store.Store
+	net    *cnimgr.Manager
 
 	// locks serialise lifecycle calls per sandbox ID.
 	locks keyedLocks
@@ -58,7 +60,17 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, fmt.Errorf("runtime state: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, shims: map[string]*shim.Client{}, shimBinary: shimBinary()}
+	cacheDir := cfg.Network.CacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(cfg.Root, "cni")
+	}
+	netMgr, err := cnimgr.New(cnimgr.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs, CacheDir: cacheDir, Network: cfg.Network.Name})
+	if err != nil {
+		st.Close()
+		sn.Close()
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	s := &Service{cfg: cfg, sn: sn, st: st, net: netMgr, shims: map[string]*shim.Client{}, shimBinary: shimBinary()}
 	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
@@ -74,6 +86,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 	// Re-attach to the shims that outlived the previous daemon before
 	// anything is collected: their disk clones are in use.
 	s.reconcile(ctx)
+	s.collectNetworks(ctx)
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
 	if err := sn.Cleanup(ctx); err != nil {

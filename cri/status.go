@@ -7,15 +7,15 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Status tells kubelet whether pods can run here. Each condition says the
-// truth about this build: the runtime is ready as soon as the stores are
-// open; networking is not ready until a net plugin is configured, and
-// kubelet then keeps non-hostNetwork pods pending with our reason.
+// Status tells kubelet whether pods can run here: the runtime is ready as
+// soon as the stores are open; the network is ready when the CNI
+// configuration loads and its plugins answer STATUS (kubelet keeps
+// non-hostNetwork pods pending with our reason until then).
 func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
 			{Type: runtimeapi.RuntimeReady, Status: true},
-			s.networkCondition(),
+			s.networkCondition(ctx),
 		}},
 	}
 	if r.GetVerbose() {
@@ -28,11 +28,9 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 	return resp, nil
 }
 
-func (s *Service) networkCondition() *runtimeapi.RuntimeCondition {
-	return &runtimeapi.RuntimeCondition{
-		Type:    runtimeapi.NetworkReady,
-		Status:  false,
-		Reason:  "NetworkPluginNotReady",
-		Message: "macvz: pod networking (the macvz-net CNI plugin) is not available in this build yet",
+func (s *Service) networkCondition(ctx context.Context) *runtimeapi.RuntimeCondition {
+	if se := s.networkStatus(ctx); se != nil {
+		return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: false, Reason: se.Reason, Message: se.Message}
 	}
+	return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
 }

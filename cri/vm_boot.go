@@ -17,6 +17,7 @@ import (
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -84,6 +85,9 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	if err != nil {
 		return err
 	}
+	if sb.Network != nil {
+		spec.NICs = []vm.NIC{sb.Network.NIC}
+	}
 	if err := os.MkdirAll(filepath.Join(sb.Dir, sharedDir), 0o700); err != nil {
 		return err
 	}
@@ -104,7 +108,7 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	if err != nil {
 		return fmt.Errorf("booting the VM: %w", err)
 	}
-	if err := s.setupGuest(ctx, c.Agent(), pod); err != nil {
+	if err := s.setupGuest(ctx, c.Agent(), pod, sb.Network); err != nil {
 		return err
 	}
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
@@ -118,22 +122,25 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	return nil
 }
 
-// setupGuest applies the pod's hostname and DNS config and mounts the
-// shared directory.
-func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig) error {
-	// Loopback comes up even in a VM without a NIC: pods talk to
-	// themselves over 127.0.0.1.
-	if _, err := a.ConfigureNetwork(ctx, &agentapi.ConfigureNetworkRequest{}); err != nil {
-		return fmt.Errorf("configuring the guest's network: %w", err)
+// setupGuest configures the guest's network from the sandbox's
+// attachment, applies the pod's hostname and DNS config (the
+// attachment's when the pod has none) and mounts the shared directory.
+func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig, n *store.Network) error {
+	if err := configureGuestNetwork(ctx, a, n); err != nil {
+		return err
 	}
 	if h := podHostname(pod); h != "" {
 		if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
 			return fmt.Errorf("setting the guest's hostname: %w", err)
 		}
 	}
-	if d := pod.GetDnsConfig(); d != nil && (len(d.GetServers())+len(d.GetSearches())+len(d.GetOptions())) > 0 {
+	dns := store.DNS{Servers: pod.GetDnsConfig().GetServers(), Searches: pod.GetDnsConfig().GetSearches(), Options: pod.GetDnsConfig().GetOptions()}
+	if len(dns.Servers)+len(dns.Searches)+len(dns.Options) == 0 && n != nil {
+		dns = n.DNS
+	}
+	if len(dns.Servers)+len(dns.Searches)+len(dns.Options) > 0 {
 		if _, err := a.WriteResolvConf(ctx, &agentapi.WriteResolvConfRequest{
-			Nameservers: d.GetServers(), Searches: d.GetSearches(), Options: d.GetOptions(),
+			Nameservers: dns.Servers, Searches: dns.Searches, Options: dns.Options,
 		}); err != nil {
 			return fmt.Errorf("writing the guest's resolv.conf: %w", err)
 		}

@@ -89,6 +89,10 @@ func startDaemon(t testing.TB, extraTOML string) *daemon {
 	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}}
 	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.socket, extraTOML)
+	if !strings.Contains(extraTOML, "[network]") {
+		// Never the host's /etc/macvz/net.d: an empty directory of our own.
+		cfg += fmt.Sprintf("\n[network]\nconf_dir = %q\n", filepath.Join(dir, "net.d"))
+	}
 	if err := os.WriteFile(d.configPath(), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -21,12 +21,18 @@ import (
 // The pod tests drive the real daemon with the real crictl; every pod is
 // a QEMU VM (TCG) booting the test guest.
 
+// hostNetworkLinux is a pod's linux section asking for the node's network
+// (its VM gets QEMU's user-mode NAT, no CNI): these tests need no pod
+// network. network_test.go tests the pod network.
+var hostNetworkLinux = map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}}
+
 // podConfig is a crictl pod config (JSON) for a test pod.
 func (v *vmTest) podConfig(t *testing.T, name string, extra map[string]any) string {
 	t.Helper()
 	cfg := map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "macvz-test", "uid": name + "-uid", "attempt": 0},
 		"log_directory": filepath.Join(v.d.dir, "logs", name),
+		"linux":         hostNetworkLinux,
 	}
 	for k, val := range extra {
 		cfg[k] = val
@@ -261,6 +267,15 @@ func TestPodLifecycle(t *testing.T) {
 	}
 	if env := v.execOut(t, c1, "sh", "-c", `echo "$GREETING|$HOSTNAME"`); strings.TrimSpace(env) != "hi there|lifecycle-host" {
 		t.Errorf("exec env: %q", env)
+	}
+	// A host-network pod's VM has QEMU's user-mode NAT: the host's
+	// loopback is its gateway, where the test registry listens.
+	if out := v.execOut(t, c1, "ip", "-4", "addr", "show", "eth0"); !strings.Contains(out, "10.0.2.15/24") {
+		t.Errorf("eth0 of a host-network pod: %s", out)
+	}
+	regPort := v.reg.Host()[strings.LastIndex(v.reg.Host(), ":")+1:]
+	if out, err := v.d.crictl("exec", "-s", c1, "wget", "-q", "-O", "-", "http://10.0.2.2:"+regPort+"/v2/"); err != nil || !strings.Contains(out, "{}") {
+		t.Errorf("reaching the host from a host-network pod: %v\n%s", err, out)
 	}
 	// Exit codes pass through ExecSync.
 	out, err := v.d.crictl("exec", "-s", c1, "sh", "-c", "echo before; exit 3")

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/macvz/macvz/netplugin/internal/nettest"
+	"github.com/macvz/macvz/integration/nettest"
 )
 
 // BenchmarkAddDel measures a CNI ADD+DEL cycle of macvz-net (tap, IPAM,

@@ -17,7 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/macvz/macvz/netplugin"
-	"github.com/macvz/macvz/netplugin/internal/nettest"
+	"github.com/macvz/macvz/integration/nettest"
 	"golang.org/x/sys/unix"
 )
 

@@ -13,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/macvz/macvz/netplugin/internal/nettest"
+	"github.com/macvz/macvz/integration/nettest"
 )
 
 // binDir holds the built plugins (macvz-net, host-local, portmap).

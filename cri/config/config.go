@@ -18,6 +18,7 @@ type Config struct {
 	Image    Image    `toml:"image"`
 	VM       VM       `toml:"vm"`
 	QEMU     QEMU     `toml:"qemu"`
+	Network  Network  `toml:"network"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz").
 	RuntimeHandlers map[string]RuntimeHandler `toml:"runtime_handlers"`
@@ -39,6 +40,20 @@ type QEMU struct {
 	Binary string `toml:"binary"`
 	// Accel is "auto" (kvm when /dev/kvm opens, else tcg), "kvm" or "tcg".
 	Accel string `toml:"accel"`
+}
+
+// Network is the pod network: a CNI configuration run with libcni.
+type Network struct {
+	// ConfDir holds the CNI configuration (*.conflist, *.conf, *.json);
+	// the first file in name order is used unless Name picks one.
+	ConfDir string `toml:"conf_dir"`
+	// BinDirs are searched for the plugins (macvz-net, host-local, any
+	// chained plugin).
+	BinDirs []string `toml:"bin_dirs"`
+	// CacheDir is libcni's result cache; "" = <root>/cni.
+	CacheDir string `toml:"cache_dir"`
+	// Name picks the configuration whose "name" is this; "" = the first.
+	Name string `toml:"name"`
 }
 
 // RuntimeHandler is one named runtime handler.

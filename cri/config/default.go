@@ -57,6 +57,18 @@ backend = "{{.C.Backend}}"
   # but does not work (nested or paravirtualised hosts).
   accel = "{{.C.QEMU.Accel}}"
 
+[network]
+  # The pod network: a CNI configuration list whose first plugin is
+  # macvz-net (bridge + tap on Linux, vmnet on macOS), run with libcni at
+  # RunPodSandbox (ADD) and StopPodSandbox (DEL). Without one, NetworkReady
+  # is false and only host-network pods run (their VMs get user-mode NAT).
+  conf_dir = "{{.C.Network.ConfDir}}"
+  bin_dirs = [{{range $i, $d := .C.Network.BinDirs}}{{if $i}}, {{end}}"{{$d}}"{{end}}]
+  # libcni's cache of results ("" = <root>/cni).
+  cache_dir = "{{.C.Network.CacheDir}}"
+  # The configuration's "name" to use ("" = the first file in name order).
+  name = "{{.C.Network.Name}}"
+
 # Runtime handlers (the handler of a RuntimeClass) besides the default
 # ("macvz" or empty). vm_image boots every sandbox of the handler from that
 # image at RunPodSandbox, before any container exists.

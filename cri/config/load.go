@@ -35,6 +35,7 @@ func Default() *Config {
 			BootTimeout:        Duration(2 * time.Minute),
 		},
 		QEMU:            QEMU{Binary: "qemu-system-x86_64", Accel: "auto"},
+		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
@@ -111,6 +112,20 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		return bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	if !filepath.IsAbs(c.Network.ConfDir) {
+		return bad("network.conf_dir", "must be an absolute path, got %q", c.Network.ConfDir)
+	}
+	if len(c.Network.BinDirs) == 0 {
+		return bad("network.bin_dirs", "must name at least one directory")
+	}
+	for _, d := range c.Network.BinDirs {
+		if !filepath.IsAbs(d) {
+			return bad("network.bin_dirs", "must be absolute paths, got %q", d)
+		}
+	}
+	if c.Network.CacheDir != "" && !filepath.IsAbs(c.Network.CacheDir) {
+		return bad("network.cache_dir", "must be an absolute path or empty, got %q", c.Network.CacheDir)
 	}
 	if c.Image.MaxConcurrentDownloads < 1 {
 		return bad("image.max_concurrent_downloads", "must be at least 1, got %d", c.Image.MaxConcurrentDownloads)

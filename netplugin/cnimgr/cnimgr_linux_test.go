@@ -14,7 +14,7 @@ import (
 
 	"github.com/macvz/macvz/netplugin"
 	"github.com/macvz/macvz/netplugin/cnimgr"
-	"github.com/macvz/macvz/netplugin/internal/nettest"
+	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/runtime/vm"
 )
 

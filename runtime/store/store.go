@@ -20,6 +20,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/macvz/macvz/runtime/vm"
 )
 
 var (
@@ -53,10 +55,43 @@ type Sandbox struct {
 	VMStarted bool `json:"vmStarted,omitempty"`
 	// Disk is the snapshotter key of the sandbox's disk clone, if any.
 	Disk string `json:"disk,omitempty"`
-	IP   string `json:"ip,omitempty"`
+	// IPs are the pod's addresses, the pod IP first.
+	IPs []string `json:"ips,omitempty"`
+	// Network is the sandbox's network attachment while it has one
+	// (RunPodSandbox's CNI ADD until StopPodSandbox's DEL).
+	Network *Network `json:"network,omitempty"`
 	// Reason says why a sandbox is NotReady when it did not stop by
 	// StopPodSandbox ("the VM's shim is gone").
 	Reason string `json:"reason,omitempty"`
+}
+
+// Network is what a sandbox's VM needs of its CNI attachment.
+type Network struct {
+	NIC vm.NIC `json:"nic"`
+	// IfName is the guest interface's name (CNI_IFNAME).
+	IfName string `json:"ifName"`
+	MTU    int    `json:"mtu,omitempty"`
+	// Addresses are the guest interface's addresses in CIDR form.
+	Addresses []string `json:"addresses,omitempty"`
+	Routes    []Route  `json:"routes,omitempty"`
+	// DNS is the attachment's DNS config, used when the pod has none.
+	DNS DNS `json:"dns,omitzero"`
+	// PortsByDaemon: the plugins did not handle the hostPorts; the daemon
+	// proxies them (macOS).
+	PortsByDaemon bool `json:"portsByDaemon,omitempty"`
+}
+
+// Route is a guest route; an empty Dst is the default route.
+type Route struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw,omitempty"`
+}
+
+// DNS is a resolver configuration.
+type DNS struct {
+	Servers  []string `json:"servers,omitempty"`
+	Searches []string `json:"searches,omitempty"`
+	Options  []string `json:"options,omitempty"`
 }
 
 // ContainerState is a container's CRI state.

@@ -1,0 +1,232 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/netplugin"
+	"github.com/macvz/macvz/netplugin/cnimgr"
+	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// A pod's network is its VM's one NIC. A pod on the pod network gets it
+// from the CNI configuration (cnimgr runs macvz-net and any chained
+// plugins at RunPodSandbox); the VM boots with the NIC the result names
+// and the agent configures the guest from it, so the pod IP is known when
+// RunPodSandbox returns. A host-network pod has no CNI attachment: a VM
+// cannot share the host's network stack, so it gets the hypervisor's own
+// NAT (QEMU user-mode networking, vz's NAT attachment) — outbound access
+// and nothing to set up or tear down on the host.
+
+// User-mode networking's fixed addressing (QEMU's slirp defaults).
+const (
+	userNetGuest   = "10.0.2.15/24"
+	userNetGateway = "10.0.2.2"
+	userNetDNS     = "10.0.2.3"
+)
+
+// hostNetwork reports whether a pod asks for the node's network.
+func hostNetwork(cfg *runtimeapi.PodSandboxConfig) bool {
+	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
+}
+
+// networkStatus is nil when the pod network is usable, else why not.
+func (s *Service) networkStatus(ctx context.Context) *cnimgr.StatusError {
+	err := s.net.Status(ctx)
+	if err == nil {
+		return nil
+	}
+	var se *cnimgr.StatusError
+	if errors.As(err, &se) {
+		return se
+	}
+	return &cnimgr.StatusError{Reason: cnimgr.ReasonPluginNotReady, Message: err.Error(), Err: err}
+}
+
+// setupNetwork attaches a new sandbox: a CNI ADD for a pod-network pod,
+// a user-mode NIC for a host-network pod. It records the attachment in
+// the sandbox before returning; on failure nothing is left.
+func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runtimeapi.PodSandboxConfig) error {
+	if hostNetwork(cfg) {
+		n := &store.Network{
+			NIC:       vm.NIC{Kind: hostNetworkNIC(), MAC: netplugin.GuestMAC("host-network", sb.ID, "eth0")},
+			IfName:    "eth0",
+			Addresses: []string{userNetGuest},
+			Routes:    []store.Route{{GW: userNetGateway}},
+			DNS:       store.DNS{Servers: []string{userNetDNS}},
+		}
+		if n.NIC.Kind != vm.NICUser {
+			// vz NAT: the guest gets its address by DHCP.
+			n.Addresses, n.Routes, n.DNS = nil, nil, store.DNS{}
+		}
+		rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Network = n; return nil })
+		if err == nil {
+			*sb = rec
+		}
+		return err
+	}
+	if se := s.networkStatus(ctx); se != nil {
+		return fmt.Errorf("the pod network is not ready (%s: %s); only host-network pods can run: %w", se.Reason, se.Message, errdefs.ErrFailedPrecondition)
+	}
+	att, err := s.net.Setup(ctx, sb.ID, sb.Dir, portMappings(cfg), cniOptions(sb.ID, cfg)...)
+	if err != nil {
+		return fmt.Errorf("setting up the pod network: %w", err)
+	}
+	n := networkOf(att)
+	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		r.Network = n
+		r.IPs = att.PodIPs()
+		return nil
+	})
+	if err != nil {
+		s.net.Teardown(context.WithoutCancel(ctx), sb.ID, sb.Dir, portMappings(cfg), cniOptions(sb.ID, cfg)...)
+		return err
+	}
+	*sb = rec
+	sbLog(sb.ID).Info("pod network attached", "ips", rec.IPs, "nic", n.NIC.Kind, "device", n.NIC.Device, "mac", n.NIC.MAC)
+	return nil
+}
+
+// hostNetworkNIC is the hypervisor NAT of this platform's backend.
+func hostNetworkNIC() vm.NICKind {
+	if runtime.GOOS == "darwin" {
+		return vm.NICVmnetNAT
+	}
+	return vm.NICUser
+}
+
+// teardownNetwork detaches a sandbox (CNI DEL, idempotent) and forgets
+// the attachment.
+func (s *Service) teardownNetwork(ctx context.Context, sb store.Sandbox) error {
+	if sb.Network == nil {
+		return nil
+	}
+	cfg, err := podConfig(sb)
+	if err != nil {
+		return err
+	}
+	if !hostNetwork(cfg) {
+		if err := s.net.Teardown(ctx, sb.ID, sb.Dir, portMappings(cfg), cniOptions(sb.ID, cfg)...); err != nil {
+			return fmt.Errorf("tearing down the pod network: %w", err)
+		}
+		sbLog(sb.ID).Info("pod network detached")
+	}
+	_, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Network = nil; return nil })
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// networkOf is what the VM and the guest need of a CNI attachment.
+func networkOf(a *cnimgr.Attachment) *store.Network {
+	n := &store.Network{
+		NIC:           a.NIC(),
+		IfName:        a.IfName,
+		MTU:           a.MTU,
+		DNS:           store.DNS{Servers: a.DNS.Servers, Searches: a.DNS.Searches, Options: a.DNS.Options},
+		PortsByDaemon: !a.PortMappingsHandled,
+	}
+	for _, ip := range a.IPs {
+		n.Addresses = append(n.Addresses, ip.Address.String())
+	}
+	for _, r := range a.Routes {
+		rt := store.Route{Dst: r.Dst.String()}
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+			rt.Dst = "" // the default route of its family
+		}
+		if r.GW != nil {
+			rt.GW = r.GW.String()
+		}
+		n.Routes = append(n.Routes, rt)
+	}
+	// A default route without a gateway goes through the first
+	// address's gateway, as the bridge plugin's result means it.
+	for i, r := range n.Routes {
+		if r.GW == "" && r.Dst == "" {
+			for _, ip := range a.IPs {
+				if ip.Gateway != nil {
+					n.Routes[i].GW = ip.Gateway.String()
+					break
+				}
+			}
+		}
+	}
+	return n
+}
+
+// configureGuestNetwork applies a sandbox's attachment in the guest:
+// interface address and name, routes; loopback is always brought up.
+func configureGuestNetwork(ctx context.Context, a agentapi.AgentClient, n *store.Network) error {
+	req := &agentapi.ConfigureNetworkRequest{}
+	if n != nil && len(n.Addresses) > 0 {
+		req.Interfaces = []*agentapi.Interface{{Mac: n.NIC.MAC, Name: n.IfName, Mtu: uint32(n.MTU), Addresses: n.Addresses}}
+		for _, r := range n.Routes {
+			req.Routes = append(req.Routes, &agentapi.Route{Destination: r.Dst, Gateway: r.GW, Device: n.IfName})
+		}
+	}
+	if _, err := a.ConfigureNetwork(ctx, req); err != nil {
+		return fmt.Errorf("configuring the guest's network: %w", err)
+	}
+	return nil
+}
+
+// portMappings are the pod's hostPorts as the portMappings capability.
+func portMappings(cfg *runtimeapi.PodSandboxConfig) []cnimgr.PortMapping {
+	var out []cnimgr.PortMapping
+	for _, p := range cfg.GetPortMappings() {
+		if p.GetHostPort() <= 0 {
+			continue
+		}
+		out = append(out, cnimgr.PortMapping{
+			HostPort:      p.GetHostPort(),
+			ContainerPort: p.GetContainerPort(),
+			Protocol:      strings.ToLower(p.GetProtocol().String()),
+			HostIP:        p.GetHostIp(),
+		})
+	}
+	return out
+}
+
+// cniOptions are the DNS capability and the Kubernetes CNI_ARGS.
+func cniOptions(id string, cfg *runtimeapi.PodSandboxConfig) []cnimgr.Option {
+	md := cfg.GetMetadata()
+	opts := []cnimgr.Option{cnimgr.WithArgs(
+		[2]string{"K8S_POD_NAMESPACE", md.GetNamespace()},
+		[2]string{"K8S_POD_NAME", md.GetName()},
+		[2]string{"K8S_POD_INFRA_CONTAINER_ID", id},
+		[2]string{"K8S_POD_UID", md.GetUid()},
+	)}
+	if d := cfg.GetDnsConfig(); d != nil {
+		opts = append(opts, cnimgr.WithDNS(cnimgr.DNS{Servers: d.GetServers(), Searches: d.GetSearches(), Options: d.GetOptions()}))
+	}
+	return opts
+}
+
+// collectNetworks removes attachments nobody owns (a crash between CNI
+// ADD and the record, or during a DEL): CNI GC with the live sandboxes.
+func (s *Service) collectNetworks(ctx context.Context) {
+	if s.networkStatus(ctx) != nil {
+		return
+	}
+	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.Network != nil })
+	if err != nil {
+		slogWarn("listing sandboxes for network GC", err)
+		return
+	}
+	live := make([]string, 0, len(sbs))
+	for _, sb := range sbs {
+		live = append(live, sb.ID)
+	}
+	if err := s.net.GC(ctx, live); err != nil {
+		slogWarn("network garbage collection", err)
+	}
+}

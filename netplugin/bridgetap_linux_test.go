@@ -16,8 +16,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/macvz/macvz/netplugin"
 	"github.com/macvz/macvz/integration/nettest"
+	"github.com/macvz/macvz/netplugin"
 	"golang.org/x/sys/unix"
 )
 

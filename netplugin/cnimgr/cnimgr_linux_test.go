@@ -12,9 +12,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/netplugin"
 	"github.com/macvz/macvz/netplugin/cnimgr"
-	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/runtime/vm"
 )
 

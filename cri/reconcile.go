@@ -29,6 +29,11 @@ func (s *Service) reconcile(ctx context.Context) {
 	for _, sb := range sbs {
 		log := sbLog(sb.ID)
 		switch {
+		case sb.Creating:
+			log.Warn("RunPodSandbox was interrupted by the daemon's end; removing the half-made sandbox")
+			if err := s.destroySandbox(ctx, sb); err != nil {
+				log.Warn("removing a half-made sandbox", "err", err)
+			}
 		case sb.VMStarted && sb.State == store.SandboxReady:
 			c, err := shim.Connect(ctx, sb.Dir)
 			if err != nil {

@@ -49,6 +49,7 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 		Config:    raw,
 		Handler:   r.GetRuntimeHandler(),
 		State:     store.SandboxReady,
+		Creating:  true,
 		CreatedAt: time.Now(),
 		Dir:       filepath.Join(s.cfg.State, "sandboxes", id),
 	}
@@ -75,7 +76,10 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 			return nil, err
 		}
 	}
-	log.Info("sandbox created", "name", sb.Name, "vmImage", vmImage)
+	if _, err := s.st.UpdateSandbox(id, func(r *store.Sandbox) error { r.Creating = false; return nil }); err != nil {
+		return nil, err
+	}
+	log.Info("sandbox created", "name", sb.Name, "vmImage", vmImage, "ips", sb.IPs)
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/macvz/macvz/integration/nettest"
+
 	"github.com/macvz/macvz/integration/guest"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
@@ -42,15 +44,24 @@ var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
 // vmTest is what every VM test needs: root, QEMU, crictl, the guest
 // images pushed to a fresh registry, and a daemon using TCG.
 type vmTest struct {
-	d     *daemon
-	reg   *testregistry.Registry
-	plain string // ref of the plain guest (no default process)
-	httpd string // ref of the guest whose default process is httpd
+	d   *daemon
+	reg *testregistry.Registry
+	// pullHost is the registry's host:port as the daemon reaches it.
+	pullHost string
+	plain    string // ref of the plain guest (no default process)
+	httpd    string // ref of the guest whose default process is httpd
 }
 
 func newVMTest(t *testing.T) *vmTest { return newVMTestTB(t) }
 
 func newVMTestTB(t testing.TB) *vmTest {
+	t.Helper()
+	return newVMTestIn(t, nil, "")
+}
+
+// newVMTestIn starts the daemon in a network namespace (netns "" = the
+// test's own) with extra configuration.
+func newVMTestIn(t testing.TB, netns *nettest.NetNS, extraTOML string) *vmTest {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
@@ -66,17 +77,27 @@ func newVMTestTB(t testing.TB) *vmTest {
 			t.Fatal(err)
 		}
 	}
-	v := &vmTest{
-		reg:   reg,
-		plain: reg.Ref("macvz/guest", guest.RefPlain),
-		httpd: reg.Ref("macvz/guest", guest.RefHTTPD),
+	v := &vmTest{reg: reg, pullHost: reg.Host()}
+	if netns != nil {
+		// The daemon pulls from inside the namespace: serve it there too.
+		ln, err := netns.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.pullHost = reg.ServeOn(ln)
 	}
-	v.d = startDaemon(t, `[qemu]
+	v.plain = v.pullHost + "/macvz/guest:" + guest.RefPlain
+	v.httpd = v.pullHost + "/macvz/guest:" + guest.RefHTTPD
+	nsName := ""
+	if netns != nil {
+		nsName = netns.Name
+	}
+	v.d = startDaemonIn(t, nsName, `[qemu]
 accel = "tcg"
 
-[registry.hosts."`+reg.Host()+`"]
+[registry.hosts."`+v.pullHost+`"]
 insecure = true
-`)
+`+extraTOML)
 	// Whatever a test leaves (it failed half way), its VMs must not
 	// outlive it: shims are built to survive the daemon.
 	t.Cleanup(func() {

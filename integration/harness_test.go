@@ -75,18 +75,26 @@ type daemon struct {
 	socket string
 	cmd    *exec.Cmd
 	log    *syncBuffer
+	netns  string
 }
 
 // startDaemon writes config (extra TOML appended to the paths) and runs
 // macvz serve until the test ends.
 func startDaemon(t testing.TB, extraTOML string) *daemon {
 	t.Helper()
+	return startDaemonIn(t, "", extraTOML)
+}
+
+// startDaemonIn is startDaemon inside the named network namespace (ip
+// netns); "" is the test's own.
+func startDaemonIn(t testing.TB, netns, extraTOML string) *daemon {
+	t.Helper()
 	// Short: a sandbox's sockets live under it (sun_path is 108 bytes).
 	dir, err := os.MkdirTemp("", "mvz")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}}
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}, netns: netns}
 	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.socket, extraTOML)
 	if !strings.Contains(extraTOML, "[network]") {
@@ -114,6 +122,10 @@ func (d *daemon) start() {
 	t := d.t
 	t.Helper()
 	d.cmd = exec.Command(macvzBin, "serve", "--config", d.configPath())
+	if d.netns != "" {
+		// ip netns exec execs macvz in place: the same process.
+		d.cmd = exec.Command("ip", "netns", "exec", d.netns, macvzBin, "serve", "--config", d.configPath())
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -226,5 +226,13 @@ func (r *Registry) Stop() {
 	})
 }
 
+// ServeOn serves the same registry on another listener too (one made
+// inside a network namespace, for a daemon that runs there) until Stop,
+// and returns its host:port for image references.
+func (r *Registry) ServeOn(ln net.Listener) string {
+	go r.srv.Serve(ln)
+	return ln.Addr().String()
+}
+
 // Done is closed once the registry has stopped serving.
 func (r *Registry) Done() <-chan struct{} { return r.served }

@@ -60,6 +60,10 @@ type Sandbox struct {
 	// Network is the sandbox's network attachment while it has one
 	// (RunPodSandbox's CNI ADD until StopPodSandbox's DEL).
 	Network *Network `json:"network,omitempty"`
+	// Creating is set while RunPodSandbox runs: a sandbox still creating
+	// when the daemon starts was never handed to its caller, who retries
+	// with the same name, so it is removed.
+	Creating bool `json:"creating,omitempty"`
 	// Reason says why a sandbox is NotReady when it did not stop by
 	// StopPodSandbox ("the VM's shim is gone").
 	Reason string `json:"reason,omitempty"`

@@ -1,0 +1,247 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/macvz/macvz/integration/nettest"
+)
+
+// The pod-network tests run the daemon, the plugins and QEMU inside a
+// network namespace the test makes: the bridge, taps and nftables rules
+// exist only there, and no traffic leaves it and loopback.
+
+// netPlugins builds macvz-net and host-local (nettest.Packages) once.
+var netPlugins = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "macvz-cni-bin-")
+	if err != nil {
+		return "", err
+	}
+	return dir, nettest.Build(dir)
+})
+
+// netTest is a vmTest whose daemon runs in its own namespace with the
+// default bridge-tap network (10.88.0.0/16 on macvz0).
+type netTest struct {
+	*vmTest
+	ns      *nettest.NetNS
+	ipamDir string
+}
+
+func newNetTest(t *testing.T) *netTest {
+	t.Helper()
+	nettest.Require(t)
+	bin, err := netPlugins()
+	if err != nil {
+		t.Fatalf("building the CNI plugins: %v", err)
+	}
+	ns := nettest.NewNetNS(t, "pods")
+	confDir, ipamDir := t.TempDir(), t.TempDir()
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
+  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
+  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q},
+  "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}`, ipamDir)
+	if err := os.WriteFile(filepath.Join(confDir, "10-macvz.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v := newVMTestIn(t, ns, fmt.Sprintf("\n[network]\nconf_dir = %q\nbin_dirs = [%q]\n", confDir, bin))
+	return &netTest{vmTest: v, ns: ns, ipamDir: ipamDir}
+}
+
+type podNet struct {
+	Status struct {
+		Network struct {
+			IP string `json:"ip"`
+		} `json:"network"`
+	} `json:"status"`
+}
+
+// podIP is a pod's IP from `crictl inspectp`.
+func (n *netTest) podIP(t *testing.T, pod string) string {
+	t.Helper()
+	var st podNet
+	if err := json.Unmarshal([]byte(n.d.mustCrictl("inspectp", "-o", "json", pod)), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Status.Network.IP
+}
+
+// httpGet fetches http://addr/ from inside the namespace.
+func (n *netTest) httpGet(addr string) (string, error) {
+	c, err := n.ns.Dial("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", addr)
+	b, err := io.ReadAll(bufio.NewReader(c))
+	return string(b), err
+}
+
+// reservations lists host-local's reserved addresses.
+func (n *netTest) reservations(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	filepath.Walk(n.ipamDir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && net.ParseIP(fi.Name()) != nil {
+			out = append(out, fi.Name())
+		}
+		return nil
+	})
+	return out
+}
+
+// taps lists the namespace's macvz taps.
+func (n *netTest) taps(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(n.ns.IP(t, "-o", "link", "show"), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], "mvz") {
+			out = append(out, strings.TrimSuffix(f[1], ":"))
+		}
+	}
+	return out
+}
+
+// podRules lists the nftables rules the plugin made for attachments
+// (each carries a comment naming its attachment).
+func (n *netTest) podRules(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(n.ns.Ruleset(t), "\n") {
+		if strings.Contains(l, "comment") && !strings.Contains(l, `comment "macvz base"`) {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return out
+}
+
+// assertNetClean: no tap, no IPAM reservation, no per-pod rule.
+func (n *netTest) assertNetClean(t *testing.T, when string) {
+	t.Helper()
+	if taps := n.taps(t); len(taps) > 0 {
+		t.Errorf("%s: taps left: %v", when, taps)
+	}
+	if r := n.reservations(t); len(r) > 0 {
+		t.Errorf("%s: IPAM reservations left: %v", when, r)
+	}
+	if r := n.podRules(t); len(r) > 0 {
+		t.Errorf("%s: nftables rules left:\n%s", when, strings.Join(r, "\n"))
+	}
+}
+
+// TestPodNetwork: two pods on the bridge-tap network reach each other,
+// the namespace reaches them, a hostPort answers, and nothing of the
+// network is left after the pods are gone.
+func TestPodNetwork(t *testing.T) {
+	n := newNetTest(t)
+	if out := n.d.mustCrictl("info"); !strings.Contains(out, `"type": "NetworkReady"`) || strings.Contains(out, "NoNetworkConfig") {
+		t.Fatalf("network not ready:\n%s", out)
+	}
+	dns := map[string]any{"servers": []string{"10.96.0.10"}, "searches": []string{"ns1.svc.cluster.local"}, "options": []string{"ndots:5"}}
+	podA := n.podConfig(t, "web-a", map[string]any{
+		"hostname": "web-a", "dns_config": dns, "linux": map[string]any{},
+		"port_mappings": []map[string]any{{"host_port": 12000, "container_port": 80}},
+	})
+	podB := n.podConfig(t, "web-b", map[string]any{"hostname": "web-b", "linux": map[string]any{}})
+	a := n.runPod(t, podA)
+	b := n.runPod(t, podB)
+	ipA, ipB := n.podIP(t, a), n.podIP(t, b)
+	if !strings.HasPrefix(ipA, "10.88.") || !strings.HasPrefix(ipB, "10.88.") || ipA == ipB {
+		t.Fatalf("pod IPs %q and %q: want two distinct addresses in 10.88.0.0/16", ipA, ipB)
+	}
+	ca := n.startCtr(t, a, n.ctrConfig(t, "httpd", n.httpd, nil), podA)
+	cb := n.startCtr(t, b, n.ctrConfig(t, "httpd", n.httpd, nil), podB)
+
+	// The guest knows its address, hostname and DNS from the CRI config.
+	if out := n.execOut(t, ca, "ip", "-4", "addr", "show", "eth0"); !strings.Contains(out, ipA+"/16") {
+		t.Errorf("eth0 in pod A:\n%s", out)
+	}
+	if h := n.execOut(t, ca, "hostname"); h != "web-a" {
+		t.Errorf("hostname in pod A: %q", h)
+	}
+	if r := n.execOut(t, ca, "cat", "/etc/resolv.conf"); !strings.Contains(r, "nameserver 10.96.0.10") || !strings.Contains(r, "search ns1.svc.cluster.local") {
+		t.Errorf("resolv.conf in pod A:\n%s", r)
+	}
+	// Pod A reaches pod B over TCP.
+	var page string
+	waitFor(t, "pod A to fetch pod B's page", time.Minute, func() bool {
+		out, err := n.d.crictl("exec", "-s", ca, "wget", "-q", "-O", "-", "http://"+ipB+"/")
+		page = out
+		return err == nil
+	})
+	if !strings.Contains(page, "hello from the macvz guest") {
+		t.Errorf("pod B's page from pod A: %q", page)
+	}
+	// The namespace (the "host") reaches the pod IP, and the hostPort
+	// answers on its loopback and on its own (bridge) address.
+	for _, addr := range []string{ipB + ":80", "127.0.0.1:12000", "10.88.0.1:12000"} {
+		var out string
+		var err error
+		waitFor(t, "GET "+addr, 30*time.Second, func() bool {
+			out, err = n.httpGet(addr)
+			return err == nil && strings.Contains(out, "hello from the macvz guest")
+		})
+	}
+	if len(n.taps(t)) != 2 || len(n.reservations(t)) != 2 {
+		t.Errorf("with two pods: taps %v, reservations %v", n.taps(t), n.reservations(t))
+	}
+	if rules := strings.Join(n.podRules(t), "\n"); !strings.Contains(rules, "12000") {
+		t.Errorf("no DNAT rule for hostPort 12000:\n%s", rules)
+	}
+	_ = cb
+
+	n.d.mustCrictl("stopp", a, b)
+	n.assertNetClean(t, "after stopp")
+	n.d.mustCrictl("rmp", a, b)
+	n.assertNetClean(t, "after rmp")
+}
+
+// TestPodNetworkCrash: kill -9 the daemon while RunPodSandbox boots a VM
+// after the CNI ADD; the restarted daemon removes the half-made sandbox
+// and its network.
+func TestPodNetworkCrash(t *testing.T) {
+	n := newNetTest(t)
+	pod := n.podConfig(t, "crash", map[string]any{
+		"linux":       map[string]any{},
+		"annotations": map[string]string{"macvz.io/vm-image": n.plain},
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.d.crictl("runp", pod)
+		done <- err
+	}()
+	waitFor(t, "the tap of the sandbox being created", time.Minute, func() bool { return len(n.taps(t)) == 1 })
+	n.d.cmd.Process.Signal(syscall.SIGKILL)
+	n.d.cmd.Wait()
+	<-done
+	n.d.start()
+	if !strings.Contains(n.d.log.String(), "RunPodSandbox was interrupted") {
+		t.Errorf("the restarted daemon did not find the half-made sandbox (killed too late?)")
+	}
+	n.assertNetClean(t, "after the restart")
+	if out := n.d.mustCrictl("pods", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("pods after the restart: %q", out)
+	}
+	if ps := processesUnder(filepath.Join(n.d.dir, "state")); len(ps) > 0 {
+		t.Errorf("processes left:\n%s", strings.Join(ps, "\n"))
+	}
+	// The name is free again: kubelet's retry succeeds.
+	id := n.runPod(t, pod)
+	if ip := n.podIP(t, id); !strings.HasPrefix(ip, "10.88.") {
+		t.Errorf("pod IP after the retry: %q", ip)
+	}
+	n.d.mustCrictl("rmp", "-f", id)
+	n.assertNetClean(t, "after rmp")
+}

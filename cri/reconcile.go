@@ -45,7 +45,10 @@ func (s *Service) reconcile(ctx context.Context) {
 			s.shims[sb.ID] = c
 			s.shimsMu.Unlock()
 			log.Info("re-attached to the VM's shim", "pid", c.Pid())
-			s.refreshSandbox(ctx, sb)
+			if sb = s.refreshSandbox(ctx, sb); sb.State == store.SandboxReady {
+				// The proxies died with the previous daemon.
+				s.afterBoot(sb)
+			}
 		case !sb.VMStarted && sb.Disk != "":
 			log.Warn("the VM was booting when macvz stopped; discarding that boot")
 			if err := shim.Kill(ctx, sb.Dir); err != nil {

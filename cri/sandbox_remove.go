@@ -45,6 +45,7 @@ func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodS
 // directory, the container records and the sandbox record, in that
 // order, so a failure part way leaves a record to retry from.
 func (s *Service) destroySandbox(ctx context.Context, sb store.Sandbox) error {
+	s.ports.Stop(sb.ID)
 	s.dropShim(sb.ID)
 	var errs []error
 	if err := shim.Kill(ctx, sb.Dir); err != nil {

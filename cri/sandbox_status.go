@@ -15,7 +15,7 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 	if err != nil {
 		return nil, err
 	}
-	sb = s.refreshSandbox(ctx, sb)
+	sb = s.podIPsOf(ctx, s.refreshSandbox(ctx, sb))
 	cfg, err := podConfig(sb)
 	if err != nil {
 		return nil, err

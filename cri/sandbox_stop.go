@@ -36,6 +36,7 @@ func (s *Service) stopSandbox(ctx context.Context, id string) error {
 	if err := s.stopVM(ctx, sb, vmStopGrace, ""); err != nil {
 		return fmt.Errorf("sandbox %s: %w", sb.ID, err)
 	}
+	s.ports.Stop(sb.ID)
 	// The VM is gone: its tap and address can go (CNI DEL).
 	if err := s.teardownNetwork(ctx, sb); err != nil {
 		return fmt.Errorf("sandbox %s: %w", sb.ID, err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/netplugin/cnimgr"
+	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/snapshotter"
@@ -36,6 +37,7 @@ type Service struct {
 	images *imagestore.Store
 	st     *store.Store
 	net    *cnimgr.Manager
+	ports  *portproxy.Manager // hostPorts the network leaves to the daemon
 
 	// locks serialise lifecycle calls per sandbox ID.
 	locks keyedLocks
@@ -70,7 +72,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, net: netMgr, shims: map[string]*shim.Client{}, shimBinary: shimBinary()}
+	s := &Service{cfg: cfg, sn: sn, st: st, net: netMgr, ports: portproxy.New(), shims: map[string]*shim.Client{}, shimBinary: shimBinary()}
 	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
@@ -101,6 +103,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 // Close releases the stores. In-flight RPCs must have finished.
 // The shims and their VMs keep running: the next daemon re-attaches.
 func (s *Service) Close() error {
+	s.ports.Close()
 	s.shimsMu.Lock()
 	for id, c := range s.shims {
 		c.Close()

@@ -116,6 +116,7 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 		return err
 	}
 	*sb = rec
+	s.afterBoot(rec)
 	log.Info("VM booted", "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
 		"boot", time.Duration(resp.GetBootNs()), "total", time.Since(start).Round(time.Millisecond),
 		"kernel", resp.GetAgent().GetKernelRelease())

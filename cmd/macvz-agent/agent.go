@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -123,7 +124,29 @@ func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse
 		NumCpu:             uint32(runtime.NumCPU()),
 	}
 	sysInfo(r)
+	r.Interfaces = interfaces()
 	return r, nil
+}
+
+// interfaces lists the guest's network interfaces and addresses (Go's
+// portable view: the same on Linux and macOS guests).
+func interfaces() []*api.NetInterface {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	out := make([]*api.NetInterface, 0, len(ifs))
+	for _, ifc := range ifs {
+		ni := &api.NetInterface{Name: ifc.Name, Mac: ifc.HardwareAddr.String(), Up: ifc.Flags&net.FlagUp != 0}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				ni.Addresses = append(ni.Addresses, ipn.String())
+			}
+		}
+		out = append(out, ni)
+	}
+	return out
 }
 
 // writeFileAtomic replaces path with data.

@@ -283,8 +283,11 @@ type InfoResponse struct {
 	Pid1               bool                   `protobuf:"varint,9,opt,name=pid1,proto3" json:"pid1,omitempty"` // the agent is the guest's init
 	NumCpu             uint32                 `protobuf:"varint,10,opt,name=num_cpu,json=numCpu,proto3" json:"num_cpu,omitempty"`
 	MemoryTotalBytes   uint64                 `protobuf:"varint,11,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// interfaces are the guest's network interfaces with their current
+	// addresses: how the host learns a DHCP-configured guest's IP (vmnet).
+	Interfaces    []*NetInterface `protobuf:"bytes,12,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -394,6 +397,81 @@ func (x *InfoResponse) GetMemoryTotalBytes() uint64 {
 	return 0
 }
 
+func (x *InfoResponse) GetInterfaces() []*NetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+type NetInterface struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Mac           string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`             // aa:bb:cc:dd:ee:ff; "" for loopback
+	Addresses     []string               `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"` // CIDR: "192.168.64.5/24", "fe80::1/64"
+	Up            bool                   `protobuf:"varint,4,opt,name=up,proto3" json:"up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetInterface) Reset() {
+	*x = NetInterface{}
+	mi := &file_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetInterface) ProtoMessage() {}
+
+func (x *NetInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
+func (*NetInterface) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *NetInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetInterface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *NetInterface) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
 type ProcessID struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -404,7 +482,7 @@ type ProcessID struct {
 
 func (x *ProcessID) Reset() {
 	*x = ProcessID{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +494,7 @@ func (x *ProcessID) String() string {
 func (*ProcessID) ProtoMessage() {}
 
 func (x *ProcessID) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +507,7 @@ func (x *ProcessID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessID.ProtoReflect.Descriptor instead.
 func (*ProcessID) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ProcessID) GetContainerId() string {
@@ -456,7 +534,7 @@ type TerminalSize struct {
 
 func (x *TerminalSize) Reset() {
 	*x = TerminalSize{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +546,7 @@ func (x *TerminalSize) String() string {
 func (*TerminalSize) ProtoMessage() {}
 
 func (x *TerminalSize) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +559,7 @@ func (x *TerminalSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TerminalSize.ProtoReflect.Descriptor instead.
 func (*TerminalSize) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TerminalSize) GetRows() uint32 {
@@ -523,7 +601,7 @@ type CreateProcessRequest struct {
 
 func (x *CreateProcessRequest) Reset() {
 	*x = CreateProcessRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +613,7 @@ func (x *CreateProcessRequest) String() string {
 func (*CreateProcessRequest) ProtoMessage() {}
 
 func (x *CreateProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +626,7 @@ func (x *CreateProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProcessRequest.ProtoReflect.Descriptor instead.
 func (*CreateProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateProcessRequest) GetId() *ProcessID {
@@ -636,7 +714,7 @@ type CreateProcessResponse struct {
 
 func (x *CreateProcessResponse) Reset() {
 	*x = CreateProcessResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +726,7 @@ func (x *CreateProcessResponse) String() string {
 func (*CreateProcessResponse) ProtoMessage() {}
 
 func (x *CreateProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +739,7 @@ func (x *CreateProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProcessResponse.ProtoReflect.Descriptor instead.
 func (*CreateProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type StartProcessRequest struct {
@@ -673,7 +751,7 @@ type StartProcessRequest struct {
 
 func (x *StartProcessRequest) Reset() {
 	*x = StartProcessRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +763,7 @@ func (x *StartProcessRequest) String() string {
 func (*StartProcessRequest) ProtoMessage() {}
 
 func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +776,7 @@ func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
 func (*StartProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartProcessRequest) GetId() *ProcessID {
@@ -717,7 +795,7 @@ type StartProcessResponse struct {
 
 func (x *StartProcessResponse) Reset() {
 	*x = StartProcessResponse{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +807,7 @@ func (x *StartProcessResponse) String() string {
 func (*StartProcessResponse) ProtoMessage() {}
 
 func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +820,7 @@ func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
 func (*StartProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartProcessResponse) GetPid() uint32 {
@@ -779,7 +857,7 @@ type OutputRequest struct {
 
 func (x *OutputRequest) Reset() {
 	*x = OutputRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +869,7 @@ func (x *OutputRequest) String() string {
 func (*OutputRequest) ProtoMessage() {}
 
 func (x *OutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +882,7 @@ func (x *OutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputRequest.ProtoReflect.Descriptor instead.
 func (*OutputRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *OutputRequest) GetId() *ProcessID {
@@ -845,7 +923,7 @@ type OutputChunk struct {
 
 func (x *OutputChunk) Reset() {
 	*x = OutputChunk{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +935,7 @@ func (x *OutputChunk) String() string {
 func (*OutputChunk) ProtoMessage() {}
 
 func (x *OutputChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +948,7 @@ func (x *OutputChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputChunk.ProtoReflect.Descriptor instead.
 func (*OutputChunk) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OutputChunk) GetOffset() uint64 {
@@ -897,7 +975,7 @@ type WriteStdinRequest struct {
 
 func (x *WriteStdinRequest) Reset() {
 	*x = WriteStdinRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +987,7 @@ func (x *WriteStdinRequest) String() string {
 func (*WriteStdinRequest) ProtoMessage() {}
 
 func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1000,7 @@ func (x *WriteStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinRequest.ProtoReflect.Descriptor instead.
 func (*WriteStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WriteStdinRequest) GetId() *ProcessID {
@@ -948,7 +1026,7 @@ type WriteStdinResponse struct {
 
 func (x *WriteStdinResponse) Reset() {
 	*x = WriteStdinResponse{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1038,7 @@ func (x *WriteStdinResponse) String() string {
 func (*WriteStdinResponse) ProtoMessage() {}
 
 func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1051,7 @@ func (x *WriteStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteStdinResponse.ProtoReflect.Descriptor instead.
 func (*WriteStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WriteStdinResponse) GetWritten() uint32 {
@@ -992,7 +1070,7 @@ type CloseStdinRequest struct {
 
 func (x *CloseStdinRequest) Reset() {
 	*x = CloseStdinRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1082,7 @@ func (x *CloseStdinRequest) String() string {
 func (*CloseStdinRequest) ProtoMessage() {}
 
 func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1095,7 @@ func (x *CloseStdinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinRequest.ProtoReflect.Descriptor instead.
 func (*CloseStdinRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CloseStdinRequest) GetId() *ProcessID {
@@ -1035,7 +1113,7 @@ type CloseStdinResponse struct {
 
 func (x *CloseStdinResponse) Reset() {
 	*x = CloseStdinResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1125,7 @@ func (x *CloseStdinResponse) String() string {
 func (*CloseStdinResponse) ProtoMessage() {}
 
 func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1138,7 @@ func (x *CloseStdinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseStdinResponse.ProtoReflect.Descriptor instead.
 func (*CloseStdinResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 type ResizeTtyRequest struct {
@@ -1073,7 +1151,7 @@ type ResizeTtyRequest struct {
 
 func (x *ResizeTtyRequest) Reset() {
 	*x = ResizeTtyRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1163,7 @@ func (x *ResizeTtyRequest) String() string {
 func (*ResizeTtyRequest) ProtoMessage() {}
 
 func (x *ResizeTtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1176,7 @@ func (x *ResizeTtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizeTtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResizeTtyRequest) GetId() *ProcessID {
@@ -1123,7 +1201,7 @@ type ResizeTtyResponse struct {
 
 func (x *ResizeTtyResponse) Reset() {
 	*x = ResizeTtyResponse{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1213,7 @@ func (x *ResizeTtyResponse) String() string {
 func (*ResizeTtyResponse) ProtoMessage() {}
 
 func (x *ResizeTtyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1226,7 @@ func (x *ResizeTtyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizeTtyResponse.ProtoReflect.Descriptor instead.
 func (*ResizeTtyResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type SignalProcessRequest struct {
@@ -1164,7 +1242,7 @@ type SignalProcessRequest struct {
 
 func (x *SignalProcessRequest) Reset() {
 	*x = SignalProcessRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1254,7 @@ func (x *SignalProcessRequest) String() string {
 func (*SignalProcessRequest) ProtoMessage() {}
 
 func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1267,7 @@ func (x *SignalProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessRequest.ProtoReflect.Descriptor instead.
 func (*SignalProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignalProcessRequest) GetId() *ProcessID {
@@ -1221,7 +1299,7 @@ type SignalProcessResponse struct {
 
 func (x *SignalProcessResponse) Reset() {
 	*x = SignalProcessResponse{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1311,7 @@ func (x *SignalProcessResponse) String() string {
 func (*SignalProcessResponse) ProtoMessage() {}
 
 func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1324,7 @@ func (x *SignalProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalProcessResponse.ProtoReflect.Descriptor instead.
 func (*SignalProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 type WaitProcessRequest struct {
@@ -1258,7 +1336,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1348,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1361,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitProcessRequest) GetId() *ProcessID {
@@ -1302,7 +1380,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1392,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1405,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WaitProcessResponse) GetStatus() *ExitStatus {
@@ -1350,7 +1428,7 @@ type ExitStatus struct {
 
 func (x *ExitStatus) Reset() {
 	*x = ExitStatus{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1440,7 @@ func (x *ExitStatus) String() string {
 func (*ExitStatus) ProtoMessage() {}
 
 func (x *ExitStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1453,7 @@ func (x *ExitStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitStatus.ProtoReflect.Descriptor instead.
 func (*ExitStatus) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExitStatus) GetExitCode() int32 {
@@ -1428,7 +1506,7 @@ type ProcessInfo struct {
 
 func (x *ProcessInfo) Reset() {
 	*x = ProcessInfo{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1518,7 @@ func (x *ProcessInfo) String() string {
 func (*ProcessInfo) ProtoMessage() {}
 
 func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1531,7 @@ func (x *ProcessInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessInfo.ProtoReflect.Descriptor instead.
 func (*ProcessInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ProcessInfo) GetId() *ProcessID {
@@ -1514,7 +1592,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1604,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1617,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProcessesRequest) GetContainerId() string {
@@ -1558,7 +1636,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1648,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1661,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessInfo {
@@ -1602,7 +1680,7 @@ type RemoveProcessRequest struct {
 
 func (x *RemoveProcessRequest) Reset() {
 	*x = RemoveProcessRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1692,7 @@ func (x *RemoveProcessRequest) String() string {
 func (*RemoveProcessRequest) ProtoMessage() {}
 
 func (x *RemoveProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1705,7 @@ func (x *RemoveProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveProcessRequest.ProtoReflect.Descriptor instead.
 func (*RemoveProcessRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveProcessRequest) GetId() *ProcessID {
@@ -1645,7 +1723,7 @@ type RemoveProcessResponse struct {
 
 func (x *RemoveProcessResponse) Reset() {
 	*x = RemoveProcessResponse{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1735,7 @@ func (x *RemoveProcessResponse) String() string {
 func (*RemoveProcessResponse) ProtoMessage() {}
 
 func (x *RemoveProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1748,7 @@ func (x *RemoveProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveProcessResponse.ProtoReflect.Descriptor instead.
 func (*RemoveProcessResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 type KillAllRequest struct {
@@ -1683,7 +1761,7 @@ type KillAllRequest struct {
 
 func (x *KillAllRequest) Reset() {
 	*x = KillAllRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1773,7 @@ func (x *KillAllRequest) String() string {
 func (*KillAllRequest) ProtoMessage() {}
 
 func (x *KillAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +1786,7 @@ func (x *KillAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillAllRequest.ProtoReflect.Descriptor instead.
 func (*KillAllRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KillAllRequest) GetContainerId() string {
@@ -1734,7 +1812,7 @@ type KillAllResponse struct {
 
 func (x *KillAllResponse) Reset() {
 	*x = KillAllResponse{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1824,7 @@ func (x *KillAllResponse) String() string {
 func (*KillAllResponse) ProtoMessage() {}
 
 func (x *KillAllResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1837,7 @@ func (x *KillAllResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillAllResponse.ProtoReflect.Descriptor instead.
 func (*KillAllResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *KillAllResponse) GetSignaled() uint32 {
@@ -1778,7 +1856,7 @@ type SetHostnameRequest struct {
 
 func (x *SetHostnameRequest) Reset() {
 	*x = SetHostnameRequest{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1868,7 @@ func (x *SetHostnameRequest) String() string {
 func (*SetHostnameRequest) ProtoMessage() {}
 
 func (x *SetHostnameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1881,7 @@ func (x *SetHostnameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostnameRequest.ProtoReflect.Descriptor instead.
 func (*SetHostnameRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetHostnameRequest) GetHostname() string {
@@ -1821,7 +1899,7 @@ type SetHostnameResponse struct {
 
 func (x *SetHostnameResponse) Reset() {
 	*x = SetHostnameResponse{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1911,7 @@ func (x *SetHostnameResponse) String() string {
 func (*SetHostnameResponse) ProtoMessage() {}
 
 func (x *SetHostnameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1924,7 @@ func (x *SetHostnameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostnameResponse.ProtoReflect.Descriptor instead.
 func (*SetHostnameResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 // WriteResolvConf writes /etc/resolv.conf (CRI DNSConfig).
@@ -1861,7 +1939,7 @@ type WriteResolvConfRequest struct {
 
 func (x *WriteResolvConfRequest) Reset() {
 	*x = WriteResolvConfRequest{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1873,7 +1951,7 @@ func (x *WriteResolvConfRequest) String() string {
 func (*WriteResolvConfRequest) ProtoMessage() {}
 
 func (x *WriteResolvConfRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1886,7 +1964,7 @@ func (x *WriteResolvConfRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResolvConfRequest.ProtoReflect.Descriptor instead.
 func (*WriteResolvConfRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteResolvConfRequest) GetNameservers() []string {
@@ -1918,7 +1996,7 @@ type WriteResolvConfResponse struct {
 
 func (x *WriteResolvConfResponse) Reset() {
 	*x = WriteResolvConfResponse{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2008,7 @@ func (x *WriteResolvConfResponse) String() string {
 func (*WriteResolvConfResponse) ProtoMessage() {}
 
 func (x *WriteResolvConfResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2021,7 @@ func (x *WriteResolvConfResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResolvConfResponse.ProtoReflect.Descriptor instead.
 func (*WriteResolvConfResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 type Interface struct {
@@ -1960,7 +2038,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2050,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2063,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Interface) GetMac() string {
@@ -2029,7 +2107,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2119,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[35]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2132,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Route) GetDestination() string {
@@ -2105,7 +2183,7 @@ type ConfigureNetworkRequest struct {
 
 func (x *ConfigureNetworkRequest) Reset() {
 	*x = ConfigureNetworkRequest{}
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2195,7 @@ func (x *ConfigureNetworkRequest) String() string {
 func (*ConfigureNetworkRequest) ProtoMessage() {}
 
 func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[36]
+	mi := &file_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2208,7 @@ func (x *ConfigureNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureNetworkRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ConfigureNetworkRequest) GetInterfaces() []*Interface {
@@ -2155,7 +2233,7 @@ type ConfigureNetworkResponse struct {
 
 func (x *ConfigureNetworkResponse) Reset() {
 	*x = ConfigureNetworkResponse{}
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2245,7 @@ func (x *ConfigureNetworkResponse) String() string {
 func (*ConfigureNetworkResponse) ProtoMessage() {}
 
 func (x *ConfigureNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[37]
+	mi := &file_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2258,7 @@ func (x *ConfigureNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureNetworkResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_proto_rawDescGZIP(), []int{38}
 }
 
 // MountShare mounts a host directory shared into the VM.
@@ -2208,7 +2286,7 @@ type MountShareRequest struct {
 
 func (x *MountShareRequest) Reset() {
 	*x = MountShareRequest{}
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2298,7 @@ func (x *MountShareRequest) String() string {
 func (*MountShareRequest) ProtoMessage() {}
 
 func (x *MountShareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[38]
+	mi := &file_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2311,7 @@ func (x *MountShareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountShareRequest.ProtoReflect.Descriptor instead.
 func (*MountShareRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MountShareRequest) GetTag() string {
@@ -2293,7 +2371,7 @@ type MountShareResponse struct {
 
 func (x *MountShareResponse) Reset() {
 	*x = MountShareResponse{}
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2383,7 @@ func (x *MountShareResponse) String() string {
 func (*MountShareResponse) ProtoMessage() {}
 
 func (x *MountShareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[39]
+	mi := &file_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2396,7 @@ func (x *MountShareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountShareResponse.ProtoReflect.Descriptor instead.
 func (*MountShareResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
 type StatsRequest struct {
@@ -2331,7 +2409,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2421,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[40]
+	mi := &file_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2434,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *StatsRequest) GetFilesystemPaths() []string {
@@ -2383,7 +2461,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2395,7 +2473,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2408,7 +2486,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CPUStats) GetUsageCoreNanoseconds() uint64 {
@@ -2438,7 +2516,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2528,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2541,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MemoryStats) GetTotalBytes() uint64 {
@@ -2516,7 +2594,7 @@ type FilesystemStats struct {
 
 func (x *FilesystemStats) Reset() {
 	*x = FilesystemStats{}
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2606,7 @@ func (x *FilesystemStats) String() string {
 func (*FilesystemStats) ProtoMessage() {}
 
 func (x *FilesystemStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2619,7 @@ func (x *FilesystemStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesystemStats.ProtoReflect.Descriptor instead.
 func (*FilesystemStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FilesystemStats) GetPath() string {
@@ -2605,7 +2683,7 @@ type ContainerStats struct {
 
 func (x *ContainerStats) Reset() {
 	*x = ContainerStats{}
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2695,7 @@ func (x *ContainerStats) String() string {
 func (*ContainerStats) ProtoMessage() {}
 
 func (x *ContainerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2708,7 @@ func (x *ContainerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStats.ProtoReflect.Descriptor instead.
 func (*ContainerStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ContainerStats) GetContainerId() string {
@@ -2674,7 +2752,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +2764,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +2777,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *StatsResponse) GetTimestampUnixNano() int64 {
@@ -2749,7 +2827,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2839,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2852,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ShutdownRequest) GetReboot() bool {
@@ -2799,7 +2877,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2811,7 +2889,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2824,7 +2902,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{47}
+	return file_agent_proto_rawDescGZIP(), []int{48}
 }
 
 // PortForwardFrame is both directions of PortForward. The client's first
@@ -2851,7 +2929,7 @@ type PortForwardFrame struct {
 
 func (x *PortForwardFrame) Reset() {
 	*x = PortForwardFrame{}
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2863,7 +2941,7 @@ func (x *PortForwardFrame) String() string {
 func (*PortForwardFrame) ProtoMessage() {}
 
 func (x *PortForwardFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2876,7 +2954,7 @@ func (x *PortForwardFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardFrame.ProtoReflect.Descriptor instead.
 func (*PortForwardFrame) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PortForwardFrame) GetPort() uint32 {
@@ -2923,7 +3001,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x13host_time_unix_nano\x18\x01 \x01(\x03R\x10hostTimeUnixNano\"3\n" +
 	"\fPingResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\"\r\n" +
-	"\vInfoRequest\"\xfe\x02\n" +
+	"\vInfoRequest\"\xbc\x03\n" +
 	"\fInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -2936,7 +3014,15 @@ const file_agent_proto_rawDesc = "" +
 	"\x04pid1\x18\t \x01(\bR\x04pid1\x12\x17\n" +
 	"\anum_cpu\x18\n" +
 	" \x01(\rR\x06numCpu\x12,\n" +
-	"\x12memory_total_bytes\x18\v \x01(\x04R\x10memoryTotalBytes\"G\n" +
+	"\x12memory_total_bytes\x18\v \x01(\x04R\x10memoryTotalBytes\x12<\n" +
+	"\n" +
+	"interfaces\x18\f \x03(\v2\x1c.macvz.agent.v1.NetInterfaceR\n" +
+	"interfaces\"b\n" +
+	"\fNetInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x1c\n" +
+	"\taddresses\x18\x03 \x03(\tR\taddresses\x12\x0e\n" +
+	"\x02up\x18\x04 \x01(\bR\x02up\"G\n" +
 	"\tProcessID\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
@@ -3151,7 +3237,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_agent_proto_goTypes = []any{
 	(Stdio)(0),                       // 0: macvz.agent.v1.Stdio
 	(ProcessState)(0),                // 1: macvz.agent.v1.ProcessState
@@ -3159,121 +3245,123 @@ var file_agent_proto_goTypes = []any{
 	(*PingResponse)(nil),             // 3: macvz.agent.v1.PingResponse
 	(*InfoRequest)(nil),              // 4: macvz.agent.v1.InfoRequest
 	(*InfoResponse)(nil),             // 5: macvz.agent.v1.InfoResponse
-	(*ProcessID)(nil),                // 6: macvz.agent.v1.ProcessID
-	(*TerminalSize)(nil),             // 7: macvz.agent.v1.TerminalSize
-	(*CreateProcessRequest)(nil),     // 8: macvz.agent.v1.CreateProcessRequest
-	(*CreateProcessResponse)(nil),    // 9: macvz.agent.v1.CreateProcessResponse
-	(*StartProcessRequest)(nil),      // 10: macvz.agent.v1.StartProcessRequest
-	(*StartProcessResponse)(nil),     // 11: macvz.agent.v1.StartProcessResponse
-	(*OutputRequest)(nil),            // 12: macvz.agent.v1.OutputRequest
-	(*OutputChunk)(nil),              // 13: macvz.agent.v1.OutputChunk
-	(*WriteStdinRequest)(nil),        // 14: macvz.agent.v1.WriteStdinRequest
-	(*WriteStdinResponse)(nil),       // 15: macvz.agent.v1.WriteStdinResponse
-	(*CloseStdinRequest)(nil),        // 16: macvz.agent.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),       // 17: macvz.agent.v1.CloseStdinResponse
-	(*ResizeTtyRequest)(nil),         // 18: macvz.agent.v1.ResizeTtyRequest
-	(*ResizeTtyResponse)(nil),        // 19: macvz.agent.v1.ResizeTtyResponse
-	(*SignalProcessRequest)(nil),     // 20: macvz.agent.v1.SignalProcessRequest
-	(*SignalProcessResponse)(nil),    // 21: macvz.agent.v1.SignalProcessResponse
-	(*WaitProcessRequest)(nil),       // 22: macvz.agent.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),      // 23: macvz.agent.v1.WaitProcessResponse
-	(*ExitStatus)(nil),               // 24: macvz.agent.v1.ExitStatus
-	(*ProcessInfo)(nil),              // 25: macvz.agent.v1.ProcessInfo
-	(*ListProcessesRequest)(nil),     // 26: macvz.agent.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil),    // 27: macvz.agent.v1.ListProcessesResponse
-	(*RemoveProcessRequest)(nil),     // 28: macvz.agent.v1.RemoveProcessRequest
-	(*RemoveProcessResponse)(nil),    // 29: macvz.agent.v1.RemoveProcessResponse
-	(*KillAllRequest)(nil),           // 30: macvz.agent.v1.KillAllRequest
-	(*KillAllResponse)(nil),          // 31: macvz.agent.v1.KillAllResponse
-	(*SetHostnameRequest)(nil),       // 32: macvz.agent.v1.SetHostnameRequest
-	(*SetHostnameResponse)(nil),      // 33: macvz.agent.v1.SetHostnameResponse
-	(*WriteResolvConfRequest)(nil),   // 34: macvz.agent.v1.WriteResolvConfRequest
-	(*WriteResolvConfResponse)(nil),  // 35: macvz.agent.v1.WriteResolvConfResponse
-	(*Interface)(nil),                // 36: macvz.agent.v1.Interface
-	(*Route)(nil),                    // 37: macvz.agent.v1.Route
-	(*ConfigureNetworkRequest)(nil),  // 38: macvz.agent.v1.ConfigureNetworkRequest
-	(*ConfigureNetworkResponse)(nil), // 39: macvz.agent.v1.ConfigureNetworkResponse
-	(*MountShareRequest)(nil),        // 40: macvz.agent.v1.MountShareRequest
-	(*MountShareResponse)(nil),       // 41: macvz.agent.v1.MountShareResponse
-	(*StatsRequest)(nil),             // 42: macvz.agent.v1.StatsRequest
-	(*CPUStats)(nil),                 // 43: macvz.agent.v1.CPUStats
-	(*MemoryStats)(nil),              // 44: macvz.agent.v1.MemoryStats
-	(*FilesystemStats)(nil),          // 45: macvz.agent.v1.FilesystemStats
-	(*ContainerStats)(nil),           // 46: macvz.agent.v1.ContainerStats
-	(*StatsResponse)(nil),            // 47: macvz.agent.v1.StatsResponse
-	(*ShutdownRequest)(nil),          // 48: macvz.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),         // 49: macvz.agent.v1.ShutdownResponse
-	(*PortForwardFrame)(nil),         // 50: macvz.agent.v1.PortForwardFrame
+	(*NetInterface)(nil),             // 6: macvz.agent.v1.NetInterface
+	(*ProcessID)(nil),                // 7: macvz.agent.v1.ProcessID
+	(*TerminalSize)(nil),             // 8: macvz.agent.v1.TerminalSize
+	(*CreateProcessRequest)(nil),     // 9: macvz.agent.v1.CreateProcessRequest
+	(*CreateProcessResponse)(nil),    // 10: macvz.agent.v1.CreateProcessResponse
+	(*StartProcessRequest)(nil),      // 11: macvz.agent.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),     // 12: macvz.agent.v1.StartProcessResponse
+	(*OutputRequest)(nil),            // 13: macvz.agent.v1.OutputRequest
+	(*OutputChunk)(nil),              // 14: macvz.agent.v1.OutputChunk
+	(*WriteStdinRequest)(nil),        // 15: macvz.agent.v1.WriteStdinRequest
+	(*WriteStdinResponse)(nil),       // 16: macvz.agent.v1.WriteStdinResponse
+	(*CloseStdinRequest)(nil),        // 17: macvz.agent.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),       // 18: macvz.agent.v1.CloseStdinResponse
+	(*ResizeTtyRequest)(nil),         // 19: macvz.agent.v1.ResizeTtyRequest
+	(*ResizeTtyResponse)(nil),        // 20: macvz.agent.v1.ResizeTtyResponse
+	(*SignalProcessRequest)(nil),     // 21: macvz.agent.v1.SignalProcessRequest
+	(*SignalProcessResponse)(nil),    // 22: macvz.agent.v1.SignalProcessResponse
+	(*WaitProcessRequest)(nil),       // 23: macvz.agent.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),      // 24: macvz.agent.v1.WaitProcessResponse
+	(*ExitStatus)(nil),               // 25: macvz.agent.v1.ExitStatus
+	(*ProcessInfo)(nil),              // 26: macvz.agent.v1.ProcessInfo
+	(*ListProcessesRequest)(nil),     // 27: macvz.agent.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),    // 28: macvz.agent.v1.ListProcessesResponse
+	(*RemoveProcessRequest)(nil),     // 29: macvz.agent.v1.RemoveProcessRequest
+	(*RemoveProcessResponse)(nil),    // 30: macvz.agent.v1.RemoveProcessResponse
+	(*KillAllRequest)(nil),           // 31: macvz.agent.v1.KillAllRequest
+	(*KillAllResponse)(nil),          // 32: macvz.agent.v1.KillAllResponse
+	(*SetHostnameRequest)(nil),       // 33: macvz.agent.v1.SetHostnameRequest
+	(*SetHostnameResponse)(nil),      // 34: macvz.agent.v1.SetHostnameResponse
+	(*WriteResolvConfRequest)(nil),   // 35: macvz.agent.v1.WriteResolvConfRequest
+	(*WriteResolvConfResponse)(nil),  // 36: macvz.agent.v1.WriteResolvConfResponse
+	(*Interface)(nil),                // 37: macvz.agent.v1.Interface
+	(*Route)(nil),                    // 38: macvz.agent.v1.Route
+	(*ConfigureNetworkRequest)(nil),  // 39: macvz.agent.v1.ConfigureNetworkRequest
+	(*ConfigureNetworkResponse)(nil), // 40: macvz.agent.v1.ConfigureNetworkResponse
+	(*MountShareRequest)(nil),        // 41: macvz.agent.v1.MountShareRequest
+	(*MountShareResponse)(nil),       // 42: macvz.agent.v1.MountShareResponse
+	(*StatsRequest)(nil),             // 43: macvz.agent.v1.StatsRequest
+	(*CPUStats)(nil),                 // 44: macvz.agent.v1.CPUStats
+	(*MemoryStats)(nil),              // 45: macvz.agent.v1.MemoryStats
+	(*FilesystemStats)(nil),          // 46: macvz.agent.v1.FilesystemStats
+	(*ContainerStats)(nil),           // 47: macvz.agent.v1.ContainerStats
+	(*StatsResponse)(nil),            // 48: macvz.agent.v1.StatsResponse
+	(*ShutdownRequest)(nil),          // 49: macvz.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 50: macvz.agent.v1.ShutdownResponse
+	(*PortForwardFrame)(nil),         // 51: macvz.agent.v1.PortForwardFrame
 }
 var file_agent_proto_depIdxs = []int32{
-	6,  // 0: macvz.agent.v1.CreateProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
-	7,  // 1: macvz.agent.v1.CreateProcessRequest.terminal_size:type_name -> macvz.agent.v1.TerminalSize
-	6,  // 2: macvz.agent.v1.StartProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
-	6,  // 3: macvz.agent.v1.OutputRequest.id:type_name -> macvz.agent.v1.ProcessID
-	0,  // 4: macvz.agent.v1.OutputRequest.stdio:type_name -> macvz.agent.v1.Stdio
-	6,  // 5: macvz.agent.v1.WriteStdinRequest.id:type_name -> macvz.agent.v1.ProcessID
-	6,  // 6: macvz.agent.v1.CloseStdinRequest.id:type_name -> macvz.agent.v1.ProcessID
-	6,  // 7: macvz.agent.v1.ResizeTtyRequest.id:type_name -> macvz.agent.v1.ProcessID
-	7,  // 8: macvz.agent.v1.ResizeTtyRequest.size:type_name -> macvz.agent.v1.TerminalSize
-	6,  // 9: macvz.agent.v1.SignalProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
-	6,  // 10: macvz.agent.v1.WaitProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
-	24, // 11: macvz.agent.v1.WaitProcessResponse.status:type_name -> macvz.agent.v1.ExitStatus
-	6,  // 12: macvz.agent.v1.ProcessInfo.id:type_name -> macvz.agent.v1.ProcessID
-	1,  // 13: macvz.agent.v1.ProcessInfo.state:type_name -> macvz.agent.v1.ProcessState
-	24, // 14: macvz.agent.v1.ProcessInfo.exit:type_name -> macvz.agent.v1.ExitStatus
-	25, // 15: macvz.agent.v1.ListProcessesResponse.processes:type_name -> macvz.agent.v1.ProcessInfo
-	6,  // 16: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
-	36, // 17: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
-	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
-	43, // 19: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
-	44, // 20: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
-	45, // 21: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
-	46, // 22: macvz.agent.v1.StatsResponse.containers:type_name -> macvz.agent.v1.ContainerStats
-	2,  // 23: macvz.agent.v1.Agent.Ping:input_type -> macvz.agent.v1.PingRequest
-	4,  // 24: macvz.agent.v1.Agent.Info:input_type -> macvz.agent.v1.InfoRequest
-	8,  // 25: macvz.agent.v1.Agent.CreateProcess:input_type -> macvz.agent.v1.CreateProcessRequest
-	10, // 26: macvz.agent.v1.Agent.StartProcess:input_type -> macvz.agent.v1.StartProcessRequest
-	12, // 27: macvz.agent.v1.Agent.ReadOutput:input_type -> macvz.agent.v1.OutputRequest
-	14, // 28: macvz.agent.v1.Agent.WriteStdin:input_type -> macvz.agent.v1.WriteStdinRequest
-	16, // 29: macvz.agent.v1.Agent.CloseStdin:input_type -> macvz.agent.v1.CloseStdinRequest
-	18, // 30: macvz.agent.v1.Agent.ResizeTty:input_type -> macvz.agent.v1.ResizeTtyRequest
-	20, // 31: macvz.agent.v1.Agent.SignalProcess:input_type -> macvz.agent.v1.SignalProcessRequest
-	22, // 32: macvz.agent.v1.Agent.WaitProcess:input_type -> macvz.agent.v1.WaitProcessRequest
-	26, // 33: macvz.agent.v1.Agent.ListProcesses:input_type -> macvz.agent.v1.ListProcessesRequest
-	28, // 34: macvz.agent.v1.Agent.RemoveProcess:input_type -> macvz.agent.v1.RemoveProcessRequest
-	30, // 35: macvz.agent.v1.Agent.KillAll:input_type -> macvz.agent.v1.KillAllRequest
-	32, // 36: macvz.agent.v1.Agent.SetHostname:input_type -> macvz.agent.v1.SetHostnameRequest
-	34, // 37: macvz.agent.v1.Agent.WriteResolvConf:input_type -> macvz.agent.v1.WriteResolvConfRequest
-	38, // 38: macvz.agent.v1.Agent.ConfigureNetwork:input_type -> macvz.agent.v1.ConfigureNetworkRequest
-	40, // 39: macvz.agent.v1.Agent.MountShare:input_type -> macvz.agent.v1.MountShareRequest
-	42, // 40: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
-	48, // 41: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
-	50, // 42: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
-	3,  // 43: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
-	5,  // 44: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
-	9,  // 45: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
-	11, // 46: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
-	13, // 47: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
-	15, // 48: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
-	17, // 49: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
-	19, // 50: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
-	21, // 51: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
-	23, // 52: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
-	27, // 53: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
-	29, // 54: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
-	31, // 55: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
-	33, // 56: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
-	35, // 57: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
-	39, // 58: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
-	41, // 59: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
-	47, // 60: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
-	49, // 61: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
-	50, // 62: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
-	43, // [43:63] is the sub-list for method output_type
-	23, // [23:43] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	6,  // 0: macvz.agent.v1.InfoResponse.interfaces:type_name -> macvz.agent.v1.NetInterface
+	7,  // 1: macvz.agent.v1.CreateProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
+	8,  // 2: macvz.agent.v1.CreateProcessRequest.terminal_size:type_name -> macvz.agent.v1.TerminalSize
+	7,  // 3: macvz.agent.v1.StartProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
+	7,  // 4: macvz.agent.v1.OutputRequest.id:type_name -> macvz.agent.v1.ProcessID
+	0,  // 5: macvz.agent.v1.OutputRequest.stdio:type_name -> macvz.agent.v1.Stdio
+	7,  // 6: macvz.agent.v1.WriteStdinRequest.id:type_name -> macvz.agent.v1.ProcessID
+	7,  // 7: macvz.agent.v1.CloseStdinRequest.id:type_name -> macvz.agent.v1.ProcessID
+	7,  // 8: macvz.agent.v1.ResizeTtyRequest.id:type_name -> macvz.agent.v1.ProcessID
+	8,  // 9: macvz.agent.v1.ResizeTtyRequest.size:type_name -> macvz.agent.v1.TerminalSize
+	7,  // 10: macvz.agent.v1.SignalProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
+	7,  // 11: macvz.agent.v1.WaitProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
+	25, // 12: macvz.agent.v1.WaitProcessResponse.status:type_name -> macvz.agent.v1.ExitStatus
+	7,  // 13: macvz.agent.v1.ProcessInfo.id:type_name -> macvz.agent.v1.ProcessID
+	1,  // 14: macvz.agent.v1.ProcessInfo.state:type_name -> macvz.agent.v1.ProcessState
+	25, // 15: macvz.agent.v1.ProcessInfo.exit:type_name -> macvz.agent.v1.ExitStatus
+	26, // 16: macvz.agent.v1.ListProcessesResponse.processes:type_name -> macvz.agent.v1.ProcessInfo
+	7,  // 17: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
+	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
+	38, // 19: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
+	44, // 20: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
+	45, // 21: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
+	46, // 22: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
+	47, // 23: macvz.agent.v1.StatsResponse.containers:type_name -> macvz.agent.v1.ContainerStats
+	2,  // 24: macvz.agent.v1.Agent.Ping:input_type -> macvz.agent.v1.PingRequest
+	4,  // 25: macvz.agent.v1.Agent.Info:input_type -> macvz.agent.v1.InfoRequest
+	9,  // 26: macvz.agent.v1.Agent.CreateProcess:input_type -> macvz.agent.v1.CreateProcessRequest
+	11, // 27: macvz.agent.v1.Agent.StartProcess:input_type -> macvz.agent.v1.StartProcessRequest
+	13, // 28: macvz.agent.v1.Agent.ReadOutput:input_type -> macvz.agent.v1.OutputRequest
+	15, // 29: macvz.agent.v1.Agent.WriteStdin:input_type -> macvz.agent.v1.WriteStdinRequest
+	17, // 30: macvz.agent.v1.Agent.CloseStdin:input_type -> macvz.agent.v1.CloseStdinRequest
+	19, // 31: macvz.agent.v1.Agent.ResizeTty:input_type -> macvz.agent.v1.ResizeTtyRequest
+	21, // 32: macvz.agent.v1.Agent.SignalProcess:input_type -> macvz.agent.v1.SignalProcessRequest
+	23, // 33: macvz.agent.v1.Agent.WaitProcess:input_type -> macvz.agent.v1.WaitProcessRequest
+	27, // 34: macvz.agent.v1.Agent.ListProcesses:input_type -> macvz.agent.v1.ListProcessesRequest
+	29, // 35: macvz.agent.v1.Agent.RemoveProcess:input_type -> macvz.agent.v1.RemoveProcessRequest
+	31, // 36: macvz.agent.v1.Agent.KillAll:input_type -> macvz.agent.v1.KillAllRequest
+	33, // 37: macvz.agent.v1.Agent.SetHostname:input_type -> macvz.agent.v1.SetHostnameRequest
+	35, // 38: macvz.agent.v1.Agent.WriteResolvConf:input_type -> macvz.agent.v1.WriteResolvConfRequest
+	39, // 39: macvz.agent.v1.Agent.ConfigureNetwork:input_type -> macvz.agent.v1.ConfigureNetworkRequest
+	41, // 40: macvz.agent.v1.Agent.MountShare:input_type -> macvz.agent.v1.MountShareRequest
+	43, // 41: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
+	49, // 42: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
+	51, // 43: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
+	3,  // 44: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
+	5,  // 45: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
+	10, // 46: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
+	12, // 47: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
+	14, // 48: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
+	16, // 49: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
+	18, // 50: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
+	20, // 51: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
+	22, // 52: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
+	24, // 53: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
+	28, // 54: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
+	30, // 55: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
+	32, // 56: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
+	34, // 57: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
+	36, // 58: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
+	40, // 59: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
+	42, // 60: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
+	48, // 61: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
+	50, // 62: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
+	51, // 63: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
+	44, // [44:64] is the sub-list for method output_type
+	24, // [24:44] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -3287,7 +3375,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   49,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

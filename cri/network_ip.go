@@ -1,0 +1,163 @@
+package cri
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/macvz/macvz/netplugin/dhcpleases"
+	"github.com/macvz/macvz/netplugin/portproxy"
+	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// On the bridge-tap network the pod IP comes from IPAM at RunPodSandbox.
+// On vmnet (macOS) the guest gets its address by DHCP once it boots, so
+// the daemon learns it: from the guest agent's interface list, else from
+// vmnet's DHCP leases by the NIC's MAC. PodSandboxStatus reports it as
+// soon as it is known. Where the network does not map hostPorts itself
+// (vmnet), the daemon proxies them to that IP (netplugin/portproxy) until
+// StopPodSandbox.
+
+// ipLearnTimeout bounds the background wait for a DHCP address.
+const ipLearnTimeout = 2 * time.Minute
+
+// guestIPs are the global unicast addresses of the guest interface with
+// the given MAC, IPv4 first.
+func guestIPs(ifs []*agentapi.NetInterface, mac string) []string {
+	want, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil
+	}
+	var v4, v6 []string
+	for _, ifc := range ifs {
+		got, err := net.ParseMAC(ifc.GetMac())
+		if err != nil || got.String() != want.String() {
+			continue
+		}
+		for _, a := range ifc.GetAddresses() {
+			ip, _, err := net.ParseCIDR(a)
+			if err != nil || !ip.IsGlobalUnicast() {
+				continue
+			}
+			if ip.To4() != nil {
+				v4 = append(v4, ip.String())
+			} else {
+				v6 = append(v6, ip.String())
+			}
+		}
+	}
+	return append(v4, v6...)
+}
+
+// needsIPs reports whether a sandbox's IPs are to be learned.
+func needsIPs(sb store.Sandbox) bool {
+	return sb.Network != nil && len(sb.IPs) == 0 && len(sb.Network.Addresses) == 0 &&
+		sb.VMStarted && sb.State == store.SandboxReady
+}
+
+// learnIPs asks the guest, then the DHCP leases, for a sandbox's IPs. On
+// success it records them and starts the daemon's hostPort proxies.
+func (s *Service) learnIPs(ctx context.Context, sb store.Sandbox) store.Sandbox {
+	if !needsIPs(sb) {
+		return sb
+	}
+	var ips []string
+	if c, err := s.shimFor(ctx, sb); err == nil {
+		if info, err := c.Agent().Info(ctx, &agentapi.InfoRequest{}); err == nil {
+			ips = guestIPs(info.GetInterfaces(), sb.Network.NIC.MAC)
+		}
+	}
+	if len(ips) == 0 && (sb.Network.NIC.Kind == vm.NICVmnetNAT || sb.Network.NIC.Kind == vm.NICVmnetBridged) {
+		if mac, err := net.ParseMAC(sb.Network.NIC.MAC); err == nil {
+			if ip, err := dhcpleases.LookupIP("", mac); err == nil {
+				ips = []string{ip.String()}
+			}
+		}
+	}
+	if len(ips) == 0 {
+		return sb
+	}
+	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		if len(r.IPs) > 0 {
+			return errNoChange
+		}
+		r.IPs = ips
+		return nil
+	})
+	if err != nil {
+		return sb
+	}
+	sbLog(sb.ID).Info("pod IP learned from the guest", "ips", ips)
+	s.startPorts(rec)
+	return rec
+}
+
+// watchIPs learns a sandbox's IPs in the background after its VM booted,
+// until they are known, the sandbox stops, or ipLearnTimeout.
+func (s *Service) watchIPs(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), ipLearnTimeout)
+	defer cancel()
+	for {
+		sb, err := s.st.Sandbox(id)
+		if err != nil || !needsIPs(sb) {
+			return
+		}
+		if sb = s.learnIPs(ctx, sb); !needsIPs(sb) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			sbLog(id).Warn("the guest has no address on its pod-network interface yet", "waited", ipLearnTimeout, "mac", sb.Network.NIC.MAC)
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// afterBoot settles a booted sandbox's addresses: it starts the hostPort
+// proxies, or the watch for a DHCP address first.
+func (s *Service) afterBoot(sb store.Sandbox) {
+	if needsIPs(sb) {
+		go s.watchIPs(sb.ID)
+		return
+	}
+	s.startPorts(sb)
+}
+
+// startPorts starts the daemon's proxies for a sandbox's hostPorts when
+// its network leaves them to the daemon.
+func (s *Service) startPorts(sb store.Sandbox) {
+	if sb.Network == nil || !sb.Network.PortsByDaemon || len(sb.IPs) == 0 {
+		return
+	}
+	cfg, err := podConfig(sb)
+	if err != nil {
+		return
+	}
+	var ms []portproxy.Mapping
+	for _, p := range portMappings(cfg) {
+		if p.Protocol == "sctp" {
+			continue
+		}
+		ms = append(ms, portproxy.Mapping{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: int(p.HostPort), ContainerPort: int(p.ContainerPort)})
+	}
+	if len(ms) == 0 {
+		return
+	}
+	ip := net.ParseIP(sb.IPs[0])
+	if err := s.ports.Start(sb.ID, ip, ms); err != nil {
+		sbLog(sb.ID).Warn("hostPort proxies", "err", err)
+		return
+	}
+	sbLog(sb.ID).Info("hostPorts proxied to the guest", "ip", ip, "ports", len(ms))
+}
+
+// podIPsOf is the status IPs, learning them first when still unknown.
+func (s *Service) podIPsOf(ctx context.Context, sb store.Sandbox) store.Sandbox {
+	if needsIPs(sb) {
+		return s.learnIPs(ctx, sb)
+	}
+	return sb
+}

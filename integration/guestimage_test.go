@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,8 +11,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-
-	"github.com/macvz/macvz/integration/nettest"
 
 	"github.com/macvz/macvz/integration/guest"
 	"github.com/macvz/macvz/integration/testimage"
@@ -59,9 +58,16 @@ func newVMTestTB(t testing.TB) *vmTest {
 	return newVMTestIn(t, nil, "")
 }
 
+// netNamespace is where a daemon runs (integration/nettest.NetNS on
+// Linux): its name for ip netns exec, and listening inside it.
+type netNamespace interface {
+	NSName() string
+	Listen(network, addr string) (net.Listener, error)
+}
+
 // newVMTestIn starts the daemon in a network namespace (netns "" = the
 // test's own) with extra configuration.
-func newVMTestIn(t testing.TB, netns *nettest.NetNS, extraTOML string) *vmTest {
+func newVMTestIn(t testing.TB, netns netNamespace, extraTOML string) *vmTest {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
@@ -90,7 +96,7 @@ func newVMTestIn(t testing.TB, netns *nettest.NetNS, extraTOML string) *vmTest {
 	v.httpd = v.pullHost + "/macvz/guest:" + guest.RefHTTPD
 	nsName := ""
 	if netns != nil {
-		nsName = netns.Name
+		nsName = netns.NSName()
 	}
 	v.d = startDaemonIn(t, nsName, `[qemu]
 accel = "tcg"

@@ -111,6 +111,9 @@ func NewNetNS(t testing.TB, tag string) *NetNS {
 	return n
 }
 
+// NSName is Name (for interfaces that need a method).
+func (n *NetNS) NSName() string { return n.Name }
+
 // IP runs `ip -n <ns> args...`.
 func (n *NetNS) IP(t testing.TB, args ...string) string {
 	t.Helper()

@@ -1,34 +1,43 @@
 #!/usr/bin/env bash
 # `make demo`: a local registry, the macvz daemon, and crictl driving it.
-# Everything lives in a temporary directory and is removed on exit.
+# Everything lives in a temporary directory and a network namespace of its
+# own (the pod network's bridge, taps and NAT rules are made there, never
+# on this machine's interfaces); both are removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=$PWD/bin
 CRICTL=$PWD/integration/tools/bin/crictl
 work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
+ns=macvz-demo-$$
 pids=()
 cleanup() {
+	[ -S "$work/macvz.sock" ] && crictl rmp -f -a >/dev/null 2>&1 || true
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	ip netns del "$ns" 2>/dev/null || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+# inns runs a command in the demo's network namespace.
+inns() { ip netns exec "$ns" "$@"; }
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 say "starting a local OCI registry"
-"$BIN/testregistry" -addr 127.0.0.1:0 -root "$work/registry" >"$work/registry.log" 2>&1 &
+inns "$BIN/testregistry" -addr 127.0.0.1:0 -root "$work/registry" >"$work/registry.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$work/registry.log" && break; sleep 0.1; done
 reg=$(sed -n 's/^testregistry listening on //p' "$work/registry.log")
 echo "registry at $reg"
 
 say "pushing a Tart-format VM image (Apple-LZ4 disk chunks), an ordinary OCI image and the Linux test guest"
-"$BIN/pushimage" -registry "$reg" -kind tart -repo demo/macos -tag 15 -disk-mib 64
-"$BIN/pushimage" -registry "$reg" -kind oci -repo demo/app -tag 1
-"$BIN/pushimage" -registry "$reg" -kind layout -layout "$BIN/guest/oci" -repo macvz/guest
+inns "$BIN/pushimage" -registry "$reg" -kind tart -repo demo/macos -tag 15 -disk-mib 64
+inns "$BIN/pushimage" -registry "$reg" -kind oci -repo demo/app -tag 1
+inns "$BIN/pushimage" -registry "$reg" -kind layout -layout "$BIN/guest/oci" -repo macvz/guest
 
 say "starting macvz serve"
 cat >"$work/config.toml" <<TOML
@@ -36,10 +45,22 @@ root = "$work/root"
 state = "$work/state"
 socket = "$work/macvz.sock"
 
+[network]
+conf_dir = "$work/net.d"
+bin_dirs = ["$BIN"]
+
 [registry.hosts."$reg"]
 insecure = true
 TOML
-"$BIN/macvz" serve --config "$work/config.toml" 2>"$work/macvz.log" &
+mkdir -p "$work/net.d"
+cat >"$work/net.d/10-macvz.conflist" <<JSON
+{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
+  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
+  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]],
+           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$work/ipam"},
+  "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}
+JSON
+inns "$BIN/macvz" serve --config "$work/config.toml" 2>"$work/macvz.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/macvz.sock" ] && break; sleep 0.1; done
 : >"$work/crictl.yaml"
@@ -61,6 +82,7 @@ run crictl pull "$reg/macvz/guest:httpd"
 cat >"$work/pod.json" <<JSON
 {"metadata": {"name": "demo", "namespace": "default", "uid": "demo-1"},
  "hostname": "demo-pod", "log_directory": "$work/logs",
+ "port_mappings": [{"host_port": 8080, "container_port": 80}],
  "dns_config": {"servers": ["10.96.0.10"], "searches": ["default.svc.cluster.local"]}}
 JSON
 cat >"$work/web.json" <<JSON
@@ -82,7 +104,13 @@ run crictl ps
 run crictl exec -s "$shell" uname -a
 run crictl exec -s "$shell" hostname
 run crictl exec -s "$shell" cat /etc/resolv.conf
-run crictl exec -s "$shell" wget -q -O - http://127.0.0.1/
+run crictl exec -s "$shell" ip -4 addr show eth0
+ip=$(crictl inspectp -o go-template --template '{{.status.network.ip}}' "$pod")
+echo "pod IP: $ip"
+echo "$ inns busybox wget -q -O - http://$ip/    (the pod IP, from the node)"
+inns busybox wget -q -O - "http://$ip/"
+echo "$ inns busybox wget -q -O - http://127.0.0.1:8080/    (hostPort 8080 -> 80)"
+inns busybox wget -q -O - http://127.0.0.1:8080/
 run crictl logs "$shell"
 run crictl stats
 run crictl stopp "$pod"

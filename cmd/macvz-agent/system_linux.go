@@ -202,9 +202,15 @@ func (a *agent) containerStats() []*api.ContainerStats {
 		ut, _ := strconv.ParseUint(f[11], 10, 64)
 		st, _ := strconv.ParseUint(f[12], 10, 64)
 		rss, _ := strconv.ParseUint(f[21], 10, 64)
+		rssBytes := rss * page
+		// stat's rss lags for small processes (the kernel batches its
+		// per-thread counters); smaps_rollup walks the page tables.
+		if r, ok := smapsRSS(e.Name()); ok {
+			rssBytes = r
+		}
 		cs := out[c]
 		cs.CpuUsageCoreNanoseconds += (ut + st) * (uint64(time.Second) / userHZ)
-		cs.MemoryRssBytes += rss * page
+		cs.MemoryRssBytes += rssBytes
 		cs.Processes++
 	}
 	var r []*api.ContainerStats
@@ -474,4 +480,19 @@ func powerOff(reboot bool) {
 func setClock(t time.Time) error {
 	ts := unix.NsecToTimespec(t.UnixNano())
 	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
+}
+
+// smapsRSS is a process's resident memory from /proc/<pid>/smaps_rollup.
+func smapsRSS(pid string) (uint64, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "smaps_rollup"))
+	if err != nil {
+		return 0, false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "Rss:" {
+			kb, err := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10, err == nil
+		}
+	}
+	return 0, false
 }

@@ -1,160 +1,123 @@
 package cri
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"syscall"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
 
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
 )
 
-// maxExecSyncOutput caps each of ExecSync's stdout and stderr, as
-// kubelet does (16 MiB): the rest is dropped.
-const maxExecSyncOutput = 16 << 20
+// outputGrace is how long an exec's output may outlive the process (a
+// background child holding it open) before the session ends anyway.
+const outputGrace = 2 * time.Second
 
-// ExecSync runs a command in a running container's VM, as the
-// container's user and with its environment, and returns its output and
-// exit code. A timeout kills it and answers DeadlineExceeded.
-func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (*runtimeapi.ExecSyncResponse, error) {
+// Exec returns a streaming URL for a command in a running container.
+func (s *Service) Exec(ctx context.Context, r *runtimeapi.ExecRequest) (*runtimeapi.ExecResponse, error) {
 	if len(r.GetCmd()) == 0 {
 		return nil, fmt.Errorf("exec needs a command: %w", errdefs.ErrInvalidArgument)
 	}
-	p, err := s.newExec(ctx, r.GetContainerId(), r.GetCmd(), false, false)
+	c, err := s.runningContainer(ctx, r.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
-	defer p.remove()
-	if r.GetTimeout() > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(r.GetTimeout())*time.Second)
-		defer cancel()
-	}
-	var stdout, stderr bytes.Buffer
-	done := make(chan error, 2)
-	for _, o := range []struct {
-		stdio agentapi.Stdio
-		buf   *bytes.Buffer
-	}{{agentapi.Stdio_STDOUT, &stdout}, {agentapi.Stdio_STDERR, &stderr}} {
-		rd, err := agentapi.OpenOutput(ctx, p.agent, p.id, o.stdio, 0)
-		if err != nil {
-			return nil, fmt.Errorf("reading the exec's output: %w", err)
-		}
-		go func() {
-			defer rd.Close()
-			_, err := io.Copy(o.buf, io.LimitReader(rd, maxExecSyncOutput))
-			if err == nil {
-				// Drain what is over the cap so the process is not
-				// blocked on a full buffer.
-				_, err = io.Copy(io.Discard, rd)
-			}
-			done <- err
-		}()
-	}
-	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
-		return nil, fmt.Errorf("starting the exec: %w", err)
-	}
-	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
-	if err == nil {
-		// The output ends when the process and its children close it.
-		for range 2 {
-			select {
-			case <-done:
-			case <-ctx.Done():
-			}
-		}
-	}
-	if ctx.Err() != nil {
-		p.kill()
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) && r.GetTimeout() > 0 {
-			return nil, fmt.Errorf("command %q timed out after %ds: %w", r.GetCmd(), r.GetTimeout(), context.DeadlineExceeded)
-		}
-		return nil, ctx.Err()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("waiting for the exec: %w", err)
-	}
-	return &runtimeapi.ExecSyncResponse{
-		Stdout:   stdout.Bytes(),
-		Stderr:   stderr.Bytes(),
-		ExitCode: w.GetStatus().GetExitCode(),
-	}, nil
+	req := proto.Clone(r).(*runtimeapi.ExecRequest)
+	req.ContainerId = c.ID
+	return s.stream.GetExec(req)
 }
 
-// execProcess is a process created in a container's VM for an exec.
-type execProcess struct {
-	agent agentapi.AgentClient
-	id    *agentapi.ProcessID
-	log   interface{ Warn(string, ...any) }
-}
-
-// newExec creates (not starts) an exec process in a running container,
-// with the container's user, environment and working directory.
-func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, stdin bool) (*execProcess, error) {
-	c, err := s.st.Container(cid)
+// runningContainer is a container that must be running.
+func (s *Service) runningContainer(ctx context.Context, id string) (store.Container, error) {
+	c, err := s.st.Container(id)
 	if err != nil {
-		return nil, err
+		return c, err
 	}
 	c = s.refreshContainer(ctx, c)
 	if c.State != store.ContainerRunning {
-		return nil, fmt.Errorf("container %s is not running (%s): %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
+		return c, fmt.Errorf("container %s is not running (%s): %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
-	sb, err := s.st.Sandbox(c.SandboxID)
-	if err != nil {
-		return nil, err
-	}
-	sc, err := s.shimFor(ctx, sb)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := ctrConfig(c)
-	if err != nil {
-		return nil, err
-	}
-	pod, err := podConfig(sb)
-	if err != nil {
-		return nil, err
-	}
-	img, err := s.vmImage(ctx, c.ImageID)
-	if err != nil {
-		return nil, err
-	}
-	_, env, cwd, user := processOf(img.desc.Process, cfg)
-	uid, gid, groups, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
-	if err != nil {
-		return nil, err
-	}
-	p := &execProcess{agent: sc.Agent(), id: &agentapi.ProcessID{ContainerId: c.ID, ExecId: randomHex(16)}, log: ctrLog(c)}
-	_, err = p.agent.CreateProcess(ctx, &agentapi.CreateProcessRequest{
-		Id: p.id, Argv: argv, Env: completeEnv(env, podHostname(pod)), Cwd: cwd,
-		Uid: uid, Gid: gid, AdditionalGids: groups, Tty: tty, Stdin: stdin,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("creating the exec in the guest: %w", err)
-	}
-	return p, nil
+	return c, nil
 }
 
-// kill SIGKILLs the exec's process group.
-func (p *execProcess) kill() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// execStream runs an exec session: the command in the container's VM
+// with the session's stdio, tty and resizes. The process is killed and
+// removed when the session ends, however it ends.
+func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
+	p, err := s.newExec(ctx, cid, cmd, tty, in != nil)
+	if err != nil {
+		return err
+	}
+	defer p.remove()
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p.agent.SignalProcess(ctx, &agentapi.SignalProcessRequest{Id: p.id, Signal: uint32(syscall.SIGKILL), Group: true})
-	p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
+	var outputs sync.WaitGroup
+	streams := []struct {
+		stdio agentapi.Stdio
+		w     io.Writer
+	}{{agentapi.Stdio_STDOUT, writerOrNil(out)}}
+	if !tty {
+		streams = append(streams, struct {
+			stdio agentapi.Stdio
+			w     io.Writer
+		}{agentapi.Stdio_STDERR, writerOrNil(errw)})
+	}
+	for _, st := range streams {
+		rd, err := agentapi.OpenOutput(ctx, p.agent, p.id, st.stdio, 0)
+		if err != nil {
+			return fmt.Errorf("reading the exec's output: %w", err)
+		}
+		outputs.Add(1)
+		go func() {
+			defer outputs.Done()
+			defer rd.Close()
+			w := st.w
+			if w == nil {
+				w = io.Discard
+			}
+			io.Copy(w, rd)
+		}()
+	}
+	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
+		return fmt.Errorf("starting the exec: %w", err)
+	}
+	if in != nil {
+		go copyStdin(ctx, p.agent, p.id, in, true)
+	}
+	if tty && resize != nil {
+		go forwardResize(ctx, p.agent, p.id, resize)
+	}
+	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
+	if err != nil {
+		p.kill()
+		return err
+	}
+	done := make(chan struct{})
+	go func() { outputs.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(outputGrace):
+	case <-ctx.Done():
+	}
+	if code := w.GetStatus().GetExitCode(); code != 0 {
+		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", code), Code: int(code)}
+	}
+	return nil
 }
 
-// remove drops the exec from the agent.
-func (p *execProcess) remove() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := p.agent.RemoveProcess(ctx, &agentapi.RemoveProcessRequest{Id: p.id}); err != nil && !errdefs.IsNotFound(err) {
-		p.log.Warn("removing an exec from the guest", "exec", p.id.GetExecId(), "err", err)
+// writerOrNil turns a nil WriteCloser into a nil Writer (not a non-nil
+// interface holding nil).
+func writerOrNil(w io.WriteCloser) io.Writer {
+	if w == nil {
+		return nil
 	}
+	return w
 }

@@ -18,18 +18,6 @@ func notYet(verb string) error {
 	return status.Errorf(codes.Unimplemented, "%s is not implemented by this macvz build yet", verb)
 }
 
-func (s *Service) Exec(context.Context, *runtimeapi.ExecRequest) (*runtimeapi.ExecResponse, error) {
-	return nil, notYet("Exec")
-}
-
-func (s *Service) Attach(context.Context, *runtimeapi.AttachRequest) (*runtimeapi.AttachResponse, error) {
-	return nil, notYet("Attach")
-}
-
-func (s *Service) PortForward(context.Context, *runtimeapi.PortForwardRequest) (*runtimeapi.PortForwardResponse, error) {
-	return nil, notYet("PortForward")
-}
-
 func (s *Service) UpdateRuntimeConfig(context.Context, *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
 	return nil, notYet("UpdateRuntimeConfig")
 }

@@ -38,6 +38,7 @@ type Service struct {
 	st     *store.Store
 	net    *cnimgr.Manager
 	ports  *portproxy.Manager // hostPorts the network leaves to the daemon
+	stream *streamServer      // exec, attach and port-forward sessions
 
 	// locks serialise lifecycle calls per sandbox ID.
 	locks keyedLocks
@@ -85,6 +86,12 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, fmt.Errorf("image store: %w", err)
 	}
+	if s.stream, err = newStreamServer(cfg.Stream, streamRuntime{s}); err != nil {
+		s.images.Close()
+		st.Close()
+		sn.Close()
+		return nil, err
+	}
 	// Re-attach to the shims that outlived the previous daemon before
 	// anything is collected: their disk clones are in use.
 	s.reconcile(ctx)
@@ -103,6 +110,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 // Close releases the stores. In-flight RPCs must have finished.
 // The shims and their VMs keep running: the next daemon re-attaches.
 func (s *Service) Close() error {
+	s.stream.Close()
 	s.ports.Close()
 	s.shimsMu.Lock()
 	for id, c := range s.shims {

@@ -140,9 +140,9 @@ mirrors = [%[1]q]
 			t.Errorf("conditions %+v: want RuntimeReady true, NetworkReady false", info.Status.Conditions)
 		}
 		// A verb this build lacks says so by name.
-		_, err := d.runtimeClient(t).PortForward(context.Background(), &runtimeapi.PortForwardRequest{PodSandboxId: "x"})
-		if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "PortForward is not implemented") {
-			t.Errorf("PortForward: %v, want Unimplemented naming it", err)
+		_, err := d.runtimeClient(t).CheckpointContainer(context.Background(), &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
+		if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "CheckpointContainer is not implemented") {
+			t.Errorf("CheckpointContainer: %v, want Unimplemented naming it", err)
 		}
 	})
 

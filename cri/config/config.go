@@ -19,6 +19,7 @@ type Config struct {
 	VM       VM       `toml:"vm"`
 	QEMU     QEMU     `toml:"qemu"`
 	Network  Network  `toml:"network"`
+	Stream   Stream   `toml:"stream"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz").
 	RuntimeHandlers map[string]RuntimeHandler `toml:"runtime_handlers"`
@@ -54,6 +55,16 @@ type Network struct {
 	CacheDir string `toml:"cache_dir"`
 	// Name picks the configuration whose "name" is this; "" = the first.
 	Name string `toml:"name"`
+}
+
+// Stream is the streaming server that carries exec, attach and
+// port-forward sessions (kubelet proxies `kubectl exec` to its URLs).
+type Stream struct {
+	// Address and Port it listens on; port "0" picks a free one.
+	Address string `toml:"address"`
+	Port    string `toml:"port"`
+	// IdleTimeout ends a session without traffic after this long.
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // RuntimeHandler is one named runtime handler.

@@ -69,6 +69,15 @@ backend = "{{.C.Backend}}"
   # The configuration's "name" to use ("" = the first file in name order).
   name = "{{.C.Network.Name}}"
 
+[stream]
+  # The streaming server for exec, attach and port-forward (the URLs the
+  # CRI returns; kubelet proxies to them). Keep it on loopback: it has no
+  # authentication of its own, the one-time URLs are the only secret.
+  address = "{{.C.Stream.Address}}"
+  # "0" picks a free port at every start.
+  port = "{{.C.Stream.Port}}"
+  idle_timeout = "{{.C.Stream.IdleTimeout}}"
+
 # Runtime handlers (the handler of a RuntimeClass) besides the default
 # ("macvz" or empty). vm_image boots every sandbox of the handler from that
 # image at RunPodSandbox, before any container exists.

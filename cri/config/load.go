@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +38,7 @@ func Default() *Config {
 		},
 		QEMU:            QEMU{Binary: "qemu-system-x86_64", Accel: "auto"},
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
+		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
@@ -112,6 +115,15 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		return bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	if net.ParseIP(c.Stream.Address) == nil {
+		return bad("stream.address", "must be an IP address, got %q", c.Stream.Address)
+	}
+	if p, err := strconv.ParseUint(c.Stream.Port, 10, 16); err != nil || (p == 0 && c.Stream.Port != "0") {
+		return bad("stream.port", "must be a port number (0 = any free port), got %q", c.Stream.Port)
+	}
+	if c.Stream.IdleTimeout <= 0 {
+		return bad("stream.idle_timeout", "must be positive")
 	}
 	if !filepath.IsAbs(c.Network.ConfDir) {
 		return bad("network.conf_dir", "must be an absolute path, got %q", c.Network.ConfDir)

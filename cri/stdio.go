@@ -1,0 +1,79 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/containerd/errdefs"
+	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
+
+	"github.com/macvz/macvz/runtime/agentapi"
+)
+
+// Helpers that carry a streaming session's stdio to a guest process
+// through the agent (exec and attach).
+
+// stdinChunk bounds one WriteStdin: ttrpc messages stay small.
+const stdinChunk = 32 << 10
+
+// copyOutput copies one of a process's output streams to w until it
+// ends (the process and its children closed it) or ctx ends. A nil w
+// drains it: the agent keeps output until it is read.
+func copyOutput(ctx context.Context, a agentapi.AgentClient, id *agentapi.ProcessID, stdio agentapi.Stdio, w io.Writer) error {
+	rd, err := agentapi.OpenOutput(ctx, a, id, stdio, 0)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	if w == nil {
+		w = io.Discard
+	}
+	_, err = io.Copy(w, rd)
+	return err
+}
+
+// copyStdin writes r to a process's stdin until r ends; closeAtEOF then
+// closes the process's stdin (exec; attach with stdin_once).
+func copyStdin(ctx context.Context, a agentapi.AgentClient, id *agentapi.ProcessID, r io.Reader, closeAtEOF bool) error {
+	buf := make([]byte, stdinChunk)
+	for {
+		n, rerr := r.Read(buf)
+		for p := buf[:n]; len(p) > 0; {
+			resp, err := a.WriteStdin(ctx, &agentapi.WriteStdinRequest{Id: id, Data: p})
+			if err != nil {
+				return err
+			}
+			if resp.GetWritten() == 0 {
+				return errors.New("stdin write made no progress")
+			}
+			p = p[resp.GetWritten():]
+		}
+		if rerr != nil {
+			if closeAtEOF {
+				if _, err := a.CloseStdin(ctx, &agentapi.CloseStdinRequest{Id: id}); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+					return err
+				}
+			}
+			if errors.Is(rerr, io.EOF) {
+				return nil
+			}
+			return rerr
+		}
+	}
+}
+
+// forwardResize passes terminal sizes to a process's terminal.
+func forwardResize(ctx context.Context, a agentapi.AgentClient, id *agentapi.ProcessID, resize <-chan remotecommandserver.TerminalSize) {
+	for {
+		select {
+		case sz, ok := <-resize:
+			if !ok {
+				return
+			}
+			a.ResizeTty(ctx, &agentapi.ResizeTtyRequest{Id: id, Size: &agentapi.TerminalSize{Rows: uint32(sz.Height), Cols: uint32(sz.Width)}})
+		case <-ctx.Done():
+			return
+		}
+	}
+}

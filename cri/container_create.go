@@ -31,6 +31,9 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if err := validateResources(cfg.GetLinux().GetResources()); err != nil {
 		return nil, err
 	}
+	if sc := cfg.GetLinux().GetSecurityContext(); sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
+		return nil, fmt.Errorf("container %q sets run_as_group without run_as_user or run_as_username: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
+	}
 	unlock := s.locks.lock(r.GetPodSandboxId())
 	defer unlock()
 	sb, err := s.st.Sandbox(r.GetPodSandboxId())
@@ -48,8 +51,8 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if err != nil {
 		return nil, err
 	}
-	if sb.VMImage != "" && sb.VMImage != img.rec.ID() {
-		return nil, fmt.Errorf("sandbox %s already runs VM image %s; a pod is one VM, so its containers must share one VM image (got %s): %w",
+	if sb.VMImage != "" && sb.VMContent != img.content {
+		return nil, fmt.Errorf("sandbox %s already runs VM image %s; a pod is one VM, so its containers must share one VM image (got %s, which boots a different VM): %w",
 			sb.ID, sb.VMImage, cfg.GetImage().GetImage(), errdefs.ErrFailedPrecondition)
 	}
 	raw, err := proto.Marshal(cfg)
@@ -74,7 +77,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		return nil, err
 	}
 	if sb.VMImage == "" {
-		if _, err := s.st.UpdateSandbox(sb.ID, func(sb *store.Sandbox) error { sb.VMImage = img.rec.ID(); return nil }); err != nil {
+		if _, err := s.st.UpdateSandbox(sb.ID, func(sb *store.Sandbox) error { sb.VMImage, sb.VMContent = img.rec.ID(), img.content; return nil }); err != nil {
 			s.st.DeleteContainer(*c)
 			return nil, err
 		}

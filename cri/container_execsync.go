@@ -127,15 +127,16 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 		return nil, err
 	}
 	_, env, cwd, user := processOf(img.desc.Process, cfg)
-	uid, gid, groups, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
+	pu, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
 	if err != nil {
 		return nil, err
 	}
 	p := &execProcess{agent: sc.Agent(), id: &agentapi.ProcessID{ContainerId: c.ID, ExecId: randomHex(16)}, log: ctrLog(c)}
-	_, err = p.agent.CreateProcess(ctx, &agentapi.CreateProcessRequest{
-		Id: p.id, Argv: argv, Env: completeEnv(env, podHostname(pod)), Cwd: cwd,
-		Uid: uid, Gid: gid, AdditionalGids: groups, Tty: tty, Stdin: stdin,
-	})
+	creq := &agentapi.CreateProcessRequest{
+		Id: p.id, Argv: argv, Env: completeEnv(env, podHostname(pod)), Cwd: cwd, Tty: tty, Stdin: stdin,
+	}
+	pu.apply(creq)
+	_, err = p.agent.CreateProcess(ctx, creq)
 	if err != nil {
 		return nil, fmt.Errorf("creating the exec in the guest: %w", err)
 	}

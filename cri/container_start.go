@@ -126,7 +126,7 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 	if len(argv) == 0 {
 		return time.Time{}, fmt.Errorf("container %s has no command and its image no default process: %w", c.ID, errdefs.ErrInvalidArgument)
 	}
-	uid, gid, groups, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
+	pu, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -135,11 +135,12 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 		return time.Time{}, err
 	}
 	id := &agentapi.ProcessID{ContainerId: c.ID}
-	_, err = sc.Agent().CreateProcess(ctx, &agentapi.CreateProcessRequest{
+	creq := &agentapi.CreateProcessRequest{
 		Id: id, Argv: argv, Env: env, Cwd: cwd,
-		Uid: uid, Gid: gid, AdditionalGids: groups,
 		Tty: cfg.GetTty(), Stdin: cfg.GetStdin(),
-	})
+	}
+	pu.apply(creq)
+	_, err = sc.Agent().CreateProcess(ctx, creq)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("creating the container's process in the guest: %w", err)
 	}
@@ -206,34 +207,57 @@ func completeEnv(env []string, hostname string) []string {
 	return env
 }
 
-// userOf is the uid, gid and supplementary groups a process runs as: the
-// security context's, else the image's user ("uid", "uid:gid", "root").
-// User names other than root cannot be resolved on the host.
-func userOf(sc *runtimeapi.LinuxContainerSecurityContext, imageUser string) (uid, gid uint32, groups []uint32, err error) {
-	if sc.GetRunAsUsername() != "" && sc.GetRunAsUsername() != "root" {
-		return 0, 0, nil, fmt.Errorf("run_as_username %q: macvz runs processes by numeric uid; set run_as_user: %w", sc.GetRunAsUsername(), errdefs.ErrInvalidArgument)
-	}
+// procUser is who a process runs as: what the host knows, and what the
+// agent resolves in the guest's /etc/passwd and /etc/group.
+type procUser struct {
+	uid, gid      uint32
+	groups        []uint32
+	username      string // resolved in the guest
+	gidFromPasswd bool   // gid from the user's passwd entry
+}
+
+// userOf is who a container's processes run as, as containerd decides
+// it: run_as_user / run_as_username, else the image's user ("uid",
+// "name", "uid:gid", "name:gid"); run_as_group, else the image's gid,
+// else the user's primary group in the guest's /etc/passwd; plus the
+// groups /etc/group lists the user in and the supplemental groups.
+func userOf(sc *runtimeapi.LinuxContainerSecurityContext, imageUser string) (procUser, error) {
+	var u procUser
+	gidSet := false
 	if imageUser != "" {
-		u, g, hasG := strings.Cut(imageUser, ":")
-		if uid, err = parseID(u); err != nil {
-			return 0, 0, nil, fmt.Errorf("image user %q: %w", imageUser, err)
+		name, g, hasG := strings.Cut(imageUser, ":")
+		if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+			u.uid = uint32(n)
+		} else {
+			u.username = name
 		}
 		if hasG {
-			if gid, err = parseID(g); err != nil {
-				return 0, 0, nil, fmt.Errorf("image user %q: %w", imageUser, err)
+			n, err := strconv.ParseUint(g, 10, 32)
+			if err != nil {
+				return u, fmt.Errorf("image user %q: group %q is not numeric (group names are not resolved): %w", imageUser, g, errdefs.ErrInvalidArgument)
 			}
+			u.gid, gidSet = uint32(n), true
 		}
 	}
-	if u := sc.GetRunAsUser(); u != nil {
-		uid = uint32(u.GetValue())
+	if v := sc.GetRunAsUser(); v != nil {
+		u.uid, u.username = uint32(v.GetValue()), ""
+	} else if n := sc.GetRunAsUsername(); n != "" {
+		u.uid, u.username = 0, n
 	}
 	if g := sc.GetRunAsGroup(); g != nil {
-		gid = uint32(g.GetValue())
+		u.gid, gidSet = uint32(g.GetValue()), true
 	}
+	u.gidFromPasswd = !gidSet
 	for _, g := range sc.GetSupplementalGroups() {
-		groups = append(groups, uint32(g))
+		u.groups = append(u.groups, uint32(g))
 	}
-	return uid, gid, groups, nil
+	return u, nil
+}
+
+// apply sets the user fields of a CreateProcessRequest.
+func (u procUser) apply(req *agentapi.CreateProcessRequest) {
+	req.Uid, req.Gid, req.AdditionalGids = u.uid, u.gid, u.groups
+	req.Username, req.GidFromPasswd, req.GroupsFromEtc = u.username, u.gidFromPasswd, true
 }
 
 func parseID(s string) (uint32, error) {

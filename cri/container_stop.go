@@ -22,9 +22,14 @@ const killWait = 10 * time.Second
 // StopContainer stops a running container: SIGTERM (or the image's stop
 // signal) to its process group, SIGKILL to all its processes after the
 // timeout. The VM container stops the VM: a graceful guest shutdown with
-// the timeout as grace. Stopping a container that is not running is fine.
+// the timeout as grace. Stopping a container that is not running, or an
+// unknown one, is fine.
 func (s *Service) StopContainer(ctx context.Context, r *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
 	c, err := s.st.Container(r.GetContainerId())
+	if errdefs.IsNotFound(err) {
+		// Idempotent, like every stop and remove.
+		return &runtimeapi.StopContainerResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -58,28 +58,29 @@ func TestUserOf(t *testing.T) {
 		name      string
 		sc        *runtimeapi.LinuxContainerSecurityContext
 		image     string
-		uid, gid  uint32
-		groups    []uint32
+		want      procUser
 		wantError bool
 	}{
-		{"nothing: root", nil, "", 0, 0, nil, false},
-		{"image uid", nil, "1000", 1000, 0, nil, false},
-		{"image uid:gid", nil, "1000:50", 1000, 50, nil, false},
-		{"image root", nil, "root", 0, 0, nil, false},
-		{"image name", nil, "admin", 0, 0, nil, true},
-		{"run_as_user overrides", &runtimeapi.LinuxContainerSecurityContext{RunAsUser: i64(7)}, "1000:50", 7, 50, nil, false},
-		{"run_as_group and groups", &runtimeapi.LinuxContainerSecurityContext{RunAsUser: i64(7), RunAsGroup: i64(8), SupplementalGroups: []int64{9, 10}}, "", 7, 8, []uint32{9, 10}, false},
-		{"run_as_username", &runtimeapi.LinuxContainerSecurityContext{RunAsUsername: "bob"}, "", 0, 0, nil, true},
+		{"nothing: root, its passwd group", nil, "", procUser{gidFromPasswd: true}, false},
+		{"image uid", nil, "1000", procUser{uid: 1000, gidFromPasswd: true}, false},
+		{"image uid:gid", nil, "1000:50", procUser{uid: 1000, gid: 50}, false},
+		{"image name", nil, "www-data", procUser{username: "www-data", gidFromPasswd: true}, false},
+		{"image name:gid", nil, "www-data:7", procUser{username: "www-data", gid: 7}, false},
+		{"image group name", nil, "1000:staff", procUser{}, true},
+		{"run_as_user overrides a name", &runtimeapi.LinuxContainerSecurityContext{RunAsUser: i64(7)}, "www-data:50", procUser{uid: 7, gid: 50}, false},
+		{"run_as_group and groups", &runtimeapi.LinuxContainerSecurityContext{RunAsUser: i64(7), RunAsGroup: i64(8), SupplementalGroups: []int64{9, 10}}, "", procUser{uid: 7, gid: 8, groups: []uint32{9, 10}}, false},
+		{"run_as_username", &runtimeapi.LinuxContainerSecurityContext{RunAsUsername: "nobody"}, "1000", procUser{username: "nobody", gidFromPasswd: true}, false},
 	} {
-		uid, gid, groups, err := userOf(tc.sc, tc.image)
+		got, err := userOf(tc.sc, tc.image)
 		if tc.wantError {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Errorf("%s: err %v, want InvalidArgument", tc.name, err)
 			}
 			continue
 		}
-		if err != nil || uid != tc.uid || gid != tc.gid || !slices.Equal(groups, tc.groups) {
-			t.Errorf("%s: %d:%d %v %v; want %d:%d %v", tc.name, uid, gid, groups, err, tc.uid, tc.gid, tc.groups)
+		if err != nil || got.uid != tc.want.uid || got.gid != tc.want.gid || got.username != tc.want.username ||
+			got.gidFromPasswd != tc.want.gidFromPasswd || !slices.Equal(got.groups, tc.want.groups) {
+			t.Errorf("%s: %+v %v; want %+v", tc.name, got, err, tc.want)
 		}
 	}
 }

@@ -6,14 +6,18 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/containerd/errdefs"
 	"github.com/macvz/macvz/runtime/store"
 )
 
 // StopPodSandbox stops the sandbox's VM (its containers with it) and
-// marks it NotReady. Stopping a stopped sandbox is fine; an unknown ID is
-// NotFound, as with containerd.
+// marks it NotReady. Stopping a stopped, removed or unknown sandbox is
+// fine: the CRI makes stop idempotent (critest checks it).
 func (s *Service) StopPodSandbox(ctx context.Context, r *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
 	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	if errdefs.IsNotFound(err) {
+		return &runtimeapi.StopPodSandboxResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,11 +2,17 @@ package cri
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"strings"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
@@ -29,6 +35,8 @@ const guestSharedDir = "/run/macvz/shared"
 type imageRef struct {
 	rec  imagestore.Image
 	desc *vmimage.Descriptor
+	// content is the digest of its layer list: the VM it boots.
+	content string
 }
 
 // vmImage resolves a reference to a pulled, bootable VM image.
@@ -48,7 +56,29 @@ func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &imageRef{rec: rec, desc: desc}, nil
+	content, err := s.vmContent(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	return &imageRef{rec: rec, desc: desc, content: content}, nil
+}
+
+// vmContent is the digest of a VM image's layer digests, in order.
+func (s *Service) vmContent(ctx context.Context, rec imagestore.Image) (string, error) {
+	b, err := content.ReadBlob(ctx, s.images.Content(), rec.Manifest)
+	if err != nil {
+		return "", fmt.Errorf("image %s: reading its manifest: %w", rec.Name, err)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return "", fmt.Errorf("image %s: manifest: %w", rec.Name, err)
+	}
+	var list strings.Builder
+	for _, l := range m.Layers {
+		list.WriteString(l.Digest.String())
+		list.WriteByte('\n')
+	}
+	return digest.FromString(list.String()).String(), nil
 }
 
 // baseDescriptor reads vm.json from an image's committed base (read in

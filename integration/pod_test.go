@@ -510,6 +510,9 @@ func TestPodBadInput(t *testing.T) {
 	ociImg := v.reg.Ref("demo/app", "1")
 	push(t, v.reg, "demo/app", built(t)(testimage.OCI(testimage.OCIOptions{Seed: 7})), "1")
 	v.d.mustCrictl("pull", ociImg)
+	macos := v.reg.Ref("demo/macos", "15")
+	push(t, v.reg, "demo/macos", built(t)(testimage.Tart(testimage.TartOptions{Seed: 8})), "15")
+	v.d.mustCrictl("pull", macos)
 	snapsBefore := v.snapshotDirs(t)
 	podCfg := v.podConfig(t, "bad", nil)
 	pod := v.runPod(t, podCfg)
@@ -537,7 +540,11 @@ func TestPodBadInput(t *testing.T) {
 	}
 	// A second, different VM image in one pod.
 	c := strings.TrimSpace(v.d.mustCrictl("create", pod, v.ctrConfig(t, "first", v.plain, map[string]any{"command": []string{"sleep", "60"}}), podCfg))
-	out, err := v.d.crictl("create", pod, v.ctrConfig(t, "second", v.httpd, nil), podCfg)
+	// The httpd guest boots the same VM (same layers, another default
+	// process): fine. A macOS (Tart) image boots another: refused.
+	second := strings.TrimSpace(v.d.mustCrictl("create", pod, v.ctrConfig(t, "same-vm", v.httpd, nil), podCfg))
+	v.d.mustCrictl("rm", second)
+	out, err := v.d.crictl("create", pod, v.ctrConfig(t, "second", macos, nil), podCfg)
 	if err == nil || !strings.Contains(out, "FailedPrecondition") || !strings.Contains(out, "one VM image") {
 		t.Errorf("second VM image: err %v, output:\n%s", err, out)
 	}

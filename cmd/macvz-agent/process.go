@@ -107,6 +107,9 @@ func (a *agent) CreateProcess(ctx context.Context, req *api.CreateProcessRequest
 			return nil, errf(codes.InvalidArgument, "process %s: environment entry %q is not KEY=VALUE", k, e)
 		}
 	}
+	if err := resolveUser(a.cfg.etcDir, req); err != nil {
+		return nil, err
+	}
 	p := &process{
 		key:    k,
 		req:    req,

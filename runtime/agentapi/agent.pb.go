@@ -595,8 +595,19 @@ type CreateProcessRequest struct {
 	// output_buffer_bytes bounds the output kept for a reader per stream;
 	// 0 = the default (4 MiB).
 	OutputBufferBytes uint32 `protobuf:"varint,11,opt,name=output_buffer_bytes,json=outputBufferBytes,proto3" json:"output_buffer_bytes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// username, when set, is looked up in the guest's /etc/passwd and
+	// replaces uid (and gid, when gid_from_passwd); an unknown name fails
+	// with NotFound.
+	Username string `protobuf:"bytes,12,opt,name=username,proto3" json:"username,omitempty"`
+	// gid_from_passwd takes gid from the user's /etc/passwd entry (the
+	// user found by username, else by uid); a uid without an entry keeps
+	// gid.
+	GidFromPasswd bool `protobuf:"varint,13,opt,name=gid_from_passwd,json=gidFromPasswd,proto3" json:"gid_from_passwd,omitempty"`
+	// groups_from_etc adds to additional_gids the groups /etc/group lists
+	// the user in (as Docker and containerd do).
+	GroupsFromEtc bool `protobuf:"varint,14,opt,name=groups_from_etc,json=groupsFromEtc,proto3" json:"groups_from_etc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateProcessRequest) Reset() {
@@ -704,6 +715,27 @@ func (x *CreateProcessRequest) GetOutputBufferBytes() uint32 {
 		return x.OutputBufferBytes
 	}
 	return 0
+}
+
+func (x *CreateProcessRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *CreateProcessRequest) GetGidFromPasswd() bool {
+	if x != nil {
+		return x.GidFromPasswd
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetGroupsFromEtc() bool {
+	if x != nil {
+		return x.GroupsFromEtc
+	}
+	return false
 }
 
 type CreateProcessResponse struct {
@@ -3028,7 +3060,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xe1\x02\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xcd\x03\n" +
 	"\x14CreateProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\x12\x12\n" +
 	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
@@ -3041,7 +3073,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\t \x01(\bR\x05stdin\x12A\n" +
 	"\rterminal_size\x18\n" +
 	" \x01(\v2\x1c.macvz.agent.v1.TerminalSizeR\fterminalSize\x12.\n" +
-	"\x13output_buffer_bytes\x18\v \x01(\rR\x11outputBufferBytes\"\x17\n" +
+	"\x13output_buffer_bytes\x18\v \x01(\rR\x11outputBufferBytes\x12\x1a\n" +
+	"\busername\x18\f \x01(\tR\busername\x12&\n" +
+	"\x0fgid_from_passwd\x18\r \x01(\bR\rgidFromPasswd\x12&\n" +
+	"\x0fgroups_from_etc\x18\x0e \x01(\bR\rgroupsFromEtc\"\x17\n" +
 	"\x15CreateProcessResponse\"@\n" +
 	"\x13StartProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\"(\n" +

@@ -51,6 +51,10 @@ type Sandbox struct {
 	// VMImage is the image ID whose base the VM disk is cloned from, set by
 	// the first VM-image container (or the pod annotation).
 	VMImage string `json:"vmImage,omitempty"`
+	// VMContent identifies what the VM boots (the VM image's layers:
+	// kernel, initrd, disk): images that differ only in their config
+	// (default process) boot the same VM and may share a pod.
+	VMContent string `json:"vmContent,omitempty"`
 	// VMStarted is set once the VM has booted and its agent answered.
 	VMStarted bool `json:"vmStarted,omitempty"`
 	// Disk is the snapshotter key of the sandbox's disk clone, if any.

@@ -1,0 +1,261 @@
+//go:build linux
+
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/integration/nettest"
+	"github.com/macvz/macvz/integration/testimage"
+	"github.com/macvz/macvz/integration/testregistry"
+)
+
+// TestCritest runs critest (cri-tools v1.36.0) against the real daemon
+// with the QEMU backend, in a network namespace with the bridge-tap pod
+// network. The images critest pulls keep their upstream names: the test
+// registry serves them through macvz's registry mirrors. Specs listed in
+// critest/skip.txt are skipped (each with its reason); any other spec
+// that fails fails the test. `make critest` runs only this.
+func TestCritest(t *testing.T) {
+	critest := os.Getenv("CRITEST")
+	if critest == "" {
+		_, self, _, _ := runtime.Caller(0)
+		critest = filepath.Join(filepath.Dir(self), "tools", "bin", "critest")
+	}
+	if _, err := os.Stat(critest); err != nil {
+		unavailable(t, "needs critest at %s: run `make tools`", critest)
+	}
+	nettest.Require(t)
+	bin, err := netPlugins()
+	if err != nil {
+		t.Fatalf("building the CNI plugins: %v", err)
+	}
+	imgs, err := guestImages()
+	if err != nil {
+		t.Fatalf("building the test guest: %v", err)
+	}
+	ns := nettest.NewNetNS(t, "critest")
+	reg := testregistry.Start(t, testregistry.Options{})
+	pushCritestImages(t, reg, imgs)
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := reg.ServeOn(ln)
+
+	confDir, ipamDir := t.TempDir(), t.TempDir()
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
+  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
+  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q},
+  "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}`, ipamDir)
+	if err := os.WriteFile(filepath.Join(confDir, "10-macvz.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var mirrors strings.Builder
+	for _, host := range []string{"registry.k8s.io", "gcr.io", "k8s.gcr.io"} {
+		fmt.Fprintf(&mirrors, "[registry.hosts.%q]\nmirrors = [%q]\n\n", host, mirror)
+	}
+	fmt.Fprintf(&mirrors, "[registry.hosts.%q]\ninsecure = true\n", mirror)
+	d := startDaemonIn(t, ns.Name, fmt.Sprintf(`[qemu]
+accel = "tcg"
+
+[network]
+conf_dir = %q
+bin_dirs = [%q]
+
+%s`, confDir, bin, mirrors.String()))
+
+	skips := readSkips(t)
+	report := filepath.Join(t.TempDir(), "junit.xml")
+	args := []string{"netns", "exec", ns.Name, critest,
+		"--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket,
+		"--ginkgo.skip", skipRegexp(skips), "--ginkgo.junit-report", report,
+		"--ginkgo.no-color", "--ginkgo.timeout", "50m"}
+	if f := os.Getenv("CRITEST_FOCUS"); f != "" {
+		args = append(args, "--ginkgo.focus", f)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The whole output goes to CRITEST_LOG when set; the test log gets
+	// ginkgo's summary (from "Summarizing N Failures" on, or the last
+	// lines), which has each failure's reason.
+	var logf io.Writer = io.Discard
+	if p := os.Getenv("CRITEST_LOG"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		logf = f
+	}
+	var all []string
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fmt.Fprintln(logf, sc.Text())
+		all = append(all, sc.Text())
+	}
+	runErr := cmd.Wait()
+	from := max(0, len(all)-8)
+	for i, l := range all {
+		if strings.HasPrefix(l, "Summarizing ") {
+			from = i
+			break
+		}
+	}
+	t.Logf("critest summary:\n%s", strings.Join(all[from:], "\n"))
+
+	passed, failed, skipped := readJUnit(t, report)
+	t.Logf("critest: %d passed, %d failed, %d skipped (skip list: %d entries)", len(passed), len(failed), len(skipped), len(skips))
+	for _, f := range failed {
+		t.Errorf("critest spec failed (not in critest/skip.txt): %s", f)
+	}
+	if runErr != nil && len(failed) == 0 {
+		t.Errorf("critest: %v (no failed spec in the report)", runErr)
+	}
+}
+
+// unavailable skips outside CI and fails under CI=true.
+func unavailable(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// skip is one line of critest/skip.txt: a spec name (a substring of the
+// full spec text) and why it is skipped.
+type skip struct{ spec, reason string }
+
+func readSkips(t *testing.T) []skip {
+	t.Helper()
+	_, self, _, _ := runtime.Caller(0)
+	f, err := os.Open(filepath.Join(filepath.Dir(self), "critest", "skip.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []skip
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		spec, reason, ok := strings.Cut(l, " -- ")
+		if !ok || strings.TrimSpace(reason) == "" {
+			t.Fatalf("critest/skip.txt: %q has no reason (`spec -- reason`)", l)
+		}
+		out = append(out, skip{strings.TrimSpace(spec), strings.TrimSpace(reason)})
+	}
+	return out
+}
+
+func skipRegexp(skips []skip) string {
+	var parts []string
+	for _, s := range skips {
+		parts = append(parts, regexp.QuoteMeta(s.spec))
+	}
+	if len(parts) == 0 {
+		return "^$"
+	}
+	return strings.Join(parts, "|")
+}
+
+// readJUnit returns the names of passed, failed and skipped specs.
+func readJUnit(t *testing.T, path string) (passed, failed, skipped []string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("critest wrote no report: %v", err)
+	}
+	var r struct {
+		Suites []struct {
+			Cases []struct {
+				Name    string    `xml:"name,attr"`
+				Status  string    `xml:"status,attr"`
+				Failure *struct{} `xml:"failure"`
+				Error   *struct{} `xml:"error"`
+				Skipped *struct{} `xml:"skipped"`
+			} `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	if err := xml.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range r.Suites {
+		for _, c := range s.Cases {
+			switch {
+			case c.Failure != nil || c.Error != nil:
+				failed = append(failed, c.Name)
+			case c.Skipped != nil:
+				skipped = append(skipped, c.Name)
+			default:
+				passed = append(passed, c.Name)
+			}
+		}
+	}
+	sort.Strings(failed)
+	return passed, failed, skipped
+}
+
+// pushCritestImages pushes what critest pulls, under the upstream
+// repository names (the mirror keeps the path): the test guests stand in
+// for busybox, nginx and httpd; ordinary OCI images for the cri-tools
+// test images, with the User their specs check.
+func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[string]testimage.Image) {
+	t.Helper()
+	ctx := context.Background()
+	mk := built(t)
+	put := func(repo, tag string, img testimage.Image) {
+		t.Helper()
+		if err := reg.Push(ctx, repo, tag, img); err != nil {
+			t.Fatalf("pushing %s:%s: %v", repo, tag, err)
+		}
+	}
+	put("e2e-test-images/busybox", "1.29-2", guests[guest.RefPlain])
+	put("e2e-test-images/nginx", "1.14-2", guests[guest.RefHTTPD])
+	put("e2e-test-images/httpd", "2.4.39-4", guests[guest.RefHTTPD])
+	put("pause", "3.9", mk(testimage.OCI(testimage.OCIOptions{Seed: 100})))
+	const staging = "k8s-staging-cri-tools/"
+	for i, u := range []struct{ repo, user string }{
+		{"test-image-user-uid", "1002"},
+		{"test-image-user-username", "www-data"},
+		{"test-image-user-uid-group", "1003:1004"},
+		{"test-image-user-username-group", "www-data:1004"},
+	} {
+		put(staging+u.repo, "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(110 + i), User: u.user})))
+	}
+	put(staging+"test-image-latest", "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: 120})))
+	tagged := mk(testimage.OCI(testimage.OCIOptions{Seed: 121}))
+	put(staging+"test-image-tag", "test", tagged)
+	put(staging+"test-image-tag", "all", tagged)
+	for i := 1; i <= 3; i++ {
+		put(fmt.Sprintf("%stest-image-%d", staging, i), "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(130 + i)})))
+	}
+	tags := mk(testimage.OCI(testimage.OCIOptions{Seed: 140}))
+	for i := 1; i <= 3; i++ {
+		put(staging+"test-image-tags", fmt.Sprint(i), tags)
+	}
+}

@@ -57,7 +57,7 @@ func (s *Service) networkStatus(ctx context.Context) *cnimgr.StatusError {
 func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runtimeapi.PodSandboxConfig) error {
 	if hostNetwork(cfg) {
 		n := &store.Network{
-			NIC:       vm.NIC{Kind: hostNetworkNIC(), MAC: netplugin.GuestMAC("host-network", sb.ID, "eth0")},
+			NIC:       vm.NIC{Kind: hostNetworkNIC(), MAC: netplugin.GuestMAC("host-network", sb.ID, "eth0"), Forwards: hostNetworkForwards(cfg)},
 			IfName:    "eth0",
 			Addresses: []string{userNetGuest},
 			Routes:    []store.Route{{GW: userNetGateway}},
@@ -93,6 +93,29 @@ func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runt
 	*sb = rec
 	sbLog(sb.ID).Info("pod network attached", "ips", rec.IPs, "nic", n.NIC.Kind, "device", n.NIC.Device, "mac", n.NIC.MAC)
 	return nil
+}
+
+// hostNetworkForwards are a host-network pod's ports, forwarded from the
+// node to the guest by the hypervisor's NAT: the node's ports are the
+// pod's ports (hostPort defaults to the container port, as Kubernetes
+// has it for host-network pods).
+func hostNetworkForwards(cfg *runtimeapi.PodSandboxConfig) []vm.Forward {
+	if hostNetworkNIC() != vm.NICUser {
+		return nil // vz: the daemon proxies to the guest's NAT address
+	}
+	var out []vm.Forward
+	for _, p := range cfg.GetPortMappings() {
+		host := p.GetHostPort()
+		if host <= 0 {
+			host = p.GetContainerPort()
+		}
+		proto := strings.ToLower(p.GetProtocol().String())
+		if host <= 0 || p.GetContainerPort() <= 0 || (proto != "tcp" && proto != "udp") {
+			continue
+		}
+		out = append(out, vm.Forward{Protocol: proto, HostIP: p.GetHostIp(), HostPort: int(host), GuestPort: int(p.GetContainerPort())})
+	}
+	return out
 }
 
 // hostNetworkNIC is the hypervisor NAT of this platform's backend.

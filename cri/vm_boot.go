@@ -130,6 +130,11 @@ func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *r
 	if err := configureGuestNetwork(ctx, a, n); err != nil {
 		return err
 	}
+	if sc := pod.GetLinux().GetSysctls(); len(sc) > 0 {
+		if _, err := a.SetSysctls(ctx, &agentapi.SetSysctlsRequest{Sysctls: sc}); err != nil {
+			return fmt.Errorf("applying the pod's sysctls in the guest: %w", err)
+		}
+	}
 	if h := podHostname(pod); h != "" {
 		if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
 			return fmt.Errorf("setting the guest's hostname: %w", err)

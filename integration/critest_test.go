@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/macvz/macvz/vmimage"
+
 	"github.com/macvz/macvz/integration/guest"
 	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testimage"
@@ -237,7 +239,15 @@ func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[stri
 	put("e2e-test-images/busybox", "1.29-2", guests[guest.RefPlain])
 	put("e2e-test-images/nginx", "1.14-2", guests[guest.RefHTTPD])
 	put("e2e-test-images/httpd", "2.4.39-4", guests[guest.RefHTTPD])
-	put("pause", "3.9", mk(testimage.OCI(testimage.OCIOptions{Seed: 100})))
+	// pause holds a sandbox and does nothing: a VM image with no default
+	// process, whose container stands for the VM itself.
+	put("pause", "3.9", guestVariant(t, guests[guest.RefPlain], "macvz.test-image=pause", nil))
+	// hostnet-nginx serves on port 12003 (cri-tools' images/hostnet-nginx).
+	put("k8s-staging-cri-tools/hostnet-nginx-"+runtime.GOARCH, "latest", guestVariant(t, guests[guest.RefPlain], "", &vmimage.Process{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"echo nginx stand-in on port 12003; exec /bin/busybox httpd -f -p 12003 -h /www"},
+		Env:        []string{"PATH=/bin"},
+	}))
 	const staging = "k8s-staging-cri-tools/"
 	for i, u := range []struct{ repo, user string }{
 		{"test-image-user-uid", "1002"},
@@ -245,17 +255,46 @@ func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[stri
 		{"test-image-user-uid-group", "1003:1004"},
 		{"test-image-user-username-group", "www-data:1004"},
 	} {
-		put(staging+u.repo, "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(110 + i), User: u.user})))
+		put(staging+u.repo, "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(110 + i), User: u.user, Env: []string{"IMAGE=" + u.repo}})))
 	}
-	put(staging+"test-image-latest", "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: 120})))
-	tagged := mk(testimage.OCI(testimage.OCIOptions{Seed: 121}))
+	put(staging+"test-image-latest", "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: 120, Env: []string{"IMAGE=test-image-latest"}})))
+	// test-image-tag runs containers (the image-identifier specs): a VM
+	// image, the plain guest under another identity.
+	tagged := guestVariant(t, guests[guest.RefPlain], "macvz.test-image=tag", nil)
 	put(staging+"test-image-tag", "test", tagged)
 	put(staging+"test-image-tag", "all", tagged)
 	for i := 1; i <= 3; i++ {
-		put(fmt.Sprintf("%stest-image-%d", staging, i), "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(130 + i)})))
+		put(fmt.Sprintf("%stest-image-%d", staging, i), "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(130 + i), Env: []string{fmt.Sprintf("IMAGE=test-image-%d", i)}})))
 	}
-	tags := mk(testimage.OCI(testimage.OCIOptions{Seed: 140}))
+	tags := mk(testimage.OCI(testimage.OCIOptions{Seed: 140, Env: []string{"IMAGE=test-image-tags"}}))
 	for i := 1; i <= 3; i++ {
 		put(staging+"test-image-tags", fmt.Sprint(i), tags)
 	}
+}
+
+// guestVariant is a test guest image with another kernel command line
+// suffix and default process: the same kernel and initrd, so the same VM.
+func guestVariant(t *testing.T, base testimage.Image, cmdlineExtra string, proc *vmimage.Process) testimage.Image {
+	t.Helper()
+	var kernel, initrd []byte
+	for _, b := range base.Blobs {
+		switch b.Desc.MediaType {
+		case vmimage.MediaTypeLinuxKernel:
+			kernel = b.Data
+		case vmimage.MediaTypeLinuxInitrd:
+			initrd = b.Data
+		}
+	}
+	cmdline := guest.DefaultCmdline
+	if cmdlineExtra != "" {
+		cmdline += " " + cmdlineExtra
+	}
+	img, err := testimage.Linux(testimage.LinuxOptions{
+		Kernel: kernel, Initrd: initrd, KernelCmdline: cmdline, Process: proc,
+		MinCPUs: guest.MinCPUs, MinMemoryBytes: guest.MinMemoryBytes,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }

@@ -74,3 +74,7 @@ func powerOff(reboot bool) {}
 
 // setClock: macOS guests keep their own time (timed/NTP).
 func setClock(t time.Time) error { return nil }
+
+func (a *agent) SetSysctls(ctx context.Context, req *api.SetSysctlsRequest) (*api.SetSysctlsResponse, error) {
+	return nil, errDarwin
+}

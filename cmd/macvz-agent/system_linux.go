@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -495,4 +496,30 @@ func smapsRSS(pid string) (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+func (a *agent) SetSysctls(ctx context.Context, req *api.SetSysctlsRequest) (*api.SetSysctlsResponse, error) {
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "SetSysctls: the agent does not own this machine")
+	}
+	names := make([]string, 0, len(req.Sysctls))
+	for k := range req.Sysctls {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		rel := strings.ReplaceAll(k, ".", "/")
+		if k == "" || strings.Contains(k, "..") || strings.HasPrefix(rel, "/") {
+			return nil, errf(codes.InvalidArgument, "SetSysctls: invalid name %q", k)
+		}
+		p := filepath.Join("/proc/sys", rel)
+		if err := os.WriteFile(p, []byte(req.Sysctls[k]), 0o644); err != nil {
+			c := codes.Internal
+			if errors.Is(err, os.ErrNotExist) {
+				c = codes.NotFound
+			}
+			return nil, osErr(c, err, "setting sysctl %s", k)
+		}
+	}
+	return &api.SetSysctlsResponse{}, nil
 }

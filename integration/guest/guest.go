@@ -56,14 +56,32 @@ const (
 	MinMemoryBytes = 256 << 20
 )
 
-// HTTPDProcess is the RefHTTPD image's default process.
+// HTTPDProcess is the RefHTTPD image's default process: busybox httpd in
+// the foreground, logging requests (-v), after a start line on stdout (a
+// web server that says it started, as Apache's httpd image does).
 var HTTPDProcess = vmimage.Process{
-	Entrypoint: []string{"/bin/busybox", "httpd"},
-	Cmd:        []string{"-f", "-p", "80", "-h", "/www"},
+	Entrypoint: []string{"/bin/sh", "-c"},
+	Cmd:        []string{"echo httpd: serving /www on port 80; exec /bin/busybox httpd -f -v -p 80 -h /www"},
 	Env:        []string{"PATH=/bin"},
 	WorkingDir: "/",
 	User:       "0",
 }
+
+// pgrepScript is /bin/pgrep: Debian's busybox-static has no pgrep applet,
+// and tools that inspect a pod (critest among them) expect one. It does
+// what procps pgrep does with one pattern: the PIDs whose process name
+// matches it (an extended regular expression); exit 1 when none.
+const pgrepScript = `#!/bin/sh
+[ $# -eq 1 ] || { echo "usage: pgrep PATTERN" >&2; exit 2; }
+found=1
+for d in /proc/[0-9]*; do
+	read -r name < "$d/comm" 2>/dev/null || continue
+	pid=${d#/proc/}
+	[ "$pid" = "$$" ] && continue
+	if echo "$name" | grep -Eq -- "$1"; then echo "$pid"; found=0; fi
+done
+exit $found
+`
 
 // IndexHTML is /www/index.html, what the RefHTTPD image serves.
 const IndexHTML = "<html><body>hello from the macvz guest</body></html>\n"
@@ -152,7 +170,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		Kernel:  k,
 		Modules: o.Modules,
 		Busybox: bb,
-		Files:   []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}},
+		Files:   []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}},
 		Gzip:    o.Gzip,
 
 		KeepModuleSignatures: o.KeepModuleSignatures,

@@ -2431,6 +2431,91 @@ func (*MountShareResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{40}
 }
 
+// SetSysctls writes kernel parameters (/proc/sys) of the guest: a pod's
+// sysctls, safe and unsafe alike (the VM is the pod's own kernel).
+// Names use dots or slashes ("kernel.shm_rmid_forced",
+// "net/ipv4/ip_forward"); an unknown one is NotFound, and nothing after
+// it is written.
+type SetSysctlsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sysctls       map[string]string      `protobuf:"bytes,1,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSysctlsRequest) Reset() {
+	*x = SetSysctlsRequest{}
+	mi := &file_agent_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSysctlsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSysctlsRequest) ProtoMessage() {}
+
+func (x *SetSysctlsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSysctlsRequest.ProtoReflect.Descriptor instead.
+func (*SetSysctlsRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *SetSysctlsRequest) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+type SetSysctlsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSysctlsResponse) Reset() {
+	*x = SetSysctlsResponse{}
+	mi := &file_agent_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSysctlsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSysctlsResponse) ProtoMessage() {}
+
+func (x *SetSysctlsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSysctlsResponse.ProtoReflect.Descriptor instead.
+func (*SetSysctlsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{42}
+}
+
 type StatsRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	FilesystemPaths []string               `protobuf:"bytes,1,rep,name=filesystem_paths,json=filesystemPaths,proto3" json:"filesystem_paths,omitempty"` // report usage of these mount points
@@ -2441,7 +2526,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2538,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[41]
+	mi := &file_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2551,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StatsRequest) GetFilesystemPaths() []string {
@@ -2493,7 +2578,7 @@ type CPUStats struct {
 
 func (x *CPUStats) Reset() {
 	*x = CPUStats{}
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2590,7 @@ func (x *CPUStats) String() string {
 func (*CPUStats) ProtoMessage() {}
 
 func (x *CPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[42]
+	mi := &file_agent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2603,7 @@ func (x *CPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CPUStats.ProtoReflect.Descriptor instead.
 func (*CPUStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{42}
+	return file_agent_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CPUStats) GetUsageCoreNanoseconds() uint64 {
@@ -2548,7 +2633,7 @@ type MemoryStats struct {
 
 func (x *MemoryStats) Reset() {
 	*x = MemoryStats{}
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2560,7 +2645,7 @@ func (x *MemoryStats) String() string {
 func (*MemoryStats) ProtoMessage() {}
 
 func (x *MemoryStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[43]
+	mi := &file_agent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2573,7 +2658,7 @@ func (x *MemoryStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStats.ProtoReflect.Descriptor instead.
 func (*MemoryStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{43}
+	return file_agent_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *MemoryStats) GetTotalBytes() uint64 {
@@ -2626,7 +2711,7 @@ type FilesystemStats struct {
 
 func (x *FilesystemStats) Reset() {
 	*x = FilesystemStats{}
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2638,7 +2723,7 @@ func (x *FilesystemStats) String() string {
 func (*FilesystemStats) ProtoMessage() {}
 
 func (x *FilesystemStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[44]
+	mi := &file_agent_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2651,7 +2736,7 @@ func (x *FilesystemStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesystemStats.ProtoReflect.Descriptor instead.
 func (*FilesystemStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{44}
+	return file_agent_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FilesystemStats) GetPath() string {
@@ -2715,7 +2800,7 @@ type ContainerStats struct {
 
 func (x *ContainerStats) Reset() {
 	*x = ContainerStats{}
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +2812,7 @@ func (x *ContainerStats) String() string {
 func (*ContainerStats) ProtoMessage() {}
 
 func (x *ContainerStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[45]
+	mi := &file_agent_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +2825,7 @@ func (x *ContainerStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerStats.ProtoReflect.Descriptor instead.
 func (*ContainerStats) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{45}
+	return file_agent_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ContainerStats) GetContainerId() string {
@@ -2784,7 +2869,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2796,7 +2881,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[46]
+	mi := &file_agent_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2809,7 +2894,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{46}
+	return file_agent_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *StatsResponse) GetTimestampUnixNano() int64 {
@@ -2859,7 +2944,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2871,7 +2956,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[47]
+	mi := &file_agent_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2884,7 +2969,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{47}
+	return file_agent_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ShutdownRequest) GetReboot() bool {
@@ -2909,7 +2994,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2921,7 +3006,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2934,7 +3019,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_proto_rawDescGZIP(), []int{50}
 }
 
 // PortForwardFrame is both directions of PortForward. The client's first
@@ -2961,7 +3046,7 @@ type PortForwardFrame struct {
 
 func (x *PortForwardFrame) Reset() {
 	*x = PortForwardFrame{}
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2973,7 +3058,7 @@ func (x *PortForwardFrame) String() string {
 func (*PortForwardFrame) ProtoMessage() {}
 
 func (x *PortForwardFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2986,7 +3071,7 @@ func (x *PortForwardFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardFrame.ProtoReflect.Descriptor instead.
 func (*PortForwardFrame) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{49}
+	return file_agent_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PortForwardFrame) GetPort() uint32 {
@@ -3172,7 +3257,13 @@ const file_agent_proto_rawDesc = "" +
 	"\rcreate_target\x18\x05 \x01(\bR\fcreateTarget\x12\x18\n" +
 	"\aoptions\x18\x06 \x03(\tR\aoptions\x12\x18\n" +
 	"\asubpath\x18\a \x01(\tR\asubpath\"\x14\n" +
-	"\x12MountShareResponse\"^\n" +
+	"\x12MountShareResponse\"\x99\x01\n" +
+	"\x11SetSysctlsRequest\x12H\n" +
+	"\asysctls\x18\x01 \x03(\v2..macvz.agent.v1.SetSysctlsRequest.SysctlsEntryR\asysctls\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x14\n" +
+	"\x12SetSysctlsResponse\"^\n" +
 	"\fStatsRequest\x12)\n" +
 	"\x10filesystem_paths\x18\x01 \x03(\tR\x0ffilesystemPaths\x12#\n" +
 	"\rper_container\x18\x02 \x01(\bR\fperContainer\"Y\n" +
@@ -3232,7 +3323,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aCREATED\x10\x01\x12\v\n" +
 	"\aRUNNING\x10\x02\x12\n" +
 	"\n" +
-	"\x06EXITED\x10\x032\xb2\r\n" +
+	"\x06EXITED\x10\x032\x87\x0e\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Ping\x12\x1b.macvz.agent.v1.PingRequest\x1a\x1c.macvz.agent.v1.PingResponse\x12A\n" +
 	"\x04Info\x12\x1b.macvz.agent.v1.InfoRequest\x1a\x1c.macvz.agent.v1.InfoResponse\x12\\\n" +
@@ -3254,7 +3345,9 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fWriteResolvConf\x12&.macvz.agent.v1.WriteResolvConfRequest\x1a'.macvz.agent.v1.WriteResolvConfResponse\x12e\n" +
 	"\x10ConfigureNetwork\x12'.macvz.agent.v1.ConfigureNetworkRequest\x1a(.macvz.agent.v1.ConfigureNetworkResponse\x12S\n" +
 	"\n" +
-	"MountShare\x12!.macvz.agent.v1.MountShareRequest\x1a\".macvz.agent.v1.MountShareResponse\x12D\n" +
+	"MountShare\x12!.macvz.agent.v1.MountShareRequest\x1a\".macvz.agent.v1.MountShareResponse\x12S\n" +
+	"\n" +
+	"SetSysctls\x12!.macvz.agent.v1.SetSysctlsRequest\x1a\".macvz.agent.v1.SetSysctlsResponse\x12D\n" +
 	"\x05Stats\x12\x1c.macvz.agent.v1.StatsRequest\x1a\x1d.macvz.agent.v1.StatsResponse\x12M\n" +
 	"\bShutdown\x12\x1f.macvz.agent.v1.ShutdownRequest\x1a .macvz.agent.v1.ShutdownResponse\x12U\n" +
 	"\vPortForward\x12 .macvz.agent.v1.PortForwardFrame\x1a .macvz.agent.v1.PortForwardFrame(\x010\x01B)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
@@ -3272,7 +3365,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_agent_proto_goTypes = []any{
 	(Stdio)(0),                       // 0: macvz.agent.v1.Stdio
 	(ProcessState)(0),                // 1: macvz.agent.v1.ProcessState
@@ -3317,15 +3410,18 @@ var file_agent_proto_goTypes = []any{
 	(*ConfigureNetworkResponse)(nil), // 40: macvz.agent.v1.ConfigureNetworkResponse
 	(*MountShareRequest)(nil),        // 41: macvz.agent.v1.MountShareRequest
 	(*MountShareResponse)(nil),       // 42: macvz.agent.v1.MountShareResponse
-	(*StatsRequest)(nil),             // 43: macvz.agent.v1.StatsRequest
-	(*CPUStats)(nil),                 // 44: macvz.agent.v1.CPUStats
-	(*MemoryStats)(nil),              // 45: macvz.agent.v1.MemoryStats
-	(*FilesystemStats)(nil),          // 46: macvz.agent.v1.FilesystemStats
-	(*ContainerStats)(nil),           // 47: macvz.agent.v1.ContainerStats
-	(*StatsResponse)(nil),            // 48: macvz.agent.v1.StatsResponse
-	(*ShutdownRequest)(nil),          // 49: macvz.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),         // 50: macvz.agent.v1.ShutdownResponse
-	(*PortForwardFrame)(nil),         // 51: macvz.agent.v1.PortForwardFrame
+	(*SetSysctlsRequest)(nil),        // 43: macvz.agent.v1.SetSysctlsRequest
+	(*SetSysctlsResponse)(nil),       // 44: macvz.agent.v1.SetSysctlsResponse
+	(*StatsRequest)(nil),             // 45: macvz.agent.v1.StatsRequest
+	(*CPUStats)(nil),                 // 46: macvz.agent.v1.CPUStats
+	(*MemoryStats)(nil),              // 47: macvz.agent.v1.MemoryStats
+	(*FilesystemStats)(nil),          // 48: macvz.agent.v1.FilesystemStats
+	(*ContainerStats)(nil),           // 49: macvz.agent.v1.ContainerStats
+	(*StatsResponse)(nil),            // 50: macvz.agent.v1.StatsResponse
+	(*ShutdownRequest)(nil),          // 51: macvz.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 52: macvz.agent.v1.ShutdownResponse
+	(*PortForwardFrame)(nil),         // 53: macvz.agent.v1.PortForwardFrame
+	nil,                              // 54: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	6,  // 0: macvz.agent.v1.InfoResponse.interfaces:type_name -> macvz.agent.v1.NetInterface
@@ -3348,55 +3444,58 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 17: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
 	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
 	38, // 19: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
-	44, // 20: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
-	45, // 21: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
-	46, // 22: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
-	47, // 23: macvz.agent.v1.StatsResponse.containers:type_name -> macvz.agent.v1.ContainerStats
-	2,  // 24: macvz.agent.v1.Agent.Ping:input_type -> macvz.agent.v1.PingRequest
-	4,  // 25: macvz.agent.v1.Agent.Info:input_type -> macvz.agent.v1.InfoRequest
-	9,  // 26: macvz.agent.v1.Agent.CreateProcess:input_type -> macvz.agent.v1.CreateProcessRequest
-	11, // 27: macvz.agent.v1.Agent.StartProcess:input_type -> macvz.agent.v1.StartProcessRequest
-	13, // 28: macvz.agent.v1.Agent.ReadOutput:input_type -> macvz.agent.v1.OutputRequest
-	15, // 29: macvz.agent.v1.Agent.WriteStdin:input_type -> macvz.agent.v1.WriteStdinRequest
-	17, // 30: macvz.agent.v1.Agent.CloseStdin:input_type -> macvz.agent.v1.CloseStdinRequest
-	19, // 31: macvz.agent.v1.Agent.ResizeTty:input_type -> macvz.agent.v1.ResizeTtyRequest
-	21, // 32: macvz.agent.v1.Agent.SignalProcess:input_type -> macvz.agent.v1.SignalProcessRequest
-	23, // 33: macvz.agent.v1.Agent.WaitProcess:input_type -> macvz.agent.v1.WaitProcessRequest
-	27, // 34: macvz.agent.v1.Agent.ListProcesses:input_type -> macvz.agent.v1.ListProcessesRequest
-	29, // 35: macvz.agent.v1.Agent.RemoveProcess:input_type -> macvz.agent.v1.RemoveProcessRequest
-	31, // 36: macvz.agent.v1.Agent.KillAll:input_type -> macvz.agent.v1.KillAllRequest
-	33, // 37: macvz.agent.v1.Agent.SetHostname:input_type -> macvz.agent.v1.SetHostnameRequest
-	35, // 38: macvz.agent.v1.Agent.WriteResolvConf:input_type -> macvz.agent.v1.WriteResolvConfRequest
-	39, // 39: macvz.agent.v1.Agent.ConfigureNetwork:input_type -> macvz.agent.v1.ConfigureNetworkRequest
-	41, // 40: macvz.agent.v1.Agent.MountShare:input_type -> macvz.agent.v1.MountShareRequest
-	43, // 41: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
-	49, // 42: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
-	51, // 43: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
-	3,  // 44: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
-	5,  // 45: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
-	10, // 46: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
-	12, // 47: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
-	14, // 48: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
-	16, // 49: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
-	18, // 50: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
-	20, // 51: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
-	22, // 52: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
-	24, // 53: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
-	28, // 54: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
-	30, // 55: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
-	32, // 56: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
-	34, // 57: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
-	36, // 58: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
-	40, // 59: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
-	42, // 60: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
-	48, // 61: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
-	50, // 62: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
-	51, // 63: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
-	44, // [44:64] is the sub-list for method output_type
-	24, // [24:44] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	54, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	46, // 21: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
+	47, // 22: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
+	48, // 23: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
+	49, // 24: macvz.agent.v1.StatsResponse.containers:type_name -> macvz.agent.v1.ContainerStats
+	2,  // 25: macvz.agent.v1.Agent.Ping:input_type -> macvz.agent.v1.PingRequest
+	4,  // 26: macvz.agent.v1.Agent.Info:input_type -> macvz.agent.v1.InfoRequest
+	9,  // 27: macvz.agent.v1.Agent.CreateProcess:input_type -> macvz.agent.v1.CreateProcessRequest
+	11, // 28: macvz.agent.v1.Agent.StartProcess:input_type -> macvz.agent.v1.StartProcessRequest
+	13, // 29: macvz.agent.v1.Agent.ReadOutput:input_type -> macvz.agent.v1.OutputRequest
+	15, // 30: macvz.agent.v1.Agent.WriteStdin:input_type -> macvz.agent.v1.WriteStdinRequest
+	17, // 31: macvz.agent.v1.Agent.CloseStdin:input_type -> macvz.agent.v1.CloseStdinRequest
+	19, // 32: macvz.agent.v1.Agent.ResizeTty:input_type -> macvz.agent.v1.ResizeTtyRequest
+	21, // 33: macvz.agent.v1.Agent.SignalProcess:input_type -> macvz.agent.v1.SignalProcessRequest
+	23, // 34: macvz.agent.v1.Agent.WaitProcess:input_type -> macvz.agent.v1.WaitProcessRequest
+	27, // 35: macvz.agent.v1.Agent.ListProcesses:input_type -> macvz.agent.v1.ListProcessesRequest
+	29, // 36: macvz.agent.v1.Agent.RemoveProcess:input_type -> macvz.agent.v1.RemoveProcessRequest
+	31, // 37: macvz.agent.v1.Agent.KillAll:input_type -> macvz.agent.v1.KillAllRequest
+	33, // 38: macvz.agent.v1.Agent.SetHostname:input_type -> macvz.agent.v1.SetHostnameRequest
+	35, // 39: macvz.agent.v1.Agent.WriteResolvConf:input_type -> macvz.agent.v1.WriteResolvConfRequest
+	39, // 40: macvz.agent.v1.Agent.ConfigureNetwork:input_type -> macvz.agent.v1.ConfigureNetworkRequest
+	41, // 41: macvz.agent.v1.Agent.MountShare:input_type -> macvz.agent.v1.MountShareRequest
+	43, // 42: macvz.agent.v1.Agent.SetSysctls:input_type -> macvz.agent.v1.SetSysctlsRequest
+	45, // 43: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
+	51, // 44: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
+	53, // 45: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
+	3,  // 46: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
+	5,  // 47: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
+	10, // 48: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
+	12, // 49: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
+	14, // 50: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
+	16, // 51: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
+	18, // 52: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
+	20, // 53: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
+	22, // 54: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
+	24, // 55: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
+	28, // 56: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
+	30, // 57: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
+	32, // 58: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
+	34, // 59: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
+	36, // 60: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
+	40, // 61: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
+	42, // 62: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
+	44, // 63: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
+	50, // 64: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
+	52, // 65: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
+	53, // 66: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
+	46, // [46:67] is the sub-list for method output_type
+	25, // [25:46] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -3410,7 +3509,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   50,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ type AgentService interface {
 	WriteResolvConf(context.Context, *WriteResolvConfRequest) (*WriteResolvConfResponse, error)
 	ConfigureNetwork(context.Context, *ConfigureNetworkRequest) (*ConfigureNetworkResponse, error)
 	MountShare(context.Context, *MountShareRequest) (*MountShareResponse, error)
+	SetSysctls(context.Context, *SetSysctlsRequest) (*SetSysctlsResponse, error)
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	PortForward(context.Context, Agent_PortForwardServer) error
@@ -189,6 +190,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				}
 				return svc.MountShare(ctx, &req)
 			},
+			"SetSysctls": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetSysctlsRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetSysctls(ctx, &req)
+			},
 			"Stats": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StatsRequest
 				if err := unmarshal(&req); err != nil {
@@ -241,6 +249,7 @@ type AgentClient interface {
 	WriteResolvConf(context.Context, *WriteResolvConfRequest) (*WriteResolvConfResponse, error)
 	ConfigureNetwork(context.Context, *ConfigureNetworkRequest) (*ConfigureNetworkResponse, error)
 	MountShare(context.Context, *MountShareRequest) (*MountShareResponse, error)
+	SetSysctls(context.Context, *SetSysctlsRequest) (*SetSysctlsResponse, error)
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	PortForward(context.Context) (Agent_PortForwardClient, error)
@@ -413,6 +422,14 @@ func (c *agentClient) ConfigureNetwork(ctx context.Context, req *ConfigureNetwor
 func (c *agentClient) MountShare(ctx context.Context, req *MountShareRequest) (*MountShareResponse, error) {
 	var resp MountShareResponse
 	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "MountShare", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetSysctls(ctx context.Context, req *SetSysctlsRequest) (*SetSysctlsResponse, error) {
+	var resp SetSysctlsResponse
+	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "SetSysctls", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

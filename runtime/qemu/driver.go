@@ -231,6 +231,17 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 		default:
 			return invalid("nics[%d].kind %q: the qemu backend supports %q and %q", i, n.Kind, vm.NICTap, vm.NICUser)
 		}
+		if len(n.Forwards) > 0 && n.Kind != vm.NICUser {
+			return invalid("nics[%d]: port forwards need a %q NIC", i, vm.NICUser)
+		}
+		for j, f := range n.Forwards {
+			if (f.Protocol != "tcp" && f.Protocol != "udp") || f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
+				return invalid("nics[%d].forwards[%d]: %+v is not a tcp/udp forward between valid ports", i, j, f)
+			}
+			if f.HostIP != "" && net.ParseIP(f.HostIP) == nil {
+				return invalid("nics[%d].forwards[%d].hostIP %q is not an IP address", i, j, f.HostIP)
+			}
+		}
 		if err := validMAC(n.MAC); err != nil {
 			return invalid("nics[%d].mac %q: %v", i, n.MAC, err)
 		}
@@ -411,6 +422,9 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 			netdev = "tap,id=" + id + ",ifname=" + n.Device + ",script=no,downscript=no"
 		default:
 			netdev = "user,id=" + id
+			for _, f := range n.Forwards {
+				netdev += fmt.Sprintf(",hostfwd=%s:%s:%d-:%d", f.Protocol, f.HostIP, f.HostPort, f.GuestPort)
+			}
 		}
 		// romfile= (empty): no PXE option ROM; we never boot from the net.
 		a = append(a, "-netdev", netdev, "-device", "virtio-net-pci,netdev="+id+",mac="+n.MAC+",romfile=")

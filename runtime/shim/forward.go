@@ -135,6 +135,10 @@ func (f *forwarder) MountShare(ctx context.Context, r *agentapi.MountShareReques
 	return call(ctx, f, r, agentapi.AgentClient.MountShare)
 }
 
+func (f *forwarder) SetSysctls(ctx context.Context, r *agentapi.SetSysctlsRequest) (*agentapi.SetSysctlsResponse, error) {
+	return call(ctx, f, r, agentapi.AgentClient.SetSysctls)
+}
+
 func (f *forwarder) Stats(ctx context.Context, r *agentapi.StatsRequest) (*agentapi.StatsResponse, error) {
 	return call(ctx, f, r, agentapi.AgentClient.Stats)
 }

@@ -102,6 +102,17 @@ type NIC struct {
 	Kind   NICKind `json:"kind"`
 	Device string  `json:"device,omitempty"`
 	MAC    string  `json:"mac"`
+	// Forwards are host ports the hypervisor's own NAT forwards to the
+	// guest (a host-network pod's ports; NICUser only).
+	Forwards []Forward `json:"forwards,omitempty"`
+}
+
+// Forward is one host port forwarded to a guest port.
+type Forward struct {
+	Protocol  string `json:"protocol"`         // "tcp" or "udp"
+	HostIP    string `json:"hostIP,omitempty"` // "" = every address
+	HostPort  int    `json:"hostPort"`
+	GuestPort int    `json:"guestPort"`
 }
 
 // State is a machine's lifecycle state.

@@ -71,14 +71,17 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 			}
 		}
 	}
-	if ctx.Err() != nil {
+	// Whatever ended the wait early (our timeout, the client going, the
+	// agent's clock reaching the deadline first), the command must not
+	// outlive the call.
+	if ctx.Err() != nil || err != nil {
 		p.kill()
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) && r.GetTimeout() > 0 {
+		if r.GetTimeout() > 0 && (errors.Is(ctx.Err(), context.DeadlineExceeded) || errdefs.IsDeadlineExceeded(err)) {
 			return nil, fmt.Errorf("command %q timed out after %ds: %w", r.GetCmd(), r.GetTimeout(), context.DeadlineExceeded)
 		}
-		return nil, ctx.Err()
-	}
-	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, fmt.Errorf("waiting for the exec: %w", err)
 	}
 	return &runtimeapi.ExecSyncResponse{
@@ -135,7 +138,7 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 	creq := &agentapi.CreateProcessRequest{
 		Id: p.id, Argv: argv, Env: completeEnv(env, podHostname(pod)), Cwd: cwd, Tty: tty, Stdin: stdin,
 	}
-	pu.apply(creq)
+	pu.forOS(img.desc.OS).apply(creq)
 	_, err = p.agent.CreateProcess(ctx, creq)
 	if err != nil {
 		return nil, fmt.Errorf("creating the exec in the guest: %w", err)

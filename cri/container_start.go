@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -139,7 +140,7 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 		Id: id, Argv: argv, Env: env, Cwd: cwd,
 		Tty: cfg.GetTty(), Stdin: cfg.GetStdin(),
 	}
-	pu.apply(creq)
+	pu.forOS(img.desc.OS).apply(creq)
 	_, err = sc.Agent().CreateProcess(ctx, creq)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("creating the container's process in the guest: %w", err)
@@ -214,6 +215,10 @@ type procUser struct {
 	groups        []uint32
 	username      string // resolved in the guest
 	gidFromPasswd bool   // gid from the user's passwd entry
+	// Linux guests: the capability set, and no_new_privs.
+	restrictCaps bool
+	caps         []string
+	noNewPrivs   bool
 }
 
 // userOf is who a container's processes run as, as containerd decides
@@ -248,16 +253,82 @@ func userOf(sc *runtimeapi.LinuxContainerSecurityContext, imageUser string) (pro
 		u.gid, gidSet = uint32(g.GetValue()), true
 	}
 	u.gidFromPasswd = !gidSet
+	u.caps, u.restrictCaps = capabilitiesOf(sc)
+	u.noNewPrivs = sc.GetNoNewPrivs()
 	for _, g := range sc.GetSupplementalGroups() {
 		u.groups = append(u.groups, uint32(g))
 	}
 	return u, nil
 }
 
+// forOS drops what only Linux guests have (capabilities, no_new_privs).
+func (u procUser) forOS(goos string) procUser {
+	if goos != "linux" {
+		u.restrictCaps, u.caps, u.noNewPrivs = false, nil, false
+	}
+	return u
+}
+
 // apply sets the user fields of a CreateProcessRequest.
 func (u procUser) apply(req *agentapi.CreateProcessRequest) {
 	req.Uid, req.Gid, req.AdditionalGids = u.uid, u.gid, u.groups
 	req.Username, req.GidFromPasswd, req.GroupsFromEtc = u.username, u.gidFromPasswd, true
+	req.RestrictCapabilities, req.Capabilities, req.NoNewPrivs = u.restrictCaps, u.caps, u.noNewPrivs
+}
+
+// defaultCapabilities are what a container that is not privileged keeps
+// unless it adds or drops some: containerd's (and Docker's) default set.
+var defaultCapabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+	"CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// capabilitiesOf is a container's capability set, as containerd computes
+// it: privileged keeps everything; else the default set, or every one
+// when ALL is added, minus the dropped ones (ALL drops all), plus the
+// added ones.
+func capabilitiesOf(sc *runtimeapi.LinuxContainerSecurityContext) (caps []string, restrict bool) {
+	if sc.GetPrivileged() {
+		return nil, false
+	}
+	norm := func(c string) string {
+		c = strings.ToUpper(c)
+		if c != "ALL" && !strings.HasPrefix(c, "CAP_") {
+			c = "CAP_" + c
+		}
+		return c
+	}
+	add := map[string]bool{}
+	for _, c := range sc.GetCapabilities().GetAddCapabilities() {
+		add[norm(c)] = true
+	}
+	drop := map[string]bool{}
+	for _, c := range sc.GetCapabilities().GetDropCapabilities() {
+		drop[norm(c)] = true
+	}
+	if add["ALL"] && !drop["ALL"] && len(drop) == 0 {
+		return nil, false
+	}
+	set := map[string]bool{}
+	if !drop["ALL"] {
+		for _, c := range defaultCapabilities {
+			set[c] = true
+		}
+	}
+	for c := range drop {
+		delete(set, c)
+	}
+	for c := range add {
+		if c != "ALL" {
+			set[c] = true
+		}
+	}
+	for c := range set {
+		caps = append(caps, c)
+	}
+	slices.Sort(caps)
+	return caps, true
 }
 
 func parseID(s string) (uint32, error) {

@@ -197,3 +197,27 @@ func TestKeyedLocks(t *testing.T) {
 		t.Errorf("locks left: %v", k.m)
 	}
 }
+
+func TestCapabilitiesOf(t *testing.T) {
+	sc := func(priv bool, add, drop []string) *runtimeapi.LinuxContainerSecurityContext {
+		return &runtimeapi.LinuxContainerSecurityContext{Privileged: priv, Capabilities: &runtimeapi.Capability{AddCapabilities: add, DropCapabilities: drop}}
+	}
+	caps, restrict := capabilitiesOf(nil)
+	if !restrict || len(caps) != len(defaultCapabilities) {
+		t.Errorf("default: %v %v", caps, restrict)
+	}
+	if _, restrict := capabilitiesOf(sc(true, nil, nil)); restrict {
+		t.Error("privileged is restricted")
+	}
+	if _, restrict := capabilitiesOf(sc(false, []string{"ALL"}, nil)); restrict {
+		t.Error("add ALL is restricted")
+	}
+	caps, _ = capabilitiesOf(sc(false, []string{"net_admin"}, []string{"NET_RAW", "CAP_KILL"}))
+	if !slices.Contains(caps, "CAP_NET_ADMIN") || slices.Contains(caps, "CAP_NET_RAW") || slices.Contains(caps, "CAP_KILL") || !slices.Contains(caps, "CAP_CHOWN") {
+		t.Errorf("add/drop: %v", caps)
+	}
+	caps, restrict = capabilitiesOf(sc(false, []string{"SYS_TIME"}, []string{"ALL"}))
+	if !restrict || !slices.Equal(caps, []string{"CAP_SYS_TIME"}) {
+		t.Errorf("drop ALL, add one: %v", caps)
+	}
+}

@@ -242,6 +242,10 @@ func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[stri
 	// pause holds a sandbox and does nothing: a VM image with no default
 	// process, whose container stands for the VM itself.
 	put("pause", "3.9", guestVariant(t, guests[guest.RefPlain], "macvz.test-image=pause", nil))
+	// nonewprivs runs a setuid-root binary that prints its effective uid.
+	put("e2e-test-images/nonewprivs", "1.3", guestVariant(t, guests[guest.RefPlain], "", &vmimage.Process{
+		Entrypoint: []string{"/bin/euid"}, Env: []string{"PATH=/bin"},
+	}))
 	// hostnet-nginx serves on port 12003 (cri-tools' images/hostnet-nginx).
 	put("k8s-staging-cri-tools/hostnet-nginx-"+runtime.GOARCH, "latest", guestVariant(t, guests[guest.RefPlain], "", &vmimage.Process{
 		Entrypoint: []string{"/bin/sh", "-c"},

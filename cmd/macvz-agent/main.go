@@ -28,6 +28,9 @@ var processStart = time.Now()
 const defaultVsockPort = 1024
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == execHelperArg {
+		execHelper(os.Args[2:])
+	}
 	pid1 := os.Getpid() == 1
 	defListen := "serial:agent"
 	if runtime.GOOS == "darwin" {

@@ -292,6 +292,15 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 		return startErr(&fs.PathError{Op: "chdir", Path: p.cmd.Dir, Err: err})
 	}
 	p.cmd.Path = path
+	if p.req.RestrictCapabilities || p.req.NoNewPrivs {
+		// The agent re-executed finishes the setup the fork cannot.
+		args, err := helperArgs(path, p.req.Argv, p.req.RestrictCapabilities, p.req.Capabilities, p.req.NoNewPrivs, p.req.Uid, p.req.Gid, p.req.AdditionalGids)
+		if err != nil {
+			return startErr(err)
+		}
+		p.cmd.Path, p.cmd.Args = "/proc/self/exe", args
+		p.cmd.SysProcAttr.Credential = nil
+	}
 	done, err := a.reaper.start(p.cmd)
 	if err != nil {
 		return startErr(err)

@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,6 +82,19 @@ for d in /proc/[0-9]*; do
 	if echo "$name" | grep -Eq -- "$1"; then echo "$pid"; found=0; fi
 done
 exit $found
+`
+
+// ipcsScript is /bin/ipcs, for the same reason: the guest's System V IPC
+// objects, from /proc/sysvipc.
+const ipcsScript = `#!/bin/sh
+show() { echo "------ $2 ------"; cat "/proc/sysvipc/$1" 2>/dev/null; echo; }
+case "$1" in
+-m) show shm "Shared Memory Segments" ;;
+-q) show msg "Message Queues" ;;
+-s) show sem "Semaphore Arrays" ;;
+"") show msg "Message Queues"; show shm "Shared Memory Segments"; show sem "Semaphore Arrays" ;;
+*) echo "usage: ipcs [-m|-q|-s]" >&2; exit 2 ;;
+esac
 `
 
 // IndexHTML is /www/index.html, what the RefHTTPD image serves.
@@ -164,14 +178,23 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	euid := filepath.Join(o.Out, "euid")
+	if err := BuildStatic(ctx, EUIDPackage, euid); err != nil {
+		return nil, err
+	}
+	euidBin, err := os.ReadFile(euid)
+	if err != nil {
+		return nil, err
+	}
 	var initrd bytes.Buffer
 	ii, err := WriteInitramfs(&initrd, InitramfsOptions{
 		Init:    o.Agent,
 		Kernel:  k,
 		Modules: o.Modules,
 		Busybox: bb,
-		Files:   []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}},
-		Gzip:    o.Gzip,
+		Files: []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)},
+			{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin}},
+		Gzip: o.Gzip,
 
 		KeepModuleSignatures: o.KeepModuleSignatures,
 	})
@@ -260,6 +283,10 @@ func writeFileAtomic(p string, b []byte) error {
 	}
 	return os.Rename(tmp, p)
 }
+
+// EUIDPackage is the import path of /bin/euid (setuid root; prints the
+// effective uid).
+const EUIDPackage = "github.com/macvz/macvz/integration/guest/euid"
 
 // TestInitPackage is the import path of the stand-in /init for tests.
 const TestInitPackage = "github.com/macvz/macvz/integration/guest/testinit"

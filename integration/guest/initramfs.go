@@ -41,6 +41,7 @@ var DefaultModules = []string{
 	"virtiofs",
 	"crc32c_generic", "ext4",
 	"overlay",
+	"bridge", // brctl in privileged containers (critest)
 	"button", "evdev",
 }
 

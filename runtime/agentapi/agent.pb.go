@@ -606,6 +606,16 @@ type CreateProcessRequest struct {
 	// groups_from_etc adds to additional_gids the groups /etc/group lists
 	// the user in (as Docker and containerd do).
 	GroupsFromEtc bool `protobuf:"varint,14,opt,name=groups_from_etc,json=groupsFromEtc,proto3" json:"groups_from_etc,omitempty"`
+	// restrict_capabilities limits the process (Linux guests) to the
+	// capabilities named in capabilities ("CAP_NET_ADMIN", ...): the
+	// others leave its bounding set before it starts, so a root process
+	// has exactly these and a non-root one none beyond them. Without it
+	// the process keeps the agent's (all of them): a privileged container.
+	RestrictCapabilities bool     `protobuf:"varint,15,opt,name=restrict_capabilities,json=restrictCapabilities,proto3" json:"restrict_capabilities,omitempty"`
+	Capabilities         []string `protobuf:"bytes,16,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// no_new_privs sets PR_SET_NO_NEW_PRIVS: setuid binaries and file
+	// capabilities grant nothing.
+	NoNewPrivs    bool `protobuf:"varint,17,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -734,6 +744,27 @@ func (x *CreateProcessRequest) GetGidFromPasswd() bool {
 func (x *CreateProcessRequest) GetGroupsFromEtc() bool {
 	if x != nil {
 		return x.GroupsFromEtc
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetRestrictCapabilities() bool {
+	if x != nil {
+		return x.RestrictCapabilities
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+func (x *CreateProcessRequest) GetNoNewPrivs() bool {
+	if x != nil {
+		return x.NoNewPrivs
 	}
 	return false
 }
@@ -3145,7 +3176,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xcd\x03\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc8\x04\n" +
 	"\x14CreateProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\x12\x12\n" +
 	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
@@ -3161,7 +3192,11 @@ const file_agent_proto_rawDesc = "" +
 	"\x13output_buffer_bytes\x18\v \x01(\rR\x11outputBufferBytes\x12\x1a\n" +
 	"\busername\x18\f \x01(\tR\busername\x12&\n" +
 	"\x0fgid_from_passwd\x18\r \x01(\bR\rgidFromPasswd\x12&\n" +
-	"\x0fgroups_from_etc\x18\x0e \x01(\bR\rgroupsFromEtc\"\x17\n" +
+	"\x0fgroups_from_etc\x18\x0e \x01(\bR\rgroupsFromEtc\x123\n" +
+	"\x15restrict_capabilities\x18\x0f \x01(\bR\x14restrictCapabilities\x12\"\n" +
+	"\fcapabilities\x18\x10 \x03(\tR\fcapabilities\x12 \n" +
+	"\fno_new_privs\x18\x11 \x01(\bR\n" +
+	"noNewPrivs\"\x17\n" +
 	"\x15CreateProcessResponse\"@\n" +
 	"\x13StartProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\"(\n" +

@@ -140,6 +140,10 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 		Id: id, Argv: argv, Env: env, Cwd: cwd,
 		Tty: cfg.GetTty(), Stdin: cfg.GetStdin(),
 	}
+	if sc := cfg.GetLinux().GetSecurityContext(); img.desc.OS == "linux" && (sc.GetReadonlyRootfs() || len(sc.GetReadonlyPaths()) > 0) {
+		// A view of the VM's root of its own; its execs join it.
+		creq.OwnMountNamespace, creq.ReadOnlyRootfs, creq.ReadonlyPaths = true, sc.GetReadonlyRootfs(), sc.GetReadonlyPaths()
+	}
 	pu.forOS(img.desc.OS).apply(creq)
 	_, err = sc.Agent().CreateProcess(ctx, creq)
 	if err != nil {

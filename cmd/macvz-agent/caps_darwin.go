@@ -7,10 +7,18 @@ import (
 
 const execHelperArg = "__macvz_exec"
 
-// helperArgs: macOS has no capabilities or no_new_privs; processes run as
-// they are.
-func helperArgs(path string, argv []string, restrict bool, caps []string, nnp bool, uid, gid uint32, groups []uint32) ([]string, error) {
-	return nil, fmt.Errorf("capability and no_new_privs settings are Linux-only")
+// helperSpec: macOS has no capabilities, no_new_privs or mount
+// namespaces; processes run as they are.
+type helperSpec struct {
+	restrictCaps, noNewPrivs, newMountNS, readOnlyRoot bool
+	caps, readonlyPaths                                []string
+	uid, gid                                           uint32
+	groups                                             []uint32
+	joinMountNS                                        int
+}
+
+func helperArgs(path string, argv []string, h helperSpec) ([]string, error) {
+	return nil, fmt.Errorf("capability, no_new_privs and mount namespace settings are Linux-only")
 }
 
 func execHelper(args []string) {

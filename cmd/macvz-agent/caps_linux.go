@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -29,44 +30,153 @@ var capNames = map[string]int{
 	"CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
 }
 
-// helperArgs is the argv that runs path/argv through the exec helper.
-func helperArgs(path string, argv []string, restrict bool, caps []string, nnp bool, uid, gid uint32, groups []uint32) ([]string, error) {
-	for _, c := range caps {
+// helperSpec is what the exec helper does before it execs the process.
+type helperSpec struct {
+	restrictCaps bool
+	caps         []string
+	noNewPrivs   bool
+	uid, gid     uint32
+	groups       []uint32
+	// newMountNS makes a mount namespace (with readOnlyRoot and
+	// readonlyPaths applied); joinMountNS (a pid) enters another's.
+	newMountNS    bool
+	readOnlyRoot  bool
+	readonlyPaths []string
+	joinMountNS   int
+}
+
+// helperArgs is the argv that runs path/argv through the exec helper:
+// key=value settings, "--", the path, the process's argv.
+func helperArgs(path string, argv []string, h helperSpec) ([]string, error) {
+	for _, c := range h.caps {
 		if _, ok := capNames[c]; !ok {
 			return nil, fmt.Errorf("unknown capability %q", c)
 		}
 	}
-	capArg := "-"
-	if restrict {
-		capArg = "," + strings.Join(caps, ",")
+	args := []string{"macvz-agent", execHelperArg,
+		"nnp=" + strconv.FormatBool(h.noNewPrivs),
+		"uid=" + strconv.FormatUint(uint64(h.uid), 10),
+		"gid=" + strconv.FormatUint(uint64(h.gid), 10)}
+	if h.restrictCaps {
+		args = append(args, "caps="+strings.Join(h.caps, ","))
 	}
-	gs := make([]string, len(groups))
-	for i, g := range groups {
-		gs[i] = strconv.FormatUint(uint64(g), 10)
+	for _, g := range h.groups {
+		args = append(args, "group="+strconv.FormatUint(uint64(g), 10))
 	}
-	return append([]string{"macvz-agent", execHelperArg, capArg, strconv.FormatBool(nnp),
-		strconv.FormatUint(uint64(uid), 10), strconv.FormatUint(uint64(gid), 10), "," + strings.Join(gs, ","), path}, argv...), nil
+	switch {
+	case h.newMountNS:
+		args = append(args, "mntns=new", "roroot="+strconv.FormatBool(h.readOnlyRoot))
+		for _, p := range h.readonlyPaths {
+			if !filepath.IsAbs(p) {
+				return nil, fmt.Errorf("read-only path %q is not absolute", p)
+			}
+			args = append(args, "ropath="+p)
+		}
+	case h.joinMountNS > 0:
+		args = append(args, "mntns=join:"+strconv.Itoa(h.joinMountNS))
+	}
+	return append(append(args, "--", path), argv...), nil
 }
 
-// execHelper is the re-executed agent: it drops capabilities from the
-// bounding set, switches to the process's user, sets no_new_privs and
-// execs the process. It never returns.
+// execHelper is the re-executed agent: it sets up the mount namespace,
+// drops capabilities from the bounding set, switches to the process's
+// user, sets no_new_privs and execs the process. All of it is per thread
+// or must precede the exec on the same thread: one locked thread. It
+// never returns.
 func execHelper(args []string) {
 	fail := func(format string, a ...any) {
 		fmt.Fprintf(os.Stderr, "macvz-agent: "+format+"\n", a...)
 		os.Exit(127)
 	}
-	if len(args) < 7 {
-		fail("exec helper: bad arguments")
-	}
-	// Bounding set, no_new_privs and the exec are per thread: one thread.
 	runtime.LockOSThread()
-	if capArg := args[0]; capArg != "-" {
-		keep := map[int]bool{}
-		for _, n := range strings.Split(strings.TrimPrefix(capArg, ","), ",") {
-			if n != "" {
-				keep[capNames[n]] = true
+	var (
+		h       helperSpec
+		capsSet bool
+		mntns   string
+	)
+	i := 0
+	for ; i < len(args) && args[i] != "--"; i++ {
+		k, v, _ := strings.Cut(args[i], "=")
+		switch k {
+		case "nnp":
+			h.noNewPrivs = v == "true"
+		case "uid", "gid", "group":
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				fail("exec helper: bad %s %q", k, v)
 			}
+			switch k {
+			case "uid":
+				h.uid = uint32(n)
+			case "gid":
+				h.gid = uint32(n)
+			default:
+				h.groups = append(h.groups, uint32(n))
+			}
+		case "caps":
+			capsSet = true
+			if v != "" {
+				h.caps = strings.Split(v, ",")
+			}
+		case "mntns":
+			mntns = v
+		case "roroot":
+			h.readOnlyRoot = v == "true"
+		case "ropath":
+			h.readonlyPaths = append(h.readonlyPaths, v)
+		default:
+			fail("exec helper: unknown setting %q", args[i])
+		}
+	}
+	if i+1 >= len(args) {
+		fail("exec helper: no command")
+	}
+	path, argv := args[i+1], args[i+2:]
+
+	switch {
+	case mntns == "new":
+		// CLONE_FS too: this thread's root and cwd stop being shared
+		// with the runtime's other threads, which the new namespace needs.
+		if err := unix.Unshare(unix.CLONE_FS | unix.CLONE_NEWNS); err != nil {
+			fail("mount namespace: %v", err)
+		}
+		// Nothing done here may reach the guest's own namespace.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+			fail("mount namespace: %v", err)
+		}
+		for _, p := range h.readonlyPaths {
+			if _, err := os.Stat(p); err != nil {
+				continue // as runc: a missing path is not an error
+			}
+			if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				fail("read-only path %s: %v", p, err)
+			}
+			if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+				fail("read-only path %s: %v", p, err)
+			}
+		}
+		if h.readOnlyRoot {
+			if err := unix.Mount("", "/", "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+				fail("read-only root: %v", err)
+			}
+		}
+	case strings.HasPrefix(mntns, "join:"):
+		f, err := os.Open("/proc/" + strings.TrimPrefix(mntns, "join:") + "/ns/mnt")
+		if err != nil {
+			fail("the container's mount namespace: %v", err)
+		}
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			fail("mount namespace: %v", err)
+		}
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNS); err != nil {
+			fail("entering the container's mount namespace: %v", err)
+		}
+		f.Close()
+	}
+	if capsSet {
+		keep := map[int]bool{}
+		for _, n := range h.caps {
+			keep[capNames[n]] = true
 		}
 		last := unix.CAP_LAST_CAP
 		if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
@@ -82,37 +192,24 @@ func execHelper(args []string) {
 			}
 		}
 	}
-	uid, err1 := strconv.ParseUint(args[2], 10, 32)
-	gid, err2 := strconv.ParseUint(args[3], 10, 32)
-	if err1 != nil || err2 != nil {
-		fail("exec helper: bad uid/gid")
-	}
-	var groups []int
-	for _, g := range strings.Split(strings.TrimPrefix(args[4], ","), ",") {
-		if g == "" {
-			continue
-		}
-		n, err := strconv.Atoi(g)
-		if err != nil {
-			fail("exec helper: bad group %q", g)
-		}
-		groups = append(groups, n)
+	groups := make([]int, len(h.groups))
+	for i, g := range h.groups {
+		groups[i] = int(g)
 	}
 	if err := syscall.Setgroups(groups); err != nil {
 		fail("setgroups: %v", err)
 	}
-	if err := syscall.Setgid(int(gid)); err != nil {
+	if err := syscall.Setgid(int(h.gid)); err != nil {
 		fail("setgid: %v", err)
 	}
-	if err := syscall.Setuid(int(uid)); err != nil {
+	if err := syscall.Setuid(int(h.uid)); err != nil {
 		fail("setuid: %v", err)
 	}
-	if args[1] == "true" {
+	if h.noNewPrivs {
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			fail("no_new_privs: %v", err)
 		}
 	}
-	path, argv := args[5], args[6:]
 	err := syscall.Exec(path, argv, os.Environ())
 	fail("exec %s: %v", path, err)
 }

@@ -256,6 +256,12 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	if err != nil {
 		return nil, err
 	}
+	// An exec runs where its container's main process runs. Looked up
+	// before p.mu is taken: the table lock is never taken under it.
+	var joinPid int
+	if p.key.exec != "" {
+		joinPid = a.mountNSPid(p.key.container)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state != api.ProcessState_CREATED || p.released {
@@ -292,9 +298,15 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 		return startErr(&fs.PathError{Op: "chdir", Path: p.cmd.Dir, Err: err})
 	}
 	p.cmd.Path = path
-	if p.req.RestrictCapabilities || p.req.NoNewPrivs {
+	h := helperSpec{
+		restrictCaps: p.req.RestrictCapabilities, caps: p.req.Capabilities, noNewPrivs: p.req.NoNewPrivs,
+		uid: p.req.Uid, gid: p.req.Gid, groups: p.req.AdditionalGids,
+		newMountNS: p.req.OwnMountNamespace && p.key.exec == "", readOnlyRoot: p.req.ReadOnlyRootfs, readonlyPaths: p.req.ReadonlyPaths,
+	}
+	h.joinMountNS = joinPid
+	if h.restrictCaps || h.noNewPrivs || h.newMountNS || h.joinMountNS > 0 {
 		// The agent re-executed finishes the setup the fork cannot.
-		args, err := helperArgs(path, p.req.Argv, p.req.RestrictCapabilities, p.req.Capabilities, p.req.NoNewPrivs, p.req.Uid, p.req.Gid, p.req.AdditionalGids)
+		args, err := helperArgs(path, p.req.Argv, h)
 		if err != nil {
 			return startErr(err)
 		}
@@ -610,4 +622,21 @@ func (a *agent) stopAll(grace time.Duration) {
 			return
 		}
 	}
+}
+
+// mountNSPid is the pid of a container's running main process when it
+// has a mount namespace of its own (its execs join it), else 0.
+func (a *agent) mountNSPid(container string) int {
+	a.mu.Lock()
+	main := a.procs[procKey{container, ""}]
+	a.mu.Unlock()
+	if main == nil || !main.req.OwnMountNamespace {
+		return 0
+	}
+	main.mu.Lock()
+	defer main.mu.Unlock()
+	if main.state != api.ProcessState_RUNNING {
+		return 0
+	}
+	return main.pid
 }

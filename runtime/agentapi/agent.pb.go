@@ -615,9 +615,17 @@ type CreateProcessRequest struct {
 	Capabilities         []string `protobuf:"bytes,16,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// no_new_privs sets PR_SET_NO_NEW_PRIVS: setuid binaries and file
 	// capabilities grant nothing.
-	NoNewPrivs    bool `protobuf:"varint,17,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NoNewPrivs bool `protobuf:"varint,17,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
+	// own_mount_namespace (Linux guests) gives a container's main process
+	// (exec_id "") a mount namespace of its own, which the container's
+	// execs then join: read_only_rootfs remounts / read-only there and
+	// each of readonly_paths is bound read-only (volumes mounted before
+	// stay writable).
+	OwnMountNamespace bool     `protobuf:"varint,18,opt,name=own_mount_namespace,json=ownMountNamespace,proto3" json:"own_mount_namespace,omitempty"`
+	ReadOnlyRootfs    bool     `protobuf:"varint,19,opt,name=read_only_rootfs,json=readOnlyRootfs,proto3" json:"read_only_rootfs,omitempty"`
+	ReadonlyPaths     []string `protobuf:"bytes,20,rep,name=readonly_paths,json=readonlyPaths,proto3" json:"readonly_paths,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateProcessRequest) Reset() {
@@ -767,6 +775,27 @@ func (x *CreateProcessRequest) GetNoNewPrivs() bool {
 		return x.NoNewPrivs
 	}
 	return false
+}
+
+func (x *CreateProcessRequest) GetOwnMountNamespace() bool {
+	if x != nil {
+		return x.OwnMountNamespace
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetReadOnlyRootfs() bool {
+	if x != nil {
+		return x.ReadOnlyRootfs
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetReadonlyPaths() []string {
+	if x != nil {
+		return x.ReadonlyPaths
+	}
+	return nil
 }
 
 type CreateProcessResponse struct {
@@ -3176,7 +3205,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc8\x04\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc9\x05\n" +
 	"\x14CreateProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\x12\x12\n" +
 	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
@@ -3196,7 +3225,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x15restrict_capabilities\x18\x0f \x01(\bR\x14restrictCapabilities\x12\"\n" +
 	"\fcapabilities\x18\x10 \x03(\tR\fcapabilities\x12 \n" +
 	"\fno_new_privs\x18\x11 \x01(\bR\n" +
-	"noNewPrivs\"\x17\n" +
+	"noNewPrivs\x12.\n" +
+	"\x13own_mount_namespace\x18\x12 \x01(\bR\x11ownMountNamespace\x12(\n" +
+	"\x10read_only_rootfs\x18\x13 \x01(\bR\x0ereadOnlyRootfs\x12%\n" +
+	"\x0ereadonly_paths\x18\x14 \x03(\tR\rreadonlyPaths\"\x17\n" +
 	"\x15CreateProcessResponse\"@\n" +
 	"\x13StartProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\"(\n" +

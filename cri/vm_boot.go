@@ -40,7 +40,11 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	}
 	// Record the clone before making it, so a crash in between leaves a
 	// record that reconcile and RemovePodSandbox clean up.
-	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = key; r.VMImage, r.VMContent = img.rec.ID(), img.content; return nil })
+	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		r.Disk = key
+		r.VMImage, r.VMContent = img.rec.ID(), img.content
+		return nil
+	})
 	if err != nil {
 		return err
 	}

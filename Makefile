@@ -67,10 +67,14 @@ critest: build tools
 darwin-check:
 	$(GO) run ./integration/darwincheck -v
 
-# Benchmarks only (-run '^$'); results print and are kept in bin/bench.txt.
-bench:
+# Benchmarks only (-run '^$'); results print and are kept in bin/bench.txt;
+# then critest's lifecycle benchmarks, their results in bin/critest-bench/.
+bench: build tools
 	@mkdir -p bin
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) ./... | tee bin/bench.txt
+	CRICTL=$(CRICTL) MACVZ=$(abspath bin/macvz) \
+		$(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) ./... | tee bin/bench.txt
+	CRICTL=$(CRICTL) CRITEST=$(CRITEST) MACVZ=$(abspath bin/macvz) CRITEST_BENCHMARK_DIR=$(abspath bin/critest-bench) \
+		$(GO) test -count=1 -v -timeout 60m -run '^TestCritest$$' ./integration/ | tail -20
 
 # Installs the system packages first: `make demo` is the first command on a
 # fresh machine.

@@ -85,8 +85,22 @@ bin_dirs = [%q]
 	report := filepath.Join(t.TempDir(), "junit.xml")
 	args := []string{"netns", "exec", ns.Name, critest,
 		"--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket,
-		"--ginkgo.skip", skipRegexp(skips), "--ginkgo.junit-report", report,
-		"--ginkgo.no-color", "--ginkgo.timeout", "50m"}
+		"--ginkgo.junit-report", report, "--ginkgo.no-color", "--ginkgo.timeout", "50m"}
+	bench := os.Getenv("CRITEST_BENCHMARK_DIR")
+	if bench != "" {
+		// critest's pod and container lifecycle benchmarks (make bench),
+		// sized for a 2-core machine running TCG guests.
+		if err := os.MkdirAll(bench, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		params := filepath.Join(t.TempDir(), "params.yaml")
+		os.WriteFile(params, []byte("containersNumber: 10\ncontainersNumberParallel: 1\ncontainerBenchmarkTimeoutSeconds: 300\n"+
+			"podsNumber: 10\npodsNumberParallel: 1\npodBenchmarkTimeoutSeconds: 300\n"+
+			"imagesNumber: 5\nimagesNumberParallel: 1\nimageBenchmarkTimeoutSeconds: 300\n"), 0o644)
+		args = append(args, "-benchmark", "-benchmarking-output-dir", bench, "-benchmarking-params-file", params)
+	} else {
+		args = append(args, "--ginkgo.skip", skipRegexp(skips))
+	}
 	if f := os.Getenv("CRITEST_FOCUS"); f != "" {
 		args = append(args, "--ginkgo.focus", f)
 	}

@@ -151,7 +151,7 @@ func TestSetupTeardown(t *testing.T) {
 	if a.Kind != vm.NICTap || a.Device != tap || a.MAC != netplugin.GuestMAC("macvz", s1, "eth0") || a.Network != "macvz" || a.IfName != "eth0" {
 		t.Fatalf("attachment: %+v", a)
 	}
-	if nic := a.NIC(); nic != (vm.NIC{Kind: vm.NICTap, Device: tap, MAC: a.MAC}) {
+	if nic := a.NIC(); nic.Kind != vm.NICTap || nic.Device != tap || nic.MAC != a.MAC || len(nic.Forwards) != 0 {
 		t.Fatalf("NIC: %+v", nic)
 	}
 	if len(a.IPs) != 1 || a.IPs[0].Address.String() != "10.88.0.2/16" || a.IPs[0].Gateway.String() != "10.88.0.1" {

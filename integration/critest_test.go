@@ -14,7 +14,9 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,6 +83,19 @@ bin_dirs = [%q]
 
 %s`, confDir, bin, mirrors.String()))
 
+	// Specs that fail half way can leave pods: their VMs must not
+	// outlive the test (shims are built to survive the daemon).
+	t.Cleanup(func() {
+		if out, err := d.crictl("rmp", "-f", "-a"); err != nil {
+			t.Errorf("removing the pods critest left: %v\n%s", err, out)
+		}
+		for _, p := range processesUnder(filepath.Join(d.dir, "state")) {
+			t.Errorf("process left after every pod was removed: %s", p)
+			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 	skips := readSkips(t)
 	report := filepath.Join(t.TempDir(), "junit.xml")
 	args := []string{"netns", "exec", ns.Name, critest,

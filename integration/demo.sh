@@ -21,14 +21,15 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-# inns runs a command in the demo's network namespace.
+# inns runs a command in the demo's network namespace. Background jobs
+# use `ip netns exec` directly, so that $! is the program's own pid.
 inns() { ip netns exec "$ns" "$@"; }
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
 say "starting a local OCI registry"
-inns "$BIN/testregistry" -addr 127.0.0.1:0 -root "$work/registry" >"$work/registry.log" 2>&1 &
+ip netns exec "$ns" "$BIN/testregistry" -addr 127.0.0.1:0 -root "$work/registry" >"$work/registry.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$work/registry.log" && break; sleep 0.1; done
 reg=$(sed -n 's/^testregistry listening on //p' "$work/registry.log")
@@ -60,7 +61,7 @@ cat >"$work/net.d/10-macvz.conflist" <<JSON
            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$work/ipam"},
   "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}
 JSON
-inns "$BIN/macvz" serve --config "$work/config.toml" 2>"$work/macvz.log" &
+ip netns exec "$ns" "$BIN/macvz" serve --config "$work/config.toml" 2>"$work/macvz.log" &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/macvz.sock" ] && break; sleep 0.1; done
 : >"$work/crictl.yaml"

@@ -1,14 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,38 +49,65 @@ func initMounts(log *slog.Logger) {
 	}
 }
 
+// setupModules are the modules the host's boot-time calls need
+// (ConfigureNetwork: the NIC; MountShare: 9p or virtiofs; a stop: the
+// power button). ready closes once those of them the list has are
+// loaded, so the setup does not wait for the rest of the list (file
+// systems, the bridge), which keeps loading in the background.
+var setupModules = []string{"virtio_net", "9pnet_virtio", "9p", "virtiofs", "button", "evdev"}
+
 // loadModules loads the kernel modules listed in path (one .ko path a
 // line, in dependency order; '#' comments) with finit_module. A missing
 // list loads nothing; a module already loaded is fine. After each module
 // it pokes loaded (non-blocking) so a waiter can look for new devices.
-func loadModules(log *slog.Logger, path string, loaded chan<- struct{}) {
-	f, err := os.Open(path)
+// It closes ready once setupModules are loaded (or at the end).
+func loadModules(log *slog.Logger, path string, loaded chan<- struct{}, ready chan<- struct{}) {
+	readyOnce := sync.OnceFunc(func() { close(ready) })
+	defer readyOnce()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			log.Warn("module list", "path", path, "err", err)
 		}
 		return
 	}
-	defer f.Close()
+	var lines []string
+	pending := map[string]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		lines = append(lines, l)
+		if name := moduleName(l); slices.Contains(setupModules, name) {
+			pending[name] = true
+		}
+	}
 	start := time.Now()
 	n := 0
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		line := strings.TrimSpace(s.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
+	for _, line := range lines {
 		if err := loadModule(line); err != nil {
 			log.Warn("module not loaded", "module", line, "err", err)
-			continue
+		} else {
+			n++
 		}
-		n++
+		delete(pending, moduleName(line))
+		if len(pending) == 0 {
+			readyOnce()
+		}
 		select {
 		case loaded <- struct{}{}:
 		default:
 		}
 	}
 	log.Info("modules loaded", "count", n, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// moduleName is a module's name from its .ko path.
+func moduleName(path string) string {
+	n := filepath.Base(path)
+	n = strings.TrimSuffix(strings.TrimSuffix(n, ".xz"), ".ko")
+	return strings.ReplaceAll(n, "-", "_")
 }
 
 func loadModule(path string) error {

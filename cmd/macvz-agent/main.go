@@ -82,10 +82,7 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 	if pid1 {
 		initMounts(log)
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-		go func() {
-			loadModules(log, modules, loaded)
-			close(ready)
-		}()
+		go loadModules(log, modules, loaded, ready)
 	} else {
 		close(ready)
 		if subreaper {
@@ -108,7 +105,7 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 	a.ready = ready
 	if pid1 {
 		go func() {
-			<-ready
+			<-ready // the button's module is among the first
 			watchPowerButton(log, func() {
 				log.Info("power button pressed")
 				a.shutdown(false, 3*time.Second)

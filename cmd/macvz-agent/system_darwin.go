@@ -58,7 +58,9 @@ func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkR
 
 func initMounts(log *slog.Logger) {}
 
-func loadModules(log *slog.Logger, path string, loaded chan<- struct{}) {}
+func loadModules(log *slog.Logger, path string, loaded chan<- struct{}, ready chan<- struct{}) {
+	close(ready)
+}
 
 func openVirtioPort(log *slog.Logger, name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
 	return func() (io.ReadWriteCloser, error) {

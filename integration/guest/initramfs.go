@@ -35,14 +35,17 @@ const AgentPort = "agent"
 // modprobe (crc32c-intel needs SSE4.2, which TCG's default CPU lacks).
 var DefaultModules = []string{
 	"virtio_pci", "virtio_console",
-	"virtio_rng",
-	"virtio_blk", "virtio_net",
+	// What the host's setup calls need comes first: the agent answers
+	// them as soon as these are in, while the rest loads.
+	"virtio_net",
 	"9pnet_virtio", "9p",
 	"virtiofs",
+	"button", "evdev", // the power button: a graceful stop
+	"virtio_rng",
+	"virtio_blk",
 	"crc32c_generic", "ext4",
 	"overlay",
 	"bridge", // brctl in privileged containers (critest)
-	"button", "evdev",
 }
 
 // File is one extra file of an initramfs.

@@ -31,7 +31,9 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 	if err != nil {
 		return nil, err
 	}
-	defer p.remove()
+	// The answer does not wait for the agent to drop the finished exec
+	// (probes call this every few seconds).
+	defer func() { go p.remove() }()
 	if r.GetTimeout() > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(r.GetTimeout())*time.Second)

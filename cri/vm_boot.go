@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/agentapi"
@@ -131,36 +132,50 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 // attachment, applies the pod's hostname and DNS config (the
 // attachment's when the pod has none) and mounts the shared directory.
 func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig, n *store.Network) error {
-	if err := configureGuestNetwork(ctx, a, n); err != nil {
-		return err
-	}
+	// The calls are independent: they go out at once, so a pod start
+	// waits for the slowest, not for their sum (each is a round trip
+	// through the emulated serial port).
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return configureGuestNetwork(ctx, a, n) })
 	if sc := pod.GetLinux().GetSysctls(); len(sc) > 0 {
-		if _, err := a.SetSysctls(ctx, &agentapi.SetSysctlsRequest{Sysctls: sc}); err != nil {
-			return fmt.Errorf("applying the pod's sysctls in the guest: %w", err)
-		}
+		g.Go(func() error {
+			if _, err := a.SetSysctls(ctx, &agentapi.SetSysctlsRequest{Sysctls: sc}); err != nil {
+				return fmt.Errorf("applying the pod's sysctls in the guest: %w", err)
+			}
+			return nil
+		})
 	}
 	if h := podHostname(pod); h != "" {
-		if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
-			return fmt.Errorf("setting the guest's hostname: %w", err)
-		}
+		g.Go(func() error {
+			if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
+				return fmt.Errorf("setting the guest's hostname: %w", err)
+			}
+			return nil
+		})
 	}
 	dns := store.DNS{Servers: pod.GetDnsConfig().GetServers(), Searches: pod.GetDnsConfig().GetSearches(), Options: pod.GetDnsConfig().GetOptions()}
 	if len(dns.Servers)+len(dns.Searches)+len(dns.Options) == 0 && n != nil {
 		dns = n.DNS
 	}
 	if len(dns.Servers)+len(dns.Searches)+len(dns.Options) > 0 {
-		if _, err := a.WriteResolvConf(ctx, &agentapi.WriteResolvConfRequest{
-			Nameservers: dns.Servers, Searches: dns.Searches, Options: dns.Options,
+		g.Go(func() error {
+			if _, err := a.WriteResolvConf(ctx, &agentapi.WriteResolvConfRequest{
+				Nameservers: dns.Servers, Searches: dns.Searches, Options: dns.Options,
+			}); err != nil {
+				return fmt.Errorf("writing the guest's resolv.conf: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
+			Tag: sharedTag, Fstype: "9p", Target: guestSharedDir, CreateTarget: true,
 		}); err != nil {
-			return fmt.Errorf("writing the guest's resolv.conf: %w", err)
+			return fmt.Errorf("mounting the shared directory in the guest: %w", err)
 		}
-	}
-	if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
-		Tag: sharedTag, Fstype: "9p", Target: guestSharedDir, CreateTarget: true,
-	}); err != nil {
-		return fmt.Errorf("mounting the shared directory in the guest: %w", err)
-	}
-	return nil
+		return nil
+	})
+	return g.Wait()
 }
 
 // podHostname is the guest's hostname: the pod's, else its name, cut to

@@ -27,7 +27,7 @@ var (
 	// dialPingTimeout bounds the first ping of a new connection.
 	dialPingTimeout = 10 * time.Second
 	// linkRetry: how often LinkClient repeats its HELLO.
-	linkRetry = 50 * time.Millisecond
+	linkRetry = 20 * time.Millisecond
 )
 
 // agentSession is one ttrpc connection to the guest agent.

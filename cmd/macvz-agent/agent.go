@@ -42,7 +42,11 @@ type agent struct {
 	cfg    config
 	start  time.Time
 	reaper reaper
-	// ready is closed once the guest's kernel modules are loaded; the
+	// ready is closed once the kernel modules the setup calls need are
+	// loaded (setupModules); allLoaded once every listed module is: a
+	// container's process may use any kernel feature the guest offers.
+	allLoaded chan struct{}
+	// ready: see allLoaded; the
 	// calls that need devices wait for it.
 	ready chan struct{}
 
@@ -64,8 +68,9 @@ func newAgent(cfg config) *agent {
 	if cfg.log == nil {
 		cfg.log = slog.Default()
 	}
-	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, ready: make(chan struct{})}
+	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, ready: make(chan struct{}), allLoaded: make(chan struct{})}
 	close(a.ready)
+	close(a.allLoaded)
 	if cfg.centralReaper {
 		a.reaper = newCentralReaper(cfg.log)
 	} else {

@@ -79,11 +79,16 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 	start := time.Now()
 	loaded := make(chan struct{}, 1)
 	ready := make(chan struct{})
+	allLoaded := make(chan struct{})
 	if pid1 {
 		initMounts(log)
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-		go loadModules(log, modules, loaded, ready)
+		go func() {
+			loadModules(log, modules, loaded, ready)
+			close(allLoaded)
+		}()
 	} else {
+		close(allLoaded)
 		close(ready)
 		if subreaper {
 			if err := setSubreaper(); err != nil {
@@ -102,7 +107,7 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 		cfg.powerOff = powerOff
 	}
 	a := newAgent(cfg)
-	a.ready = ready
+	a.ready, a.allLoaded = ready, allLoaded
 	if pid1 {
 		go func() {
 			<-ready // the button's module is among the first

@@ -5,8 +5,10 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -19,7 +21,7 @@ func unaryErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handl
 	start := time.Now()
 	resp, err := handler(ctx, req)
 	if err != nil {
-		err = errgrpc.ToGRPC(err)
+		err = toGRPC(err)
 		slog.Log(ctx, levelFor(err), "CRI call failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", status.Convert(err).Message(), "duration", time.Since(start))
 	} else {
 		slog.Log(ctx, slog.LevelDebug-1, "CRI call", "method", info.FullMethod, "duration", time.Since(start))
@@ -30,7 +32,7 @@ func unaryErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handl
 func streamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	err := handler(srv, ss)
 	if err != nil {
-		err = errgrpc.ToGRPC(err)
+		err = toGRPC(err)
 		slog.Log(ss.Context(), levelFor(err), "CRI stream failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", status.Convert(err).Message())
 	}
 	return err
@@ -44,4 +46,43 @@ func levelFor(err error) slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelWarn
+}
+
+// toGRPC is errgrpc.ToGRPC, made safe: it panics on some error chains
+// from other libraries (a wrapper whose Unwrap returns nil inside a
+// joined error), and a CRI call must answer, not take the daemon down.
+// Then the status keeps the class and the message, not the details.
+func toGRPC(err error) (out error) {
+	defer func() {
+		if r := recover(); r != nil {
+			slog.Error("converting an error to a gRPC status panicked; answering with its class only", "err", err.Error(), "panic", r)
+			out = status.Error(codeOf(err), err.Error())
+		}
+	}()
+	return errgrpc.ToGRPC(err)
+}
+
+// codeOf is the gRPC code of an errdefs class.
+func codeOf(err error) codes.Code {
+	for _, c := range []struct {
+		is   func(error) bool
+		code codes.Code
+	}{
+		{errdefs.IsInvalidArgument, codes.InvalidArgument},
+		{errdefs.IsNotFound, codes.NotFound},
+		{errdefs.IsAlreadyExists, codes.AlreadyExists},
+		{errdefs.IsFailedPrecondition, codes.FailedPrecondition},
+		{errdefs.IsUnavailable, codes.Unavailable},
+		{errdefs.IsNotImplemented, codes.Unimplemented},
+		{errdefs.IsPermissionDenied, codes.PermissionDenied},
+		{errdefs.IsUnauthorized, codes.Unauthenticated},
+		{errdefs.IsDataLoss, codes.DataLoss},
+		{errdefs.IsDeadlineExceeded, codes.DeadlineExceeded},
+		{errdefs.IsCanceled, codes.Canceled},
+	} {
+		if c.is(err) {
+			return c.code
+		}
+	}
+	return codes.Unknown
 }

@@ -2,7 +2,10 @@ package cri
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -80,3 +83,17 @@ type wrapped struct{ err error }
 
 func (w *wrapped) Error() string { return "pulling example.com/x: " + w.err.Error() }
 func (w *wrapped) Unwrap() error { return w.err }
+
+// nilUnwrap wraps nothing: errgrpc.ToGRPC panics on it inside a join.
+type nilUnwrap struct{}
+
+func (nilUnwrap) Error() string { return "odd" }
+func (nilUnwrap) Unwrap() error { return nil }
+
+func TestToGRPCNeverPanics(t *testing.T) {
+	err := errors.Join(fmt.Errorf("registry: %w", errdefs.ErrNotFound), nilUnwrap{})
+	st, ok := status.FromError(toGRPC(err))
+	if !ok || st.Code() != codes.NotFound || !strings.Contains(st.Message(), "odd") {
+		t.Errorf("got %v", st)
+	}
+}

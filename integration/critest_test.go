@@ -111,7 +111,12 @@ bin_dirs = [%q]
 		params := filepath.Join(t.TempDir(), "params.yaml")
 		os.WriteFile(params, []byte("containersNumber: 10\ncontainersNumberParallel: 1\ncontainerBenchmarkTimeoutSeconds: 300\n"+
 			"podsNumber: 10\npodsNumberParallel: 1\npodBenchmarkTimeoutSeconds: 300\n"+
-			"imagesNumber: 5\nimagesNumberParallel: 1\nimageBenchmarkTimeoutSeconds: 300\n"), 0o644)
+			"imagesNumber: 5\nimagesNumberParallel: 1\nimageBenchmarkTimeoutSeconds: 300\n"+
+			"imagePullingBenchmarkImage: gcr.io/k8s-staging-cri-tools/test-image-latest:latest\n"+
+			"imageListingBenchmarkImages:\n"+
+			"- gcr.io/k8s-staging-cri-tools/test-image-1:latest\n"+
+			"- gcr.io/k8s-staging-cri-tools/test-image-2:latest\n"+
+			"- gcr.io/k8s-staging-cri-tools/test-image-3:latest\n"), 0o644)
 		args = append(args, "-benchmark", "-benchmarking-output-dir", bench, "-benchmarking-params-file", params)
 	} else {
 		args = append(args, "--ginkgo.skip", skipRegexp(skips))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 
@@ -242,7 +243,7 @@ func (s *Service) collectNetworks(ctx context.Context) {
 	}
 	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.Network != nil })
 	if err != nil {
-		slogWarn("listing sandboxes for network GC", err)
+		slog.Warn("listing sandboxes for network GC", "err", err)
 		return
 	}
 	live := make([]string, 0, len(sbs))
@@ -250,6 +251,6 @@ func (s *Service) collectNetworks(ctx context.Context) {
 		live = append(live, sb.ID)
 	}
 	if err := s.net.GC(ctx, live); err != nil {
-		slogWarn("network garbage collection", err)
+		slog.Warn("network garbage collection", "err", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -23,7 +24,7 @@ import (
 func (s *Service) reconcile(ctx context.Context) {
 	sbs, err := s.st.Sandboxes(nil)
 	if err != nil {
-		slogWarn("listing sandboxes at start", err)
+		slog.Warn("listing sandboxes at start", "err", err)
 		return
 	}
 	for _, sb := range sbs {
@@ -88,6 +89,8 @@ func (s *Service) vmGone(ctx context.Context, sb store.Sandbox, c *shim.Client, 
 	return rec
 }
 
+// errNoChange aborts a store update that has nothing to do (the record
+// already moved on).
 var errNoChange = errors.New("no change")
 
 // refreshSandbox checks that a ready sandbox's VM still runs and returns
@@ -158,10 +161,6 @@ func (s *Service) refreshContainer(ctx context.Context, c store.Container) store
 		return rec
 	}
 	return c
-}
-
-func slogWarn(msg string, err error) {
-	sbLog("").Warn(msg, "err", err)
 }
 
 // removeSandboxFiles removes a sandbox's state directory; shared/ must

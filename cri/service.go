@@ -40,6 +40,9 @@ type Service struct {
 	ports  *portproxy.Manager // hostPorts the network leaves to the daemon
 	stream *streamServer      // exec, attach and port-forward sessions
 
+	// vmImages caches resolved VM images by manifest digest (*imageRef).
+	vmImages sync.Map
+
 	// locks serialise lifecycle calls per sandbox ID.
 	locks keyedLocks
 

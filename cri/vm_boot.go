@@ -294,7 +294,7 @@ func exitOf(ctx context.Context, dir string, c *shim.Client, cid string) *exit {
 func (s *Service) setExited(id string, ex *exit) {
 	_, err := s.st.UpdateContainer(id, func(c *store.Container) error {
 		if c.State == store.ContainerExited {
-			return errAlreadyExited
+			return errNoChange
 		}
 		c.State = store.ContainerExited
 		c.ExitCode = ex.code
@@ -312,9 +312,7 @@ func (s *Service) setExited(id string, ex *exit) {
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errAlreadyExited) && !errdefs.IsNotFound(err) {
+	if err != nil && !errors.Is(err, errNoChange) && !errdefs.IsNotFound(err) {
 		slog.Warn("recording a container exit", "container", id, "err", err)
 	}
 }
-
-var errAlreadyExited = errors.New("container already exited")

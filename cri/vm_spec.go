@@ -52,6 +52,12 @@ func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
 	if rec.Kind == vmimage.KindNone {
 		return nil, fmt.Errorf("image %q is an ordinary container image; macvz sandboxes boot VM images (Tart, macOS-vz-kubelet, macvz Linux guest): %w", ref, errdefs.ErrFailedPrecondition)
 	}
+	// A manifest digest names immutable content: its descriptor and
+	// layer identity are read once, not on every exec (probes).
+	if v, ok := s.vmImages.Load(rec.Manifest.Digest); ok {
+		c := v.(*imageRef)
+		return &imageRef{rec: rec, desc: c.desc, content: c.content}, nil
+	}
 	desc, err := s.baseDescriptor(ctx, rec)
 	if err != nil {
 		return nil, err
@@ -60,7 +66,9 @@ func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &imageRef{rec: rec, desc: desc, content: content}, nil
+	ir := &imageRef{rec: rec, desc: desc, content: content}
+	s.vmImages.Store(rec.Manifest.Digest, ir)
+	return ir, nil
 }
 
 // vmContent is the digest of a VM image's layer digests, in order.

@@ -14,9 +14,7 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
+	"github.com/macvz/macvz/integration/testutil"
 )
 
 // TestCritest runs critest (cri-tools v1.36.0) against the real daemon
@@ -41,7 +40,7 @@ func TestCritest(t *testing.T) {
 		critest = filepath.Join(filepath.Dir(self), "tools", "bin", "critest")
 	}
 	if _, err := os.Stat(critest); err != nil {
-		unavailable(t, "needs critest at %s: run `make tools`", critest)
+		testutil.Unavailable(t, "needs critest at %s: run `make tools`", critest)
 	}
 	nettest.Require(t)
 	bin, err := netPlugins()
@@ -61,14 +60,7 @@ func TestCritest(t *testing.T) {
 	}
 	mirror := reg.ServeOn(ln)
 
-	confDir, ipamDir := t.TempDir(), t.TempDir()
-	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
-  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
-  "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q},
-  "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}`, ipamDir)
-	if err := os.WriteFile(filepath.Join(confDir, "10-macvz.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	confDir := bridgeTapConf(t, t.TempDir())
 	var mirrors strings.Builder
 	for _, host := range []string{"registry.k8s.io", "gcr.io", "k8s.gcr.io"} {
 		fmt.Fprintf(&mirrors, "[registry.hosts.%q]\nmirrors = [%q]\n\n", host, mirror)
@@ -85,17 +77,7 @@ bin_dirs = [%q]
 
 	// Specs that fail half way can leave pods: their VMs must not
 	// outlive the test (shims are built to survive the daemon).
-	t.Cleanup(func() {
-		if out, err := d.crictl("rmp", "-f", "-a"); err != nil {
-			t.Errorf("removing the pods critest left: %v\n%s", err, out)
-		}
-		for _, p := range processesUnder(filepath.Join(d.dir, "state")) {
-			t.Errorf("process left after every pod was removed: %s", p)
-			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
+	d.removePodsAtEnd(t)
 	skips := readSkips(t)
 	report := filepath.Join(t.TempDir(), "junit.xml")
 	args := []string{"netns", "exec", ns.Name, critest,
@@ -169,15 +151,6 @@ bin_dirs = [%q]
 	if runErr != nil && len(failed) == 0 {
 		t.Errorf("critest: %v (no failed spec in the report)", runErr)
 	}
-}
-
-// unavailable skips outside CI and fails under CI=true.
-func unavailable(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
 }
 
 // skip is one line of critest/skip.txt: a spec name (a substring of the

@@ -6,10 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 
 	"github.com/macvz/macvz/integration/guest"
@@ -106,17 +103,7 @@ insecure = true
 `+extraTOML)
 	// Whatever a test leaves (it failed half way), its VMs must not
 	// outlive it: shims are built to survive the daemon.
-	t.Cleanup(func() {
-		if out, err := v.d.crictl("rmp", "-f", "-a"); err != nil {
-			t.Errorf("removing the pods left: %v\n%s", err, out)
-		}
-		for _, p := range processesUnder(filepath.Join(v.d.dir, "state")) {
-			t.Errorf("process left after every pod was removed: %s", p)
-			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
+	v.d.removePodsAtEnd(t)
 	v.d.mustCrictl("pull", v.plain)
 	v.d.mustCrictl("pull", v.httpd)
 	return v

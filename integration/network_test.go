@@ -48,16 +48,26 @@ func newNetTest(t *testing.T) *netTest {
 		t.Fatalf("building the CNI plugins: %v", err)
 	}
 	ns := nettest.NewNetNS(t, "pods")
-	confDir, ipamDir := t.TempDir(), t.TempDir()
+	ipamDir := t.TempDir()
+	confDir := bridgeTapConf(t, ipamDir)
+	v := newVMTestIn(t, ns, fmt.Sprintf("\n[network]\nconf_dir = %q\nbin_dirs = [%q]\n", confDir, bin))
+	return &netTest{vmTest: v, ns: ns, ipamDir: ipamDir}
+}
+
+// bridgeTapConf writes the default bridge-tap network (10.88.0.0/16 on
+// macvz0, host-local reservations in ipamDir) into a new directory and
+// returns it.
+func bridgeTapConf(t *testing.T, ipamDir string) string {
+	t.Helper()
+	dir := t.TempDir()
 	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
   "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q},
   "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}`, ipamDir)
-	if err := os.WriteFile(filepath.Join(confDir, "10-macvz.conflist"), []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "10-macvz.conflist"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	v := newVMTestIn(t, ns, fmt.Sprintf("\n[network]\nconf_dir = %q\nbin_dirs = [%q]\n", confDir, bin))
-	return &netTest{vmTest: v, ns: ns, ipamDir: ipamDir}
+	return dir
 }
 
 type podNet struct {
@@ -164,7 +174,7 @@ func TestPodNetwork(t *testing.T) {
 		t.Fatalf("pod IPs %q and %q: want two distinct addresses in 10.88.0.0/16", ipA, ipB)
 	}
 	ca := n.startCtr(t, a, n.ctrConfig(t, "httpd", n.httpd, nil), podA)
-	cb := n.startCtr(t, b, n.ctrConfig(t, "httpd", n.httpd, nil), podB)
+	n.startCtr(t, b, n.ctrConfig(t, "httpd", n.httpd, nil), podB)
 
 	// The guest knows its address, hostname and DNS from the CRI config.
 	if out := n.execOut(t, ca, "ip", "-4", "addr", "show", "eth0"); !strings.Contains(out, ipA+"/16") {
@@ -202,7 +212,6 @@ func TestPodNetwork(t *testing.T) {
 	if rules := strings.Join(n.podRules(t), "\n"); !strings.Contains(rules, "12000") {
 		t.Errorf("no DNAT rule for hostPort 12000:\n%s", rules)
 	}
-	_ = cb
 
 	n.d.mustCrictl("stopp", a, b)
 	n.assertNetClean(t, "after stopp")

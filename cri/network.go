@@ -189,10 +189,14 @@ func networkOf(a *cnimgr.Attachment) *store.Network {
 
 // configureGuestNetwork applies a sandbox's attachment in the guest:
 // interface address and name, routes; loopback is always brought up.
-func configureGuestNetwork(ctx context.Context, a agentapi.AgentClient, n *store.Network) error {
+func configureGuestNetwork(ctx context.Context, a agentapi.AgentClient, n *store.Network, prevMAC string) error {
 	req := &agentapi.ConfigureNetworkRequest{}
 	if n != nil && len(n.Addresses) > 0 {
-		req.Interfaces = []*agentapi.Interface{{Mac: n.NIC.MAC, Name: n.IfName, Mtu: uint32(n.MTU), Addresses: n.Addresses}}
+		in := &agentapi.Interface{Mac: n.NIC.MAC, Name: n.IfName, Mtu: uint32(n.MTU), Addresses: n.Addresses}
+		if prevMAC != n.NIC.MAC {
+			in.PreviousMac = prevMAC
+		}
+		req.Interfaces = []*agentapi.Interface{in}
 		for _, r := range n.Routes {
 			req.Routes = append(req.Routes, &agentapi.Route{Destination: r.Dst, Gateway: r.GW, Device: n.IfName})
 		}

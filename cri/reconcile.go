@@ -50,17 +50,23 @@ func (s *Service) reconcile(ctx context.Context) {
 				// The proxies died with the previous daemon.
 				s.afterBoot(sb)
 			}
-		case !sb.VMStarted && sb.Disk != "":
-			log.Warn("the VM was booting when macvz stopped; discarding that boot")
+		case !sb.VMStarted:
+			// A boot the daemon's end interrupted may have left a shim
+			// with a VM booting, or paused by a warm-start save, and a
+			// disk clone (a diskless guest has none): discard that boot;
+			// the next StartContainer boots again.
+			if sb.Disk != "" {
+				log.Warn("the VM was booting when macvz stopped; discarding that boot")
+			}
 			if err := shim.Kill(ctx, sb.Dir); err != nil {
 				log.Warn("killing the shim", "err", err)
 			}
-			if err := s.sn.Remove(ctx, sb.Disk); err != nil && !errdefs.IsNotFound(err) {
-				log.Warn("removing the disk clone", "err", err)
+			if sb.Disk != "" {
+				if err := s.sn.Remove(ctx, sb.Disk); err != nil && !errdefs.IsNotFound(err) {
+					log.Warn("removing the disk clone", "err", err)
+				}
+				s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = ""; return nil })
 			}
-			s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = ""; return nil })
-		case !sb.VMStarted:
-			// Nothing ran, nothing to check.
 		default:
 			// Stopped: a shim may linger if the daemon died mid-stop.
 			if err := shim.Kill(ctx, sb.Dir); err != nil {

@@ -50,10 +50,6 @@ func (s *Service) StreamPodSandboxMetrics(*runtimeapi.StreamPodSandboxMetricsReq
 	return notYet("StreamPodSandboxMetrics")
 }
 
-func (s *Service) RuntimeConfig(context.Context, *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
-	return nil, notYet("RuntimeConfig")
-}
-
 func (s *Service) UpdatePodSandboxResources(context.Context, *runtimeapi.UpdatePodSandboxResourcesRequest) (*runtimeapi.UpdatePodSandboxResourcesResponse, error) {
 	return nil, notYet("UpdatePodSandboxResources")
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vz"
 	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
 	"github.com/macvz/macvz/vmimage/imagestore"
@@ -42,6 +43,12 @@ type Service struct {
 
 	// vmImages caches resolved VM images by manifest digest (*imageRef).
 	vmImages sync.Map
+	// warm keeps saved VM states for warm starts; nil when off.
+	warm *warmStore
+	// slots counts VM boots in progress per guest OS; slotsReserve
+	// makes each reservation's check-and-take one step.
+	slots        vmSlots
+	slotsReserve sync.Mutex
 
 	// locks serialise lifecycle calls per sandbox ID.
 	locks keyedLocks
@@ -57,6 +64,18 @@ type Service struct {
 
 // NewService opens the stores under cfg.Root and returns a ready service.
 func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
+	shimBin := shimBinary()
+	if cfg.Backend == "vz" {
+		// The process that creates VMs is the shim: without the
+		// entitlement every pod would fail at its first start.
+		bin := shimBin
+		if bin == "" {
+			bin, _ = os.Executable()
+		}
+		if err := vz.CheckEntitlements(bin, false); err != nil {
+			return nil, fmt.Errorf("backend vz: %w", err)
+		}
+	}
 	sn, err := snapshotter.New(filepath.Join(cfg.Root, "snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter: %w", err)
@@ -76,7 +95,10 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, net: netMgr, ports: portproxy.New(), shims: map[string]*shim.Client{}, shimBinary: shimBinary()}
+	s := &Service{cfg: cfg, sn: sn, st: st, net: netMgr, ports: portproxy.New(), shims: map[string]*shim.Client{}, shimBinary: shimBin}
+	if cfg.VM.WarmStart {
+		s.warm = newWarmStore(filepath.Join(cfg.Root, "warm"), cfg.VM.WarmStates, sn)
+	}
 	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
@@ -101,6 +123,9 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 	s.collectNetworks(ctx)
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
+	if s.warm != nil {
+		s.warm.sweep(ctx)
+	}
 	if err := sn.Cleanup(ctx); err != nil {
 		slog.Warn("snapshot cleanup failed", "err", err)
 	}

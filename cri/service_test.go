@@ -97,3 +97,16 @@ func TestToGRPCNeverPanics(t *testing.T) {
 		t.Errorf("got %v", st)
 	}
 }
+
+// The vz backend refuses to start where it cannot run (here: not macOS;
+// on a Mac: a shim binary without the virtualization entitlement).
+func TestVZBackendRefusedHere(t *testing.T) {
+	cfg := config.Default()
+	dir := t.TempDir()
+	cfg.Root, cfg.State, cfg.Socket = filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "s.sock")
+	cfg.Backend = "vz"
+	_, err := NewService(context.Background(), cfg)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "only on macOS") {
+		t.Errorf("NewService with backend vz on linux: %v", err)
+	}
+}

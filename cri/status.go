@@ -16,6 +16,7 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
 			{Type: runtimeapi.RuntimeReady, Status: true},
 			s.networkCondition(ctx),
+			s.capacityCondition(),
 		}},
 	}
 	if r.GetVerbose() {

@@ -27,14 +27,61 @@ import (
 // shutdown request and a hard stop.
 const vmStopGrace = 10 * time.Second
 
-// bootVM clones the image's base for the sandbox, starts its shim and VM
-// and prepares the guest (hostname, DNS, the shared directory). The
-// caller holds the sandbox lock. On failure everything it made is undone
-// and the sandbox record is as before (VMImage aside).
-func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, ctrs []*runtimeapi.ContainerConfig) (retErr error) {
+// bootVM boots the sandbox's VM: from a saved state of the same VM when
+// there is one (warm start, see warm.go), else cold; a failed restore
+// drops that state and boots cold. The caller holds the sandbox lock.
+func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, ctrs []*runtimeapi.ContainerConfig) error {
+	cpus, mem := vmSize(s.cfg.VM, pod, ctrs, img.desc)
+	release, err := s.reserveVM(sb.ID, img.desc.OS)
+	if err != nil {
+		return err
+	}
+	defer release()
+	var wkey string
+	// Not for macOS guests yet: a restored VM keeps the MAC and machine
+	// identifier it was saved with, so those need one saved state per
+	// VM slot, each with its own identity (see the README).
+	if s.warm != nil && img.desc.OS != "darwin" {
+		// The key depends on the spec's shape only, not its paths.
+		probe, err := s.vmSpec(sb.ID, sb.Dir, "", img.desc, cpus, mem)
+		if err != nil {
+			return err
+		}
+		if sb.Network != nil {
+			probe.NICs = []vm.NIC{sb.Network.NIC}
+		}
+		wkey = warmKey(s.cfg.Backend, img.content, probe)
+	}
+	return s.retryExhausted(ctx, sb.ID, img.desc.OS, func() error {
+		if wkey != "" {
+			if ws := s.warm.lookup(wkey); ws != nil {
+				err := s.bootVMFrom(ctx, sb, pod, img, cpus, mem, wkey, ws)
+				// A hypervisor at its VM limit says nothing about the state.
+				if err == nil || ctx.Err() != nil || errdefs.IsResourceExhausted(err) {
+					return err
+				}
+				sbLog(sb.ID).Warn("restoring the saved VM state failed; booting cold", "key", wkey, "err", err)
+				s.warm.drop(context.WithoutCancel(ctx), wkey, "a restore failed")
+			}
+		}
+		return s.bootVMFrom(ctx, sb, pod, img, cpus, mem, wkey, nil)
+	})
+}
+
+// bootVMFrom clones the disk (the image's base, or the saved state's
+// disk) for the sandbox, starts its shim and VM (restoring ws when set)
+// and prepares the guest (MAC, addresses, hostname, DNS, the shared
+// directory). A cold boot with a warm key saves the VM's state first,
+// when none is saved yet. On failure everything it made is undone and the
+// sandbox record is as before (VMImage aside).
+func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, cpus int, mem int64, wkey string, ws *warmState) (retErr error) {
 	log := sbLog(sb.ID)
 	start := time.Now()
 	baseName := imagestore.BaseName(img.rec.Manifest.Digest)
+	parent := baseName
+	if ws != nil && ws.meta.Disk != "" {
+		parent = ws.meta.Disk
+	}
 	var key string
 	if img.desc.Disk != "" {
 		key = diskKey(sb.ID)
@@ -43,7 +90,7 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	// record that reconcile and RemovePodSandbox clean up.
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.Disk = key
-		r.VMImage, r.VMContent = img.rec.ID(), img.content
+		r.VMImage, r.VMContent, r.VMOS = img.rec.ID(), img.content, img.desc.OS
 		return nil
 	})
 	if err != nil {
@@ -72,7 +119,7 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	}()
 	var base string
 	if key != "" {
-		ms, err := s.sn.Prepare(ctx, key, baseName)
+		ms, err := s.sn.Prepare(ctx, key, parent)
 		if err != nil {
 			return fmt.Errorf("cloning the VM disk: %w", err)
 		}
@@ -85,13 +132,17 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 		// uses it (imageInUse).
 		return err
 	}
-	cpus, mem := vmSize(s.cfg.VM, pod, ctrs, img.desc)
 	spec, err := s.vmSpec(sb.ID, sb.Dir, base, img.desc, cpus, mem)
 	if err != nil {
 		return err
 	}
 	if sb.Network != nil {
 		spec.NICs = []vm.NIC{sb.Network.NIC}
+	}
+	prevMAC := ""
+	if ws != nil {
+		spec.RestoreFrom = ws.stateFile()
+		prevMAC = ws.meta.MAC
 	}
 	if err := os.MkdirAll(filepath.Join(sb.Dir, sharedDir), 0o700); err != nil {
 		return err
@@ -111,9 +162,20 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	s.shimsMu.Unlock()
 	resp, err := c.Start(ctx, time.Duration(s.cfg.VM.BootTimeout))
 	if err != nil {
+		if ws != nil {
+			return fmt.Errorf("restoring the VM: %w", err)
+		}
 		return fmt.Errorf("booting the VM: %w", err)
 	}
-	if err := s.setupGuest(ctx, c.Agent(), pod, sb.Network); err != nil {
+	booted := time.Since(start)
+	if ws == nil && wkey != "" && s.warm.begin(wkey) {
+		err := s.saveWarm(ctx, c, wkey, spec, img, baseName, base)
+		s.warm.end(wkey)
+		if err != nil {
+			return err
+		}
+	}
+	if err := s.setupGuest(ctx, c.Agent(), pod, sb.Network, prevMAC, img.desc.OS); err != nil {
 		return err
 	}
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
@@ -122,21 +184,25 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 	}
 	*sb = rec
 	s.afterBoot(rec)
-	log.Info("VM booted", "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
-		"boot", time.Duration(resp.GetBootNs()), "total", time.Since(start).Round(time.Millisecond),
-		"kernel", resp.GetAgent().GetKernelRelease())
+	how := "VM booted"
+	if ws != nil {
+		how = "VM restored from a saved state"
+	}
+	log.Info(how, "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
+		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
+		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease())
 	return nil
 }
 
 // setupGuest configures the guest's network from the sandbox's
-// attachment, applies the pod's hostname and DNS config (the
+// attachment (a restored guest's NIC still has prevMAC), applies the pod's hostname and DNS config (the
 // attachment's when the pod has none) and mounts the shared directory.
-func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig, n *store.Network) error {
+func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig, n *store.Network, prevMAC, guestOS string) error {
 	// The calls are independent: they go out at once, so a pod start
 	// waits for the slowest, not for their sum (each is a round trip
 	// through the emulated serial port).
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return configureGuestNetwork(ctx, a, n) })
+	g.Go(func() error { return configureGuestNetwork(ctx, a, n, prevMAC) })
 	if sc := pod.GetLinux().GetSysctls(); len(sc) > 0 {
 		g.Go(func() error {
 			if _, err := a.SetSysctls(ctx, &agentapi.SetSysctlsRequest{Sysctls: sc}); err != nil {
@@ -169,7 +235,7 @@ func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *r
 	}
 	g.Go(func() error {
 		if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
-			Tag: sharedTag, Fstype: "9p", Target: guestSharedDir, CreateTarget: true,
+			Tag: sharedTag, Fstype: shareFstype(s.cfg.Backend), Target: guestSharedDirFor(guestOS), CreateTarget: true,
 		}); err != nil {
 			return fmt.Errorf("mounting the shared directory in the guest: %w", err)
 		}

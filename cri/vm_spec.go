@@ -28,8 +28,23 @@ import (
 // VM.
 const sharedTag = "macvz-shared"
 
-// guestSharedDir is where the agent mounts that share in the guest.
-const guestSharedDir = "/run/macvz/shared"
+// guestSharedDirFor is where the agent mounts that share in a guest of
+// the OS (macOS has no /run; /var/run is /private/var/run there).
+func guestSharedDirFor(guestOS string) string {
+	if guestOS == "darwin" {
+		return "/var/run/macvz/shared"
+	}
+	return "/run/macvz/shared"
+}
+
+// shareFstype is how the backend exports host directories: virtiofs on
+// vz (macOS guests have no 9p), 9p on QEMU.
+func shareFstype(backend string) string {
+	if backend == "vz" {
+		return "virtiofs"
+	}
+	return "9p"
+}
 
 // imageRef is a VM image resolved for booting.
 type imageRef struct {
@@ -170,7 +185,16 @@ func (s *Service) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpu
 		}
 		spec.Boot = vm.Boot{Kind: vm.BootLinux, Kernel: in(desc.Kernel), Initrd: in(desc.Initrd), Cmdline: desc.KernelCmdline}
 	case "darwin":
-		spec.Boot = vm.Boot{Kind: vm.BootMacOS, HardwareModel: desc.HardwareModel, MachineID: desc.MachineID, AuxStorage: in(desc.NVRAM)}
+		if len(desc.HardwareModel) == 0 || desc.NVRAM == "" {
+			return nil, fmt.Errorf("macOS VM image without a hardware model or auxiliary storage (NVRAM): %w", errdefs.ErrFailedPrecondition)
+		}
+		// base is the sandbox's own clone: the aux storage in it is this
+		// VM's copy (two VMs sharing one fail to lock it).
+		spec.Boot = vm.Boot{Kind: vm.BootMacOS, HardwareModel: desc.HardwareModel, AuxStorage: in(desc.NVRAM)}
+		if s.cfg.VZ.MachineIdentifier == "image" {
+			// Empty: the backend makes a fresh one.
+			spec.Boot.MachineID = desc.MachineID
+		}
 	default:
 		return nil, fmt.Errorf("VM image for OS %q: %w", desc.OS, errdefs.ErrNotImplemented)
 	}

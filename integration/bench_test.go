@@ -30,7 +30,8 @@ const benchPods = 10
 // console line. It reports both p50s and their ratio, and the resident
 // memory of the idle daemon and of each pod's shim.
 func BenchmarkPodStart(b *testing.B) {
-	v := newVMBench(b)
+	// Cold boots only: this compares with a bare boot.
+	v := newVMBench(b, "[vm]\nwarm_start = false\n")
 	n := max(b.N, benchPods)
 
 	bare := make([]time.Duration, 0, n)
@@ -39,57 +40,16 @@ func BenchmarkPodStart(b *testing.B) {
 	}
 
 	daemonRSS, _ := rssOf(b, v.d.cmd.Process.Pid)
-	rt := v.d.runtimeClient(b)
-	ctx := context.Background()
 	pods := make([]time.Duration, 0, n)
 	var shimRSS, shimAnon []int64
 	b.ResetTimer()
 	for i := range n {
-		podCfg := &runtimeapi.PodSandboxConfig{
-			Metadata:     &runtimeapi.PodSandboxMetadata{Name: "bench" + strconv.Itoa(i), Namespace: "bench", Uid: "bench-" + strconv.Itoa(i)},
-			LogDirectory: filepath.Join(v.d.dir, "logs", strconv.Itoa(i)),
-			// Host network (QEMU's user-mode NAT): no CNI in the measure.
-			Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}},
-		}
-		start := time.Now()
-		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
-		if err != nil {
-			b.Fatal(err)
-		}
-		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-			PodSandboxId:  sb.GetPodSandboxId(),
-			SandboxConfig: podCfg,
-			Config: &runtimeapi.ContainerConfig{
-				Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
-				Image:    &runtimeapi.ImageSpec{Image: v.plain},
-				Command:  []string{"sleep", "3600"},
-				LogPath:  "main.log",
-			},
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c.GetContainerId(), Cmd: []string{"true"}}); err != nil {
-			b.Fatal(err)
-		}
-		pods = append(pods, time.Since(start))
-		b.StopTimer()
-		if pid, err := readPidFile(filepath.Join(v.d.dir, "state", "sandboxes", sb.GetPodSandboxId(), "shim.pid")); err == nil {
-			rss, anon := rssOf(b, pid)
+		d, rss, anon := v.podStart(b, i)
+		pods = append(pods, d)
+		if rss > 0 {
 			shimRSS = append(shimRSS, rss)
 			shimAnon = append(shimAnon, anon)
 		}
-		if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
 	}
 	b.StopTimer()
 	bareP50, podP50 := p50(bare), p50(pods)
@@ -104,6 +64,98 @@ func BenchmarkPodStart(b *testing.B) {
 	b.Logf("bare boots %v; pods %v", bare, pods)
 }
 
+// BenchmarkPodWarmStart measures pod start (as BenchmarkPodStart) from a
+// saved VM state against a cold boot, both in this run: a daemon with
+// warm starts off, then one with them on, whose first pod boots cold and
+// saves the state (reported apart) and the rest restore it.
+func BenchmarkPodWarmStart(b *testing.B) {
+	n := max(b.N, benchPods)
+	coldV := newVMBench(b, "[vm]\nwarm_start = false\n")
+	cold := make([]time.Duration, 0, n)
+	for i := range n {
+		d, _, _ := coldV.podStart(b, i)
+		cold = append(cold, d)
+	}
+
+	v := newVMBench(b, "")
+	first, _, _ := v.podStart(b, 0)
+	warm := make([]time.Duration, 0, n)
+	b.ResetTimer()
+	for i := range n {
+		d, _, _ := v.podStart(b, i+1)
+		warm = append(warm, d)
+	}
+	b.StopTimer()
+	if got := strings.Count(v.d.log.String(), "VM restored from a saved state"); got != n {
+		b.Fatalf("%d of %d pods were restored from the saved state", got, n)
+	}
+	coldP50, warmP50 := p50(cold), p50(warm)
+	b.ReportMetric(float64(coldP50.Milliseconds()), "cold-p50-ms")
+	b.ReportMetric(float64(warmP50.Milliseconds()), "warm-p50-ms")
+	b.ReportMetric(float64(first.Milliseconds()), "first-saving-ms")
+	b.ReportMetric(float64(warmP50)/float64(coldP50), "ratio")
+	b.Logf("cold %v; first (saves) %v; warm %v", cold, first, warm)
+	// Where a start's time goes, from the daemon's own lines.
+	for _, l := range strings.Split(v.d.log.String(), "\n") {
+		if strings.Contains(l, `msg="VM `) || strings.Contains(l, "saved the VM state") {
+			b.Log(l[strings.Index(l, "msg="):])
+		}
+	}
+}
+
+// podStart runs pod i (host network) to its first ExecSync answer over
+// the CRI socket, returns the time that took and the shim's resident and
+// anonymous memory, then removes the pod.
+func (v *vmBench) podStart(b *testing.B, i int) (d time.Duration, shimRSS, shimAnon int64) {
+	b.Helper()
+	rt := v.d.runtimeClient(b)
+	ctx := context.Background()
+	podCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "bench" + strconv.Itoa(i), Namespace: "bench", Uid: "bench-" + strconv.Itoa(i)},
+		LogDirectory: filepath.Join(v.d.dir, "logs", strconv.Itoa(i)),
+		// Host network (QEMU's user-mode NAT): no CNI in the measure.
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}},
+	}
+	start := time.Now()
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId:  sb.GetPodSandboxId(),
+		SandboxConfig: podCfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+			Image:    &runtimeapi.ImageSpec{Image: v.plain},
+			Command:  []string{"sleep", "3600"},
+			LogPath:  "main.log",
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c.GetContainerId(), Cmd: []string{"true"}}); err != nil {
+		b.Fatal(err)
+	}
+	d = time.Since(start)
+	b.StopTimer()
+	defer b.StartTimer()
+	if pid, err := readPidFile(filepath.Join(v.d.dir, "state", "sandboxes", sb.GetPodSandboxId(), "shim.pid")); err == nil {
+		shimRSS, shimAnon = rssOf(b, pid)
+	}
+	if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
+		b.Fatal(err)
+	}
+	return d, shimRSS, shimAnon
+}
+
 // vmBench is newVMTest for a benchmark, plus the guest's kernel and
 // initrd for the bare boots.
 type vmBench struct {
@@ -111,9 +163,9 @@ type vmBench struct {
 	kernel, initrd string
 }
 
-func newVMBench(b *testing.B) *vmBench {
+func newVMBench(b *testing.B, extraTOML string) *vmBench {
 	b.Helper()
-	v := newVMTestTB(b) // root, QEMU, crictl: skips outside CI, fails in it
+	v := newVMTestIn(b, nil, extraTOML) // root, QEMU, crictl: skips outside CI, fails in it
 	imgs, err := guestImages()
 	if err != nil {
 		b.Fatal(err)

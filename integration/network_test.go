@@ -256,3 +256,72 @@ func TestPodNetworkCrash(t *testing.T) {
 	n.d.mustCrictl("rmp", "-f", id)
 	n.assertNetClean(t, "after rmp")
 }
+
+// TestPodWarmStart: the first pod of a VM boots cold and saves its state;
+// the next ones restore it and still get their own MAC, address and
+// hostname on the pod network; a state that cannot be restored is
+// dropped, the pod boots cold and a new state is saved.
+func TestPodWarmStart(t *testing.T) {
+	n := newNetTest(t)
+	count := func(s string) int { return strings.Count(n.d.log.String(), s) }
+	start := func(name string) (pod, ctr string) {
+		t.Helper()
+		cfg := n.podConfig(t, name, map[string]any{"hostname": name, "linux": map[string]any{}})
+		pod = n.runPod(t, cfg)
+		return pod, n.startCtr(t, pod, n.ctrConfig(t, "httpd", n.httpd, nil), cfg)
+	}
+	_, ca := start("warm-a")
+	if count("saved the VM state for warm starts") != 1 || count("VM restored from a saved state") != 0 {
+		t.Fatalf("the first pod did not boot cold and save its state; log:\n%s", n.d.log.String())
+	}
+	pb, cb := start("warm-b")
+	pc, cc := start("warm-c")
+	if got := count("VM restored from a saved state"); got != 2 {
+		t.Fatalf("%d pods restored, want 2", got)
+	}
+	macs := map[string]string{}
+	for name, c := range map[string]string{"warm-a": ca, "warm-b": cb, "warm-c": cc} {
+		if h := n.execOut(t, c, "hostname"); h != name {
+			t.Errorf("hostname in %s: %q", name, h)
+		}
+		mac := n.execOut(t, c, "cat", "/sys/class/net/eth0/address")
+		if other, dup := macs[mac]; dup {
+			t.Errorf("%s and %s share the MAC %s", name, other, mac)
+		}
+		macs[mac] = name
+	}
+	ipC := n.podIP(t, pc)
+	if out := n.execOut(t, cc, "ip", "-4", "addr", "show", "eth0"); !strings.Contains(out, ipC+"/16") {
+		t.Errorf("eth0 in the restored pod C:\n%s", out)
+	}
+	var page string
+	waitFor(t, "restored pod B to fetch restored pod C's page", time.Minute, func() bool {
+		out, err := n.d.crictl("exec", "-s", cb, "wget", "-q", "-O", "-", "http://"+ipC+"/")
+		page = out
+		return err == nil
+	})
+	if !strings.Contains(page, "hello from the macvz guest") {
+		t.Errorf("pod C's page from pod B: %q", page)
+	}
+	if out, err := n.httpGet(n.podIP(t, pb) + ":80"); err != nil || !strings.Contains(out, "hello from the macvz guest") {
+		t.Errorf("the namespace to restored pod B: %v %q", err, out)
+	}
+
+	// A state the hypervisor cannot load: dropped, cold boot, saved anew.
+	states, _ := filepath.Glob(filepath.Join(n.d.root(), "warm", "*", "state"))
+	if len(states) != 1 {
+		t.Fatalf("saved states: %v, want one", states)
+	}
+	if err := os.WriteFile(states[0], []byte("QEVM not a state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, cd := start("warm-d")
+	if count("restoring the saved VM state failed; booting cold") != 1 || count("saved the VM state for warm starts") != 2 {
+		t.Errorf("a broken state did not fall back to a cold boot that saves again; log:\n%s", n.d.log.String())
+	}
+	if h := n.execOut(t, cd, "hostname"); h != "warm-d" {
+		t.Errorf("hostname in the cold-booted pod D: %q", h)
+	}
+	n.d.mustCrictl("rmp", "-f", "-a")
+	n.assertNetClean(t, "after removing the pods")
+}

@@ -566,3 +566,64 @@ func TestPodBadInput(t *testing.T) {
 		t.Errorf("pods left: %q", out)
 	}
 }
+
+// TestPodVMLimit: with vm.max_linux_vms = 1 (the bound macOS hosts have
+// at 2), a second VM is refused with ResourceExhausted naming the pod
+// that holds the slot, leaving nothing; once that pod stops, it starts.
+func TestPodVMLimit(t *testing.T) {
+	v := newVMTestIn(t, nil, "[vm]\nmax_linux_vms = 1\n")
+	cfgA := v.podConfig(t, "holder", nil)
+	a := v.runPod(t, cfgA)
+	v.startCtr(t, a, v.ctrConfig(t, "main", v.plain, map[string]any{"command": []string{"sleep", "3600"}}), cfgA)
+	if out := v.d.mustCrictl("info"); !strings.Contains(out, `"type": "VMCapacity"`) || !strings.Contains(out, "Linux VMs: 1 of 1") {
+		t.Errorf("crictl info lacks the full VMCapacity condition:\n%s", out)
+	}
+	cfgB := v.podConfig(t, "waiting", nil)
+	b := v.runPod(t, cfgB)
+	snaps := v.snapshotDirs(t)
+	ctrB := strings.TrimSpace(v.d.mustCrictl("create", b, v.ctrConfig(t, "main", v.plain, map[string]any{"command": []string{"sleep", "3600"}}), cfgB))
+	out, err := v.d.crictl("start", ctrB)
+	if err == nil || !strings.Contains(out, "code = ResourceExhausted") || !strings.Contains(out, "holder_macvz-test_holder-uid_0 (") {
+		t.Fatalf("second VM: err %v, want ResourceExhausted naming the holder; output:\n%s", err, out)
+	}
+	// As with containerd, a container whose start failed has exited;
+	// kubelet creates a new one.
+	if st := v.inspect(t, ctrB).Status.State; st != "CONTAINER_EXITED" {
+		t.Errorf("the refused container is %s, want exited", st)
+	}
+	if ps := processesUnder(v.inspectPod(t, b).Info.StateDir); len(ps) > 0 {
+		t.Errorf("a refused boot left processes:\n%s", strings.Join(ps, "\n"))
+	}
+	if n := v.snapshotDirs(t); n != snaps {
+		t.Errorf("a refused boot left a disk clone (%d snapshot dirs, had %d)", n, snaps)
+	}
+	v.d.mustCrictl("stopp", a)
+	ctrB = v.startCtr(t, b, v.ctrConfig(t, "retry", v.plain, map[string]any{"command": []string{"sleep", "3600"}}), cfgB)
+	if got := v.execOut(t, ctrB, "echo", "booted"); got != "booted" {
+		t.Errorf("exec in the second pod: %q", got)
+	}
+}
+
+// TestPodBootInterrupted: the daemon is killed while StartContainer boots
+// the pod's VM; the restarted daemon discards that boot (no shim or VM
+// left), and the container can be started again (kubelet would create a
+// new one).
+func TestPodBootInterrupted(t *testing.T) {
+	v := newVMTest(t)
+	cfg := v.podConfig(t, "interrupted", nil)
+	pod := v.runPod(t, cfg)
+	stateDir := v.inspectPod(t, pod).Info.StateDir
+	ctr := strings.TrimSpace(v.d.mustCrictl("create", pod, v.ctrConfig(t, "main", v.plain, map[string]any{"command": []string{"sleep", "3600"}}), cfg))
+	started := make(chan error, 1)
+	go func() { _, err := v.d.crictl("start", ctr); started <- err }()
+	waitFor(t, "the VM's shim to start", time.Minute, func() bool { return len(processesUnder(stateDir)) > 0 })
+	v.d.crash()
+	<-started
+	if ps := processesUnder(stateDir); len(ps) > 0 {
+		t.Fatalf("an interrupted boot left processes after the restart:\n%s", strings.Join(ps, "\n"))
+	}
+	ctr2 := v.startCtr(t, pod, v.ctrConfig(t, "again", v.plain, map[string]any{"command": []string{"sleep", "3600"}}), cfg)
+	if got := v.execOut(t, ctr2, "echo", "booted"); got != "booted" {
+		t.Errorf("exec after booting again: %q", got)
+	}
+}

@@ -399,6 +399,28 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
+// A container's working directory is created when missing (kubelet's
+// workingDir need not exist in the image); an exec's is not.
+func TestContainerWorkingDirIsCreated(t *testing.T) {
+	ta := startAgent(t)
+	wd := filepath.Join(t.TempDir(), "srv", "app")
+	ta.run(t, &api.CreateProcessRequest{Id: pid("c1", ""), Argv: []string{"pwd"}, Cwd: wd})
+	if got := ta.readAll(t, pid("c1", ""), api.Stdio_STDOUT); got != wd+"\n" {
+		t.Errorf("pwd: %q", got)
+	}
+	missing := filepath.Join(t.TempDir(), "missing")
+	_, err := ta.client.CreateProcess(ctxT(t), &api.CreateProcessRequest{Id: pid("c1", "e1"), Argv: []string{"pwd"}, Cwd: missing})
+	if err == nil {
+		_, err = ta.client.StartProcess(ctxT(t), &api.StartProcessRequest{Id: pid("c1", "e1")})
+	}
+	if err == nil {
+		t.Errorf("an exec in a missing directory started")
+	}
+	if _, serr := os.Stat(missing); !os.IsNotExist(serr) {
+		t.Errorf("the exec's directory was created (%v)", serr)
+	}
+}
+
 func TestEnvIsExact(t *testing.T) {
 	ta := startAgent(t)
 	id := pid("c1", "")

@@ -118,6 +118,13 @@ func execHelper(args []string) {
 			if v != "" {
 				h.caps = strings.Split(v, ",")
 			}
+		case "sync":
+			// Closed by the exec below: the agent waits for that.
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				fail("exec helper: bad sync fd %q", v)
+			}
+			unix.CloseOnExec(n)
 		case "mntns":
 			mntns = v
 		case "roroot":

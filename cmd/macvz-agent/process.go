@@ -110,6 +110,14 @@ func (a *agent) CreateProcess(ctx context.Context, req *api.CreateProcessRequest
 	if err := resolveUser(a.cfg.etcDir, req); err != nil {
 		return nil, err
 	}
+	if req.Id.ExecId == "" && req.Cwd != "" {
+		// A container's working directory need not exist in the image
+		// (kubelet's workingDir): runc creates it, root-owned 0755, and
+		// so does the agent. An exec's is not created, as with runc.
+		if err := os.MkdirAll(req.Cwd, 0o755); err != nil {
+			return nil, osErr(codes.FailedPrecondition, err, "process %s: creating its working directory", k)
+		}
+	}
 	p := &process{
 		key:    k,
 		req:    req,
@@ -311,18 +319,37 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 		newMountNS: p.req.OwnMountNamespace && p.key.exec == "", readOnlyRoot: p.req.ReadOnlyRootfs, readonlyPaths: p.req.ReadonlyPaths,
 	}
 	h.joinMountNS = joinPid
+	var setupDone *os.File
 	if h.restrictCaps || h.noNewPrivs || h.newMountNS || h.joinMountNS > 0 {
 		// The agent re-executed finishes the setup the fork cannot.
 		args, err := helperArgs(path, p.req.Argv, h)
 		if err != nil {
 			return startErr(err)
 		}
+		// The helper gets the write end of a pipe as fd 3, close-on-exec:
+		// the read end sees EOF once it has exec'd the process (or died).
+		// StartProcess answers only then, so an exec that joins the
+		// container's mount namespace finds it set up, never the agent's.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return startErr(err)
+		}
+		defer r.Close()
+		setupDone = r
+		p.cmd.ExtraFiles = []*os.File{w}
+		args = append(args[:2], append([]string{"sync=3"}, args[2:]...)...)
 		p.cmd.Path, p.cmd.Args = "/proc/self/exe", args
 		p.cmd.SysProcAttr.Credential = nil
 	}
 	done, err := a.reaper.start(p.cmd)
+	for _, f := range p.cmd.ExtraFiles {
+		f.Close()
+	}
 	if err != nil {
 		return startErr(err)
+	}
+	if setupDone != nil {
+		waitEOF(setupDone, 30*time.Second)
 	}
 	p.state = api.ProcessState_RUNNING
 	p.pid = p.cmd.Process.Pid
@@ -337,6 +364,13 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	go p.wait(done)
 	a.cfg.log.Debug("process started", "id", p.key.String(), "pid", p.pid, "argv", p.req.Argv)
 	return &api.StartProcessResponse{Pid: uint32(p.pid)}, nil
+}
+
+// waitEOF reads f until EOF or the timeout (a helper stuck before its
+// exec must not hold StartProcess forever).
+func waitEOF(f *os.File, timeout time.Duration) {
+	f.SetReadDeadline(time.Now().Add(timeout))
+	io.Copy(io.Discard, f)
 }
 
 func (p *process) wait(done <-chan waitResult) {

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,8 +51,74 @@ func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsRes
 	return nil, errDarwin
 }
 
+// MountShare on macOS: virtiofs only (macOS guests have no 9p), mounted
+// with mount_virtiofs(8) (macOS 13+ guests). A subpath cannot be bound
+// (macOS has no bind mounts): it becomes a symlink at the target into
+// the mounted share, so read_only cannot be enforced for it.
 func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*api.MountShareResponse, error) {
-	return nil, errDarwin
+	if req.Tag == "" || !filepath.IsAbs(req.Target) {
+		return nil, errf(codes.InvalidArgument, "MountShare needs a tag and an absolute target (got %q, %q)", req.Tag, req.Target)
+	}
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "MountShare: the agent does not own this machine")
+	}
+	if req.Subpath != "" {
+		return a.linkShare(req)
+	}
+	if req.Fstype != "virtiofs" {
+		return nil, errf(codes.InvalidArgument, "MountShare: macOS guests mount virtiofs shares, not %q", req.Fstype)
+	}
+	if req.CreateTarget {
+		if err := os.MkdirAll(req.Target, 0o755); err != nil {
+			return nil, osErr(codes.Internal, err, "creating mount point %s", req.Target)
+		}
+	}
+	args := []string{}
+	if req.ReadOnly {
+		args = append(args, "-o", "rdonly") // mount(8)'s name for read-only
+	}
+	for _, o := range req.Options {
+		if o == "" || strings.ContainsAny(o, ", ") {
+			return nil, errf(codes.InvalidArgument, "MountShare: invalid option %q", o)
+		}
+		args = append(args, "-o", o)
+	}
+	args = append(args, req.Tag, req.Target)
+	if out, err := exec.CommandContext(ctx, "/sbin/mount_virtiofs", args...).CombinedOutput(); err != nil {
+		return nil, errf(codes.Internal, "mounting virtiofs share %q on %s: %v: %s", req.Tag, req.Target, err, strings.TrimSpace(string(out)))
+	}
+	a.mu.Lock()
+	a.shares[req.Tag] = req.Target
+	a.mu.Unlock()
+	a.cfg.log.Info("share mounted", "tag", req.Tag, "target", req.Target, "ro", req.ReadOnly)
+	return &api.MountShareResponse{}, nil
+}
+
+// linkShare makes req.Target a symlink to a path inside a mounted share.
+func (a *agent) linkShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
+	a.mu.Lock()
+	root, ok := a.shares[req.Tag]
+	a.mu.Unlock()
+	if !ok {
+		return nil, errf(codes.FailedPrecondition, "MountShare: share %q is not mounted; mount its root before a subpath", req.Tag)
+	}
+	src, err := subpathIn(root, req.Subpath)
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "MountShare: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(req.Target), 0o755); err != nil {
+		return nil, osErr(codes.Internal, err, "creating the parent of %s", req.Target)
+	}
+	if err := clearLinkTarget(req.Target); err != nil {
+		return nil, errf(codes.FailedPrecondition, "MountShare: %v", err)
+	}
+	if err := os.Symlink(src, req.Target); err != nil {
+		return nil, osErr(codes.Internal, err, "linking %s to %s", req.Target, src)
+	}
+	if req.ReadOnly {
+		a.cfg.log.Warn("a read-only volume is a symlink on macOS guests: not enforced read-only", "target", req.Target)
+	}
+	return &api.MountShareResponse{}, nil
 }
 
 func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkRequest) (*api.ConfigureNetworkResponse, error) {
@@ -72,7 +141,17 @@ func watchPowerButton(log *slog.Logger, press func()) {}
 
 func setSubreaper() error { return errors.New("no subreapers on macOS") }
 
-func powerOff(reboot bool) {}
+// powerOff asks macOS to shut down (or restart) the way an administrator
+// does: a stop request from the host would show a dialog in the guest.
+func powerOff(reboot bool) {
+	how := "-h"
+	if reboot {
+		how = "-r"
+	}
+	if out, err := exec.Command("/sbin/shutdown", how, "now").CombinedOutput(); err != nil {
+		slog.Error("shutdown failed", "err", err, "out", string(out))
+	}
+}
 
 // setClock: macOS guests keep their own time (timed/NTP).
 func setClock(t time.Time) error { return nil }

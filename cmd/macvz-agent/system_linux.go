@@ -273,17 +273,17 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 
 // bindShare binds a path inside a mounted share at req.Target.
 func (a *agent) bindShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
-	sub := filepath.Clean(req.Subpath)
-	if filepath.IsAbs(sub) || sub == ".." || strings.HasPrefix(sub, "../") {
-		return nil, errf(codes.InvalidArgument, "MountShare: subpath %q must be relative and inside the share", req.Subpath)
-	}
 	a.mu.Lock()
 	root, ok := a.shares[req.Tag]
 	a.mu.Unlock()
 	if !ok {
 		return nil, errf(codes.FailedPrecondition, "MountShare: share %q is not mounted; mount its root before a subpath", req.Tag)
 	}
-	src := filepath.Join(root, sub)
+	src, err := subpathIn(root, req.Subpath)
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "MountShare: %v", err)
+	}
+	sub := filepath.Clean(req.Subpath)
 	// The share's contents come from the host: resolve symlinks and
 	// refuse any that lead out of the share.
 	real, err := filepath.EvalSymlinks(src)
@@ -335,9 +335,10 @@ func makeMountPoint(target string, dir bool) error {
 
 func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkRequest) (*api.ConfigureNetworkResponse, error) {
 	type ifc struct {
-		link  netlink.Link
-		addrs []*netlink.Addr
-		req   *api.Interface
+		link   netlink.Link
+		addrs  []*netlink.Addr
+		req    *api.Interface
+		setMAC net.HardwareAddr // found by previous_mac: give it this one
 	}
 	// Validate everything first.
 	if err := a.waitReady(ctx); err != nil {
@@ -372,6 +373,18 @@ func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkR
 			if bytes.Equal(l.Attrs().HardwareAddr, mac) {
 				c.link = l
 				break
+			}
+		}
+		if c.link == nil && in.PreviousMac != "" {
+			prev, err := net.ParseMAC(in.PreviousMac)
+			if err != nil {
+				return nil, errf(codes.InvalidArgument, "interface previous MAC %q: %v", in.PreviousMac, err)
+			}
+			for _, l := range links {
+				if bytes.Equal(l.Attrs().HardwareAddr, prev) {
+					c.link, c.setMAC = l, mac
+					break
+				}
 			}
 		}
 		if c.link == nil && a.cfg.system {
@@ -419,6 +432,15 @@ func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkR
 	}
 	for _, c := range ifcs {
 		l := c.link
+		if c.setMAC != nil {
+			// Down first: not every driver takes a new address while up.
+			if err := netlink.LinkSetDown(l); err != nil {
+				return nil, osErr(codes.Internal, err, "interface %s down", l.Attrs().Name)
+			}
+			if err := netlink.LinkSetHardwareAddr(l, c.setMAC); err != nil {
+				return nil, osErr(codes.Internal, err, "setting MAC %s on %s", c.setMAC, l.Attrs().Name)
+			}
+		}
 		if c.req.Name != "" && c.req.Name != l.Attrs().Name {
 			if err := netlink.LinkSetDown(l); err != nil {
 				return nil, osErr(codes.Internal, err, "interface %s down", l.Attrs().Name)

@@ -12,12 +12,16 @@ type Config struct {
 	Socket string `toml:"socket"`
 	// Backend is the VM driver: "qemu" (Linux) or "vz" (macOS).
 	Backend string `toml:"backend"`
+	// CgroupDriver is what the CRI RuntimeConfig call tells kubelet to
+	// use for its own cgroups: "systemd", "cgroupfs", or "auto".
+	CgroupDriver string `toml:"cgroup_driver"`
 
 	Log      Log      `toml:"log"`
 	Registry Registry `toml:"registry"`
 	Image    Image    `toml:"image"`
 	VM       VM       `toml:"vm"`
 	QEMU     QEMU     `toml:"qemu"`
+	VZ       VZ       `toml:"vz"`
 	Network  Network  `toml:"network"`
 	Stream   Stream   `toml:"stream"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
@@ -33,6 +37,25 @@ type VM struct {
 	DefaultMemoryBytes int64 `toml:"default_memory_bytes"`
 	// BootTimeout bounds boot-to-agent-ready.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// WarmStart saves a VM's state at its first boot on this host and
+	// restores later sandboxes of the same VM (image, size) from it.
+	WarmStart bool `toml:"warm_start"`
+	// WarmStates is how many saved states are kept (least recently used
+	// go first).
+	WarmStates int `toml:"warm_states"`
+	// MaxMacOSVMs and MaxLinuxVMs bound the VMs of each guest OS running
+	// (or booting) at once; 0 = no bound. Apple's license and
+	// Virtualization.framework allow two macOS guests per host.
+	MaxMacOSVMs int `toml:"max_macos_vms"`
+	MaxLinuxVMs int `toml:"max_linux_vms"`
+}
+
+// VZ configures the vz backend (macOS guests on macOS).
+type VZ struct {
+	// MachineIdentifier is "fresh" (each sandbox's VM gets a new one) or
+	// "image" (the image's own, for guests licensed to one identity).
+	// Two VMs running with one identifier conflict.
+	MachineIdentifier string `toml:"machine_identifier"`
 }
 
 // QEMU configures the qemu backend.

@@ -30,6 +30,13 @@ socket = "{{.C.Socket}}"
 # "qemu" (Linux guests under qemu-system-x86_64 on Linux).
 backend = "{{.C.Backend}}"
 
+# The cgroup driver kubelet is told to use for its own cgroups (CRI
+# RuntimeConfig; kubelet 1.37+ requires the runtime to answer). Pods are VMs,
+# so macvz itself puts nothing in a host cgroup; this only has to match how
+# the host's kubelet should manage cgroups. "auto" answers systemd when the
+# host runs systemd (/run/systemd/system exists), else cgroupfs.
+cgroup_driver = "{{.C.CgroupDriver}}"
+
 [log]
   # debug, info, warn or error.
   level = "{{.C.Log.Level}}"
@@ -48,6 +55,22 @@ backend = "{{.C.Backend}}"
   default_memory_bytes = {{.C.VM.DefaultMemoryBytes}}
   # How long a VM may take from boot to an answering guest agent.
   boot_timeout = "{{.C.VM.BootTimeout}}"
+  # Warm start: the first boot of a VM (image and size) on this host saves
+  # the VM's state once its agent answers (the VM pauses for that), with a
+  # copy-on-write clone of its disk; later sandboxes of that VM restore the
+  # state instead of booting, then get their own MAC, addresses, hostname,
+  # DNS and mounts. A restore that fails drops the state and boots cold.
+  # States live under <root>/warm; each is about the memory the guest had
+  # touched when saved.
+  warm_start = {{.C.VM.WarmStart}}
+  # How many saved states to keep; the least recently used go first.
+  warm_states = {{.C.VM.WarmStates}}
+  # How many VMs of each guest OS may run (or boot) at once; 0 = no bound.
+  # Virtualization.framework runs at most two macOS guests per host (Apple's
+  # license allows two): a third sandbox gets ResourceExhausted naming the
+  # two that run, and kubelet retries. Give such nodes maxPods: 2.
+  max_macos_vms = {{.C.VM.MaxMacOSVMs}}
+  max_linux_vms = {{.C.VM.MaxLinuxVMs}}
 
 [qemu]
   # The qemu backend (Linux guests on Linux).
@@ -56,6 +79,13 @@ backend = "{{.C.Backend}}"
   # emulation, slow but works everywhere). Set "tcg" where /dev/kvm exists
   # but does not work (nested or paravirtualised hosts).
   accel = "{{.C.QEMU.Accel}}"
+
+[vz]
+  # The vz backend (macOS guests on macOS). Each sandbox's VM gets its own
+  # copy of the image's auxiliary storage (NVRAM) and, with "fresh", its own
+  # machine identifier; "image" keeps the image's (two VMs running with one
+  # identifier conflict).
+  machine_identifier = "{{.C.VZ.MachineIdentifier}}"
 
 [network]
   # The pod network: a CNI configuration list whose first plugin is

@@ -22,11 +22,12 @@ const DefaultPath = "/etc/macvz/config.toml"
 // Default is the configuration used for every key the file does not set.
 func Default() *Config {
 	return &Config{
-		Root:    "/var/lib/macvz",
-		State:   "/var/run/macvz",
-		Socket:  "/var/run/macvz/macvz.sock",
-		Backend: DefaultBackend,
-		Log:     Log{Level: "info", Format: "text"},
+		Root:         "/var/lib/macvz",
+		State:        "/var/run/macvz",
+		Socket:       "/var/run/macvz/macvz.sock",
+		Backend:      DefaultBackend,
+		CgroupDriver: "auto",
+		Log:          Log{Level: "info", Format: "text"},
 		Registry: Registry{
 			Hosts: map[string]Host{},
 		},
@@ -35,8 +36,12 @@ func Default() *Config {
 			DefaultCPUs:        1,
 			DefaultMemoryBytes: 512 << 20,
 			BootTimeout:        Duration(2 * time.Minute),
+			WarmStart:          true,
+			WarmStates:         4,
+			MaxMacOSVMs:        2,
 		},
 		QEMU:            QEMU{Binary: "qemu-system-x86_64", Accel: "auto"},
+		VZ:              VZ{MachineIdentifier: "fresh"},
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		RuntimeHandlers: map[string]RuntimeHandler{},
@@ -106,6 +111,11 @@ func (c *Config) Validate() error {
 	default:
 		return bad("backend", "must be \"qemu\" or \"vz\", got %q", c.Backend)
 	}
+	switch c.CgroupDriver {
+	case "auto", "systemd", "cgroupfs":
+	default:
+		return bad("cgroup_driver", "must be auto, systemd or cgroupfs, got %q", c.CgroupDriver)
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -151,10 +161,21 @@ func (c *Config) Validate() error {
 	if c.VM.BootTimeout <= 0 {
 		return bad("vm.boot_timeout", "must be positive")
 	}
+	if c.VM.MaxMacOSVMs < 0 || c.VM.MaxLinuxVMs < 0 {
+		return bad("vm.max_macos_vms/max_linux_vms", "must be 0 (no bound) or more")
+	}
+	if c.VM.WarmStates < 1 {
+		return bad("vm.warm_states", "must be at least 1 (turn warm starts off with vm.warm_start = false), got %d", c.VM.WarmStates)
+	}
 	switch c.QEMU.Accel {
 	case "auto", "kvm", "tcg":
 	default:
 		return bad("qemu.accel", "must be auto, kvm or tcg, got %q", c.QEMU.Accel)
+	}
+	switch c.VZ.MachineIdentifier {
+	case "fresh", "image":
+	default:
+		return bad("vz.machine_identifier", "must be fresh or image, got %q", c.VZ.MachineIdentifier)
 	}
 	for name := range c.RuntimeHandlers {
 		if name == "" || name == "macvz" {

@@ -2123,7 +2123,11 @@ type Interface struct {
 	Mtu   uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`  // 0 = keep
 	// addresses in CIDR form, IPv4 or IPv6: "10.88.0.5/16", "fd00::5/64".
 	// IPv6 addresses skip duplicate address detection.
-	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	Addresses []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// previous_mac: when no interface has mac, the one with this MAC gets
+	// mac. A VM resumed from a saved state comes back with the MAC it was
+	// saved with; each sandbox needs its own on the pod network.
+	PreviousMac   string `protobuf:"bytes,5,opt,name=previous_mac,json=previousMac,proto3" json:"previous_mac,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2184,6 +2188,13 @@ func (x *Interface) GetAddresses() []string {
 		return x.Addresses
 	}
 	return nil
+}
+
+func (x *Interface) GetPreviousMac() string {
+	if x != nil {
+		return x.PreviousMac
+	}
+	return ""
 }
 
 type Route struct {
@@ -3298,12 +3309,13 @@ const file_agent_proto_rawDesc = "" +
 	"\vnameservers\x18\x01 \x03(\tR\vnameservers\x12\x1a\n" +
 	"\bsearches\x18\x02 \x03(\tR\bsearches\x12\x18\n" +
 	"\aoptions\x18\x03 \x03(\tR\aoptions\"\x19\n" +
-	"\x17WriteResolvConfResponse\"a\n" +
+	"\x17WriteResolvConfResponse\"\x84\x01\n" +
 	"\tInterface\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
-	"\taddresses\x18\x04 \x03(\tR\taddresses\"\x8b\x01\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\x12!\n" +
+	"\fprevious_mac\x18\x05 \x01(\tR\vpreviousMac\"\x8b\x01\n" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +

@@ -397,6 +397,15 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		"-device", "virtio-serial-pci,id=vser",
 		"-chardev", "socket,id=agent,path="+optEscape(sock(AgentSocket))+",server=on,wait=off",
 		"-device", "virtserialport,bus=vser.0,chardev=agent,name=agent",
+		// Entropy from the host: without it the guest's CRNG takes a
+		// while to be ready under TCG.
+		"-object", "rng-random,id=rng,filename=/dev/urandom",
+		"-device", "virtio-rng-pci,rng=rng",
+		// A VM generation ID, new at every QEMU start (guid=auto) and
+		// not carried in a saved state: a guest restored from one sees
+		// it change and reseeds its RNG (Linux's vmgenid driver), so VMs
+		// restored from the same state do not share random numbers.
+		"-device", "vmgenid,guid=auto",
 	)
 	for i, disk := range spec.Disks {
 		id := "disk" + strconv.Itoa(i)

@@ -617,6 +617,25 @@ func (m *machine) Save(ctx context.Context, path string) error {
 	return nil
 }
 
+// Resume implements vm.Machine: QMP cont. After a completed migration
+// QEMU has given up its disk images; cont takes them back.
+func (m *machine) Resume(ctx context.Context) error {
+	m.mu.Lock()
+	q, st, paused := m.qmp, m.state, m.paused
+	m.mu.Unlock()
+	if st != vm.StateRunning || q == nil {
+		return precondition("machine %s is %s, not running", m.spec.ID, st)
+	}
+	if !paused {
+		return nil
+	}
+	if _, err := q.execute(ctx, "cont", nil); err != nil {
+		return fmt.Errorf("resuming VM %s: %w", m.spec.ID, err)
+	}
+	m.setPaused(false)
+	return nil
+}
+
 func (m *machine) setPaused(p bool) {
 	m.mu.Lock()
 	m.paused = p

@@ -323,6 +323,13 @@ func (a *agentConn) drop(suspend error) {
 	}
 }
 
+// resume allows connections again after a drop with a reason.
+func (a *agentConn) resume() {
+	a.mu.Lock()
+	a.suspended = ""
+	a.mu.Unlock()
+}
+
 // waitChange returns a channel closed at the next connect or disconnect.
 func (a *agentConn) waitChange() <-chan struct{} {
 	a.mu.Lock()

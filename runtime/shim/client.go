@@ -305,6 +305,18 @@ func (c *Client) Stop(ctx context.Context, grace time.Duration) (*shimapi.VMExit
 	return r.Exit, nil
 }
 
+// Save pauses the VM and writes its state to path; Resume continues it.
+func (c *Client) Save(ctx context.Context, path string) error {
+	_, err := c.shim.Save(ctx, &shimapi.SaveRequest{Path: path})
+	return err
+}
+
+// Resume continues a VM paused by Save.
+func (c *Client) Resume(ctx context.Context) error {
+	_, err := c.shim.Resume(ctx, &shimapi.ResumeRequest{})
+	return err
+}
+
 // Shutdown makes the shim stop the VM (hard, if it still runs) and exit,
 // and waits until the shim process is gone (or ctx ends). A shim that is
 // already gone is fine. The client is closed.

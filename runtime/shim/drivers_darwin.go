@@ -1,5 +1,13 @@
 package shim
 
-// The vz backend (runtime/vz) registers here once it exists:
-//
-//	RegisterBackend("vz", Backend{New: ..., LinkFraming: false}) // vsock
+import (
+	"github.com/macvz/macvz/runtime/vm"
+	"github.com/macvz/macvz/runtime/vz"
+)
+
+func init() {
+	RegisterBackend("vz", Backend{
+		New:         func() (vm.Driver, error) { return vz.New(), nil },
+		LinkFraming: false, // vsock: a connection per dial
+	})
+}

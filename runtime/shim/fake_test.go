@@ -293,3 +293,5 @@ func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 func (m *fakeMachine) Save(ctx context.Context, path string) error {
 	return os.WriteFile(path, []byte("fake VM state of "+m.spec.ID+"\n"), 0o600)
 }
+
+func (m *fakeMachine) Resume(ctx context.Context) error { return nil }

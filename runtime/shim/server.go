@@ -403,12 +403,15 @@ func fileTail(path string, limit int64, lines int) string {
 func (s *server) State(ctx context.Context, _ *shimapi.StateRequest) (*shimapi.StateResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	st := s.m.State()
 	return &shimapi.StateResponse{
-		Id:                  s.id,
-		Backend:             s.backend,
-		State:               vmState(s.m.State()),
-		Exit:                s.vmExit(),
-		AgentConnected:      s.agent.connected(),
+		Id:      s.id,
+		Backend: s.backend,
+		State:   vmState(st),
+		Exit:    s.vmExit(),
+		// A stopped VM's channel may take a moment to report its close;
+		// its agent is gone either way.
+		AgentConnected:      st != vm.StateStopped && s.agent.connected(),
 		ShimPid:             uint32(os.Getpid()),
 		ShimStartedUnixNano: unixNano(s.started),
 		VmStartedUnixNano:   unixNano(s.vmStarted),
@@ -487,6 +490,18 @@ func (s *server) Save(ctx context.Context, req *shimapi.SaveRequest) (*shimapi.S
 	}
 	s.log.Info("VM state saved", "path", req.Path)
 	return &shimapi.SaveResponse{}, nil
+}
+
+func (s *server) Resume(ctx context.Context, _ *shimapi.ResumeRequest) (*shimapi.ResumeResponse, error) {
+	if st := s.m.State(); st != vm.StateRunning {
+		return nil, status.Errorf(codes.FailedPrecondition, "the VM is %s", st)
+	}
+	if err := s.m.Resume(ctx); err != nil {
+		return nil, err
+	}
+	s.agent.resume()
+	s.log.Info("VM resumed")
+	return &shimapi.ResumeResponse{}, nil
 }
 
 func (s *server) Shutdown(ctx context.Context, _ *shimapi.ShutdownRequest) (*shimapi.ShutdownResponse, error) {

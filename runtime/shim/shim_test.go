@@ -1038,6 +1038,13 @@ func TestLongDirAndSave(t *testing.T) {
 	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("Ping after Save: %v", err)
 	}
+	// Resumed: it is again.
+	if _, err := c.Shim().Resume(ctx, &shimapi.ResumeRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); err != nil {
+		t.Errorf("Ping after Resume: %v", err)
+	}
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -729,6 +729,78 @@ func (*SaveResponse) Descriptor() ([]byte, []int) {
 	return file_shim_proto_rawDescGZIP(), []int{10}
 }
 
+type ResumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRequest) Reset() {
+	*x = ResumeRequest{}
+	mi := &file_shim_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRequest) ProtoMessage() {}
+
+func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRequest) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{11}
+}
+
+type ResumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeResponse) Reset() {
+	*x = ResumeResponse{}
+	mi := &file_shim_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeResponse) ProtoMessage() {}
+
+func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
+func (*ResumeResponse) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{12}
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -737,7 +809,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_shim_proto_msgTypes[11]
+	mi := &file_shim_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +821,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[11]
+	mi := &file_shim_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +834,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{11}
+	return file_shim_proto_rawDescGZIP(), []int{13}
 }
 
 type ShutdownResponse struct {
@@ -773,7 +845,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_shim_proto_msgTypes[12]
+	mi := &file_shim_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +857,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[12]
+	mi := &file_shim_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +870,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{12}
+	return file_shim_proto_rawDescGZIP(), []int{14}
 }
 
 type WatchProcessRequest struct {
@@ -814,7 +886,7 @@ type WatchProcessRequest struct {
 
 func (x *WatchProcessRequest) Reset() {
 	*x = WatchProcessRequest{}
-	mi := &file_shim_proto_msgTypes[13]
+	mi := &file_shim_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +898,7 @@ func (x *WatchProcessRequest) String() string {
 func (*WatchProcessRequest) ProtoMessage() {}
 
 func (x *WatchProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[13]
+	mi := &file_shim_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +911,7 @@ func (x *WatchProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProcessRequest.ProtoReflect.Descriptor instead.
 func (*WatchProcessRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{13}
+	return file_shim_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchProcessRequest) GetContainerId() string {
@@ -871,7 +943,7 @@ type WatchProcessResponse struct {
 
 func (x *WatchProcessResponse) Reset() {
 	*x = WatchProcessResponse{}
-	mi := &file_shim_proto_msgTypes[14]
+	mi := &file_shim_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +955,7 @@ func (x *WatchProcessResponse) String() string {
 func (*WatchProcessResponse) ProtoMessage() {}
 
 func (x *WatchProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[14]
+	mi := &file_shim_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +968,7 @@ func (x *WatchProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProcessResponse.ProtoReflect.Descriptor instead.
 func (*WatchProcessResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{14}
+	return file_shim_proto_rawDescGZIP(), []int{16}
 }
 
 // ProcessExit is a watched process's recorded exit.
@@ -918,7 +990,7 @@ type ProcessExit struct {
 
 func (x *ProcessExit) Reset() {
 	*x = ProcessExit{}
-	mi := &file_shim_proto_msgTypes[15]
+	mi := &file_shim_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1002,7 @@ func (x *ProcessExit) String() string {
 func (*ProcessExit) ProtoMessage() {}
 
 func (x *ProcessExit) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[15]
+	mi := &file_shim_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1015,7 @@ func (x *ProcessExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessExit.ProtoReflect.Descriptor instead.
 func (*ProcessExit) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{15}
+	return file_shim_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ProcessExit) GetExitCode() int32 {
@@ -998,7 +1070,7 @@ type ProcessStatusRequest struct {
 
 func (x *ProcessStatusRequest) Reset() {
 	*x = ProcessStatusRequest{}
-	mi := &file_shim_proto_msgTypes[16]
+	mi := &file_shim_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1082,7 @@ func (x *ProcessStatusRequest) String() string {
 func (*ProcessStatusRequest) ProtoMessage() {}
 
 func (x *ProcessStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[16]
+	mi := &file_shim_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1095,7 @@ func (x *ProcessStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProcessStatusRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{16}
+	return file_shim_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ProcessStatusRequest) GetContainerId() string {
@@ -1054,7 +1126,7 @@ type ProcessStatusResponse struct {
 
 func (x *ProcessStatusResponse) Reset() {
 	*x = ProcessStatusResponse{}
-	mi := &file_shim_proto_msgTypes[17]
+	mi := &file_shim_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1138,7 @@ func (x *ProcessStatusResponse) String() string {
 func (*ProcessStatusResponse) ProtoMessage() {}
 
 func (x *ProcessStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[17]
+	mi := &file_shim_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1151,7 @@ func (x *ProcessStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessStatusResponse.ProtoReflect.Descriptor instead.
 func (*ProcessStatusResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{17}
+	return file_shim_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProcessStatusResponse) GetContainerId() string {
@@ -1134,7 +1206,7 @@ type WaitProcessRequest struct {
 
 func (x *WaitProcessRequest) Reset() {
 	*x = WaitProcessRequest{}
-	mi := &file_shim_proto_msgTypes[18]
+	mi := &file_shim_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1218,7 @@ func (x *WaitProcessRequest) String() string {
 func (*WaitProcessRequest) ProtoMessage() {}
 
 func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[18]
+	mi := &file_shim_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1231,7 @@ func (x *WaitProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessRequest.ProtoReflect.Descriptor instead.
 func (*WaitProcessRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{18}
+	return file_shim_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WaitProcessRequest) GetContainerId() string {
@@ -1185,7 +1257,7 @@ type WaitProcessResponse struct {
 
 func (x *WaitProcessResponse) Reset() {
 	*x = WaitProcessResponse{}
-	mi := &file_shim_proto_msgTypes[19]
+	mi := &file_shim_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1269,7 @@ func (x *WaitProcessResponse) String() string {
 func (*WaitProcessResponse) ProtoMessage() {}
 
 func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[19]
+	mi := &file_shim_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1282,7 @@ func (x *WaitProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitProcessResponse.ProtoReflect.Descriptor instead.
 func (*WaitProcessResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{19}
+	return file_shim_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitProcessResponse) GetExit() *ProcessExit {
@@ -1230,7 +1302,7 @@ type ReopenLogRequest struct {
 
 func (x *ReopenLogRequest) Reset() {
 	*x = ReopenLogRequest{}
-	mi := &file_shim_proto_msgTypes[20]
+	mi := &file_shim_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1314,7 @@ func (x *ReopenLogRequest) String() string {
 func (*ReopenLogRequest) ProtoMessage() {}
 
 func (x *ReopenLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[20]
+	mi := &file_shim_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1327,7 @@ func (x *ReopenLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenLogRequest.ProtoReflect.Descriptor instead.
 func (*ReopenLogRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{20}
+	return file_shim_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReopenLogRequest) GetContainerId() string {
@@ -1280,7 +1352,7 @@ type ReopenLogResponse struct {
 
 func (x *ReopenLogResponse) Reset() {
 	*x = ReopenLogResponse{}
-	mi := &file_shim_proto_msgTypes[21]
+	mi := &file_shim_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1364,7 @@ func (x *ReopenLogResponse) String() string {
 func (*ReopenLogResponse) ProtoMessage() {}
 
 func (x *ReopenLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[21]
+	mi := &file_shim_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1377,7 @@ func (x *ReopenLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReopenLogResponse.ProtoReflect.Descriptor instead.
 func (*ReopenLogResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{21}
+	return file_shim_proto_rawDescGZIP(), []int{23}
 }
 
 type ListProcessesRequest struct {
@@ -1316,7 +1388,7 @@ type ListProcessesRequest struct {
 
 func (x *ListProcessesRequest) Reset() {
 	*x = ListProcessesRequest{}
-	mi := &file_shim_proto_msgTypes[22]
+	mi := &file_shim_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1400,7 @@ func (x *ListProcessesRequest) String() string {
 func (*ListProcessesRequest) ProtoMessage() {}
 
 func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[22]
+	mi := &file_shim_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1413,7 @@ func (x *ListProcessesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesRequest.ProtoReflect.Descriptor instead.
 func (*ListProcessesRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{22}
+	return file_shim_proto_rawDescGZIP(), []int{24}
 }
 
 type ListProcessesResponse struct {
@@ -1353,7 +1425,7 @@ type ListProcessesResponse struct {
 
 func (x *ListProcessesResponse) Reset() {
 	*x = ListProcessesResponse{}
-	mi := &file_shim_proto_msgTypes[23]
+	mi := &file_shim_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1437,7 @@ func (x *ListProcessesResponse) String() string {
 func (*ListProcessesResponse) ProtoMessage() {}
 
 func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[23]
+	mi := &file_shim_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1450,7 @@ func (x *ListProcessesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProcessesResponse.ProtoReflect.Descriptor instead.
 func (*ListProcessesResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{23}
+	return file_shim_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListProcessesResponse) GetProcesses() []*ProcessStatusResponse {
@@ -1398,7 +1470,7 @@ type ForgetProcessRequest struct {
 
 func (x *ForgetProcessRequest) Reset() {
 	*x = ForgetProcessRequest{}
-	mi := &file_shim_proto_msgTypes[24]
+	mi := &file_shim_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1482,7 @@ func (x *ForgetProcessRequest) String() string {
 func (*ForgetProcessRequest) ProtoMessage() {}
 
 func (x *ForgetProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[24]
+	mi := &file_shim_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1495,7 @@ func (x *ForgetProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetProcessRequest.ProtoReflect.Descriptor instead.
 func (*ForgetProcessRequest) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{24}
+	return file_shim_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ForgetProcessRequest) GetContainerId() string {
@@ -1448,7 +1520,7 @@ type ForgetProcessResponse struct {
 
 func (x *ForgetProcessResponse) Reset() {
 	*x = ForgetProcessResponse{}
-	mi := &file_shim_proto_msgTypes[25]
+	mi := &file_shim_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1532,7 @@ func (x *ForgetProcessResponse) String() string {
 func (*ForgetProcessResponse) ProtoMessage() {}
 
 func (x *ForgetProcessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shim_proto_msgTypes[25]
+	mi := &file_shim_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1545,7 @@ func (x *ForgetProcessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetProcessResponse.ProtoReflect.Descriptor instead.
 func (*ForgetProcessResponse) Descriptor() ([]byte, []int) {
-	return file_shim_proto_rawDescGZIP(), []int{25}
+	return file_shim_proto_rawDescGZIP(), []int{27}
 }
 
 var File_shim_proto protoreflect.FileDescriptor
@@ -1517,7 +1589,9 @@ const file_shim_proto_rawDesc = "" +
 	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\"!\n" +
 	"\vSaveRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\"\x0e\n" +
-	"\fSaveResponse\"\x11\n" +
+	"\fSaveResponse\"\x0f\n" +
+	"\rResumeRequest\"\x10\n" +
+	"\x0eResumeResponse\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
 	"\x10ShutdownResponse\"l\n" +
 	"\x13WatchProcessRequest\x12!\n" +
@@ -1569,13 +1643,14 @@ const file_shim_proto_rawDesc = "" +
 	"\fProcessState\x12\x1d\n" +
 	"\x19PROCESS_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROCESS_RUNNING\x10\x01\x12\x12\n" +
-	"\x0ePROCESS_EXITED\x10\x022\xb4\a\n" +
+	"\x0ePROCESS_EXITED\x10\x022\xfb\a\n" +
 	"\x04Shim\x12B\n" +
 	"\x05Start\x12\x1b.macvz.shim.v1.StartRequest\x1a\x1c.macvz.shim.v1.StartResponse\x12B\n" +
 	"\x05State\x12\x1b.macvz.shim.v1.StateRequest\x1a\x1c.macvz.shim.v1.StateResponse\x12?\n" +
 	"\x04Stop\x12\x1a.macvz.shim.v1.StopRequest\x1a\x1b.macvz.shim.v1.StopResponse\x12B\n" +
 	"\x05Stats\x12\x1b.macvz.shim.v1.StatsRequest\x1a\x1c.macvz.shim.v1.StatsResponse\x12?\n" +
-	"\x04Save\x12\x1a.macvz.shim.v1.SaveRequest\x1a\x1b.macvz.shim.v1.SaveResponse\x12K\n" +
+	"\x04Save\x12\x1a.macvz.shim.v1.SaveRequest\x1a\x1b.macvz.shim.v1.SaveResponse\x12E\n" +
+	"\x06Resume\x12\x1c.macvz.shim.v1.ResumeRequest\x1a\x1d.macvz.shim.v1.ResumeResponse\x12K\n" +
 	"\bShutdown\x12\x1e.macvz.shim.v1.ShutdownRequest\x1a\x1f.macvz.shim.v1.ShutdownResponse\x12W\n" +
 	"\fWatchProcess\x12\".macvz.shim.v1.WatchProcessRequest\x1a#.macvz.shim.v1.WatchProcessResponse\x12Z\n" +
 	"\rProcessStatus\x12#.macvz.shim.v1.ProcessStatusRequest\x1a$.macvz.shim.v1.ProcessStatusResponse\x12T\n" +
@@ -1597,7 +1672,7 @@ func file_shim_proto_rawDescGZIP() []byte {
 }
 
 var file_shim_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shim_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_shim_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_shim_proto_goTypes = []any{
 	(VMState)(0),                  // 0: macvz.shim.v1.VMState
 	(ProcessState)(0),             // 1: macvz.shim.v1.ProcessState
@@ -1612,58 +1687,62 @@ var file_shim_proto_goTypes = []any{
 	(*StatsResponse)(nil),         // 10: macvz.shim.v1.StatsResponse
 	(*SaveRequest)(nil),           // 11: macvz.shim.v1.SaveRequest
 	(*SaveResponse)(nil),          // 12: macvz.shim.v1.SaveResponse
-	(*ShutdownRequest)(nil),       // 13: macvz.shim.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),      // 14: macvz.shim.v1.ShutdownResponse
-	(*WatchProcessRequest)(nil),   // 15: macvz.shim.v1.WatchProcessRequest
-	(*WatchProcessResponse)(nil),  // 16: macvz.shim.v1.WatchProcessResponse
-	(*ProcessExit)(nil),           // 17: macvz.shim.v1.ProcessExit
-	(*ProcessStatusRequest)(nil),  // 18: macvz.shim.v1.ProcessStatusRequest
-	(*ProcessStatusResponse)(nil), // 19: macvz.shim.v1.ProcessStatusResponse
-	(*WaitProcessRequest)(nil),    // 20: macvz.shim.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),   // 21: macvz.shim.v1.WaitProcessResponse
-	(*ReopenLogRequest)(nil),      // 22: macvz.shim.v1.ReopenLogRequest
-	(*ReopenLogResponse)(nil),     // 23: macvz.shim.v1.ReopenLogResponse
-	(*ListProcessesRequest)(nil),  // 24: macvz.shim.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil), // 25: macvz.shim.v1.ListProcessesResponse
-	(*ForgetProcessRequest)(nil),  // 26: macvz.shim.v1.ForgetProcessRequest
-	(*ForgetProcessResponse)(nil), // 27: macvz.shim.v1.ForgetProcessResponse
-	(*agentapi.InfoResponse)(nil), // 28: macvz.agent.v1.InfoResponse
+	(*ResumeRequest)(nil),         // 13: macvz.shim.v1.ResumeRequest
+	(*ResumeResponse)(nil),        // 14: macvz.shim.v1.ResumeResponse
+	(*ShutdownRequest)(nil),       // 15: macvz.shim.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),      // 16: macvz.shim.v1.ShutdownResponse
+	(*WatchProcessRequest)(nil),   // 17: macvz.shim.v1.WatchProcessRequest
+	(*WatchProcessResponse)(nil),  // 18: macvz.shim.v1.WatchProcessResponse
+	(*ProcessExit)(nil),           // 19: macvz.shim.v1.ProcessExit
+	(*ProcessStatusRequest)(nil),  // 20: macvz.shim.v1.ProcessStatusRequest
+	(*ProcessStatusResponse)(nil), // 21: macvz.shim.v1.ProcessStatusResponse
+	(*WaitProcessRequest)(nil),    // 22: macvz.shim.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),   // 23: macvz.shim.v1.WaitProcessResponse
+	(*ReopenLogRequest)(nil),      // 24: macvz.shim.v1.ReopenLogRequest
+	(*ReopenLogResponse)(nil),     // 25: macvz.shim.v1.ReopenLogResponse
+	(*ListProcessesRequest)(nil),  // 26: macvz.shim.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil), // 27: macvz.shim.v1.ListProcessesResponse
+	(*ForgetProcessRequest)(nil),  // 28: macvz.shim.v1.ForgetProcessRequest
+	(*ForgetProcessResponse)(nil), // 29: macvz.shim.v1.ForgetProcessResponse
+	(*agentapi.InfoResponse)(nil), // 30: macvz.agent.v1.InfoResponse
 }
 var file_shim_proto_depIdxs = []int32{
-	28, // 0: macvz.shim.v1.StartResponse.agent:type_name -> macvz.agent.v1.InfoResponse
+	30, // 0: macvz.shim.v1.StartResponse.agent:type_name -> macvz.agent.v1.InfoResponse
 	0,  // 1: macvz.shim.v1.StateResponse.state:type_name -> macvz.shim.v1.VMState
 	2,  // 2: macvz.shim.v1.StateResponse.exit:type_name -> macvz.shim.v1.VMExit
 	2,  // 3: macvz.shim.v1.StopResponse.exit:type_name -> macvz.shim.v1.VMExit
 	1,  // 4: macvz.shim.v1.ProcessStatusResponse.state:type_name -> macvz.shim.v1.ProcessState
-	17, // 5: macvz.shim.v1.ProcessStatusResponse.exit:type_name -> macvz.shim.v1.ProcessExit
-	17, // 6: macvz.shim.v1.WaitProcessResponse.exit:type_name -> macvz.shim.v1.ProcessExit
-	19, // 7: macvz.shim.v1.ListProcessesResponse.processes:type_name -> macvz.shim.v1.ProcessStatusResponse
+	19, // 5: macvz.shim.v1.ProcessStatusResponse.exit:type_name -> macvz.shim.v1.ProcessExit
+	19, // 6: macvz.shim.v1.WaitProcessResponse.exit:type_name -> macvz.shim.v1.ProcessExit
+	21, // 7: macvz.shim.v1.ListProcessesResponse.processes:type_name -> macvz.shim.v1.ProcessStatusResponse
 	3,  // 8: macvz.shim.v1.Shim.Start:input_type -> macvz.shim.v1.StartRequest
 	5,  // 9: macvz.shim.v1.Shim.State:input_type -> macvz.shim.v1.StateRequest
 	7,  // 10: macvz.shim.v1.Shim.Stop:input_type -> macvz.shim.v1.StopRequest
 	9,  // 11: macvz.shim.v1.Shim.Stats:input_type -> macvz.shim.v1.StatsRequest
 	11, // 12: macvz.shim.v1.Shim.Save:input_type -> macvz.shim.v1.SaveRequest
-	13, // 13: macvz.shim.v1.Shim.Shutdown:input_type -> macvz.shim.v1.ShutdownRequest
-	15, // 14: macvz.shim.v1.Shim.WatchProcess:input_type -> macvz.shim.v1.WatchProcessRequest
-	18, // 15: macvz.shim.v1.Shim.ProcessStatus:input_type -> macvz.shim.v1.ProcessStatusRequest
-	20, // 16: macvz.shim.v1.Shim.WaitProcess:input_type -> macvz.shim.v1.WaitProcessRequest
-	22, // 17: macvz.shim.v1.Shim.ReopenLog:input_type -> macvz.shim.v1.ReopenLogRequest
-	24, // 18: macvz.shim.v1.Shim.ListProcesses:input_type -> macvz.shim.v1.ListProcessesRequest
-	26, // 19: macvz.shim.v1.Shim.ForgetProcess:input_type -> macvz.shim.v1.ForgetProcessRequest
-	4,  // 20: macvz.shim.v1.Shim.Start:output_type -> macvz.shim.v1.StartResponse
-	6,  // 21: macvz.shim.v1.Shim.State:output_type -> macvz.shim.v1.StateResponse
-	8,  // 22: macvz.shim.v1.Shim.Stop:output_type -> macvz.shim.v1.StopResponse
-	10, // 23: macvz.shim.v1.Shim.Stats:output_type -> macvz.shim.v1.StatsResponse
-	12, // 24: macvz.shim.v1.Shim.Save:output_type -> macvz.shim.v1.SaveResponse
-	14, // 25: macvz.shim.v1.Shim.Shutdown:output_type -> macvz.shim.v1.ShutdownResponse
-	16, // 26: macvz.shim.v1.Shim.WatchProcess:output_type -> macvz.shim.v1.WatchProcessResponse
-	19, // 27: macvz.shim.v1.Shim.ProcessStatus:output_type -> macvz.shim.v1.ProcessStatusResponse
-	21, // 28: macvz.shim.v1.Shim.WaitProcess:output_type -> macvz.shim.v1.WaitProcessResponse
-	23, // 29: macvz.shim.v1.Shim.ReopenLog:output_type -> macvz.shim.v1.ReopenLogResponse
-	25, // 30: macvz.shim.v1.Shim.ListProcesses:output_type -> macvz.shim.v1.ListProcessesResponse
-	27, // 31: macvz.shim.v1.Shim.ForgetProcess:output_type -> macvz.shim.v1.ForgetProcessResponse
-	20, // [20:32] is the sub-list for method output_type
-	8,  // [8:20] is the sub-list for method input_type
+	13, // 13: macvz.shim.v1.Shim.Resume:input_type -> macvz.shim.v1.ResumeRequest
+	15, // 14: macvz.shim.v1.Shim.Shutdown:input_type -> macvz.shim.v1.ShutdownRequest
+	17, // 15: macvz.shim.v1.Shim.WatchProcess:input_type -> macvz.shim.v1.WatchProcessRequest
+	20, // 16: macvz.shim.v1.Shim.ProcessStatus:input_type -> macvz.shim.v1.ProcessStatusRequest
+	22, // 17: macvz.shim.v1.Shim.WaitProcess:input_type -> macvz.shim.v1.WaitProcessRequest
+	24, // 18: macvz.shim.v1.Shim.ReopenLog:input_type -> macvz.shim.v1.ReopenLogRequest
+	26, // 19: macvz.shim.v1.Shim.ListProcesses:input_type -> macvz.shim.v1.ListProcessesRequest
+	28, // 20: macvz.shim.v1.Shim.ForgetProcess:input_type -> macvz.shim.v1.ForgetProcessRequest
+	4,  // 21: macvz.shim.v1.Shim.Start:output_type -> macvz.shim.v1.StartResponse
+	6,  // 22: macvz.shim.v1.Shim.State:output_type -> macvz.shim.v1.StateResponse
+	8,  // 23: macvz.shim.v1.Shim.Stop:output_type -> macvz.shim.v1.StopResponse
+	10, // 24: macvz.shim.v1.Shim.Stats:output_type -> macvz.shim.v1.StatsResponse
+	12, // 25: macvz.shim.v1.Shim.Save:output_type -> macvz.shim.v1.SaveResponse
+	14, // 26: macvz.shim.v1.Shim.Resume:output_type -> macvz.shim.v1.ResumeResponse
+	16, // 27: macvz.shim.v1.Shim.Shutdown:output_type -> macvz.shim.v1.ShutdownResponse
+	18, // 28: macvz.shim.v1.Shim.WatchProcess:output_type -> macvz.shim.v1.WatchProcessResponse
+	21, // 29: macvz.shim.v1.Shim.ProcessStatus:output_type -> macvz.shim.v1.ProcessStatusResponse
+	23, // 30: macvz.shim.v1.Shim.WaitProcess:output_type -> macvz.shim.v1.WaitProcessResponse
+	25, // 31: macvz.shim.v1.Shim.ReopenLog:output_type -> macvz.shim.v1.ReopenLogResponse
+	27, // 32: macvz.shim.v1.Shim.ListProcesses:output_type -> macvz.shim.v1.ListProcessesResponse
+	29, // 33: macvz.shim.v1.Shim.ForgetProcess:output_type -> macvz.shim.v1.ForgetProcessResponse
+	21, // [21:34] is the sub-list for method output_type
+	8,  // [8:21] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -1680,7 +1759,7 @@ func file_shim_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shim_proto_rawDesc), len(file_shim_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

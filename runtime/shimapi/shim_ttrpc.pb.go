@@ -13,6 +13,7 @@ type ShimService interface {
 	Stop(context.Context, *StopRequest) (*StopResponse, error)
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	Save(context.Context, *SaveRequest) (*SaveResponse, error)
+	Resume(context.Context, *ResumeRequest) (*ResumeResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	WatchProcess(context.Context, *WatchProcessRequest) (*WatchProcessResponse, error)
 	ProcessStatus(context.Context, *ProcessStatusRequest) (*ProcessStatusResponse, error)
@@ -59,6 +60,13 @@ func RegisterShimService(srv *ttrpc.Server, svc ShimService) {
 					return nil, err
 				}
 				return svc.Save(ctx, &req)
+			},
+			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ResumeRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Resume(ctx, &req)
 			},
 			"Shutdown": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ShutdownRequest
@@ -158,6 +166,14 @@ func (c *shimClient) Stats(ctx context.Context, req *StatsRequest) (*StatsRespon
 func (c *shimClient) Save(ctx context.Context, req *SaveRequest) (*SaveResponse, error) {
 	var resp SaveResponse
 	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "Save", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *shimClient) Resume(ctx context.Context, req *ResumeRequest) (*ResumeResponse, error) {
+	var resp ResumeResponse
+	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "Resume", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -57,6 +57,9 @@ type Sandbox struct {
 	VMContent string `json:"vmContent,omitempty"`
 	// VMStarted is set once the VM has booted and its agent answered.
 	VMStarted bool `json:"vmStarted,omitempty"`
+	// VMOS is the guest's OS ("darwin", "linux"), set with VMImage: the
+	// host limits how many macOS VMs run at once.
+	VMOS string `json:"vmOS,omitempty"`
 	// Disk is the snapshotter key of the sandbox's disk clone, if any.
 	Disk string `json:"disk,omitempty"`
 	// IPs are the pod's addresses, the pod IP first.

@@ -173,6 +173,9 @@ type Machine interface {
 	// caller owns the connection.
 	DialAgent(ctx context.Context) (net.Conn, error)
 	// Save pauses the VM and writes its device and memory state to path,
-	// for a later Spec.RestoreFrom. The VM stays paused; the caller stops it.
+	// for a later Spec.RestoreFrom. The VM stays paused: the caller
+	// resumes or stops it.
 	Save(ctx context.Context, path string) error
+	// Resume continues a VM paused by Save.
+	Resume(ctx context.Context) error
 }

@@ -1,0 +1,35 @@
+package cri
+
+import (
+	"context"
+	"os"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RuntimeConfig tells kubelet which cgroup driver to use. kubelet 1.36
+// falls back to its own cgroupDriver setting when a runtime does not
+// answer, and says that fallback goes away in 1.37.
+func (s *Service) RuntimeConfig(context.Context, *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
+	return &runtimeapi.RuntimeConfigResponse{Linux: &runtimeapi.LinuxRuntimeConfiguration{
+		CgroupDriver: cgroupDriver(s.cfg.CgroupDriver, systemdBooted),
+	}}, nil
+}
+
+// cgroupDriver resolves the cgroup_driver setting; booted reports
+// whether the host runs systemd.
+func cgroupDriver(setting string, booted func() bool) runtimeapi.CgroupDriver {
+	switch {
+	case setting == "systemd", setting == "auto" && booted():
+		return runtimeapi.CgroupDriver_SYSTEMD
+	default:
+		return runtimeapi.CgroupDriver_CGROUPFS
+	}
+}
+
+// systemdBooted is sd_booted(3)'s test: systemd creates
+// /run/systemd/system early at boot.
+func systemdBooted() bool {
+	fi, err := os.Lstat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}

@@ -1,0 +1,161 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/store"
+)
+
+// VM slots: a host runs a bounded number of VMs per guest OS at once
+// (vm.max_macos_vms: Virtualization.framework refuses a third macOS
+// guest). A sandbox holds a slot from the start of its boot until its VM
+// stops: booting ones are counted here, booted ones from the store.
+
+// vmSlots tracks the boots in progress, by sandbox ID.
+type vmSlots struct {
+	mu      sync.Mutex
+	booting map[string]string // sandbox ID → guest OS
+}
+
+// osLabel is how messages name a guest OS.
+func osLabel(os string) string {
+	if os == "darwin" {
+		return "macOS"
+	}
+	return "Linux"
+}
+
+func (s *Service) vmLimit(os string) int {
+	if os == "darwin" {
+		return s.cfg.VM.MaxMacOSVMs
+	}
+	return s.cfg.VM.MaxLinuxVMs
+}
+
+// vmHolders lists the sandboxes (other than except) whose VM of the
+// given OS runs or boots, as "name (id prefix)".
+func (s *Service) vmHolders(os, except string) ([]string, error) {
+	running, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
+		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, sb := range running {
+		out = append(out, fmt.Sprintf("%s (%.12s)", sb.Name, sb.ID))
+	}
+	s.slots.mu.Lock()
+	for id, o := range s.slots.booting {
+		if id != except && o == os {
+			name := id
+			if sb, err := s.st.Sandbox(id); err == nil {
+				name = sb.Name
+			}
+			out = append(out, fmt.Sprintf("%s (%.12s, booting)", name, id))
+		}
+	}
+	s.slots.mu.Unlock()
+	sort.Strings(out)
+	return out, nil
+}
+
+// reserveVM takes a slot for a sandbox about to boot a VM of os, or
+// fails with ResourceExhausted naming the holders. release gives it back
+// once the boot ended (a booted VM then counts through the store).
+func (s *Service) reserveVM(sbID, os string) (release func(), err error) {
+	// One reservation at a time: two boots must not both see the last
+	// free slot.
+	s.slotsReserve.Lock()
+	defer s.slotsReserve.Unlock()
+	if limit := s.vmLimit(os); limit > 0 {
+		holders, err := s.vmHolders(os, sbID)
+		if err != nil {
+			return nil, err
+		}
+		if len(holders) >= limit {
+			key := "vm.max_linux_vms"
+			if os == "darwin" {
+				key = "vm.max_macos_vms"
+			}
+			return nil, fmt.Errorf("this host runs at most %d %s VMs at once (%s) and these sandboxes hold them: %s; kubelet retries once one stops (give the node maxPods: %d): %w",
+				limit, osLabel(os), key, strings.Join(holders, ", "), limit, errdefs.ErrResourceExhausted)
+		}
+	}
+	s.slots.mu.Lock()
+	if s.slots.booting == nil {
+		s.slots.booting = map[string]string{}
+	}
+	s.slots.booting[sbID] = os
+	s.slots.mu.Unlock()
+	return func() {
+		s.slots.mu.Lock()
+		delete(s.slots.booting, sbID)
+		s.slots.mu.Unlock()
+	}, nil
+}
+
+// hypervisorBackoff is how long bootVM waits before trying again when
+// the hypervisor itself refuses another VM (VMs of other programs, such
+// as Tart, count against Apple's limit too, and one may be stopping).
+var hypervisorBackoff = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+
+// retryExhausted runs boot until it succeeds or fails with something
+// other than ResourceExhausted, waiting between attempts; after the
+// last one the error names the VMs of os this daemon runs.
+func (s *Service) retryExhausted(ctx context.Context, sbID, os string, boot func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := boot()
+		if err == nil || !errdefs.IsResourceExhausted(err) {
+			return err
+		}
+		if attempt == len(hypervisorBackoff) || ctx.Err() != nil {
+			holders, _ := s.vmHolders(os, sbID)
+			mine := "none"
+			if len(holders) > 0 {
+				mine = strings.Join(holders, ", ")
+			}
+			return fmt.Errorf("the hypervisor refuses another %s VM after %d attempts (this daemon runs: %s; VMs of other programs count too): %w",
+				osLabel(os), attempt+1, mine, err)
+		}
+		sbLog(sbID).Warn("the hypervisor refused another VM; trying again", "os", os, "in", hypervisorBackoff[attempt], "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(hypervisorBackoff[attempt]):
+		}
+	}
+}
+
+// capacityCondition is the RuntimeStatus condition "VMCapacity": true
+// while every bounded guest OS has a free slot; the message has the
+// counts.
+func (s *Service) capacityCondition() *runtimeapi.RuntimeCondition {
+	c := &runtimeapi.RuntimeCondition{Type: "VMCapacity", Status: true}
+	var parts []string
+	for _, os := range []string{"darwin", "linux"} {
+		holders, err := s.vmHolders(os, "")
+		if err != nil {
+			c.Status, c.Reason, c.Message = false, "StateUnreadable", err.Error()
+			return c
+		}
+		limit := s.vmLimit(os)
+		if limit == 0 {
+			parts = append(parts, fmt.Sprintf("%s VMs: %d (no bound)", osLabel(os), len(holders)))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s VMs: %d of %d", osLabel(os), len(holders), limit))
+		if len(holders) >= limit {
+			c.Status, c.Reason = false, osLabel(os)+"VMSlotsFull"
+		}
+	}
+	c.Message = strings.Join(parts, "; ")
+	return c
+}

@@ -1,0 +1,86 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/store"
+)
+
+func TestVMSlots(t *testing.T) {
+	s := newTestService(t)
+	s.cfg.VM.MaxMacOSVMs = 2
+	for _, sb := range []store.Sandbox{
+		{ID: "running-mac-1", Name: "ci-1", State: store.SandboxReady, VMStarted: true, VMOS: "darwin"},
+		{ID: "stopped-mac", Name: "old", State: store.SandboxNotReady, VMOS: "darwin"},
+		{ID: "running-linux", Name: "lin", State: store.SandboxReady, VMStarted: true, VMOS: "linux"},
+	} {
+		if err := s.st.CreateSandbox(&sb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One macOS VM runs: a second may boot.
+	release, err := s.reserveVM("booting-mac", "darwin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := s.capacityCondition(); c.Status || c.Reason != "macOSVMSlotsFull" || !strings.Contains(c.Message, "macOS VMs: 2 of 2") || !strings.Contains(c.Message, "Linux VMs: 1 (no bound)") {
+		t.Errorf("condition with both slots taken: %+v", c)
+	}
+	// A third is refused, naming the holders; Linux is not bounded.
+	_, err = s.reserveVM("third-mac", "darwin")
+	if !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "ci-1 (running-mac-") || !strings.Contains(err.Error(), "booting-mac (booting-mac, booting)") {
+		t.Errorf("third macOS VM: %v", err)
+	}
+	if rl, err := s.reserveVM("linux-2", "linux"); err != nil {
+		t.Errorf("a Linux VM: %v", err)
+	} else {
+		rl()
+	}
+	// The boot ends (a booted VM then counts through the store).
+	release()
+	r3, err := s.reserveVM("third-mac", "darwin")
+	if err != nil {
+		t.Errorf("after a boot ended: %v", err)
+	} else {
+		r3()
+	}
+	if c := s.capacityCondition(); !c.Status || !strings.Contains(c.Message, "macOS VMs: 1 of 2") {
+		t.Errorf("condition with a free slot: %+v", c)
+	}
+}
+
+func TestRetryExhausted(t *testing.T) {
+	s := newTestService(t)
+	saved := hypervisorBackoff
+	hypervisorBackoff = []time.Duration{time.Millisecond, time.Millisecond}
+	defer func() { hypervisorBackoff = saved }()
+	refusal := fmt.Errorf("VZErrorDomain code 6: %w", errdefs.ErrResourceExhausted)
+
+	calls := 0
+	err := s.retryExhausted(context.Background(), "sb", "darwin", func() error {
+		if calls++; calls < 3 {
+			return refusal
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Errorf("refused twice then booted: err %v after %d calls", err, calls)
+	}
+	calls = 0
+	err = s.retryExhausted(context.Background(), "sb", "darwin", func() error { calls++; return refusal })
+	if !errdefs.IsResourceExhausted(err) || calls != 3 || !strings.Contains(err.Error(), "after 3 attempts") {
+		t.Errorf("always refused: %v after %d calls", err, calls)
+	}
+	other := errors.New("disk missing")
+	calls = 0
+	if err := s.retryExhausted(context.Background(), "sb", "darwin", func() error { calls++; return other }); err != other || calls != 1 {
+		t.Errorf("another error is not retried: %v after %d calls", err, calls)
+	}
+}

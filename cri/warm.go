@@ -1,0 +1,391 @@
+package cri
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/macvz/macvz/runtime/vm"
+	"github.com/macvz/macvz/snapshotter"
+)
+
+// Warm start: the first cold boot of a VM (image, size, device layout) on
+// this host saves the VM's state the moment its agent answers, with a
+// copy of its disk files taken while it is paused; later sandboxes of the
+// same VM restore that state instead of booting, then get their own
+// identity (MAC, addresses, hostname, DNS, mounts) from the agent, as a
+// cold-booted VM does. The state is saved before anything of the first
+// sandbox reaches the guest: no mount (QEMU refuses to migrate a VM
+// whose guest has a 9p share mounted), no address, no process.
+//
+// Not everything can change between save and restore: the vCPU count,
+// memory size and the set of devices must match, which the warm key
+// covers (warmIdentity). The NIC keeps the MAC it was saved with; the
+// agent gives it the sandbox's (Interface.previous_mac). A restore that
+// fails (a hypervisor upgrade that cannot read old states, a corrupt
+// file) drops the state and boots cold.
+
+// warmLayout changes when the VM a backend builds from a Spec changes in
+// a way a saved state depends on (QEMU's device list): old states then
+// stop matching instead of failing to restore.
+const warmLayout = 2
+
+// warmIdentity is what a saved state and the VM restoring it must share.
+type warmIdentity struct {
+	Layout  int               `json:"layout"`
+	Backend string            `json:"backend"`
+	Content string            `json:"content"` // the image's layers (imageRef.content)
+	CPUs    int               `json:"cpus"`
+	Memory  int64             `json:"memory"`
+	Options map[string]string `json:"options,omitempty"`
+	NICs    int               `json:"nics"`
+	Shares  []string          `json:"shares,omitempty"`
+	Disks   int               `json:"disks"`
+	MacOS   bool              `json:"macos,omitempty"`
+}
+
+// warmKey names the saved state a spec of an image can restore.
+func warmKey(backend, content string, spec *vm.Spec) string {
+	id := warmIdentity{
+		Layout: warmLayout, Backend: backend, Content: content,
+		CPUs: spec.CPUs, Memory: spec.MemoryBytes, Options: spec.Options,
+		NICs: len(spec.NICs), Disks: len(spec.Disks), MacOS: spec.Boot.Kind == vm.BootMacOS,
+	}
+	for _, sh := range spec.Shares {
+		id.Shares = append(id.Shares, fmt.Sprintf("%s ro=%v", sh.Tag, sh.ReadOnly))
+	}
+	b, _ := json.Marshal(id) // plain data: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+// warmMeta is a saved state's record, <root>/warm/<key>/meta.json.
+type warmMeta struct {
+	Image    string        `json:"image"`
+	Manifest digest.Digest `json:"manifest"`
+	// MAC is the NIC's address when saved: a restored guest still has it.
+	MAC string `json:"mac,omitempty"`
+	// Disk is the committed snapshot holding the disk files as they were
+	// when the state was saved; "" for a VM without disk files.
+	Disk    string    `json:"disk,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// warmState is a saved state ready to restore.
+type warmState struct {
+	key  string
+	dir  string
+	meta warmMeta
+}
+
+func (w *warmState) stateFile() string { return filepath.Join(w.dir, "state") }
+
+// warmStore keeps saved states under dir: one directory per key with the
+// state and meta.json, made whole in a temporary directory and renamed.
+type warmStore struct {
+	dir string
+	max int
+	sn  *snapshotter.Snapshotter
+
+	mu     sync.Mutex
+	saving map[string]bool
+}
+
+func newWarmStore(dir string, max int, sn *snapshotter.Snapshotter) *warmStore {
+	return &warmStore{dir: dir, max: max, sn: sn, saving: map[string]bool{}}
+}
+
+// warmSnapshotPrefix names the committed snapshots of saved disks.
+const warmSnapshotPrefix = "macvz.warm/"
+
+// lookup returns the saved state of key, nil when there is none.
+func (w *warmStore) lookup(key string) *warmState {
+	dir := filepath.Join(w.dir, key)
+	b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if err != nil {
+		return nil
+	}
+	ws := &warmState{key: key, dir: dir}
+	if json.Unmarshal(b, &ws.meta) != nil {
+		return nil
+	}
+	if _, err := os.Stat(ws.stateFile()); err != nil {
+		return nil
+	}
+	// Its use time orders eviction.
+	now := time.Now()
+	os.Chtimes(filepath.Join(dir, "meta.json"), now, now)
+	return ws
+}
+
+// begin reserves key for one save; false when a state exists or another
+// boot is saving it.
+func (w *warmStore) begin(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.saving[key] {
+		return false
+	}
+	if _, err := os.Stat(filepath.Join(w.dir, key, "meta.json")); err == nil {
+		return false
+	}
+	w.saving[key] = true
+	return true
+}
+
+func (w *warmStore) end(key string) {
+	w.mu.Lock()
+	delete(w.saving, key)
+	w.mu.Unlock()
+}
+
+// tempDir is a new directory for a state being saved.
+func (w *warmStore) tempDir() (string, error) {
+	if err := os.MkdirAll(w.dir, 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(w.dir, ".tmp-")
+}
+
+// saveDisk keeps the disk files (relative names in the sandbox's clone
+// dir, cloned while the VM is paused) as a committed snapshot whose parent
+// is the image's base, so later sandboxes clone it as they clone a base.
+func (w *warmStore) saveDisk(ctx context.Context, key, base, cloneDir string, files []string) (string, error) {
+	name := warmSnapshotPrefix + key
+	active := name + "/saving-" + fmt.Sprint(time.Now().UnixNano())
+	ms, err := w.sn.Prepare(ctx, active, base)
+	if err != nil {
+		return "", err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			w.sn.Remove(context.WithoutCancel(ctx), active)
+		}
+	}()
+	dst, err := snapshotter.Dir(ms)
+	if err != nil {
+		return "", err
+	}
+	for _, f := range files {
+		// The prepared copy has the base's file; the sandbox's replaces it.
+		if err := os.Remove(filepath.Join(dst, f)); err != nil && !os.IsNotExist(err) {
+			return "", err
+		}
+		if _, err := snapshotter.CloneFile(filepath.Join(cloneDir, f), filepath.Join(dst, f)); err != nil {
+			return "", fmt.Errorf("copying %s: %w", f, err)
+		}
+	}
+	if err := w.sn.Commit(ctx, name, active); err != nil {
+		return "", err
+	}
+	ok = true
+	return name, nil
+}
+
+// commit makes a saved state (in tmp, with its meta) the state of key,
+// then evicts the least recently used states beyond max.
+func (w *warmStore) commit(ctx context.Context, key, tmp string, meta warmMeta) error {
+	b, err := json.Marshal(meta)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "meta.json"), b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(w.dir, key)); err != nil {
+		return err
+	}
+	w.evict(ctx)
+	return nil
+}
+
+// evict removes the least recently used states beyond max.
+func (w *warmStore) evict(ctx context.Context) {
+	type entry struct {
+		key  string
+		used time.Time
+	}
+	var all []entry
+	ents, _ := os.ReadDir(w.dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") || !e.IsDir() {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(w.dir, e.Name(), "meta.json"))
+		if err != nil {
+			continue
+		}
+		all = append(all, entry{e.Name(), fi.ModTime()})
+	}
+	if len(all) <= w.max {
+		return
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].used.After(all[j].used) })
+	for _, e := range all[w.max:] {
+		w.drop(ctx, e.key, "more saved states than vm.warm_states")
+	}
+}
+
+// drop removes key's state; its disk snapshot goes now or, while
+// sandboxes cloned from it exist, at a later sweep.
+func (w *warmStore) drop(ctx context.Context, key, why string) {
+	dir := filepath.Join(w.dir, key)
+	if _, err := os.Stat(dir); err != nil {
+		return
+	}
+	slog.Info("dropping a saved VM state", "key", key, "why", why)
+	// Renamed first: a half-removed state must never be looked up.
+	gone := filepath.Join(w.dir, ".gone-"+key+"-"+fmt.Sprint(time.Now().UnixNano()))
+	if err := os.Rename(dir, gone); err != nil {
+		slog.Warn("removing a saved VM state", "key", key, "err", err)
+		return
+	}
+	os.RemoveAll(gone)
+	w.sweep(ctx)
+}
+
+// dropImage removes the states saved from an image (by manifest), before
+// the image and its base are removed.
+func (w *warmStore) dropImage(ctx context.Context, manifest digest.Digest) {
+	ents, _ := os.ReadDir(w.dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(w.dir, e.Name(), "meta.json"))
+		var m warmMeta
+		if err == nil && json.Unmarshal(b, &m) == nil && m.Manifest == manifest {
+			w.drop(ctx, e.Name(), "its image is removed")
+		}
+	}
+}
+
+// sweep removes what no state refers to: temporary directories of saves
+// a crash interrupted, and disk snapshots of dropped states once no
+// sandbox clone depends on them.
+func (w *warmStore) sweep(ctx context.Context) {
+	ents, _ := os.ReadDir(w.dir)
+	w.mu.Lock()
+	saving := len(w.saving) > 0
+	w.mu.Unlock()
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".gone-") || strings.HasPrefix(e.Name(), ".tmp-") && !saving {
+			os.RemoveAll(filepath.Join(w.dir, e.Name()))
+		}
+	}
+	var names []string
+	w.sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if strings.HasPrefix(info.Name, warmSnapshotPrefix) {
+			names = append(names, info.Name)
+		}
+		return nil
+	})
+	for _, name := range names {
+		key, rest, _ := strings.Cut(strings.TrimPrefix(name, warmSnapshotPrefix), "/")
+		if rest != "" {
+			// An active snapshot of a save in progress or interrupted.
+			if !saving {
+				w.sn.Remove(ctx, name)
+			}
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(w.dir, key)); err == nil {
+			continue
+		}
+		// Fails while sandboxes cloned from it exist: a later sweep
+		// (the next drop, the next daemon start) tries again.
+		if err := w.sn.Remove(ctx, name); err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+			slog.Warn("removing the disk of a dropped VM state", "snapshot", name, "err", err)
+		}
+	}
+}
+
+// errWarmRestore marks a failure of a boot that restored a saved state:
+// the caller drops the state and boots cold.
+var errWarmRestore = errors.New("restoring the saved VM state failed")
+
+// saveWarm saves a cold-booted VM's state for key, now that its agent
+// answers and before the sandbox's own setup reaches the guest. The VM is
+// paused while its state is written and its disk files are copied, then
+// resumed. Failing to save only costs later sandboxes their warm start;
+// failing to resume fails the boot.
+func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *vm.Spec, img *imageRef, baseName, cloneDir string) error {
+	log := sbLog(spec.ID)
+	start := time.Now()
+	tmp, err := s.warm.tempDir()
+	if err != nil {
+		log.Warn("cannot save the VM state for warm starts", "err", err)
+		return nil
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := c.Save(ctx, filepath.Join(tmp, "state")); err != nil {
+		// The backend leaves a VM it could not save running.
+		log.Warn("cannot save the VM state for warm starts", "err", err)
+		return nil
+	}
+	var disk string
+	var diskErr error
+	if spec := img.desc; spec.Disk != "" {
+		files := []string{spec.Disk}
+		if spec.NVRAM != "" {
+			files = append(files, spec.NVRAM)
+		}
+		disk, diskErr = s.warm.saveDisk(ctx, key, baseName, cloneDir, files)
+	}
+	if err := c.Resume(ctx); err != nil {
+		if disk != "" {
+			s.sn.Remove(context.WithoutCancel(ctx), disk)
+		}
+		return fmt.Errorf("resuming the VM after saving its state: %w", err)
+	}
+	if diskErr != nil {
+		log.Warn("cannot keep the VM's disk for warm starts", "err", diskErr)
+		return nil
+	}
+	meta := warmMeta{Image: img.rec.Name, Manifest: img.rec.Manifest.Digest, Disk: disk, Created: time.Now().UTC()}
+	if len(spec.NICs) > 0 {
+		meta.MAC = spec.NICs[0].MAC
+	}
+	if err := s.warm.commit(ctx, key, tmp, meta); err != nil {
+		log.Warn("cannot record the saved VM state", "err", err)
+		if disk != "" {
+			s.sn.Remove(context.WithoutCancel(ctx), disk)
+		}
+		return nil
+	}
+	committed = true
+	fi, _ := os.Stat(filepath.Join(s.warm.dir, key, "state"))
+	var size int64
+	if fi != nil {
+		size = fi.Size()
+	}
+	log.Info("saved the VM state for warm starts", "key", key, "image", img.rec.Name, "stateMiB", size>>20,
+		"took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// shimSaver is the part of a shim client saveWarm uses.
+type shimSaver interface {
+	Save(ctx context.Context, path string) error
+	Resume(ctx context.Context) error
+}

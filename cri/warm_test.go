@@ -1,0 +1,170 @@
+package cri
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/macvz/macvz/runtime/vm"
+	"github.com/macvz/macvz/snapshotter"
+)
+
+func TestWarmKey(t *testing.T) {
+	spec := func() *vm.Spec {
+		return &vm.Spec{ID: "a", Dir: "/state/a", CPUs: 1, MemoryBytes: 512 << 20,
+			Boot:    vm.Boot{Kind: vm.BootLinux, Kernel: "/snap/1/vmlinux"},
+			Shares:  []vm.Share{{Tag: sharedTag, HostPath: "/state/a/shared"}},
+			NICs:    []vm.NIC{{Kind: vm.NICTap, Device: "mvz1", MAC: "02:00:00:00:00:01"}},
+			Options: map[string]string{"accel": "tcg"}}
+	}
+	base := warmKey("qemu", "sha256:c", spec())
+	// Paths, IDs, the NIC's backend and MAC differ per sandbox: same VM.
+	other := spec()
+	other.ID, other.Dir, other.Boot.Kernel = "b", "/state/b", "/snap/2/vmlinux"
+	other.Shares[0].HostPath = "/state/b/shared"
+	other.NICs[0] = vm.NIC{Kind: vm.NICUser, MAC: "02:00:00:00:00:02"}
+	if k := warmKey("qemu", "sha256:c", other); k != base {
+		t.Errorf("same VM, another sandbox: key %s, want %s", k, base)
+	}
+	for name, change := range map[string]func(*vm.Spec){
+		"cpus":    func(s *vm.Spec) { s.CPUs = 2 },
+		"memory":  func(s *vm.Spec) { s.MemoryBytes = 256 << 20 },
+		"no NIC":  func(s *vm.Spec) { s.NICs = nil },
+		"options": func(s *vm.Spec) { s.Options = map[string]string{"accel": "kvm"} },
+		"share":   func(s *vm.Spec) { s.Shares[0].ReadOnly = true },
+		"disk":    func(s *vm.Spec) { s.Disks = []vm.Disk{{Path: "/d"}} },
+	} {
+		s := spec()
+		change(s)
+		if warmKey("qemu", "sha256:c", s) == base {
+			t.Errorf("%s changed, key did not", name)
+		}
+	}
+	if warmKey("qemu", "sha256:other", spec()) == base {
+		t.Error("another image, same key")
+	}
+	if warmKey("vz", "sha256:c", spec()) == base {
+		t.Error("another backend, same key")
+	}
+}
+
+// newTestWarmStore is a warm store on a real snapshotter with one
+// committed base holding a disk file.
+func newTestWarmStore(t *testing.T, max int) (*warmStore, *snapshotter.Snapshotter) {
+	t.Helper()
+	root := t.TempDir()
+	sn, err := snapshotter.New(filepath.Join(root, "snapshots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, "base-active", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := snapshotter.Dir(ms)
+	os.WriteFile(filepath.Join(dir, "disk.img"), []byte("base disk"), 0o644)
+	if err := sn.Commit(ctx, "base", "base-active"); err != nil {
+		t.Fatal(err)
+	}
+	return newWarmStore(filepath.Join(root, "warm"), max, sn), sn
+}
+
+// saveTestState saves a state for key the way saveWarm does.
+func saveTestState(t *testing.T, w *warmStore, key string, manifest digest.Digest, diskDir string) {
+	t.Helper()
+	ctx := context.Background()
+	if !w.begin(key) {
+		t.Fatalf("begin(%s) refused", key)
+	}
+	defer w.end(key)
+	tmp, err := w.tempDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tmp, "state"), []byte("state of "+key), 0o600)
+	meta := warmMeta{Image: "img", Manifest: manifest, MAC: "02:00:00:00:00:01", Created: time.Now()}
+	if diskDir != "" {
+		if meta.Disk, err = w.saveDisk(ctx, key, "base", diskDir, []string{"disk.img"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.commit(ctx, key, tmp, meta); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWarmStore(t *testing.T) {
+	ctx := context.Background()
+	w, sn := newTestWarmStore(t, 2)
+	if w.lookup("k1") != nil {
+		t.Fatal("lookup of nothing")
+	}
+
+	// A sandbox's clone whose disk changed since the base.
+	ms, err := sn.Prepare(ctx, "sandbox-1", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sbDir, _ := snapshotter.Dir(ms)
+	os.WriteFile(filepath.Join(sbDir, "disk.img"), []byte("disk at save time"), 0o644)
+	saveTestState(t, w, "k1", "sha256:m1", sbDir)
+	if w.begin("k1") {
+		t.Error("begin of a saved key")
+	}
+	ws := w.lookup("k1")
+	if ws == nil || ws.meta.MAC != "02:00:00:00:00:01" || ws.meta.Disk != warmSnapshotPrefix+"k1" {
+		t.Fatalf("lookup: %+v", ws)
+	}
+	if b, _ := os.ReadFile(ws.stateFile()); string(b) != "state of k1" {
+		t.Errorf("state: %q", b)
+	}
+	// The sandbox goes on writing; the saved disk keeps the moment.
+	os.WriteFile(filepath.Join(sbDir, "disk.img"), []byte("later"), 0o644)
+	ms, err = sn.Prepare(ctx, "sandbox-2", ws.meta.Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := snapshotter.Dir(ms)
+	if b, _ := os.ReadFile(filepath.Join(d2, "disk.img")); string(b) != "disk at save time" {
+		t.Errorf("a warm sandbox's disk: %q", b)
+	}
+
+	// Eviction: the least recently used beyond max go.
+	saveTestState(t, w, "k2", "sha256:m2", "")
+	time.Sleep(10 * time.Millisecond)
+	w.lookup("k1") // used: k2 is now the oldest
+	time.Sleep(10 * time.Millisecond)
+	saveTestState(t, w, "k3", "sha256:m2", "")
+	if w.lookup("k2") != nil || w.lookup("k1") == nil || w.lookup("k3") == nil {
+		t.Errorf("after eviction: k1 %v k2 %v k3 %v", w.lookup("k1") != nil, w.lookup("k2") != nil, w.lookup("k3") != nil)
+	}
+
+	// Dropping k1 while sandbox-2 was cloned from its disk: the state
+	// goes at once, the disk snapshot once the clone is gone.
+	w.dropImage(ctx, "sha256:m1")
+	if w.lookup("k1") != nil {
+		t.Error("k1 still there after its image was dropped")
+	}
+	if _, err := sn.Stat(ctx, warmSnapshotPrefix+"k1"); err != nil {
+		t.Errorf("the disk snapshot went while a clone depends on it: %v", err)
+	}
+	if err := sn.Remove(ctx, "sandbox-2"); err != nil {
+		t.Fatal(err)
+	}
+	w.sweep(ctx)
+	if _, err := sn.Stat(ctx, warmSnapshotPrefix+"k1"); err == nil {
+		t.Error("the disk snapshot of a dropped state survived a sweep")
+	}
+	ents, _ := os.ReadDir(w.dir)
+	for _, e := range ents {
+		if e.Name() != "k3" {
+			t.Errorf("left in the warm dir: %s", e.Name())
+		}
+	}
+}

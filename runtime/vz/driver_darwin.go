@@ -1,0 +1,521 @@
+//go:build darwin
+
+package vz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/Code-Hex/vz/v3"
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// Driver is the vz backend: one process (the shim) hosts one VM in the
+// framework's own dispatch queue.
+type Driver struct{}
+
+// New returns the vz driver.
+func New() *Driver { return &Driver{} }
+
+// Name implements vm.Driver.
+func (*Driver) Name() string { return "vz" }
+
+// limits reads the framework's bounds for a VM's size.
+func limits() Limits {
+	return Limits{
+		MinCPUs: int(vz.VirtualMachineConfigurationMinimumAllowedCPUCount()), MaxCPUs: int(vz.VirtualMachineConfigurationMaximumAllowedCPUCount()),
+		MinMemory: vz.VirtualMachineConfigurationMinimumAllowedMemorySize(), MaxMemory: vz.VirtualMachineConfigurationMaximumAllowedMemorySize(),
+	}
+}
+
+// Validate implements vm.Driver.
+func (*Driver) Validate(spec *vm.Spec) error {
+	_, err := NewPlan(spec, limits())
+	return err
+}
+
+// Create implements vm.Driver: the configuration is built and validated
+// by the framework here, so a bad spec fails before Start.
+func (*Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
+	p, err := NewPlan(spec, limits())
+	if err != nil {
+		return nil, err
+	}
+	m := &machine{spec: spec, plan: p, log: slog.With("sandbox", spec.ID), done: make(chan struct{}), state: vm.StateCreated}
+	if m.config, m.files, err = buildConfig(p); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// buildConfig turns a plan into a framework configuration. The files
+// are kept open for the VM's life (file-handle NIC attachments).
+func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
+	boot, err := vz.NewMacOSBootLoader()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg, err := vz.NewVirtualMachineConfiguration(boot, uint(p.CPUs), p.Memory)
+	if err != nil {
+		return nil, nil, err
+	}
+	platform, err := macPlatform(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.SetPlatformVirtualMachineConfiguration(platform)
+
+	var disks []vz.StorageDeviceConfiguration
+	for _, d := range p.Disks {
+		// Cached + Fsync: see Plan.Disks (macOS 12+).
+		a, err := vz.NewDiskImageStorageDeviceAttachmentWithCacheAndSync(d.Path, d.ReadOnly, vz.DiskImageCachingModeCached, vz.DiskImageSynchronizationModeFsync)
+		if err != nil {
+			return nil, nil, fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+		blk, err := vz.NewVirtioBlockDeviceConfiguration(a)
+		if err != nil {
+			return nil, nil, err
+		}
+		disks = append(disks, blk)
+	}
+	cfg.SetStorageDevicesVirtualMachineConfiguration(disks)
+
+	var shares []vz.DirectorySharingDeviceConfiguration
+	for _, s := range p.Shares {
+		dir, err := vz.NewSharedDirectory(s.HostPath, s.ReadOnly)
+		if err != nil {
+			return nil, nil, fmt.Errorf("share %s: %w", s.Tag, err)
+		}
+		single, err := vz.NewSingleDirectoryShare(dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		fs, err := vz.NewVirtioFileSystemDeviceConfiguration(s.Tag)
+		if err != nil {
+			return nil, nil, fmt.Errorf("share %s: %w", s.Tag, err)
+		}
+		fs.SetDirectoryShare(single)
+		shares = append(shares, fs)
+	}
+	cfg.SetDirectorySharingDevicesVirtualMachineConfiguration(shares)
+
+	nics, files, err := networkDevices(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.SetNetworkDevicesVirtualMachineConfiguration(nics)
+	closeFiles := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+
+	// A display even for a headless VM: VMs without a graphics device
+	// have shown vsock connection resets.
+	gfx, err := vz.NewMacGraphicsDeviceConfiguration()
+	if err != nil {
+		closeFiles()
+		return nil, nil, err
+	}
+	display, err := vz.NewMacGraphicsDisplayConfiguration(1920, 1200, 80)
+	if err != nil {
+		closeFiles()
+		return nil, nil, err
+	}
+	gfx.SetDisplays(display)
+	cfg.SetGraphicsDevicesVirtualMachineConfiguration([]vz.GraphicsDeviceConfiguration{gfx})
+
+	// Keyboard and trackpad: the Mac ones (macOS 14 and 13), else USB.
+	if kb, err := vz.NewMacKeyboardConfiguration(); err == nil {
+		cfg.SetKeyboardsVirtualMachineConfiguration([]vz.KeyboardConfiguration{kb})
+	} else if kb, err := vz.NewUSBKeyboardConfiguration(); err == nil {
+		cfg.SetKeyboardsVirtualMachineConfiguration([]vz.KeyboardConfiguration{kb})
+	}
+	if tp, err := vz.NewMacTrackpadConfiguration(); err == nil {
+		cfg.SetPointingDevicesVirtualMachineConfiguration([]vz.PointingDeviceConfiguration{tp})
+	} else if pd, err := vz.NewUSBScreenCoordinatePointingDeviceConfiguration(); err == nil {
+		cfg.SetPointingDevicesVirtualMachineConfiguration([]vz.PointingDeviceConfiguration{pd})
+	}
+
+	entropy, err := vz.NewVirtioEntropyDeviceConfiguration()
+	if err != nil {
+		closeFiles()
+		return nil, nil, err
+	}
+	cfg.SetEntropyDevicesVirtualMachineConfiguration([]*vz.VirtioEntropyDeviceConfiguration{entropy})
+	balloon, err := vz.NewVirtioTraditionalMemoryBalloonDeviceConfiguration()
+	if err != nil {
+		closeFiles()
+		return nil, nil, err
+	}
+	cfg.SetMemoryBalloonDevicesVirtualMachineConfiguration([]vz.MemoryBalloonDeviceConfiguration{balloon})
+
+	if p.ConsoleLog != "" {
+		att, err := vz.NewFileSerialPortAttachment(p.ConsoleLog, true)
+		if err != nil {
+			closeFiles()
+			return nil, nil, fmt.Errorf("console log %s: %w", p.ConsoleLog, err)
+		}
+		console, err := vz.NewVirtioConsoleDeviceSerialPortConfiguration(att)
+		if err != nil {
+			closeFiles()
+			return nil, nil, err
+		}
+		cfg.SetSerialPortsVirtualMachineConfiguration([]*vz.VirtioConsoleDeviceSerialPortConfiguration{console})
+	}
+	sock, err := vz.NewVirtioSocketDeviceConfiguration()
+	if err != nil {
+		closeFiles()
+		return nil, nil, err
+	}
+	cfg.SetSocketDevicesVirtualMachineConfiguration([]vz.SocketDeviceConfiguration{sock})
+
+	if ok, err := cfg.Validate(); !ok || err != nil {
+		closeFiles()
+		return nil, nil, fmt.Errorf("vz: the framework refuses the VM configuration: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return cfg, files, nil
+}
+
+// macPlatform is the VM's Mac identity: the image's hardware model, its
+// machine identifier (or a fresh one: two VMs running with one conflict)
+// and the sandbox's own auxiliary storage (sharing one fails to lock it).
+func macPlatform(p *Plan) (*vz.MacPlatformConfiguration, error) {
+	hw, err := vz.NewMacHardwareModelWithData(p.HardwareModel)
+	if err != nil {
+		return nil, fmt.Errorf("the image's hardware model: %w", err)
+	}
+	if !hw.Supported() {
+		return nil, fmt.Errorf("this Mac cannot run the image's hardware model (a newer macOS guest than the host supports?): %w", errdefs.ErrFailedPrecondition)
+	}
+	var id *vz.MacMachineIdentifier
+	if len(p.MachineID) > 0 {
+		id, err = vz.NewMacMachineIdentifierWithData(p.MachineID)
+	} else {
+		id, err = vz.NewMacMachineIdentifier()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("machine identifier: %w", err)
+	}
+	aux, err := vz.NewMacAuxiliaryStorage(p.AuxStorage)
+	if err != nil {
+		return nil, fmt.Errorf("auxiliary storage %s: %w", p.AuxStorage, err)
+	}
+	return vz.NewMacPlatformConfiguration(vz.WithMacHardwareModel(hw), vz.WithMacMachineIdentifier(id), vz.WithMacAuxiliaryStorage(aux))
+}
+
+// networkDevices makes the NICs; a socket attachment connects a unix
+// datagram socket to the net plugin's (softnet-style) peer at its path.
+func networkDevices(p *Plan) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File, error) {
+	var out []*vz.VirtioNetworkDeviceConfiguration
+	var files []*os.File
+	fail := func(err error) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, err
+	}
+	for i, n := range p.NICs {
+		var att vz.NetworkDeviceAttachment
+		switch n.Kind {
+		case vm.NICVmnetNAT:
+			a, err := vz.NewNATNetworkDeviceAttachment()
+			if err != nil {
+				return fail(err)
+			}
+			att = a
+		case vm.NICVmnetBridged:
+			var found vz.BridgedNetwork
+			for _, b := range vz.NetworkInterfaces() {
+				if b.Identifier() == n.Interface {
+					found = b
+				}
+			}
+			if found == nil {
+				return fail(fmt.Errorf("nic %d: no bridgeable host interface %q (the binary needs com.apple.vm.networking: make sign ENTITLEMENTS=...-bridged...): %w", i, n.Interface, errdefs.ErrFailedPrecondition))
+			}
+			a, err := vz.NewBridgedNetworkDeviceAttachment(found)
+			if err != nil {
+				return fail(err)
+			}
+			att = a
+		case vm.NICSocket:
+			f, err := dialDatagram(n.Interface)
+			if err != nil {
+				return fail(fmt.Errorf("nic %d: %w", i, err))
+			}
+			files = append(files, f)
+			a, err := vz.NewFileHandleNetworkDeviceAttachment(f)
+			if err != nil {
+				return fail(err)
+			}
+			att = a
+		}
+		dev, err := vz.NewVirtioNetworkDeviceConfiguration(att)
+		if err != nil {
+			return fail(err)
+		}
+		mac, err := vz.NewMACAddress(n.MAC)
+		if err != nil {
+			return fail(err)
+		}
+		dev.SetMACAddress(mac)
+		out = append(out, dev)
+	}
+	return out, files, nil
+}
+
+// dialDatagram is a unix datagram socket connected to path, as a file
+// for the framework's file-handle attachment.
+func dialDatagram(path string) (*os.File, error) {
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the network socket %s: %w", path, err)
+	}
+	defer c.Close()
+	return c.File() // a dup, independent of c
+}
+
+// machine is one VM. The framework runs it in its own queue; state
+// changes arrive on StateChangedNotify.
+type machine struct {
+	spec   *vm.Spec
+	plan   *Plan
+	log    *slog.Logger
+	config *vz.VirtualMachineConfiguration
+	files  []*os.File
+
+	mu       sync.Mutex
+	v        *vz.VirtualMachine
+	state    vm.State
+	exit     vm.Exit
+	stopping bool // Stop was called: a stop is clean within the grace
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+// Start implements vm.Machine: boot, or restore the saved state and
+// resume (macOS 14+). A framework refusal because too many VMs run
+// (VZErrorDomain code 6) wraps errdefs.ErrResourceExhausted.
+func (m *machine) Start(ctx context.Context) error {
+	m.mu.Lock()
+	if m.state != vm.StateCreated {
+		st := m.state
+		m.mu.Unlock()
+		return fmt.Errorf("vz: machine %s is %s: %w", m.spec.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	v, err := vz.NewVirtualMachine(m.config)
+	if err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("vz: %w", err)
+	}
+	m.v = v
+	m.mu.Unlock()
+	go m.watch(v)
+
+	if m.plan.RestoreFrom != "" {
+		if err := v.RestoreMachineStateFromURL(m.plan.RestoreFrom); err != nil {
+			m.ended("restoring the saved state failed: "+err.Error(), false)
+			return classify("restoring the saved state", err)
+		}
+		if err := v.Resume(); err != nil {
+			m.ended("resuming the restored VM failed: "+err.Error(), false)
+			return classify("resuming the restored VM", err)
+		}
+	} else if err := v.Start(); err != nil {
+		m.ended("starting failed: "+err.Error(), false)
+		return classify("starting the VM", err)
+	}
+	m.mu.Lock()
+	if m.state == vm.StateCreated {
+		m.state = vm.StateRunning
+	}
+	m.mu.Unlock()
+	m.log.Info("vz VM running", "restored", m.plan.RestoreFrom != "")
+	return nil
+}
+
+// classify maps framework errors to errdefs classes.
+func classify(what string, err error) error {
+	var ns *vz.NSError
+	if errors.As(err, &ns) && ns.Domain == "VZErrorDomain" && ns.Code == int(vz.ErrorVirtualMachineLimitExceeded) {
+		return fmt.Errorf("vz: %s: the host runs as many macOS VMs as Virtualization.framework allows (two): %v: %w", what, err, errdefs.ErrResourceExhausted)
+	}
+	if errors.Is(err, vz.ErrUnsupportedOSVersion) {
+		return fmt.Errorf("vz: %s: this macOS is too old for it: %w", what, errdefs.ErrNotImplemented)
+	}
+	return fmt.Errorf("vz: %s: %w", what, err)
+}
+
+// watch follows the VM's state until it stops or fails.
+func (m *machine) watch(v *vz.VirtualMachine) {
+	for st := range v.StateChangedNotify() {
+		switch st {
+		case vz.VirtualMachineStateStopped:
+			m.mu.Lock()
+			clean, starting := m.stopping, m.state == vm.StateCreated
+			m.mu.Unlock()
+			if starting {
+				// A start or restore that failed: Start reports it.
+				continue
+			}
+			reason := "guest powered off"
+			if clean {
+				reason = "stopped"
+			}
+			m.ended(reason, true)
+			return
+		case vz.VirtualMachineStateError:
+			m.ended("the framework reported an internal error", false)
+			return
+		}
+	}
+}
+
+// ended records the end once and closes Done.
+func (m *machine) ended(reason string, clean bool) {
+	m.doneOnce.Do(func() {
+		m.mu.Lock()
+		m.state = vm.StateStopped
+		m.exit = vm.Exit{At: time.Now(), Reason: reason, Clean: clean}
+		m.mu.Unlock()
+		for _, f := range m.files {
+			f.Close()
+		}
+		m.log.Info("vz VM stopped", "reason", reason, "clean", clean)
+		close(m.done)
+	})
+}
+
+// Stop implements vm.Machine: a stop request (the shim has asked the
+// agent to shut down first: a request shows a dialog in macOS guests),
+// then a hard stop once grace passes.
+func (m *machine) Stop(ctx context.Context, grace time.Duration) error {
+	m.mu.Lock()
+	v, st := m.v, m.state
+	m.stopping = true
+	m.mu.Unlock()
+	if st == vm.StateStopped {
+		return nil
+	}
+	if v == nil {
+		m.ended("never started", true)
+		return nil
+	}
+	if grace > 0 && v.CanRequestStop() {
+		if _, err := v.RequestStop(); err != nil {
+			m.log.Warn("vz stop request failed", "err", err)
+		}
+		select {
+		case <-m.done:
+			return nil
+		case <-time.After(grace):
+		case <-ctx.Done():
+		}
+	}
+	if v.CanStop() {
+		if err := v.Stop(); err != nil {
+			return fmt.Errorf("vz: stopping VM %s: %w", m.spec.ID, err)
+		}
+	}
+	select {
+	case <-m.done:
+	case <-time.After(10 * time.Second):
+		m.ended("stopped hard", false)
+	}
+	m.mu.Lock()
+	if m.exit.Reason == "stopped" && grace == 0 {
+		m.exit.Reason, m.exit.Clean = "stopped hard (no grace period)", false
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *machine) Done() <-chan struct{} { return m.done }
+
+func (m *machine) Exit() vm.Exit {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exit
+}
+
+func (m *machine) State() vm.State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state
+}
+
+// Stats implements vm.Machine. The VM runs in Apple's XPC service
+// (com.apple.Virtualization.VirtualMachine), not in the shim: what this
+// reports is the shim process's own use, a lower bound.
+func (m *machine) Stats(ctx context.Context) (vm.Stats, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return vm.Stats{}, err
+	}
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	// ru_maxrss is in bytes on darwin.
+	return vm.Stats{CPUNanos: uint64(cpu), MemoryBytes: uint64(ru.Maxrss)}, nil
+}
+
+// DialAgent implements vm.Machine: a vsock connection to the agent.
+func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
+	m.mu.Lock()
+	v, st := m.v, m.state
+	m.mu.Unlock()
+	if st != vm.StateRunning || v == nil {
+		return nil, fmt.Errorf("vz: machine %s is %s, not running: %w", m.spec.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	devs := v.SocketDevices()
+	if len(devs) == 0 {
+		return nil, fmt.Errorf("vz: machine %s has no socket device", m.spec.ID)
+	}
+	return devs[0].Connect(AgentPort)
+}
+
+// Save implements vm.Machine: pause, then write the state (macOS 14+).
+func (m *machine) Save(ctx context.Context, path string) error {
+	m.mu.Lock()
+	v, st := m.v, m.state
+	m.mu.Unlock()
+	if st != vm.StateRunning || v == nil {
+		return fmt.Errorf("vz: machine %s is %s, not running: %w", m.spec.ID, st, errdefs.ErrFailedPrecondition)
+	}
+	if ok, err := m.config.ValidateSaveRestoreSupport(); !ok || err != nil {
+		return classify("saving the VM state (unsupported configuration)", err)
+	}
+	if err := v.Pause(); err != nil {
+		return classify("pausing the VM", err)
+	}
+	if err := v.SaveMachineStateToPath(path); err != nil {
+		// Leave the VM as it was: running.
+		if rerr := v.Resume(); rerr != nil {
+			m.log.Warn("resuming after a failed save", "err", rerr)
+		}
+		return classify("saving the VM state", err)
+	}
+	return nil
+}
+
+// Resume implements vm.Machine.
+func (m *machine) Resume(ctx context.Context) error {
+	m.mu.Lock()
+	v := m.v
+	m.mu.Unlock()
+	if v == nil || !v.CanResume() {
+		return nil
+	}
+	if err := v.Resume(); err != nil {
+		return classify("resuming the VM", err)
+	}
+	return nil
+}

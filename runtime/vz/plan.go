@@ -1,0 +1,147 @@
+// Package vz is the macOS backend: macOS guests under Apple's
+// Virtualization.framework, through github.com/Code-Hex/vz/v3. The
+// framework exists only on darwin; this file is the platform-neutral half
+// (what a vm.Spec asks of the framework, validated), tested on Linux, and
+// *_darwin.go turns a plan into framework objects.
+package vz
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+// AgentPort is the vsock port the guest agent listens on (the agent's
+// default on macOS, and its launchd job's).
+const AgentPort = 1024
+
+// Limits are the framework's bounds for a VM's size, read at runtime on
+// darwin (VZVirtualMachineConfiguration's minimum/maximum allowed CPU
+// count and memory size).
+type Limits struct {
+	MinCPUs, MaxCPUs     int
+	MinMemory, MaxMemory uint64
+}
+
+// NICPlan is one virtio NIC and how it reaches the network.
+type NICPlan struct {
+	Kind vm.NICKind
+	// Interface is the host interface to bridge to (vmnet-bridged), or
+	// the unix datagram socket to attach to (socket).
+	Interface string
+	MAC       net.HardwareAddr
+}
+
+// SharePlan is one virtiofs device exporting one host directory.
+type SharePlan struct {
+	Tag, HostPath string
+	ReadOnly      bool
+}
+
+// Plan is the VM the darwin code builds.
+type Plan struct {
+	CPUs   int
+	Memory uint64
+	// HardwareModel is VZMacHardwareModel.dataRepresentation; MachineID
+	// is VZMacMachineIdentifier.dataRepresentation, nil = make a fresh one.
+	HardwareModel, MachineID []byte
+	AuxStorage               string
+	// Disks are virtio-blk devices, in order. Every disk uses caching
+	// mode Cached and synchronisation mode Fsync: lima documents disk
+	// corruption on Apple silicon with the automatic caching mode.
+	Disks  []vm.Disk
+	Shares []SharePlan
+	NICs   []NICPlan
+	// ConsoleLog receives the virtio console (appended).
+	ConsoleLog string
+	// RestoreFrom is a saved state to restore instead of booting.
+	RestoreFrom string
+	// The devices every macOS VM gets, whatever the spec: a Mac graphics
+	// device (even headless: VMs without one have shown vsock connection
+	// resets), keyboard and trackpad, an entropy device, a memory
+	// balloon, one virtio-socket device for the agent.
+}
+
+// NewPlan validates spec against the framework's limits and describes
+// the VM to build. Errors wrap errdefs.ErrInvalidArgument (a field the
+// spec got wrong) or ErrNotImplemented (what this backend cannot run).
+func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("vz: "+format+": %w", append(a, errdefs.ErrInvalidArgument)...)
+	}
+	if spec.Boot.Kind != vm.BootMacOS {
+		return nil, fmt.Errorf("vz: boot kind %q: this backend runs macOS guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
+	}
+	if len(spec.Boot.HardwareModel) == 0 {
+		return nil, bad("boot.hardwareModel is empty (the image's VZMacHardwareModel)")
+	}
+	if spec.Boot.AuxStorage == "" || !filepath.IsAbs(spec.Boot.AuxStorage) {
+		return nil, bad("boot.auxStorage %q must be an absolute path (the sandbox's own copy)", spec.Boot.AuxStorage)
+	}
+	p := &Plan{
+		CPUs: spec.CPUs, Memory: uint64(max(spec.MemoryBytes, 0)),
+		HardwareModel: spec.Boot.HardwareModel, MachineID: spec.Boot.MachineID, AuxStorage: spec.Boot.AuxStorage,
+		ConsoleLog: spec.ConsoleLog, RestoreFrom: spec.RestoreFrom,
+	}
+	if p.CPUs < lim.MinCPUs || (lim.MaxCPUs > 0 && p.CPUs > lim.MaxCPUs) || p.CPUs < 1 {
+		return nil, bad("%d CPUs: the framework allows %d to %d", p.CPUs, lim.MinCPUs, lim.MaxCPUs)
+	}
+	if p.Memory < lim.MinMemory || (lim.MaxMemory > 0 && p.Memory > lim.MaxMemory) || p.Memory == 0 {
+		return nil, bad("%d bytes of memory: the framework allows %d to %d", p.Memory, lim.MinMemory, lim.MaxMemory)
+	}
+	if p.Memory%(1<<20) != 0 {
+		// The framework wants a multiple of 1 MiB.
+		return nil, bad("memory %d bytes is not a whole number of MiB", p.Memory)
+	}
+	if len(spec.Disks) == 0 {
+		return nil, bad("a macOS guest needs a boot disk")
+	}
+	for _, d := range spec.Disks {
+		if !filepath.IsAbs(d.Path) {
+			return nil, bad("disk %q must be an absolute path", d.Path)
+		}
+	}
+	p.Disks = spec.Disks
+	tags := map[string]bool{}
+	for _, s := range spec.Shares {
+		if s.Tag == "" || tags[s.Tag] {
+			return nil, bad("share tag %q is empty or repeated", s.Tag)
+		}
+		tags[s.Tag] = true
+		if !filepath.IsAbs(s.HostPath) {
+			return nil, bad("share %s: host path %q must be absolute", s.Tag, s.HostPath)
+		}
+		p.Shares = append(p.Shares, SharePlan{Tag: s.Tag, HostPath: s.HostPath, ReadOnly: s.ReadOnly})
+	}
+	for i, n := range spec.NICs {
+		mac, err := net.ParseMAC(n.MAC)
+		if err != nil || len(mac) != 6 {
+			return nil, bad("nic %d: MAC %q is not an Ethernet address", i, n.MAC)
+		}
+		np := NICPlan{Kind: n.Kind, MAC: mac}
+		switch n.Kind {
+		case vm.NICVmnetNAT:
+		case vm.NICVmnetBridged:
+			if n.Device == "" {
+				return nil, bad("nic %d: vmnet-bridged needs the host interface to bridge to", i)
+			}
+			np.Interface = n.Device
+		case vm.NICSocket:
+			if !filepath.IsAbs(n.Device) {
+				return nil, bad("nic %d: socket attachment needs the datagram socket's absolute path, got %q", i, n.Device)
+			}
+			np.Interface = n.Device
+		default:
+			return nil, bad("nic %d: kind %q is not available on vz (vmnet-nat, vmnet-bridged or socket)", i, n.Kind)
+		}
+		if len(n.Forwards) > 0 {
+			return nil, bad("nic %d: port forwards of the hypervisor's NAT are a QEMU feature; macvz proxies hostPorts itself on macOS", i)
+		}
+		p.NICs = append(p.NICs, np)
+	}
+	return p, nil
+}

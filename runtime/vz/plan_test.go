@@ -1,0 +1,81 @@
+package vz
+
+import (
+	"testing"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/vm"
+)
+
+var testLimits = Limits{MinCPUs: 1, MaxCPUs: 8, MinMemory: 512 << 20, MaxMemory: 16 << 30}
+
+func macSpec() *vm.Spec {
+	return &vm.Spec{
+		ID: "sb1", Dir: "/run/macvz/sandboxes/sb1", CPUs: 4, MemoryBytes: 8 << 30,
+		Boot:       vm.Boot{Kind: vm.BootMacOS, HardwareModel: []byte("hw"), AuxStorage: "/snap/7/nvram.bin"},
+		Disks:      []vm.Disk{{Path: "/snap/7/disk.img"}},
+		Shares:     []vm.Share{{Tag: "macvz-shared", HostPath: "/run/macvz/sandboxes/sb1/shared"}, {Tag: "ro", HostPath: "/data", ReadOnly: true}},
+		NICs:       []vm.NIC{{Kind: vm.NICVmnetNAT, MAC: "02:aa:bb:cc:dd:ee"}},
+		ConsoleLog: "/run/macvz/sandboxes/sb1/console.log",
+	}
+}
+
+func TestNewPlan(t *testing.T) {
+	p, err := NewPlan(macSpec(), testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.CPUs != 4 || p.Memory != 8<<30 || p.MachineID != nil || p.AuxStorage != "/snap/7/nvram.bin" || len(p.Disks) != 1 {
+		t.Errorf("plan %+v", p)
+	}
+	if len(p.Shares) != 2 || !p.Shares[1].ReadOnly || p.Shares[0].ReadOnly {
+		t.Errorf("shares %+v", p.Shares)
+	}
+	if len(p.NICs) != 1 || p.NICs[0].Kind != vm.NICVmnetNAT || p.NICs[0].MAC.String() != "02:aa:bb:cc:dd:ee" {
+		t.Errorf("nics %+v", p.NICs)
+	}
+
+	s := macSpec()
+	s.NICs = []vm.NIC{{Kind: vm.NICVmnetBridged, Device: "en0", MAC: "02:00:00:00:00:01"}, {Kind: vm.NICSocket, Device: "/run/softnet.sock", MAC: "02:00:00:00:00:02"}}
+	s.Boot.MachineID = []byte("id")
+	p, err = NewPlan(s, testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.NICs[0].Interface != "en0" || p.NICs[1].Interface != "/run/softnet.sock" || string(p.MachineID) != "id" {
+		t.Errorf("bridged/socket plan %+v", p)
+	}
+}
+
+func TestNewPlanRefuses(t *testing.T) {
+	for name, tc := range map[string]struct {
+		change  func(*vm.Spec)
+		notImpl bool
+	}{
+		"linux boot":          {func(s *vm.Spec) { s.Boot.Kind = vm.BootLinux }, true},
+		"no hardware model":   {func(s *vm.Spec) { s.Boot.HardwareModel = nil }, false},
+		"relative aux":        {func(s *vm.Spec) { s.Boot.AuxStorage = "nvram.bin" }, false},
+		"too many CPUs":       {func(s *vm.Spec) { s.CPUs = 9 }, false},
+		"no CPU":              {func(s *vm.Spec) { s.CPUs = 0 }, false},
+		"too little memory":   {func(s *vm.Spec) { s.MemoryBytes = 256 << 20 }, false},
+		"too much memory":     {func(s *vm.Spec) { s.MemoryBytes = 32 << 30 }, false},
+		"partial MiB":         {func(s *vm.Spec) { s.MemoryBytes = 8<<30 + 5 }, false},
+		"no disk":             {func(s *vm.Spec) { s.Disks = nil }, false},
+		"repeated share tag":  {func(s *vm.Spec) { s.Shares[1].Tag = "macvz-shared" }, false},
+		"relative share":      {func(s *vm.Spec) { s.Shares[0].HostPath = "shared" }, false},
+		"bad MAC":             {func(s *vm.Spec) { s.NICs[0].MAC = "nope" }, false},
+		"tap on vz":           {func(s *vm.Spec) { s.NICs[0].Kind = vm.NICTap }, false},
+		"user net on vz":      {func(s *vm.Spec) { s.NICs[0].Kind = vm.NICUser }, false},
+		"bridged, no iface":   {func(s *vm.Spec) { s.NICs[0].Kind = vm.NICVmnetBridged }, false},
+		"socket, no path":     {func(s *vm.Spec) { s.NICs[0].Kind = vm.NICSocket; s.NICs[0].Device = "sock" }, false},
+		"hypervisor forwards": {func(s *vm.Spec) { s.NICs[0].Forwards = []vm.Forward{{Protocol: "tcp", HostPort: 80, GuestPort: 80}} }, false},
+	} {
+		s := macSpec()
+		tc.change(s)
+		_, err := NewPlan(s, testLimits)
+		if tc.notImpl && !errdefs.IsNotImplemented(err) || !tc.notImpl && !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -208,6 +208,12 @@ func (a *agent) WriteResolvConf(ctx context.Context, req *api.WriteResolvConfReq
 			}
 		}
 	}
+	if handled, err := systemDNS(ctx, a, req); handled || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return &api.WriteResolvConfResponse{}, nil
+	}
 	for _, ns := range req.Nameservers {
 		fmt.Fprintf(&b, "nameserver %s\n", ns)
 	}

@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"net"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,8 +21,10 @@ import (
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
-// The macOS guest side: processes, files, port forwarding and vsock work;
-// what belongs to the guest's init (launchd there) is not implemented yet.
+// The macOS guest side. launchd is the guest's init; the agent changes
+// the machine the way an administrator does, through the system tools
+// (scutil, networksetup, ifconfig, route, sysctl, mount_virtiofs,
+// shutdown), whose output is parsed by the tested code in macos_tools.go.
 
 // setKernelHostname sets the macOS host name the way the system tools do.
 func setKernelHostname(h string) error {
@@ -45,11 +50,6 @@ func sysInfo(r *api.InfoResponse) {
 	}
 }
 
-var errDarwin = errf(codes.Unimplemented, "not implemented on macOS guests yet")
-
-func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsResponse, error) {
-	return nil, errDarwin
-}
 
 // MountShare on macOS: virtiofs only (macOS guests have no 9p), mounted
 // with mount_virtiofs(8) (macOS 13+ guests). A subpath cannot be bound
@@ -121,9 +121,6 @@ func (a *agent) linkShare(req *api.MountShareRequest) (*api.MountShareResponse, 
 	return &api.MountShareResponse{}, nil
 }
 
-func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkRequest) (*api.ConfigureNetworkResponse, error) {
-	return nil, errDarwin
-}
 
 func initMounts(log *slog.Logger) {}
 
@@ -156,6 +153,178 @@ func powerOff(reboot bool) {
 // setClock: macOS guests keep their own time (timed/NTP).
 func setClock(t time.Time) error { return nil }
 
+// runTool runs a system tool and returns its combined output.
+func runTool(ctx context.Context, tool string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, tool, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %v: %s", filepath.Base(tool), strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+var toolPaths = map[string]string{
+	"networksetup": "/usr/sbin/networksetup",
+	"ifconfig":     "/sbin/ifconfig",
+	"route":        "/sbin/route",
+	"sysctl":       "/usr/sbin/sysctl",
+	"ps":           "/bin/ps",
+	"vm_stat":      "/usr/bin/vm_stat",
+}
+
+func networkServices(ctx context.Context) ([]netService, error) {
+	out, err := runTool(ctx, toolPaths["networksetup"], "-listnetworkserviceorder")
+	if err != nil {
+		return nil, err
+	}
+	return parseServiceOrder(out), nil
+}
+
+// systemDNS gives the machine's network services the pod's DNS servers
+// and search domains: macOS resolvers ignore /etc/resolv.conf (configd
+// writes it from the services' configuration). Resolver options (ndots)
+// have no place there and are logged, not applied.
+func systemDNS(ctx context.Context, a *agent, req *api.WriteResolvConfRequest) (bool, error) {
+	if !a.cfg.system {
+		return false, nil
+	}
+	svcs, err := networkServices(ctx)
+	if err != nil {
+		return true, errf(codes.Internal, "listing network services: %v", err)
+	}
+	cmds := dnsCommands(svcs, req.Nameservers, req.Searches)
+	if len(cmds) == 0 {
+		return true, errf(codes.FailedPrecondition, "no enabled network service with a device to give DNS servers to")
+	}
+	for _, c := range cmds {
+		if _, err := runTool(ctx, toolPaths["networksetup"], c...); err != nil {
+			return true, errf(codes.Internal, "setting DNS: %v", err)
+		}
+	}
+	if len(req.Options) > 0 {
+		a.cfg.log.Warn("resolver options are not applied on macOS guests", "options", req.Options)
+	}
+	a.cfg.log.Info("DNS set", "servers", req.Nameservers, "searches", req.Searches)
+	return true, nil
+}
+
+// ConfigureNetwork on macOS: loopback is always up; interfaces are found
+// by MAC and configured through their network service (see networkPlan).
+// An empty request leaves the machine to DHCP (vmnet NAT).
+func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkRequest) (*api.ConfigureNetworkResponse, error) {
+	if len(req.Interfaces) == 0 && len(req.Routes) == 0 {
+		return &api.ConfigureNetworkResponse{}, nil
+	}
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "ConfigureNetwork: the agent does not own this machine")
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, errf(codes.Internal, "listing interfaces: %v", err)
+	}
+	byMAC := map[string]string{}
+	for _, in := range ifs {
+		if len(in.HardwareAddr) == 6 {
+			byMAC[in.HardwareAddr.String()] = in.Name
+		}
+	}
+	svcs, err := networkServices(ctx)
+	if err != nil {
+		return nil, errf(codes.Internal, "listing network services: %v", err)
+	}
+	cmds, err := networkPlan(req, byMAC, svcs)
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "ConfigureNetwork: %v", err)
+	}
+	for _, c := range cmds {
+		out, err := runTool(ctx, toolPaths[c.tool], c.args...)
+		if err != nil && !(c.exists != "" && strings.Contains(out, c.exists)) {
+			return nil, errf(codes.Internal, "configuring the network: %v", err)
+		}
+		a.cfg.log.Debug("network", "cmd", c.String())
+	}
+	a.cfg.log.Info("network configured", "interfaces", len(req.Interfaces), "routes", len(req.Routes), "commands", len(cmds))
+	return &api.ConfigureNetworkResponse{}, nil
+}
+
+// SetSysctls writes kernel parameters with sysctl(8); one the kernel
+// does not know is NotFound, and nothing after it is written.
 func (a *agent) SetSysctls(ctx context.Context, req *api.SetSysctlsRequest) (*api.SetSysctlsResponse, error) {
-	return nil, errDarwin
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "SetSysctls: the agent does not own this machine")
+	}
+	names := make([]string, 0, len(req.Sysctls))
+	for k := range req.Sysctls {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		n, err := sysctlName(k)
+		if err != nil {
+			return nil, errf(codes.InvalidArgument, "%v", err)
+		}
+		if _, err := unix.Sysctl(n); errors.Is(err, unix.ENOENT) {
+			return nil, errf(codes.NotFound, "sysctl %s: the macOS kernel has no such parameter", n)
+		}
+		v := req.Sysctls[k]
+		if strings.ContainsAny(v, "\n\x00") {
+			return nil, errf(codes.InvalidArgument, "sysctl %s: invalid value %q", n, v)
+		}
+		if _, err := runTool(ctx, toolPaths["sysctl"], "-w", n+"="+v); err != nil {
+			return nil, errf(codes.InvalidArgument, "%v", err)
+		}
+	}
+	return &api.SetSysctlsResponse{}, nil
+}
+
+// guestCPU keeps the guest's cumulative CPU time across Stats calls.
+var guestCPU struct {
+	sync.Mutex
+	cpuTotal
+}
+
+// Stats on macOS: memory from vm_stat, CPU time summed over the
+// processes ps lists (the kernel's own time outside processes is not
+// counted), per container the process trees of its processes.
+func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsResponse, error) {
+	r := &api.StatsResponse{TimestampUnixNano: time.Now().UnixNano()}
+	out, err := runTool(ctx, toolPaths["ps"], "-A", "-o", "pid=,ppid=,rss=,time=")
+	if err != nil {
+		return nil, errf(codes.Internal, "listing processes: %v", err)
+	}
+	procs := parsePS(out)
+	guestCPU.Lock()
+	total := guestCPU.sample(procs)
+	guestCPU.Unlock()
+	ncpu, _ := unix.SysctlUint32("hw.ncpu")
+	r.Cpu = &api.CPUStats{UsageCoreNanoseconds: uint64(total), NumCpu: ncpu}
+	memsize, err := unix.SysctlUint64("hw.memsize")
+	if err != nil {
+		return nil, errf(codes.Internal, "hw.memsize: %v", err)
+	}
+	vs, err := runTool(ctx, toolPaths["vm_stat"])
+	if err != nil {
+		return nil, errf(codes.Internal, "vm_stat: %v", err)
+	}
+	v, err := parseVMStat(vs)
+	if err != nil {
+		return nil, errf(codes.Internal, "%v", err)
+	}
+	r.Memory = memoryStats(memsize, v)
+	for _, p := range req.FilesystemPaths {
+		r.Filesystems = append(r.Filesystems, fsStats(p))
+	}
+	if req.PerContainer {
+		roots := map[int]string{}
+		for _, p := range a.snapshot("") {
+			p.mu.Lock()
+			if p.state == api.ProcessState_RUNNING {
+				roots[p.pid] = p.key.container
+			}
+			p.mu.Unlock()
+		}
+		for _, cs := range treeStats(procs, roots) {
+			r.Containers = append(r.Containers, cs)
+		}
+	}
+	return r, nil
 }

@@ -145,22 +145,6 @@ func numCPU() int {
 	return n
 }
 
-func fsStats(path string) *api.FilesystemStats {
-	fs := &api.FilesystemStats{Path: path}
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		fs.Error = err.Error()
-		return fs
-	}
-	bs := uint64(st.Bsize)
-	fs.CapacityBytes = st.Blocks * bs
-	fs.AvailableBytes = st.Bavail * bs
-	fs.UsedBytes = (st.Blocks - st.Bfree) * bs
-	fs.Inodes = st.Files
-	fs.InodesUsed = st.Files - st.Ffree
-	return fs
-}
-
 // containerStats sums CPU time and RSS of the live processes in the
 // sessions of each container's processes (each process leads its own).
 func (a *agent) containerStats() []*api.ContainerStats {
@@ -544,4 +528,10 @@ func (a *agent) SetSysctls(ctx context.Context, req *api.SetSysctlsRequest) (*ap
 		}
 	}
 	return &api.SetSysctlsResponse{}, nil
+}
+
+// systemDNS: Linux resolvers read /etc/resolv.conf, which the caller
+// writes.
+func systemDNS(ctx context.Context, a *agent, req *api.WriteResolvConfRequest) (bool, error) {
+	return false, nil
 }

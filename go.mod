@@ -29,6 +29,7 @@ require (
 	golang.org/x/sys v0.48.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
+	howett.net/plist v1.0.1
 	k8s.io/cri-api v0.37.2
 	k8s.io/cri-streaming v0.37.0
 	k8s.io/utils v0.0.0-20260626114624-be93311217bd

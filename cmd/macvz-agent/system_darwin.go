@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
-	"net"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -49,7 +49,6 @@ func sysInfo(r *api.InfoResponse) {
 		r.MemoryTotalBytes = m
 	}
 }
-
 
 // MountShare on macOS: virtiofs only (macOS guests have no 9p), mounted
 // with mount_virtiofs(8) (macOS 13+ guests). A subpath cannot be bound
@@ -120,7 +119,6 @@ func (a *agent) linkShare(req *api.MountShareRequest) (*api.MountShareResponse, 
 	}
 	return &api.MountShareResponse{}, nil
 }
-
 
 func initMounts(log *slog.Logger) {}
 

@@ -2,11 +2,10 @@ package vz
 
 import (
 	"bytes"
-	"encoding/xml"
 	"fmt"
-	"io"
 
 	"github.com/containerd/errdefs"
+	"howett.net/plist"
 )
 
 // Entitlements Virtualization.framework checks in the process that
@@ -20,39 +19,18 @@ const (
 // whose value is <true/> (what `codesign -d --entitlements - --xml`
 // prints). Empty input (an unsigned binary, or one signed without
 // entitlements) has none.
-func trueKeys(plist []byte) (map[string]bool, error) {
+func trueKeys(b []byte) (map[string]bool, error) {
 	out := map[string]bool{}
-	if len(bytes.TrimSpace(plist)) == 0 {
+	if len(bytes.TrimSpace(b)) == 0 {
 		return out, nil
 	}
-	dec := xml.NewDecoder(bytes.NewReader(plist))
-	depth, key := 0, ""
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("entitlements: %w", err)
-		}
-		switch el := tok.(type) {
-		case xml.StartElement:
-			depth++
-			if depth != 3 { // plist > dict > key | value
-				continue
-			}
-			if el.Name.Local == "key" {
-				if err := dec.DecodeElement(&key, &el); err != nil {
-					return nil, fmt.Errorf("entitlements: %w", err)
-				}
-				depth--
-				continue
-			}
-			if el.Name.Local == "true" {
-				out[key] = true
-			}
-		case xml.EndElement:
-			depth--
+	var m map[string]any
+	if _, err := plist.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("entitlements: %w", err)
+	}
+	for k, v := range m {
+		if v == true {
+			out[k] = true
 		}
 	}
 	return out, nil

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/spf13/cobra"
+
+	"github.com/macvz/macvz/vmimage/agentinstall"
+)
+
+func imageCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "Prepare VM images"}
+	var agent string
+	install := &cobra.Command{
+		Use:   "install-agent [--agent PATH] DISK.IMG|TART-VM-DIR",
+		Short: "Install the macvz guest agent and its launchd job into a macOS VM disk (run on the Mac, as root, with the VM stopped)",
+		Long: `install-agent attaches a macOS VM disk image without mounting it, mounts
+its APFS Data volume, writes the agent to /usr/local/bin/macvz-agent and its
+launchd job to /Library/LaunchDaemons/io.macvz.agent.plist (root:wheel), and
+detaches the disk. Give a Tart VM directory (~/.tart/vms/NAME) or its disk.img;
+then push the VM as an image (tart push NAME REGISTRY/REPO:TAG).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if runtime.GOOS != "darwin" {
+				return fmt.Errorf("install-agent needs macOS's hdiutil and diskutil: run it on the Mac")
+			}
+			if os.Geteuid() != 0 {
+				return fmt.Errorf("install-agent writes root-owned files into the guest: run it as root (sudo)")
+			}
+			disk, err := agentinstall.DiskImage(args[0])
+			if err != nil {
+				return err
+			}
+			if agent == "" {
+				agent = defaultAgent()
+			}
+			in := &agentinstall.Installer{Run: agentinstall.ExecRunner, Chown: os.Lchown}
+			if err := in.Install(cmd.Context(), disk, agent); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "installed %s into %s\n", agent, disk)
+			return nil
+		},
+	}
+	install.Flags().StringVar(&agent, "agent", "", "the darwin/arm64 agent binary (default: macvz-agent next to this binary, else bin/darwin-arm64/macvz-agent)")
+	cmd.AddCommand(install)
+	return cmd
+}
+
+// defaultAgent is the agent installed next to macvz, else the one
+// `make build` leaves in the source tree.
+func defaultAgent() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "macvz-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return filepath.Join("bin", "darwin-arm64", "macvz-agent")
+}

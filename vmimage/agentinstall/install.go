@@ -1,0 +1,291 @@
+// Package agentinstall puts the macvz guest agent and its launchd job
+// into a macOS VM disk image (a Tart VM's disk.img), so that any macOS
+// image can run as a macvz pod: `macvz image install-agent`.
+//
+// The disk is attached without mounting (hdiutil), the APFS volume with
+// the Data role is found among the containers on its partitions
+// (diskutil apfs list) and mounted with ownership on at a private mount
+// point, the files are written there as root:wheel, and everything is
+// unmounted and detached again, also on failure. Only macOS has the
+// tools; the sequence and the parsing of their property lists are
+// platform-neutral and tested with captured output.
+package agentinstall
+
+import (
+	"bytes"
+	"context"
+	"debug/macho"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"howett.net/plist"
+)
+
+// LaunchdPlist is the agent's launchd job: vsock port 1024, --system.
+//
+//go:embed io.macvz.agent.plist
+var LaunchdPlist []byte
+
+// Where the files go, relative to the Data volume's root (which macOS
+// firmlinks at /usr/local and /Library).
+const (
+	AgentPath = "usr/local/bin/macvz-agent"
+	PlistPath = "Library/LaunchDaemons/io.macvz.agent.plist"
+)
+
+// Runner runs a system tool and returns its standard output.
+type Runner func(ctx context.Context, tool string, args ...string) ([]byte, error)
+
+// ExecRunner runs tools with os/exec, their stderr in the error.
+func ExecRunner(ctx context.Context, tool string, args ...string) ([]byte, error) {
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, tool, args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %v: %s", filepath.Base(tool), strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// Installer holds what Install needs besides its arguments.
+type Installer struct {
+	Run Runner
+	// Chown sets a written file's owner (os.Lchown); launchd refuses a
+	// job whose plist is not root's.
+	Chown func(path string, uid, gid int) error
+	// MountDir is where the Data volume is mounted ("" = a new temporary
+	// directory).
+	MountDir string
+	Log      *slog.Logger
+}
+
+// DiskImage finds the disk image of path: the file itself, or disk.img
+// in a Tart VM directory.
+func DiskImage(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("the VM disk image: %w", errdefs.ErrNotFound)
+	}
+	if fi.IsDir() {
+		d := filepath.Join(path, "disk.img")
+		if _, err := os.Stat(d); err != nil {
+			return "", fmt.Errorf("%s has no disk.img: give a Tart VM directory (~/.tart/vms/NAME) or a disk image: %w", path, errdefs.ErrNotFound)
+		}
+		return d, nil
+	}
+	return path, nil
+}
+
+// CheckAgent makes sure agent is a macOS arm64 executable, the one a
+// macOS guest on Apple silicon can run (`make agent-darwin` builds it).
+func CheckAgent(agent string) error {
+	f, err := macho.Open(agent)
+	if err != nil {
+		return fmt.Errorf("%s is not a macOS executable (build it with GOOS=darwin GOARCH=arm64: make agent-darwin): %v: %w", agent, err, errdefs.ErrInvalidArgument)
+	}
+	defer f.Close()
+	if f.Cpu != macho.CpuArm64 || f.Type != macho.TypeExec {
+		return fmt.Errorf("%s is a %v %v Mach-O file; macOS guests need an arm64 executable: %w", agent, f.Cpu, f.Type, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Install copies agent and the launchd job into the Data volume of the
+// macOS disk image disk. The image must not be in use by a running VM.
+func (in *Installer) Install(ctx context.Context, disk, agent string) (err error) {
+	log := in.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := CheckAgent(agent); err != nil {
+		return err
+	}
+	out, err := in.Run(ctx, "hdiutil", "attach", "-nomount", "-noverify", "-noautofsck",
+		"-imagekey", "diskimage-class=CRawDiskImage", "-plist", disk)
+	if err != nil {
+		return fmt.Errorf("attaching %s (is its VM still running?): %w", disk, err)
+	}
+	whole, parts, err := attachedDevices(out)
+	if err != nil {
+		return err
+	}
+	log.Info("disk image attached", "disk", disk, "device", whole)
+	defer func() {
+		// The image stays attached otherwise and cannot boot: detach
+		// even when the context is done.
+		if _, derr := in.Run(context.WithoutCancel(ctx), "hdiutil", "detach", whole); derr != nil {
+			err = errors.Join(err, fmt.Errorf("detaching %s (run `hdiutil detach %s`): %w", whole, whole, derr))
+		}
+	}()
+	list, err := in.Run(ctx, "diskutil", "apfs", "list", "-plist")
+	if err != nil {
+		return err
+	}
+	vol, err := dataVolume(list, parts)
+	if err != nil {
+		return fmt.Errorf("%s: %w", disk, err)
+	}
+	dir := in.MountDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "macvz-install-agent-"); err != nil {
+			return err
+		}
+		defer os.Remove(dir)
+	}
+	if _, err := in.Run(ctx, "diskutil", "mount", "-mountPoint", dir, vol); err != nil {
+		return fmt.Errorf("mounting the Data volume %s: %w", vol, err)
+	}
+	defer func() {
+		if _, uerr := in.Run(context.WithoutCancel(ctx), "diskutil", "unmount", dir); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmounting %s: %w", dir, uerr))
+		}
+	}()
+	// Volumes of attached images ignore ownership by default: the files
+	// would belong to whoever reads them.
+	if _, err := in.Run(ctx, "diskutil", "enableOwnership", dir); err != nil {
+		return err
+	}
+	if err := in.place(dir, AgentPath, func(w io.Writer) error {
+		f, err := os.Open(agent)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(w, f)
+		return err
+	}, 0o755); err != nil {
+		return err
+	}
+	if err := in.place(dir, PlistPath, func(w io.Writer) error {
+		_, err := w.Write(LaunchdPlist)
+		return err
+	}, 0o644); err != nil {
+		return err
+	}
+	log.Info("agent installed", "disk", disk, "volume", vol, "agent", "/"+AgentPath, "launchd", "/"+PlistPath)
+	return nil
+}
+
+// place writes root/rel (through a temporary file, so an interrupted
+// copy leaves the old file) owned by root:wheel with mode.
+func (in *Installer) place(root, rel string, fill func(io.Writer) error, mode os.FileMode) error {
+	dst := filepath.Join(root, rel)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(dst), ".macvz-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	err = fill(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, mode)
+	}
+	if err == nil {
+		err = in.Chown(tmp, 0, 0)
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		return fmt.Errorf("writing /%s in the guest: %w", rel, err)
+	}
+	return nil
+}
+
+// attachedDevices reads `hdiutil attach -plist`: the whole disk
+// ("disk4") and its partitions ("disk4s2", ...).
+func attachedDevices(out []byte) (whole string, parts map[string]bool, err error) {
+	var a struct {
+		Entities []struct {
+			DevEntry    string `plist:"dev-entry"`
+			ContentHint string `plist:"content-hint"`
+		} `plist:"system-entities"`
+	}
+	if _, err := plist.Unmarshal(out, &a); err != nil {
+		return "", nil, fmt.Errorf("reading hdiutil's answer: %w", err)
+	}
+	parts = map[string]bool{}
+	for _, e := range a.Entities {
+		dev := strings.TrimPrefix(e.DevEntry, "/dev/")
+		if dev == "" {
+			continue
+		}
+		if whole == "" || len(dev) < len(whole) {
+			whole = dev
+		}
+		parts[dev] = true
+	}
+	if whole == "" {
+		return "", nil, fmt.Errorf("hdiutil attached no device")
+	}
+	for p := range parts {
+		if !strings.HasPrefix(p, whole) {
+			return "", nil, fmt.Errorf("hdiutil attached %s and %s, not one disk", whole, p)
+		}
+	}
+	delete(parts, whole)
+	return "/dev/" + whole, parts, nil
+}
+
+// dataVolume reads `diskutil apfs list -plist` and returns the device of
+// the volume with the Data role in an APFS container stored on one of
+// parts.
+func dataVolume(out []byte, parts map[string]bool) (string, error) {
+	var l struct {
+		Containers []struct {
+			Reference      string `plist:"ContainerReference"`
+			PhysicalStores []struct {
+				DeviceIdentifier string `plist:"DeviceIdentifier"`
+			} `plist:"PhysicalStores"`
+			Volumes []struct {
+				DeviceIdentifier string   `plist:"DeviceIdentifier"`
+				Name             string   `plist:"Name"`
+				Roles            []string `plist:"Roles"`
+			} `plist:"Volumes"`
+		} `plist:"Containers"`
+	}
+	if _, err := plist.Unmarshal(out, &l); err != nil {
+		return "", fmt.Errorf("reading diskutil's APFS list: %w", err)
+	}
+	var found []string
+	for _, c := range l.Containers {
+		ours := false
+		for _, s := range c.PhysicalStores {
+			ours = ours || parts[s.DeviceIdentifier]
+		}
+		if !ours {
+			continue
+		}
+		for _, v := range c.Volumes {
+			for _, r := range v.Roles {
+				if r == "Data" {
+					found = append(found, v.DeviceIdentifier)
+				}
+			}
+		}
+	}
+	sort.Strings(found)
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("no APFS volume with the Data role: not a macOS VM disk, or macOS is not installed on it yet: %w", errdefs.ErrFailedPrecondition)
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("several APFS Data volumes (%s): %w", strings.Join(found, ", "), errdefs.ErrFailedPrecondition)
+}

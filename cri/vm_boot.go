@@ -27,44 +27,48 @@ import (
 // shutdown request and a hard stop.
 const vmStopGrace = 10 * time.Second
 
+// vmBoot is one boot of a sandbox's VM.
+type vmBoot struct {
+	img  *imageRef
+	cpus int
+	mem  int64
+	slot int // the VM slot reserved for it
+	// key is its warm-start key ("" = no warm start); mac, when set, is
+	// the MAC its NIC gets instead of the attachment's (the slot's, for a
+	// macOS guest: see warmPlan).
+	key, mac string
+}
+
 // bootVM boots the sandbox's VM: from a saved state of the same VM when
 // there is one (warm start, see warm.go), else cold; a failed restore
 // drops that state and boots cold. The caller holds the sandbox lock.
 func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, ctrs []*runtimeapi.ContainerConfig) error {
-	cpus, mem := vmSize(s.cfg.VM, pod, ctrs, img.desc)
-	release, err := s.reserveVM(sb.ID, img.desc.OS)
+	b := &vmBoot{img: img}
+	b.cpus, b.mem = vmSize(s.cfg.VM, pod, ctrs, img.desc)
+	slot, release, err := s.reserveVM(sb.ID, img.desc.OS)
 	if err != nil {
 		return err
 	}
 	defer release()
-	var wkey string
-	// Not for macOS guests yet: a restored VM keeps the MAC and machine
-	// identifier it was saved with, so those need one saved state per
-	// VM slot, each with its own identity (see the README).
-	if s.warm != nil && img.desc.OS != "darwin" {
-		// The key depends on the spec's shape only, not its paths.
-		probe, err := s.vmSpec(sb.ID, sb.Dir, "", img.desc, cpus, mem)
-		if err != nil {
+	b.slot = slot
+	if s.warm != nil {
+		if b.key, b.mac, err = s.warmPlan(sb, b); err != nil {
 			return err
 		}
-		if sb.Network != nil {
-			probe.NICs = []vm.NIC{sb.Network.NIC}
-		}
-		wkey = warmKey(s.cfg.Backend, img.content, probe)
 	}
 	return s.retryExhausted(ctx, sb.ID, img.desc.OS, func() error {
-		if wkey != "" {
-			if ws := s.warm.lookup(wkey); ws != nil {
-				err := s.bootVMFrom(ctx, sb, pod, img, cpus, mem, wkey, ws)
+		if b.key != "" {
+			if ws := s.warm.lookup(b.key); ws != nil {
+				err := s.bootVMFrom(ctx, sb, pod, b, ws)
 				// A hypervisor at its VM limit says nothing about the state.
 				if err == nil || ctx.Err() != nil || errdefs.IsResourceExhausted(err) {
 					return err
 				}
-				sbLog(sb.ID).Warn("restoring the saved VM state failed; booting cold", "key", wkey, "err", err)
-				s.warm.drop(context.WithoutCancel(ctx), wkey, "a restore failed")
+				sbLog(sb.ID).Warn("restoring the saved VM state failed; booting cold", "key", b.key, "err", err)
+				s.warm.drop(context.WithoutCancel(ctx), b.key, "a restore failed")
 			}
 		}
-		return s.bootVMFrom(ctx, sb, pod, img, cpus, mem, wkey, nil)
+		return s.bootVMFrom(ctx, sb, pod, b, nil)
 	})
 }
 
@@ -73,8 +77,9 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 // and prepares the guest (MAC, addresses, hostname, DNS, the shared
 // directory). A cold boot with a warm key saves the VM's state first,
 // when none is saved yet. On failure everything it made is undone and the
-// sandbox record is as before (VMImage aside).
-func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, cpus int, mem int64, wkey string, ws *warmState) (retErr error) {
+// sandbox record is as before (VMImage, its slot and MAC aside).
+func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, b *vmBoot, ws *warmState) (retErr error) {
+	img, cpus, mem := b.img, b.cpus, b.mem
 	log := sbLog(sb.ID)
 	start := time.Now()
 	baseName := imagestore.BaseName(img.rec.Manifest.Digest)
@@ -90,7 +95,10 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 	// record that reconcile and RemovePodSandbox clean up.
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.Disk = key
-		r.VMImage, r.VMContent, r.VMOS = img.rec.ID(), img.content, img.desc.OS
+		r.VMImage, r.VMContent, r.VMOS, r.VMSlot = img.rec.ID(), img.content, img.desc.OS, b.slot
+		if b.mac != "" && r.Network != nil {
+			r.Network.NIC.MAC = b.mac
+		}
 		return nil
 	})
 	if err != nil {
@@ -139,10 +147,17 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 	if sb.Network != nil {
 		spec.NICs = []vm.NIC{sb.Network.NIC}
 	}
+	if b.key != "" && spec.Boot.Kind == vm.BootMacOS && len(spec.Boot.MachineID) == 0 {
+		// A fresh identity: saveWarm keeps it with the state.
+		spec.Boot.MachineIDFile = filepath.Join(sb.Dir, "machine-id")
+	}
 	prevMAC := ""
 	if ws != nil {
 		spec.RestoreFrom = ws.stateFile()
 		prevMAC = ws.meta.MAC
+		if len(ws.meta.MachineID) > 0 {
+			spec.Boot.MachineID, spec.Boot.MachineIDFile = ws.meta.MachineID, ""
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(sb.Dir, sharedDir), 0o700); err != nil {
 		return err
@@ -168,9 +183,9 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 		return fmt.Errorf("booting the VM: %w", err)
 	}
 	booted := time.Since(start)
-	if ws == nil && wkey != "" && s.warm.begin(wkey) {
-		err := s.saveWarm(ctx, c, wkey, spec, img, baseName, base)
-		s.warm.end(wkey)
+	if ws == nil && b.key != "" && s.warm.begin(b.key) {
+		err := s.saveWarm(ctx, c, b.key, spec, img, baseName, base)
+		s.warm.end(b.key)
 		if err != nil {
 			return err
 		}
@@ -188,7 +203,7 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 	if ws != nil {
 		how = "VM restored from a saved state"
 	}
-	log.Info(how, "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
+	log.Info(how, "slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
 		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease())
 	return nil

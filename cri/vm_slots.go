@@ -22,7 +22,12 @@ import (
 // vmSlots tracks the boots in progress, by sandbox ID.
 type vmSlots struct {
 	mu      sync.Mutex
-	booting map[string]string // sandbox ID → guest OS
+	booting map[string]bootingVM
+}
+
+type bootingVM struct {
+	os   string
+	slot int
 }
 
 // osLabel is how messages name a guest OS.
@@ -54,8 +59,8 @@ func (s *Service) vmHolders(os, except string) ([]string, error) {
 		out = append(out, fmt.Sprintf("%s (%.12s)", sb.Name, sb.ID))
 	}
 	s.slots.mu.Lock()
-	for id, o := range s.slots.booting {
-		if id != except && o == os {
+	for id, b := range s.slots.booting {
+		if id != except && b.os == os {
 			name := id
 			if sb, err := s.st.Sandbox(id); err == nil {
 				name = sb.Name
@@ -68,10 +73,38 @@ func (s *Service) vmHolders(os, except string) ([]string, error) {
 	return out, nil
 }
 
+// freeSlot is the lowest slot number (from 1) of os that no other VM
+// running or booting holds.
+func (s *Service) freeSlot(os, except string) (int, error) {
+	used := map[int]bool{}
+	running, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
+		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, sb := range running {
+		used[sb.VMSlot] = true
+	}
+	s.slots.mu.Lock()
+	for id, b := range s.slots.booting {
+		if id != except && b.os == os {
+			used[b.slot] = true
+		}
+	}
+	s.slots.mu.Unlock()
+	n := 1
+	for used[n] {
+		n++
+	}
+	return n, nil
+}
+
 // reserveVM takes a slot for a sandbox about to boot a VM of os, or
-// fails with ResourceExhausted naming the holders. release gives it back
-// once the boot ended (a booted VM then counts through the store).
-func (s *Service) reserveVM(sbID, os string) (release func(), err error) {
+// fails with ResourceExhausted naming the holders. slot is its number,
+// the lowest free one. release gives it back once the boot ended (a
+// booted VM then counts through the store, with its slot recorded).
+func (s *Service) reserveVM(sbID, os string) (slot int, release func(), err error) {
 	// One reservation at a time: two boots must not both see the last
 	// free slot.
 	s.slotsReserve.Lock()
@@ -79,24 +112,27 @@ func (s *Service) reserveVM(sbID, os string) (release func(), err error) {
 	if limit := s.vmLimit(os); limit > 0 {
 		holders, err := s.vmHolders(os, sbID)
 		if err != nil {
-			return nil, err
+			return 0, nil, err
 		}
 		if len(holders) >= limit {
 			key := "vm.max_linux_vms"
 			if os == "darwin" {
 				key = "vm.max_macos_vms"
 			}
-			return nil, fmt.Errorf("this host runs at most %d %s VMs at once (%s) and these sandboxes hold them: %s; kubelet retries once one stops (give the node maxPods: %d): %w",
+			return 0, nil, fmt.Errorf("this host runs at most %d %s VMs at once (%s) and these sandboxes hold them: %s; kubelet retries once one stops (give the node maxPods: %d): %w",
 				limit, osLabel(os), key, strings.Join(holders, ", "), limit, errdefs.ErrResourceExhausted)
 		}
 	}
+	if slot, err = s.freeSlot(os, sbID); err != nil {
+		return 0, nil, err
+	}
 	s.slots.mu.Lock()
 	if s.slots.booting == nil {
-		s.slots.booting = map[string]string{}
+		s.slots.booting = map[string]bootingVM{}
 	}
-	s.slots.booting[sbID] = os
+	s.slots.booting[sbID] = bootingVM{os: os, slot: slot}
 	s.slots.mu.Unlock()
-	return func() {
+	return slot, func() {
 		s.slots.mu.Lock()
 		delete(s.slots.booting, sbID)
 		s.slots.mu.Unlock()

@@ -17,7 +17,7 @@ func TestVMSlots(t *testing.T) {
 	s := newTestService(t)
 	s.cfg.VM.MaxMacOSVMs = 2
 	for _, sb := range []store.Sandbox{
-		{ID: "running-mac-1", Name: "ci-1", State: store.SandboxReady, VMStarted: true, VMOS: "darwin"},
+		{ID: "running-mac-1", Name: "ci-1", State: store.SandboxReady, VMStarted: true, VMOS: "darwin", VMSlot: 1},
 		{ID: "stopped-mac", Name: "old", State: store.SandboxNotReady, VMOS: "darwin"},
 		{ID: "running-linux", Name: "lin", State: store.SandboxReady, VMStarted: true, VMOS: "linux"},
 	} {
@@ -26,30 +26,47 @@ func TestVMSlots(t *testing.T) {
 		}
 	}
 	// One macOS VM runs: a second may boot.
-	release, err := s.reserveVM("booting-mac", "darwin")
-	if err != nil {
-		t.Fatal(err)
+	slot, release, err := s.reserveVM("booting-mac", "darwin")
+	if err != nil || slot != 2 {
+		t.Fatalf("second macOS VM: slot %d, %v", slot, err)
 	}
 	if c := s.capacityCondition(); c.Status || c.Reason != "macOSVMSlotsFull" || !strings.Contains(c.Message, "macOS VMs: 2 of 2") || !strings.Contains(c.Message, "Linux VMs: 1 (no bound)") {
 		t.Errorf("condition with both slots taken: %+v", c)
 	}
 	// A third is refused, naming the holders; Linux is not bounded.
-	_, err = s.reserveVM("third-mac", "darwin")
+	_, _, err = s.reserveVM("third-mac", "darwin")
 	if !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "ci-1 (running-mac-") || !strings.Contains(err.Error(), "booting-mac (booting-mac, booting)") {
 		t.Errorf("third macOS VM: %v", err)
 	}
-	if rl, err := s.reserveVM("linux-2", "linux"); err != nil {
-		t.Errorf("a Linux VM: %v", err)
+	if n, rl, err := s.reserveVM("linux-2", "linux"); err != nil || n != 1 {
+		t.Errorf("a Linux VM: slot %d, %v", n, err)
 	} else {
 		rl()
 	}
 	// The boot ends (a booted VM then counts through the store).
 	release()
-	r3, err := s.reserveVM("third-mac", "darwin")
-	if err != nil {
-		t.Errorf("after a boot ended: %v", err)
+	n3, r3, err := s.reserveVM("third-mac", "darwin")
+	if err != nil || n3 != 2 {
+		t.Errorf("after a boot ended: slot %d, %v", n3, err)
 	} else {
 		r3()
+	}
+	// Slot 1 frees when its VM stops; the lowest free one is taken.
+	if _, err := s.st.UpdateSandbox("running-mac-1", func(r *store.Sandbox) error { r.State = store.SandboxNotReady; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	n4, r4, err := s.reserveVM("fourth-mac", "darwin")
+	if err != nil || n4 != 1 {
+		t.Errorf("after the slot-1 VM stopped: slot %d, %v", n4, err)
+	}
+	n5, r5, err := s.reserveVM("fifth-mac", "darwin")
+	if err != nil || n5 != 2 {
+		t.Errorf("next to a booting slot-1 VM: slot %d, %v", n5, err)
+	}
+	r4()
+	r5()
+	if _, err := s.st.UpdateSandbox("running-mac-1", func(r *store.Sandbox) error { r.State = store.SandboxReady; return nil }); err != nil {
+		t.Fatal(err)
 	}
 	if c := s.capacityCondition(); !c.Status || !strings.Contains(c.Message, "macOS VMs: 1 of 2") {
 		t.Errorf("condition with a free slot: %+v", c)

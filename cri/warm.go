@@ -2,6 +2,7 @@ package cri
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/macvz/macvz/netplugin"
+	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
 )
@@ -34,10 +37,12 @@ import (
 //
 // Not everything can change between save and restore: the vCPU count,
 // memory size and the set of devices must match, which the warm key
-// covers (warmIdentity). The NIC keeps the MAC it was saved with; the
-// agent gives it the sandbox's (Interface.previous_mac). A restore that
-// fails (a hypervisor upgrade that cannot read old states, a corrupt
-// file) drops the state and boots cold.
+// covers (warmIdentity). The NIC keeps the MAC it was saved with; a
+// Linux guest's agent gives it the sandbox's (Interface.previous_mac).
+// A macOS guest keeps it, and its machine identifier: macOS guests get
+// one saved state per VM slot (see warmPlan). A restore that fails (a
+// hypervisor upgrade that cannot read old states, a corrupt file) drops
+// the state and boots cold.
 
 // warmLayout changes when the VM a backend builds from a Spec changes in
 // a way a saved state depends on (QEMU's device list): old states then
@@ -56,12 +61,14 @@ type warmIdentity struct {
 	Shares  []string          `json:"shares,omitempty"`
 	Disks   int               `json:"disks"`
 	MacOS   bool              `json:"macos,omitempty"`
+	Slot    int               `json:"slot,omitempty"` // macOS: one state per VM slot
 }
 
-// warmKey names the saved state a spec of an image can restore.
-func warmKey(backend, content string, spec *vm.Spec) string {
+// warmKey names the saved state a spec of an image can restore; slot is
+// 0 unless the state belongs to one VM slot.
+func warmKey(backend, content string, spec *vm.Spec, slot int) string {
 	id := warmIdentity{
-		Layout: warmLayout, Backend: backend, Content: content,
+		Layout: warmLayout, Backend: backend, Content: content, Slot: slot,
 		CPUs: spec.CPUs, Memory: spec.MemoryBytes, Options: spec.Options,
 		NICs: len(spec.NICs), Disks: len(spec.Disks), MacOS: spec.Boot.Kind == vm.BootMacOS,
 	}
@@ -79,6 +86,9 @@ type warmMeta struct {
 	Manifest digest.Digest `json:"manifest"`
 	// MAC is the NIC's address when saved: a restored guest still has it.
 	MAC string `json:"mac,omitempty"`
+	// MachineID is a macOS guest's machine identifier when saved: the VM
+	// restoring the state must have it.
+	MachineID []byte `json:"machineId,omitempty"`
 	// Disk is the committed snapshot holding the disk files as they were
 	// when the state was saved; "" for a VM without disk files.
 	Disk    string    `json:"disk,omitempty"`
@@ -315,6 +325,72 @@ func (w *warmStore) sweep(ctx context.Context) {
 	}
 }
 
+// warmPlan is a boot's warm-start key and, for a macOS guest, the MAC
+// of its VM slot. A restored VM comes back with the MAC and machine
+// identifier it was saved with. A Linux guest's agent then takes the
+// sandbox's MAC; a macOS guest cannot (vmnet's DHCP server and the
+// attachment know the VM by the MAC the framework gave it), so each VM
+// slot has its own saved state, MAC and machine identifier, and a macOS
+// sandbox's NIC gets its slot's MAC. That is sound for the attachments
+// of macvz-net on macOS, whose ADD makes nothing on the host that depends
+// on the MAC (netplugin/mode_darwin.go); with another attachment (a tap)
+// a macOS guest boots cold.
+func (s *Service) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, err error) {
+	// The key depends on the spec's shape only, not its paths.
+	probe, err := s.vmSpec(sb.ID, sb.Dir, "", b.img.desc, b.cpus, b.mem)
+	if err != nil {
+		return "", "", err
+	}
+	if sb.Network != nil {
+		probe.NICs = []vm.NIC{sb.Network.NIC}
+	}
+	slot := 0
+	if b.img.desc.OS == "darwin" {
+		if sb.Network != nil && !slotMACNIC(sb.Network.NIC.Kind) {
+			return "", "", nil
+		}
+		slot = b.slot
+		if sb.Network != nil {
+			if mac, err = s.warm.slotMAC(slot); err != nil {
+				return "", "", err
+			}
+		}
+	}
+	return warmKey(s.cfg.Backend, b.img.content, probe, slot), mac, nil
+}
+
+// slotMACNIC says whether a NIC of kind can take its VM slot's MAC: the
+// Virtualization.framework attachments, made when the VM starts.
+func slotMACNIC(k vm.NICKind) bool {
+	return k == vm.NICVmnetNAT || k == vm.NICVmnetBridged || k == vm.NICSocket
+}
+
+// slotMAC is the MAC of a VM slot on this host: derived from a random
+// seed kept with the saved states, so that it is stable across restarts
+// and differs between hosts (bridged VMs of two hosts share a LAN).
+func (w *warmStore) slotMAC(slot int) (string, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := filepath.Join(w.dir, "slot-seed")
+	seed, err := os.ReadFile(p)
+	if os.IsNotExist(err) || err == nil && len(seed) == 0 {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return "", err
+		}
+		seed = []byte(hex.EncodeToString(b))
+		if err := os.MkdirAll(w.dir, 0o700); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(p, seed, 0o600); err != nil {
+			return "", err
+		}
+	} else if err != nil {
+		return "", err
+	}
+	return netplugin.GuestMAC("macvz-vm-slot", strings.TrimSpace(string(seed)), fmt.Sprint(slot)), nil
+}
+
 // errWarmRestore marks a failure of a boot that restored a saved state:
 // the caller drops the state and boots cold.
 var errWarmRestore = errors.New("restoring the saved VM state failed")
@@ -327,6 +403,17 @@ var errWarmRestore = errors.New("restoring the saved VM state failed")
 func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *vm.Spec, img *imageRef, baseName, cloneDir string) error {
 	log := sbLog(spec.ID)
 	start := time.Now()
+	var machineID []byte
+	if spec.Boot.Kind == vm.BootMacOS {
+		machineID = spec.Boot.MachineID
+		if len(machineID) == 0 && spec.Boot.MachineIDFile != "" {
+			machineID, _ = os.ReadFile(spec.Boot.MachineIDFile)
+		}
+		if len(machineID) == 0 {
+			log.Warn("not saving the VM state for warm starts: the backend did not report the VM's machine identifier")
+			return nil
+		}
+	}
 	tmp, err := s.warm.tempDir()
 	if err != nil {
 		log.Warn("cannot save the VM state for warm starts", "err", err)
@@ -362,7 +449,7 @@ func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *v
 		log.Warn("cannot keep the VM's disk for warm starts", "err", diskErr)
 		return nil
 	}
-	meta := warmMeta{Image: img.rec.Name, Manifest: img.rec.Manifest.Digest, Disk: disk, Created: time.Now().UTC()}
+	meta := warmMeta{Image: img.rec.Name, Manifest: img.rec.Manifest.Digest, Disk: disk, MachineID: machineID, Created: time.Now().UTC()}
 	if len(spec.NICs) > 0 {
 		meta.MAC = spec.NICs[0].MAC
 	}

@@ -2,6 +2,7 @@ package cri
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,8 +10,10 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
+	"github.com/macvz/macvz/vmimage"
 )
 
 func TestWarmKey(t *testing.T) {
@@ -21,13 +24,13 @@ func TestWarmKey(t *testing.T) {
 			NICs:    []vm.NIC{{Kind: vm.NICTap, Device: "mvz1", MAC: "02:00:00:00:00:01"}},
 			Options: map[string]string{"accel": "tcg"}}
 	}
-	base := warmKey("qemu", "sha256:c", spec())
+	base := warmKey("qemu", "sha256:c", spec(), 0)
 	// Paths, IDs, the NIC's backend and MAC differ per sandbox: same VM.
 	other := spec()
 	other.ID, other.Dir, other.Boot.Kernel = "b", "/state/b", "/snap/2/vmlinux"
 	other.Shares[0].HostPath = "/state/b/shared"
 	other.NICs[0] = vm.NIC{Kind: vm.NICUser, MAC: "02:00:00:00:00:02"}
-	if k := warmKey("qemu", "sha256:c", other); k != base {
+	if k := warmKey("qemu", "sha256:c", other, 0); k != base {
 		t.Errorf("same VM, another sandbox: key %s, want %s", k, base)
 	}
 	for name, change := range map[string]func(*vm.Spec){
@@ -40,14 +43,14 @@ func TestWarmKey(t *testing.T) {
 	} {
 		s := spec()
 		change(s)
-		if warmKey("qemu", "sha256:c", s) == base {
+		if warmKey("qemu", "sha256:c", s, 0) == base {
 			t.Errorf("%s changed, key did not", name)
 		}
 	}
-	if warmKey("qemu", "sha256:other", spec()) == base {
+	if warmKey("qemu", "sha256:other", spec(), 0) == base {
 		t.Error("another image, same key")
 	}
-	if warmKey("vz", "sha256:c", spec()) == base {
+	if warmKey("vz", "sha256:c", spec(), 0) == base {
 		t.Error("another backend, same key")
 	}
 }
@@ -166,5 +169,101 @@ func TestWarmStore(t *testing.T) {
 		if e.Name() != "k3" {
 			t.Errorf("left in the warm dir: %s", e.Name())
 		}
+	}
+}
+
+// macOS guests keep one saved state per VM slot, each with its slot's
+// MAC; Linux guests share one per VM shape and keep their own MACs.
+func TestWarmPlan(t *testing.T) {
+	s := newTestService(t)
+	if s.warm == nil {
+		t.Fatal("warm start is on by default")
+	}
+	mac := &imageRef{content: "sha256:mac", desc: &vmimage.Descriptor{Kind: vmimage.KindTart, OS: "darwin", Arch: "arm64",
+		Disk: vmimage.DiskFile, NVRAM: vmimage.NVRAMFile, HardwareModel: []byte("hw")}}
+	lin := &imageRef{content: "sha256:lin", desc: &vmimage.Descriptor{OS: "linux", Kernel: "vmlinux"}}
+	nat := &store.Network{NIC: vm.NIC{Kind: vm.NICVmnetNAT, MAC: "02:00:00:00:00:aa"}}
+	sb := func(n *store.Network) *store.Sandbox {
+		return &store.Sandbox{ID: "sb", Dir: t.TempDir(), Network: n}
+	}
+	plan := func(sb *store.Sandbox, img *imageRef, slot int) (string, string) {
+		t.Helper()
+		key, m, err := s.warmPlan(sb, &vmBoot{img: img, cpus: 4, mem: 8 << 30, slot: slot})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return key, m
+	}
+	k1, m1 := plan(sb(nat), mac, 1)
+	k2, m2 := plan(sb(nat), mac, 2)
+	k1b, m1b := plan(sb(nat), mac, 1)
+	if k1 == "" || k1 == k2 || k1 != k1b {
+		t.Errorf("macOS keys: slot 1 %q, slot 2 %q, slot 1 again %q", k1, k2, k1b)
+	}
+	if m1 == "" || m1 == m2 || m1 != m1b || m1 == nat.NIC.MAC {
+		t.Errorf("slot MACs: %q %q %q", m1, m2, m1b)
+	}
+	if hw, err := net.ParseMAC(m1); err != nil || hw[0]&2 == 0 || hw[0]&1 != 0 {
+		t.Errorf("slot MAC %q is not a locally administered unicast address: %v", m1, err)
+	}
+	// The MACs are this host's: another host (another seed) has others.
+	s2 := newTestService(t)
+	if _, o1, _ := s2.warmPlan(sb(nat), &vmBoot{img: mac, cpus: 4, mem: 8 << 30, slot: 1}); o1 == m1 {
+		t.Errorf("two hosts share slot MAC %s", o1)
+	}
+	// A tap attachment cannot take the slot's MAC: no warm start.
+	if k, m := plan(sb(&store.Network{NIC: vm.NIC{Kind: vm.NICTap, Device: "tap0", MAC: "02:00:00:00:00:bb"}}), mac, 1); k != "" || m != "" {
+		t.Errorf("macOS on a tap: %q %q", k, m)
+	}
+	// Linux: the slot does not matter, the MAC is the attachment's.
+	tap := &store.Network{NIC: vm.NIC{Kind: vm.NICTap, Device: "tap0", MAC: "02:00:00:00:00:bb"}}
+	l1, lm1 := plan(sb(tap), lin, 1)
+	l2, lm2 := plan(sb(tap), lin, 2)
+	if l1 == "" || l1 != l2 || lm1 != "" || lm2 != "" {
+		t.Errorf("linux: %q %q %q %q", l1, l2, lm1, lm2)
+	}
+}
+
+type fakeSaver struct{ saved, resumed int }
+
+func (f *fakeSaver) Save(ctx context.Context, path string) error {
+	f.saved++
+	return os.WriteFile(path, []byte("vm state"), 0o600)
+}
+func (f *fakeSaver) Resume(ctx context.Context) error { f.resumed++; return nil }
+
+// A macOS guest's state is kept with the machine identifier the backend
+// made for it, or not saved at all: a restore needs that identity.
+func TestSaveWarmMacOS(t *testing.T) {
+	ctx := context.Background()
+	s := newTestService(t)
+	img := &imageRef{desc: &vmimage.Descriptor{OS: "darwin"}}
+	dir := t.TempDir()
+	spec := &vm.Spec{ID: "sb", Boot: vm.Boot{Kind: vm.BootMacOS, MachineIDFile: filepath.Join(dir, "machine-id")},
+		NICs: []vm.NIC{{Kind: vm.NICVmnetNAT, MAC: "02:11:22:33:44:55"}}}
+
+	f := &fakeSaver{}
+	if err := s.saveWarm(ctx, f, "k-noid", spec, img, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if f.saved != 0 || s.warm.lookup("k-noid") != nil {
+		t.Errorf("saved without a machine identifier (saves %d)", f.saved)
+	}
+
+	os.WriteFile(spec.Boot.MachineIDFile, []byte("fresh id"), 0o600)
+	if err := s.saveWarm(ctx, f, "k-mac", spec, img, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	ws := s.warm.lookup("k-mac")
+	if f.saved != 1 || f.resumed != 1 || ws == nil || string(ws.meta.MachineID) != "fresh id" || ws.meta.MAC != "02:11:22:33:44:55" {
+		t.Fatalf("saved %d resumed %d state %+v", f.saved, f.resumed, ws)
+	}
+	// The image's identifier (vz.machine_identifier = "image") is kept too.
+	spec.Boot.MachineID, spec.Boot.MachineIDFile = []byte("image id"), ""
+	if err := s.saveWarm(ctx, f, "k-image", spec, img, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ws := s.warm.lookup("k-image"); ws == nil || string(ws.meta.MachineID) != "image id" {
+		t.Errorf("image identifier: %+v", ws)
 	}
 }

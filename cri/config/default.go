@@ -61,7 +61,8 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # state instead of booting, then get their own MAC, addresses, hostname,
   # DNS and mounts. A restore that fails drops the state and boots cold.
   # States live under <root>/warm; each is about the memory the guest had
-  # touched when saved.
+  # touched when saved. macOS guests keep one state per VM slot, each with
+  # the slot's own MAC and machine identifier (see the README).
   warm_start = {{.C.VM.WarmStart}}
   # How many saved states to keep; the least recently used go first.
   warm_states = {{.C.VM.WarmStates}}

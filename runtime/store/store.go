@@ -60,6 +60,9 @@ type Sandbox struct {
 	// VMOS is the guest's OS ("darwin", "linux"), set with VMImage: the
 	// host limits how many macOS VMs run at once.
 	VMOS string `json:"vmOS,omitempty"`
+	// VMSlot is the VM slot (1..vm.max_*_vms) the VM holds while it runs
+	// or boots: warm starts of macOS guests keep one identity per slot.
+	VMSlot int `json:"vmSlot,omitempty"`
 	// Disk is the snapshotter key of the sandbox's disk clone, if any.
 	Disk string `json:"disk,omitempty"`
 	// IPs are the pod's addresses, the pod IP first.

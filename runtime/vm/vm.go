@@ -68,6 +68,10 @@ type Boot struct {
 	HardwareModel []byte `json:"hardwareModel,omitempty"`
 	MachineID     []byte `json:"machineId,omitempty"`
 	AuxStorage    string `json:"auxStorage,omitempty"`
+	// MachineIDFile: when MachineID is empty, the fresh identifier the
+	// backend makes is written here (its data representation), so that a
+	// state saved from this VM can be restored with the same identity.
+	MachineIDFile string `json:"machineIdFile,omitempty"`
 }
 
 // Disk is a raw disk image file attached as a virtio block device, in

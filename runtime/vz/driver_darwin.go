@@ -202,6 +202,11 @@ func macPlatform(p *Plan) (*vz.MacPlatformConfiguration, error) {
 		id, err = vz.NewMacMachineIdentifierWithData(p.MachineID)
 	} else {
 		id, err = vz.NewMacMachineIdentifier()
+		if err == nil && p.MachineIDFile != "" {
+			// Warm start keeps it with the saved state: a restore needs
+			// the identity the state was saved with.
+			err = os.WriteFile(p.MachineIDFile, id.DataRepresentation(), 0o600)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("machine identifier: %w", err)

@@ -50,6 +50,8 @@ type Plan struct {
 	// is VZMacMachineIdentifier.dataRepresentation, nil = make a fresh one.
 	HardwareModel, MachineID []byte
 	AuxStorage               string
+	// MachineIDFile receives a fresh identifier's data representation.
+	MachineIDFile string
 	// Disks are virtio-blk devices, in order. Every disk uses caching
 	// mode Cached and synchronisation mode Fsync: lima documents disk
 	// corruption on Apple silicon with the automatic caching mode.
@@ -82,10 +84,14 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 	if spec.Boot.AuxStorage == "" || !filepath.IsAbs(spec.Boot.AuxStorage) {
 		return nil, bad("boot.auxStorage %q must be an absolute path (the sandbox's own copy)", spec.Boot.AuxStorage)
 	}
+	if f := spec.Boot.MachineIDFile; f != "" && !filepath.IsAbs(f) {
+		return nil, bad("boot.machineIdFile %q must be an absolute path", f)
+	}
 	p := &Plan{
 		CPUs: spec.CPUs, Memory: uint64(max(spec.MemoryBytes, 0)),
 		HardwareModel: spec.Boot.HardwareModel, MachineID: spec.Boot.MachineID, AuxStorage: spec.Boot.AuxStorage,
-		ConsoleLog: spec.ConsoleLog, RestoreFrom: spec.RestoreFrom,
+		MachineIDFile: spec.Boot.MachineIDFile,
+		ConsoleLog:    spec.ConsoleLog, RestoreFrom: spec.RestoreFrom,
 	}
 	if p.CPUs < lim.MinCPUs || (lim.MaxCPUs > 0 && p.CPUs > lim.MaxCPUs) || p.CPUs < 1 {
 		return nil, bad("%d CPUs: the framework allows %d to %d", p.CPUs, lim.MinCPUs, lim.MaxCPUs)

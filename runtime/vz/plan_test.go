@@ -39,11 +39,12 @@ func TestNewPlan(t *testing.T) {
 	s := macSpec()
 	s.NICs = []vm.NIC{{Kind: vm.NICVmnetBridged, Device: "en0", MAC: "02:00:00:00:00:01"}, {Kind: vm.NICSocket, Device: "/run/softnet.sock", MAC: "02:00:00:00:00:02"}}
 	s.Boot.MachineID = []byte("id")
+	s.Boot.MachineIDFile = "/run/macvz/sandboxes/sb1/machine-id"
 	p, err = NewPlan(s, testLimits)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.NICs[0].Interface != "en0" || p.NICs[1].Interface != "/run/softnet.sock" || string(p.MachineID) != "id" {
+	if p.NICs[0].Interface != "en0" || p.NICs[1].Interface != "/run/softnet.sock" || string(p.MachineID) != "id" || p.MachineIDFile != s.Boot.MachineIDFile {
 		t.Errorf("bridged/socket plan %+v", p)
 	}
 }
@@ -56,6 +57,7 @@ func TestNewPlanRefuses(t *testing.T) {
 		"linux boot":          {func(s *vm.Spec) { s.Boot.Kind = vm.BootLinux }, true},
 		"no hardware model":   {func(s *vm.Spec) { s.Boot.HardwareModel = nil }, false},
 		"relative aux":        {func(s *vm.Spec) { s.Boot.AuxStorage = "nvram.bin" }, false},
+		"relative machine id": {func(s *vm.Spec) { s.Boot.MachineIDFile = "machine-id" }, false},
 		"too many CPUs":       {func(s *vm.Spec) { s.CPUs = 9 }, false},
 		"no CPU":              {func(s *vm.Spec) { s.CPUs = 0 }, false},
 		"too little memory":   {func(s *vm.Spec) { s.MemoryBytes = 256 << 20 }, false},

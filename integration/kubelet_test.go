@@ -616,17 +616,24 @@ func TestKubelet(t *testing.T) {
 
 	t.Run("crashLoop", func(t *testing.T) {
 		// kubelet doubles the back-off after each failure: 10 s, 20 s, ...
-		backOff := regexp.MustCompile(`back-off (\S+) restarting`)
+		// It says so in the container's waiting state, which a poll of
+		// /pods can miss, and in its log, which the test has whole.
+		backOff := regexp.MustCompile(`back-off (\S+) restarting failed container=crash `)
+		grown := func(text string) bool {
+			for _, m := range backOff.FindAllStringSubmatch(text, -1) {
+				if d, err := time.ParseDuration(m[1]); err == nil && d >= 20*time.Second {
+					return true
+				}
+			}
+			return false
+		}
 		sawBackOff := false
 		p := k.waitPod(t, "crash", "two restarts, the back-off grown past 10s", 3*time.Minute, func(p *kubePod) bool {
 			c := p.container("crash")
 			if w := c.State.Waiting; w != nil && w.Reason == "CrashLoopBackOff" {
-				if m := backOff.FindStringSubmatch(w.Message); m != nil {
-					d, err := time.ParseDuration(m[1])
-					sawBackOff = sawBackOff || err == nil && d >= 20*time.Second
-				}
+				sawBackOff = sawBackOff || grown(w.Message+" ")
 			}
-			return c.RestartCount >= 2 && sawBackOff
+			return c.RestartCount >= 2 && (sawBackOff || grown(k.log.String()))
 		})
 		c := p.container("crash")
 		if lt := c.LastState.Terminated; lt == nil || lt.ExitCode != 1 || lt.Reason != "Error" {

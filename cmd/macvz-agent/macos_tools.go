@@ -79,7 +79,18 @@ func serviceFor(svcs []netService, device string) (netService, bool) {
 // writes the service's configuration, which a DHCP renewal does not
 // replace, and configd regenerates /etc/resolv.conf from it. "Empty"
 // clears a list.
-func dnsCommands(svcs []netService, servers, searches []string) [][]string {
+func dnsCommands(svcs []netService, servers, searches []string) ([][]string, error) {
+	// Each value is an argument of its own; none may pass for an option.
+	for _, v := range servers {
+		if _, err := netip.ParseAddr(v); err != nil {
+			return nil, fmt.Errorf("name server %q is not an IP address", v)
+		}
+	}
+	for _, v := range searches {
+		if strings.HasPrefix(v, "-") {
+			return nil, fmt.Errorf("invalid search domain %q", v)
+		}
+	}
 	ns := append([]string{}, servers...)
 	if len(ns) == 0 {
 		ns = []string{"Empty"}
@@ -97,7 +108,7 @@ func dnsCommands(svcs []netService, servers, searches []string) [][]string {
 			append([]string{"-setdnsservers", s.Name}, ns...),
 			append([]string{"-setsearchdomains", s.Name}, sd...))
 	}
-	return cmds
+	return cmds, nil
 }
 
 // netCommand is one command of a network plan: the tool (networksetup,

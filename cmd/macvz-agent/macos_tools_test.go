@@ -44,7 +44,10 @@ func TestParseServiceOrder(t *testing.T) {
 
 func TestDNSCommands(t *testing.T) {
 	svcs := parseServiceOrder(serviceOrderOut)
-	got := dnsCommands(svcs, []string{"10.96.0.10"}, []string{"default.svc.cluster.local", "svc.cluster.local"})
+	got, err := dnsCommands(svcs, []string{"10.96.0.10"}, []string{"default.svc.cluster.local", "svc.cluster.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := [][]string{
 		{"-setdnsservers", "Ethernet", "10.96.0.10"},
 		{"-setsearchdomains", "Ethernet", "default.svc.cluster.local", "svc.cluster.local"},
@@ -55,10 +58,16 @@ func TestDNSCommands(t *testing.T) {
 		t.Fatalf("got %q\nwant %q", got, want)
 	}
 	// Nothing given clears what an earlier call set.
-	got = dnsCommands(svcs[:1], nil, nil)
+	got, _ = dnsCommands(svcs[:1], nil, nil)
 	want = [][]string{{"-setdnsservers", "Ethernet", "Empty"}, {"-setsearchdomains", "Ethernet", "Empty"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("empty: got %q", got)
+	}
+	if _, err := dnsCommands(svcs, []string{"-setv6off"}, nil); err == nil {
+		t.Error("a name server that is an option")
+	}
+	if _, err := dnsCommands(svcs, []string{"fd00::a"}, []string{"-x"}); err == nil {
+		t.Error("a search domain that is an option")
 	}
 }
 

@@ -189,7 +189,10 @@ func systemDNS(ctx context.Context, a *agent, req *api.WriteResolvConfRequest) (
 	if err != nil {
 		return true, errf(codes.Internal, "listing network services: %v", err)
 	}
-	cmds := dnsCommands(svcs, req.Nameservers, req.Searches)
+	cmds, err := dnsCommands(svcs, req.Nameservers, req.Searches)
+	if err != nil {
+		return true, errf(codes.InvalidArgument, "%v", err)
+	}
 	if len(cmds) == 0 {
 		return true, errf(codes.FailedPrecondition, "no enabled network service with a device to give DNS servers to")
 	}

@@ -207,7 +207,11 @@ func networkPlan(req *api.ConfigureNetworkRequest, byMAC map[string]string, svcs
 		if dst == "default" {
 			args = append(args, "default")
 		} else {
-			args = append(args, "-net", dst)
+			p, err := netip.ParsePrefix(dst)
+			if err != nil {
+				return nil, fmt.Errorf("route destination %q: %v", dst, err)
+			}
+			args = append(args, "-net", p.Masked().String())
 		}
 		switch {
 		case r.Gateway != "":
@@ -216,6 +220,9 @@ func networkPlan(req *api.ConfigureNetworkRequest, byMAC map[string]string, svcs
 			dev := r.Device
 			if d, ok := names[dev]; ok {
 				dev = d
+			}
+			if strings.HasPrefix(dev, "-") {
+				return nil, fmt.Errorf("route device %q", dev)
 			}
 			args = append(args, "-interface", dev)
 		default:

@@ -151,6 +151,8 @@ func TestNetworkPlan(t *testing.T) {
 		"bad address":      {Interfaces: []*api.Interface{{Mac: "02:00:00:00:00:01", Addresses: []string{"10.0.0.300/8"}}}},
 		"route nowhere":    {Routes: []*api.Route{{Destination: "10.0.0.0/8"}}},
 		"bad gateway":      {Routes: []*api.Route{{Destination: "10.0.0.0/8", Gateway: "gw"}}},
+		"bad destination":  {Routes: []*api.Route{{Destination: "-ifscope", Gateway: "10.0.0.1"}}},
+		"option device":    {Routes: []*api.Route{{Destination: "10.0.0.0/8", Device: "-static"}}},
 	} {
 		if _, err := networkPlan(bad, byMAC, svcs); err == nil {
 			t.Errorf("%s: no error", name)

@@ -80,6 +80,13 @@ func newAgentConn(ctx context.Context, log *slog.Logger, m vm.Machine, link bool
 
 // connected reports whether a live connection exists.
 func (a *agentConn) connected() bool {
+	select {
+	case <-a.m.Done():
+		// A stopped VM's channel may take a moment to report its
+		// close; its agent is gone either way.
+		return false
+	default:
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.cur != nil && !a.cur.isClosed()

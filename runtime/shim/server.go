@@ -403,15 +403,12 @@ func fileTail(path string, limit int64, lines int) string {
 func (s *server) State(ctx context.Context, _ *shimapi.StateRequest) (*shimapi.StateResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.m.State()
 	return &shimapi.StateResponse{
-		Id:      s.id,
-		Backend: s.backend,
-		State:   vmState(st),
-		Exit:    s.vmExit(),
-		// A stopped VM's channel may take a moment to report its close;
-		// its agent is gone either way.
-		AgentConnected:      st != vm.StateStopped && s.agent.connected(),
+		Id:                  s.id,
+		Backend:             s.backend,
+		State:               vmState(s.m.State()),
+		Exit:                s.vmExit(),
+		AgentConnected:      s.agent.connected(),
 		ShimPid:             uint32(os.Getpid()),
 		ShimStartedUnixNano: unixNano(s.started),
 		VmStartedUnixNano:   unixNano(s.vmStarted),

@@ -45,30 +45,54 @@ func (s *Service) vmLimit(os string) int {
 	return s.cfg.VM.MaxLinuxVMs
 }
 
-// vmHolders lists the sandboxes (other than except) whose VM of the
-// given OS runs or boots, as "name (id prefix)".
-func (s *Service) vmHolders(os, except string) ([]string, error) {
+// slotHolder is a VM of one guest OS that runs or boots.
+type slotHolder struct {
+	id, name string
+	slot     int
+	booting  bool
+}
+
+// slotHolders lists the VMs of os (other than except's) that run, from
+// the store, or boot, from s.slots.
+func (s *Service) slotHolders(os, except string) ([]slotHolder, error) {
 	running, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
 		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os
 	})
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []slotHolder
 	for _, sb := range running {
-		out = append(out, fmt.Sprintf("%s (%.12s)", sb.Name, sb.ID))
+		out = append(out, slotHolder{id: sb.ID, name: sb.Name, slot: sb.VMSlot})
 	}
 	s.slots.mu.Lock()
 	for id, b := range s.slots.booting {
 		if id != except && b.os == os {
-			name := id
-			if sb, err := s.st.Sandbox(id); err == nil {
-				name = sb.Name
-			}
-			out = append(out, fmt.Sprintf("%s (%.12s, booting)", name, id))
+			out = append(out, slotHolder{id: id, name: id, slot: b.slot, booting: true})
 		}
 	}
 	s.slots.mu.Unlock()
+	return out, nil
+}
+
+// vmHolders lists the sandboxes (other than except) whose VM of the
+// given OS runs or boots, as "name (id prefix)".
+func (s *Service) vmHolders(os, except string) ([]string, error) {
+	hs, err := s.slotHolders(os, except)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, h := range hs {
+		if !h.booting {
+			out = append(out, fmt.Sprintf("%s (%.12s)", h.name, h.id))
+			continue
+		}
+		if sb, err := s.st.Sandbox(h.id); err == nil {
+			h.name = sb.Name
+		}
+		out = append(out, fmt.Sprintf("%s (%.12s, booting)", h.name, h.id))
+	}
 	sort.Strings(out)
 	return out, nil
 }
@@ -76,23 +100,14 @@ func (s *Service) vmHolders(os, except string) ([]string, error) {
 // freeSlot is the lowest slot number (from 1) of os that no other VM
 // running or booting holds.
 func (s *Service) freeSlot(os, except string) (int, error) {
-	used := map[int]bool{}
-	running, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
-		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os
-	})
+	hs, err := s.slotHolders(os, except)
 	if err != nil {
 		return 0, err
 	}
-	for _, sb := range running {
-		used[sb.VMSlot] = true
+	used := map[int]bool{}
+	for _, h := range hs {
+		used[h.slot] = true
 	}
-	s.slots.mu.Lock()
-	for id, b := range s.slots.booting {
-		if id != except && b.os == os {
-			used[b.slot] = true
-		}
-	}
-	s.slots.mu.Unlock()
 	n := 1
 	for used[n] {
 		n++

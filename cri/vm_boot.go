@@ -210,8 +210,9 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 }
 
 // setupGuest configures the guest's network from the sandbox's
-// attachment (a restored guest's NIC still has prevMAC), applies the pod's hostname and DNS config (the
-// attachment's when the pod has none) and mounts the shared directory.
+// attachment (a restored guest's NIC still has prevMAC), applies the
+// pod's hostname and DNS config (the attachment's when the pod has none)
+// and mounts the shared directory.
 func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig, n *store.Network, prevMAC, guestOS string) error {
 	// The calls are independent: they go out at once, so a pod start
 	// waits for the slowest, not for their sum (each is a round trip

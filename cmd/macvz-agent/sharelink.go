@@ -5,6 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"google.golang.org/grpc/codes"
+
+	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
 // subpathIn is root/sub when sub is relative and stays inside root.
@@ -36,4 +40,19 @@ func clearLinkTarget(target string) error {
 	default:
 		return fmt.Errorf("%s exists and is not a directory or symlink", target)
 	}
+}
+
+// shareSubpath is where req.Subpath lies (src) in the share req.Tag,
+// which an earlier MountShare mounted at root.
+func (a *agent) shareSubpath(req *api.MountShareRequest) (root, src string, err error) {
+	a.mu.Lock()
+	root, ok := a.shares[req.Tag]
+	a.mu.Unlock()
+	if !ok {
+		return "", "", errf(codes.FailedPrecondition, "MountShare: share %q is not mounted; mount its root before a subpath", req.Tag)
+	}
+	if src, err = subpathIn(root, req.Subpath); err != nil {
+		return "", "", errf(codes.InvalidArgument, "MountShare: %v", err)
+	}
+	return root, src, nil
 }

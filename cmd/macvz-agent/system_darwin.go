@@ -95,15 +95,9 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 
 // linkShare makes req.Target a symlink to a path inside a mounted share.
 func (a *agent) linkShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
-	a.mu.Lock()
-	root, ok := a.shares[req.Tag]
-	a.mu.Unlock()
-	if !ok {
-		return nil, errf(codes.FailedPrecondition, "MountShare: share %q is not mounted; mount its root before a subpath", req.Tag)
-	}
-	src, err := subpathIn(root, req.Subpath)
+	_, src, err := a.shareSubpath(req)
 	if err != nil {
-		return nil, errf(codes.InvalidArgument, "MountShare: %v", err)
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(req.Target), 0o755); err != nil {
 		return nil, osErr(codes.Internal, err, "creating the parent of %s", req.Target)

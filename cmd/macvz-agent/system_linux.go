@@ -257,15 +257,9 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 
 // bindShare binds a path inside a mounted share at req.Target.
 func (a *agent) bindShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
-	a.mu.Lock()
-	root, ok := a.shares[req.Tag]
-	a.mu.Unlock()
-	if !ok {
-		return nil, errf(codes.FailedPrecondition, "MountShare: share %q is not mounted; mount its root before a subpath", req.Tag)
-	}
-	src, err := subpathIn(root, req.Subpath)
+	root, src, err := a.shareSubpath(req)
 	if err != nil {
-		return nil, errf(codes.InvalidArgument, "MountShare: %v", err)
+		return nil, err
 	}
 	sub := filepath.Clean(req.Subpath)
 	// The share's contents come from the host: resolve symlinks and

@@ -13,6 +13,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/macvz/macvz/internal/guard"
 )
 
 // The link framing carries ttrpc over a byte stream that has no connection
@@ -204,17 +206,19 @@ func LinkClient(ctx context.Context, c net.Conn, retry time.Duration) (net.Conn,
 
 	welcome := make(chan error, 1)
 	go func() {
-		for {
-			f, err := fr.next()
-			if err != nil {
-				welcome <- err
-				return
+		// The bytes come from the guest: a panic ends this connection
+		// attempt, not the shim.
+		welcome <- guard.Do(nil, "agent link handshake", func() error {
+			for {
+				f, err := fr.next()
+				if err != nil {
+					return err
+				}
+				if f.typ == frameWelcome && f.session == session {
+					return nil
+				}
 			}
-			if f.typ == frameWelcome && f.session == session {
-				welcome <- nil
-				return
-			}
-		}
+		})
 	}()
 	t := time.NewTicker(retry)
 	defer t.Stop()
@@ -248,7 +252,10 @@ type hostLink struct {
 	wbuf    []byte
 }
 
-func (h *hostLink) Read(p []byte) (int, error) {
+func (h *hostLink) Read(p []byte) (n int, err error) {
+	// ttrpc's receiver goroutine calls this with bytes from the guest: a
+	// panic becomes an error that closes this connection only.
+	defer guard.Recover(nil, "agent link connection", &err)
 	h.rmu.Lock()
 	defer h.rmu.Unlock()
 	for len(h.pending) == 0 {
@@ -260,7 +267,7 @@ func (h *hostLink) Read(p []byte) (int, error) {
 			h.pending = f.payload
 		}
 	}
-	n := copy(p, h.pending)
+	n = copy(p, h.pending)
 	h.pending = h.pending[n:]
 	return n, nil
 }

@@ -3,10 +3,14 @@ package agentapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // Flow-control constants shared by the agent and these helpers.
@@ -78,6 +82,12 @@ func (r *OutputReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		r.unacked++
+		// Offsets come from the guest: a chunk that would end past the
+		// largest offset wraps the reader's count, which only moves on.
+		if m.Offset > math.MaxUint64-uint64(len(m.Data)) {
+			r.err = fmt.Errorf("the guest agent sent %d bytes of output at offset %d, past the end of any stream: %w", len(m.Data), m.Offset, errdefs.ErrOutOfRange)
+			return 0, r.err
+		}
 		if m.Offset > r.offset {
 			// Output was freed before we got it (another reader acked it).
 			r.offset = m.Offset

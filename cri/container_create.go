@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -47,6 +48,10 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if err != nil {
 		return nil, err
 	}
+	logPath, err := containerLogPath(pod.GetLogDirectory(), cfg.GetLogPath())
+	if err != nil {
+		return nil, err
+	}
 	img, err := s.vmImage(ctx, cfg.GetImage().GetImage())
 	if err != nil {
 		return nil, err
@@ -69,9 +74,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		IsVM:      len(cfg.GetCommand()) == 0 && len(cfg.GetArgs()) == 0 && img.desc.Process == nil,
 		State:     store.ContainerCreated,
 		CreatedAt: time.Now(),
-	}
-	if cfg.GetLogPath() != "" {
-		c.LogPath = filepath.Join(pod.GetLogDirectory(), cfg.GetLogPath())
+		LogPath:   logPath,
 	}
 	if err := s.st.CreateContainer(c); err != nil {
 		return nil, err
@@ -84,6 +87,55 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	}
 	ctrLog(*c).Info("container created", "name", c.Name, "image", c.ImageRef, "vm", c.IsVM)
 	return &runtimeapi.CreateContainerResponse{ContainerId: c.ID}, nil
+}
+
+// containerLogPath is where a container's log goes: its log_path, which
+// must be relative, under the sandbox's log_directory, which must be
+// absolute, and still inside that directory once cleaned. The shim opens
+// the file as root, so a path leaving the directory ("../../etc/cron.d/x")
+// is refused. No log_path, no log.
+func containerLogPath(logDir, logPath string) (string, error) {
+	if logPath == "" {
+		return "", nil
+	}
+	if !filepath.IsAbs(logDir) {
+		return "", fmt.Errorf("container log_path %q needs the sandbox's log_directory to be an absolute path, got %q: %w", logPath, logDir, errdefs.ErrInvalidArgument)
+	}
+	if filepath.IsAbs(logPath) {
+		return "", fmt.Errorf("container log_path %q must be relative to the sandbox's log_directory %q: %w", logPath, logDir, errdefs.ErrInvalidArgument)
+	}
+	dir := filepath.Clean(logDir)
+	p := filepath.Join(dir, logPath)
+	rel, err := filepath.Rel(dir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return "", fmt.Errorf("container log_path %q leaves the sandbox's log_directory %q: %w", logPath, logDir, errdefs.ErrInvalidArgument)
+	}
+	return p, nil
+}
+
+// checkLogPath verifies a recorded container's log path against its
+// configuration before the shim opens it (records made by older versions
+// were not checked at creation).
+func checkLogPath(sb store.Sandbox, c store.Container) error {
+	if c.LogPath == "" {
+		return nil
+	}
+	pod, err := podConfig(sb)
+	if err != nil {
+		return err
+	}
+	cfg, err := ctrConfig(c)
+	if err != nil {
+		return err
+	}
+	want, err := containerLogPath(pod.GetLogDirectory(), cfg.GetLogPath())
+	if err != nil {
+		return err
+	}
+	if want != c.LogPath {
+		return fmt.Errorf("container %s: recorded log path %q is not its log_path %q under log_directory %q: %w", c.ID, c.LogPath, cfg.GetLogPath(), pod.GetLogDirectory(), errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // validateMounts checks volume mounts before anything is created: both

@@ -49,6 +49,9 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 	if sb.State != store.SandboxReady {
 		return nil, fmt.Errorf("sandbox %s is not ready (%s): %w", sb.ID, orDefault(sb.Reason, "stopped"), errdefs.ErrFailedPrecondition)
 	}
+	if err := checkLogPath(sb, c); err != nil {
+		return nil, err
+	}
 	log := ctrLog(c)
 	// A start that fails leaves the container Exited with the reason, as
 	// containerd does, so kubelet sees why and recreates it.

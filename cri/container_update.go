@@ -89,6 +89,9 @@ func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenCo
 	if err != nil {
 		return nil, err
 	}
+	if err := checkLogPath(sb, c); err != nil {
+		return nil, err
+	}
 	sc, err := s.shimFor(ctx, sb)
 	if err != nil {
 		return nil, err

@@ -2,9 +2,12 @@ package shim
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -55,8 +58,35 @@ func openCRILog(path string, log *slog.Logger) (*criLog, error) {
 	return &criLog{log: log, path: path, f: f, now: time.Now}, nil
 }
 
+// errLogNotRegular: the log path is a symbolic link or not a regular file.
+var errLogNotRegular = errors.New("not a regular file")
+
+// openLogFile opens (or creates) a container log for appending. The shim
+// runs as root and the path comes from the pod's configuration, so it
+// never follows a symbolic link in the last component (O_NOFOLLOW) and
+// refuses anything but a regular file: a FIFO or device planted there is
+// opened without blocking (O_NONBLOCK) and refused.
 func openLogFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0o640)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("container log %s is a symbolic link; refusing to write through it: %w", path, errLogNotRegular)
+		}
+		if errors.Is(err, syscall.ENXIO) { // a FIFO without a reader
+			return nil, fmt.Errorf("container log %s is not a regular file: %w", path, errLogNotRegular)
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("container log %s is a %s: %w", path, fi.Mode().Type(), errLogNotRegular)
+	}
+	return f, nil
 }
 
 // entry writes one log entry.

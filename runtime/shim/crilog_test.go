@@ -1,11 +1,13 @@
 package shim
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -138,4 +140,42 @@ func TestValidID(t *testing.T) {
 	if k, _ := keyOf("c", "e"); k.fileName() != "c.e.json" {
 		t.Errorf("file name %q", k.fileName())
 	}
+}
+
+// TestOpenLogFileRefusesNonRegular: a symlink or a FIFO at the log path is
+// refused (without blocking on the FIFO); a regular file is appended to.
+func TestOpenLogFileRefusesNonRegular(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.log")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := openLogFile(link); !errors.Is(err, errLogNotRegular) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("symlink: %v, want errLogNotRegular", err)
+	}
+	fifo := filepath.Join(dir, "fifo.log")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := openLogFile(fifo); !errors.Is(err, errLogNotRegular) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("fifo: %v, want errLogNotRegular", err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "x" {
+		t.Errorf("target changed: %q", b)
+	}
+	f, err := openLogFile(target)
+	if err != nil {
+		t.Fatalf("regular file: %v", err)
+	}
+	f.Close()
 }

@@ -178,8 +178,8 @@ func (t *procTable) lookup(k procKey) *watched {
 
 // watch starts supervising k.
 func (t *procTable) watch(ctx context.Context, k procKey, logPath string) error {
-	if logPath != "" && !filepath.IsAbs(logPath) {
-		return status.Errorf(codes.InvalidArgument, "log_path %q is not absolute", logPath)
+	if logPath != "" && (!filepath.IsAbs(logPath) || filepath.Clean(logPath) != logPath) {
+		return status.Errorf(codes.InvalidArgument, "log_path %q is not a clean absolute path", logPath)
 	}
 	t.mu.Lock()
 	if w := t.procs[k]; w != nil {

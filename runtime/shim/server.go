@@ -572,6 +572,9 @@ func (s *server) ReopenLog(ctx context.Context, req *shimapi.ReopenLogRequest) (
 		return nil, status.Errorf(codes.FailedPrecondition, "process %s has no log being written", w.key)
 	}
 	if err := w.clog.reopen(); err != nil {
+		if errors.Is(err, errLogNotRegular) {
+			return nil, status.Errorf(codes.FailedPrecondition, "reopening the container log: %v", err)
+		}
 		return nil, status.Errorf(codes.Internal, "reopening %s: %v", w.logPath, err)
 	}
 	w.log.Info("container log reopened", "path", w.logPath)

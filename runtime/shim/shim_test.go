@@ -681,6 +681,55 @@ func TestReopenLog(t *testing.T) {
 	}
 }
 
+// TestLogSymlinkRefused: the shim runs as root; a symbolic link planted
+// at a container's log path (first open or a reopen after rotation) is
+// not written through.
+func TestLogSymlinkRefused(t *testing.T) {
+	c, _ := spawn(t)
+	ctx := ctxT(t, 60*time.Second)
+	logDir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(target, []byte("untouched\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	linked := filepath.Join(logDir, "linked.log")
+	if err := os.Symlink(target, linked); err != nil {
+		t.Fatal(err)
+	}
+	id := pid("sym", "")
+	create(t, c, id, "sh", "-c", "echo owned")
+	_, err := c.Shim().WatchProcess(ctx, &shimapi.WatchProcessRequest{ContainerId: "sym", LogPath: linked})
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("WatchProcess through a symlink: %v, want FailedPrecondition naming the symbolic link", err)
+	}
+	if _, err := c.Shim().WatchProcess(ctx, &shimapi.WatchProcessRequest{ContainerId: "sym", LogPath: logDir + "/x/../linked.log"}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("WatchProcess with an unclean path: %v, want InvalidArgument", err)
+	}
+
+	// Rotation: the file is renamed and a link appears in its place.
+	logPath := filepath.Join(logDir, "0.log")
+	rid := pid("rot", "")
+	create(t, c, rid, "sh", "-c", "echo before; while [ ! -e "+filepath.Join(logDir, "go")+" ]; do sleep 0.05; done; echo after")
+	watch(t, c, rid, logPath)
+	start(t, c, rid)
+	waitFor(t, func() bool { return strings.Contains(readFile(t, logPath), "before") })
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, logPath); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Shim().ReopenLog(ctx, &shimapi.ReopenLogRequest{ContainerId: "rot"}); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("ReopenLog onto a symlink: %v, want FailedPrecondition", err)
+	}
+	os.WriteFile(filepath.Join(logDir, "go"), nil, 0o644)
+	waitExit(t, c, rid)
+	if got := readFile(t, target); got != "untouched\n" {
+		t.Errorf("the symlink's target was written: %q", got)
+	}
+}
+
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)

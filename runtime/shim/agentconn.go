@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/vm"
 )
@@ -67,7 +68,7 @@ type agentConn struct {
 
 func newAgentConn(ctx context.Context, log *slog.Logger, m vm.Machine, link bool) *agentConn {
 	a := &agentConn{log: log, m: m, link: link, ctx: ctx, changed: make(chan struct{})}
-	go a.keepalive()
+	guard.Go(log, "agent keepalive", a.keepalive)
 	go func() {
 		select {
 		case <-m.Done():
@@ -174,7 +175,7 @@ func (a *agentConn) get(ctx context.Context) (*agentSession, error) {
 		a.mu.Unlock()
 		if err == nil {
 			a.log.Info("agent connected", "session", n)
-			go a.watchSession(s)
+			guard.Go(a.log, "agent connection watch", func() { a.watchSession(s) })
 			return s, nil
 		}
 		lastErr = err

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 )
 
@@ -165,7 +167,10 @@ type serverStream[Up, Down any] interface {
 // closes its side (CloseSend is passed on) or goes away (CloseSend too:
 // the agent then ends the stream); the agent's messages go to the caller
 // until the agent ends the stream, which ends the call.
-func pump[Up, Down any](ctx context.Context, ss serverStream[Up, Down], open func(context.Context) (clientStream[Up, Down], error), first Up) error {
+// Everything the agent sends is the guest's: a panic while forwarding
+// ends this stream (logged with log), not the shim.
+func pump[Up, Down any](ctx context.Context, log *slog.Logger, ss serverStream[Up, Down], open func(context.Context) (clientStream[Up, Down], error), first Up) (err error) {
+	defer guard.Recover(log, "forwarded agent stream", &err)
 	// The agent-side stream outlives ctx a little, so that the agent can
 	// end it cleanly after our CloseSend.
 	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -183,18 +188,23 @@ func pump[Up, Down any](ctx context.Context, ss serverStream[Up, Down], open fun
 	var ended atomic.Bool // the agent ended the stream
 	defer ended.Store(true)
 	go func() {
-		for {
-			m, err := ss.Recv()
-			if ended.Load() {
-				return // late messages (acks) would reach a finished stream
+		perr := guard.Do(log, "forwarded agent stream (caller to agent)", func() error {
+			for {
+				m, err := ss.Recv()
+				if ended.Load() {
+					return nil // late messages (acks) would reach a finished stream
+				}
+				if err != nil {
+					cs.CloseSend()
+					return nil
+				}
+				if err := cs.Send(m); err != nil {
+					return nil
+				}
 			}
-			if err != nil {
-				cs.CloseSend()
-				return
-			}
-			if err := cs.Send(m); err != nil {
-				return
-			}
+		})
+		if perr != nil {
+			cs.CloseSend() // the agent then ends the stream
 		}
 	}()
 	for {
@@ -214,12 +224,15 @@ func pump[Up, Down any](ctx context.Context, ss serverStream[Up, Down], open fun
 	}
 }
 
-func (f *forwarder) ReadOutput(ctx context.Context, ss agentapi.Agent_ReadOutputServer) error {
+func (f *forwarder) ReadOutput(ctx context.Context, ss agentapi.Agent_ReadOutputServer) (err error) {
+	// ttrpc does not recover a stream handler's panic: end only this one.
+	defer guard.Recover(f.s.log, "ReadOutput stream", &err)
 	first, err := ss.Recv()
 	if err != nil {
 		return err
 	}
 	k := procKey{first.Id.GetContainerId(), first.Id.GetExecId()}
+	log := f.s.log.With("container", k.container, "exec", k.exec)
 	if w := f.s.procs.lookup(k); w != nil && w.outs[0] != nil {
 		switch first.Stdio {
 		case agentapi.Stdio_STDOUT:
@@ -232,12 +245,13 @@ func (f *forwarder) ReadOutput(ctx context.Context, ss agentapi.Agent_ReadOutput
 	if err != nil {
 		return err
 	}
-	return pump(ctx, ss, func(ctx context.Context) (clientStream[*agentapi.OutputRequest, *agentapi.OutputChunk], error) {
+	return pump(ctx, log, ss, func(ctx context.Context) (clientStream[*agentapi.OutputRequest, *agentapi.OutputChunk], error) {
 		return s.api.ReadOutput(ctx)
 	}, first)
 }
 
-func (f *forwarder) PortForward(ctx context.Context, ss agentapi.Agent_PortForwardServer) error {
+func (f *forwarder) PortForward(ctx context.Context, ss agentapi.Agent_PortForwardServer) (err error) {
+	defer guard.Recover(f.s.log, "PortForward stream", &err)
 	first, err := ss.Recv()
 	if err != nil {
 		return err
@@ -246,7 +260,7 @@ func (f *forwarder) PortForward(ctx context.Context, ss agentapi.Agent_PortForwa
 	if err != nil {
 		return err
 	}
-	return pump(ctx, ss, func(ctx context.Context) (clientStream[*agentapi.PortForwardFrame, *agentapi.PortForwardFrame], error) {
+	return pump(ctx, f.s.log.With("port", first.GetPort()), ss, func(ctx context.Context) (clientStream[*agentapi.PortForwardFrame, *agentapi.PortForwardFrame], error) {
 		return s.api.PortForward(ctx)
 	}, first)
 }

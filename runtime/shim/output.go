@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 )
 
@@ -200,25 +201,32 @@ func (o *outputCopier) serve(ctx context.Context, ss agentapi.Agent_ReadOutputSe
 		o.mu.Unlock()
 	}()
 
-	// Acknowledgements (and the detach) from the reader.
+	// Acknowledgements (and the detach) from the reader. However it
+	// ends (a panic included), the reader is detached.
 	go func() {
-		for {
-			m, err := ss.Recv()
+		defer func() {
 			t.mu.Lock()
-			if err != nil {
-				t.detach = true
-			} else if m.Ack > t.acked {
-				t.acked = m.Ack
-				for len(t.sent) > 0 && t.sent[0] <= t.acked {
-					t.sent = t.sent[1:]
-				}
-			}
+			t.detach = true
 			t.mu.Unlock()
 			t.wake()
-			if err != nil {
-				return
+		}()
+		guard.Do(o.w.log, "output reader acknowledgements", func() error {
+			for {
+				m, err := ss.Recv()
+				if err != nil {
+					return err
+				}
+				t.mu.Lock()
+				if m.Ack > t.acked {
+					t.acked = m.Ack
+					for len(t.sent) > 0 && t.sent[0] <= t.acked {
+						t.sent = t.sent[1:]
+					}
+				}
+				t.mu.Unlock()
+				t.wake()
 			}
-		}
+		})
 	}()
 
 	for {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/shimapi"
 )
@@ -31,6 +32,10 @@ const (
 	ReasonError     = "Error"
 	ReasonOOMKilled = "OOMKilled"
 )
+
+// maxClockSkew is how far ahead of the host's clock a guest's exit time
+// may be (the shim keeps the guest's clock within milliseconds).
+const maxClockSkew = time.Minute
 
 // outputDrainWait: after a process exits, how long its exit waits for the
 // rest of its output to reach the log before being recorded (children
@@ -236,7 +241,14 @@ func (t *procTable) watch(ctx context.Context, k procKey, logPath string) error 
 	t.procs[k] = w
 	t.mu.Unlock()
 	w.log.Info("watching process", "log", logPath)
-	go w.run(wctx)
+	go func() {
+		// Output and exit come from the guest: a panic while handling
+		// them records an unknown exit for this process only.
+		if err := guard.Do(w.log, "process watch", func() error { w.run(wctx); return nil }); err != nil {
+			w.cancel()
+			w.record(nil, "the shim failed while watching the process: "+err.Error())
+		}
+	}()
 	return nil
 }
 
@@ -304,8 +316,10 @@ func (w *watched) record(st *agentapi.ExitStatus, message string) {
 		r.ExitCode = st.ExitCode
 		r.Signaled = st.Signaled
 		r.Signal = st.Signal
-		if st.ExitedUnixNano != 0 {
-			r.FinishedAt = time.Unix(0, st.ExitedUnixNano)
+		// The exit time comes from the guest: one before the epoch or
+		// in the future is not an exit time (now is).
+		if ns := st.ExitedUnixNano; ns > 0 && ns <= r.FinishedAt.Add(maxClockSkew).UnixNano() {
+			r.FinishedAt = time.Unix(0, ns)
 		}
 		switch {
 		case st.OomKilled:
@@ -344,7 +358,7 @@ func (w *watched) run(ctx context.Context) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				o.run(ctx)
+				guard.Do(w.log.With("stdio", o.stdio.String()), "output copy to the log", func() error { o.run(ctx); return nil })
 			}()
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/vm"
@@ -241,15 +242,18 @@ func run(ctx context.Context, log *slog.Logger, dir string, cfg Config, spec *vm
 	return nil
 }
 
-// errorInterceptor turns errdefs errors into gRPC statuses.
-func errorInterceptor(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
-	resp, err := method(ctx, unmarshal)
-	if err != nil {
-		if _, ok := status.FromError(err); !ok {
-			err = errgrpc.ToGRPC(err)
+// errorInterceptor turns errdefs errors into gRPC statuses. A panic in a call (answers from the guest pass through most of them)
+// ends that call with Internal, not the shim (ttrpc does not recover).
+func errorInterceptor(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (resp any, err error) {
+	defer func() {
+		if err != nil {
+			if _, ok := status.FromError(err); !ok {
+				err = errgrpc.ToGRPC(err)
+			}
 		}
-	}
-	return resp, err
+	}()
+	defer guard.Recover(nil, "call "+info.FullMethod, &err)
+	return method(ctx, unmarshal)
 }
 
 // ---- the Shim service ----
@@ -365,7 +369,8 @@ func (s *server) consoleTail() string {
 	if path == "" {
 		return ""
 	}
-	return fileTail(path, 2048, 15)
+	// The console is the guest's: only valid UTF-8 goes into a status.
+	return strings.ToValidUTF8(fileTail(path, 2048, 15), "\uFFFD")
 }
 
 func (s *server) spec() (*vm.Spec, bool) {

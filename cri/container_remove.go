@@ -46,7 +46,7 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 				}
 			}
 		}
-		if err := unmountUnder(filepath.Join(sb.Dir, sharedDir, c.ID)); err != nil {
+		if err := unmountUnder(sb.Dir, filepath.Join(sharedDir, c.ID)); err != nil {
 			return nil, err
 		}
 	}

@@ -181,8 +181,7 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 func (s *Service) mountVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, cid string, ms []*runtimeapi.Mount) error {
 	for i, m := range ms {
 		sub := filepath.Join(cid, strconv.Itoa(i))
-		host := filepath.Join(sb.Dir, sharedDir, sub)
-		if err := bindVolume(m.GetHostPath(), host, m.GetReadonly()); err != nil {
+		if err := bindVolume(sb.Dir, cid, i, m.GetHostPath(), m.GetReadonly()); err != nil {
 			return fmt.Errorf("volume %s → %s: %w", m.GetHostPath(), m.GetContainerPath(), err)
 		}
 		_, err := a.MountShare(ctx, &agentapi.MountShareRequest{

@@ -6,55 +6,81 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/macvz/macvz/runtime/safefs"
 )
 
-// bindVolume makes a host path visible under the sandbox's shared
-// directory (dst, below it) with a bind mount: the share was set when the
-// VM booted, and a bind is how a volume of a later container gets into
-// it. A file is bound onto a file.
-func bindVolume(src, dst string, readOnly bool) error {
+// The share's own files live on a small tmpfs: the guest writes the share
+// (9p), so what it can put there is bounded, and nothing it makes there
+// (a device node, a setuid file) means anything on the host. Volumes are
+// bound below it; only mount points live on the tmpfs itself.
+const (
+	shareTmpfsSize   = 4 << 20
+	shareTmpfsInodes = 4096
+)
+
+// prepareShare makes the sandbox's shared directory the root of a tmpfs
+// of its own, unless it is one already (a VM booted again).
+func prepareShare(sbDir string) error {
+	dir := filepath.Join(sbDir, sharedDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if ok, err := safefs.IsMountPoint(dir); err != nil || ok {
+		return err
+	}
+	return safefs.MountTmpfs(dir, shareTmpfsSize, shareTmpfsInodes)
+}
+
+// bindVolume makes a host path visible in the sandbox's share as
+// <cid>/<i> with a bind mount: the share was set when the VM booted, and
+// a bind is how a volume of a later container gets into it. A file is
+// bound onto a file. The guest can write the share, so every step below
+// the share resolves beneath it without following a symlink (it may have
+// planted one where the mount point goes, once it learnt the container
+// ID), and the bind is private, nosuid, nodev and, for a read-only
+// volume, read-only on every mount below it.
+func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 	fi, err := os.Stat(src)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+	share, err := safefs.OpenRoot(filepath.Join(sbDir, sharedDir))
+	if err != nil {
 		return err
 	}
-	if fi.IsDir() {
-		err = os.Mkdir(dst, 0o700)
-	} else {
-		var f *os.File
-		if f, err = os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err == nil {
-			err = f.Close()
-		}
-	}
-	if err != nil && !os.IsExist(err) {
+	defer share.Close()
+	cdir, err := share.MkdirOpen(cid, 0o700)
+	if err != nil {
 		return err
 	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind-mounting %s: %w", src, err)
+	defer cdir.Close()
+	mp, err := cdir.MountPoint(strconv.Itoa(i), fi.IsDir())
+	if err != nil {
+		return err
 	}
-	// Volumes stay private to the sandbox: a mount made in the pod's
-	// volume later must not propagate out of it through our bind.
-	if err := unix.Mount("", dst, "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		unix.Unmount(dst, unix.MNT_DETACH)
-		return fmt.Errorf("making the bind of %s private: %w", src, err)
-	}
-	if readOnly {
-		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			unix.Unmount(dst, unix.MNT_DETACH)
-			return fmt.Errorf("making the bind of %s read-only: %w", src, err)
-		}
-	}
-	return nil
+	defer mp.Close()
+	return safefs.BindOnto(src, mp, readOnly)
 }
 
-// unmountUnder unmounts every mount at or below dir, deepest first.
-func unmountUnder(dir string) error {
-	dir = filepath.Clean(dir)
+// unmountUnder unmounts every mount at or below base/rel, deepest first.
+// base is the host's own directory (the sandbox's), resolved here
+// because mountinfo records resolved paths (/var/run/macvz is
+// /run/macvz there); rel is never resolved: below base the guest may
+// have planted symlinks.
+func unmountUnder(base, rel string) error {
+	rbase, err := filepath.EvalSymlinks(base)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(rbase, rel)
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return err
@@ -62,6 +88,7 @@ func unmountUnder(dir string) error {
 	defer f.Close()
 	var targets []string
 	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 5 {
@@ -77,7 +104,9 @@ func unmountUnder(dir string) error {
 	}
 	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
 	for _, t := range targets {
-		if err := unix.Unmount(t, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		// UMOUNT_NOFOLLOW: a mount point's path the guest renamed a
+		// parent of, then replaced by a symlink, is not followed.
+		if err := unix.Unmount(t, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && err != unix.EINVAL && err != unix.ENOENT {
 			return fmt.Errorf("unmounting %s: %w", t, err)
 		}
 	}

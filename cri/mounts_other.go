@@ -4,14 +4,21 @@ package cri
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/containerd/errdefs"
 )
 
+// prepareShare makes the sandbox's shared directory.
+func prepareShare(sbDir string) error {
+	return os.MkdirAll(filepath.Join(sbDir, sharedDir), 0o700)
+}
+
 // bindVolume: macOS has no bind mounts; volumes reach a vz guest as
 // directory shares of their own (the vz backend's issue).
-func bindVolume(src, dst string, readOnly bool) error {
+func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 	return fmt.Errorf("volume %s: host bind mounts are not available on this OS: %w", src, errdefs.ErrNotImplemented)
 }
 
-func unmountUnder(dir string) error { return nil }
+func unmountUnder(base, rel string) error { return nil }

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/containerd/errdefs"
 
+	"github.com/macvz/macvz/runtime/safefs"
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
@@ -169,15 +169,18 @@ func (s *Service) refreshContainer(ctx context.Context, c store.Container) store
 	return c
 }
 
-// removeSandboxFiles removes a sandbox's state directory; shared/ must
-// have no mounts left (unmountShared), or RemoveAll would descend into
-// the volumes.
+// removeSandboxFiles removes a sandbox's state directory once shared/
+// has no mounts left (unmountShared). The removal never crosses a mount
+// point: if an unmount was missed, it fails instead of emptying a volume.
 func removeSandboxFiles(dir string) error {
 	if err := unmountShared(dir); err != nil {
 		return err
 	}
 	for i := 0; ; i++ {
-		err := os.RemoveAll(dir)
+		err := safefs.RemoveAll(dir)
+		if errors.Is(err, safefs.ErrMountPoint) {
+			return err
+		}
 		if err == nil || i == 3 {
 			return err
 		}

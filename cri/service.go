@@ -64,6 +64,9 @@ type Service struct {
 
 // NewService opens the stores under cfg.Root and returns a ready service.
 func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
+	if err := cfg.ResolvePaths(); err != nil {
+		return nil, err
+	}
 	shimBin := shimBinary()
 	if cfg.Backend == "vz" {
 		// The process that creates VMs is the shim: without the

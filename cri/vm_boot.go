@@ -159,8 +159,8 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 			spec.Boot.MachineID, spec.Boot.MachineIDFile = ws.meta.MachineID, ""
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(sb.Dir, sharedDir), 0o700); err != nil {
-		return err
+	if err := prepareShare(sb.Dir); err != nil {
+		return fmt.Errorf("preparing the VM's share: %w", err)
 	}
 	c, err := shim.Spawn(ctx, shim.SpawnOptions{
 		Binary:   s.shimBinary,

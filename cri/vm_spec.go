@@ -209,5 +209,5 @@ const sharedDir = "shared"
 
 // unmountShared removes the volume binds of a sandbox.
 func unmountShared(sbDir string) error {
-	return unmountUnder(filepath.Join(sbDir, sharedDir))
+	return unmountUnder(sbDir, sharedDir)
 }

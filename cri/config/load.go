@@ -224,3 +224,22 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 
 // String is the duration as Go prints it.
 func (d Duration) String() string { return time.Duration(d).String() }
+
+// ResolvePaths makes root and state and replaces them with their real
+// paths. The default state dir, /var/run/macvz, is /run/macvz on most
+// systems, and the kernel records mounts (/proc/self/mountinfo) under the
+// resolved path: comparing an unresolved one with them misses every
+// mount, and a removal then goes through binds that were never undone.
+func (c *Config) ResolvePaths() error {
+	for key, p := range map[string]*string{"root": &c.Root, "state": &c.State} {
+		if err := os.MkdirAll(*p, 0o711); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		r, err := filepath.EvalSymlinks(*p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		*p = r
+	}
+	return nil
+}

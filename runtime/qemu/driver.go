@@ -417,7 +417,14 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 	}
 	for i, s := range spec.Shares {
 		id := "fs" + strconv.Itoa(i)
-		fsdev := "local,id=" + id + ",path=" + optEscape(s.HostPath) + ",security_model=none"
+		// mapped-xattr: what the guest makes in a share is a plain file
+		// or directory on the host, its owner, mode, symlink target or
+		// device number kept in user.virtfs.* xattrs; a guest-made symlink
+		// or device node is never one on the host, for the host (or
+		// kubelet, or a backup) to follow or open. multidevs=remap: the
+		// share has volumes from other file systems bound in it, whose
+		// inode numbers would otherwise collide in the guest.
+		fsdev := "local,id=" + id + ",path=" + optEscape(s.HostPath) + ",security_model=mapped-xattr,multidevs=remap"
 		if s.ReadOnly {
 			fsdev += ",readonly=on"
 		}

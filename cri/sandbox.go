@@ -15,7 +15,8 @@ import (
 )
 
 // annotationVMImage names the VM image a pod boots at RunPodSandbox,
-// before any container exists.
+// before any container exists; honoured only for runtime handlers whose
+// configuration sets allow_vm_image_annotation.
 const annotationVMImage = "macvz.io/vm-image"
 
 // sandboxName is containerd's unique sandbox name.

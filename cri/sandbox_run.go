@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -83,22 +84,33 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 
-// handlerImage is the VM image a sandbox boots at creation, if any.
+// handlerImage is the VM image a sandbox boots at creation, if any: the
+// pod's macvz.io/vm-image annotation where its handler allows it, else
+// the handler's vm_image.
 func (s *Service) handlerImage(handler string, cfg *runtimeapi.PodSandboxConfig) (string, error) {
-	var img string
-	if handler != "" && handler != "macvz" {
-		h, ok := s.cfg.RuntimeHandlers[handler]
-		if !ok {
-			known := []string{"macvz"}
-			for k := range s.cfg.RuntimeHandlers {
+	name := handler
+	if name == "" {
+		name = config.DefaultHandler
+	}
+	h, ok := s.cfg.RuntimeHandlers[name]
+	if !ok && name != config.DefaultHandler {
+		known := []string{config.DefaultHandler}
+		for k := range s.cfg.RuntimeHandlers {
+			if k != config.DefaultHandler {
 				known = append(known, k)
 			}
-			sort.Strings(known)
-			return "", fmt.Errorf("runtime handler %q is not configured (configured: %s): %w", handler, strings.Join(known, ", "), errdefs.ErrNotFound)
 		}
-		img = h.VMImage
+		sort.Strings(known)
+		return "", fmt.Errorf("runtime handler %q is not configured (configured: %s): %w", handler, strings.Join(known, ", "), errdefs.ErrNotFound)
 	}
+	img := h.VMImage
 	if a := cfg.GetAnnotations()[annotationVMImage]; a != "" {
+		// The image would boot as found on the node, past the kubelet's
+		// image admission: only where the operator said so.
+		if !h.AllowVMImageAnnotation {
+			return "", fmt.Errorf("pod annotation %s=%q is not allowed for runtime handler %q: it boots a local image without the kubelet's image checks; set allow_vm_image_annotation = true under [runtime_handlers.%s] in the daemon configuration to allow it: %w",
+				annotationVMImage, a, name, name, errdefs.ErrFailedPrecondition)
+		}
 		img = a
 	}
 	return img, nil

@@ -42,6 +42,12 @@ type netTest struct {
 
 func newNetTest(t *testing.T) *netTest {
 	t.Helper()
+	return newNetTestConf(t, "")
+}
+
+// newNetTestConf is newNetTest with extra daemon configuration.
+func newNetTestConf(t *testing.T, extraTOML string) *netTest {
+	t.Helper()
 	nettest.Require(t)
 	bin, err := netPlugins()
 	if err != nil {
@@ -50,7 +56,7 @@ func newNetTest(t *testing.T) *netTest {
 	ns := nettest.NewNetNS(t, "pods")
 	ipamDir := t.TempDir()
 	confDir := bridgeTapConf(t, ipamDir)
-	v := newVMTestIn(t, ns, fmt.Sprintf("\n[network]\nconf_dir = %q\nbin_dirs = [%q]\n", confDir, bin))
+	v := newVMTestIn(t, ns, fmt.Sprintf("\n[network]\nconf_dir = %q\nbin_dirs = [%q]\n", confDir, bin)+extraTOML)
 	return &netTest{vmTest: v, ns: ns, ipamDir: ipamDir}
 }
 
@@ -223,7 +229,8 @@ func TestPodNetwork(t *testing.T) {
 // after the CNI ADD; the restarted daemon removes the half-made sandbox
 // and its network.
 func TestPodNetworkCrash(t *testing.T) {
-	n := newNetTest(t)
+	// The pod boots at RunPodSandbox through the annotation.
+	n := newNetTestConf(t, "\n[runtime_handlers.macvz]\nallow_vm_image_annotation = true\n")
 	pod := n.podConfig(t, "crash", map[string]any{
 		"linux":       map[string]any{},
 		"annotations": map[string]string{"macvz.io/vm-image": n.plain},

@@ -25,7 +25,9 @@ type Config struct {
 	Network  Network  `toml:"network"`
 	Stream   Stream   `toml:"stream"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
-	// handlers) besides the default one ("" and "macvz").
+	// handlers) besides the default one ("" and "macvz"). An entry named
+	// "macvz" configures the default handler; it may only set
+	// AllowVMImageAnnotation.
 	RuntimeHandlers map[string]RuntimeHandler `toml:"runtime_handlers"`
 }
 
@@ -95,7 +97,17 @@ type RuntimeHandler struct {
 	// VMImage, when set, boots every sandbox of this handler from this
 	// image at RunPodSandbox, before any container is created.
 	VMImage string `toml:"vm_image"`
+	// AllowVMImageAnnotation honours the pod annotation macvz.io/vm-image
+	// (boot that image at RunPodSandbox). The image is used as present on
+	// the node, past the kubelet's image admission (AlwaysPullImages, pull
+	// secrets), so it is off unless the operator trusts the handler's pod
+	// authors; a pod that sets it anyway fails with FailedPrecondition.
+	AllowVMImageAnnotation bool `toml:"allow_vm_image_annotation"`
 }
+
+// DefaultHandler is the name of the default runtime handler (the CRI's
+// "" means it too).
+const DefaultHandler = "macvz"
 
 // Log configures the daemon's log/slog output.
 type Log struct {

@@ -20,7 +20,7 @@ func TestDefaultTOMLRoundTrip(t *testing.T) {
 		t.Fatalf("default TOML decodes to %+v, want %+v", got, Default())
 	}
 	// Every key of the struct appears in the commented text.
-	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image"} {
+	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation"} {
 		if !strings.Contains(string(DefaultTOML()), key+" =") {
 			t.Errorf("default TOML does not document %q", key)
 		}
@@ -53,15 +53,17 @@ insecure = true
 
 func TestDecodeRejects(t *testing.T) {
 	for name, tc := range map[string]struct{ in, want string }{
-		"unknown key":      {`rooot = "/x"`, "rooot"},
-		"relative root":    {`root = "var/lib"`, "root"},
-		"backend":          {`backend = "kvm"`, "backend"},
-		"log level":        {"[log]\nlevel = \"loud\"", "log.level"},
-		"downloads":        {"[image]\nmax_concurrent_downloads = 0", "max_concurrent_downloads"},
-		"mirror scheme":    {"[registry.hosts.\"a.io\"]\nmirrors = [\"http://m:5000\"]", "mirrors"},
-		"syntax":           {`root = `, "line 1"},
-		"wrong type":       {`root = 3`, "root"},
-		"unknown host key": {"[registry.hosts.\"a.io\"]\nmirror = [\"m\"]", "mirror"},
+		"unknown key":           {`rooot = "/x"`, "rooot"},
+		"relative root":         {`root = "var/lib"`, "root"},
+		"backend":               {`backend = "kvm"`, "backend"},
+		"log level":             {"[log]\nlevel = \"loud\"", "log.level"},
+		"downloads":             {"[image]\nmax_concurrent_downloads = 0", "max_concurrent_downloads"},
+		"mirror scheme":         {"[registry.hosts.\"a.io\"]\nmirrors = [\"http://m:5000\"]", "mirrors"},
+		"syntax":                {`root = `, "line 1"},
+		"wrong type":            {`root = 3`, "root"},
+		"unknown host key":      {"[registry.hosts.\"a.io\"]\nmirror = [\"m\"]", "mirror"},
+		"default handler image": {"[runtime_handlers.macvz]\nvm_image = \"x\"", "runtime_handlers.macvz.vm_image"},
+		"empty handler name":    {"[runtime_handlers.\"\"]\nallow_vm_image_annotation = true", "runtime_handlers"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.in))
@@ -94,5 +96,26 @@ func TestLoadMissingFile(t *testing.T) {
 	cfg, err = Load(p, true)
 	if err != nil || cfg.Socket != "/tmp/x.sock" {
 		t.Fatalf("load: %v %+v", err, cfg)
+	}
+}
+
+func TestVMImageAnnotationOption(t *testing.T) {
+	cfg, err := Decode(strings.NewReader(`
+[runtime_handlers.macvz]
+allow_vm_image_annotation = true
+[runtime_handlers.linux]
+vm_image = "example.com/guest:1"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.RuntimeHandlers[DefaultHandler].AllowVMImageAnnotation {
+		t.Error("default handler: the annotation is not allowed")
+	}
+	if h := cfg.RuntimeHandlers["linux"]; h.AllowVMImageAnnotation || h.VMImage != "example.com/guest:1" {
+		t.Errorf("handler linux: %+v (the annotation must be off unless set)", h)
+	}
+	if Default().RuntimeHandlers[DefaultHandler].AllowVMImageAnnotation {
+		t.Error("allowed by default")
 	}
 }

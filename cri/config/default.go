@@ -113,8 +113,20 @@ cgroup_driver = "{{.C.CgroupDriver}}"
 # ("macvz" or empty). vm_image boots every sandbox of the handler from that
 # image at RunPodSandbox, before any container exists.
 #
+# allow_vm_image_annotation lets a pod of the handler pick the image it
+# boots at RunPodSandbox with the annotation macvz.io/vm-image. That image
+# is used as present on the node, past the kubelet's image admission
+# (AlwaysPullImages, image pull secrets): any pod author could boot any
+# image another pod pulled. Off unless set; a pod with the annotation then
+# fails with FailedPrecondition. The default handler's section is
+# [runtime_handlers.macvz] and takes only this key.
+#
 # [runtime_handlers.macos-15]
 #   vm_image = "ghcr.io/cirruslabs/macos-sequoia-base:latest"
+#   allow_vm_image_annotation = false
+#
+# [runtime_handlers.macvz]
+#   allow_vm_image_annotation = false
 [runtime_handlers]
 
 # Per-registry settings, keyed by the host as written in image references.

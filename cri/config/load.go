@@ -177,9 +177,12 @@ func (c *Config) Validate() error {
 	default:
 		return bad("vz.machine_identifier", "must be fresh or image, got %q", c.VZ.MachineIdentifier)
 	}
-	for name := range c.RuntimeHandlers {
-		if name == "" || name == "macvz" {
-			return bad("runtime_handlers", "%q is the default handler and cannot be redefined", name)
+	for name, h := range c.RuntimeHandlers {
+		if name == "" {
+			return bad("runtime_handlers", "\"\" is the default handler; configure it as [runtime_handlers.%s]", DefaultHandler)
+		}
+		if name == DefaultHandler && h.VMImage != "" {
+			return bad("runtime_handlers.macvz.vm_image", "the default handler boots no image at RunPodSandbox; give the image a handler of its own (RuntimeClass)")
 		}
 	}
 	for host, h := range c.Registry.Hosts {

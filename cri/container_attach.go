@@ -11,6 +11,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/shimapi"
 )
@@ -56,11 +57,14 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 	defer cancel()
 	a := sc.Agent()
 	id := &agentapi.ProcessID{ContainerId: c.ID}
+	// The goroutines carry the guest's bytes: a panic ends only this
+	// session (logged with the container id).
+	log := ctrLog(c)
 	if in != nil && cfg.GetStdin() {
-		go copyStdin(ctx, a, id, in, cfg.GetStdinOnce())
+		guard.Go(log, "attach stdin copy", func() { copyStdin(ctx, a, id, in, cfg.GetStdinOnce()) })
 	}
 	if cfg.GetTty() && resize != nil {
-		go forwardResize(ctx, a, id, resize)
+		guard.Go(log, "attach terminal resizes", func() { forwardResize(ctx, a, id, resize) })
 	}
 	var outputs sync.WaitGroup
 	for _, st := range []struct {
@@ -73,16 +77,19 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 		outputs.Add(1)
 		go func() {
 			defer outputs.Done()
-			copyOutput(ctx, a, id, st.stdio, st.w)
+			guard.Do(log, "attach output copy", func() error { return copyOutput(ctx, a, id, st.stdio, st.w) })
 		}()
 	}
 	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		outputs.Wait()
 		// Without an output to follow, the session lasts until the
 		// process exits.
-		sc.Shim().WaitProcess(ctx, &shimapi.WaitProcessRequest{ContainerId: c.ID})
-		close(done)
+		guard.Do(log, "attach wait", func() error {
+			_, err := sc.Shim().WaitProcess(ctx, &shimapi.WaitProcessRequest{ContainerId: c.ID})
+			return err
+		})
 	}()
 	select {
 	case <-done:

@@ -13,6 +13,7 @@ import (
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -51,12 +52,15 @@ func (s *Service) runningContainer(ctx context.Context, id string) (store.Contai
 // execStream runs an exec session: the command in the container's VM
 // with the session's stdio, tty and resizes. The process is killed and
 // removed when the session ends, however it ends.
+// Its goroutines carry the guest's bytes: each recovers from a panic
+// (logged with the container and exec ids) and ends only this session.
 func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
 	p, err := s.newExec(ctx, cid, cmd, tty, in != nil)
 	if err != nil {
 		return err
 	}
 	defer p.remove()
+	log := p.log.With("exec", p.id.GetExecId())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var outputs sync.WaitGroup
@@ -83,17 +87,20 @@ func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in i
 			if w == nil {
 				w = io.Discard
 			}
-			io.Copy(w, rd)
+			guard.Do(log, "exec output copy", func() error {
+				_, err := io.Copy(w, rd)
+				return err
+			})
 		}()
 	}
 	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
 		return fmt.Errorf("starting the exec: %w", err)
 	}
 	if in != nil {
-		go copyStdin(ctx, p.agent, p.id, in, true)
+		guard.Go(log, "exec stdin copy", func() { copyStdin(ctx, p.agent, p.id, in, true) })
 	}
 	if tty && resize != nil {
-		go forwardResize(ctx, p.agent, p.id, resize)
+		guard.Go(log, "exec terminal resizes", func() { forwardResize(ctx, p.agent, p.id, resize) })
 	}
 	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
 	if err != nil {

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -33,7 +35,7 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 	}
 	// The answer does not wait for the agent to drop the finished exec
 	// (probes call this every few seconds).
-	defer func() { go p.remove() }()
+	defer guard.Go(p.log, "exec removal", p.remove)
 	if r.GetTimeout() > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(r.GetTimeout())*time.Second)
@@ -50,14 +52,18 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 			return nil, fmt.Errorf("reading the exec's output: %w", err)
 		}
 		go func() {
-			defer rd.Close()
-			_, err := io.Copy(o.buf, io.LimitReader(rd, maxExecSyncOutput))
-			if err == nil {
-				// Drain what is over the cap so the process is not
-				// blocked on a full buffer.
-				_, err = io.Copy(io.Discard, rd)
-			}
-			done <- err
+			// The output is the guest's: a panic ends this copy (with an
+			// error) and the call, not the daemon.
+			done <- guard.Do(p.log.With("exec", p.id.GetExecId()), "ExecSync output copy", func() error {
+				defer rd.Close()
+				_, err := io.Copy(o.buf, io.LimitReader(rd, maxExecSyncOutput))
+				if err == nil {
+					// Drain what is over the cap so the process is not
+					// blocked on a full buffer.
+					_, err = io.Copy(io.Discard, rd)
+				}
+				return err
+			})
 		}()
 	}
 	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
@@ -97,7 +103,7 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 type execProcess struct {
 	agent agentapi.AgentClient
 	id    *agentapi.ProcessID
-	log   interface{ Warn(string, ...any) }
+	log   *slog.Logger
 }
 
 // newExec creates (not starts) an exec process in a running container,

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/macvz/macvz/internal/guard"
 )
 
 // The one place where errors become gRPC statuses: everything below cri/
@@ -17,9 +19,18 @@ import (
 // a user can act on), and these interceptors map the class to its code.
 // An unclassified error becomes Unknown, as in containerd.
 
+//
+// gRPC does not recover a handler's panic; these do (answers from guests
+// reach most handlers), so one call fails with Internal and the daemon
+// goes on.
+
 func unaryErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
-	resp, err := handler(ctx, req)
+	var resp any
+	err := guard.Do(callLog(req), "CRI call "+info.FullMethod, func() (err error) {
+		resp, err = handler(ctx, req)
+		return err
+	})
 	if err != nil {
 		err = toGRPC(err)
 		slog.Log(ctx, levelFor(err), "CRI call failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", status.Convert(err).Message(), "duration", time.Since(start))
@@ -30,12 +41,24 @@ func unaryErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handl
 }
 
 func streamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
+	err := guard.Do(slog.Default(), "CRI stream "+info.FullMethod, func() error { return handler(srv, ss) })
 	if err != nil {
 		err = toGRPC(err)
 		slog.Log(ss.Context(), levelFor(err), "CRI stream failed", "method", info.FullMethod, "code", status.Code(err).String(), "err", status.Convert(err).Message())
 	}
 	return err
+}
+
+// callLog is the log of a call, with the sandbox or container it names.
+func callLog(req any) *slog.Logger {
+	log := slog.Default()
+	if r, ok := req.(interface{ GetPodSandboxId() string }); ok && r.GetPodSandboxId() != "" {
+		log = log.With("sandbox", r.GetPodSandboxId())
+	}
+	if r, ok := req.(interface{ GetContainerId() string }); ok && r.GetContainerId() != "" {
+		log = log.With("container", r.GetContainerId())
+	}
+	return log
 }
 
 // levelFor keeps expected answers (NotFound for a status poll, Unimplemented

@@ -5,6 +5,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/netplugin/dhcpleases"
 	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/agentapi"
@@ -24,7 +25,9 @@ import (
 const ipLearnTimeout = 2 * time.Minute
 
 // guestIPs are the global unicast addresses of the guest interface with
-// the given MAC, IPv4 first.
+// the given MAC: its first IPv4 and first IPv6 one (a pod has at most one
+// of each family). The list comes from the guest, so it is only read,
+// and only that much of it is kept.
 func guestIPs(ifs []*agentapi.NetInterface, mac string) []string {
 	want, err := net.ParseMAC(mac)
 	if err != nil {
@@ -48,7 +51,7 @@ func guestIPs(ifs []*agentapi.NetInterface, mac string) []string {
 			}
 		}
 	}
-	return append(v4, v6...)
+	return append(v4[:min(len(v4), 1)], v6[:min(len(v6), 1)]...)
 }
 
 // needsIPs reports whether a sandbox's IPs are to be learned.
@@ -120,7 +123,7 @@ func (s *Service) watchIPs(id string) {
 // proxies, or the watch for a DHCP address first.
 func (s *Service) afterBoot(sb store.Sandbox) {
 	if needsIPs(sb) {
-		go s.watchIPs(sb.ID)
+		guard.Go(sbLog(sb.ID), "pod IP watch", func() { s.watchIPs(sb.ID) })
 		return
 	}
 	s.startPorts(sb)

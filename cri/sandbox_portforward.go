@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -65,16 +66,23 @@ func (s *Service) portForwardStream(ctx context.Context, sandboxID string, port 
 		return fmt.Errorf("connecting to port %d in sandbox %s: %w", port, sb.ID, err)
 	}
 	defer conn.Close()
+	// The copies carry the guest's bytes: a panic ends this connection
+	// (logged with the sandbox and port), not the daemon.
+	log := sbLog(sb.ID).With("port", port)
 	fromGuest := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(stream, conn)
-		fromGuest <- err
+		fromGuest <- guard.Do(log, "port-forward copy from the guest", func() error {
+			_, err := io.Copy(stream, conn)
+			return err
+		})
 	}()
 	toGuest := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(conn, stream)
-		conn.CloseWrite()
-		toGuest <- err
+		toGuest <- guard.Do(log, "port-forward copy to the guest", func() error {
+			_, err := io.Copy(conn, stream)
+			conn.CloseWrite()
+			return err
+		})
 	}()
 	// The guest's side ending ends the connection; the client's side
 	// ending half-closes it and waits for the guest to finish answering.

@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"fmt"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -17,6 +18,23 @@ import (
 // root filesystem, which all of the pod's containers share.
 
 func u64(v uint64) *runtimeapi.UInt64Value { return &runtimeapi.UInt64Value{Value: v} }
+
+// maxStatsSkew is how far from the host's clock a guest's stats
+// timestamp may be (the shim keeps the guest's clock within
+// milliseconds of the host's).
+const maxStatsSkew = time.Minute
+
+// statsTime is the time of a guest's stats. The timestamp comes from the
+// guest: the kubelet divides CPU time by the time between samples, so a
+// missing, negative or far-off one is replaced by the host's now.
+func statsTime(vm *agentapi.StatsResponse) int64 {
+	now := time.Now()
+	ts := vm.GetTimestampUnixNano()
+	if ts <= 0 || ts < now.Add(-maxStatsSkew).UnixNano() || ts > now.Add(maxStatsSkew).UnixNano() {
+		return now.UnixNano()
+	}
+	return ts
+}
 
 // vmStats asks a sandbox's agent for stats; nil when its VM is not
 // running.
@@ -47,7 +65,7 @@ func containerStatsOf(c store.Container, vm *agentapi.StatsResponse) (*runtimeap
 	if vm == nil || c.State != store.ContainerRunning {
 		return out, nil
 	}
-	ts := vm.GetTimestampUnixNano()
+	ts := statsTime(vm)
 	if c.IsVM {
 		out.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(vm.GetCpu().GetUsageCoreNanoseconds())}
 		out.Memory = memoryOf(ts, vm.GetMemory())
@@ -237,7 +255,7 @@ func (s *Service) sandboxStats(ctx context.Context, sb store.Sandbox) (*runtimea
 	if vm == nil {
 		return out, nil
 	}
-	ts := vm.GetTimestampUnixNano()
+	ts := statsTime(vm)
 	out.Linux.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(vm.GetCpu().GetUsageCoreNanoseconds())}
 	out.Linux.Memory = memoryOf(ts, vm.GetMemory())
 	var procs uint64

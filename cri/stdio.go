@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/containerd/errdefs"
@@ -44,10 +45,12 @@ func copyStdin(ctx context.Context, a agentapi.AgentClient, id *agentapi.Process
 			if err != nil {
 				return err
 			}
-			if resp.GetWritten() == 0 {
-				return errors.New("stdin write made no progress")
+			// Written comes from the guest: it must be within what we sent.
+			w := resp.GetWritten()
+			if w == 0 || uint64(w) > uint64(len(p)) {
+				return fmt.Errorf("the guest agent reported writing %d bytes of %d to the process's stdin: %w", w, len(p), errdefs.ErrUnknown)
 			}
-			p = p[resp.GetWritten():]
+			p = p[w:]
 		}
 		if rerr != nil {
 			if closeAtEOF {

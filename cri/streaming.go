@@ -15,6 +15,7 @@ import (
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/internal/guard"
 )
 
 // The streaming server is the kubelet's CRI streaming package
@@ -61,14 +62,24 @@ func (s *streamServer) Close() error { return s.http.Close() }
 // streamRuntime is streaming.Runtime on the Service.
 type streamRuntime struct{ s *Service }
 
+// Each session carries the guest's bytes; some run on goroutines of the
+// streaming library that recover nothing (port-forward streams): a panic
+// ends that session only.
+
 func (r streamRuntime) Exec(ctx context.Context, containerID string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
-	return r.s.execStream(ctx, containerID, cmd, in, out, errw, tty, resize)
+	return guard.Do(slog.With("container", containerID), "exec session", func() error {
+		return r.s.execStream(ctx, containerID, cmd, in, out, errw, tty, resize)
+	})
 }
 
 func (r streamRuntime) Attach(ctx context.Context, containerID string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
-	return r.s.attachStream(ctx, containerID, in, out, errw, tty, resize)
+	return guard.Do(slog.With("container", containerID), "attach session", func() error {
+		return r.s.attachStream(ctx, containerID, in, out, errw, tty, resize)
+	})
 }
 
 func (r streamRuntime) PortForward(ctx context.Context, podSandboxID string, port int32, stream io.ReadWriteCloser) error {
-	return r.s.portForwardStream(ctx, podSandboxID, port, stream)
+	return guard.Do(sbLog(podSandboxID).With("port", port), "port-forward session", func() error {
+		return r.s.portForwardStream(ctx, podSandboxID, port, stream)
+	})
 }

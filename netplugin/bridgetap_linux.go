@@ -222,13 +222,17 @@ func (bridgeTap) add(args *skel.CmdArgs, c *NetConf) (res *current.Result, err e
 	if err := ip.EnableForward(res.IPs); err != nil {
 		return nil, fmt.Errorf("enable forwarding: %w", err)
 	}
-	// hostPorts from 127.0.0.1: see nft_linux.go.
-	if _, err := sysctl.Sysctl("net/ipv4/conf/"+c.Bridge+"/route_localnet", "1"); err != nil {
-		return nil, fmt.Errorf("bridge %s: route_localnet: %w", c.Bridge, err)
-	}
 	n, err := openNFT()
 	if err != nil {
 		return nil, err
+	}
+	// hostPorts from 127.0.0.1 need route_localnet, which needs the
+	// loopback guard of the base first: see nft_linux.go.
+	if err := n.ensureBase(); err != nil {
+		return nil, err
+	}
+	if _, err := sysctl.Sysctl("net/ipv4/conf/"+c.Bridge+"/route_localnet", "1"); err != nil {
+		return nil, fmt.Errorf("bridge %s: route_localnet: %w", c.Bridge, err)
 	}
 	if err := n.replace(tag, planRules(res.IPs, c.RuntimeConfig.PortMappings)); err != nil {
 		return nil, err
@@ -322,6 +326,11 @@ func (bridgeTap) check(args *skel.CmdArgs, c *NetConf) error {
 	have, err := n.tagged(func(t string) bool { return t == tag })
 	if err != nil {
 		return err
+	}
+	if ok, err := n.hasLoopbackGuard(); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("nftables table %s lacks the input rules that keep what is on %s off the host's 127.0.0.0/8", TableName, c.Bridge)
 	}
 	want := planRules(ips, c.RuntimeConfig.PortMappings)
 	if len(have[chainHostports]) != len(want.hostports) || len(have[chainPost]) != len(want.post) {

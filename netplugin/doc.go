@@ -56,8 +56,12 @@
 //
 // # Host state (bridge-tap) and cleanup
 //
-// The bridge (with a fixed MAC and the gateway address), ip_forward and
-// route_localnet on the bridge are shared and stay. Per attachment: the tap
+// The bridge (with a fixed MAC and the gateway address), ip_forward,
+// route_localnet on the bridge (loopback hostPorts need it) and the
+// table's base chains are shared and stay; the base includes the input
+// rules that drop packets for 127.0.0.0/8 that did not come in on lo and
+// were not DNAT'ed, so that route_localnet does not open the host's
+// loopback-only services to the pods (CVE-2020-8558). Per attachment: the tap
 // (its alias is the attachment's Tag), the IPAM reservation, and the
 // nftables rules in table inet macvz whose comment is the Tag (layout in
 // nft_linux.go). DEL removes those three and is idempotent; GC removes the

@@ -30,17 +30,38 @@ import (
 //	    meta nfproto ipv4 ip saddr 127.0.0.0/8 ip daddr 10.88.0.2 ct status dnat masquerade comment "..." # hostPort from loopback
 //	    meta nfproto ipv4 ip saddr 10.88.0.0/16 ip daddr 10.88.0.2 ct status dnat masquerade comment "..." # hairpin
 //	  }
+//	  chain input {                          # type filter hook input priority filter: the loopback guard
+//	    meta nfproto ipv4 iifname != "lo" ip daddr 127.0.0.0/8 ct status dnat accept comment "macvz base"
+//	    meta nfproto ipv4 iifname != "lo" ip daddr 127.0.0.0/8 drop comment "macvz base"
+//	  }
 //	}
 //
 // Loopback hostPorts also need route_localnet=1 on the bridge (set on ADD):
 // without it the kernel drops a 127.0.0.1-sourced packet routed out of a
-// non-loopback device before postrouting can rewrite its source.
+// non-loopback device before postrouting can rewrite its source, and drops
+// the pod's answer (de-masqueraded back to 127.0.0.1 as it comes in on the
+// bridge) as a martian. But route_localnet also lets anything on the bridge
+// reach the host's loopback-only services: a guest sending a packet for
+// 127.0.0.1 to the bridge's MAC gets it delivered locally (the
+// CVE-2020-8558 pattern). The input chain closes that as kube-proxy does:
+// packets for 127.0.0.0/8 that did not come in on lo are dropped unless
+// their connection was DNAT'ed (the answers of loopback hostPorts; a pod's
+// connection to 127.0.0.1:hostPort is DNAT'ed to a pod and never reaches
+// input). The accept comes first so that a packet conntrack does not
+// track (ct status cannot match then) is dropped too. ADD installs the
+// guard before it turns route_localnet on and, like the rest of the base,
+// it stays as long as the table does (route_localnet stays too).
+//
+// IPv6 needs no guard: the kernel drops a packet for ::1 that comes in on
+// any device but lo (ip6_rcv_core), and has no route_localnet for IPv6
+// (so hostPorts are not reachable on [::1] either).
 const (
 	TableName       = "macvz"
 	chainHostports  = "hostports"
 	chainPrerouting = "prerouting"
 	chainOutput     = "output"
 	chainPost       = "postrouting"
+	chainInput      = "input"
 	baseTag         = "macvz base"
 )
 
@@ -78,8 +99,9 @@ func (n *nft) tableExists() (bool, error) {
 	return false, nil
 }
 
-// ensureBase creates the table, its chains and the jumps into hostports,
-// leaving what exists alone.
+// ensureBase creates the table, its chains, the jumps into hostports and
+// the loopback guard, leaving what exists alone (a base chain lacking some
+// of its base rules gets them all anew).
 func (n *nft) ensureBase() error {
 	n.conn.AddTable(n.table)
 	n.conn.AddChain(n.chain(chainHostports))
@@ -90,27 +112,96 @@ func (n *nft) ensureBase() error {
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &accept})
 	n.conn.AddChain(&nftables.Chain{Name: chainPost, Table: n.table, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
+	n.conn.AddChain(&nftables.Chain{Name: chainInput, Table: n.table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	if err := n.conn.Flush(); err != nil {
 		return fmt.Errorf("nftables: create table %s: %w", TableName, err)
 	}
-	for _, name := range []string{chainPrerouting, chainOutput} {
-		rules, err := n.conn.GetRules(n.table, n.chain(name))
+	jump := append(fibLocalDst(), &expr.Verdict{Kind: expr.VerdictJump, Chain: chainHostports})
+	for _, c := range []struct {
+		name  string
+		rules [][]expr.Any
+	}{
+		{chainPrerouting, [][]expr.Any{jump}},
+		{chainOutput, [][]expr.Any{jump}},
+		{chainInput, loopbackGuard()},
+	} {
+		have, err := n.baseRules(c.name)
 		if err != nil {
-			return fmt.Errorf("nftables: list chain %s: %w", name, err)
+			return err
 		}
-		found := false
-		for _, r := range rules {
-			found = found || ruleTag(r) == baseTag
+		if len(have) == len(c.rules) {
+			continue
 		}
-		if !found {
-			exprs := append(fibLocalDst(), &expr.Verdict{Kind: expr.VerdictJump, Chain: chainHostports})
-			n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain(name), Exprs: exprs, UserData: comment(baseTag)})
+		for _, r := range have {
+			if err := n.conn.DelRule(r); err != nil {
+				return fmt.Errorf("nftables: delete rule: %w", err)
+			}
+		}
+		for _, e := range c.rules {
+			n.conn.AddRule(&nftables.Rule{Table: n.table, Chain: n.chain(c.name), Exprs: e, UserData: comment(baseTag)})
 		}
 	}
 	if err := n.conn.Flush(); err != nil {
-		return fmt.Errorf("nftables: add jumps to %s: %w", chainHostports, err)
+		return fmt.Errorf("nftables: add the base rules of table %s: %w", TableName, err)
 	}
 	return nil
+}
+
+// baseRules lists a chain's rules tagged baseTag.
+func (n *nft) baseRules(chain string) ([]*nftables.Rule, error) {
+	rules, err := n.conn.GetRules(n.table, n.chain(chain))
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list chain %s: %w", chain, err)
+	}
+	var out []*nftables.Rule
+	for _, r := range rules {
+		if ruleTag(r) == baseTag {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// hasLoopbackGuard reports whether the input chain has the loopback guard
+// (CHECK).
+func (n *nft) hasLoopbackGuard() (bool, error) {
+	chains, err := n.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list chains: %w", err)
+	}
+	found := false
+	for _, ch := range chains {
+		found = found || (ch.Table.Name == TableName && ch.Name == chainInput)
+	}
+	if !found {
+		return false, nil
+	}
+	have, err := n.baseRules(chainInput)
+	return err == nil && len(have) == len(loopbackGuard()), err
+}
+
+// loopbackGuard is the input chain's rules: IPv4 packets for 127.0.0.0/8
+// that came in on a device other than lo pass only when their connection
+// was DNAT'ed (see the layout above).
+func loopbackGuard() [][]expr.Any {
+	loopback := &net.IPNet{IP: net.IPv4(127, 0, 0, 0).To4(), Mask: net.CIDRMask(8, 32)}
+	match := cat(matchFamily(true), notFromLoopback(), matchAddr(true, false, expr.CmpOpEq, loopback))
+	return [][]expr.Any{
+		cat(match, ctDNAT(), []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}),
+		cat(match, []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}),
+	}
+}
+
+// notFromLoopback matches packets whose input device is not lo (iifname
+// != "lo", the name padded to IFNAMSIZ as the kernel compares it).
+func notFromLoopback() []expr.Any {
+	name := make([]byte, unix.IFNAMSIZ)
+	copy(name, "lo")
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: name},
+	}
 }
 
 func comment(tag string) []byte {
@@ -181,11 +272,8 @@ type attachmentRules struct {
 }
 
 // replace installs one attachment's rules atomically, replacing any it
-// already has (a repeated ADD).
+// already has (a repeated ADD). The caller has made the base (ensureBase).
 func (n *nft) replace(tag string, ar attachmentRules) error {
-	if err := n.ensureBase(); err != nil {
-		return err
-	}
 	old, err := n.tagged(func(t string) bool { return t == tag })
 	if err != nil {
 		return err

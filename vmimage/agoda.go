@@ -76,12 +76,13 @@ type agodaUnpacker struct {
 	m      ocispec.Manifest
 	layers map[int]agodaLayer
 	t      *tracker
+	b      *budget
 	arch   string
 	config []byte
 }
 
-func (AgodaFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, _ []byte, dir string) (Unpacker, error) {
-	u := &agodaUnpacker{dir: dir, m: m, layers: map[int]agodaLayer{}, t: newTracker(len(m.Layers)), arch: "arm64"}
+func (AgodaFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, _ []byte, dir string, lim Limits) (Unpacker, error) {
+	u := &agodaUnpacker{dir: dir, m: m, layers: map[int]agodaLayer{}, t: newTracker(len(m.Layers)), b: newBudget(dir, lim), arch: "arm64"}
 	if p := m.Config.Platform; p != nil && p.Architecture != "" {
 		u.arch = p.Architecture
 	}
@@ -123,6 +124,15 @@ func (AgodaFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, _ []byte
 			return nil, invalidf("agoda image has %d layers of media type %s, want 1", count[mt], mt)
 		}
 	}
+	sizes := map[int]int64{}
+	for i, l := range u.layers {
+		if l.file != "" {
+			sizes[i] = l.size
+		}
+	}
+	if err := u.b.declared(m, sizes); err != nil {
+		return nil, err
+	}
 	return u, nil
 }
 
@@ -151,7 +161,7 @@ func (u *agodaUnpacker) Layer(i int) (io.WriteCloser, error) {
 	}
 	u.t.onAbort(func() { f.Close() })
 	h, _ := newHash(i, desc, l.digest)
-	sw := &sparseWriter{f: f, limit: l.size, h: h}
+	sw := &sparseWriter{f: f, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
 	var w io.WriteCloser = nopCloser{sw}
 	if l.compressed {
 		w = gunzipTo(u.t, sw)
@@ -159,7 +169,7 @@ func (u *agodaUnpacker) Layer(i int) (io.WriteCloser, error) {
 	return &layerWriter{w: w, i: i, t: u.t, finish: func() error {
 		err := w.Close()
 		if err != nil {
-			err = corruptf("%s: %v", layerName(i, desc), err)
+			err = decodeErr(layerName(i, desc), err)
 		} else {
 			// An uncompressed layer's bytes are the blob, whose digest the
 			// puller verified.

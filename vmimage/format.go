@@ -33,8 +33,12 @@ type Format interface {
 	// that becomes the committed base). Validation failures (unsupported
 	// disk format, missing layer, bad config) are errdefs.ErrNotImplemented
 	// or errdefs.ErrInvalidArgument wrapped with a message naming the
-	// media type or annotation at fault.
-	NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string) (Unpacker, error)
+	// media type or annotation at fault. An image whose layers announce
+	// more output than lim allows, or more than the free space of dir's
+	// file system, is refused here, before anything is downloaded
+	// (errdefs.ErrInvalidArgument, errdefs.ErrResourceExhausted); the
+	// layer writers enforce lim on what is actually written.
+	NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error)
 }
 
 // Unpacker receives the stored (compressed) bytes of each layer and writes

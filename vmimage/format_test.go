@@ -42,14 +42,19 @@ func blobData(img testimage.Image, d digest.Digest) []byte {
 
 // unpack drives an Unpacker as the image store does: every layer from
 // its own goroutine, in 1 MiB writes, then Finish.
-func unpack(t testing.TB, img testimage.Image, dir string) (retErr error) {
+func unpack(t testing.TB, img testimage.Image, dir string) error {
+	t.Helper()
+	return unpackLimited(t, img, dir, vmimage.Limits{})
+}
+
+func unpackLimited(t testing.TB, img testimage.Image, dir string, lim vmimage.Limits) (retErr error) {
 	t.Helper()
 	m := manifestOf(t, img)
 	f := vmimage.Detect(m)
 	if f == nil {
 		t.Fatal("no VM format detected")
 	}
-	u, err := f.NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir)
+	u, err := f.NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir, lim)
 	if err != nil {
 		return err
 	}
@@ -368,7 +373,7 @@ func TestLinuxBadConfig(t *testing.T) {
 			Config: ocispec.Descriptor{MediaType: vmimage.MediaTypeLinuxConfig},
 			Layers: []ocispec.Descriptor{{MediaType: vmimage.MediaTypeLinuxKernel, Size: 1}},
 		}
-		_, err := vmimage.LinuxFormat{}.NewUnpacker(context.Background(), m, []byte(cfg), t.TempDir())
+		_, err := vmimage.LinuxFormat{}.NewUnpacker(context.Background(), m, []byte(cfg), t.TempDir(), vmimage.Limits{})
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), vmimage.MediaTypeLinuxConfig) {
 			t.Errorf("%s: %v", cfg, err)
 		}
@@ -379,7 +384,7 @@ func TestAbortStopsDecoders(t *testing.T) {
 	img := mustImage(t)(testimage.Linux(testimage.LinuxOptions{Kernel: []byte("k"), Disk: testimage.DiskPattern(1, 4<<20), GzipDisk: true}))
 	m := manifestOf(t, img)
 	dir := t.TempDir()
-	u, err := vmimage.Detect(m).NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir)
+	u, err := vmimage.Detect(m).NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir, vmimage.Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}

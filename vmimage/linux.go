@@ -121,9 +121,10 @@ type linuxUnpacker struct {
 	c      *LinuxConfig
 	layers []linuxLayer
 	t      *tracker
+	b      *budget
 }
 
-func (LinuxFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string) (Unpacker, error) {
+func (LinuxFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error) {
 	if m.Config.MediaType != MediaTypeLinuxConfig {
 		return nil, invalidf("macvz Linux VM image: config media type %q, want %s", m.Config.MediaType, MediaTypeLinuxConfig)
 	}
@@ -131,7 +132,8 @@ func (LinuxFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config [
 	if err != nil {
 		return nil, err
 	}
-	u := &linuxUnpacker{dir: dir, m: m, c: c, layers: make([]linuxLayer, len(m.Layers)), t: newTracker(len(m.Layers))}
+	u := &linuxUnpacker{dir: dir, m: m, c: c, layers: make([]linuxLayer, len(m.Layers)), t: newTracker(len(m.Layers)), b: newBudget(dir, lim)}
+	sizes := map[int]int64{}
 	var kernels, initrds, disks int
 	for i, l := range m.Layers {
 		ll := linuxLayer{size: l.Size}
@@ -169,12 +171,21 @@ func (LinuxFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config [
 			return nil, notImplementedf("macvz Linux VM image: %s: unknown layer media type", layerName(i, l))
 		}
 		u.layers[i] = ll
+		// A gzip disk without a size annotation takes at least its blob
+		// size; the cap stops it while it decodes.
+		sizes[i] = l.Size
+		if ll.size >= 0 {
+			sizes[i] = ll.size
+		}
 	}
 	if kernels != 1 {
 		return nil, invalidf("macvz Linux VM image has %d layers of media type %s, want 1", kernels, MediaTypeLinuxKernel)
 	}
 	if initrds > 1 || disks > 1 {
 		return nil, invalidf("macvz Linux VM image has %d initrd and %d disk layers, want at most one of each", initrds, disks)
+	}
+	if err := u.b.declared(m, sizes); err != nil {
+		return nil, err
 	}
 	return u, nil
 }
@@ -185,7 +196,7 @@ func (u *linuxUnpacker) Layer(i int) (io.WriteCloser, error) {
 	}
 	l, desc := u.layers[i], u.m.Layers[i]
 	if l.file != DiskFile {
-		return fileWriter(u.t, i, u.dir, l.file)
+		return fileWriter(u.t, u.b, i, desc, u.dir, l.file)
 	}
 	f, err := createSized(u.dir, DiskFile, max(l.size, 0))
 	if err != nil {
@@ -194,16 +205,13 @@ func (u *linuxUnpacker) Layer(i int) (io.WriteCloser, error) {
 	}
 	u.t.onAbort(func() { f.Close() })
 	h, _ := newHash(i, desc, l.digest)
-	sw := &sparseWriter{f: f, limit: l.size, h: h}
+	sw := &sparseWriter{f: f, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
 	var w io.WriteCloser = nopCloser{sw}
 	if l.gzip {
 		w = gunzipTo(u.t, sw)
 	}
 	return &layerWriter{w: w, i: i, t: u.t, finish: func() error {
-		err := w.Close()
-		if err != nil {
-			err = corruptf("%s: %v", layerName(i, desc), err)
-		}
+		err := decodeErr(layerName(i, desc), w.Close())
 		size := l.size
 		if err == nil && size < 0 {
 			// Zero runs at the end were skipped: give the file its size.

@@ -117,11 +117,12 @@ type tartUnpacker struct {
 	t      *tracker
 	disk   *os.File
 	size   int64
+	b      *budget
 
 	config []byte // the VM config layer, once closed
 }
 
-func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string) (Unpacker, error) {
+func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error) {
 	if len(config) > 0 {
 		var oc ociImageConfig
 		if err := json.Unmarshal(config, &oc); err != nil {
@@ -134,7 +135,8 @@ func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []
 	if f := m.Annotations[LabelTartDiskFormat]; f != "" && f != "raw" {
 		return nil, notImplementedf("Tart disk format %q (annotation %s): only raw disks are supported", f, LabelTartDiskFormat)
 	}
-	u := &tartUnpacker{dir: dir, m: m, layers: make([]tartLayer, len(m.Layers)), t: newTracker(len(m.Layers))}
+	u := &tartUnpacker{dir: dir, m: m, layers: make([]tartLayer, len(m.Layers)), t: newTracker(len(m.Layers)), b: newBudget(dir, lim)}
+	sizes := map[int]int64{}
 	var configs, nvrams, chunks int
 	for i, l := range m.Layers {
 		switch l.MediaType {
@@ -144,6 +146,7 @@ func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []
 		case MediaTypeTartNVRAM:
 			nvrams++
 			u.layers[i].role = tartNVRAM
+			sizes[i] = l.Size
 		case MediaTypeTartDiskV1:
 			return nil, notImplementedf("%s: Tart's legacy disk format %s, which Tart itself no longer pulls; re-push the image with a current Tart", layerName(i, l), MediaTypeTartDiskV1)
 		case MediaTypeTartDiskV2:
@@ -165,11 +168,10 @@ func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []
 			if _, err := newHash(i, l, dg); err != nil {
 				return nil, err
 			}
-			if size > math.MaxInt64-u.size {
-				return nil, invalidf("%s: disk size overflows", layerName(i, l))
-			}
 			u.layers[i] = tartLayer{role: tartChunk, offset: u.size, size: size, digest: dg}
-			u.size += size
+			// Saturates: the cap refuses such a disk below.
+			u.size += min(size, math.MaxInt64-u.size)
+			sizes[i] = size
 		}
 	}
 	if configs != 1 {
@@ -180,6 +182,9 @@ func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []
 	}
 	if chunks == 0 {
 		return nil, invalidf("Tart image has no disk layer (%s)", MediaTypeTartDiskV2)
+	}
+	if err := u.b.declared(m, sizes); err != nil {
+		return nil, err
 	}
 	if v, ok := m.Annotations[AnnotationTartUncompressedDiskSize]; ok && v != fmt.Sprint(u.size) {
 		return nil, invalidf("Tart manifest annotation %s=%q disagrees with its disk layers, whose %s add up to %d", AnnotationTartUncompressedDiskSize, v, AnnotationTartUncompressedSize, u.size)
@@ -207,14 +212,14 @@ func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {
 			return nil
 		}}, nil
 	case tartNVRAM:
-		return fileWriter(u.t, i, u.dir, NVRAMFile)
+		return fileWriter(u.t, u.b, i, desc, u.dir, NVRAMFile)
 	case tartChunk:
 		h, _ := newHash(i, desc, l.digest)
-		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h}
+		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
 		dec := applelz4.NewDecoder(sw)
 		return &layerWriter{w: dec, i: i, t: u.t, finish: func() error {
 			if err := dec.Close(); err != nil {
-				return corruptf("%s: %v", layerName(i, desc), err)
+				return decodeErr(layerName(i, desc), err)
 			}
 			return sw.verify(layerName(i, desc), l.size, l.digest)
 		}}, nil

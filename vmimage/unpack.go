@@ -187,13 +187,18 @@ type sparseWriter struct {
 	f     *os.File
 	base  int64
 	n     int64 // bytes received
-	limit int64 // <0: no limit
+	limit int64 // <0: no announced size
 	h     hash.Hash
+	b     *budget // the image's cap and free-space checks
+	what  string  // the layer, for errors
 }
 
 func (s *sparseWriter) Write(p []byte) (int, error) {
 	if s.limit >= 0 && s.n+int64(len(p)) > s.limit {
-		return 0, fmt.Errorf("content is larger than the %d bytes the manifest announces", s.limit)
+		return 0, corruptf("%s: content is larger than the %d bytes the manifest announces", s.what, s.limit)
+	}
+	if err := s.b.add(s.what, len(p)); err != nil {
+		return 0, err
 	}
 	var hashed chan struct{}
 	if s.h != nil && len(p) >= 1<<20 {
@@ -340,19 +345,25 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// fileWriter streams a layer as-is into a new file of the base.
-func fileWriter(t *tracker, i int, dir, name string) (io.WriteCloser, error) {
+// fileWriter streams a layer as-is into a new file of the base. The
+// layer's bytes are its blob, of the size its descriptor gives.
+func fileWriter(t *tracker, b *budget, i int, desc ocispec.Descriptor, dir, name string) (io.WriteCloser, error) {
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		t.closed(i, err)
 		return nil, err
 	}
 	t.onAbort(func() { f.Close() })
-	return &layerWriter{w: f, i: i, t: t, finish: func() error {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
+	what := layerName(i, desc)
+	cw := &countingWriter{w: f, b: b, what: what, limit: desc.Size}
+	return &layerWriter{w: cw, i: i, t: t, finish: func() error {
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
 		}
-		return f.Close()
+		if err == nil && cw.n != desc.Size {
+			err = corruptf("%s: %d bytes, the manifest says %d", what, cw.n, desc.Size)
+		}
+		return err
 	}}, nil
 }

@@ -55,7 +55,7 @@ func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, md
 	if err != nil {
 		return err
 	}
-	u, err := format.NewUnpacker(ctx, m, config, dir)
+	u, err := format.NewUnpacker(ctx, m, config, dir, vmimage.Limits{MaxBytes: p.s.opts.MaxUnpackedSize, Setting: "[image] max_unpacked_size", FreeSpace: p.s.opts.FreeSpace})
 	if err != nil {
 		return err
 	}

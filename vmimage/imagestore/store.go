@@ -74,6 +74,12 @@ type Options struct {
 	Registry config.Registry
 	// MaxConcurrentDownloads bounds parallel blob downloads per pull.
 	MaxConcurrentDownloads int
+	// MaxUnpackedSize caps what one VM image unpacks to, holes included
+	// (vmimage.Limits); 0 means vmimage.DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
+	// FreeSpace, when set, replaces statfs(2) of the snapshotter's
+	// directory in the free-space checks of unpacking, for tests.
+	FreeSpace func(dir string) (avail, total uint64, err error)
 	// InUse, when set, reports whether a sandbox uses an image ID; such
 	// images refuse removal.
 	InUse func(imageID string) bool

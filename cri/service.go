@@ -107,6 +107,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		Snapshotter:            sn,
 		Registry:               cfg.Registry,
 		MaxConcurrentDownloads: cfg.Image.MaxConcurrentDownloads,
+		MaxUnpackedSize:        cfg.Image.MaxUnpackedSize,
 		InUse:                  s.imageInUse,
 	})
 	if err != nil {

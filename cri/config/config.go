@@ -138,4 +138,8 @@ type Host struct {
 type Image struct {
 	// MaxConcurrentDownloads bounds the blobs fetched at once per pull.
 	MaxConcurrentDownloads int `toml:"max_concurrent_downloads"`
+	// MaxUnpackedSize caps the bytes one VM image unpacks to (its disk
+	// counted at its full size, holes included); a pull of a bigger image
+	// fails.
+	MaxUnpackedSize int64 `toml:"max_unpacked_size"`
 }

@@ -46,6 +46,14 @@ cgroup_driver = "{{.C.CgroupDriver}}"
 [image]
   # Blobs (layers, disk chunks) fetched at once by one pull.
   max_concurrent_downloads = {{.C.Image.MaxConcurrentDownloads}}
+  # The most bytes one VM image may unpack to, in all its files, a disk
+  # counted at its full size (its holes included). Registries are not
+  # trusted: a pull of an image whose manifest announces more fails before
+  # its layers download, and one whose layers decode to more (a
+  # decompression bomb) stops there. Default 200 GiB. Pulls also stop when
+  # the file system of the VM bases would keep less than 1 GiB (or 2% of
+  # a small one) free.
+  max_unpacked_size = {{.C.Image.MaxUnpackedSize}}
 
 [vm]
   # Size of a VM whose pod sets no CPU/memory limits or requests. A pod's

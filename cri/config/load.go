@@ -31,7 +31,7 @@ func Default() *Config {
 		Registry: Registry{
 			Hosts: map[string]Host{},
 		},
-		Image: Image{MaxConcurrentDownloads: 4},
+		Image: Image{MaxConcurrentDownloads: 4, MaxUnpackedSize: 200 << 30},
 		VM: VM{
 			DefaultCPUs:        1,
 			DefaultMemoryBytes: 512 << 20,
@@ -151,6 +151,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Image.MaxConcurrentDownloads < 1 {
 		return bad("image.max_concurrent_downloads", "must be at least 1, got %d", c.Image.MaxConcurrentDownloads)
+	}
+	if c.Image.MaxUnpackedSize < 1<<20 {
+		return bad("image.max_unpacked_size", "must be at least 1 MiB (1048576), got %d", c.Image.MaxUnpackedSize)
 	}
 	if c.VM.DefaultCPUs < 1 {
 		return bad("vm.default_cpus", "must be at least 1, got %d", c.VM.DefaultCPUs)

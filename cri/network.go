@@ -162,6 +162,12 @@ func networkOf(a *cnimgr.Attachment) *store.Network {
 	for _, ip := range a.IPs {
 		n.Addresses = append(n.Addresses, ip.Address.String())
 	}
+	if a.Subnet != nil {
+		n.Subnet = a.Subnet.String()
+	}
+	if a.Gateway != nil {
+		n.Gateway = a.Gateway.String()
+	}
 	for _, r := range a.Routes {
 		rt := store.Route{Dst: r.Dst.String()}
 		if ones, _ := r.Dst.Mask.Size(); ones == 0 {

@@ -6,17 +6,16 @@ import (
 	"time"
 
 	"github.com/macvz/macvz/internal/guard"
-	"github.com/macvz/macvz/netplugin/dhcpleases"
 	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
-	"github.com/macvz/macvz/runtime/vm"
 )
 
 // On the bridge-tap network the pod IP comes from IPAM at RunPodSandbox.
 // On vmnet (macOS) the guest gets its address by DHCP once it boots, so
-// the daemon learns it: from the guest agent's interface list, else from
-// vmnet's DHCP leases by the NIC's MAC. PodSandboxStatus reports it as
+// the daemon learns it: vmnet's DHCP lease for the NIC's MAC, which the
+// guest agent's interface list may confirm but never overrides (pod_ip.go
+// says which claims are believed). PodSandboxStatus reports it as
 // soon as it is known. Where the network does not map hostPorts itself
 // (vmnet), the daemon proxies them to that IP (netplugin/portproxy) until
 // StopPodSandbox.
@@ -60,27 +59,23 @@ func needsIPs(sb store.Sandbox) bool {
 		sb.VMStarted && sb.State == store.SandboxReady
 }
 
-// learnIPs asks the guest, then the DHCP leases, for a sandbox's IPs. On
-// success it records them and starts the daemon's hostPort proxies.
-func (s *Service) learnIPs(ctx context.Context, sb store.Sandbox) store.Sandbox {
+// learnIPs asks the guest and the DHCP leases for a sandbox's IPs and
+// decides which to believe (pod_ip.go). On success it records them and
+// starts the daemon's hostPort proxies; the error says why there is no
+// pod IP yet.
+func (s *Service) learnIPs(ctx context.Context, sb store.Sandbox) (store.Sandbox, error) {
 	if !needsIPs(sb) {
-		return sb
+		return sb, nil
 	}
-	var ips []string
+	var reported []string
 	if c, err := s.shimFor(ctx, sb); err == nil {
 		if info, err := c.Agent().Info(ctx, &agentapi.InfoRequest{}); err == nil {
-			ips = guestIPs(info.GetInterfaces(), sb.Network.NIC.MAC)
+			reported = guestIPs(info.GetInterfaces(), sb.Network.NIC.MAC)
 		}
 	}
-	if len(ips) == 0 && (sb.Network.NIC.Kind == vm.NICVmnetNAT || sb.Network.NIC.Kind == vm.NICVmnetBridged) {
-		if mac, err := net.ParseMAC(sb.Network.NIC.MAC); err == nil {
-			if ip, err := dhcpleases.LookupIP("", mac); err == nil {
-				ips = []string{ip.String()}
-			}
-		}
-	}
-	if len(ips) == 0 {
-		return sb
+	ips, note, err := s.learnedIPs(sb, reported)
+	if err != nil {
+		return sb, err
 	}
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		if len(r.IPs) > 0 {
@@ -90,11 +85,14 @@ func (s *Service) learnIPs(ctx context.Context, sb store.Sandbox) store.Sandbox 
 		return nil
 	})
 	if err != nil {
-		return sb
+		return sb, nil
 	}
-	sbLog(sb.ID).Info("pod IP learned from the guest", "ips", ips)
+	if note != "" {
+		sbLog(sb.ID).Warn("guest address claims refused", "detail", note)
+	}
+	sbLog(sb.ID).Info("pod IP learned", "ips", ips)
 	s.startPorts(rec)
-	return rec
+	return rec, nil
 }
 
 // watchIPs learns a sandbox's IPs in the background after its VM booted,
@@ -107,12 +105,13 @@ func (s *Service) watchIPs(id string) {
 		if err != nil || !needsIPs(sb) {
 			return
 		}
-		if sb = s.learnIPs(ctx, sb); !needsIPs(sb) {
+		var why error
+		if sb, why = s.learnIPs(ctx, sb); !needsIPs(sb) {
 			return
 		}
 		select {
 		case <-ctx.Done():
-			sbLog(id).Warn("the guest has no address on its pod-network interface yet", "waited", ipLearnTimeout, "mac", sb.Network.NIC.MAC)
+			sbLog(id).Error("the sandbox has no pod IP", "waited", ipLearnTimeout, "mac", sb.Network.NIC.MAC, "err", why)
 			return
 		case <-time.After(500 * time.Millisecond):
 		}
@@ -160,7 +159,7 @@ func (s *Service) startPorts(sb store.Sandbox) {
 // podIPsOf is the status IPs, learning them first when still unknown.
 func (s *Service) podIPsOf(ctx context.Context, sb store.Sandbox) store.Sandbox {
 	if needsIPs(sb) {
-		return s.learnIPs(ctx, sb)
+		sb, _ = s.learnIPs(ctx, sb)
 	}
 	return sb
 }

@@ -41,6 +41,19 @@ const (
 	DefaultSubnet = "10.88.0.0/16"
 )
 
+// Default guest subnets of the macOS shared networks, whose DHCP server
+// (vmnet's bootpd) hands out the guests' addresses: vmnet's own shared
+// network (Virtualization.framework's NAT attachment; 192.168.64.1/24
+// unless /Library/Preferences/SystemConfiguration/com.apple.vmnet.plist
+// sets Shared_Net_Address/Shared_Net_Mask) and socket_vmnet's
+// (--vmnet-gateway, 192.168.105.1 by default). A network configured
+// otherwise sets "subnet" (and "gateway" when it is not the subnet's
+// first address).
+const (
+	DefaultVmnetNATSubnet = "192.168.64.0/24"
+	DefaultSocketSubnet   = "192.168.105.0/24"
+)
+
 // Modes lists every mode, for messages.
 var Modes = []string{ModeBridgeTap, ModeVmnetNAT, ModeVmnetBridged, ModeSocket}
 
@@ -75,6 +88,15 @@ type NetConf struct {
 	Interface string `json:"interface,omitempty"`
 	// Socket (socket) is the path of the socket_vmnet-style unix socket.
 	Socket string `json:"socket,omitempty"`
+	// Subnet (vmnet-nat, socket, vmnet-bridged) is the IPv4 subnet the
+	// DHCP server gives guests their addresses from, and Gateway the
+	// host's (router's) address in it. The daemon accepts a guest's
+	// address only inside it, never the gateway. Defaults:
+	// DefaultVmnetNATSubnet (vmnet-nat), DefaultSocketSubnet (socket),
+	// none (vmnet-bridged: the LAN's); the gateway defaults to the
+	// subnet's first address.
+	Subnet  string `json:"subnet,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 
@@ -223,6 +245,13 @@ func LoadConf(stdin []byte) (*NetConf, error) {
 			return nil, confErr("mode %s needs \"socket\", the absolute path of a socket_vmnet-style unix socket (got %q)", c.Mode, c.Socket)
 		}
 	}
+	if c.Mode != ModeBridgeTap {
+		if _, _, err := c.GuestSubnet(); err != nil {
+			return nil, err
+		}
+	} else if c.Subnet != "" || c.Gateway != "" {
+		return nil, confErr("mode %s takes its subnet from \"ipam\", not \"subnet\"/\"gateway\"", c.Mode)
+	}
 	if c.Mode != ModeBridgeTap && len(raw["ipam"]) > 0 && string(raw["ipam"]) != "null" && string(raw["ipam"]) != "{}" {
 		return nil, confErr("mode %s takes no \"ipam\": the guest's address comes from vmnet's DHCP", c.Mode)
 	}
@@ -354,4 +383,48 @@ func (c *NetConf) resultDNS(fallback types.DNS) types.DNS {
 		return c.DNS
 	}
 	return fallback
+}
+
+// GuestSubnet is the subnet a DHCP-served (vmnet, socket) network gives
+// guest addresses from, and its gateway; nil when unknown (vmnet-bridged
+// without "subnet"). Errors are configuration errors naming the key.
+func (c *NetConf) GuestSubnet() (*net.IPNet, net.IP, error) {
+	s := c.Subnet
+	if s == "" {
+		s = DefaultGuestSubnet(c.Mode)
+	}
+	if s == "" {
+		if c.Gateway != "" {
+			return nil, nil, confErr("\"gateway\" %q needs \"subnet\"", c.Gateway)
+		}
+		return nil, nil, nil
+	}
+	ip, n, err := net.ParseCIDR(s)
+	if err != nil || ip.To4() == nil {
+		return nil, nil, confErr("subnet %q: not an IPv4 CIDR subnet", s)
+	}
+	if ones, _ := n.Mask.Size(); ones > 30 {
+		return nil, nil, confErr("subnet %q: too small for guests (at most /30)", s)
+	}
+	var gw net.IP
+	if c.Gateway != "" {
+		if gw = net.ParseIP(c.Gateway).To4(); gw == nil || !n.Contains(gw) {
+			return nil, nil, confErr("gateway %q: not an IPv4 address in subnet %s", c.Gateway, n)
+		}
+	} else {
+		gw = append(net.IP(nil), n.IP.To4()...)
+		gw[3]++
+	}
+	return n, gw, nil
+}
+
+// DefaultGuestSubnet is a mode's default "subnet" ("" for none).
+func DefaultGuestSubnet(mode string) string {
+	switch mode {
+	case ModeVmnetNAT:
+		return DefaultVmnetNATSubnet
+	case ModeSocket:
+		return DefaultSocketSubnet
+	}
+	return ""
 }

@@ -72,6 +72,12 @@ func TestLoadConfErrors(t *testing.T) {
 		{`{"name":"n","mode":"vmnet-bridged"}`, `needs "interface"`},
 		{`{"name":"n","mode":"socket","socket":"relative.sock"}`, "absolute path"},
 		{`{"name":"n","mode":"vmnet-nat","ipam":{"type":"host-local"}}`, `takes no "ipam"`},
+		{`{"name":"n","mode":"vmnet-nat","subnet":"192.168.64.0/33"}`, `subnet "192.168.64.0/33"`},
+		{`{"name":"n","mode":"vmnet-nat","subnet":"fd00::/64"}`, "IPv4"},
+		{`{"name":"n","mode":"vmnet-nat","subnet":"192.168.64.0/31"}`, "too small"},
+		{`{"name":"n","mode":"vmnet-nat","gateway":"10.0.0.1"}`, `gateway "10.0.0.1"`},
+		{`{"name":"n","mode":"vmnet-bridged","interface":"en0","gateway":"10.0.0.1"}`, `needs "subnet"`},
+		{`{"name":"n","mode":"bridge-tap","subnet":"10.0.0.0/8"}`, `not "subnet"`},
 		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}`, "hostPort 0"},
 		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}`, `protocol "icmp"`},
 		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"x"}]}}`, `hostIP "x"`},
@@ -123,5 +129,25 @@ func TestNames(t *testing.T) {
 	c.RuntimeConfig.MAC = "AA:BB:CC:DD:EE:00"
 	if c.GuestMAC(id, "eth0") != "aa:bb:cc:dd:ee:00" {
 		t.Fatal("mac capability ignored")
+	}
+}
+
+func TestGuestSubnet(t *testing.T) {
+	for _, tc := range []struct{ conf, subnet, gw string }{
+		{`{"name":"n","mode":"vmnet-nat"}`, "192.168.64.0/24", "192.168.64.1"},
+		{`{"name":"n","mode":"socket","socket":"/var/run/socket_vmnet"}`, "192.168.105.0/24", "192.168.105.1"},
+		{`{"name":"n","mode":"vmnet-nat","subnet":"10.1.2.0/23","gateway":"10.1.3.254"}`, "10.1.2.0/23", "10.1.3.254"},
+		{`{"name":"n","mode":"vmnet-bridged","interface":"en0"}`, "<nil>", "<nil>"},
+		{`{"name":"n","mode":"vmnet-bridged","interface":"en0","subnet":"192.168.1.0/24"}`, "192.168.1.0/24", "192.168.1.1"},
+	} {
+		c, err := LoadConf([]byte(tc.conf))
+		if err != nil {
+			t.Errorf("%s: %v", tc.conf, err)
+			continue
+		}
+		n, gw, err := c.GuestSubnet()
+		if err != nil || n.String() != tc.subnet || gw.String() != tc.gw {
+			t.Errorf("%s: subnet %v gateway %v (%v); want %s %s", tc.conf, n, gw, err, tc.subnet, tc.gw)
+		}
 	}
 }

@@ -141,9 +141,15 @@ type Attachment struct {
 	MTU    int // 0: the default
 	// IPs are empty on macOS (vmnet's DHCP assigns the address: the
 	// daemon learns it from the guest agent or netplugin/dhcpleases).
-	IPs    []IPConfig
-	Routes []Route
-	DNS    DNS
+	IPs []IPConfig
+	// Subnet and Gateway (vmnet, socket) are where the DHCP server gives
+	// the guest its address and the host's address there (the network's
+	// "subnet"/"gateway" or the mode's defaults); nil when unknown. The
+	// daemon accepts a guest-reported address only inside Subnet.
+	Subnet  *net.IPNet
+	Gateway net.IP
+	Routes  []Route
+	DNS     DNS
 	// PortMappingsHandled says the network maps hostPorts itself (a
 	// plugin declares the portMappings capability and the mode does it);
 	// otherwise the daemon proxies them (netplugin/portproxy).
@@ -558,6 +564,11 @@ func (m *Manager) attachment(list *libcni.NetworkConfigList, conf *netplugin.Net
 		}
 	default:
 		return nil, fmt.Errorf("network %q: unknown mode %q", list.Name, conf.Mode)
+	}
+	if conf.Mode != netplugin.ModeBridgeTap {
+		if a.Subnet, a.Gateway, err = conf.GuestSubnet(); err != nil {
+			return nil, fmt.Errorf("network %q: %s", list.Name, describe(err))
+		}
 	}
 
 	gw4, gw6 := net.IP(nil), net.IP(nil)

@@ -88,6 +88,11 @@ type Network struct {
 	// Addresses are the guest interface's addresses in CIDR form.
 	Addresses []string `json:"addresses,omitempty"`
 	Routes    []Route  `json:"routes,omitempty"`
+	// Subnet and Gateway (vmnet, socket: addresses by DHCP) are the
+	// network's guest subnet (CIDR) and the host's address in it; a
+	// learned pod IP must be inside the one and is never the other.
+	Subnet  string `json:"subnet,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
 	// DNS is the attachment's DNS config, used when the pod has none.
 	DNS DNS `json:"dns,omitzero"`
 	// PortsByDaemon: the plugins did not handle the hostPorts; the daemon

@@ -26,10 +26,16 @@
 //	  }]
 //	}
 //
-// macOS modes: "vmnet-nat" (no other key), "vmnet-bridged" with
-// "interface": "en0" (the daemon needs the com.apple.vm.networking
-// entitlement), "socket" with "socket": "/var/run/socket_vmnet" (no
-// entitlement). They take no "ipam": the guest gets its address by DHCP.
+// macOS modes: "vmnet-nat", "vmnet-bridged" with "interface": "en0" (the
+// daemon needs the com.apple.vm.networking entitlement), "socket" with
+// "socket": "/var/run/socket_vmnet" (no entitlement). They take no
+// "ipam": the guest gets its address by DHCP. "subnet" (IPv4 CIDR) and
+// "gateway" say where that address must lie and the host's address
+// there; defaults 192.168.64.0/24 (vmnet-nat), 192.168.105.0/24 (socket,
+// socket_vmnet's default), none (vmnet-bridged), the gateway being the
+// subnet's first address. On vmnet-nat and socket the daemon takes the
+// pod IP from the host DHCP server's lease for the guest's MAC, inside
+// the subnet; the guest agent's report only confirms it (cri/pod_ip.go).
 //
 // Bad configuration fails with CNI error code 7 and a message naming the
 // key; STATUS failures are code 50.

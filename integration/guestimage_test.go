@@ -66,6 +66,13 @@ type netNamespace interface {
 // test's own) with extra configuration.
 func newVMTestIn(t testing.TB, netns netNamespace, extraTOML string) *vmTest {
 	t.Helper()
+	return newVMTestState(t, netns, "", extraTOML)
+}
+
+// newVMTestState is newVMTestIn with the daemon's state directory at
+// state ("" = a temporary one).
+func newVMTestState(t testing.TB, netns netNamespace, state, extraTOML string) *vmTest {
+	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	requireCrictl(t)
@@ -95,7 +102,7 @@ func newVMTestIn(t testing.TB, netns netNamespace, extraTOML string) *vmTest {
 	if netns != nil {
 		nsName = netns.NSName()
 	}
-	v.d = startDaemonIn(t, nsName, `[qemu]
+	v.d = startDaemonState(t, nsName, state, `[qemu]
 accel = "tcg"
 
 [registry.hosts."`+v.pullHost+`"]

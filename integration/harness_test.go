@@ -77,6 +77,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	log    *syncBuffer
 	netns  string
+	state  string // the configured state directory
 }
 
 // startDaemon writes config (extra TOML appended to the paths) and runs
@@ -90,14 +91,24 @@ func startDaemon(t testing.TB, extraTOML string) *daemon {
 // netns); "" is the test's own.
 func startDaemonIn(t testing.TB, netns, extraTOML string) *daemon {
 	t.Helper()
+	return startDaemonState(t, netns, "", extraTOML)
+}
+
+// startDaemonState is startDaemonIn with the daemon's state directory
+// at state ("" = its own temporary directory's state/).
+func startDaemonState(t testing.TB, netns, state, extraTOML string) *daemon {
+	t.Helper()
 	// Short: a sandbox's sockets live under it (sun_path is 108 bytes).
 	dir, err := os.MkdirTemp("", "mvz")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}, netns: netns}
+	if state == "" {
+		state = filepath.Join(dir, "state")
+	}
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}, netns: netns, state: state}
 	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
-		filepath.Join(dir, "root"), filepath.Join(dir, "state"), d.socket, extraTOML)
+		filepath.Join(dir, "root"), state, d.socket, extraTOML)
 	if !strings.Contains(extraTOML, "[network]") {
 		// Never the host's /etc/macvz/net.d: an empty directory of our own.
 		cfg += fmt.Sprintf("\n[network]\nconf_dir = %q\n", filepath.Join(dir, "net.d"))
@@ -251,7 +262,7 @@ func (d *daemon) removePodsAtEnd(t testing.TB) {
 		if out, err := d.crictl("rmp", "-f", "-a"); err != nil {
 			t.Errorf("removing the pods left: %v\n%s", err, out)
 		}
-		for _, p := range processesUnder(filepath.Join(d.dir, "state")) {
+		for _, p := range processesUnder(d.state) {
 			t.Errorf("process left after every pod was removed: %s", p)
 			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
 				syscall.Kill(pid, syscall.SIGKILL)

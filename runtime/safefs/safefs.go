@@ -26,3 +26,11 @@ var ErrSymlink = errors.New("goes through a symbolic link")
 func mountPointError(path string) error {
 	return fmt.Errorf("refusing to remove %s: it %w (an unmount was missed; nothing below it was touched): %w", path, ErrMountPoint, errdefs.ErrFailedPrecondition)
 }
+
+// planted is the error for something found where the host was about to
+// make or use a path in a tree another party writes (the guest, through
+// the share): FailedPrecondition, for the caller to report, never to
+// work around.
+func planted(path string, what error) error {
+	return fmt.Errorf("%s %w (made by the guest? nothing was followed): %w", path, what, errdefs.ErrFailedPrecondition)
+}

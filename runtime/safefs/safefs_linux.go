@@ -30,9 +30,9 @@ func openBeneath(dirfd int, name string, flags uint64, mode uint64) (int, error)
 func describe(path string, err error) error {
 	switch err {
 	case unix.ELOOP:
-		return fmt.Errorf("%s %w", path, ErrSymlink)
+		return planted(path, ErrSymlink)
 	case unix.EXDEV:
-		return fmt.Errorf("%s %w", path, ErrMountPoint)
+		return planted(path, ErrMountPoint)
 	}
 	return &os.PathError{Op: "open", Path: path, Err: err}
 }
@@ -76,7 +76,7 @@ func (d *Dir) MkdirOpen(name string, perm os.FileMode) (*Dir, error) {
 	fd, err := openBeneath(d.fd, name, unix.O_PATH|unix.O_DIRECTORY, 0)
 	if err != nil {
 		if err == unix.ENOTDIR {
-			return nil, fmt.Errorf("%s exists and is not a directory", p)
+			return nil, planted(p, errors.New("exists and is not a directory"))
 		}
 		return nil, describe(p, err)
 	}
@@ -120,9 +120,9 @@ func (d *Dir) MountPoint(name string, dir bool) (*os.File, error) {
 	if st.Mode&unix.S_IFMT != want {
 		unix.Close(fd)
 		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-			return nil, fmt.Errorf("%s %w", p, ErrSymlink)
+			return nil, planted(p, ErrSymlink)
 		}
-		return nil, fmt.Errorf("%s exists and is not a %s", p, map[bool]string{true: "directory", false: "regular file"}[dir])
+		return nil, planted(p, fmt.Errorf("exists and is not a %s", map[bool]string{true: "directory", false: "regular file"}[dir]))
 	}
 	return os.NewFile(uintptr(fd), p), nil
 }

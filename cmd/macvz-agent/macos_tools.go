@@ -108,7 +108,41 @@ func dnsCommands(svcs []netService, servers, searches []string) ([][]string, err
 			append([]string{"-setdnsservers", s.Name}, ns...),
 			append([]string{"-setsearchdomains", s.Name}, sd...))
 	}
+	for _, c := range cmds {
+		if err := checkArgv("networksetup", c); err != nil {
+			return nil, err
+		}
+	}
 	return cmds, nil
+}
+
+// routeOptions are the options networkPlan gives route(8); every other
+// argument is a value.
+var routeOptions = map[string]bool{"-n": true, "-inet6": true, "-net": true, "-interface": true}
+
+// checkArgv checks a command line a plan made before it runs: no argument
+// holds a NUL (exec would refuse it) and none that is a value (a service
+// name, an address, a device: all from a request or the system's output)
+// could be read as an option. networksetup takes one option, first;
+// ifconfig none (its negations like -arp are words of their own); route
+// only those of routeOptions, never where -net or -interface wants its
+// value (the gateway, the other value, is a parsed address).
+func checkArgv(tool string, args []string) error {
+	for i, a := range args {
+		if strings.ContainsRune(a, 0) {
+			return fmt.Errorf("%s argument %q contains a NUL", tool, a)
+		}
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		switch {
+		case tool == "networksetup" && i == 0:
+		case tool == "route" && routeOptions[a] && (i == 0 || args[i-1] != "-net" && args[i-1] != "-interface"):
+		default:
+			return fmt.Errorf("%s argument %q could be read as an option", tool, a)
+		}
+	}
+	return nil
 }
 
 // netCommand is one command of a network plan: the tool (networksetup,
@@ -144,6 +178,10 @@ func networkPlan(req *api.ConfigureNetworkRequest, byMAC map[string]string, svcs
 			prev, found := byMAC[strings.ToLower(in.PreviousMac)]
 			if !found {
 				return nil, fmt.Errorf("no interface has MAC %s or %s", in.Mac, in.PreviousMac)
+			}
+			// The new MAC becomes an ifconfig argument.
+			if hw, err := net.ParseMAC(in.Mac); err != nil || len(hw) != 6 {
+				return nil, fmt.Errorf("interface MAC %q is not a 48-bit MAC address", in.Mac)
 			}
 			dev, ok = prev, true
 			cmds = append(cmds, netCommand{tool: "ifconfig", args: []string{dev, "ether", strings.ToLower(in.Mac)}})
@@ -229,6 +267,11 @@ func networkPlan(req *api.ConfigureNetworkRequest, byMAC map[string]string, svcs
 			return nil, fmt.Errorf("route to %s has neither a gateway nor a device", dst)
 		}
 		cmds = append(cmds, netCommand{tool: "route", args: args, exists: "File exists"})
+	}
+	for _, c := range cmds {
+		if err := checkArgv(c.tool, c.args); err != nil {
+			return nil, err
+		}
 	}
 	return cmds, nil
 }

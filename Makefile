@@ -18,7 +18,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit integration critest kubelet-e2e darwin-check bench demo tools clean deps guest-image sign
+.PHONY: all build test unit fuzz integration critest kubelet-e2e darwin-check bench demo tools clean deps guest-image sign
 
 all: build
 
@@ -44,6 +44,21 @@ test: unit integration critest kubelet-e2e
 unit:
 	pkgs=$$($(GO) list ./... | grep -v '^github.com/macvz/macvz/integration'); \
 		$(GO) test -race $$pkgs
+
+# Every Fuzz target of the module (found in *_test.go files, so new ones
+# join without listing them here) fuzzed for FUZZTIME each: one `go test
+# -fuzz` per target, as -fuzz takes one. Their seed corpora (and crashers
+# kept in testdata/fuzz) already run as plain tests in `unit`. A failure
+# leaves its input in the package's testdata/fuzz/<target>/: commit it.
+FUZZTIME ?= 60s
+fuzz:
+	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./integration/tools/' | sort); do \
+		dir=$$(dirname $$f); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$dir $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$dir; \
+		done; \
+	done
 
 # The QEMU test guest (integration/guest): Debian kernel + busybox + the
 # agent as /init, written as an OCI layout in bin/guest/oci (tags plain and

@@ -61,7 +61,7 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 	// session (logged with the container id).
 	log := ctrLog(c)
 	if in != nil && cfg.GetStdin() {
-		guard.Go(log, "attach stdin copy", func() { copyStdin(ctx, a, id, in, cfg.GetStdinOnce()) })
+		guard.Go(log, "attach stdin copy", func() { endOnGuestError(log, cancel, copyStdin(ctx, a, id, in, cfg.GetStdinOnce())) })
 	}
 	if cfg.GetTty() && resize != nil {
 		guard.Go(log, "attach terminal resizes", func() { forwardResize(ctx, a, id, resize) })

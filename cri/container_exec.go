@@ -97,7 +97,7 @@ func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in i
 		return fmt.Errorf("starting the exec: %w", err)
 	}
 	if in != nil {
-		guard.Go(log, "exec stdin copy", func() { copyStdin(ctx, p.agent, p.id, in, true) })
+		guard.Go(log, "exec stdin copy", func() { endOnGuestError(log, cancel, copyStdin(ctx, p.agent, p.id, in, true)) })
 	}
 	if tty && resize != nil {
 		guard.Go(log, "exec terminal resizes", func() { forwardResize(ctx, p.agent, p.id, resize) })

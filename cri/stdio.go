@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 
 	"github.com/containerd/errdefs"
 	remotecommandserver "k8s.io/cri-streaming/pkg/streaming/remotecommand"
@@ -17,6 +18,20 @@ import (
 
 // stdinChunk bounds one WriteStdin: ttrpc messages stay small.
 const stdinChunk = 32 << 10
+
+// errGuestAnswer marks an answer of the guest agent that breaks the
+// protocol: the session that got it ends.
+var errGuestAnswer = errors.New("the guest agent's answer breaks the protocol")
+
+// endOnGuestError runs a session's stdin copy and ends the session
+// (cancel) when the guest answered nonsense; other errors (the process
+// closed its stdin, the client went) leave the session to end by itself.
+func endOnGuestError(log *slog.Logger, cancel context.CancelFunc, err error) {
+	if errors.Is(err, errGuestAnswer) {
+		log.Warn("ending the session", "err", err)
+		cancel()
+	}
+}
 
 // copyOutput copies one of a process's output streams to w until it
 // ends (the process and its children closed it) or ctx ends. A nil w
@@ -48,7 +63,7 @@ func copyStdin(ctx context.Context, a agentapi.AgentClient, id *agentapi.Process
 			// Written comes from the guest: it must be within what we sent.
 			w := resp.GetWritten()
 			if w == 0 || uint64(w) > uint64(len(p)) {
-				return fmt.Errorf("the guest agent reported writing %d bytes of %d to the process's stdin: %w", w, len(p), errdefs.ErrUnknown)
+				return fmt.Errorf("the guest agent reported writing %d bytes of %d to the process's stdin: %w: %w", w, len(p), errGuestAnswer, errdefs.ErrUnknown)
 			}
 			p = p[w:]
 		}

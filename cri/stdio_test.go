@@ -3,6 +3,8 @@ package cri
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -51,10 +53,26 @@ func TestCopyStdinRejectsGuestWrittenCounts(t *testing.T) {
 			if err == nil || !errdefs.IsUnknown(err) || !strings.Contains(err.Error(), "the guest agent reported writing") {
 				t.Fatalf("copyStdin = %v, want an error about the guest's count", err)
 			}
+			// The session ends on it.
+			ctx, cancel := context.WithCancel(context.Background())
+			endOnGuestError(slog.New(slog.DiscardHandler), cancel, err)
+			if ctx.Err() == nil {
+				t.Error("the session goes on after the guest's nonsense")
+			}
 			if a.closed {
 				t.Error("stdin closed after a failed copy")
 			}
 		})
+	}
+}
+
+func TestEndOnGuestErrorKeepsOtherErrors(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	endOnGuestError(slog.New(slog.DiscardHandler), cancel, fmt.Errorf("process gone: %w", errdefs.ErrNotFound))
+	endOnGuestError(slog.New(slog.DiscardHandler), cancel, nil)
+	if ctx.Err() != nil {
+		t.Error("an ordinary stdin error ended the session")
 	}
 }
 

@@ -217,6 +217,7 @@ func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {
 		h, _ := newHash(i, desc, l.digest)
 		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
 		dec := applelz4.NewDecoder(sw)
+		dec.SetLimit(l.size)
 		return &layerWriter{w: dec, i: i, t: u.t, finish: func() error {
 			if err := dec.Close(); err != nil {
 				return decodeErr(layerName(i, desc), err)

@@ -377,6 +377,79 @@ type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, errFail }
 
+// maxRatioBlock is an LZ4 block at about the format's best ratio: one
+// literal, then a match at offset 1 whose length takes n bytes of 255.
+func maxRatioBlock(n int) (block []byte, decoded int) {
+	payload := cat([]byte{0x1F, 'a', 0x01, 0x00}, bytes.Repeat([]byte{0xFF}, n), []byte{0x00, 0x50, 'z', 'z', 'z', 'z', 'z'})
+	decoded = 1 + 4 + 15 + 255*n + 5
+	return lz4Block(decoded, payload), decoded
+}
+
+func TestMaxExpansion(t *testing.T) {
+	block, n := maxRatioBlock(4000)
+	stream := cat(block, end)
+	out, err := Decode(nil, stream)
+	if err != nil || len(out) != n {
+		t.Fatalf("%d bytes, %v; want %d", len(out), err, n)
+	}
+	if ratio := len(out) / len(stream); ratio < 250 || ratio > 255 {
+		t.Fatalf("ratio %d", ratio)
+	}
+}
+
+func TestDecoderLimit(t *testing.T) {
+	stream, want := handStream()
+	for _, limit := range []int{len(want), len(want) + 1, 1 << 30} {
+		var out bytes.Buffer
+		d := NewDecoder(&out)
+		d.SetLimit(int64(limit))
+		if _, err := d.Write(stream); err != nil {
+			t.Fatal(limit, err)
+		}
+		if err := d.Close(); err != nil || !bytes.Equal(out.Bytes(), want) {
+			t.Fatalf("limit %d: %v", limit, err)
+		}
+	}
+	for _, limit := range []int{0, 17, len(want) - 1} {
+		cw := &countWriter{}
+		d := NewDecoder(cw)
+		d.SetLimit(int64(limit))
+		_, err := d.Write(stream)
+		if err == nil {
+			err = d.Close()
+		}
+		if !errors.Is(err, ErrCorrupt) || !bytes.Contains([]byte(err.Error()), []byte("larger than")) {
+			t.Errorf("limit %d: %v", limit, err)
+		}
+		if cw.n > int64(limit) {
+			t.Errorf("limit %d: %d bytes written", limit, cw.n)
+		}
+	}
+	// A block announcing more than the limit is refused before its window
+	// is allocated.
+	block, _ := maxRatioBlock(200000) // about 50 MiB
+	d := NewDecoder(io.Discard)
+	d.SetLimit(1 << 20)
+	if _, err := d.Write(cat(rawBlock([]byte("x")), block, end)); !errors.Is(err, ErrCorrupt) {
+		t.Fatal(err)
+	}
+	if len(d.win.buf) > 1<<10 {
+		t.Fatalf("window of %d bytes allocated for a refused block", len(d.win.buf))
+	}
+	// Reset clears the limit.
+	d.Reset(io.Discard)
+	if _, err := d.Write(cat(block, end)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
 func FuzzDecode(f *testing.F) {
 	hand, _ := handStream()
 	gen, _ := generated(1, 3)
@@ -385,12 +458,19 @@ func FuzzDecode(f *testing.F) {
 	f.Add(Encode(testData(3000, 2), 512))
 	f.Add(cat(rawBlock([]byte("x")), end))
 	f.Add([]byte("bv4$"))
+	mr, _ := maxRatioBlock(100)
+	f.Add(cat(mr, mr, end))
 	// Headers announcing tens of MiB are valid but make each run slow.
 	old := maxBlock
 	maxBlock = 1 << 20
 	f.Cleanup(func() { maxBlock = old })
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		whole, errWhole := Decode(nil, stream)
+		// LZ4's best ratio is 255 (a match-length byte of 255 adds 255
+		// bytes); stored blocks and headers only lower it.
+		if len(whole) > 255*len(stream) {
+			t.Fatalf("%d bytes decoded from %d", len(whole), len(stream))
+		}
 		split, errSplit := decodeWrites(t, stream, func() int { return 3 })
 		if (errWhole == nil) != (errSplit == nil) || (errWhole == nil && !bytes.Equal(whole, split)) {
 			t.Fatalf("one write: %v; 3-byte writes: %v", errWhole, errSplit)
@@ -401,6 +481,42 @@ func FuzzDecode(f *testing.F) {
 		}
 		if errRead != nil && errWhole == nil {
 			t.Fatalf("Reader failed (%v) where the Decoder did not", errRead)
+		}
+	})
+}
+
+// FuzzDecodeLimit checks that a Decoder with a limit never writes more
+// than it, and decodes exactly what an unlimited one does when the
+// plaintext fits.
+func FuzzDecodeLimit(f *testing.F) {
+	hand, want := handStream()
+	f.Add(hand, uint32(len(want)))
+	f.Add(hand, uint32(len(want)-1))
+	mr, n := maxRatioBlock(100)
+	f.Add(cat(mr, end), uint32(n))
+	f.Add(cat(mr, mr, end), uint32(n))
+	f.Add(Encode(testData(3000, 2), 512), uint32(1000))
+	old := maxBlock
+	maxBlock = 1 << 20
+	f.Cleanup(func() { maxBlock = old })
+	f.Fuzz(func(t *testing.T, stream []byte, limit uint32) {
+		limit %= 4 << 20
+		whole, errWhole := Decode(nil, stream)
+		var out bytes.Buffer
+		d := NewDecoder(&out)
+		d.SetLimit(int64(limit))
+		_, err := d.Write(stream)
+		if err == nil {
+			err = d.Close()
+		}
+		if out.Len() > int(limit) {
+			t.Fatalf("%d bytes written under a limit of %d", out.Len(), limit)
+		}
+		if errWhole == nil && len(whole) <= int(limit) && (err != nil || !bytes.Equal(out.Bytes(), whole)) {
+			t.Fatalf("plaintext of %d bytes under a limit of %d: %v", len(whole), limit, err)
+		}
+		if errWhole == nil && len(whole) > int(limit) && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("plaintext of %d bytes over a limit of %d: %v", len(whole), limit, err)
 		}
 	})
 }

@@ -78,6 +78,8 @@ type Decoder struct {
 
 	block int   // index of the current block
 	in    int64 // stream bytes consumed
+	out   int64 // plaintext bytes the blocks so far announced
+	limit int64 // most plaintext the stream may decode to; <0: no limit
 	done  bool  // the end marker was read
 	err   error
 }
@@ -85,13 +87,21 @@ type Decoder struct {
 // NewDecoder returns a Decoder writing plaintext to dst. The caller must
 // call Close to learn whether the stream was complete.
 func NewDecoder(dst io.Writer) *Decoder {
-	return &Decoder{dst: dst}
+	return &Decoder{dst: dst, limit: -1}
 }
 
-// Reset starts a new stream to dst, keeping the buffers.
+// Reset starts a new stream to dst, keeping the buffers; the new stream
+// has no limit.
 func (d *Decoder) Reset(dst io.Writer) {
-	*d = Decoder{dst: dst, win: window{buf: d.win.buf}, pend: d.pend[:0]}
+	*d = Decoder{dst: dst, win: window{buf: d.win.buf}, pend: d.pend[:0], limit: -1}
 }
+
+// SetLimit bounds the plaintext of the stream to n bytes (n < 0: no
+// bound). A block whose header announces more than what is left is
+// corrupt, and is refused before anything is allocated or decoded for
+// it: a stream whose plaintext size is known (a Tart chunk's annotation)
+// cannot make the decoder allocate or write more.
+func (d *Decoder) SetLimit(n int64) { d.limit = n }
 
 // Write consumes stream bytes. Plaintext reaches the destination in
 // batches, and all of it once the end marker has been written. After an
@@ -158,6 +168,10 @@ func (d *Decoder) header(q []byte) (int, error) {
 		d.done = true
 		return used, d.flush()
 	}
+	if d.limit >= 0 && int64(h.decoded) > d.limit-d.out {
+		return used, fmt.Errorf("%w: block %d at byte %d would make the plaintext larger than the %d bytes it may have (the block announces %d bytes, %d are left)", ErrCorrupt, d.block, d.hdrOff, d.limit, h.decoded, d.limit-d.out)
+	}
+	d.out += int64(h.decoded)
 	if d.win.pos+h.decoded > len(d.win.buf) {
 		// Moving the history overwrites output not yet handed on.
 		if err := d.flush(); err != nil {

@@ -37,7 +37,7 @@ then push the VM as an image (tart push NAME REGISTRY/REPO:TAG).`,
 			if agent == "" {
 				agent = defaultAgent()
 			}
-			in := &agentinstall.Installer{Run: agentinstall.ExecRunner, Chown: os.Lchown}
+			in := &agentinstall.Installer{Run: agentinstall.ExecRunner}
 			if err := in.Install(cmd.Context(), disk, agent); err != nil {
 				return err
 			}

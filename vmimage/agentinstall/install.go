@@ -4,8 +4,9 @@
 //
 // The disk is attached without mounting (hdiutil), the APFS volume with
 // the Data role is found among the containers on its partitions
-// (diskutil apfs list) and mounted with ownership on at a private mount
-// point, the files are written there as root:wheel, and everything is
+// (diskutil apfs list) and mounted nosuid,nodev with ownership on at a
+// private mount point, the files are written there as root:wheel without
+// ever following the guest's symlinks (beneath.go), and everything is
 // unmounted and detached again, also on failure. Only macOS has the
 // tools; the sequence and the parsing of their property lists are
 // platform-neutral and tested with captured output.
@@ -27,6 +28,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 	"howett.net/plist"
 )
 
@@ -60,9 +62,10 @@ func ExecRunner(ctx context.Context, tool string, args ...string) ([]byte, error
 // Installer holds what Install needs besides its arguments.
 type Installer struct {
 	Run Runner
-	// Chown sets a written file's owner (os.Lchown); launchd refuses a
-	// job whose plist is not root's.
-	Chown func(path string, uid, gid int) error
+	// Chown sets the owner of a file or directory the installer made, by
+	// descriptor (nil: fchown(2)); launchd refuses a job whose plist is
+	// not root's.
+	Chown func(fd, uid, gid int) error
 	// MountDir is where the Data volume is mounted ("" = a new temporary
 	// directory).
 	MountDir string
@@ -142,7 +145,9 @@ func (in *Installer) Install(ctx context.Context, disk, agent string) (err error
 		}
 		defer os.Remove(dir)
 	}
-	if _, err := in.Run(ctx, "diskutil", "mount", "-mountPoint", dir, vol); err != nil {
+	// The volume is the image's: nothing on it may become a setuid
+	// program or a device node of the host.
+	if _, err := in.Run(ctx, "diskutil", "mount", "-mountOptions", "nosuid,nodev", "-mountPoint", dir, vol); err != nil {
 		return fmt.Errorf("mounting the Data volume %s: %w", vol, err)
 	}
 	defer func() {
@@ -155,7 +160,16 @@ func (in *Installer) Install(ctx context.Context, disk, agent string) (err error
 	if _, err := in.Run(ctx, "diskutil", "enableOwnership", dir); err != nil {
 		return err
 	}
-	if err := in.place(dir, AgentPath, func(w io.Writer) error {
+	root, err := openRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	chown := in.Chown
+	if chown == nil {
+		chown = unix.Fchown
+	}
+	if err := writeBeneath(root, AgentPath, func(w io.Writer) error {
 		f, err := os.Open(agent)
 		if err != nil {
 			return err
@@ -163,48 +177,16 @@ func (in *Installer) Install(ctx context.Context, disk, agent string) (err error
 		defer f.Close()
 		_, err = io.Copy(w, f)
 		return err
-	}, 0o755); err != nil {
+	}, 0o755, chown); err != nil {
 		return err
 	}
-	if err := in.place(dir, PlistPath, func(w io.Writer) error {
+	if err := writeBeneath(root, PlistPath, func(w io.Writer) error {
 		_, err := w.Write(LaunchdPlist)
 		return err
-	}, 0o644); err != nil {
+	}, 0o644, chown); err != nil {
 		return err
 	}
 	log.Info("agent installed", "disk", disk, "volume", vol, "agent", "/"+AgentPath, "launchd", "/"+PlistPath)
-	return nil
-}
-
-// place writes root/rel (through a temporary file, so an interrupted
-// copy leaves the old file) owned by root:wheel with mode.
-func (in *Installer) place(root, rel string, fill func(io.Writer) error, mode os.FileMode) error {
-	dst := filepath.Join(root, rel)
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(dst), ".macvz-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	err = fill(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, mode)
-	}
-	if err == nil {
-		err = in.Chown(tmp, 0, 0)
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		return fmt.Errorf("writing /%s in the guest: %w", rel, err)
-	}
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 	"howett.net/plist"
 )
 
@@ -74,9 +75,13 @@ func TestInstall(t *testing.T) {
 	agent := machO(t, cpuArm64, mhExec)
 	mnt := t.TempDir()
 	ft := &fakeTools{t: t}
-	owners := map[string][2]int{}
-	in := &Installer{Run: ft.run, MountDir: mnt, Chown: func(p string, uid, gid int) error {
-		owners[filepath.Base(filepath.Dir(p))] = [2]int{uid, gid}
+	owners := map[uint64][2]int{} // by inode
+	in := &Installer{Run: ft.run, MountDir: mnt, Chown: func(fd, uid, gid int) error {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		owners[uint64(st.Ino)] = [2]int{uid, gid}
 		return nil
 	}}
 	if err := in.Install(context.Background(), "/vms/sonoma/disk.img", agent); err != nil {
@@ -85,7 +90,7 @@ func TestInstall(t *testing.T) {
 	want := []string{
 		"hdiutil attach -nomount -noverify -noautofsck -imagekey diskimage-class=CRawDiskImage -plist /vms/sonoma/disk.img",
 		"diskutil apfs list -plist",
-		"diskutil mount -mountPoint " + mnt + " disk6s4", // the VM's Data volume, not the host's
+		"diskutil mount -mountOptions nosuid,nodev -mountPoint " + mnt + " disk6s4", // the VM's Data volume, not the host's
 		"diskutil enableOwnership " + mnt,
 		"diskutil unmount " + mnt,
 		"hdiutil detach /dev/disk4",
@@ -99,8 +104,23 @@ func TestInstall(t *testing.T) {
 			t.Errorf("%s: %v %v", rel, fi.Mode(), err)
 		}
 	}
-	if owners["bin"] != [2]int{0, 0} || owners["LaunchDaemons"] != [2]int{0, 0} || len(owners) != 2 {
-		t.Errorf("owners %v, want root:wheel for both files", owners)
+	// Both files and the directories made for them (all of them, in an
+	// empty volume) are root:wheel.
+	made := []string{AgentPath, PlistPath, "usr", "usr/local", "usr/local/bin", "Library", "Library/LaunchDaemons"}
+	for _, rel := range made {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(mnt, rel), &st); err != nil {
+			t.Fatal(err)
+		}
+		if owners[uint64(st.Ino)] != [2]int{0, 0} {
+			t.Errorf("%s was not given to root:wheel", rel)
+		}
+		if rel == "usr" && st.Mode&0o777 != 0o755 {
+			t.Errorf("%s: mode %o", rel, st.Mode&0o777)
+		}
+	}
+	if len(owners) != len(made) {
+		t.Errorf("%d chowns for the %d files and directories made", len(owners), len(made))
 	}
 	got, _ := os.ReadFile(filepath.Join(mnt, AgentPath))
 	src, _ := os.ReadFile(agent)
@@ -139,7 +159,7 @@ func TestInstallCleansUp(t *testing.T) {
 		"hdiutil attach":           {"hdiutil attach"},
 	} {
 		ft := &fakeTools{t: t, fail: fail}
-		in := &Installer{Run: ft.run, MountDir: t.TempDir(), Chown: func(string, int, int) error { return nil }}
+		in := &Installer{Run: ft.run, MountDir: t.TempDir(), Chown: func(int, int, int) error { return nil }}
 		err := in.Install(context.Background(), "disk.img", agent)
 		if err == nil {
 			t.Errorf("%s failing: no error", fail)
@@ -156,7 +176,10 @@ func TestInstallCleansUp(t *testing.T) {
 	// A chown failure (not root) leaves no partial file.
 	mnt := t.TempDir()
 	ft := &fakeTools{t: t}
-	in := &Installer{Run: ft.run, MountDir: mnt, Chown: func(string, int, int) error { return os.ErrPermission }}
+	in := &Installer{Run: ft.run, MountDir: mnt, Chown: func(int, int, int) error { return os.ErrPermission }}
+	if err := os.MkdirAll(filepath.Join(mnt, "usr/local/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if err := in.Install(context.Background(), "disk.img", agent); !errors.Is(err, os.ErrPermission) {
 		t.Errorf("chown failing: %v", err)
 	}
@@ -185,7 +208,7 @@ func TestCheckAgent(t *testing.T) {
 	}
 	// Nothing is attached for a wrong agent.
 	ft := &fakeTools{t: t}
-	in := &Installer{Run: ft.run, Chown: func(string, int, int) error { return nil }}
+	in := &Installer{Run: ft.run, Chown: func(int, int, int) error { return nil }}
 	if err := in.Install(context.Background(), "disk.img", self); err == nil || len(ft.calls) != 0 {
 		t.Errorf("wrong agent: %v, calls %q", err, ft.calls)
 	}

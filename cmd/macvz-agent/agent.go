@@ -129,7 +129,7 @@ func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse
 		NumCpu:             uint32(runtime.NumCPU()),
 	}
 	sysInfo(r)
-	r.Interfaces = interfaces()
+	r.Interfaces = hostileInterfaces(interfaces())
 	return r, nil
 }
 

@@ -29,7 +29,7 @@ func listen(log *slog.Logger, spec string, loaded <-chan struct{}) (net.Listener
 	}
 	switch kind {
 	case "serial":
-		return api.NewLinkListener("serial:"+arg, openVirtioPort(log, arg, loaded), 20*time.Millisecond), nil
+		return api.NewLinkListener("serial:"+arg, hostilePort(log, openVirtioPort(log, arg, loaded)), 20*time.Millisecond), nil
 	case "unix":
 		os.Remove(arg)
 		return net.Listen("unix", arg)

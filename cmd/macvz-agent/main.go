@@ -96,6 +96,7 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 			}
 		}
 	}
+	hostileStart(log) // test guests only (the hostile build tag)
 	cfg := config{
 		etcDir:        etcDir,
 		system:        system,

@@ -446,7 +446,7 @@ func (a *agent) WriteStdin(ctx context.Context, req *api.WriteStdinRequest) (*ap
 	if err != nil {
 		return &api.WriteStdinResponse{Written: uint32(n)}, errf(codes.FailedPrecondition, "process %s: writing stdin: %v", p.key, err)
 	}
-	return &api.WriteStdinResponse{Written: uint32(n)}, nil
+	return &api.WriteStdinResponse{Written: hostileWritten(n, len(req.Data))}, nil
 }
 
 func (a *agent) CloseStdin(ctx context.Context, req *api.CloseStdinRequest) (*api.CloseStdinResponse, error) {

@@ -364,10 +364,6 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		machine = DefaultMachine
 	}
 	sock := func(name string) string { return socketPath(spec.Dir, name) }
-	console := spec.ConsoleLog
-	if console == "" {
-		console = filepath.Join(spec.Dir, ConsoleFile)
-	}
 	memMiB := (spec.MemoryBytes + (1<<20 - 1)) >> 20
 
 	a := []string{
@@ -379,6 +375,11 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		a = append(a, "-cpu", "host")
 	}
 	a = append(a,
+		// QEMU parses what the guest sends (virtio rings, 9p, the agent
+		// channel): if one of those parsers falls, the seccomp filter
+		// keeps it from spawning programs, changing its privileges or
+		// its scheduling, or using obsolete system calls.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-nodefaults", "-no-user-config", "-nographic", "-display", "none",
 		"-no-reboot",
 		"-smp", strconv.Itoa(spec.CPUs),
@@ -390,7 +391,9 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 	}
 	a = append(a, "-append", Cmdline(spec.Boot.Cmdline))
 	a = append(a,
-		"-chardev", "file,id=con,path="+optEscape(console)+",append=on",
+		// The console goes into a pipe the machine reads (consoleFD) and
+		// writes to a bounded log: the guest decides how much it prints.
+		"-chardev", "file,id=con,path=/proc/self/fd/"+strconv.Itoa(consoleFD),
 		"-serial", "chardev:con",
 		"-chardev", "socket,id=qmp,path="+optEscape(sock(QMPSocket))+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -446,7 +449,9 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		a = append(a, "-netdev", netdev, "-device", "virtio-net-pci,netdev="+id+",mac="+n.MAC+",romfile=")
 	}
 	if spec.RestoreFrom != "" {
-		a = append(a, "-incoming", "exec:cat "+shellQuote(spec.RestoreFrom))
+		// The machine opens the state file and hands it over (stateFD):
+		// no shell, so the sandbox can deny spawning.
+		a = append(a, "-incoming", "fd:"+strconv.Itoa(stateFD))
 	}
 	return a
 }
@@ -482,21 +487,26 @@ func Cmdline(cmdline string) string {
 // a comma is written twice.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
-// shellQuote quotes s for /bin/sh, which runs QEMU's exec: migration URIs.
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // maxSocketPath is the longest path bind(2)/connect(2) take for a unix
 // socket (sun_path is 108 bytes including the terminating NUL).
 const maxSocketPath = 107
 
+// The descriptors QEMU inherits (3 is the first after stdio).
+const (
+	consoleFD = 3 // the write end of the console pipe
+	dirFD     = 4 // Dir, for socket paths too long for sun_path
+	stateFD   = 5 // the saved state a restore reads
+)
+
 // socketPath is the path QEMU and DialAgent use for a socket in dir.
 // When dir/name is too long for sun_path, QEMU is handed dir as file
-// descriptor 3 and binds /proc/self/fd/3/name, which names the same file
-// (see dirFD); our side connects through /proc/self/fd of its own handle.
+// descriptor dirFD and binds /proc/self/fd/<dirFD>/name, which names the
+// same file; our side connects through /proc/self/fd of its own handle.
 func socketPath(dir, name string) string {
 	p := filepath.Join(dir, name)
 	if len(p) <= maxSocketPath {
 		return p
 	}
-	return "/proc/self/fd/3/" + name
+	return "/proc/self/fd/" + strconv.Itoa(dirFD) + "/" + name
 }

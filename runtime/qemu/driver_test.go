@@ -63,6 +63,7 @@ func TestArgs(t *testing.T) {
 		"-name", "sb1",
 		"-M", "q35",
 		"-accel", "tcg",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-nodefaults", "-no-user-config", "-nographic", "-display", "none",
 		"-no-reboot",
 		"-smp", "2",
@@ -70,7 +71,7 @@ func TestArgs(t *testing.T) {
 		"-kernel", root + "/vmlinux",
 		"-initrd", root + "/initrd.img",
 		"-append", "console=ttyS0 panic=-1 quiet rdinit=/init",
-		"-chardev", "file,id=con,path=" + d + "/console.log,append=on",
+		"-chardev", "file,id=con,path=/proc/self/fd/3",
 		"-serial", "chardev:con",
 		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
@@ -90,7 +91,7 @@ func TestArgs(t *testing.T) {
 		"-device", "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,romfile=",
 		"-netdev", "user,id=net1",
 		"-device", "virtio-net-pci,netdev=net1,mac=02:00:00:00:00:02,romfile=",
-		"-incoming", "exec:cat '" + root + `/it'\''s.state'`,
+		"-incoming", "fd:5",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("args differ\n got: %q\nwant: %q", got, want)
@@ -110,7 +111,7 @@ func TestArgsKVMAndDefaults(t *testing.T) {
 		"-M q35 -accel kvm -cpu host ",
 		"-m 101M ",
 		"-append console=hvc0 panic=5 ",
-		"-chardev file,id=con,path=/run/x/console.log,append=on ",
+		"-chardev file,id=con,path=/proc/self/fd/3 ",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("%q not in %q", want, got)
@@ -125,8 +126,8 @@ func TestArgsLongDir(t *testing.T) {
 	dir := "/var/lib/macvz/sandboxes/" + strings.Repeat("a", 64) + "/vm/state/qemu"
 	s := &vm.Spec{ID: "x", Dir: dir, CPUs: 1, MemoryBytes: 64 << 20, Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k"}}
 	got := strings.Join(Args(s, AccelTCG, "q35"), " ")
-	if !strings.Contains(got, "socket,id=agent,path=/proc/self/fd/3/agent.sock,") ||
-		!strings.Contains(got, "socket,id=qmp,path=/proc/self/fd/3/qmp.sock,") {
+	if !strings.Contains(got, "socket,id=agent,path=/proc/self/fd/4/agent.sock,") ||
+		!strings.Contains(got, "socket,id=qmp,path=/proc/self/fd/4/qmp.sock,") {
 		t.Errorf("long socket paths not redirected: %s", got)
 	}
 	if !needsDirFD(dir) || needsDirFD("/tmp/x") {

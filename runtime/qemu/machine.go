@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/macvz/macvz/runtime/boundedlog"
 	"github.com/macvz/macvz/runtime/vm"
 )
 
@@ -115,35 +116,30 @@ func (m *machine) start(ctx context.Context) error {
 	for _, name := range []string{AgentSocket, QMPSocket, PIDFile} {
 		os.Remove(m.path(name))
 	}
-	logf, err := os.OpenFile(m.path(LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// QEMU's own messages (warnings a guest can provoke) and the guest's
+	// console are bounded logs: what the guest does cannot fill the host.
+	logf, err := boundedlog.Open(m.path(LogFile), boundedlog.DefaultLimit)
 	if err != nil {
 		m.failEarly(err)
 		return err
 	}
 	fmt.Fprintf(logf, "%s starting: %s %s\n", time.Now().UTC().Format(time.RFC3339Nano), m.cfg.binary, strings.Join(m.args, " "))
+	files, err := m.inheritedFiles()
+	if err != nil {
+		logf.Close()
+		m.failEarly(err)
+		return err
+	}
 
-	cmd := exec.Command(m.cfg.binary, m.args...)
+	cmd := command(m.cfg.binary, m.args)
 	cmd.Dir = m.spec.Dir
 	out := io.MultiWriter(logf, &m.tail)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
-	if needsDirFD(m.spec.Dir) {
-		// A socket path is too long for sun_path: hand QEMU the directory
-		// as fd 3; Args named its sockets /proc/self/fd/3/<name>.
-		f, err := os.Open(m.spec.Dir)
-		if err != nil {
-			logf.Close()
-			m.failEarly(err)
-			return err
-		}
-		m.mu.Lock()
-		m.dirFile = f
-		m.mu.Unlock()
-		cmd.ExtraFiles = []*os.File{f}
-	}
+	cmd.ExtraFiles = files.extra
 
 	started := make(chan error, 1)
-	go m.run(cmd, logf, started)
+	go m.run(cmd, logf, files, started)
 	if err := <-started; err != nil {
 		return err
 	}
@@ -176,15 +172,19 @@ func (m *machine) failEarly(err error) {
 // thread. Locking the thread for the child's whole life guarantees the
 // forking thread lives exactly as long as we care about the child, and
 // costs nothing extra: cmd.Wait blocks a thread in wait4 anyway.
-func (m *machine) run(cmd *exec.Cmd, logf *os.File, started chan<- error) {
+func (m *machine) run(cmd *exec.Cmd, logf io.Closer, files *inherited, started chan<- error) {
 	lockOSThread()
 	defer unlockOSThread()
-	if err := cmd.Start(); err != nil {
+	err := cmd.Start()
+	files.started()
+	if err != nil {
 		logf.Close()
+		files.console.Close()
 		m.failEarly(err)
 		started <- err
 		return
 	}
+	go files.copyConsole()
 	m.mu.Lock()
 	m.proc = cmd.Process
 	if m.stopMode >= stopKill { // Stop came first
@@ -785,4 +785,72 @@ func (t *tailBuffer) LastLine() string {
 		s = s[i+1:]
 	}
 	return strings.TrimSpace(s)
+}
+
+// inherited are the files QEMU gets beyond stdio, at the descriptors
+// Args names (consoleFD, dirFD, stateFD), and our ends of them.
+type inherited struct {
+	extra   []*os.File // ExtraFiles: fd 3, 4, 5
+	console *os.File   // the pipe's read end
+	log     *boundedlog.Writer
+	state   *os.File // the saved state, for a restore
+}
+
+func (m *machine) inheritedFiles() (*inherited, error) {
+	console := m.spec.ConsoleLog
+	if console == "" {
+		console = m.path(ConsoleFile)
+	}
+	log, err := boundedlog.Open(console, boundedlog.DefaultLimit)
+	if err != nil {
+		return nil, fmt.Errorf("console log: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		log.Close()
+		return nil, err
+	}
+	f := &inherited{console: r, log: log, extra: []*os.File{w, nil, nil}}
+	fail := func(err error) (*inherited, error) {
+		r.Close()
+		w.Close()
+		log.Close()
+		if f.state != nil {
+			f.state.Close()
+		}
+		return nil, err
+	}
+	d, err := os.Open(m.spec.Dir)
+	if err != nil {
+		return fail(err)
+	}
+	// The machine keeps Dir open for as long as it runs: socket paths
+	// too long for sun_path go through /proc/self/fd (dial).
+	m.mu.Lock()
+	m.dirFile = d
+	m.mu.Unlock()
+	f.extra[dirFD-3] = d
+	if m.spec.RestoreFrom != "" {
+		if f.state, err = os.Open(m.spec.RestoreFrom); err != nil {
+			return fail(fmt.Errorf("the saved state: %w", err))
+		}
+		f.extra[stateFD-3] = f.state
+	}
+	return f, nil
+}
+
+// started closes our copies of what only QEMU needs.
+func (f *inherited) started() {
+	f.extra[consoleFD-3].Close()
+	if f.state != nil {
+		f.state.Close()
+	}
+}
+
+// copyConsole moves the guest's console into its bounded log until QEMU
+// exits (the pipe's last writer).
+func (f *inherited) copyConsole() {
+	defer f.log.Close()
+	defer f.console.Close()
+	io.Copy(f.log, f.console)
 }

@@ -2,7 +2,10 @@
 
 package qemu
 
-import "syscall"
+import (
+	"os/exec"
+	"syscall"
+)
 
 // sysProcAttr: only Linux has a parent-death signal; elsewhere QEMU just
 // gets its own process group.
@@ -10,3 +13,5 @@ func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: t
 
 func lockOSThread()   {}
 func unlockOSThread() {}
+
+func command(binary string, args []string) *exec.Cmd { return exec.Command(binary, args...) }

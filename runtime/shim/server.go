@@ -111,6 +111,9 @@ func Run(ctx context.Context, opts RunOptions) error {
 
 // openShimLog opens <dir>/shim.log for slog and for the logrus logger of
 // containerd's libraries (ttrpc), both stamping the sandbox id.
+// ttrpcLogBurst is how many lines the ttrpc library may log a minute.
+const ttrpcLogBurst = 50
+
 func openShimLog(dir, id, level string) (*slog.Logger, func(), error) {
 	var lv slog.Level
 	if level != "" {
@@ -125,7 +128,9 @@ func openShimLog(dir, id, level string) (*slog.Logger, func(), error) {
 	log := slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: lv})).With("sandbox", id)
 	slog.SetDefault(log)
 	lr := logrus.New()
-	lr.SetOutput(f)
+	// ttrpc logs what the guest sends on unknown streams: a few lines a
+	// minute are kept (see lineLimiter).
+	lr.SetOutput(newLineLimiter(f, ttrpcLogBurst, time.Minute))
 	lr.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
 	clog.L = logrus.NewEntry(lr).WithField("sandbox", id)
 	return log, func() { f.Close() }, nil

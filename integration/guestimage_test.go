@@ -18,6 +18,7 @@ import (
 // guestImages builds the QEMU test guest (integration/guest) once per
 // test binary: the agent as /init, the Debian kernel and busybox from the
 // package cache (guest.DefaultCacheDir, filled by apt-get download).
+// It has the hostile tags too; newVMTest pushes only plain and httpd.
 var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
 	dir, err := os.MkdirTemp("", "macvz-guest-")
 	if err != nil {
@@ -30,7 +31,12 @@ var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
 	if err := cmd.Run(); err != nil {
 		return nil, err
 	}
-	res, err := guest.Build(context.Background(), guest.Options{Out: dir, Agent: agent, Cache: guest.DefaultCacheDir()})
+	// The hostile tags' agent (integration/hostile_test.go).
+	hostile := filepath.Join(dir, "macvz-agent-hostile")
+	if err := guest.BuildStatic(context.Background(), guest.AgentPackage, hostile, guest.HostileTag); err != nil {
+		return nil, err
+	}
+	res, err := guest.Build(context.Background(), guest.Options{Out: dir, Agent: agent, HostileAgent: hostile, Cache: guest.DefaultCacheDir()})
 	if err != nil {
 		return nil, err
 	}

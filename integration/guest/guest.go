@@ -8,7 +8,10 @@
 //     modules.dep dependencies, listed in load order in ModulesList, and a
 //     minimal /etc;
 //   - written as an OCI image layout with two tags: RefPlain (no default
-//     process) and RefHTTPD (busybox httpd serving /www on port 80).
+//     process) and RefHTTPD (busybox httpd serving /www on port 80);
+//     with Options.HostileAgent also RefHostile and RefHostileGarbage,
+//     whose /init is that agent (built with -tags hostile) and whose
+//     kernel command line turns its attacks on (HostileCmdline).
 //
 // `make guest-image` runs cmd/build-guest; tests call Build and Load.
 //
@@ -44,7 +47,23 @@ import (
 const (
 	RefPlain = "plain" // no default process
 	RefHTTPD = "httpd" // default process: busybox httpd on port 80
+
+	// RefHostile: the hostile agent (cmd/macvz-agent/hostile.go) lies
+	// about stdin counts and addresses, writes noise on the agent channel
+	// and floods the console. RefHostileGarbage: it breaks every agent
+	// session with garbage. Both have no default process.
+	RefHostile        = "hostile"
+	RefHostileGarbage = "hostile-garbage"
 )
+
+// HostileCmdline is what the hostile tags add to the kernel command line.
+var HostileCmdline = map[string]string{
+	RefHostile:        "macvz.hostile=written,ip,noise,console macvz.hostile.flood=100",
+	RefHostileGarbage: "macvz.hostile=garbage",
+}
+
+// HostileTag is the build tag of the hostile agent.
+const HostileTag = "hostile"
 
 // DefaultCmdline is the kernel command line the images carry (the runtime
 // puts console=ttyS0 and panic=-1 before it). Chosen by measuring boots
@@ -115,6 +134,10 @@ type Options struct {
 	// KernelVersion pins the kernel release (e.g. "6.1.0-56-amd64");
 	// empty means the newest apt offers.
 	KernelVersion string
+	// HostileAgent, when set, is the agent built with -tags hostile
+	// (BuildStatic with HostileTag): the layout then also has the
+	// hostile tags, with an initramfs of their own.
+	HostileAgent string
 	// Cmdline is the images' kernel command line; empty means
 	// DefaultCmdline.
 	Cmdline string
@@ -186,18 +209,22 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var initrd bytes.Buffer
-	ii, err := WriteInitramfs(&initrd, InitramfsOptions{
-		Init:    o.Agent,
-		Kernel:  k,
-		Modules: o.Modules,
-		Busybox: bb,
-		Files: []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)},
-			{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin}},
-		Gzip: o.Gzip,
+	initramfs := func(init string) (*bytes.Buffer, *InitramfsInfo, error) {
+		var initrd bytes.Buffer
+		ii, err := WriteInitramfs(&initrd, InitramfsOptions{
+			Init:    init,
+			Kernel:  k,
+			Modules: o.Modules,
+			Busybox: bb,
+			Files: []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)},
+				{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin}},
+			Gzip: o.Gzip,
 
-		KeepModuleSignatures: o.KeepModuleSignatures,
-	})
+			KeepModuleSignatures: o.KeepModuleSignatures,
+		})
+		return &initrd, ii, err
+	}
+	initrd, ii, err := initramfs(o.Agent)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +246,25 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		imgs[ref] = img
+	}
+	if o.HostileAgent != "" {
+		hostileInitrd, _, err := initramfs(o.HostileAgent)
+		if err != nil {
+			return nil, err
+		}
+		for ref, args := range HostileCmdline {
+			img, err := testimage.Linux(testimage.LinuxOptions{
+				Kernel:         kernel,
+				Initrd:         hostileInitrd.Bytes(),
+				MinCPUs:        MinCPUs,
+				MinMemoryBytes: MinMemoryBytes,
+				KernelCmdline:  o.Cmdline + " " + args,
+			})
+			if err != nil {
+				return nil, err
+			}
+			imgs[ref] = img
+		}
 	}
 	layout := filepath.Join(o.Out, "oci")
 	if err := WriteLayout(layout, imgs, map[string]string{AnnotationKernelVersion: k.Version}); err != nil {
@@ -288,13 +334,17 @@ func writeFileAtomic(p string, b []byte) error {
 // effective uid).
 const EUIDPackage = "github.com/macvz/macvz/integration/guest/euid"
 
+// AgentPackage is the import path of the guest agent.
+const AgentPackage = "github.com/macvz/macvz/cmd/macvz-agent"
+
 // TestInitPackage is the import path of the stand-in /init for tests.
 const TestInitPackage = "github.com/macvz/macvz/integration/guest/testinit"
 
 // BuildStatic builds a Go main package as a static linux/amd64 binary
-// (what /init must be), from within this module.
-func BuildStatic(ctx context.Context, pkg, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+// (what /init must be), from within this module, with the given build
+// tags.
+func BuildStatic(ctx context.Context, pkg, out string, tags ...string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", strings.Join(tags, ","), "-o", out, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if dir, err := ModuleRoot(); err == nil {
 		cmd.Dir = dir

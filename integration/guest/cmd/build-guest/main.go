@@ -2,6 +2,10 @@
 //
 //	go run ./integration/guest/cmd/build-guest --out bin/guest --agent bin/macvz-agent
 //
+// With --hostile it also builds cmd/macvz-agent with -tags hostile into
+// <out>/macvz-agent-hostile and adds the hostile tags (guest.RefHostile,
+// guest.RefHostileGarbage), test guests that attack the host.
+//
 // Output: <out>/oci (OCI image layout, tags plain and httpd), <out>/vmlinux
 // and <out>/initrd (for booting QEMU directly), <out>/guest.json, and the
 // Debian package cache <out>/cache.
@@ -23,6 +27,7 @@ import (
 func main() {
 	var o guest.Options
 	testInit := flag.Bool("test-init", false, "use integration/guest/testinit as /init instead of --agent")
+	hostile := flag.Bool("hostile", false, "also write the hostile tags (an agent built with -tags hostile that attacks the host)")
 	flag.StringVar(&o.Out, "out", "bin/guest", "output directory")
 	flag.StringVar(&o.Agent, "agent", "", "static linux/amd64 binary to install as /init (bin/macvz-agent)")
 	flag.StringVar(&o.Cache, "cache", "", "Debian package cache (default <out>/cache)")
@@ -51,11 +56,22 @@ func main() {
 			fail(err)
 		}
 	}
+	tags := []string{guest.RefPlain, guest.RefHTTPD}
+	if *hostile {
+		if err := os.MkdirAll(o.Out, 0o755); err != nil {
+			fail(err)
+		}
+		o.HostileAgent = filepath.Join(o.Out, "macvz-agent-hostile")
+		if err := guest.BuildStatic(ctx, guest.AgentPackage, o.HostileAgent, guest.HostileTag); err != nil {
+			fail(err)
+		}
+		tags = append(tags, guest.RefHostile, guest.RefHostileGarbage)
+	}
 	res, err := guest.Build(ctx, o)
 	if err != nil {
 		fail(err)
 	}
-	fmt.Printf("%s (tags %s, %s)\n%s\n%s\n", res.Layout, guest.RefPlain, guest.RefHTTPD, res.Kernel, res.Initrd)
+	fmt.Printf("%s (tags %s)\n%s\n%s\n", res.Layout, strings.Join(tags, ", "), res.Kernel, res.Initrd)
 }
 
 func fail(err error) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/Code-Hex/vz/v3"
 	"github.com/containerd/errdefs"
 
+	"github.com/macvz/macvz/runtime/boundedlog"
 	"github.com/macvz/macvz/runtime/vm"
 )
 
@@ -160,7 +162,15 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 	cfg.SetMemoryBalloonDevicesVirtualMachineConfiguration([]vz.MemoryBalloonDeviceConfiguration{balloon})
 
 	if p.ConsoleLog != "" {
-		att, err := vz.NewFileSerialPortAttachment(p.ConsoleLog, true)
+		// The console goes through a pipe into a bounded log (the guest
+		// decides how much it prints), not straight into a file.
+		in, out, err := consolePipe(p.ConsoleLog)
+		if err != nil {
+			closeFiles()
+			return nil, nil, err
+		}
+		files = append(files, in, out)
+		att, err := vz.NewFileHandleSerialPortAttachment(in, out)
 		if err != nil {
 			closeFiles()
 			return nil, nil, fmt.Errorf("console log %s: %w", p.ConsoleLog, err)
@@ -523,4 +533,32 @@ func (m *machine) Resume(ctx context.Context) error {
 		return classify("resuming the VM", err)
 	}
 	return nil
+}
+
+// consolePipe returns the guest's console input (/dev/null: nothing is
+// typed into it) and the write end of a pipe whose contents a goroutine
+// moves into the bounded log at path until every writer is closed.
+func consolePipe(path string) (in, out *os.File, err error) {
+	log, err := boundedlog.Open(path, boundedlog.DefaultLimit)
+	if err != nil {
+		return nil, nil, fmt.Errorf("console log %s: %w", path, err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		log.Close()
+		return nil, nil, err
+	}
+	in, err = os.Open(os.DevNull)
+	if err != nil {
+		log.Close()
+		r.Close()
+		w.Close()
+		return nil, nil, err
+	}
+	go func() {
+		defer log.Close()
+		defer r.Close()
+		io.Copy(log, r)
+	}()
+	return in, w, nil
 }

@@ -2,6 +2,7 @@ package vmimage
 
 import (
 	"fmt"
+	"math"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -81,12 +82,19 @@ func (b *budget) tooLarge(what string) error {
 }
 
 // declared refuses, before anything is written, an image whose layers
-// announce more output than the cap or than the free space allows.
-// sizes[i] is what layer i unpacks to: the size its manifest announces,
-// or, for a compressed layer that announces none, its blob size (the
-// least it will take, for the free-space check).
+// announce more output than the cap, or whose blobs alone are more than
+// the free space allows. sizes[i] is what layer i unpacks to, as its
+// manifest announces it. The free-space check counts the blobs, not the
+// announced sizes: VM disks are sparse (a 50 GiB macOS disk may hold 20
+// GiB of data), so the announced size would refuse images that fit; the
+// checks while unpacking catch the rest.
 func (b *budget) declared(m ocispec.Manifest, sizes map[int]int64) error {
-	var total int64
+	var total, blobs int64
+	for _, l := range m.Layers {
+		if l.Size > 0 && blobs <= math.MaxInt64-l.Size {
+			blobs += l.Size
+		}
+	}
 	for i := range m.Layers {
 		n, ok := sizes[i]
 		if !ok {
@@ -105,9 +113,9 @@ func (b *budget) declared(m ocispec.Manifest, sizes map[int]int64) error {
 		return fmt.Errorf("checking free space on %s: %w", b.dir, err)
 	}
 	margin := minFree(fsTotal)
-	if uint64(total)+margin > avail {
-		return fmt.Errorf("not enough free space on %s to unpack the image: it takes up to %s, %s are free and %s must stay free: %w",
-			b.dir, formatSize(total), formatSize(int64(min(avail, 1<<62))), formatSize(int64(margin)), errdefs.ErrResourceExhausted)
+	if uint64(blobs)+margin > avail {
+		return fmt.Errorf("not enough free space on %s to unpack the image: it takes at least %s, %s are free and %s must stay free: %w",
+			b.dir, formatSize(blobs), formatSize(int64(min(avail, 1<<62))), formatSize(int64(margin)), errdefs.ErrResourceExhausted)
 	}
 	return nil
 }

@@ -204,3 +204,16 @@ func TestDeclaredSizesOverCap(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 }
+
+// VM disks are sparse: an image whose announced disk is larger than the
+// free space, but whose data fits, unpacks (its holes take no space).
+func TestFreeSpaceSparseDisk(t *testing.T) {
+	const size = 64 << 20
+	img := mustImage(t)(testimage.Tart(testimage.TartOptions{Disk: make([]byte, size), ChunkSize: 8 << 20}))
+	free := func(string) (uint64, uint64, error) {
+		return 1<<30 + 16<<20, 100 << 30, nil // 16 MiB above the margin, for a 64 MiB disk
+	}
+	if err := unpackLimited(t, img, t.TempDir(), vmimage.Limits{FreeSpace: free}); err != nil {
+		t.Fatalf("a sparse 64 MiB disk with 16 MiB to spare: %v", err)
+	}
+}

@@ -18,7 +18,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit fuzz integration critest kubelet-e2e darwin-check bench demo tools clean deps guest-image sign
+.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e darwin-check bench demo tools clean deps guest-image sign
 
 all: build
 
@@ -36,7 +36,7 @@ build:
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
 
-test: unit integration critest kubelet-e2e
+test: unit fuzz-short integration critest kubelet-e2e
 
 # Unit tests are everything outside integration/; those run in `integration`
 # with the tools they need built first. The list is made in the recipe so a
@@ -51,6 +51,9 @@ unit:
 # kept in testdata/fuzz) already run as plain tests in `unit`. A failure
 # leaves its input in the package's testdata/fuzz/<target>/: commit it.
 FUZZTIME ?= 60s
+# `make test` (so CI) fuzzes each target for a few seconds.
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=3s
 fuzz:
 	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./integration/tools/' | sort); do \
 		dir=$$(dirname $$f); \

@@ -5,6 +5,7 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -57,6 +58,7 @@ func TestSecurityVolumes(t *testing.T) {
 		"command": []string{"/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"},
 		"mounts":  mounts,
 	}), podCfg)
+	checkQEMUConfined(t, realState)
 	guestShare := "/run/macvz/shared"
 	sh := func(script string) (string, error) { return v.d.crictl("exec", "-s", c1, "sh", "-c", script) }
 
@@ -141,5 +143,46 @@ func TestSecurityVolumes(t *testing.T) {
 	}
 	if ps := processesUnder(realState); len(ps) > 0 {
 		t.Errorf("processes left: %v", ps)
+	}
+}
+
+// checkQEMUConfined: the VM's QEMU runs under its seccomp filter
+// (-sandbox) with no capability beyond the few it needs: no
+// CAP_SYS_ADMIN (mounts), CAP_MKNOD, CAP_SYS_MODULE, CAP_SYS_PTRACE or
+// CAP_SETUID, and no_new_privs.
+func checkQEMUConfined(t *testing.T, state string) {
+	t.Helper()
+	found := false
+	for _, p := range processesUnder(state) {
+		pid, _, _ := strings.Cut(p, ":")
+		if !strings.Contains(p, "qemu-system") {
+			continue
+		}
+		found = true
+		b, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := map[string]string{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok {
+				st[k] = strings.TrimSpace(v)
+			}
+		}
+		if st["Seccomp"] != "2" || st["NoNewPrivs"] != "1" {
+			t.Errorf("QEMU %s: Seccomp %q NoNewPrivs %q, want 2 and 1", pid, st["Seccomp"], st["NoNewPrivs"])
+		}
+		bnd, err := strconv.ParseUint(st["CapBnd"], 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []int{unix.CAP_SYS_ADMIN, unix.CAP_MKNOD, unix.CAP_SYS_MODULE, unix.CAP_SYS_PTRACE, unix.CAP_SETUID, unix.CAP_SYS_RAWIO} {
+			if bnd&(1<<c) != 0 {
+				t.Errorf("QEMU %s keeps capability %d (CapBnd %s)", pid, c, st["CapBnd"])
+			}
+		}
+	}
+	if !found {
+		t.Error("no QEMU process found under the state dir")
 	}
 }

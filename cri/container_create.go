@@ -79,6 +79,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if err := s.st.CreateContainer(c); err != nil {
 		return nil, err
 	}
+	testPause(ctx, "create") // test-only hook, inert unless MACVZ_TEST_PAUSE=create
 	if sb.VMImage == "" {
 		if _, err := s.st.UpdateSandbox(sb.ID, func(sb *store.Sandbox) error { sb.VMImage, sb.VMContent = img.rec.ID(), img.content; return nil }); err != nil {
 			s.st.DeleteContainer(*c)

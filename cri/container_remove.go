@@ -30,6 +30,7 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 		}
 		return nil, fmt.Errorf("stopping container %s before removing it: %w", c.ID, err)
 	}
+	testPause(ctx, "rm") // test-only hook, inert unless MACVZ_TEST_PAUSE=rm
 	sb, err := s.st.Sandbox(c.SandboxID)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, err

@@ -82,6 +82,7 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 			return nil, err
 		}
 	}
+	testPause(ctx, "start") // test-only hook, inert unless MACVZ_TEST_PAUSE=start
 	started := time.Now()
 	if !c.IsVM {
 		sc, err := s.shimFor(ctx, sb)

@@ -91,6 +91,7 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 		if err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 			return fmt.Errorf("signalling the container: %w", err)
 		}
+		testPause(ctx, "stop") // test-only hook, inert unless MACVZ_TEST_PAUSE=stop
 		wctx, cancel := context.WithTimeout(ctx, timeout)
 		_, err = sc.Shim().WaitProcess(wctx, &shimapi.WaitProcessRequest{ContainerId: c.ID})
 		cancel()

@@ -33,6 +33,7 @@ func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodS
 			return nil, err
 		}
 	}
+	testPause(ctx, "rmp") // test-only hook, inert unless MACVZ_TEST_PAUSE=rmp
 	if err := s.destroySandbox(ctx, sb); err != nil {
 		return nil, err
 	}

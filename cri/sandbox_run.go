@@ -72,6 +72,7 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if err := s.setupNetwork(ctx, sb, cfg); err != nil {
 		return nil, err
 	}
+	testPause(ctx, "runp") // test-only hook, inert unless MACVZ_TEST_PAUSE=runp
 	if img != nil {
 		if err := s.bootVM(ctx, sb, cfg, img, nil); err != nil {
 			return nil, err

@@ -3,6 +3,8 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	goruntime "runtime"
+	"strconv"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -24,7 +26,9 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 		if err != nil {
 			return nil, err
 		}
-		resp.Info = map[string]string{"config": string(cfg)}
+		// goroutines: the daemon's count, for leak checks
+		// (integration/reliability_test.go); cheap to read.
+		resp.Info = map[string]string{"config": string(cfg), "goroutines": strconv.Itoa(goruntime.NumGoroutine())}
 	}
 	return resp, nil
 }

@@ -232,7 +232,7 @@ func p50i(xs []int64) int64 {
 // rssOf is a process's resident set size and the anonymous part of it,
 // in bytes. The rest is file pages of the macvz binary, which the daemon
 // and every shim share (they are one executable).
-func rssOf(b *testing.B, pid int) (rss, anon int64) {
+func rssOf(b testing.TB, pid int) (rss, anon int64) {
 	b.Helper()
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {

@@ -46,7 +46,7 @@ func newNetTest(t *testing.T) *netTest {
 }
 
 // newNetTestConf is newNetTest with extra daemon configuration.
-func newNetTestConf(t *testing.T, extraTOML string) *netTest {
+func newNetTestConf(t testing.TB, extraTOML string) *netTest {
 	t.Helper()
 	nettest.Require(t)
 	bin, err := netPlugins()
@@ -63,7 +63,7 @@ func newNetTestConf(t *testing.T, extraTOML string) *netTest {
 // bridgeTapConf writes the default bridge-tap network (10.88.0.0/16 on
 // macvz0, host-local reservations in ipamDir) into a new directory and
 // returns it.
-func bridgeTapConf(t *testing.T, ipamDir string) string {
+func bridgeTapConf(t testing.TB, ipamDir string) string {
 	t.Helper()
 	dir := t.TempDir()
 	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{

@@ -53,8 +53,8 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	a := sc.Agent()
 	id := &agentapi.ProcessID{ContainerId: c.ID}
 	// The goroutines carry the guest's bytes: a panic ends only this
@@ -95,5 +95,5 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 	case <-done:
 	case <-ctx.Done():
 	}
-	return nil
+	return guestCause(ctx)
 }

@@ -61,8 +61,8 @@ func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in i
 	}
 	defer p.remove()
 	log := p.log.With("exec", p.id.GetExecId())
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	var outputs sync.WaitGroup
 	streams := []struct {
 		stdio agentapi.Stdio
@@ -105,6 +105,9 @@ func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in i
 	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
 	if err != nil {
 		p.kill()
+		if cause := guestCause(ctx); cause != nil {
+			return cause
+		}
 		return err
 	}
 	done := make(chan struct{})

@@ -24,13 +24,24 @@ const stdinChunk = 32 << 10
 var errGuestAnswer = errors.New("the guest agent's answer breaks the protocol")
 
 // endOnGuestError runs a session's stdin copy and ends the session
-// (cancel) when the guest answered nonsense; other errors (the process
-// closed its stdin, the client went) leave the session to end by itself.
-func endOnGuestError(log *slog.Logger, cancel context.CancelFunc, err error) {
+// (cancel, with err as the cause the session returns: see guestCause)
+// when the guest answered nonsense; other errors (the process closed
+// its stdin, the client went) leave the session to end by itself.
+func endOnGuestError(log *slog.Logger, cancel context.CancelCauseFunc, err error) {
 	if errors.Is(err, errGuestAnswer) {
 		log.Warn("ending the session", "err", err)
-		cancel()
+		cancel(err)
 	}
+}
+
+// guestCause is why a session's context ended when endOnGuestError
+// ended it, else nil: the client is told what the guest did rather than
+// "context canceled".
+func guestCause(ctx context.Context) error {
+	if err := context.Cause(ctx); errors.Is(err, errGuestAnswer) {
+		return err
+	}
+	return nil
 }
 
 // copyOutput copies one of a process's output streams to w until it

@@ -54,10 +54,14 @@ func TestCopyStdinRejectsGuestWrittenCounts(t *testing.T) {
 				t.Fatalf("copyStdin = %v, want an error about the guest's count", err)
 			}
 			// The session ends on it.
-			ctx, cancel := context.WithCancel(context.Background())
+			ctx, cancel := context.WithCancelCause(context.Background())
 			endOnGuestError(slog.New(slog.DiscardHandler), cancel, err)
 			if ctx.Err() == nil {
 				t.Error("the session goes on after the guest's nonsense")
+			}
+			// The client is told why, not "context canceled".
+			if cause := guestCause(ctx); cause == nil || !strings.Contains(cause.Error(), "the guest agent reported writing") {
+				t.Errorf("the session's error: %v", cause)
 			}
 			if a.closed {
 				t.Error("stdin closed after a failed copy")
@@ -67,12 +71,16 @@ func TestCopyStdinRejectsGuestWrittenCounts(t *testing.T) {
 }
 
 func TestEndOnGuestErrorKeepsOtherErrors(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
 	endOnGuestError(slog.New(slog.DiscardHandler), cancel, fmt.Errorf("process gone: %w", errdefs.ErrNotFound))
 	endOnGuestError(slog.New(slog.DiscardHandler), cancel, nil)
 	if ctx.Err() != nil {
 		t.Error("an ordinary stdin error ended the session")
+	}
+	cancel(nil)
+	if guestCause(ctx) != nil {
+		t.Error("a session ended by its client blames the guest")
 	}
 }
 

@@ -61,7 +61,11 @@ type warmIdentity struct {
 	Shares  []string          `json:"shares,omitempty"`
 	Disks   int               `json:"disks"`
 	MacOS   bool              `json:"macos,omitempty"`
-	Slot    int               `json:"slot,omitempty"` // macOS: one state per VM slot
+	// Cmdline is the kernel command line, from the image's config (not
+	// in Content): images that share a kernel and initrd but boot with
+	// other arguments are other VMs.
+	Cmdline string `json:"cmdline,omitempty"`
+	Slot    int    `json:"slot,omitempty"` // macOS: one state per VM slot
 }
 
 // warmKey names the saved state a spec of an image can restore; slot is
@@ -71,6 +75,7 @@ func warmKey(backend, content string, spec *vm.Spec, slot int) string {
 		Layout: warmLayout, Backend: backend, Content: content, Slot: slot,
 		CPUs: spec.CPUs, Memory: spec.MemoryBytes, Options: spec.Options,
 		NICs: len(spec.NICs), Disks: len(spec.Disks), MacOS: spec.Boot.Kind == vm.BootMacOS,
+		Cmdline: spec.Boot.Cmdline,
 	}
 	for _, sh := range spec.Shares {
 		id.Shares = append(id.Shares, fmt.Sprintf("%s ro=%v", sh.Tag, sh.ReadOnly))

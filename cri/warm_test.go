@@ -40,6 +40,7 @@ func TestWarmKey(t *testing.T) {
 		"options": func(s *vm.Spec) { s.Options = map[string]string{"accel": "kvm"} },
 		"share":   func(s *vm.Spec) { s.Shares[0].ReadOnly = true },
 		"disk":    func(s *vm.Spec) { s.Disks = []vm.Disk{{Path: "/d"}} },
+		"cmdline": func(s *vm.Spec) { s.Boot.Cmdline = "quiet macvz.hostile=garbage" },
 	} {
 		s := spec()
 		change(s)

@@ -164,13 +164,14 @@ func resourcesOf(r *runtimeapi.LinuxContainerResources) (milli, mem int64) {
 // the sandbox's writable clone of the image's base).
 func (s *Service) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpus int, mem int64) (*vm.Spec, error) {
 	spec := &vm.Spec{
-		ID:          sbID,
-		Dir:         sbDir,
-		CPUs:        cpus,
-		MemoryBytes: mem,
-		ConsoleLog:  filepath.Join(sbDir, "console.log"),
-		Shares:      []vm.Share{{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)}},
-		Options:     map[string]string{"accel": s.cfg.QEMU.Accel, "binary": s.cfg.QEMU.Binary},
+		ID:            sbID,
+		Dir:           sbDir,
+		CPUs:          cpus,
+		MemoryBytes:   mem,
+		ConsoleLog:    filepath.Join(sbDir, "console.log"),
+		ConsoleLogMax: s.cfg.VM.ConsoleLogMaxBytes,
+		Shares:        []vm.Share{{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)}},
+		Options:       map[string]string{"accel": s.cfg.QEMU.Accel, "binary": s.cfg.QEMU.Binary},
 	}
 	in := func(name string) string {
 		if name == "" {

@@ -26,7 +26,7 @@ import (
 // garbage. The daemon and the normal pod must not notice, the host must
 // not change, and what must fail fails with a clear status.
 func TestHostileGuest(t *testing.T) {
-	n := newNetTestConf(t, "\n[vm]\nboot_timeout = \"45s\"\n")
+	n := newNetTestConf(t, "\n[vm]\nboot_timeout = \"20s\"\nconsole_log_max_bytes = 1048576\n")
 	imgs, err := guestImages()
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func TestHostileGuest(t *testing.T) {
 	t.Run("the console flood stays bounded on the host", func(t *testing.T) {
 		var done string
 		start, last := time.Now(), time.Now()
-		waitFor(t, "the guest to flood its console", 20*time.Minute, func() bool {
+		waitFor(t, "the guest to flood its console", 5*time.Minute, func() bool {
 			out, err := n.d.crictl("exec", "-s", hc, "cat", "/run/macvz-hostile/console-done")
 			done = out
 			if time.Since(last) > 30*time.Second {
@@ -150,18 +150,26 @@ func TestHostileGuest(t *testing.T) {
 			return err == nil
 		})
 		t.Logf("the guest wrote %s", strings.TrimSpace(done))
+		// The daemon keeps 1 MiB (vm.console_log_max_bytes) and one old
+		// file: 2 MiB at most of the guest's 4 MiB.
 		var total int64
 		for _, f := range []string{"console.log", "console.log.1"} {
-			if fi, err := os.Stat(filepath.Join(hostileDir, f)); err == nil {
-				t.Logf("%s: %d bytes", f, fi.Size())
-				total += fi.Size()
-				if fi.Size() > 32<<20 {
-					t.Errorf("%s is %d MiB after a 40 MiB flood, want at most 32", f, fi.Size()>>20)
-				}
+			fi, err := os.Stat(filepath.Join(hostileDir, f))
+			if err != nil {
+				t.Errorf("%s after a 4 MiB flood: %v (no rotation?)", f, err)
+				continue
+			}
+			t.Logf("%s: %d bytes", f, fi.Size())
+			total += fi.Size()
+			if fi.Size() > 1<<20 {
+				t.Errorf("%s is %d bytes after a 4 MiB flood, want at most 1 MiB", f, fi.Size())
 			}
 		}
-		if total > 32<<20 {
-			t.Errorf("the console logs hold %d MiB after a 40 MiB flood, want at most 32", total>>20)
+		if _, err := os.Stat(filepath.Join(hostileDir, "console.log.2")); err == nil {
+			t.Error("more than one old console log kept")
+		}
+		if total > 2<<20 {
+			t.Errorf("the console logs hold %d bytes after a 4 MiB flood, want at most 2 MiB", total)
 		}
 		daemonAnswers("after the console flood")
 		normalWorks("after the console flood")

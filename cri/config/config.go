@@ -39,6 +39,9 @@ type VM struct {
 	DefaultMemoryBytes int64 `toml:"default_memory_bytes"`
 	// BootTimeout bounds boot-to-agent-ready.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// ConsoleLogMaxBytes is the size at which a VM's console log (and its
+	// shim's and QEMU's logs) is rotated; one old file is kept.
+	ConsoleLogMaxBytes int64 `toml:"console_log_max_bytes"`
 	// WarmStart saves a VM's state at its first boot on this host and
 	// restores later sandboxes of the same VM (image, size) from it.
 	WarmStart bool `toml:"warm_start"`

@@ -63,6 +63,10 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   default_memory_bytes = {{.C.VM.DefaultMemoryBytes}}
   # How long a VM may take from boot to an answering guest agent.
   boot_timeout = "{{.C.VM.BootTimeout}}"
+  # The guest decides how much it prints on its console: <sandbox
+  # dir>/console.log is rotated to console.log.1 at this size (one old file
+  # is kept).
+  console_log_max_bytes = {{.C.VM.ConsoleLogMaxBytes}}
   # Warm start: the first boot of a VM (image and size) on this host saves
   # the VM's state once its agent answers (the VM pauses for that), with a
   # copy-on-write clone of its disk; later sandboxes of that VM restore the

@@ -38,6 +38,7 @@ func Default() *Config {
 			BootTimeout:        Duration(2 * time.Minute),
 			WarmStart:          true,
 			WarmStates:         4,
+			ConsoleLogMaxBytes: 8 << 20,
 			MaxMacOSVMs:        2,
 		},
 		QEMU:            QEMU{Binary: "qemu-system-x86_64", Accel: "auto"},
@@ -166,6 +167,9 @@ func (c *Config) Validate() error {
 	}
 	if c.VM.MaxMacOSVMs < 0 || c.VM.MaxLinuxVMs < 0 {
 		return bad("vm.max_macos_vms/max_linux_vms", "must be 0 (no bound) or more")
+	}
+	if c.VM.ConsoleLogMaxBytes < 64<<10 {
+		return bad("vm.console_log_max_bytes", "must be at least 65536, got %d", c.VM.ConsoleLogMaxBytes)
 	}
 	if c.VM.WarmStates < 1 {
 		return bad("vm.warm_states", "must be at least 1 (turn warm starts off with vm.warm_start = false), got %d", c.VM.WarmStates)

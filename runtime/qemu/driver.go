@@ -487,7 +487,6 @@ func Cmdline(cmdline string) string {
 // a comma is written twice.
 func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
-
 // maxSocketPath is the longest path bind(2)/connect(2) take for a unix
 // socket (sun_path is 108 bytes including the terminating NUL).
 const maxSocketPath = 107

@@ -118,7 +118,7 @@ func (m *machine) start(ctx context.Context) error {
 	}
 	// QEMU's own messages (warnings a guest can provoke) and the guest's
 	// console are bounded logs: what the guest does cannot fill the host.
-	logf, err := boundedlog.Open(m.path(LogFile), boundedlog.DefaultLimit)
+	logf, err := boundedlog.Open(m.path(LogFile), m.spec.ConsoleLogMax)
 	if err != nil {
 		m.failEarly(err)
 		return err
@@ -801,7 +801,7 @@ func (m *machine) inheritedFiles() (*inherited, error) {
 	if console == "" {
 		console = m.path(ConsoleFile)
 	}
-	log, err := boundedlog.Open(console, boundedlog.DefaultLimit)
+	log, err := boundedlog.Open(console, m.spec.ConsoleLogMax)
 	if err != nil {
 		return nil, fmt.Errorf("console log: %w", err)
 	}

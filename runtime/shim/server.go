@@ -24,6 +24,7 @@ import (
 
 	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/boundedlog"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/vm"
 )
@@ -121,7 +122,9 @@ func openShimLog(dir, id, level string) (*slog.Logger, func(), error) {
 			return nil, nil, fmt.Errorf("log level %q: %w", level, err)
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// Bounded: what the shim logs about a guest is partly the guest's
+	// doing.
+	f, err := boundedlog.Open(filepath.Join(dir, LogFile), boundedlog.DefaultLimit)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -42,8 +42,10 @@ type Spec struct {
 	NICs   []NIC   `json:"nics,omitempty"`
 
 	// ConsoleLog receives the guest's serial console (kernel messages,
-	// the agent's log). Appended to, never truncated.
-	ConsoleLog string `json:"consoleLog"`
+	// the agent's log). Appended to, rotated to ConsoleLog.1 at
+	// ConsoleLogMax bytes (0: the driver's default).
+	ConsoleLog    string `json:"consoleLog"`
+	ConsoleLogMax int64  `json:"consoleLogMax,omitempty"`
 
 	// RestoreFrom, when set, is a state file written by Machine.Save of a
 	// VM with the same Spec (but for ID, Dir, disks' paths, NICs): the VM

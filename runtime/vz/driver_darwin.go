@@ -164,7 +164,7 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 	if p.ConsoleLog != "" {
 		// The console goes through a pipe into a bounded log (the guest
 		// decides how much it prints), not straight into a file.
-		in, out, err := consolePipe(p.ConsoleLog)
+		in, out, err := consolePipe(p.ConsoleLog, p.ConsoleLogMax)
 		if err != nil {
 			closeFiles()
 			return nil, nil, err
@@ -538,8 +538,8 @@ func (m *machine) Resume(ctx context.Context) error {
 // consolePipe returns the guest's console input (/dev/null: nothing is
 // typed into it) and the write end of a pipe whose contents a goroutine
 // moves into the bounded log at path until every writer is closed.
-func consolePipe(path string) (in, out *os.File, err error) {
-	log, err := boundedlog.Open(path, boundedlog.DefaultLimit)
+func consolePipe(path string, limit int64) (in, out *os.File, err error) {
+	log, err := boundedlog.Open(path, limit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("console log %s: %w", path, err)
 	}

@@ -58,8 +58,10 @@ type Plan struct {
 	Disks  []vm.Disk
 	Shares []SharePlan
 	NICs   []NICPlan
-	// ConsoleLog receives the virtio console (appended).
-	ConsoleLog string
+	// ConsoleLog receives the virtio console (appended; rotated at
+	// ConsoleLogMax bytes, 0 = the default).
+	ConsoleLog    string
+	ConsoleLogMax int64
 	// RestoreFrom is a saved state to restore instead of booting.
 	RestoreFrom string
 	// The devices every macOS VM gets, whatever the spec: a Mac graphics
@@ -91,7 +93,7 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 		CPUs: spec.CPUs, Memory: uint64(max(spec.MemoryBytes, 0)),
 		HardwareModel: spec.Boot.HardwareModel, MachineID: spec.Boot.MachineID, AuxStorage: spec.Boot.AuxStorage,
 		MachineIDFile: spec.Boot.MachineIDFile,
-		ConsoleLog:    spec.ConsoleLog, RestoreFrom: spec.RestoreFrom,
+		ConsoleLog:    spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax, RestoreFrom: spec.RestoreFrom,
 	}
 	if p.CPUs < lim.MinCPUs || (lim.MaxCPUs > 0 && p.CPUs > lim.MaxCPUs) || p.CPUs < 1 {
 		return nil, bad("%d CPUs: the framework allows %d to %d", p.CPUs, lim.MinCPUs, lim.MaxCPUs)

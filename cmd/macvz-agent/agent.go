@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/atomicfile"
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
@@ -154,22 +155,6 @@ func interfaces() []*api.NetInterface {
 	return out
 }
 
-// writeFileAtomic replaces path with data.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".macvz-tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
 func validHostname(h string) bool {
 	if h == "" || len(h) > 64 {
 		return false
@@ -191,7 +176,7 @@ func (a *agent) SetHostname(ctx context.Context, req *api.SetHostnameRequest) (*
 			return nil, osErr(codes.Internal, err, "setting the hostname to %q", req.Hostname)
 		}
 	}
-	if err := writeFileAtomic(filepath.Join(a.cfg.etcDir, "hostname"), []byte(req.Hostname+"\n"), 0o644); err != nil {
+	if err := a.writeEtc("hostname", []byte(req.Hostname+"\n")); err != nil {
 		return nil, osErr(codes.Internal, err, "writing hostname")
 	}
 	a.cfg.log.Info("hostname set", "hostname", req.Hostname)
@@ -223,7 +208,7 @@ func (a *agent) WriteResolvConf(ctx context.Context, req *api.WriteResolvConfReq
 	if len(req.Options) > 0 {
 		fmt.Fprintf(&b, "options %s\n", strings.Join(req.Options, " "))
 	}
-	if err := writeFileAtomic(filepath.Join(a.cfg.etcDir, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
+	if err := a.writeEtc("resolv.conf", []byte(b.String())); err != nil {
 		return nil, osErr(codes.Internal, err, "writing resolv.conf")
 	}
 	return &api.WriteResolvConfResponse{}, nil
@@ -265,4 +250,13 @@ func (a *agent) waitReady(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// writeEtc replaces a file of the guest's /etc (hostname, resolv.conf)
+// whole: a process reading it never sees half of it.
+func (a *agent) writeEtc(name string, data []byte) error {
+	if err := os.MkdirAll(a.cfg.etcDir, 0o755); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(a.cfg.etcDir, name), data, 0o644)
 }

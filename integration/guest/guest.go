@@ -40,6 +40,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/macvz/macvz/integration/testimage"
+	"github.com/macvz/macvz/internal/atomicfile"
 	"github.com/macvz/macvz/vmimage"
 )
 
@@ -298,7 +299,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	b, _ := json.MarshalIndent(res.Info, "", "  ")
-	if err := writeFileAtomic(filepath.Join(o.Out, InfoFile), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(o.Out, InfoFile), append(b, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	if o.Log != nil {
@@ -322,15 +323,7 @@ func linkBlob(layout string, d digest.Digest, dst string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(dst, b)
-}
-
-func writeFileAtomic(p string, b []byte) error {
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	return atomicfile.WriteFile(dst, b, 0o644)
 }
 
 // EUIDPackage is the import path of /bin/euid (setuid root; prints the

@@ -12,6 +12,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/macvz/macvz/integration/testimage"
+	"github.com/macvz/macvz/internal/atomicfile"
 )
 
 // AnnotationKernelVersion, on the layout's index entries, is the guest's
@@ -44,7 +45,7 @@ func WriteLayout(dir string, images map[string]testimage.Image, annotations map[
 		if fi, err := os.Stat(p); err == nil && fi.Size() == int64(len(data)) {
 			return nil
 		}
-		return writeFileAtomic(p, data)
+		return atomicfile.WriteFile(p, data, 0o644)
 	}
 	refs := make([]string, 0, len(images))
 	for ref := range images {
@@ -78,10 +79,10 @@ func WriteLayout(dir string, images map[string]testimage.Image, annotations map[
 		return err
 	}
 	lb, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
-	if err := writeFileAtomic(filepath.Join(dir, ocispec.ImageLayoutFile), lb); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ocispec.ImageLayoutFile), lb, 0o644); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, ocispec.ImageIndexFile), append(ib, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, ocispec.ImageIndexFile), append(ib, '\n'), 0o644); err != nil {
 		return err
 	}
 	old, _ := os.ReadDir(filepath.Join(dir, ocispec.ImageBlobsDir, "sha256"))

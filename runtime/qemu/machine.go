@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/macvz/macvz/internal/atomicfile"
 	"github.com/macvz/macvz/runtime/boundedlog"
 	"github.com/macvz/macvz/runtime/vm"
 )
@@ -193,7 +194,7 @@ func (m *machine) run(cmd *exec.Cmd, logf io.Closer, files *inherited, started c
 	m.mu.Unlock()
 	// Written here, before Wait, so that exited's removal always comes
 	// after; a failure only loses the convenience file.
-	writeFileAtomic(m.path(PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"))
+	atomicfile.WriteFile(m.path(PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
 	started <- nil
 	werr := cmd.Wait()
 	logf.Close()
@@ -742,14 +743,6 @@ func (m *machine) save(ctx context.Context, q *qmpConn, path string) error {
 
 // saveFD is the name Save gives its pipe in QEMU (QMP getfd).
 const saveFD = "macvz-save"
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
 
 // needsDirFD reports whether a socket in dir needs the /proc/self/fd
 // detour (see socketPath).

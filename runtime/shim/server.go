@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/atomicfile"
 	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/boundedlog"
@@ -193,7 +194,7 @@ func run(ctx context.Context, log *slog.Logger, dir string, cfg Config, spec *vm
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 		l.Close()
 		os.Remove(sock)
 		return err

@@ -61,10 +61,7 @@ func (s *Service) imageInfo(ctx context.Context, img imagestore.Image) (string, 
 		v.ImageSpec = cfg
 	} else {
 		v.VMConfig = cfg
-		v.Bootable = s.images.HasBase(ctx, img)
-		if v.Bootable {
-			v.Base = imagestore.BaseName(img.Manifest.Digest)
-		}
+		v.Base, v.Bootable = s.images.Base(ctx, img)
 	}
 	b, err := json.Marshal(v)
 	return string(b), err

@@ -41,8 +41,6 @@ type Service struct {
 	ports  *portproxy.Manager // hostPorts the network leaves to the daemon
 	stream *streamServer      // exec, attach and port-forward sessions
 
-	// vmImages caches resolved VM images by manifest digest (*imageRef).
-	vmImages sync.Map
 	// warm keeps saved VM states for warm starts; nil when off.
 	warm *warmStore
 	// slots counts VM boots in progress per guest OS; slotsReserve
@@ -60,6 +58,15 @@ type Service struct {
 	// shimBinary is the executable run as `<shimBinary> shim --dir`;
 	// empty = this executable.
 	shimBinary string
+}
+
+// registryHosts is the image store's view of [registry.hosts].
+func registryHosts(r config.Registry) map[string]imagestore.Host {
+	out := make(map[string]imagestore.Host, len(r.Hosts))
+	for name, h := range r.Hosts {
+		out[name] = imagestore.Host{Mirrors: h.Mirrors, Insecure: h.Insecure, SkipVerify: h.SkipVerify}
+	}
+	return out
 }
 
 // NewService opens the stores under cfg.Root and returns a ready service.
@@ -105,7 +112,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
-		Registry:               cfg.Registry,
+		Hosts:                  registryHosts(cfg.Registry),
 		MaxConcurrentDownloads: cfg.Image.MaxConcurrentDownloads,
 		MaxUnpackedSize:        cfg.Image.MaxUnpackedSize,
 		InUse:                  s.imageInUse,

@@ -20,7 +20,6 @@ import (
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
-	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // vmStopGrace is how long a stopping VM gets between the guest's
@@ -82,7 +81,7 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 	img, cpus, mem := b.img, b.cpus, b.mem
 	log := sbLog(sb.ID)
 	start := time.Now()
-	baseName := imagestore.BaseName(img.rec.Manifest.Digest)
+	baseName := img.base
 	parent := baseName
 	if ws != nil && ws.meta.Disk != "" {
 		parent = ws.meta.Disk
@@ -134,11 +133,11 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 		if base, err = snapshotter.Dir(ms); err != nil {
 			return err
 		}
-	} else if base, err = s.sn.CommittedDir(ctx, baseName); err != nil {
+	} else {
 		// A Linux guest without a disk: QEMU only reads its kernel and
 		// initrd, and the image cannot be removed while the sandbox
 		// uses it (imageInUse).
-		return err
+		base = img.baseDir
 	}
 	spec, err := s.vmSpec(sb.ID, sb.Dir, base, img.desc, cpus, mem)
 	if err != nil {

@@ -2,17 +2,11 @@ package cri
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"runtime"
-	"strings"
 
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
-	"github.com/opencontainers/go-digest"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
@@ -52,69 +46,18 @@ type imageRef struct {
 	desc *vmimage.Descriptor
 	// content is the digest of its layer list: the VM it boots.
 	content string
+	// base is the snapshot name of its committed base, baseDir that
+	// base's directory.
+	base, baseDir string
 }
 
 // vmImage resolves a reference to a pulled, bootable VM image.
 func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
-	recs, err := s.images.Resolve(ctx, ref)
-	if errdefs.IsNotFound(err) {
-		return nil, fmt.Errorf("image %q is not present; pull it first: %w", ref, errdefs.ErrNotFound)
-	}
+	vi, err := s.images.VMImage(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	rec := recs[0]
-	if rec.Kind == vmimage.KindNone {
-		return nil, fmt.Errorf("image %q is an ordinary container image; macvz sandboxes boot VM images (Tart, macOS-vz-kubelet, macvz Linux guest): %w", ref, errdefs.ErrFailedPrecondition)
-	}
-	// A manifest digest names immutable content: its descriptor and
-	// layer identity are read once, not on every exec (probes).
-	if v, ok := s.vmImages.Load(rec.Manifest.Digest); ok {
-		c := v.(*imageRef)
-		return &imageRef{rec: rec, desc: c.desc, content: c.content}, nil
-	}
-	desc, err := s.baseDescriptor(ctx, rec)
-	if err != nil {
-		return nil, err
-	}
-	content, err := s.vmContent(ctx, rec)
-	if err != nil {
-		return nil, err
-	}
-	ir := &imageRef{rec: rec, desc: desc, content: content}
-	s.vmImages.Store(rec.Manifest.Digest, ir)
-	return ir, nil
-}
-
-// vmContent is the digest of a VM image's layer digests, in order.
-func (s *Service) vmContent(ctx context.Context, rec imagestore.Image) (string, error) {
-	b, err := content.ReadBlob(ctx, s.images.Content(), rec.Manifest)
-	if err != nil {
-		return "", fmt.Errorf("image %s: reading its manifest: %w", rec.Name, err)
-	}
-	var m ocispec.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return "", fmt.Errorf("image %s: manifest: %w", rec.Name, err)
-	}
-	var list strings.Builder
-	for _, l := range m.Layers {
-		list.WriteString(l.Digest.String())
-		list.WriteByte('\n')
-	}
-	return digest.FromString(list.String()).String(), nil
-}
-
-// baseDescriptor reads vm.json from an image's committed base (read in
-// place: nothing writes it).
-func (s *Service) baseDescriptor(ctx context.Context, rec imagestore.Image) (*vmimage.Descriptor, error) {
-	if !s.images.HasBase(ctx, rec) {
-		return nil, fmt.Errorf("image %s has no unpacked VM base; remove and pull it again: %w", rec.Name, errdefs.ErrFailedPrecondition)
-	}
-	dir, err := s.sn.CommittedDir(ctx, imagestore.BaseName(rec.Manifest.Digest))
-	if err != nil {
-		return nil, err
-	}
-	return vmimage.ReadDescriptor(dir)
+	return &imageRef{rec: vi.Image, desc: vi.Descriptor, content: vi.Content, base: vi.Base, baseDir: vi.BaseDir}, nil
 }
 
 // vmSize is the VM's CPU count and memory: the pod's resources (kubelet

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -85,11 +87,114 @@ func randomSuffix() string {
 
 // HasBase reports whether a VM image has its unpacked base committed.
 func (s *Store) HasBase(ctx context.Context, img Image) bool {
+	_, ok := s.Base(ctx, img)
+	return ok
+}
+
+// Base is the snapshot name of a VM image's committed base; ok is false
+// when the image is not a VM image or its base is not committed.
+func (s *Store) Base(ctx context.Context, img Image) (name string, ok bool) {
 	if img.Kind == vmimage.KindNone {
-		return false
+		return "", false
 	}
-	_, err := s.sn.Stat(ctx, BaseName(img.Manifest.Digest))
-	return err == nil
+	name = BaseName(img.Manifest.Digest)
+	if _, err := s.sn.Stat(ctx, name); err != nil {
+		return "", false
+	}
+	return name, true
+}
+
+// VMImage is a pulled VM image ready to boot.
+type VMImage struct {
+	// Image is the record the reference resolved to.
+	Image Image
+	// Descriptor is the base's vm.json: how to boot it.
+	Descriptor *vmimage.Descriptor
+	// Content is the digest of the image's layer digests, in order: the
+	// VM it boots, whichever manifest lists them.
+	Content string
+	// Base is the snapshot name of its committed base: the parent of a
+	// sandbox's writable clone.
+	Base string
+	// BaseDir is the base's directory, read in place (nothing writes it).
+	BaseDir string
+}
+
+// bootInfo is what VMImage reads once per manifest: a manifest digest
+// names immutable content, so its descriptor and layer list never change
+// (and are not re-read on every exec, which probes make often).
+type bootInfo struct {
+	desc    *vmimage.Descriptor
+	content string
+}
+
+// committedDirs is a snapshotter that gives out a committed snapshot's
+// directory (snapshotter.Snapshotter).
+type committedDirs interface {
+	CommittedDir(ctx context.Context, name string) (string, error)
+}
+
+// VMImage resolves a reference or image ID to a pulled, bootable VM
+// image. It returns NotFound when no image has that name, and
+// FailedPrecondition for an ordinary container image or a VM image whose
+// base is missing.
+func (s *Store) VMImage(ctx context.Context, ref string) (VMImage, error) {
+	recs, err := s.Resolve(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		return VMImage{}, fmt.Errorf("image %q is not present; pull it first: %w", ref, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return VMImage{}, err
+	}
+	rec := recs[0]
+	if rec.Kind == vmimage.KindNone {
+		return VMImage{}, fmt.Errorf("image %q is an ordinary container image; macvz sandboxes boot VM images (Tart, macOS-vz-kubelet, macvz Linux guest): %w", ref, errdefs.ErrFailedPrecondition)
+	}
+	dirs, ok := s.sn.(committedDirs)
+	if !ok {
+		return VMImage{}, fmt.Errorf("image store: the snapshotter does not give out base directories: %w", errdefs.ErrNotImplemented)
+	}
+	name := BaseName(rec.Manifest.Digest)
+	dir, err := dirs.CommittedDir(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return VMImage{}, fmt.Errorf("image %s has no unpacked VM base; remove and pull it again: %w", rec.Name, errdefs.ErrFailedPrecondition)
+	}
+	if err != nil {
+		return VMImage{}, err
+	}
+	bi, err := s.bootInfo(ctx, rec, dir)
+	if err != nil {
+		return VMImage{}, err
+	}
+	return VMImage{Image: rec, Descriptor: bi.desc, Content: bi.content, Base: name, BaseDir: dir}, nil
+}
+
+// bootInfo reads (once per manifest) a VM image's descriptor from its
+// base directory and the digest of its layer list.
+func (s *Store) bootInfo(ctx context.Context, rec Image, dir string) (*bootInfo, error) {
+	if v, ok := s.boot.Load(rec.Manifest.Digest); ok {
+		return v.(*bootInfo), nil
+	}
+	desc, err := vmimage.ReadDescriptor(dir)
+	if err != nil {
+		return nil, err
+	}
+	b, err := content.ReadBlob(ctx, s.content, rec.Manifest)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: reading its manifest: %w", rec.Name, err)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("image %s: manifest: %w", rec.Name, err)
+	}
+	var list strings.Builder
+	for _, l := range m.Layers {
+		list.WriteString(l.Digest.String())
+		list.WriteByte('\n')
+	}
+	bi := &bootInfo{desc: desc, content: digest.FromString(list.String()).String()}
+	s.boot.Store(rec.Manifest.Digest, bi)
+	return bi, nil
 }
 
 // removeStaleExtractions drops extraction snapshots left by a crash.

@@ -120,7 +120,7 @@ func BenchmarkPullTart(b *testing.B) {
 		s, err := imagestore.Open(context.Background(), imagestore.Options{
 			Root:                   filepath.Join(root, "images"),
 			Snapshotter:            sn,
-			Registry:               insecure(reg.Host()),
+			Hosts:                  insecure(reg.Host()),
 			MaxConcurrentDownloads: benchConcurrency,
 		})
 		if err != nil {

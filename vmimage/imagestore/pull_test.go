@@ -22,7 +22,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/snapshotter"
@@ -283,7 +282,7 @@ func readDescriptor(t testing.TB, dir string) vmimage.Descriptor {
 // ---- errors ----
 
 func TestPullBadReference(t *testing.T) {
-	s := newStore(t, config.Registry{})
+	s := newStore(t, nil)
 	for _, ref := range []string{
 		"",
 		"Busybox:latest",
@@ -453,7 +452,7 @@ func TestPullRegistryDown(t *testing.T) {
 	// A registry that speaks plain HTTP but is not configured insecure.
 	reg2 := testregistry.Start(t, testregistry.Options{})
 	push(t, reg2, "app", "v1", img)
-	s := newStore(t, config.Registry{})
+	s := newStore(t, nil)
 	_, err = s.Pull(context.Background(), reg2.Ref("app", "v1"), nil)
 	wantClass(t, err, "Unavailable", errdefs.IsUnavailable, reg2.Host())
 }
@@ -528,7 +527,7 @@ func TestPullMirror(t *testing.T) {
 	for _, mirrors := range [][]string{{reg.Host()}, {dead, reg.Host()}} {
 		t.Run(strings.Join(mirrors, ","), func(t *testing.T) {
 			rc := insecure(reg.Host(), dead)
-			rc.Hosts["example.invalid"] = config.Host{Mirrors: mirrors}
+			rc["example.invalid"] = imagestore.Host{Mirrors: mirrors}
 			s := newStore(t, rc)
 			before := reg.Requests(img.ConfigDigest())
 			got := mustPull(t, s, "example.invalid/mirrored/vm:v1", nil)

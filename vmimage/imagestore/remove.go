@@ -2,13 +2,8 @@ package imagestore
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -19,46 +14,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 )
-
-// Resolve finds the records an image ID, repo digest or tag refers to:
-// every name of that image. An ID may be given with or without its
-// "sha256:" prefix.
-func (s *Store) Resolve(ctx context.Context, refOrID string) ([]Image, error) {
-	all, err := s.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	id := refOrID
-	if !strings.Contains(id, ":") && len(id) == 64 {
-		id = "sha256:" + id
-	}
-	if d, err := digest.Parse(id); err == nil {
-		if out := byID(all, d.String()); len(out) > 0 {
-			return out, nil
-		}
-		return nil, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
-	}
-	named, err := ParseRef(refOrID)
-	if err != nil {
-		return nil, err
-	}
-	for _, img := range all {
-		if img.Name == named.String() {
-			return byID(all, img.ID()), nil
-		}
-	}
-	return nil, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
-}
-
-func byID(all []Image, id string) []Image {
-	var out []Image
-	for _, img := range all {
-		if img.ID() == id {
-			out = append(out, img)
-		}
-	}
-	return out
-}
 
 // Remove deletes every name of the image refOrID designates, then the
 // blobs and VM base no other image needs. It returns NotFound when there
@@ -162,6 +117,13 @@ func (s *Store) collect(ctx context.Context) error {
 			return fmt.Errorf("removing VM base %s: %w", b, err)
 		}
 	}
+	// What VMImage read of removed images is not needed again.
+	s.boot.Range(func(k, _ any) bool {
+		if !bases[BaseName(k.(digest.Digest))] {
+			s.boot.Delete(k)
+		}
+		return true
+	})
 	if len(dead) > 0 || len(deadBases) > 0 {
 		logger(ctx).Debug("collected unreferenced image data", "blobs", len(dead), "bases", len(deadBases))
 	}
@@ -223,65 +185,3 @@ func (s *Store) abortIngests(ctx context.Context, ds []digest.Digest) {
 // Collect runs garbage collection (at daemon start, and after sandboxes
 // that pinned a base went away).
 func (s *Store) Collect(ctx context.Context) error { return s.collect(ctx) }
-
-// Usage is the space the store's content takes: allocated bytes and
-// inodes under the content directory, plus the snapshotter's usage.
-func (s *Store) Usage(ctx context.Context) (bytes, inodes int64, err error) {
-	err = filepath.WalkDir(filepath.Join(s.opts.Root, "content"), func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		inodes++
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			bytes += int64(st.Blocks) * 512
-		} else {
-			bytes += fi.Size()
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, 0, err
-	}
-	var names []string
-	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
-		names = append(names, info.Name)
-		return nil
-	})
-	for _, n := range names {
-		u, err := s.sn.Usage(ctx, n)
-		if err != nil {
-			continue
-		}
-		bytes += u.Size
-		inodes += u.Inodes
-	}
-	return bytes, inodes, nil
-}
-
-// Config returns the image's config blob.
-func (s *Store) Config(ctx context.Context, img Image) ([]byte, error) {
-	return content.ReadBlob(ctx, s.content, img.Config)
-}
-
-// OCIConfig parses the config of an ordinary image; ok is false for VM
-// images, whose config is a format-specific document.
-func (s *Store) OCIConfig(ctx context.Context, img Image) (cfg ocispec.Image, ok bool, err error) {
-	if img.Kind != "" {
-		return cfg, false, nil
-	}
-	b, err := s.Config(ctx, img)
-	if err != nil {
-		return cfg, false, err
-	}
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return cfg, false, fmt.Errorf("image config %s: %w", img.Config.Digest, err)
-	}
-	return cfg, true, nil
-}

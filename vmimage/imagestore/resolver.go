@@ -104,7 +104,7 @@ func (s *Store) resolver(refHost string, auth *Auth) (remotes.Resolver, error) {
 	}
 	hosts := func(host string) ([]docker.RegistryHost, error) {
 		var out []docker.RegistryHost
-		for _, m := range s.opts.Registry.Hosts[host].Mirrors {
+		for _, m := range s.opts.Hosts[host].Mirrors {
 			out = append(out, s.registryHost(m, docker.HostCapabilityPull|docker.HostCapabilityResolve, authorizer))
 		}
 		out = append(out, s.registryHost(host, docker.HostCapabilityPull|docker.HostCapabilityResolve|docker.HostCapabilityPush, authorizer))
@@ -114,7 +114,7 @@ func (s *Store) resolver(refHost string, auth *Auth) (remotes.Resolver, error) {
 }
 
 func (s *Store) registryHost(host string, caps docker.HostCapabilities, a docker.Authorizer) docker.RegistryHost {
-	hc := s.opts.Registry.Hosts[host]
+	hc := s.opts.Hosts[host]
 	scheme := "https"
 	if hc.Insecure {
 		scheme = "http"

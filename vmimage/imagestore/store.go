@@ -12,7 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -23,7 +25,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/vmimage"
 )
 
@@ -70,8 +71,10 @@ type Options struct {
 	Root string
 	// Snapshotter receives unpacked VM bases. Required.
 	Snapshotter snapshots.Snapshotter
-	// Registry holds per-host mirrors and plain-HTTP permission.
-	Registry config.Registry
+	// Hosts maps a registry host as written in image references
+	// ("docker.io", "localhost:5000") to how it is reached; a host not
+	// listed is reached over HTTPS, with no mirrors.
+	Hosts map[string]Host
 	// MaxConcurrentDownloads bounds parallel blob downloads per pull.
 	MaxConcurrentDownloads int
 	// MaxUnpackedSize caps what one VM image unpacks to, holes included
@@ -83,6 +86,18 @@ type Options struct {
 	// InUse, when set, reports whether a sandbox uses an image ID; such
 	// images refuse removal.
 	InUse func(imageID string) bool
+}
+
+// Host is how the store reaches one registry host.
+type Host struct {
+	// Mirrors are tried in order before the host itself, each as
+	// "host[:port]" (scheme from Insecure of that mirror's own entry, or
+	// https).
+	Mirrors []string
+	// Insecure allows plain HTTP to this host.
+	Insecure bool
+	// SkipVerify disables TLS certificate verification for this host.
+	SkipVerify bool
 }
 
 // Store is safe for concurrent use.
@@ -104,6 +119,9 @@ type Store struct {
 	inflight map[digest.Digest]int
 	// gc serialises record changes with garbage collection.
 	gc sync.Mutex
+	// boot caches what VMImage reads from a VM image's base and
+	// manifest, by manifest digest (*bootInfo).
+	boot sync.Map
 }
 
 // Open opens (creating if needed) the store under opts.Root.
@@ -180,6 +198,46 @@ func (s *Store) Get(ctx context.Context, name string) (Image, error) {
 	return img, err
 }
 
+// Resolve finds the records an image ID, repo digest or tag refers to:
+// every name of that image. An ID may be given with or without its
+// "sha256:" prefix.
+func (s *Store) Resolve(ctx context.Context, refOrID string) ([]Image, error) {
+	all, err := s.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id := refOrID
+	if !strings.Contains(id, ":") && len(id) == 64 {
+		id = "sha256:" + id
+	}
+	if d, err := digest.Parse(id); err == nil {
+		if out := byID(all, d.String()); len(out) > 0 {
+			return out, nil
+		}
+		return nil, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
+	}
+	named, err := ParseRef(refOrID)
+	if err != nil {
+		return nil, err
+	}
+	for _, img := range all {
+		if img.Name == named.String() {
+			return byID(all, img.ID()), nil
+		}
+	}
+	return nil, fmt.Errorf("image %q: %w", refOrID, errdefs.ErrNotFound)
+}
+
+func byID(all []Image, id string) []Image {
+	var out []Image
+	for _, img := range all {
+		if img.ID() == id {
+			out = append(out, img)
+		}
+	}
+	return out
+}
+
 // put stores img under its name, keeping the creation time of a record
 // it replaces, and returns what it stored.
 func (s *Store) put(img Image) (Image, error) {
@@ -219,3 +277,65 @@ func (s *Store) release(ds ...digest.Digest) {
 }
 
 func logger(ctx context.Context) *slog.Logger { return slog.Default() }
+
+// Usage is the space the store's content takes: allocated bytes and
+// inodes under the content directory, plus the snapshotter's usage.
+func (s *Store) Usage(ctx context.Context) (bytes, inodes int64, err error) {
+	err = filepath.WalkDir(filepath.Join(s.opts.Root, "content"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		inodes++
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			bytes += int64(st.Blocks) * 512
+		} else {
+			bytes += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	var names []string
+	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		names = append(names, info.Name)
+		return nil
+	})
+	for _, n := range names {
+		u, err := s.sn.Usage(ctx, n)
+		if err != nil {
+			continue
+		}
+		bytes += u.Size
+		inodes += u.Inodes
+	}
+	return bytes, inodes, nil
+}
+
+// Config returns the image's config blob.
+func (s *Store) Config(ctx context.Context, img Image) ([]byte, error) {
+	return content.ReadBlob(ctx, s.content, img.Config)
+}
+
+// OCIConfig parses the config of an ordinary image; ok is false for VM
+// images, whose config is a format-specific document.
+func (s *Store) OCIConfig(ctx context.Context, img Image) (cfg ocispec.Image, ok bool, err error) {
+	if img.Kind != "" {
+		return cfg, false, nil
+	}
+	b, err := s.Config(ctx, img)
+	if err != nil {
+		return cfg, false, err
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, false, fmt.Errorf("image config %s: %w", img.Config.Digest, err)
+	}
+	return cfg, true, nil
+}

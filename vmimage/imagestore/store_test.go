@@ -24,7 +24,6 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/snapshotter"
@@ -35,10 +34,10 @@ import (
 // ---- helpers shared by the tests of this package ----
 
 // insecure allows plain HTTP to each host (the test registry serves no TLS).
-func insecure(hosts ...string) config.Registry {
-	r := config.Registry{Hosts: map[string]config.Host{}}
+func insecure(hosts ...string) map[string]imagestore.Host {
+	r := map[string]imagestore.Host{}
 	for _, h := range hosts {
-		r.Hosts[h] = config.Host{Insecure: true}
+		r[h] = imagestore.Host{Insecure: true}
 	}
 	return r
 }
@@ -50,7 +49,7 @@ type testStore struct {
 }
 
 // newStore opens a store in a fresh directory; edit adjusts its options.
-func newStore(t testing.TB, reg config.Registry, edit ...func(*imagestore.Options)) *testStore {
+func newStore(t testing.TB, hosts map[string]imagestore.Host, edit ...func(*imagestore.Options)) *testStore {
 	t.Helper()
 	root := t.TempDir()
 	sn, err := snapshotter.New(filepath.Join(root, "snapshots"))
@@ -60,7 +59,7 @@ func newStore(t testing.TB, reg config.Registry, edit ...func(*imagestore.Option
 	opts := imagestore.Options{
 		Root:                   filepath.Join(root, "images"),
 		Snapshotter:            sn,
-		Registry:               reg,
+		Hosts:                  hosts,
 		MaxConcurrentDownloads: 4,
 	}
 	for _, e := range edit {
@@ -376,7 +375,7 @@ func TestPullOCI(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s2, err := imagestore.Open(ctx, imagestore.Options{Root: filepath.Join(s.root, "images"), Snapshotter: s.sn, Registry: insecure(reg.Host())})
+	s2, err := imagestore.Open(ctx, imagestore.Options{Root: filepath.Join(s.root, "images"), Snapshotter: s.sn, Hosts: insecure(reg.Host())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -775,7 +774,7 @@ func TestVMImageIDsAreDistinct(t *testing.T) {
 // nothing else.
 func TestOpenRemovesStaleExtractions(t *testing.T) {
 	ctx := context.Background()
-	s := newStore(t, config.Registry{})
+	s := newStore(t, nil)
 	if _, err := s.sn.Prepare(ctx, "macvz.extract/0123/abcd", ""); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,39 +119,23 @@ func (v *vmBench) podStart(b *testing.B, i int) (d time.Duration, shimRSS, shimA
 			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}},
 	}
 	start := time.Now()
-	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	pod, ctr, err := runSleeper(ctx, rt, podCfg, v.plain)
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-		PodSandboxId:  sb.GetPodSandboxId(),
-		SandboxConfig: podCfg,
-		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
-			Image:    &runtimeapi.ImageSpec{Image: v.plain},
-			Command:  []string{"sleep", "3600"},
-			LogPath:  "main.log",
-		},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c.GetContainerId(), Cmd: []string{"true"}}); err != nil {
+	if _, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: ctr, Cmd: []string{"true"}}); err != nil {
 		b.Fatal(err)
 	}
 	d = time.Since(start)
 	b.StopTimer()
 	defer b.StartTimer()
-	if pid, err := readPidFile(filepath.Join(v.d.dir, "state", "sandboxes", sb.GetPodSandboxId(), "shim.pid")); err == nil {
+	if pid, err := readPidFile(filepath.Join(v.d.dir, "state", "sandboxes", pod, "shim.pid")); err == nil {
 		shimRSS, shimAnon = rssOf(b, pid)
 	}
-	if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
+	if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetPodSandboxId()}); err != nil {
+	if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		b.Fatal(err)
 	}
 	return d, shimRSS, shimAnon
@@ -263,4 +248,29 @@ func readPidFile(p string) (int, error) {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// runSleeper runs a pod over the CRI with one container of image
+// sleeping, and returns the pod's and the container's IDs.
+func runSleeper(ctx context.Context, rt runtimeapi.RuntimeServiceClient, cfg *runtimeapi.PodSandboxConfig, image string) (pod, ctr string, err error) {
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		return "", "", err
+	}
+	c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: sb.GetPodSandboxId(), SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+			Image:    &runtimeapi.ImageSpec{Image: image},
+			Command:  []string{"sleep", "3600"},
+			LogPath:  "main.log",
+		},
+	})
+	if err != nil {
+		return sb.GetPodSandboxId(), "", fmt.Errorf("creating the container: %w", err)
+	}
+	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
+		return sb.GetPodSandboxId(), c.GetContainerId(), fmt.Errorf("starting the container: %w", err)
+	}
+	return sb.GetPodSandboxId(), c.GetContainerId(), nil
 }

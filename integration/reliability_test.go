@@ -63,27 +63,11 @@ func startSleepers(tb testing.TB, v *vmTest, rt runtimeapi.RuntimeServiceClient,
 	tb.Helper()
 	ctx := context.Background()
 	for i := from; i < from+n; i++ {
-		cfg := sleeperPod(v.d, prefix+strconv.Itoa(i))
-		sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		pod, ctr, err := runSleeper(ctx, rt, sleeperPod(v.d, prefix+strconv.Itoa(i)), v.plain)
 		if err != nil {
 			tb.Fatalf("pod %d: %v", i, err)
 		}
-		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-			PodSandboxId: sb.GetPodSandboxId(), SandboxConfig: cfg,
-			Config: &runtimeapi.ContainerConfig{
-				Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
-				Image:    &runtimeapi.ImageSpec{Image: v.plain},
-				Command:  []string{"sleep", "3600"},
-				LogPath:  "main.log",
-			},
-		})
-		if err != nil {
-			tb.Fatalf("container of pod %d: %v", i, err)
-		}
-		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
-			tb.Fatalf("starting the container of pod %d: %v", i, err)
-		}
-		pods, ctrs = append(pods, sb.GetPodSandboxId()), append(ctrs, c.GetContainerId())
+		pods, ctrs = append(pods, pod), append(ctrs, ctr)
 	}
 	return pods, ctrs
 }

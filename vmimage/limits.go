@@ -2,8 +2,8 @@ package vmimage
 
 import (
 	"fmt"
-	"math"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 

@@ -38,7 +38,7 @@ func guestSpec(t testing.TB, dir string) *vm.Spec {
 		MemoryBytes: 256 << 20,
 		Boot:        vm.Boot{Kind: vm.BootLinux, Kernel: kernel, Initrd: initrd, Cmdline: "quiet"},
 		ConsoleLog:  filepath.Join(dir, "console.log"),
-		Options:     map[string]string{OptionAccel: AccelTCG},
+		QEMU:        vm.QEMUOptions{Accel: AccelTCG},
 	}
 }
 
@@ -486,7 +486,7 @@ func BenchmarkBoot(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				spec := guestSpec(b, b.TempDir())
-				spec.Options[OptionMachine] = machine
+				spec.QEMU.Machine = machine
 				m, err := New().Create(ctx, spec)
 				if err != nil {
 					b.Fatal(err)

@@ -17,16 +17,16 @@
 // Files in Spec.Dir: qemu.pid, qemu.log (QEMU's stderr and stdout),
 // agent.sock, qmp.sock, and console.log when Spec.ConsoleLog is empty.
 //
-// Options (Spec.Options override the driver's defaults from New):
+// Options (Spec.QEMU overrides the driver's defaults from New):
 //
-//   - "binary": the QEMU executable, a path or a name looked up in PATH
+//   - Binary: the QEMU executable, a path or a name looked up in PATH
 //     (default qemu-system-x86_64);
-//   - "accel": "tcg", "kvm" or "auto" (default). auto picks kvm when
+//   - Accel: "tcg", "kvm" or "auto" (default). auto picks kvm when
 //     /dev/kvm opens read-write and the kvm_pvm module is not loaded,
 //     else tcg. Hosts whose /dev/kvm is backed by kvm_pvm (our CI machines)
 //     hang a stock kernel under kvm, which is why auto avoids it there;
 //     set "tcg" explicitly wherever kvm is known to be unusable.
-//   - "machine": "q35" (default) or "pc". Both boot the same PVH kernels;
+//   - Machine: "q35" (default) or "pc". Both boot the same PVH kernels;
 //     q35 was a little faster in every run here under TCG (cold boot to an
 //     answering agent, integration/guest's initramfs, 5 boots per run:
 //     q35 2.11–2.59 s, pc 2.18–2.97 s).
@@ -46,13 +46,6 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/macvz/macvz/runtime/vm"
-)
-
-// Option names in Spec.Options.
-const (
-	OptionBinary  = "binary"
-	OptionAccel   = "accel"
-	OptionMachine = "machine"
 )
 
 // Accelerators.
@@ -126,13 +119,13 @@ type config struct {
 
 func (d *Driver) config(spec *vm.Spec) config {
 	c := config{binary: d.binary, accel: d.accel, machine: d.machine}
-	if v := spec.Options[OptionBinary]; v != "" {
+	if v := spec.QEMU.Binary; v != "" {
 		c.binary = v
 	}
-	if v := spec.Options[OptionAccel]; v != "" {
+	if v := spec.QEMU.Accel; v != "" {
 		c.accel = v
 	}
-	if v := spec.Options[OptionMachine]; v != "" {
+	if v := spec.QEMU.Machine; v != "" {
 		c.machine = v
 	}
 	return c
@@ -256,19 +249,19 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 	case AccelKVM:
 		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 		if err != nil {
-			return precondition("options.accel %q: %v", c.accel, err)
+			return precondition("qemu accel %q: %v", c.accel, err)
 		}
 		f.Close()
 	default:
-		return invalid("options.accel %q: use %q, %q or %q", c.accel, AccelAuto, AccelKVM, AccelTCG)
+		return invalid("qemu accel %q: use %q, %q or %q", c.accel, AccelAuto, AccelKVM, AccelTCG)
 	}
 	switch c.machine {
 	case "pc", "q35":
 	default:
-		return invalid("options.machine %q: use \"pc\" or \"q35\"", c.machine)
+		return invalid("qemu machine %q: use \"pc\" or \"q35\"", c.machine)
 	}
 	if _, err := exec.LookPath(c.binary); err != nil {
-		return precondition("options.binary %q: %v (apt-get install qemu-system-x86)", c.binary, err)
+		return precondition("qemu binary %q: %v (apt-get install qemu-system-x86)", c.binary, err)
 	}
 	return nil
 }
@@ -348,7 +341,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) 
 	c := d.config(spec)
 	bin, err := exec.LookPath(c.binary)
 	if err != nil {
-		return nil, precondition("options.binary %q: %v", c.binary, err)
+		return nil, precondition("qemu binary %q: %v", c.binary, err)
 	}
 	c.binary = bin
 	c.accel = d.resolveAccel(c.accel)

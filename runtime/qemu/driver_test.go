@@ -50,7 +50,7 @@ func sampleSpec(t *testing.T) *vm.Spec {
 			{Kind: vm.NICUser, MAC: "02:00:00:00:00:02"},
 		},
 		ConsoleLog: filepath.Join(dir, "console.log"),
-		Options:    map[string]string{"accel": "tcg"},
+		QEMU:       vm.QEMUOptions{Accel: "tcg"},
 	}
 }
 
@@ -182,9 +182,9 @@ func TestValidate(t *testing.T) {
 		{"mac", func(s *vm.Spec) { s.NICs[1].MAC = "02:00:00:00:00" }, errdefs.ErrInvalidArgument, "nics[1].mac"},
 		{"mac multicast", func(s *vm.Spec) { s.NICs[1].MAC = "03:00:00:00:00:01" }, errdefs.ErrInvalidArgument, "multicast"},
 		{"restore", func(s *vm.Spec) { s.RestoreFrom = "/nonexistent.state" }, errdefs.ErrFailedPrecondition, "restoreFrom"},
-		{"accel", func(s *vm.Spec) { s.Options["accel"] = "hvf" }, errdefs.ErrInvalidArgument, `options.accel "hvf"`},
-		{"machine", func(s *vm.Spec) { s.Options["machine"] = "microvm" }, errdefs.ErrInvalidArgument, `options.machine "microvm"`},
-		{"binary", func(s *vm.Spec) { s.Options["binary"] = "/nonexistent/qemu" }, errdefs.ErrFailedPrecondition, "options.binary"},
+		{"accel", func(s *vm.Spec) { s.QEMU.Accel = "hvf" }, errdefs.ErrInvalidArgument, `qemu accel "hvf"`},
+		{"machine", func(s *vm.Spec) { s.QEMU.Machine = "microvm" }, errdefs.ErrInvalidArgument, `qemu machine "microvm"`},
+		{"binary", func(s *vm.Spec) { s.QEMU.Binary = "/nonexistent/qemu" }, errdefs.ErrFailedPrecondition, "qemu binary"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -276,7 +276,7 @@ func TestStartExecFails(t *testing.T) {
 	if err := os.WriteFile(bin, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s.Options["binary"] = bin
+	s.QEMU.Binary = bin
 	m, err := New().Create(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +298,7 @@ func TestStartQEMUExits(t *testing.T) {
 	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s.Options["binary"] = bin
+	s.QEMU.Binary = bin
 	m, err := New().Create(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)

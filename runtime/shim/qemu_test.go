@@ -70,7 +70,7 @@ func TestQEMU(t *testing.T) {
 		MemoryBytes: 256 << 20,
 		Boot:        vm.Boot{Kind: vm.BootLinux, Kernel: kernel.Vmlinux, Initrd: initrd, Cmdline: "quiet"},
 		ConsoleLog:  filepath.Join(dir, "console.log"),
-		Options:     map[string]string{qemu.OptionAccel: qemu.AccelTCG},
+		QEMU:        vm.QEMUOptions{Accel: qemu.AccelTCG},
 	}
 	c, err := Spawn(ctx, SpawnOptions{Binary: macvz, Dir: dir, Backend: "qemu", Spec: spec, LogLevel: "debug"})
 	if err != nil {

@@ -52,9 +52,22 @@ type Spec struct {
 	// resumes from it instead of booting.
 	RestoreFrom string `json:"restoreFrom,omitempty"`
 
-	// Options are backend settings from the daemon config (for qemu:
-	// "accel" = auto|kvm|tcg, "binary").
+	// QEMU are the qemu backend's settings from the daemon config; other
+	// backends ignore them.
+	QEMU QEMUOptions `json:"qemu,omitzero"`
+
+	// Options are backend settings of test drivers.
 	Options map[string]string `json:"options,omitempty"`
+}
+
+// QEMUOptions override the qemu driver's defaults; "" keeps a default.
+type QEMUOptions struct {
+	// Binary is the QEMU executable, a path or a name looked up in PATH.
+	Binary string `json:"binary,omitempty"`
+	// Accel is "auto", "kvm" or "tcg".
+	Accel string `json:"accel,omitempty"`
+	// Machine is the QEMU machine type: "q35" or "pc".
+	Machine string `json:"machine,omitempty"`
 }
 
 // Boot is how the guest starts.

@@ -98,3 +98,7 @@ func TestBinarySubreaper(t *testing.T) {
 		t.Error("Shutdown worked without --system")
 	}
 }
+
+func baseEnv() []string {
+	return []string{"PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/"}
+}

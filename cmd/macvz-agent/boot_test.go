@@ -34,12 +34,6 @@ var bootGuest struct {
 }
 
 func TestMain(m *testing.M) {
-	// The agent re-executes itself (/proc/self/exe, here the test
-	// binary) as the exec helper of processes with capability, user or
-	// mount namespace settings.
-	if len(os.Args) > 1 && os.Args[1] == execHelperArg {
-		execHelper(os.Args[2:])
-	}
 	code := m.Run()
 	if bootGuest.initrd != "" {
 		os.RemoveAll(filepath.Dir(bootGuest.initrd))

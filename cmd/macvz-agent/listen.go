@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -22,14 +21,16 @@ import (
 //	             framing of runtime/agentapi
 //	vsock:PORT   AF_VSOCK on PORT, any CID (vz)
 //	unix:PATH    a unix socket (tests, debugging)
-func listen(log *slog.Logger, spec string, loaded <-chan struct{}) (net.Listener, error) {
+//
+// serial opens a virtio-serial port by name ((*agent.Agent).SerialPort).
+func listen(spec string, serial func(name string) func() (io.ReadWriteCloser, error)) (net.Listener, error) {
 	kind, arg, ok := strings.Cut(spec, ":")
 	if !ok || arg == "" {
 		return nil, fmt.Errorf("--listen %q: want serial:NAME, vsock:PORT or unix:PATH", spec)
 	}
 	switch kind {
 	case "serial":
-		return api.NewLinkListener("serial:"+arg, hostilePort(log, openVirtioPort(log, arg, loaded)), 20*time.Millisecond), nil
+		return api.NewLinkListener("serial:"+arg, serial(arg), 20*time.Millisecond), nil
 	case "unix":
 		os.Remove(arg)
 		return net.Listen("unix", arg)

@@ -1,6 +1,7 @@
 // Command macvz-agent is the guest agent of macvz: it runs inside each
 // sandbox VM (as the guest's init on Linux QEMU guests) and serves the
-// ttrpc service of runtime/agentapi to the host.
+// ttrpc service of runtime/agentapi to the host. The agent itself is
+// runtime/agent; this is its flags, logging and listener.
 //
 //	macvz-agent [--listen serial:agent|vsock:PORT|unix:PATH] [--etc-dir DIR]
 //	            [--system] [--modules FILE] [--subreaper] [--log-level LEVEL]
@@ -18,18 +19,18 @@ import (
 
 	"github.com/containerd/ttrpc"
 
-	api "github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/agent"
 )
 
-// processStart is when the agent started (as near as Go lets us see).
-var processStart = time.Now()
+// version is the agent's version (set with -ldflags -X main.version=...).
+var version = "dev"
 
 // defaultVsockPort is where the agent listens on vsock (macOS guests).
 const defaultVsockPort = 1024
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == execHelperArg {
-		execHelper(os.Args[2:])
+	if len(os.Args) > 1 && os.Args[1] == agent.ExecHelperArg {
+		agent.RunExecHelper(os.Args[2:])
 	}
 	pid1 := os.Getpid() == 1
 	defListen := "serial:agent"
@@ -68,7 +69,7 @@ func main() {
 		log.Error("agent failed", "err", err)
 		if pid1 {
 			// init must not exit: the kernel would panic. Power off.
-			powerOff(false)
+			agent.PowerOff(false)
 			select {}
 		}
 		os.Exit(1)
@@ -77,49 +78,19 @@ func main() {
 
 func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, modules string, subreaper bool) error {
 	start := time.Now()
-	loaded := make(chan struct{}, 1)
-	ready := make(chan struct{})
-	allLoaded := make(chan struct{})
-	if pid1 {
-		initMounts(log)
-		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-		go func() {
-			loadModules(log, modules, loaded, ready)
-			close(allLoaded)
-		}()
-	} else {
-		close(allLoaded)
-		close(ready)
-		if subreaper {
-			if err := setSubreaper(); err != nil {
-				return err
-			}
-		}
+	a, err := agent.New(agent.Options{
+		EtcDir:    etcDir,
+		System:    system,
+		Init:      pid1,
+		Modules:   modules,
+		Subreaper: subreaper,
+		Version:   version,
+		Log:       log,
+	})
+	if err != nil {
+		return err
 	}
-	hostileStart(log) // test guests only (the hostile build tag)
-	cfg := config{
-		etcDir:        etcDir,
-		system:        system,
-		pid1:          pid1,
-		centralReaper: pid1 || subreaper,
-		log:           log,
-	}
-	if system {
-		cfg.powerOff = powerOff
-	}
-	a := newAgent(cfg)
-	a.ready, a.allLoaded = ready, allLoaded
-	if pid1 {
-		go func() {
-			<-ready // the button's module is among the first
-			watchPowerButton(log, func() {
-				log.Info("power button pressed")
-				a.shutdown(false, 3*time.Second)
-			})
-		}()
-	}
-
-	l, err := listen(log, listenSpec, loaded)
+	l, err := listen(listenSpec, a.SerialPort)
 	if err != nil {
 		return err
 	}
@@ -127,7 +98,7 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 	if err != nil {
 		return err
 	}
-	api.RegisterAgentService(srv, a)
+	a.Register(srv)
 	log.Info("serving", "listen", listenSpec, "version", version, "pid1", pid1, "startup", time.Since(start).Round(time.Microsecond))
 	err = srv.Serve(context.Background(), l)
 	if err != nil && !strings.Contains(err.Error(), "closed") {

@@ -1,4 +1,18 @@
-package main
+// Package agent is macvz's guest agent. It runs inside each sandbox VM,
+// never on the host: as the guest's init (PID 1) on Linux QEMU guests,
+// as a launchd daemon on macOS guests. It serves the ttrpc service of
+// runtime/agentapi to the host: it creates, starts, signals and waits for
+// the containers' processes (re-executing its own binary as the exec
+// helper for capabilities, users and mount namespaces) and buffers their
+// output for the host to read, mounts the shares, configures the network,
+// hostname and resolv.conf, sets sysctls, reports stats, forwards ports,
+// and powers the machine off. As init it also mounts the pseudo file
+// systems, loads the kernel modules and reaps every process.
+//
+// cmd/macvz-agent is the binary: flags, logging and the listener over
+// New and Register. Built with the `hostile` tag (test guests only), the
+// agent attacks the host (hostile.go).
+package agent
 
 import (
 	"context"
@@ -19,9 +33,6 @@ import (
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
-// version is the agent's version (set with -ldflags -X main.version=...).
-var version = "dev"
-
 // config is what the agent acts on.
 type config struct {
 	// etcDir is where hostname and resolv.conf are written ("/etc").
@@ -36,6 +47,8 @@ type config struct {
 	// powerOff powers the machine off or reboots it (system only).
 	powerOff func(reboot bool)
 	log      *slog.Logger
+	// version is what Ping and Info report ("dev").
+	version string
 }
 
 // agent implements api.AgentService.
@@ -68,6 +81,9 @@ func newAgent(cfg config) *agent {
 	}
 	if cfg.log == nil {
 		cfg.log = slog.Default()
+	}
+	if cfg.version == "" {
+		cfg.version = "dev"
 	}
 	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, ready: make(chan struct{}), allLoaded: make(chan struct{})}
 	close(a.ready)
@@ -111,7 +127,7 @@ func (a *agent) Ping(ctx context.Context, req *api.PingRequest) (*api.PingRespon
 			}
 		}
 	}
-	return &api.PingResponse{AgentVersion: version}, nil
+	return &api.PingResponse{AgentVersion: a.cfg.version}, nil
 }
 
 // clockSlack is how far the guest's clock may be from the host's before
@@ -121,7 +137,7 @@ const clockSlack = 20 * time.Millisecond
 func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse, error) {
 	host, _ := os.Hostname()
 	r := &api.InfoResponse{
-		AgentVersion:       version,
+		AgentVersion:       a.cfg.version,
 		Os:                 runtime.GOOS,
 		Arch:               runtime.GOARCH,
 		Hostname:           host,

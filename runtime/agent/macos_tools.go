@@ -1,4 +1,4 @@
-package main
+package agent
 
 // What the macOS guest agent learns from and asks of the system tools
 // (ps, vm_stat, networksetup, route, ifconfig, sysctl). The parsing and

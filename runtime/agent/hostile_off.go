@@ -1,6 +1,6 @@
 //go:build !hostile || !linux
 
-package main
+package agent
 
 import (
 	"io"

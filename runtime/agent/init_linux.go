@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"errors"
@@ -48,6 +48,9 @@ func initMounts(log *slog.Logger) {
 		}
 	}
 }
+
+// processStart is when the agent started (as near as Go lets us see).
+var processStart = time.Now()
 
 // setupModules are the modules the host's boot-time calls need
 // (ConfigureNetwork: the NIC; MountShare: 9p or virtiofs; a stop: the

@@ -1,6 +1,6 @@
 //go:build hostile && linux
 
-package main
+package agent
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
-// go test -tags hostile ./cmd/macvz-agent: the attacks on the agent
+// go test -tags hostile ./runtime/agent: the attacks on the agent
 // channel, against the host's side of the link and ttrpc.
 
 func TestParseHostile(t *testing.T) {

@@ -1,6 +1,6 @@
 //go:build hostile && linux
 
-package main
+package agent
 
 // The hostile mode of the agent, for the test guest only (built with
 // -tags hostile; the production agent has hostile_off.go instead): the
@@ -293,7 +293,7 @@ func noise(session uint32, first bool, junk int) []byte {
 	// Valid frames of other sessions, a WELCOME for another session.
 	b = append(b, hFrame(hData, session^0x5a5a5a5a, ttrpcHeader(^uint32(0), 1, 2), 0, nil)...)
 	b = append(b, hFrame(hWelcome, session+1, nil, 0, nil)...)
-	b = append(b, randBytes(LinkFlushSizeHostile)...)
+	b = append(b, randBytes(linkFlushSizeHostile)...)
 	if first && junk > 0 {
 		// ttrpc messages on even streams, which a client never opens.
 		var msgs []byte
@@ -309,9 +309,9 @@ func noise(session uint32, first bool, junk int) []byte {
 	return b
 }
 
-// LinkFlushSizeHostile: enough random bytes to complete any frame the
+// linkFlushSizeHostile: enough random bytes to complete any frame the
 // noise left open.
-const LinkFlushSizeHostile = hLinkHeader + hMaxPayload
+const linkFlushSizeHostile = hLinkHeader + hMaxPayload
 
 // floodConsole writes mib MiB of text to the console once the host has
 // connected, then reports in hostileDoneDir.

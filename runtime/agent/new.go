@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	api "github.com/macvz/macvz/runtime/agentapi"
+)
+
+// Options say what an Agent owns and where it writes.
+type Options struct {
+	// EtcDir is where hostname and resolv.conf are written ("/etc" when
+	// empty).
+	EtcDir string
+	// System lets the agent change the machine: the kernel hostname,
+	// network interfaces, mounts, power (Shutdown). Off when the agent
+	// runs on a host, in tests.
+	System bool
+	// Init: the agent is the guest's init (PID 1). New mounts the
+	// pseudo file systems, sets PATH, loads the kernel modules listed in
+	// Modules in the background, and watches the ACPI power button; the
+	// agent reaps every process. At most one such Agent per process.
+	Init bool
+	// Modules is the file listing the kernel modules to load, one .ko
+	// path a line (Init only; a missing file loads nothing).
+	Modules string
+	// Subreaper makes the process a child subreaper whose agent reaps
+	// every descendant (implied by Init; Linux only).
+	Subreaper bool
+	// Version is what Ping and Info report ("dev" when empty).
+	Version string
+	// Log is the agent's log (slog.Default() when nil).
+	Log *slog.Logger
+}
+
+// Agent is the guest agent: the runtime/agentapi service, ready to be
+// registered on a ttrpc server.
+type Agent struct {
+	a   *agent
+	log *slog.Logger
+	// loaded is poked after each kernel module loads (Init): a device
+	// the serial port waits for may have appeared.
+	loaded chan struct{}
+}
+
+// New sets the guest up as opts say (see Options.Init) and returns its
+// agent.
+func New(opts Options) (*Agent, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	loaded := make(chan struct{}, 1)
+	ready := make(chan struct{})
+	allLoaded := make(chan struct{})
+	if opts.Init {
+		initMounts(log)
+		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		go func() {
+			loadModules(log, opts.Modules, loaded, ready)
+			close(allLoaded)
+		}()
+	} else {
+		close(allLoaded)
+		close(ready)
+		if opts.Subreaper {
+			if err := setSubreaper(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	hostileStart(log) // test guests only (the hostile build tag)
+	cfg := config{
+		etcDir:        opts.EtcDir,
+		system:        opts.System,
+		pid1:          opts.Init,
+		centralReaper: opts.Init || opts.Subreaper,
+		log:           log,
+		version:       opts.Version,
+	}
+	if opts.System {
+		cfg.powerOff = powerOff
+	}
+	a := newAgent(cfg)
+	a.ready, a.allLoaded = ready, allLoaded
+	if opts.Init {
+		go func() {
+			<-ready // the button's module is among the first
+			watchPowerButton(log, func() {
+				log.Info("power button pressed")
+				a.shutdown(false, 3*time.Second)
+			})
+		}()
+	}
+	return &Agent{a: a, log: log, loaded: loaded}, nil
+}
+
+// Register registers the agent's service (runtime/agentapi) on srv.
+func (a *Agent) Register(srv *ttrpc.Server) {
+	api.RegisterAgentService(srv, a.a)
+}
+
+// SerialPort returns an opener of the virtio-serial port named name (QEMU
+// guests), for runtime/agentapi.NewLinkListener: it waits up to 2s for
+// the port to appear, the kernel modules loading meanwhile. On macOS
+// guests it always fails.
+func (a *Agent) SerialPort(name string) func() (io.ReadWriteCloser, error) {
+	return hostilePort(a.log, openVirtioPort(a.log, name, a.loaded))
+}
+
+// PowerOff powers the machine off (or restarts it) at once, stopping no
+// process first: what init does when the agent cannot run, as init must
+// not exit.
+func PowerOff(reboot bool) { powerOff(reboot) }
+
+// ExecHelperArg is the first argument of the agent's binary re-executed
+// as the exec helper (/proc/self/exe ExecHelperArg ...): its main calls
+// RunExecHelper(os.Args[2:]) when it sees it, before anything else.
+const ExecHelperArg = execHelperArg
+
+// RunExecHelper is the exec helper: it sets up the mount namespace,
+// capabilities, user and no_new_privs of a process and execs it, on the
+// arguments that followed ExecHelperArg. It never returns (Linux only: on
+// macOS it exits 127).
+func RunExecHelper(args []string) { execHelper(args) }

@@ -49,7 +49,7 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 	if err != nil {
 		return err
 	}
-	sc, err := s.shimFor(ctx, sb)
+	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage"
 )
@@ -35,7 +36,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if sc := cfg.GetLinux().GetSecurityContext(); sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
 		return nil, fmt.Errorf("container %q sets run_as_group without run_as_user or run_as_username: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
 	}
-	unlock := s.locks.lock(r.GetPodSandboxId())
+	unlock := s.ctl.Lock(r.GetPodSandboxId())
 	defer unlock()
 	sb, err := s.st.Sandbox(r.GetPodSandboxId())
 	if err != nil {
@@ -52,11 +53,11 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if err != nil {
 		return nil, err
 	}
-	img, err := s.vmImage(ctx, cfg.GetImage().GetImage())
+	img, err := s.images.VMImage(ctx, cfg.GetImage().GetImage())
 	if err != nil {
 		return nil, err
 	}
-	if sb.VMImage != "" && sb.VMContent != img.content {
+	if sb.VMImage != "" && sb.VMContent != img.Content {
 		return nil, fmt.Errorf("sandbox %s already runs VM image %s; a pod is one VM, so its containers must share one VM image (got %s, which boots a different VM): %w",
 			sb.ID, sb.VMImage, cfg.GetImage().GetImage(), errdefs.ErrFailedPrecondition)
 	}
@@ -70,8 +71,8 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		Name:      containerName(cfg.GetMetadata(), pod.GetMetadata()),
 		Config:    raw,
 		ImageRef:  cfg.GetImage().GetImage(),
-		ImageID:   img.rec.ID(),
-		IsVM:      len(cfg.GetCommand()) == 0 && len(cfg.GetArgs()) == 0 && img.desc.Process == nil,
+		ImageID:   img.Image.ID(),
+		IsVM:      len(cfg.GetCommand()) == 0 && len(cfg.GetArgs()) == 0 && img.Descriptor.Process == nil,
 		State:     store.ContainerCreated,
 		CreatedAt: time.Now(),
 		LogPath:   logPath,
@@ -79,9 +80,9 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if err := s.st.CreateContainer(c); err != nil {
 		return nil, err
 	}
-	testPause(ctx, "create") // test-only hook, inert unless MACVZ_TEST_PAUSE=create
+	testpause.Pause(ctx, "create") // test-only hook, inert unless MACVZ_TEST_PAUSE=create
 	if sb.VMImage == "" {
-		if _, err := s.st.UpdateSandbox(sb.ID, func(sb *store.Sandbox) error { sb.VMImage, sb.VMContent = img.rec.ID(), img.content; return nil }); err != nil {
+		if _, err := s.st.UpdateSandbox(sb.ID, func(sb *store.Sandbox) error { sb.VMImage, sb.VMContent = img.Image.ID(), img.Content; return nil }); err != nil {
 			s.st.DeleteContainer(*c)
 			return nil, err
 		}

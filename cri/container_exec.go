@@ -42,7 +42,7 @@ func (s *Service) runningContainer(ctx context.Context, id string) (store.Contai
 	if err != nil {
 		return c, err
 	}
-	c = s.refreshContainer(ctx, c)
+	c = s.ctl.RefreshContainer(ctx, c)
 	if c.State != store.ContainerRunning {
 		return c, fmt.Errorf("container %s is not running (%s): %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}

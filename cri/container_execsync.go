@@ -15,6 +15,7 @@ import (
 
 	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -102,6 +103,7 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 // execProcess is a process created in a container's VM for an exec.
 type execProcess struct {
 	agent agentapi.AgentClient
+	sc    *shim.Client
 	id    *agentapi.ProcessID
 	log   *slog.Logger
 }
@@ -113,7 +115,7 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 	if err != nil {
 		return nil, err
 	}
-	c = s.refreshContainer(ctx, c)
+	c = s.ctl.RefreshContainer(ctx, c)
 	if c.State != store.ContainerRunning {
 		return nil, fmt.Errorf("container %s is not running (%s): %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
@@ -121,7 +123,7 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 	if err != nil {
 		return nil, err
 	}
-	sc, err := s.shimFor(ctx, sb)
+	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return nil, err
 	}
@@ -129,24 +131,20 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 	if err != nil {
 		return nil, err
 	}
-	pod, err := podConfig(sb)
+	img, err := s.images.VMImage(ctx, c.ImageID)
 	if err != nil {
 		return nil, err
 	}
-	img, err := s.vmImage(ctx, c.ImageID)
-	if err != nil {
-		return nil, err
-	}
-	_, env, cwd, user := processOf(img.desc.Process, cfg)
+	_, env, cwd, user := processOf(img.Descriptor.Process, cfg)
 	pu, err := userOf(cfg.GetLinux().GetSecurityContext(), user)
 	if err != nil {
 		return nil, err
 	}
-	p := &execProcess{agent: sc.Agent(), id: &agentapi.ProcessID{ContainerId: c.ID, ExecId: randomHex(16)}, log: ctrLog(c)}
+	p := &execProcess{agent: sc.Agent(), sc: sc, id: &agentapi.ProcessID{ContainerId: c.ID, ExecId: randomHex(16)}, log: ctrLog(c)}
 	creq := &agentapi.CreateProcessRequest{
-		Id: p.id, Argv: argv, Env: completeEnv(env, podHostname(pod)), Cwd: cwd, Tty: tty, Stdin: stdin,
+		Id: p.id, Argv: argv, Env: completeEnv(env, store.SpecOf(sb).Hostname), Cwd: cwd, Tty: tty, Stdin: stdin,
 	}
-	pu.forOS(img.desc.OS).apply(creq)
+	pu.forOS(img.Descriptor.OS).apply(creq)
 	_, err = p.agent.CreateProcess(ctx, creq)
 	if err != nil {
 		return nil, fmt.Errorf("creating the exec in the guest: %w", err)
@@ -162,11 +160,11 @@ func (p *execProcess) kill() {
 	p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
 }
 
-// remove drops the exec from the agent.
+// remove drops the exec from the shim and the guest.
 func (p *execProcess) remove() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := p.agent.RemoveProcess(ctx, &agentapi.RemoveProcessRequest{Id: p.id}); err != nil && !errdefs.IsNotFound(err) {
+	if err := p.sc.RemoveProcess(ctx, p.id); err != nil {
 		p.log.Warn("removing an exec from the guest", "exec", p.id.GetExecId(), "err", err)
 	}
 }

@@ -3,13 +3,12 @@ package cri
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/agentapi"
-	"github.com/macvz/macvz/runtime/shimapi"
 )
 
 // RemoveContainer removes a container, killing it first if it runs (as
@@ -22,7 +21,7 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.locks.lock(c.SandboxID)
+	unlock := s.ctl.Lock(c.SandboxID)
 	defer unlock()
 	if err := s.stopContainer(ctx, c.ID, 0); err != nil {
 		if errdefs.IsNotFound(err) {
@@ -30,24 +29,23 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 		}
 		return nil, fmt.Errorf("stopping container %s before removing it: %w", c.ID, err)
 	}
-	testPause(ctx, "rm") // test-only hook, inert unless MACVZ_TEST_PAUSE=rm
+	testpause.Pause(ctx, "rm") // test-only hook, inert unless MACVZ_TEST_PAUSE=rm
 	sb, err := s.st.Sandbox(c.SandboxID)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, err
 	}
 	if err == nil {
 		if sb.VMStarted && !c.IsVM {
-			if sc, err := s.shimFor(ctx, sb); err == nil {
-				// The guest forgets the process. Its volume binds in
-				// the guest stay (empty once the host side below is
-				// unmounted) until the VM stops.
-				sc.Shim().ForgetProcess(ctx, &shimapi.ForgetProcessRequest{ContainerId: c.ID})
-				if _, err := sc.Agent().RemoveProcess(ctx, &agentapi.RemoveProcessRequest{Id: &agentapi.ProcessID{ContainerId: c.ID}}); err != nil && !errdefs.IsNotFound(err) {
+			if sc, err := s.ctl.Shim(ctx, sb); err == nil {
+				// The shim and the guest forget the process. Its volume
+				// binds in the guest stay (empty once the host side
+				// below is unmounted) until the VM stops.
+				if err := sc.RemoveProcess(ctx, &agentapi.ProcessID{ContainerId: c.ID}); err != nil {
 					ctrLog(c).Warn("removing the process from the guest", "err", err)
 				}
 			}
 		}
-		if err := unmountUnder(sb.Dir, filepath.Join(sharedDir, c.ID)); err != nil {
+		if err := s.ctl.UnbindVolumes(sb, c.ID); err != nil {
 			return nil, err
 		}
 	}

@@ -13,10 +13,12 @@ import (
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/sandbox"
 	"github.com/macvz/macvz/runtime/shim"
-	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // defaultPath is PATH when neither the image nor the container sets one
@@ -33,7 +35,7 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.locks.lock(c.SandboxID)
+	unlock := s.ctl.Lock(c.SandboxID)
 	defer unlock()
 	if c, err = s.st.Container(c.ID); err != nil {
 		return nil, err
@@ -45,7 +47,7 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 	if err != nil {
 		return nil, err
 	}
-	sb = s.refreshSandbox(ctx, sb)
+	sb = s.ctl.Refresh(ctx, sb)
 	if sb.State != store.SandboxReady {
 		return nil, fmt.Errorf("sandbox %s is not ready (%s): %w", sb.ID, orDefault(sb.Reason, "stopped"), errdefs.ErrFailedPrecondition)
 	}
@@ -58,38 +60,34 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 	defer func() {
 		if retErr != nil {
 			log.Warn("container start failed", "err", retErr)
-			s.setExited(c.ID, &exit{code: 128, reason: "StartError", message: retErr.Error(), at: time.Now()})
+			s.ctl.SetExited(c.ID, &sandbox.Exit{Code: 128, Reason: "StartError", Message: retErr.Error(), At: time.Now()})
 		}
 	}()
-	pod, err := podConfig(sb)
-	if err != nil {
-		return nil, err
-	}
 	cfg, err := ctrConfig(c)
 	if err != nil {
 		return nil, err
 	}
-	img, err := s.vmImage(ctx, c.ImageID)
+	img, err := s.images.VMImage(ctx, c.ImageID)
 	if err != nil {
 		return nil, err
 	}
 	if !sb.VMStarted {
-		ctrs, err := s.sandboxContainerConfigs(sb.ID)
+		ctrs, err := s.containerResources(sb.ID)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.bootVM(ctx, &sb, pod, img, ctrs); err != nil {
+		if err := s.ctl.Boot(ctx, &sb, &img, ctrs); err != nil {
 			return nil, err
 		}
 	}
-	testPause(ctx, "start") // test-only hook, inert unless MACVZ_TEST_PAUSE=start
+	testpause.Pause(ctx, "start") // test-only hook, inert unless MACVZ_TEST_PAUSE=start
 	started := time.Now()
 	if !c.IsVM {
-		sc, err := s.shimFor(ctx, sb)
+		sc, err := s.ctl.Shim(ctx, sb)
 		if err != nil {
 			return nil, err
 		}
-		if started, err = s.startProcess(ctx, sb, sc, c, pod, cfg, img); err != nil {
+		if started, err = s.startProcess(ctx, sb, sc, c, cfg, &img); err != nil {
 			return nil, err
 		}
 	}
@@ -105,29 +103,30 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 	return &runtimeapi.StartContainerResponse{}, nil
 }
 
-// sandboxContainerConfigs are the configs of a sandbox's containers.
-func (s *Service) sandboxContainerConfigs(id string) ([]*runtimeapi.ContainerConfig, error) {
+// containerResources are the resources of a sandbox's containers, which
+// size its VM when the pod's do not.
+func (s *Service) containerResources(id string) ([]store.Resources, error) {
 	cs, err := s.st.Containers(func(c *store.Container) bool { return c.SandboxID == id })
 	if err != nil {
 		return nil, err
 	}
-	var out []*runtimeapi.ContainerConfig
+	var out []store.Resources
 	for _, c := range cs {
 		cfg, err := ctrConfig(c)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, cfg)
+		out = append(out, resourcesOf(cfg.GetLinux().GetResources()))
 	}
 	return out, nil
 }
 
 // startProcess binds the container's volumes into the guest, then
-// creates, watches and starts its process. It returns when the process
-// was started (host time, taken just before, so a process that exits at
+// has the shim create, watch and start its process. It returns when the
+// process was started (host time, taken just before, so a process that exits at
 // once never finishes before it started).
-func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.Client, c store.Container, pod *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig, img *imageRef) (_ time.Time, retErr error) {
-	argv, env, cwd, user := processOf(img.desc.Process, cfg)
+func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.Client, c store.Container, cfg *runtimeapi.ContainerConfig, img *imagestore.VMImage) (time.Time, error) {
+	argv, env, cwd, user := processOf(img.Descriptor.Process, cfg)
 	if len(argv) == 0 {
 		return time.Time{}, fmt.Errorf("container %s has no command and its image no default process: %w", c.ID, errdefs.ErrInvalidArgument)
 	}
@@ -135,8 +134,8 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 	if err != nil {
 		return time.Time{}, err
 	}
-	env = completeEnv(env, podHostname(pod))
-	if err := s.mountVolumes(ctx, sb, sc.Agent(), c.ID, cfg.GetMounts()); err != nil {
+	env = completeEnv(env, store.SpecOf(sb).Hostname)
+	if err := s.ctl.BindVolumes(ctx, sb, sc.Agent(), c.ID, volumesOf(cfg.GetMounts())); err != nil {
 		return time.Time{}, err
 	}
 	id := &agentapi.ProcessID{ContainerId: c.ID}
@@ -144,56 +143,33 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc *shim.C
 		Id: id, Argv: argv, Env: env, Cwd: cwd,
 		Tty: cfg.GetTty(), Stdin: cfg.GetStdin(),
 	}
-	if sc := cfg.GetLinux().GetSecurityContext(); img.desc.OS == "linux" && (sc.GetReadonlyRootfs() || len(sc.GetReadonlyPaths()) > 0) {
+	if sc := cfg.GetLinux().GetSecurityContext(); img.Descriptor.OS == "linux" && (sc.GetReadonlyRootfs() || len(sc.GetReadonlyPaths()) > 0) {
 		// A view of the VM's root of its own; its execs join it.
 		creq.OwnMountNamespace, creq.ReadOnlyRootfs, creq.ReadonlyPaths = true, sc.GetReadonlyRootfs(), sc.GetReadonlyPaths()
 	}
-	pu.forOS(img.desc.OS).apply(creq)
-	_, err = sc.Agent().CreateProcess(ctx, creq)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("creating the container's process in the guest: %w", err)
-	}
-	defer func() {
-		if retErr != nil {
-			cctx := context.WithoutCancel(ctx)
-			sc.Shim().ForgetProcess(cctx, &shimapi.ForgetProcessRequest{ContainerId: c.ID})
-			sc.Agent().RemoveProcess(cctx, &agentapi.RemoveProcessRequest{Id: id})
-		}
-	}()
+	pu.forOS(img.Descriptor.OS).apply(creq)
 	if c.LogPath != "" {
 		// kubelet makes the pod's log directory; crictl users may not.
 		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
 			return time.Time{}, err
 		}
 	}
-	if _, err := sc.Shim().WatchProcess(ctx, &shimapi.WatchProcessRequest{ContainerId: c.ID, LogPath: c.LogPath}); err != nil {
-		return time.Time{}, fmt.Errorf("watching the container's process: %w", err)
-	}
-	started := time.Now()
-	if _, err := sc.Agent().StartProcess(ctx, &agentapi.StartProcessRequest{Id: id}); err != nil {
-		return time.Time{}, fmt.Errorf("starting the container's process in the guest: %w", err)
+	// The shim creates, watches and starts the process, and removes it
+	// again when a step fails.
+	started, err := sc.StartProcess(ctx, creq, c.LogPath)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("starting the container's process: %w", err)
 	}
 	return started, nil
 }
 
-// mountVolumes makes each mount visible in the guest at its container
-// path: a bind of the host path under the sandbox's shared directory
-// (host side), then a bind of that in the guest.
-func (s *Service) mountVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, cid string, ms []*runtimeapi.Mount) error {
-	for i, m := range ms {
-		sub := filepath.Join(cid, strconv.Itoa(i))
-		if err := bindVolume(sb.Dir, cid, i, m.GetHostPath(), m.GetReadonly()); err != nil {
-			return fmt.Errorf("volume %s → %s: %w", m.GetHostPath(), m.GetContainerPath(), err)
-		}
-		_, err := a.MountShare(ctx, &agentapi.MountShareRequest{
-			Tag: sharedTag, Subpath: sub, Target: m.GetContainerPath(),
-			ReadOnly: m.GetReadonly(), CreateTarget: true,
-		})
-		if err != nil {
-			return fmt.Errorf("volume %s → %s in the guest: %w", m.GetHostPath(), m.GetContainerPath(), err)
-		}
+// volumesOf are a container's CRI mounts as the controller's volumes.
+func volumesOf(ms []*runtimeapi.Mount) []sandbox.Volume {
+	var out []sandbox.Volume
+	for _, m := range ms {
+		out = append(out, sandbox.Volume{HostPath: m.GetHostPath(), GuestPath: m.GetContainerPath(), ReadOnly: m.GetReadonly()})
 	}
-	return nil
+	return out
 }
 
 // completeEnv adds what containerd adds when missing: PATH and HOSTNAME.

@@ -15,7 +15,7 @@ func (s *Service) ContainerStatus(ctx context.Context, r *runtimeapi.ContainerSt
 	if err != nil {
 		return nil, err
 	}
-	c = s.refreshContainer(ctx, c)
+	c = s.ctl.RefreshContainer(ctx, c)
 	st, err := s.containerStatus(c)
 	if err != nil {
 		return nil, err
@@ -91,7 +91,7 @@ func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFil
 	}
 	var out []*runtimeapi.Container
 	for _, c := range recs {
-		c = s.refreshContainer(ctx, c)
+		c = s.ctl.RefreshContainer(ctx, c)
 		if st := f.GetState(); st != nil && st.GetState() != criContainerState(c.State) {
 			continue
 		}

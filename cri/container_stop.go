@@ -11,7 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/sandbox"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -33,7 +35,7 @@ func (s *Service) StopContainer(ctx context.Context, r *runtimeapi.StopContainer
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.locks.lock(c.SandboxID)
+	unlock := s.ctl.Lock(c.SandboxID)
 	defer unlock()
 	if err := s.stopContainer(ctx, c.ID, time.Duration(r.GetTimeout())*time.Second); err != nil {
 		return nil, err
@@ -47,11 +49,11 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	c = s.refreshContainer(ctx, c)
+	c = s.ctl.RefreshContainer(ctx, c)
 	switch c.State {
 	case store.ContainerCreated:
 		// Never started: it cannot start any more (as with containerd).
-		s.setExited(c.ID, &exit{code: 0, reason: "Completed", message: "stopped before it started", at: time.Now()})
+		s.ctl.SetExited(c.ID, &sandbox.Exit{Code: 0, Reason: "Completed", Message: "stopped before it started", At: time.Now()})
 		return nil
 	case store.ContainerRunning:
 	default:
@@ -63,21 +65,13 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 		return err
 	}
 	if c.IsVM {
-		s.setStopping(sb.ID, true)
-		defer s.setStopping(sb.ID, false)
-		if err := s.stopVM(ctx, sb, max(timeout, time.Second), ""); err != nil {
+		if err := s.ctl.ShutdownVM(ctx, sb.ID, max(timeout, time.Second), fmt.Sprintf("its VM container %s was stopped", c.ID)); err != nil {
 			return err
 		}
-		_, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
-			r.State = store.SandboxNotReady
-			r.VMStarted = false
-			r.Reason = fmt.Sprintf("its VM container %s was stopped", c.ID)
-			return nil
-		})
 		log.Info("VM container stopped; the VM is shut down")
-		return err
+		return nil
 	}
-	sc, err := s.shimFor(ctx, sb)
+	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return err
 	}
@@ -91,12 +85,12 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 		if err != nil && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 			return fmt.Errorf("signalling the container: %w", err)
 		}
-		testPause(ctx, "stop") // test-only hook, inert unless MACVZ_TEST_PAUSE=stop
+		testpause.Pause(ctx, "stop") // test-only hook, inert unless MACVZ_TEST_PAUSE=stop
 		wctx, cancel := context.WithTimeout(ctx, timeout)
 		_, err = sc.Shim().WaitProcess(wctx, &shimapi.WaitProcessRequest{ContainerId: c.ID})
 		cancel()
 		if err == nil {
-			s.refreshContainer(ctx, c)
+			s.ctl.RefreshContainer(ctx, c)
 			log.Info("container stopped", "signal", sig)
 			return nil
 		}
@@ -114,7 +108,7 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 	if _, err := sc.Shim().WaitProcess(wctx, &shimapi.WaitProcessRequest{ContainerId: c.ID}); err != nil {
 		return fmt.Errorf("container %s did not exit after SIGKILL: %w", c.ID, err)
 	}
-	s.refreshContainer(ctx, c)
+	s.ctl.RefreshContainer(ctx, c)
 	log.Info("container killed")
 	return nil
 }

@@ -27,7 +27,7 @@ func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.Up
 	if err != nil {
 		return nil, err
 	}
-	unlock := s.locks.lock(c.SandboxID)
+	unlock := s.ctl.Lock(c.SandboxID)
 	defer unlock()
 	_, err = s.st.UpdateContainer(c.ID, func(c *store.Container) error {
 		if c.State == store.ContainerExited {
@@ -78,7 +78,7 @@ func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenCo
 	if err != nil {
 		return nil, err
 	}
-	c = s.refreshContainer(ctx, c)
+	c = s.ctl.RefreshContainer(ctx, c)
 	if c.State != store.ContainerRunning {
 		return nil, fmt.Errorf("container %s is not running: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
@@ -92,7 +92,7 @@ func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenCo
 	if err := checkLogPath(sb, c); err != nil {
 		return nil, err
 	}
-	sc, err := s.shimFor(ctx, sb)
+	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return nil, err
 	}

@@ -10,14 +10,12 @@ import (
 // RemoveImage removes an image (by ID, tag or digest) with all its names,
 // as containerd does. Removing an absent image succeeds.
 func (s *Service) RemoveImage(ctx context.Context, r *runtimeapi.RemoveImageRequest) (*runtimeapi.RemoveImageResponse, error) {
-	if s.warm != nil {
-		// Saved states of the image hold its base (their disks are its
-		// children): they go first.
-		if recs, err := s.images.Resolve(ctx, r.GetImage().GetImage()); err == nil {
-			for _, rec := range recs {
-				if !s.imageInUse(rec.ID()) {
-					s.warm.dropImage(ctx, rec.Manifest.Digest)
-				}
+	// Saved VM states of the image hold its base (their disks are its
+	// children): they go first.
+	if recs, err := s.images.Resolve(ctx, r.GetImage().GetImage()); err == nil {
+		for _, rec := range recs {
+			if !s.imageInUse(rec.ID()) {
+				s.ctl.ForgetImage(ctx, rec.Manifest.Digest)
 			}
 		}
 	}

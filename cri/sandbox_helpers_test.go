@@ -1,53 +1,64 @@
 package cri
 
 import (
-	"runtime"
+	"reflect"
 	"slices"
-	"sync"
+	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage"
 )
 
-func TestVMSize(t *testing.T) {
-	cfg := config.VM{DefaultCPUs: 1, DefaultMemoryBytes: 512 << 20}
-	desc := &vmimage.Descriptor{MinCPUs: 1, MinMemoryBytes: 256 << 20}
-	res := func(quota, period, shares, mem int64) *runtimeapi.LinuxContainerResources {
-		return &runtimeapi.LinuxContainerResources{CpuQuota: quota, CpuPeriod: period, CpuShares: shares, MemoryLimitInBytes: mem}
+// The CRI config decodes once into the controller's typed spec.
+func TestSandboxSpec(t *testing.T) {
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata: &runtimeapi.PodSandboxMetadata{Name: "web", Namespace: "ns", Uid: "u1"},
+		Hostname: strings.Repeat("h", 70) + "-",
+		PortMappings: []*runtimeapi.PortMapping{
+			{HostPort: 8080, ContainerPort: 80},
+			{HostPort: 5353, ContainerPort: 53, Protocol: runtimeapi.Protocol_UDP, HostIp: "127.0.0.1"},
+		},
+		DnsConfig: &runtimeapi.DNSConfig{Servers: []string{"10.0.0.10"}, Searches: []string{"ns.svc"}, Options: []string{"ndots:5"}},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			Sysctls:         map[string]string{"net.ipv4.ip_forward": "1"},
+			Resources:       &runtimeapi.LinuxContainerResources{CpuQuota: 150000, CpuPeriod: 100000, MemoryLimitInBytes: 1 << 30},
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}},
+		},
 	}
-	pod := func(r *runtimeapi.LinuxContainerResources) *runtimeapi.PodSandboxConfig {
-		return &runtimeapi.PodSandboxConfig{Linux: &runtimeapi.LinuxPodSandboxConfig{Resources: r}}
+	want := &store.SandboxSpec{
+		Namespace: "ns", Name: "web", UID: "u1", Hostname: strings.Repeat("h", 63), HostNetwork: true,
+		Ports:     []store.Port{{Protocol: "tcp", HostPort: 8080, ContainerPort: 80}, {Protocol: "udp", HostIP: "127.0.0.1", HostPort: 5353, ContainerPort: 53}},
+		DNS:       &store.DNS{Servers: []string{"10.0.0.10"}, Searches: []string{"ns.svc"}, Options: []string{"ndots:5"}},
+		Sysctls:   map[string]string{"net.ipv4.ip_forward": "1"},
+		Resources: store.Resources{MilliCPU: 1500, MemoryBytes: 1 << 30},
 	}
-	ctr := func(r *runtimeapi.LinuxContainerResources) *runtimeapi.ContainerConfig {
-		return &runtimeapi.ContainerConfig{Linux: &runtimeapi.LinuxContainerConfig{Resources: r}}
+	if got := sandboxSpec(cfg); !reflect.DeepEqual(got, want) {
+		t.Errorf("spec\n got %+v\nwant %+v", got, want)
 	}
+	bare := sandboxSpec(&runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "p"}})
+	if bare.HostNetwork || bare.DNS != nil || bare.Hostname != "p" || bare.Resources != (store.Resources{}) {
+		t.Errorf("bare pod: %+v", bare)
+	}
+}
+
+func TestResourcesOf(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		pod    *runtimeapi.PodSandboxConfig
-		ctrs   []*runtimeapi.ContainerConfig
-		desc   *vmimage.Descriptor
-		cpus   int
-		memMiB int64
+		r    *runtimeapi.LinuxContainerResources
+		want store.Resources
 	}{
-		{"defaults", pod(nil), nil, desc, 1, 512},
-		{"pod limit", pod(res(150000, 100000, 0, 1<<30)), nil, desc, min(2, runtime.NumCPU()), 1024},
-		{"containers summed", pod(nil), []*runtimeapi.ContainerConfig{ctr(res(50000, 100000, 0, 300<<20)), ctr(res(0, 0, 1024, 200<<20))}, desc, min(2, runtime.NumCPU()), 500},
-		{"request shares only", pod(res(0, 0, 512, 0)), nil, desc, 1, 512},
-		{"image minimum wins", pod(res(0, 0, 0, 100<<20)), nil, &vmimage.Descriptor{MinMemoryBytes: 2 << 30}, 1, 2048},
-		{"clamped to the host", pod(res(64000000, 100000, 0, 0)), nil, desc, runtime.NumCPU(), 512},
-		{"rounded up to MiB", pod(res(0, 0, 0, 300<<20+1)), nil, desc, 1, 301},
+		{nil, store.Resources{}},
+		{&runtimeapi.LinuxContainerResources{CpuQuota: 50000, CpuPeriod: 100000, MemoryLimitInBytes: 300 << 20}, store.Resources{MilliCPU: 500, MemoryBytes: 300 << 20}},
+		{&runtimeapi.LinuxContainerResources{CpuShares: 1024}, store.Resources{MilliCPU: 1000}},
+		{&runtimeapi.LinuxContainerResources{CpuShares: 2}, store.Resources{}}, // kubelet's "no request"
 	} {
-		cpus, mem := vmSize(cfg, tc.pod, tc.ctrs, tc.desc)
-		if cpus != tc.cpus || mem != tc.memMiB<<20 {
-			t.Errorf("%s: %d CPUs, %d MiB; want %d, %d", tc.name, cpus, mem>>20, tc.cpus, tc.memMiB)
+		if got := resourcesOf(tc.r); got != tc.want {
+			t.Errorf("%v: %+v, want %+v", tc.r, got, tc.want)
 		}
 	}
 }
@@ -167,34 +178,6 @@ func TestPodHostname(t *testing.T) {
 		if got := podHostname(tc.cfg); got != tc.want || len(got) > 63 {
 			t.Errorf("%v: %q", tc.cfg, got)
 		}
-	}
-}
-
-// TestKeyedLocks: one key's holders exclude each other, other keys do not
-// wait, and the map does not grow.
-func TestKeyedLocks(t *testing.T) {
-	var k keyedLocks
-	unlock := k.lock("a")
-	other := make(chan struct{})
-	go func() { k.lock("b")(); close(other) }()
-	select {
-	case <-other:
-	case <-time.After(5 * time.Second):
-		t.Fatal("another key waited")
-	}
-	var wg sync.WaitGroup
-	got := make(chan struct{})
-	wg.Add(1)
-	go func() { defer wg.Done(); k.lock("a")(); close(got) }()
-	select {
-	case <-got:
-		t.Fatal("the same key did not wait")
-	case <-time.After(50 * time.Millisecond):
-	}
-	unlock()
-	wg.Wait()
-	if len(k.m) != 0 {
-		t.Errorf("locks left: %v", k.m)
 	}
 }
 

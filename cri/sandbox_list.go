@@ -39,7 +39,7 @@ func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFil
 	}
 	var out []*runtimeapi.PodSandbox
 	for _, sb := range recs {
-		sb = s.refreshSandbox(ctx, sb)
+		sb = s.ctl.Refresh(ctx, sb)
 		if st := f.GetState(); st != nil && st.GetState() != criSandboxState(sb.State) {
 			continue
 		}

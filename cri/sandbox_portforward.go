@@ -37,7 +37,7 @@ func (s *Service) readySandbox(ctx context.Context, id string) (store.Sandbox, e
 	if err != nil {
 		return sb, err
 	}
-	sb = s.refreshSandbox(ctx, sb)
+	sb = s.ctl.Refresh(ctx, sb)
 	if sb.State != store.SandboxReady {
 		return sb, fmt.Errorf("sandbox %s is not ready (%s): %w", sb.ID, orDefault(sb.Reason, "stopped"), errdefs.ErrFailedPrecondition)
 	}
@@ -55,7 +55,7 @@ func (s *Service) portForwardStream(ctx context.Context, sandboxID string, port 
 	if err != nil {
 		return err
 	}
-	sc, err := s.shimFor(ctx, sb)
+	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return err
 	}

@@ -3,11 +3,8 @@ package cri
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
@@ -15,13 +12,13 @@ import (
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
-// RunPodSandbox records a sandbox and prepares its state directory. The
-// VM boots with the first VM-image container (StartContainer), or here
+// RunPodSandbox records a sandbox and attaches its network. The VM boots with the first VM-image container (StartContainer), or here
 // when the runtime handler or the pod's macvz.io/vm-image annotation
 // names the image. Anything made before a failure is undone.
-func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandboxRequest) (_ *runtimeapi.RunPodSandboxResponse, retErr error) {
+func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
 	cfg := r.GetConfig()
 	if err := validateSandboxConfig(cfg); err != nil {
 		return nil, err
@@ -33,56 +30,30 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if err != nil {
 		return nil, err
 	}
-	var img *imageRef
+	var img *imagestore.VMImage
 	if vmImage != "" {
-		if img, err = s.vmImage(ctx, vmImage); err != nil {
+		vi, err := s.images.VMImage(ctx, vmImage)
+		if err != nil {
 			return nil, err
 		}
+		img = &vi
 	}
 	raw, err := proto.Marshal(cfg)
 	if err != nil {
 		return nil, err
 	}
-	id := store.NewID()
-	sb := &store.Sandbox{
-		ID:        id,
-		Name:      sandboxName(cfg.GetMetadata()),
-		Config:    raw,
-		Handler:   r.GetRuntimeHandler(),
-		State:     store.SandboxReady,
-		Creating:  true,
-		CreatedAt: time.Now(),
-		Dir:       filepath.Join(s.cfg.State, "sandboxes", id),
-	}
-	log := sbLog(id)
-	unlock := s.locks.lock(id)
-	defer unlock()
-	if err := s.st.CreateSandbox(sb); err != nil {
+	sb, err := s.ctl.Create(ctx, store.Sandbox{
+		ID:      store.NewID(),
+		Name:    sandboxName(cfg.GetMetadata()),
+		Config:  raw,
+		Spec:    sandboxSpec(cfg),
+		Handler: r.GetRuntimeHandler(),
+	}, img)
+	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			log.Warn("RunPodSandbox failed; undoing", "err", retErr)
-			s.destroySandbox(context.WithoutCancel(ctx), *sb)
-		}
-	}()
-	if err := os.MkdirAll(sb.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := s.setupNetwork(ctx, sb, cfg); err != nil {
-		return nil, err
-	}
-	testPause(ctx, "runp") // test-only hook, inert unless MACVZ_TEST_PAUSE=runp
-	if img != nil {
-		if err := s.bootVM(ctx, sb, cfg, img, nil); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := s.st.UpdateSandbox(id, func(r *store.Sandbox) error { r.Creating = false; return nil }); err != nil {
-		return nil, err
-	}
-	log.Info("sandbox created", "name", sb.Name, "vmImage", vmImage, "ips", sb.IPs)
-	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
+	sbLog(sb.ID).Info("sandbox created", "name", sb.Name, "vmImage", vmImage, "ips", sb.IPs)
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: sb.ID}, nil
 }
 
 // handlerImage is the VM image a sandbox boots at creation, if any: the

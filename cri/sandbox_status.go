@@ -15,7 +15,7 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 	if err != nil {
 		return nil, err
 	}
-	sb = s.podIPsOf(ctx, s.refreshSandbox(ctx, sb))
+	sb = s.ctl.PodIPs(ctx, s.ctl.Refresh(ctx, sb))
 	cfg, err := podConfig(sb)
 	if err != nil {
 		return nil, err
@@ -47,7 +47,7 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 		return nil, err
 	}
 	for _, c := range cs {
-		c = s.refreshContainer(ctx, c)
+		c = s.ctl.RefreshContainer(ctx, c)
 		if cst, err := s.containerStatus(c); err == nil {
 			ctrs = append(ctrs, cst)
 		}

@@ -1,6 +1,9 @@
 // Package cri serves the CRI v1 RuntimeService and ImageService. It
-// translates CRI calls into vmimage/ and runtime/ calls and nothing else;
-// one file per verb group, as in containerd's internal/cri/server.
+// translates CRI calls into calls of the sandbox controller
+// (runtime/sandbox: VM boot, stop, network, volumes), the image store
+// (vmimage/imagestore) and a sandbox's shim (runtime/shim: processes in
+// the guest), and nothing else; one file per verb, as in containerd's
+// internal/cri/server, and errors become gRPC codes in errors.go.
 package cri
 
 import (
@@ -10,15 +13,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
-	"github.com/macvz/macvz/runtime/shim"
+	"github.com/macvz/macvz/runtime/sandbox"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/runtime/vz"
 	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
@@ -37,27 +41,9 @@ type Service struct {
 	sn     *snapshotter.Snapshotter
 	images *imagestore.Store
 	st     *store.Store
-	net    *cnimgr.Manager
-	ports  *portproxy.Manager // hostPorts the network leaves to the daemon
-	stream *streamServer      // exec, attach and port-forward sessions
-
-	// warm keeps saved VM states for warm starts; nil when off.
-	warm *warmStore
-	// slots counts VM boots in progress per guest OS; slotsReserve
-	// makes each reservation's check-and-take one step.
-	slots        vmSlots
-	slotsReserve sync.Mutex
-
-	// locks serialise lifecycle calls per sandbox ID.
-	locks keyedLocks
-
-	shimsMu  sync.Mutex
-	shims    map[string]*shim.Client // sandbox ID → connected shim
-	stopping map[string]bool         // sandboxes being stopped on purpose
-
-	// shimBinary is the executable run as `<shimBinary> shim --dir`;
-	// empty = this executable.
-	shimBinary string
+	ports  *portproxy.Manager  // hostPorts the network leaves to the daemon
+	ctl    *sandbox.Controller // sandbox VMs: boot, stop, network, volumes
+	stream *streamServer       // exec, attach and port-forward sessions
 }
 
 // registryHosts is the image store's view of [registry.hosts].
@@ -105,10 +91,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, net: netMgr, ports: portproxy.New(), shims: map[string]*shim.Client{}, shimBinary: shimBin}
-	if cfg.VM.WarmStart {
-		s.warm = newWarmStore(filepath.Join(cfg.Root, "warm"), cfg.VM.WarmStates, sn)
-	}
+	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New()}
 	s.images, err = imagestore.Open(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
@@ -128,15 +111,14 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		sn.Close()
 		return nil, err
 	}
-	// Re-attach to the shims that outlived the previous daemon before
-	// anything is collected: their disk clones are in use.
-	s.reconcile(ctx)
-	s.collectNetworks(ctx)
+	// Records written before sandboxes had a typed spec get one, from
+	// their CRI config, before the controller reads them.
+	s.fillSpecs()
+	// The controller re-attaches to the shims that outlived the previous
+	// daemon before anything is collected: their disk clones are in use.
+	s.ctl = sandbox.New(ctx, controllerConfig(cfg, shimBin), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports})
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
-	if s.warm != nil {
-		s.warm.sweep(ctx)
-	}
 	if err := sn.Cleanup(ctx); err != nil {
 		slog.Warn("snapshot cleanup failed", "err", err)
 	}
@@ -151,13 +133,32 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 func (s *Service) Close() error {
 	s.stream.Close()
 	s.ports.Close()
-	s.shimsMu.Lock()
-	for id, c := range s.shims {
-		c.Close()
-		delete(s.shims, id)
-	}
-	s.shimsMu.Unlock()
+	s.ctl.Close()
 	return errors.Join(s.images.Close(), s.st.Close(), s.sn.Close())
+}
+
+// controllerConfig is the sandbox controller's part of the daemon's
+// configuration.
+func controllerConfig(cfg *config.Config, shimBin string) sandbox.Config {
+	c := sandbox.Config{
+		Backend:            cfg.Backend,
+		StateDir:           filepath.Join(cfg.State, "sandboxes"),
+		WarmStates:         cfg.VM.WarmStates,
+		ShimBinary:         shimBin,
+		ShimLogLevel:       cfg.Log.Level,
+		BootTimeout:        time.Duration(cfg.VM.BootTimeout),
+		ConsoleLogMax:      cfg.VM.ConsoleLogMaxBytes,
+		DefaultCPUs:        cfg.VM.DefaultCPUs,
+		DefaultMemoryBytes: cfg.VM.DefaultMemoryBytes,
+		MaxLinuxVMs:        cfg.VM.MaxLinuxVMs,
+		MaxMacOSVMs:        cfg.VM.MaxMacOSVMs,
+		QEMU:               vm.QEMUOptions{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel},
+		ImageMachineID:     cfg.VZ.MachineIdentifier == "image",
+	}
+	if cfg.VM.WarmStart {
+		c.WarmDir = filepath.Join(cfg.Root, "warm")
+	}
+	return c
 }
 
 // shimBinary is the macvz-shim next to this executable, or "" (this
@@ -178,8 +179,8 @@ func shimBinary() string {
 
 // imageInUse reports whether a sandbox or container uses an image ID.
 func (s *Service) imageInUse(id string) bool {
-	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.VMImage == id })
-	if err != nil || len(sbs) > 0 {
+	if s.ctl == nil || s.ctl.InUse(id) {
+		// Until the controller settled the records, everything is in use.
 		return true
 	}
 	cs, err := s.st.Containers(func(c *store.Container) bool { return c.ImageID == id })

@@ -39,11 +39,11 @@ func statsTime(vm *agentapi.StatsResponse) int64 {
 // vmStats asks a sandbox's agent for stats; nil when its VM is not
 // running.
 func (s *Service) vmStats(ctx context.Context, sb store.Sandbox) (*agentapi.StatsResponse, error) {
-	sb = s.refreshSandbox(ctx, sb)
+	sb = s.ctl.Refresh(ctx, sb)
 	if sb.State != store.SandboxReady || !sb.VMStarted {
 		return nil, nil
 	}
-	sc, err := s.shimFor(ctx, sb)
+	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +116,7 @@ func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerSta
 	if err != nil {
 		return nil, err
 	}
-	c = s.refreshContainer(ctx, c)
+	c = s.ctl.RefreshContainer(ctx, c)
 	st, err := containerStatsOf(c, vm)
 	if err != nil {
 		return nil, err
@@ -154,7 +154,7 @@ func (s *Service) listContainerStats(ctx context.Context, f *runtimeapi.Containe
 	vms := map[string]*agentapi.StatsResponse{}
 	var out []*runtimeapi.ContainerStats
 	for _, c := range cs {
-		c = s.refreshContainer(ctx, c)
+		c = s.ctl.RefreshContainer(ctx, c)
 		cfg, err := ctrConfig(c)
 		if err != nil {
 			return nil, err
@@ -221,7 +221,7 @@ func (s *Service) listSandboxStats(ctx context.Context, f *runtimeapi.PodSandbox
 	}
 	var out []*runtimeapi.PodSandboxStats
 	for _, sb := range sbs {
-		sb = s.refreshSandbox(ctx, sb)
+		sb = s.ctl.Refresh(ctx, sb)
 		cfg, err := podConfig(sb)
 		if err != nil {
 			return nil, err

@@ -34,8 +34,15 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 }
 
 func (s *Service) networkCondition(ctx context.Context) *runtimeapi.RuntimeCondition {
-	if se := s.networkStatus(ctx); se != nil {
+	if se := s.ctl.NetworkStatus(ctx); se != nil {
 		return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: false, Reason: se.Reason, Message: se.Message}
 	}
 	return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+}
+
+// capacityCondition is the condition "VMCapacity": true while every
+// bounded guest OS has a free VM slot; the message has the counts.
+func (s *Service) capacityCondition() *runtimeapi.RuntimeCondition {
+	c := s.ctl.Capacity()
+	return &runtimeapi.RuntimeCondition{Type: "VMCapacity", Status: c.OK, Reason: c.Reason, Message: c.Message}
 }

@@ -125,14 +125,6 @@ func TestCRICallsRecoverPanics(t *testing.T) {
 	}
 }
 
-func TestGuestIPsKeepsOnePerFamily(t *testing.T) {
-	mac := "52:54:00:12:34:56"
-	ifs := []*agentapi.NetInterface{{Mac: mac, Addresses: []string{"10.0.0.2/24", "10.0.0.3/24", "fd00::2/64", "fd00::3/64", "127.0.0.1/8", "bogus"}}}
-	if got := strings.Join(guestIPs(ifs, mac), ","); got != "10.0.0.2,fd00::2" {
-		t.Fatalf("guestIPs = %s", got)
-	}
-}
-
 func TestStatsTimeFromGuest(t *testing.T) {
 	for _, ts := range []int64{0, -5, 1, 1<<63 - 1} {
 		got := statsTime(&agentapi.StatsResponse{TimestampUnixNano: ts})

@@ -43,6 +43,10 @@ type Sandbox struct {
 	ID        string       `json:"id"`
 	Name      string       `json:"name"`
 	Config    []byte       `json:"config"` // runtimeapi.PodSandboxConfig, protobuf
+	// Spec is what the sandbox's VM and network are made from, decoded
+	// from Config once (RunPodSandbox); nil only in records written
+	// before it existed, until the daemon's start fills it in.
+	Spec *SandboxSpec `json:"spec,omitempty"`
 	Handler   string       `json:"handler,omitempty"`
 	State     SandboxState `json:"state"`
 	CreatedAt time.Time    `json:"createdAt"`
@@ -98,6 +102,52 @@ type Network struct {
 	// PortsByDaemon: the plugins did not handle the hostPorts; the daemon
 	// proxies them (macOS).
 	PortsByDaemon bool `json:"portsByDaemon,omitempty"`
+}
+
+// SandboxSpec is the typed description of a sandbox's VM and network:
+// what the sandbox controller needs and nothing CRI-only (labels,
+// annotations, log directory).
+type SandboxSpec struct {
+	// Namespace, Name and UID identify the pod to the network plugins
+	// (the Kubernetes CNI_ARGS).
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+	UID       string `json:"uid,omitempty"`
+	// Hostname is the guest's host name (already cut to a valid one).
+	Hostname string `json:"hostname,omitempty"`
+	// HostNetwork asks for the node's network: the hypervisor's NAT.
+	HostNetwork bool `json:"hostNetwork,omitempty"`
+	// Ports are the pod's port mappings (hostPorts, and a host-network
+	// pod's container ports).
+	Ports []Port `json:"ports,omitempty"`
+	// DNS is the pod's own resolver configuration; nil = the network's.
+	DNS     *DNS              `json:"dns,omitempty"`
+	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// Resources size the VM (zero = the containers', else the defaults).
+	Resources Resources `json:"resources,omitzero"`
+}
+
+// SpecOf is a record's spec; empty for a record without one.
+func SpecOf(sb Sandbox) SandboxSpec {
+	if sb.Spec == nil {
+		return SandboxSpec{}
+	}
+	return *sb.Spec
+}
+
+// Port is one port mapping of a pod.
+type Port struct {
+	Protocol      string `json:"protocol"` // "tcp", "udp" or "sctp"
+	HostIP        string `json:"hostIP,omitempty"`
+	HostPort      int32  `json:"hostPort,omitempty"`
+	ContainerPort int32  `json:"containerPort"`
+}
+
+// Resources are CPU (millicores) and memory (bytes): a limit where one
+// is set, else a request.
+type Resources struct {
+	MilliCPU    int64 `json:"milliCPU,omitempty"`
+	MemoryBytes int64 `json:"memoryBytes,omitempty"`
 }
 
 // Route is a guest route; an empty Dst is the default route.

@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
+	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 func TestWarmKey(t *testing.T) {
@@ -37,7 +38,7 @@ func TestWarmKey(t *testing.T) {
 		"cpus":    func(s *vm.Spec) { s.CPUs = 2 },
 		"memory":  func(s *vm.Spec) { s.MemoryBytes = 256 << 20 },
 		"no NIC":  func(s *vm.Spec) { s.NICs = nil },
-		"options": func(s *vm.Spec) { s.Options = map[string]string{"accel": "kvm"} },
+		"qemu":    func(s *vm.Spec) { s.QEMU.Accel = "kvm" },
 		"share":   func(s *vm.Spec) { s.Shares[0].ReadOnly = true },
 		"disk":    func(s *vm.Spec) { s.Disks = []vm.Disk{{Path: "/d"}} },
 		"cmdline": func(s *vm.Spec) { s.Boot.Cmdline = "quiet macvz.hostile=garbage" },
@@ -176,18 +177,18 @@ func TestWarmStore(t *testing.T) {
 // macOS guests keep one saved state per VM slot, each with its slot's
 // MAC; Linux guests share one per VM shape and keep their own MACs.
 func TestWarmPlan(t *testing.T) {
-	s := newTestService(t)
+	s := newTestController(t)
 	if s.warm == nil {
 		t.Fatal("warm start is on by default")
 	}
-	mac := &imageRef{content: "sha256:mac", desc: &vmimage.Descriptor{Kind: vmimage.KindTart, OS: "darwin", Arch: "arm64",
+	mac := &imagestore.VMImage{Content: "sha256:mac", Descriptor: &vmimage.Descriptor{Kind: vmimage.KindTart, OS: "darwin", Arch: "arm64",
 		Disk: vmimage.DiskFile, NVRAM: vmimage.NVRAMFile, HardwareModel: []byte("hw")}}
-	lin := &imageRef{content: "sha256:lin", desc: &vmimage.Descriptor{OS: "linux", Kernel: "vmlinux"}}
+	lin := &imagestore.VMImage{Content: "sha256:lin", Descriptor: &vmimage.Descriptor{OS: "linux", Kernel: "vmlinux"}}
 	nat := &store.Network{NIC: vm.NIC{Kind: vm.NICVmnetNAT, MAC: "02:00:00:00:00:aa"}}
 	sb := func(n *store.Network) *store.Sandbox {
 		return &store.Sandbox{ID: "sb", Dir: t.TempDir(), Network: n}
 	}
-	plan := func(sb *store.Sandbox, img *imageRef, slot int) (string, string) {
+	plan := func(sb *store.Sandbox, img *imagestore.VMImage, slot int) (string, string) {
 		t.Helper()
 		key, m, err := s.warmPlan(sb, &vmBoot{img: img, cpus: 4, mem: 8 << 30, slot: slot})
 		if err != nil {
@@ -208,7 +209,7 @@ func TestWarmPlan(t *testing.T) {
 		t.Errorf("slot MAC %q is not a locally administered unicast address: %v", m1, err)
 	}
 	// The MACs are this host's: another host (another seed) has others.
-	s2 := newTestService(t)
+	s2 := newTestController(t)
 	if _, o1, _ := s2.warmPlan(sb(nat), &vmBoot{img: mac, cpus: 4, mem: 8 << 30, slot: 1}); o1 == m1 {
 		t.Errorf("two hosts share slot MAC %s", o1)
 	}
@@ -237,8 +238,8 @@ func (f *fakeSaver) Resume(ctx context.Context) error { f.resumed++; return nil 
 // made for it, or not saved at all: a restore needs that identity.
 func TestSaveWarmMacOS(t *testing.T) {
 	ctx := context.Background()
-	s := newTestService(t)
-	img := &imageRef{desc: &vmimage.Descriptor{OS: "darwin"}}
+	s := newTestController(t)
+	img := &imagestore.VMImage{Descriptor: &vmimage.Descriptor{OS: "darwin"}}
 	dir := t.TempDir()
 	spec := &vm.Spec{ID: "sb", Boot: vm.Boot{Kind: vm.BootMacOS, MachineIDFile: filepath.Join(dir, "machine-id")},
 		NICs: []vm.NIC{{Kind: vm.NICVmnetNAT, MAC: "02:11:22:33:44:55"}}}

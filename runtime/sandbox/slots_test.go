@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -14,8 +14,8 @@ import (
 )
 
 func TestVMSlots(t *testing.T) {
-	s := newTestService(t)
-	s.cfg.VM.MaxMacOSVMs = 2
+	s := newTestController(t)
+	s.cfg.MaxMacOSVMs = 2
 	for _, sb := range []store.Sandbox{
 		{ID: "running-mac-1", Name: "ci-1", State: store.SandboxReady, VMStarted: true, VMOS: "darwin", VMSlot: 1},
 		{ID: "stopped-mac", Name: "old", State: store.SandboxNotReady, VMOS: "darwin"},
@@ -30,7 +30,7 @@ func TestVMSlots(t *testing.T) {
 	if err != nil || slot != 2 {
 		t.Fatalf("second macOS VM: slot %d, %v", slot, err)
 	}
-	if c := s.capacityCondition(); c.Status || c.Reason != "macOSVMSlotsFull" || !strings.Contains(c.Message, "macOS VMs: 2 of 2") || !strings.Contains(c.Message, "Linux VMs: 1 (no bound)") {
+	if c := s.Capacity(); c.OK || c.Reason != "macOSVMSlotsFull" || !strings.Contains(c.Message, "macOS VMs: 2 of 2") || !strings.Contains(c.Message, "Linux VMs: 1 (no bound)") {
 		t.Errorf("condition with both slots taken: %+v", c)
 	}
 	// A third is refused, naming the holders; Linux is not bounded.
@@ -68,13 +68,13 @@ func TestVMSlots(t *testing.T) {
 	if _, err := s.st.UpdateSandbox("running-mac-1", func(r *store.Sandbox) error { r.State = store.SandboxReady; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if c := s.capacityCondition(); !c.Status || !strings.Contains(c.Message, "macOS VMs: 1 of 2") {
+	if c := s.Capacity(); !c.OK || !strings.Contains(c.Message, "macOS VMs: 1 of 2") {
 		t.Errorf("condition with a free slot: %+v", c)
 	}
 }
 
 func TestRetryExhausted(t *testing.T) {
-	s := newTestService(t)
+	s := newTestController(t)
 	saved := hypervisorBackoff
 	hypervisorBackoff = []time.Duration{time.Millisecond, time.Millisecond}
 	defer func() { hypervisorBackoff = saved }()

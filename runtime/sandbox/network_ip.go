@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -63,12 +63,12 @@ func needsIPs(sb store.Sandbox) bool {
 // decides which to believe (pod_ip.go). On success it records them and
 // starts the daemon's hostPort proxies; the error says why there is no
 // pod IP yet.
-func (s *Service) learnIPs(ctx context.Context, sb store.Sandbox) (store.Sandbox, error) {
+func (s *Controller) learnIPs(ctx context.Context, sb store.Sandbox) (store.Sandbox, error) {
 	if !needsIPs(sb) {
 		return sb, nil
 	}
 	var reported []string
-	if c, err := s.shimFor(ctx, sb); err == nil {
+	if c, err := s.Shim(ctx, sb); err == nil {
 		if info, err := c.Agent().Info(ctx, &agentapi.InfoRequest{}); err == nil {
 			reported = guestIPs(info.GetInterfaces(), sb.Network.NIC.MAC)
 		}
@@ -97,7 +97,7 @@ func (s *Service) learnIPs(ctx context.Context, sb store.Sandbox) (store.Sandbox
 
 // watchIPs learns a sandbox's IPs in the background after its VM booted,
 // until they are known, the sandbox stops, or ipLearnTimeout.
-func (s *Service) watchIPs(id string) {
+func (s *Controller) watchIPs(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), ipLearnTimeout)
 	defer cancel()
 	for {
@@ -120,7 +120,7 @@ func (s *Service) watchIPs(id string) {
 
 // afterBoot settles a booted sandbox's addresses: it starts the hostPort
 // proxies, or the watch for a DHCP address first.
-func (s *Service) afterBoot(sb store.Sandbox) {
+func (s *Controller) afterBoot(sb store.Sandbox) {
 	if needsIPs(sb) {
 		guard.Go(sbLog(sb.ID), "pod IP watch", func() { s.watchIPs(sb.ID) })
 		return
@@ -130,16 +130,12 @@ func (s *Service) afterBoot(sb store.Sandbox) {
 
 // startPorts starts the daemon's proxies for a sandbox's hostPorts when
 // its network leaves them to the daemon.
-func (s *Service) startPorts(sb store.Sandbox) {
+func (s *Controller) startPorts(sb store.Sandbox) {
 	if sb.Network == nil || !sb.Network.PortsByDaemon || len(sb.IPs) == 0 {
 		return
 	}
-	cfg, err := podConfig(sb)
-	if err != nil {
-		return
-	}
 	var ms []portproxy.Mapping
-	for _, p := range portMappings(cfg) {
+	for _, p := range portMappings(store.SpecOf(sb).Ports) {
 		if p.Protocol == "sctp" {
 			continue
 		}
@@ -156,8 +152,9 @@ func (s *Service) startPorts(sb store.Sandbox) {
 	sbLog(sb.ID).Info("hostPorts proxied to the guest", "ip", ip, "ports", len(ms))
 }
 
-// podIPsOf is the status IPs, learning them first when still unknown.
-func (s *Service) podIPsOf(ctx context.Context, sb store.Sandbox) store.Sandbox {
+// PodIPs returns the sandbox's record with its pod IPs, learning them
+// first when still unknown (vmnet: DHCP).
+func (s *Controller) PodIPs(ctx context.Context, sb store.Sandbox) store.Sandbox {
 	if needsIPs(sb) {
 		sb, _ = s.learnIPs(ctx, sb)
 	}

@@ -1,10 +1,10 @@
-package cri
+package sandbox
 
 import (
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
-
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
@@ -48,21 +48,37 @@ func TestNeedsIPs(t *testing.T) {
 }
 
 func TestPortMappings(t *testing.T) {
-	cfg := &runtimeapi.PodSandboxConfig{PortMappings: []*runtimeapi.PortMapping{
-		{HostPort: 8080, ContainerPort: 80},
-		{HostPort: 5353, ContainerPort: 53, Protocol: runtimeapi.Protocol_UDP, HostIp: "127.0.0.1"},
-		{ContainerPort: 9090}, // no hostPort: nothing to map
-	}}
-	got := portMappings(cfg)
+	got := portMappings([]store.Port{
+		{Protocol: "tcp", HostPort: 8080, ContainerPort: 80},
+		{Protocol: "udp", HostPort: 5353, ContainerPort: 53, HostIP: "127.0.0.1"},
+		{Protocol: "tcp", ContainerPort: 9090}, // no hostPort: nothing to map
+	})
 	if len(got) != 2 || got[0].Protocol != "tcp" || got[0].HostPort != 8080 || got[1].Protocol != "udp" || got[1].HostIP != "127.0.0.1" {
 		t.Errorf("got %+v", got)
 	}
 }
 
-func TestHostNetwork(t *testing.T) {
-	node := &runtimeapi.PodSandboxConfig{Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-		NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}}}
-	if !hostNetwork(node) || hostNetwork(&runtimeapi.PodSandboxConfig{}) {
-		t.Error("hostNetwork")
+// A host-network pod's ports reach the guest through the NAT: its
+// hostPort, or its container port where none is set; sctp is not.
+func TestHostNetworkForwards(t *testing.T) {
+	if hostNetworkNIC() != vm.NICUser {
+		t.Skip("vz: the daemon proxies host-network ports")
+	}
+	got := hostNetworkForwards([]store.Port{
+		{Protocol: "tcp", ContainerPort: 80},
+		{Protocol: "udp", HostPort: 5353, ContainerPort: 53, HostIP: "127.0.0.1"},
+		{Protocol: "sctp", HostPort: 9, ContainerPort: 9},
+	})
+	want := []vm.Forward{{Protocol: "tcp", HostPort: 80, GuestPort: 80}, {Protocol: "udp", HostIP: "127.0.0.1", HostPort: 5353, GuestPort: 53}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+}
+
+func TestGuestIPsKeepsOnePerFamily(t *testing.T) {
+	mac := "52:54:00:12:34:56"
+	ifs := []*agentapi.NetInterface{{Mac: mac, Addresses: []string{"10.0.0.2/24", "10.0.0.3/24", "fd00::2/64", "fd00::3/64", "127.0.0.1/8", "bogus"}}}
+	if got := strings.Join(guestIPs(ifs, mac), ","); got != "10.0.0.2,fd00::2" {
+		t.Fatalf("guestIPs = %s", got)
 	}
 }

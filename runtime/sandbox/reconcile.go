@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 // that was still booting when the previous daemon died (its container
 // never started) is killed and its clone removed, so StartContainer can
 // boot it again.
-func (s *Service) reconcile(ctx context.Context) {
+func (s *Controller) reconcile(ctx context.Context) {
 	sbs, err := s.st.Sandboxes(nil)
 	if err != nil {
 		slog.Warn("listing sandboxes at start", "err", err)
@@ -32,7 +32,7 @@ func (s *Service) reconcile(ctx context.Context) {
 		switch {
 		case sb.Creating:
 			log.Warn("RunPodSandbox was interrupted by the daemon's end; removing the half-made sandbox")
-			if err := s.destroySandbox(ctx, sb); err != nil {
+			if err := s.Remove(ctx, sb); err != nil {
 				log.Warn("removing a half-made sandbox", "err", err)
 			}
 		case sb.VMStarted && sb.State == store.SandboxReady:
@@ -42,11 +42,9 @@ func (s *Service) reconcile(ctx context.Context) {
 				s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim exited while macvz was not running (%v)", err))
 				continue
 			}
-			s.shimsMu.Lock()
-			s.shims[sb.ID] = c
-			s.shimsMu.Unlock()
+			s.addShim(sb.ID, c)
 			log.Info("re-attached to the VM's shim", "pid", c.Pid())
-			if sb = s.refreshSandbox(ctx, sb); sb.State == store.SandboxReady {
+			if sb = s.Refresh(ctx, sb); sb.State == store.SandboxReady {
 				// The proxies died with the previous daemon.
 				s.afterBoot(sb)
 			}
@@ -78,7 +76,7 @@ func (s *Service) reconcile(ctx context.Context) {
 
 // vmGone marks a ready sandbox NotReady because its VM or shim ended
 // without StopPodSandbox, and its running containers Exited.
-func (s *Service) vmGone(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) store.Sandbox {
+func (s *Controller) vmGone(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) store.Sandbox {
 	sbLog(sb.ID).Warn("sandbox is no longer ready", "reason", reason)
 	s.recordExits(ctx, sb, c, reason)
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
@@ -95,19 +93,15 @@ func (s *Service) vmGone(ctx context.Context, sb store.Sandbox, c *shim.Client, 
 	return rec
 }
 
-// errNoChange aborts a store update that has nothing to do (the record
-// already moved on).
-var errNoChange = errors.New("no change")
-
-// refreshSandbox checks that a ready sandbox's VM still runs and returns
-// its current record. Lifecycle calls hold the sandbox lock; this one
-// does not (listings must not wait for a boot): it only ever moves a
-// record forward (Ready → NotReady, Running → Exited).
-func (s *Service) refreshSandbox(ctx context.Context, sb store.Sandbox) store.Sandbox {
+// Refresh checks that a ready sandbox's VM still runs and returns its
+// current record. Lifecycle calls hold the sandbox lock; this one does
+// not (listings must not wait for a boot): it only ever moves a record
+// forward (Ready → NotReady, Running → Exited).
+func (s *Controller) Refresh(ctx context.Context, sb store.Sandbox) store.Sandbox {
 	if sb.State != store.SandboxReady || !sb.VMStarted || s.isStopping(sb.ID) {
 		return sb
 	}
-	c, err := s.shimFor(ctx, sb)
+	c, err := s.Shim(ctx, sb)
 	if err != nil {
 		if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
 			s.dropShim(sb.ID)
@@ -120,9 +114,7 @@ func (s *Service) refreshSandbox(ctx context.Context, sb store.Sandbox) store.Sa
 		if errdefs.IsUnavailable(err) {
 			s.dropShim(sb.ID)
 			if c2, err2 := shim.Connect(ctx, sb.Dir); err2 == nil {
-				s.shimsMu.Lock()
-				s.shims[sb.ID] = c2
-				s.shimsMu.Unlock()
+				s.addShim(sb.ID, c2)
 				return sb
 			}
 			return s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim is gone (%v)", err))
@@ -142,9 +134,9 @@ func (s *Service) refreshSandbox(ctx context.Context, sb store.Sandbox) store.Sa
 	return sb
 }
 
-// refreshContainer brings a running container's record up to date with
+// RefreshContainer brings a running container's record up to date with
 // its process (or, for the VM container, its VM).
-func (s *Service) refreshContainer(ctx context.Context, c store.Container) store.Container {
+func (s *Controller) RefreshContainer(ctx context.Context, c store.Container) store.Container {
 	if c.State != store.ContainerRunning {
 		return c
 	}
@@ -152,14 +144,11 @@ func (s *Service) refreshContainer(ctx context.Context, c store.Container) store
 	if err != nil {
 		return c
 	}
-	sb = s.refreshSandbox(ctx, sb)
+	sb = s.Refresh(ctx, sb)
 	if !c.IsVM && sb.State == store.SandboxReady {
-		s.shimsMu.Lock()
-		sc := s.shims[sb.ID]
-		s.shimsMu.Unlock()
-		if sc != nil {
+		if sc := s.connectedShim(sb.ID); sc != nil {
 			if ex := exitOf(ctx, sb.Dir, sc, c.ID); ex != nil {
-				s.setExited(c.ID, ex)
+				s.SetExited(c.ID, ex)
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"fmt"
@@ -202,7 +202,7 @@ var dhcpLeasesPath = ""
 // Networks whose addresses come by DHCP (vmnet, socket) go through
 // podIPFor; others (none today: IPAM fills bridge-tap's addresses at
 // RunPodSandbox) take the report.
-func (s *Service) learnedIPs(sb store.Sandbox, reported []string) ([]string, string, error) {
+func (s *Controller) learnedIPs(sb store.Sandbox, reported []string) ([]string, string, error) {
 	n := sb.Network
 	switch n.NIC.Kind {
 	case vm.NICVmnetNAT, vm.NICSocket, vm.NICVmnetBridged:
@@ -225,7 +225,7 @@ func (s *Service) learnedIPs(sb store.Sandbox, reported []string) ([]string, str
 
 // addressTaken reports whether an address belongs to this host or to a
 // running sandbox other than self, and whose it is.
-func (s *Service) addressTaken(self string) func(net.IP) (string, bool) {
+func (s *Controller) addressTaken(self string) func(net.IP) (string, bool) {
 	var local []net.IP
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {

@@ -1,13 +1,14 @@
-package cri
+package sandbox
 
 import (
 	"bytes"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/containerd/errdefs"
 
-	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/vmimage"
 )
@@ -34,11 +35,11 @@ func TestVMSpecMacOS(t *testing.T) {
 		{"agoda", agoda, "fresh", vmimage.AuxFile, nil, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := config.Default()
-			cfg.VZ.MachineIdentifier = tc.machine
-			s := &Service{cfg: cfg}
+			cfg := testConfig(t.TempDir())
+			cfg.ImageMachineID = tc.machine == "image"
+			s := &Controller{cfg: cfg}
 			clone := "/var/lib/macvz/snapshots/snapshots/7"
-			cpus, mem := vmSize(cfg.VM, nil, nil, tc.desc)
+			cpus, mem := s.vmSize(store.Resources{}, nil, tc.desc)
 			spec, err := s.vmSpec("sb1", "/run/macvz/sandboxes/sb1", clone, tc.desc, cpus, mem)
 			if err != nil {
 				t.Fatal(err)
@@ -61,10 +62,37 @@ func TestVMSpecMacOS(t *testing.T) {
 			}
 		})
 	}
-	s := &Service{cfg: config.Default()}
+	s := &Controller{cfg: testConfig(t.TempDir())}
 	bad := *tart
 	bad.HardwareModel = nil
 	if _, err := s.vmSpec("sb1", "/d", "/c", &bad, 4, 8<<30); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("no hardware model: %v", err)
+	}
+}
+
+func TestVMSize(t *testing.T) {
+	s := &Controller{cfg: Config{DefaultCPUs: 1, DefaultMemoryBytes: 512 << 20}}
+	desc := &vmimage.Descriptor{MinCPUs: 1, MinMemoryBytes: 256 << 20}
+	res := func(milli, mem int64) store.Resources { return store.Resources{MilliCPU: milli, MemoryBytes: mem} }
+	for _, tc := range []struct {
+		name   string
+		pod    store.Resources
+		ctrs   []store.Resources
+		desc   *vmimage.Descriptor
+		cpus   int
+		memMiB int64
+	}{
+		{"defaults", res(0, 0), nil, desc, 1, 512},
+		{"pod limit", res(1500, 1<<30), nil, desc, min(2, runtime.NumCPU()), 1024},
+		{"containers summed", res(0, 0), []store.Resources{res(500, 300<<20), res(1000, 200<<20)}, desc, min(2, runtime.NumCPU()), 500},
+		{"pod wins over containers", res(500, 0), []store.Resources{res(4000, 4<<30)}, desc, 1, 512},
+		{"image minimum wins", res(0, 100<<20), nil, &vmimage.Descriptor{MinMemoryBytes: 2 << 30}, 1, 2048},
+		{"clamped to the host", res(640000, 0), nil, desc, runtime.NumCPU(), 512},
+		{"rounded up to MiB", res(0, 300<<20+1), nil, desc, 1, 301},
+	} {
+		cpus, mem := s.vmSize(tc.pod, tc.ctrs, tc.desc)
+		if cpus != tc.cpus || mem != tc.memMiB<<20 {
+			t.Errorf("%s: %d CPUs, %d MiB; want %d, %d", tc.name, cpus, mem>>20, tc.cpus, tc.memMiB)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"strings"
 
 	"github.com/containerd/errdefs"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/netplugin"
 	"github.com/macvz/macvz/netplugin/cnimgr"
@@ -34,13 +32,8 @@ const (
 	userNetDNS     = "10.0.2.3"
 )
 
-// hostNetwork reports whether a pod asks for the node's network.
-func hostNetwork(cfg *runtimeapi.PodSandboxConfig) bool {
-	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
-}
-
-// networkStatus is nil when the pod network is usable, else why not.
-func (s *Service) networkStatus(ctx context.Context) *cnimgr.StatusError {
+// NetworkStatus is nil when the pod network is usable, else why not.
+func (s *Controller) NetworkStatus(ctx context.Context) *cnimgr.StatusError {
 	err := s.net.Status(ctx)
 	if err == nil {
 		return nil
@@ -55,10 +48,11 @@ func (s *Service) networkStatus(ctx context.Context) *cnimgr.StatusError {
 // setupNetwork attaches a new sandbox: a CNI ADD for a pod-network pod,
 // a user-mode NIC for a host-network pod. It records the attachment in
 // the sandbox before returning; on failure nothing is left.
-func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runtimeapi.PodSandboxConfig) error {
-	if hostNetwork(cfg) {
+func (s *Controller) setupNetwork(ctx context.Context, sb *store.Sandbox) error {
+	spec := store.SpecOf(*sb)
+	if spec.HostNetwork {
 		n := &store.Network{
-			NIC:       vm.NIC{Kind: hostNetworkNIC(), MAC: netplugin.GuestMAC("host-network", sb.ID, "eth0"), Forwards: hostNetworkForwards(cfg)},
+			NIC:       vm.NIC{Kind: hostNetworkNIC(), MAC: netplugin.GuestMAC("host-network", sb.ID, "eth0"), Forwards: hostNetworkForwards(spec.Ports)},
 			IfName:    "eth0",
 			Addresses: []string{userNetGuest},
 			Routes:    []store.Route{{GW: userNetGateway}},
@@ -74,10 +68,10 @@ func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runt
 		}
 		return err
 	}
-	if se := s.networkStatus(ctx); se != nil {
+	if se := s.NetworkStatus(ctx); se != nil {
 		return fmt.Errorf("the pod network is not ready (%s: %s); only host-network pods can run: %w", se.Reason, se.Message, errdefs.ErrFailedPrecondition)
 	}
-	att, err := s.net.Setup(ctx, sb.ID, sb.Dir, portMappings(cfg), cniOptions(sb.ID, cfg)...)
+	att, err := s.net.Setup(ctx, sb.ID, sb.Dir, portMappings(spec.Ports), cniOptions(sb.ID, spec)...)
 	if err != nil {
 		return fmt.Errorf("setting up the pod network: %w", err)
 	}
@@ -88,7 +82,7 @@ func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runt
 		return nil
 	})
 	if err != nil {
-		s.net.Teardown(context.WithoutCancel(ctx), sb.ID, sb.Dir, portMappings(cfg), cniOptions(sb.ID, cfg)...)
+		s.net.Teardown(context.WithoutCancel(ctx), sb.ID, sb.Dir, portMappings(spec.Ports), cniOptions(sb.ID, spec)...)
 		return err
 	}
 	*sb = rec
@@ -100,21 +94,20 @@ func (s *Service) setupNetwork(ctx context.Context, sb *store.Sandbox, cfg *runt
 // node to the guest by the hypervisor's NAT: the node's ports are the
 // pod's ports (hostPort defaults to the container port, as Kubernetes
 // has it for host-network pods).
-func hostNetworkForwards(cfg *runtimeapi.PodSandboxConfig) []vm.Forward {
+func hostNetworkForwards(ports []store.Port) []vm.Forward {
 	if hostNetworkNIC() != vm.NICUser {
 		return nil // vz: the daemon proxies to the guest's NAT address
 	}
 	var out []vm.Forward
-	for _, p := range cfg.GetPortMappings() {
-		host := p.GetHostPort()
+	for _, p := range ports {
+		host := p.HostPort
 		if host <= 0 {
-			host = p.GetContainerPort()
+			host = p.ContainerPort
 		}
-		proto := strings.ToLower(p.GetProtocol().String())
-		if host <= 0 || p.GetContainerPort() <= 0 || (proto != "tcp" && proto != "udp") {
+		if host <= 0 || p.ContainerPort <= 0 || (p.Protocol != "tcp" && p.Protocol != "udp") {
 			continue
 		}
-		out = append(out, vm.Forward{Protocol: proto, HostIP: p.GetHostIp(), HostPort: int(host), GuestPort: int(p.GetContainerPort())})
+		out = append(out, vm.Forward{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: int(host), GuestPort: int(p.ContainerPort)})
 	}
 	return out
 }
@@ -129,21 +122,17 @@ func hostNetworkNIC() vm.NICKind {
 
 // teardownNetwork detaches a sandbox (CNI DEL, idempotent) and forgets
 // the attachment.
-func (s *Service) teardownNetwork(ctx context.Context, sb store.Sandbox) error {
+func (s *Controller) teardownNetwork(ctx context.Context, sb store.Sandbox) error {
 	if sb.Network == nil {
 		return nil
 	}
-	cfg, err := podConfig(sb)
-	if err != nil {
-		return err
-	}
-	if !hostNetwork(cfg) {
-		if err := s.net.Teardown(ctx, sb.ID, sb.Dir, portMappings(cfg), cniOptions(sb.ID, cfg)...); err != nil {
+	if spec := store.SpecOf(sb); !spec.HostNetwork {
+		if err := s.net.Teardown(ctx, sb.ID, sb.Dir, portMappings(spec.Ports), cniOptions(sb.ID, spec)...); err != nil {
 			return fmt.Errorf("tearing down the pod network: %w", err)
 		}
 		sbLog(sb.ID).Info("pod network detached")
 	}
-	_, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Network = nil; return nil })
+	_, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Network = nil; return nil })
 	if errdefs.IsNotFound(err) {
 		return nil
 	}
@@ -214,41 +203,35 @@ func configureGuestNetwork(ctx context.Context, a agentapi.AgentClient, n *store
 }
 
 // portMappings are the pod's hostPorts as the portMappings capability.
-func portMappings(cfg *runtimeapi.PodSandboxConfig) []cnimgr.PortMapping {
+func portMappings(ports []store.Port) []cnimgr.PortMapping {
 	var out []cnimgr.PortMapping
-	for _, p := range cfg.GetPortMappings() {
-		if p.GetHostPort() <= 0 {
+	for _, p := range ports {
+		if p.HostPort <= 0 {
 			continue
 		}
-		out = append(out, cnimgr.PortMapping{
-			HostPort:      p.GetHostPort(),
-			ContainerPort: p.GetContainerPort(),
-			Protocol:      strings.ToLower(p.GetProtocol().String()),
-			HostIP:        p.GetHostIp(),
-		})
+		out = append(out, cnimgr.PortMapping{HostPort: p.HostPort, ContainerPort: p.ContainerPort, Protocol: p.Protocol, HostIP: p.HostIP})
 	}
 	return out
 }
 
 // cniOptions are the DNS capability and the Kubernetes CNI_ARGS.
-func cniOptions(id string, cfg *runtimeapi.PodSandboxConfig) []cnimgr.Option {
-	md := cfg.GetMetadata()
+func cniOptions(id string, spec store.SandboxSpec) []cnimgr.Option {
 	opts := []cnimgr.Option{cnimgr.WithArgs(
-		[2]string{"K8S_POD_NAMESPACE", md.GetNamespace()},
-		[2]string{"K8S_POD_NAME", md.GetName()},
+		[2]string{"K8S_POD_NAMESPACE", spec.Namespace},
+		[2]string{"K8S_POD_NAME", spec.Name},
 		[2]string{"K8S_POD_INFRA_CONTAINER_ID", id},
-		[2]string{"K8S_POD_UID", md.GetUid()},
+		[2]string{"K8S_POD_UID", spec.UID},
 	)}
-	if d := cfg.GetDnsConfig(); d != nil {
-		opts = append(opts, cnimgr.WithDNS(cnimgr.DNS{Servers: d.GetServers(), Searches: d.GetSearches(), Options: d.GetOptions()}))
+	if d := spec.DNS; d != nil {
+		opts = append(opts, cnimgr.WithDNS(cnimgr.DNS{Servers: d.Servers, Searches: d.Searches, Options: d.Options}))
 	}
 	return opts
 }
 
 // collectNetworks removes attachments nobody owns (a crash between CNI
 // ADD and the record, or during a DEL): CNI GC with the live sandboxes.
-func (s *Service) collectNetworks(ctx context.Context) {
-	if s.networkStatus(ctx) != nil {
+func (s *Controller) collectNetworks(ctx context.Context) {
+	if s.NetworkStatus(ctx) != nil {
 		return
 	}
 	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.Network != nil })

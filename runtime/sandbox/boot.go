@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -7,12 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/errgroup"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/shim"
@@ -20,6 +18,7 @@ import (
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
+	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // vmStopGrace is how long a stopping VM gets between the guest's
@@ -28,7 +27,7 @@ const vmStopGrace = 10 * time.Second
 
 // vmBoot is one boot of a sandbox's VM.
 type vmBoot struct {
-	img  *imageRef
+	img  *imagestore.VMImage
 	cpus int
 	mem  int64
 	slot int // the VM slot reserved for it
@@ -38,13 +37,15 @@ type vmBoot struct {
 	key, mac string
 }
 
-// bootVM boots the sandbox's VM: from a saved state of the same VM when
-// there is one (warm start, see warm.go), else cold; a failed restore
-// drops that state and boots cold. The caller holds the sandbox lock.
-func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, img *imageRef, ctrs []*runtimeapi.ContainerConfig) error {
+// Boot boots the sandbox's VM from img: from a saved state of the same VM
+// when there is one (warm start, see warm.go), else cold; a failed
+// restore drops that state and boots cold. ctrs are the resources of the
+// sandbox's containers, which size the VM when its spec does not. On
+// failure nothing of the boot is left. The caller holds the sandbox lock.
+func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestore.VMImage, ctrs []store.Resources) error {
 	b := &vmBoot{img: img}
-	b.cpus, b.mem = vmSize(s.cfg.VM, pod, ctrs, img.desc)
-	slot, release, err := s.reserveVM(sb.ID, img.desc.OS)
+	b.cpus, b.mem = s.vmSize(store.SpecOf(*sb).Resources, ctrs, img.Descriptor)
+	slot, release, err := s.reserveVM(sb.ID, img.Descriptor.OS)
 	if err != nil {
 		return err
 	}
@@ -55,10 +56,10 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 			return err
 		}
 	}
-	return s.retryExhausted(ctx, sb.ID, img.desc.OS, func() error {
+	return s.retryExhausted(ctx, sb.ID, img.Descriptor.OS, func() error {
 		if b.key != "" {
 			if ws := s.warm.lookup(b.key); ws != nil {
-				err := s.bootVMFrom(ctx, sb, pod, b, ws)
+				err := s.bootVMFrom(ctx, sb, b, ws)
 				// A hypervisor at its VM limit says nothing about the state.
 				if err == nil || ctx.Err() != nil || errdefs.IsResourceExhausted(err) {
 					return err
@@ -67,7 +68,7 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 				s.warm.drop(context.WithoutCancel(ctx), b.key, "a restore failed")
 			}
 		}
-		return s.bootVMFrom(ctx, sb, pod, b, nil)
+		return s.bootVMFrom(ctx, sb, b, nil)
 	})
 }
 
@@ -77,24 +78,24 @@ func (s *Service) bootVM(ctx context.Context, sb *store.Sandbox, pod *runtimeapi
 // directory). A cold boot with a warm key saves the VM's state first,
 // when none is saved yet. On failure everything it made is undone and the
 // sandbox record is as before (VMImage, its slot and MAC aside).
-func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtimeapi.PodSandboxConfig, b *vmBoot, ws *warmState) (retErr error) {
+func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoot, ws *warmState) (retErr error) {
 	img, cpus, mem := b.img, b.cpus, b.mem
 	log := sbLog(sb.ID)
 	start := time.Now()
-	baseName := img.base
+	baseName := img.Base
 	parent := baseName
 	if ws != nil && ws.meta.Disk != "" {
 		parent = ws.meta.Disk
 	}
 	var key string
-	if img.desc.Disk != "" {
+	if img.Descriptor.Disk != "" {
 		key = diskKey(sb.ID)
 	}
 	// Record the clone before making it, so a crash in between leaves a
 	// record that reconcile and RemovePodSandbox clean up.
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.Disk = key
-		r.VMImage, r.VMContent, r.VMOS, r.VMSlot = img.rec.ID(), img.content, img.desc.OS, b.slot
+		r.VMImage, r.VMContent, r.VMOS, r.VMSlot = img.Image.ID(), img.Content, img.Descriptor.OS, b.slot
 		if b.mac != "" && r.Network != nil {
 			r.Network.NIC.MAC = b.mac
 		}
@@ -137,9 +138,9 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 		// A Linux guest without a disk: QEMU only reads its kernel and
 		// initrd, and the image cannot be removed while the sandbox
 		// uses it (imageInUse).
-		base = img.baseDir
+		base = img.BaseDir
 	}
-	spec, err := s.vmSpec(sb.ID, sb.Dir, base, img.desc, cpus, mem)
+	spec, err := s.vmSpec(sb.ID, sb.Dir, base, img.Descriptor, cpus, mem)
 	if err != nil {
 		return err
 	}
@@ -162,19 +163,17 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 		return fmt.Errorf("preparing the VM's share: %w", err)
 	}
 	c, err := shim.Spawn(ctx, shim.SpawnOptions{
-		Binary:   s.shimBinary,
+		Binary:   s.cfg.ShimBinary,
 		Dir:      sb.Dir,
 		Backend:  s.cfg.Backend,
 		Spec:     spec,
-		LogLevel: s.cfg.Log.Level,
+		LogLevel: s.cfg.ShimLogLevel,
 	})
 	if err != nil {
 		return fmt.Errorf("starting the VM's shim: %w", err)
 	}
-	s.shimsMu.Lock()
-	s.shims[sb.ID] = c
-	s.shimsMu.Unlock()
-	resp, err := c.Start(ctx, time.Duration(s.cfg.VM.BootTimeout))
+	s.addShim(sb.ID, c)
+	resp, err := c.Start(ctx, s.cfg.BootTimeout)
 	if err != nil {
 		if ws != nil {
 			return fmt.Errorf("restoring the VM: %w", err)
@@ -189,7 +188,7 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 			return err
 		}
 	}
-	if err := s.setupGuest(ctx, c.Agent(), pod, sb.Network, prevMAC, img.desc.OS); err != nil {
+	if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS); err != nil {
 		return err
 	}
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
@@ -202,7 +201,7 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 	if ws != nil {
 		how = "VM restored from a saved state"
 	}
-	log.Info(how, "slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.rec.Name,
+	log.Info(how, "slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.Image.Name,
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
 		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease())
 	return nil
@@ -210,15 +209,15 @@ func (s *Service) bootVMFrom(ctx context.Context, sb *store.Sandbox, pod *runtim
 
 // setupGuest configures the guest's network from the sandbox's
 // attachment (a restored guest's NIC still has prevMAC), applies the
-// pod's hostname and DNS config (the attachment's when the pod has none)
-// and mounts the shared directory.
-func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *runtimeapi.PodSandboxConfig, n *store.Network, prevMAC, guestOS string) error {
+// spec's hostname, sysctls and DNS config (the attachment's when the pod
+// has none) and mounts the shared directory.
+func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, n *store.Network, prevMAC, guestOS string) error {
 	// The calls are independent: they go out at once, so a pod start
 	// waits for the slowest, not for their sum (each is a round trip
 	// through the emulated serial port).
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return configureGuestNetwork(ctx, a, n, prevMAC) })
-	if sc := pod.GetLinux().GetSysctls(); len(sc) > 0 {
+	if sc := spec.Sysctls; len(sc) > 0 {
 		g.Go(func() error {
 			if _, err := a.SetSysctls(ctx, &agentapi.SetSysctlsRequest{Sysctls: sc}); err != nil {
 				return fmt.Errorf("applying the pod's sysctls in the guest: %w", err)
@@ -226,7 +225,7 @@ func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *r
 			return nil
 		})
 	}
-	if h := podHostname(pod); h != "" {
+	if h := spec.Hostname; h != "" {
 		g.Go(func() error {
 			if _, err := a.SetHostname(ctx, &agentapi.SetHostnameRequest{Hostname: h}); err != nil {
 				return fmt.Errorf("setting the guest's hostname: %w", err)
@@ -234,7 +233,10 @@ func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *r
 			return nil
 		})
 	}
-	dns := store.DNS{Servers: pod.GetDnsConfig().GetServers(), Searches: pod.GetDnsConfig().GetSearches(), Options: pod.GetDnsConfig().GetOptions()}
+	var dns store.DNS
+	if spec.DNS != nil {
+		dns = *spec.DNS
+	}
 	if len(dns.Servers)+len(dns.Searches)+len(dns.Options) == 0 && n != nil {
 		dns = n.DNS
 	}
@@ -259,26 +261,13 @@ func (s *Service) setupGuest(ctx context.Context, a agentapi.AgentClient, pod *r
 	return g.Wait()
 }
 
-// podHostname is the guest's hostname: the pod's, else its name, cut to
-// a valid host name.
-func podHostname(pod *runtimeapi.PodSandboxConfig) string {
-	h := pod.GetHostname()
-	if h == "" {
-		h = pod.GetMetadata().GetName()
-	}
-	if len(h) > 63 {
-		h = h[:63]
-	}
-	return strings.TrimRight(h, "-.")
-}
-
 // stopVM stops a sandbox's VM (guest shutdown, hard stop after grace),
 // records the exits of its running containers and ends its shim. A
 // sandbox whose shim is already gone is fine. The caller holds the
 // sandbox lock.
-func (s *Service) stopVM(ctx context.Context, sb store.Sandbox, grace time.Duration, reason string) error {
+func (s *Controller) stopVM(ctx context.Context, sb store.Sandbox, grace time.Duration, reason string) error {
 	log := sbLog(sb.ID)
-	c, err := s.shimFor(ctx, sb)
+	c, err := s.Shim(ctx, sb)
 	switch {
 	case err == nil:
 		if _, err := c.Stop(ctx, grace); err != nil && !errdefs.IsUnavailable(err) {
@@ -319,7 +308,7 @@ func removeVMSockets(dir string) {
 // recordExits marks a sandbox's running containers Exited, with the exit
 // the shim recorded (from c, or its exit files when c is nil) or, when it
 // has none, exit code 255 and reason.
-func (s *Service) recordExits(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) {
+func (s *Controller) recordExits(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) {
 	cs, err := s.st.Containers(func(c *store.Container) bool {
 		return c.SandboxID == sb.ID && c.State == store.ContainerRunning
 	})
@@ -331,34 +320,37 @@ func (s *Service) recordExits(ctx context.Context, sb store.Sandbox, c *shim.Cli
 		ex := exitOf(ctx, sb.Dir, c, ctr.ID)
 		if ctr.IsVM {
 			// The VM itself: it ended because its VM stopped.
-			ex = &exit{code: 0, reason: "Completed", at: time.Now()}
+			ex = &Exit{Code: 0, Reason: "Completed", At: time.Now()}
 			if reason != "" {
-				ex = &exit{code: 255, reason: "Error", message: reason, at: time.Now()}
+				ex = &Exit{Code: 255, Reason: "Error", Message: reason, At: time.Now()}
 			}
 		}
 		if ex == nil {
-			ex = &exit{code: 255, reason: "Error", message: orDefault(reason, "the VM stopped"), at: time.Now()}
+			if reason == "" {
+				reason = "the VM stopped"
+			}
+			ex = &Exit{Code: 255, Reason: "Error", Message: reason, At: time.Now()}
 		}
-		s.setExited(ctr.ID, ex)
+		s.SetExited(ctr.ID, ex)
 	}
 }
 
-// exit is a container's recorded end.
-type exit struct {
-	code    int32
-	reason  string
-	message string
-	at      time.Time
+// Exit is a container's recorded end.
+type Exit struct {
+	Code    int32
+	Reason  string
+	Message string
+	At      time.Time
 }
 
 // exitOf is the exit the shim recorded for a container's main process,
 // nil when none is (it still runs, or it was never watched).
-func exitOf(ctx context.Context, dir string, c *shim.Client, cid string) *exit {
+func exitOf(ctx context.Context, dir string, c *shim.Client, cid string) *Exit {
 	if c != nil {
 		st, err := c.Shim().ProcessStatus(ctx, &shimapi.ProcessStatusRequest{ContainerId: cid})
 		if err == nil && st.GetExit() != nil {
 			e := st.GetExit()
-			return &exit{code: e.GetExitCode(), reason: e.GetReason(), message: e.GetMessage(), at: time.Unix(0, e.GetFinishedUnixNano())}
+			return &Exit{Code: e.GetExitCode(), Reason: e.GetReason(), Message: e.GetMessage(), At: time.Unix(0, e.GetFinishedUnixNano())}
 		}
 		if err == nil {
 			return nil
@@ -368,20 +360,20 @@ func exitOf(ctx context.Context, dir string, c *shim.Client, cid string) *exit {
 	if err != nil {
 		return nil
 	}
-	return &exit{code: r.ExitCode, reason: r.Reason, message: r.Message, at: r.FinishedAt}
+	return &Exit{Code: r.ExitCode, Reason: r.Reason, Message: r.Message, At: r.FinishedAt}
 }
 
-// setExited moves a running container to Exited (once).
-func (s *Service) setExited(id string, ex *exit) {
+// SetExited moves a container to Exited (once).
+func (s *Controller) SetExited(id string, ex *Exit) {
 	_, err := s.st.UpdateContainer(id, func(c *store.Container) error {
 		if c.State == store.ContainerExited {
 			return errNoChange
 		}
 		c.State = store.ContainerExited
-		c.ExitCode = ex.code
-		c.Reason = ex.reason
-		c.Message = ex.message
-		c.FinishedAt = ex.at
+		c.ExitCode = ex.Code
+		c.Reason = ex.Reason
+		c.Message = ex.Message
+		c.FinishedAt = ex.At
 		if c.FinishedAt.IsZero() {
 			c.FinishedAt = time.Now()
 		}

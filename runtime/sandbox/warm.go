@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
+	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // Warm start: the first cold boot of a VM (image, size, device layout) on
@@ -53,7 +54,7 @@ const warmLayout = 3
 type warmIdentity struct {
 	Layout  int               `json:"layout"`
 	Backend string            `json:"backend"`
-	Content string            `json:"content"` // the image's layers (imageRef.content)
+	Content string            `json:"content"` // the image's layers (VMImage.Content)
 	CPUs    int               `json:"cpus"`
 	Memory  int64             `json:"memory"`
 	Options map[string]string `json:"options,omitempty"`
@@ -73,7 +74,7 @@ type warmIdentity struct {
 func warmKey(backend, content string, spec *vm.Spec, slot int) string {
 	id := warmIdentity{
 		Layout: warmLayout, Backend: backend, Content: content, Slot: slot,
-		CPUs: spec.CPUs, Memory: spec.MemoryBytes, Options: spec.Options,
+		CPUs: spec.CPUs, Memory: spec.MemoryBytes, Options: qemuIdentity(spec.QEMU),
 		NICs: len(spec.NICs), Disks: len(spec.Disks), MacOS: spec.Boot.Kind == vm.BootMacOS,
 		Cmdline: spec.Boot.Cmdline,
 	}
@@ -83,6 +84,17 @@ func warmKey(backend, content string, spec *vm.Spec, slot int) string {
 	b, _ := json.Marshal(id) // plain data: cannot fail
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
+}
+
+// qemuIdentity is how the QEMU options enter a warm key: as the string
+// map they were before they had a type, so that states saved then keep
+// their keys.
+func qemuIdentity(o vm.QEMUOptions) map[string]string {
+	m := map[string]string{"accel": o.Accel, "binary": o.Binary}
+	if o.Machine != "" {
+		m["machine"] = o.Machine
+	}
+	return m
 }
 
 // warmMeta is a saved state's record, <root>/warm/<key>/meta.json.
@@ -340,9 +352,9 @@ func (w *warmStore) sweep(ctx context.Context) {
 // of macvz-net on macOS, whose ADD makes nothing on the host that depends
 // on the MAC (netplugin/mode_darwin.go); with another attachment (a tap)
 // a macOS guest boots cold.
-func (s *Service) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, err error) {
+func (s *Controller) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, err error) {
 	// The key depends on the spec's shape only, not its paths.
-	probe, err := s.vmSpec(sb.ID, sb.Dir, "", b.img.desc, b.cpus, b.mem)
+	probe, err := s.vmSpec(sb.ID, sb.Dir, "", b.img.Descriptor, b.cpus, b.mem)
 	if err != nil {
 		return "", "", err
 	}
@@ -350,7 +362,7 @@ func (s *Service) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, err e
 		probe.NICs = []vm.NIC{sb.Network.NIC}
 	}
 	slot := 0
-	if b.img.desc.OS == "darwin" {
+	if b.img.Descriptor.OS == "darwin" {
 		if sb.Network != nil && !slotMACNIC(sb.Network.NIC.Kind) {
 			return "", "", nil
 		}
@@ -361,7 +373,7 @@ func (s *Service) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, err e
 			}
 		}
 	}
-	return warmKey(s.cfg.Backend, b.img.content, probe, slot), mac, nil
+	return warmKey(s.cfg.Backend, b.img.Content, probe, slot), mac, nil
 }
 
 // slotMACNIC says whether a NIC of kind can take its VM slot's MAC: the
@@ -405,7 +417,7 @@ var errWarmRestore = errors.New("restoring the saved VM state failed")
 // paused while its state is written and its disk files are copied, then
 // resumed. Failing to save only costs later sandboxes their warm start;
 // failing to resume fails the boot.
-func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *vm.Spec, img *imageRef, baseName, cloneDir string) error {
+func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec *vm.Spec, img *imagestore.VMImage, baseName, cloneDir string) error {
 	log := sbLog(spec.ID)
 	start := time.Now()
 	var machineID []byte
@@ -437,7 +449,7 @@ func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *v
 	}
 	var disk string
 	var diskErr error
-	if spec := img.desc; spec.Disk != "" {
+	if spec := img.Descriptor; spec.Disk != "" {
 		files := []string{spec.Disk}
 		if spec.NVRAM != "" {
 			files = append(files, spec.NVRAM)
@@ -454,7 +466,7 @@ func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *v
 		log.Warn("cannot keep the VM's disk for warm starts", "err", diskErr)
 		return nil
 	}
-	meta := warmMeta{Image: img.rec.Name, Manifest: img.rec.Manifest.Digest, Disk: disk, MachineID: machineID, Created: time.Now().UTC()}
+	meta := warmMeta{Image: img.Image.Name, Manifest: img.Image.Manifest.Digest, Disk: disk, MachineID: machineID, Created: time.Now().UTC()}
 	if len(spec.NICs) > 0 {
 		meta.MAC = spec.NICs[0].MAC
 	}
@@ -471,7 +483,7 @@ func (s *Service) saveWarm(ctx context.Context, c shimSaver, key string, spec *v
 	if fi != nil {
 		size = fi.Size()
 	}
-	log.Info("saved the VM state for warm starts", "key", key, "image", img.rec.Name, "stateMiB", size>>20,
+	log.Info("saved the VM state for warm starts", "key", key, "image", img.Image.Name, "stateMiB", size>>20,
 		"took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -1,4 +1,5 @@
-package cri
+// Package testpause is a test-only hook: see Pause.
+package testpause
 
 import (
 	"context"
@@ -8,7 +9,7 @@ import (
 	"time"
 )
 
-// TEST-ONLY HOOK. testPause holds a CRI verb at one marked point while
+// TEST-ONLY HOOK. Pause holds a CRI verb at one marked point while
 // the environment variable MACVZ_TEST_PAUSE names that point, so that
 // integration/reliability_test.go can kill the daemon, a shim or QEMU
 // while the verb is half done. The value is a comma-separated list of
@@ -39,7 +40,7 @@ func parseTestPauses(v string) map[string]time.Duration {
 }
 
 // testPause sleeps at point when MACVZ_TEST_PAUSE names it (see above).
-func testPause(ctx context.Context, point string) {
+func Pause(ctx context.Context, point string) {
 	d, ok := testPauses[point]
 	if !ok {
 		return

@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"errors"
@@ -115,7 +115,7 @@ func TestSubnetOf(t *testing.T) {
 // TestLearnedIPs: the daemon's lookups (lease file, other sandboxes)
 // around podIPFor.
 func TestLearnedIPs(t *testing.T) {
-	s := newTestService(t)
+	s := newTestController(t)
 	path := filepath.Join(t.TempDir(), "dhcpd_leases")
 	if err := os.WriteFile(path, []byte(leasesFixture), 0o644); err != nil {
 		t.Fatal(err)

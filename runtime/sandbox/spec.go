@@ -1,18 +1,15 @@
-package cri
+package sandbox
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
 	"runtime"
 
 	"github.com/containerd/errdefs"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/vmimage"
-	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // sharedTag is the one host directory share every VM gets: the sandbox's
@@ -40,45 +37,24 @@ func shareFstype(backend string) string {
 	return "9p"
 }
 
-// imageRef is a VM image resolved for booting.
-type imageRef struct {
-	rec  imagestore.Image
-	desc *vmimage.Descriptor
-	// content is the digest of its layer list: the VM it boots.
-	content string
-	// base is the snapshot name of its committed base, baseDir that
-	// base's directory.
-	base, baseDir string
-}
-
-// vmImage resolves a reference to a pulled, bootable VM image.
-func (s *Service) vmImage(ctx context.Context, ref string) (*imageRef, error) {
-	vi, err := s.images.VMImage(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	return &imageRef{rec: vi.Image, desc: vi.Descriptor, content: vi.Content, base: vi.Base, baseDir: vi.BaseDir}, nil
-}
-
-// vmSize is the VM's CPU count and memory: the pod's resources (kubelet
-// sends the sum of its containers' limits, requests where no limit is
-// set), else the containers known so far, else the configured default;
-// never below the image's minimums, never above the host.
-func vmSize(cfg config.VM, pod *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.ContainerConfig, desc *vmimage.Descriptor) (cpus int, mem int64) {
-	milli, mem := resourcesOf(pod.GetLinux().GetResources())
+// vmSize is the VM's CPU count and memory: the sandbox's resources
+// (kubelet sends the sum of its containers' limits, requests where no
+// limit is set), else the containers known so far, else the configured
+// default; never below the image's minimums, never above the host.
+func (s *Controller) vmSize(pod store.Resources, ctrs []store.Resources, desc *vmimage.Descriptor) (cpus int, mem int64) {
+	milli, mem := pod.MilliCPU, pod.MemoryBytes
 	if milli == 0 && mem == 0 {
 		for _, c := range ctrs {
-			m, b := resourcesOf(c.GetLinux().GetResources())
-			milli += m
-			mem += b
+			milli += c.MilliCPU
+			mem += c.MemoryBytes
 		}
 	}
 	cpus = int((milli + 999) / 1000)
 	if cpus == 0 {
-		cpus = cfg.DefaultCPUs
+		cpus = s.cfg.DefaultCPUs
 	}
 	if mem == 0 {
-		mem = cfg.DefaultMemoryBytes
+		mem = s.cfg.DefaultMemoryBytes
 	}
 	cpus = max(cpus, desc.MinCPUs, 1)
 	mem = max(mem, desc.MinMemoryBytes, 64<<20)
@@ -88,33 +64,18 @@ func vmSize(cfg config.VM, pod *runtimeapi.PodSandboxConfig, ctrs []*runtimeapi.
 	return cpus, mem
 }
 
-// resourcesOf is (CPU in millicores, memory in bytes) from CRI Linux
-// resources: the CFS quota when set (a limit), else the shares (a request).
-func resourcesOf(r *runtimeapi.LinuxContainerResources) (milli, mem int64) {
-	if r == nil {
-		return 0, 0
-	}
-	switch {
-	case r.GetCpuQuota() > 0 && r.GetCpuPeriod() > 0:
-		milli = r.GetCpuQuota() * 1000 / r.GetCpuPeriod()
-	case r.GetCpuShares() > 2: // 2 is kubelet's "no request" minimum
-		milli = r.GetCpuShares() * 1000 / 1024
-	}
-	return milli, r.GetMemoryLimitInBytes()
-}
-
 // vmSpec describes a sandbox's VM booting from base (the directory of
 // the sandbox's writable clone of the image's base).
-func (s *Service) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpus int, mem int64) (*vm.Spec, error) {
+func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpus int, mem int64) (*vm.Spec, error) {
 	spec := &vm.Spec{
 		ID:            sbID,
 		Dir:           sbDir,
 		CPUs:          cpus,
 		MemoryBytes:   mem,
 		ConsoleLog:    filepath.Join(sbDir, "console.log"),
-		ConsoleLogMax: s.cfg.VM.ConsoleLogMaxBytes,
+		ConsoleLogMax: s.cfg.ConsoleLogMax,
 		Shares:        []vm.Share{{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)}},
-		Options:       map[string]string{"accel": s.cfg.QEMU.Accel, "binary": s.cfg.QEMU.Binary},
+		QEMU:          s.cfg.QEMU,
 	}
 	in := func(name string) string {
 		if name == "" {
@@ -135,7 +96,7 @@ func (s *Service) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpu
 		// base is the sandbox's own clone: the aux storage in it is this
 		// VM's copy (two VMs sharing one fail to lock it).
 		spec.Boot = vm.Boot{Kind: vm.BootMacOS, HardwareModel: desc.HardwareModel, AuxStorage: in(desc.NVRAM)}
-		if s.cfg.VZ.MachineIdentifier == "image" {
+		if s.cfg.ImageMachineID {
 			// Empty: the backend makes a fresh one.
 			spec.Boot.MachineID = desc.MachineID
 		}

@@ -1,4 +1,4 @@
-package cri
+package sandbox
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -38,11 +37,11 @@ func osLabel(os string) string {
 	return "Linux"
 }
 
-func (s *Service) vmLimit(os string) int {
+func (s *Controller) vmLimit(os string) int {
 	if os == "darwin" {
-		return s.cfg.VM.MaxMacOSVMs
+		return s.cfg.MaxMacOSVMs
 	}
-	return s.cfg.VM.MaxLinuxVMs
+	return s.cfg.MaxLinuxVMs
 }
 
 // slotHolder is a VM of one guest OS that runs or boots.
@@ -54,7 +53,7 @@ type slotHolder struct {
 
 // slotHolders lists the VMs of os (other than except's) that run, from
 // the store, or boot, from s.slots.
-func (s *Service) slotHolders(os, except string) ([]slotHolder, error) {
+func (s *Controller) slotHolders(os, except string) ([]slotHolder, error) {
 	running, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
 		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os
 	})
@@ -77,7 +76,7 @@ func (s *Service) slotHolders(os, except string) ([]slotHolder, error) {
 
 // vmHolders lists the sandboxes (other than except) whose VM of the
 // given OS runs or boots, as "name (id prefix)".
-func (s *Service) vmHolders(os, except string) ([]string, error) {
+func (s *Controller) vmHolders(os, except string) ([]string, error) {
 	hs, err := s.slotHolders(os, except)
 	if err != nil {
 		return nil, err
@@ -99,7 +98,7 @@ func (s *Service) vmHolders(os, except string) ([]string, error) {
 
 // freeSlot is the lowest slot number (from 1) of os that no other VM
 // running or booting holds.
-func (s *Service) freeSlot(os, except string) (int, error) {
+func (s *Controller) freeSlot(os, except string) (int, error) {
 	hs, err := s.slotHolders(os, except)
 	if err != nil {
 		return 0, err
@@ -119,7 +118,7 @@ func (s *Service) freeSlot(os, except string) (int, error) {
 // fails with ResourceExhausted naming the holders. slot is its number,
 // the lowest free one. release gives it back once the boot ended (a
 // booted VM then counts through the store, with its slot recorded).
-func (s *Service) reserveVM(sbID, os string) (slot int, release func(), err error) {
+func (s *Controller) reserveVM(sbID, os string) (slot int, release func(), err error) {
 	// One reservation at a time: two boots must not both see the last
 	// free slot.
 	s.slotsReserve.Lock()
@@ -162,7 +161,7 @@ var hypervisorBackoff = []time.Duration{time.Second, 2 * time.Second, 4 * time.S
 // retryExhausted runs boot until it succeeds or fails with something
 // other than ResourceExhausted, waiting between attempts; after the
 // last one the error names the VMs of os this daemon runs.
-func (s *Service) retryExhausted(ctx context.Context, sbID, os string, boot func() error) error {
+func (s *Controller) retryExhausted(ctx context.Context, sbID, os string, boot func() error) error {
 	for attempt := 0; ; attempt++ {
 		err := boot()
 		if err == nil || !errdefs.IsResourceExhausted(err) {
@@ -185,16 +184,21 @@ func (s *Service) retryExhausted(ctx context.Context, sbID, os string, boot func
 	}
 }
 
-// capacityCondition is the RuntimeStatus condition "VMCapacity": true
-// while every bounded guest OS has a free slot; the message has the
-// counts.
-func (s *Service) capacityCondition() *runtimeapi.RuntimeCondition {
-	c := &runtimeapi.RuntimeCondition{Type: "VMCapacity", Status: true}
+// Capacity is whether every bounded guest OS has a free VM slot; Reason
+// names a full one, Message has the counts.
+type Capacity struct {
+	OK              bool
+	Reason, Message string
+}
+
+// Capacity counts the VMs that run or boot against their bounds.
+func (s *Controller) Capacity() Capacity {
+	c := Capacity{OK: true}
 	var parts []string
 	for _, os := range []string{"darwin", "linux"} {
 		holders, err := s.vmHolders(os, "")
 		if err != nil {
-			c.Status, c.Reason, c.Message = false, "StateUnreadable", err.Error()
+			c.OK, c.Reason, c.Message = false, "StateUnreadable", err.Error()
 			return c
 		}
 		limit := s.vmLimit(os)
@@ -204,7 +208,7 @@ func (s *Service) capacityCondition() *runtimeapi.RuntimeCondition {
 		}
 		parts = append(parts, fmt.Sprintf("%s VMs: %d of %d", osLabel(os), len(holders), limit))
 		if len(holders) >= limit {
-			c.Status, c.Reason = false, osLabel(os)+"VMSlotsFull"
+			c.OK, c.Reason = false, osLabel(os)+"VMSlotsFull"
 		}
 	}
 	c.Message = strings.Join(parts, "; ")

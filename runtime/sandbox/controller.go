@@ -1,0 +1,234 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/netplugin/cnimgr"
+	"github.com/macvz/macvz/netplugin/portproxy"
+	"github.com/macvz/macvz/runtime/shim"
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
+	"github.com/macvz/macvz/snapshotter"
+)
+
+// Config is what the controller needs of the daemon's configuration.
+type Config struct {
+	// Backend is the VM driver the shims run: "qemu" or "vz".
+	Backend string
+	// StateDir holds one directory per sandbox (shim socket, VM spec,
+	// logs, the share): StateDir/<id>.
+	StateDir string
+	// WarmDir holds saved VM states for warm starts; "" = warm start off.
+	// WarmStates is how many are kept.
+	WarmDir    string
+	WarmStates int
+	// ShimBinary runs as `<ShimBinary> shim --dir`; "" = this executable.
+	ShimBinary   string
+	ShimLogLevel string
+	// BootTimeout bounds boot-to-agent-ready.
+	BootTimeout time.Duration
+	// ConsoleLogMax is the size at which VM, QEMU and shim logs rotate.
+	ConsoleLogMax int64
+	// DefaultCPUs and DefaultMemoryBytes size a VM nothing else sizes.
+	DefaultCPUs        int
+	DefaultMemoryBytes int64
+	// MaxLinuxVMs and MaxMacOSVMs bound the VMs of each guest OS at once
+	// (0 = no bound).
+	MaxLinuxVMs, MaxMacOSVMs int
+	// QEMU are the qemu backend's settings.
+	QEMU vm.QEMUOptions
+	// ImageMachineID boots macOS guests with their image's machine
+	// identifier instead of a fresh one.
+	ImageMachineID bool
+}
+
+// Deps are the stores and managers the controller works with; the
+// caller opens and closes them.
+type Deps struct {
+	Store       *store.Store
+	Snapshotter *snapshotter.Snapshotter
+	Network     *cnimgr.Manager
+	Ports       *portproxy.Manager
+}
+
+// Controller boots, stops and removes sandbox VMs. See the package
+// comment.
+type Controller struct {
+	cfg   Config
+	st    *store.Store
+	sn    *snapshotter.Snapshotter
+	net   *cnimgr.Manager
+	ports *portproxy.Manager
+
+	// warm keeps saved VM states for warm starts; nil when off.
+	warm *warmStore
+	// slots counts VM boots in progress per guest OS; slotsReserve
+	// makes each reservation's check-and-take one step.
+	slots        vmSlots
+	slotsReserve sync.Mutex
+
+	// locks serialise lifecycle calls per sandbox ID.
+	locks keyedLocks
+
+	shimsMu  sync.Mutex
+	shims    map[string]*shim.Client // sandbox ID → connected shim
+	stopping map[string]bool         // sandboxes being stopped on purpose
+}
+
+// New returns a controller over d and settles what the previous daemon
+// left: it re-attaches to the shims that outlived it, removes half-made
+// sandboxes, collects network attachments nobody owns and sweeps the
+// saved states. Call it before anything else collects disk clones.
+func New(ctx context.Context, cfg Config, d Deps) *Controller {
+	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shims: map[string]*shim.Client{}}
+	if cfg.WarmDir != "" {
+		s.warm = newWarmStore(cfg.WarmDir, cfg.WarmStates, d.Snapshotter)
+	}
+	s.reconcile(ctx)
+	s.collectNetworks(ctx)
+	if s.warm != nil {
+		s.warm.sweep(ctx)
+	}
+	return s
+}
+
+// Close drops the connections to the shims. The shims and their VMs keep
+// running: the next daemon re-attaches.
+func (s *Controller) Close() error {
+	s.shimsMu.Lock()
+	defer s.shimsMu.Unlock()
+	var errs []error
+	for id, c := range s.shims {
+		errs = append(errs, c.Close())
+		delete(s.shims, id)
+	}
+	return errors.Join(errs...)
+}
+
+// Lock serialises lifecycle calls on one sandbox (kubelet may start a
+// pod's containers concurrently, and the first one boots the VM). The
+// controller's methods that say "the caller holds the sandbox lock" need
+// it held; the returned func releases it.
+func (s *Controller) Lock(id string) (unlock func()) { return s.locks.lock(id) }
+
+// Dir is the state directory of a sandbox.
+func (s *Controller) Dir(id string) string { return filepath.Join(s.cfg.StateDir, id) }
+
+// keyedLocks is a mutex per key, dropped when nobody holds or waits for it.
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyedLock
+}
+
+type keyedLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyedLocks) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		k.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// diskKey is the snapshotter key of a sandbox's writable clone.
+func diskKey(sandboxID string) string { return "macvz.sandbox/" + sandboxID }
+
+// Shim returns the connected shim of a sandbox whose VM runs; a sandbox
+// whose VM never started is FailedPrecondition.
+func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (*shim.Client, error) {
+	s.shimsMu.Lock()
+	defer s.shimsMu.Unlock()
+	if c := s.shims[sb.ID]; c != nil {
+		return c, nil
+	}
+	if !sb.VMStarted {
+		return nil, fmt.Errorf("sandbox %s has no running VM yet: %w", sb.ID, errdefs.ErrFailedPrecondition)
+	}
+	c, err := shim.Connect(ctx, sb.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s.shims[sb.ID] = c
+	return c, nil
+}
+
+// connectedShim is the shim already connected for a sandbox, or nil.
+func (s *Controller) connectedShim(id string) *shim.Client {
+	s.shimsMu.Lock()
+	defer s.shimsMu.Unlock()
+	return s.shims[id]
+}
+
+func (s *Controller) addShim(id string, c *shim.Client) {
+	s.shimsMu.Lock()
+	s.shims[id] = c
+	s.shimsMu.Unlock()
+}
+
+func (s *Controller) dropShim(id string) {
+	s.shimsMu.Lock()
+	defer s.shimsMu.Unlock()
+	if c := s.shims[id]; c != nil {
+		c.Close()
+		delete(s.shims, id)
+	}
+}
+
+// setStopping marks a sandbox whose VM is being stopped on purpose, so a
+// concurrent refresh does not report the stop as the VM dying.
+func (s *Controller) setStopping(id string, on bool) {
+	s.shimsMu.Lock()
+	defer s.shimsMu.Unlock()
+	if s.stopping == nil {
+		s.stopping = map[string]bool{}
+	}
+	if on {
+		s.stopping[id] = true
+	} else {
+		delete(s.stopping, id)
+	}
+}
+
+func (s *Controller) isStopping(id string) bool {
+	s.shimsMu.Lock()
+	defer s.shimsMu.Unlock()
+	return s.stopping[id]
+}
+
+// InUse reports whether a sandbox's VM was booted from an image ID.
+func (s *Controller) InUse(imageID string) bool {
+	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.VMImage == imageID })
+	return err != nil || len(sbs) > 0
+}
+
+func sbLog(id string) *slog.Logger { return slog.With("sandbox", id) }
+
+// errNoChange aborts a store update that has nothing to do (the record
+// already moved on).
+var errNoChange = errors.New("no change")

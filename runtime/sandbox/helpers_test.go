@@ -1,0 +1,81 @@
+package sandbox
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/macvz/macvz/netplugin/cnimgr"
+	"github.com/macvz/macvz/netplugin/portproxy"
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/snapshotter"
+)
+
+// testConfig is a controller configuration with the daemon's defaults
+// that matter to the tests, and warm start on.
+func testConfig(dir string) Config {
+	return Config{
+		Backend: "qemu", StateDir: filepath.Join(dir, "sandboxes"),
+		WarmDir: filepath.Join(dir, "warm"), WarmStates: 4,
+		DefaultCPUs: 1, DefaultMemoryBytes: 512 << 20,
+	}
+}
+
+// newTestController is a controller over fresh stores in a temporary
+// directory, with a pod network whose configuration directory is empty
+// (not ready: only host-network sandboxes can be made).
+func newTestController(t *testing.T) *Controller {
+	t.Helper()
+	dir := t.TempDir()
+	sn, err := snapshotter.New(filepath.Join(dir, "snapshots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "runtime.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	netMgr, err := cnimgr.New(cnimgr.Config{ConfDir: filepath.Join(dir, "net.d"), CacheDir: filepath.Join(dir, "cni")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := portproxy.New()
+	c := New(context.Background(), testConfig(dir), Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: ports})
+	t.Cleanup(func() {
+		c.Close()
+		ports.Close()
+		st.Close()
+		sn.Close()
+	})
+	return c
+}
+
+// TestKeyedLocks: one key's holders exclude each other, other keys do not
+// wait, and the map does not grow.
+func TestKeyedLocks(t *testing.T) {
+	var k keyedLocks
+	unlock := k.lock("a")
+	other := make(chan struct{})
+	go func() { k.lock("b")(); close(other) }()
+	select {
+	case <-other:
+	case <-time.After(5 * time.Second):
+		t.Fatal("another key waited")
+	}
+	var wg sync.WaitGroup
+	got := make(chan struct{})
+	wg.Add(1)
+	go func() { defer wg.Done(); k.lock("a")(); close(got) }()
+	select {
+	case <-got:
+		t.Fatal("the same key did not wait")
+	case <-time.After(50 * time.Millisecond):
+	}
+	unlock()
+	wg.Wait()
+	if len(k.m) != 0 {
+		t.Errorf("locks left: %v", k.m)
+	}
+}

@@ -40,13 +40,13 @@ const (
 
 // Sandbox is one pod: its VM and network attachment.
 type Sandbox struct {
-	ID        string       `json:"id"`
-	Name      string       `json:"name"`
-	Config    []byte       `json:"config"` // runtimeapi.PodSandboxConfig, protobuf
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Config []byte `json:"config"` // runtimeapi.PodSandboxConfig, protobuf
 	// Spec is what the sandbox's VM and network are made from, decoded
 	// from Config once (RunPodSandbox); nil only in records written
 	// before it existed, until the daemon's start fills it in.
-	Spec *SandboxSpec `json:"spec,omitempty"`
+	Spec      *SandboxSpec `json:"spec,omitempty"`
 	Handler   string       `json:"handler,omitempty"`
 	State     SandboxState `json:"state"`
 	CreatedAt time.Time    `json:"createdAt"`

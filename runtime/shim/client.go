@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,6 +69,10 @@ type Client struct {
 	agent  agentapi.AgentClient
 	done   chan struct{}
 	exited <-chan struct{} // Spawn only: closed once the shim was reaped
+	// legacy: the shim answered Unimplemented to one of the process
+	// calls added after v1 (StartProcess, RemoveProcess): it was started
+	// by an older daemon, so the calls it has are used from then on.
+	legacy atomic.Bool
 }
 
 // Spawn starts a shim for o.Dir (see the package documentation for how it
@@ -478,4 +483,120 @@ func shimEnv(env []string) []string {
 		out = append(out, e)
 	}
 	return out
+}
+
+// StartProcess runs a process in the guest under the shim's watch: it is
+// created (create names it), watched (its output copied to logPath when
+// that is not "", its exit recorded) and started. It returns the host
+// time taken just before the start. A failure after the create removes
+// the process from the guest and from the shim: nothing is left behind.
+//
+// A shim started by an older daemon has no StartProcess call (it answers
+// Unimplemented): the client then makes the calls that shim has, as
+// older daemons made them (the agent's CreateProcess, WatchProcess, the
+// agent's StartProcess; undone as removeProcessLegacy says), and
+// remembers to do so for every later call.
+func (c *Client) StartProcess(ctx context.Context, create *agentapi.CreateProcessRequest, logPath string) (time.Time, error) {
+	if !c.legacy.Load() {
+		r, err := c.shim.StartProcess(ctx, &shimapi.StartProcessRequest{Create: create, LogPath: logPath})
+		if err == nil {
+			return time.Unix(0, r.StartedUnixNano), nil
+		}
+		if !c.isLegacy(err, "StartProcess") {
+			return time.Time{}, err
+		}
+	}
+	return c.startProcessLegacy(ctx, create, logPath)
+}
+
+// RemoveProcess removes a process that exited (or never started) from
+// the shim and from the guest; for a watched process, once its exit is
+// recorded and its log complete. Removing an unknown or removed process
+// is fine. A shim started by an older daemon gets the agent's
+// RemoveProcess, WaitProcess and ForgetProcess instead
+// (removeProcessLegacy).
+func (c *Client) RemoveProcess(ctx context.Context, id *agentapi.ProcessID) error {
+	if !c.legacy.Load() {
+		_, err := c.shim.RemoveProcess(ctx, &shimapi.RemoveProcessRequest{ContainerId: id.GetContainerId(), ExecId: id.GetExecId()})
+		if err == nil || !c.isLegacy(err, "RemoveProcess") {
+			return err
+		}
+	}
+	return c.removeProcessLegacy(ctx, id)
+}
+
+// isLegacy reports whether err is the Unimplemented of a shim that
+// predates call (ttrpc answers it for a method the server does not
+// have; the shim's own calls never do), and remembers it.
+func (c *Client) isLegacy(err error, call string) bool {
+	if !errdefs.IsNotImplemented(err) {
+		return false
+	}
+	if !c.legacy.Swap(true) {
+		slog.Info("the shim predates the shim's process calls: using the calls it has", "dir", c.dir, "shim_pid", c.pid, "call", call, "answer", err)
+	}
+	return true
+}
+
+// startProcessLegacy is StartProcess as daemons made it before the shim
+// had its own: the agent's CreateProcess, WatchProcess, the agent's
+// StartProcess; a failure after the create is undone by
+// removeProcessLegacy.
+func (c *Client) startProcessLegacy(ctx context.Context, create *agentapi.CreateProcessRequest, logPath string) (_ time.Time, retErr error) {
+	id := create.GetId()
+	if _, err := c.agent.CreateProcess(ctx, create); err != nil {
+		return time.Time{}, fmt.Errorf("creating the process in the guest: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), legacyUndoTimeout)
+			defer cancel()
+			if err := c.removeProcessLegacy(uctx, id); err != nil {
+				slog.Warn("removing a process whose start failed", "dir", c.dir, "container", id.GetContainerId(), "exec", id.GetExecId(), "err", err)
+			}
+		}
+	}()
+	if _, err := c.shim.WatchProcess(ctx, &shimapi.WatchProcessRequest{ContainerId: id.GetContainerId(), ExecId: id.GetExecId(), LogPath: logPath}); err != nil {
+		return time.Time{}, fmt.Errorf("watching the process: %w", err)
+	}
+	started := time.Now()
+	if _, err := c.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: id}); err != nil {
+		return time.Time{}, fmt.Errorf("starting the process in the guest: %w", err)
+	}
+	return started, nil
+}
+
+// legacyUndoTimeout bounds the undo of a failed start on an old shim;
+// legacyRecordWait how long removeProcessLegacy waits for an exit record.
+var (
+	legacyUndoTimeout = 10 * time.Second
+	legacyRecordWait  = 5 * time.Second
+)
+
+// removeProcessLegacy is RemoveProcess with the calls of a shim that
+// predates it. Older daemons forgot the process first, then removed it
+// from the guest; that order races with the shim recording an exit that
+// is just happening (its exit file can be written after it was
+// forgotten). So: the agent's RemoveProcess first (the shim's forwarder
+// waits for the exit record of a watched process that exited, and
+// records one for a process that never ran), then WaitProcess until that
+// record is written, then ForgetProcess, which drops it and its file.
+func (c *Client) removeProcessLegacy(ctx context.Context, id *agentapi.ProcessID) error {
+	var errs []error
+	_, err := c.agent.RemoveProcess(ctx, &agentapi.RemoveProcessRequest{Id: id})
+	if err != nil && !errdefs.IsNotFound(err) {
+		// Still running, or no agent: nothing will be recorded soon.
+		errs = append(errs, fmt.Errorf("removing the process from the guest: %w", err))
+	} else {
+		wctx, cancel := context.WithTimeout(ctx, legacyRecordWait)
+		_, err := c.shim.WaitProcess(wctx, &shimapi.WaitProcessRequest{ContainerId: id.GetContainerId(), ExecId: id.GetExecId()})
+		cancel()
+		if err != nil && !errdefs.IsNotFound(err) { // NotFound: not watched
+			slog.Debug("waiting for the exit record of a removed process", "dir", c.dir, "container", id.GetContainerId(), "exec", id.GetExecId(), "err", err)
+		}
+	}
+	if _, err := c.shim.ForgetProcess(ctx, &shimapi.ForgetProcessRequest{ContainerId: id.GetContainerId(), ExecId: id.GetExecId()}); err != nil {
+		errs = append(errs, fmt.Errorf("forgetting the process: %w", err))
+	}
+	return errors.Join(errs...)
 }

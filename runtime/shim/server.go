@@ -186,7 +186,7 @@ func run(ctx context.Context, log *slog.Logger, dir string, cfg Config, spec *vm
 	if err != nil {
 		return err
 	}
-	shimapi.RegisterShimService(srv, s)
+	registerShim(srv, s)
 	agentapi.RegisterAgentService(srv, &forwarder{s: s})
 
 	os.Remove(sock)
@@ -250,6 +250,10 @@ func run(ctx context.Context, log *slog.Logger, dir string, cfg Config, spec *vm
 	log.Info("shim exiting")
 	return nil
 }
+
+// registerShim registers the Shim service; tests replace it to play a
+// shim of an older version (one without the calls added since).
+var registerShim = shimapi.RegisterShimService
 
 // errorInterceptor turns errdefs errors into gRPC statuses. A panic in a call (answers from the guest pass through most of them)
 // ends that call with Internal, not the shim (ttrpc does not recover).
@@ -610,4 +614,127 @@ func (s *server) ForgetProcess(ctx context.Context, req *shimapi.ForgetProcessRe
 	}
 	s.procs.forget(k)
 	return &shimapi.ForgetProcessResponse{}, nil
+}
+
+// undoTimeout bounds the removal of a process whose StartProcess failed
+// (the caller's context may be what ended it).
+var undoTimeout = 10 * time.Second
+
+// stepErr is err (an agent's status or a shim error) with what the shim
+// was doing in front of its message; the code is kept, except
+// Unimplemented: the shim's process calls answer that only when the shim
+// predates them (Client falls back on it), never for the guest.
+func stepErr(what string, err error) error {
+	st, ok := status.FromError(agentErr(err))
+	if !ok {
+		return err
+	}
+	code := st.Code()
+	if code == codes.Unimplemented {
+		code = codes.FailedPrecondition
+	}
+	return status.Error(code, what+": "+st.Message())
+}
+
+func (s *server) StartProcess(ctx context.Context, req *shimapi.StartProcessRequest) (_ *shimapi.StartProcessResponse, retErr error) {
+	creq := req.GetCreate()
+	if creq == nil {
+		return nil, status.Error(codes.InvalidArgument, "create is missing")
+	}
+	k, err := keyOf(creq.GetId().GetContainerId(), creq.GetId().GetExecId())
+	if err != nil {
+		return nil, err
+	}
+	// What watch would refuse, refused before anything is created.
+	if lp := req.LogPath; lp != "" && (!filepath.IsAbs(lp) || filepath.Clean(lp) != lp) {
+		return nil, status.Errorf(codes.InvalidArgument, "log_path %q is not a clean absolute path", lp)
+	}
+	sess, err := s.agent.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sess.api.CreateProcess(ctx, creq); err != nil {
+		// Nothing was created (AlreadyExists: not ours to undo).
+		return nil, stepErr("creating the process in the guest", err)
+	}
+	defer func() {
+		if retErr != nil {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+			defer cancel()
+			if err := s.removeProcess(uctx, k); err != nil {
+				s.log.Warn("removing a process whose start failed", "container", k.container, "exec", k.exec, "err", err)
+			}
+		}
+	}()
+	if err := s.procs.watch(ctx, k, req.LogPath); err != nil {
+		return nil, stepErr("watching the process", err)
+	}
+	// The agent connection may have been made again meanwhile.
+	if sess, err = s.agent.get(ctx); err != nil {
+		return nil, err
+	}
+	started := time.Now()
+	r, err := sess.api.StartProcess(ctx, &agentapi.StartProcessRequest{Id: k.id()})
+	if err != nil {
+		return nil, stepErr("starting the process in the guest", err)
+	}
+	s.log.Info("process started", "container", k.container, "exec", k.exec, "pid", r.Pid)
+	return &shimapi.StartProcessResponse{StartedUnixNano: started.UnixNano(), Pid: r.Pid}, nil
+}
+
+func (s *server) RemoveProcess(ctx context.Context, req *shimapi.RemoveProcessRequest) (*shimapi.RemoveProcessResponse, error) {
+	k, err := keyOf(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.removeProcess(ctx, k); err != nil {
+		return nil, err
+	}
+	return &shimapi.RemoveProcessResponse{}, nil
+}
+
+// removeProcess waits for the exit record of a watched process that has
+// exited (so its log is complete), forgets it, and removes it from the
+// guest. A process the guest does not have, or a VM that does not run,
+// leaves nothing to remove there.
+func (s *server) removeProcess(ctx context.Context, k procKey) error {
+	if w := s.procs.lookup(k); w != nil {
+		// An exit being recorded (w.exit is set before its file is
+		// written) or about to be: wait for it, or the exit file could
+		// be written after forget removed it. Whether the guest says it
+		// exited; without an answer, do not wait (the agent call below
+		// says what is wrong).
+		wait := w.exited() != nil
+		if !wait {
+			if sess, err := s.agent.get(ctx); err == nil {
+				if list, err := sess.api.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: k.container}); err == nil {
+					for _, p := range list.Processes {
+						if p.Id.GetContainerId() == k.container && p.Id.GetExecId() == k.exec && p.State == agentapi.ProcessState_EXITED {
+							wait = true
+						}
+					}
+				}
+			}
+		}
+		if wait {
+			select {
+			case <-w.done:
+			case <-ctx.Done():
+				return agentErr(ctx.Err())
+			}
+		}
+	}
+	s.procs.forget(k)
+	if st := s.m.State(); st == vm.StateCreated || st == vm.StateStopped {
+		return nil // no guest, no processes
+	}
+	sess, err := s.agent.get(ctx)
+	if err != nil {
+		return stepErr("removing the process from the guest", err)
+	}
+	if _, err := sess.api.RemoveProcess(ctx, &agentapi.RemoveProcessRequest{Id: k.id()}); err != nil && status.Code(err) != codes.NotFound {
+		return stepErr("removing the process from the guest", err)
+	}
+	s.log.Debug("process removed", "container", k.container, "exec", k.exec)
+	return nil
 }

@@ -2,14 +2,31 @@
 // per-VM shim (macvz shim --dir <sandbox dir>). It is served with ttrpc
 // (github.com/containerd/ttrpc v1.2) on the unix socket <dir>/shim.sock.
 //
+// The daemon drives a container's process through this service:
+// StartProcess (create, watch, start, with undo), ProcessStatus,
+// WaitProcess, ReopenLog, RemoveProcess (which also removes execs).
+//
 // The same socket also serves the guest agent's whole service
 // (macvz.agent.v1.Agent, runtime/agentapi): the shim forwards each call to
-// the agent over the VM's agent channel, which only the shim holds. So the
+// the agent over the VM's agent channel, which only the shim holds, so the
 // daemon uses agentapi.NewAgentClient on the shim connection unchanged.
-// One exception: ReadOutput of an output the shim itself copies into a
-// container log (WatchProcess with a log_path) is served by the shim: the
-// reader gets the output from the moment it attaches, and the log keeps
-// getting all of it.
+// The daemon uses it for what the shim does not own: streams (exec I/O,
+// attach, port-forward), execs' create, start, signals and waits, guest
+// setup. Older daemons also drove containers' processes through it
+// (CreateProcess, WatchProcess, StartProcess; ForgetProcess,
+// RemoveProcess), which keeps working.
+// Two forwarded calls are not plain forwards: ReadOutput of an output the
+// shim itself copies into a container log (WatchProcess with a log_path)
+// is served by the shim (the reader gets the output from the moment it
+// attaches, and the log keeps getting all of it), and RemoveProcess of a
+// watched process that exited first waits for its exit to be recorded.
+//
+// Compatibility: a shim outlives daemon upgrades, so a daemon must drive
+// shims started by the previous version. New calls and fields are only
+// ever added (existing rpc names and field numbers never change); a shim
+// that predates a call answers it with Unimplemented (ttrpc's answer for
+// an unknown method), and runtime/shim's Client then falls back to the
+// calls that shim has.
 //
 // Conventions:
 //   - Times are Unix nanoseconds, durations nanoseconds; 0 means unset.
@@ -1548,6 +1565,205 @@ func (*ForgetProcessResponse) Descriptor() ([]byte, []int) {
 	return file_shim_proto_rawDescGZIP(), []int{27}
 }
 
+type StartProcessRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// create: the process, as the agent's CreateProcess takes it (its id
+	// names it).
+	Create *agentapi.CreateProcessRequest `protobuf:"bytes,1,opt,name=create,proto3" json:"create,omitempty"`
+	// log_path: as WatchProcessRequest.log_path ("" = no log; the exit is
+	// still recorded).
+	LogPath       string `protobuf:"bytes,2,opt,name=log_path,json=logPath,proto3" json:"log_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartProcessRequest) Reset() {
+	*x = StartProcessRequest{}
+	mi := &file_shim_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartProcessRequest) ProtoMessage() {}
+
+func (x *StartProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartProcessRequest.ProtoReflect.Descriptor instead.
+func (*StartProcessRequest) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *StartProcessRequest) GetCreate() *agentapi.CreateProcessRequest {
+	if x != nil {
+		return x.Create
+	}
+	return nil
+}
+
+func (x *StartProcessRequest) GetLogPath() string {
+	if x != nil {
+		return x.LogPath
+	}
+	return ""
+}
+
+type StartProcessResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// started_unix_nano: host time taken just before the agent started
+	// the process, so a process that exits at once never finishes before
+	// it started.
+	StartedUnixNano int64  `protobuf:"varint,1,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	Pid             uint32 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"` // in the guest
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StartProcessResponse) Reset() {
+	*x = StartProcessResponse{}
+	mi := &file_shim_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartProcessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartProcessResponse) ProtoMessage() {}
+
+func (x *StartProcessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartProcessResponse.ProtoReflect.Descriptor instead.
+func (*StartProcessResponse) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *StartProcessResponse) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *StartProcessResponse) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+type RemoveProcessRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	ExecId        string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProcessRequest) Reset() {
+	*x = RemoveProcessRequest{}
+	mi := &file_shim_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProcessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProcessRequest) ProtoMessage() {}
+
+func (x *RemoveProcessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProcessRequest.ProtoReflect.Descriptor instead.
+func (*RemoveProcessRequest) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RemoveProcessRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *RemoveProcessRequest) GetExecId() string {
+	if x != nil {
+		return x.ExecId
+	}
+	return ""
+}
+
+type RemoveProcessResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveProcessResponse) Reset() {
+	*x = RemoveProcessResponse{}
+	mi := &file_shim_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveProcessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveProcessResponse) ProtoMessage() {}
+
+func (x *RemoveProcessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveProcessResponse.ProtoReflect.Descriptor instead.
+func (*RemoveProcessResponse) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{31}
+}
+
 var File_shim_proto protoreflect.FileDescriptor
 
 const file_shim_proto_rawDesc = "" +
@@ -1631,7 +1847,17 @@ const file_shim_proto_rawDesc = "" +
 	"\x14ForgetProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x17\n" +
-	"\x15ForgetProcessResponse*S\n" +
+	"\x15ForgetProcessResponse\"n\n" +
+	"\x13StartProcessRequest\x12<\n" +
+	"\x06create\x18\x01 \x01(\v2$.macvz.agent.v1.CreateProcessRequestR\x06create\x12\x19\n" +
+	"\blog_path\x18\x02 \x01(\tR\alogPath\"T\n" +
+	"\x14StartProcessResponse\x12*\n" +
+	"\x11started_unix_nano\x18\x01 \x01(\x03R\x0fstartedUnixNano\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\rR\x03pid\"R\n" +
+	"\x14RemoveProcessRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x17\n" +
+	"\x15RemoveProcessResponse*S\n" +
 	"\aVMState\x12\x18\n" +
 	"\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1643,7 +1869,7 @@ const file_shim_proto_rawDesc = "" +
 	"\fProcessState\x12\x1d\n" +
 	"\x19PROCESS_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROCESS_RUNNING\x10\x01\x12\x12\n" +
-	"\x0ePROCESS_EXITED\x10\x022\xfb\a\n" +
+	"\x0ePROCESS_EXITED\x10\x022\xb0\t\n" +
 	"\x04Shim\x12B\n" +
 	"\x05Start\x12\x1b.macvz.shim.v1.StartRequest\x1a\x1c.macvz.shim.v1.StartResponse\x12B\n" +
 	"\x05State\x12\x1b.macvz.shim.v1.StateRequest\x1a\x1c.macvz.shim.v1.StateResponse\x12?\n" +
@@ -1657,7 +1883,9 @@ const file_shim_proto_rawDesc = "" +
 	"\vWaitProcess\x12!.macvz.shim.v1.WaitProcessRequest\x1a\".macvz.shim.v1.WaitProcessResponse\x12N\n" +
 	"\tReopenLog\x12\x1f.macvz.shim.v1.ReopenLogRequest\x1a .macvz.shim.v1.ReopenLogResponse\x12Z\n" +
 	"\rListProcesses\x12#.macvz.shim.v1.ListProcessesRequest\x1a$.macvz.shim.v1.ListProcessesResponse\x12Z\n" +
-	"\rForgetProcess\x12#.macvz.shim.v1.ForgetProcessRequest\x1a$.macvz.shim.v1.ForgetProcessResponseB(Z&github.com/macvz/macvz/runtime/shimapib\x06proto3"
+	"\rForgetProcess\x12#.macvz.shim.v1.ForgetProcessRequest\x1a$.macvz.shim.v1.ForgetProcessResponse\x12W\n" +
+	"\fStartProcess\x12\".macvz.shim.v1.StartProcessRequest\x1a#.macvz.shim.v1.StartProcessResponse\x12Z\n" +
+	"\rRemoveProcess\x12#.macvz.shim.v1.RemoveProcessRequest\x1a$.macvz.shim.v1.RemoveProcessResponseB(Z&github.com/macvz/macvz/runtime/shimapib\x06proto3"
 
 var (
 	file_shim_proto_rawDescOnce sync.Once
@@ -1672,42 +1900,47 @@ func file_shim_proto_rawDescGZIP() []byte {
 }
 
 var file_shim_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shim_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_shim_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_shim_proto_goTypes = []any{
-	(VMState)(0),                  // 0: macvz.shim.v1.VMState
-	(ProcessState)(0),             // 1: macvz.shim.v1.ProcessState
-	(*VMExit)(nil),                // 2: macvz.shim.v1.VMExit
-	(*StartRequest)(nil),          // 3: macvz.shim.v1.StartRequest
-	(*StartResponse)(nil),         // 4: macvz.shim.v1.StartResponse
-	(*StateRequest)(nil),          // 5: macvz.shim.v1.StateRequest
-	(*StateResponse)(nil),         // 6: macvz.shim.v1.StateResponse
-	(*StopRequest)(nil),           // 7: macvz.shim.v1.StopRequest
-	(*StopResponse)(nil),          // 8: macvz.shim.v1.StopResponse
-	(*StatsRequest)(nil),          // 9: macvz.shim.v1.StatsRequest
-	(*StatsResponse)(nil),         // 10: macvz.shim.v1.StatsResponse
-	(*SaveRequest)(nil),           // 11: macvz.shim.v1.SaveRequest
-	(*SaveResponse)(nil),          // 12: macvz.shim.v1.SaveResponse
-	(*ResumeRequest)(nil),         // 13: macvz.shim.v1.ResumeRequest
-	(*ResumeResponse)(nil),        // 14: macvz.shim.v1.ResumeResponse
-	(*ShutdownRequest)(nil),       // 15: macvz.shim.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),      // 16: macvz.shim.v1.ShutdownResponse
-	(*WatchProcessRequest)(nil),   // 17: macvz.shim.v1.WatchProcessRequest
-	(*WatchProcessResponse)(nil),  // 18: macvz.shim.v1.WatchProcessResponse
-	(*ProcessExit)(nil),           // 19: macvz.shim.v1.ProcessExit
-	(*ProcessStatusRequest)(nil),  // 20: macvz.shim.v1.ProcessStatusRequest
-	(*ProcessStatusResponse)(nil), // 21: macvz.shim.v1.ProcessStatusResponse
-	(*WaitProcessRequest)(nil),    // 22: macvz.shim.v1.WaitProcessRequest
-	(*WaitProcessResponse)(nil),   // 23: macvz.shim.v1.WaitProcessResponse
-	(*ReopenLogRequest)(nil),      // 24: macvz.shim.v1.ReopenLogRequest
-	(*ReopenLogResponse)(nil),     // 25: macvz.shim.v1.ReopenLogResponse
-	(*ListProcessesRequest)(nil),  // 26: macvz.shim.v1.ListProcessesRequest
-	(*ListProcessesResponse)(nil), // 27: macvz.shim.v1.ListProcessesResponse
-	(*ForgetProcessRequest)(nil),  // 28: macvz.shim.v1.ForgetProcessRequest
-	(*ForgetProcessResponse)(nil), // 29: macvz.shim.v1.ForgetProcessResponse
-	(*agentapi.InfoResponse)(nil), // 30: macvz.agent.v1.InfoResponse
+	(VMState)(0),                          // 0: macvz.shim.v1.VMState
+	(ProcessState)(0),                     // 1: macvz.shim.v1.ProcessState
+	(*VMExit)(nil),                        // 2: macvz.shim.v1.VMExit
+	(*StartRequest)(nil),                  // 3: macvz.shim.v1.StartRequest
+	(*StartResponse)(nil),                 // 4: macvz.shim.v1.StartResponse
+	(*StateRequest)(nil),                  // 5: macvz.shim.v1.StateRequest
+	(*StateResponse)(nil),                 // 6: macvz.shim.v1.StateResponse
+	(*StopRequest)(nil),                   // 7: macvz.shim.v1.StopRequest
+	(*StopResponse)(nil),                  // 8: macvz.shim.v1.StopResponse
+	(*StatsRequest)(nil),                  // 9: macvz.shim.v1.StatsRequest
+	(*StatsResponse)(nil),                 // 10: macvz.shim.v1.StatsResponse
+	(*SaveRequest)(nil),                   // 11: macvz.shim.v1.SaveRequest
+	(*SaveResponse)(nil),                  // 12: macvz.shim.v1.SaveResponse
+	(*ResumeRequest)(nil),                 // 13: macvz.shim.v1.ResumeRequest
+	(*ResumeResponse)(nil),                // 14: macvz.shim.v1.ResumeResponse
+	(*ShutdownRequest)(nil),               // 15: macvz.shim.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),              // 16: macvz.shim.v1.ShutdownResponse
+	(*WatchProcessRequest)(nil),           // 17: macvz.shim.v1.WatchProcessRequest
+	(*WatchProcessResponse)(nil),          // 18: macvz.shim.v1.WatchProcessResponse
+	(*ProcessExit)(nil),                   // 19: macvz.shim.v1.ProcessExit
+	(*ProcessStatusRequest)(nil),          // 20: macvz.shim.v1.ProcessStatusRequest
+	(*ProcessStatusResponse)(nil),         // 21: macvz.shim.v1.ProcessStatusResponse
+	(*WaitProcessRequest)(nil),            // 22: macvz.shim.v1.WaitProcessRequest
+	(*WaitProcessResponse)(nil),           // 23: macvz.shim.v1.WaitProcessResponse
+	(*ReopenLogRequest)(nil),              // 24: macvz.shim.v1.ReopenLogRequest
+	(*ReopenLogResponse)(nil),             // 25: macvz.shim.v1.ReopenLogResponse
+	(*ListProcessesRequest)(nil),          // 26: macvz.shim.v1.ListProcessesRequest
+	(*ListProcessesResponse)(nil),         // 27: macvz.shim.v1.ListProcessesResponse
+	(*ForgetProcessRequest)(nil),          // 28: macvz.shim.v1.ForgetProcessRequest
+	(*ForgetProcessResponse)(nil),         // 29: macvz.shim.v1.ForgetProcessResponse
+	(*StartProcessRequest)(nil),           // 30: macvz.shim.v1.StartProcessRequest
+	(*StartProcessResponse)(nil),          // 31: macvz.shim.v1.StartProcessResponse
+	(*RemoveProcessRequest)(nil),          // 32: macvz.shim.v1.RemoveProcessRequest
+	(*RemoveProcessResponse)(nil),         // 33: macvz.shim.v1.RemoveProcessResponse
+	(*agentapi.InfoResponse)(nil),         // 34: macvz.agent.v1.InfoResponse
+	(*agentapi.CreateProcessRequest)(nil), // 35: macvz.agent.v1.CreateProcessRequest
 }
 var file_shim_proto_depIdxs = []int32{
-	30, // 0: macvz.shim.v1.StartResponse.agent:type_name -> macvz.agent.v1.InfoResponse
+	34, // 0: macvz.shim.v1.StartResponse.agent:type_name -> macvz.agent.v1.InfoResponse
 	0,  // 1: macvz.shim.v1.StateResponse.state:type_name -> macvz.shim.v1.VMState
 	2,  // 2: macvz.shim.v1.StateResponse.exit:type_name -> macvz.shim.v1.VMExit
 	2,  // 3: macvz.shim.v1.StopResponse.exit:type_name -> macvz.shim.v1.VMExit
@@ -1715,37 +1948,42 @@ var file_shim_proto_depIdxs = []int32{
 	19, // 5: macvz.shim.v1.ProcessStatusResponse.exit:type_name -> macvz.shim.v1.ProcessExit
 	19, // 6: macvz.shim.v1.WaitProcessResponse.exit:type_name -> macvz.shim.v1.ProcessExit
 	21, // 7: macvz.shim.v1.ListProcessesResponse.processes:type_name -> macvz.shim.v1.ProcessStatusResponse
-	3,  // 8: macvz.shim.v1.Shim.Start:input_type -> macvz.shim.v1.StartRequest
-	5,  // 9: macvz.shim.v1.Shim.State:input_type -> macvz.shim.v1.StateRequest
-	7,  // 10: macvz.shim.v1.Shim.Stop:input_type -> macvz.shim.v1.StopRequest
-	9,  // 11: macvz.shim.v1.Shim.Stats:input_type -> macvz.shim.v1.StatsRequest
-	11, // 12: macvz.shim.v1.Shim.Save:input_type -> macvz.shim.v1.SaveRequest
-	13, // 13: macvz.shim.v1.Shim.Resume:input_type -> macvz.shim.v1.ResumeRequest
-	15, // 14: macvz.shim.v1.Shim.Shutdown:input_type -> macvz.shim.v1.ShutdownRequest
-	17, // 15: macvz.shim.v1.Shim.WatchProcess:input_type -> macvz.shim.v1.WatchProcessRequest
-	20, // 16: macvz.shim.v1.Shim.ProcessStatus:input_type -> macvz.shim.v1.ProcessStatusRequest
-	22, // 17: macvz.shim.v1.Shim.WaitProcess:input_type -> macvz.shim.v1.WaitProcessRequest
-	24, // 18: macvz.shim.v1.Shim.ReopenLog:input_type -> macvz.shim.v1.ReopenLogRequest
-	26, // 19: macvz.shim.v1.Shim.ListProcesses:input_type -> macvz.shim.v1.ListProcessesRequest
-	28, // 20: macvz.shim.v1.Shim.ForgetProcess:input_type -> macvz.shim.v1.ForgetProcessRequest
-	4,  // 21: macvz.shim.v1.Shim.Start:output_type -> macvz.shim.v1.StartResponse
-	6,  // 22: macvz.shim.v1.Shim.State:output_type -> macvz.shim.v1.StateResponse
-	8,  // 23: macvz.shim.v1.Shim.Stop:output_type -> macvz.shim.v1.StopResponse
-	10, // 24: macvz.shim.v1.Shim.Stats:output_type -> macvz.shim.v1.StatsResponse
-	12, // 25: macvz.shim.v1.Shim.Save:output_type -> macvz.shim.v1.SaveResponse
-	14, // 26: macvz.shim.v1.Shim.Resume:output_type -> macvz.shim.v1.ResumeResponse
-	16, // 27: macvz.shim.v1.Shim.Shutdown:output_type -> macvz.shim.v1.ShutdownResponse
-	18, // 28: macvz.shim.v1.Shim.WatchProcess:output_type -> macvz.shim.v1.WatchProcessResponse
-	21, // 29: macvz.shim.v1.Shim.ProcessStatus:output_type -> macvz.shim.v1.ProcessStatusResponse
-	23, // 30: macvz.shim.v1.Shim.WaitProcess:output_type -> macvz.shim.v1.WaitProcessResponse
-	25, // 31: macvz.shim.v1.Shim.ReopenLog:output_type -> macvz.shim.v1.ReopenLogResponse
-	27, // 32: macvz.shim.v1.Shim.ListProcesses:output_type -> macvz.shim.v1.ListProcessesResponse
-	29, // 33: macvz.shim.v1.Shim.ForgetProcess:output_type -> macvz.shim.v1.ForgetProcessResponse
-	21, // [21:34] is the sub-list for method output_type
-	8,  // [8:21] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	35, // 8: macvz.shim.v1.StartProcessRequest.create:type_name -> macvz.agent.v1.CreateProcessRequest
+	3,  // 9: macvz.shim.v1.Shim.Start:input_type -> macvz.shim.v1.StartRequest
+	5,  // 10: macvz.shim.v1.Shim.State:input_type -> macvz.shim.v1.StateRequest
+	7,  // 11: macvz.shim.v1.Shim.Stop:input_type -> macvz.shim.v1.StopRequest
+	9,  // 12: macvz.shim.v1.Shim.Stats:input_type -> macvz.shim.v1.StatsRequest
+	11, // 13: macvz.shim.v1.Shim.Save:input_type -> macvz.shim.v1.SaveRequest
+	13, // 14: macvz.shim.v1.Shim.Resume:input_type -> macvz.shim.v1.ResumeRequest
+	15, // 15: macvz.shim.v1.Shim.Shutdown:input_type -> macvz.shim.v1.ShutdownRequest
+	17, // 16: macvz.shim.v1.Shim.WatchProcess:input_type -> macvz.shim.v1.WatchProcessRequest
+	20, // 17: macvz.shim.v1.Shim.ProcessStatus:input_type -> macvz.shim.v1.ProcessStatusRequest
+	22, // 18: macvz.shim.v1.Shim.WaitProcess:input_type -> macvz.shim.v1.WaitProcessRequest
+	24, // 19: macvz.shim.v1.Shim.ReopenLog:input_type -> macvz.shim.v1.ReopenLogRequest
+	26, // 20: macvz.shim.v1.Shim.ListProcesses:input_type -> macvz.shim.v1.ListProcessesRequest
+	28, // 21: macvz.shim.v1.Shim.ForgetProcess:input_type -> macvz.shim.v1.ForgetProcessRequest
+	30, // 22: macvz.shim.v1.Shim.StartProcess:input_type -> macvz.shim.v1.StartProcessRequest
+	32, // 23: macvz.shim.v1.Shim.RemoveProcess:input_type -> macvz.shim.v1.RemoveProcessRequest
+	4,  // 24: macvz.shim.v1.Shim.Start:output_type -> macvz.shim.v1.StartResponse
+	6,  // 25: macvz.shim.v1.Shim.State:output_type -> macvz.shim.v1.StateResponse
+	8,  // 26: macvz.shim.v1.Shim.Stop:output_type -> macvz.shim.v1.StopResponse
+	10, // 27: macvz.shim.v1.Shim.Stats:output_type -> macvz.shim.v1.StatsResponse
+	12, // 28: macvz.shim.v1.Shim.Save:output_type -> macvz.shim.v1.SaveResponse
+	14, // 29: macvz.shim.v1.Shim.Resume:output_type -> macvz.shim.v1.ResumeResponse
+	16, // 30: macvz.shim.v1.Shim.Shutdown:output_type -> macvz.shim.v1.ShutdownResponse
+	18, // 31: macvz.shim.v1.Shim.WatchProcess:output_type -> macvz.shim.v1.WatchProcessResponse
+	21, // 32: macvz.shim.v1.Shim.ProcessStatus:output_type -> macvz.shim.v1.ProcessStatusResponse
+	23, // 33: macvz.shim.v1.Shim.WaitProcess:output_type -> macvz.shim.v1.WaitProcessResponse
+	25, // 34: macvz.shim.v1.Shim.ReopenLog:output_type -> macvz.shim.v1.ReopenLogResponse
+	27, // 35: macvz.shim.v1.Shim.ListProcesses:output_type -> macvz.shim.v1.ListProcessesResponse
+	29, // 36: macvz.shim.v1.Shim.ForgetProcess:output_type -> macvz.shim.v1.ForgetProcessResponse
+	31, // 37: macvz.shim.v1.Shim.StartProcess:output_type -> macvz.shim.v1.StartProcessResponse
+	33, // 38: macvz.shim.v1.Shim.RemoveProcess:output_type -> macvz.shim.v1.RemoveProcessResponse
+	24, // [24:39] is the sub-list for method output_type
+	9,  // [9:24] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_shim_proto_init() }
@@ -1759,7 +1997,7 @@ func file_shim_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shim_proto_rawDesc), len(file_shim_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,8 @@ type ShimService interface {
 	ReopenLog(context.Context, *ReopenLogRequest) (*ReopenLogResponse, error)
 	ListProcesses(context.Context, *ListProcessesRequest) (*ListProcessesResponse, error)
 	ForgetProcess(context.Context, *ForgetProcessRequest) (*ForgetProcessResponse, error)
+	StartProcess(context.Context, *StartProcessRequest) (*StartProcessResponse, error)
+	RemoveProcess(context.Context, *RemoveProcessRequest) (*RemoveProcessResponse, error)
 }
 
 func RegisterShimService(srv *ttrpc.Server, svc ShimService) {
@@ -116,6 +118,20 @@ func RegisterShimService(srv *ttrpc.Server, svc ShimService) {
 					return nil, err
 				}
 				return svc.ForgetProcess(ctx, &req)
+			},
+			"StartProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req StartProcessRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.StartProcess(ctx, &req)
+			},
+			"RemoveProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RemoveProcessRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.RemoveProcess(ctx, &req)
 			},
 		},
 	})
@@ -230,6 +246,22 @@ func (c *shimClient) ListProcesses(ctx context.Context, req *ListProcessesReques
 func (c *shimClient) ForgetProcess(ctx context.Context, req *ForgetProcessRequest) (*ForgetProcessResponse, error) {
 	var resp ForgetProcessResponse
 	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "ForgetProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *shimClient) StartProcess(ctx context.Context, req *StartProcessRequest) (*StartProcessResponse, error) {
+	var resp StartProcessResponse
+	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "StartProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *shimClient) RemoveProcess(ctx context.Context, req *RemoveProcessRequest) (*RemoveProcessResponse, error) {
+	var resp RemoveProcessResponse
+	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "RemoveProcess", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -111,7 +111,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		}
 		cctx := context.WithoutCancel(ctx)
 		s.dropShim(sb.ID)
-		if err := shim.Kill(cctx, sb.Dir); err != nil {
+		if err := s.shimProcs.Kill(cctx, sb.Dir); err != nil {
 			log.Warn("killing the shim of a failed boot", "err", err)
 		}
 		removeVMSockets(sb.Dir)
@@ -162,7 +162,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	if err := prepareShare(sb.Dir); err != nil {
 		return fmt.Errorf("preparing the VM's share: %w", err)
 	}
-	c, err := shim.Spawn(ctx, shim.SpawnOptions{
+	c, err := s.shimProcs.Spawn(ctx, shim.SpawnOptions{
 		Binary:   s.cfg.ShimBinary,
 		Dir:      sb.Dir,
 		Backend:  s.cfg.Backend,
@@ -286,7 +286,7 @@ func (s *Controller) stopVM(ctx context.Context, sb store.Sandbox, grace time.Du
 		s.recordExits(ctx, sb, nil, reason)
 	}
 	// Kill whatever is left (a shim that did not exit, its VM process).
-	if err := shim.Kill(ctx, sb.Dir); err != nil {
+	if err := s.shimProcs.Kill(ctx, sb.Dir); err != nil {
 		return fmt.Errorf("killing the VM's shim: %w", err)
 	}
 	removeVMSockets(sb.Dir)
@@ -308,7 +308,7 @@ func removeVMSockets(dir string) {
 // recordExits marks a sandbox's running containers Exited, with the exit
 // the shim recorded (from c, or its exit files when c is nil) or, when it
 // has none, exit code 255 and reason.
-func (s *Controller) recordExits(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) {
+func (s *Controller) recordExits(ctx context.Context, sb store.Sandbox, c Shim, reason string) {
 	cs, err := s.st.Containers(func(c *store.Container) bool {
 		return c.SandboxID == sb.ID && c.State == store.ContainerRunning
 	})
@@ -345,7 +345,7 @@ type Exit struct {
 
 // exitOf is the exit the shim recorded for a container's main process,
 // nil when none is (it still runs, or it was never watched).
-func exitOf(ctx context.Context, dir string, c *shim.Client, cid string) *Exit {
+func exitOf(ctx context.Context, dir string, c Shim, cid string) *Exit {
 	if c != nil {
 		st, err := c.Shim().ProcessStatus(ctx, &shimapi.ProcessStatusRequest{ContainerId: cid})
 		if err == nil && st.GetExit() != nil {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
-	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
@@ -57,6 +56,8 @@ type Deps struct {
 	Snapshotter *snapshotter.Snapshotter
 	Network     *cnimgr.Manager
 	Ports       *portproxy.Manager
+	// Shims runs the VMs' shims; nil = runtime/shim's processes.
+	Shims Shims
 }
 
 // Controller boots, stops and removes sandbox VMs. See the package
@@ -67,6 +68,8 @@ type Controller struct {
 	sn    *snapshotter.Snapshotter
 	net   *cnimgr.Manager
 	ports *portproxy.Manager
+	// shimProcs starts, finds and kills shims.
+	shimProcs Shims
 
 	// warm keeps saved VM states for warm starts; nil when off.
 	warm *warmStore
@@ -79,8 +82,8 @@ type Controller struct {
 	locks keyedLocks
 
 	shimsMu  sync.Mutex
-	shims    map[string]*shim.Client // sandbox ID → connected shim
-	stopping map[string]bool         // sandboxes being stopped on purpose
+	shims    map[string]Shim // sandbox ID → connected shim
+	stopping map[string]bool // sandboxes being stopped on purpose
 }
 
 // New returns a controller over d and settles what the previous daemon
@@ -88,7 +91,10 @@ type Controller struct {
 // sandboxes, collects network attachments nobody owns and sweeps the
 // saved states. Call it before anything else collects disk clones.
 func New(ctx context.Context, cfg Config, d Deps) *Controller {
-	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shims: map[string]*shim.Client{}}
+	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]Shim{}}
+	if s.shimProcs == nil {
+		s.shimProcs = processShims{}
+	}
 	if cfg.WarmDir != "" {
 		s.warm = newWarmStore(cfg.WarmDir, cfg.WarmStates, d.Snapshotter)
 	}
@@ -161,7 +167,7 @@ func diskKey(sandboxID string) string { return "macvz.sandbox/" + sandboxID }
 
 // Shim returns the connected shim of a sandbox whose VM runs; a sandbox
 // whose VM never started is FailedPrecondition.
-func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (*shim.Client, error) {
+func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (Shim, error) {
 	s.shimsMu.Lock()
 	defer s.shimsMu.Unlock()
 	if c := s.shims[sb.ID]; c != nil {
@@ -170,7 +176,7 @@ func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (*shim.Client, 
 	if !sb.VMStarted {
 		return nil, fmt.Errorf("sandbox %s has no running VM yet: %w", sb.ID, errdefs.ErrFailedPrecondition)
 	}
-	c, err := shim.Connect(ctx, sb.Dir)
+	c, err := s.shimProcs.Connect(ctx, sb.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -179,13 +185,13 @@ func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (*shim.Client, 
 }
 
 // connectedShim is the shim already connected for a sandbox, or nil.
-func (s *Controller) connectedShim(id string) *shim.Client {
+func (s *Controller) connectedShim(id string) Shim {
 	s.shimsMu.Lock()
 	defer s.shimsMu.Unlock()
 	return s.shims[id]
 }
 
-func (s *Controller) addShim(id string, c *shim.Client) {
+func (s *Controller) addShim(id string, c Shim) {
 	s.shimsMu.Lock()
 	s.shims[id] = c
 	s.shimsMu.Unlock()

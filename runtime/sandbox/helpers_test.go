@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -27,8 +28,14 @@ func testConfig(dir string) Config {
 // directory, with a pod network whose configuration directory is empty
 // (not ready: only host-network sandboxes can be made).
 func newTestController(t *testing.T) *Controller {
+	c, _ := newFakeController(t, t.TempDir(), newFakeShims())
+	return c
+}
+
+// newFakeController is a controller over the stores in dir (fresh or
+// left by an earlier controller) whose shims are fakes.
+func newFakeController(t *testing.T, dir string, shims *fakeShims) (*Controller, *store.Store) {
 	t.Helper()
-	dir := t.TempDir()
 	sn, err := snapshotter.New(filepath.Join(dir, "snapshots"))
 	if err != nil {
 		t.Fatal(err)
@@ -42,14 +49,20 @@ func newTestController(t *testing.T) *Controller {
 		t.Fatal(err)
 	}
 	ports := portproxy.New()
-	c := New(context.Background(), testConfig(dir), Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: ports})
+	c := New(context.Background(), testConfig(dir), Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: ports, Shims: shims})
 	t.Cleanup(func() {
+		// The shares are tmpfs mounts: gone before the temporary
+		// directory is removed.
+		ents, _ := os.ReadDir(c.cfg.StateDir)
+		for _, e := range ents {
+			removeSandboxFiles(filepath.Join(c.cfg.StateDir, e.Name()))
+		}
 		c.Close()
 		ports.Close()
 		st.Close()
 		sn.Close()
 	})
-	return c
+	return c, st
 }
 
 // TestKeyedLocks: one key's holders exclude each other, other keys do not

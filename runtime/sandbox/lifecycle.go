@@ -14,7 +14,6 @@ import (
 
 	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/agentapi"
-	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -127,7 +126,7 @@ func (s *Controller) Remove(ctx context.Context, sb store.Sandbox) error {
 	s.ports.Stop(sb.ID)
 	s.dropShim(sb.ID)
 	var errs []error
-	if err := shim.Kill(ctx, sb.Dir); err != nil {
+	if err := s.shimProcs.Kill(ctx, sb.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.teardownNetwork(ctx, sb); err != nil {

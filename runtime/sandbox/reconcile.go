@@ -10,7 +10,6 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/macvz/macvz/runtime/safefs"
-	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -36,7 +35,7 @@ func (s *Controller) reconcile(ctx context.Context) {
 				log.Warn("removing a half-made sandbox", "err", err)
 			}
 		case sb.VMStarted && sb.State == store.SandboxReady:
-			c, err := shim.Connect(ctx, sb.Dir)
+			c, err := s.shimProcs.Connect(ctx, sb.Dir)
 			if err != nil {
 				log.Warn("the VM's shim is gone", "err", err)
 				s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim exited while macvz was not running (%v)", err))
@@ -56,7 +55,7 @@ func (s *Controller) reconcile(ctx context.Context) {
 			if sb.Disk != "" {
 				log.Warn("the VM was booting when macvz stopped; discarding that boot")
 			}
-			if err := shim.Kill(ctx, sb.Dir); err != nil {
+			if err := s.shimProcs.Kill(ctx, sb.Dir); err != nil {
 				log.Warn("killing the shim", "err", err)
 			}
 			if sb.Disk != "" {
@@ -67,7 +66,7 @@ func (s *Controller) reconcile(ctx context.Context) {
 			}
 		default:
 			// Stopped: a shim may linger if the daemon died mid-stop.
-			if err := shim.Kill(ctx, sb.Dir); err != nil {
+			if err := s.shimProcs.Kill(ctx, sb.Dir); err != nil {
 				log.Warn("killing a stopped sandbox's shim", "err", err)
 			}
 		}
@@ -76,7 +75,7 @@ func (s *Controller) reconcile(ctx context.Context) {
 
 // vmGone marks a ready sandbox NotReady because its VM or shim ended
 // without StopPodSandbox, and its running containers Exited.
-func (s *Controller) vmGone(ctx context.Context, sb store.Sandbox, c *shim.Client, reason string) store.Sandbox {
+func (s *Controller) vmGone(ctx context.Context, sb store.Sandbox, c Shim, reason string) store.Sandbox {
 	sbLog(sb.ID).Warn("sandbox is no longer ready", "reason", reason)
 	s.recordExits(ctx, sb, c, reason)
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
@@ -113,7 +112,7 @@ func (s *Controller) Refresh(ctx context.Context, sb store.Sandbox) store.Sandbo
 	if err != nil {
 		if errdefs.IsUnavailable(err) {
 			s.dropShim(sb.ID)
-			if c2, err2 := shim.Connect(ctx, sb.Dir); err2 == nil {
+			if c2, err2 := s.shimProcs.Connect(ctx, sb.Dir); err2 == nil {
 				s.addShim(sb.ID, c2)
 				return sb
 			}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/macvz/macvz/internal/guard"
 	"github.com/macvz/macvz/runtime/agentapi"
-	"github.com/macvz/macvz/runtime/sandbox"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -103,7 +103,7 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 // execProcess is a process created in a container's VM for an exec.
 type execProcess struct {
 	agent agentapi.AgentClient
-	sc    sandbox.Shim
+	sc    shim.Conn
 	id    *agentapi.ProcessID
 	log   *slog.Logger
 }

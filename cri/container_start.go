@@ -16,6 +16,7 @@ import (
 	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/sandbox"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -124,7 +125,7 @@ func (s *Service) containerResources(id string) ([]store.Resources, error) {
 // has the shim create, watch and start its process. It returns when the
 // process was started (host time, taken just before, so a process that exits at
 // once never finishes before it started).
-func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc sandbox.Shim, c store.Container, cfg *runtimeapi.ContainerConfig, img *imagestore.VMImage) (time.Time, error) {
+func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc shim.Conn, c store.Container, cfg *runtimeapi.ContainerConfig, img *imagestore.VMImage) (time.Time, error) {
 	argv, env, cwd, user := processOf(img.Descriptor.Process, cfg)
 	if len(argv) == 0 {
 		return time.Time{}, fmt.Errorf("container %s has no command and its image no default process: %w", c.ID, errdefs.ErrInvalidArgument)

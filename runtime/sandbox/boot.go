@@ -308,7 +308,7 @@ func removeVMSockets(dir string) {
 // recordExits marks a sandbox's running containers Exited, with the exit
 // the shim recorded (from c, or its exit files when c is nil) or, when it
 // has none, exit code 255 and reason.
-func (s *Controller) recordExits(ctx context.Context, sb store.Sandbox, c Shim, reason string) {
+func (s *Controller) recordExits(ctx context.Context, sb store.Sandbox, c shim.Conn, reason string) {
 	cs, err := s.st.Containers(func(c *store.Container) bool {
 		return c.SandboxID == sb.ID && c.State == store.ContainerRunning
 	})
@@ -345,7 +345,7 @@ type Exit struct {
 
 // exitOf is the exit the shim recorded for a container's main process,
 // nil when none is (it still runs, or it was never watched).
-func exitOf(ctx context.Context, dir string, c Shim, cid string) *Exit {
+func exitOf(ctx context.Context, dir string, c shim.Conn, cid string) *Exit {
 	if c != nil {
 		st, err := c.Shim().ProcessStatus(ctx, &shimapi.ProcessStatusRequest{ContainerId: cid})
 		if err == nil && st.GetExit() != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
@@ -57,7 +58,7 @@ type Deps struct {
 	Network     *cnimgr.Manager
 	Ports       *portproxy.Manager
 	// Shims runs the VMs' shims; nil = runtime/shim's processes.
-	Shims Shims
+	Shims shim.Launcher
 }
 
 // Controller boots, stops and removes sandbox VMs. See the package
@@ -69,7 +70,7 @@ type Controller struct {
 	net   *cnimgr.Manager
 	ports *portproxy.Manager
 	// shimProcs starts, finds and kills shims.
-	shimProcs Shims
+	shimProcs shim.Launcher
 
 	// warm keeps saved VM states for warm starts; nil when off.
 	warm *warmStore
@@ -82,8 +83,8 @@ type Controller struct {
 	locks keyedLocks
 
 	shimsMu  sync.Mutex
-	shims    map[string]Shim // sandbox ID → connected shim
-	stopping map[string]bool // sandboxes being stopped on purpose
+	shims    map[string]shim.Conn // sandbox ID → connected shim
+	stopping map[string]bool      // sandboxes being stopped on purpose
 }
 
 // New returns a controller over d and settles what the previous daemon
@@ -91,9 +92,9 @@ type Controller struct {
 // sandboxes, collects network attachments nobody owns and sweeps the
 // saved states. Call it before anything else collects disk clones.
 func New(ctx context.Context, cfg Config, d Deps) *Controller {
-	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]Shim{}}
+	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}}
 	if s.shimProcs == nil {
-		s.shimProcs = processShims{}
+		s.shimProcs = shim.Processes{}
 	}
 	if cfg.WarmDir != "" {
 		s.warm = newWarmStore(cfg.WarmDir, cfg.WarmStates, d.Snapshotter)
@@ -167,7 +168,7 @@ func diskKey(sandboxID string) string { return "macvz.sandbox/" + sandboxID }
 
 // Shim returns the connected shim of a sandbox whose VM runs; a sandbox
 // whose VM never started is FailedPrecondition.
-func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (Shim, error) {
+func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (shim.Conn, error) {
 	s.shimsMu.Lock()
 	defer s.shimsMu.Unlock()
 	if c := s.shims[sb.ID]; c != nil {
@@ -185,13 +186,13 @@ func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (Shim, error) {
 }
 
 // connectedShim is the shim already connected for a sandbox, or nil.
-func (s *Controller) connectedShim(id string) Shim {
+func (s *Controller) connectedShim(id string) shim.Conn {
 	s.shimsMu.Lock()
 	defer s.shimsMu.Unlock()
 	return s.shims[id]
 }
 
-func (s *Controller) addShim(id string, c Shim) {
+func (s *Controller) addShim(id string, c shim.Conn) {
 	s.shimsMu.Lock()
 	s.shims[id] = c
 	s.shimsMu.Unlock()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/macvz/macvz/runtime/shim/shimtest"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
@@ -74,7 +75,7 @@ func testSpec() *store.SandboxSpec {
 func TestCreateBootsStopsRemoves(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	shims := newFakeShims()
+	shims := shimtest.New()
 	s, st := newFakeController(t, t.TempDir(), shims)
 	img := testImage(t, s)
 
@@ -88,7 +89,7 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 	// The VM the shim was asked for: sized by the spec, the image's
 	// kernel in the sandbox's own disk clone, the share, a NAT NIC
 	// forwarding the host-network pod's port, the QEMU settings.
-	o := shims.lastSpawn()
+	o := shims.LastSpawn()
 	spec := o.Spec
 	if o.Dir != sb.Dir || o.Backend != "qemu" || spec.CPUs != min(2, runtime.NumCPU()) || spec.MemoryBytes != 320<<20 {
 		t.Errorf("spawn: dir %s backend %s, %d CPUs, %d bytes", o.Dir, o.Backend, spec.CPUs, spec.MemoryBytes)
@@ -104,21 +105,21 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 		t.Errorf("NICs %+v", spec.NICs)
 	}
 	// The guest got the spec's identity and the network's address.
-	c := shims.shimOf(sb.Dir)
-	a := c.agent
-	if len(a.hostname) != 1 || a.hostname[0] != "web-1" || len(a.resolv) != 1 || a.resolv[0].GetNameservers()[0] != "10.0.0.10" ||
-		len(a.sysctls) != 1 || a.sysctls[0]["net.ipv4.ping_group_range"] != "0 1" {
-		t.Errorf("guest setup: hostname %v resolv %v sysctls %v", a.hostname, a.resolv, a.sysctls)
+	c := shims.Running(sb.Dir)
+	a := c.Guest.Setup()
+	if len(a.Hostnames) != 1 || a.Hostnames[0] != "web-1" || len(a.Resolv) != 1 || a.Resolv[0].GetNameservers()[0] != "10.0.0.10" ||
+		len(a.Sysctls) != 1 || a.Sysctls[0]["net.ipv4.ping_group_range"] != "0 1" {
+		t.Errorf("guest setup: hostname %v resolv %v sysctls %v", a.Hostnames, a.Resolv, a.Sysctls)
 	}
-	if len(a.network) != 1 || len(a.network[0].GetInterfaces()) != 1 || a.network[0].GetInterfaces()[0].GetAddresses()[0] != userNetGuest {
-		t.Errorf("guest network: %v", a.network)
+	if len(a.Network) != 1 || len(a.Network[0].GetInterfaces()) != 1 || a.Network[0].GetInterfaces()[0].GetAddresses()[0] != userNetGuest {
+		t.Errorf("guest network: %v", a.Network)
 	}
-	if len(a.mounts) != 1 || a.mounts[0].GetTag() != sharedTag || a.mounts[0].GetFstype() != "9p" {
-		t.Errorf("guest mounts: %v", a.mounts)
+	if len(a.Mounts) != 1 || a.Mounts[0].GetTag() != sharedTag || a.Mounts[0].GetFstype() != "9p" {
+		t.Errorf("guest mounts: %v", a.Mounts)
 	}
 	// The first cold boot saved the VM for warm starts, then resumed it.
-	if c.saves != 1 || c.resumes != 1 {
-		t.Errorf("warm save: %d saves, %d resumes", c.saves, c.resumes)
+	if n := c.Calls(); n.Saves != 1 || n.Resumes != 1 {
+		t.Errorf("warm save: %+v", n)
 	}
 
 	// A container runs; Stop records its exit from the shim.
@@ -133,8 +134,8 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 		t.Fatalf("second Stop: %v", err)
 	}
 	unlock()
-	if c.stops != 1 || c.shutdowns != 1 || shims.shimOf(sb.Dir) != nil {
-		t.Errorf("stop: %d stops, %d shutdowns", c.stops, c.shutdowns)
+	if n := c.Calls(); n.Stops != 1 || n.Shutdowns != 1 || shims.Running(sb.Dir) != nil {
+		t.Errorf("stop: %+v", n)
 	}
 	rec, _ := st.Sandbox("sb1")
 	ctr, _ := st.Container("c1")
@@ -167,25 +168,25 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 func TestCreateRestoresWarmState(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	shims := newFakeShims()
+	shims := shimtest.New()
 	s, _ := newFakeController(t, t.TempDir(), shims)
 	img := testImage(t, s)
 	first, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: testSpec()}, img)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if shims.lastSpawn().Spec.RestoreFrom != "" {
+	if shims.LastSpawn().Spec.RestoreFrom != "" {
 		t.Fatal("the first boot restored a state")
 	}
 	second, err := s.Create(ctx, store.Sandbox{ID: "sb2", Name: "sb2", Spec: testSpec()}, img)
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := shims.lastSpawn().Spec
+	spec := shims.LastSpawn().Spec
 	if spec.RestoreFrom == "" || !strings.HasPrefix(spec.RestoreFrom, s.cfg.WarmDir) {
 		t.Fatalf("second boot: RestoreFrom %q", spec.RestoreFrom)
 	}
-	in := shims.shimOf(second.Dir).agent.network[0].GetInterfaces()[0]
+	in := shims.Running(second.Dir).Guest.Setup().Network[0].GetInterfaces()[0]
 	if in.GetMac() != second.Network.NIC.MAC || in.GetPreviousMac() != first.Network.NIC.MAC {
 		t.Errorf("restored guest NIC: mac %s previous %s (sandboxes' %s, %s)", in.GetMac(), in.GetPreviousMac(), second.Network.NIC.MAC, first.Network.NIC.MAC)
 	}
@@ -196,11 +197,11 @@ func TestCreateRestoresWarmState(t *testing.T) {
 func TestCreateFailureUndone(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	shims := newFakeShims()
+	shims := shimtest.New()
 	s, st := newFakeController(t, t.TempDir(), shims)
 	img := testImage(t, s)
 	boom := errors.New("the VM did not boot")
-	shims.startErr = boom
+	shims.FailNextStart(boom)
 	_, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: testSpec()}, img)
 	if !errors.Is(err, boom) {
 		t.Fatalf("Create: %v, want the boot's error", err)
@@ -214,7 +215,7 @@ func TestCreateFailureUndone(t *testing.T) {
 	if _, err := s.sn.Stat(ctx, diskKey("sb1")); !errdefs.IsNotFound(err) {
 		t.Errorf("disk clone left: %v", err)
 	}
-	if shims.shimOf(s.Dir("sb1")) != nil || s.connectedShim("sb1") != nil {
+	if shims.Running(s.Dir("sb1")) != nil || s.connectedShim("sb1") != nil {
 		t.Error("shim left")
 	}
 	// Without a spec nothing is made at all.
@@ -230,7 +231,7 @@ func TestReconcile(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	shims := newFakeShims()
+	shims := shimtest.New()
 	s, st := newFakeController(t, dir, shims)
 	img := testImage(t, s)
 	alive, err := s.Create(ctx, store.Sandbox{ID: "alive", Name: "alive", Spec: testSpec()}, img)
@@ -274,7 +275,7 @@ func TestReconcile(t *testing.T) {
 func TestRefreshSeesVMStop(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
-	shims := newFakeShims()
+	shims := shimtest.New()
 	s, st := newFakeController(t, t.TempDir(), shims)
 	sb, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: testSpec()}, testImage(t, s))
 	if err != nil {
@@ -285,9 +286,9 @@ func TestRefreshSeesVMStop(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := shims.shimOf(sb.Dir)
-	c.exits = map[string]*shimapi.ProcessExit{"c1": {ExitCode: 3, Reason: "Error"}}
-	c.stopVM("guest panic")
+	c := shims.Running(sb.Dir)
+	c.SetExit("c1", &shimapi.ProcessExit{ExitCode: 3, Reason: "Error"})
+	c.StopVM("guest panic")
 	sb = s.Refresh(ctx, sb)
 	if sb.State != store.SandboxNotReady || sb.Reason != "the VM stopped: guest panic" {
 		t.Errorf("sandbox: %s %q", sb.State, sb.Reason)
@@ -297,7 +298,7 @@ func TestRefreshSeesVMStop(t *testing.T) {
 	if c1.State != store.ContainerExited || c1.ExitCode != 3 || c2.State != store.ContainerExited || c2.ExitCode != 255 || c2.Message != "the VM stopped: guest panic" {
 		t.Errorf("containers: %+v / %+v", c1, c2)
 	}
-	if c.shutdowns != 1 || s.connectedShim(sb.ID) != nil {
-		t.Errorf("shim of a stopped VM: %d shutdowns", c.shutdowns)
+	if n := c.Calls(); n.Shutdowns != 1 || s.connectedShim(sb.ID) != nil {
+		t.Errorf("shim of a stopped VM: %+v", n)
 	}
 }

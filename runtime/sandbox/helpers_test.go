@@ -10,6 +10,7 @@ import (
 
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
+	"github.com/macvz/macvz/runtime/shim/shimtest"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/snapshotter"
 )
@@ -28,13 +29,13 @@ func testConfig(dir string) Config {
 // directory, with a pod network whose configuration directory is empty
 // (not ready: only host-network sandboxes can be made).
 func newTestController(t *testing.T) *Controller {
-	c, _ := newFakeController(t, t.TempDir(), newFakeShims())
+	c, _ := newFakeController(t, t.TempDir(), shimtest.New())
 	return c
 }
 
 // newFakeController is a controller over the stores in dir (fresh or
 // left by an earlier controller) whose shims are fakes.
-func newFakeController(t *testing.T, dir string, shims *fakeShims) (*Controller, *store.Store) {
+func newFakeController(t *testing.T, dir string, shims *shimtest.Launcher) (*Controller, *store.Store) {
 	t.Helper()
 	sn, err := snapshotter.New(filepath.Join(dir, "snapshots"))
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/macvz/macvz/runtime/safefs"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -75,7 +76,7 @@ func (s *Controller) reconcile(ctx context.Context) {
 
 // vmGone marks a ready sandbox NotReady because its VM or shim ended
 // without StopPodSandbox, and its running containers Exited.
-func (s *Controller) vmGone(ctx context.Context, sb store.Sandbox, c Shim, reason string) store.Sandbox {
+func (s *Controller) vmGone(ctx context.Context, sb store.Sandbox, c shim.Conn, reason string) store.Sandbox {
 	sbLog(sb.ID).Warn("sandbox is no longer ready", "reason", reason)
 	s.recordExits(ctx, sb, c, reason)
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {

@@ -1,18 +1,17 @@
-package sandbox
+package shim
 
 import (
 	"context"
 	"time"
 
 	"github.com/macvz/macvz/runtime/agentapi"
-	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 )
 
-// Shim is a connection to the shim of one sandbox's VM: its own verbs
-// (the VM's life, the processes it watches) and the guest agent it
-// forwards. *shim.Client is the real one.
-type Shim interface {
+// Conn is a connection to the shim of one VM: its own verbs (the VM's
+// life, the processes it watches) and the guest agent it forwards.
+// *Client is the real one; shimtest has a fake for unit tests.
+type Conn interface {
 	Pid() int
 	Start(ctx context.Context, agentTimeout time.Duration) (*shimapi.StartResponse, error)
 	State(ctx context.Context) (*shimapi.StateResponse, error)
@@ -30,34 +29,35 @@ type Shim interface {
 	Agent() agentapi.AgentClient
 }
 
-// Shims starts, finds and kills the shims of sandbox directories:
-// runtime/shim in the daemon, a fake in unit tests.
-type Shims interface {
-	Spawn(ctx context.Context, o shim.SpawnOptions) (Shim, error)
-	Connect(ctx context.Context, dir string) (Shim, error)
+var _ Conn = (*Client)(nil)
+
+// Launcher starts, finds and kills the shims of VM directories.
+type Launcher interface {
+	Spawn(ctx context.Context, o SpawnOptions) (Conn, error)
+	Connect(ctx context.Context, dir string) (Conn, error)
 	// Kill ends whatever shim and VM process a directory's pid files
 	// name; nothing running is fine.
 	Kill(ctx context.Context, dir string) error
 }
 
-// processShims are the real shims: processes of their own that outlive
-// the daemon.
-type processShims struct{}
+// Processes launches shims as processes of their own, which outlive the
+// daemon (Spawn, Connect and Kill of this package).
+type Processes struct{}
 
-func (processShims) Spawn(ctx context.Context, o shim.SpawnOptions) (Shim, error) {
-	c, err := shim.Spawn(ctx, o)
+func (Processes) Spawn(ctx context.Context, o SpawnOptions) (Conn, error) {
+	c, err := Spawn(ctx, o)
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (processShims) Connect(ctx context.Context, dir string) (Shim, error) {
-	c, err := shim.Connect(ctx, dir)
+func (Processes) Connect(ctx context.Context, dir string) (Conn, error) {
+	c, err := Connect(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (processShims) Kill(ctx context.Context, dir string) error { return shim.Kill(ctx, dir) }
+func (Processes) Kill(ctx context.Context, dir string) error { return Kill(ctx, dir) }

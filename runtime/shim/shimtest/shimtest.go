@@ -101,7 +101,7 @@ func (l *Launcher) Killed() []string {
 
 // Shim is one fake shim and the state of its (absent) VM.
 type Shim struct {
-	l     *Launcher
+	l    *Launcher
 	Dir  string
 	Spec *vm.Spec
 	// Guest is its fake guest agent.

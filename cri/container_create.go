@@ -13,7 +13,6 @@ import (
 
 	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/store"
-	"github.com/macvz/macvz/vmimage"
 )
 
 // CreateContainer records a container in a sandbox. Its image must be a
@@ -163,39 +162,4 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
-}
-
-// processOf merges an image's default process with a container config,
-// as Docker and containerd do: command replaces the entrypoint (and drops
-// the image's cmd), args replace cmd; env is the image's, overridden by
-// the config's; workdir and user from the config when set.
-func processOf(def *vmimage.Process, cfg *runtimeapi.ContainerConfig) (argv, env []string, cwd, user string) {
-	var entry, cmd []string
-	if def != nil {
-		entry, cmd, env, cwd, user = def.Entrypoint, def.Cmd, append([]string(nil), def.Env...), def.WorkingDir, def.User
-	}
-	if len(cfg.GetCommand()) > 0 {
-		entry, cmd = cfg.GetCommand(), nil
-	}
-	if len(cfg.GetArgs()) > 0 {
-		cmd = cfg.GetArgs()
-	}
-	argv = append(append([]string{}, entry...), cmd...)
-	for _, kv := range cfg.GetEnvs() {
-		env = setEnv(env, kv.GetKey(), string(kv.GetValue()))
-	}
-	if cfg.GetWorkingDir() != "" {
-		cwd = cfg.GetWorkingDir()
-	}
-	return argv, env, cwd, user
-}
-
-func setEnv(env []string, k, v string) []string {
-	for i, e := range env {
-		if len(e) > len(k) && e[:len(k)] == k && e[len(k)] == '=' {
-			env[i] = k + "=" + v
-			return env
-		}
-	}
-	return append(env, k+"="+v)
 }

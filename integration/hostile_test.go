@@ -18,7 +18,7 @@ import (
 	"github.com/macvz/macvz/integration/guest"
 )
 
-// TestHostileGuest runs the hostile test guest (cmd/macvz-agent/hostile.go,
+// TestHostileGuest runs the hostile test guest (runtime/agent/hostile.go,
 // the guest's hostile tags) under the real daemon on the bridge-tap
 // network, next to a normal pod: its agent lies about stdin counts and
 // its addresses, writes noise on the agent channel and floods the

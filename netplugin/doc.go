@@ -35,7 +35,7 @@
 // socket_vmnet's default), none (vmnet-bridged), the gateway being the
 // subnet's first address. On vmnet-nat and socket the daemon takes the
 // pod IP from the host DHCP server's lease for the guest's MAC, inside
-// the subnet; the guest agent's report only confirms it (cri/pod_ip.go).
+// the subnet; the guest agent's report only confirms it (runtime/sandbox/pod_ip.go).
 //
 // Bad configuration fails with CNI error code 7 and a message naming the
 // key; STATUS failures are code 50.

@@ -49,7 +49,7 @@ const (
 	RefPlain = "plain" // no default process
 	RefHTTPD = "httpd" // default process: busybox httpd on port 80
 
-	// RefHostile: the hostile agent (cmd/macvz-agent/hostile.go) lies
+	// RefHostile: the hostile agent (runtime/agent/hostile.go) lies
 	// about stdin counts and addresses, writes noise on the agent channel
 	// and floods the console. RefHostileGarbage: it breaks every agent
 	// session with garbage. Both have no default process.

@@ -20,10 +20,10 @@ import (
 func TestWarmKey(t *testing.T) {
 	spec := func() *vm.Spec {
 		return &vm.Spec{ID: "a", Dir: "/state/a", CPUs: 1, MemoryBytes: 512 << 20,
-			Boot:    vm.Boot{Kind: vm.BootLinux, Kernel: "/snap/1/vmlinux"},
-			Shares:  []vm.Share{{Tag: sharedTag, HostPath: "/state/a/shared"}},
-			NICs:    []vm.NIC{{Kind: vm.NICTap, Device: "mvz1", MAC: "02:00:00:00:00:01"}},
-			Options: map[string]string{"accel": "tcg"}}
+			Boot:   vm.Boot{Kind: vm.BootLinux, Kernel: "/snap/1/vmlinux"},
+			Shares: []vm.Share{{Tag: sharedTag, HostPath: "/state/a/shared"}},
+			NICs:   []vm.NIC{{Kind: vm.NICTap, Device: "mvz1", MAC: "02:00:00:00:00:01"}},
+			QEMU:   vm.QEMUOptions{Accel: "tcg"}}
 	}
 	base := warmKey("qemu", "sha256:c", spec(), 0)
 	// Paths, IDs, the NIC's backend and MAC differ per sandbox: same VM.

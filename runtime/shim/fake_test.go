@@ -32,13 +32,11 @@ import (
 //	             (a lost virtio-serial connection), then deletes the file
 const fakeBackend = "fake"
 
-// Fake options in Spec.Options.
-const (
-	optAgent = "agent" // path of the macvz-agent binary
-	// optPowerButton: the guest powers off at once when Stop presses the
-	// power button (grace > 0), as a real guest does.
-	optPowerButton = "power-button"
-)
+// The fake VM's "kernel" (Spec.Boot.Kernel) is the macvz-agent binary
+// it runs; its command line may hold fakePowerButton: the guest powers
+// off at once when Stop presses the power button (grace > 0), as a real
+// guest does.
+const fakePowerButton = "power-button"
 
 const (
 	fakeAgentSocket = "fake-agent.sock"
@@ -58,8 +56,8 @@ type fakeDriver struct{}
 func (fakeDriver) Name() string { return fakeBackend }
 
 func (fakeDriver) Validate(spec *vm.Spec) error {
-	if spec.Options[optAgent] == "" {
-		return fmt.Errorf("%w: options.agent is empty", errdefs.ErrInvalidArgument)
+	if spec.Boot.Kernel == "" {
+		return fmt.Errorf("%w: boot.kernel (the agent binary) is empty", errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -76,7 +74,7 @@ type fakeMachine struct {
 	exit   vm.Exit
 	proc   *os.Process
 	killed bool
-	// poweredOff: Stop pressed the power button (optPowerButton)
+	// poweredOff: Stop pressed the power button (fakePowerButton)
 	poweredOff bool
 	conns      map[net.Conn]struct{}
 	done       chan struct{}
@@ -115,7 +113,7 @@ func (m *fakeMachine) Start(ctx context.Context) error {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		defer logf.Close()
-		cmd := exec.Command(m.spec.Options[optAgent], "--listen", "unix:"+m.agentSocket(),
+		cmd := exec.Command(m.spec.Boot.Kernel, "--listen", "unix:"+m.agentSocket(),
 			"--etc-dir", m.path("etc"), "--log-level", "debug")
 		cmd.Dir = m.spec.Dir
 		cmd.Stdout, cmd.Stderr = logf, logf
@@ -200,7 +198,7 @@ func (m *fakeMachine) Stop(ctx context.Context, grace time.Duration) error {
 	}
 	p := m.proc
 	m.mu.Unlock()
-	if grace > 0 && m.spec.Options[optPowerButton] != "" {
+	if grace > 0 && strings.Contains(m.spec.Boot.Cmdline, fakePowerButton) {
 		m.mu.Lock()
 		m.poweredOff = true
 		m.mu.Unlock()

@@ -99,9 +99,8 @@ func fakeSpec(dir, agent string) *vm.Spec {
 		Dir:         dir,
 		CPUs:        1,
 		MemoryBytes: 64 << 20,
-		Boot:        vm.Boot{Kind: vm.BootLinux},
+		Boot:        vm.Boot{Kind: vm.BootLinux, Kernel: agent},
 		ConsoleLog:  filepath.Join(dir, "console.log"),
-		Options:     map[string]string{optAgent: agent},
 	}
 }
 
@@ -424,7 +423,7 @@ func TestSIGTERM(t *testing.T) {
 	dir := sandboxDir(t)
 	ctx := ctxT(t, 60*time.Second)
 	spec := fakeSpec(dir, agentBin)
-	spec.Options[optPowerButton] = "1"
+	spec.Boot.Cmdline = fakePowerButton
 	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: spec})
 	if err != nil {
 		t.Fatal(err)

@@ -55,9 +55,6 @@ type Spec struct {
 	// QEMU are the qemu backend's settings from the daemon config; other
 	// backends ignore them.
 	QEMU QEMUOptions `json:"qemu,omitzero"`
-
-	// Options are backend settings of test drivers.
-	Options map[string]string `json:"options,omitempty"`
 }
 
 // QEMUOptions override the qemu driver's defaults; "" keeps a default.

@@ -2,15 +2,21 @@ package cri
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
 )
 
 func annotatedPod(image string) *runtimeapi.PodSandboxConfig {
@@ -74,5 +80,112 @@ func TestRunPodSandboxAnnotationDenied(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(s.cfg.State, "sandboxes")); len(ents) != 0 {
 		t.Errorf("sandbox directories after the refusal: %v", ents)
+	}
+}
+
+// TestRunPodSandboxBootsHandlerImage: a handler with a VM image boots it
+// at once, sized by the pod's resources, and the guest gets the pod's
+// hostname, DNS and sysctls.
+func TestRunPodSandboxBootsHandlerImage(t *testing.T) {
+	f := newFake(t)
+	pod := hostPod(t, "web")
+	id := f.runPod(t, pod, "guest")
+
+	spawns := f.shims.Spawned()
+	if len(spawns) != 1 {
+		t.Fatalf("%d shims spawned, want 1", len(spawns))
+	}
+	o := spawns[0]
+	img, _ := f.images.VMImage(context.Background(), guestRef)
+	spec := o.Spec
+	if o.Dir != f.ctl.Dir(id) || spec.ID != id || spec.CPUs != min(2, runtime.NumCPU()) || spec.MemoryBytes != 320<<20 {
+		t.Errorf("spawn: dir %s id %s, %d CPUs, %d bytes; want %s, 1.5 CPU rounded up, 320 MiB", o.Dir, spec.ID, spec.CPUs, spec.MemoryBytes, f.ctl.Dir(id))
+	}
+	if spec.Boot.Kind != vm.BootLinux || spec.Boot.Kernel != filepath.Join(img.BaseDir, "vmlinux") || spec.Boot.Cmdline != "console=ttyS0" || len(spec.Disks) != 0 {
+		t.Errorf("boot %+v disks %+v", spec.Boot, spec.Disks)
+	}
+	if len(spec.NICs) != 1 || spec.NICs[0].Kind != vm.NICUser {
+		t.Errorf("a host-network pod's NICs: %+v", spec.NICs)
+	}
+	sh := f.shimOf(t, id)
+	if sh == nil || sh.Calls().Starts != 1 {
+		t.Fatalf("shim of the pod: %v", sh)
+	}
+	a := sh.Guest.Setup()
+	if !slices.Equal(a.Hostnames, []string{"web-host"}) {
+		t.Errorf("guest hostname: %v", a.Hostnames)
+	}
+	if len(a.Resolv) != 1 || !slices.Equal(a.Resolv[0].GetNameservers(), []string{"10.0.0.10"}) || !slices.Equal(a.Resolv[0].GetSearches(), []string{"ns.svc"}) {
+		t.Errorf("guest resolv.conf: %v", a.Resolv)
+	}
+	if len(a.Sysctls) != 1 || a.Sysctls[0]["net.ipv4.ping_group_range"] != "0 1" {
+		t.Errorf("guest sysctls: %v", a.Sysctls)
+	}
+	sb, err := f.st.Sandbox(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.State != store.SandboxReady || !sb.VMStarted || sb.Creating || sb.VMImage != img.Image.ID() || sb.Handler != "guest" || sb.Name != "web_ns_uid-web_0" {
+		t.Errorf("record: %+v", sb)
+	}
+}
+
+// TestRunPodSandboxWithoutImage: a pod whose handler names no image is
+// recorded Ready; its VM waits for its first container.
+func TestRunPodSandboxWithoutImage(t *testing.T) {
+	f := newFake(t)
+	id := f.runPod(t, hostPod(t, "web"), "")
+	if n := len(f.shims.Spawned()); n != 0 {
+		t.Errorf("%d shims spawned before any container", n)
+	}
+	sb, err := f.st.Sandbox(id)
+	if err != nil || sb.State != store.SandboxReady || sb.VMStarted || sb.VMImage != "" {
+		t.Errorf("record: %+v, %v", sb, err)
+	}
+	if _, err := os.Stat(f.ctl.Dir(id)); err != nil {
+		t.Errorf("state directory: %v", err)
+	}
+}
+
+// TestRunPodSandboxRefusals: bad input and failed boots answer with the
+// code of their cause and leave nothing: no record, no directory, no shim.
+func TestRunPodSandboxRefusals(t *testing.T) {
+	f := newFake(t, func(c *config.Config) {
+		c.RuntimeHandlers["absent"] = config.RuntimeHandler{VMImage: "example.com/absent:1"}
+	})
+	ctx := context.Background()
+	pod := func(change func(*runtimeapi.PodSandboxConfig)) *runtimeapi.PodSandboxConfig {
+		p := hostPod(t, "p")
+		change(p)
+		return p
+	}
+	for _, tc := range []struct {
+		name    string
+		pod     *runtimeapi.PodSandboxConfig
+		handler string
+		boot    error // the shim's Start fails with it
+		want    codes.Code
+	}{
+		{"no metadata", pod(func(p *runtimeapi.PodSandboxConfig) { p.Metadata = nil }), "", nil, codes.InvalidArgument},
+		{"no uid", pod(func(p *runtimeapi.PodSandboxConfig) { p.Metadata.Uid = "" }), "", nil, codes.InvalidArgument},
+		{"negative memory", pod(func(p *runtimeapi.PodSandboxConfig) { p.Linux.Resources.MemoryLimitInBytes = -1 }), "", nil, codes.InvalidArgument},
+		{"unknown handler", pod(func(*runtimeapi.PodSandboxConfig) {}), "nope", nil, codes.NotFound},
+		{"handler image not pulled", pod(func(*runtimeapi.PodSandboxConfig) {}), "absent", nil, codes.NotFound},
+		{"annotation not allowed", pod(func(p *runtimeapi.PodSandboxConfig) { p.Annotations = map[string]string{annotationVMImage: guestRef} }), "guest", nil, codes.FailedPrecondition},
+		{"pod network not ready", pod(func(p *runtimeapi.PodSandboxConfig) { p.Linux.SecurityContext = nil }), "", nil, codes.FailedPrecondition},
+		{"boot fails", pod(func(*runtimeapi.PodSandboxConfig) {}), "guest", fmt.Errorf("the hypervisor is gone: %w", errdefs.ErrUnavailable), codes.Unavailable},
+	} {
+		if tc.boot != nil {
+			f.shims.FailNextStart(tc.boot)
+		}
+		_, err := f.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: tc.pod, RuntimeHandler: tc.handler})
+		if got := grpcCode(err); got != tc.want {
+			t.Errorf("%s: code %v (%v), want %v", tc.name, got, err, tc.want)
+		}
+		f.noSandboxLeft(t, tc.name)
+	}
+	// The failed boot got as far as a shim, which was killed.
+	if n := len(f.shims.Spawned()); n != 1 || len(f.shims.Killed()) == 0 {
+		t.Errorf("failed boot: %d spawns, killed %v", n, f.shims.Killed())
 	}
 }

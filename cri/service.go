@@ -21,6 +21,7 @@ import (
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/sandbox"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/runtime/vz"
@@ -39,7 +40,7 @@ type Service struct {
 
 	cfg    *config.Config
 	sn     *snapshotter.Snapshotter
-	images *imagestore.Store
+	images imageStore
 	st     *store.Store
 	ports  *portproxy.Manager  // hostPorts the network leaves to the daemon
 	ctl    *sandbox.Controller // sandbox VMs: boot, stop, network, volumes
@@ -53,6 +54,17 @@ func registryHosts(r config.Registry) map[string]imagestore.Host {
 		out[name] = imagestore.Host{Mirrors: h.Mirrors, Insecure: h.Insecure, SkipVerify: h.SkipVerify}
 	}
 	return out
+}
+
+// deps are what a Service drives besides its own stores: NewService
+// passes the real ones, unit tests fakes.
+type deps struct {
+	// shims starts, finds and kills the sandboxes' shims; shimBinary is
+	// the binary the real ones run ("" = this executable's `macvz shim`).
+	shims      shim.Launcher
+	shimBinary string
+	// openImages opens the image store with the service's options.
+	openImages func(context.Context, imagestore.Options) (imageStore, error)
 }
 
 // NewService opens the stores under cfg.Root and returns a ready service.
@@ -72,6 +84,12 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 			return nil, fmt.Errorf("backend vz: %w", err)
 		}
 	}
+	return newService(ctx, cfg, deps{shims: shim.Processes{}, shimBinary: shimBin, openImages: openImageStore})
+}
+
+// newService is NewService with its shims and image store given; cfg's
+// paths are resolved.
+func newService(ctx context.Context, cfg *config.Config, d deps) (*Service, error) {
 	sn, err := snapshotter.New(filepath.Join(cfg.Root, "snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter: %w", err)
@@ -92,7 +110,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New()}
-	s.images, err = imagestore.Open(ctx, imagestore.Options{
+	s.images, err = d.openImages(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
 		Hosts:                  registryHosts(cfg.Registry),
@@ -116,7 +134,7 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 	s.fillSpecs()
 	// The controller re-attaches to the shims that outlived the previous
 	// daemon before anything is collected: their disk clones are in use.
-	s.ctl = sandbox.New(ctx, controllerConfig(cfg, shimBin), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports})
+	s.ctl = sandbox.New(ctx, controllerConfig(cfg, d.shimBinary), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims})
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
 	if err := sn.Cleanup(ctx); err != nil {

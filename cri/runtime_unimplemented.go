@@ -18,10 +18,6 @@ func notYet(verb string) error {
 	return status.Errorf(codes.Unimplemented, "%s is not implemented by this macvz build yet", verb)
 }
 
-func (s *Service) UpdateRuntimeConfig(context.Context, *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
-	return nil, notYet("UpdateRuntimeConfig")
-}
-
 func (s *Service) CheckpointContainer(context.Context, *runtimeapi.CheckpointContainerRequest) (*runtimeapi.CheckpointContainerResponse, error) {
 	return nil, notYet("CheckpointContainer")
 }

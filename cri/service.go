@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -45,6 +46,8 @@ type Service struct {
 	ports  *portproxy.Manager  // hostPorts the network leaves to the daemon
 	ctl    *sandbox.Controller // sandbox VMs: boot, stop, network, volumes
 	stream *streamServer       // exec, attach and port-forward sessions
+	// podCIDRMu serialises UpdateRuntimeConfig (runtime_config_update.go).
+	podCIDRMu sync.Mutex
 }
 
 // registryHosts is the image store's view of [registry.hosts].
@@ -132,6 +135,9 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (*Service, erro
 	// Records written before sandboxes had a typed spec get one, from
 	// their CRI config, before the controller reads them.
 	s.fillSpecs()
+	// The conflist rendered from network.conf_template follows an edited
+	// template before the controller's GC reads the network.
+	s.restorePodCIDRs()
 	// The controller re-attaches to the shims that outlived the previous
 	// daemon before anything is collected: their disk clones are in use.
 	s.ctl = sandbox.New(ctx, controllerConfig(cfg, d.shimBinary), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims})

@@ -83,6 +83,13 @@ type Network struct {
 	CacheDir string `toml:"cache_dir"`
 	// Name picks the configuration whose "name" is this; "" = the first.
 	Name string `toml:"name"`
+	// ConfTemplate is a CNI conflist template (Go text/template; "" =
+	// none), containerd's conf_template: when kubelet sends the node's pod
+	// CIDRs (CRI UpdateRuntimeConfig), the daemon renders it into
+	// <conf_dir>/10-macvz.conflist. Its data are .PodCIDR (the first
+	// CIDR), .PodCIDRRanges (all of them) and .Routes ("0.0.0.0/0" and/or
+	// "::/0", one per family present).
+	ConfTemplate string `toml:"conf_template"`
 }
 
 // Stream is the streaming server that carries exec, attach and

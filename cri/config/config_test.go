@@ -20,7 +20,7 @@ func TestDefaultTOMLRoundTrip(t *testing.T) {
 		t.Fatalf("default TOML decodes to %+v, want %+v", got, Default())
 	}
 	// Every key of the struct appears in the commented text.
-	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation"} {
+	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template"} {
 		if !strings.Contains(string(DefaultTOML()), key+" =") {
 			t.Errorf("default TOML does not document %q", key)
 		}
@@ -118,5 +118,46 @@ vm_image = "example.com/guest:1"
 	}
 	if Default().RuntimeHandlers[DefaultHandler].AllowVMImageAnnotation {
 		t.Error("allowed by default")
+	}
+}
+
+// TestConfTemplateValidation: network.conf_template is off by default;
+// when set, its file must exist and parse as a Go template.
+func TestConfTemplateValidation(t *testing.T) {
+	if Default().Network.ConfTemplate != "" {
+		t.Fatalf("conf_template defaults to %q, want none", Default().Network.ConfTemplate)
+	}
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.tmpl")
+	bad := filepath.Join(dir, "bad.tmpl")
+	empty := filepath.Join(dir, "empty.tmpl")
+	for p, text := range map[string]string{
+		good:  `{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{"type": "macvz-net", "ipam": {"type": "host-local", "ranges": [[{"subnet": "{{.PodCIDR}}"}]]}}]}`,
+		bad:   `{"subnet": "{{.PodCIDR"}`,
+		empty: "\n",
+	} {
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := Decode(strings.NewReader("[network]\nconf_template = \"" + good + "\"\n"))
+	if err != nil || cfg.Network.ConfTemplate != good {
+		t.Fatalf("a good template: %v %+v", err, cfg)
+	}
+	for name, tc := range map[string]struct{ path, want string }{
+		"missing":  {filepath.Join(dir, "none.tmpl"), "no such file"},
+		"unparsed": {bad, "bad.tmpl"},
+		"empty":    {empty, "empty"},
+		"relative": {"net.tmpl", "absolute"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Decode(strings.NewReader("[network]\nconf_template = \"" + tc.path + "\"\n"))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "network.conf_template") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q: want InvalidArgument naming network.conf_template and %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -111,6 +111,16 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   cache_dir = "{{.C.Network.CacheDir}}"
   # The configuration's "name" to use ("" = the first file in name order).
   name = "{{.C.Network.Name}}"
+  # A CNI conflist template (Go text/template) for clusters whose
+  # controller-manager gives each node its pod CIDR (containerd's
+  # conf_template). kubelet sends the node's podCIDRs (CRI
+  # UpdateRuntimeConfig) and the daemon renders the template into
+  # <conf_dir>/10-macvz.conflist, rewriting it when they change; that file
+  # must sort first in conf_dir, or name must pick its network. The
+  # template sees .PodCIDR (the first CIDR), .PodCIDRRanges (all, for
+  # dual stack) and .Routes ("0.0.0.0/0" and/or "::/0"). "" = none: the CIDR
+  # is only recorded and conf_dir is left to the operator.
+  conf_template = "{{.C.Network.ConfTemplate}}"
 
 [stream]
   # The streaming server for exec, attach and port-forward (the URLs the

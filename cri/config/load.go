@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"text/template"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -150,6 +151,14 @@ func (c *Config) Validate() error {
 	if c.Network.CacheDir != "" && !filepath.IsAbs(c.Network.CacheDir) {
 		return bad("network.cache_dir", "must be an absolute path or empty, got %q", c.Network.CacheDir)
 	}
+	if t := c.Network.ConfTemplate; t != "" {
+		if !filepath.IsAbs(t) {
+			return bad("network.conf_template", "must be an absolute path or empty, got %q", t)
+		}
+		if _, err := ParseConfTemplate(t); err != nil {
+			return bad("network.conf_template", "%v", err)
+		}
+	}
 	if c.Image.MaxConcurrentDownloads < 1 {
 		return bad("image.max_concurrent_downloads", "must be at least 1, got %d", c.Image.MaxConcurrentDownloads)
 	}
@@ -203,6 +212,24 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// ParseConfTemplate reads and parses network.conf_template's file (a Go
+// text/template). The daemon parses it again at every render, so an
+// edited template is used without a restart.
+func ParseConfTemplate(path string) (*template.Template, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	t, err := template.New(filepath.Base(path)).Option("missingkey=error").Parse(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return t, nil
 }
 
 // Marshal renders c as TOML (without comments).

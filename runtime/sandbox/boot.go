@@ -173,7 +173,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("starting the VM's shim: %w", err)
 	}
 	s.addShim(sb.ID, c)
-	resp, err := c.Start(ctx, s.cfg.BootTimeout)
+	resp, err := c.Start(ctx, agentWait(ctx, s.cfg.BootTimeout))
 	if err != nil {
 		if ws != nil {
 			return fmt.Errorf("restoring the VM: %w", err)
@@ -205,6 +205,22 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
 		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease())
 	return nil
+}
+
+// agentWait is how long a boot waits for the guest agent: the boot
+// timeout, cut short of the caller's deadline so that a guest whose agent
+// never answers fails with the shim's account of why (the last attempt's
+// error, the console's end) rather than the caller's bare deadline.
+func agentWait(ctx context.Context, bootTimeout time.Duration) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return bootTimeout
+	}
+	left := time.Until(dl) - time.Second
+	if left < time.Second {
+		left = time.Second
+	}
+	return min(bootTimeout, left)
 }
 
 // setupGuest configures the guest's network from the sandbox's

@@ -2,9 +2,11 @@ package sandbox
 
 import (
 	"bytes"
+	"context"
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -94,5 +96,24 @@ func TestVMSize(t *testing.T) {
 		if cpus != tc.cpus || mem != tc.memMiB<<20 {
 			t.Errorf("%s: %d CPUs, %d MiB; want %d, %d", tc.name, cpus, mem>>20, tc.cpus, tc.memMiB)
 		}
+	}
+}
+
+func TestAgentWait(t *testing.T) {
+	if got := agentWait(context.Background(), time.Minute); got != time.Minute {
+		t.Errorf("no deadline: %v", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if got := agentWait(ctx, time.Minute); got > 19*time.Second || got < 18*time.Second {
+		t.Errorf("20 s deadline: %v", got)
+	}
+	if got := agentWait(ctx, 5*time.Second); got != 5*time.Second {
+		t.Errorf("boot timeout first: %v", got)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if got := agentWait(short, time.Minute); got != time.Second {
+		t.Errorf("almost no time left: %v", got)
 	}
 }

@@ -92,27 +92,36 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 
 // newService is NewService with its shims and image store given; cfg's
 // paths are resolved.
-func newService(ctx context.Context, cfg *config.Config, d deps) (*Service, error) {
+func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, retErr error) {
+	// What is opened is closed again, last first, when a later step fails.
+	var undo []func() error
+	defer func() {
+		if retErr != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	sn, err := snapshotter.New(filepath.Join(cfg.Root, "snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("snapshotter: %w", err)
 	}
+	undo = append(undo, sn.Close)
 	st, err := store.Open(filepath.Join(cfg.Root, "runtime.db"))
 	if err != nil {
-		sn.Close()
 		return nil, fmt.Errorf("runtime state: %w", err)
 	}
+	undo = append(undo, st.Close)
 	cacheDir := cfg.Network.CacheDir
 	if cacheDir == "" {
 		cacheDir = filepath.Join(cfg.Root, "cni")
 	}
 	netMgr, err := cnimgr.New(cnimgr.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs, CacheDir: cacheDir, Network: cfg.Network.Name})
 	if err != nil {
-		st.Close()
-		sn.Close()
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New()}
+	undo = append(undo, func() error { s.ports.Close(); return nil })
 	s.images, err = d.openImages(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
 		Snapshotter:            sn,
@@ -122,14 +131,10 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (*Service, erro
 		InUse:                  s.imageInUse,
 	})
 	if err != nil {
-		st.Close()
-		sn.Close()
 		return nil, fmt.Errorf("image store: %w", err)
 	}
+	undo = append(undo, s.images.Close)
 	if s.stream, err = newStreamServer(cfg.Stream, streamRuntime{s}); err != nil {
-		s.images.Close()
-		st.Close()
-		sn.Close()
 		return nil, err
 	}
 	// Records written before sandboxes had a typed spec get one, from

@@ -14,6 +14,7 @@ import (
 
 	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/safefs"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -156,6 +157,25 @@ func (s *Controller) Remove(ctx context.Context, sb store.Sandbox) error {
 		return err
 	}
 	return nil
+}
+
+// removeSandboxFiles removes a sandbox's state directory once shared/
+// has no mounts left (unmountShared). The removal never crosses a mount
+// point: if an unmount was missed, it fails instead of emptying a volume.
+func removeSandboxFiles(dir string) error {
+	if err := unmountShared(dir); err != nil {
+		return err
+	}
+	for i := 0; ; i++ {
+		err := safefs.RemoveAll(dir)
+		if errors.Is(err, safefs.ErrMountPoint) {
+			return err
+		}
+		if err == nil || i == 3 {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Volume is a host directory a container sees at GuestPath.

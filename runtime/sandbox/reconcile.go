@@ -2,14 +2,11 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/containerd/errdefs"
 
-	"github.com/macvz/macvz/runtime/safefs"
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
@@ -156,23 +153,4 @@ func (s *Controller) RefreshContainer(ctx context.Context, c store.Container) st
 		return rec
 	}
 	return c
-}
-
-// removeSandboxFiles removes a sandbox's state directory once shared/
-// has no mounts left (unmountShared). The removal never crosses a mount
-// point: if an unmount was missed, it fails instead of emptying a volume.
-func removeSandboxFiles(dir string) error {
-	if err := unmountShared(dir); err != nil {
-		return err
-	}
-	for i := 0; ; i++ {
-		err := safefs.RemoveAll(dir)
-		if errors.Is(err, safefs.ErrMountPoint) {
-			return err
-		}
-		if err == nil || i == 3 {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -19,8 +19,10 @@ const maxMsgSize = 16 << 20
 
 // Serve runs the CRI services on cfg.Socket until ctx is done, then stops
 // gracefully: new calls are refused, running ones get up to grace to
-// finish, then the rest are cut off.
-func Serve(ctx context.Context, cfg *config.Config, grace time.Duration) error {
+// finish, then the rest are cut off. Each of started runs once the CRI
+// socket serves (cmd/macvz: the device plugin); the function it returns
+// runs when Serve returns, before the service's stores close.
+func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started ...func(*Service) (stop func())) error {
 	// Checked before the stores are opened: a second daemon would block
 	// on their locks instead of saying what is wrong.
 	if err := refuseLiveSocket(cfg.Socket); err != nil {
@@ -55,6 +57,11 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	slog.Info("serving CRI", "socket", cfg.Socket, "backend", cfg.Backend, "root", cfg.Root, "version", RuntimeVersion)
+	for _, f := range started {
+		if stop := f(svc); stop != nil {
+			defer stop()
+		}
+	}
 
 	select {
 	case err := <-errc:

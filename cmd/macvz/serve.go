@@ -34,7 +34,7 @@ func serveCmd() *cobra.Command {
 			// VMs are owned by their shims and keep running.
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return cri.Serve(ctx, cfg, grace)
+			return cri.Serve(ctx, cfg, grace, devicePlugin(cfg))
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", config.DefaultPath, "configuration file (TOML); `macvz config default` prints one")

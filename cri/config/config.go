@@ -24,6 +24,7 @@ type Config struct {
 	VZ       VZ       `toml:"vz"`
 	Network  Network  `toml:"network"`
 	Stream   Stream   `toml:"stream"`
+	Kubelet  Kubelet  `toml:"kubelet"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz"). An entry named
 	// "macvz" configures the default handler; it may only set
@@ -100,6 +101,22 @@ type Stream struct {
 	Port    string `toml:"port"`
 	// IdleTimeout ends a session without traffic after this long.
 	IdleTimeout Duration `toml:"idle_timeout"`
+}
+
+// Kubelet is how the daemon shows kubelet its VM slots.
+type Kubelet struct {
+	// DevicePlugin registers the extended resources macvz.io/macos-vm
+	// (backend vz, vm.max_macos_vms > 0) and macvz.io/linux-vm
+	// (vm.max_linux_vms > 0) with kubelet's device-plugin API, one device
+	// per VM slot, so the scheduler sends a pod that asks for one only to
+	// a node with a free slot (cri/deviceplugin). Without kubelet it
+	// waits quietly for kubelet's socket.
+	DevicePlugin bool `toml:"device_plugin"`
+	// DevicePluginDir is kubelet's device-plugin directory (its
+	// kubelet.sock; the plugins' sockets are made there, mode 0600).
+	// kubelet's pod-resources socket is read at
+	// <device_plugin_dir>/../pod-resources/kubelet.sock.
+	DevicePluginDir string `toml:"device_plugin_dir"`
 }
 
 // RuntimeHandler is one named runtime handler.

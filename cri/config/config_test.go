@@ -20,7 +20,7 @@ func TestDefaultTOMLRoundTrip(t *testing.T) {
 		t.Fatalf("default TOML decodes to %+v, want %+v", got, Default())
 	}
 	// Every key of the struct appears in the commented text.
-	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template"} {
+	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template", "device_plugin", "device_plugin_dir"} {
 		if !strings.Contains(string(DefaultTOML()), key+" =") {
 			t.Errorf("default TOML does not document %q", key)
 		}
@@ -58,6 +58,7 @@ func TestDecodeRejects(t *testing.T) {
 		"backend":               {`backend = "kvm"`, "backend"},
 		"log level":             {"[log]\nlevel = \"loud\"", "log.level"},
 		"downloads":             {"[image]\nmax_concurrent_downloads = 0", "max_concurrent_downloads"},
+		"device plugin dir":     {"[kubelet]\ndevice_plugin_dir = \"device-plugins\"", "kubelet.device_plugin_dir"},
 		"unpacked size":         {"[image]\nmax_unpacked_size = 1000", "max_unpacked_size"},
 		"mirror scheme":         {"[registry.hosts.\"a.io\"]\nmirrors = [\"http://m:5000\"]", "mirrors"},
 		"syntax":                {`root = `, "line 1"},

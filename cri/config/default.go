@@ -131,6 +131,21 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   port = "{{.C.Stream.Port}}"
   idle_timeout = "{{.C.Stream.IdleTimeout}}"
 
+[kubelet]
+  # Show kubelet the VM slots as extended resources through its device-plugin
+  # API: macvz.io/macos-vm (backend vz, max_macos_vms > 0) and
+  # macvz.io/linux-vm (max_linux_vms > 0), one device per slot. A pod asks
+  # for one with resources.limits "macvz.io/macos-vm: 1" and the scheduler
+  # sends it only to a node with a free slot. A slot held by a VM kubelet
+  # did not allocate (a crictl pod, a pod that did not ask) makes one device
+  # unhealthy, so allocatable drops with it (see the README). Without
+  # kubelet the daemon waits quietly for its socket.
+  device_plugin = {{.C.Kubelet.DevicePlugin}}
+  # kubelet's device-plugin directory: kubelet.sock is there and the
+  # plugins' sockets (macvz-macos-vm.sock, mode 0600) are made there.
+  # kubelet's pod-resources API is read at ../pod-resources/kubelet.sock.
+  device_plugin_dir = "{{.C.Kubelet.DevicePluginDir}}"
+
 # Runtime handlers (the handler of a RuntimeClass) besides the default
 # ("macvz" or empty). vm_image boots every sandbox of the handler from that
 # image at RunPodSandbox, before any container exists.

@@ -46,6 +46,7 @@ func Default() *Config {
 		VZ:              VZ{MachineIdentifier: "fresh"},
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
+		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
@@ -182,6 +183,9 @@ func (c *Config) Validate() error {
 	}
 	if c.VM.WarmStates < 1 {
 		return bad("vm.warm_states", "must be at least 1 (turn warm starts off with vm.warm_start = false), got %d", c.VM.WarmStates)
+	}
+	if c.Kubelet.DevicePlugin && !filepath.IsAbs(c.Kubelet.DevicePluginDir) {
+		return bad("kubelet.device_plugin_dir", "must be an absolute path, got %q", c.Kubelet.DevicePluginDir)
 	}
 	switch c.QEMU.Accel {
 	case "auto", "kvm", "tcg":

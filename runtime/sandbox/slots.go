@@ -214,3 +214,31 @@ func (s *Controller) Capacity() Capacity {
 	c.Message = strings.Join(parts, "; ")
 	return c
 }
+
+// SlotHolder is a sandbox whose VM of one guest OS runs or boots, with
+// its pod's identity (store.SandboxSpec; empty in records without one).
+type SlotHolder struct {
+	SandboxID            string
+	Namespace, Name, UID string
+	Slot                 int
+	Booting              bool
+}
+
+// Slots is the bound on the VMs of os (vm.max_macos_vms or
+// vm.max_linux_vms; 0 = none) and the sandboxes whose VM of os runs or
+// boots: what the device plugin (cri/deviceplugin) shows kubelet.
+func (s *Controller) Slots(os string) (limit int, holders []SlotHolder, err error) {
+	hs, err := s.slotHolders(os, "")
+	if err != nil {
+		return 0, nil, err
+	}
+	for _, h := range hs {
+		out := SlotHolder{SandboxID: h.id, Slot: h.slot, Booting: h.booting}
+		if sb, err := s.st.Sandbox(h.id); err == nil && sb.Spec != nil {
+			out.Namespace, out.Name, out.UID = sb.Spec.Namespace, sb.Spec.Name, sb.Spec.UID
+		}
+		holders = append(holders, out)
+	}
+	sort.Slice(holders, func(i, j int) bool { return holders[i].Slot < holders[j].Slot })
+	return s.vmLimit(os), holders, nil
+}

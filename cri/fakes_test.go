@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,7 +14,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -102,42 +99,6 @@ func newFake(t *testing.T, opts ...func(*config.Config)) *fake {
 		unmountBelow(t, dir)
 	})
 	return f
-}
-
-// unmountBelow unmounts whatever a test left mounted below dir (the
-// shares of sandboxes it did not remove), deepest first.
-func unmountBelow(t *testing.T, dir string) {
-	t.Helper()
-	ms := mountsBelow(t, dir)
-	sort.Slice(ms, func(i, j int) bool { return len(ms[i]) > len(ms[j]) })
-	for _, m := range ms {
-		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmounting %s: %v", m, err)
-		}
-	}
-}
-
-// mountsBelow are the mount points at or below dir.
-func mountsBelow(t *testing.T, dir string) []string {
-	t.Helper()
-	rdir, err := filepath.EvalSymlinks(dir)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if fs := strings.Fields(l); len(fs) > 4 && (fs[4] == rdir || strings.HasPrefix(fs[4], rdir+"/")) {
-			out = append(out, fs[4])
-		}
-	}
-	return out
 }
 
 // grpcCode is the code the server answers an error with (errors.go).

@@ -25,6 +25,8 @@ func TestLayers(t *testing.T) {
 		"runtime/shim": {mod + "cri", mod + "runtime/sandbox", mod + "vmimage", "k8s.io/cri-api"},
 		// The guest agent runs in the guest: only its protocol.
 		"runtime/agent": {mod + "cri", mod + "runtime/shim", mod + "runtime/sandbox", mod + "runtime/qemu", mod + "runtime/vz", mod + "vmimage", mod + "snapshotter", mod + "netplugin"},
+		// The device plugin speaks kubelet's API over a small interface.
+		"cri/deviceplugin": {mod + "runtime/", mod + "vmimage", mod + "netplugin", mod + "snapshotter", "k8s.io/cri-api"},
 		// Drivers and state are leaves of the runtime.
 		"runtime/vm":    {mod + "cri", mod + "runtime/shim", mod + "runtime/sandbox"},
 		"runtime/store": {mod + "cri", mod + "runtime/shim", mod + "runtime/sandbox"},

@@ -10,6 +10,7 @@ TOOLS := integration/tools
 CRICTL := $(abspath $(TOOLS)/bin/crictl)
 CRITEST := $(abspath $(TOOLS)/bin/critest)
 KUBELET := $(abspath $(TOOLS)/bin/kubelet)
+KUBE_BIN := $(abspath $(TOOLS)/bin)
 BENCHTIME ?= 1s
 # apt-get needs root; CI runs as root, a workstation through sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -18,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e darwin-check bench demo tools clean deps guest-image sign
+.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image sign
 
 all: build
 
@@ -36,7 +37,7 @@ build:
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
 
-test: unit fuzz-short integration critest kubelet-e2e
+test: unit fuzz-short integration critest kubelet-e2e cluster-e2e
 
 # Unit tests are everything outside integration/; those run in `integration`
 # with the tools they need built first. The list is made in the recipe so a
@@ -84,7 +85,7 @@ guest-image: build
 # lack it skip and say why, under CI=true they fail.
 integration: build tools
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) $(if $(call has_main,macvz),MACVZ=$(abspath bin/macvz)) \
-		$(GO) test -race -count=1 -v -timeout 60m -skip '^(TestCritest|TestKubelet)$$' ./integration/...
+		$(GO) test -race -count=1 -v -timeout 60m -skip '^(TestCritest|TestKubelet|TestCluster)$$' ./integration/...
 
 # critest (cri-tools v1.36.0) against the real daemon on QEMU, in a network
 # namespace; integration/critest/skip.txt lists the specs skipped and why.
@@ -97,6 +98,15 @@ critest: build tools
 kubelet-e2e: build tools
 	CRICTL=$(CRICTL) KUBELET=$(KUBELET) MACVZ=$(abspath bin/macvz) \
 		$(GO) test -count=1 -v -timeout 30m -run '^TestKubelet$$' ./integration/
+
+# A real cluster (integration/cluster_test.go): etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler in a network namespace, two
+# macvz nodes (macvz + kubelet, each in its own network and mount
+# namespace) on a veth LAN, driven with kubectl. MACVZ_CLUSTER_LOGS=<dir>
+# keeps every component's log.
+cluster-e2e: build tools
+	CRICTL=$(CRICTL) KUBE_BIN=$(KUBE_BIN) MACVZ=$(abspath bin/macvz) \
+		$(GO) test -count=1 -v -timeout 40m -run '^TestCluster$$' ./integration/
 
 # On a Mac: sign the binaries that host VMs with the virtualization
 # entitlement (ad hoc by default; SIGN_IDENTITY for a real identity).

@@ -1,0 +1,375 @@
+//go:build linux
+
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/macvz/macvz/integration/nettest"
+)
+
+// NodeOptions configure a macvz node.
+type NodeOptions struct {
+	// Name is the node's name (kubelet's --hostname-override).
+	Name string
+	// LANAddr is its address on the control plane's LAN /24.
+	LANAddr string
+	// Macvz and Crictl are the binaries (macvz-shim is next to macvz).
+	Macvz, Crictl string
+	// PluginDir holds macvz-net and host-local.
+	PluginDir string
+	// MacvzTOML is appended to the node's macvz configuration ([qemu],
+	// [registry.hosts...]).
+	MacvzTOML string
+	// Labels are kubelet's --node-labels (k=v,...).
+	Labels string
+}
+
+// Node is a macvz node: macvz serve and kubelet in the node's network
+// namespace and in a mount namespace of its own, where per-node
+// directories are bind-mounted over the host paths kubelet hard-codes
+// (kubeletHostPaths), so two kubelets on one host do not share them.
+type Node struct {
+	Name, LANAddr string
+	NS            *nettest.NetNS
+	// Dir holds everything of the node: macvz's root, state, socket and
+	// configuration, kubelet's root and configuration, the logs.
+	Dir    string
+	Socket string
+	// ConfDir is macvz's network.conf_dir, where UpdateRuntimeConfig
+	// renders ConfName.
+	ConfDir       string
+	Macvz         *Proc
+	Kubelet       *Proc
+	holder        *exec.Cmd
+	holderDone    chan struct{}
+	crictl        string
+	cp            *ControlPlane
+	kubeletConfig string
+}
+
+// ConfName is the conflist macvz renders from network.conf_template.
+const ConfName = "10-macvz.conflist"
+
+// kubeletHostPaths are the host paths kubelet writes whatever its
+// --root-dir: the device-plugin socket and checkpoint, the pod and
+// container log directories. Each node gets its own, bind-mounted in
+// its mount namespace.
+var kubeletHostPaths = []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/containers"}
+
+// AddNode starts a node: its network namespace on the LAN (a veth to the
+// control plane's bridge, the control plane as default gateway), its
+// certificates and kubeconfig, its mount namespace, macvz serve with a
+// network.conf_template (bridge-tap + host-local over {{.PodCIDR}}), then
+// kubelet registering with the apiserver. It returns once kubelet runs;
+// the caller waits for the Node to be Ready. Everything is stopped and
+// removed when t ends: kubelet, the pods (crictl rmp -fa), macvz, any
+// shim or VM left, the namespaces, the directories.
+func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
+	t.Helper()
+	n := &Node{Name: o.Name, LANAddr: o.LANAddr, crictl: o.Crictl, cp: c}
+	c.Nodes = append(c.Nodes, n)
+	n.NS = nettest.NewNetNS(t, o.Name)
+	veth := "lan-" + o.Name
+	if len(veth) > 15 {
+		veth = veth[:15]
+	}
+	c.NS.IP(t, "link", "add", veth, "type", "veth", "peer", "name", "lan0", "netns", n.NS.Name)
+	c.NS.IP(t, "link", "set", veth, "master", lanBridge, "up")
+	n.NS.IP(t, "addr", "add", o.LANAddr+"/24", "dev", "lan0")
+	n.NS.IP(t, "link", "set", "lan0", "up")
+	n.NS.IP(t, "route", "add", "default", "via", c.Opts.LANAddr)
+
+	// Short: the sandboxes' sockets live under the state directory
+	// (sun_path is 108 bytes).
+	dir, err := os.MkdirTemp("", "mvz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Dir = dir
+	n.Socket = filepath.Join(dir, "macvz.sock")
+	n.ConfDir = filepath.Join(dir, "net.d")
+	// The bind mounts need their mount points on the host: those this
+	// test makes go at its end (after every node's processes, as
+	// cleanups run last first). They stay empty on the host.
+	for _, p := range kubeletHostPaths {
+		if _, err := os.Stat(p); os.IsNotExist(err) {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+					t.Errorf("removing the mount point %s this test made: %v", p, err)
+				}
+			})
+		}
+	}
+	t.Cleanup(func() { n.stop(t) })
+
+	if err := n.writeConfig(o); err != nil {
+		t.Fatal(err)
+	}
+	n.startHolder(t)
+
+	n.Macvz = n.start(t, "macvz-"+o.Name, o.Macvz, "serve", "--config", filepath.Join(dir, "macvz.toml"))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", n.Socket); err == nil {
+			c.Close()
+			break
+		}
+		if ok, _ := n.Macvz.Exited(); ok || time.Now().After(deadline) {
+			t.Fatalf("node %s: macvz did not serve %s within 30s\n%s", o.Name, n.Socket, n.Macvz.Describe(80))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	args := []string{"--config", n.kubeletConfig,
+		"--kubeconfig", filepath.Join(dir, "kubelet.conf"),
+		"--root-dir", filepath.Join(dir, "kubelet"),
+		"--cert-dir", filepath.Join(dir, "kubelet-pki"),
+		"--hostname-override", o.Name,
+		"--node-ip", o.LANAddr,
+		"--v", "2"}
+	if o.Labels != "" {
+		args = append(args, "--node-labels", o.Labels)
+	}
+	n.Kubelet = n.start(t, "kubelet-"+o.Name, c.Opts.Bins.Kubelet, args...)
+	return n
+}
+
+// writeConfig writes the node's certificates, kubeconfig, macvz
+// configuration and template, and KubeletConfiguration.
+func (n *Node) writeConfig(o NodeOptions) error {
+	p, dir := n.cp.PKI, n.Dir
+	client, err := p.ClientCert("kubelet-"+o.Name, "system:node:"+o.Name, "system:nodes")
+	if err != nil {
+		return err
+	}
+	if err := p.WriteKubeconfig(filepath.Join(dir, "kubelet.conf"), n.cp.Server, "system:node:"+o.Name, client); err != nil {
+		return err
+	}
+	// kubelet's serving certificate, from the cluster CA: the apiserver
+	// checks it (--kubelet-certificate-authority) when it proxies exec,
+	// logs and port-forward.
+	serving, err := p.ServingCert("kubelet-serving-"+o.Name, o.Name, []string{o.Name}, []net.IP{net.ParseIP(o.LANAddr)})
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{"root", "state", "net.d", "ipam", "kubelet", "kubelet-pki", "var-lib-kubelet", "log-pods", "log-containers"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	tmpl := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
+  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
+  "ipam": {"type": "host-local", "ranges": [[{"subnet": "{{.PodCIDR}}"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q},
+  "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}
+`, filepath.Join(dir, "ipam"))
+	if err := os.WriteFile(filepath.Join(dir, "net.conflist.tmpl"), []byte(tmpl), 0o644); err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`root = %q
+state = %q
+socket = %q
+
+[log]
+level = "debug"
+
+[network]
+conf_dir = %q
+conf_template = %q
+bin_dirs = [%q]
+
+%s
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), n.Socket, n.ConfDir,
+		filepath.Join(dir, "net.conflist.tmpl"), o.PluginDir, o.MacvzTOML)
+	if err := os.WriteFile(filepath.Join(dir, "macvz.toml"), []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "crictl.yaml"), nil, 0o600); err != nil {
+		return err
+	}
+	n.kubeletConfig = filepath.Join(dir, "kubelet.yaml")
+	kc := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://%[1]s
+imageServiceEndpoint: unix://%[1]s
+runtimeRequestTimeout: 4m
+address: %[2]s
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+tlsCertFile: %[3]s
+tlsPrivateKeyFile: %[4]s
+serverTLSBootstrap: false
+# The apiserver's requests (exec, logs, port-forward) carry its client
+# certificate from the cluster CA; kubelet asks the apiserver whether
+# the user may (SubjectAccessReview).
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: %[5]s
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+failCgroupV1: false
+volumePluginDir: %[6]s/volume-plugins
+serializeImagePulls: false
+# The test host's disk may be fuller than kubelet's defaults allow; this
+# test is not about eviction or image garbage collection.
+evictionHard:
+  memory.available: 100Mi
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+`, n.Socket, o.LANAddr, serving.CertFile, serving.KeyFile, p.CA.CertFile, dir)
+	return os.WriteFile(n.kubeletConfig, []byte(kc), 0o600)
+}
+
+// startHolder starts the process that owns the node's mount namespace:
+// unshare(1) in the node's network namespace makes a private copy of the
+// host's mounts (the host's /sys and cgroup tree included, which kubelet
+// needs), bind-mounts the node's directories over kubeletHostPaths and
+// sleeps. macvz and kubelet join it (nsenter --target), so they see the
+// same mounts: kubelet's volume mounts (the service-account token's
+// tmpfs) are what macvz shares into the VMs. Nothing mounted there
+// reaches the host, and it all goes when the last process in it exits.
+func (n *Node) startHolder(t testing.TB) {
+	t.Helper()
+	script := `set -e
+mount --bind "$1" /var/lib/kubelet
+mount --bind "$2" /var/log/pods
+mount --bind "$3" /var/log/containers
+echo ready
+exec sleep infinity`
+	cmd := exec.Command("nsenter", "--net="+n.NS.Path, "unshare", "--mount", "--propagation", "private",
+		"sh", "-c", script, "sh",
+		filepath.Join(n.Dir, "var-lib-kubelet"), filepath.Join(n.Dir, "log-pods"), filepath.Join(n.Dir, "log-containers"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.holder, n.holderDone = cmd, make(chan struct{})
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(out).ReadString('\n')
+		line <- strings.TrimSpace(l)
+		cmd.Wait()
+		close(n.holderDone)
+	}()
+	select {
+	case l := <-line:
+		if l != "ready" {
+			<-n.holderDone
+			t.Fatalf("node %s: making its mount namespace: %s: %s", n.Name, cmd.ProcessState, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("node %s: the mount namespace's holder did not get ready in 30s: %s", n.Name, stderr.String())
+	}
+}
+
+// start runs a node process in the node's network and mount namespaces.
+func (n *Node) start(t testing.TB, name, bin string, args ...string) *Proc {
+	t.Helper()
+	argv := append([]string{"nsenter", "--target", strconv.Itoa(n.holder.Process.Pid), "--mount", "--net", "--", bin}, args...)
+	p, err := startProc(name, filepath.Join(n.Dir, name+".log"), argv...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Exec runs a command in the node's namespaces (network and mount).
+func (n *Node) Exec(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	argv := append([]string{"--target", strconv.Itoa(n.holder.Process.Pid), "--mount", "--net", "--", name}, args...)
+	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s on node %s: %v: %s", name, strings.Join(args, " "), n.Name, err, out)
+	}
+	return string(out), nil
+}
+
+// Crictl runs crictl against the node's macvz.
+func (n *Node) Crictl(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	full := append([]string{"--config", filepath.Join(n.Dir, "crictl.yaml"), "--runtime-endpoint", "unix://" + n.Socket,
+		"--image-endpoint", "unix://" + n.Socket, "--timeout", "4m"}, args...)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, n.crictl, full...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String() + stderr.String(), fmt.Errorf("crictl %s on node %s: %w", strings.Join(args, " "), n.Name, err)
+	}
+	return stdout.String(), nil
+}
+
+// Describe is the node's processes' log tails, for failure messages.
+func (n *Node) Describe(kubeletLines, macvzLines int) string {
+	return n.Kubelet.Describe(kubeletLines) + "\n" + n.Macvz.Describe(macvzLines)
+}
+
+// stop is the node's cleanup: kubelet first (so it recreates nothing),
+// then every pod through macvz, macvz, whatever VM or shim is left, the
+// mount namespace's holder, the directory.
+func (n *Node) stop(t testing.TB) {
+	failed := t.Failed()
+	n.Kubelet.Stop(20 * time.Second)
+	removed := false
+	if n.Macvz != nil {
+		if ok, _ := n.Macvz.Exited(); !ok {
+			if out, err := n.Crictl("rmp", "-f", "-a"); err != nil {
+				t.Errorf("node %s: removing the pods left: %v\n%s", n.Name, err, out)
+			} else {
+				removed = true
+			}
+		}
+	}
+	n.Macvz.Stop(20 * time.Second)
+	for _, p := range processesUnder(n.Dir + "/") {
+		if removed {
+			t.Errorf("node %s: process left after every pod was removed: %s", n.Name, p)
+		}
+		if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if n.holder != nil {
+		n.holder.Process.Kill()
+		<-n.holderDone
+	}
+	if failed || t.Failed() {
+		t.Logf("node %s:\n%s", n.Name, n.Describe(150, 100))
+	}
+	keepLog(n.Kubelet)
+	keepLog(n.Macvz)
+	if err := os.RemoveAll(n.Dir); err != nil {
+		t.Errorf("node %s: removing %s: %v", n.Name, n.Dir, err)
+	}
+}

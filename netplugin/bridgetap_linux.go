@@ -234,7 +234,7 @@ func (bridgeTap) add(args *skel.CmdArgs, c *NetConf) (res *current.Result, err e
 	if _, err := sysctl.Sysctl("net/ipv4/conf/"+c.Bridge+"/route_localnet", "1"); err != nil {
 		return nil, fmt.Errorf("bridge %s: route_localnet: %w", c.Bridge, err)
 	}
-	if err := n.replace(tag, planRules(res.IPs, c.RuntimeConfig.PortMappings)); err != nil {
+	if err := n.replace(tag, planRules(res.IPs, c.RuntimeConfig.PortMappings, c.nonMasq)); err != nil {
 		return nil, err
 	}
 	flushUDPHostPorts(c.RuntimeConfig.PortMappings)
@@ -332,7 +332,7 @@ func (bridgeTap) check(args *skel.CmdArgs, c *NetConf) error {
 	} else if !ok {
 		return fmt.Errorf("nftables table %s lacks the input rules that keep what is on %s off the host's 127.0.0.0/8", TableName, c.Bridge)
 	}
-	want := planRules(ips, c.RuntimeConfig.PortMappings)
+	want := planRules(ips, c.RuntimeConfig.PortMappings, c.nonMasq)
 	if len(have[chainHostports]) != len(want.hostports) || len(have[chainPost]) != len(want.post) {
 		return fmt.Errorf("nftables table %s: %d DNAT and %d NAT rules for %q, want %d and %d",
 			TableName, len(have[chainHostports]), len(have[chainPost]), tag, len(want.hostports), len(want.post))

@@ -473,3 +473,31 @@ func TestDualStack(t *testing.T) {
 	e.del(id)
 	e.expectGone(id, ip6)
 }
+
+// Traffic to a nonMasqueradeCIDRs range (a cluster's pod CIDR) keeps the
+// pod's address; everything else outside the subnet is still masqueraded.
+func TestNonMasqueradeCIDRs(t *testing.T) {
+	e := newEnv(t, "10.244.1.0/24")
+	s := conflist(e.ipamDir, "10.244.1.0/24", "macvz0")
+	s = strings.Replace(s, `"type":"macvz-net",`, `"type":"macvz-net","nonMasqueradeCIDRs":["10.244.0.0/16","fd00:244::/48"],`, 1)
+	if !strings.Contains(s, "nonMasqueradeCIDRs") {
+		t.Fatalf("conflist not patched: %s", s)
+	}
+	e.setList(s)
+	id := sandboxID(9)
+	res := e.add(id)
+	if len(res.IPs) != 1 {
+		t.Fatalf("ips: %+v", res.IPs)
+	}
+	ip := res.IPs[0].Address.IP.String()
+	rules := e.ns.Exec(t, "nft", "list", "table", "inet", netplugin.TableName)
+	want := "ip saddr " + ip + " ip daddr != 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"
+	if !strings.Contains(rules, want) || strings.Contains(rules, "fd00:244") {
+		t.Errorf("no %q (or a v6 range in a v4 rule) in:\n%s", want, rules)
+	}
+	if err := e.cni.CheckNetworkList(context.Background(), e.list, e.rt(id)); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	e.del(id)
+	e.expectGone(id, ip)
+}

@@ -97,11 +97,19 @@ type NetConf struct {
 	// subnet's first address.
 	Subnet  string `json:"subnet,omitempty"`
 	Gateway string `json:"gateway,omitempty"`
+	// NonMasqueradeCIDRs (bridge-tap) are destinations a pod reaches
+	// with its own address: traffic to anywhere outside the pod's subnet
+	// is masqueraded behind the node except to these. A cluster's pod
+	// CIDR (e.g. 10.244.0.0/16) belongs here, so pods on other nodes see
+	// the pod's IP, as Kubernetes' network model has it.
+	NonMasqueradeCIDRs []string `json:"nonMasqueradeCIDRs,omitempty"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 
 	// ipam is the decoded "ipam" section (with defaults filled in).
 	ipam ipamConf
+	// nonMasq are NonMasqueradeCIDRs, parsed.
+	nonMasq []*net.IPNet
 	// ipamStdin is stdin with the defaulted "ipam" section: what the
 	// delegated IPAM plugin reads.
 	ipamStdin []byte
@@ -236,6 +244,13 @@ func LoadConf(stdin []byte) (*NetConf, error) {
 		if err := c.loadIPAM(stdin, raw); err != nil {
 			return nil, err
 		}
+		for _, cidr := range c.NonMasqueradeCIDRs {
+			_, n, err := net.ParseCIDR(cidr)
+			if err != nil {
+				return nil, confErr("nonMasqueradeCIDRs: %q is not a CIDR (e.g. 10.244.0.0/16)", cidr)
+			}
+			c.nonMasq = append(c.nonMasq, n)
+		}
 	case ModeVmnetBridged:
 		if c.Interface == "" {
 			return nil, confErr("mode %s needs \"interface\" (the host interface to bridge to, e.g. en0)", c.Mode)
@@ -251,6 +266,9 @@ func LoadConf(stdin []byte) (*NetConf, error) {
 		}
 	} else if c.Subnet != "" || c.Gateway != "" {
 		return nil, confErr("mode %s takes its subnet from \"ipam\", not \"subnet\"/\"gateway\"", c.Mode)
+	}
+	if c.Mode != ModeBridgeTap && len(c.NonMasqueradeCIDRs) > 0 {
+		return nil, confErr("mode %s does not masquerade (vmnet does): \"nonMasqueradeCIDRs\" is for bridge-tap", c.Mode)
 	}
 	if c.Mode != ModeBridgeTap && len(raw["ipam"]) > 0 && string(raw["ipam"]) != "null" && string(raw["ipam"]) != "{}" {
 		return nil, confErr("mode %s takes no \"ipam\": the guest's address comes from vmnet's DHCP", c.Mode)

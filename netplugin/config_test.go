@@ -82,6 +82,8 @@ func TestLoadConfErrors(t *testing.T) {
 		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}`, `protocol "icmp"`},
 		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"x"}]}}`, `hostIP "x"`},
 		{`{"name":"n","mode":"bridge-tap","runtimeConfig":{"mac":"01:00:00:00:00:01"}}`, "multicast"},
+		{`{"name":"n","mode":"bridge-tap","nonMasqueradeCIDRs":["10.244.0.0"]}`, `nonMasqueradeCIDRs: "10.244.0.0"`},
+		{`{"name":"n","mode":"vmnet-nat","nonMasqueradeCIDRs":["10.244.0.0/16"]}`, "is for bridge-tap"},
 	} {
 		_, err := LoadConf([]byte(tc.conf))
 		var te *types.Error

@@ -18,6 +18,7 @@
 //	    "bridge": "macvz0",            // bridge-tap; default macvz0
 //	    "mtu": 1500,                   // optional
 //	    "hairpinMode": true,           // bridge-tap; default true
+//	    "nonMasqueradeCIDRs": ["10.244.0.0/16"], // bridge-tap: reached with the pod's own IP (a cluster's pod CIDR)
 //	    "ipam": {"type": "host-local", // bridge-tap; this is the default
 //	             "ranges": [[{"subnet": "10.88.0.0/16"}]],
 //	             "routes": [{"dst": "0.0.0.0/0"}]},

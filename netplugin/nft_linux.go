@@ -293,8 +293,9 @@ func (n *nft) replace(tag string, ar attachmentRules) error {
 	return nil
 }
 
-// planRules computes an attachment's rules from its IPs and port mappings.
-func planRules(ips []*current.IPConfig, ports []PortMapping) attachmentRules {
+// planRules computes an attachment's rules from its IPs and port
+// mappings; traffic to noMasq keeps the pod's address.
+func planRules(ips []*current.IPConfig, ports []PortMapping, noMasq []*net.IPNet) attachmentRules {
 	var ar attachmentRules
 	for _, ipc := range ips {
 		pod := ipc.Address.IP
@@ -305,9 +306,15 @@ func planRules(ips []*current.IPConfig, ports []PortMapping) attachmentRules {
 		subnet := &net.IPNet{IP: pod.Mask(ipc.Address.Mask), Mask: ipc.Address.Mask}
 		host := &net.IPNet{IP: pod, Mask: net.CIDRMask(len(pod)*8, len(pod)*8)}
 
-		// Outbound NAT: the pod's traffic leaving its subnet.
-		ar.post = append(ar.post, cat(matchFamily(v4), matchAddr(v4, true, expr.CmpOpEq, host),
-			matchAddr(v4, false, expr.CmpOpNeq, subnet), []expr.Any{&expr.Masq{}}))
+		// Outbound NAT: the pod's traffic leaving its subnet, except to
+		// the ranges reached with the pod's own address.
+		out := cat(matchFamily(v4), matchAddr(v4, true, expr.CmpOpEq, host), matchAddr(v4, false, expr.CmpOpNeq, subnet))
+		for _, n := range noMasq {
+			if (n.IP.To4() != nil) == v4 {
+				out = cat(out, matchAddr(v4, false, expr.CmpOpNeq, n))
+			}
+		}
+		ar.post = append(ar.post, cat(out, []expr.Any{&expr.Masq{}}))
 		if len(ports) == 0 {
 			continue
 		}

@@ -129,6 +129,29 @@ func (c *clusterTest) fatal(t *testing.T, selector, format string, args ...any) 
 	t.Fatalf("%s\n\ncluster state:\n%s", fmt.Sprintf(format, args...), c.cp.Dump(selector))
 }
 
+// clusterScenario is one subtest of TestCluster: what users do with
+// kubectl, run in order on the one cluster once its nodes are Ready.
+// `go test -run 'TestCluster/(nodes|pods|service)$'` runs a few.
+type clusterScenario struct {
+	order int
+	name  string
+	run   func(c *clusterTest, t *testing.T)
+}
+
+// clusterScenarios are registered by the cluster_*_test.go files.
+var clusterScenarios []clusterScenario
+
+// registerClusterScenario adds a scenario; order places it (nodes 10,
+// pods 20; later ones may rely on the pods scenario's Deployment).
+func registerClusterScenario(order int, name string, run func(c *clusterTest, t *testing.T)) {
+	clusterScenarios = append(clusterScenarios, clusterScenario{order, name, run})
+}
+
+func init() {
+	registerClusterScenario(10, "nodes", (*clusterTest).testNodes)
+	registerClusterScenario(20, "pods", (*clusterTest).testPods)
+}
+
 // TestCluster runs a real cluster: etcd, kube-apiserver (Node,RBAC
 // authorization, NodeRestriction), kube-controller-manager (node CIDR
 // allocation) and kube-scheduler in one network namespace, and two
@@ -241,8 +264,10 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	t.Run("nodes", func(t *testing.T) { c.testNodes(t) })
-	t.Run("pods", c.testPods)
+	slices.SortStableFunc(clusterScenarios, func(a, b clusterScenario) int { return a.order - b.order })
+	for _, sc := range clusterScenarios {
+		t.Run(sc.name, func(t *testing.T) { sc.run(c, t) })
+	}
 
 	t.Logf("timings: control plane healthy %v; nodes registered and Ready %v (%s); pods Ready %v",
 		cp.Started.Round(10*time.Millisecond), nodesReady.Round(10*time.Millisecond), fmtDurations(readyAt), c.podsReady.Round(10*time.Millisecond))

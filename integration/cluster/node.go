@@ -173,10 +173,10 @@ func (n *Node) writeConfig(o NodeOptions) error {
 		}
 	}
 	tmpl := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "macvz", "plugins": [{
-  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0",
+  "type": "macvz-net", "mode": "bridge-tap", "bridge": "macvz0", "nonMasqueradeCIDRs": [%q],
   "ipam": {"type": "host-local", "ranges": [[{"subnet": "{{.PodCIDR}}"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q},
   "capabilities": {"portMappings": true, "dns": true, "mac": true}}]}
-`, filepath.Join(dir, "ipam"))
+`, n.cp.Opts.ClusterCIDR, filepath.Join(dir, "ipam"))
 	if err := os.WriteFile(filepath.Join(dir, "net.conflist.tmpl"), []byte(tmpl), 0o644); err != nil {
 		return err
 	}

@@ -322,6 +322,15 @@ func (c *ControlPlane) Kubectl(args ...string) (string, error) {
 	return c.KubectlIn(nil, args...)
 }
 
+// KubectlCommand is the command line (nsenter first) of kubectl as the
+// admin inside the control plane's namespace, for a kubectl the caller
+// runs itself: in the background (port-forward, logs -f, attach), on a
+// terminal (exec -it), or to read its exit code. nsenter execs kubectl,
+// so the process started is kubectl's (signals reach it).
+func (c *ControlPlane) KubectlCommand(args ...string) []string {
+	return append([]string{"nsenter", "--net=" + c.NS.Path, c.Opts.Bins.Kubectl, "--kubeconfig", c.Admin}, args...)
+}
+
 // KubectlIn is Kubectl with stdin.
 func (c *ControlPlane) KubectlIn(stdin []byte, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

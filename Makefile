@@ -93,7 +93,7 @@ critest: build tools
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) MACVZ=$(abspath bin/macvz) \
 		$(GO) test -count=1 -v -timeout 60m -run '^TestCritest$$' ./integration/
 
-# An unmodified kubelet (v1.36.1, standalone, static pods) against the real
+# An unmodified kubelet (v1.37.2, standalone, static pods) against the real
 # daemon on QEMU, in a network namespace (integration/kubelet_test.go).
 kubelet-e2e: build tools
 	CRICTL=$(CRICTL) KUBELET=$(KUBELET) MACVZ=$(abspath bin/macvz) \
@@ -135,8 +135,10 @@ bench: build tools
 demo: deps build tools guest-image
 	bash integration/demo.sh
 
-# crictl and critest (cri-tools, pinned in integration/tools/go.mod), kubelet
-# (integration/tools/kubelet/go.mod) and the standalone test registry.
+# crictl and critest (cri-tools, pinned in integration/tools/go.mod); kubelet,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and
+# kube-proxy (one kubernetes release, integration/tools/kubernetes/go.mod);
+# etcd (integration/tools/etcd/go.mod); the standalone test registry.
 tools:
 	$(TOOLS)/build.sh
 	@mkdir -p bin

@@ -58,7 +58,7 @@ func requireKubelet(t *testing.T) string {
 		bin = filepath.Join(filepath.Dir(self), "tools", "bin", "kubelet")
 	}
 	if _, err := os.Stat(bin); err != nil {
-		testutil.Unavailable(t, "needs kubelet at %s: run `make tools` (builds kubernetes v1.36.1)", bin)
+		testutil.Unavailable(t, "needs kubelet at %s: run `make tools` (builds kubernetes v1.37.2)", bin)
 	}
 	return bin
 }
@@ -392,7 +392,7 @@ func lastLines(s string, n int) string {
 	return strings.Join(ls[max(0, len(ls)-n):], "\n")
 }
 
-// TestKubelet runs an unmodified kubelet (v1.36.1, standalone) against
+// TestKubelet runs an unmodified kubelet (v1.37.2, standalone) against
 // macvz on QEMU: static pods for what users do, each checked through
 // kubelet's own view, its log files and crictl; a macvz restart under
 // running pods; removal of every manifest leaving nothing behind.

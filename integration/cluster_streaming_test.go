@@ -36,8 +36,10 @@ const talkerSelector = "app=streaming-talker"
 
 // talkerScript prints "tick N" every half second (in the background) and
 // echoes every line read from stdin as "got LINE": what kubectl logs,
-// logs -f and attach -i look at.
-const talkerScript = `i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 0.5; done & while read -r l; do echo "got $l"; done; echo "stdin closed"; wait`
+// logs -f and attach -i look at. The line "exit" ends it (exit code 7),
+// for kubectl logs --previous.
+const talkerScript = `i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 0.5; done & ` +
+	`while read -r l; do if [ "$l" = exit ]; then kill $!; echo exiting; exit 7; fi; echo "got $l"; done; echo "stdin closed"; wait`
 
 // talkerManifest is one talker pod, on one node (the scheduler places it
 // by the node's hostname label), with stdin open for attach.
@@ -270,6 +272,50 @@ func (c *clusterTest) testStreaming(t *testing.T) {
 			}
 			t.Logf("node %s: kubectl attach -i %s: the line sent came back in its output", n.Name, pod)
 		}
+	})
+
+	t.Run("logs --previous", func(t *testing.T) {
+		// The talker on the first node ends (a line "exit" through
+		// attach); kubelet restarts its container in the same pod.
+		n := c.nodes[0]
+		pod := talkers[n.Name]
+		restarts := func() string {
+			out, _ := c.cp.Kubectl("get", "pod", pod, "-o", "jsonpath={.status.containerStatuses[0].restartCount}")
+			return strings.TrimSpace(out)
+		}
+		if r := restarts(); r != "0" {
+			c.fatal(t, talkerSelector, "node %s: pod %s has restartCount %q before its container was made to exit, want 0", n.Name, pod, r)
+		}
+		// kubectl attach ends with the container; the restart below is
+		// the verdict, its output is for the log.
+		out, err := c.cp.KubectlIn([]byte("exit\n"), "attach", "-i", pod, "-c", "talker")
+		t.Logf("node %s: kubectl attach -i %s with \"exit\": %v; last lines:\n%s", n.Name, pod, err, lastLines(out, 3))
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			ready := false
+			for _, p := range c.getPods(t, talkerSelector) {
+				if p.Metadata.Name == pod {
+					ready = p.Status.Phase == "Running" && condition(p.Status.Conditions, "Ready").Status == "True"
+				}
+			}
+			if r := restarts(); r == "1" && ready {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.fatal(t, talkerSelector, "node %s: pod %s: restartCount %q (want 1) or not Ready 2m after its container exited", n.Name, pod, restarts())
+			}
+			time.Sleep(time.Second)
+		}
+		prev, err := c.cp.Kubectl("logs", "--previous", pod)
+		if err != nil || !strings.HasPrefix(prev, "tick 1\n") || !strings.HasSuffix(prev, "exiting\n") {
+			c.fatal(t, talkerSelector, "node %s: kubectl logs --previous %s: want the first container's lines, from \"tick 1\" to \"exiting\": %v\n%s",
+				n.Name, pod, err, lastLines(prev, 20))
+		}
+		cur, err := c.cp.Kubectl("logs", pod)
+		if err != nil || strings.Contains(cur, "exiting") || strings.Contains(cur, "got hello") {
+			c.fatal(t, talkerSelector, "node %s: kubectl logs %s after the restart: want only the new container's lines: %v\n%s", n.Name, pod, err, lastLines(cur, 20))
+		}
+		t.Logf("node %s: kubectl logs --previous %s: the exited container's %d lines, ending with \"exiting\"", n.Name, pod, strings.Count(prev, "\n"))
 	})
 
 	t.Run("exec round trip", func(t *testing.T) {

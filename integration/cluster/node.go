@@ -35,6 +35,10 @@ type NodeOptions struct {
 	MacvzTOML string
 	// Labels are kubelet's --node-labels (k=v,...).
 	Labels string
+	// LinuxVMs, when > 0, is macvz's [vm] max_linux_vms: its device
+	// plugin then shows kubelet that many macvz.io/linux-vm devices
+	// (MacvzTOML must then have no [vm] table of its own).
+	LinuxVMs int
 }
 
 // Node is a macvz node: macvz serve and kubelet in the node's network
@@ -58,6 +62,11 @@ type Node struct {
 	crictl        string
 	cp            *ControlPlane
 	kubeletConfig string
+	// LinuxVMs is NodeOptions.LinuxVMs.
+	LinuxVMs int
+	// KubeProxy is the node's kube-proxy once StartKubeProxy ran; it is
+	// stopped with the node.
+	KubeProxy *Proc
 }
 
 // ConfName is the conflist macvz renders from network.conf_template.
@@ -79,7 +88,7 @@ var kubeletHostPaths = []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/c
 // shim or VM left, the namespaces, the directories.
 func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 	t.Helper()
-	n := &Node{Name: o.Name, LANAddr: o.LANAddr, crictl: o.Crictl, cp: c}
+	n := &Node{Name: o.Name, LANAddr: o.LANAddr, crictl: o.Crictl, cp: c, LinuxVMs: o.LinuxVMs}
 	c.Nodes = append(c.Nodes, n)
 	n.NS = nettest.NewNetNS(t, o.Name)
 	veth := "lan-" + o.Name
@@ -180,6 +189,16 @@ func (n *Node) writeConfig(o NodeOptions) error {
 	if err := os.WriteFile(filepath.Join(dir, "net.conflist.tmpl"), []byte(tmpl), 0o644); err != nil {
 		return err
 	}
+	// macvz's device plugin reads kubelet's pod-resources socket next to
+	// the device-plugin directory (/var/lib/kubelet/pod-resources); this
+	// kubelet's --root-dir puts it under dir/kubelet.
+	if err := os.Symlink(filepath.Join(dir, "kubelet", "pod-resources"), filepath.Join(dir, "var-lib-kubelet", "pod-resources")); err != nil {
+		return err
+	}
+	vm := ""
+	if o.LinuxVMs > 0 {
+		vm = fmt.Sprintf("[vm]\nmax_linux_vms = %d\n", o.LinuxVMs)
+	}
 	cfg := fmt.Sprintf(`root = %q
 state = %q
 socket = %q
@@ -193,8 +212,9 @@ conf_template = %q
 bin_dirs = [%q]
 
 %s
+%s
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), n.Socket, n.ConfDir,
-		filepath.Join(dir, "net.conflist.tmpl"), o.PluginDir, o.MacvzTOML)
+		filepath.Join(dir, "net.conflist.tmpl"), o.PluginDir, vm, o.MacvzTOML)
 	if err := os.WriteFile(filepath.Join(dir, "macvz.toml"), []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -340,6 +360,7 @@ func (n *Node) Describe(kubeletLines, macvzLines int) string {
 // mount namespace's holder, the directory.
 func (n *Node) stop(t testing.TB) {
 	failed := t.Failed()
+	n.KubeProxy.Stop(10 * time.Second)
 	n.Kubelet.Stop(20 * time.Second)
 	removed := false
 	if n.Macvz != nil {
@@ -366,9 +387,13 @@ func (n *Node) stop(t testing.TB) {
 	}
 	if failed || t.Failed() {
 		t.Logf("node %s:\n%s", n.Name, n.Describe(150, 100))
+		if n.KubeProxy != nil {
+			t.Logf("node %s:\n%s", n.Name, n.KubeProxy.Describe(60))
+		}
 	}
 	keepLog(n.Kubelet)
 	keepLog(n.Macvz)
+	keepLog(n.KubeProxy)
 	if err := os.RemoveAll(n.Dir); err != nil {
 		t.Errorf("node %s: removing %s: %v", n.Name, n.Dir, err)
 	}

@@ -420,7 +420,17 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		// kubelet, or a backup) to follow or open. multidevs=remap: the
 		// share has volumes from other file systems bound in it, whose
 		// inode numbers would otherwise collide in the guest.
-		fsdev := "local,id=" + id + ",path=" + optEscape(s.HostPath) + ",security_model=mapped-xattr,multidevs=remap"
+		//
+		// A read-only share is exported as it is (security_model=none):
+		// the guest can make nothing in it, and its host symlinks (the
+		// ..data links of kubelet's ConfigMap and Secret volumes) must
+		// read as symlinks, which the guest resolves inside the share;
+		// mapped-xattr would refuse to read them (ELOOP).
+		model := "mapped-xattr"
+		if s.ReadOnly {
+			model = "none"
+		}
+		fsdev := "local,id=" + id + ",path=" + optEscape(s.HostPath) + ",security_model=" + model + ",multidevs=remap"
 		if s.ReadOnly {
 			fsdev += ",readonly=on"
 		}

@@ -85,7 +85,7 @@ func TestArgs(t *testing.T) {
 		"-device", "virtio-blk-pci,drive=disk0",
 		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk1,cache=writeback,discard=unmap,readonly=on",
 		"-device", "virtio-blk-pci,drive=disk1",
-		"-fsdev", "local,id=fs0,path=" + root + "/share,security_model=mapped-xattr,multidevs=remap,readonly=on",
+		"-fsdev", "local,id=fs0,path=" + root + "/share,security_model=none,multidevs=remap,readonly=on",
 		"-device", "virtio-9p-pci,fsdev=fs0,mount_tag=vol0",
 		"-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01,romfile=",

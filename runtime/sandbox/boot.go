@@ -266,14 +266,19 @@ func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spe
 			return nil
 		})
 	}
-	g.Go(func() error {
-		if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
-			Tag: sharedTag, Fstype: shareFstype(s.cfg.Backend), Target: guestSharedDirFor(guestOS), CreateTarget: true,
-		}); err != nil {
-			return fmt.Errorf("mounting the shared directory in the guest: %w", err)
-		}
-		return nil
-	})
+	for _, sh := range []struct {
+		tag, target string
+		ro          bool
+	}{{sharedTag, guestSharedDirFor(guestOS), false}, {sharedROTag, guestSharedDirFor(guestOS) + "-ro", true}} {
+		g.Go(func() error {
+			if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
+				Tag: sh.tag, Fstype: shareFstype(s.cfg.Backend), Target: sh.target, CreateTarget: true, ReadOnly: sh.ro,
+			}); err != nil {
+				return fmt.Errorf("mounting the shared directory %s in the guest: %w", sh.tag, err)
+			}
+			return nil
+		})
+	}
 	return g.Wait()
 }
 

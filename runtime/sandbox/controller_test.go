@@ -98,7 +98,8 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 	if err != nil || sb.Disk != diskKey("sb1") || len(spec.Disks) != 1 || filepath.Dir(spec.Disks[0].Path) == clone || filepath.Base(spec.Disks[0].Path) != "disk.img" {
 		t.Errorf("disk: record %q, spec %+v (base %s)", sb.Disk, spec.Disks, clone)
 	}
-	if spec.Boot.Kind != vm.BootLinux || spec.Boot.Cmdline != "console=ttyS0" || len(spec.Shares) != 1 || spec.Shares[0].Tag != sharedTag {
+	if spec.Boot.Kind != vm.BootLinux || spec.Boot.Cmdline != "console=ttyS0" || len(spec.Shares) != 2 || spec.Shares[0].Tag != sharedTag || spec.Shares[0].ReadOnly ||
+		spec.Shares[1].Tag != sharedROTag || !spec.Shares[1].ReadOnly {
 		t.Errorf("boot %+v shares %+v", spec.Boot, spec.Shares)
 	}
 	if len(spec.NICs) != 1 || spec.NICs[0].Kind != vm.NICUser || len(spec.NICs[0].Forwards) != 1 || spec.NICs[0].Forwards[0].HostPort != 8080 {
@@ -114,7 +115,13 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 	if len(a.Network) != 1 || len(a.Network[0].GetInterfaces()) != 1 || a.Network[0].GetInterfaces()[0].GetAddresses()[0] != userNetGuest {
 		t.Errorf("guest network: %v", a.Network)
 	}
-	if len(a.Mounts) != 1 || a.Mounts[0].GetTag() != sharedTag || a.Mounts[0].GetFstype() != "9p" {
+	mounted := map[string]bool{}
+	for _, m := range a.Mounts {
+		if m.GetFstype() == "9p" && m.GetReadOnly() == (m.GetTag() == sharedROTag) {
+			mounted[m.GetTag()] = true
+		}
+	}
+	if len(a.Mounts) != 2 || !mounted[sharedTag] || !mounted[sharedROTag] {
 		t.Errorf("guest mounts: %v", a.Mounts)
 	}
 	// The first cold boot saved the VM for warm starts, then resumed it.

@@ -193,8 +193,12 @@ func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agenta
 		if err := bindVolume(sb.Dir, cid, i, v.HostPath, v.ReadOnly); err != nil {
 			return fmt.Errorf("volume %s → %s: %w", v.HostPath, v.GuestPath, err)
 		}
+		tag := sharedTag
+		if v.ReadOnly {
+			tag = sharedROTag
+		}
 		_, err := a.MountShare(ctx, &agentapi.MountShareRequest{
-			Tag: sharedTag, Subpath: sub, Target: v.GuestPath,
+			Tag: tag, Subpath: sub, Target: v.GuestPath,
 			ReadOnly: v.ReadOnly, CreateTarget: true,
 		})
 		if err != nil {
@@ -206,7 +210,10 @@ func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agenta
 
 // UnbindVolumes removes the host binds of a container's volumes.
 func (s *Controller) UnbindVolumes(sb store.Sandbox, cid string) error {
-	return unmountUnder(sb.Dir, filepath.Join(sharedDir, cid))
+	if err := unmountUnder(sb.Dir, filepath.Join(sharedDir, cid)); err != nil {
+		return err
+	}
+	return unmountUnder(sb.Dir, filepath.Join(sharedRODir, cid))
 }
 
 // ForgetImage drops the saved VM states of an image (its manifest) that

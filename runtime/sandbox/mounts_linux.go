@@ -23,21 +23,29 @@ const (
 	shareTmpfsInodes = 4096
 )
 
-// prepareShare makes the sandbox's shared directory the root of a tmpfs
-// of its own, unless it is one already (a VM booted again).
+// prepareShare makes each of the sandbox's share directories the root
+// of a tmpfs of its own, unless it is one already (a VM booted again).
 func prepareShare(sbDir string) error {
-	dir := filepath.Join(sbDir, sharedDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+	for _, d := range []string{sharedDir, sharedRODir} {
+		dir := filepath.Join(sbDir, d)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if ok, err := safefs.IsMountPoint(dir); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if err := safefs.MountTmpfs(dir, shareTmpfsSize, shareTmpfsInodes); err != nil {
+			return err
+		}
 	}
-	if ok, err := safefs.IsMountPoint(dir); err != nil || ok {
-		return err
-	}
-	return safefs.MountTmpfs(dir, shareTmpfsSize, shareTmpfsInodes)
+	return nil
 }
 
-// bindVolume makes a host path visible in the sandbox's share as
-// <cid>/<i> with a bind mount: the share was set when the VM booted, and
+// bindVolume makes a host path visible in the sandbox's share (the
+// read-only one for a read-only volume) as <cid>/<i> with a bind mount: the share was set when the VM booted, and
 // a bind is how a volume of a later container gets into it. A file is
 // bound onto a file. The guest can write the share, so every step below
 // the share resolves beneath it without following a symlink (it may have
@@ -49,7 +57,7 @@ func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 	if err != nil {
 		return err
 	}
-	share, err := safefs.OpenRoot(filepath.Join(sbDir, sharedDir))
+	share, err := safefs.OpenRoot(filepath.Join(sbDir, shareDir(readOnly)))
 	if err != nil {
 		return err
 	}

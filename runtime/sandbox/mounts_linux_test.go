@@ -9,6 +9,7 @@ import (
 
 	"github.com/macvz/macvz/integration/testutil"
 	"github.com/macvz/macvz/runtime/safefs"
+	"github.com/macvz/macvz/runtime/store"
 )
 
 func TestUnescapeMountPath(t *testing.T) {
@@ -53,7 +54,7 @@ func TestShareThroughSymlinkedState(t *testing.T) {
 		t.Fatal(err)
 	}
 	realShare := filepath.Join(real, "macvz", "sandboxes", "sb1", sharedDir)
-	t.Cleanup(func() { unmountUnder(sbDir, sharedDir) })
+	t.Cleanup(func() { unmountShared(sbDir) })
 	if err := prepareShare(sbDir); err != nil { // a second boot: already a tmpfs
 		t.Fatalf("prepareShare again: %v", err)
 	}
@@ -100,7 +101,7 @@ func TestBindVolumeRefusesPlantedSymlink(t *testing.T) {
 	if err := prepareShare(sbDir); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unmountUnder(sbDir, sharedDir) })
+	t.Cleanup(func() { unmountShared(sbDir) })
 	target := filepath.Join(tmp, "etc-cron.d")
 	os.Mkdir(target, 0o755)
 	vol := t.TempDir()
@@ -122,5 +123,48 @@ func TestBindVolumeRefusesPlantedSymlink(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(target); len(ents) != 0 {
 		t.Fatalf("something was made in the host directory: %v", ents)
+	}
+}
+
+// A read-only volume is bound under the read-only share, a writable one
+// under the writable share, and UnbindVolumes removes both.
+func TestBindVolumeShareByMode(t *testing.T) {
+	testutil.RequireRoot(t)
+	sbDir := filepath.Join(t.TempDir(), "sb")
+	os.Mkdir(sbDir, 0o700)
+	if err := prepareShare(sbDir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountShared(sbDir) })
+	for _, d := range []string{sharedDir, sharedRODir} {
+		if !mountedAt(t, filepath.Join(sbDir, d)) {
+			t.Fatalf("%s is not a mount of its own", d)
+		}
+	}
+	vol := t.TempDir()
+	os.WriteFile(filepath.Join(vol, "f"), []byte("x"), 0o644)
+	os.Symlink("f", filepath.Join(vol, "link"))
+	if err := bindVolume(sbDir, "c1", 0, vol, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := bindVolume(sbDir, "c1", 1, vol, false); err != nil {
+		t.Fatal(err)
+	}
+	ro, rw := filepath.Join(sbDir, sharedRODir, "c1", "0"), filepath.Join(sbDir, sharedDir, "c1", "1")
+	if !mountedAt(t, ro) || !mountedAt(t, rw) {
+		t.Fatalf("binds: read-only at %s %v, writable at %s %v", ro, mountedAt(t, ro), rw, mountedAt(t, rw))
+	}
+	if l, err := os.Readlink(filepath.Join(ro, "link")); err != nil || l != "f" {
+		t.Errorf("the read-only bind's symlink: %q, %v", l, err)
+	}
+	if err := os.WriteFile(filepath.Join(ro, "new"), nil, 0o644); err == nil {
+		t.Error("the read-only bind is writable")
+	}
+	c := &Controller{}
+	if err := c.UnbindVolumes(store.Sandbox{Dir: sbDir}, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if mountedAt(t, ro) || mountedAt(t, rw) {
+		t.Error("a bind is left after UnbindVolumes")
 	}
 }

@@ -10,9 +10,14 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// prepareShare makes the sandbox's shared directory.
+// prepareShare makes the sandbox's share directories.
 func prepareShare(sbDir string) error {
-	return os.MkdirAll(filepath.Join(sbDir, sharedDir), 0o700)
+	for _, d := range []string{sharedDir, sharedRODir} {
+		if err := os.MkdirAll(filepath.Join(sbDir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // bindVolume: macOS has no bind mounts; volumes reach a vz guest as

@@ -19,6 +19,14 @@ import (
 // VM.
 const sharedTag = "macvz-shared"
 
+// sharedROTag is the read-only share (the sandbox's shared-ro/): the
+// read-only volumes are bound under it. The guest can write nothing
+// there, so it is exported with its host symlinks as symlinks, which
+// kubelet's ConfigMap, Secret, projected and downward API volumes are
+// made of (key → ..data/key); the writable share keeps a guest's
+// symlinks plain files on the host, and a host symlink unreadable.
+const sharedROTag = "macvz-shared-ro"
+
 // guestSharedDirFor is where the agent mounts that share in a guest of
 // the OS (macOS has no /run; /var/run is /private/var/run there).
 func guestSharedDirFor(guestOS string) string {
@@ -74,7 +82,10 @@ func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, 
 		MemoryBytes:   mem,
 		ConsoleLog:    filepath.Join(sbDir, "console.log"),
 		ConsoleLogMax: s.cfg.ConsoleLogMax,
-		Shares:        []vm.Share{{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)}},
+		Shares: []vm.Share{
+			{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)},
+			{Tag: sharedROTag, HostPath: filepath.Join(sbDir, sharedRODir), ReadOnly: true},
+		},
 		QEMU:          s.cfg.QEMU,
 	}
 	in := func(name string) string {
@@ -109,10 +120,25 @@ func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, 
 	return spec, nil
 }
 
-// sharedDir is the sandbox directory the VM's share exports.
-const sharedDir = "shared"
+// sharedDir and sharedRODir are the sandbox directories the VM's shares
+// export.
+const (
+	sharedDir   = "shared"
+	sharedRODir = "shared-ro"
+)
 
-// unmountShared removes the volume binds of a sandbox.
+// shareDir is the share a volume is bound under.
+func shareDir(readOnly bool) string {
+	if readOnly {
+		return sharedRODir
+	}
+	return sharedDir
+}
+
+// unmountShared removes the volume binds of a sandbox, and its shares.
 func unmountShared(sbDir string) error {
-	return unmountUnder(sbDir, sharedDir)
+	if err := unmountUnder(sbDir, sharedDir); err != nil {
+		return err
+	}
+	return unmountUnder(sbDir, sharedRODir)
 }

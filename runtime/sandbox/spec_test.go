@@ -59,7 +59,7 @@ func TestVMSpecMacOS(t *testing.T) {
 			if spec.CPUs != min(tc.wantCPUs, cpus) || spec.MemoryBytes < tc.desc.MinMemoryBytes {
 				t.Errorf("size: %d CPUs, %d bytes", spec.CPUs, spec.MemoryBytes)
 			}
-			if len(spec.Shares) != 1 || spec.Shares[0].Tag != sharedTag {
+			if len(spec.Shares) != 2 || spec.Shares[0].Tag != sharedTag || spec.Shares[1].Tag != sharedROTag || !spec.Shares[1].ReadOnly {
 				t.Errorf("shares %+v", spec.Shares)
 			}
 		})

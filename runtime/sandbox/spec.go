@@ -86,7 +86,7 @@ func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, 
 			{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)},
 			{Tag: sharedROTag, HostPath: filepath.Join(sbDir, sharedRODir), ReadOnly: true},
 		},
-		QEMU:          s.cfg.QEMU,
+		QEMU: s.cfg.QEMU,
 	}
 	in := func(name string) string {
 		if name == "" {

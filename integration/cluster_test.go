@@ -212,6 +212,7 @@ func TestCluster(t *testing.T) {
 			Crictl:    crictl,
 			PluginDir: plugins,
 			Labels:    "macvz.io/runtime=macvz",
+			LinuxVMs:  clusterMaxLinuxVMs,
 			MacvzTOML: fmt.Sprintf("[qemu]\naccel = \"tcg\"\n\n[registry.hosts.%q]\ninsecure = true\n", pullHost),
 		}))
 	}

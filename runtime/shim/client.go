@@ -289,8 +289,8 @@ func (c *Client) Close() error {
 	return c.tc.Close()
 }
 
-// Start boots the VM and waits up to agentTimeout (0: the shim's default
-// or ctx's deadline) for the guest agent.
+// Start boots the VM and waits for the guest agent until agentTimeout
+// after the call (0: the shim's default or ctx's deadline).
 func (c *Client) Start(ctx context.Context, agentTimeout time.Duration) (*shimapi.StartResponse, error) {
 	return c.shim.Start(ctx, &shimapi.StartRequest{AgentTimeoutNs: int64(agentTimeout)})
 }

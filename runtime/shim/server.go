@@ -341,8 +341,11 @@ func (s *server) Start(ctx context.Context, req *shimapi.StartRequest) (*shimapi
 		}
 	}
 	if timeout > 0 {
+		// From the call, not from here: the VM's start counts, so a
+		// caller that sized the timeout to its own deadline gets this
+		// answer (why the agent is silent) before that deadline.
 		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, timeout)
+		actx, cancel = context.WithDeadline(ctx, t0.Add(timeout))
 		defer cancel()
 	}
 	sess, err := s.agent.get(actx)

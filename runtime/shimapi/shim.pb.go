@@ -224,7 +224,7 @@ func (x *VMExit) GetClean() bool {
 
 type StartRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// agent_timeout_ns bounds the wait for the agent after the VM started;
+	// agent_timeout_ns bounds the boot, from the call to an answering agent;
 	// 0 = until the call's own deadline (or 2 minutes without one).
 	AgentTimeoutNs int64 `protobuf:"varint,1,opt,name=agent_timeout_ns,json=agentTimeoutNs,proto3" json:"agent_timeout_ns,omitempty"`
 	unknownFields  protoimpl.UnknownFields

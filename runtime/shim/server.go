@@ -355,7 +355,11 @@ func (s *server) Start(ctx context.Context, req *shimapi.StartRequest) (*shimapi
 	}
 	info, err := sess.api.Info(actx, &agentapi.InfoRequest{})
 	if err != nil {
-		return nil, agentErr(err)
+		// A guest can answer the handshake and then nothing: say it is
+		// the agent that failed, with the console's end.
+		st := status.Convert(agentErr(err))
+		s.log.Error("the agent connected but did not answer", "err", err, "after", time.Since(t0))
+		return nil, s.withConsole(status.Errorf(st.Code(), "the guest agent connected but does not answer: %s", st.Message()))
 	}
 	boot := time.Since(t0)
 	s.mu.Lock()

@@ -72,6 +72,17 @@ func testSpec() *store.SandboxSpec {
 	}
 }
 
+// createSandbox creates the sandbox id (named name) with testSpec from img
+// (nil: a record with no VM) and fails the test if Create does.
+func createSandbox(t *testing.T, s *Controller, id, name string, img *imagestore.VMImage) store.Sandbox {
+	t.Helper()
+	sb, err := s.Create(context.Background(), store.Sandbox{ID: id, Name: name, Spec: testSpec()}, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
 func TestCreateBootsStopsRemoves(t *testing.T) {
 	requireRoot(t)
 	ctx := context.Background()
@@ -79,10 +90,7 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 	s, st := newFakeController(t, t.TempDir(), shims)
 	img := testImage(t, s)
 
-	sb, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "web_ns_u1_0", Spec: testSpec()}, img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sb := createSandbox(t, s, "sb1", "web_ns_u1_0", img)
 	if !sb.VMStarted || sb.Creating || sb.State != store.SandboxReady || sb.Dir != filepath.Join(s.cfg.StateDir, "sb1") {
 		t.Fatalf("record after Create: %+v", sb)
 	}
@@ -174,21 +182,14 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 // guest is told the MAC it had when saved.
 func TestCreateRestoresWarmState(t *testing.T) {
 	requireRoot(t)
-	ctx := context.Background()
 	shims := shimtest.New()
 	s, _ := newFakeController(t, t.TempDir(), shims)
 	img := testImage(t, s)
-	first, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: testSpec()}, img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first := createSandbox(t, s, "sb1", "sb1", img)
 	if shims.LastSpawn().Spec.RestoreFrom != "" {
 		t.Fatal("the first boot restored a state")
 	}
-	second, err := s.Create(ctx, store.Sandbox{ID: "sb2", Name: "sb2", Spec: testSpec()}, img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := createSandbox(t, s, "sb2", "sb2", img)
 	spec := shims.LastSpawn().Spec
 	if spec.RestoreFrom == "" || !strings.HasPrefix(spec.RestoreFrom, s.cfg.WarmDir) {
 		t.Fatalf("second boot: RestoreFrom %q", spec.RestoreFrom)
@@ -241,18 +242,9 @@ func TestReconcile(t *testing.T) {
 	shims := shimtest.New()
 	s, st := newFakeController(t, dir, shims)
 	img := testImage(t, s)
-	alive, err := s.Create(ctx, store.Sandbox{ID: "alive", Name: "alive", Spec: testSpec()}, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gone, err := s.Create(ctx, store.Sandbox{ID: "gone", Name: "gone", Spec: testSpec()}, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	half, err := s.Create(ctx, store.Sandbox{ID: "half", Name: "half", Spec: testSpec()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	alive := createSandbox(t, s, "alive", "alive", img)
+	gone := createSandbox(t, s, "gone", "gone", img)
+	half := createSandbox(t, s, "half", "half", nil)
 	if _, err := st.UpdateSandbox(half.ID, func(r *store.Sandbox) error { r.Creating = true; return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -284,10 +276,7 @@ func TestRefreshSeesVMStop(t *testing.T) {
 	ctx := context.Background()
 	shims := shimtest.New()
 	s, st := newFakeController(t, t.TempDir(), shims)
-	sb, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: testSpec()}, testImage(t, s))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sb := createSandbox(t, s, "sb1", "sb1", testImage(t, s))
 	for _, id := range []string{"c1", "c2"} {
 		if err := st.CreateContainer(&store.Container{ID: id, Name: id, SandboxID: sb.ID, State: store.ContainerRunning}); err != nil {
 			t.Fatal(err)

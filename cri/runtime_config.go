@@ -7,9 +7,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// RuntimeConfig tells kubelet which cgroup driver to use. kubelet 1.36
-// falls back to its own cgroupDriver setting when a runtime does not
-// answer, and says that fallback goes away in 1.37.
+// RuntimeConfig tells kubelet which cgroup driver to use. kubelet v1.37.2
+// still falls back to its own cgroupDriver setting when a runtime answers
+// this call Unimplemented, and marks that fallback for removal in 1.38.
 func (s *Service) RuntimeConfig(context.Context, *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
 	return &runtimeapi.RuntimeConfigResponse{Linux: &runtimeapi.LinuxRuntimeConfiguration{
 		CgroupDriver: cgroupDriver(s.cfg.CgroupDriver, systemdBooted),

@@ -31,10 +31,11 @@ socket = "{{.C.Socket}}"
 backend = "{{.C.Backend}}"
 
 # The cgroup driver kubelet is told to use for its own cgroups (CRI
-# RuntimeConfig; kubelet 1.37+ requires the runtime to answer). Pods are VMs,
-# so macvz itself puts nothing in a host cgroup; this only has to match how
-# the host's kubelet should manage cgroups. "auto" answers systemd when the
-# host runs systemd (/run/systemd/system exists), else cgroupfs.
+# RuntimeConfig; kubelet 1.37 still falls back to its own cgroupDriver when a
+# runtime does not implement the call, a fallback marked to go in 1.38). Pods
+# are VMs, so macvz itself puts nothing in a host cgroup; this only has to
+# match how the host's kubelet should manage cgroups. "auto" answers systemd
+# when the host runs systemd (/run/systemd/system exists), else cgroupfs.
 cgroup_driver = "{{.C.CgroupDriver}}"
 
 [log]

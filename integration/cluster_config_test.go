@@ -88,7 +88,7 @@ func (p cfgPod) summary() string {
 
 // cfgGetPod is `kubectl get pod name -o json`; false when there is no
 // such pod.
-func (c *clusterTest) cfgGetPod(t *testing.T, name string) (cfgPod, bool) {
+func (c *clusterTest) cfgGetPod(t testing.TB, name string) (cfgPod, bool) {
 	t.Helper()
 	var p cfgPod
 	out, err := c.cp.Kubectl("get", "pod", name, "-o", "json", "--ignore-not-found")
@@ -105,7 +105,7 @@ func (c *clusterTest) cfgGetPod(t *testing.T, name string) (cfgPod, bool) {
 }
 
 // cfgListPods is `kubectl get pods -l selector -o json`.
-func (c *clusterTest) cfgListPods(t *testing.T, selector string) []cfgPod {
+func (c *clusterTest) cfgListPods(t testing.TB, selector string) []cfgPod {
 	t.Helper()
 	var list struct {
 		Items []cfgPod `json:"items"`
@@ -121,7 +121,7 @@ func (c *clusterTest) cfgListPods(t *testing.T, selector string) []cfgPod {
 // exiting, or timeout, fails t with what was awaited, cond's last
 // account of the state and the cluster's state (pods matching selector
 // described).
-func (c *clusterTest) cfgWait(t *testing.T, selector, what string, timeout time.Duration, cond func() (bool, string)) time.Duration {
+func (c *clusterTest) cfgWait(t testing.TB, selector, what string, timeout time.Duration, cond func() (bool, string)) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for {
@@ -153,7 +153,7 @@ func (c *clusterTest) cfgExec(pod string, args ...string) (string, error) {
 // cfgDelete deletes objects (kind/name) and waits for them and the pods
 // matching selector to be gone: the cleanup of a scenario, so the later
 // ones start with the nodes as they were.
-func (c *clusterTest) cfgDelete(t *testing.T, selector string, objects ...string) {
+func (c *clusterTest) cfgDelete(t testing.TB, selector string, objects ...string) {
 	t.Helper()
 	args := append([]string{"delete", "--ignore-not-found", "--wait=true", "--timeout=2m", "--cascade=foreground"}, objects...)
 	if out, err := c.cp.Kubectl(args...); err != nil {
@@ -559,7 +559,7 @@ func (c *clusterTest) cfgVolumeDiag(pod, path string) string {
 
 // kubectlToken runs kubectl in the control plane's namespace with no
 // credentials but token, trusting caPEM.
-func (c *clusterTest) kubectlToken(t *testing.T, token, caPEM string, args ...string) (string, error) {
+func (c *clusterTest) kubectlToken(t testing.TB, token, caPEM string, args ...string) (string, error) {
 	t.Helper()
 	dir := t.TempDir()
 	ca, kubeconfig := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "empty.conf")
@@ -638,7 +638,7 @@ type cfgJob struct {
 	} `json:"status"`
 }
 
-func (c *clusterTest) cfgGetJob(t *testing.T, name string) cfgJob {
+func (c *clusterTest) cfgGetJob(t testing.TB, name string) cfgJob {
 	t.Helper()
 	var j cfgJob
 	out := c.cp.MustKubectl(t, "get", "job", name, "-o", "json")

@@ -36,7 +36,7 @@ const linuxVMResource = "macvz.io/linux-vm"
 
 // startKubeProxy starts kube-proxy (nftables mode) on every node, once:
 // later calls find it running. It runs until the nodes stop.
-func (c *clusterTest) startKubeProxy(t *testing.T) {
+func (c *clusterTest) startKubeProxy(t testing.TB) {
 	t.Helper()
 	bin := filepath.Join(filepath.Dir(c.cp.Opts.Bins.Kubectl), "kube-proxy")
 	if fi, err := os.Stat(bin); err != nil || fi.Mode()&0o111 == 0 {
@@ -64,7 +64,7 @@ func (c *clusterTest) kubeProxyState() string {
 
 // waitWeb waits until the Deployment web has exactly replicas pods (none
 // terminating), all Ready, and returns them by node.
-func (c *clusterTest) waitWeb(t *testing.T, replicas int, timeout time.Duration) map[string][]clusterPod {
+func (c *clusterTest) waitWeb(t testing.TB, replicas int, timeout time.Duration) map[string][]clusterPod {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -90,7 +90,7 @@ func (c *clusterTest) waitWeb(t *testing.T, replicas int, timeout time.Duration)
 // scaleWeb scales the Deployment web to replicas and waits for them
 // Ready, spread evenly over the nodes: a pod on a node with more than
 // its share is deleted (its replacement goes where the spread wants it).
-func (c *clusterTest) scaleWeb(t *testing.T, replicas int) map[string][]clusterPod {
+func (c *clusterTest) scaleWeb(t testing.TB, replicas int) map[string][]clusterPod {
 	t.Helper()
 	c.cp.MustKubectl(t, "scale", "deployment", "web", fmt.Sprintf("--replicas=%d", replicas))
 	share := replicas / len(c.nodes)
@@ -120,7 +120,7 @@ func (c *clusterTest) scaleWeb(t *testing.T, replicas int) map[string][]clusterP
 // ("ip:port") by client IP.
 var httpdClient = regexp.MustCompile(`(\d+\.\d+\.\d+\.\d+)\]?:(\d+)`)
 
-func (c *clusterTest) httpdConns(t *testing.T, pod string) map[string]map[string]bool {
+func (c *clusterTest) httpdConns(t testing.TB, pod string) map[string]map[string]bool {
 	t.Helper()
 	out := c.cp.MustKubectl(t, "logs", pod)
 	conns := map[string]map[string]bool{}
@@ -387,7 +387,7 @@ func (s vmSlots) String() string {
 
 // linuxVMSlots reads every node's macvz.io/linux-vm from `kubectl get
 // nodes -o json`.
-func (c *clusterTest) linuxVMSlots(t *testing.T) map[string]vmSlots {
+func (c *clusterTest) linuxVMSlots(t testing.TB) map[string]vmSlots {
 	t.Helper()
 	var list struct {
 		Items []struct {
@@ -423,7 +423,7 @@ func (c *clusterTest) linuxVMSlots(t *testing.T) map[string]vmSlots {
 
 // waitSlots waits until every node in want has those macvz.io/linux-vm
 // figures (kubelet reports a device change with its next node status).
-func (c *clusterTest) waitSlots(t *testing.T, selector, what string, want map[string]vmSlots, timeout time.Duration) {
+func (c *clusterTest) waitSlots(t testing.TB, selector, what string, want map[string]vmSlots, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -454,7 +454,7 @@ func (c *clusterTest) waitSlots(t *testing.T, selector, what string, want map[st
 }
 
 // readySandboxes counts the node's Ready sandboxes (each one a VM).
-func readySandboxes(t *testing.T, n *cluster.Node) int {
+func readySandboxes(t testing.TB, n *cluster.Node) int {
 	t.Helper()
 	out, err := n.Crictl("pods", "--state", "ready", "-q")
 	if err != nil {
@@ -504,7 +504,7 @@ spec:
 `
 
 // waitReady waits until the named pods (of selector) are Ready on node A.
-func (c *clusterTest) waitReady(t *testing.T, selector string, names []string, timeout time.Duration) {
+func (c *clusterTest) waitReady(t testing.TB, selector string, names []string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -534,7 +534,7 @@ func (c *clusterTest) testCapacity(t *testing.T) {
 	const sel = "macvz-e2e=capacity"
 	for _, n := range c.nodes {
 		if n.LinuxVMs != clusterMaxLinuxVMs {
-			c.fatal(t, "", "node %s runs with vm.max_linux_vms %d, want %d: TestCluster's cluster.NodeOptions needs `LinuxVMs:  clusterMaxLinuxVMs,`",
+			c.fatal(t, "", "node %s runs with vm.max_linux_vms %d, want %d: TestCluster must startCluster(t, clusterMaxLinuxVMs)",
 				n.Name, n.LinuxVMs, clusterMaxLinuxVMs)
 		}
 	}

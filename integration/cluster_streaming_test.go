@@ -382,7 +382,7 @@ func (c *clusterTest) testStreaming(t *testing.T) {
 }
 
 // streamWebPods is the pods scenario's web pod on each node, by node.
-func (c *clusterTest) streamWebPods(t *testing.T) map[string]string {
+func (c *clusterTest) streamWebPods(t testing.TB) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, p := range c.getPods(t, "app=web") {
@@ -400,7 +400,7 @@ func (c *clusterTest) streamWebPods(t *testing.T) map[string]string {
 
 // streamWaitTalkers waits for the talker pods to be Running and Ready on their
 // nodes.
-func (c *clusterTest) streamWaitTalkers(t *testing.T, talkers map[string]string) {
+func (c *clusterTest) streamWaitTalkers(t testing.TB, talkers map[string]string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
@@ -428,7 +428,7 @@ func (c *clusterTest) streamWaitTalkers(t *testing.T, talkers map[string]string)
 
 // streamScreen waits until term shows every one of want; failing, the
 // cluster's state is in the message.
-func (c *clusterTest) streamScreen(t *testing.T, term *tmuxSession, node string, want ...string) {
+func (c *clusterTest) streamScreen(t testing.TB, term *tmuxSession, node string, want ...string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -496,17 +496,17 @@ type streamKubectl struct {
 	done   chan struct{}
 }
 
-func (c *clusterTest) streamBg(t *testing.T, args ...string) *streamKubectl {
+func (c *clusterTest) streamBg(t testing.TB, args ...string) *streamKubectl {
 	t.Helper()
 	return c.streamStart(t, false, args...)
 }
 
-func (c *clusterTest) streamBgStdin(t *testing.T, args ...string) *streamKubectl {
+func (c *clusterTest) streamBgStdin(t testing.TB, args ...string) *streamKubectl {
 	t.Helper()
 	return c.streamStart(t, true, args...)
 }
 
-func (c *clusterTest) streamStart(t *testing.T, withStdin bool, args ...string) *streamKubectl {
+func (c *clusterTest) streamStart(t testing.TB, withStdin bool, args ...string) *streamKubectl {
 	t.Helper()
 	b := &streamKubectl{argv: args, more: make(chan struct{}, 1), done: make(chan struct{})}
 	argv := c.cp.KubectlCommand(args...)

@@ -92,10 +92,14 @@ type clusterTest struct {
 	// podsReady is the time from applying the Deployment to all its
 	// pods Ready.
 	podsReady time.Duration
+	// nodesReady is the time from the nodes' start to both Ready,
+	// readyAt each node's.
+	nodesReady time.Duration
+	readyAt    map[string]time.Duration
 }
 
 // getNodes is `kubectl get nodes -o json`, by name.
-func (c *clusterTest) getNodes(t *testing.T) map[string]clusterNode {
+func (c *clusterTest) getNodes(t testing.TB) map[string]clusterNode {
 	t.Helper()
 	var list struct {
 		Items []clusterNode `json:"items"`
@@ -111,7 +115,7 @@ func (c *clusterTest) getNodes(t *testing.T) map[string]clusterNode {
 }
 
 // getPods is `kubectl get pods -l selector -o json`.
-func (c *clusterTest) getPods(t *testing.T, selector string) []clusterPod {
+func (c *clusterTest) getPods(t testing.TB, selector string) []clusterPod {
 	t.Helper()
 	var list struct {
 		Items []clusterPod `json:"items"`
@@ -124,7 +128,7 @@ func (c *clusterTest) getPods(t *testing.T, selector string) []clusterPod {
 
 // fatal fails t with msg and the cluster's state (nodes, pods, the
 // pods matching selector described, events, every process's log tail).
-func (c *clusterTest) fatal(t *testing.T, selector, format string, args ...any) {
+func (c *clusterTest) fatal(t testing.TB, selector, format string, args ...any) {
 	t.Helper()
 	t.Fatalf("%s\n\ncluster state:\n%s", fmt.Sprintf(format, args...), c.cp.Dump(selector))
 }
@@ -159,6 +163,22 @@ func init() {
 // network and mount namespace) on a veth LAN to it. The subtests drive
 // it with kubectl. `make cluster-e2e` runs only this.
 func TestCluster(t *testing.T) {
+	c := startCluster(t, clusterMaxLinuxVMs)
+	slices.SortStableFunc(clusterScenarios, func(a, b clusterScenario) int { return a.order - b.order })
+	for _, sc := range clusterScenarios {
+		t.Run(sc.name, func(t *testing.T) { sc.run(c, t) })
+	}
+
+	t.Logf("timings: control plane healthy %v; nodes registered and Ready %v (%s); pods Ready %v",
+		c.cp.Started.Round(10*time.Millisecond), c.nodesReady.Round(10*time.Millisecond), fmtDurations(c.readyAt), c.podsReady.Round(10*time.Millisecond))
+}
+
+// startCluster starts the control plane, the registry with the test
+// guest on the LAN and two macvz nodes (node-a, node-b, each with
+// linuxVMs as vm.max_linux_vms; 0 = no bound) and returns once both are
+// Ready with a pod CIDR and routes to each other's pods. Everything stops
+// when t ends.
+func startCluster(t testing.TB, linuxVMs int) *clusterTest {
 	testutil.RequireRoot(t)
 	nettest.Require(t)
 	testutil.RequireTool(t, "nsenter", "util-linux")
@@ -212,16 +232,16 @@ func TestCluster(t *testing.T) {
 			Crictl:    crictl,
 			PluginDir: plugins,
 			Labels:    "macvz.io/runtime=macvz",
-			LinuxVMs:  clusterMaxLinuxVMs,
+			LinuxVMs:  linuxVMs,
 			MacvzTOML: fmt.Sprintf("[qemu]\naccel = \"tcg\"\n\n[registry.hosts.%q]\ninsecure = true\n", pullHost),
 		}))
 	}
 	// Ready needs the pod network: macvz reports NetworkReady once
 	// kubelet has sent the pod CIDR the controller-manager gave the
 	// node and the template is rendered.
-	readyAt := map[string]time.Duration{}
+	c.readyAt = map[string]time.Duration{}
 	deadline := time.Now().Add(4 * time.Minute)
-	for len(readyAt) < len(c.nodes) {
+	for len(c.readyAt) < len(c.nodes) {
 		for _, n := range c.nodes {
 			if ok, how := n.Kubelet.Exited(); ok {
 				c.fatal(t, "", "node %s: kubelet exited (%s)", n.Name, how)
@@ -233,9 +253,9 @@ func TestCluster(t *testing.T) {
 		got := c.getNodes(t)
 		for _, n := range c.nodes {
 			kn, ok := got[n.Name]
-			if _, seen := readyAt[n.Name]; !seen && ok && condition(kn.Status.Conditions, "Ready").Status == "True" && kn.Spec.PodCIDR != "" {
-				readyAt[n.Name] = time.Since(nodesStart)
-				t.Logf("node %s Ready (pod CIDR %s) %v after its start", n.Name, kn.Spec.PodCIDR, readyAt[n.Name].Round(10*time.Millisecond))
+			if _, seen := c.readyAt[n.Name]; !seen && ok && condition(kn.Status.Conditions, "Ready").Status == "True" && kn.Spec.PodCIDR != "" {
+				c.readyAt[n.Name] = time.Since(nodesStart)
+				t.Logf("node %s Ready (pod CIDR %s) %v after its start", n.Name, kn.Spec.PodCIDR, c.readyAt[n.Name].Round(10*time.Millisecond))
 			}
 		}
 		if time.Now().After(deadline) {
@@ -253,7 +273,7 @@ func TestCluster(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	nodesReady := time.Since(nodesStart)
+	c.nodesReady = time.Since(nodesStart)
 
 	// host-gw: each node routes the other's pod CIDR to its LAN address.
 	nodes := c.getNodes(t)
@@ -265,13 +285,7 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	slices.SortStableFunc(clusterScenarios, func(a, b clusterScenario) int { return a.order - b.order })
-	for _, sc := range clusterScenarios {
-		t.Run(sc.name, func(t *testing.T) { sc.run(c, t) })
-	}
-
-	t.Logf("timings: control plane healthy %v; nodes registered and Ready %v (%s); pods Ready %v",
-		cp.Started.Round(10*time.Millisecond), nodesReady.Round(10*time.Millisecond), fmtDurations(readyAt), c.podsReady.Round(10*time.Millisecond))
+	return c
 }
 
 func fmtDurations(m map[string]time.Duration) string {
@@ -374,6 +388,9 @@ spec:
       - maxSkew: 1
         topologyKey: kubernetes.io/hostname
         whenUnsatisfiable: DoNotSchedule
+        # A cordoned (drained) node is no domain of the spread: its pods
+        # are recreated on the others.
+        nodeTaintsPolicy: Honor
         labelSelector:
           matchLabels:
             app: web
@@ -455,6 +472,23 @@ func (c *clusterTest) testPods(t *testing.T) {
 			time.Sleep(2 * time.Second)
 		}
 		t.Logf("pod on %s fetched the page of the pod on %s (%s)", pair[0], pair[1], to.Status.PodIP)
+	}
+}
+
+// waitUntil polls cond every second until it holds; after timeout it
+// fails t with what, cond's last word and the cluster's state.
+func (c *clusterTest) waitUntil(t testing.TB, selector, what string, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.fatal(t, selector, "%s: not so after %v: %s", what, timeout, why)
+		}
+		time.Sleep(time.Second)
 	}
 }
 

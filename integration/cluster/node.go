@@ -67,6 +67,9 @@ type Node struct {
 	// KubeProxy is the node's kube-proxy once StartKubeProxy ran; it is
 	// stopped with the node.
 	KubeProxy *Proc
+	// macvzArgv and kubeletArgv start macvz and kubelet (again, for
+	// RestartMacvz and RestartKubelet).
+	macvzArgv, kubeletArgv []string
 }
 
 // ConfName is the conflist macvz renders from network.conf_template.
@@ -132,19 +135,9 @@ func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 	}
 	n.startHolder(t)
 
-	n.Macvz = n.start(t, "macvz-"+o.Name, o.Macvz, "serve", "--config", filepath.Join(dir, "macvz.toml"))
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if c, err := net.Dial("unix", n.Socket); err == nil {
-			c.Close()
-			break
-		}
-		if ok, _ := n.Macvz.Exited(); ok || time.Now().After(deadline) {
-			t.Fatalf("node %s: macvz did not serve %s within 30s\n%s", o.Name, n.Socket, n.Macvz.Describe(80))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	args := []string{"--config", n.kubeletConfig,
+	n.macvzArgv = []string{o.Macvz, "serve", "--config", filepath.Join(dir, "macvz.toml")}
+	n.startMacvz(t)
+	args := []string{c.Opts.Bins.Kubelet, "--config", n.kubeletConfig,
 		"--kubeconfig", filepath.Join(dir, "kubelet.conf"),
 		"--root-dir", filepath.Join(dir, "kubelet"),
 		"--cert-dir", filepath.Join(dir, "kubelet-pki"),
@@ -154,8 +147,54 @@ func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 	if o.Labels != "" {
 		args = append(args, "--node-labels", o.Labels)
 	}
-	n.Kubelet = n.start(t, "kubelet-"+o.Name, c.Opts.Bins.Kubelet, args...)
+	n.kubeletArgv = args
+	n.Kubelet = n.start(t, "kubelet-"+o.Name, args[0], args[1:]...)
 	return n
+}
+
+// startMacvz starts macvz serve and waits until its socket answers.
+func (n *Node) startMacvz(t testing.TB) {
+	t.Helper()
+	n.Macvz = n.start(t, "macvz-"+n.Name, n.macvzArgv[0], n.macvzArgv[1:]...)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", n.Socket); err == nil {
+			c.Close()
+			return
+		}
+		if ok, _ := n.Macvz.Exited(); ok || time.Now().After(deadline) {
+			t.Fatalf("node %s: macvz did not serve %s within 30s\n%s", n.Name, n.Socket, n.Macvz.Describe(80))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// RestartMacvz stops macvz (SIGKILL when kill, else SIGTERM and a grace
+// period) and starts it again with the same configuration; it returns
+// once the new daemon serves its socket. Its log goes on in the same
+// file.
+func (n *Node) RestartMacvz(t testing.TB, kill bool) {
+	t.Helper()
+	n.Macvz.end(kill, 20*time.Second)
+	n.startMacvz(t)
+}
+
+// RestartKubelet stops kubelet (SIGKILL when kill, else SIGTERM and a
+// grace period) and starts it again with the same flags.
+func (n *Node) RestartKubelet(t testing.TB, kill bool) {
+	t.Helper()
+	n.Kubelet.end(kill, 20*time.Second)
+	n.StartKubelet(t)
+}
+
+// StopKubelet stops kubelet (SIGTERM, then SIGKILL after 20s): the
+// node's pods stay as they are; StartKubelet starts it again.
+func (n *Node) StopKubelet() { n.Kubelet.Stop(20 * time.Second) }
+
+// StartKubelet starts kubelet again with the flags AddNode gave it.
+func (n *Node) StartKubelet(t testing.TB) {
+	t.Helper()
+	n.Kubelet = n.start(t, n.Kubelet.Name, n.kubeletArgv[0], n.kubeletArgv[1:]...)
 }
 
 // writeConfig writes the node's certificates, kubeconfig, macvz
@@ -397,4 +436,72 @@ func (n *Node) stop(t testing.TB) {
 	if err := os.RemoveAll(n.Dir); err != nil {
 		t.Errorf("node %s: removing %s: %v", n.Name, n.Dir, err)
 	}
+}
+
+// Leftovers lists what of a pod is still on the node: sandboxes and
+// containers macvz lists, shims and VMs (processes naming the state
+// directory), sandbox state directories, mounts under them, macvz taps,
+// host-local reservations and the plugin's per-pod nftables rules. An
+// idle node has none.
+func (n *Node) Leftovers() []string {
+	var out []string
+	for _, args := range [][]string{{"pods", "-q"}, {"ps", "-a", "-q"}} {
+		got, err := n.Crictl(args...)
+		if err != nil {
+			out = append(out, err.Error())
+		} else if ids := strings.Fields(got); len(ids) > 0 {
+			out = append(out, fmt.Sprintf("crictl %s: %s", strings.Join(args, " "), strings.Join(ids, " ")))
+		}
+	}
+	state := filepath.Join(n.Dir, "state")
+	for _, p := range processesUnder(state + "/") {
+		out = append(out, "process: "+p)
+	}
+	ents, err := os.ReadDir(filepath.Join(state, "sandboxes"))
+	if err != nil && !os.IsNotExist(err) {
+		out = append(out, err.Error())
+	}
+	for _, e := range ents {
+		out = append(out, "sandbox state directory: "+filepath.Join(state, "sandboxes", e.Name()))
+	}
+	// The node's mounts are in its mount namespace: the holder's view.
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", n.holder.Process.Pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], state+"/") {
+				out = append(out, "mount: "+f[4])
+			}
+		}
+	}
+	if links, err := n.Exec("ip", "-o", "link", "show"); err != nil {
+		out = append(out, err.Error())
+	} else {
+		for _, l := range strings.Split(links, "\n") {
+			if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], "mvz") {
+				out = append(out, "tap: "+strings.TrimSuffix(f[1], ":"))
+			}
+		}
+	}
+	filepath.WalkDir(filepath.Join(n.Dir, "ipam"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && net.ParseIP(d.Name()) != nil {
+			out = append(out, "IPAM reservation: "+p)
+		}
+		return nil
+	})
+	// Every rule macvz-net adds for an attachment carries a comment
+	// naming it; the table's own rules say "macvz base".
+	if rules, err := n.Exec("nft", "list", "table", "inet", "macvz"); err == nil {
+		for _, l := range strings.Split(rules, "\n") {
+			if strings.Contains(l, "comment") && !strings.Contains(l, `comment "macvz base"`) {
+				out = append(out, "nftables rule: "+strings.TrimSpace(l))
+			}
+		}
+	}
+	return out
+}
+
+// SnapshotDirs counts the directories of macvz's snapshotter: the bases
+// (unpacked images), warm-start states and one disk clone per sandbox.
+func (n *Node) SnapshotDirs() (int, error) {
+	ents, err := os.ReadDir(filepath.Join(n.Dir, "root", "snapshots", "snapshots"))
+	return len(ents), err
 }

@@ -79,6 +79,18 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 }
 
+// end is Stop, or SIGKILL and the wait for the process's end when kill.
+func (p *Proc) end(kill bool, grace time.Duration) {
+	if !kill {
+		p.Stop(grace)
+		return
+	}
+	if ok, _ := p.Exited(); !ok {
+		p.cmd.Process.Kill()
+	}
+	<-p.done
+}
+
 // Tail is the last n lines of the process's log.
 func (p *Proc) Tail(n int) string {
 	if p == nil {

@@ -1,35 +1,47 @@
 // Package qemu is the Linux backend of runtime/vm: it runs Linux guests in
-// qemu-system-x86_64, one QEMU child process per Machine.
+// qemu-system-x86_64 (amd64 guests) or qemu-system-aarch64 (arm64
+// guests, Spec.Arch), one QEMU child process per Machine.
 //
 // What a machine looks like (see Args for the exact command line):
 //
-//   - firmware-less direct boot of an uncompressed (PVH ELF) vmlinux on
-//     -M q35, with -nodefaults and no display; a guest reboot ends QEMU
-//     (-no-reboot) so the runtime sees it;
-//   - the serial console (ttyS0) appended to Spec.ConsoleLog;
+//   - firmware-less direct boot of an uncompressed kernel, with
+//     -nodefaults and no display; a guest reboot ends QEMU (-no-reboot) so
+//     the runtime sees it. amd64: a PVH ELF vmlinux on -M q35. arm64: an
+//     arm64 Image on -M virt (GICv3 when the accelerator has it) with
+//     -cpu max under TCG, -cpu host under KVM;
+//   - the serial console (ttyS0 on amd64, the PL011 ttyAMA0 on arm64)
+//     appended to Spec.ConsoleLog;
 //   - the guest agent's channel: a virtio-serial port named "agent" whose
 //     host end is the unix socket <Dir>/agent.sock (DialAgent);
 //   - QMP, the control channel, on <Dir>/qmp.sock (held by the Machine);
 //   - raw disks as virtio-blk, host directories as virtio-9p (there is no
 //     virtiofsd on our hosts), NICs as virtio-net on a tap device or
-//     user-mode networking. vhost is never requested.
+//     user-mode networking, all on PCI (PCIe on virt). vhost is never
+//     requested;
+//   - amd64 only: a vmgenid device. QEMU's virt machine has none (QEMU
+//     7.2), so an arm64 guest cannot tell that it was restored from a
+//     saved state, and the driver refuses to restore one (Validate):
+//     guests restored from one state would share their random state.
 //
 // Files in Spec.Dir: qemu.pid, qemu.log (QEMU's stderr and stdout),
 // agent.sock, qmp.sock, and console.log when Spec.ConsoleLog is empty.
 //
 // Options (Spec.QEMU overrides the driver's defaults from New):
 //
-//   - Binary: the QEMU executable, a path or a name looked up in PATH
-//     (default qemu-system-x86_64);
+//   - Binary: the QEMU executable for amd64 guests, a path or a name
+//     looked up in PATH (default qemu-system-x86_64); ARM64Binary, the
+//     one for arm64 guests (default qemu-system-aarch64, Debian's
+//     qemu-system-arm package);
 //   - Accel: "tcg", "kvm" or "auto" (default). auto picks kvm when
-//     /dev/kvm opens read-write and the kvm_pvm module is not loaded,
-//     else tcg. Hosts whose /dev/kvm is backed by kvm_pvm (our CI machines)
+//     /dev/kvm opens read-write and the kvm_pvm module is not loaded and
+//     the guest's architecture is the host's, else tcg. Hosts whose /dev/kvm is backed by kvm_pvm (our CI machines)
 //     hang a stock kernel under kvm, which is why auto avoids it there;
 //     set "tcg" explicitly wherever kvm is known to be unusable.
-//   - Machine: "q35" (default) or "pc". Both boot the same PVH kernels;
+//   - Machine (amd64 guests): "q35" (default) or "pc". Both boot the
+//     same PVH kernels;
 //     q35 was a little faster in every run here under TCG (cold boot to an
 //     answering agent, integration/guest's initramfs, 5 boots per run:
-//     q35 2.11–2.59 s, pc 2.18–2.97 s).
+//     q35 2.11–2.59 s, pc 2.18–2.97 s). arm64 guests run on "virt" only.
 package qemu
 
 import (
@@ -39,6 +51,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,11 +68,43 @@ const (
 	AccelTCG  = "tcg"
 )
 
-// DefaultBinary is the QEMU executable used when no option names one.
+// DefaultBinary is the QEMU executable for amd64 guests when no option
+// names one.
 const DefaultBinary = "qemu-system-x86_64"
 
-// DefaultMachine is the QEMU machine type used when no option names one.
+// DefaultARM64Binary is the QEMU executable for arm64 guests when no
+// option names one.
+const DefaultARM64Binary = "qemu-system-aarch64"
+
+// DefaultMachine is the QEMU machine type of amd64 guests when no option
+// names one.
 const DefaultMachine = "q35"
+
+// ARM64Machine is the QEMU machine type of arm64 guests.
+const ARM64Machine = "virt"
+
+// Guest architectures (vm.Spec.Arch, as GOARCH names them).
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// arches are the guest architectures the driver runs: the QEMU binary's
+// default, the Debian package that has it, and the kernel's console.
+var arches = map[string]struct {
+	binary, pkg, console string
+}{
+	ArchAMD64: {DefaultBinary, "qemu-system-x86", "ttyS0"},
+	ArchARM64: {DefaultARM64Binary, "qemu-system-arm", "ttyAMA0"},
+}
+
+// guestArch is spec.Arch with its default.
+func guestArch(spec *vm.Spec) string {
+	if spec.Arch == "" {
+		return ArchAMD64
+	}
+	return spec.Arch
+}
 
 // MinMemoryBytes is the smallest guest memory Validate accepts.
 const MinMemoryBytes = 64 << 20
@@ -76,20 +121,25 @@ const (
 // Option configures the driver's defaults.
 type Option func(*Driver)
 
-// WithBinary sets the default QEMU executable.
+// WithBinary sets the default QEMU executable for amd64 guests.
 func WithBinary(path string) Option { return func(d *Driver) { d.binary = path } }
+
+// WithARM64Binary sets the default QEMU executable for arm64 guests.
+func WithARM64Binary(path string) Option { return func(d *Driver) { d.arm64Binary = path } }
 
 // WithAccel sets the default accelerator: "auto", "kvm" or "tcg".
 func WithAccel(accel string) Option { return func(d *Driver) { d.accel = accel } }
 
-// WithMachineType sets the default machine type: "pc" or "q35".
+// WithMachineType sets the default machine type of amd64 guests: "pc"
+// or "q35".
 func WithMachineType(m string) Option { return func(d *Driver) { d.machine = m } }
 
 // Driver is the QEMU vm.Driver.
 type Driver struct {
-	binary  string
-	accel   string
-	machine string
+	binary      string
+	arm64Binary string
+	accel       string
+	machine     string
 
 	kvmOnce sync.Once
 	kvmOK   bool
@@ -98,9 +148,10 @@ type Driver struct {
 var _ vm.Driver = (*Driver)(nil)
 
 // New returns the QEMU driver. Without options it runs
-// qemu-system-x86_64 from PATH with accel auto on -M q35.
+// qemu-system-x86_64 (amd64 guests, on -M q35) or qemu-system-aarch64
+// (arm64 guests, on -M virt) from PATH, with accel auto.
 func New(opts ...Option) *Driver {
-	d := &Driver{binary: DefaultBinary, accel: AccelAuto, machine: DefaultMachine}
+	d := &Driver{binary: DefaultBinary, arm64Binary: DefaultARM64Binary, accel: AccelAuto, machine: DefaultMachine}
 	for _, o := range opts {
 		o(d)
 	}
@@ -112,14 +163,20 @@ func (d *Driver) Name() string { return "qemu" }
 
 // config is a spec's options resolved against the driver's defaults.
 type config struct {
+	arch    string // amd64 or arm64 (unchecked until Validate)
 	binary  string // as given (name or path)
 	accel   string // auto, kvm or tcg
 	machine string
 }
 
 func (d *Driver) config(spec *vm.Spec) config {
-	c := config{binary: d.binary, accel: d.accel, machine: d.machine}
-	if v := spec.QEMU.Binary; v != "" {
+	c := config{arch: guestArch(spec), binary: d.binary, accel: d.accel, machine: d.machine}
+	if c.arch == ArchARM64 {
+		c.binary, c.machine = d.arm64Binary, ARM64Machine
+		if v := spec.QEMU.ARM64Binary; v != "" {
+			c.binary = v
+		}
+	} else if v := spec.QEMU.Binary; v != "" {
 		c.binary = v
 	}
 	if v := spec.QEMU.Accel; v != "" {
@@ -153,6 +210,9 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 		return invalid("boot.kind %q: the qemu backend boots Linux guests; macOS guests need the vz backend on a Mac", spec.Boot.Kind)
 	default:
 		return invalid("boot.kind %q: the qemu backend supports only %q", spec.Boot.Kind, vm.BootLinux)
+	}
+	if _, ok := arches[c.arch]; !ok {
+		return invalid("arch %q: the qemu backend runs %q and %q guests", spec.Arch, ArchAMD64, ArchARM64)
 	}
 	if spec.ID == "" {
 		return invalid("id is empty")
@@ -240,6 +300,12 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 		}
 	}
 	if spec.RestoreFrom != "" {
+		if c.arch == ArchARM64 {
+			// No vmgenid on virt: the restored guest would not know to
+			// reseed its RNG, and every VM restored from this state would
+			// draw the same random numbers.
+			return precondition("restoreFrom: an arm64 guest cannot be restored from a saved state (QEMU's virt machine has no vmgenid device to tell it to reseed its RNG); boot it cold")
+		}
 		if err := regularFile("restoreFrom", spec.RestoreFrom); err != nil {
 			return err
 		}
@@ -247,6 +313,9 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 	switch c.accel {
 	case AccelAuto, AccelTCG:
 	case AccelKVM:
+		if !nativeArch(c.arch) {
+			return invalid("qemu accel %q: an %s guest cannot use kvm on this %s host; use %q or %q", c.accel, c.arch, runtime.GOARCH, AccelAuto, AccelTCG)
+		}
 		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 		if err != nil {
 			return precondition("qemu accel %q: %v", c.accel, err)
@@ -255,16 +324,29 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 	default:
 		return invalid("qemu accel %q: use %q, %q or %q", c.accel, AccelAuto, AccelKVM, AccelTCG)
 	}
-	switch c.machine {
-	case "pc", "q35":
-	default:
+	switch {
+	case c.arch == ArchARM64:
+		if c.machine != ARM64Machine {
+			return invalid("qemu machine %q: arm64 guests run on %q", c.machine, ARM64Machine)
+		}
+	case c.machine != "pc" && c.machine != "q35":
 		return invalid("qemu machine %q: use \"pc\" or \"q35\"", c.machine)
 	}
 	if _, err := exec.LookPath(c.binary); err != nil {
-		return precondition("qemu binary %q: %v (apt-get install qemu-system-x86)", c.binary, err)
+		return missingBinary(c, err)
 	}
 	return nil
 }
+
+// missingBinary is the error for a QEMU executable that is not there,
+// naming the Debian package that has it.
+func missingBinary(c config, err error) error {
+	return precondition("qemu binary %q for %s guests: %v (apt-get install %s)", c.binary, c.arch, err, arches[c.arch].pkg)
+}
+
+// nativeArch says whether guests of arch run on this host's CPU (so kvm
+// can run them).
+func nativeArch(arch string) bool { return arch == runtime.GOARCH }
 
 // maxTagLen is the longest 9p mount tag this driver accepts. QEMU takes
 // longer tags, but the guest's 9p client copies the tag into a fixed
@@ -302,10 +384,14 @@ func validMAC(s string) error {
 	return nil
 }
 
-// resolveAccel turns "auto" into kvm or tcg.
-func (d *Driver) resolveAccel(accel string) string {
+// resolveAccel turns "auto" into kvm or tcg: tcg for a guest of another
+// architecture.
+func (d *Driver) resolveAccel(accel, arch string) string {
 	if accel != AccelAuto {
 		return accel
+	}
+	if !nativeArch(arch) {
+		return AccelTCG
 	}
 	d.kvmOnce.Do(func() { d.kvmOK = kvmUsable() })
 	if d.kvmOK {
@@ -341,31 +427,47 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) 
 	c := d.config(spec)
 	bin, err := exec.LookPath(c.binary)
 	if err != nil {
-		return nil, precondition("qemu binary %q: %v", c.binary, err)
+		return nil, missingBinary(c, err)
 	}
 	c.binary = bin
-	c.accel = d.resolveAccel(c.accel)
+	c.accel = d.resolveAccel(c.accel, c.arch)
 	s := *spec
 	return newMachine(&s, c), nil
 }
 
 // Args is the QEMU command line (without the executable) for spec with
 // the accelerator already resolved to kvm or tcg. It is what Start runs,
-// exposed for tests and for debugging.
+// exposed for tests and for debugging. machine "" is the default of the
+// spec's architecture.
 func Args(spec *vm.Spec, accel, machine string) []string {
+	arch := guestArch(spec)
+	arm := arch == ArchARM64
 	if machine == "" {
 		machine = DefaultMachine
+		if arm {
+			machine = ARM64Machine
+		}
 	}
 	sock := func(name string) string { return socketPath(spec.Dir, name) }
 	memMiB := (spec.MemoryBytes + (1<<20 - 1)) >> 20
 
+	if arm {
+		// The newest interrupt controller the accelerator has: GICv3
+		// under TCG (GICv2 stops at 8 CPUs), the host's under kvm.
+		machine += ",gic-version=max"
+	}
 	a := []string{
 		"-name", spec.ID,
 		"-M", machine,
 		"-accel", accel,
 	}
-	if accel == AccelKVM {
+	switch {
+	case accel == AccelKVM:
 		a = append(a, "-cpu", "host")
+	case arm:
+		// virt's default CPU is a 32-bit cortex-a15; max has every
+		// feature TCG emulates.
+		a = append(a, "-cpu", "max")
 	}
 	a = append(a,
 		// QEMU parses what the guest sends (virtio rings, 9p, the agent
@@ -382,7 +484,7 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 	if spec.Boot.Initrd != "" {
 		a = append(a, "-initrd", spec.Boot.Initrd)
 	}
-	a = append(a, "-append", Cmdline(spec.Boot.Cmdline))
+	a = append(a, "-append", CmdlineFor(arch, spec.Boot.Cmdline))
 	a = append(a,
 		// The console goes into a pipe the machine reads (consoleFD) and
 		// writes to a bounded log: the guest decides how much it prints.
@@ -397,12 +499,15 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		// while to be ready under TCG.
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng",
+	)
+	if !arm {
 		// A VM generation ID, new at every QEMU start (guid=auto) and
 		// not carried in a saved state: a guest restored from one sees
 		// it change and reseeds its RNG (Linux's vmgenid driver), so VMs
 		// restored from the same state do not share random numbers.
-		"-device", "vmgenid,guid=auto",
-	)
+		// virt has no vmgenid: arm64 guests are never restored.
+		a = append(a, "-device", "vmgenid,guid=auto")
+	}
 	for i, disk := range spec.Disks {
 		id := "disk" + strconv.Itoa(i)
 		drive := "file=" + optEscape(disk.Path) + ",format=raw,if=none,id=" + id + ",cache=writeback,discard=unmap"
@@ -459,11 +564,15 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 	return a
 }
 
-// Cmdline is the kernel command line the driver passes: the spec's, plus
-// console=ttyS0 (the console log is the first serial port) and panic=-1
-// (a panicking guest reboots, which ends QEMU under -no-reboot) unless the
-// spec already sets console= or panic=.
-func Cmdline(cmdline string) string {
+// Cmdline is the kernel command line the driver passes to an amd64 guest:
+// the spec's, plus console=ttyS0 (the console log is the first serial
+// port) and panic=-1 (a panicking guest reboots, which ends QEMU under
+// -no-reboot) unless the spec already sets console= or panic=.
+func Cmdline(cmdline string) string { return CmdlineFor(ArchAMD64, cmdline) }
+
+// CmdlineFor is Cmdline for a guest of arch, whose first serial port is
+// ttyS0 (amd64) or the PL011 ttyAMA0 (arm64).
+func CmdlineFor(arch, cmdline string) string {
 	fields := strings.Fields(cmdline)
 	has := func(key string) bool {
 		for _, f := range fields {
@@ -478,7 +587,11 @@ func Cmdline(cmdline string) string {
 	}
 	var pre []string
 	if !has("console=") {
-		pre = append(pre, "console=ttyS0")
+		con := arches[arch].console
+		if con == "" {
+			con = arches[ArchAMD64].console
+		}
+		pre = append(pre, "console="+con)
 	}
 	if !has("panic=") {
 		pre = append(pre, "panic=-1")

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -103,6 +104,89 @@ func TestArgs(t *testing.T) {
 	}
 }
 
+// An arm64 guest: qemu-system-aarch64's virt machine with -cpu max under
+// TCG, the PL011 console, the same virtio-pci devices and agent channel
+// as amd64, and no vmgenid (virt has none).
+func TestArgsARM64(t *testing.T) {
+	s := sampleSpec(t)
+	s.Arch = ArchARM64
+	d, root := s.Dir, filepath.Dir(s.Dir)
+	s.NICs = s.NICs[1:]
+	got := Args(s, AccelTCG, "")
+	want := []string{
+		"-name", "sb1",
+		"-M", "virt,gic-version=max",
+		"-accel", "tcg",
+		"-cpu", "max",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-nodefaults", "-no-user-config", "-nographic", "-display", "none",
+		"-no-reboot",
+		"-smp", "2",
+		"-m", "512M",
+		"-kernel", root + "/vmlinux",
+		"-initrd", root + "/initrd.img",
+		"-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init",
+		"-chardev", "file,id=con,path=/proc/self/fd/3",
+		"-serial", "chardev:con",
+		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-device", "virtio-serial-pci,id=vser",
+		"-chardev", "socket,id=agent,path=" + d + "/agent.sock,server=on,wait=off",
+		"-device", "virtserialport,bus=vser.0,chardev=agent,name=agent",
+		"-object", "rng-random,id=rng,filename=/dev/urandom",
+		"-device", "virtio-rng-pci,rng=rng",
+		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk0,cache=writeback,discard=unmap",
+		"-device", "virtio-blk-pci,drive=disk0",
+		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk1,cache=writeback,discard=unmap,readonly=on",
+		"-device", "virtio-blk-pci,drive=disk1",
+		"-fsdev", "local,id=fs0,path=" + root + "/share,security_model=none,multidevs=remap,readonly=on",
+		"-device", "virtio-9p-pci,fsdev=fs0,mount_tag=vol0",
+		"-netdev", "user,id=net0",
+		"-device", "virtio-net-pci,netdev=net0,mac=02:00:00:00:00:02,romfile=",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("args differ\n got: %q\nwant: %q", got, want)
+	}
+	// On an arm64 host with kvm: the host's CPU.
+	kvm := strings.Join(Args(s, AccelKVM, ARM64Machine), " ")
+	if !strings.Contains(kvm, "-M virt,gic-version=max -accel kvm -cpu host -sandbox") {
+		t.Errorf("kvm args: %s", kvm)
+	}
+}
+
+// Which binary, machine and accelerator a spec gets, by architecture.
+func TestConfigArch(t *testing.T) {
+	d := New(WithBinary("qemu-x"), WithARM64Binary("qemu-a"), WithMachineType("pc"))
+	s := &vm.Spec{}
+	if c := d.config(s); c.arch != ArchAMD64 || c.binary != "qemu-x" || c.machine != "pc" {
+		t.Errorf("amd64 default: %+v", c)
+	}
+	s.Arch = ArchARM64
+	if c := d.config(s); c.binary != "qemu-a" || c.machine != ARM64Machine {
+		t.Errorf("arm64: %+v", c)
+	}
+	// The daemon's configured binary is the amd64 one: an arm64 guest
+	// keeps qemu-system-aarch64.
+	s.QEMU = vm.QEMUOptions{Binary: "/usr/bin/qemu-system-x86_64"}
+	if c := New().config(s); c.binary != DefaultARM64Binary {
+		t.Errorf("arm64 with an amd64 binary configured: %+v", c)
+	}
+	s.QEMU.ARM64Binary = "/opt/qemu-system-aarch64"
+	if c := New().config(s); c.binary != "/opt/qemu-system-aarch64" {
+		t.Errorf("arm64 binary option: %+v", c)
+	}
+	if !nativeArch(runtime.GOARCH) {
+		t.Error("nativeArch(GOARCH)")
+	}
+	foreign := ArchARM64
+	if runtime.GOARCH == ArchARM64 {
+		foreign = ArchAMD64
+	}
+	if got := New(WithAccel(AccelAuto)).resolveAccel(AccelAuto, foreign); got != AccelTCG {
+		t.Errorf("auto for a %s guest on %s: %s", foreign, runtime.GOARCH, got)
+	}
+}
+
 func TestArgsKVMAndDefaults(t *testing.T) {
 	s := &vm.Spec{ID: "x", Dir: "/run/x", CPUs: 1, MemoryBytes: 100<<20 + 1,
 		Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k", Cmdline: "console=hvc0 panic=5"}}
@@ -147,12 +231,29 @@ func TestCmdline(t *testing.T) {
 			t.Errorf("Cmdline(%q) = %q, want %q", in, got, want)
 		}
 	}
+	for in, want := range map[string]string{
+		"quiet":        "console=ttyAMA0 panic=-1 quiet",
+		"console=hvc0": "panic=-1 console=hvc0",
+	} {
+		if got := CmdlineFor(ArchARM64, in); got != want {
+			t.Errorf("CmdlineFor(arm64, %q) = %q, want %q", in, got, want)
+		}
+	}
 }
 
 func TestValidate(t *testing.T) {
-	d := New(WithBinary("sh")) // any executable: Validate only looks it up
+	d := New(WithBinary("sh"), WithARM64Binary("sh")) // any executable: Validate only looks it up
 	if err := d.Validate(sampleSpec(t)); err != nil {
 		t.Fatalf("valid spec: %v", err)
+	}
+	arm := sampleSpec(t)
+	arm.Arch = ArchARM64
+	if err := d.Validate(arm); err != nil {
+		t.Fatalf("valid arm64 spec: %v", err)
+	}
+	arm.QEMU.Accel = AccelKVM
+	if err := d.Validate(arm); runtime.GOARCH != ArchARM64 && !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("kvm for an arm64 guest on %s: %v", runtime.GOARCH, err)
 	}
 	type tc struct {
 		name  string
@@ -184,7 +285,12 @@ func TestValidate(t *testing.T) {
 		{"restore", func(s *vm.Spec) { s.RestoreFrom = "/nonexistent.state" }, errdefs.ErrFailedPrecondition, "restoreFrom"},
 		{"accel", func(s *vm.Spec) { s.QEMU.Accel = "hvf" }, errdefs.ErrInvalidArgument, `qemu accel "hvf"`},
 		{"machine", func(s *vm.Spec) { s.QEMU.Machine = "microvm" }, errdefs.ErrInvalidArgument, `qemu machine "microvm"`},
-		{"binary", func(s *vm.Spec) { s.QEMU.Binary = "/nonexistent/qemu" }, errdefs.ErrFailedPrecondition, "qemu binary"},
+		{"binary", func(s *vm.Spec) { s.QEMU.Binary = "/nonexistent/qemu" }, errdefs.ErrFailedPrecondition, "(apt-get install qemu-system-x86)"},
+		{"arch", func(s *vm.Spec) { s.Arch = "riscv64" }, errdefs.ErrInvalidArgument, `arch "riscv64"`},
+		{"arm64 binary", func(s *vm.Spec) { s.Arch = ArchARM64; s.QEMU.ARM64Binary = "/nonexistent/qemu-system-aarch64" }, errdefs.ErrFailedPrecondition,
+			"(apt-get install qemu-system-arm)"},
+		{"arm64 machine", func(s *vm.Spec) { s.Arch = ArchARM64; s.QEMU.Machine = "q35" }, errdefs.ErrInvalidArgument, `arm64 guests run on "virt"`},
+		{"arm64 restore", func(s *vm.Spec) { s.Arch = ArchARM64; s.RestoreFrom = s.Boot.Kernel }, errdefs.ErrFailedPrecondition, "no vmgenid"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -222,11 +328,11 @@ func TestResolveAccel(t *testing.T) {
 		t.Error(d.Name())
 	}
 	for _, a := range []string{AccelKVM, AccelTCG} {
-		if got := d.resolveAccel(a); got != a {
+		if got := d.resolveAccel(a, runtime.GOARCH); got != a {
 			t.Errorf("resolveAccel(%s) = %s", a, got)
 		}
 	}
-	got := d.resolveAccel(AccelAuto)
+	got := d.resolveAccel(AccelAuto, runtime.GOARCH)
 	if got != AccelKVM && got != AccelTCG {
 		t.Errorf("auto resolved to %q", got)
 	}

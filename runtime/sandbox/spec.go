@@ -100,6 +100,9 @@ func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, 
 			return nil, fmt.Errorf("VM image has no kernel; EFI-booted Linux images are not supported yet: %w", errdefs.ErrNotImplemented)
 		}
 		spec.Boot = vm.Boot{Kind: vm.BootLinux, Kernel: in(desc.Kernel), Initrd: in(desc.Initrd), Cmdline: desc.KernelCmdline}
+		// The image's architecture picks the backend's emulator (qemu:
+		// qemu-system-aarch64 for arm64 guests).
+		spec.Arch = desc.Arch
 	case "darwin":
 		if len(desc.HardwareModel) == 0 || desc.NVRAM == "" {
 			return nil, fmt.Errorf("macOS VM image without a hardware model or auxiliary storage (NVRAM): %w", errdefs.ErrFailedPrecondition)

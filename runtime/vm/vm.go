@@ -5,7 +5,7 @@
 // Machine for the VM's whole life, so the daemon can restart freely.
 //
 // Backends live in their own packages: runtime/qemu (Linux guests under
-// qemu-system-x86_64) and runtime/vz (macOS guests, darwin only).
+// qemu-system-x86_64 or qemu-system-aarch64) and runtime/vz (macOS guests, darwin only).
 package vm
 
 import (
@@ -35,6 +35,10 @@ type Spec struct {
 
 	CPUs        int   `json:"cpus"`
 	MemoryBytes int64 `json:"memoryBytes"`
+	// Arch is the guest's CPU architecture as GOARCH names it ("amd64",
+	// "arm64"), from the image; empty means the backend's usual guest
+	// (amd64 for qemu, arm64 for vz).
+	Arch string `json:"arch,omitempty"`
 
 	Boot   Boot    `json:"boot"`
 	Disks  []Disk  `json:"disks,omitempty"`
@@ -59,11 +63,15 @@ type Spec struct {
 
 // QEMUOptions override the qemu driver's defaults; "" keeps a default.
 type QEMUOptions struct {
-	// Binary is the QEMU executable, a path or a name looked up in PATH.
+	// Binary is the QEMU executable for amd64 guests, a path or a name
+	// looked up in PATH.
 	Binary string `json:"binary,omitempty"`
+	// ARM64Binary is the QEMU executable for arm64 guests.
+	ARM64Binary string `json:"arm64Binary,omitempty"`
 	// Accel is "auto", "kvm" or "tcg".
 	Accel string `json:"accel,omitempty"`
-	// Machine is the QEMU machine type: "q35" or "pc".
+	// Machine is the QEMU machine type: "q35" or "pc" for amd64 guests,
+	// "virt" (the only one, and the default) for arm64 guests.
 	Machine string `json:"machine,omitempty"`
 }
 

@@ -320,6 +320,8 @@ type launcher struct {
 	signals    []*agentapi.SignalProcessRequest
 	kills      []*agentapi.KillAllRequest
 	ignoreTerm bool
+	// stats answers a guest agent's Stats, by its shim's directory.
+	stats func(dir string) (*agentapi.StatsResponse, error)
 }
 
 func (l *launcher) Spawn(ctx context.Context, o shim.SpawnOptions) (shim.Conn, error) {
@@ -356,6 +358,14 @@ func (l *launcher) IgnoreTerm() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.ignoreTerm = true
+}
+
+// SetStats makes the guest agents answer Stats with fn (by the shim's
+// directory, f.ctl.Dir of the sandbox).
+func (l *launcher) SetStats(fn func(dir string) (*agentapi.StatsResponse, error)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stats = fn
 }
 
 // procConn is a fake shim with the process verbs.
@@ -401,6 +411,17 @@ func (a procAgent) KillAll(ctx context.Context, r *agentapi.KillAllRequest) (*ag
 	a.c.l.mu.Unlock()
 	a.c.exitBy(r.GetContainerId(), syscall.Signal(r.GetSignal()))
 	return &agentapi.KillAllResponse{}, nil
+}
+
+// Stats answers with the launcher's stats; Unimplemented without them.
+func (a procAgent) Stats(ctx context.Context, r *agentapi.StatsRequest) (*agentapi.StatsResponse, error) {
+	a.c.l.mu.Lock()
+	fn := a.c.l.stats
+	a.c.l.mu.Unlock()
+	if fn == nil {
+		return nil, status.Error(codes.Unimplemented, "the fake agent has no stats")
+	}
+	return fn(a.c.fake.Dir)
 }
 
 type procShim struct {

@@ -34,18 +34,6 @@ func (s *Service) GetContainerEvents(*runtimeapi.GetEventsRequest, grpc.ServerSt
 	return notYet("GetContainerEvents")
 }
 
-func (s *Service) ListMetricDescriptors(context.Context, *runtimeapi.ListMetricDescriptorsRequest) (*runtimeapi.ListMetricDescriptorsResponse, error) {
-	return nil, notYet("ListMetricDescriptors")
-}
-
-func (s *Service) ListPodSandboxMetrics(context.Context, *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
-	return nil, notYet("ListPodSandboxMetrics")
-}
-
-func (s *Service) StreamPodSandboxMetrics(*runtimeapi.StreamPodSandboxMetricsRequest, grpc.ServerStreamingServer[runtimeapi.StreamPodSandboxMetricsResponse]) error {
-	return notYet("StreamPodSandboxMetrics")
-}
-
 func (s *Service) UpdatePodSandboxResources(context.Context, *runtimeapi.UpdatePodSandboxResourcesRequest) (*runtimeapi.UpdatePodSandboxResourcesResponse, error) {
 	return nil, notYet("UpdatePodSandboxResources")
 }

@@ -248,6 +248,12 @@ func (s *Service) sandboxStats(ctx context.Context, sb store.Sandbox) (*runtimea
 	if err != nil {
 		return nil, err
 	}
+	return s.sandboxStatsOf(sb, cfg, vm)
+}
+
+// sandboxStatsOf is a sandbox's stats from its agent's answer (nil: its
+// VM is not running): the VM's, and its running containers'.
+func (s *Service) sandboxStatsOf(sb store.Sandbox, cfg *runtimeapi.PodSandboxConfig, vm *agentapi.StatsResponse) (*runtimeapi.PodSandboxStats, error) {
 	out := &runtimeapi.PodSandboxStats{
 		Attributes: &runtimeapi.PodSandboxAttributes{Id: sb.ID, Metadata: cfg.GetMetadata(), Labels: cfg.GetLabels(), Annotations: cfg.GetAnnotations()},
 		Linux:      &runtimeapi.LinuxPodSandboxStats{},

@@ -18,15 +18,36 @@ import (
 
 // KernelSeries is the Debian kernel ABI series the guest uses: bookworm's
 // linux-image-6.1.0-NN-amd64 (the standard flavour; the cloud flavour has
-// no 9p). Its vmlinux has CONFIG_PVH=y.
+// no 9p), whose vmlinux has CONFIG_PVH=y, or linux-image-6.1.0-NN-arm64,
+// whose vmlinuz is already an uncompressed arm64 Image.
 const KernelSeries = "6.1.0"
+
+// Guest architectures, as GOARCH and Debian both name them.
+const (
+	ArchAMD64 = "amd64"
+	ArchARM64 = "arm64"
+)
+
+// checkArch returns arch with its default (amd64), or an error for one
+// the guest is not built for.
+func checkArch(arch string) (string, error) {
+	switch arch {
+	case "":
+		return ArchAMD64, nil
+	case ArchAMD64, ArchARM64:
+		return arch, nil
+	}
+	return "", fmt.Errorf("guest architecture %q: want %s or %s", arch, ArchAMD64, ArchARM64)
+}
 
 // Kernel is a Debian kernel package unpacked in a Cache.
 type Kernel struct {
 	// Version is the kernel release (uname -r), e.g. "6.1.0-56-amd64";
 	// the package is linux-image-<Version>.
 	Version string
-	// Vmlinux is the uncompressed ELF kernel, checked for PVH.
+	// Vmlinux is the uncompressed kernel QEMU boots directly: the ELF
+	// vmlinux, checked for PVH (amd64), or the arm64 Image, checked for
+	// its magic.
 	Vmlinux string
 	// ModulesDir is lib/modules/<Version> of the package, with the
 	// modules.dep that `depmod -b` wrote.
@@ -38,12 +59,20 @@ type Kernel struct {
 // directory (flock), so concurrent test processes can share one.
 //
 // Layout: kernel-<version>/ (the unpacked linux-image package plus
-// vmlinux), busybox-static_<debian version>/bin/busybox, .lock. The .deb
-// files are removed once unpacked.
+// vmlinux, or Image for arm64), busybox-static_<debian version>/bin/busybox
+// (amd64), busybox-static-arm64_<debian version>/bin/busybox, .lock. The
+// .deb files are removed once unpacked.
+//
+// Arch picks the packages' architecture ("" is amd64). arm64 packages
+// need `dpkg --add-architecture arm64 && apt-get update` once (`make
+// deps` does it).
 type Cache struct {
-	Dir string
-	Log io.Writer // progress messages; nil for none
+	Dir  string
+	Arch string
+	Log  io.Writer // progress messages; nil for none
 }
+
+func (c *Cache) arch() (string, error) { return checkArch(c.Arch) }
 
 func (c *Cache) logf(format string, args ...any) {
 	if c.Log != nil {
@@ -67,12 +96,22 @@ func (c *Cache) lock() (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-var kernelPackageRE = regexp.MustCompile(`^linux-image-(` + regexp.QuoteMeta(KernelSeries) + `-([0-9]+)-amd64)$`)
+var kernelPackageRE = map[string]*regexp.Regexp{
+	ArchAMD64: regexp.MustCompile(`^linux-image-(` + regexp.QuoteMeta(KernelSeries) + `-([0-9]+)-amd64)$`),
+	ArchARM64: regexp.MustCompile(`^linux-image-(` + regexp.QuoteMeta(KernelSeries) + `-([0-9]+)-arm64)$`),
+}
 
 // NewestKernel returns the newest kernel release of KernelSeries, standard
 // amd64 flavour, that apt's package lists offer (e.g. "6.1.0-56-amd64").
-func NewestKernel(ctx context.Context) (string, error) {
-	pattern := "^linux-image-" + regexp.QuoteMeta(KernelSeries) + "-[0-9]+-amd64$"
+func NewestKernel(ctx context.Context) (string, error) { return NewestKernelArch(ctx, ArchAMD64) }
+
+// NewestKernelArch is NewestKernel for the arch flavour ("6.1.0-56-arm64").
+func NewestKernelArch(ctx context.Context, arch string) (string, error) {
+	arch, err := checkArch(arch)
+	if err != nil {
+		return "", err
+	}
+	pattern := "^linux-image-" + regexp.QuoteMeta(KernelSeries) + "-[0-9]+-" + arch + "$"
 	out, err := exec.CommandContext(ctx, "apt-cache", "search", "--names-only", pattern).Output()
 	if err != nil {
 		return "", fmt.Errorf("apt-cache search %s: %w%s", pattern, err, stderrOf(err))
@@ -80,23 +119,27 @@ func NewestKernel(ctx context.Context) (string, error) {
 	var names []string
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(line, " ")
-		if kernelPackageRE.MatchString(name) {
+		if kernelPackageRE[arch].MatchString(name) {
 			names = append(names, name)
 		}
 	}
-	best, err := newestKernel(names)
+	best, err := newestKernel(arch, names)
 	if err != nil {
-		return "", fmt.Errorf("%w in apt's package lists: they are missing or stale; run `apt-get update` (`make deps` does)", err)
+		hint := "run `apt-get update` (`make deps` does)"
+		if arch != ArchAMD64 {
+			hint = "run `dpkg --add-architecture " + arch + " && apt-get update` (`make deps` does)"
+		}
+		return "", fmt.Errorf("%w in apt's package lists: they are missing or stale; %s", err, hint)
 	}
 	return best, nil
 }
 
-// newestKernel picks the highest ABI number among linux-image package
-// names (or kernel-<version> directory names).
-func newestKernel(names []string) (string, error) {
+// newestKernel picks the highest ABI number among arch's linux-image
+// package names (or kernel-<version> directory names).
+func newestKernel(arch string, names []string) (string, error) {
 	best, bestABI := "", -1
 	for _, n := range names {
-		m := kernelPackageRE.FindStringSubmatch(strings.Replace(n, "kernel-", "linux-image-", 1))
+		m := kernelPackageRE[arch].FindStringSubmatch(strings.Replace(n, "kernel-", "linux-image-", 1))
 		if m == nil {
 			continue
 		}
@@ -105,16 +148,21 @@ func newestKernel(names []string) (string, error) {
 		}
 	}
 	if best == "" {
-		return "", fmt.Errorf("no linux-image-%s-NN-amd64 package", KernelSeries)
+		return "", fmt.Errorf("no linux-image-%s-NN-%s package", KernelSeries, arch)
 	}
 	return best, nil
 }
 
 // Kernel returns the unpacked kernel of the given release, fetching it on
-// first use. An empty version means the newest that apt offers (or, when
-// apt's lists have none, the newest already in the cache). Fetching a new
-// release removes the other releases from the cache.
+// first use. An empty version means the newest of the cache's
+// architecture that apt offers (or, when apt's lists have none, the newest
+// already in the cache). Fetching a new release removes the other
+// releases of that architecture from the cache.
 func (c *Cache) Kernel(ctx context.Context, version string) (*Kernel, error) {
+	arch, err := c.arch()
+	if err != nil {
+		return nil, err
+	}
 	unlock, err := c.lock()
 	if err != nil {
 		return nil, err
@@ -122,13 +170,13 @@ func (c *Cache) Kernel(ctx context.Context, version string) (*Kernel, error) {
 	defer unlock()
 	newest := version == ""
 	if newest {
-		v, err := NewestKernel(ctx)
+		v, err := NewestKernelArch(ctx, arch)
 		if err != nil {
-			cached, _ := filepath.Glob(filepath.Join(c.Dir, "kernel-*"))
+			cached, _ := filepath.Glob(filepath.Join(c.Dir, "kernel-*-"+arch))
 			for i := range cached {
 				cached[i] = filepath.Base(cached[i])
 			}
-			v2, err2 := newestKernel(cached)
+			v2, err2 := newestKernel(arch, cached)
 			if err2 != nil {
 				return nil, err
 			}
@@ -137,22 +185,22 @@ func (c *Cache) Kernel(ctx context.Context, version string) (*Kernel, error) {
 		}
 		version = v
 	}
-	if !kernelPackageRE.MatchString("linux-image-" + version) {
-		return nil, fmt.Errorf("kernel version %q: want %s-NN-amd64", version, KernelSeries)
+	if !kernelPackageRE[arch].MatchString("linux-image-" + version) {
+		return nil, fmt.Errorf("kernel version %q: want %s-NN-%s", version, KernelSeries, arch)
 	}
 	k := &Kernel{
 		Version:    version,
-		Vmlinux:    filepath.Join(c.Dir, "kernel-"+version, "vmlinux"),
+		Vmlinux:    filepath.Join(c.Dir, "kernel-"+version, kernelFile(arch)),
 		ModulesDir: filepath.Join(c.Dir, "kernel-"+version, "lib", "modules", version),
 	}
 	if _, err := os.Stat(k.Vmlinux); err == nil {
 		return k, nil
 	}
-	if err := c.fetchKernel(ctx, version); err != nil {
+	if err := c.fetchKernel(ctx, arch, version); err != nil {
 		return nil, err
 	}
 	if newest {
-		old, _ := filepath.Glob(filepath.Join(c.Dir, "kernel-*"))
+		old, _ := filepath.Glob(filepath.Join(c.Dir, "kernel-*-"+arch))
 		for _, d := range old {
 			if filepath.Base(d) != "kernel-"+version {
 				c.logf("guest: removing the older %s from the cache", filepath.Base(d))
@@ -163,7 +211,16 @@ func (c *Cache) Kernel(ctx context.Context, version string) (*Kernel, error) {
 	return k, nil
 }
 
-func (c *Cache) fetchKernel(ctx context.Context, version string) error {
+// kernelFile is the name of the kernel QEMU boots in a kernel-<version>
+// directory.
+func kernelFile(arch string) string {
+	if arch == ArchARM64 {
+		return "Image"
+	}
+	return "vmlinux"
+}
+
+func (c *Cache) fetchKernel(ctx context.Context, arch, version string) error {
 	pkg := "linux-image-" + version
 	tmp, err := os.MkdirTemp(c.Dir, ".kernel-")
 	if err != nil {
@@ -191,28 +248,47 @@ func (c *Cache) fetchKernel(ctx context.Context, version string) error {
 	if err := run(ctx, "", depmod, "-b", root, version); err != nil {
 		return err
 	}
-	vmlinux := filepath.Join(root, "vmlinux")
-	c.logf("guest: extracting vmlinux from %s", filepath.Base(vmlinuz))
-	if err := ExtractVmlinux(ctx, vmlinuz, vmlinux); err != nil {
-		return err
-	}
-	if err := CheckPVH(vmlinux); err != nil {
-		return err
+	if arch == ArchARM64 {
+		// Debian's arm64 vmlinuz is the uncompressed Image already.
+		if err := CheckARM64Image(vmlinuz); err != nil {
+			return err
+		}
+		if err := os.Rename(vmlinuz, filepath.Join(root, kernelFile(arch))); err != nil {
+			return err
+		}
+	} else {
+		vmlinux := filepath.Join(root, kernelFile(arch))
+		c.logf("guest: extracting vmlinux from %s", filepath.Base(vmlinuz))
+		if err := ExtractVmlinux(ctx, vmlinuz, vmlinux); err != nil {
+			return err
+		}
+		if err := CheckPVH(vmlinux); err != nil {
+			return err
+		}
 	}
 	dst := filepath.Join(c.Dir, "kernel-"+version)
 	os.RemoveAll(dst) // a half-made one (no vmlinux)
 	return os.Rename(root, dst)
 }
 
-// Busybox returns the path of busybox-static's /bin/busybox, fetching the
-// package on first use.
+// Busybox returns the path of busybox-static's /bin/busybox for the
+// cache's architecture, fetching the package on first use.
 func (c *Cache) Busybox(ctx context.Context) (string, error) {
+	arch, err := c.arch()
+	if err != nil {
+		return "", err
+	}
+	// amd64 keeps the directory name it always had.
+	prefix, pkg := "busybox-static_", "busybox-static"
+	if arch != ArchAMD64 {
+		prefix, pkg = "busybox-static-"+arch+"_", "busybox-static:"+arch
+	}
 	unlock, err := c.lock()
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	have, _ := filepath.Glob(filepath.Join(c.Dir, "busybox-static_*", "bin", "busybox"))
+	have, _ := filepath.Glob(filepath.Join(c.Dir, prefix+"*", "bin", "busybox"))
 	if len(have) > 0 {
 		sort.Strings(have)
 		return have[len(have)-1], nil
@@ -222,7 +298,7 @@ func (c *Cache) Busybox(ctx context.Context) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	deb, err := c.download(ctx, "busybox-static", tmp)
+	deb, err := c.download(ctx, pkg, tmp)
 	if err != nil {
 		return "", err
 	}
@@ -234,15 +310,17 @@ func (c *Cache) Busybox(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("busybox-static: %w", err)
 	}
 	// busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb -> busybox-static_1%3a1.35.0-4+deb12u1+b1
-	name := strings.TrimSuffix(filepath.Base(deb), "_amd64.deb")
-	dst := filepath.Join(c.Dir, name)
+	// (busybox-static-arm64_1%3a1.35.0-4+deb12u1+b1 for arm64)
+	version := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(deb), "busybox-static_"), "_"+arch+".deb")
+	dst := filepath.Join(c.Dir, prefix+version)
 	if err := os.Rename(root, dst); err != nil {
 		return "", err
 	}
 	return filepath.Join(dst, "bin", "busybox"), nil
 }
 
-// download runs `apt-get download pkg` in dir and returns the .deb.
+// download runs `apt-get download pkg` in dir and returns the .deb. pkg
+// may name an architecture (busybox-static:arm64).
 func (c *Cache) download(ctx context.Context, pkg, dir string) (string, error) {
 	c.logf("guest: apt-get download %s", pkg)
 	args := []string{"download"}
@@ -255,11 +333,16 @@ func (c *Cache) download(ctx context.Context, pkg, dir string) (string, error) {
 		msg := err.Error()
 		if strings.Contains(msg, "Unable to locate package") || strings.Contains(msg, "no installation candidate") ||
 			strings.Contains(msg, "Can't select") {
-			return "", fmt.Errorf("%w\napt's package lists do not have %s: run `apt-get update` (`make deps` does)", err, pkg)
+			hint := "`apt-get update`"
+			if _, arch, ok := strings.Cut(pkg, ":"); ok {
+				hint = "`dpkg --add-architecture " + arch + " && apt-get update`"
+			}
+			return "", fmt.Errorf("%w\napt's package lists do not have %s: run %s (`make deps` does)", err, pkg, hint)
 		}
 		return "", err
 	}
-	debs, _ := filepath.Glob(filepath.Join(dir, pkg+"_*.deb"))
+	name, _, _ := strings.Cut(pkg, ":")
+	debs, _ := filepath.Glob(filepath.Join(dir, name+"_*.deb"))
 	if len(debs) != 1 {
 		return "", fmt.Errorf("apt-get download %s left %d .deb files", pkg, len(debs))
 	}

@@ -2,7 +2,9 @@
 // (vmimage's macvz Linux format) made from Debian packages only.
 //
 //   - kernel: the uncompressed ELF vmlinux of linux-image-6.1.0-NN-amd64
-//     (the newest apt offers), which QEMU boots with PVH;
+//     (the newest apt offers), which QEMU boots with PVH; or, with
+//     Options.Arch arm64, the Image of linux-image-6.1.0-NN-arm64 (which
+//     qemu-system-aarch64 boots on -M virt, and a Mac's vz backend too);
 //   - initramfs (newc cpio): /init = the guest agent, busybox-static with
 //     its applets in /bin, the kernel modules the guest needs with their
 //     modules.dep dependencies, listed in load order in ModulesList, and a
@@ -33,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -132,9 +135,14 @@ type Options struct {
 	Out string
 	// Cache holds the Debian packages between builds; default Out/cache.
 	Cache string
-	// Agent is the host path of the static linux/amd64 binary that
-	// becomes /init (bin/macvz-agent, or testinit). Required.
+	// Agent is the host path of the static linux binary, of Arch, that
+	// becomes /init (bin/macvz-agent or bin/linux-arm64/macvz-agent, or
+	// testinit). Required.
 	Agent string
+	// Arch is the guest's architecture: "amd64" (the default) or
+	// "arm64". It picks the Debian packages (arm64 ones need `dpkg
+	// --add-architecture arm64`, see Cache) and is the images' arch.
+	Arch string
 	// KernelVersion pins the kernel release (e.g. "6.1.0-56-amd64");
 	// empty means the newest apt offers.
 	KernelVersion string
@@ -148,7 +156,7 @@ type Options struct {
 	// Gzip compresses the initramfs. Off by default: the uncompressed
 	// archive boots faster under TCG.
 	Gzip bool
-	// Modules replaces DefaultModules when not nil.
+	// Modules replaces DefaultModulesFor(Arch) when not nil.
 	Modules []string
 	// KeepModuleSignatures: see InitramfsOptions.
 	KeepModuleSignatures bool
@@ -160,8 +168,9 @@ type Options struct {
 type Result struct {
 	Dir    string // Options.Out
 	Layout string // the OCI image layout: Out/oci
-	// Kernel and Initrd are Out/vmlinux and Out/initrd, hard links to the
-	// layout's blobs, for booting QEMU directly.
+	// Kernel and Initrd are Out/vmlinux (Out/Image for arm64) and
+	// Out/initrd, hard links to the layout's blobs, for booting QEMU
+	// directly.
 	Kernel string
 	Initrd string
 	// Info is also written to Out/guest.json.
@@ -170,6 +179,7 @@ type Result struct {
 
 // Info describes a build.
 type Info struct {
+	Arch          string                   `json:"arch"`
 	KernelVersion string                   `json:"kernelVersion"`
 	Cmdline       string                   `json:"kernelCmdline"`
 	KernelBytes   int64                    `json:"kernelBytes"`
@@ -193,10 +203,17 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Cmdline == "" {
 		o.Cmdline = DefaultCmdline
 	}
+	arch, err := checkArch(o.Arch)
+	if err != nil {
+		return nil, err
+	}
+	if o.Modules == nil {
+		o.Modules = DefaultModulesFor(arch)
+	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err
 	}
-	cache := &Cache{Dir: o.Cache, Log: o.Log}
+	cache := &Cache{Dir: o.Cache, Arch: arch, Log: o.Log}
 	k, err := cache.Kernel(ctx, o.KernelVersion)
 	if err != nil {
 		return nil, err
@@ -205,8 +222,18 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The applets of a busybox this host cannot run are those of the
+	// same Debian version for the host (Debian configures busybox-static
+	// alike on every architecture).
+	bbList := ""
+	if arch != hostArch() {
+		host := &Cache{Dir: o.Cache, Arch: hostArch(), Log: o.Log}
+		if bbList, err = host.Busybox(ctx); err != nil {
+			return nil, err
+		}
+	}
 	euid := filepath.Join(o.Out, "euid")
-	if err := BuildStatic(ctx, EUIDPackage, euid); err != nil {
+	if err := BuildStaticArch(ctx, arch, EUIDPackage, euid); err != nil {
 		return nil, err
 	}
 	euidBin, err := os.ReadFile(euid)
@@ -216,10 +243,11 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	initramfs := func(init string) (*bytes.Buffer, *InitramfsInfo, error) {
 		var initrd bytes.Buffer
 		ii, err := WriteInitramfs(&initrd, InitramfsOptions{
-			Init:    init,
-			Kernel:  k,
-			Modules: o.Modules,
-			Busybox: bb,
+			Init:        init,
+			Kernel:      k,
+			Modules:     o.Modules,
+			Busybox:     bb,
+			BusyboxList: bbList,
 			Files: []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)},
 				{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin}},
 			Gzip: o.Gzip,
@@ -239,6 +267,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	imgs := map[string]testimage.Image{}
 	for ref, proc := range map[string]*vmimage.Process{RefPlain: nil, RefHTTPD: &HTTPDProcess} {
 		img, err := testimage.Linux(testimage.LinuxOptions{
+			Arch:           arch,
 			Kernel:         kernel,
 			Initrd:         initrd.Bytes(),
 			MinCPUs:        MinCPUs,
@@ -258,6 +287,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 		for ref, args := range HostileCmdline {
 			img, err := testimage.Linux(testimage.LinuxOptions{
+				Arch:           arch,
 				Kernel:         kernel,
 				Initrd:         hostileInitrd.Bytes(),
 				MinCPUs:        MinCPUs,
@@ -277,9 +307,10 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	res := &Result{
 		Dir:    o.Out,
 		Layout: layout,
-		Kernel: filepath.Join(o.Out, "vmlinux"),
+		Kernel: filepath.Join(o.Out, kernelFile(arch)),
 		Initrd: filepath.Join(o.Out, "initrd"),
 		Info: Info{
+			Arch:          arch,
 			KernelVersion: k.Version,
 			Cmdline:       o.Cmdline,
 			KernelBytes:   int64(len(kernel)),
@@ -303,8 +334,8 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	if o.Log != nil {
-		fmt.Fprintf(o.Log, "guest: kernel %s (%d bytes), initrd %d bytes (%d entries, %d modules, gzip %v)\n",
-			k.Version, len(kernel), initrd.Len(), ii.Entries, len(ii.Modules), o.Gzip)
+		fmt.Fprintf(o.Log, "guest: %s kernel %s (%d bytes), initrd %d bytes (%d entries, %d modules, gzip %v)\n",
+			arch, k.Version, len(kernel), initrd.Len(), ii.Entries, len(ii.Modules), o.Gzip)
 		for ref, img := range imgs {
 			fmt.Fprintf(o.Log, "guest: %s:%s %s\n", layout, ref, img.Manifest.Digest)
 		}
@@ -340,8 +371,17 @@ const TestInitPackage = "github.com/macvz/macvz/integration/guest/testinit"
 // (what /init must be), from within this module, with the given build
 // tags.
 func BuildStatic(ctx context.Context, pkg, out string, tags ...string) error {
+	return BuildStaticArch(ctx, ArchAMD64, pkg, out, tags...)
+}
+
+// BuildStaticArch is BuildStatic for linux/<arch>.
+func BuildStaticArch(ctx context.Context, arch, pkg, out string, tags ...string) error {
+	arch, err := checkArch(arch)
+	if err != nil {
+		return err
+	}
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-tags", strings.Join(tags, ","), "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if dir, err := ModuleRoot(); err == nil {
 		cmd.Dir = dir
 	}
@@ -350,6 +390,9 @@ func BuildStatic(ctx context.Context, pkg, out string, tags ...string) error {
 	}
 	return nil
 }
+
+// hostArch is this host's architecture as the guest's packages name it.
+func hostArch() string { return runtime.GOARCH }
 
 // ModuleRoot is the directory of macvz's go.mod, found from the working
 // directory up.

@@ -49,6 +49,25 @@ var DefaultModules = []string{
 	"bridge", // brctl in privileged containers (critest)
 }
 
+// DefaultModulesFor is DefaultModules for a guest of arch. An arm64
+// guest boots from a device tree on QEMU's virt machine (no firmware, no
+// ACPI): its power button is a GPIO line of the PL061 (built in), which
+// gpio_keys turns into the power key. Its ACPI button driver is built in
+// (ResolveModules skips it).
+func DefaultModulesFor(arch string) []string {
+	if arch != ArchARM64 {
+		return DefaultModules
+	}
+	var mods []string
+	for _, m := range DefaultModules {
+		mods = append(mods, m)
+		if m == "button" {
+			mods = append(mods, "gpio_keys")
+		}
+	}
+	return mods
+}
+
 // File is one extra file of an initramfs.
 type File struct {
 	Path string      // absolute path in the guest
@@ -70,6 +89,11 @@ type InitramfsOptions struct {
 	// /bin/busybox with a symbolic link in /bin for each applet; "" for
 	// none.
 	Busybox string
+	// BusyboxList is a busybox this host runs whose `--list` names the
+	// applets of Busybox (the same Debian version for the host's
+	// architecture), for a Busybox of another architecture; "" means
+	// Busybox itself.
+	BusyboxList string
 	// Files are added last and replace what is already at their path.
 	Files []File
 	// Gzip compresses the archive (the kernel unpacks either).
@@ -137,9 +161,13 @@ func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 			return nil, fmt.Errorf("initramfs busybox: %w", err)
 		}
 		t.add(File{Path: "/bin/busybox", Mode: 0o755, Data: bb})
-		out, err := exec.Command(o.Busybox, "--list").Output()
+		list := o.Busybox
+		if o.BusyboxList != "" {
+			list = o.BusyboxList
+		}
+		out, err := exec.Command(list, "--list").Output()
 		if err != nil {
-			return nil, fmt.Errorf("%s --list: %w%s", o.Busybox, err, stderrOf(err))
+			return nil, fmt.Errorf("%s --list: %w%s", list, err, stderrOf(err))
 		}
 		for _, a := range strings.Fields(string(out)) {
 			if !skipApplets[a] && a != "busybox" && !strings.Contains(a, "/") {

@@ -132,3 +132,33 @@ func hasNote(b []byte, bo binary.ByteOrder, name string, typ uint32) (bool, erro
 	}
 	return false, nil
 }
+
+// arm64ImageMagic is the magic of the arm64 kernel's Image header (the
+// kernel's Documentation/arch/arm64/booting.rst): the 64-byte header
+// has it at offset 56.
+const (
+	arm64ImageMagic       = "ARM\x64"
+	arm64ImageMagicOffset = 56
+)
+
+// CheckARM64Image reports an error unless path is an uncompressed arm64
+// kernel Image, which QEMU's -kernel and Virtualization.framework's
+// VZLinuxBootLoader boot directly.
+func CheckARM64Image(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var h [arm64ImageMagicOffset + 4]byte
+	if _, err := f.ReadAt(h[:], 0); err != nil {
+		return fmt.Errorf("%s: reading the Image header: %w", filepath.Base(path), err)
+	}
+	if string(h[arm64ImageMagicOffset:]) != arm64ImageMagic {
+		if h[0] == 0x1f && h[1] == 0x8b {
+			return fmt.Errorf("%s: a gzip-compressed kernel; want the uncompressed arm64 Image", filepath.Base(path))
+		}
+		return fmt.Errorf("%s: no arm64 Image magic %q at offset %d", filepath.Base(path), arm64ImageMagic, arm64ImageMagicOffset)
+	}
+	return nil
+}

@@ -6,9 +6,14 @@
 // <out>/macvz-agent-hostile and adds the hostile tags (guest.RefHostile,
 // guest.RefHostileGarbage), test guests that attack the host.
 //
+// With --arch arm64 it builds the arm64 guest (Debian's arm64 kernel and
+// busybox; --agent is then a linux/arm64 binary, bin/linux-arm64/macvz-agent):
+//
+//	go run ./integration/guest/cmd/build-guest --arch arm64 --out bin/guest-arm64 --agent bin/linux-arm64/macvz-agent
+//
 // Output: <out>/oci (OCI image layout, tags plain and httpd), <out>/vmlinux
-// and <out>/initrd (for booting QEMU directly), <out>/guest.json, and the
-// Debian package cache <out>/cache.
+// (<out>/Image for arm64) and <out>/initrd (for booting QEMU directly),
+// <out>/guest.json, and the Debian package cache <out>/cache.
 package main
 
 import (
@@ -29,12 +34,13 @@ func main() {
 	testInit := flag.Bool("test-init", false, "use integration/guest/testinit as /init instead of --agent")
 	hostile := flag.Bool("hostile", false, "also write the hostile tags (an agent built with -tags hostile that attacks the host)")
 	flag.StringVar(&o.Out, "out", "bin/guest", "output directory")
-	flag.StringVar(&o.Agent, "agent", "", "static linux/amd64 binary to install as /init (bin/macvz-agent)")
+	flag.StringVar(&o.Agent, "agent", "", "static linux binary of --arch to install as /init (bin/macvz-agent)")
+	flag.StringVar(&o.Arch, "arch", guest.ArchAMD64, "guest architecture: amd64 or arm64")
 	flag.StringVar(&o.Cache, "cache", "", "Debian package cache (default <out>/cache)")
 	flag.StringVar(&o.KernelVersion, "kernel", "", "kernel release, e.g. "+guest.KernelSeries+"-56-amd64 (default: the newest apt offers)")
 	flag.StringVar(&o.Cmdline, "cmdline", guest.DefaultCmdline, "kernel command line recorded in the images")
 	flag.BoolVar(&o.Gzip, "gzip", false, "gzip the initramfs")
-	modules := flag.String("modules", "", "comma-separated kernel modules to load (default: "+strings.Join(guest.DefaultModules, ",")+")")
+	modules := flag.String("modules", "", "comma-separated kernel modules to load (default for amd64: "+strings.Join(guest.DefaultModules, ",")+"; arm64 adds gpio_keys)")
 	flag.Parse()
 	if flag.NArg() != 0 || (o.Agent == "") == !*testInit {
 		fmt.Fprintln(os.Stderr, "usage: build-guest [--out DIR] (--agent PATH | --test-init) [flags]")
@@ -52,7 +58,7 @@ func main() {
 		if err := os.MkdirAll(o.Out, 0o755); err != nil {
 			fail(err)
 		}
-		if err := guest.BuildStatic(ctx, guest.TestInitPackage, o.Agent); err != nil {
+		if err := guest.BuildStaticArch(ctx, o.Arch, guest.TestInitPackage, o.Agent); err != nil {
 			fail(err)
 		}
 	}
@@ -62,7 +68,7 @@ func main() {
 			fail(err)
 		}
 		o.HostileAgent = filepath.Join(o.Out, "macvz-agent-hostile")
-		if err := guest.BuildStatic(ctx, guest.AgentPackage, o.HostileAgent, guest.HostileTag); err != nil {
+		if err := guest.BuildStaticArch(ctx, o.Arch, guest.AgentPackage, o.HostileAgent, guest.HostileTag); err != nil {
 			fail(err)
 		}
 		tags = append(tags, guest.RefHostile, guest.RefHostileGarbage)

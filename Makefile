@@ -25,12 +25,15 @@ all: build
 
 # bin/macvz is the daemon for this host (the darwin daemon needs cgo and the
 # macOS SDK: darwin-check type-checks it instead). The agent runs in the
-# guests: static linux/amd64 for QEMU guests, darwin/arm64 for macOS guests.
+# guests: static linux/amd64 for QEMU guests, linux/arm64 for arm64 Linux
+# guests (QEMU's virt machine here, a Mac's node VM), darwin/arm64 for
+# macOS guests.
 build:
 	@mkdir -p bin
 	$(if $(call has_main,macvz),$(GO) build -o bin/macvz ./cmd/macvz)
 	$(if $(call has_main,macvz-shim),$(GO) build -o bin/macvz-shim ./cmd/macvz-shim)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
+	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o bin/linux-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-net ./cmd/macvz-net)
@@ -150,8 +153,12 @@ clean:
 
 # Recommends stay on: qemu-system-x86 recommends ipxe-qemu, the option
 # ROMs that -device virtio-net-pci loads.
+# The arm64 test guest (TestArm64GuestBoot) downloads Debian's arm64
+# kernel and busybox-static:arm64: dpkg gets the arm64 architecture once,
+# before apt-get update, so apt's lists have them.
 deps:
+	dpkg --print-foreign-architectures | grep -qx arm64 || $(SUDO) dpkg --add-architecture arm64
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-		qemu-system-x86 qemu-utils busybox-static cpio kmod xfsprogs e2fsprogs \
+		qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio kmod xfsprogs e2fsprogs \
 		iproute2 nftables tmux git ca-certificates

@@ -21,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/macvz/macvz/internal/relay"
 )
 
 // Mapping is one hostPort.
@@ -283,21 +285,7 @@ func (g *group) spliceTCP(client net.Conn, target string) {
 	defer g.untrack(guest)
 	defer guest.Close()
 
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		// Pass the EOF on; the other direction may still be talking.
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-		done <- struct{}{}
-	}
-	go pipe(guest, client)
-	go pipe(client, guest)
-	<-done
-	<-done
+	relay.Both(guest, client)
 }
 
 // udpSession relays one client's datagrams.

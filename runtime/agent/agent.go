@@ -49,6 +49,9 @@ type config struct {
 	log      *slog.Logger
 	// version is what Ping and Info report ("dev").
 	version string
+	// socketDir holds the unix sockets PortForward's listen makes
+	// (DefaultSocketDir).
+	socketDir string
 }
 
 // agent implements api.AgentService.
@@ -69,6 +72,8 @@ type agent struct {
 	// shares maps a share's tag to where MountShare mounted its root, the
 	// source of later subpath binds.
 	shares map[string]string
+	// listeners are PortForward's guest sockets, by listen address.
+	listeners map[string]*guestListener
 
 	shutdownOnce sync.Once
 }
@@ -85,7 +90,10 @@ func newAgent(cfg config) *agent {
 	if cfg.version == "" {
 		cfg.version = "dev"
 	}
-	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, ready: make(chan struct{}), allLoaded: make(chan struct{})}
+	if cfg.socketDir == "" {
+		cfg.socketDir = DefaultSocketDir
+	}
+	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, listeners: map[string]*guestListener{}, ready: make(chan struct{}), allLoaded: make(chan struct{})}
 	close(a.ready)
 	close(a.allLoaded)
 	if cfg.centralReaper {

@@ -35,6 +35,9 @@ type Options struct {
 	Version string
 	// Log is the agent's log (slog.Default() when nil).
 	Log *slog.Logger
+	// SocketDir is where PortForward's listen may make unix sockets
+	// (DefaultSocketDir when empty).
+	SocketDir string
 }
 
 // Agent is the guest agent: the runtime/agentapi service, ready to be
@@ -81,6 +84,7 @@ func New(opts Options) (*Agent, error) {
 		centralReaper: opts.Init || opts.Subreaper,
 		log:           log,
 		version:       opts.Version,
+		socketDir:     opts.SocketDir,
 	}
 	if opts.System {
 		cfg.powerOff = powerOff

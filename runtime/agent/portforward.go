@@ -13,35 +13,24 @@ import (
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
 
-// PortForward tunnels a stream to a TCP port on the guest's loopback; see
+// PortForward tunnels a stream to a TCP port on the guest's loopback, or
+// from a guest client of a socket the agent listens on; see
 // api.PortForwardFrame for the flow control.
 func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardServer) error {
 	first, err := stream.Recv()
 	if err != nil {
 		return err
 	}
-	if first.Port == 0 || first.Port > 65535 {
-		return errf(codes.InvalidArgument, "PortForward: invalid port %d", first.Port)
-	}
 	window := uint64(first.Window)
 	if window == 0 || window > defaultWindow {
 		window = defaultWindow
 	}
-	port := strconv.Itoa(int(first.Port))
-	var d net.Dialer
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := d.DialContext(dctx, "tcp4", net.JoinHostPort("127.0.0.1", port))
+	conn, err := a.forwardConn(ctx, first)
 	if err != nil {
-		var err6 error
-		conn, err6 = d.DialContext(dctx, "tcp6", net.JoinHostPort("::1", port))
-		if err6 != nil {
-			cancel()
-			return errf(codes.Unavailable, "PortForward: connecting to localhost:%s in the guest: %v", port, err)
-		}
+		return err
 	}
-	cancel()
 	defer conn.Close()
-	tcp, _ := conn.(*net.TCPConn)
+	halfCloser, _ := conn.(interface{ CloseWrite() error })
 
 	var sendMu sync.Mutex
 	send := func(f *api.PortForwardFrame) error {
@@ -102,8 +91,8 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 					acked, chunks = received, 0
 				}
 			}
-			if f.CloseWrite && tcp != nil {
-				tcp.CloseWrite()
+			if f.CloseWrite && halfCloser != nil {
+				halfCloser.CloseWrite()
 			}
 		}
 	}()
@@ -145,9 +134,50 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// The guest side ended: tell the client, and end the stream.
+			// The guest side ended: tell the client. A guest port's
+			// server has said all it will: end the stream. A guest client
+			// (listen) may only have half-closed after its request: its
+			// answer is still coming, until the host ends the stream.
 			send(&api.PortForwardFrame{CloseWrite: true})
+			if first.Listen != "" {
+				select {
+				case <-clientDone:
+				case <-ctx.Done():
+				}
+			}
 			return nil
 		}
 	}
+}
+
+// forwardConn is the guest end of a PortForward stream whose first frame
+// is first: a connection to localhost's port, or the next guest client
+// of the listen socket.
+func (a *agent) forwardConn(ctx context.Context, first *api.PortForwardFrame) (net.Conn, error) {
+	if first.Listen != "" {
+		if first.Port != 0 {
+			return nil, errf(codes.InvalidArgument, "PortForward: a frame with both port %d and listen %q", first.Port, first.Listen)
+		}
+		l, err := a.guestListener(first.Listen)
+		if err != nil {
+			return nil, err
+		}
+		return l.accept(ctx)
+	}
+	if first.Port == 0 || first.Port > 65535 {
+		return nil, errf(codes.InvalidArgument, "PortForward: invalid port %d", first.Port)
+	}
+	port := strconv.Itoa(int(first.Port))
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := d.DialContext(dctx, "tcp4", net.JoinHostPort("127.0.0.1", port))
+	if err != nil {
+		var err6 error
+		conn, err6 = d.DialContext(dctx, "tcp6", net.JoinHostPort("::1", port))
+		if err6 != nil {
+			return nil, errf(codes.Unavailable, "PortForward: connecting to localhost:%s in the guest: %v", port, err)
+		}
+	}
+	return conn, nil
 }

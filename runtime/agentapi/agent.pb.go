@@ -3104,6 +3104,16 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 // half close); the agent ends the stream when the guest connection's read
 // side ends and all of it was sent, or when the client ends the stream
 // (CloseSend after close_write, or a lost connection).
+//
+// With `listen` instead of `port` the tunnel runs the other way round: the
+// agent listens on that guest socket (made on first use, kept while the
+// agent runs) and answers with the empty frame once a guest client has
+// connected; the host then relays that connection wherever it wants (the
+// node VM's kubelet reaches the daemon's CRI and streaming sockets so).
+// The host keeps a stream waiting per client it expects; a client that
+// connects while none waits is held until one does. Allowed: "unix:"
+// plus a path in the agent's socket directory (/run/macvz), or "tcp:"
+// plus a loopback address and port; anything else is InvalidArgument.
 type PortForwardFrame struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Port          uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
@@ -3111,6 +3121,7 @@ type PortForwardFrame struct {
 	Ack           uint64                 `protobuf:"varint,3,opt,name=ack,proto3" json:"ack,omitempty"`
 	CloseWrite    bool                   `protobuf:"varint,4,opt,name=close_write,json=closeWrite,proto3" json:"close_write,omitempty"`
 	Window        uint32                 `protobuf:"varint,5,opt,name=window,proto3" json:"window,omitempty"` // first frame only; 0 = 1 MiB
+	Listen        string                 `protobuf:"bytes,6,opt,name=listen,proto3" json:"listen,omitempty"`  // first frame only; see above
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3178,6 +3189,13 @@ func (x *PortForwardFrame) GetWindow() uint32 {
 		return x.Window
 	}
 	return 0
+}
+
+func (x *PortForwardFrame) GetListen() string {
+	if x != nil {
+		return x.Listen
+	}
+	return ""
 }
 
 var File_agent_proto protoreflect.FileDescriptor
@@ -3383,14 +3401,15 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fShutdownRequest\x12\x16\n" +
 	"\x06reboot\x18\x01 \x01(\bR\x06reboot\x12&\n" +
 	"\x0fgrace_period_ms\x18\x02 \x01(\rR\rgracePeriodMs\"\x12\n" +
-	"\x10ShutdownResponse\"\x85\x01\n" +
+	"\x10ShutdownResponse\"\x9d\x01\n" +
 	"\x10PortForwardFrame\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
 	"\x03ack\x18\x03 \x01(\x04R\x03ack\x12\x1f\n" +
 	"\vclose_write\x18\x04 \x01(\bR\n" +
 	"closeWrite\x12\x16\n" +
-	"\x06window\x18\x05 \x01(\rR\x06window*6\n" +
+	"\x06window\x18\x05 \x01(\rR\x06window\x12\x16\n" +
+	"\x06listen\x18\x06 \x01(\tR\x06listen*6\n" +
 	"\x05Stdio\x12\x15\n" +
 	"\x11STDIO_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

@@ -143,8 +143,15 @@ func (r *OutputReader) Close() error {
 	return nil
 }
 
-// ForwardConn is a PortForward stream as a connection to a TCP port on
-// the guest's localhost. CloseWrite half-closes it; Close ends it.
+// ForwardConn is a PortForward stream as a connection: to a TCP port on
+// the guest's localhost (DialPort) or from a guest client (AcceptGuest).
+// CloseWrite half-closes it; Close ends it.
+//
+// A goroutine receives the stream's frames as they come: acks open the
+// window for Write whether or not anyone reads, and data waits in a queue
+// for Read. The queue stays within the window, as Read acks only what it
+// has consumed. So a writer never waits on a reader, and a relay copying
+// both ways (the peer echoing what it gets) cannot deadlock.
 type ForwardConn struct {
 	stream Agent_PortForwardClient
 	cancel context.CancelFunc
@@ -153,31 +160,88 @@ type ForwardConn struct {
 	sendMu sync.Mutex
 
 	mu       sync.Mutex
-	changed  chan struct{}
+	changed  chan struct{} // closed and renewed on every change below
 	peerAck  uint64
 	sent     uint64
 	inflight []uint64
 	closed   bool
-	failed   error // the stream broke (seen by Read)
+	failed   error    // the stream broke
+	queue    [][]byte // data received, not yet read
+	eof      bool     // the peer's close_write came (after queue)
+	consumed uint64   // bytes Read returned
+	acked    uint64   // the last ack sent
+	unacked  int      // chunks consumed since it
+	recvDone chan struct{}
+}
 
-	rmu      sync.Mutex
-	pending  []byte
-	received uint64
-	acked    uint64
-	unacked  int
-	rerr     error
+func newForwardConn(s Agent_PortForwardClient, cancel context.CancelFunc) *ForwardConn {
+	c := &ForwardConn{stream: s, cancel: cancel, window: DefaultWindow, changed: make(chan struct{}), recvDone: make(chan struct{})}
+	go c.receive()
+	return c
+}
+
+// notifyLocked wakes everything waiting on a change (mu held).
+func (c *ForwardConn) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// receive takes the stream's frames until it ends.
+func (c *ForwardConn) receive() {
+	defer close(c.recvDone)
+	for {
+		f, err := c.stream.Recv()
+		c.mu.Lock()
+		if err != nil {
+			if c.failed == nil {
+				c.failed = err
+			}
+			c.notifyLocked()
+			c.mu.Unlock()
+			return
+		}
+		if f.Ack > c.peerAck {
+			c.peerAck = min(f.Ack, c.sent)
+			for len(c.inflight) > 0 && c.inflight[0] <= c.peerAck {
+				c.inflight = c.inflight[1:]
+			}
+		}
+		// Data after close_write breaks the protocol: dropped.
+		if len(f.Data) > 0 && !c.eof {
+			c.queue = append(c.queue, f.Data)
+		}
+		if f.CloseWrite {
+			c.eof = true
+		}
+		c.notifyLocked()
+		c.mu.Unlock()
+	}
 }
 
 // DialPort opens a tunnel to 127.0.0.1:port (or [::1]:port) in the guest.
 // It returns once the agent has connected.
 func DialPort(ctx context.Context, c AgentClient, port uint16) (*ForwardConn, error) {
+	return openForward(ctx, c, &PortForwardFrame{Port: uint32(port), Window: DefaultWindow})
+}
+
+// AcceptGuest waits for the next guest client of the socket listen
+// ("unix:/run/macvz/<name>" or "tcp:127.0.0.1:<port>", which the agent
+// listens on from the first call) and returns the tunnel to it; ctx
+// bounds the wait.
+func AcceptGuest(ctx context.Context, c AgentClient, listen string) (*ForwardConn, error) {
+	return openForward(ctx, c, &PortForwardFrame{Listen: listen, Window: DefaultWindow})
+}
+
+// openForward opens a PortForward stream with first and returns it once
+// the agent answers.
+func openForward(ctx context.Context, c AgentClient, first *PortForwardFrame) (*ForwardConn, error) {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s, err := c.PortForward(sctx)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	if err := s.Send(&PortForwardFrame{Port: uint32(port), Window: DefaultWindow}); err != nil {
+	if err := s.Send(first); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -200,7 +264,7 @@ func DialPort(ctx context.Context, c AgentClient, port uint16) (*ForwardConn, er
 		cancel()
 		return nil, ctx.Err()
 	}
-	return &ForwardConn{stream: s, cancel: cancel, window: DefaultWindow, changed: make(chan struct{})}, nil
+	return newForwardConn(s, cancel), nil
 }
 
 func (c *ForwardConn) send(f *PortForwardFrame) error {
@@ -209,70 +273,53 @@ func (c *ForwardConn) send(f *PortForwardFrame) error {
 	return c.stream.Send(f)
 }
 
+// Read returns received data; io.EOF once the peer closed its side and
+// everything before was read.
 func (c *ForwardConn) Read(p []byte) (int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for len(c.pending) == 0 {
-		if c.rerr != nil {
-			return 0, c.rerr
-		}
-		if c.received-c.acked >= c.window/4 || (c.unacked >= ackChunks && c.received > c.acked) {
-			if err := c.send(&PortForwardFrame{Ack: c.received}); err != nil {
-				c.rerr = err
-				return 0, err
-			}
-			c.acked, c.unacked = c.received, 0
-		}
-		f, err := c.stream.Recv()
-		if err != nil {
-			c.rerr = err
-			c.mu.Lock()
-			c.failed = err
-			close(c.changed)
-			c.changed = make(chan struct{})
+	c.mu.Lock()
+	for len(c.queue) == 0 {
+		switch {
+		case c.eof:
+			c.mu.Unlock()
+			return 0, io.EOF
+		case c.failed != nil:
+			err := c.failed
 			c.mu.Unlock()
 			return 0, err
-		}
-		if f.Ack > 0 {
-			c.mu.Lock()
-			if f.Ack > c.peerAck {
-				c.peerAck = min(f.Ack, c.sent)
-				for len(c.inflight) > 0 && c.inflight[0] <= c.peerAck {
-					c.inflight = c.inflight[1:]
-				}
-				close(c.changed)
-				c.changed = make(chan struct{})
-			}
+		case c.closed:
 			c.mu.Unlock()
+			return 0, net.ErrClosed
 		}
-		if len(f.Data) > 0 {
-			c.pending = f.Data
-			c.received += uint64(len(f.Data))
-			c.unacked++
-		}
-		if f.CloseWrite && len(c.pending) == 0 {
-			c.rerr = io.EOF
-		} else if f.CloseWrite {
-			defer func() { c.rerr = io.EOF }()
+		ch := c.changed
+		c.mu.Unlock()
+		<-ch
+		c.mu.Lock()
+	}
+	n := copy(p, c.queue[0])
+	if c.queue[0] = c.queue[0][n:]; len(c.queue[0]) == 0 {
+		c.queue = c.queue[1:]
+		c.unacked++
+	}
+	c.consumed += uint64(n)
+	var ack uint64
+	if c.consumed-c.acked >= c.window/4 || (c.unacked >= ackChunks && c.consumed > c.acked) {
+		ack, c.acked, c.unacked = c.consumed, c.consumed, 0
+	}
+	c.mu.Unlock()
+	if ack > 0 {
+		if err := c.send(&PortForwardFrame{Ack: ack}); err != nil {
+			return n, err
 		}
 	}
-	n := copy(p, c.pending)
-	c.pending = c.pending[n:]
 	return n, nil
 }
 
-// Write sends p, waiting while the window is full. Acks arrive through
-// Read, so a ForwardConn that writes a lot must also be read.
+// Write sends p, waiting while the window is full.
 func (c *ForwardConn) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		c.mu.Lock()
-		for !c.closed && (c.sent-c.peerAck >= c.window || len(c.inflight) >= 32) {
-			if c.failed != nil {
-				err := c.failed
-				c.mu.Unlock()
-				return written, err
-			}
+		for !c.closed && c.failed == nil && (c.sent-c.peerAck >= c.window || len(c.inflight) >= 32) {
 			ch := c.changed
 			c.mu.Unlock()
 			<-ch
@@ -281,6 +328,11 @@ func (c *ForwardConn) Write(p []byte) (int, error) {
 		if c.closed {
 			c.mu.Unlock()
 			return written, net.ErrClosed
+		}
+		if c.failed != nil {
+			err := c.failed
+			c.mu.Unlock()
+			return written, err
 		}
 		n := int(min(uint64(len(p)), c.window-(c.sent-c.peerAck), 32<<10))
 		c.sent += uint64(n)
@@ -308,26 +360,16 @@ func (c *ForwardConn) Close() error {
 		return nil
 	}
 	c.closed = true
-	close(c.changed)
-	c.changed = make(chan struct{})
+	c.notifyLocked()
 	c.mu.Unlock()
 	err := c.stream.CloseSend()
 	// Let the agent end the stream so the client forgets it, then cancel.
 	go func() {
-		t := time.AfterFunc(5*time.Second, c.cancel)
-		defer t.Stop()
-		defer c.cancel()
-		c.rmu.Lock()
-		defer c.rmu.Unlock()
-		if c.rerr != nil {
-			return
+		select {
+		case <-c.recvDone:
+		case <-time.After(5 * time.Second):
 		}
-		for {
-			if _, err := c.stream.Recv(); err != nil {
-				c.rerr = net.ErrClosed
-				return
-			}
-		}
+		c.cancel()
 	}()
 	if errors.Is(err, io.EOF) {
 		err = nil

@@ -1,0 +1,390 @@
+package nodevm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/guestfwd"
+)
+
+// Runtime is what the Supervisor needs of the daemon: its CRI verbs,
+// called in process with an internal context, and the agent of a
+// sandbox's VM.
+type Runtime interface {
+	RunPodSandbox(context.Context, *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error)
+	PodSandboxStatus(context.Context, *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error)
+	ListPodSandbox(context.Context, *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error)
+	StopPodSandbox(context.Context, *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error)
+	RemovePodSandbox(context.Context, *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error)
+	CreateContainer(context.Context, *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error)
+	StartContainer(context.Context, *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error)
+	ListContainers(context.Context, *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error)
+	RemoveContainer(context.Context, *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error)
+	PullImage(context.Context, *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error)
+	ImageStatus(context.Context, *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error)
+	// Agent is the guest agent of a ready sandbox's VM.
+	Agent(ctx context.Context, sandboxID string) (agentapi.AgentClient, error)
+}
+
+// Config is the node VM's part of the daemon's configuration ([node]).
+type Config struct {
+	// Image is the node image's reference.
+	Image string
+	// KubeletArgs are kubelet's arguments; the Supervisor adds none but
+	// the CRI endpoints (GuestSocket).
+	KubeletArgs []string
+	// Shares are host directories mounted in the node VM at the same
+	// path, read-write (kubelet's root dir, /var/log/pods,
+	// /var/log/containers, its configuration and PKI).
+	Shares []string
+	// MilliCPU and MemoryBytes size the node VM (0: the daemon's
+	// defaults).
+	MilliCPU    int64
+	MemoryBytes int64
+	// LogDir holds kubelet's log (kubelet.log, CRI format).
+	LogDir string
+	// CRISocket is the daemon's CRI socket on the host.
+	CRISocket string
+	// StreamAddr is the streaming server's host:port on the host; the
+	// node VM gets the same port on its loopback, so the URLs the daemon
+	// returns for exec, attach and port-forward work there.
+	StreamAddr string
+}
+
+// Backoff bounds the waits between attempts after a failure.
+var Backoff = struct{ Min, Max time.Duration }{time.Second, 5 * time.Minute}
+
+// pollEvery is how often the Supervisor checks the VM and kubelet.
+var pollEvery = 2 * time.Second
+
+// Status is what `macvz node status` shows.
+type Status struct {
+	// State: "starting", "running", "backing-off", "stopped".
+	State       string    `json:"state"`
+	SandboxID   string    `json:"sandboxID,omitempty"`
+	ContainerID string    `json:"containerID,omitempty"`
+	Image       string    `json:"image"`
+	Since       time.Time `json:"since"`
+	// Restarts counts kubelet's and the VM's restarts since the daemon
+	// started.
+	Restarts int `json:"restarts"`
+	// LastError is why the node VM last went down (kept once it runs
+	// again).
+	LastError string `json:"lastError,omitempty"`
+	LogPath   string `json:"logPath"`
+}
+
+// Supervisor keeps the node VM and its kubelet running.
+type Supervisor struct {
+	cfg Config
+	rt  Runtime
+	log *slog.Logger
+
+	mu      sync.Mutex
+	status  Status
+	restart chan struct{}
+}
+
+// New returns a Supervisor; Run starts it.
+func New(cfg Config, rt Runtime, log *slog.Logger) *Supervisor {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Supervisor{cfg: cfg, rt: rt, log: log.With("component", "node-vm"),
+		status:  Status{State: "stopped", Image: cfg.Image, LogPath: filepath.Join(cfg.LogDir, Container+".log")},
+		restart: make(chan struct{}, 1)}
+}
+
+// Status is the node VM's state now.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Restart asks for the node VM to be made again (its kubelet with it).
+func (s *Supervisor) Restart() {
+	select {
+	case s.restart <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Supervisor) set(f func(*Status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.status)
+}
+
+// Run keeps the node VM running until ctx ends. The VM is not stopped
+// then: like every VM it outlives the daemon, and the next daemon's
+// Supervisor adopts it (kubelet keeps running meanwhile; only its CRI
+// connection waits).
+func (s *Supervisor) Run(ctx context.Context) {
+	ctx = WithInternal(ctx)
+	wait := Backoff.Min
+	for ctx.Err() == nil {
+		err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		forced := errors.Is(err, errRestart)
+		if forced {
+			wait = Backoff.Min
+		}
+		s.set(func(st *Status) {
+			st.State, st.Since, st.Restarts = "backing-off", time.Now(), st.Restarts+1
+			if err != nil && !forced {
+				st.LastError = err.Error()
+			}
+		})
+		s.log.Warn("the node VM is down; starting it again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		if !forced {
+			wait = min(2*wait, Backoff.Max)
+		}
+	}
+	s.set(func(st *Status) { st.State, st.Since = "stopped", time.Now() })
+}
+
+var errRestart = errors.New("restart asked")
+
+// runOnce brings the node VM up (adopting one that runs) and watches it
+// until it or kubelet fails, or a restart is asked.
+func (s *Supervisor) runOnce(ctx context.Context) error {
+	s.set(func(st *Status) { st.State, st.Since = "starting", time.Now() })
+	sbID, ctrID, err := s.ensure(ctx)
+	if err != nil {
+		return err
+	}
+	s.set(func(st *Status) {
+		st.State, st.Since, st.SandboxID, st.ContainerID = "running", time.Now(), sbID, ctrID
+	})
+	s.log.Info("node VM running", "sandbox", sbID, "container", ctrID)
+
+	// The forwards end (stopFwd) before their wait (deferred first).
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	fwdCtx, stopFwd := context.WithCancel(ctx)
+	defer stopFwd()
+	if err := s.forward(fwdCtx, &wg, sbID); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.restart:
+			s.log.Info("restart asked: removing the node VM", "sandbox", sbID)
+			s.remove(ctx, sbID)
+			return errRestart
+		case <-time.After(pollEvery):
+		}
+		ok, why, err := s.healthy(ctx, sbID, ctrID)
+		if err != nil {
+			s.log.Warn("checking the node VM", "sandbox", sbID, "err", err)
+			continue
+		}
+		if !ok {
+			s.remove(ctx, sbID)
+			return errors.New(why)
+		}
+	}
+}
+
+// forward serves the daemon's CRI socket and streaming server inside
+// the VM until ctx ends.
+func (s *Supervisor) forward(ctx context.Context, wg *sync.WaitGroup, sbID string) error {
+	agent, err := s.rt.Agent(ctx, sbID)
+	if err != nil {
+		return fmt.Errorf("the node VM's agent: %w", err)
+	}
+	fwds := []guestfwd.Forward{{
+		Listen: "unix:" + GuestSocket,
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", s.cfg.CRISocket)
+		},
+	}}
+	if s.cfg.StreamAddr != "" {
+		_, port, err := net.SplitHostPort(s.cfg.StreamAddr)
+		if err != nil {
+			return fmt.Errorf("the streaming server's address %q: %w", s.cfg.StreamAddr, err)
+		}
+		fwds = append(fwds, guestfwd.Forward{
+			Listen: "tcp:127.0.0.1:" + port,
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", s.cfg.StreamAddr)
+			},
+		})
+	}
+	for _, f := range fwds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			guestfwd.Serve(ctx, s.log.With("sandbox", sbID), agent, f)
+		}()
+	}
+	return nil
+}
+
+// ensure returns the running node VM and kubelet container, adopting
+// them when they run, else making them (removing what is left of an
+// earlier one).
+func (s *Supervisor) ensure(ctx context.Context) (sbID, ctrID string, err error) {
+	sbs, err := s.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		LabelSelector: map[string]string{Label: "true"}}})
+	if err != nil {
+		return "", "", err
+	}
+	for _, sb := range sbs.GetItems() {
+		if sb.GetState() == runtimeapi.PodSandboxState_SANDBOX_READY && sbID == "" {
+			if id, ok := s.runningKubelet(ctx, sb.GetId()); ok {
+				s.log.Info("adopting the running node VM", "sandbox", sb.GetId())
+				sbID, ctrID = sb.GetId(), id
+				continue
+			}
+		}
+		s.remove(ctx, sb.GetId())
+	}
+	if sbID != "" {
+		return sbID, ctrID, nil
+	}
+	if err := s.pull(ctx); err != nil {
+		return "", "", err
+	}
+	podCfg := s.podConfig()
+	run, err := s.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	if err != nil {
+		return "", "", fmt.Errorf("starting the node VM: %w", err)
+	}
+	sbID = run.GetPodSandboxId()
+	created, err := s.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: sbID, Config: s.containerConfig(), SandboxConfig: podCfg})
+	if err != nil {
+		s.remove(ctx, sbID)
+		return "", "", fmt.Errorf("creating kubelet in the node VM: %w", err)
+	}
+	if _, err := s.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: created.GetContainerId()}); err != nil {
+		s.remove(ctx, sbID)
+		return "", "", fmt.Errorf("starting kubelet in the node VM: %w", err)
+	}
+	return sbID, created.GetContainerId(), nil
+}
+
+// runningKubelet is the sandbox's running kubelet container, if any.
+func (s *Supervisor) runningKubelet(ctx context.Context, sbID string) (string, bool) {
+	cs, err := s.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		PodSandboxId: sbID, State: &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING}}})
+	if err != nil {
+		return "", false
+	}
+	for _, c := range cs.GetContainers() {
+		if c.GetMetadata().GetName() == Container {
+			return c.GetId(), true
+		}
+	}
+	return "", false
+}
+
+// healthy reports whether the VM is ready and kubelet runs, and if not,
+// why.
+func (s *Supervisor) healthy(ctx context.Context, sbID, ctrID string) (bool, string, error) {
+	st, err := s.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sbID})
+	if status.Code(err) == codes.NotFound {
+		return false, "the node VM's sandbox is gone", nil
+	}
+	if err != nil {
+		return false, "", err
+	}
+	if st.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
+		return false, "the node VM stopped", nil
+	}
+	if id, ok := s.runningKubelet(ctx, sbID); !ok || id != ctrID {
+		return false, "kubelet in the node VM exited", nil
+	}
+	return true, "", nil
+}
+
+// remove stops and removes a node VM sandbox; failures are logged (the
+// next attempt retries them).
+func (s *Supervisor) remove(ctx context.Context, sbID string) {
+	ctx = context.WithoutCancel(ctx)
+	if _, err := s.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sbID}); err != nil && status.Code(err) != codes.NotFound {
+		s.log.Warn("stopping the node VM", "sandbox", sbID, "err", err)
+	}
+	if _, err := s.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sbID}); err != nil && status.Code(err) != codes.NotFound {
+		s.log.Warn("removing the node VM", "sandbox", sbID, "err", err)
+	}
+}
+
+// pull pulls the node image unless it is there.
+func (s *Supervisor) pull(ctx context.Context) error {
+	spec := &runtimeapi.ImageSpec{Image: s.cfg.Image}
+	st, err := s.rt.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: spec})
+	if err == nil && st.GetImage() != nil {
+		return nil
+	}
+	s.log.Info("pulling the node image", "image", s.cfg.Image)
+	if _, err := s.rt.PullImage(ctx, &runtimeapi.PullImageRequest{Image: spec}); err != nil {
+		return fmt.Errorf("pulling the node image %s: %w", s.cfg.Image, err)
+	}
+	return nil
+}
+
+// podConfig is the node VM's sandbox: the host's network (the node's
+// address is the host's; kubelet's port is forwarded), sized by Config.
+func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: PodName, Namespace: PodNamespace, Uid: PodUID},
+		Hostname:     PodName,
+		LogDirectory: s.cfg.LogDir,
+		Labels:       map[string]string{Label: "true"},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+			},
+		},
+	}
+	if s.cfg.MilliCPU > 0 || s.cfg.MemoryBytes > 0 {
+		cfg.Linux.Resources = &runtimeapi.LinuxContainerResources{
+			CpuPeriod: 100000, CpuQuota: s.cfg.MilliCPU * 100, MemoryLimitInBytes: s.cfg.MemoryBytes}
+	}
+	return cfg
+}
+
+// containerConfig is kubelet: the image's binary with Config's
+// arguments, the shares at their host paths.
+func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
+	args := append([]string{
+		"--container-runtime-endpoint=unix://" + GuestSocket,
+		"--image-service-endpoint=unix://" + GuestSocket,
+	}, s.cfg.KubeletArgs...)
+	c := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: Container},
+		Image:    &runtimeapi.ImageSpec{Image: s.cfg.Image},
+		Command:  []string{"/usr/bin/kubelet"},
+		Args:     args,
+		LogPath:  Container + ".log",
+		Labels:   map[string]string{Label: "true"},
+	}
+	for _, p := range s.cfg.Shares {
+		c.Mounts = append(c.Mounts, &runtimeapi.Mount{HostPath: p, ContainerPath: p})
+	}
+	return c
+}

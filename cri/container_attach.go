@@ -45,7 +45,7 @@ func (s *Service) attachStream(ctx context.Context, cid string, in io.Reader, ou
 	if err != nil {
 		return err
 	}
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	}
 	unlock := s.ctl.Lock(r.GetPodSandboxId())
 	defer unlock()
-	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	sb, err := s.sandbox(ctx, r.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +75,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		State:     store.ContainerCreated,
 		CreatedAt: time.Now(),
 		LogPath:   logPath,
+		Node:      sb.Node,
 	}
 	if err := s.st.CreateContainer(c); err != nil {
 		return nil, err

@@ -38,7 +38,7 @@ func (s *Service) Exec(ctx context.Context, r *runtimeapi.ExecRequest) (*runtime
 
 // runningContainer is a container that must be running.
 func (s *Service) runningContainer(ctx context.Context, id string) (store.Container, error) {
-	c, err := s.st.Container(id)
+	c, err := s.container(ctx, id)
 	if err != nil {
 		return c, err
 	}

@@ -111,7 +111,7 @@ type execProcess struct {
 // newExec creates (not starts) an exec process in a running container,
 // with the container's user, environment and working directory.
 func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, stdin bool) (*execProcess, error) {
-	c, err := s.st.Container(cid)
+	c, err := s.container(ctx, cid)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +119,7 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 	if c.State != store.ContainerRunning {
 		return nil, fmt.Errorf("container %s is not running (%s): %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil {
 		return nil, err
 	}

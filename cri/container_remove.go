@@ -14,7 +14,7 @@ import (
 // RemoveContainer removes a container, killing it first if it runs (as
 // the CRI asks). Removing an unknown or removed container is fine.
 func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if errdefs.IsNotFound(err) {
 		return &runtimeapi.RemoveContainerResponse{}, nil
 	}
@@ -30,7 +30,7 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 		return nil, fmt.Errorf("stopping container %s before removing it: %w", c.ID, err)
 	}
 	testpause.Pause(ctx, "rm") // test-only hook, inert unless MACVZ_TEST_PAUSE=rm
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil && !errdefs.IsNotFound(err) {
 		return nil, err
 	}

@@ -24,19 +24,19 @@ import (
 // a process the guest agent runs, its output copied to the log path by
 // the shim.
 func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContainerRequest) (_ *runtimeapi.StartContainerResponse, retErr error) {
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
 	unlock := s.ctl.Lock(c.SandboxID)
 	defer unlock()
-	if c, err = s.st.Container(c.ID); err != nil {
+	if c, err = s.container(ctx, c.ID); err != nil {
 		return nil, err
 	}
 	if c.State != store.ContainerCreated {
 		return nil, fmt.Errorf("container %s is %s; only a created container can start: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil {
 		return nil, err
 	}

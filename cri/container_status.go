@@ -11,7 +11,7 @@ import (
 
 // ContainerStatus reports a container; NotFound for an unknown ID.
 func (s *Service) ContainerStatus(ctx context.Context, r *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -82,10 +82,10 @@ func (s *Service) StreamContainers(r *runtimeapi.StreamContainersRequest, stream
 }
 
 func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFilter) ([]*runtimeapi.Container, error) {
-	recs, err := s.st.Containers(func(c *store.Container) bool {
+	recs, err := s.st.Containers(visibleContainers(ctx, func(c *store.Container) bool {
 		return (f.GetId() == "" || hasPrefix(c.ID, f.GetId())) &&
 			(f.GetPodSandboxId() == "" || hasPrefix(c.SandboxID, f.GetPodSandboxId()))
-	})
+	}))
 	if err != nil {
 		return nil, err
 	}

@@ -27,7 +27,7 @@ const killWait = 10 * time.Second
 // the timeout as grace. Stopping a container that is not running, or an
 // unknown one, is fine.
 func (s *Service) StopContainer(ctx context.Context, r *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if errdefs.IsNotFound(err) {
 		// Idempotent, like every stop and remove.
 		return &runtimeapi.StopContainerResponse{}, nil
@@ -45,7 +45,7 @@ func (s *Service) StopContainer(ctx context.Context, r *runtimeapi.StopContainer
 
 // stopContainer is StopContainer under the sandbox lock.
 func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
-	c, err := s.st.Container(id)
+	c, err := s.container(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func (s *Service) stopContainer(ctx context.Context, id string, timeout time.Dur
 		return nil
 	}
 	log := ctrLog(c)
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.Up
 	if err := validateResources(res); err != nil {
 		return nil, err
 	}
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +74,7 @@ func validateResources(r *runtimeapi.LinuxContainerResources) error {
 // ReopenContainerLog makes the shim reopen a running container's log
 // file (kubelet renames it to rotate it first).
 func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenContainerLogRequest) (*runtimeapi.ReopenContainerLogResponse, error) {
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func (s *Service) ReopenContainerLog(ctx context.Context, r *runtimeapi.ReopenCo
 	if c.IsVM || c.LogPath == "" {
 		return &runtimeapi.ReopenContainerLogResponse{}, nil
 	}
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil {
 		return nil, err
 	}

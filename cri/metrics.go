@@ -127,7 +127,7 @@ func (s *Service) StreamPodSandboxMetrics(_ *runtimeapi.StreamPodSandboxMetricsR
 // nothing to report. A sandbox that is not ready, or whose VM has not
 // booted, has nothing measured and is left out too.
 func (s *Service) listSandboxMetrics(ctx context.Context) ([]*runtimeapi.PodSandboxMetrics, error) {
-	sbs, err := s.st.Sandboxes(nil)
+	sbs, err := s.st.Sandboxes(visibleSandboxes(ctx, nil))
 	if err != nil {
 		return nil, err
 	}

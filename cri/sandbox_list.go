@@ -31,9 +31,9 @@ func (s *Service) StreamPodSandboxes(r *runtimeapi.StreamPodSandboxesRequest, st
 }
 
 func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFilter) ([]*runtimeapi.PodSandbox, error) {
-	recs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
+	recs, err := s.st.Sandboxes(visibleSandboxes(ctx, func(sb *store.Sandbox) bool {
 		return f.GetId() == "" || strings.HasPrefix(sb.ID, f.GetId())
-	})
+	}))
 	if err != nil {
 		return nil, err
 	}

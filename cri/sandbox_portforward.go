@@ -33,7 +33,7 @@ func (s *Service) PortForward(ctx context.Context, r *runtimeapi.PortForwardRequ
 
 // readySandbox is a sandbox whose VM runs.
 func (s *Service) readySandbox(ctx context.Context, id string) (store.Sandbox, error) {
-	sb, err := s.st.Sandbox(id)
+	sb, err := s.sandbox(ctx, id)
 	if err != nil {
 		return sb, err
 	}

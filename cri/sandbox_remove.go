@@ -14,7 +14,7 @@ import (
 // containers, its disk clone, its state directory and its records.
 // Removing an unknown (or removed) sandbox is fine.
 func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
-	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	sb, err := s.sandbox(ctx, r.GetPodSandboxId())
 	if errdefs.IsNotFound(err) {
 		return &runtimeapi.RemovePodSandboxResponse{}, nil
 	}
@@ -23,7 +23,7 @@ func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodS
 	}
 	unlock := s.ctl.Lock(sb.ID)
 	defer unlock()
-	if sb, err = s.st.Sandbox(sb.ID); errdefs.IsNotFound(err) {
+	if sb, err = s.sandbox(ctx, sb.ID); errdefs.IsNotFound(err) {
 		return &runtimeapi.RemovePodSandboxResponse{}, nil
 	}
 	if sb.State == store.SandboxReady || sb.VMStarted {

@@ -11,6 +11,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -25,6 +26,10 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	}
 	if err := validateResources(cfg.GetLinux().GetResources()); err != nil {
 		return nil, err
+	}
+	node := nodevm.IsNode(cfg.GetLabels())
+	if node && !nodevm.Internal(ctx) {
+		return nil, fmt.Errorf("the label %s is the daemon's own, for its node VM: %w", nodevm.Label, errdefs.ErrInvalidArgument)
 	}
 	vmImage, err := s.handlerImage(r.GetRuntimeHandler(), cfg)
 	if err != nil {
@@ -48,6 +53,7 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 		Config:  raw,
 		Spec:    sandboxSpec(cfg),
 		Handler: r.GetRuntimeHandler(),
+		Node:    node,
 	}, img)
 	if err != nil {
 		return nil, err

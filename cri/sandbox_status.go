@@ -11,7 +11,7 @@ import (
 
 // PodSandboxStatus reports a sandbox; NotFound for an unknown ID.
 func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
-	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	sb, err := s.sandbox(ctx, r.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,7 @@ import (
 // marks it NotReady. Stopping a stopped, removed or unknown sandbox is
 // fine: the CRI makes stop idempotent (critest checks it).
 func (s *Service) StopPodSandbox(ctx context.Context, r *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
-	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	sb, err := s.sandbox(ctx, r.GetPodSandboxId())
 	if errdefs.IsNotFound(err) {
 		return &runtimeapi.StopPodSandboxResponse{}, nil
 	}

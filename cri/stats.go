@@ -104,11 +104,11 @@ func memoryOf(ts int64, m *agentapi.MemoryStats) *runtimeapi.MemoryUsage {
 
 // ContainerStats reports one container.
 func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
-	c, err := s.st.Container(r.GetContainerId())
+	c, err := s.container(ctx, r.GetContainerId())
 	if err != nil {
 		return nil, err
 	}
-	sb, err := s.st.Sandbox(c.SandboxID)
+	sb, err := s.sandbox(ctx, c.SandboxID)
 	if err != nil {
 		return nil, err
 	}
@@ -145,9 +145,9 @@ func (s *Service) StreamContainerStats(r *runtimeapi.StreamContainerStatsRequest
 }
 
 func (s *Service) listContainerStats(ctx context.Context, f *runtimeapi.ContainerStatsFilter) ([]*runtimeapi.ContainerStats, error) {
-	cs, err := s.st.Containers(func(c *store.Container) bool {
+	cs, err := s.st.Containers(visibleContainers(ctx, func(c *store.Container) bool {
 		return hasPrefix(c.ID, f.GetId()) && hasPrefix(c.SandboxID, f.GetPodSandboxId())
-	})
+	}))
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func (s *Service) listContainerStats(ctx context.Context, f *runtimeapi.Containe
 		}
 		vm, ok := vms[c.SandboxID]
 		if !ok {
-			if sb, err := s.st.Sandbox(c.SandboxID); err == nil {
+			if sb, err := s.sandbox(ctx, c.SandboxID); err == nil {
 				if vm, err = s.vmStats(ctx, sb); err != nil {
 					sbLog(sb.ID).Warn("stats", "err", err)
 				}
@@ -183,7 +183,7 @@ func (s *Service) listContainerStats(ctx context.Context, f *runtimeapi.Containe
 
 // PodSandboxStats reports one sandbox: its VM and its containers.
 func (s *Service) PodSandboxStats(ctx context.Context, r *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
-	sb, err := s.st.Sandbox(r.GetPodSandboxId())
+	sb, err := s.sandbox(ctx, r.GetPodSandboxId())
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +215,7 @@ func (s *Service) StreamPodSandboxStats(r *runtimeapi.StreamPodSandboxStatsReque
 }
 
 func (s *Service) listSandboxStats(ctx context.Context, f *runtimeapi.PodSandboxStatsFilter) ([]*runtimeapi.PodSandboxStats, error) {
-	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return hasPrefix(sb.ID, f.GetId()) })
+	sbs, err := s.st.Sandboxes(visibleSandboxes(ctx, func(sb *store.Sandbox) bool { return hasPrefix(sb.ID, f.GetId()) }))
 	if err != nil {
 		return nil, err
 	}

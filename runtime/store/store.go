@@ -81,6 +81,9 @@ type Sandbox struct {
 	// Reason says why a sandbox is NotReady when it did not stop by
 	// StopPodSandbox ("the VM's shim is gone").
 	Reason string `json:"reason,omitempty"`
+	// Node marks the node VM (runtime/nodevm): the CRI shows it to the
+	// daemon's node-VM supervisor only.
+	Node bool `json:"node,omitempty"`
 }
 
 // Network is what a sandbox's VM needs of its CNI attachment.
@@ -191,6 +194,8 @@ type Container struct {
 	ExitCode   int32     `json:"exitCode"`
 	Reason     string    `json:"reason,omitempty"`
 	Message    string    `json:"message,omitempty"`
+	// Node: the container is in the node VM (Sandbox.Node).
+	Node bool `json:"node,omitempty"`
 }
 
 // Store is the state database.

@@ -20,8 +20,9 @@
 //     requested;
 //   - amd64 only: a vmgenid device. QEMU's virt machine has none (QEMU
 //     7.2), so an arm64 guest cannot tell that it was restored from a
-//     saved state, and the driver refuses to restore one (Validate):
-//     guests restored from one state would share their random state.
+//     saved state, and the driver refuses to restore one (Restorable,
+//     which Validate applies to Spec.RestoreFrom): guests restored from
+//     one state would share their random state.
 //
 // Files in Spec.Dir: qemu.pid, qemu.log (QEMU's stderr and stdout),
 // agent.sock, qmp.sock, and console.log when Spec.ConsoleLog is empty.
@@ -196,6 +197,21 @@ func precondition(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errdefs.ErrFailedPrecondition}, args...)...)
 }
 
+// Restorable implements vm.Driver: an amd64 guest can be restored from
+// a saved state, an arm64 guest cannot. QEMU's virt machine has no
+// vmgenid device (QEMU 7.2), so a restored arm64 guest would not know to
+// reseed its RNG, and every VM restored from one state would draw the
+// same random numbers.
+func (d *Driver) Restorable(spec *vm.Spec) error {
+	if spec == nil {
+		return invalid("no VM spec")
+	}
+	if d.config(spec).arch == ArchARM64 {
+		return precondition("an arm64 guest cannot be restored from a saved state (QEMU's virt machine has no vmgenid device to tell it to reseed its RNG)")
+	}
+	return nil
+}
+
 // Validate implements vm.Driver: it checks the spec without creating
 // anything. Bad values are errdefs.ErrInvalidArgument; missing files, a
 // missing QEMU or an unusable accelerator are errdefs.ErrFailedPrecondition.
@@ -300,11 +316,8 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 		}
 	}
 	if spec.RestoreFrom != "" {
-		if c.arch == ArchARM64 {
-			// No vmgenid on virt: the restored guest would not know to
-			// reseed its RNG, and every VM restored from this state would
-			// draw the same random numbers.
-			return precondition("restoreFrom: an arm64 guest cannot be restored from a saved state (QEMU's virt machine has no vmgenid device to tell it to reseed its RNG); boot it cold")
+		if err := d.Restorable(spec); err != nil {
+			return fmt.Errorf("restoreFrom: %w; boot it cold", err)
 		}
 		if err := regularFile("restoreFrom", spec.RestoreFrom); err != nil {
 			return err

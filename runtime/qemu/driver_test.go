@@ -322,6 +322,25 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestRestorable: amd64 guests (vmgenid) can be restored from a saved
+// state, arm64 guests (virt: no vmgenid) cannot, whatever their files.
+func TestRestorable(t *testing.T) {
+	d := New()
+	if err := d.Restorable(&vm.Spec{Boot: vm.Boot{Kind: vm.BootLinux}}); err != nil {
+		t.Errorf("default (amd64) guest: %v", err)
+	}
+	if err := d.Restorable(&vm.Spec{Arch: ArchAMD64, QEMU: vm.QEMUOptions{Machine: "pc"}}); err != nil {
+		t.Errorf("amd64 guest on pc: %v", err)
+	}
+	err := d.Restorable(&vm.Spec{Arch: ArchARM64})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "no vmgenid") {
+		t.Errorf("arm64 guest: %v", err)
+	}
+	if err := d.Restorable(nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("nil spec: %v", err)
+	}
+}
+
 func TestResolveAccel(t *testing.T) {
 	d := New()
 	if d.Name() != "qemu" {

@@ -298,3 +298,26 @@ func TestRefreshSeesVMStop(t *testing.T) {
 		t.Errorf("shim of a stopped VM: %+v", n)
 	}
 }
+
+// TestArm64BootsCold: QEMU cannot restore an arm64 guest, so its boots
+// save no state (a save pauses the VM and drops its agent connection
+// for nothing) and every one is cold.
+func TestArm64BootsCold(t *testing.T) {
+	requireRoot(t)
+	shims := shimtest.New()
+	s, _ := newFakeController(t, t.TempDir(), shims)
+	img := testImage(t, s)
+	img.Descriptor.Arch = "arm64"
+	for _, id := range []string{"sb1", "sb2"} {
+		sb := createSandbox(t, s, id, "web_ns_"+id, img)
+		if o := shims.LastSpawn(); o.Spec.Arch != "arm64" || o.Spec.RestoreFrom != "" {
+			t.Errorf("%s: spec arch %q restoreFrom %q", id, o.Spec.Arch, o.Spec.RestoreFrom)
+		}
+		if n := shims.Running(sb.Dir).Calls(); n.Saves != 0 || n.Resumes != 0 {
+			t.Errorf("%s: %+v", id, n)
+		}
+	}
+	if ents, _ := os.ReadDir(s.cfg.WarmDir); len(ents) != 0 {
+		t.Errorf("warm dir: %v", ents)
+	}
+}

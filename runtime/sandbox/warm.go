@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/macvz/macvz/netplugin"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
 	"github.com/macvz/macvz/snapshotter"
@@ -44,6 +45,11 @@ import (
 // one saved state per VM slot (see warmPlan). A restore that fails (a
 // hypervisor upgrade that cannot read old states, a corrupt file) drops
 // the state and boots cold.
+//
+// A VM its backend cannot restore (vm.Driver.Restorable: QEMU's arm64
+// guests, whose virt machine has no vmgenid to make a restored guest
+// reseed its RNG) gets no warm key: its state is never saved, and it
+// always boots cold.
 
 // warmLayout changes when the VM a backend builds from a Spec changes in
 // a way a saved state depends on (QEMU's device list): old states then
@@ -130,10 +136,24 @@ type warmStore struct {
 
 	mu     sync.Mutex
 	saving map[string]bool
+	// coldOnly are the images (VMImage.Content) whose VMs the backend
+	// cannot restore, once said in the log.
+	coldOnly map[string]bool
 }
 
 func newWarmStore(dir string, max int, sn *snapshotter.Snapshotter) *warmStore {
-	return &warmStore{dir: dir, max: max, sn: sn, saving: map[string]bool{}}
+	return &warmStore{dir: dir, max: max, sn: sn, saving: map[string]bool{}, coldOnly: map[string]bool{}}
+}
+
+// noteColdOnly logs, once per image, why its VMs boot cold.
+func (w *warmStore) noteColdOnly(img *imagestore.VMImage, why error) {
+	w.mu.Lock()
+	seen := w.coldOnly[img.Content]
+	w.coldOnly[img.Content] = true
+	w.mu.Unlock()
+	if !seen {
+		slog.Info("warm start is off for this image: its VMs always boot cold", "image", img.Image.Name, "why", why)
+	}
 }
 
 // warmSnapshotPrefix names the committed snapshots of saved disks.
@@ -361,6 +381,12 @@ func (s *Controller) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, er
 	if sb.Network != nil {
 		probe.NICs = []vm.NIC{sb.Network.NIC}
 	}
+	// A state the backend could not restore is not worth saving (and
+	// saving pauses the VM and drops its agent connection).
+	if err := shim.Restorable(s.cfg.Backend, probe); err != nil {
+		s.warm.noteColdOnly(b.img, err)
+		return "", "", nil
+	}
 	slot := 0
 	if b.img.Descriptor.OS == "darwin" {
 		if sb.Network != nil && !slotMACNIC(sb.Network.NIC.Kind) {
@@ -443,8 +469,13 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 		}
 	}()
 	if err := c.Save(ctx, filepath.Join(tmp, "state")); err != nil {
-		// The backend leaves a VM it could not save running.
+		// The shim leaves a VM it could not save running, its agent
+		// reachable. Resuming again costs nothing then, and tells a VM
+		// that cannot run on from one that can.
 		log.Warn("cannot save the VM state for warm starts", "err", err)
+		if rerr := c.Resume(ctx); rerr != nil {
+			return fmt.Errorf("the VM cannot run on after its state failed to save: %w", rerr)
+		}
 		return nil
 	}
 	var disk string

@@ -2,9 +2,11 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -226,13 +228,64 @@ func TestWarmPlan(t *testing.T) {
 	}
 }
 
-type fakeSaver struct{ saved, resumed int }
+// TestWarmPlanColdOnly: a VM its backend cannot restore (QEMU's arm64
+// guests) gets no warm key, so its state is never saved; the image is
+// noted once.
+func TestWarmPlanColdOnly(t *testing.T) {
+	s := newTestController(t)
+	arm := &imagestore.VMImage{Content: "sha256:arm", Descriptor: &vmimage.Descriptor{OS: "linux", Arch: "arm64", Kernel: "Image"}}
+	amd := &imagestore.VMImage{Content: "sha256:amd", Descriptor: &vmimage.Descriptor{OS: "linux", Arch: "amd64", Kernel: "vmlinux"}}
+	sb := &store.Sandbox{ID: "sb", Dir: t.TempDir()}
+	for range 2 {
+		key, mac, err := s.warmPlan(sb, &vmBoot{img: arm, cpus: 1, mem: 512 << 20})
+		if err != nil || key != "" || mac != "" {
+			t.Errorf("arm64 guest: key %q mac %q err %v", key, mac, err)
+		}
+	}
+	if key, _, err := s.warmPlan(sb, &vmBoot{img: amd, cpus: 1, mem: 512 << 20}); err != nil || key == "" {
+		t.Errorf("amd64 guest: key %q err %v", key, err)
+	}
+	s.warm.mu.Lock()
+	defer s.warm.mu.Unlock()
+	if len(s.warm.coldOnly) != 1 || !s.warm.coldOnly[arm.Content] {
+		t.Errorf("images noted as cold only: %v", s.warm.coldOnly)
+	}
+}
+
+type fakeSaver struct {
+	saved, resumed     int
+	saveErr, resumeErr error
+}
 
 func (f *fakeSaver) Save(ctx context.Context, path string) error {
 	f.saved++
+	if f.saveErr != nil {
+		return f.saveErr
+	}
 	return os.WriteFile(path, []byte("vm state"), 0o600)
 }
-func (f *fakeSaver) Resume(ctx context.Context) error { f.resumed++; return nil }
+
+func (f *fakeSaver) Resume(ctx context.Context) error { f.resumed++; return f.resumeErr }
+
+// TestSaveWarmFails: a failed save costs the warm start only, and the
+// VM is resumed; a VM that cannot resume after it fails the boot.
+func TestSaveWarmFails(t *testing.T) {
+	ctx := context.Background()
+	s := newTestController(t)
+	img := &imagestore.VMImage{Descriptor: &vmimage.Descriptor{OS: "linux"}}
+	spec := &vm.Spec{ID: "sb", Boot: vm.Boot{Kind: vm.BootLinux}}
+	f := &fakeSaver{saveErr: errors.New("migration failed")}
+	if err := s.saveWarm(ctx, f, "k", spec, img, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if f.saved != 1 || f.resumed != 1 || s.warm.lookup("k") != nil {
+		t.Errorf("saved %d resumed %d, state %v", f.saved, f.resumed, s.warm.lookup("k"))
+	}
+	f.resumeErr = errors.New("paused for good")
+	if err := s.saveWarm(ctx, f, "k", spec, img, "", ""); err == nil || !strings.Contains(err.Error(), "paused for good") {
+		t.Errorf("save and resume failed: %v", err)
+	}
+}
 
 // A macOS guest's state is kept with the machine identifier the backend
 // made for it, or not saved at all: a restore needs that identity.

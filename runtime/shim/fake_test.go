@@ -30,6 +30,9 @@ import (
 //
 //	drop-agent   the machine closes every agent connection it handed out
 //	             (a lost virtio-serial connection), then deletes the file
+//	fail-save    Save fails, leaving the VM running
+//	fail-resume  with fail-save: Save fails leaving the VM paused, and
+//	             Resume fails
 const fakeBackend = "fake"
 
 // The fake VM's "kernel" (Spec.Boot.Kernel) is the macvz-agent binary
@@ -42,6 +45,8 @@ const (
 	fakeAgentSocket = "fake-agent.sock"
 	fakeAgentPID    = "fake-agent.pid"
 	dropAgentFile   = "drop-agent"
+	failSaveFile    = "fail-save"
+	failResumeFile  = "fail-resume"
 )
 
 func init() {
@@ -61,6 +66,8 @@ func (fakeDriver) Validate(spec *vm.Spec) error {
 	}
 	return nil
 }
+
+func (fakeDriver) Restorable(spec *vm.Spec) error { return nil }
 
 func (fakeDriver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
 	return &fakeMachine{spec: spec, state: vm.StateCreated, done: make(chan struct{}), conns: map[net.Conn]struct{}{}}, nil
@@ -289,7 +296,15 @@ func (m *fakeMachine) DialAgent(ctx context.Context) (net.Conn, error) {
 }
 
 func (m *fakeMachine) Save(ctx context.Context, path string) error {
+	if _, err := os.Stat(m.path(failSaveFile)); err == nil {
+		return errors.New("fake VM: saving the state failed")
+	}
 	return os.WriteFile(path, []byte("fake VM state of "+m.spec.ID+"\n"), 0o600)
 }
 
-func (m *fakeMachine) Resume(ctx context.Context) error { return nil }
+func (m *fakeMachine) Resume(ctx context.Context) error {
+	if _, err := os.Stat(m.path(failResumeFile)); err == nil {
+		return errors.New("fake VM: resuming failed")
+	}
+	return nil
+}

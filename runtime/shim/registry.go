@@ -79,3 +79,18 @@ func lookupBackend(name string) (Backend, error) {
 	}
 	return b, nil
 }
+
+// Restorable asks the driver of backend whether a VM of spec could be
+// restored from a state saved from it (vm.Driver.Restorable): nil when
+// it could, else why not (an unknown backend among the reasons).
+func Restorable(backend string, spec *vm.Spec) error {
+	b, err := lookupBackend(backend)
+	if err != nil {
+		return err
+	}
+	d, err := b.New()
+	if err != nil {
+		return err
+	}
+	return d.Restorable(spec)
+}

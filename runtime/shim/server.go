@@ -508,6 +508,20 @@ func (s *server) Save(ctx context.Context, req *shimapi.SaveRequest) (*shimapi.S
 	// A paused guest answers nothing: no agent connection from here on.
 	s.agent.drop(errors.New("the VM is paused (saved); stop it"))
 	if err := s.m.Save(ctx, req.Path); err != nil {
+		// A driver leaves a VM it could not save running, or tries to:
+		// make sure it runs, then let the agent be reached again. One
+		// that cannot run on is unusable, and every agent call says so.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		rerr := s.m.Resume(rctx)
+		cancel()
+		if rerr != nil {
+			why := fmt.Sprintf("saving the VM state failed (%v) and resuming the VM failed too (%v): the VM is paused and unusable; stop it", err, rerr)
+			s.agent.drop(errors.New(why))
+			s.log.Error("the VM cannot run on after a failed save", "err", err, "resumeErr", rerr)
+			return nil, status.Error(codes.Internal, why)
+		}
+		s.agent.resume()
+		s.log.Warn("saving the VM state failed; the VM runs on", "err", err)
 		return nil, err
 	}
 	s.log.Info("VM state saved", "path", req.Path)

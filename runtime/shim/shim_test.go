@@ -1100,3 +1100,48 @@ func TestLongDirAndSave(t *testing.T) {
 		t.Error("socket left")
 	}
 }
+
+// TestSaveFails: Save drops the agent connection before the driver
+// saves; a save that fails gives it back (the VM runs on), and one after
+// which the VM cannot resume leaves it unusable, which every agent call
+// then says.
+func TestSaveFails(t *testing.T) {
+	dir := sandboxDir(t)
+	ctx := ctxT(t, 60*time.Second)
+	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Start(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(t.TempDir(), "vm.state")
+	if err := os.WriteFile(filepath.Join(dir, failSaveFile), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Shim().Save(ctx, &shimapi.SaveRequest{Path: state}); err == nil || !strings.Contains(err.Error(), "saving the state failed") {
+		t.Fatalf("Save: %v", err)
+	}
+	// No Resume: the agent answers again.
+	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); err != nil {
+		t.Errorf("Ping after a failed Save: %v", err)
+	}
+	if st, err := c.State(ctx); err != nil || st.State != shimapi.VMState_VM_RUNNING || !st.AgentConnected {
+		t.Errorf("State after a failed Save: %v %v", st, err)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, failResumeFile), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Shim().Save(ctx, &shimapi.SaveRequest{Path: state})
+	if err == nil || !strings.Contains(err.Error(), "unusable") || !strings.Contains(err.Error(), "resuming failed") {
+		t.Fatalf("Save that cannot resume: %v", err)
+	}
+	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "unusable") {
+		t.Errorf("Ping after a Save that cannot resume: %v", err)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -175,6 +175,12 @@ type Driver interface {
 	Validate(spec *Spec) error
 	// Create prepares a machine without starting it.
 	Create(ctx context.Context, spec *Spec) (Machine, error)
+	// Restorable reports why a VM of spec could not later be restored
+	// from a state Machine.Save writes (nil: it can). It looks at the
+	// spec's shape (boot kind, guest architecture) and the host, not at
+	// its files, so the daemon asks it before a boot to decide whether
+	// the VM's state is worth saving at all.
+	Restorable(spec *Spec) error
 }
 
 // Machine is one VM. Methods are safe for concurrent use.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/Code-Hex/vz/v3"
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/runtime/boundedlog"
 	"github.com/macvz/macvz/runtime/vm"
@@ -43,6 +44,15 @@ func limits() Limits {
 func (*Driver) Validate(spec *vm.Spec) error {
 	_, err := NewPlan(spec, limits())
 	return err
+}
+
+// Restorable implements vm.Driver: macOS guests, on macOS 14 and later.
+func (*Driver) Restorable(spec *vm.Spec) error {
+	v, err := unix.Sysctl("kern.osproductversion")
+	if err != nil {
+		v = ""
+	}
+	return Restorable(spec, MacOSMajor(v))
 }
 
 // Create implements vm.Driver: the configuration is built and validated

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/containerd/errdefs"
 
@@ -152,4 +154,35 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 		p.NICs = append(p.NICs, np)
 	}
 	return p, nil
+}
+
+// MinRestoreMacOS is the first macOS release whose framework saves and
+// restores a VM's state (VZVirtualMachine saveMachineStateTo and
+// restoreMachineStateFrom).
+const MinRestoreMacOS = 14
+
+// Restorable says why a VM of spec could not be restored from a saved
+// state on a host running macOS release hostMajor (0: not known, left to
+// the framework to say when the state is saved); nil when it can. The
+// framework may still refuse a configuration (Save validates it).
+func Restorable(spec *vm.Spec, hostMajor int) error {
+	if spec.Boot.Kind != vm.BootMacOS {
+		return fmt.Errorf("vz: boot kind %q: this backend runs macOS guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
+	}
+	if hostMajor > 0 && hostMajor < MinRestoreMacOS {
+		return fmt.Errorf("vz: this host runs macOS %d; saving and restoring a VM's state needs macOS %d or later: %w",
+			hostMajor, MinRestoreMacOS, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// MacOSMajor is the major release of a macOS product version
+// ("14.2.1" is 14; sysctl kern.osproductversion); 0 when v is not one.
+func MacOSMajor(v string) int {
+	major, _, _ := strings.Cut(strings.TrimSpace(v), ".")
+	n, err := strconv.Atoi(major)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }

@@ -81,3 +81,26 @@ func TestNewPlanRefuses(t *testing.T) {
 		}
 	}
 }
+
+// TestRestorable: a macOS guest can be restored on macOS 14 and later
+// (or a host whose release is not known); other guests are not vz's.
+func TestRestorable(t *testing.T) {
+	for _, major := range []int{0, 14, 15} {
+		if err := Restorable(macSpec(), major); err != nil {
+			t.Errorf("macOS %d: %v", major, err)
+		}
+	}
+	if err := Restorable(macSpec(), 13); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("macOS 13: %v", err)
+	}
+	linux := macSpec()
+	linux.Boot = vm.Boot{Kind: vm.BootLinux}
+	if err := Restorable(linux, 15); !errdefs.IsNotImplemented(err) {
+		t.Errorf("linux guest: %v", err)
+	}
+	for v, want := range map[string]int{"14.2.1": 14, "13.6\n": 13, "26.0": 26, "15": 15, "": 0, "x.1": 0} {
+		if got := MacOSMajor(v); got != want {
+			t.Errorf("MacOSMajor(%q) = %d, want %d", v, got, want)
+		}
+	}
+}

@@ -3,9 +3,15 @@ package cri
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
 
 	"github.com/containerd/errdefs"
 
+	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -50,4 +56,71 @@ func visibleContainers(ctx context.Context, keep func(*store.Container) bool) fu
 	return func(c *store.Container) bool {
 		return !hidden(ctx, c.Node) && (keep == nil || keep(c))
 	}
+}
+
+// Agent is the guest agent of a sandbox's VM, for the node-VM supervisor
+// (ctx must be its own).
+func (s *Service) Agent(ctx context.Context, id string) (agentapi.AgentClient, error) {
+	sb, err := s.sandbox(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.ctl.Shim(ctx, sb)
+	if err != nil {
+		return nil, err
+	}
+	return c.Agent(), nil
+}
+
+// nodeVMConfig is the supervisor's configuration from [node]; an unset
+// size is the host's.
+func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
+	c := nodevm.Config{
+		Image:       cfg.Node.Image,
+		KubeletArgs: cfg.Node.KubeletArgs,
+		Shares:      cfg.Node.Shares,
+		MilliCPU:    int64(cfg.Node.CPUs) * 1000,
+		MemoryBytes: cfg.Node.MemoryBytes,
+		LogDir:      cfg.Node.LogDir,
+		CRISocket:   cfg.Socket,
+		StreamAddr:  streamAddr,
+	}
+	if c.MilliCPU == 0 {
+		c.MilliCPU = int64(goruntime.NumCPU()) * 1000
+	}
+	if c.MemoryBytes == 0 {
+		c.MemoryBytes = hostMemoryBytes()
+	}
+	if c.LogDir == "" {
+		c.LogDir = filepath.Join(cfg.State, "node")
+	}
+	return c
+}
+
+// StartNodeVM runs the node VM's supervisor when [node] enables it; the
+// returned stop ends the supervisor (the VM keeps running, as every VM
+// does when the daemon stops).
+func StartNodeVM(s *Service) (stop func()) {
+	if !s.cfg.Node.Enabled {
+		return nil
+	}
+	if err := os.MkdirAll(s.nodeVMConfig().LogDir, 0o700); err != nil {
+		slog.Error("node VM: its log directory", "err", err)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.node = nodevm.New(s.nodeVMConfig(), s, slog.Default())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.node.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+func (s *Service) nodeVMConfig() nodevm.Config {
+	return nodeVMConfig(s.cfg, s.stream.ln.Addr().String())
 }

@@ -57,6 +57,15 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	slog.Info("serving CRI", "socket", cfg.Socket, "backend", cfg.Backend, "root", cfg.Root, "version", RuntimeVersion)
+	if stop := StartNodeVM(svc); stop != nil {
+		defer stop()
+	}
+	stopAdmin, err := serveAdmin(svc)
+	if err != nil {
+		srv.Stop()
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer stopAdmin()
 	for _, f := range started {
 		if stop := f(svc); stop != nil {
 			defer stop()

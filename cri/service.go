@@ -21,6 +21,7 @@ import (
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
+	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/sandbox"
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
@@ -46,6 +47,7 @@ type Service struct {
 	ports  *portproxy.Manager  // hostPorts the network leaves to the daemon
 	ctl    *sandbox.Controller // sandbox VMs: boot, stop, network, volumes
 	stream *streamServer       // exec, attach and port-forward sessions
+	node   *nodevm.Supervisor  // the node VM, when [node] enables it
 	// podCIDRMu serialises UpdateRuntimeConfig (runtime_config_update.go).
 	podCIDRMu sync.Mutex
 }

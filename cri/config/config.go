@@ -25,6 +25,7 @@ type Config struct {
 	Network  Network  `toml:"network"`
 	Stream   Stream   `toml:"stream"`
 	Kubelet  Kubelet  `toml:"kubelet"`
+	Node     Node     `toml:"node"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz"). An entry named
 	// "macvz" configures the default handler; it may only set
@@ -169,4 +170,28 @@ type Image struct {
 	// counted at its full size, holes included); a pull of a bigger image
 	// fails.
 	MaxUnpackedSize int64 `toml:"max_unpacked_size"`
+}
+
+// Node is the node VM (runtime/nodevm): a Linux VM the daemon boots from
+// a node image, in which the unmodified kubelet runs and reaches this
+// daemon's CRI over the VM's private channel. A Mac joins a cluster so.
+type Node struct {
+	// Enabled starts the node VM with the daemon.
+	Enabled bool `toml:"enabled"`
+	// Image is the node image (make node-image).
+	Image string `toml:"image"`
+	// KubeletArgs are kubelet's flags (--config, --kubeconfig, ...); the
+	// daemon adds the CRI endpoints. Paths in them must be under Shares.
+	KubeletArgs []string `toml:"kubelet_args"`
+	// Shares are host directories mounted in the node VM at the same
+	// path: kubelet's root dir, the pod log directories, its
+	// configuration and PKI.
+	Shares []string `toml:"shares"`
+	// CPUs and MemoryBytes size the node VM; 0 = the host's, so that the
+	// node reports the host's capacity (guest memory is allocated as it
+	// is touched).
+	CPUs        int   `toml:"cpus"`
+	MemoryBytes int64 `toml:"memory_bytes"`
+	// LogDir holds kubelet's log ("" = <state>/node).
+	LogDir string `toml:"log_dir"`
 }

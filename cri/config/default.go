@@ -147,6 +147,27 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # kubelet's pod-resources API is read at ../pod-resources/kubelet.sock.
   device_plugin_dir = "{{.C.Kubelet.DevicePluginDir}}"
 
+# The node VM: a small Linux VM booted from a node image (make node-image)
+# that runs the unmodified kubelet, which reaches this daemon's CRI and
+# streaming server over the VM's private channel (never a network). This
+# is how a Mac joins a cluster: kubelet cannot run on macOS. It is a VM
+# like the pods' (it outlives the daemon and is restarted when it dies)
+# but no CRI client sees it.
+[node]
+  enabled = {{.C.Node.Enabled}}
+  image = "{{.C.Node.Image}}"
+  # kubelet's flags; the daemon adds --container-runtime-endpoint and
+  # --image-service-endpoint. Every path they name must be under shares.
+  kubelet_args = [{{range $i, $a := .C.Node.KubeletArgs}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
+  # Host directories mounted in the node VM at the same path, so every
+  # path a CRI request names is the same file on both sides.
+  shares = [{{range $i, $a := .C.Node.Shares}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
+  # 0 = the host's: the node reports the host's capacity.
+  cpus = {{.C.Node.CPUs}}
+  memory_bytes = {{.C.Node.MemoryBytes}}
+  # kubelet's log; "" = <state>/node.
+  log_dir = "{{.C.Node.LogDir}}"
+
 # Runtime handlers (the handler of a RuntimeClass) besides the default
 # ("macvz" or empty). vm_image boots every sandbox of the handler from that
 # image at RunPodSandbox, before any container exists.

@@ -47,6 +47,7 @@ func Default() *Config {
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
+		Node:            Node{KubeletArgs: []string{}, Shares: []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
@@ -183,6 +184,20 @@ func (c *Config) Validate() error {
 	}
 	if c.VM.WarmStates < 1 {
 		return bad("vm.warm_states", "must be at least 1 (turn warm starts off with vm.warm_start = false), got %d", c.VM.WarmStates)
+	}
+	if c.Node.Enabled && c.Node.Image == "" {
+		return bad("node.image", "the node VM needs a node image (make node-image)")
+	}
+	for _, p := range c.Node.Shares {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
+			return bad("node.shares", "%q: want absolute, clean paths below /", p)
+		}
+	}
+	if c.Node.CPUs < 0 || c.Node.MemoryBytes < 0 {
+		return bad("node", "cpus and memory_bytes must not be negative")
+	}
+	if c.Node.LogDir != "" && !filepath.IsAbs(c.Node.LogDir) {
+		return bad("node.log_dir", "must be an absolute path, got %q", c.Node.LogDir)
 	}
 	if c.Kubelet.DevicePlugin && !filepath.IsAbs(c.Kubelet.DevicePluginDir) {
 		return bad("kubelet.device_plugin_dir", "must be an absolute path, got %q", c.Kubelet.DevicePluginDir)

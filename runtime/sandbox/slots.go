@@ -55,7 +55,7 @@ type slotHolder struct {
 // the store, or boot, from s.slots.
 func (s *Controller) slotHolders(os, except string) ([]slotHolder, error) {
 	running, err := s.st.Sandboxes(func(sb *store.Sandbox) bool {
-		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os
+		return sb.ID != except && sb.VMStarted && sb.State == store.SandboxReady && sb.VMOS == os && !sb.Node
 	})
 	if err != nil {
 		return nil, err
@@ -123,6 +123,11 @@ func (s *Controller) reserveVM(sbID, os string) (slot int, release func(), err e
 	// free slot.
 	s.slotsReserve.Lock()
 	defer s.slotsReserve.Unlock()
+	// The node VM (runtime/nodevm) is the daemon's own: it takes no slot
+	// the pods' bound counts (kubelet in it sees all of them).
+	if sb, err := s.st.Sandbox(sbID); err == nil && sb.Node {
+		return 0, func() {}, nil
+	}
 	if limit := s.vmLimit(os); limit > 0 {
 		holders, err := s.vmHolders(os, sbID)
 		if err != nil {

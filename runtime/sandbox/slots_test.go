@@ -101,3 +101,36 @@ func TestRetryExhausted(t *testing.T) {
 		t.Errorf("another error is not retried: %v after %d calls", err, calls)
 	}
 }
+
+// TestNodeVMTakesNoSlot: the node VM boots whatever the Linux bound and
+// counts toward it for no pod.
+func TestNodeVMTakesNoSlot(t *testing.T) {
+	s := newTestController(t)
+	s.cfg.MaxLinuxVMs = 1
+	for _, sb := range []store.Sandbox{
+		{ID: "node-vm", Name: "macvz-node", State: store.SandboxReady, VMStarted: true, VMOS: "linux", Node: true},
+		{ID: "node-vm-2", Name: "macvz-node-2", State: store.SandboxReady, Node: true},
+	} {
+		if err := s.st.CreateSandbox(&sb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slot, release, err := s.reserveVM("pod-1", "linux")
+	if err != nil || slot != 1 {
+		t.Fatalf("a pod's VM beside the running node VM: slot %d, %v; want slot 1", slot, err)
+	}
+	defer release()
+	// The pods' one slot is taken: a node VM still boots.
+	if n, rl, err := s.reserveVM("node-vm-2", "linux"); err != nil || n != 0 {
+		t.Errorf("the node VM with the Linux slots full: slot %d, %v; want no slot and no error", n, err)
+	} else {
+		rl()
+	}
+	_, holders, err := s.Slots("linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(holders) != 1 || !strings.Contains(fmt.Sprint(holders), "pod-1") {
+		t.Errorf("slot holders %v, want pod-1's booting VM alone (the node VM is none)", holders)
+	}
+}

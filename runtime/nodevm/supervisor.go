@@ -358,6 +358,7 @@ func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+				Privileged:       true,
 			},
 		},
 	}
@@ -382,6 +383,9 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 		Args:     args,
 		LogPath:  Container + ".log",
 		Labels:   map[string]string{Label: "true"},
+		// Every capability: kubelet reads /dev/kmsg, sets sysctls and
+		// OOM scores, mounts volumes.
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}},
 	}
 	for _, p := range s.cfg.Shares {
 		c.Mounts = append(c.Mounts, &runtimeapi.Mount{HostPath: p, ContainerPath: p})

@@ -280,6 +280,9 @@ func TestSupervisorMakesTheNodeVM(t *testing.T) {
 	if r := pod.GetLinux().GetResources(); r.GetCpuQuota()*1000/r.GetCpuPeriod() != 2000 || r.GetMemoryLimitInBytes() != 4<<30 {
 		t.Errorf("pod resources %v, want 2 CPUs and 4 GiB", r)
 	}
+	if !ctr.GetLinux().GetSecurityContext().GetPrivileged() || !pod.GetLinux().GetSecurityContext().GetPrivileged() {
+		t.Errorf("kubelet's container is not privileged: %v / %v", ctr.GetLinux(), pod.GetLinux())
+	}
 	if ctr.GetCommand()[0] != "/usr/bin/kubelet" || !slices.Contains(ctr.GetArgs(), "--container-runtime-endpoint=unix://"+GuestSocket) ||
 		!slices.Contains(ctr.GetArgs(), "--kubeconfig=/etc/kubernetes/kubelet.conf") {
 		t.Errorf("kubelet's command %v %v", ctr.GetCommand(), ctr.GetArgs())

@@ -60,7 +60,8 @@ type Kernel struct {
 //
 // Layout: kernel-<version>/ (the unpacked linux-image package plus
 // vmlinux, or Image for arm64), busybox-static_<debian version>/bin/busybox
-// (amd64), busybox-static-arm64_<debian version>/bin/busybox, .lock. The
+// (amd64), busybox-static-arm64_<debian version>/bin/busybox, libc6_<debian
+// version>/ and libc6-arm64_<debian version>/ (the node image), .lock. The
 // .deb files are removed once unpacked.
 //
 // Arch picks the packages' architecture ("" is amd64). arm64 packages
@@ -274,26 +275,46 @@ func (c *Cache) fetchKernel(ctx context.Context, arch, version string) error {
 // Busybox returns the path of busybox-static's /bin/busybox for the
 // cache's architecture, fetching the package on first use.
 func (c *Cache) Busybox(ctx context.Context) (string, error) {
+	root, err := c.unpacked(ctx, "busybox-static", "bin/busybox")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "bin", "busybox"), nil
+}
+
+// Libc returns the root of Debian's libc6 package for the cache's
+// architecture, unpacked (fetched on first use): the dynamic loader and
+// the C library a dynamically linked program needs.
+func (c *Cache) Libc(ctx context.Context) (string, error) {
+	return c.unpacked(ctx, "libc6", "")
+}
+
+// unpacked returns the directory of the Debian package name, for the
+// cache's architecture, unpacked with dpkg-deb: <name>_<debian version>
+// for amd64, <name>-<arch>_<debian version> for another architecture.
+// The package is fetched on first use; want, when not "", is a path the
+// package must have.
+func (c *Cache) unpacked(ctx context.Context, name, want string) (string, error) {
 	arch, err := c.arch()
 	if err != nil {
 		return "", err
 	}
 	// amd64 keeps the directory name it always had.
-	prefix, pkg := "busybox-static_", "busybox-static"
+	prefix, pkg := name+"_", name
 	if arch != ArchAMD64 {
-		prefix, pkg = "busybox-static-"+arch+"_", "busybox-static:"+arch
+		prefix, pkg = name+"-"+arch+"_", name+":"+arch
 	}
 	unlock, err := c.lock()
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	have, _ := filepath.Glob(filepath.Join(c.Dir, prefix+"*", "bin", "busybox"))
+	have, _ := filepath.Glob(filepath.Join(c.Dir, prefix+"*", want))
 	if len(have) > 0 {
 		sort.Strings(have)
-		return have[len(have)-1], nil
+		return strings.TrimSuffix(strings.TrimSuffix(have[len(have)-1], want), "/"), nil
 	}
-	tmp, err := os.MkdirTemp(c.Dir, ".busybox-")
+	tmp, err := os.MkdirTemp(c.Dir, "."+name+"-")
 	if err != nil {
 		return "", err
 	}
@@ -306,17 +327,17 @@ func (c *Cache) Busybox(ctx context.Context) (string, error) {
 	if err := run(ctx, "", "dpkg-deb", "-x", deb, root); err != nil {
 		return "", err
 	}
-	if _, err := os.Stat(filepath.Join(root, "bin", "busybox")); err != nil {
-		return "", fmt.Errorf("busybox-static: %w", err)
+	if _, err := os.Stat(filepath.Join(root, want)); err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	// busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb -> busybox-static_1%3a1.35.0-4+deb12u1+b1
 	// (busybox-static-arm64_1%3a1.35.0-4+deb12u1+b1 for arm64)
-	version := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(deb), "busybox-static_"), "_"+arch+".deb")
+	version := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(deb), name+"_"), "_"+arch+".deb")
 	dst := filepath.Join(c.Dir, prefix+version)
 	if err := os.Rename(root, dst); err != nil {
 		return "", err
 	}
-	return filepath.Join(dst, "bin", "busybox"), nil
+	return dst, nil
 }
 
 // download runs `apt-get download pkg` in dir and returns the .deb. pkg

@@ -160,6 +160,10 @@ type Options struct {
 	Modules []string
 	// KeepModuleSignatures: see InitramfsOptions.
 	KeepModuleSignatures bool
+	// Node, when set, makes Build write the node image (tag RefNode,
+	// node.go) instead of the test guest's tags; HostileAgent is then
+	// not allowed.
+	Node *NodeOptions
 	// Log receives progress messages; nil for none.
 	Log io.Writer
 }
@@ -187,6 +191,8 @@ type Info struct {
 	InitrdGzip    bool                     `json:"initrdGzip"`
 	Modules       []string                 `json:"modules"`
 	Images        map[string]digest.Digest `json:"images"` // tag -> manifest digest
+	// KubeletVersion is the node image's kubelet (Options.Node only).
+	KubeletVersion string `json:"kubeletVersion,omitempty"`
 }
 
 // InfoFile is the name of the build description in Out.
@@ -196,6 +202,9 @@ const InfoFile = "guest.json"
 func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Out == "" || o.Agent == "" {
 		return nil, fmt.Errorf("guest: Options.Out and Options.Agent are required")
+	}
+	if o.Node != nil && (o.Node.Kubelet == "" || o.HostileAgent != "") {
+		return nil, fmt.Errorf("guest: the node image needs Options.Node.Kubelet and has no hostile tags")
 	}
 	if o.Cache == "" {
 		o.Cache = filepath.Join(o.Out, "cache")
@@ -232,13 +241,39 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 	}
-	euid := filepath.Join(o.Out, "euid")
-	if err := BuildStaticArch(ctx, arch, EUIDPackage, euid); err != nil {
-		return nil, err
-	}
-	euidBin, err := os.ReadFile(euid)
-	if err != nil {
-		return nil, err
+	// The tools both images have; the test guest adds its web page and
+	// /bin/euid, the node image kubelet and what kubelet needs.
+	files := []File{{Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)}}
+	kubeletVersion := ""
+	if o.Node != nil {
+		if kubeletVersion = o.Node.KubeletVersion; kubeletVersion == "" {
+			if kubeletVersion, err = KubeletVersion(ctx, o.Node.Kubelet, arch); err != nil {
+				return nil, err
+			}
+		}
+		libc := ""
+		if dyn, err := isDynamic(o.Node.Kubelet); err != nil {
+			return nil, fmt.Errorf("node image: kubelet %s: %w", o.Node.Kubelet, err)
+		} else if dyn {
+			if libc, err = cache.Libc(ctx); err != nil {
+				return nil, err
+			}
+		}
+		nf, err := nodeFiles(o.Node, kubeletVersion, libc)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, nf...)
+	} else {
+		euid := filepath.Join(o.Out, "euid")
+		if err := BuildStaticArch(ctx, arch, EUIDPackage, euid); err != nil {
+			return nil, err
+		}
+		euidBin, err := os.ReadFile(euid)
+		if err != nil {
+			return nil, err
+		}
+		files = append([]File{{Path: "/www/index.html", Data: []byte(IndexHTML)}}, append(files, File{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin})...)
 	}
 	initramfs := func(init string) (*bytes.Buffer, *InitramfsInfo, error) {
 		var initrd bytes.Buffer
@@ -248,9 +283,8 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			Modules:     o.Modules,
 			Busybox:     bb,
 			BusyboxList: bbList,
-			Files: []File{{Path: "/www/index.html", Data: []byte(IndexHTML)}, {Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)},
-				{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin}},
-			Gzip: o.Gzip,
+			Files:       files,
+			Gzip:        o.Gzip,
 
 			KeepModuleSignatures: o.KeepModuleSignatures,
 		})
@@ -265,15 +299,28 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	imgs := map[string]testimage.Image{}
-	for ref, proc := range map[string]*vmimage.Process{RefPlain: nil, RefHTTPD: &HTTPDProcess} {
+	tags := map[string]*vmimage.Process{RefPlain: nil, RefHTTPD: &HTTPDProcess}
+	minMemory := int64(MinMemoryBytes)
+	var annotations map[string]string
+	indexAnnotations := map[string]string{AnnotationKernelVersion: k.Version}
+	if o.Node != nil {
+		tags = map[string]*vmimage.Process{RefNode: nil}
+		minMemory = NodeMinMemoryBytes
+		annotations = map[string]string{AnnotationImageKind: ImageKindNode, AnnotationKubeletVersion: kubeletVersion}
+		for k, v := range annotations {
+			indexAnnotations[k] = v
+		}
+	}
+	for ref, proc := range tags {
 		img, err := testimage.Linux(testimage.LinuxOptions{
 			Arch:           arch,
 			Kernel:         kernel,
 			Initrd:         initrd.Bytes(),
 			MinCPUs:        MinCPUs,
-			MinMemoryBytes: MinMemoryBytes,
+			MinMemoryBytes: minMemory,
 			KernelCmdline:  o.Cmdline,
 			Process:        proc,
+			Annotations:    annotations,
 		})
 		if err != nil {
 			return nil, err
@@ -301,7 +348,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	layout := filepath.Join(o.Out, "oci")
-	if err := WriteLayout(layout, imgs, map[string]string{AnnotationKernelVersion: k.Version}); err != nil {
+	if err := WriteLayout(layout, imgs, indexAnnotations); err != nil {
 		return nil, err
 	}
 	res := &Result{
@@ -318,6 +365,8 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			InitrdGzip:    o.Gzip,
 			Modules:       ii.Modules,
 			Images:        map[string]digest.Digest{},
+
+			KubeletVersion: kubeletVersion,
 		},
 	}
 	for ref, img := range imgs {

@@ -26,6 +26,9 @@ type LinuxOptions struct {
 	MinMemoryBytes int64
 	KernelCmdline  string
 	Process        *vmimage.Process
+	// Annotations go on the manifest (e.g. what the image is: the node
+	// image's kind and kubelet version).
+	Annotations map[string]string
 }
 
 // Linux builds an image of macvz's Linux-guest format (vmimage/linux.go).
@@ -69,6 +72,7 @@ func Linux(o LinuxOptions) (Image, error) {
 		ArtifactType: vmimage.MediaTypeLinuxConfig,
 		Config:       cfg.Desc,
 		Layers:       descs(layers),
+		Annotations:  o.Annotations,
 	}
 	return FromManifest(m, uniqueBlobs(append([]Blob{cfg}, layers...))...)
 }

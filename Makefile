@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image sign
+.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image node-image sign
 
 all: build
 
@@ -83,6 +83,17 @@ fuzz:
 # httpd); push it with bin/pushimage -kind layout -layout bin/guest/oci.
 guest-image: build
 	$(GO) run ./integration/guest/cmd/build-guest --out bin/guest --agent bin/macvz-agent
+
+# The node image (integration/guest/node.go): the guest a node VM boots,
+# carrying an unmodified kubelet, as an OCI layout in
+# bin/node-image/<ARCH>/oci (tag node); push it with bin/pushimage -kind
+# layout -layout bin/node-image/<ARCH>/oci. KUBELET is a kubelet binary of
+# ARCH (amd64 or arm64); without it the tools' v1.37.2 kubelet is built.
+ARCH ?= amd64
+NODE_AGENT = $(if $(filter arm64,$(ARCH)),bin/linux-arm64/macvz-agent,bin/macvz-agent)
+node-image: build $(if $(filter command line environment,$(origin KUBELET)),,tools)
+	$(GO) run ./integration/guest/cmd/build-node --arch $(ARCH) --out bin/node-image/$(ARCH) \
+		--agent $(NODE_AGENT) --kubelet $(KUBELET) --cache bin/guest/cache
 
 # Needs root (loop devices, mounts, taps, QEMU); outside CI the tests that
 # lack it skip and say why, under CI=true they fail.

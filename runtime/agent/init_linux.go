@@ -15,7 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// initMounts mounts what a guest's init must (when the agent is PID 1).
+// initMounts mounts what a guest's init must (when the agent is PID 1):
+// the pseudo file systems, /run and /tmp, and the cgroup2 hierarchy. The
+// kernel already gives /dev/kmsg (devtmpfs) and a writable /proc/sys,
+// which kubelet also needs.
 // Already mounted file systems are fine.
 func initMounts(log *slog.Logger) {
 	mounts := []struct {
@@ -30,6 +33,10 @@ func initMounts(log *slog.Logger) {
 		{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
 		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		// The unified cgroup hierarchy, where kubelet's cAdvisor and
+		// container manager look (the node image). sysfs has the
+		// directory when the kernel has cgroups.
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RELATIME, "nsdelegate"},
 	}
 	for _, m := range mounts {
 		os.MkdirAll(m.target, 0o755)

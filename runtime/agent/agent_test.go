@@ -32,11 +32,15 @@ type testAgent struct {
 
 // startAgent serves an agent (not init, not owning the machine) on a unix
 // socket and returns a client.
-func startAgent(t *testing.T) *testAgent {
+func startAgent(t *testing.T, opts ...func(*config)) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	etc := filepath.Join(dir, "etc")
-	a := newAgent(config{etcDir: etc, log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg := config{etcDir: etc, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a := newAgent(cfg)
 	sock := filepath.Join(dir, "agent.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -489,6 +493,119 @@ func TestPortForward(t *testing.T) {
 	if _, err := api.DialPort(ctx, ta.client, uint16(free)); status.Code(err) != codes.Unavailable {
 		t.Errorf("dial closed port: %v", err)
 	}
+}
+
+// TestPortForwardWriteBeforeRead: a guest program that writes 4 MiB
+// before it reads anything, while the host writes 4 MiB to it and reads
+// what comes: both complete. While the agent cannot write to the guest
+// (the program is not reading), it still takes the host's acks for the
+// other direction, so the program's writes get through and it goes on to
+// read. The guest program is a server on a port, and a client of a listen
+// socket (a unix socket: the kernel holds little of what is written to
+// it, where loopback TCP may buffer megabytes and hide a stuck tunnel).
+func TestPortForwardWriteBeforeRead(t *testing.T) {
+	sockDir := filepath.Join(t.TempDir(), "run")
+	ta := startAgent(t, func(c *config) { c.socketDir = sockDir })
+	const size = 4 << 20
+	toHost, toGuest := make([]byte, size), make([]byte, size)
+	rand.Read(toHost)
+	rand.Read(toGuest)
+	type result struct {
+		b   []byte
+		err error
+	}
+	// guest writes all of toHost, then reads the host's 4 MiB.
+	guest := func(c net.Conn, got chan<- result) {
+		defer c.Close()
+		if _, err := c.Write(toHost); err != nil {
+			got <- result{nil, err}
+			return
+		}
+		b := make([]byte, size)
+		_, err := io.ReadFull(c, b)
+		got <- result{b, err}
+	}
+	run := func(t *testing.T, open func(ctx context.Context, guestGot chan<- result) (*api.ForwardConn, error)) {
+		ctx := ctxT(t)
+		guestGot := make(chan result, 1)
+		c, err := open(ctx, guestGot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		hostWrote := make(chan error, 1)
+		go func() {
+			_, err := c.Write(toGuest)
+			hostWrote <- err
+		}()
+		hostGot := make(chan result, 1)
+		go func() {
+			b, err := io.ReadAll(c)
+			hostGot <- result{b, err}
+		}()
+		timeout := time.After(20 * time.Second)
+		for range 3 {
+			select {
+			case err := <-hostWrote:
+				if err != nil {
+					t.Errorf("host write: %v", err)
+				}
+			case r := <-guestGot:
+				if r.err != nil || !bytes.Equal(r.b, toGuest) {
+					t.Errorf("the guest read %d bytes (%v), want the host's %d", len(r.b), r.err, size)
+				}
+			case r := <-hostGot:
+				if r.err != nil || !bytes.Equal(r.b, toHost) {
+					t.Errorf("the host read %d bytes (%v), want the guest's %d", len(r.b), r.err, size)
+				}
+			case <-timeout:
+				t.Fatal("the tunnel is stuck: both sides write, neither completes")
+			}
+		}
+	}
+
+	t.Run("server", func(t *testing.T) {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		run(t, func(ctx context.Context, guestGot chan<- result) (*api.ForwardConn, error) {
+			go func() {
+				c, err := l.Accept()
+				if err != nil {
+					guestGot <- result{nil, err}
+					return
+				}
+				// Small buffers on the guest's end.
+				c.(*net.TCPConn).SetReadBuffer(64 << 10)
+				c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+				guest(c, guestGot)
+			}()
+			return api.DialPort(ctx, ta.client, uint16(l.Addr().(*net.TCPAddr).Port))
+		})
+	})
+	t.Run("listen", func(t *testing.T) {
+		path := filepath.Join(sockDir, "fwd.sock")
+		run(t, func(ctx context.Context, guestGot chan<- result) (*api.ForwardConn, error) {
+			go func() {
+				// The agent makes the socket once the host waits on it.
+				for {
+					c, err := net.Dial("unix", path)
+					if err == nil {
+						guest(c, guestGot)
+						return
+					}
+					if ctx.Err() != nil {
+						guestGot <- result{nil, err}
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}()
+			return api.AcceptGuest(ctx, ta.client, "unix:"+path)
+		})
+	})
 }
 
 func TestStats(t *testing.T) {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -53,18 +54,54 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 		close(changed)
 		changed = make(chan struct{})
 	}
+	// client -> guest. The receive loop never waits on the guest
+	// connection: acks are taken at once (the guest -> client loop below
+	// may be waiting for one while the guest does not read), data goes to
+	// in, which a writer drains into the guest connection, acknowledging
+	// what it wrote.
+	in := newPFInbound(window)
 	clientDone := make(chan struct{})
-	// client -> guest
 	go func() {
 		defer close(clientDone)
 		// The client ended the stream (or it broke): end the guest side,
 		// which ends the loop below.
 		defer conn.Close()
-		var received, acked uint64
+		var written, acked uint64
 		chunks := 0
+		for {
+			data, eof, _ := in.next()
+			switch {
+			case data != nil:
+				if _, err := conn.Write(data); err != nil {
+					return
+				}
+				written += uint64(len(data))
+				chunks++
+				if written-acked >= window/4 || chunks >= maxInFlightChunks/4 {
+					if send(&api.PortForwardFrame{Ack: written}) != nil {
+						return
+					}
+					acked, chunks = written, 0
+				}
+			case eof:
+				if halfCloser != nil {
+					halfCloser.CloseWrite()
+				}
+			default:
+				return
+			}
+		}
+	}()
+	go func() {
 		for {
 			f, err := stream.Recv()
 			if err != nil {
+				// Ended by the client (CloseSend): what it sent still
+				// reaches the guest. Broken: nothing will.
+				in.finish(err)
+				if !errors.Is(err, io.EOF) {
+					conn.Close()
+				}
 				return
 			}
 			if f.Ack > 0 {
@@ -79,23 +116,26 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 				mu.Unlock()
 			}
 			if len(f.Data) > 0 {
-				if _, err := conn.Write(f.Data); err != nil {
+				if err := in.push(f.Data); err != nil {
+					// The client broke the protocol: end it all.
+					in.finish(err)
+					conn.Close()
 					return
 				}
-				received += uint64(len(f.Data))
-				chunks++
-				if received-acked >= window/4 || chunks >= maxInFlightChunks/4 {
-					if send(&api.PortForwardFrame{Ack: received}) != nil {
-						return
-					}
-					acked, chunks = received, 0
-				}
 			}
-			if f.CloseWrite && halfCloser != nil {
-				halfCloser.CloseWrite()
+			if f.CloseWrite {
+				in.closeWrite()
 			}
 		}
 	}()
+	// result is what the stream ends with: err, unless the client broke
+	// the protocol.
+	result := func(err error) error {
+		if v := in.violation(); v != nil {
+			return v
+		}
+		return err
+	}
 	// guest -> client
 	buf := make([]byte, maxChunk)
 	for {
@@ -106,7 +146,7 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 			select {
 			case <-ch:
 			case <-clientDone:
-				return nil
+				return result(nil)
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -128,11 +168,11 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 			select {
 			case <-clientDone:
 				// The client went away (or closed everything): nothing to say.
-				return nil
+				return result(nil)
 			default:
 			}
 			if errors.Is(err, net.ErrClosed) {
-				return nil
+				return result(nil)
 			}
 			// The guest side ended: tell the client. A guest port's
 			// server has said all it will: end the stream. A guest client
@@ -145,7 +185,7 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 				case <-ctx.Done():
 				}
 			}
-			return nil
+			return result(nil)
 		}
 	}
 }
@@ -180,4 +220,110 @@ func (a *agent) forwardConn(ctx context.Context, first *api.PortForwardFrame) (n
 		}
 	}
 	return conn, nil
+}
+
+// pfInbound is the data a PortForward client sent for the guest
+// connection, between the stream's receive loop and the writer into the
+// guest connection. The client sends at most the window beyond the
+// agent's last ack, and the agent acks only what it has written, so the
+// queue stays within the window; a client that sends more breaks the
+// protocol.
+type pfInbound struct {
+	window uint64
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and renewed on every change
+	queue   [][]byte
+	queued  uint64
+	eof     bool  // close_write came: no data after the queue
+	eofTold bool  // next has returned it
+	end     error // the stream ended (io.EOF: the client ended it)
+	broken  error // the client sent beyond the window
+}
+
+func newPFInbound(window uint64) *pfInbound {
+	return &pfInbound{window: window, changed: make(chan struct{})}
+}
+
+func (q *pfInbound) notifyLocked() {
+	close(q.changed)
+	q.changed = make(chan struct{})
+}
+
+// push queues data for the guest; an error when it would take the queue
+// beyond the window. Data after close_write is dropped.
+func (q *pfInbound) push(data []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.eof || q.end != nil {
+		return nil
+	}
+	if q.queued+uint64(len(data)) > q.window {
+		q.broken = errf(codes.InvalidArgument, "PortForward: the client sent %d bytes beyond the agent's acknowledgement, more than the window of %d", q.queued+uint64(len(data)), q.window)
+		return q.broken
+	}
+	q.queue = append(q.queue, data)
+	q.queued += uint64(len(data))
+	q.notifyLocked()
+	return nil
+}
+
+// closeWrite records the client's close_write.
+func (q *pfInbound) closeWrite() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.eof = true
+	q.notifyLocked()
+}
+
+// finish records the end of the stream (err, never nil).
+func (q *pfInbound) finish(err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.end == nil {
+		q.end = err
+	}
+	q.notifyLocked()
+}
+
+// next waits for what the writer does next: write data, half-close the
+// guest connection (eof, once, after all data), or stop (end: the stream
+// ended and, when the client ended it, all its data was taken; or the
+// client broke the protocol).
+func (q *pfInbound) next() (data []byte, eof bool, end error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		if q.broken != nil {
+			return nil, false, q.broken
+		}
+		if q.end != nil && !errors.Is(q.end, io.EOF) {
+			return nil, false, q.end
+		}
+		if len(q.queue) > 0 {
+			data = q.queue[0]
+			q.queue[0] = nil
+			q.queue = q.queue[1:]
+			q.queued -= uint64(len(data))
+			return data, false, nil
+		}
+		if q.eof && !q.eofTold {
+			q.eofTold = true
+			return nil, true, nil
+		}
+		if q.end != nil {
+			return nil, false, q.end
+		}
+		ch := q.changed
+		q.mu.Unlock()
+		<-ch
+		q.mu.Lock()
+	}
+}
+
+// violation is the client's breach of the protocol, nil when none.
+func (q *pfInbound) violation() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.broken
 }

@@ -163,8 +163,11 @@ func TestNodeImageKubelet(t *testing.T) {
 	// kubelet's root dir must be on a file system cAdvisor knows: on the
 	// initramfs ("rootfs") its container manager fails to start ("failed
 	// to get rootfs info: cannot find filesystem info for device
-	// \"rootfs\""). The node VM will mount it before it starts kubelet.
-	v.execOut(t, shell, "mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/var/lib/kubelet")
+	// \"rootfs\""). The image's /etc/fstab puts a tmpfs there, which the
+	// agent mounts as init.
+	if got := v.execOut(t, shell, "sh", "-c", "grep ' /var/lib/kubelet ' /proc/mounts | cut -d' ' -f3"); got != "tmpfs" {
+		t.Errorf("/var/lib/kubelet in the node VM is %q, want the tmpfs of the image's /etc/fstab", got)
+	}
 	kc := v.startCtr(t, pod, v.ctrConfig(t, "kubelet", ref, map[string]any{
 		"command": []string{guest.KubeletPath, "--config=/etc/kubernetes/kubelet.json", "--v=4"},
 		"linux":   privileged,

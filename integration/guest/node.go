@@ -85,6 +85,9 @@ HOME_URL="https://github.com/macvz/macvz"
 `
 }
 
+// nodeFstab is the node image's /etc/fstab.
+const nodeFstab = "# kubelet's root dir: a file system its cAdvisor knows\ntmpfs /var/lib/kubelet tmpfs mode=0755,nosuid,nodev 0 0\n"
+
 // nodeFiles are what the node image adds to the guest's initramfs; libc
 // is the root of the guest arch's libc6 package, for a dynamically linked
 // kubelet ("" when it is static).
@@ -107,6 +110,10 @@ func nodeFiles(o *NodeOptions, kubeletVersion, libc string) ([]File, error) {
 		{Path: "/etc/os-release", Data: []byte(nodeOSRelease(kubeletVersion))},
 		// Paths under /var/run mean /run, as on any Linux distribution.
 		{Path: "/var/run", Mode: fs.ModeSymlink | 0o777, Data: []byte("../run")},
+		// kubelet's root dir on a tmpfs, which cAdvisor knows (it knows
+		// no rootfs, the initramfs); the agent mounts it as init. The
+		// node VM mounts the host's pods/ over it (the paths CRI names).
+		{Path: "/etc/fstab", Data: []byte(nodeFstab)},
 	}
 	for _, d := range nodeDirs {
 		files = append(files, File{Path: d, Mode: fs.ModeDir | 0o755})

@@ -62,6 +62,7 @@ func New(opts Options) (*Agent, error) {
 	allLoaded := make(chan struct{})
 	if opts.Init {
 		initMounts(log)
+		mountFstab(log, "/etc/fstab")
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 		go func() {
 			loadModules(log, opts.Modules, loaded, ready)

@@ -116,6 +116,9 @@ func (a *agent) linkShare(req *api.MountShareRequest) (*api.MountShareResponse, 
 
 func initMounts(log *slog.Logger) {}
 
+// mountFstab: a macOS guest mounts its own file systems.
+func mountFstab(log *slog.Logger, path string) {}
+
 func loadModules(log *slog.Logger, path string, loaded chan<- struct{}, ready chan<- struct{}) {
 	close(ready)
 }

@@ -22,7 +22,8 @@ func AdminSocket(cfg *config.Config) string { return filepath.Join(cfg.State, "a
 // serveAdmin serves the admin API until the returned stop:
 //
 //	GET  /v1/node          the node VM's nodevm.Status (404: no node VM)
-//	POST /v1/node/restart  make the node VM again
+//	POST /v1/node/restart  make the node VM again (or start it after a stop)
+//	POST /v1/node/stop     remove the node VM until a restart
 func serveAdmin(s *Service) (stop func(), err error) {
 	path := AdminSocket(s.cfg)
 	ln, err := listenUnix(path)
@@ -53,6 +54,14 @@ func serveAdmin(s *Service) (stop func(), err error) {
 			return
 		}
 		s.node.Restart()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	mux.HandleFunc("POST /v1/node/stop", func(w http.ResponseWriter, r *http.Request) {
+		if s.node == nil {
+			http.Error(w, "no node VM: [node] enabled is false in the daemon's configuration", http.StatusNotFound)
+			return
+		}
+		s.node.Stop()
 		w.WriteHeader(http.StatusAccepted)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -9,6 +9,7 @@ import (
 	goruntime "runtime"
 
 	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/runtime/agentapi"
@@ -102,11 +103,19 @@ func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
 // does when the daemon stops).
 func StartNodeVM(s *Service) (stop func()) {
 	if !s.cfg.Node.Enabled {
+		s.removeNodeVMs()
 		return nil
 	}
 	if err := os.MkdirAll(s.nodeVMConfig().LogDir, 0o700); err != nil {
 		slog.Error("node VM: its log directory", "err", err)
 		return nil
+	}
+	// The shares are mounted into the node VM: they must exist.
+	for _, p := range s.cfg.Node.Shares {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			slog.Error("node VM: a share", "path", p, "err", err)
+			return nil
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.node = nodevm.New(s.nodeVMConfig(), s, slog.Default())
@@ -123,4 +132,24 @@ func StartNodeVM(s *Service) (stop func()) {
 
 func (s *Service) nodeVMConfig() nodevm.Config {
 	return nodeVMConfig(s.cfg, s.stream.ln.Addr().String())
+}
+
+// removeNodeVMs removes a node VM an earlier daemon left running: [node]
+// is off now, and nothing else would ever stop it.
+func (s *Service) removeNodeVMs() {
+	ctx := nodevm.WithInternal(context.Background())
+	sbs, err := s.st.Sandboxes(func(sb *store.Sandbox) bool { return sb.Node })
+	if err != nil {
+		slog.Warn("node VM: listing leftovers", "err", err)
+		return
+	}
+	for _, sb := range sbs {
+		slog.Info("removing the node VM: [node] is not enabled", "sandbox", sb.ID)
+		if _, err := s.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.ID}); err != nil {
+			slog.Warn("node VM: stopping a leftover", "sandbox", sb.ID, "err", err)
+		}
+		if _, err := s.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.ID}); err != nil {
+			slog.Warn("node VM: removing a leftover", "sandbox", sb.ID, "err", err)
+		}
+	}
 }

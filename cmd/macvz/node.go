@@ -95,29 +95,40 @@ func nodeCmd() *cobra.Command {
 	}
 	logsCmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
 
+	post := func(cmd *cobra.Command, verb, said string) error {
+		c, err := admin(cmd)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Post("http://macvz/v1/node/"+verb, "", nil)
+		if err != nil {
+			return fmt.Errorf("asking the daemon (is `macvz serve` running?): %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			b, _ := io.ReadAll(resp.Body)
+			return errors.New(strings.TrimSpace(string(b)))
+		}
+		fmt.Fprintln(cmd.OutOrStdout(), said)
+		return nil
+	}
 	restartCmd := &cobra.Command{
 		Use:   "restart",
-		Short: "Make the node VM again (kubelet with it); pods are not touched",
+		Short: "Make the node VM again (kubelet with it), or start it after a stop; pods are not touched",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := admin(cmd)
-			if err != nil {
-				return err
-			}
-			resp, err := c.Post("http://macvz/v1/node/restart", "", nil)
-			if err != nil {
-				return fmt.Errorf("asking the daemon (is `macvz serve` running?): %w", err)
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusAccepted {
-				b, _ := io.ReadAll(resp.Body)
-				return errors.New(strings.TrimSpace(string(b)))
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), "node VM restarting; `macvz node status` follows it")
-			return nil
+			return post(cmd, "restart", "node VM restarting; `macvz node status` follows it")
 		},
 	}
-	cmd.AddCommand(statusCmd, logsCmd, restartCmd)
+	stopCmd := &cobra.Command{
+		Use:   "stop",
+		Short: "Remove the node VM (kubelet with it) until `macvz node restart` or the daemon's next start; pods are not touched",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return post(cmd, "stop", "node VM stopping; `macvz node status` follows it")
+		},
+	}
+	cmd.AddCommand(statusCmd, logsCmd, restartCmd, stopCmd)
 	return cmd
 }
 

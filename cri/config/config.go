@@ -184,7 +184,8 @@ type Node struct {
 	// daemon adds the CRI endpoints. Paths in them must be under Shares.
 	KubeletArgs []string `toml:"kubelet_args"`
 	// Shares are host directories mounted in the node VM at the same
-	// path: kubelet's root dir, the pod log directories, its
+	// path: kubelet's pods/ (its volumes; the root dir itself is a tmpfs
+	// in the VM, which cAdvisor knows), the pod log directories, its
 	// configuration and PKI.
 	Shares []string `toml:"shares"`
 	// CPUs and MemoryBytes size the node VM; 0 = the host's, so that the

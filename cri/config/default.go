@@ -160,7 +160,9 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # --image-service-endpoint. Every path they name must be under shares.
   kubelet_args = [{{range $i, $a := .C.Node.KubeletArgs}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
   # Host directories mounted in the node VM at the same path, so every
-  # path a CRI request names is the same file on both sides.
+  # path a CRI request names is the same file on both sides. kubelet's
+  # root dir itself stays in the VM (a tmpfs: cAdvisor knows no 9p or
+  # virtiofs); its pods/ directory, where the volumes are, is shared.
   shares = [{{range $i, $a := .C.Node.Shares}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
   # 0 = the host's: the node reports the host's capacity.
   cpus = {{.C.Node.CPUs}}

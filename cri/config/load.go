@@ -47,7 +47,7 @@ func Default() *Config {
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
-		Node:            Node{KubeletArgs: []string{}, Shares: []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
+		Node:            Node{KubeletArgs: []string{}, Shares: []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }

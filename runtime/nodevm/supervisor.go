@@ -18,6 +18,13 @@ import (
 	"github.com/macvz/macvz/runtime/guestfwd"
 )
 
+// The node image's kubelet and its root dir (a tmpfs of the image's
+// /etc/fstab).
+const (
+	KubeletPath    = "/usr/bin/kubelet"
+	KubeletRootDir = "/var/lib/kubelet"
+)
+
 // Runtime is what the Supervisor needs of the daemon: its CRI verbs,
 // called in process with an internal context, and the agent of a
 // sandbox's VM.
@@ -91,9 +98,12 @@ type Supervisor struct {
 	rt  Runtime
 	log *slog.Logger
 
-	mu      sync.Mutex
-	status  Status
-	restart chan struct{}
+	mu     sync.Mutex
+	status Status
+	// stopped: Stop asked that no node VM run (until Restart);
+	// restart: Restart asked for a new one. poke says either changed.
+	stopped, restart bool
+	poke             chan struct{}
 }
 
 // New returns a Supervisor; Run starts it.
@@ -102,8 +112,8 @@ func New(cfg Config, rt Runtime, log *slog.Logger) *Supervisor {
 		log = slog.Default()
 	}
 	return &Supervisor{cfg: cfg, rt: rt, log: log.With("component", "node-vm"),
-		status:  Status{State: "stopped", Image: cfg.Image, LogPath: filepath.Join(cfg.LogDir, Container+".log")},
-		restart: make(chan struct{}, 1)}
+		status: Status{State: "stopped", Image: cfg.Image, LogPath: filepath.Join(cfg.LogDir, Container+".log")},
+		poke:   make(chan struct{}, 1)}
 }
 
 // Status is the node VM's state now.
@@ -113,12 +123,38 @@ func (s *Supervisor) Status() Status {
 	return s.status
 }
 
-// Restart asks for the node VM to be made again (its kubelet with it).
+// Restart asks for the node VM to be made again (its kubelet with it),
+// or started again after Stop.
 func (s *Supervisor) Restart() {
+	s.mu.Lock()
+	s.restart, s.stopped = true, false
+	s.mu.Unlock()
+	s.wake()
+}
+
+// Stop asks for the node VM to be removed and left so until Restart (or
+// the daemon's next start).
+func (s *Supervisor) Stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	s.wake()
+}
+
+func (s *Supervisor) wake() {
 	select {
-	case s.restart <- struct{}{}:
+	case s.poke <- struct{}{}:
 	default:
 	}
+}
+
+// asked is what Stop and Restart asked since the last call.
+func (s *Supervisor) asked() (stop, restart bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	stop, restart = s.stopped, s.restart
+	s.restart = false
+	return stop, restart
 }
 
 func (s *Supervisor) set(f func(*Status)) {
@@ -135,9 +171,23 @@ func (s *Supervisor) Run(ctx context.Context) {
 	ctx = WithInternal(ctx)
 	wait := Backoff.Min
 	for ctx.Err() == nil {
+		if stop, _ := s.asked(); stop {
+			// Stopped by Stop: nothing runs until Restart.
+			s.set(func(st *Status) { st.State, st.Since, st.SandboxID, st.ContainerID = "stopped", time.Now(), "", "" })
+			s.log.Info("node VM stopped; `macvz node restart` starts it again")
+			select {
+			case <-ctx.Done():
+			case <-s.poke:
+			}
+			wait = Backoff.Min
+			continue
+		}
 		err := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, errStop) {
+			continue
 		}
 		forced := errors.Is(err, errRestart)
 		if forced {
@@ -152,6 +202,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 		s.log.Warn("the node VM is down; starting it again", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
+		case <-s.poke:
+			// Stop or Restart: the loop's top and runOnce see which.
+			s.wake()
 		case <-time.After(wait):
 		}
 		if !forced {
@@ -161,7 +214,10 @@ func (s *Supervisor) Run(ctx context.Context) {
 	s.set(func(st *Status) { st.State, st.Since = "stopped", time.Now() })
 }
 
-var errRestart = errors.New("restart asked")
+var (
+	errRestart = errors.New("restart asked")
+	errStop    = errors.New("stop asked")
+)
 
 // runOnce brings the node VM up (adopting one that runs) and watches it
 // until it or kubelet fails, or a restart is asked.
@@ -188,10 +244,18 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-s.restart:
-			s.log.Info("restart asked: removing the node VM", "sandbox", sbID)
-			s.remove(ctx, sbID)
-			return errRestart
+		case <-s.poke:
+			stop, restart := s.asked()
+			switch {
+			case stop:
+				s.log.Info("stop asked: removing the node VM", "sandbox", sbID)
+				s.remove(ctx, sbID)
+				return errStop
+			case restart:
+				s.log.Info("restart asked: removing the node VM", "sandbox", sbID)
+				s.remove(ctx, sbID)
+				return errRestart
+			}
 		case <-time.After(pollEvery):
 		}
 		ok, why, err := s.healthy(ctx, sbID, ctrID)
@@ -379,10 +443,15 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 	c := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: Container},
 		Image:    &runtimeapi.ImageSpec{Image: s.cfg.Image},
-		Command:  []string{"/usr/bin/kubelet"},
-		Args:     args,
-		LogPath:  Container + ".log",
-		Labels:   map[string]string{Label: "true"},
+		// kubelet bind-mounts its root dir onto itself, not recursively,
+		// unless it is already a shared mount (hostutil.DoMakeRShared):
+		// that would hide the host's pods/ mounted below it. In the
+		// container's mount namespace (a slave of the guest's) it is made
+		// shared first.
+		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
+		Args:    args,
+		LogPath: Container + ".log",
+		Labels:  map[string]string{Label: "true"},
 		// Every capability: kubelet reads /dev/kmsg, sets sysctls and
 		// OOM scores, mounts volumes.
 		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}},

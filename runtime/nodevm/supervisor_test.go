@@ -283,7 +283,7 @@ func TestSupervisorMakesTheNodeVM(t *testing.T) {
 	if !ctr.GetLinux().GetSecurityContext().GetPrivileged() || !pod.GetLinux().GetSecurityContext().GetPrivileged() {
 		t.Errorf("kubelet's container is not privileged: %v / %v", ctr.GetLinux(), pod.GetLinux())
 	}
-	if ctr.GetCommand()[0] != "/usr/bin/kubelet" || !slices.Contains(ctr.GetArgs(), "--container-runtime-endpoint=unix://"+GuestSocket) ||
+	if !strings.Contains(strings.Join(ctr.GetCommand(), " "), "exec /usr/bin/kubelet") || !slices.Contains(ctr.GetArgs(), "--container-runtime-endpoint=unix://"+GuestSocket) ||
 		!slices.Contains(ctr.GetArgs(), "--kubeconfig=/etc/kubernetes/kubelet.conf") {
 		t.Errorf("kubelet's command %v %v", ctr.GetCommand(), ctr.GetArgs())
 	}
@@ -368,4 +368,24 @@ func TestSupervisorBacksOff(t *testing.T) {
 	f.runErr = nil
 	f.mu.Unlock()
 	waitUntil(t, "running once RunPodSandbox works", func() bool { return s.Status().State == "running" })
+}
+
+func TestSupervisorStop(t *testing.T) {
+	f := newFake()
+	s := startSupervisor(t, f)
+	waitUntil(t, "node VM running", func() bool { return s.Status().State == "running" })
+	s.Stop()
+	waitUntil(t, "node VM stopped", func() bool { return s.Status().State == "stopped" && len(f.ready()) == 0 })
+	f.mu.Lock()
+	left := len(f.sbs)
+	f.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d sandboxes left after Stop", left)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if st := s.Status(); st.State != "stopped" {
+		t.Errorf("a stopped node VM came back: %+v", st)
+	}
+	s.Restart()
+	waitUntil(t, "node VM running after Restart", func() bool { return s.Status().State == "running" && len(f.ready()) == 1 })
 }

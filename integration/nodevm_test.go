@@ -1,0 +1,261 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/integration/testimage"
+	"github.com/macvz/macvz/integration/testregistry"
+	"github.com/macvz/macvz/runtime/nodevm"
+)
+
+// nodeImage builds the amd64 node image with the tools' kubelet once per
+// test binary.
+var nodeImage = sync.OnceValues(func() (testimage.Image, error) {
+	dir, err := os.MkdirTemp("", "macvz-node-")
+	if err != nil {
+		return testimage.Image{}, err
+	}
+	_, self, _, _ := runtime.Caller(0)
+	kubelet := os.Getenv("KUBELET")
+	if kubelet == "" {
+		kubelet = filepath.Join(filepath.Dir(self), "tools", "bin", "kubelet")
+	}
+	ctx := context.Background()
+	agent := filepath.Join(dir, "macvz-agent")
+	if err := guest.BuildStatic(ctx, guest.AgentPackage, agent); err != nil {
+		return testimage.Image{}, err
+	}
+	res, err := guest.Build(ctx, guest.Options{Out: filepath.Join(dir, "node"), Agent: agent, Cache: guest.DefaultCacheDir(), Node: &guest.NodeOptions{Kubelet: kubelet}})
+	if err != nil {
+		return testimage.Image{}, err
+	}
+	imgs, err := guest.Load(res.Layout)
+	if err != nil {
+		return testimage.Image{}, err
+	}
+	return imgs[guest.RefNode], nil
+})
+
+// nodeVMStaticPod is a static pod of the httpd guest on the host's
+// network.
+const nodeVMStaticPod = `apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: default
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: httpd
+    image: %s
+`
+
+// TestNodeVM: the daemon with [node] enabled boots the node VM from the
+// node image and runs the unmodified kubelet (v1.37.2) in it, which
+// reaches the daemon's CRI over the VM's agent channel; kubelet, in
+// standalone mode, runs a static pod, which is a VM of its own on the
+// host. No CRI client sees the node VM; `macvz node status` and `logs`
+// do. `macvz node restart` makes the node VM again and kubelet adopts
+// the running pod: same sandbox, same container, no restart.
+func TestNodeVM(t *testing.T) {
+	requireKubelet(t)
+	img, err := nodeImage()
+	if err != nil {
+		t.Fatalf("building the node image: %v", err)
+	}
+	nodeReg := testregistry.Start(t, testregistry.Options{})
+	if err := nodeReg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
+		t.Fatal(err)
+	}
+	nodeRef := nodeReg.Host() + "/macvz/node:" + guest.RefNode
+
+	// kubelet's configuration and static pods, in a directory shared
+	// into the node VM at its own path. kubelet hard-codes its pod log
+	// directories and its root dir's pods/: those are the host's.
+	kube, err := os.MkdirTemp("", "mvzkube")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(kube) })
+	for _, d := range []string{"manifests"} {
+		if err := os.MkdirAll(filepath.Join(kube, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"} {
+		if _, err := os.Stat(p); os.IsNotExist(err) {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(p) })
+		}
+	}
+	cfg, err := json.Marshal(map[string]any{
+		"kind":                        "KubeletConfiguration",
+		"apiVersion":                  "kubelet.config.k8s.io/v1beta1",
+		"cgroupDriver":                "cgroupfs",
+		"cgroupsPerQOS":               false,
+		"enforceNodeAllocatable":      []string{},
+		"failSwapOn":                  false,
+		"failCgroupV1":                false,
+		"staticPodPath":               filepath.Join(kube, "manifests"),
+		"address":                     "127.0.0.1",
+		"readOnlyPort":                0,
+		"authentication":              map[string]any{"anonymous": map[string]any{"enabled": true}, "webhook": map[string]any{"enabled": false}},
+		"authorization":               map[string]any{"mode": "AlwaysAllow"},
+		"evictionHard":                map[string]string{"memory.available": "50Mi"},
+		"imageGCHighThresholdPercent": 100,
+		"imageGCLowThresholdPercent":  99,
+		"runtimeRequestTimeout":       "4m",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(kube, "kubelet.json"), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	q := func(ss ...string) string {
+		var out []string
+		for _, s := range ss {
+			out = append(out, fmt.Sprintf("%q", s))
+		}
+		return strings.Join(out, ", ")
+	}
+	v := newVMTestIn(t, nil, fmt.Sprintf(`
+[registry.hosts.%q]
+insecure = true
+
+[vm]
+warm_start = false
+
+[node]
+enabled = true
+image = %q
+kubelet_args = [%s]
+shares = [%s]
+cpus = 2
+memory_bytes = %d
+`, nodeReg.Host(), nodeRef,
+		q("--config="+filepath.Join(kube, "kubelet.json"), "--hostname-override=macvz-node-test", "--v=2"),
+		q(kube, "/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"), 1<<30))
+	nodeCLI := func(args ...string) (string, error) {
+		out, err := exec.Command(macvzBin, append(append([]string{"node"}, args...), "--config", v.d.configPath())...).CombinedOutput()
+		return string(out), err
+	}
+	status := func() nodevm.Status {
+		var st nodevm.Status
+		out, err := nodeCLI("status", "--json")
+		if err == nil {
+			json.Unmarshal([]byte(out), &st)
+		}
+		return st
+	}
+	// The node VM is no pod: the daemon's cleanup (crictl rmp -a) does
+	// not see it. A failed test stops it here (cleanups run last first).
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			nodeCLI("stop")
+			waitFor(t, "the node VM stopped", time.Minute, func() bool { return status().State == "stopped" })
+		}
+	})
+
+	// The node VM comes up, kubelet in it.
+	start := time.Now()
+	waitFor(t, "the node VM running (macvz node status)", 4*time.Minute, func() bool { return status().State == "running" })
+	st := status()
+	t.Logf("node VM running %v after the daemon's start: sandbox %.12s, kubelet %.12s", time.Since(start).Round(10*time.Millisecond), st.SandboxID, st.ContainerID)
+	if out, _ := nodeCLI("status"); !strings.Contains(out, "running") {
+		t.Errorf("macvz node status:\n%s", out)
+	}
+
+	// kubelet runs the static pod: a VM of its own, made through the
+	// CRI that kubelet reaches from inside the node VM.
+	if err := os.WriteFile(filepath.Join(kube, "manifests", "web.yaml"), []byte(fmt.Sprintf(nodeVMStaticPod, v.httpd)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	var podID string
+	waitFor(t, "kubelet in the node VM running the static pod web", 5*time.Minute, func() bool {
+		out, _ := v.d.crictl("pods", "--name", "^web-macvz-node-test$", "--state", "ready", "-q")
+		podID = strings.TrimSpace(out)
+		if podID == "" {
+			return false
+		}
+		ctr, _ := v.d.crictl("ps", "--pod", podID, "--state", "running", "-q")
+		return strings.TrimSpace(ctr) != ""
+	})
+	ctrID := strings.TrimSpace(v.d.mustCrictl("ps", "--pod", podID, "-q"))
+	t.Logf("static pod web running %v after its manifest appeared (sandbox %.12s)", time.Since(start).Round(10*time.Millisecond), podID)
+	if got := v.execOut(t, ctrID, "cat", "/proc/sys/kernel/hostname"); got == "" {
+		t.Errorf("exec into the static pod: empty hostname")
+	}
+
+	// No CRI client sees the node VM.
+	if out := v.d.mustCrictl("pods", "-q"); strings.Contains(out, st.SandboxID) || len(strings.Fields(out)) != 1 {
+		t.Errorf("crictl pods lists %q; want the static pod alone (the node VM hidden)", out)
+	}
+	if out, err := v.d.crictl("inspectp", st.SandboxID); err == nil {
+		t.Errorf("crictl inspectp of the node VM worked: %s", out)
+	}
+	logs, err := nodeCLI("logs")
+	if err != nil || !strings.Contains(logs, "kubelet") {
+		t.Errorf("macvz node logs: %v\n%s", err, logs)
+	}
+
+	// A restart asked makes the node VM again; kubelet adopts the pod.
+	first := st.SandboxID
+	if out, err := nodeCLI("restart"); err != nil {
+		t.Fatalf("macvz node restart: %v\n%s", err, out)
+	}
+	waitFor(t, "a new node VM running", 4*time.Minute, func() bool { s := status(); return s.State == "running" && s.SandboxID != first })
+	// kubelet, back, relists the runtime; a pod it judged gone would get
+	// a new sandbox within this window.
+	deadline := time.Now().Add(45 * time.Second)
+	for time.Now().Before(deadline) {
+		if out := strings.TrimSpace(v.d.mustCrictl("pods", "--name", "^web-macvz-node-test$", "-q")); out != podID {
+			t.Fatalf("after macvz node restart the static pod's sandboxes are %q, want %s alone\n%s", out, podID, v.d.log.String())
+		}
+		time.Sleep(3 * time.Second)
+	}
+	if out := strings.TrimSpace(v.d.mustCrictl("ps", "--pod", podID, "--state", "running", "-q")); out != ctrID {
+		t.Errorf("after macvz node restart the static pod's running containers are %q, want %s", out, ctrID)
+	}
+	if s := status(); s.Restarts != 1 {
+		t.Errorf("macvz node status after one restart: %+v", s)
+	}
+
+	// The manifest goes: kubelet removes the pod.
+	os.Remove(filepath.Join(kube, "manifests", "web.yaml"))
+	waitFor(t, "the static pod removed", 3*time.Minute, func() bool {
+		out, _ := v.d.crictl("pods", "--name", "^web-macvz-node-test$", "--state", "ready", "-q")
+		return strings.TrimSpace(out) == ""
+	})
+
+	// macvz node stop removes the node VM: no shim, no VM, no state.
+	second := status().SandboxID
+	if out, err := nodeCLI("stop"); err != nil {
+		t.Fatalf("macvz node stop: %v\n%s", err, out)
+	}
+	waitFor(t, "the node VM stopped", time.Minute, func() bool { return status().State == "stopped" })
+	stopped = true
+	dir := filepath.Join(v.d.state, "sandboxes", second)
+	waitFor(t, "the node VM's processes and state gone", time.Minute, func() bool {
+		_, err := os.Stat(dir)
+		return len(processesUnder(dir)) == 0 && os.IsNotExist(err)
+	})
+}

@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image node-image sign
+.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image node-image sign
 
 all: build
 
@@ -40,7 +40,7 @@ build:
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
 
-test: unit fuzz-short integration critest kubelet-e2e cluster-e2e
+test: unit fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e
 
 # Unit tests are everything outside integration/; those run in `integration`
 # with the tools they need built first. The list is made in the recipe so a
@@ -99,7 +99,7 @@ node-image: build $(if $(filter command line environment,$(origin KUBELET)),,too
 # lack it skip and say why, under CI=true they fail.
 integration: build tools
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) $(if $(call has_main,macvz),MACVZ=$(abspath bin/macvz)) \
-		$(GO) test -race -count=1 -v -timeout 60m -skip '^(TestCritest|TestKubelet|TestCluster)$$' ./integration/...
+		$(GO) test -race -count=1 -v -timeout 60m -skip '^(TestCritest|TestKubelet|TestCluster|TestNodeVM|TestNodeImageKubelet)$$' ./integration/...
 
 # critest (cri-tools v1.36.0) against the real daemon on QEMU, in a network
 # namespace; integration/critest/skip.txt lists the specs skipped and why.
@@ -112,6 +112,13 @@ critest: build tools
 kubelet-e2e: build tools
 	CRICTL=$(CRICTL) KUBELET=$(KUBELET) MACVZ=$(abspath bin/macvz) \
 		$(GO) test -count=1 -v -timeout 30m -run '^TestKubelet$$' ./integration/
+
+# The node VM (integration/nodevm_test.go, nodeimage_test.go): the node
+# image with kubelet v1.37.2, booted by macvz serve with [node] enabled;
+# kubelet in it runs a static pod through the daemon's CRI.
+node-e2e: build tools
+	CRICTL=$(CRICTL) KUBELET=$(KUBELET) MACVZ=$(abspath bin/macvz) \
+		$(GO) test -count=1 -v -timeout 30m -run '^(TestNodeVM|TestNodeImageKubelet)$$' ./integration/
 
 # A real cluster (integration/cluster_test.go): etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler in a network namespace, two

@@ -325,6 +325,14 @@ func (a *agentConn) drop(suspend error) {
 		a.suspended = suspend.Error()
 	}
 	s := a.cur
+	// Forgotten now, not when its close is noticed: a call right after
+	// the drop must not be sent over the closing connection (it would
+	// fail with a bare "closed" instead of the reason).
+	if s != nil {
+		a.cur = nil
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
 	a.mu.Unlock()
 	if s != nil {
 		s.tc.Close()

@@ -59,7 +59,9 @@ else
 fi
 
 kube_version=v1.37.2 # keep in step with k8s.io/kubernetes in kubernetes/go.mod
-kube_ldflags=""
+# -s -w: no symbol table or DWARF, as Kubernetes' own release builds; the
+# links are the slow part of a rebuild, and the binaries a sixth smaller.
+kube_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	kube_ldflags+=" -X ${pkg}.gitVersion=${kube_version} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=37 -X ${pkg}.gitTreeState=clean"
 done
@@ -85,6 +87,6 @@ if fresh bin/etcd etcd; then
 else
 	echo "building bin/etcd (etcd ${etcd_version})"
 	# The server module's root is etcd's main package (etcdmain.Main).
-	(cd etcd && timed go build -o "../$tmp/etcd" go.etcd.io/etcd/server/v3)
+	(cd etcd && timed go build -ldflags "-s -w" -o "../$tmp/etcd" go.etcd.io/etcd/server/v3)
 	mv "$tmp/etcd" bin/etcd
 fi

@@ -104,6 +104,24 @@ func TestNodeVM(t *testing.T) {
 			t.Cleanup(func() { os.Remove(p) })
 		}
 	}
+	// kubelet removes a deleted pod's directories in its housekeeping,
+	// which the node VM's stop at the end can cut short: the static
+	// pod's are removed here, on the host where they are (before the
+	// directories this test made go: cleanups run last first).
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/var/log/pods/default_web-macvz-node-test_*")
+		for _, d := range dirs {
+			uid := d[strings.LastIndex(d, "_")+1:]
+			if uid != "" {
+				os.RemoveAll(filepath.Join("/var/lib/kubelet/pods", uid))
+			}
+			os.RemoveAll(d)
+		}
+		links, _ := filepath.Glob("/var/log/containers/web-macvz-node-test_*")
+		for _, l := range links {
+			os.Remove(l)
+		}
+	})
 	cfg, err := json.Marshal(map[string]any{
 		"kind":                        "KubeletConfiguration",
 		"apiVersion":                  "kubelet.config.k8s.io/v1beta1",

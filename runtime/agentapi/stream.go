@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Flow-control constants shared by the agent and these helpers.
@@ -143,6 +145,10 @@ func (r *OutputReader) Close() error {
 	return nil
 }
 
+// maxQueuedChunks bounds the data frames a ForwardConn holds unread: the
+// agent never has more than 32 unacknowledged chunks in flight.
+const maxQueuedChunks = 64
+
 // ForwardConn is a PortForward stream as a connection: to a TCP port on
 // the guest's localhost (DialPort) or from a guest client (AcceptGuest).
 // CloseWrite half-closes it; Close ends it.
@@ -168,6 +174,7 @@ type ForwardConn struct {
 	failed   error    // the stream broke
 	queue    [][]byte // data received, not yet read
 	eof      bool     // the peer's close_write came (after queue)
+	received uint64   // data bytes received
 	consumed uint64   // bytes Read returned
 	acked    uint64   // the last ack sent
 	unacked  int      // chunks consumed since it
@@ -208,6 +215,18 @@ func (c *ForwardConn) receive() {
 		}
 		// Data after close_write breaks the protocol: dropped.
 		if len(f.Data) > 0 && !c.eof {
+			// The guest is not trusted: an agent that sends beyond the
+			// window (or more chunks than it may have in flight) would
+			// grow the queue without bound. It ends the tunnel.
+			c.received += uint64(len(f.Data))
+			if c.received-c.acked > c.window || len(c.queue) >= maxQueuedChunks {
+				c.failed = status.Errorf(codes.InvalidArgument, "port-forward: the guest sent %d bytes in %d chunks beyond what was acknowledged, more than the window of %d bytes allows",
+					c.received-c.acked, len(c.queue)+1, c.window)
+				c.notifyLocked()
+				c.mu.Unlock()
+				c.cancel()
+				return
+			}
 			c.queue = append(c.queue, f.Data)
 		}
 		if f.CloseWrite {

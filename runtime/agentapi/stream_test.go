@@ -8,6 +8,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // chunkAgent answers ReadOutput with the chunks a guest chose.
@@ -61,5 +63,74 @@ func TestOutputReaderGuestOffsets(t *testing.T) {
 				t.Errorf("err = %v", err)
 			}
 		})
+	}
+}
+
+// floodAgent answers PortForward's first frame, then sends data without
+// end whatever the host acknowledges: a hostile guest.
+type floodAgent struct {
+	AgentClient
+	chunk int
+	sent  *int
+}
+
+func (a *floodAgent) PortForward(ctx context.Context) (Agent_PortForwardClient, error) {
+	return &floodStream{ctx: ctx, a: a}, nil
+}
+
+type floodStream struct {
+	ttrpc.ClientStream
+	ctx     context.Context
+	a       *floodAgent
+	started bool
+}
+
+func (s *floodStream) Send(*PortForwardFrame) error { return nil }
+func (s *floodStream) CloseSend() error             { return nil }
+func (s *floodStream) Recv() (*PortForwardFrame, error) {
+	if err := s.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !s.started {
+		s.started = true
+		return &PortForwardFrame{}, nil
+	}
+	*s.a.sent += s.a.chunk
+	return &PortForwardFrame{Data: make([]byte, s.a.chunk)}, nil
+}
+
+// TestForwardConnBoundsAGuestFlood: a guest that sends past the window,
+// in big chunks or many small ones, ends the tunnel with InvalidArgument
+// instead of growing the host's queue while nobody reads.
+func TestForwardConnBoundsAGuestFlood(t *testing.T) {
+	for _, chunk := range []int{32 << 10, 1} {
+		sent := 0
+		c, err := DialPort(context.Background(), &floodAgent{chunk: chunk, sent: &sent}, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-c.recvDone // the receiver gave up on its own
+		c.mu.Lock()
+		failed, queued := c.failed, 0
+		for _, q := range c.queue {
+			queued += len(q)
+		}
+		c.mu.Unlock()
+		if status.Code(failed) != codes.InvalidArgument || uint64(queued) > c.window {
+			t.Errorf("chunk %d: after %d bytes sent, failed %v with %d bytes queued; want InvalidArgument and at most the window", chunk, sent, failed, queued)
+		}
+		// What was queued is still read, then the failure.
+		var total int
+		for {
+			n, err := c.Read(make([]byte, 64<<10))
+			total += n
+			if err != nil {
+				if total != queued {
+					t.Errorf("chunk %d: read %d bytes, %d were queued", chunk, total, queued)
+				}
+				break
+			}
+		}
+		c.Close()
 	}
 }

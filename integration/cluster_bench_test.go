@@ -194,10 +194,7 @@ func (c *clusterTest) benchKubectl(t testing.TB) (time.Duration, map[string]time
 	}
 
 	c.cp.MustKubectl(t, "delete", "deployment", "bench", "--wait=true")
-	c.waitUntil(t, "app=bench", "the bench Deployment's pods gone", 3*time.Minute, func() (bool, string) {
-		ps := c.getPods(t, "app=bench")
-		return len(ps) == 0, fmt.Sprintf("%d pods", len(ps))
-	})
+	c.waitNoPods(t, "app=bench", "kubectl delete deployment bench")
 	c.waitNoVMs(t)
 	return overall, byNode, viaKubectl, viaCrictl
 }

@@ -95,6 +95,15 @@ func (c *clusterTest) waitClean(t testing.TB, n *cluster.Node, idle int, after s
 		n.Name, after, time.Since(start).Round(10*time.Millisecond))
 }
 
+// waitNoPods waits until no pod matches selector (after what).
+func (c *clusterTest) waitNoPods(t testing.TB, selector, what string) {
+	t.Helper()
+	c.waitUntil(t, selector, what+": no "+selector+" pod left", 3*time.Minute, func() (bool, string) {
+		ps := c.getPods(t, selector)
+		return len(ps) == 0, fmt.Sprintf("%d pods", len(ps))
+	})
+}
+
 // testDrain: kubectl scale --replicas=0, kubectl delete and kubectl
 // drain each leave nothing on the node a pod left; drained node-b's pod
 // is recreated on node-a. web ends as it began: 2 replicas, one a node.
@@ -112,35 +121,31 @@ func (c *clusterTest) testDrain(t *testing.T) {
 		}
 	})
 
-	step := time.Now()
-	c.cp.MustKubectl(t, "scale", "deployment", "web", "--replicas=0")
-	c.waitUntil(t, "app=web", "web scaled to 0: no pod left", 2*time.Minute, func() (bool, string) {
-		ps := c.getPods(t, "app=web")
-		return len(ps) == 0, fmt.Sprintf("%d pods", len(ps))
-	})
-	for _, n := range c.nodes {
-		c.waitClean(t, n, idle[n.Name], "after kubectl scale --replicas=0")
+	// Each of these ends every web pod; both nodes must then be clean,
+	// and web is brought back at 2 replicas for the next.
+	for _, args := range [][]string{
+		{"scale", "deployment", "web", "--replicas=0"},
+		{"delete", "deployment", "web", "--wait=true"},
+	} {
+		step := time.Now()
+		what := "kubectl " + strings.Join(args, " ")
+		c.cp.MustKubectl(t, args...)
+		c.waitNoPods(t, "app=web", what)
+		for _, n := range c.nodes {
+			c.waitClean(t, n, idle[n.Name], "after "+what)
+		}
+		t.Logf("%s → both nodes clean in %v", what, time.Since(step).Round(10*time.Millisecond))
+		if args[0] == "delete" {
+			c.cp.Apply(t, fmt.Sprintf(webManifest, 2, c.httpd))
+		}
+		c.scaleWeb(t, 2)
 	}
-	t.Logf("kubectl scale deployment web --replicas=0 → both nodes clean in %v", time.Since(step).Round(10*time.Millisecond))
-	c.scaleWeb(t, 2)
-
-	step = time.Now()
-	c.cp.MustKubectl(t, "delete", "deployment", "web", "--wait=true")
-	c.waitUntil(t, "app=web", "Deployment web deleted: no pod left", 2*time.Minute, func() (bool, string) {
-		ps := c.getPods(t, "app=web")
-		return len(ps) == 0, fmt.Sprintf("%d pods", len(ps))
-	})
-	for _, n := range c.nodes {
-		c.waitClean(t, n, idle[n.Name], "after kubectl delete deployment web")
-	}
-	t.Logf("kubectl delete deployment web → both nodes clean in %v", time.Since(step).Round(10*time.Millisecond))
-	c.cp.Apply(t, fmt.Sprintf(webManifest, 2, c.httpd))
-	byNode := c.scaleWeb(t, 2)
+	byNode := c.waitWeb(t, 2, 3*time.Minute)
 
 	// Drain node-b: its web pod is evicted and recreated on node-a.
 	nodeB := c.node("node-b")
 	evicted := byNode["node-b"][0].Metadata.Name
-	step = time.Now()
+	step := time.Now()
 	out, err := c.cp.Kubectl("drain", "node-b", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m")
 	if err != nil {
 		c.fatal(t, "app=web", "kubectl drain node-b: %v\n%s", err, out)

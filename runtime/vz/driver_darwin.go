@@ -23,7 +23,8 @@ import (
 )
 
 // Driver is the vz backend: one process (the shim) hosts one VM in the
-// framework's own dispatch queue.
+// framework's own dispatch queue, a macOS guest or an arm64 Linux guest
+// (linuxplan.go).
 type Driver struct{}
 
 // New returns the vz driver.
@@ -46,7 +47,8 @@ func (*Driver) Validate(spec *vm.Spec) error {
 	return err
 }
 
-// Restorable implements vm.Driver: macOS guests, on macOS 14 and later.
+// Restorable implements vm.Driver: macOS guests, on macOS 14 and later;
+// never a Linux guest (errLinuxRestore).
 func (*Driver) Restorable(spec *vm.Spec) error {
 	v, err := unix.Sysctl("kern.osproductversion")
 	if err != nil {
@@ -72,7 +74,13 @@ func (*Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
 // buildConfig turns a plan into a framework configuration. The files
 // are kept open for the VM's life (file-handle NIC attachments).
 func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
-	boot, err := vz.NewMacOSBootLoader()
+	var boot vz.BootLoader
+	var err error
+	if p.Boot == vm.BootLinux {
+		boot, err = linuxBootLoader(p.Linux)
+	} else {
+		boot, err = vz.NewMacOSBootLoader()
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -80,11 +88,15 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	platform, err := macPlatform(p)
-	if err != nil {
-		return nil, nil, err
+	if p.Boot == vm.BootMacOS {
+		// A Linux guest has no platform identity to keep: the framework's
+		// generic platform is its default.
+		platform, err := macPlatform(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg.SetPlatformVirtualMachineConfiguration(platform)
 	}
-	cfg.SetPlatformVirtualMachineConfiguration(platform)
 
 	var disks []vz.StorageDeviceConfiguration
 	for _, d := range p.Disks {
@@ -131,31 +143,11 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 		}
 	}
 
-	// A display even for a headless VM: VMs without a graphics device
-	// have shown vsock connection resets.
-	gfx, err := vz.NewMacGraphicsDeviceConfiguration()
-	if err != nil {
-		closeFiles()
-		return nil, nil, err
-	}
-	display, err := vz.NewMacGraphicsDisplayConfiguration(1920, 1200, 80)
-	if err != nil {
-		closeFiles()
-		return nil, nil, err
-	}
-	gfx.SetDisplays(display)
-	cfg.SetGraphicsDevicesVirtualMachineConfiguration([]vz.GraphicsDeviceConfiguration{gfx})
-
-	// Keyboard and trackpad: the Mac ones (macOS 14 and 13), else USB.
-	if kb, err := vz.NewMacKeyboardConfiguration(); err == nil {
-		cfg.SetKeyboardsVirtualMachineConfiguration([]vz.KeyboardConfiguration{kb})
-	} else if kb, err := vz.NewUSBKeyboardConfiguration(); err == nil {
-		cfg.SetKeyboardsVirtualMachineConfiguration([]vz.KeyboardConfiguration{kb})
-	}
-	if tp, err := vz.NewMacTrackpadConfiguration(); err == nil {
-		cfg.SetPointingDevicesVirtualMachineConfiguration([]vz.PointingDeviceConfiguration{tp})
-	} else if pd, err := vz.NewUSBScreenCoordinatePointingDeviceConfiguration(); err == nil {
-		cfg.SetPointingDevicesVirtualMachineConfiguration([]vz.PointingDeviceConfiguration{pd})
+	if p.Boot == vm.BootMacOS {
+		if err := macHumanInterface(cfg); err != nil {
+			closeFiles()
+			return nil, nil, err
+		}
 	}
 
 	entropy, err := vz.NewVirtioEntropyDeviceConfiguration()
@@ -204,6 +196,37 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 		return nil, nil, fmt.Errorf("vz: the framework refuses the VM configuration: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return cfg, files, nil
+}
+
+// macHumanInterface gives a macOS guest its display, keyboard and
+// pointing device. A Linux guest gets none: its console is the virtio
+// console and the agent is reached over vsock.
+func macHumanInterface(cfg *vz.VirtualMachineConfiguration) error {
+	// A display even for a headless VM: VMs without a graphics device
+	// have shown vsock connection resets.
+	gfx, err := vz.NewMacGraphicsDeviceConfiguration()
+	if err != nil {
+		return err
+	}
+	display, err := vz.NewMacGraphicsDisplayConfiguration(1920, 1200, 80)
+	if err != nil {
+		return err
+	}
+	gfx.SetDisplays(display)
+	cfg.SetGraphicsDevicesVirtualMachineConfiguration([]vz.GraphicsDeviceConfiguration{gfx})
+
+	// Keyboard and trackpad: the Mac ones (macOS 14 and 13), else USB.
+	if kb, err := vz.NewMacKeyboardConfiguration(); err == nil {
+		cfg.SetKeyboardsVirtualMachineConfiguration([]vz.KeyboardConfiguration{kb})
+	} else if kb, err := vz.NewUSBKeyboardConfiguration(); err == nil {
+		cfg.SetKeyboardsVirtualMachineConfiguration([]vz.KeyboardConfiguration{kb})
+	}
+	if tp, err := vz.NewMacTrackpadConfiguration(); err == nil {
+		cfg.SetPointingDevicesVirtualMachineConfiguration([]vz.PointingDeviceConfiguration{tp})
+	} else if pd, err := vz.NewUSBScreenCoordinatePointingDeviceConfiguration(); err == nil {
+		cfg.SetPointingDevicesVirtualMachineConfiguration([]vz.PointingDeviceConfiguration{pd})
+	}
+	return nil
 }
 
 // macPlatform is the VM's Mac identity: the image's hardware model, its
@@ -507,8 +530,12 @@ func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 	return devs[0].Connect(AgentPort)
 }
 
-// Save implements vm.Machine: pause, then write the state (macOS 14+).
+// Save implements vm.Machine: pause, then write the state (macOS 14+,
+// macOS guests only).
 func (m *machine) Save(ctx context.Context, path string) error {
+	if m.plan.Boot == vm.BootLinux {
+		return errLinuxRestore
+	}
 	m.mu.Lock()
 	v, st := m.v, m.state
 	m.mu.Unlock()

@@ -1,4 +1,5 @@
-// Package vz is the macOS backend: macOS guests under Apple's
+// Package vz is the macOS backend: macOS guests, and arm64 Linux guests
+// booted from a kernel and initrd (linuxplan.go), under Apple's
 // Virtualization.framework, through github.com/Code-Hex/vz/v3. The
 // framework exists only on darwin; this file is the platform-neutral half
 // (what a vm.Spec asks of the framework, validated), tested on Linux, and
@@ -46,9 +47,16 @@ type SharePlan struct {
 
 // Plan is the VM the darwin code builds.
 type Plan struct {
+	// Boot is the guest's kind: vm.BootMacOS (Apple's boot loader, the
+	// Mac platform fields below) or vm.BootLinux (Linux, which has no
+	// platform identity or auxiliary storage).
+	Boot vm.BootKind
+	// Linux is a Linux guest's boot loader (Boot is vm.BootLinux).
+	Linux *LinuxBoot
+
 	CPUs   int
 	Memory uint64
-	// HardwareModel is VZMacHardwareModel.dataRepresentation; MachineID
+	// BootMacOS only: HardwareModel is VZMacHardwareModel.dataRepresentation; MachineID
 	// is VZMacMachineIdentifier.dataRepresentation, nil = make a fresh one.
 	HardwareModel, MachineID []byte
 	AuxStorage               string
@@ -64,38 +72,41 @@ type Plan struct {
 	// ConsoleLogMax bytes, 0 = the default).
 	ConsoleLog    string
 	ConsoleLogMax int64
-	// RestoreFrom is a saved state to restore instead of booting.
+	// RestoreFrom is a saved state to restore instead of booting (macOS
+	// guests only: see Restorable).
 	RestoreFrom string
 	// The devices every macOS VM gets, whatever the spec: a Mac graphics
 	// device (even headless: VMs without one have shown vsock connection
 	// resets), keyboard and trackpad, an entropy device, a memory
-	// balloon, one virtio-socket device for the agent.
+	// balloon, one virtio-socket device for the agent. A Linux guest
+	// gets the entropy device, the balloon and the socket device, no
+	// display and no input devices.
 }
 
 // NewPlan validates spec against the framework's limits and describes
 // the VM to build. Errors wrap errdefs.ErrInvalidArgument (a field the
-// spec got wrong) or ErrNotImplemented (what this backend cannot run).
+// spec got wrong), ErrFailedPrecondition (a Linux guest's kernel or
+// initrd is not there; a Linux guest cannot be restored) or
+// ErrNotImplemented (what this backend cannot run).
 func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("vz: "+format+": %w", append(a, errdefs.ErrInvalidArgument)...)
-	}
-	if spec.Boot.Kind != vm.BootMacOS {
-		return nil, fmt.Errorf("vz: boot kind %q: this backend runs macOS guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
-	}
-	if len(spec.Boot.HardwareModel) == 0 {
-		return nil, bad("boot.hardwareModel is empty (the image's VZMacHardwareModel)")
-	}
-	if spec.Boot.AuxStorage == "" || !filepath.IsAbs(spec.Boot.AuxStorage) {
-		return nil, bad("boot.auxStorage %q must be an absolute path (the sandbox's own copy)", spec.Boot.AuxStorage)
-	}
-	if f := spec.Boot.MachineIDFile; f != "" && !filepath.IsAbs(f) {
-		return nil, bad("boot.machineIdFile %q must be an absolute path", f)
-	}
 	p := &Plan{
+		Boot: spec.Boot.Kind,
 		CPUs: spec.CPUs, Memory: uint64(max(spec.MemoryBytes, 0)),
-		HardwareModel: spec.Boot.HardwareModel, MachineID: spec.Boot.MachineID, AuxStorage: spec.Boot.AuxStorage,
-		MachineIDFile: spec.Boot.MachineIDFile,
-		ConsoleLog:    spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax, RestoreFrom: spec.RestoreFrom,
+		ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax, RestoreFrom: spec.RestoreFrom,
+	}
+	switch spec.Boot.Kind {
+	case vm.BootMacOS:
+		if err := p.macOSBoot(spec); err != nil {
+			return nil, err
+		}
+	case vm.BootLinux:
+		lb, err := linuxBoot(spec)
+		if err != nil {
+			return nil, err
+		}
+		p.Linux = lb
+	default:
+		return nil, fmt.Errorf("vz: boot kind %q: this backend runs macOS and Linux guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
 	}
 	if p.CPUs < lim.MinCPUs || (lim.MaxCPUs > 0 && p.CPUs > lim.MaxCPUs) || p.CPUs < 1 {
 		return nil, bad("%d CPUs: the framework allows %d to %d", p.CPUs, lim.MinCPUs, lim.MaxCPUs)
@@ -107,7 +118,8 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 		// The framework wants a multiple of 1 MiB.
 		return nil, bad("memory %d bytes is not a whole number of MiB", p.Memory)
 	}
-	if len(spec.Disks) == 0 {
+	if len(spec.Disks) == 0 && p.Boot == vm.BootMacOS {
+		// A Linux guest may live in its initrd alone.
 		return nil, bad("a macOS guest needs a boot disk")
 	}
 	for _, d := range spec.Disks {
@@ -122,6 +134,9 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 			return nil, bad("share tag %q is empty or repeated", s.Tag)
 		}
 		tags[s.Tag] = true
+		if p.Boot == vm.BootLinux && len(s.Tag) > maxLinuxTag {
+			return nil, bad("share tag %q: a Linux guest's virtiofs tag has at most %d bytes", s.Tag, maxLinuxTag)
+		}
 		if !filepath.IsAbs(s.HostPath) {
 			return nil, bad("share %s: host path %q must be absolute", s.Tag, s.HostPath)
 		}
@@ -156,6 +171,32 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 	return p, nil
 }
 
+// macOSBoot checks and takes a macOS guest's platform fields.
+func (p *Plan) macOSBoot(spec *vm.Spec) error {
+	if len(spec.Boot.HardwareModel) == 0 {
+		return bad("boot.hardwareModel is empty (the image's VZMacHardwareModel)")
+	}
+	if spec.Boot.AuxStorage == "" || !filepath.IsAbs(spec.Boot.AuxStorage) {
+		return bad("boot.auxStorage %q must be an absolute path (the sandbox's own copy)", spec.Boot.AuxStorage)
+	}
+	if f := spec.Boot.MachineIDFile; f != "" && !filepath.IsAbs(f) {
+		return bad("boot.machineIdFile %q must be an absolute path", f)
+	}
+	p.HardwareModel, p.MachineID, p.AuxStorage = spec.Boot.HardwareModel, spec.Boot.MachineID, spec.Boot.AuxStorage
+	p.MachineIDFile = spec.Boot.MachineIDFile
+	return nil
+}
+
+// bad is a spec's mistake.
+func bad(format string, a ...any) error {
+	return fmt.Errorf("vz: "+format+": %w", append(a, errdefs.ErrInvalidArgument)...)
+}
+
+// precondition is what the host lacks for a spec that is itself right.
+func precondition(format string, a ...any) error {
+	return fmt.Errorf("vz: "+format+": %w", append(a, errdefs.ErrFailedPrecondition)...)
+}
+
 // MinRestoreMacOS is the first macOS release whose framework saves and
 // restores a VM's state (VZVirtualMachine saveMachineStateTo and
 // restoreMachineStateFrom).
@@ -164,10 +205,15 @@ const MinRestoreMacOS = 14
 // Restorable says why a VM of spec could not be restored from a saved
 // state on a host running macOS release hostMajor (0: not known, left to
 // the framework to say when the state is saved); nil when it can. The
-// framework may still refuse a configuration (Save validates it).
+// framework may still refuse a configuration (Save validates it). Linux
+// guests are never restored (errLinuxRestore).
 func Restorable(spec *vm.Spec, hostMajor int) error {
-	if spec.Boot.Kind != vm.BootMacOS {
-		return fmt.Errorf("vz: boot kind %q: this backend runs macOS guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
+	switch spec.Boot.Kind {
+	case vm.BootMacOS:
+	case vm.BootLinux:
+		return errLinuxRestore
+	default:
+		return fmt.Errorf("vz: boot kind %q: this backend runs macOS and Linux guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
 	}
 	if hostMajor > 0 && hostMajor < MinRestoreMacOS {
 		return fmt.Errorf("vz: this host runs macOS %d; saving and restoring a VM's state needs macOS %d or later: %w",

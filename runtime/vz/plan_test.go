@@ -54,7 +54,7 @@ func TestNewPlanRefuses(t *testing.T) {
 		change  func(*vm.Spec)
 		notImpl bool
 	}{
-		"linux boot":          {func(s *vm.Spec) { s.Boot.Kind = vm.BootLinux }, true},
+		"unknown boot":        {func(s *vm.Spec) { s.Boot.Kind = "efi" }, true},
 		"no hardware model":   {func(s *vm.Spec) { s.Boot.HardwareModel = nil }, false},
 		"relative aux":        {func(s *vm.Spec) { s.Boot.AuxStorage = "nvram.bin" }, false},
 		"relative machine id": {func(s *vm.Spec) { s.Boot.MachineIDFile = "machine-id" }, false},
@@ -83,7 +83,8 @@ func TestNewPlanRefuses(t *testing.T) {
 }
 
 // TestRestorable: a macOS guest can be restored on macOS 14 and later
-// (or a host whose release is not known); other guests are not vz's.
+// (or a host whose release is not known); a Linux guest never is, and
+// other guests are not vz's.
 func TestRestorable(t *testing.T) {
 	for _, major := range []int{0, 14, 15} {
 		if err := Restorable(macSpec(), major); err != nil {
@@ -95,8 +96,13 @@ func TestRestorable(t *testing.T) {
 	}
 	linux := macSpec()
 	linux.Boot = vm.Boot{Kind: vm.BootLinux}
-	if err := Restorable(linux, 15); !errdefs.IsNotImplemented(err) {
+	if err := Restorable(linux, 15); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("linux guest: %v", err)
+	}
+	other := macSpec()
+	other.Boot = vm.Boot{Kind: "efi"}
+	if err := Restorable(other, 15); !errdefs.IsNotImplemented(err) {
+		t.Errorf("efi guest: %v", err)
 	}
 	for v, want := range map[string]int{"14.2.1": 14, "13.6\n": 13, "26.0": 26, "15": 15, "": 0, "x.1": 0} {
 		if got := MacOSMajor(v); got != want {

@@ -2,8 +2,11 @@ package cri
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -85,6 +88,7 @@ func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
 		LogDir:      cfg.Node.LogDir,
 		CRISocket:   cfg.Socket,
 		StreamAddr:  streamAddr,
+		Ports:       cfg.Node.Ports,
 	}
 	if c.MilliCPU == 0 {
 		c.MilliCPU = int64(goruntime.NumCPU()) * 1000
@@ -95,7 +99,43 @@ func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
 	if c.LogDir == "" {
 		c.LogDir = filepath.Join(cfg.State, "node")
 	}
+	c.NodeIP = cfg.Node.NodeIP
+	if c.NodeIP == "" {
+		c.NodeIP = cfg.Node.KubeletNodeIP()
+	}
+	if c.NodeIP == "" {
+		ip, err := defaultRouteAddr()
+		if err != nil {
+			slog.Warn("node VM: no node IP (node.node_ip unset, and no default route): kubelet reports the VM's own NAT address, which the cluster cannot reach", "err", err)
+		}
+		c.NodeIP = ip
+	}
+	if ip, err := netip.ParseAddr(c.NodeIP); err == nil {
+		c.NodeIP = ip.Unmap().String()
+	}
 	return c
+}
+
+// defaultRouteAddr is the host's address on its default route: a UDP
+// "connection" to a public address (the 6to4 relay anycast, and one of
+// IPv6's documentation prefix, which no LAN holds) only picks the route
+// and its source address; nothing is sent. IPv4 first: kubelet reports
+// one address.
+func defaultRouteAddr() (string, error) {
+	var errs []error
+	for _, probe := range []string{"192.88.99.1:9", "[2001:db8::1]:9"} {
+		c, err := net.Dial("udp", probe)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ip := c.LocalAddr().(*net.UDPAddr).IP
+		c.Close()
+		if ip.IsGlobalUnicast() {
+			return ip.String(), nil
+		}
+	}
+	return "", errors.Join(errs...)
 }
 
 // StartNodeVM runs the node VM's supervisor when [node] enables it; the

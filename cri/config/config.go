@@ -1,6 +1,8 @@
 // Package config is macvz's daemon configuration (/etc/macvz/config.toml).
 package config
 
+import "strings"
+
 // Config is the whole daemon configuration. Field comments are the
 // reference; `macvz config default` prints them with their defaults.
 type Config struct {
@@ -195,4 +197,27 @@ type Node struct {
 	MemoryBytes int64 `toml:"memory_bytes"`
 	// LogDir holds kubelet's log ("" = <state>/node).
 	LogDir string `toml:"log_dir"`
+	// NodeIP is the node's address, the one kubelet reports (its
+	// --node-ip, which the daemon passes): the host's, since the node VM
+	// has only the hypervisor's NAT. "" = the --node-ip of kubelet_args,
+	// else the host's address on its default route.
+	NodeIP string `toml:"node_ip"`
+	// Ports are kubelet's TCP ports (its API, 10250) forwarded from
+	// NodeIP on the host into the node VM, so the API server reaches it.
+	Ports []int `toml:"ports"`
+}
+
+// KubeletNodeIP is the value of --node-ip in KubeletArgs ("" if absent).
+func (n Node) KubeletNodeIP() string {
+	for i, a := range n.KubeletArgs {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "node-ip" {
+			continue
+		}
+		if !hasVal && i+1 < len(n.KubeletArgs) {
+			val = n.KubeletArgs[i+1]
+		}
+		return val
+	}
+	return ""
 }

@@ -169,6 +169,15 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   memory_bytes = {{.C.Node.MemoryBytes}}
   # kubelet's log; "" = <state>/node.
   log_dir = "{{.C.Node.LogDir}}"
+  # The node's address, which kubelet reports (the daemon passes it as
+  # --node-ip): the host's own. The node VM gets it on its loopback with
+  # its local route removed, so kubelet accepts it while traffic to the
+  # host's address still leaves the VM. "" = kubelet_args' --node-ip,
+  # else the host's address on its default route.
+  node_ip = "{{.C.Node.NodeIP}}"
+  # kubelet's ports forwarded from node_ip on the host into the node VM
+  # (the API server's exec, logs and port-forward reach kubelet so).
+  ports = [{{range $i, $p := .C.Node.Ports}}{{if $i}}, {{end}}{{$p}}{{end}}]
 
 # Runtime handlers (the handler of a RuntimeClass) besides the default
 # ("macvz" or empty). vm_image boots every sandbox of the handler from that

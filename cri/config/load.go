@@ -47,7 +47,7 @@ func Default() *Config {
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
-		Node:            Node{KubeletArgs: []string{}, Shares: []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
+		Node:            Node{KubeletArgs: []string{}, Ports: []int{10250}, Shares: []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
@@ -198,6 +198,24 @@ func (c *Config) Validate() error {
 	}
 	if c.Node.LogDir != "" && !filepath.IsAbs(c.Node.LogDir) {
 		return bad("node.log_dir", "must be an absolute path, got %q", c.Node.LogDir)
+	}
+	if c.Node.NodeIP != "" && net.ParseIP(c.Node.NodeIP) == nil {
+		return bad("node.node_ip", "not an IP address: %q", c.Node.NodeIP)
+	}
+	// The node VM takes the node's one address (kubelet's dual-stack
+	// --node-ip pair is not supported there).
+	if ip := c.Node.KubeletNodeIP(); ip != "" {
+		if net.ParseIP(ip) == nil {
+			return bad("node.kubelet_args", "--node-ip %q: the node VM needs one IP address", ip)
+		}
+		if c.Node.NodeIP != "" && !net.ParseIP(ip).Equal(net.ParseIP(c.Node.NodeIP)) {
+			return bad("node.kubelet_args", "--node-ip %s differs from node.node_ip %s", ip, c.Node.NodeIP)
+		}
+	}
+	for _, p := range c.Node.Ports {
+		if p < 1 || p > 65535 {
+			return bad("node.ports", "%d is not a TCP port", p)
+		}
 	}
 	if c.Kubelet.DevicePlugin && !filepath.IsAbs(c.Kubelet.DevicePluginDir) {
 		return bad("kubelet.device_plugin_dir", "must be an absolute path, got %q", c.Kubelet.DevicePluginDir)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,6 +69,16 @@ type Config struct {
 	// node VM gets the same port on its loopback, so the URLs the daemon
 	// returns for exec, attach and port-forward work there.
 	StreamAddr string
+	// NodeIP is the host's address that kubelet reports (--node-ip, added
+	// unless KubeletArgs has it). kubelet accepts only an address of its
+	// own interfaces, so the VM gets it on its loopback without the
+	// address's local route: the VM's connections to it (a host-network
+	// pod's probes) still leave through the NAT to the host. "" = none.
+	NodeIP string
+	// Ports are forwarded from NodeIP on the host (every address when
+	// NodeIP is "") to the same ports in the node VM: kubelet's API,
+	// which the API server dials for exec, logs and port-forward.
+	Ports []int
 }
 
 // Backoff bounds the waits between attempts after a failure.
@@ -426,6 +438,10 @@ func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
 			},
 		},
 	}
+	for _, p := range s.cfg.Ports {
+		cfg.PortMappings = append(cfg.PortMappings, &runtimeapi.PortMapping{
+			Protocol: runtimeapi.Protocol_TCP, ContainerPort: int32(p), HostPort: int32(p), HostIp: s.cfg.NodeIP})
+	}
 	if s.cfg.MilliCPU > 0 || s.cfg.MemoryBytes > 0 {
 		cfg.Linux.Resources = &runtimeapi.LinuxContainerResources{
 			CpuPeriod: 100000, CpuQuota: s.cfg.MilliCPU * 100, MemoryLimitInBytes: s.cfg.MemoryBytes}
@@ -440,6 +456,18 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 		"--container-runtime-endpoint=unix://" + GuestSocket,
 		"--image-service-endpoint=unix://" + GuestSocket,
 	}, s.cfg.KubeletArgs...)
+	if s.cfg.NodeIP != "" {
+		// The node IP is not local in the VM (see nodeIPScript): kubelet
+		// listens on every address, which only the forwarded ports reach.
+		all := "0.0.0.0"
+		if ip, err := netip.ParseAddr(s.cfg.NodeIP); err == nil && ip.Is6() {
+			all = "::"
+		}
+		args = append(args, "--address="+all)
+		if !hasFlag(s.cfg.KubeletArgs, "node-ip") {
+			args = append(args, "--node-ip="+s.cfg.NodeIP)
+		}
+	}
 	c := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: Container},
 		Image:    &runtimeapi.ImageSpec{Image: s.cfg.Image},
@@ -448,7 +476,7 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 		// that would hide the host's pods/ mounted below it. In the
 		// container's mount namespace (a slave of the guest's) it is made
 		// shared first.
-		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
+		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + s.nodeIPScript() + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
 		Args:    args,
 		LogPath: Container + ".log",
 		Labels:  map[string]string{Label: "true"},
@@ -460,4 +488,35 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 		c.Mounts = append(c.Mounts, &runtimeapi.Mount{HostPath: p, ContainerPath: p})
 	}
 	return c
+}
+
+// nodeIPScript gives the VM the node IP for kubelet's --node-ip check
+// (an address of its interfaces) without making it local: with the
+// address's route gone from the local table, the VM's connections to it
+// leave through the NAT and reach the host, as kubelet's probes of a
+// host-network pod must. On the loopback, which never goes down (an
+// interface coming up would put the local route back). Busybox's ip
+// does this; the container is privileged and in the VM's network
+// namespace.
+func (s *Supervisor) nodeIPScript() string {
+	ip, err := netip.ParseAddr(s.cfg.NodeIP)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf(" && ip addr add %s dev lo && ip route del local %s dev lo table local",
+		netip.PrefixFrom(ip, ip.BitLen()), ip)
+}
+
+// hasFlag reports whether kubelet's args set --name (or -name), with
+// its value joined by "=" or next.
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if n, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "="); n == name {
+			return true
+		}
+	}
+	return false
 }

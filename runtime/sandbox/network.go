@@ -59,8 +59,12 @@ func (s *Controller) setupNetwork(ctx context.Context, sb *store.Sandbox) error 
 			DNS:       store.DNS{Servers: []string{userNetDNS}},
 		}
 		if n.NIC.Kind != vm.NICUser {
-			// vz NAT: the guest gets its address by DHCP.
+			// vz NAT: the guest gets its address by DHCP, and the NAT
+			// forwards no port: the daemon proxies the pod's ports from
+			// the host to that address (startPorts), as it does for
+			// vmnet pods (the node VM's kubelet port on a Mac so).
 			n.Addresses, n.Routes, n.DNS = nil, nil, store.DNS{}
+			n.PortsByDaemon = true
 		}
 		rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Network = n; return nil })
 		if err == nil {

@@ -1,0 +1,47 @@
+package config
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+// [node]'s node_ip and ports: kubelet's API port by default, the node IP
+// from kubelet_args' --node-ip (either form) when node_ip is unset, and
+// clear errors for a bad address, a disagreement or a bad port.
+func TestNodeIPAndPorts(t *testing.T) {
+	cfg, err := Decode(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.Node.Ports, []int{10250}) || cfg.Node.NodeIP != "" {
+		t.Errorf("defaults: ports %v, node_ip %q; want [10250] and \"\"", cfg.Node.Ports, cfg.Node.NodeIP)
+	}
+	for _, args := range [][]string{{"--v=2", "--node-ip=10.0.0.5"}, {"--node-ip", "10.0.0.5", "--v=2"}, {"-node-ip=10.0.0.5"}} {
+		if got := (Node{KubeletArgs: args}).KubeletNodeIP(); got != "10.0.0.5" {
+			t.Errorf("KubeletNodeIP of %q = %q, want 10.0.0.5", args, got)
+		}
+	}
+	if got := (Node{KubeletArgs: []string{"--node-labels=a=b"}}).KubeletNodeIP(); got != "" {
+		t.Errorf("KubeletNodeIP without --node-ip = %q", got)
+	}
+	cfg, err = Decode(strings.NewReader("[node]\nnode_ip = \"10.0.0.5\"\nports = [10250, 4194]\nkubelet_args = [\"--node-ip=10.0.0.5\"]\n"))
+	if err != nil || cfg.Node.NodeIP != "10.0.0.5" || !slices.Equal(cfg.Node.Ports, []int{10250, 4194}) {
+		t.Errorf("node_ip and ports set: %v, %+v", err, cfg.Node)
+	}
+	for name, tc := range map[string]struct{ in, want string }{
+		"bad node_ip":       {"[node]\nnode_ip = \"host.local\"", "node.node_ip"},
+		"dual-stack":        {"[node]\nkubelet_args = [\"--node-ip=10.0.0.5,fd00::5\"]", "one ip address"},
+		"disagreeing":       {"[node]\nnode_ip = \"10.0.0.5\"\nkubelet_args = [\"--node-ip\", \"10.0.0.6\"]", "differs"},
+		"port out of range": {"[node]\nports = [0]", "node.ports"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Decode(strings.NewReader(tc.in))
+			if err == nil || !errdefs.IsInvalidArgument(err) || !strings.Contains(strings.ToLower(err.Error()), tc.want) {
+				t.Errorf("error %v, want InvalidArgument mentioning %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -22,8 +22,9 @@ type Options struct {
 	System bool
 	// Init: the agent is the guest's init (PID 1). New mounts the
 	// pseudo file systems, sets PATH, loads the kernel modules listed in
-	// Modules in the background, and watches the ACPI power button; the
-	// agent reaps every process. At most one such Agent per process.
+	// Modules in the background (returning once those of a vsock
+	// channel, when listed, are in), and watches the ACPI power button;
+	// the agent reaps every process. At most one such Agent per process.
 	Init bool
 	// Modules is the file listing the kernel modules to load, one .ko
 	// path a line (Init only; a missing file loads nothing).
@@ -39,6 +40,9 @@ type Options struct {
 	// (DefaultSocketDir when empty).
 	SocketDir string
 }
+
+// channelWait bounds how long New waits for the agent channel's modules.
+const channelWait = 10 * time.Second
 
 // Agent is the guest agent: the runtime/agentapi service, ready to be
 // registered on a ttrpc server.
@@ -64,10 +68,18 @@ func New(opts Options) (*Agent, error) {
 		initMounts(log)
 		mountFstab(log, "/etc/fstab")
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		channel := make(chan struct{})
 		go func() {
-			loadModules(log, opts.Modules, loaded, ready)
+			loadModules(log, opts.Modules, loaded, channel, ready)
 			close(allLoaded)
 		}()
+		// A vsock listener (vz guests) binds right after New: its
+		// address family must be there (channelModules).
+		select {
+		case <-channel:
+		case <-time.After(channelWait):
+			log.Warn("the vsock modules are still loading; the agent's listener may fail", "waited", channelWait)
+		}
 	} else {
 		close(allLoaded)
 		close(ready)

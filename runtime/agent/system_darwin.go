@@ -119,7 +119,8 @@ func initMounts(log *slog.Logger) {}
 // mountFstab: a macOS guest mounts its own file systems.
 func mountFstab(log *slog.Logger, path string) {}
 
-func loadModules(log *slog.Logger, path string, loaded chan<- struct{}, ready chan<- struct{}) {
+func loadModules(log *slog.Logger, path string, loaded, channel, ready chan<- struct{}) {
+	close(channel)
 	close(ready)
 }
 

@@ -56,8 +56,9 @@ type Plan struct {
 
 	CPUs   int
 	Memory uint64
-	// BootMacOS only: HardwareModel is VZMacHardwareModel.dataRepresentation; MachineID
-	// is VZMacMachineIdentifier.dataRepresentation, nil = make a fresh one.
+	// BootMacOS only: HardwareModel is
+	// VZMacHardwareModel.dataRepresentation; MachineID is
+	// VZMacMachineIdentifier.dataRepresentation, nil = make a fresh one.
 	HardwareModel, MachineID []byte
 	AuxStorage               string
 	// MachineIDFile receives a fresh identifier's data representation.

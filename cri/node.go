@@ -88,7 +88,11 @@ func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
 		LogDir:      cfg.Node.LogDir,
 		CRISocket:   cfg.Socket,
 		StreamAddr:  streamAddr,
-		Ports:       cfg.Node.Ports,
+	}
+	if cfg.Node.JoinsCluster() {
+		// A standalone kubelet keeps its ports to itself (and two such
+		// daemons on one host do not race for them).
+		c.Ports = cfg.Node.Ports
 	}
 	if c.MilliCPU == 0 {
 		c.MilliCPU = int64(goruntime.NumCPU()) * 1000

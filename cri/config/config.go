@@ -203,21 +203,37 @@ type Node struct {
 	// else the host's address on its default route.
 	NodeIP string `toml:"node_ip"`
 	// Ports are kubelet's TCP ports (its API, 10250) forwarded from
-	// NodeIP on the host into the node VM, so the API server reaches it.
+	// NodeIP on the host into the node VM, so the API server reaches it;
+	// only when kubelet joins a cluster (a --kubeconfig in KubeletArgs).
 	Ports []int `toml:"ports"`
 }
 
 // KubeletNodeIP is the value of --node-ip in KubeletArgs ("" if absent).
 func (n Node) KubeletNodeIP() string {
+	v, _ := n.kubeletFlag("node-ip")
+	return v
+}
+
+// JoinsCluster reports whether kubelet has a kubeconfig (or a bootstrap
+// one): a standalone kubelet has no API server to dial it.
+func (n Node) JoinsCluster() bool {
+	_, ok := n.kubeletFlag("kubeconfig")
+	_, boot := n.kubeletFlag("bootstrap-kubeconfig")
+	return ok || boot
+}
+
+// kubeletFlag finds --name (or -name) in KubeletArgs, with its value
+// joined by "=" or next.
+func (n Node) kubeletFlag(name string) (string, bool) {
 	for i, a := range n.KubeletArgs {
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || name != "node-ip" {
+		f, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || f != name {
 			continue
 		}
 		if !hasVal && i+1 < len(n.KubeletArgs) {
 			val = n.KubeletArgs[i+1]
 		}
-		return val
+		return val, true
 	}
-	return ""
+	return "", false
 }

@@ -176,7 +176,8 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # else the host's address on its default route.
   node_ip = "{{.C.Node.NodeIP}}"
   # kubelet's ports forwarded from node_ip on the host into the node VM
-  # (the API server's exec, logs and port-forward reach kubelet so).
+  # (the API server's exec, logs and port-forward reach kubelet so), when
+  # kubelet_args has a --kubeconfig: a standalone kubelet needs none.
   ports = [{{range $i, $p := .C.Node.Ports}}{{if $i}}, {{end}}{{$p}}{{end}}]
 
 # Runtime handlers (the handler of a RuntimeClass) besides the default

@@ -27,6 +27,11 @@ func TestNodeIPAndPorts(t *testing.T) {
 	if got := (Node{KubeletArgs: []string{"--node-labels=a=b"}}).KubeletNodeIP(); got != "" {
 		t.Errorf("KubeletNodeIP without --node-ip = %q", got)
 	}
+	for args, want := range map[string]bool{"--kubeconfig=/k.conf": true, "--bootstrap-kubeconfig /b.conf": true, "--config=/k.yaml": false} {
+		if got := (Node{KubeletArgs: strings.Fields(args)}).JoinsCluster(); got != want {
+			t.Errorf("JoinsCluster of %q = %v, want %v", args, got, want)
+		}
+	}
 	cfg, err = Decode(strings.NewReader("[node]\nnode_ip = \"10.0.0.5\"\nports = [10250, 4194]\nkubelet_args = [\"--node-ip=10.0.0.5\"]\n"))
 	if err != nil || cfg.Node.NodeIP != "10.0.0.5" || !slices.Equal(cfg.Node.Ports, []int{10250, 4194}) {
 		t.Errorf("node_ip and ports set: %v, %+v", err, cfg.Node)

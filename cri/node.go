@@ -88,6 +88,8 @@ func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
 		LogDir:      cfg.Node.LogDir,
 		CRISocket:   cfg.Socket,
 		StreamAddr:  streamAddr,
+		ImageFs:     cfg.Root,
+		ImageFsDir:  nodeImageFsDir(cfg.Root),
 	}
 	if cfg.Node.JoinsCluster() {
 		// A standalone kubelet keeps its ports to itself (and two such
@@ -155,7 +157,7 @@ func StartNodeVM(s *Service) (stop func()) {
 		return nil
 	}
 	// The shares are mounted into the node VM: they must exist.
-	for _, p := range s.cfg.Node.Shares {
+	for _, p := range append([]string{nodeImageFsDir(s.cfg.Root)}, s.cfg.Node.Shares...) {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			slog.Error("node VM: a share", "path", p, "err", err)
 			return nil

@@ -15,7 +15,13 @@ import (
 // CPU, memory and root filesystem and each container's processes. A
 // container is a process tree, so its CPU and RSS are its processes'; the
 // VM container's are the whole VM's. Its "writable layer" is the guest's
-// root filesystem, which all of the pod's containers share.
+// root filesystem, which all of the pod's containers share; it is stored
+// in the VM's disk clone on the image filesystem, so its FsId is the
+// image filesystem's (imageFsMountpoint): kubelet stats that mountpoint
+// for the layer's capacity and free space, and fails the whole summary
+// on a path its cAdvisor cannot place (the guest's "/" in the node VM is
+// the node VM's initramfs). CPU rates (usageNanoCores) are derived here
+// (stats_cpu.go); a pod's network is its NIC's host side (stats_network*).
 
 func u64(v uint64) *runtimeapi.UInt64Value { return &runtimeapi.UInt64Value{Value: v} }
 
@@ -54,7 +60,16 @@ func (s *Service) vmStats(ctx context.Context, sb store.Sandbox) (*agentapi.Stat
 	return st, nil
 }
 
-func containerStatsOf(c store.Container, vm *agentapi.StatsResponse) (*runtimeapi.ContainerStats, error) {
+// cpuOf is a CPU sample of id, with its rate when one is known.
+func cpuOf(id string, ts int64, usage uint64) *runtimeapi.CpuUsage {
+	out := &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(usage)}
+	if rate, ok := processCPURates.observe(id, ts, usage); ok {
+		out.UsageNanoCores = u64(rate)
+	}
+	return out
+}
+
+func (s *Service) containerStatsOf(c store.Container, vm *agentapi.StatsResponse) (*runtimeapi.ContainerStats, error) {
 	cfg, err := ctrConfig(c)
 	if err != nil {
 		return nil, err
@@ -67,7 +82,7 @@ func containerStatsOf(c store.Container, vm *agentapi.StatsResponse) (*runtimeap
 	}
 	ts := statsTime(vm)
 	if c.IsVM {
-		out.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(vm.GetCpu().GetUsageCoreNanoseconds())}
+		out.Cpu = cpuOf(c.ID, ts, vm.GetCpu().GetUsageCoreNanoseconds())
 		out.Memory = memoryOf(ts, vm.GetMemory())
 	} else {
 		var cpu, rss uint64
@@ -76,14 +91,14 @@ func containerStatsOf(c store.Container, vm *agentapi.StatsResponse) (*runtimeap
 				cpu, rss = cs.GetCpuUsageCoreNanoseconds(), cs.GetMemoryRssBytes()
 			}
 		}
-		out.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(cpu)}
+		out.Cpu = cpuOf(c.ID, ts, cpu)
 		out.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: u64(rss), RssBytes: u64(rss), UsageBytes: u64(rss)}
 	}
 	for _, fs := range vm.GetFilesystems() {
 		if fs.GetPath() == "/" && fs.GetError() == "" {
 			out.WritableLayer = &runtimeapi.FilesystemUsage{
 				Timestamp:  ts,
-				FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: "/"},
+				FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: s.imageFsMountpoint()},
 				UsedBytes:  u64(fs.GetUsedBytes()),
 				InodesUsed: u64(fs.GetInodesUsed()),
 			}
@@ -117,7 +132,7 @@ func (s *Service) ContainerStats(ctx context.Context, r *runtimeapi.ContainerSta
 		return nil, err
 	}
 	c = s.ctl.RefreshContainer(ctx, c)
-	st, err := containerStatsOf(c, vm)
+	st, err := s.containerStatsOf(c, vm)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +187,7 @@ func (s *Service) listContainerStats(ctx context.Context, f *runtimeapi.Containe
 			}
 			vms[c.SandboxID] = vm
 		}
-		st, err := containerStatsOf(c, vm)
+		st, err := s.containerStatsOf(c, vm)
 		if err != nil {
 			return nil, err
 		}
@@ -262,8 +277,11 @@ func (s *Service) sandboxStatsOf(sb store.Sandbox, cfg *runtimeapi.PodSandboxCon
 		return out, nil
 	}
 	ts := statsTime(vm)
-	out.Linux.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: u64(vm.GetCpu().GetUsageCoreNanoseconds())}
+	out.Linux.Cpu = cpuOf(sb.ID, ts, vm.GetCpu().GetUsageCoreNanoseconds())
 	out.Linux.Memory = memoryOf(ts, vm.GetMemory())
+	if sb.Network != nil {
+		out.Linux.Network = nicUsage(sb.Network, time.Now().UnixNano())
+	}
 	var procs uint64
 	for _, c := range vm.GetContainers() {
 		procs += uint64(c.GetProcesses())
@@ -274,7 +292,7 @@ func (s *Service) sandboxStatsOf(sb store.Sandbox, cfg *runtimeapi.PodSandboxCon
 		return nil, err
 	}
 	for _, c := range cs {
-		st, err := containerStatsOf(c, vm)
+		st, err := s.containerStatsOf(c, vm)
 		if err != nil {
 			return nil, err
 		}

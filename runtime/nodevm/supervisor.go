@@ -51,7 +51,7 @@ type Config struct {
 	// Image is the node image's reference.
 	Image string
 	// KubeletArgs are kubelet's arguments; the Supervisor adds none but
-	// the CRI endpoints (GuestSocket).
+	// the CRI endpoints (GuestSocket) and StatsFeatureGate before them.
 	KubeletArgs []string
 	// Shares are host directories mounted in the node VM at the same
 	// path, read-write (kubelet's root dir, /var/log/pods,
@@ -79,6 +79,16 @@ type Config struct {
 	// NodeIP is "") to the same ports in the node VM: kubelet's API,
 	// which the API server dials for exec, logs and port-forward.
 	Ports []int
+	// ImageFs is the image filesystem's mountpoint as the daemon's
+	// ImageFsInfo names it, ImageFsDir a host directory on that file
+	// system ("" = none). kubelet asks its cAdvisor for the capacity and
+	// free space of that path, and cAdvisor knows only the file systems
+	// it has a plugin for (no 9p, no virtiofs), read when kubelet
+	// starts. So kubelet's container gets ImageFsDir shared read-only
+	// and, before kubelet starts, a read-only overlay at ImageFs whose
+	// top layer is that share: overlayfs answers statfs with its top
+	// layer's, which the share answers with the host's.
+	ImageFs, ImageFsDir string
 }
 
 // Backoff bounds the waits between attempts after a failure.
@@ -455,6 +465,7 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 	args := append([]string{
 		"--container-runtime-endpoint=unix://" + GuestSocket,
 		"--image-service-endpoint=unix://" + GuestSocket,
+		StatsFeatureGate,
 	}, s.cfg.KubeletArgs...)
 	if s.cfg.NodeIP != "" {
 		// The node IP is not local in the VM (see nodeIPScript): kubelet
@@ -476,7 +487,7 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 		// that would hide the host's pods/ mounted below it. In the
 		// container's mount namespace (a slave of the guest's) it is made
 		// shared first.
-		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + s.nodeIPScript() + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
+		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + s.imageFsScript() + s.nodeIPScript() + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
 		Args:    args,
 		LogPath: Container + ".log",
 		Labels:  map[string]string{Label: "true"},
@@ -487,8 +498,43 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 	for _, p := range s.cfg.Shares {
 		c.Mounts = append(c.Mounts, &runtimeapi.Mount{HostPath: p, ContainerPath: p})
 	}
+	if s.cfg.ImageFs != "" && s.cfg.ImageFsDir != "" {
+		c.Mounts = append(c.Mounts, &runtimeapi.Mount{HostPath: s.cfg.ImageFsDir, ContainerPath: imageFsShare, Readonly: true})
+	}
 	return c
 }
+
+// StatsFeatureGate makes kubelet take pods' and containers' stats and
+// /metrics/cadvisor from the CRI: its cAdvisor sees the node VM, where
+// no pod runs. It comes before KubeletArgs: kubelet merges repeated
+// --feature-gates flags, the last value of a gate winning, and puts the
+// flags over its config file's featureGates, so a user's own
+// --feature-gates keeps its other gates and can turn this one off (the
+// config file cannot).
+const StatsFeatureGate = "--feature-gates=PodAndContainerStatsFromCRI=true"
+
+// Where the node VM has the image filesystem's share and the empty
+// bottom layer of its overlay (overlayfs needs two layers when it has no
+// upper one; the top one, first in lowerdir, answers statfs).
+const (
+	imageFsShare = "/run/macvz-imagefs/host"
+	imageFsEmpty = "/run/macvz-imagefs/empty"
+)
+
+// imageFsScript mounts the image filesystem's overlay (Config.ImageFs).
+// A failure is said in kubelet's log and kubelet starts anyway: without
+// the image filesystem's size it runs as before (no image GC).
+func (s *Supervisor) imageFsScript() string {
+	if s.cfg.ImageFs == "" || s.cfg.ImageFsDir == "" {
+		return ""
+	}
+	mp := shellQuote(s.cfg.ImageFs)
+	return fmt.Sprintf(" && { mkdir -p %s %s && mount -t overlay -o ro,lowerdir=%s:%s overlay %s || echo 'macvz: the image filesystem is not mounted at '%s >&2; }",
+		imageFsEmpty, mp, imageFsShare, imageFsEmpty, mp, mp)
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // nodeIPScript gives the VM the node IP for kubelet's --node-ip check
 // (an address of its interfaces) without making it local: with the

@@ -6,6 +6,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -22,6 +23,7 @@ func sandboxSpec(cfg *runtimeapi.PodSandboxConfig) *store.SandboxSpec {
 		HostNetwork: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE,
 		Sysctls:     cfg.GetLinux().GetSysctls(),
 		Resources:   resourcesOf(cfg.GetLinux().GetResources()),
+		Node:        nodevm.IsNode(cfg.GetLabels()),
 	}
 	for _, p := range cfg.GetPortMappings() {
 		spec.Ports = append(spec.Ports, store.Port{

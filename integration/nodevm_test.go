@@ -13,12 +13,16 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/integration/guest"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/runtime/nodevm"
+	"github.com/macvz/macvz/runtime/safefs"
 )
 
 // nodeImage builds the amd64 node image with the tools' kubelet once per
@@ -50,18 +54,31 @@ var nodeImage = sync.OnceValues(func() (testimage.Image, error) {
 })
 
 // nodeVMStaticPod is a static pod of the httpd guest on the host's
-// network.
+// network, with two memory-backed volumes (kubelet mounts a tmpfs for
+// each: runtime/nodevm/memvol).
 const nodeVMStaticPod = `apiVersion: v1
 kind: Pod
 metadata:
   name: web
   namespace: default
+  labels: {tier: front}
 spec:
   hostNetwork: true
   terminationGracePeriodSeconds: 5
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - path: labels
+        fieldRef: {fieldPath: metadata.labels}
+  - name: scratch
+    emptyDir: {medium: Memory, sizeLimit: 8Mi}
   containers:
   - name: httpd
     image: %s
+    volumeMounts:
+    - {name: info, mountPath: /info}
+    - {name: scratch, mountPath: /scratch}
 `
 
 // TestNodeVM: the daemon with [node] enabled boots the node VM from the
@@ -113,7 +130,11 @@ func TestNodeVM(t *testing.T) {
 		for _, d := range dirs {
 			uid := d[strings.LastIndex(d, "_")+1:]
 			if uid != "" {
-				os.RemoveAll(filepath.Join("/var/lib/kubelet/pods", uid))
+				pod := filepath.Join("/var/lib/kubelet/pods", uid)
+				for _, m := range hostTmpfsUnder(pod) {
+					unix.Unmount(m, unix.MNT_DETACH)
+				}
+				os.RemoveAll(pod)
 			}
 			os.RemoveAll(d)
 		}
@@ -222,6 +243,16 @@ memory_bytes = %d
 	if got := v.execOut(t, ctrID, "cat", "/proc/sys/kernel/hostname"); got == "" {
 		t.Errorf("exec into the static pod: empty hostname")
 	}
+	var insp struct {
+		Status struct {
+			Metadata struct{ UID string } `json:"metadata"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(v.d.mustCrictl("inspectp", podID)), &insp); err != nil || insp.Status.Metadata.UID == "" {
+		t.Fatalf("crictl inspectp %s: no pod UID (%v)", podID, err)
+	}
+	podDir := filepath.Join("/var/lib/kubelet/pods", insp.Status.Metadata.UID)
+	checkNodeVMMemoryVolumes(t, v, ctrID, podDir)
 
 	// No CRI client sees the node VM.
 	if out := v.d.mustCrictl("pods", "-q"); strings.Contains(out, st.SandboxID) || len(strings.Fields(out)) != 1 {
@@ -264,6 +295,11 @@ memory_bytes = %d
 		return strings.TrimSpace(out) == ""
 	})
 
+	// kubelet, a new one since the restart, unmounts the pod's tmpfs
+	// volumes on the host (its container bound them again before it
+	// started: memvol's restore).
+	waitFor(t, "kubelet unmounting the pod's tmpfs volumes", 2*time.Minute, func() bool { return len(hostTmpfsUnder(podDir)) == 0 })
+
 	// macvz node stop removes the node VM: no shim, no VM, no state.
 	second := status().SandboxID
 	if out, err := nodeCLI("stop"); err != nil {
@@ -276,4 +312,54 @@ memory_bytes = %d
 		_, err := os.Stat(dir)
 		return len(processesUnder(dir)) == 0 && os.IsNotExist(err)
 	})
+}
+
+// checkNodeVMMemoryVolumes: the static pod's downwardAPI and Memory
+// emptyDir volumes, which kubelet mounted from the node VM, are tmpfs
+// mounts on the host (kubelet's mount helper asked the host for them),
+// and the pod's guest sees what kubelet wrote and shares what it writes.
+func checkNodeVMMemoryVolumes(t *testing.T, v *vmTest, ctrID, podDir string) {
+	t.Helper()
+	if got := v.execOut(t, ctrID, "cat", "/info/labels"); !strings.Contains(got, `tier="front"`) {
+		t.Errorf("the downwardAPI volume in the pod: %q, want tier=\"front\"", got)
+	}
+	v.execOut(t, ctrID, "sh", "-c", "echo from-the-pod > /scratch/note")
+	for _, kind := range []string{"kubernetes.io~downward-api/info", "kubernetes.io~empty-dir/scratch"} {
+		dirs, _ := filepath.Glob(filepath.Join(podDir, "volumes", kind))
+		if len(dirs) != 1 {
+			t.Errorf("host directories of %s: %q, want one", kind, dirs)
+			continue
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(dirs[0], &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+			t.Errorf("%s on the host is not a tmpfs (statfs type %#x, %v)", dirs[0], st.Type, err)
+		}
+		if strings.HasSuffix(kind, "scratch") {
+			if b, err := os.ReadFile(filepath.Join(dirs[0], "note")); err != nil || string(b) != "from-the-pod\n" {
+				t.Errorf("the pod's write in its Memory emptyDir, on the host: %q %v", b, err)
+			}
+			var stf unix.Statfs_t
+			unix.Statfs(dirs[0], &stf)
+			if size := int64(stf.Blocks) * stf.Bsize; size != 8<<20 {
+				t.Errorf("the Memory emptyDir's tmpfs is %d bytes, want its sizeLimit 8 MiB", size)
+			}
+		} else if target, err := os.Readlink(filepath.Join(dirs[0], "labels")); err != nil || target != "..data/labels" {
+			// kubelet's atomic writer's links are real on the host (the
+			// node VM's share passes them through).
+			t.Errorf("the downwardAPI file on the host: link %q %v, want ..data/labels", target, err)
+		}
+	}
+}
+
+// hostTmpfsUnder lists the tmpfs mounts at or below dir in the host's
+// mount table.
+func hostTmpfsUnder(dir string) []string {
+	ms, _ := safefs.Mounts()
+	var out []string
+	for _, m := range ms {
+		if m.FSType == "tmpfs" && (m.Point == dir || strings.HasPrefix(m.Point, dir+"/")) {
+			out = append(out, m.Point)
+		}
+	}
+	return out
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/macvz/macvz/runtime/agent"
+	"github.com/macvz/macvz/runtime/nodevm/memvol"
 )
 
 // version is the agent's version (set with -ldflags -X main.version=...).
@@ -31,6 +33,10 @@ const defaultVsockPort = 1024
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == agent.ExecHelperArg {
 		agent.RunExecHelper(os.Args[2:])
+	}
+	// In the node image the agent is also kubelet's mount and umount.
+	if name := filepath.Base(os.Args[0]); name == "mount" || name == "umount" || name == memvol.RestoreName {
+		os.Exit(memvol.Main(name, os.Args[1:]))
 	}
 	pid1 := os.Getpid() == 1
 	defListen := "serial:agent"

@@ -55,8 +55,11 @@ func TestDefaultModulesFor(t *testing.T) {
 		t.Errorf("amd64: %v", got)
 	}
 	arm := DefaultModulesFor(ArchARM64)
-	if i := slices.Index(arm, "gpio_keys"); i < 0 || arm[i-1] != "button" || len(arm) != len(DefaultModules)+1 {
+	if i := slices.Index(arm, "gpio_keys"); i < 0 || arm[i-1] != "button" || len(arm) != len(DefaultModules)+1+len(VsockModules) {
 		t.Errorf("arm64: %v", arm)
+	}
+	if i := slices.Index(arm, "virtio_console"); i < 0 || !slices.Equal(arm[i+1:i+1+len(VsockModules)], VsockModules) {
+		t.Errorf("arm64 without the vsock modules after virtio_console: %v", arm)
 	}
 	if slices.Contains(DefaultModules, "gpio_keys") {
 		t.Error("DefaultModules changed")

@@ -53,7 +53,9 @@ var DefaultModules = []string{
 // guest boots from a device tree on QEMU's virt machine (no firmware, no
 // ACPI): its power button is a GPIO line of the PL061 (built in), which
 // gpio_keys turns into the power key. Its ACPI button driver is built in
-// (ResolveModules skips it).
+// (ResolveModules skips it). An arm64 guest is also what a Mac boots,
+// whose agent channel is vsock (the vz backend's --listen=vsock:1024; the
+// agent, as init, waits for these modules before it listens).
 func DefaultModulesFor(arch string) []string {
 	if arch != ArchARM64 {
 		return DefaultModules
@@ -61,12 +63,19 @@ func DefaultModulesFor(arch string) []string {
 	var mods []string
 	for _, m := range DefaultModules {
 		mods = append(mods, m)
-		if m == "button" {
+		switch m {
+		case "virtio_console":
+			mods = append(mods, VsockModules...)
+		case "button":
 			mods = append(mods, "gpio_keys")
 		}
 	}
 	return mods
 }
+
+// VsockModules are the arm64 guest's vsock transport for vz (the list
+// runtime/agent waits for as init, channelModules).
+var VsockModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
 
 // File is one extra file of an initramfs.
 type File struct {
@@ -129,6 +138,11 @@ func baseFiles() []File {
 		// The kernel opens /dev/console for /init's stdin, stdout and
 		// stderr before anything is mounted.
 		{Path: "/dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600},
+		// Where no console driver is built in (vz's virtio console is a
+		// module) /dev/console cannot open: the kernel starts /init with
+		// no stdin, stdout or stderr, and Go's runtime then opens
+		// /dev/null for them, or aborts.
+		{Path: "/dev/null", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o666},
 		{Path: "/etc/passwd", Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
 		{Path: "/etc/group", Data: []byte("root:x:0:\nnobody:x:65534:\nnogroup:x:65534:\n")},
 		{Path: "/etc/hostname", Data: []byte("macvz\n")},
@@ -235,6 +249,9 @@ func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 	return info, nil
 }
 
+// devices are the device numbers of the skeleton's device nodes.
+var devices = map[string][2]uint32{"/dev/console": {5, 1}, "/dev/null": {1, 3}}
+
 // tree is the initramfs being assembled, by guest path.
 type tree map[string]File
 
@@ -268,10 +285,8 @@ func (t tree) write(w io.Writer) (int, error) {
 	cw := &cpioWriter{w: w, mtime: uint32(epoch.Unix())}
 	for _, p := range names {
 		f := t[p]
-		var major, minor uint32
-		if p == "/dev/console" {
-			major, minor = 5, 1
-		}
+		dev := devices[p]
+		major, minor := dev[0], dev[1]
 		data := f.Data
 		if f.Mode.IsDir() {
 			data = nil

@@ -15,6 +15,8 @@ import (
 	"runtime/debug"
 	"strings"
 	"time"
+
+	"github.com/macvz/macvz/runtime/nodevm/memvol"
 )
 
 // The node image: the guest a node VM boots (issue 16). It is the test
@@ -114,6 +116,11 @@ func nodeFiles(o *NodeOptions, kubeletVersion, libc string) ([]File, error) {
 		// no rootfs, the initramfs); the agent mounts it as init. The
 		// node VM mounts the host's pods/ over it (the paths CRI names).
 		{Path: "/etc/fstab", Data: []byte(nodeFstab)},
+		// kubelet's mount and umount (first on its PATH): the agent's
+		// helper, for the memory-backed volumes (runtime/nodevm/memvol).
+		{Path: memvol.HelperDir + "/mount", Mode: fs.ModeSymlink | 0o777, Data: []byte("/init")},
+		{Path: memvol.HelperDir + "/umount", Mode: fs.ModeSymlink | 0o777, Data: []byte("/init")},
+		{Path: memvol.HelperDir + "/" + memvol.RestoreName, Mode: fs.ModeSymlink | 0o777, Data: []byte("/init")},
 	}
 	for _, d := range nodeDirs {
 		files = append(files, File{Path: d, Mode: fs.ModeDir | 0o755})

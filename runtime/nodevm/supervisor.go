@@ -18,6 +18,7 @@ import (
 
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/guestfwd"
+	"github.com/macvz/macvz/runtime/nodevm/memvol"
 )
 
 // The node image's kubelet and its root dir (a tmpfs of the image's
@@ -306,6 +307,12 @@ func (s *Supervisor) forward(ctx context.Context, wg *sync.WaitGroup, sbID strin
 			return d.DialContext(ctx, "unix", s.cfg.CRISocket)
 		},
 	}}
+	// kubelet's tmpfs volumes, asked of the host by the image's mount
+	// helper (memvol).
+	fwds = append(fwds, guestfwd.Forward{
+		Listen: "unix:" + memvol.GuestSocket,
+		Dial:   memvol.Dialer(ctx, &memvol.Handler{Roots: s.cfg.Shares, Log: s.log.With("sandbox", sbID)}),
+	})
 	if s.cfg.StreamAddr != "" {
 		_, port, err := net.SplitHostPort(s.cfg.StreamAddr)
 		if err != nil {
@@ -459,6 +466,11 @@ func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
 	return cfg
 }
 
+// memvolScript binds, before kubelet starts, the host's tmpfs volumes
+// of kubelet's pods in its container (memvol.Reply.Paths); kubelet
+// starts even if that fails.
+const memvolScript = ` && { ` + memvol.HelperDir + `/` + memvol.RestoreName + ` restore || true; }`
+
 // containerConfig is kubelet: the image's binary with Config's
 // arguments, the shares at their host paths.
 func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
@@ -487,10 +499,13 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 		// that would hide the host's pods/ mounted below it. In the
 		// container's mount namespace (a slave of the guest's) it is made
 		// shared first.
-		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + s.imageFsScript() + s.nodeIPScript() + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
+		Command: []string{"/bin/sh", "-c", `mount --make-rshared ` + KubeletRootDir + s.imageFsScript() + memvolScript + s.nodeIPScript() + ` && exec ` + KubeletPath + ` "$@"`, "kubelet"},
 		Args:    args,
 		LogPath: Container + ".log",
 		Labels:  map[string]string{Label: "true"},
+		// The mount helper first (memvol): kubelet runs mount and umount
+		// by name.
+		Envs: []*runtimeapi.KeyValue{{Key: "PATH", Value: []byte(memvol.HelperDir + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")}},
 		// Every capability: kubelet reads /dev/kmsg, sets sysctls and
 		// OOM scores, mounts volumes.
 		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{Privileged: true}},
@@ -541,22 +556,16 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 // address's route gone from the local table, the VM's connections to it
 // leave through the NAT and reach the host, as kubelet's probes of a
 // host-network pod must. On the loopback, which never goes down (an
-// interface coming up would put the local route back). The answers to
-// those connections come from the node IP, an address of the VM's own,
-// which IPv4 drops as a martian source unless accept_local is on.
-// Busybox's ip and sysctl do this; the container is privileged and in
-// the VM's network namespace.
+// interface coming up would put the local route back). Busybox's ip
+// does this; the container is privileged and in the VM's network
+// namespace.
 func (s *Supervisor) nodeIPScript() string {
 	ip, err := netip.ParseAddr(s.cfg.NodeIP)
 	if err != nil {
 		return ""
 	}
-	script := fmt.Sprintf(" && ip addr add %s dev lo && ip route del local %s dev lo table local",
+	return fmt.Sprintf(" && ip addr add %s dev lo && ip route del local %s dev lo table local",
 		netip.PrefixFrom(ip, ip.BitLen()), ip)
-	if ip.Is4() {
-		script += " && sysctl -w net.ipv4.conf.all.accept_local=1"
-	}
-	return script
 }
 
 // hasFlag reports whether kubelet's args set --name (or -name), with

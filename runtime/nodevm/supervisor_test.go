@@ -15,6 +15,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/nodevm/memvol"
 )
 
 // fakeRuntime keeps sandboxes and containers in memory and records the
@@ -292,18 +293,25 @@ func TestSupervisorMakesTheNodeVM(t *testing.T) {
 			t.Errorf("mount %d: %s → %s, want each share at its own path", i, m.GetHostPath(), m.GetContainerPath())
 		}
 	}
-	// The CRI socket and the streaming port are served in the VM.
+	// The CRI socket, the streaming port and the mount helper's socket
+	// are served in the VM; kubelet finds the helper first on its PATH.
 	got := map[string]bool{}
-	for len(got) < 2 {
+	for len(got) < 3 {
 		select {
 		case l := <-f.forwards:
 			got[l] = true
 		case <-time.After(5 * time.Second):
-			t.Fatalf("guest sockets served: %v, want the CRI socket and the streaming port", got)
+			t.Fatalf("guest sockets served: %v, want the CRI socket, the streaming port and memvol's", got)
 		}
 	}
-	if !got["unix:"+GuestSocket] || !got["tcp:127.0.0.1:10010"] {
+	if !got["unix:"+GuestSocket] || !got["tcp:127.0.0.1:10010"] || !got["unix:"+memvol.GuestSocket] {
 		t.Errorf("guest sockets served: %v", got)
+	}
+	if env := ctr.GetEnvs(); len(env) != 1 || env[0].GetKey() != "PATH" || !strings.HasPrefix(string(env[0].GetValue()), memvol.HelperDir+":") {
+		t.Errorf("kubelet's environment %v: want PATH with %s first", env, memvol.HelperDir)
+	}
+	if cmd := strings.Join(ctr.GetCommand(), " "); !strings.Contains(cmd, memvol.RestoreName+" restore") {
+		t.Errorf("kubelet's command %q does not restore the host's tmpfs volumes first", cmd)
 	}
 }
 

@@ -544,9 +544,16 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		// ..data links of kubelet's ConfigMap and Secret volumes) must
 		// read as symlinks, which the guest resolves inside the share;
 		// mapped-xattr would refuse to read them (ELOOP).
+		//
+		// passthrough (the node VM's share): kubelet's ConfigMap, Secret
+		// and log symlinks, modes and owners must be real on the host,
+		// for the pods' VMs and the host's log readers.
 		model := "mapped-xattr"
-		if s.ReadOnly {
+		switch {
+		case s.ReadOnly:
 			model = "none"
+		case s.Passthrough:
+			model = "passthrough"
 		}
 		fsdev := "local,id=" + id + ",path=" + optEscape(s.HostPath) + ",security_model=" + model + ",multidevs=remap"
 		if s.ReadOnly {

@@ -468,3 +468,30 @@ func TestTailBuffer(t *testing.T) {
 		t.Errorf("LastLine %q len %d", got, len(tb.buf))
 	}
 }
+
+// A writable share is mapped (a pod's guest makes nothing real on the
+// host) unless it is the node VM's, passed through.
+func TestShareSecurityModel(t *testing.T) {
+	for _, tc := range []struct {
+		share vm.Share
+		want  string
+	}{
+		{vm.Share{Tag: "t"}, "security_model=mapped-xattr,multidevs=remap"},
+		{vm.Share{Tag: "t", Passthrough: true}, "security_model=passthrough,multidevs=remap"},
+		{vm.Share{Tag: "t", ReadOnly: true, Passthrough: true}, "security_model=none,multidevs=remap,readonly=on"},
+	} {
+		s := sampleSpec(t)
+		tc.share.HostPath = s.Shares[0].HostPath
+		s.Shares = []vm.Share{tc.share}
+		args := Args(s, AccelTCG, "")
+		found := false
+		for i, a := range args {
+			if a == "-fsdev" && i+1 < len(args) && strings.HasSuffix(args[i+1], tc.want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%+v: no -fsdev ending %q in %q", tc.share, tc.want, args)
+		}
+	}
+}

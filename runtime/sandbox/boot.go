@@ -147,6 +147,11 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	if sb.Network != nil {
 		spec.NICs = []vm.NIC{sb.Network.NIC}
 	}
+	if store.SpecOf(*sb).Node {
+		for i := range spec.Shares {
+			spec.Shares[i].Passthrough = !spec.Shares[i].ReadOnly
+		}
+	}
 	if b.key != "" && spec.Boot.Kind == vm.BootMacOS && len(spec.Boot.MachineID) == 0 {
 		// A fresh identity: saveWarm keeps it with the state.
 		spec.Boot.MachineIDFile = filepath.Join(sb.Dir, "machine-id")

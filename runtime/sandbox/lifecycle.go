@@ -188,9 +188,10 @@ type Volume struct {
 // its path: a bind of the host path under the sandbox's shared directory
 // (host side), then a bind of that in the guest.
 func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, cid string, vols []Volume) error {
+	node := store.SpecOf(sb).Node
 	for i, v := range vols {
 		sub := filepath.Join(cid, strconv.Itoa(i))
-		if err := bindVolume(sb.Dir, cid, i, v.HostPath, v.ReadOnly); err != nil {
+		if err := bindVolume(sb.Dir, cid, i, v.HostPath, v.ReadOnly, node); err != nil {
 			return fmt.Errorf("volume %s → %s: %w", v.HostPath, v.GuestPath, err)
 		}
 		tag := sharedTag

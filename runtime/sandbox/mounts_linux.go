@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,10 +51,20 @@ func prepareShare(sbDir string) error {
 // planted one where the mount point goes, once it learnt the container
 // ID), and the bind is private, nosuid, nodev and, for a read-only
 // volume, read-only on every mount below it.
-func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
+//
+// follow (the node VM's directories) makes the source a shared mount and
+// the bind its slave: the tmpfs volumes mounted on the host below it for
+// the node VM's kubelet (runtime/nodevm/memvol) then show in the VM.
+func bindVolume(sbDir, cid string, i int, src string, readOnly, follow bool) error {
 	fi, err := os.Stat(src)
 	if err != nil {
 		return err
+	}
+	follow = follow && fi.IsDir()
+	if follow {
+		if err := safefs.MakeShared(src); err != nil {
+			return err
+		}
 	}
 	share, err := safefs.OpenRoot(filepath.Join(sbDir, shareDir(readOnly)))
 	if err != nil {
@@ -72,7 +81,7 @@ func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 		return err
 	}
 	defer mp.Close()
-	return safefs.BindOnto(src, mp, readOnly)
+	return safefs.BindOnto(src, mp, readOnly, follow)
 }
 
 // unmountUnder unmounts every mount at or below base/rel, deepest first.
@@ -89,26 +98,15 @@ func unmountUnder(base, rel string) error {
 		return err
 	}
 	dir := filepath.Join(rbase, rel)
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := safefs.Mounts()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	var targets []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
+	for _, m := range ms {
+		if m.Point == dir || strings.HasPrefix(m.Point, dir+"/") {
+			targets = append(targets, m.Point)
 		}
-		t := unescapeMountPath(fields[4])
-		if t == dir || strings.HasPrefix(t, dir+"/") {
-			targets = append(targets, t)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return err
 	}
 	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
 	for _, t := range targets {
@@ -119,24 +117,4 @@ func unmountUnder(base, rel string) error {
 		}
 	}
 	return nil
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

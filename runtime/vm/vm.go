@@ -107,6 +107,11 @@ type Share struct {
 	Tag      string `json:"tag"`
 	HostPath string `json:"hostPath"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Passthrough makes what the guest writes real on the host: its
+	// owners, modes and symlinks. Only for a guest the host trusts with
+	// that (the node VM, whose kubelet writes the volumes and logs pods
+	// read); a pod's guest gets mapped files that mean nothing there.
+	Passthrough bool `json:"passthrough,omitempty"`
 }
 
 // NICKind is how a NIC reaches the host network, as the net plugin's

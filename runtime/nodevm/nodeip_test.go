@@ -28,7 +28,7 @@ func TestNodeIPAndPorts(t *testing.T) {
 	}
 	cc := s.containerConfig()
 	script := cc.GetCommand()[2]
-	for _, want := range []string{"mount --make-rshared /var/lib/kubelet && ", "ip addr add 10.99.0.7/32 dev lo && ip route del local 10.99.0.7 dev lo table local && exec /usr/bin/kubelet"} {
+	for _, want := range []string{"mount --make-rshared /var/lib/kubelet && ", "ip addr add 10.99.0.7/32 dev lo && ip route del local 10.99.0.7 dev lo table local && sysctl -w net.ipv4.conf.all.accept_local=1 && exec /usr/bin/kubelet"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("kubelet's command %q lacks %q", script, want)
 		}

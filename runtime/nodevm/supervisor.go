@@ -556,16 +556,22 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 // address's route gone from the local table, the VM's connections to it
 // leave through the NAT and reach the host, as kubelet's probes of a
 // host-network pod must. On the loopback, which never goes down (an
-// interface coming up would put the local route back). Busybox's ip
-// does this; the container is privileged and in the VM's network
-// namespace.
+// interface coming up would put the local route back). The answers to
+// those connections come from the node IP, an address of the VM's own,
+// which IPv4 drops as a martian source unless accept_local is on.
+// Busybox's ip and sysctl do this; the container is privileged and in
+// the VM's network namespace.
 func (s *Supervisor) nodeIPScript() string {
 	ip, err := netip.ParseAddr(s.cfg.NodeIP)
 	if err != nil {
 		return ""
 	}
-	return fmt.Sprintf(" && ip addr add %s dev lo && ip route del local %s dev lo table local",
+	script := fmt.Sprintf(" && ip addr add %s dev lo && ip route del local %s dev lo table local",
 		netip.PrefixFrom(ip, ip.BitLen()), ip)
+	if ip.Is4() {
+		script += " && sysctl -w net.ipv4.conf.all.accept_local=1"
+	}
+	return script
 }
 
 // hasFlag reports whether kubelet's args set --name (or -name), with

@@ -96,6 +96,12 @@ type clusterTest struct {
 	// readyAt each node's.
 	nodesReady time.Duration
 	readyAt    map[string]time.Duration
+	// reg is the test registry, served on the LAN as pullHost; nodeOpts
+	// are the options every node got but its name and address, for a
+	// scenario that adds a node of its own.
+	reg      *testregistry.Registry
+	pullHost string
+	nodeOpts cluster.NodeOptions
 }
 
 // getNodes is `kubectl get nodes -o json`, by name.
@@ -221,20 +227,21 @@ func startCluster(t testing.TB, linuxVMs int) *clusterTest {
 		t.Fatal(err)
 	}
 	pullHost := reg.ServeOn(ln)
-	c := &clusterTest{cp: cp, httpd: pullHost + "/macvz/guest:" + guest.RefHTTPD}
+	c := &clusterTest{cp: cp, httpd: pullHost + "/macvz/guest:" + guest.RefHTTPD, reg: reg, pullHost: pullHost}
+	c.nodeOpts = cluster.NodeOptions{
+		Macvz:     macvzBin,
+		Crictl:    crictl,
+		PluginDir: plugins,
+		Labels:    "macvz.io/runtime=macvz",
+		LinuxVMs:  linuxVMs,
+		MacvzTOML: fmt.Sprintf("[qemu]\naccel = \"tcg\"\n\n[registry.hosts.%q]\ninsecure = true\n", pullHost),
+	}
 
 	nodesStart := time.Now()
 	for i, name := range []string{"node-a", "node-b"} {
-		c.nodes = append(c.nodes, cp.AddNode(t, cluster.NodeOptions{
-			Name:      name,
-			LANAddr:   fmt.Sprintf("10.99.0.%d", i+2),
-			Macvz:     macvzBin,
-			Crictl:    crictl,
-			PluginDir: plugins,
-			Labels:    "macvz.io/runtime=macvz",
-			LinuxVMs:  linuxVMs,
-			MacvzTOML: fmt.Sprintf("[qemu]\naccel = \"tcg\"\n\n[registry.hosts.%q]\ninsecure = true\n", pullHost),
-		}))
+		o := c.nodeOpts
+		o.Name, o.LANAddr = name, fmt.Sprintf("10.99.0.%d", i+2)
+		c.nodes = append(c.nodes, cp.AddNode(t, o))
 	}
 	// Ready needs the pod network: macvz reports NetworkReady once
 	// kubelet has sent the pod CIDR the controller-manager gave the

@@ -6,11 +6,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,6 +41,14 @@ type NodeOptions struct {
 	// plugin then shows kubelet that many macvz.io/linux-vm devices
 	// (MacvzTOML must then have no [vm] table of its own).
 	LinuxVMs int
+	// Taints are kubelet's --register-with-taints (k=v:Effect,...).
+	Taints string
+	// NodeImage, when set, runs the node's kubelet in macvz's node VM
+	// booted from this image (as the node pulls it) instead of on the
+	// node: macvz's [node] gets the flags the native kubelet would, less
+	// its root and certificate directories (the VM's own), and shares
+	// kubelet's host paths and its configuration directory (KubeDir).
+	NodeImage string
 }
 
 // Node is a macvz node: macvz serve and kubelet in the node's network
@@ -54,9 +64,17 @@ type Node struct {
 	Socket string
 	// ConfDir is macvz's network.conf_dir, where UpdateRuntimeConfig
 	// renders ConfName.
-	ConfDir       string
-	Macvz         *Proc
-	Kubelet       *Proc
+	ConfDir string
+	Macvz   *Proc
+	// Kubelet is the native kubelet; nil on a node-VM node (NodeVM),
+	// whose kubelet runs in the node VM.
+	Kubelet *Proc
+	// NodeVM: kubelet runs in macvz's node VM (NodeOptions.NodeImage).
+	NodeVM bool
+	// KubeDir holds kubelet's configuration, kubeconfig and
+	// certificates (shared into the node VM on a node-VM node).
+	KubeDir       string
+	macvzBin      string
 	holder        *exec.Cmd
 	holderDone    chan struct{}
 	crictl        string
@@ -91,7 +109,7 @@ var kubeletHostPaths = []string{"/var/lib/kubelet", "/var/log/pods", "/var/log/c
 // shim or VM left, the namespaces, the directories.
 func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 	t.Helper()
-	n := &Node{Name: o.Name, LANAddr: o.LANAddr, crictl: o.Crictl, cp: c, LinuxVMs: o.LinuxVMs}
+	n := &Node{Name: o.Name, LANAddr: o.LANAddr, crictl: o.Crictl, cp: c, LinuxVMs: o.LinuxVMs, NodeVM: o.NodeImage != "", macvzBin: o.Macvz}
 	c.Nodes = append(c.Nodes, n)
 	n.NS = nettest.NewNetNS(t, o.Name)
 	veth := "lan-" + o.Name
@@ -111,6 +129,11 @@ func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 		t.Fatal(err)
 	}
 	n.Dir = dir
+	n.KubeDir = dir
+	if n.NodeVM {
+		// The node VM sees only the directories shared into it.
+		n.KubeDir = filepath.Join(dir, "kube")
+	}
 	n.Socket = filepath.Join(dir, "macvz.sock")
 	n.ConfDir = filepath.Join(dir, "net.d")
 	// The bind mounts need their mount points on the host: those this
@@ -130,26 +153,89 @@ func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 	}
 	t.Cleanup(func() { n.stop(t) })
 
-	if err := n.writeConfig(o); err != nil {
+	// kubelet's flags, in the form a TOML list takes them too. The
+	// node VM's kubelet keeps its root dir (a tmpfs in the VM, with
+	// pods/ shared) and its certificate directory in the VM.
+	args := []string{"--config=" + n.kubeletConfigPath(), "--kubeconfig=" + filepath.Join(n.KubeDir, "kubelet.conf"),
+		"--hostname-override=" + o.Name, "--node-ip=" + o.LANAddr, "--v=2"}
+	if !n.NodeVM {
+		args = append(args, "--root-dir="+filepath.Join(dir, "kubelet"), "--cert-dir="+filepath.Join(dir, "kubelet-pki"))
+	}
+	if o.Labels != "" {
+		args = append(args, "--node-labels="+o.Labels)
+	}
+	if o.Taints != "" {
+		args = append(args, "--register-with-taints="+o.Taints)
+	}
+	if err := n.writeConfig(o, args); err != nil {
 		t.Fatal(err)
 	}
 	n.startHolder(t)
 
 	n.macvzArgv = []string{o.Macvz, "serve", "--config", filepath.Join(dir, "macvz.toml")}
 	n.startMacvz(t)
-	args := []string{c.Opts.Bins.Kubelet, "--config", n.kubeletConfig,
-		"--kubeconfig", filepath.Join(dir, "kubelet.conf"),
-		"--root-dir", filepath.Join(dir, "kubelet"),
-		"--cert-dir", filepath.Join(dir, "kubelet-pki"),
-		"--hostname-override", o.Name,
-		"--node-ip", o.LANAddr,
-		"--v", "2"}
-	if o.Labels != "" {
-		args = append(args, "--node-labels", o.Labels)
+	if n.NodeVM {
+		return n
 	}
-	n.kubeletArgv = args
-	n.Kubelet = n.start(t, "kubelet-"+o.Name, args[0], args[1:]...)
+	n.kubeletArgv = append([]string{c.Opts.Bins.Kubelet}, args...)
+	n.Kubelet = n.start(t, "kubelet-"+o.Name, n.kubeletArgv[0], n.kubeletArgv[1:]...)
 	return n
+}
+
+func (n *Node) kubeletConfigPath() string { return filepath.Join(n.KubeDir, "kubelet.yaml") }
+
+// NodeVMKubeletLog is the node VM's kubelet log (CRI format), on a
+// node-VM node.
+func (n *Node) NodeVMKubeletLog() string { return filepath.Join(n.Dir, "node-log", "kubelet.log") }
+
+// MacvzCLI runs `macvz <args> --config <the node's>` (macvz node
+// status, stop, ...; the admin socket is a file the host's namespaces
+// reach).
+func (n *Node) MacvzCLI(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, n.macvzBin, append(args, "--config", filepath.Join(n.Dir, "macvz.toml"))...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("macvz %s on node %s: %w", strings.Join(args, " "), n.Name, err)
+	}
+	return string(out), nil
+}
+
+// NodeVMState is `macvz node status`'s state ("" when it does not
+// answer).
+func (n *Node) NodeVMState() string {
+	out, err := n.MacvzCLI("node", "status", "--json")
+	if err != nil {
+		return ""
+	}
+	var st struct {
+		State string `json:"state"`
+	}
+	json.Unmarshal([]byte(out), &st)
+	return st.State
+}
+
+// stopNodeVM removes the node VM (kubelet with it): it is no pod, so
+// crictl rmp does not see it, and it outlives macvz.
+func (n *Node) stopNodeVM(t testing.TB) {
+	if n.Macvz == nil {
+		return
+	}
+	if ok, _ := n.Macvz.Exited(); ok {
+		return
+	}
+	if out, err := n.MacvzCLI("node", "stop"); err != nil {
+		t.Errorf("node %s: %v\n%s", n.Name, err, out)
+		return
+	}
+	deadline := time.Now().Add(time.Minute)
+	for n.NodeVMState() != "stopped" {
+		if time.Now().After(deadline) {
+			t.Errorf("node %s: the node VM is not stopped a minute after macvz node stop", n.Name)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // startMacvz starts macvz serve and waits until its socket answers.
@@ -199,13 +285,16 @@ func (n *Node) StartKubelet(t testing.TB) {
 
 // writeConfig writes the node's certificates, kubeconfig, macvz
 // configuration and template, and KubeletConfiguration.
-func (n *Node) writeConfig(o NodeOptions) error {
+func (n *Node) writeConfig(o NodeOptions, kubeletArgs []string) error {
 	p, dir := n.cp.PKI, n.Dir
 	client, err := p.ClientCert("kubelet-"+o.Name, "system:node:"+o.Name, "system:nodes")
 	if err != nil {
 		return err
 	}
-	if err := p.WriteKubeconfig(filepath.Join(dir, "kubelet.conf"), n.cp.Server, "system:node:"+o.Name, client); err != nil {
+	if err := os.MkdirAll(n.KubeDir, 0o755); err != nil {
+		return err
+	}
+	if err := p.WriteKubeconfig(filepath.Join(n.KubeDir, "kubelet.conf"), n.cp.Server, "system:node:"+o.Name, client); err != nil {
 		return err
 	}
 	// kubelet's serving certificate, from the cluster CA: the apiserver
@@ -238,6 +327,29 @@ func (n *Node) writeConfig(o NodeOptions) error {
 	if o.LinuxVMs > 0 {
 		vm = fmt.Sprintf("[vm]\nmax_linux_vms = %d\n", o.LinuxVMs)
 	}
+	caFile, certFile, keyFile := p.CA.CertFile, serving.CertFile, serving.KeyFile
+	if n.NodeVM {
+		// kubelet's files in KubeDir, which the node VM shares, rather
+		// than the whole cluster PKI (its CA key among it).
+		caFile, certFile, keyFile = filepath.Join(n.KubeDir, "ca.crt"), filepath.Join(n.KubeDir, "kubelet.crt"), filepath.Join(n.KubeDir, "kubelet.key")
+		for f, b := range map[string][]byte{caFile: p.CA.CertPEM, certFile: serving.CertPEM, keyFile: serving.KeyPEM} {
+			if err := os.WriteFile(f, b, 0o600); err != nil {
+				return err
+			}
+		}
+		// 1 GiB and one CPU: kubelet's needs, not the host's size.
+		vm += fmt.Sprintf(`
+[node]
+enabled = true
+image = %q
+kubelet_args = [%s]
+shares = [%s]
+cpus = 1
+memory_bytes = %d
+log_dir = %q
+`, o.NodeImage, tomlStrings(kubeletArgs...), tomlStrings(append(slices.Clone(kubeletHostPaths[1:]), "/var/lib/kubelet/pods", n.KubeDir)...),
+			1<<30, filepath.Dir(n.NodeVMKubeletLog()))
+	}
 	cfg := fmt.Sprintf(`root = %q
 state = %q
 socket = %q
@@ -260,7 +372,7 @@ bin_dirs = [%q]
 	if err := os.WriteFile(filepath.Join(dir, "crictl.yaml"), nil, 0o600); err != nil {
 		return err
 	}
-	n.kubeletConfig = filepath.Join(dir, "kubelet.yaml")
+	n.kubeletConfig = n.kubeletConfigPath()
 	kc := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: unix://%[1]s
@@ -299,8 +411,17 @@ evictionHard:
   memory.available: 100Mi
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, n.Socket, o.LANAddr, serving.CertFile, serving.KeyFile, p.CA.CertFile, dir)
+`, n.Socket, o.LANAddr, certFile, keyFile, caFile, dir)
 	return os.WriteFile(n.kubeletConfig, []byte(kc), 0o600)
+}
+
+// tomlStrings is ss as the items of a TOML list.
+func tomlStrings(ss ...string) string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, strconv.Quote(s))
+	}
+	return strings.Join(out, ", ")
 }
 
 // startHolder starts the process that owns the node's mount namespace:
@@ -389,9 +510,19 @@ func (n *Node) Crictl(args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// Describe is the node's processes' log tails, for failure messages.
+// Describe is the node's processes' log tails, for failure messages
+// (on a node-VM node, the node VM's kubelet log's).
 func (n *Node) Describe(kubeletLines, macvzLines int) string {
-	return n.Kubelet.Describe(kubeletLines) + "\n" + n.Macvz.Describe(macvzLines)
+	k := n.Kubelet.Describe(kubeletLines)
+	if n.NodeVM {
+		b, err := os.ReadFile(n.NodeVMKubeletLog())
+		if err != nil {
+			k = fmt.Sprintf("---- kubelet in the node VM of %s: %v", n.Name, err)
+		} else {
+			k = fmt.Sprintf("---- kubelet in the node VM of %s, log %s, last %d lines:\n%s", n.Name, n.NodeVMKubeletLog(), kubeletLines, lastLines(string(b), kubeletLines))
+		}
+	}
+	return k + "\n" + n.Macvz.Describe(macvzLines)
 }
 
 // stop is the node's cleanup: kubelet first (so it recreates nothing),
@@ -401,6 +532,9 @@ func (n *Node) stop(t testing.TB) {
 	failed := t.Failed()
 	n.KubeProxy.Stop(10 * time.Second)
 	n.Kubelet.Stop(20 * time.Second)
+	if n.NodeVM {
+		n.stopNodeVM(t)
+	}
 	removed := false
 	if n.Macvz != nil {
 		if ok, _ := n.Macvz.Exited(); !ok {
@@ -431,6 +565,9 @@ func (n *Node) stop(t testing.TB) {
 		}
 	}
 	keepLog(n.Kubelet)
+	if n.NodeVM {
+		keepLog(&Proc{Name: "kubelet-" + n.Name, Log: n.NodeVMKubeletLog()})
+	}
 	keepLog(n.Macvz)
 	keepLog(n.KubeProxy)
 	if err := os.RemoveAll(n.Dir); err != nil {

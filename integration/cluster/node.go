@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -337,7 +336,10 @@ func (n *Node) writeConfig(o NodeOptions, kubeletArgs []string) error {
 				return err
 			}
 		}
-		// 1 GiB and one CPU: kubelet's needs, not the host's size.
+		// Shared: kubelet's pods/ (its root dir stays the VM's tmpfs),
+		// the log directories (the node's, through its mount
+		// namespace) and KubeDir. 1 GiB and one CPU: kubelet's needs,
+		// not the host's size.
 		vm += fmt.Sprintf(`
 [node]
 enabled = true
@@ -347,7 +349,7 @@ shares = [%s]
 cpus = 1
 memory_bytes = %d
 log_dir = %q
-`, o.NodeImage, tomlStrings(kubeletArgs...), tomlStrings(append(slices.Clone(kubeletHostPaths[1:]), "/var/lib/kubelet/pods", n.KubeDir)...),
+`, o.NodeImage, tomlStrings(kubeletArgs...), tomlStrings("/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", n.KubeDir),
 			1<<30, filepath.Dir(n.NodeVMKubeletLog()))
 	}
 	cfg := fmt.Sprintf(`root = %q

@@ -31,6 +31,11 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if node && !nodevm.Internal(ctx) {
 		return nil, fmt.Errorf("the label %s is the daemon's own, for its node VM: %w", nodevm.Label, errdefs.ErrInvalidArgument)
 	}
+	if node {
+		if _, err := nodevm.DecodeShares(cfg.GetAnnotations()[nodevm.SharesAnnotation]); err != nil {
+			return nil, fmt.Errorf("the node VM's shares: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+	}
 	vmImage, err := s.handlerImage(r.GetRuntimeHandler(), cfg)
 	if err != nil {
 		return nil, err

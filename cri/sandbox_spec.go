@@ -23,7 +23,10 @@ func sandboxSpec(cfg *runtimeapi.PodSandboxConfig) *store.SandboxSpec {
 		HostNetwork: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE,
 		Sysctls:     cfg.GetLinux().GetSysctls(),
 		Resources:   resourcesOf(cfg.GetLinux().GetResources()),
-		Node:        nodevm.IsNode(cfg.GetLabels()),
+	}
+	if nodevm.IsNode(cfg.GetLabels()) {
+		// Checked by RunPodSandbox.
+		spec.NodeShares, _ = nodevm.DecodeShares(cfg.GetAnnotations()[nodevm.SharesAnnotation])
 	}
 	for _, p := range cfg.GetPortMappings() {
 		spec.Ports = append(spec.Ports, store.Port{

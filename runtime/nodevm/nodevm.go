@@ -16,10 +16,43 @@ package nodevm
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
 )
 
 // Label marks the node VM's sandbox and container ("true").
 const Label = "macvz.io/node-vm"
+
+// SharesAnnotation lists, on the node VM's sandbox (JSON, an array of
+// absolute paths), the host directories the VM gets as shares of their
+// own: its kubelet's mounts of them are made from those, and a host mount
+// made below them later (a tmpfs volume, runtime/nodevm/memvol) shows.
+// Only a sandbox with Label has it read.
+const SharesAnnotation = "macvz.io/node-vm-shares"
+
+// EncodeShares and DecodeShares are SharesAnnotation's value.
+func EncodeShares(paths []string) string {
+	b, _ := json.Marshal(paths)
+	return string(b)
+}
+
+// DecodeShares refuses anything but clean absolute paths.
+func DecodeShares(v string) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var paths []string
+	if err := json.Unmarshal([]byte(v), &paths); err != nil {
+		return nil, fmt.Errorf("%s: %w", SharesAnnotation, err)
+	}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			return nil, fmt.Errorf("%s: %q is not a clean absolute path", SharesAnnotation, p)
+		}
+	}
+	return paths, nil
+}
 
 // Names of the node VM's sandbox and container.
 const (

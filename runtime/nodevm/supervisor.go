@@ -448,6 +448,7 @@ func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
 		Hostname:     PodName,
 		LogDirectory: s.cfg.LogDir,
 		Labels:       map[string]string{Label: "true"},
+		Annotations:  map[string]string{SharesAnnotation: EncodeShares(s.cfg.Shares)},
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},

@@ -397,3 +397,22 @@ func TestSupervisorStop(t *testing.T) {
 	s.Restart()
 	waitUntil(t, "node VM running after Restart", func() bool { return s.Status().State == "running" && len(f.ready()) == 1 })
 }
+
+func TestSharesAnnotation(t *testing.T) {
+	paths := []string{"/var/lib/kubelet/pods", "/var/log/pods"}
+	if got, err := DecodeShares(EncodeShares(paths)); err != nil || !slices.Equal(got, paths) {
+		t.Errorf("round trip: %q %v", got, err)
+	}
+	if got, err := DecodeShares(""); err != nil || got != nil {
+		t.Errorf("empty: %q %v", got, err)
+	}
+	for _, bad := range []string{`["relative"]`, `["/a/../b"]`, `{"a":1}`, `["/a/"]`} {
+		if _, err := DecodeShares(bad); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+	cfg := New(testConfig(), newFake(), nil).podConfig()
+	if got, _ := DecodeShares(cfg.GetAnnotations()[SharesAnnotation]); !slices.Equal(got, testConfig().Shares) {
+		t.Errorf("the node VM's sandbox names shares %q, want %q", got, testConfig().Shares)
+	}
+}

@@ -142,22 +142,13 @@ func oneComponent(name string) error {
 // readOnly (a submount of a read-only volume is read-only too). The bind
 // is made detached and configured before it is attached, so there is no
 // moment when it is writable or shared.
-//
-// follow makes the bind a slave instead: mounts made later below src
-// come through (never the other way). src must then be a shared mount
-// (MakeShared); the node VM's view of kubelet's pods directory is so,
-// for the tmpfs volumes mounted there for it (runtime/nodevm/memvol).
-func BindOnto(src string, target *os.File, readOnly, follow bool) error {
+func BindOnto(src string, target *os.File, readOnly bool) error {
 	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
 	if err != nil {
 		return &os.PathError{Op: "open_tree", Path: src, Err: err}
 	}
 	defer unix.Close(tree)
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Propagation: unix.MS_PRIVATE}
-	if follow {
-		// A clone of a shared mount is its peer; as a slave it receives.
-		attr.Propagation = unix.MS_SLAVE
-	}
 	if readOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
@@ -196,32 +187,6 @@ func MountTmpfs(dir string, size int64, inodes int) error {
 	}
 	if err := unix.MoveMount(m, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("mounting a tmpfs on %s: %w", dir, err)
-	}
-	return nil
-}
-
-// MakeShared makes the host's directory dir a shared mount, binding it
-// onto itself first unless it is a mount point already, so that mounts
-// made below it reach the slaves bound from it (BindOnto's follow).
-// kubelet does the same to its own root dir on a Linux node.
-func MakeShared(dir string) error {
-	ok, err := IsMountPoint(dir)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		tree, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
-		if err != nil {
-			return &os.PathError{Op: "open_tree", Path: dir, Err: err}
-		}
-		err = unix.MoveMount(tree, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH)
-		unix.Close(tree)
-		if err != nil {
-			return fmt.Errorf("binding %s onto itself: %w", dir, err)
-		}
-	}
-	if err := unix.MountSetattr(unix.AT_FDCWD, dir, 0, &unix.MountAttr{Propagation: unix.MS_SHARED}); err != nil {
-		return fmt.Errorf("making %s a shared mount: %w", dir, err)
 	}
 	return nil
 }

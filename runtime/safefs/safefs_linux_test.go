@@ -197,7 +197,7 @@ func TestBindOnto(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = BindOnto(src, mp, ro, false)
+		err = BindOnto(src, mp, ro)
 		mp.Close()
 		if err != nil {
 			t.Fatal(err)
@@ -251,71 +251,6 @@ func TestMountTmpfs(t *testing.T) {
 	}
 	if ok, err := IsMountPoint(dir); err != nil || !ok {
 		t.Fatalf("IsMountPoint: %v %v", ok, err)
-	}
-}
-
-// A following bind (the node VM's view of kubelet's pods directory) gets
-// the mounts made later below its source, and loses them when they go; a
-// private one does not.
-func TestBindOntoFollow(t *testing.T) {
-	testutil.RequireRoot(t)
-	tmp := t.TempDir()
-	src := filepath.Join(tmp, "pods")
-	vol := filepath.Join(src, "uid", "volumes", "secret")
-	if err := os.MkdirAll(vol, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := MakeShared(src); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(src, unix.MNT_DETACH) })
-	if err := MakeShared(src); err != nil {
-		t.Fatalf("MakeShared of a shared mount again: %v", err)
-	}
-	share := filepath.Join(tmp, "shared")
-	os.Mkdir(share, 0o700)
-	root, err := OpenRoot(share)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
-	for _, follow := range []bool{true, false} {
-		name := map[bool]string{true: "follow", false: "private"}[follow]
-		mp, err := root.MountPoint(name, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = BindOnto(src, mp, false, follow)
-		mp.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := filepath.Join(share, name)
-		t.Cleanup(func() { unix.Unmount(dst, unix.MNT_DETACH) })
-	}
-	if err := unix.Mount("tmpfs", vol, "tmpfs", 0, "size=1m"); err != nil {
-		t.Fatal(err)
-	}
-	write(t, filepath.Join(vol, "key"), "s3cret")
-	isTmpfs := func(p string) bool {
-		var st unix.Statfs_t
-		if err := unix.Statfs(p, &st); err != nil {
-			t.Fatal(err)
-		}
-		return st.Type == unix.TMPFS_MAGIC
-	}
-	followed := filepath.Join(share, "follow", "uid", "volumes", "secret")
-	if b, err := os.ReadFile(filepath.Join(followed, "key")); err != nil || string(b) != "s3cret" || !isTmpfs(followed) {
-		t.Fatalf("the following bind does not show the new tmpfs: %q %v", b, err)
-	}
-	if isTmpfs(filepath.Join(share, "private", "uid", "volumes", "secret")) {
-		t.Fatal("the private bind shows a mount made after it")
-	}
-	if err := unix.Unmount(vol, 0); err != nil {
-		t.Fatal(err)
-	}
-	if isTmpfs(followed) {
-		t.Fatal("the following bind keeps a tmpfs unmounted at its source")
 	}
 }
 

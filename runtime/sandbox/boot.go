@@ -147,10 +147,11 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	if sb.Network != nil {
 		spec.NICs = []vm.NIC{sb.Network.NIC}
 	}
-	if store.SpecOf(*sb).Node {
-		for i := range spec.Shares {
-			spec.Shares[i].Passthrough = !spec.Shares[i].ReadOnly
-		}
+	for i, p := range store.SpecOf(*sb).NodeShares {
+		// Exported as they are, not bound into the shared directory:
+		// what the host mounts below them later (the tmpfs volumes of
+		// runtime/nodevm/memvol) shows, and vz has no bind mounts.
+		spec.Shares = append(spec.Shares, vm.Share{Tag: nodeShareTag(i), HostPath: p, Passthrough: true})
 	}
 	if b.key != "" && spec.Boot.Kind == vm.BootMacOS && len(spec.Boot.MachineID) == 0 {
 		// A fresh identity: saveWarm keeps it with the state.
@@ -271,10 +272,10 @@ func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spe
 			return nil
 		})
 	}
-	for _, sh := range []struct {
-		tag, target string
-		ro          bool
-	}{{sharedTag, guestSharedDirFor(guestOS), false}, {sharedROTag, guestSharedDirFor(guestOS) + "-ro", true}} {
+	for _, sh := range append([]shareMount{
+		{sharedTag, guestSharedDirFor(guestOS), false},
+		{sharedROTag, guestSharedDirFor(guestOS) + "-ro", true},
+	}, nodeShareMounts(spec, guestOS)...) {
 		g.Go(func() error {
 			if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
 				Tag: sh.tag, Fstype: shareFstype(s.cfg.Backend), Target: sh.target, CreateTarget: true, ReadOnly: sh.ro,

@@ -188,10 +188,19 @@ type Volume struct {
 // its path: a bind of the host path under the sandbox's shared directory
 // (host side), then a bind of that in the guest.
 func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, cid string, vols []Volume) error {
-	node := store.SpecOf(sb).Node
+	spec := store.SpecOf(sb)
 	for i, v := range vols {
+		if tag, sub, ok := nodeShareOf(spec, v.HostPath); ok {
+			// The node VM's own share: bound from it in the guest.
+			if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
+				Tag: tag, Subpath: sub, Target: v.GuestPath, ReadOnly: v.ReadOnly, CreateTarget: true,
+			}); err != nil {
+				return fmt.Errorf("volume %s → %s in the node VM: %w", v.HostPath, v.GuestPath, err)
+			}
+			continue
+		}
 		sub := filepath.Join(cid, strconv.Itoa(i))
-		if err := bindVolume(sb.Dir, cid, i, v.HostPath, v.ReadOnly, node); err != nil {
+		if err := bindVolume(sb.Dir, cid, i, v.HostPath, v.ReadOnly); err != nil {
 			return fmt.Errorf("volume %s → %s: %w", v.HostPath, v.GuestPath, err)
 		}
 		tag := sharedTag

@@ -51,20 +51,10 @@ func prepareShare(sbDir string) error {
 // planted one where the mount point goes, once it learnt the container
 // ID), and the bind is private, nosuid, nodev and, for a read-only
 // volume, read-only on every mount below it.
-//
-// follow (the node VM's directories) makes the source a shared mount and
-// the bind its slave: the tmpfs volumes mounted on the host below it for
-// the node VM's kubelet (runtime/nodevm/memvol) then show in the VM.
-func bindVolume(sbDir, cid string, i int, src string, readOnly, follow bool) error {
+func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 	fi, err := os.Stat(src)
 	if err != nil {
 		return err
-	}
-	follow = follow && fi.IsDir()
-	if follow {
-		if err := safefs.MakeShared(src); err != nil {
-			return err
-		}
 	}
 	share, err := safefs.OpenRoot(filepath.Join(sbDir, shareDir(readOnly)))
 	if err != nil {
@@ -81,7 +71,7 @@ func bindVolume(sbDir, cid string, i int, src string, readOnly, follow bool) err
 		return err
 	}
 	defer mp.Close()
-	return safefs.BindOnto(src, mp, readOnly, follow)
+	return safefs.BindOnto(src, mp, readOnly)
 }
 
 // unmountUnder unmounts every mount at or below base/rel, deepest first.

@@ -52,7 +52,7 @@ func TestShareThroughSymlinkedState(t *testing.T) {
 		t.Fatalf("prepareShare again: %v", err)
 	}
 	for i, ro := range []bool{false, true} {
-		if err := bindVolume(sbDir, "c1", i, vol, ro, false); err != nil {
+		if err := bindVolume(sbDir, "c1", i, vol, ro); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -65,7 +65,7 @@ func TestShareThroughSymlinkedState(t *testing.T) {
 	if mountedAt(t, filepath.Join(realShare, "c1", "0")) || mountedAt(t, filepath.Join(realShare, "c1", "1")) {
 		t.Fatal("RemoveContainer's unmount missed a bind reached through the symlinked state dir")
 	}
-	if err := bindVolume(sbDir, "c2", 0, vol, false, false); err != nil {
+	if err := bindVolume(sbDir, "c2", 0, vol, false); err != nil {
 		t.Fatal(err)
 	}
 	// A missed unmount: the removal refuses instead of emptying the volume.
@@ -102,13 +102,13 @@ func TestBindVolumeRefusesPlantedSymlink(t *testing.T) {
 	os.Mkdir(filepath.Join(share, "c1"), 0o700)
 	os.Symlink(target, filepath.Join(share, "c1", "1"))
 	os.Symlink(target, filepath.Join(share, "c2"))
-	if err := bindVolume(sbDir, "c1", 0, vol, false, false); err != nil {
+	if err := bindVolume(sbDir, "c1", 0, vol, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := bindVolume(sbDir, "c1", 1, vol, false, false); !errors.Is(err, safefs.ErrSymlink) {
+	if err := bindVolume(sbDir, "c1", 1, vol, false); !errors.Is(err, safefs.ErrSymlink) {
 		t.Fatalf("bind over a planted symlink: %v", err)
 	}
-	if err := bindVolume(sbDir, "c2", 0, vol, false, false); !errors.Is(err, safefs.ErrSymlink) {
+	if err := bindVolume(sbDir, "c2", 0, vol, false); !errors.Is(err, safefs.ErrSymlink) {
 		t.Fatalf("bind below a planted symlink: %v", err)
 	}
 	if mountedAt(t, target) {
@@ -137,10 +137,10 @@ func TestBindVolumeShareByMode(t *testing.T) {
 	vol := t.TempDir()
 	os.WriteFile(filepath.Join(vol, "f"), []byte("x"), 0o644)
 	os.Symlink("f", filepath.Join(vol, "link"))
-	if err := bindVolume(sbDir, "c1", 0, vol, true, false); err != nil {
+	if err := bindVolume(sbDir, "c1", 0, vol, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := bindVolume(sbDir, "c1", 1, vol, false, false); err != nil {
+	if err := bindVolume(sbDir, "c1", 1, vol, false); err != nil {
 		t.Fatal(err)
 	}
 	ro, rw := filepath.Join(sbDir, sharedRODir, "c1", "0"), filepath.Join(sbDir, sharedDir, "c1", "1")

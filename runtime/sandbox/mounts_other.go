@@ -22,7 +22,7 @@ func prepareShare(sbDir string) error {
 
 // bindVolume: macOS has no bind mounts; volumes reach a vz guest as
 // directory shares of their own (the vz backend's issue).
-func bindVolume(sbDir, cid string, i int, src string, readOnly, follow bool) error {
+func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 	return fmt.Errorf("volume %s: host bind mounts are not available on this OS: %w", src, errdefs.ErrNotImplemented)
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"strconv"
 
 	"github.com/containerd/errdefs"
 
@@ -34,6 +35,37 @@ func guestSharedDirFor(guestOS string) string {
 		return "/var/run/macvz/shared"
 	}
 	return "/run/macvz/shared"
+}
+
+// shareMount is a share the agent mounts at boot.
+type shareMount struct {
+	tag, target string
+	ro          bool
+}
+
+// nodeShareTag is the tag of the node VM's i-th own share (short enough
+// for 9p's 31 bytes and virtiofs's 36).
+func nodeShareTag(i int) string { return "macvz-node" + strconv.Itoa(i) }
+
+// nodeShareMounts are the node VM's own shares, mounted at boot for its
+// kubelet container's mounts to bind from.
+func nodeShareMounts(spec store.SandboxSpec, guestOS string) []shareMount {
+	var out []shareMount
+	for i := range spec.NodeShares {
+		out = append(out, shareMount{nodeShareTag(i), guestSharedDirFor(guestOS) + "-node/" + strconv.Itoa(i), false})
+	}
+	return out
+}
+
+// nodeShareOf finds the node VM's share that holds hostPath: its tag and
+// hostPath's path in it ("." for the share itself).
+func nodeShareOf(spec store.SandboxSpec, hostPath string) (tag, sub string, ok bool) {
+	for i, p := range spec.NodeShares {
+		if rel, err := filepath.Rel(p, hostPath); err == nil && filepath.IsLocal(rel) {
+			return nodeShareTag(i), rel, true
+		}
+	}
+	return "", "", false
 }
 
 // shareFstype is how the backend exports host directories: virtiofs on

@@ -117,3 +117,27 @@ func TestAgentWait(t *testing.T) {
 		t.Errorf("almost no time left: %v", got)
 	}
 }
+
+func TestNodeShares(t *testing.T) {
+	spec := store.SandboxSpec{NodeShares: []string{"/var/lib/kubelet/pods", "/var/log/pods"}}
+	for _, tc := range []struct{ path, tag, sub string }{
+		{"/var/lib/kubelet/pods", "macvz-node0", "."},
+		{"/var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/tok", "macvz-node0", "u1/volumes/kubernetes.io~secret/tok"},
+		{"/var/log/pods/ns_p_u1", "macvz-node1", "ns_p_u1"},
+		{path: "/var/lib/kubelet/pods-other"},
+		{path: "/var/lib/kubelet"},
+		{path: "/etc"},
+	} {
+		tag, sub, ok := nodeShareOf(spec, tc.path)
+		if ok != (tc.tag != "") || tag != tc.tag || sub != tc.sub {
+			t.Errorf("%s: %q %q %v, want %q %q", tc.path, tag, sub, ok, tc.tag, tc.sub)
+		}
+	}
+	if _, _, ok := nodeShareOf(store.SandboxSpec{}, "/var/lib/kubelet/pods"); ok {
+		t.Error("a pod's sandbox has node shares")
+	}
+	m := nodeShareMounts(spec, "linux")
+	if len(m) != 2 || m[1] != (shareMount{"macvz-node1", "/run/macvz/shared-node/1", false}) {
+		t.Errorf("nodeShareMounts: %+v", m)
+	}
+}

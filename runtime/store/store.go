@@ -128,9 +128,10 @@ type SandboxSpec struct {
 	Sysctls map[string]string `json:"sysctls,omitempty"`
 	// Resources size the VM (zero = the containers', else the defaults).
 	Resources Resources `json:"resources,omitzero"`
-	// Node marks the node VM (runtime/nodevm): its writable share passes
-	// the guest's owners, modes and symlinks through (vm.Share).
-	Node bool `json:"node,omitempty"`
+	// NodeShares are the node VM's (runtime/nodevm) host directories,
+	// each a share of its own (vm.Share.Passthrough) that its kubelet's
+	// mounts of them (or below them) use directly.
+	NodeShares []string `json:"nodeShares,omitempty"`
 }
 
 // SpecOf is a record's spec; empty for a record without one.

@@ -52,6 +52,12 @@ type config struct {
 	// socketDir holds the unix sockets PortForward's listen makes
 	// (DefaultSocketDir).
 	socketDir string
+	// kubeletPluginDir is kubelet's device-plugin directory, where
+	// PortForward may also listen (api.KubeletPluginDir), and
+	// kubeletSockets the guest sockets it may dial
+	// (api.KubeletSockets); tests move them.
+	kubeletPluginDir string
+	kubeletSockets   []string
 }
 
 // agent implements api.AgentService.
@@ -92,6 +98,12 @@ func newAgent(cfg config) *agent {
 	}
 	if cfg.socketDir == "" {
 		cfg.socketDir = DefaultSocketDir
+	}
+	if cfg.kubeletPluginDir == "" {
+		cfg.kubeletPluginDir = api.KubeletPluginDir
+	}
+	if cfg.kubeletSockets == nil {
+		cfg.kubeletSockets = api.KubeletSockets
 	}
 	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, listeners: map[string]*guestListener{}, ready: make(chan struct{}), allLoaded: make(chan struct{})}
 	close(a.ready)

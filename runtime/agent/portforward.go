@@ -191,13 +191,27 @@ func (a *agent) PortForward(ctx context.Context, stream api.Agent_PortForwardSer
 }
 
 // forwardConn is the guest end of a PortForward stream whose first frame
-// is first: a connection to localhost's port, or the next guest client
-// of the listen socket.
+// is first: a connection to localhost's port or to a guest socket (dial),
+// or the next guest client of the listen socket.
 func (a *agent) forwardConn(ctx context.Context, first *api.PortForwardFrame) (net.Conn, error) {
-	if first.Listen != "" {
-		if first.Port != 0 {
-			return nil, errf(codes.InvalidArgument, "PortForward: a frame with both port %d and listen %q", first.Port, first.Listen)
+	if n := btoi(first.Port != 0) + btoi(first.Listen != "") + btoi(first.Dial != ""); n > 1 {
+		return nil, errf(codes.InvalidArgument, "PortForward: a frame with more than one of port %d, listen %q and dial %q", first.Port, first.Listen, first.Dial)
+	}
+	if first.Dial != "" {
+		path, err := a.dialAddr(first.Dial)
+		if err != nil {
+			return nil, err
 		}
+		var d net.Dialer
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		conn, err := d.DialContext(dctx, "unix", path)
+		if err != nil {
+			return nil, errf(codes.Unavailable, "PortForward: connecting to %s in the guest: %v", path, err)
+		}
+		return conn, nil
+	}
+	if first.Listen != "" {
 		l, err := a.guestListener(first.Listen)
 		if err != nil {
 			return nil, err
@@ -326,4 +340,11 @@ func (q *pfInbound) violation() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.broken
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

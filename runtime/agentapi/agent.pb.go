@@ -3114,6 +3114,19 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 // connects while none waits is held until one does. Allowed: "unix:"
 // plus a path in the agent's socket directory (/run/macvz), or "tcp:"
 // plus a loopback address and port; anything else is InvalidArgument.
+// "unix:/var/lib/kubelet/device-plugins/macvz-<name>.sock" is allowed
+// too: the node VM's kubelet dials a device plugin's endpoint there
+// (kubelet's device-plugin directory is fixed). Only names with that
+// prefix, so the agent never replaces kubelet's socket or another
+// plugin's. A unix socket that is deleted while the agent listens on it
+// (kubelet clears that directory when it starts) is made again within a
+// second.
+//
+// With `dial` instead of `port` the agent connects to a unix socket in
+// the guest ("unix:<path>") and answers as for `port`: the daemon reaches
+// the node VM's kubelet so (its device-plugin registration and
+// pod-resources sockets). Only those two paths (agentapi.KubeletSockets)
+// are allowed; anything else is InvalidArgument.
 type PortForwardFrame struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Port          uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
@@ -3122,6 +3135,7 @@ type PortForwardFrame struct {
 	CloseWrite    bool                   `protobuf:"varint,4,opt,name=close_write,json=closeWrite,proto3" json:"close_write,omitempty"`
 	Window        uint32                 `protobuf:"varint,5,opt,name=window,proto3" json:"window,omitempty"` // first frame only; 0 = 1 MiB
 	Listen        string                 `protobuf:"bytes,6,opt,name=listen,proto3" json:"listen,omitempty"`  // first frame only; see above
+	Dial          string                 `protobuf:"bytes,7,opt,name=dial,proto3" json:"dial,omitempty"`      // first frame only; see above
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3194,6 +3208,13 @@ func (x *PortForwardFrame) GetWindow() uint32 {
 func (x *PortForwardFrame) GetListen() string {
 	if x != nil {
 		return x.Listen
+	}
+	return ""
+}
+
+func (x *PortForwardFrame) GetDial() string {
+	if x != nil {
+		return x.Dial
 	}
 	return ""
 }
@@ -3401,7 +3422,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x0fShutdownRequest\x12\x16\n" +
 	"\x06reboot\x18\x01 \x01(\bR\x06reboot\x12&\n" +
 	"\x0fgrace_period_ms\x18\x02 \x01(\rR\rgracePeriodMs\"\x12\n" +
-	"\x10ShutdownResponse\"\x9d\x01\n" +
+	"\x10ShutdownResponse\"\xb1\x01\n" +
 	"\x10PortForwardFrame\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
@@ -3409,7 +3430,8 @@ const file_agent_proto_rawDesc = "" +
 	"\vclose_write\x18\x04 \x01(\bR\n" +
 	"closeWrite\x12\x16\n" +
 	"\x06window\x18\x05 \x01(\rR\x06window\x12\x16\n" +
-	"\x06listen\x18\x06 \x01(\tR\x06listen*6\n" +
+	"\x06listen\x18\x06 \x01(\tR\x06listen\x12\x12\n" +
+	"\x04dial\x18\a \x01(\tR\x04dial*6\n" +
 	"\x05Stdio\x12\x15\n" +
 	"\x11STDIO_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

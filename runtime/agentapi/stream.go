@@ -150,7 +150,8 @@ func (r *OutputReader) Close() error {
 const maxQueuedChunks = 64
 
 // ForwardConn is a PortForward stream as a connection: to a TCP port on
-// the guest's localhost (DialPort) or from a guest client (AcceptGuest).
+// the guest's localhost (DialPort), to a guest unix socket (DialGuest)
+// or from a guest client (AcceptGuest).
 // CloseWrite half-closes it; Close ends it.
 //
 // A goroutine receives the stream's frames as they come: acks open the
@@ -241,6 +242,29 @@ func (c *ForwardConn) receive() {
 // It returns once the agent has connected.
 func DialPort(ctx context.Context, c AgentClient, port uint16) (*ForwardConn, error) {
 	return openForward(ctx, c, &PortForwardFrame{Port: uint32(port), Window: DefaultWindow})
+}
+
+// The node VM's kubelet's sockets the agent connects to for the host
+// (DialGuest): kubelet's device-plugin registration socket, whose
+// directory is fixed whatever kubelet's root dir, and its pod-resources
+// socket under the node VM's root dir. KubeletPluginDir is where the
+// agent may also listen for a device plugin's endpoint, on a name that
+// starts with KubeletPluginPrefix.
+const (
+	KubeletPluginDir          = "/var/lib/kubelet/device-plugins"
+	KubeletPluginPrefix       = "macvz-"
+	KubeletRegistrationSocket = KubeletPluginDir + "/kubelet.sock"
+	KubeletPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+)
+
+// KubeletSockets are the guest sockets DialGuest may name.
+var KubeletSockets = []string{KubeletRegistrationSocket, KubeletPodResourcesSocket}
+
+// DialGuest opens a tunnel to a unix socket in the guest (addr
+// "unix:<path>", one of KubeletSockets). It returns once the agent has
+// connected.
+func DialGuest(ctx context.Context, c AgentClient, addr string) (*ForwardConn, error) {
+	return openForward(ctx, c, &PortForwardFrame{Dial: addr, Window: DefaultWindow})
 }
 
 // AcceptGuest waits for the next guest client of the socket listen

@@ -17,6 +17,11 @@
 //
 // Like the CRI services it faces kubelet; it knows the runtime only
 // through Slots, which cri implements over the sandbox controller.
+//
+// kubelet may run where its directory is not this host's (the node VM):
+// Options.Dial then reaches its sockets, the plugins' sockets are made in
+// Options.SocketDir, and whoever set Dial serves each of them under its
+// SocketName in kubelet's directory there.
 package deviceplugin
 
 import (
@@ -32,6 +37,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
@@ -64,8 +70,20 @@ type Resource struct {
 // Options configure a Manager.
 type Options struct {
 	// Dir is kubelet's device-plugin directory: kubelet.sock is there,
-	// and the plugins' sockets are made there.
+	// and the plugins' sockets are made there (unless SocketDir says
+	// otherwise).
 	Dir string
+	// SocketDir is where the plugins' sockets are made; "" = Dir. With
+	// Dial set, it is a directory of this host's, and each socket is
+	// served in kubelet's Dir, under its SocketName, by whoever set Dial.
+	SocketDir string
+	// Dial, when set, reaches kubelet's sockets (Dir's kubelet.sock,
+	// PodResourcesSocket), which are then not files of this host's:
+	// kubelet runs in the node VM. A new kubelet cannot be seen as a new
+	// kubelet.sock there, so a plugin is registered again once kubelet
+	// has no ListAndWatch stream open to it: kubelet opens one when the
+	// plugin registers and keeps it while it runs.
+	Dial func(ctx context.Context, path string) (net.Conn, error)
 	// PodResourcesSocket is kubelet's pod-resources API; "" =
 	// <Dir>/../pod-resources/kubelet.sock.
 	PodResourcesSocket string
@@ -92,6 +110,18 @@ type Manager struct {
 	quietSlots       bool           // a VMSlots error was logged
 	stopOnce         sync.Once
 	registrationWait time.Duration
+	// watchGrace is how long after a registration kubelet may take to
+	// open its ListAndWatch stream (Dial only).
+	watchGrace time.Duration
+}
+
+// watchGrace is Manager.watchGrace (tests shorten it).
+var watchGrace = 15 * time.Second
+
+// SocketName is the name of resource's plugin socket, in SocketDir and in
+// kubelet's directory: "macvz-linux-vm.sock" for macvz.io/linux-vm.
+func SocketName(resource string) string {
+	return "macvz-" + path.Base(resource) + ".sock"
 }
 
 // Start checks which resources have a bound and starts the manager's
@@ -103,12 +133,16 @@ func Start(o Options) (*Manager, error) {
 	if o.PodResourcesSocket == "" {
 		o.PodResourcesSocket = filepath.Join(filepath.Dir(filepath.Clean(o.Dir)), "pod-resources", "kubelet.sock")
 	}
+	if o.SocketDir == "" {
+		o.SocketDir = o.Dir
+	}
 	m := &Manager{
 		o:                o,
 		kubeletSock:      filepath.Join(o.Dir, filepath.Base(pluginapi.KubeletSocket)),
 		stop:             make(chan struct{}),
 		done:             make(chan struct{}),
 		registrationWait: 5 * time.Second,
+		watchGrace:       watchGrace,
 	}
 	for _, r := range o.Resources {
 		limit, _, err := o.Slots.VMSlots(r.OS)
@@ -121,7 +155,7 @@ func Start(o Options) (*Manager, error) {
 		m.plugins = append(m.plugins, &plugin{
 			res:     r,
 			n:       limit,
-			sock:    filepath.Join(o.Dir, "macvz-"+path.Base(r.Name)+".sock"),
+			sock:    filepath.Join(o.SocketDir, SocketName(r.Name)),
 			changed: make(chan struct{}),
 			quit:    make(chan struct{}),
 		})
@@ -130,7 +164,7 @@ func Start(o Options) (*Manager, error) {
 		close(m.done)
 		return m, nil
 	}
-	conn, err := grpc.NewClient("unix://"+o.PodResourcesSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := m.kubeletConn(o.PodResourcesSocket)
 	if err != nil {
 		return nil, fmt.Errorf("pod-resources client: %w", err)
 	}
@@ -154,6 +188,21 @@ func (m *Manager) Stop() {
 			m.podres.Close()
 		}
 	})
+}
+
+// kubeletConn is a client of kubelet's socket at path.
+func (m *Manager) kubeletConn(path string) (*grpc.ClientConn, error) {
+	if m.o.Dial == nil {
+		return grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	// A node VM that is made again takes seconds, not gRPC's default
+	// two minutes of back-off.
+	bo := backoff.DefaultConfig
+	bo.MaxDelay = 5 * time.Second
+	return grpc.NewClient("passthrough:///"+path,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 10 * time.Second}),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return m.o.Dial(ctx, path) }))
 }
 
 // Resources are the names of the resources the manager registers.
@@ -269,18 +318,24 @@ func (m *Manager) allocations() (map[string]*allocation, error) {
 // register serves each plugin whose socket is missing and registers each
 // one kubelet does not know: kubelet removes the plugins' sockets when
 // it starts, and a new kubelet.sock is a kubelet that has not seen ours.
+//
+// With Dial, kubelet's socket cannot be looked at: a plugin is
+// registered while kubelet does not watch it (see Options.Dial).
 func (m *Manager) register() {
-	ki, err := os.Stat(m.kubeletSock)
-	if err != nil {
-		if !m.quietAbsent {
-			slog.Info("device plugin: kubelet's registration socket is not there; VM slots are shown to kubelet once it is", "socket", m.kubeletSock)
-			m.quietAbsent = true
+	var ki os.FileInfo
+	if m.o.Dial == nil {
+		var err error
+		if ki, err = os.Stat(m.kubeletSock); err != nil {
+			if !m.quietAbsent {
+				slog.Info("device plugin: kubelet's registration socket is not there; VM slots are shown to kubelet once it is", "socket", m.kubeletSock)
+				m.quietAbsent = true
+			}
+			return
 		}
-		return
 	}
 	for _, p := range m.plugins {
 		serving := p.serving()
-		if serving && p.kubelet != nil && sameFile(p.kubelet, ki) {
+		if serving && m.knows(p, ki) {
 			continue
 		}
 		if !serving {
@@ -290,17 +345,27 @@ func (m *Manager) register() {
 			}
 		}
 		if err := m.registerWithKubelet(p); err != nil {
-			p.kubelet = nil
+			p.kubelet, p.registered = nil, time.Time{}
 			if !m.quietAbsent {
 				slog.Info("device plugin: kubelet does not answer on its registration socket; trying again quietly", "socket", m.kubeletSock, "err", err)
 				m.quietAbsent = true
 			}
 			continue
 		}
-		p.kubelet = ki
+		p.kubelet, p.registered = ki, time.Now()
 		m.quietAbsent = false
 		slog.Info("device plugin registered with kubelet", "resource", p.res.Name, "devices", p.n, "socket", p.sock)
 	}
+}
+
+// knows is whether kubelet knows p: the kubelet.sock p registered with
+// is still there (ki), or, with Dial, kubelet watches p or was told of
+// it a moment ago.
+func (m *Manager) knows(p *plugin, ki os.FileInfo) bool {
+	if m.o.Dial == nil {
+		return p.kubelet != nil && sameFile(p.kubelet, ki)
+	}
+	return !p.registered.IsZero() && (p.watched() || time.Since(p.registered) < m.watchGrace)
 }
 
 // serve (re)starts p's gRPC server on its socket, mode 0600.
@@ -335,7 +400,7 @@ func (m *Manager) serve(p *plugin) error {
 }
 
 func (m *Manager) registerWithKubelet(p *plugin) error {
-	conn, err := grpc.NewClient("unix://"+m.kubeletSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := m.kubeletConn(m.kubeletSock)
 	if err != nil {
 		return err
 	}
@@ -360,15 +425,24 @@ type plugin struct {
 	sock string
 	quit chan struct{} // closed at Stop: ListAndWatch streams end
 
-	// kubelet is kubelet.sock as it was when p registered; only the
-	// manager's loop uses it.
-	kubelet os.FileInfo
+	// kubelet is kubelet.sock as it was when p registered, registered
+	// when that was; only the manager's loop uses them.
+	kubelet    os.FileInfo
+	registered time.Time
 
 	mu       sync.Mutex
 	devs     []*pluginapi.Device
 	changed  chan struct{} // closed (and replaced) when devs change
 	srv      *grpc.Server
 	sockInfo os.FileInfo // p.sock as p.srv made it
+	watchers int         // ListAndWatch streams open
+}
+
+// watched is whether a ListAndWatch stream (kubelet's) is open.
+func (p *plugin) watched() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.watchers > 0
 }
 
 // publish makes devs p's devices and wakes the ListAndWatch streams if
@@ -435,6 +509,14 @@ func (p *plugin) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*plu
 
 // ListAndWatch sends the devices, then again whenever they change.
 func (p *plugin) ListAndWatch(_ *pluginapi.Empty, st grpc.ServerStreamingServer[pluginapi.ListAndWatchResponse]) error {
+	p.mu.Lock()
+	p.watchers++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.watchers--
+		p.mu.Unlock()
+	}()
 	for {
 		p.mu.Lock()
 		devs, changed := p.devs, p.changed

@@ -2,6 +2,7 @@ package deviceplugin
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -399,5 +400,131 @@ func TestDevices(t *testing.T) {
 		if got := render(devs); got != tc.want {
 			t.Errorf("%s: %s, want %s", name, got, tc.want)
 		}
+	}
+}
+
+// relay stands for the node VM's forward of a plugin socket: clients of
+// guest are joined to host. stop removes guest, as kubelet does.
+func relay(t *testing.T, guest, host string) (stop func()) {
+	t.Helper()
+	ln, err := net.Listen("unix", guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h, err := net.Dial("unix", host)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, h)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(h, c); h.Close() })
+			wg.Go(func() { io.Copy(c, h); c.Close() })
+		}
+	})
+	return func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}
+}
+
+// TestRemoteKubelet: kubelet in the node VM. Its registration and
+// pod-resources sockets are reached only through Dial, the plugin's
+// socket is made in SocketDir and kubelet reaches it through the VM's
+// forward; a new kubelet (a new node VM: the forward and kubelet's
+// ListAndWatch end) gets the plugin registered again, and a kubelet that
+// watches is not registered with again.
+func TestRemoteKubelet(t *testing.T) {
+	defer func(d time.Duration) { watchGrace = d }(watchGrace)
+	watchGrace = 200 * time.Millisecond
+	root, dir := tempRoot(t)
+	hostDir := filepath.Join(root, "host")
+	if err := os.Mkdir(hostDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	podres := startPodResources(t, filepath.Join(root, "pod-resources", "kubelet.sock"))
+	var mu sync.Mutex
+	dialled := map[string]int{}
+	slots := &fakeSlots{limit: map[string]int{"linux": 2}, holders: map[string][]Holder{}}
+	m, err := Start(Options{
+		Dir:       dir,
+		SocketDir: hostDir,
+		Dial: func(ctx context.Context, path string) (net.Conn, error) {
+			mu.Lock()
+			dialled[path]++
+			mu.Unlock()
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		Resources: []Resource{{LinuxResource, "linux"}},
+		Slots:     slots,
+		Interval:  20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // a few rounds without kubelet
+	hostSock := filepath.Join(hostDir, SocketName(LinuxResource))
+	if fi, err := os.Lstat(hostSock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the plugin's socket in SocketDir: %v %v", fi, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, SocketName(LinuxResource))); !os.IsNotExist(err) {
+		t.Fatalf("a plugin socket made in kubelet's directory: %v", err)
+	}
+
+	stopRelay := relay(t, filepath.Join(dir, SocketName(LinuxResource)), hostSock)
+	k := startKubelet(t, dir)
+	if r := k.registration(t); r.Endpoint != "macvz-linux-vm.sock" || r.ResourceName != LinuxResource {
+		t.Fatalf("registration %+v", r)
+	}
+	k.waitDevices(t, "linux-vm-1=Healthy,linux-vm-2=Healthy")
+	// kubelet's pod-resources, through Dial too.
+	podres.allocate("default", "a", LinuxResource, "linux-vm-1")
+	slots.set("linux", Holder{SandboxID: "s1", Namespace: "default", Name: "a"}, Holder{SandboxID: "s2", Namespace: "default", Name: "crictl"})
+	k.waitDevices(t, "linux-vm-1=Healthy,linux-vm-2=Unhealthy")
+	// kubelet watches: no registration again.
+	time.Sleep(5 * watchGrace)
+	select {
+	case r := <-k.regs:
+		t.Errorf("registered again while kubelet watches: %+v", r)
+	default:
+	}
+
+	// A new node VM: kubelet and the forward go, and come back.
+	stopRelay()
+	k.stop()
+	time.Sleep(100 * time.Millisecond)
+	stopRelay = relay(t, filepath.Join(dir, SocketName(LinuxResource)), hostSock)
+	k = startKubelet(t, dir)
+	if r := k.registration(t); r.ResourceName != LinuxResource {
+		t.Fatalf("re-registration %+v", r)
+	}
+	k.waitDevices(t, "linux-vm-1=Healthy,linux-vm-2=Unhealthy")
+
+	m.Stop()
+	stopRelay()
+	k.stop()
+	if _, err := os.Lstat(hostSock); !os.IsNotExist(err) {
+		t.Errorf("plugin socket left after Stop: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if dialled[filepath.Join(dir, "kubelet.sock")] == 0 || dialled[filepath.Join(root, "pod-resources", "kubelet.sock")] == 0 {
+		t.Errorf("kubelet's sockets dialled: %v, want its registration and pod-resources sockets", dialled)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"time"
@@ -87,7 +89,9 @@ spec:
 // standalone mode, runs a static pod, which is a VM of its own on the
 // host. No CRI client sees the node VM; `macvz node status` and `logs`
 // do. `macvz node restart` makes the node VM again and kubelet adopts
-// the running pod: same sandbox, same container, no restart.
+// the running pod: same sandbox, same container, no restart; so does a
+// node VM killed from outside (SIGKILL to its QEMU). The pod's
+// memory-backed volumes are tmpfs mounts on the host, gone with it.
 func TestNodeVM(t *testing.T) {
 	requireKubelet(t)
 	img, err := nodeImage()
@@ -273,19 +277,49 @@ memory_bytes = %d
 	}
 	waitFor(t, "a new node VM running", 4*time.Minute, func() bool { s := status(); return s.State == "running" && s.SandboxID != first })
 	// kubelet, back, relists the runtime; a pod it judged gone would get
-	// a new sandbox within this window.
-	deadline := time.Now().Add(45 * time.Second)
-	for time.Now().Before(deadline) {
-		if out := strings.TrimSpace(v.d.mustCrictl("pods", "--name", "^web-macvz-node-test$", "-q")); out != podID {
-			t.Fatalf("after macvz node restart the static pod's sandboxes are %q, want %s alone\n%s", out, podID, v.d.log.String())
+	// a new sandbox, or its container a new attempt, within this window.
+	untouched := func(after string) {
+		t.Helper()
+		deadline := time.Now().Add(45 * time.Second)
+		for time.Now().Before(deadline) {
+			if out := strings.TrimSpace(v.d.mustCrictl("pods", "--name", "^web-macvz-node-test$", "-q")); out != podID {
+				t.Fatalf("after %s the static pod's sandboxes are %q, want %s alone\n%s", after, out, podID, v.d.log.String())
+			}
+			time.Sleep(3 * time.Second)
 		}
-		time.Sleep(3 * time.Second)
+		if out := strings.TrimSpace(v.d.mustCrictl("ps", "-a", "--pod", podID, "-q")); out != ctrID {
+			t.Errorf("after %s the static pod's containers are %q, want %s alone (no restart)", after, out, ctrID)
+		}
+		if st := v.inspect(t, ctrID); st.Status.State != "CONTAINER_RUNNING" {
+			t.Errorf("after %s the static pod's container is %s", after, st.Status.State)
+		}
 	}
-	if out := strings.TrimSpace(v.d.mustCrictl("ps", "--pod", podID, "--state", "running", "-q")); out != ctrID {
-		t.Errorf("after macvz node restart the static pod's running containers are %q, want %s", out, ctrID)
-	}
+	untouched("macvz node restart")
 	if s := status(); s.Restarts != 1 {
 		t.Errorf("macvz node status after one restart: %+v", s)
+	}
+
+	// The node VM killed from outside (its QEMU, SIGKILL): the
+	// Supervisor sees it stopped and makes it again; kubelet comes back
+	// and adopts the pod, which nothing touched.
+	killed := status().SandboxID
+	pidB, err := os.ReadFile(filepath.Join(v.d.state, "sandboxes", killed, "qemu.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qpid, _ := strconv.Atoi(strings.TrimSpace(string(pidB)))
+	if err := syscall.Kill(qpid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	waitFor(t, "a new node VM after its QEMU was killed", 4*time.Minute, func() bool {
+		s := status()
+		return s.State == "running" && s.SandboxID != killed
+	})
+	t.Logf("node VM back %v after its QEMU was killed", time.Since(start).Round(10*time.Millisecond))
+	untouched("the node VM's kill")
+	if s := status(); s.Restarts != 2 || s.LastError == "" {
+		t.Errorf("macvz node status after a kill: %+v, want 2 restarts and the last error", s)
 	}
 
 	// The manifest goes: kubelet removes the pod.

@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/cri/deviceplugin"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/store"
@@ -164,7 +166,11 @@ func StartNodeVM(s *Service) (stop func()) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s.node = nodevm.New(s.nodeVMConfig(), s, slog.Default())
+	cfg := s.nodeVMConfig()
+	var sup atomic.Pointer[nodevm.Supervisor]
+	stopPlugin := s.nodeDevicePlugin(&cfg, &sup)
+	s.node = nodevm.New(cfg, s, slog.Default())
+	sup.Store(s.node)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -173,7 +179,57 @@ func StartNodeVM(s *Service) (stop func()) {
 	return func() {
 		cancel()
 		<-done
+		if stopPlugin != nil {
+			stopPlugin()
+		}
 	}
+}
+
+// nodeDevicePlugin shows the node VM's kubelet the VM slots ([kubelet]
+// device_plugin; the plugin cmd/macvz starts looks for a kubelet on the
+// host): kubelet's sockets are reached through the node VM's agent
+// (sup, once set), and the plugins' sockets, made in the state
+// directory, are served in kubelet's device-plugin directory in the VM
+// (cfg.DevicePlugins). It returns the plugins' stop, nil when none runs.
+func (s *Service) nodeDevicePlugin(cfg *nodevm.Config, sup *atomic.Pointer[nodevm.Supervisor]) (stop func()) {
+	if !s.cfg.Kubelet.DevicePlugin {
+		return nil
+	}
+	dir := filepath.Join(s.cfg.State, "node-device-plugins")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		slog.Warn("node VM: device plugin not started", "err", err)
+		return nil
+	}
+	var res []deviceplugin.Resource
+	if s.cfg.Backend == "vz" {
+		res = append(res, deviceplugin.Resource{Name: deviceplugin.MacOSResource, OS: "darwin"})
+	}
+	res = append(res, deviceplugin.Resource{Name: deviceplugin.LinuxResource, OS: "linux"})
+	m, err := deviceplugin.Start(deviceplugin.Options{
+		Dir:       agentapi.KubeletPluginDir,
+		SocketDir: dir,
+		Resources: res,
+		Slots:     s,
+		Dial: func(ctx context.Context, path string) (net.Conn, error) {
+			n := sup.Load()
+			if n == nil {
+				return nil, fmt.Errorf("the node VM's supervisor is not started: %w", errdefs.ErrUnavailable)
+			}
+			return n.DialKubelet(ctx, path)
+		},
+	})
+	if err != nil {
+		// kubelet schedules as before, without the slots.
+		slog.Warn("node VM: device plugin not started", "err", err)
+		return nil
+	}
+	for _, r := range m.Resources() {
+		cfg.DevicePlugins = append(cfg.DevicePlugins, filepath.Join(dir, deviceplugin.SocketName(r)))
+	}
+	if len(cfg.DevicePlugins) > 0 {
+		slog.Info("device plugin for the node VM's kubelet started", "resources", m.Resources(), "dir", dir)
+	}
+	return m.Stop
 }
 
 func (s *Service) nodeVMConfig() nodevm.Config {

@@ -90,6 +90,11 @@ type Config struct {
 	// top layer is that share: overlayfs answers statfs with its top
 	// layer's, which the share answers with the host's.
 	ImageFs, ImageFsDir string
+	// DevicePlugins are the host sockets of the daemon's device plugins
+	// (cri/deviceplugin), each served in kubelet's device-plugin
+	// directory in the VM under its base name, which must start with
+	// agentapi.KubeletPluginPrefix.
+	DevicePlugins []string
 }
 
 // Backoff bounds the waits between attempts after a failure.
@@ -313,6 +318,7 @@ func (s *Supervisor) forward(ctx context.Context, wg *sync.WaitGroup, sbID strin
 		Listen: "unix:" + memvol.GuestSocket,
 		Dial:   memvol.Dialer(ctx, &memvol.Handler{Roots: s.cfg.Shares, Log: s.log.With("sandbox", sbID)}),
 	})
+	fwds = append(fwds, s.devicePluginForwards()...)
 	if s.cfg.StreamAddr != "" {
 		_, port, err := net.SplitHostPort(s.cfg.StreamAddr)
 		if err != nil {

@@ -210,6 +210,7 @@ func (s *Service) nodeDevicePlugin(cfg *nodevm.Config, sup *atomic.Pointer[nodev
 		SocketDir: dir,
 		Resources: res,
 		Slots:     s,
+		Log:       slog.Default().With("component", "node-vm-device-plugin"),
 		Dial: func(ctx context.Context, path string) (net.Conn, error) {
 			n := sup.Load()
 			if n == nil {

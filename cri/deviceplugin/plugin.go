@@ -84,6 +84,8 @@ type Options struct {
 	// has no ListAndWatch stream open to it: kubelet opens one when the
 	// plugin registers and keeps it while it runs.
 	Dial func(ctx context.Context, path string) (net.Conn, error)
+	// Log is where the manager logs; nil = slog.Default().
+	Log *slog.Logger
 	// PodResourcesSocket is kubelet's pod-resources API; "" =
 	// <Dir>/../pod-resources/kubelet.sock.
 	PodResourcesSocket string
@@ -136,6 +138,9 @@ func Start(o Options) (*Manager, error) {
 	if o.SocketDir == "" {
 		o.SocketDir = o.Dir
 	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
 	m := &Manager{
 		o:                o,
 		kubeletSock:      filepath.Join(o.Dir, filepath.Base(pluginapi.KubeletSocket)),
@@ -158,6 +163,7 @@ func Start(o Options) (*Manager, error) {
 			sock:    filepath.Join(o.SocketDir, SocketName(r.Name)),
 			changed: make(chan struct{}),
 			quit:    make(chan struct{}),
+			log:     o.Log,
 		})
 	}
 	if len(m.plugins) == 0 {
@@ -249,7 +255,7 @@ func (m *Manager) refresh() {
 		var err error
 		if allocs, err = m.allocations(); err != nil {
 			if !m.quietPodRes {
-				slog.Info("device plugin: kubelet's pod-resources API does not answer; every VM slot holder is taken for a pod kubelet allocated a slot to",
+				m.o.Log.Info("device plugin: kubelet's pod-resources API does not answer; every VM slot holder is taken for a pod kubelet allocated a slot to",
 					"socket", m.o.PodResourcesSocket, "err", err)
 				m.quietPodRes = true
 			}
@@ -264,7 +270,7 @@ func (m *Manager) refresh() {
 		if v.err != nil {
 			slotsOK = false
 			if !m.quietSlots {
-				slog.Warn("device plugin: VM slots unreadable; their devices are unhealthy", "resource", p.res.Name, "err", v.err)
+				m.o.Log.Warn("device plugin: VM slots unreadable; their devices are unhealthy", "resource", p.res.Name, "err", v.err)
 				m.quietSlots = true
 			}
 			var devs []*pluginapi.Device
@@ -327,7 +333,7 @@ func (m *Manager) register() {
 		var err error
 		if ki, err = os.Stat(m.kubeletSock); err != nil {
 			if !m.quietAbsent {
-				slog.Info("device plugin: kubelet's registration socket is not there; VM slots are shown to kubelet once it is", "socket", m.kubeletSock)
+				m.o.Log.Info("device plugin: kubelet's registration socket is not there; VM slots are shown to kubelet once it is", "socket", m.kubeletSock)
 				m.quietAbsent = true
 			}
 			return
@@ -340,21 +346,21 @@ func (m *Manager) register() {
 		}
 		if !serving {
 			if err := m.serve(p); err != nil {
-				slog.Warn("device plugin: cannot serve", "resource", p.res.Name, "socket", p.sock, "err", err)
+				m.o.Log.Warn("device plugin: cannot serve", "resource", p.res.Name, "socket", p.sock, "err", err)
 				continue
 			}
 		}
 		if err := m.registerWithKubelet(p); err != nil {
 			p.kubelet, p.registered = nil, time.Time{}
 			if !m.quietAbsent {
-				slog.Info("device plugin: kubelet does not answer on its registration socket; trying again quietly", "socket", m.kubeletSock, "err", err)
+				m.o.Log.Info("device plugin: kubelet does not answer on its registration socket; trying again quietly", "socket", m.kubeletSock, "err", err)
 				m.quietAbsent = true
 			}
 			continue
 		}
 		p.kubelet, p.registered = ki, time.Now()
 		m.quietAbsent = false
-		slog.Info("device plugin registered with kubelet", "resource", p.res.Name, "devices", p.n, "socket", p.sock)
+		m.o.Log.Info("device plugin registered with kubelet", "resource", p.res.Name, "devices", p.n, "socket", p.sock)
 	}
 }
 
@@ -423,6 +429,7 @@ type plugin struct {
 	res  Resource
 	n    int // devices: the slots of res.OS
 	sock string
+	log  *slog.Logger
 	quit chan struct{} // closed at Stop: ListAndWatch streams end
 
 	// kubelet is kubelet.sock as it was when p registered, registered
@@ -469,7 +476,7 @@ func (p *plugin) publish(devs []*pluginapi.Device, unknown []Holder) {
 		if len(unknown) > 0 {
 			args = append(args, "held_outside_kubelet", describe(unknown))
 		}
-		slog.Info("device plugin: VM slot devices changed", args...)
+		p.log.Info("device plugin: VM slot devices changed", args...)
 	}
 }
 

@@ -38,11 +38,29 @@ const (
 	nodeVMHostPod = "nodevm-hostnet"
 )
 
+// nodeVMConfigManifest is what nodeVMPodManifest's volumes name.
+const nodeVMConfigManifest = `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: nodevm-config
+  namespace: default
+data:
+  greeting: hello
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: nodevm-secret
+  namespace: default
+stringData:
+  password: s3cret
+`
+
 // nodeVMPodManifest is the httpd guest on the node-VM node, Ready by an
 // HTTP probe that kubelet in the node VM sends to the pod IP, printing
-// "tick N" every half second for kubectl logs -f. No service-account
-// token: kubelet's tmpfs volumes are mounted inside the node VM and do
-// not reach the pod's VM yet (README, The node VM).
+// "tick N" every half second for kubectl logs -f, with kubelet's
+// memory-backed volumes: a ConfigMap, a Secret and the service
+// account's projected token (nodeVMConfigManifest first).
 const nodeVMPodManifest = `apiVersion: v1
 kind: Pod
 metadata:
@@ -55,8 +73,12 @@ spec:
   - key: macvz.io/node-vm
     operator: Exists
     effect: NoSchedule
-  automountServiceAccountToken: false
   terminationGracePeriodSeconds: 2
+  volumes:
+  - name: config
+    configMap: {name: nodevm-config}
+  - name: secret
+    secret: {secretName: nodevm-secret}
   containers:
   - name: httpd
     image: %[3]s
@@ -68,6 +90,9 @@ spec:
         path: /
         port: 80
       periodSeconds: 2
+    volumeMounts:
+    - {name: config, mountPath: /etc/nodevm-config}
+    - {name: secret, mountPath: /etc/nodevm-secret}
 `
 
 // nodeVMHostPodManifest is the httpd guest on the node's network: its
@@ -177,6 +202,10 @@ func (c *clusterTest) testNodeVM(t *testing.T) {
 			t.Errorf("deleting pods %s and %s: %v\n%s", nodeVMPod, nodeVMHostPod, err, out)
 		}
 	})
+	t.Cleanup(func() {
+		c.cp.Kubectl("delete", "configmap/nodevm-config", "secret/nodevm-secret", "--ignore-not-found")
+	})
+	c.cp.Apply(t, nodeVMConfigManifest)
 	start = time.Now()
 	c.cp.Apply(t, fmt.Sprintf(nodeVMPodManifest, nodeVMPod, nodeVMNode, c.httpd)+"---\n"+fmt.Sprintf(nodeVMHostPodManifest, nodeVMHostPod, nodeVMNode, c.httpd))
 	pods := map[string]clusterPod{}
@@ -216,6 +245,43 @@ func (c *clusterTest) testNodeVM(t *testing.T) {
 	if out, err := c.cp.Kubectl("logs", nodeVMPod); err != nil || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(from)+`\d+: response:200$`).MatchString(out) {
 		t.Errorf("kubectl logs %s: httpd logged no request from %s answered 200 (the readiness probe's): %v\n%s", nodeVMPod, from, err, lastLines(out, 20))
 	}
+
+	t.Run("volumes", func(t *testing.T) {
+		read := func(path string) string {
+			out, err := c.cp.Kubectl("exec", nodeVMPod, "--", "cat", path)
+			if err != nil {
+				return "error: " + err.Error()
+			}
+			return out
+		}
+		for path, want := range map[string]string{
+			"/etc/nodevm-config/greeting":                             "hello",
+			"/etc/nodevm-secret/password":                             "s3cret",
+			"/var/run/secrets/kubernetes.io/serviceaccount/namespace": "default",
+		} {
+			if got := read(path); got != want {
+				c.fatal(t, "", "%s in pod %s: %q, want %q (kubelet in the node VM wrote it)\n%s", path, nodeVMPod, got, want, n.Describe(60, 40))
+			}
+		}
+		if tok := read("/var/run/secrets/kubernetes.io/serviceaccount/token"); strings.Count(tok, ".") != 2 {
+			t.Errorf("the service account token in pod %s is not a JWT: %q", nodeVMPod, tok)
+		}
+		// On the node's host the Secret is a tmpfs, as under a native
+		// kubelet: the node VM's kubelet had the daemon mount it.
+		mi, err := n.Exec("cat", "/proc/self/mountinfo")
+		secretDir := "/var/lib/kubelet/pods/" + pod.Metadata.UID + "/volumes/kubernetes.io~secret/secret"
+		if err != nil || !regexp.MustCompile(`(?m)^\S+ \S+ \S+ \S+ `+regexp.QuoteMeta(secretDir)+` .* - tmpfs `).MatchString(mi) {
+			t.Errorf("node %s: %s is not a tmpfs mount on the host (%v)", nodeVMNode, secretDir, err)
+		}
+		// An update of the ConfigMap reaches the running pod's guest.
+		c.cp.MustKubectl(t, "patch", "configmap", "nodevm-config", "-p", `{"data":{"greeting":"updated"}}`)
+		start := time.Now()
+		c.waitUntil(t, "", "the ConfigMap's update in pod "+nodeVMPod, 4*time.Minute, func() (bool, string) {
+			got := read("/etc/nodevm-config/greeting")
+			return got == "updated", fmt.Sprintf("greeting %q", got)
+		})
+		t.Logf("ConfigMap, Secret and token in pod %s on the node VM; the ConfigMap's update arrived %v after the patch", nodeVMPod, time.Since(start).Round(100*time.Millisecond))
+	})
 
 	t.Run("exec", func(t *testing.T) {
 		stdout, stderr, code, err := c.streamKubectlRun("", "exec", nodeVMPod, "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3")

@@ -64,6 +64,7 @@ type clusterCondition struct {
 type clusterPod struct {
 	Metadata struct {
 		Name string `json:"name"`
+		UID  string `json:"uid"`
 	} `json:"metadata"`
 	Spec struct {
 		NodeName string `json:"nodeName"`

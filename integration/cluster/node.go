@@ -414,6 +414,11 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 `, n.Socket, o.LANAddr, certFile, keyFile, caFile, dir)
+	if n.NodeVM {
+		// A ConfigMap's update reaches a running pod at kubelet's next
+		// sync of it (1m by default): the nodevm scenario waits for one.
+		kc += "syncFrequency: 10s\n"
+	}
 	return os.WriteFile(n.kubeletConfig, []byte(kc), 0o600)
 }
 

@@ -93,6 +93,10 @@ func nodeVMConfig(cfg *config.Config, streamAddr string) nodevm.Config {
 		ImageFs:     cfg.Root,
 		ImageFsDir:  nodeImageFsDir(cfg.Root),
 	}
+	if cfg.Node.Network == config.NodeNetworkPod {
+		c.PodNetwork = true
+		c.DNS = nodevm.HostDNS(nodevm.HostResolvConfs...)
+	}
 	if cfg.Node.JoinsCluster() {
 		// A standalone kubelet keeps its ports to itself (and two such
 		// daemons on one host do not race for them).

@@ -197,16 +197,30 @@ type Node struct {
 	MemoryBytes int64 `toml:"memory_bytes"`
 	// LogDir holds kubelet's log ("" = <state>/node).
 	LogDir string `toml:"log_dir"`
+	// Network is the node VM's network: NodeNetworkHost, the
+	// hypervisor's NAT (kubelet's connections come from the host), or
+	// NodeNetworkPod, the pod network through the CNI plugin like any
+	// pod (kubelet reaches pod IPs directly). On a Mac the default is
+	// "pod": VMs on vz's NAT cannot reach each other, so kubelet's
+	// probes of pod IPs would fail from the NAT.
+	Network string `toml:"network"`
 	// NodeIP is the node's address, the one kubelet reports (its
 	// --node-ip, which the daemon passes): the host's, since the node VM
-	// has only the hypervisor's NAT. "" = the --node-ip of kubelet_args,
+	// has only a NAT or pod address. "" = the --node-ip of kubelet_args,
 	// else the host's address on its default route.
 	NodeIP string `toml:"node_ip"`
 	// Ports are kubelet's TCP ports (its API, 10250) forwarded from
 	// NodeIP on the host into the node VM, so the API server reaches it;
 	// only when kubelet joins a cluster (a --kubeconfig in KubeletArgs).
+	// On the pod network they are the node VM's hostPorts.
 	Ports []int `toml:"ports"`
 }
+
+// The node VM's networks (Node.Network).
+const (
+	NodeNetworkHost = "host"
+	NodeNetworkPod  = "pod"
+)
 
 // KubeletNodeIP is the value of --node-ip in KubeletArgs ("" if absent).
 func (n Node) KubeletNodeIP() string {

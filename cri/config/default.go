@@ -169,6 +169,12 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   memory_bytes = {{.C.Node.MemoryBytes}}
   # kubelet's log; "" = <state>/node.
   log_dir = "{{.C.Node.LogDir}}"
+  # The node VM's network: "host" (the hypervisor's NAT; kubelet's
+  # connections come from the host) or "pod" (the pod network through the
+  # CNI plugin, like a pod: kubelet reaches pod IPs itself, and ports
+  # become the node VM's hostPorts). A Mac's default is "pod", which needs
+  # macvz-net's "socket" mode (socket_vmnet) so that VMs reach each other.
+  network = "{{.C.Node.Network}}"
   # The node's address, which kubelet reports (the daemon passes it as
   # --node-ip): the host's own. The node VM gets it on its loopback with
   # its local route removed, so kubelet accepts it while traffic to the

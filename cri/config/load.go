@@ -47,7 +47,7 @@ func Default() *Config {
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
-		Node:            Node{KubeletArgs: []string{}, Ports: []int{10250}, Shares: []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
+		Node:            Node{Network: DefaultNodeNetwork, KubeletArgs: []string{}, Ports: []int{10250}, Shares: []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
 		RuntimeHandlers: map[string]RuntimeHandler{},
 	}
 }
@@ -198,6 +198,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Node.LogDir != "" && !filepath.IsAbs(c.Node.LogDir) {
 		return bad("node.log_dir", "must be an absolute path, got %q", c.Node.LogDir)
+	}
+	switch c.Node.Network {
+	case NodeNetworkHost, NodeNetworkPod:
+	default:
+		return bad("node.network", "must be %s or %s, got %q", NodeNetworkHost, NodeNetworkPod, c.Node.Network)
 	}
 	if c.Node.NodeIP != "" && net.ParseIP(c.Node.NodeIP) == nil {
 		return bad("node.node_ip", "not an IP address: %q", c.Node.NodeIP)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -48,5 +49,34 @@ func TestNodeIPAndPorts(t *testing.T) {
 				t.Errorf("error %v, want InvalidArgument mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// [node] network: the platform's default ("pod" on a Mac, whose NAT
+// keeps VMs apart; "host" elsewhere), either value set, anything else an
+// InvalidArgument naming the key.
+func TestNodeNetwork(t *testing.T) {
+	cfg, err := Decode(strings.NewReader(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := NodeNetworkHost
+	if runtime.GOOS == "darwin" {
+		want = NodeNetworkPod
+	}
+	if cfg.Node.Network != want {
+		t.Errorf("default node.network %q, want %q", cfg.Node.Network, want)
+	}
+	for _, v := range []string{NodeNetworkHost, NodeNetworkPod} {
+		cfg, err := Decode(strings.NewReader("[node]\nnetwork = \"" + v + "\"\n"))
+		if err != nil || cfg.Node.Network != v {
+			t.Errorf("network = %q: %v, %q", v, err, cfg.Node.Network)
+		}
+	}
+	for _, v := range []string{"", "nat", "Pod"} {
+		_, err := Decode(strings.NewReader("[node]\nnetwork = \"" + v + "\"\n"))
+		if err == nil || !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "node.network") {
+			t.Errorf("network = %q: error %v, want InvalidArgument naming node.network", v, err)
+		}
 	}
 }

@@ -80,6 +80,17 @@ type Config struct {
 	// NodeIP is "") to the same ports in the node VM: kubelet's API,
 	// which the API server dials for exec, logs and port-forward.
 	Ports []int
+	// PodNetwork puts the node VM on the pod network (through the CNI
+	// plugin, as a pod) instead of the hypervisor's NAT: kubelet's
+	// probes then reach pod IPs from the VM itself, which a Mac needs
+	// (VMs on vz's NAT cannot reach each other). Ports become its
+	// hostPorts on NodeIP; the node IP trick stays, its connections
+	// leaving through the pod network's gateway to the host.
+	PodNetwork bool
+	// DNS is the node VM's resolv.conf on the pod network (nil: the CNI
+	// result's), where kubelet finds the resolvers it gives pods of
+	// dnsPolicy Default; the NAT has its own resolver.
+	DNS *runtimeapi.DNSConfig
 	// ImageFs is the image filesystem's mountpoint as the daemon's
 	// ImageFsInfo names it, ImageFsDir a host directory on that file
 	// system ("" = none). kubelet asks its cAdvisor for the capacity and
@@ -118,6 +129,9 @@ type Status struct {
 	// again).
 	LastError string `json:"lastError,omitempty"`
 	LogPath   string `json:"logPath"`
+	// PodIP is the node VM's address on the pod network
+	// (Config.PodNetwork).
+	PodIP string `json:"podIP,omitempty"`
 }
 
 // Supervisor keeps the node VM and its kubelet running.
@@ -201,7 +215,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		if stop, _ := s.asked(); stop {
 			// Stopped by Stop: nothing runs until Restart.
-			s.set(func(st *Status) { st.State, st.Since, st.SandboxID, st.ContainerID = "stopped", time.Now(), "", "" })
+			s.set(func(st *Status) {
+				st.State, st.Since, st.SandboxID, st.ContainerID, st.PodIP = "stopped", time.Now(), "", "", ""
+			})
 			s.log.Info("node VM stopped; `macvz node restart` starts it again")
 			select {
 			case <-ctx.Done():
@@ -255,10 +271,11 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	podIP := s.podIP(ctx, sbID)
 	s.set(func(st *Status) {
-		st.State, st.Since, st.SandboxID, st.ContainerID = "running", time.Now(), sbID, ctrID
+		st.State, st.Since, st.SandboxID, st.ContainerID, st.PodIP = "running", time.Now(), sbID, ctrID, podIP
 	})
-	s.log.Info("node VM running", "sandbox", sbID, "container", ctrID)
+	s.log.Info("node VM running", "sandbox", sbID, "container", ctrID, "podIP", podIP)
 
 	// The forwards end (stopFwd) before their wait (deferred first).
 	var wg sync.WaitGroup
@@ -352,7 +369,9 @@ func (s *Supervisor) ensure(ctx context.Context) (sbID, ctrID string, err error)
 		return "", "", err
 	}
 	for _, sb := range sbs.GetItems() {
-		if sb.GetState() == runtimeapi.PodSandboxState_SANDBOX_READY && sbID == "" {
+		// A node VM on the other network ([node] network changed since
+		// it was made) is made again rather than adopted.
+		if sb.GetState() == runtimeapi.PodSandboxState_SANDBOX_READY && sbID == "" && s.networkIsConfigured(ctx, sb.GetId()) {
 			if id, ok := s.runningKubelet(ctx, sb.GetId()); ok {
 				s.log.Info("adopting the running node VM", "sandbox", sb.GetId())
 				sbID, ctrID = sb.GetId(), id
@@ -386,6 +405,18 @@ func (s *Supervisor) ensure(ctx context.Context) (sbID, ctrID string, err error)
 	return sbID, created.GetContainerId(), nil
 }
 
+// networkIsConfigured reports whether the sandbox's network is the one
+// Config asks for (true when its status cannot say: adopting beats
+// making the VM again for a passing failure).
+func (s *Supervisor) networkIsConfigured(ctx context.Context, sbID string) bool {
+	st, err := s.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sbID})
+	opts := st.GetStatus().GetLinux().GetNamespaces().GetOptions()
+	if err != nil || opts == nil {
+		return true
+	}
+	return opts.GetNetwork() == s.podConfig().GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork()
+}
+
 // runningKubelet is the sandbox's running kubelet container, if any.
 func (s *Supervisor) runningKubelet(ctx context.Context, sbID string) (string, bool) {
 	cs, err := s.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
@@ -399,6 +430,18 @@ func (s *Supervisor) runningKubelet(ctx context.Context, sbID string) (string, b
 		}
 	}
 	return "", false
+}
+
+// podIP is the node VM's pod IP ("" on the NAT, or unknown).
+func (s *Supervisor) podIP(ctx context.Context, sbID string) string {
+	if !s.cfg.PodNetwork {
+		return ""
+	}
+	st, err := s.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sbID})
+	if err != nil {
+		return ""
+	}
+	return st.GetStatus().GetNetwork().GetIp()
 }
 
 // healthy reports whether the VM is ready and kubelet runs, and if not,
@@ -446,9 +489,14 @@ func (s *Supervisor) pull(ctx context.Context) error {
 	return nil
 }
 
-// podConfig is the node VM's sandbox: the host's network (the node's
-// address is the host's; kubelet's port is forwarded), sized by Config.
+// podConfig is the node VM's sandbox: the host's network or the pod
+// network (either way the node's address is the host's; kubelet's port
+// is forwarded or a hostPort), sized by Config.
 func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
+	netMode := runtimeapi.NamespaceMode_NODE
+	if s.cfg.PodNetwork {
+		netMode = runtimeapi.NamespaceMode_POD
+	}
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: PodName, Namespace: PodNamespace, Uid: PodUID},
 		Hostname:     PodName,
@@ -457,11 +505,17 @@ func (s *Supervisor) podConfig() *runtimeapi.PodSandboxConfig {
 		Annotations:  map[string]string{SharesAnnotation: EncodeShares(s.cfg.Shares)},
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: netMode},
 				Privileged:       true,
 			},
 		},
 	}
+	if s.cfg.PodNetwork {
+		cfg.DnsConfig = s.cfg.DNS
+	}
+	// The same mappings either way: the NAT's forwards of a host-network
+	// sandbox, or a pod-network sandbox's hostPorts (the CNI plugin's,
+	// else the daemon's proxy).
 	for _, p := range s.cfg.Ports {
 		cfg.PortMappings = append(cfg.PortMappings, &runtimeapi.PortMapping{
 			Protocol: runtimeapi.Protocol_TCP, ContainerPort: int32(p), HostPort: int32(p), HostIp: s.cfg.NodeIP})
@@ -488,7 +542,8 @@ func (s *Supervisor) containerConfig() *runtimeapi.ContainerConfig {
 	}, s.cfg.KubeletArgs...)
 	if s.cfg.NodeIP != "" {
 		// The node IP is not local in the VM (see nodeIPScript): kubelet
-		// listens on every address, which only the forwarded ports reach.
+		// listens on every address, which only the forwarded ports (or
+		// hostPorts, and pods on the pod network) reach.
 		all := "0.0.0.0"
 		if ip, err := netip.ParseAddr(s.cfg.NodeIP); err == nil && ip.Is6() {
 			all = "::"
@@ -561,12 +616,12 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 // nodeIPScript gives the VM the node IP for kubelet's --node-ip check
 // (an address of its interfaces) without making it local: with the
 // address's route gone from the local table, the VM's connections to it
-// leave through the NAT and reach the host, as kubelet's probes of a
-// host-network pod must. On the loopback, which never goes down (an
-// interface coming up would put the local route back). The answers to
-// those connections come from the node IP, an address of the VM's own,
-// which IPv4 drops as a martian source unless accept_local is on.
-// Busybox's ip and sysctl do this; the container is privileged and in
+// leave through the NAT (or the pod network's gateway) and reach the
+// host, as kubelet's probes of a host-network pod must. On the loopback,
+// which never goes down (an interface coming up would put the local
+// route back). The answers to those connections come from the node IP,
+// an address of the VM's own, which IPv4 drops as a martian source
+// unless accept_local is on. Busybox's ip and sysctl do this; the container is privileged and in
 // the VM's network namespace.
 func (s *Supervisor) nodeIPScript() string {
 	ip, err := netip.ParseAddr(s.cfg.NodeIP)

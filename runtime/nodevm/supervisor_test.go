@@ -21,15 +21,18 @@ import (
 // fakeRuntime keeps sandboxes and containers in memory and records the
 // calls.
 type fakeRuntime struct {
-	mu       sync.Mutex
-	n        int
-	pulled   bool
-	sbs      map[string]*runtimeapi.PodSandbox
-	ctrs     map[string]*runtimeapi.Container
-	calls    []string
-	runErr   error
-	lastPod  *runtimeapi.PodSandboxConfig
-	lastCtr  *runtimeapi.ContainerConfig
+	mu      sync.Mutex
+	n       int
+	pulled  bool
+	sbs     map[string]*runtimeapi.PodSandbox
+	ctrs    map[string]*runtimeapi.Container
+	calls   []string
+	runErr  error
+	lastPod *runtimeapi.PodSandboxConfig
+	lastCtr *runtimeapi.ContainerConfig
+	// podCfgs are the configs of the sandboxes RunPodSandbox made, whose
+	// status says their network (a pod IP on the pod network).
+	podCfgs  map[string]*runtimeapi.PodSandboxConfig
 	forwards chan string // PortForward listens asked
 }
 
@@ -54,6 +57,10 @@ func (f *fakeRuntime) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSan
 	f.n++
 	id := fmt.Sprintf("sb%d", f.n)
 	f.lastPod = r.GetConfig()
+	if f.podCfgs == nil {
+		f.podCfgs = map[string]*runtimeapi.PodSandboxConfig{}
+	}
+	f.podCfgs[id] = r.GetConfig()
 	f.sbs[id] = &runtimeapi.PodSandbox{Id: id, Metadata: r.GetConfig().GetMetadata(), Labels: r.GetConfig().GetLabels(), State: runtimeapi.PodSandboxState_SANDBOX_READY}
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
@@ -65,7 +72,15 @@ func (f *fakeRuntime) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSan
 	if !ok {
 		return nil, status.Error(codes.NotFound, "no sandbox")
 	}
-	return &runtimeapi.PodSandboxStatusResponse{Status: &runtimeapi.PodSandboxStatus{Id: sb.Id, State: sb.State}}, nil
+	st := &runtimeapi.PodSandboxStatus{Id: sb.Id, State: sb.State}
+	if cfg := f.podCfgs[sb.Id]; cfg != nil {
+		opts := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
+		st.Linux = &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{Options: opts}}
+		if opts.GetNetwork() == runtimeapi.NamespaceMode_POD {
+			st.Network = &runtimeapi.PodSandboxNetworkStatus{Ip: "10.88.0." + strings.TrimPrefix(sb.Id, "sb")}
+		}
+	}
+	return &runtimeapi.PodSandboxStatusResponse{Status: st}, nil
 }
 
 func (f *fakeRuntime) ListPodSandbox(ctx context.Context, r *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {

@@ -155,13 +155,26 @@ type layerWriter struct {
 	t      *tracker
 	once   sync.Once
 	err    error
+	// werr is the first failed Write's error. A write refused by the
+	// image's cap (InvalidArgument) is why the layer is then short: the
+	// short count finish finds must not replace it with DataLoss.
+	werr error
 }
 
-func (l *layerWriter) Write(p []byte) (int, error) { return l.w.Write(p) }
+func (l *layerWriter) Write(p []byte) (int, error) {
+	n, err := l.w.Write(p)
+	if err != nil && l.werr == nil {
+		l.werr = err
+	}
+	return n, err
+}
 
 func (l *layerWriter) Close() error {
 	l.once.Do(func() {
 		l.err = l.finish()
+		if errdefs.IsInvalidArgument(l.werr) {
+			l.err = l.werr
+		}
 		l.t.closed(l.i, l.err)
 	})
 	return l.err

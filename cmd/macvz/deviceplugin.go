@@ -9,12 +9,14 @@ import (
 )
 
 // devicePlugin starts the VM-slot device plugin ([kubelet]
-// device_plugin) over svc's slots once the CRI serves; the function it
-// returns stops it. macOS slots are a resource only where macOS guests
+// device_plugin) for a kubelet on this host, over svc's slots, once the
+// CRI serves; the function it returns stops it. macOS slots are a resource only where macOS guests
 // run (backend vz).
 func devicePlugin(cfg *config.Config) func(*cri.Service) func() {
 	return func(svc *cri.Service) func() {
-		if !cfg.Kubelet.DevicePlugin {
+		// With the node VM, kubelet is in it, and its plugin is the node
+		// VM's (cri/node.go): the slots are shown to one kubelet only.
+		if !cfg.Kubelet.DevicePlugin || cfg.Node.Enabled {
 			return nil
 		}
 		var res []deviceplugin.Resource

@@ -26,24 +26,45 @@ import (
 
 	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testutil"
+	"github.com/macvz/macvz/runtime/nodevm"
 )
 
 // kubeletNode is the node name the test kubelet runs as; static pods are
 // named <manifest name>-<node>.
 const kubeletNode = "macvz-e2e"
 
-// kubelet is a standalone kubelet (no API server) started for a test in
-// the daemon's network namespace, its static pods in manifests.
+// kubelet is a standalone kubelet (no API server) started for a test,
+// its static pods in manifests: natively in the daemon's network
+// namespace (startKubelet), or in the node VM (kubelet_nodevm_test.go).
 type kubelet struct {
-	t         *testing.T
+	t *testing.T
+	// dir holds kubelet's configuration and manifests (and, natively,
+	// its root dir).
 	dir       string
 	manifests string
-	ns        *nettest.NetNS
-	cmd       *exec.Cmd
-	log       *syncBuffer
-	http      *http.Client
-	vars      map[string]any
+	// podsDir is kubelet's pods/ as the host sees it.
+	podsDir string
+	vars    map[string]any
+	// get reads a path of kubelet's read-only port (10255).
+	get func(path string) ([]byte, error)
+	// logText is kubelet's log so far.
+	logText func() string
+	// exited is non-nil once kubelet has exited.
+	exited func() error
+	// slow multiplies the scenarios' timeouts: kubelet in the node VM
+	// runs under TCG.
+	slow int
+	// node is the node VM kubelet runs in (nil: native).
+	node *nodeVMKubelet
+
+	// A native kubelet's network namespace, process and log.
+	ns  *nettest.NetNS
+	cmd *exec.Cmd
+	log *syncBuffer
 }
+
+// timeout is d for this kubelet.
+func (k *kubelet) timeout(d time.Duration) time.Duration { return d * time.Duration(max(k.slow, 1)) }
 
 // kubeletPaths are the host paths kubelet writes outside its root dir
 // (fixed in kubelet, not configurable): the test removes what its pods
@@ -81,48 +102,22 @@ func startKubelet(t *testing.T, ns *nettest.NetNS, socket string, vars map[strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &kubelet{t: t, dir: dir, manifests: filepath.Join(dir, "manifests"), ns: ns, log: &syncBuffer{}, vars: vars}
+	k := &kubelet{t: t, dir: dir, manifests: filepath.Join(dir, "manifests"), podsDir: filepath.Join(dir, "root", "pods"),
+		ns: ns, log: &syncBuffer{}, vars: vars, slow: 1}
+	k.logText = k.log.String
+	k.exited = func() error {
+		if k.cmd.ProcessState != nil {
+			return fmt.Errorf("kubelet exited: %v", k.cmd.ProcessState)
+		}
+		return nil
+	}
 	// Whatever happens, kubelet's traces outside its root go (step 3 of
 	// issue 6): registered first, so it runs after kubelet has stopped.
 	t.Cleanup(func() { k.cleanHost(existed) })
 	if err := os.MkdirAll(k.manifests, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-staticPodPath: %[1]s/manifests
-fileCheckFrequency: 2s
-containerRuntimeEndpoint: unix://%[2]s
-imageServiceEndpoint: unix://%[2]s
-runtimeRequestTimeout: 4m
-address: 127.0.0.1
-readOnlyPort: 10255
-healthzBindAddress: 127.0.0.1
-authentication:
-  anonymous:
-    enabled: true
-  webhook:
-    enabled: false
-authorization:
-  mode: AlwaysAllow
-cgroupDriver: cgroupfs
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
-failSwapOn: false
-failCgroupV1: false
-volumePluginDir: %[1]s/volume-plugins
-serializeImagePulls: false
-# The test host's disk may be fuller than kubelet's defaults allow; this
-# test is not about eviction or image garbage collection.
-evictionHard:
-  memory.available: 100Mi
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-`, dir, socket)
-	cfgPath := filepath.Join(dir, "kubelet.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := writeKubeletConfig(t, dir, "containerRuntimeEndpoint: unix://"+socket+"\nimageServiceEndpoint: unix://"+socket+"\n")
 	// nsenter switches only the network namespace: kubelet needs the
 	// host's /sys (cgroups), which `ip netns exec` would replace.
 	k.cmd = exec.Command("nsenter", "--net="+ns.Path, bin, "--config", cfgPath,
@@ -153,17 +148,78 @@ imageGCLowThresholdPercent: 99
 			}
 		}
 	})
-	k.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) { return ns.Dial(network, addr) },
 	}}
-	waitFor(t, "kubelet's read-only port", 60*time.Second, func() bool {
-		if k.cmd.ProcessState != nil {
-			t.Fatalf("kubelet exited: %v\n%s", k.cmd.ProcessState, lastLines(k.log.String(), 100))
+	k.get = func(path string) ([]byte, error) {
+		resp, err := client.Get("http://127.0.0.1:10255" + path)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("GET %s: %s: %s", path, resp.Status, b)
+		}
+		return b, err
+	}
+	k.waitReadOnlyPort(t, 60*time.Second)
+	return k
+}
+
+// writeKubeletConfig writes the test's KubeletConfiguration to
+// dir/kubelet.yaml and returns its path: static pods from dir/manifests,
+// the read-only port 10255 on 127.0.0.1 for the test's view of the pods;
+// endpoints are its CRI endpoints' lines ("" for kubelet in the node VM,
+// whose endpoints the daemon gives as flags).
+func writeKubeletConfig(t *testing.T, dir, endpoints string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: %[1]s/manifests
+fileCheckFrequency: 2s
+%[2]sruntimeRequestTimeout: 4m
+address: 127.0.0.1
+readOnlyPort: 10255
+healthzBindAddress: 127.0.0.1
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+failCgroupV1: false
+volumePluginDir: %[1]s/volume-plugins
+serializeImagePulls: false
+# The test host's disk may be fuller than kubelet's defaults allow; this
+# test is not about eviction or image garbage collection.
+evictionHard:
+  memory.available: 100Mi
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+`, dir, endpoints)
+	cfgPath := filepath.Join(dir, "kubelet.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath
+}
+
+// waitReadOnlyPort waits until kubelet answers on its read-only port.
+func (k *kubelet) waitReadOnlyPort(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, "kubelet's read-only port", timeout, func() bool {
+		if err := k.exited(); err != nil {
+			t.Fatalf("%v\n%s", err, lastLines(k.logText(), 100))
 		}
 		_, err := k.pods()
 		return err == nil
 	})
-	return k
 }
 
 // cleanHost unmounts what kubelet mounted under its directory (it
@@ -286,19 +342,14 @@ func (c kubeContainer) id() string {
 
 // pods is kubelet's own view: GET http://127.0.0.1:10255/pods.
 func (k *kubelet) pods() ([]kubePod, error) {
-	resp, err := k.http.Get("http://127.0.0.1:10255/pods")
+	b, err := k.get("/pods")
 	if err != nil {
 		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return nil, fmt.Errorf("GET /pods: %s: %s", resp.Status, b)
 	}
 	var list struct {
 		Items []kubePod `json:"items"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+	if err := json.Unmarshal(b, &list); err != nil {
 		return nil, err
 	}
 	return list.Items, nil
@@ -324,10 +375,11 @@ func (k *kubelet) pod(t *testing.T, name string) *kubePod {
 func (k *kubelet) waitPod(t *testing.T, name, what string, timeout time.Duration, cond func(*kubePod) bool) *kubePod {
 	t.Helper()
 	var last *kubePod
+	timeout = k.timeout(timeout)
 	deadline := time.Now().Add(timeout)
 	for {
-		if k.cmd.ProcessState != nil {
-			t.Fatalf("kubelet exited: %v", k.cmd.ProcessState)
+		if err := k.exited(); err != nil {
+			t.Fatal(err)
 		}
 		last = k.pod(t, name)
 		if last != nil && cond(last) {
@@ -396,20 +448,43 @@ func lastLines(s string, n int) string {
 // macvz on QEMU: static pods for what users do, each checked through
 // kubelet's own view, its log files and crictl; a macvz restart under
 // running pods; removal of every manifest leaving nothing behind.
-// `make kubelet-e2e` runs only this.
+// `make kubelet-e2e` runs only this; TestKubeletNodeVM runs the same
+// scenarios with kubelet in the node VM.
 func TestKubelet(t *testing.T) {
 	requireKubelet(t)
-	n := newNetTest(t)
-	hostDir := t.TempDir()
+	testKubeletScenarios(t, kubeletRunner{
+		daemon: newNetTest,
+		kubelet: func(t *testing.T, n *netTest, vars map[string]any) *kubelet {
+			vars["HostDir"] = t.TempDir()
+			vars["ProbeTimeout"] = 1 // kubelet's default
+			return startKubelet(t, n.ns, n.d.socket, vars)
+		},
+	})
+}
+
+// kubeletRunner is where the scenarios' kubelet runs.
+type kubeletRunner struct {
+	// daemon starts macvz in a network namespace of its own, on the
+	// bridge-tap network.
+	daemon func(t *testing.T) *netTest
+	// kubelet starts kubelet against n's daemon, or waits for the one
+	// that runs; it adds to vars the manifests' HostDir (a directory
+	// kubelet and the host see at one path) and ProbeTimeout (seconds).
+	kubelet func(t *testing.T, n *netTest, vars map[string]any) *kubelet
+}
+
+// testKubeletScenarios is TestKubelet's body, with kubelet where r puts
+// it.
+func testKubeletScenarios(t *testing.T, r kubeletRunner) {
+	n := r.daemon(t)
 	hostPort := 18080
 	// The image bases only: kubelet pulls the images again (itself) and
 	// every pod's disk clone must be gone at the end.
 	snapshotsBefore := n.snapshotDirs(t)
 	n.d.mustCrictl("rmi", n.plain, n.httpd)
 
-	k := startKubelet(t, n.ns, n.d.socket, map[string]any{
-		"Plain": n.plain, "HTTPD": n.httpd, "HostDir": hostDir, "HostPort": hostPort,
-	})
+	k := r.kubelet(t, n, map[string]any{"Plain": n.plain, "HTTPD": n.httpd, "HostPort": hostPort})
+	hostDir := k.vars["HostDir"].(string)
 
 	// Each pod goes in alone, so its time from manifest to Running is
 	// its own (the first one includes pulling the image).
@@ -453,7 +528,7 @@ func TestKubelet(t *testing.T) {
 	t.Run("logs", func(t *testing.T) {
 		p := k.waitPod(t, "logger", "container ready", time.Minute, func(p *kubePod) bool { return p.container("logger").Ready })
 		want := []string{"stdout logger line 1", "stdout logger line 2", "stdout logger line 3", "stderr logger to stderr"}
-		waitFor(t, "the logger's lines in kubelet's log file", 30*time.Second, func() bool {
+		waitFor(t, "the logger's lines in kubelet's log file", k.timeout(30*time.Second), func() bool {
 			got := k.logLines(t, p, "logger", 0)
 			slices.Sort(got) // stdout and stderr are written by separate copiers
 			w := slices.Clone(want)
@@ -475,7 +550,7 @@ func TestKubelet(t *testing.T) {
 		p := pods["config"]
 		ctr := p.container("app").id()
 		want := []string{"stdout greeting=hello from kubelet pod=config-" + kubeletNode + " pwd=/srv/app"}
-		waitFor(t, "the config pod's line", 30*time.Second, func() bool { return slices.Equal(k.logLines(t, p, "app", 0), want) })
+		waitFor(t, "the config pod's line", k.timeout(30*time.Second), func() bool { return slices.Equal(k.logLines(t, p, "app", 0), want) })
 		if got := n.execOut(t, ctr, "cat", "/data/scratch/file"); got != "scratch" {
 			t.Errorf("emptyDir in the guest: %q", got)
 		}
@@ -484,7 +559,7 @@ func TestKubelet(t *testing.T) {
 			t.Errorf("hostPath on the host: %q, %v", b, err)
 		}
 		// The emptyDir is kubelet's directory, shared into the VM.
-		empty := filepath.Join(k.dir, "root", "pods", p.Metadata.UID, "volumes", "kubernetes.io~empty-dir", "scratch", "file")
+		empty := filepath.Join(k.podsDir, p.Metadata.UID, "volumes", "kubernetes.io~empty-dir", "scratch", "file")
 		if b, err := os.ReadFile(empty); err != nil || string(b) != "scratch\n" {
 			t.Errorf("emptyDir on the host (%s): %q, %v", empty, b, err)
 		}
@@ -514,11 +589,10 @@ func TestKubelet(t *testing.T) {
 	t.Run("stats", func(t *testing.T) {
 		// kubectl top and metrics-server read kubelet's summary, which
 		// kubelet fills from the CRI stats calls.
-		resp, err := k.http.Get("http://127.0.0.1:10255/stats/summary")
+		b, err := k.get("/stats/summary")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
 		var summary struct {
 			Pods []struct {
 				PodRef struct {
@@ -535,7 +609,7 @@ func TestKubelet(t *testing.T) {
 				} `json:"containers"`
 			} `json:"pods"`
 		}
-		if err := json.NewDecoder(resp.Body).Decode(&summary); err != nil {
+		if err := json.Unmarshal(b, &summary); err != nil {
 			t.Fatal(err)
 		}
 		seen := map[string]bool{}
@@ -560,7 +634,7 @@ func TestKubelet(t *testing.T) {
 		k.waitPod(t, "web", "container ready", time.Minute, func(p *kubePod) bool { return p.container("httpd").Ready })
 		addr := fmt.Sprintf("127.0.0.1:%d", hostPort)
 		var body string
-		waitFor(t, "the hostPort to answer", 30*time.Second, func() bool {
+		waitFor(t, "the hostPort to answer", k.timeout(30*time.Second), func() bool {
 			var err error
 			body, err = n.httpGet(addr)
 			return err == nil && strings.Contains(body, "200 OK")
@@ -576,7 +650,7 @@ func TestKubelet(t *testing.T) {
 		if mc.State.Running.StartedAt.Before(ic.State.Terminated.FinishedAt) {
 			t.Errorf("main started at %v, before the init container finished at %v", mc.State.Running.StartedAt, ic.State.Terminated.FinishedAt)
 		}
-		waitFor(t, "the main container's line", 30*time.Second, func() bool {
+		waitFor(t, "the main container's line", k.timeout(30*time.Second), func() bool {
 			return slices.Equal(k.logLines(t, p, "main", 0), []string{"stdout prepared by the init container"})
 		})
 		if got := strings.TrimSpace(n.d.mustCrictl("ps", "-a", "-q", "--pod", sandbox["init"])); strings.Count(got, "\n") != 1 {
@@ -633,7 +707,7 @@ func TestKubelet(t *testing.T) {
 			if w := c.State.Waiting; w != nil && w.Reason == "CrashLoopBackOff" {
 				sawBackOff = sawBackOff || grown(w.Message+" ")
 			}
-			return c.RestartCount >= 2 && (sawBackOff || grown(k.log.String()))
+			return c.RestartCount >= 2 && (sawBackOff || grown(k.logText()))
 		})
 		c := p.container("crash")
 		if lt := c.LastState.Terminated; lt == nil || lt.ExitCode != 1 || lt.Reason != "Error" {
@@ -678,10 +752,19 @@ func TestKubelet(t *testing.T) {
 				before[name+"/"+c.Name] = c
 			}
 		}
+		// kubelet in the node VM: the VM outlives the daemon (as every
+		// VM does) and the new daemon adopts it, kubelet still running.
+		var node nodevm.Status
+		if k.node != nil {
+			node = k.node.beforeRestart(t)
+		}
 		n.d.stop()
 		n.d.start()
 		// Long enough for several PLEG relists and probe periods.
 		time.Sleep(20 * time.Second)
+		if k.node != nil {
+			k.node.assertAdopted(t, node)
+		}
 		for _, name := range steady {
 			p := k.pod(t, name)
 			if p.Status.Phase != "Running" {
@@ -712,7 +795,7 @@ func TestKubelet(t *testing.T) {
 		}
 		// kubelet stops the pods at once and removes their sandboxes in
 		// its next container garbage collection (every minute).
-		waitFor(t, "kubelet to remove every sandbox", 3*time.Minute, func() bool {
+		waitFor(t, "kubelet to remove every sandbox", k.timeout(3*time.Minute), func() bool {
 			return strings.TrimSpace(n.d.mustCrictl("pods", "-q")) == ""
 		})
 		t.Logf("all manifests removed → every sandbox removed in %v", time.Since(start).Round(10*time.Millisecond))
@@ -723,7 +806,7 @@ func TestKubelet(t *testing.T) {
 			n.assertGone(t, sandbox[name], stateDirs[name], snapshotsBefore)
 		}
 		n.assertNetClean(t, "after kubelet removed the pods")
-		if ps := processesUnder(filepath.Join(n.d.dir, "state")); len(ps) > 0 {
+		if ps := k.withoutNodeVM(processesUnder(filepath.Join(n.d.dir, "state"))); len(ps) > 0 {
 			t.Errorf("processes left:\n%s", strings.Join(ps, "\n"))
 		}
 	})

@@ -118,7 +118,7 @@ kubelet-e2e: build tools
 # kubelet in it runs a static pod through the daemon's CRI.
 node-e2e: build tools
 	CRICTL=$(CRICTL) KUBELET=$(KUBELET) MACVZ=$(abspath bin/macvz) \
-		$(GO) test -count=1 -v -timeout 30m -run '^(TestNodeVM|TestNodeVMStats|TestNodeVMDevicePlugin|TestNodeImageKubelet)$$' ./integration/
+		$(GO) test -count=1 -v -timeout 30m -run '^(TestNodeVM|TestNodeVMStats|TestNodeVMDevicePlugin|TestNodeImageKubelet|TestKubeletNodeVM)$$' ./integration/
 
 # A real cluster (integration/cluster_test.go): etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler in a network namespace, two

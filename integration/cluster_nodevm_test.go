@@ -156,9 +156,8 @@ func (c *clusterTest) testNodeVM(t *testing.T) {
 	o.Name, o.LANAddr = nodeVMNode, nodeVMLAN
 	o.NodeImage = c.pullHost + "/macvz/node:" + guest.RefNode
 	o.Taints = nodeVMTaint
-	// Its device plugin cannot reach a kubelet in the node VM (README):
-	// no VM bound, no macvz.io/linux-vm devices.
-	o.LinuxVMs = 0
+	// Its VM slots (o.LinuxVMs, as the other nodes') reach kubelet in
+	// the node VM through the node VM's device plugin.
 	start := time.Now()
 	n := c.cp.AddNode(t, o)
 	if n.Kubelet != nil {
@@ -193,6 +192,9 @@ func (c *clusterTest) testNodeVM(t *testing.T) {
 	}
 	if !strings.HasPrefix(kn.Status.NodeInfo.ContainerRuntimeVersion, "macvz://") {
 		t.Errorf("node %s: container runtime %q, want macvz", nodeVMNode, kn.Status.NodeInfo.ContainerRuntimeVersion)
+	}
+	if o.LinuxVMs > 0 {
+		c.waitSlots(t, "", "node "+nodeVMNode+"'s VM slots as macvz.io/linux-vm devices", map[string]vmSlots{nodeVMNode: {o.LinuxVMs, o.LinuxVMs}}, 2*time.Minute)
 	}
 
 	// Two pods on it, one on the pod network, one on the node's, Ready

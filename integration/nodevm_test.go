@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/runtime/nodevm"
@@ -55,8 +57,9 @@ var nodeImage = sync.OnceValues(func() (testimage.Image, error) {
 	return imgs[guest.RefNode], nil
 })
 
-// nodeVMStaticPod is a static pod of the httpd guest on the host's
-// network, with two memory-backed volumes (kubelet mounts a tmpfs for
+// nodeVMStaticPod is a static pod of the httpd guest on the pod
+// network, ready once kubelet's HTTP probe from the node VM reaches its
+// pod IP, with two memory-backed volumes (kubelet mounts a tmpfs for
 // each: runtime/nodevm/memvol).
 const nodeVMStaticPod = `apiVersion: v1
 kind: Pod
@@ -65,7 +68,6 @@ metadata:
   namespace: default
   labels: {tier: front}
 spec:
-  hostNetwork: true
   terminationGracePeriodSeconds: 5
   volumes:
   - name: info
@@ -81,28 +83,55 @@ spec:
     volumeMounts:
     - {name: info, mountPath: /info}
     - {name: scratch, mountPath: /scratch}
+    readinessProbe:
+      httpGet: {path: /, port: 80}
+      periodSeconds: 2
+      timeoutSeconds: 5
 `
 
 // TestNodeVM: the daemon with [node] enabled boots the node VM from the
 // node image and runs the unmodified kubelet (v1.37.2) in it, which
 // reaches the daemon's CRI over the VM's agent channel; kubelet, in
 // standalone mode, runs a static pod, which is a VM of its own on the
-// host. No CRI client sees the node VM; `macvz node status` and `logs`
+// host. The node VM is on the pod network (network = "pod", as on a
+// Mac, here the bridge-tap network in a namespace of the test's): it
+// has a pod IP, the node IP on its loopback (kubelet starts only if
+// that worked), and kubelet's HTTP readiness probe reaches the static
+// pod's IP over the bridge. No CRI client sees the node VM; `macvz node status` and `logs`
 // do. `macvz node restart` makes the node VM again and kubelet adopts
 // the running pod: same sandbox, same container, no restart; so does a
 // node VM killed from outside (SIGKILL to its QEMU). The pod's
 // memory-backed volumes are tmpfs mounts on the host, gone with it.
 func TestNodeVM(t *testing.T) {
 	requireKubelet(t)
+	nettest.Require(t)
 	img, err := nodeImage()
 	if err != nil {
 		t.Fatalf("building the node image: %v", err)
 	}
+	bin, err := netPlugins()
+	if err != nil {
+		t.Fatalf("building the CNI plugins: %v", err)
+	}
+	ns := nettest.NewNetNS(t, "node")
+	ipamDir := t.TempDir()
+	confDir := bridgeTapConf(t, ipamDir)
+	// The node IP: an address of the namespace's own (it has no default
+	// route to take one from), which the node VM reaches through the
+	// bridge's gateway.
+	const nodeIP = "192.0.2.10"
+	ns.IP(t, "addr", "add", nodeIP+"/32", "dev", "lo")
+	// The daemon pulls the node image from inside the namespace.
 	nodeReg := testregistry.Start(t, testregistry.Options{})
 	if err := nodeReg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
 		t.Fatal(err)
 	}
-	nodeRef := nodeReg.Host() + "/macvz/node:" + guest.RefNode
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeHost := nodeReg.ServeOn(ln)
+	nodeRef := nodeHost + "/macvz/node:" + guest.RefNode
 
 	// kubelet's configuration and static pods, in a directory shared
 	// into the node VM at its own path. kubelet hard-codes its pod log
@@ -178,7 +207,11 @@ func TestNodeVM(t *testing.T) {
 		}
 		return strings.Join(out, ", ")
 	}
-	v := newVMTestIn(t, nil, fmt.Sprintf(`
+	v := newVMTestIn(t, ns, fmt.Sprintf(`
+[network]
+conf_dir = %q
+bin_dirs = [%q]
+
 [registry.hosts.%q]
 insecure = true
 
@@ -187,12 +220,14 @@ warm_start = false
 
 [node]
 enabled = true
+network = "pod"
+node_ip = %q
 image = %q
 kubelet_args = [%s]
 shares = [%s]
 cpus = 2
 memory_bytes = %d
-`, nodeReg.Host(), nodeRef,
+`, confDir, bin, nodeHost, nodeIP, nodeRef,
 		q("--config="+filepath.Join(kube, "kubelet.json"), "--hostname-override=macvz-node-test", "--v=2"),
 		q(kube, "/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"), 1<<30))
 	nodeCLI := func(args ...string) (string, error) {
@@ -217,6 +252,18 @@ memory_bytes = %d
 		}
 	})
 
+	// kubelet's log says why a pod did not run (registered after the
+	// stop above, so it runs before it).
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := nodeCLI("logs")
+			if len(logs) > 30000 {
+				logs = logs[len(logs)-30000:]
+			}
+			t.Logf("kubelet's log (its end):\n%s", logs)
+		}
+	})
+
 	// The node VM comes up, kubelet in it.
 	start := time.Now()
 	waitFor(t, "the node VM running (macvz node status)", 4*time.Minute, func() bool { return status().State == "running" })
@@ -225,6 +272,11 @@ memory_bytes = %d
 	if out, _ := nodeCLI("status"); !strings.Contains(out, "running") {
 		t.Errorf("macvz node status:\n%s", out)
 	}
+	// On the pod network: a pod IP of the bridge-tap range.
+	if !strings.HasPrefix(st.PodIP, "10.88.") {
+		t.Errorf("the node VM's pod IP is %q, want one of 10.88.0.0/16 (macvz node status --json)", st.PodIP)
+	}
+	nodePodIP := st.PodIP
 
 	// kubelet runs the static pod: a VM of its own, made through the
 	// CRI that kubelet reaches from inside the node VM.
@@ -256,7 +308,30 @@ memory_bytes = %d
 		t.Fatalf("crictl inspectp %s: no pod UID (%v)", podID, err)
 	}
 	podDir := filepath.Join("/var/lib/kubelet/pods", insp.Status.Metadata.UID)
-	checkNodeVMMemoryVolumes(t, v, ctrID, podDir)
+	// The daemon runs in its network namespace through ip netns exec,
+	// which gives it a mount namespace of its own too (a slave of the
+	// test's): the tmpfs volumes are mounted there.
+	daemonPID := v.d.cmd.Process.Pid
+	checkNodeVMMemoryVolumes(t, v, ctrID, podDir, fmt.Sprintf("/proc/%d/root", daemonPID))
+
+	// kubelet's HTTP readiness probe, from the node VM to the pod's IP
+	// over the bridge, succeeds: the pod turns Ready.
+	var podNetSt podNet
+	if err := json.Unmarshal([]byte(v.d.mustCrictl("inspectp", "-o", "json", podID)), &podNetSt); err != nil {
+		t.Fatal(err)
+	}
+	if ip := podNetSt.Status.Network.IP; !strings.HasPrefix(ip, "10.88.") || ip == nodePodIP {
+		t.Errorf("the static pod's IP is %q, want another of 10.88.0.0/16 than the node VM's %s", ip, nodePodIP)
+	}
+	waitFor(t, "kubelet's readiness probe of the static pod succeeding (the pod Ready)", 3*time.Minute, func() bool {
+		logs, _ := nodeCLI("logs")
+		for _, l := range strings.Split(logs, "\n") {
+			if strings.Contains(l, `probe="readiness" status="ready"`) && strings.Contains(l, "web-macvz-node-test") {
+				return true
+			}
+		}
+		return false
+	})
 
 	// No CRI client sees the node VM.
 	if out := v.d.mustCrictl("pods", "-q"); strings.Contains(out, st.SandboxID) || len(strings.Fields(out)) != 1 {
@@ -332,7 +407,7 @@ memory_bytes = %d
 	// kubelet, a new one since the restart, unmounts the pod's tmpfs
 	// volumes on the host (its container bound them again before it
 	// started: memvol's restore).
-	waitFor(t, "kubelet unmounting the pod's tmpfs volumes", 2*time.Minute, func() bool { return len(hostTmpfsUnder(podDir)) == 0 })
+	waitFor(t, "kubelet unmounting the pod's tmpfs volumes", 2*time.Minute, func() bool { return len(tmpfsUnderOf(daemonPID, podDir)) == 0 })
 
 	// macvz node stop removes the node VM: no shim, no VM, no state.
 	second := status().SandboxID
@@ -346,20 +421,25 @@ memory_bytes = %d
 		_, err := os.Stat(dir)
 		return len(processesUnder(dir)) == 0 && os.IsNotExist(err)
 	})
+	// Its pod IP is released (host-local's reservations: one file each).
+	if left, _ := filepath.Glob(filepath.Join(ipamDir, "*", "10.88.*")); len(left) != 0 {
+		t.Errorf("pod IPs still reserved after the node VM's stop: %q", left)
+	}
 }
 
 // checkNodeVMMemoryVolumes: the static pod's downwardAPI and Memory
 // emptyDir volumes, which kubelet mounted from the node VM, are tmpfs
 // mounts on the host (kubelet's mount helper asked the host for them),
 // and the pod's guest sees what kubelet wrote and shares what it writes.
-func checkNodeVMMemoryVolumes(t *testing.T, v *vmTest, ctrID, podDir string) {
+// root is where the daemon's mount namespace shows the host's files.
+func checkNodeVMMemoryVolumes(t *testing.T, v *vmTest, ctrID, podDir, root string) {
 	t.Helper()
 	if got := v.execOut(t, ctrID, "cat", "/info/labels"); !strings.Contains(got, `tier="front"`) {
 		t.Errorf("the downwardAPI volume in the pod: %q, want tier=\"front\"", got)
 	}
 	v.execOut(t, ctrID, "sh", "-c", "echo from-the-pod > /scratch/note")
 	for _, kind := range []string{"kubernetes.io~downward-api/info", "kubernetes.io~empty-dir/scratch"} {
-		dirs, _ := filepath.Glob(filepath.Join(podDir, "volumes", kind))
+		dirs, _ := filepath.Glob(filepath.Join(root, podDir, "volumes", kind))
 		if len(dirs) != 1 {
 			t.Errorf("host directories of %s: %q, want one", kind, dirs)
 			continue
@@ -383,6 +463,28 @@ func checkNodeVMMemoryVolumes(t *testing.T, v *vmTest, ctrID, podDir string) {
 			t.Errorf("the downwardAPI file on the host: link %q %v, want ..data/labels", target, err)
 		}
 	}
+}
+
+// tmpfsUnderOf lists the tmpfs mounts at or below dir in the mount
+// table of process pid's mount namespace.
+func tmpfsUnderOf(pid int, dir string) []string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE ...
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		i := slices.Index(f, "-")
+		if i < 0 || i+1 >= len(f) || f[i+1] != "tmpfs" {
+			continue
+		}
+		if p := f[4]; p == dir || strings.HasPrefix(p, dir+"/") {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // hostTmpfsUnder lists the tmpfs mounts at or below dir in the host's

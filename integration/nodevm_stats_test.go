@@ -3,14 +3,9 @@
 package integration
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -19,22 +14,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/macvz/macvz/integration/guest"
-	"github.com/macvz/macvz/integration/testregistry"
-	"github.com/macvz/macvz/runtime/agentapi"
-	"github.com/macvz/macvz/runtime/nodevm"
-	"github.com/macvz/macvz/runtime/shim"
 )
 
 // statsPodName is the static pod's name: its manifest's name and the
 // node's (--hostname-override).
 const statsPodName = "web-macvz-node-stats"
-
-// kubeletReadOnlyPort is kubelet's read-only HTTP port in the node VM:
-// no credentials, so the test reads /stats/summary and /metrics/cadvisor
-// with a plain GET through the node VM's agent.
-const kubeletReadOnlyPort = 10255
 
 // summary is the part of kubelet's /stats/summary (stats/v1alpha1) the
 // test reads.
@@ -82,186 +66,32 @@ type fsStats struct {
 // imageFs or eviction-manager error in its log.
 func TestNodeVMStats(t *testing.T) {
 	requireKubelet(t)
-	img, err := nodeImage()
-	if err != nil {
-		t.Fatalf("building the node image: %v", err)
-	}
-	nodeReg := testregistry.Start(t, testregistry.Options{})
-	if err := nodeReg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
-		t.Fatal(err)
-	}
-	nodeRef := nodeReg.Host() + "/macvz/node:" + guest.RefNode
-
-	kube, err := os.MkdirTemp("", "mvzkube")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(kube) })
-	if err := os.MkdirAll(filepath.Join(kube, "manifests"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"} {
-		if _, err := os.Stat(p); os.IsNotExist(err) {
-			if err := os.MkdirAll(p, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.Remove(p) })
-		}
-	}
-	// The static pod's directories on the host (see TestNodeVM).
-	t.Cleanup(func() {
-		dirs, _ := filepath.Glob("/var/log/pods/default_" + statsPodName + "_*")
-		for _, d := range dirs {
-			if uid := d[strings.LastIndex(d, "_")+1:]; uid != "" {
-				os.RemoveAll(filepath.Join("/var/lib/kubelet/pods", uid))
-			}
-			os.RemoveAll(d)
-		}
-		links, _ := filepath.Glob("/var/log/containers/" + statsPodName + "_*")
-		for _, l := range links {
-			os.Remove(l)
-		}
+	// cpus and memory_bytes left 0: the node VM sized to the host.
+	n := startNodeVMTest(t, standaloneNodeVM{
+		hostname:   "macvz-node-stats",
+		staticPods: []string{statsPodName},
+		kubelet: map[string]any{
+			"evictionHard": map[string]string{"memory.available": "50Mi", "imagefs.available": "1%"},
+		},
 	})
-	cfg, err := json.Marshal(map[string]any{
-		"kind":                   "KubeletConfiguration",
-		"apiVersion":             "kubelet.config.k8s.io/v1beta1",
-		"cgroupDriver":           "cgroupfs",
-		"cgroupsPerQOS":          false,
-		"enforceNodeAllocatable": []string{},
-		"failSwapOn":             false,
-		"failCgroupV1":           false,
-		"staticPodPath":          filepath.Join(kube, "manifests"),
-		"address":                "127.0.0.1",
-		"readOnlyPort":           kubeletReadOnlyPort,
-		"authentication":         map[string]any{"anonymous": map[string]any{"enabled": true}, "webhook": map[string]any{"enabled": false}},
-		"authorization":          map[string]any{"mode": "AlwaysAllow"},
-		"evictionHard":           map[string]string{"memory.available": "50Mi", "imagefs.available": "1%"},
-		"runtimeRequestTimeout":  "4m",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(kube, "kubelet.json"), cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	q := func(ss ...string) string {
-		var out []string
-		for _, s := range ss {
-			out = append(out, fmt.Sprintf("%q", s))
-		}
-		return strings.Join(out, ", ")
-	}
-	// cpus and memory_bytes 0: the host's. No forwarded ports: the test
-	// reaches kubelet through the agent.
-	v := newVMTestIn(t, nil, fmt.Sprintf(`
-[registry.hosts.%q]
-insecure = true
+	v := n.v
 
-[vm]
-warm_start = false
-
-[node]
-enabled = true
-image = %q
-kubelet_args = [%s]
-shares = [%s]
-ports = []
-cpus = 0
-memory_bytes = 0
-`, nodeReg.Host(), nodeRef,
-		q("--config="+filepath.Join(kube, "kubelet.json"), "--hostname-override=macvz-node-stats", "--v=2"),
-		q(kube, "/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers")))
-	nodeCLI := func(args ...string) (string, error) {
-		out, err := exec.Command(macvzBin, append(append([]string{"node"}, args...), "--config", v.d.configPath())...).CombinedOutput()
-		return string(out), err
-	}
-	status := func() nodevm.Status {
-		var st nodevm.Status
-		if out, err := nodeCLI("status", "--json"); err == nil {
-			json.Unmarshal([]byte(out), &st)
-		}
-		return st
-	}
-	kubeletLog := func() string {
-		b, _ := os.ReadFile(status().LogPath)
-		return string(b)
-	}
-	stopped := false
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("kubelet's log:\n%s", kubeletLog())
-		}
-		if !stopped {
-			nodeCLI("stop")
-			waitFor(t, "the node VM stopped", time.Minute, func() bool { return status().State == "stopped" })
-		}
-	})
-
-	waitFor(t, "the node VM running (macvz node status)", 4*time.Minute, func() bool { return status().State == "running" })
-	st := status()
-	logPath := st.LogPath
-	if err := os.WriteFile(filepath.Join(kube, "manifests", "web.yaml"), []byte(fmt.Sprintf(nodeVMStaticPod, v.httpd)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var podID string
-	waitFor(t, "kubelet in the node VM running the static pod", 5*time.Minute, func() bool {
-		out, _ := v.d.crictl("pods", "--name", "^"+statsPodName+"$", "--state", "ready", "-q")
-		podID = strings.TrimSpace(out)
-		if podID == "" {
-			return false
-		}
-		ctr, _ := v.d.crictl("ps", "--pod", podID, "--state", "running", "-q")
-		return strings.TrimSpace(ctr) != ""
-	})
+	st := n.waitRunning(t)
+	n.writeManifest(t, "web.yaml", fmt.Sprintf(nodeVMStaticPod, v.httpd))
+	podID := n.waitStaticPodRunning(t, "kubelet in the node VM running the static pod", statsPodName)
 	t.Logf("static pod %s running (sandbox %.12s)", statsPodName, podID)
-
-	// kubelet's read-only port, reached through the node VM's agent.
-	ctx := context.Background()
-	shimc, err := shim.Connect(ctx, filepath.Join(v.d.state, "sandboxes", st.SandboxID))
-	if err != nil {
-		t.Fatalf("the node VM's shim: %v", err)
-	}
-	defer shimc.Close()
-	get := func(path string) (string, error) {
-		ctx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		conn, err := agentapi.DialPort(ctx, shimc.Agent(), kubeletReadOnlyPort)
-		if err != nil {
-			return "", err
-		}
-		defer conn.Close()
-		req, err := http.NewRequest(http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(kubeletReadOnlyPort)+path, nil)
-		if err != nil {
-			return "", err
-		}
-		req.Close = true
-		if err := req.Write(conn); err != nil {
-			return "", err
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), req)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return "", err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("GET %s: %s: %s", path, resp.Status, b)
-		}
-		return string(b), nil
-	}
+	kubeletRO := n.connectKubeletPort(t, st.SandboxID)
 
 	// The pod's stats, from the CRI: its CPU rate needs two samples, so
 	// it shows from the second summary on.
 	var sum summary
 	var raw, why string
+	var err error
 	ok := false
 	deadline := time.Now().Add(3 * time.Minute)
 	for !ok && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Second)
-		if raw, err = get("/stats/summary"); err != nil {
+		if raw, err = kubeletRO.get("/stats/summary"); err != nil {
 			why = err.Error()
 			continue
 		}
@@ -317,7 +147,7 @@ memory_bytes = 0
 	}
 
 	// The machine (the node's capacity) and the pod's series.
-	metrics, err := get("/metrics/cadvisor")
+	metrics, err := kubeletRO.get("/metrics/cadvisor")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +171,7 @@ memory_bytes = 0
 	// kubelet's log: the image filesystem and the stats were found. The
 	// eviction manager ran by now (every 10 s), the image GC at the
 	// start.
-	log, _ := os.ReadFile(logPath)
+	log, _ := os.ReadFile(st.LogPath)
 	for _, l := range strings.Split(string(log), "\n") {
 		if !slices.ContainsFunc(kubeletFsErrors, func(bad string) bool { return strings.Contains(l, bad) }) {
 			continue
@@ -352,16 +182,12 @@ memory_bytes = 0
 	}
 
 	// The manifest goes: kubelet removes the pod; the node VM is stopped.
-	os.Remove(filepath.Join(kube, "manifests", "web.yaml"))
+	os.Remove(filepath.Join(n.kube, "manifests", "web.yaml"))
 	waitFor(t, "the static pod removed", 3*time.Minute, func() bool {
 		out, _ := v.d.crictl("pods", "--name", "^"+statsPodName+"$", "--state", "ready", "-q")
 		return strings.TrimSpace(out) == ""
 	})
-	if out, err := nodeCLI("stop"); err != nil {
-		t.Fatalf("macvz node stop: %v\n%s", err, out)
-	}
-	waitFor(t, "the node VM stopped", time.Minute, func() bool { return status().State == "stopped" })
-	stopped = true
+	n.stop(t)
 }
 
 // kubeletFsErrors are what kubelet logs when it cannot size the image
@@ -383,27 +209,6 @@ var kubeletFsErrors = []string{"imageFs", "ImageFs", "InvalidDiskCapacity", "inv
 //     configured runtime"), and ignores the answer.
 var kubeletBenignFsLines = []string{"Stats initialization may not have completed yet", "unable to find data in memory cache",
 	"no imagefs label for configured runtime"}
-
-// promValue is the first sample of metric in a Prometheus text page
-// whose labels contain label ("" = any).
-func promValue(page, metric, label string) (float64, bool) {
-	for _, l := range strings.Split(page, "\n") {
-		if !strings.HasPrefix(l, metric+"{") && !strings.HasPrefix(l, metric+" ") {
-			continue
-		}
-		if label != "" && !strings.Contains(l, label) {
-			continue
-		}
-		f := strings.Fields(l[strings.LastIndex(l, "}")+1:])
-		if len(f) == 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
-			return v, true
-		}
-	}
-	return 0, false
-}
 
 // hostMemTotal is /proc/meminfo's MemTotal in bytes.
 func hostMemTotal(t *testing.T) uint64 {

@@ -20,6 +20,23 @@ import (
 // node's (--hostname-override).
 const statsPodName = "web-macvz-node-stats"
 
+// statsStaticPod is a static pod of the httpd guest on the host's
+// network: this test's daemon has no CNI configuration (TestNodeVM's
+// nodeVMStaticPod is on the pod network), and the stats do not depend on
+// the pod's network.
+const statsStaticPod = `apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: default
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: httpd
+    image: %s
+`
+
 // summary is the part of kubelet's /stats/summary (stats/v1alpha1) the
 // test reads.
 type summary struct {
@@ -77,7 +94,7 @@ func TestNodeVMStats(t *testing.T) {
 	v := n.v
 
 	st := n.waitRunning(t)
-	n.writeManifest(t, "web.yaml", fmt.Sprintf(nodeVMStaticPod, v.httpd))
+	n.writeManifest(t, "web.yaml", fmt.Sprintf(statsStaticPod, v.httpd))
 	podID := n.waitStaticPodRunning(t, "kubelet in the node VM running the static pod", statsPodName)
 	t.Logf("static pod %s running (sandbox %.12s)", statsPodName, podID)
 	kubeletRO := n.connectKubeletPort(t, st.SandboxID)

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,8 +29,21 @@ import (
 )
 
 // nodeImage builds the amd64 node image with the tools' kubelet once per
-// test binary.
+// test binary; NODE_IMAGE_LAYOUT names one built before instead (e.g.
+// the arm64 one of `make node-image ARCH=arm64`, which the daemon boots
+// under qemu-system-aarch64: slow under TCG, so never in CI).
 var nodeImage = sync.OnceValues(func() (testimage.Image, error) {
+	if layout := os.Getenv("NODE_IMAGE_LAYOUT"); layout != "" {
+		imgs, err := guest.Load(layout)
+		if err != nil {
+			return testimage.Image{}, err
+		}
+		img, ok := imgs[guest.RefNode]
+		if !ok {
+			return testimage.Image{}, fmt.Errorf("%s has no %q tag", layout, guest.RefNode)
+		}
+		return img, nil
+	}
 	dir, err := os.MkdirTemp("", "macvz-node-")
 	if err != nil {
 		return testimage.Image{}, err
@@ -407,7 +419,7 @@ memory_bytes = %d
 	// kubelet, a new one since the restart, unmounts the pod's tmpfs
 	// volumes on the host (its container bound them again before it
 	// started: memvol's restore).
-	waitFor(t, "kubelet unmounting the pod's tmpfs volumes", 2*time.Minute, func() bool { return len(tmpfsUnderOf(daemonPID, podDir)) == 0 })
+	waitFor(t, "kubelet unmounting the pod's tmpfs volumes", 2*time.Minute, func() bool { return len(tmpfsUnderOf(strconv.Itoa(daemonPID), podDir)) == 0 })
 
 	// macvz node stop removes the node VM: no shim, no VM, no state.
 	second := status().SandboxID
@@ -466,31 +478,9 @@ func checkNodeVMMemoryVolumes(t *testing.T, v *vmTest, ctrID, podDir, root strin
 }
 
 // tmpfsUnderOf lists the tmpfs mounts at or below dir in the mount
-// table of process pid's mount namespace.
-func tmpfsUnderOf(pid int, dir string) []string {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE ...
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		i := slices.Index(f, "-")
-		if i < 0 || i+1 >= len(f) || f[i+1] != "tmpfs" {
-			continue
-		}
-		if p := f[4]; p == dir || strings.HasPrefix(p, dir+"/") {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// hostTmpfsUnder lists the tmpfs mounts at or below dir in the host's
-// mount table.
-func hostTmpfsUnder(dir string) []string {
-	ms, _ := safefs.Mounts()
+// table of process pid's mount namespace ("self": the test's).
+func tmpfsUnderOf(pid, dir string) []string {
+	ms, _ := safefs.MountsOf(pid)
 	var out []string
 	for _, m := range ms {
 		if m.FSType == "tmpfs" && (m.Point == dir || strings.HasPrefix(m.Point, dir+"/")) {
@@ -499,3 +489,7 @@ func hostTmpfsUnder(dir string) []string {
 	}
 	return out
 }
+
+// hostTmpfsUnder lists the tmpfs mounts at or below dir in the test's
+// mount table.
+func hostTmpfsUnder(dir string) []string { return tmpfsUnderOf("self", dir) }

@@ -15,8 +15,12 @@ type Mount struct {
 }
 
 // Mounts is the calling process's mount table, in mount order.
-func Mounts() ([]Mount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+func Mounts() ([]Mount, error) { return MountsOf("self") }
+
+// MountsOf is the mount table of process pid ("self" for the caller's),
+// which sees its own mount namespace.
+func MountsOf(pid string) ([]Mount, error) {
+	f, err := os.Open("/proc/" + pid + "/mountinfo")
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/macvz/macvz/integration/cluster"
 	"github.com/macvz/macvz/integration/guest"
 )
 
@@ -127,6 +128,30 @@ spec:
       periodSeconds: 2
 `
 
+// nodeVMNodeOptions pushes the node image to the cluster's registry and
+// returns the options of the node-VM node (tainted; its Node object is
+// deleted at the end of t).
+func (c *clusterTest) nodeVMNodeOptions(t testing.TB) cluster.NodeOptions {
+	t.Helper()
+	img, err := nodeImage()
+	if err != nil {
+		t.Fatalf("building the node image: %v", err)
+	}
+	if err := c.reg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if out, err := c.cp.Kubectl("delete", "node", nodeVMNode, "--ignore-not-found"); err != nil {
+			t.Errorf("deleting node %s: %v\n%s", nodeVMNode, err, out)
+		}
+	})
+	o := c.nodeOpts
+	o.Name, o.LANAddr = nodeVMNode, nodeVMLAN
+	o.NodeImage = c.pullHost + "/macvz/node:" + guest.RefNode
+	o.Taints = nodeVMTaint
+	return o
+}
+
 // testNodeVM: a node whose kubelet (v1.37.2, unmodified) runs in macvz's
 // node VM joins the cluster: it registers with the LAN address of its
 // host (the VM has only QEMU's user-mode NAT; the address is on the VM's
@@ -137,25 +162,10 @@ spec:
 // forwarded port 10250 on the host, kubelet in the VM, and the daemon's
 // streaming server over the VM's agent channel.
 func (c *clusterTest) testNodeVM(t *testing.T) {
-	img, err := nodeImage()
-	if err != nil {
-		t.Fatalf("building the node image: %v", err)
-	}
-	if err := c.reg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
-		t.Fatal(err)
-	}
-	// Runs last (cleanups go last first): after the pod's deletion and
-	// the node's stop, the Node object goes, so that nothing after this
+	// The Node object goes after the pod's deletion and the node's stop
+	// (nodeVMNodeOptions' cleanup runs last), so that nothing after this
 	// scenario sees a NotReady node.
-	t.Cleanup(func() {
-		if out, err := c.cp.Kubectl("delete", "node", nodeVMNode, "--ignore-not-found"); err != nil {
-			t.Errorf("deleting node %s: %v\n%s", nodeVMNode, err, out)
-		}
-	})
-	o := c.nodeOpts
-	o.Name, o.LANAddr = nodeVMNode, nodeVMLAN
-	o.NodeImage = c.pullHost + "/macvz/node:" + guest.RefNode
-	o.Taints = nodeVMTaint
+	o := c.nodeVMNodeOptions(t)
 	// Its VM slots (o.LinuxVMs, as the other nodes') reach kubelet in
 	// the node VM through the node VM's device plugin.
 	start := time.Now()

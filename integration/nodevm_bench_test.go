@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/macvz/macvz/integration/cluster"
-	"github.com/macvz/macvz/integration/guest"
 )
 
 // BenchmarkNodeVM measures the node VM against a native kubelet in one
@@ -30,18 +28,7 @@ import (
 //	go test -run '^$' -bench NodeVM -benchtime 3x -timeout 60m ./integration/
 func BenchmarkNodeVM(b *testing.B) {
 	c := startCluster(b, 0)
-	img, err := nodeImage()
-	if err != nil {
-		b.Fatalf("building the node image: %v", err)
-	}
-	if err := c.reg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.cp.Kubectl("delete", "node", nodeVMNode, "--ignore-not-found") })
-	o := c.nodeOpts
-	o.Name, o.LANAddr = nodeVMNode, nodeVMLAN
-	o.NodeImage = c.pullHost + "/macvz/node:" + guest.RefNode
-	o.Taints = nodeVMTaint
+	o := c.nodeVMNodeOptions(b)
 	start := time.Now()
 	n := c.cp.AddNode(b, o)
 	c.waitUntil(b, "", "node "+nodeVMNode+" Ready", 5*time.Minute, func() (bool, string) {

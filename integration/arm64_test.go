@@ -22,7 +22,7 @@ import (
 // adds), the images' config saying arch arm64. It is the kernel, initrd
 // and agent a Mac's node VM boots.
 var arm64GuestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
-	dir, err := os.MkdirTemp("", "macvz-guest-arm64-")
+	dir, err := os.MkdirTemp(testTmp, "macvz-guest-arm64-")
 	if err != nil {
 		return nil, err
 	}

@@ -20,7 +20,7 @@ import (
 // package cache (guest.DefaultCacheDir, filled by apt-get download).
 // It has the hostile tags too; newVMTest pushes only plain and httpd.
 var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
-	dir, err := os.MkdirTemp("", "macvz-guest-")
+	dir, err := os.MkdirTemp(testTmp, "macvz-guest-")
 	if err != nil {
 		return nil, err
 	}

@@ -26,6 +26,9 @@ import (
 var (
 	macvzBin  string
 	crictlBin string
+	// testTmp is the test binary's own directory, removed when it ends
+	// (built once per binary, such as the node image, goes there).
+	testTmp string
 )
 
 func TestMain(m *testing.M) {
@@ -39,6 +42,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	testTmp = tmp
 	macvzBin = os.Getenv("MACVZ")
 	if macvzBin == "" {
 		macvzBin = filepath.Join(tmp, "macvz")

@@ -25,7 +25,7 @@ import (
 
 // netPlugins builds macvz-net and host-local (nettest.Packages) once.
 var netPlugins = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "macvz-cni-bin-")
+	dir, err := os.MkdirTemp(testTmp, "macvz-cni-bin-")
 	if err != nil {
 		return "", err
 	}

@@ -44,7 +44,7 @@ var nodeImage = sync.OnceValues(func() (testimage.Image, error) {
 		}
 		return img, nil
 	}
-	dir, err := os.MkdirTemp("", "macvz-node-")
+	dir, err := os.MkdirTemp(testTmp, "macvz-node-")
 	if err != nil {
 		return testimage.Image{}, err
 	}

@@ -5,12 +5,10 @@ package integration
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -141,8 +139,8 @@ shares = [%s]
 cpus = 1
 memory_bytes = %d
 `, confDir, bin, nodeHost, nodeHost+"/macvz/node:"+guest.RefNode,
-		tomlList("--config="+cfg, "--hostname-override="+kubeletNode, "--v=2"),
-		tomlList(nv.kube, "/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"), 1<<30))
+		quotedList("--config="+cfg, "--hostname-override="+kubeletNode, "--v=2"),
+		quotedList(nv.kube, "/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"), 1<<30))
 	nv.d = v.d
 	// The node VM is no pod: the daemon's cleanup (crictl rmp -a) does
 	// not see it, and fails the test for its processes. Runs first.
@@ -204,20 +202,8 @@ func (nv *nodeVMKubelet) kubelet(t *testing.T, n *netTest, vars map[string]any) 
 	return k
 }
 
-// cli runs `macvz node <args>` against the daemon.
-func (nv *nodeVMKubelet) cli(args ...string) (string, error) {
-	out, err := exec.Command(macvzBin, append(append([]string{"node"}, args...), "--config", nv.d.configPath())...).CombinedOutput()
-	return string(out), err
-}
-
-// status is `macvz node status` (zero while the daemon does not answer).
-func (nv *nodeVMKubelet) status() nodevm.Status {
-	var st nodevm.Status
-	if out, err := nv.cli("status", "--json"); err == nil {
-		json.Unmarshal([]byte(out), &st)
-	}
-	return st
-}
+func (nv *nodeVMKubelet) cli(args ...string) (string, error) { return nodeCLI(nv.d, args...) }
+func (nv *nodeVMKubelet) status() nodevm.Status              { return nodeStatus(nv.d) }
 
 // exited is an error once kubelet is no longer the one the test saw
 // start: the Supervisor makes the node VM again when kubelet exits, and
@@ -393,13 +379,4 @@ func (nv *nodeVMKubelet) cleanHost(t *testing.T, made map[string]bool) {
 			}
 		}
 	}
-}
-
-// tomlList is ss as the items of a TOML list.
-func tomlList(ss ...string) string {
-	var out []string
-	for _, s := range ss {
-		out = append(out, fmt.Sprintf("%q", s))
-	}
-	return strings.Join(out, ", ")
 }

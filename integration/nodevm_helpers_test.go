@@ -198,20 +198,24 @@ func quotedList(ss ...string) string {
 	return strings.Join(out, ", ")
 }
 
-// cli runs `macvz node args... --config` against the test's daemon.
-func (n *nodeVMTest) cli(args ...string) (string, error) {
-	out, err := exec.Command(macvzBin, append(append([]string{"node"}, args...), "--config", n.v.d.configPath())...).CombinedOutput()
+// nodeCLI runs `macvz node args... --config` against daemon d.
+func nodeCLI(d *daemon, args ...string) (string, error) {
+	out, err := exec.Command(macvzBin, append(append([]string{"node"}, args...), "--config", d.configPath())...).CombinedOutput()
 	return string(out), err
 }
 
-// status is `macvz node status --json`; the zero Status if that fails.
-func (n *nodeVMTest) status() nodevm.Status {
+// nodeStatus is `macvz node status --json` of daemon d; the zero Status
+// if that fails (a daemon being restarted does not answer).
+func nodeStatus(d *daemon) nodevm.Status {
 	var st nodevm.Status
-	if out, err := n.cli("status", "--json"); err == nil {
+	if out, err := nodeCLI(d, "status", "--json"); err == nil {
 		json.Unmarshal([]byte(out), &st)
 	}
 	return st
 }
+
+func (n *nodeVMTest) cli(args ...string) (string, error) { return nodeCLI(n.v.d, args...) }
+func (n *nodeVMTest) status() nodevm.Status              { return nodeStatus(n.v.d) }
 
 // waitRunning waits for the node VM to run and returns its status.
 func (n *nodeVMTest) waitRunning(t *testing.T) nodevm.Status {

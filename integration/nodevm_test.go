@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -212,13 +211,7 @@ func TestNodeVM(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(kube, "kubelet.json"), cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	q := func(ss ...string) string {
-		var out []string
-		for _, s := range ss {
-			out = append(out, fmt.Sprintf("%q", s))
-		}
-		return strings.Join(out, ", ")
-	}
+	q := quotedList
 	v := newVMTestIn(t, ns, fmt.Sprintf(`
 [network]
 conf_dir = %q
@@ -242,24 +235,14 @@ memory_bytes = %d
 `, confDir, bin, nodeHost, nodeIP, nodeRef,
 		q("--config="+filepath.Join(kube, "kubelet.json"), "--hostname-override=macvz-node-test", "--v=2"),
 		q(kube, "/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers"), 1<<30))
-	nodeCLI := func(args ...string) (string, error) {
-		out, err := exec.Command(macvzBin, append(append([]string{"node"}, args...), "--config", v.d.configPath())...).CombinedOutput()
-		return string(out), err
-	}
-	status := func() nodevm.Status {
-		var st nodevm.Status
-		out, err := nodeCLI("status", "--json")
-		if err == nil {
-			json.Unmarshal([]byte(out), &st)
-		}
-		return st
-	}
+	cli := func(args ...string) (string, error) { return nodeCLI(v.d, args...) }
+	status := func() nodevm.Status { return nodeStatus(v.d) }
 	// The node VM is no pod: the daemon's cleanup (crictl rmp -a) does
 	// not see it. A failed test stops it here (cleanups run last first).
 	stopped := false
 	t.Cleanup(func() {
 		if !stopped {
-			nodeCLI("stop")
+			cli("stop")
 			waitFor(t, "the node VM stopped", time.Minute, func() bool { return status().State == "stopped" })
 		}
 	})
@@ -268,7 +251,7 @@ memory_bytes = %d
 	// stop above, so it runs before it).
 	t.Cleanup(func() {
 		if t.Failed() {
-			logs, _ := nodeCLI("logs")
+			logs, _ := cli("logs")
 			if len(logs) > 30000 {
 				logs = logs[len(logs)-30000:]
 			}
@@ -281,7 +264,7 @@ memory_bytes = %d
 	waitFor(t, "the node VM running (macvz node status)", 4*time.Minute, func() bool { return status().State == "running" })
 	st := status()
 	t.Logf("node VM running %v after the daemon's start: sandbox %.12s, kubelet %.12s", time.Since(start).Round(10*time.Millisecond), st.SandboxID, st.ContainerID)
-	if out, _ := nodeCLI("status"); !strings.Contains(out, "running") {
+	if out, _ := cli("status"); !strings.Contains(out, "running") {
 		t.Errorf("macvz node status:\n%s", out)
 	}
 	// On the pod network: a pod IP of the bridge-tap range.
@@ -336,7 +319,7 @@ memory_bytes = %d
 		t.Errorf("the static pod's IP is %q, want another of 10.88.0.0/16 than the node VM's %s", ip, nodePodIP)
 	}
 	waitFor(t, "kubelet's readiness probe of the static pod succeeding (the pod Ready)", 3*time.Minute, func() bool {
-		logs, _ := nodeCLI("logs")
+		logs, _ := cli("logs")
 		for _, l := range strings.Split(logs, "\n") {
 			if strings.Contains(l, `probe="readiness" status="ready"`) && strings.Contains(l, "web-macvz-node-test") {
 				return true
@@ -352,14 +335,14 @@ memory_bytes = %d
 	if out, err := v.d.crictl("inspectp", st.SandboxID); err == nil {
 		t.Errorf("crictl inspectp of the node VM worked: %s", out)
 	}
-	logs, err := nodeCLI("logs")
+	logs, err := cli("logs")
 	if err != nil || !strings.Contains(logs, "kubelet") {
 		t.Errorf("macvz node logs: %v\n%s", err, logs)
 	}
 
 	// A restart asked makes the node VM again; kubelet adopts the pod.
 	first := st.SandboxID
-	if out, err := nodeCLI("restart"); err != nil {
+	if out, err := cli("restart"); err != nil {
 		t.Fatalf("macvz node restart: %v\n%s", err, out)
 	}
 	waitFor(t, "a new node VM running", 4*time.Minute, func() bool { s := status(); return s.State == "running" && s.SandboxID != first })
@@ -423,7 +406,7 @@ memory_bytes = %d
 
 	// macvz node stop removes the node VM: no shim, no VM, no state.
 	second := status().SandboxID
-	if out, err := nodeCLI("stop"); err != nil {
+	if out, err := cli("stop"); err != nil {
 		t.Fatalf("macvz node stop: %v\n%s", err, out)
 	}
 	waitFor(t, "the node VM stopped", time.Minute, func() bool { return status().State == "stopped" })

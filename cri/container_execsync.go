@@ -68,6 +68,9 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 		}()
 	}
 	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
+		// It may have started all the same (the answer lost to the
+		// call's end): it must not outlive the call.
+		p.kill()
 		return nil, fmt.Errorf("starting the exec: %w", err)
 	}
 	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})

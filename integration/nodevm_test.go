@@ -303,6 +303,11 @@ memory_bytes = %d
 		t.Fatalf("crictl inspectp %s: no pod UID (%v)", podID, err)
 	}
 	podDir := filepath.Join("/var/lib/kubelet/pods", insp.Status.Metadata.UID)
+	// kubelet removes the pod's directory in its housekeeping, which the
+	// node VM's stop can cut short (its log directory may be gone
+	// already, so the cleanup above does not find it). Its tmpfs volumes
+	// were the daemon's mount namespace's, gone with the daemon.
+	t.Cleanup(func() { os.RemoveAll(podDir) })
 	// The daemon runs in its network namespace through ip netns exec,
 	// which gives it a mount namespace of its own too (a slave of the
 	// test's): the tmpfs volumes are mounted there.

@@ -19,8 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/integration/guest"
-	"github.com/macvz/macvz/integration/nettest"
-	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/shim"
@@ -75,28 +73,8 @@ var nodeVMHostPaths = []string{"/var/lib/kubelet", "/var/lib/kubelet/pods", "/va
 // runs.
 func (nv *nodeVMKubelet) daemon(t *testing.T) *netTest {
 	t.Helper()
-	nettest.Require(t)
-	img, err := nodeImage()
-	if err != nil {
-		t.Fatalf("building the node image: %v", err)
-	}
-	bin, err := netPlugins()
-	if err != nil {
-		t.Fatalf("building the CNI plugins: %v", err)
-	}
-	ns := nettest.NewNetNS(t, "pods")
-	ipamDir := t.TempDir()
-	confDir := bridgeTapConf(t, ipamDir)
-	// The daemon pulls the node image from inside the namespace.
-	nodeReg := testregistry.Start(t, testregistry.Options{})
-	if err := nodeReg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ns.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeHost := nodeReg.ServeOn(ln)
+	nn := startNodeVMNet(t, "pods")
+	ns, ipamDir, confDir, bin, nodeHost := nn.ns, nn.ipamDir, nn.confDir, nn.binDir, nn.registry
 
 	// Registered before the daemon, so it runs after the daemon's
 	// cleanup has removed what pods a failed run left.
@@ -110,6 +88,7 @@ func (nv *nodeVMKubelet) daemon(t *testing.T) *netTest {
 			made[p] = true
 		}
 	}
+	var err error
 	nv.kube, err = os.MkdirTemp("", "mvzkube")
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/nodevm"
@@ -331,4 +332,42 @@ func promValue(page, metric, label string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// nodeVMNet is a network namespace on the bridge-tap network where a
+// daemon runs a node VM on the pod network, with the node image served
+// from a registry inside the namespace.
+type nodeVMNet struct {
+	ns              *nettest.NetNS
+	confDir, binDir string
+	ipamDir         string
+	// registry is the node image's registry's host:port in ns.
+	registry string
+}
+
+// startNodeVMNet makes the namespace (named name), the CNI plugins and
+// configuration, and pushes the node image to a registry served in it.
+func startNodeVMNet(t *testing.T, name string) nodeVMNet {
+	t.Helper()
+	nettest.Require(t)
+	img, err := nodeImage()
+	if err != nil {
+		t.Fatalf("building the node image: %v", err)
+	}
+	bin, err := netPlugins()
+	if err != nil {
+		t.Fatalf("building the CNI plugins: %v", err)
+	}
+	n := nodeVMNet{ns: nettest.NewNetNS(t, name), binDir: bin, ipamDir: t.TempDir()}
+	n.confDir = bridgeTapConf(t, n.ipamDir)
+	reg := testregistry.Start(t, testregistry.Options{})
+	if err := reg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := n.ns.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.registry = reg.ServeOn(ln)
+	return n
 }

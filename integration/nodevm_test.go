@@ -20,9 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/integration/guest"
-	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testimage"
-	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/runtime/nodevm"
 	"github.com/macvz/macvz/runtime/safefs"
 )
@@ -115,33 +113,13 @@ spec:
 // memory-backed volumes are tmpfs mounts on the host, gone with it.
 func TestNodeVM(t *testing.T) {
 	requireKubelet(t)
-	nettest.Require(t)
-	img, err := nodeImage()
-	if err != nil {
-		t.Fatalf("building the node image: %v", err)
-	}
-	bin, err := netPlugins()
-	if err != nil {
-		t.Fatalf("building the CNI plugins: %v", err)
-	}
-	ns := nettest.NewNetNS(t, "node")
-	ipamDir := t.TempDir()
-	confDir := bridgeTapConf(t, ipamDir)
+	nn := startNodeVMNet(t, "node")
+	ns, ipamDir, confDir, bin, nodeHost := nn.ns, nn.ipamDir, nn.confDir, nn.binDir, nn.registry
 	// The node IP: an address of the namespace's own (it has no default
 	// route to take one from), which the node VM reaches through the
 	// bridge's gateway.
 	const nodeIP = "192.0.2.10"
 	ns.IP(t, "addr", "add", nodeIP+"/32", "dev", "lo")
-	// The daemon pulls the node image from inside the namespace.
-	nodeReg := testregistry.Start(t, testregistry.Options{})
-	if err := nodeReg.Push(context.Background(), "macvz/node", guest.RefNode, img); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := ns.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodeHost := nodeReg.ServeOn(ln)
 	nodeRef := nodeHost + "/macvz/node:" + guest.RefNode
 
 	// kubelet's configuration and static pods, in a directory shared

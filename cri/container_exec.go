@@ -93,12 +93,8 @@ func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in i
 			})
 		}()
 	}
-	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
-		// The session may have ended while the guest was starting it
-		// (the call's answer lost, not the start): the process must not
-		// outlive the session, and the guest keeps a running one.
-		p.kill()
-		return fmt.Errorf("starting the exec: %w", err)
+	if err := p.start(ctx); err != nil {
+		return err
 	}
 	if in != nil {
 		guard.Go(log, "exec stdin copy", func() { endOnGuestError(log, cancel, copyStdin(ctx, p.agent, p.id, in, true)) })

@@ -67,11 +67,8 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 			})
 		}()
 	}
-	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
-		// It may have started all the same (the answer lost to the
-		// call's end): it must not outlive the call.
-		p.kill()
-		return nil, fmt.Errorf("starting the exec: %w", err)
+	if err := p.start(ctx); err != nil {
+		return nil, err
 	}
 	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
 	if err == nil {
@@ -156,6 +153,18 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 }
 
 // kill SIGKILLs the exec's process group.
+// start starts the exec. A failed call may have started it all the
+// same (its answer lost when the session or call ended): the process is
+// killed then, for it must not outlive them and the guest does not
+// remove a running one.
+func (p *execProcess) start(ctx context.Context) error {
+	if _, err := p.agent.StartProcess(ctx, &agentapi.StartProcessRequest{Id: p.id}); err != nil {
+		p.kill()
+		return fmt.Errorf("starting the exec: %w", err)
+	}
+	return nil
+}
+
 func (p *execProcess) kill() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -276,6 +276,9 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 			return invalid("shares[%d].tag %q is used twice", i, s.Tag)
 		}
 		tags[s.Tag] = true
+		if len(s.Dirs) > 0 {
+			return invalid("shares[%d] %q has %d directories: a share of several named directories is the vz backend's (VZMultipleDirectoryShare); the qemu backend exports one directory per share", i, s.Tag, len(s.Dirs))
+		}
 		if s.HostPath == "" || !filepath.IsAbs(s.HostPath) {
 			return invalid("shares[%d].hostPath %q must be an absolute path", i, s.HostPath)
 		}

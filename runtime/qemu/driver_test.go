@@ -278,6 +278,10 @@ func TestValidate(t *testing.T) {
 		{"share file", func(s *vm.Spec) { s.Shares[0].HostPath = s.Boot.Kernel }, errdefs.ErrInvalidArgument, "is not a directory"},
 		{"share tag", func(s *vm.Spec) { s.Shares[0].Tag = "a,b" }, errdefs.ErrInvalidArgument, "shares[0].tag"},
 		{"share tag dup", func(s *vm.Spec) { s.Shares = append(s.Shares, s.Shares[0]) }, errdefs.ErrInvalidArgument, "used twice"},
+		{"share dirs", func(s *vm.Spec) {
+			s.Shares[0].Dirs = []vm.ShareDir{{Name: "0", HostPath: s.Shares[0].HostPath}}
+			s.Shares[0].HostPath = ""
+		}, errdefs.ErrInvalidArgument, "several named directories is the vz backend's"},
 		{"nic kind", func(s *vm.Spec) { s.NICs[0].Kind = vm.NICVmnetNAT }, errdefs.ErrInvalidArgument, `nics[0].kind "vmnet-nat"`},
 		{"nic device", func(s *vm.Spec) { s.NICs[0].Device = "" }, errdefs.ErrInvalidArgument, "nics[0].device"},
 		{"mac", func(s *vm.Spec) { s.NICs[1].MAC = "02:00:00:00:00" }, errdefs.ErrInvalidArgument, "nics[1].mac"},

@@ -112,6 +112,21 @@ type Share struct {
 	// that (the node VM, whose kubelet writes the volumes and logs pods
 	// read); a pod's guest gets mapped files that mean nothing there.
 	Passthrough bool `json:"passthrough,omitempty"`
+	// Dirs, when set, make the share a set of host directories instead
+	// of HostPath: the guest sees each at the share's top level under
+	// its Name, read-only or not on its own (vz's
+	// VZMultipleDirectoryShare). HostPath and ReadOnly are then unset.
+	// The qemu backend refuses such a share.
+	Dirs []ShareDir `json:"dirs,omitempty"`
+}
+
+// ShareDir is one host directory of a multi-directory share.
+type ShareDir struct {
+	// Name is its entry at the share's top level: generated, never
+	// taken from a path.
+	Name     string `json:"name"`
+	HostPath string `json:"hostPath"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
 // NICKind is how a NIC reaches the host network, as the net plugin's

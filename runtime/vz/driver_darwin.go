@@ -115,19 +115,15 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 
 	var shares []vz.DirectorySharingDeviceConfiguration
 	for _, s := range p.Shares {
-		dir, err := vz.NewSharedDirectory(s.HostPath, s.ReadOnly)
+		share, err := directoryShare(s)
 		if err != nil {
 			return nil, nil, fmt.Errorf("share %s: %w", s.Tag, err)
-		}
-		single, err := vz.NewSingleDirectoryShare(dir)
-		if err != nil {
-			return nil, nil, err
 		}
 		fs, err := vz.NewVirtioFileSystemDeviceConfiguration(s.Tag)
 		if err != nil {
 			return nil, nil, fmt.Errorf("share %s: %w", s.Tag, err)
 		}
-		fs.SetDirectoryShare(single)
+		fs.SetDirectoryShare(share)
 		shares = append(shares, fs)
 	}
 	cfg.SetDirectorySharingDevicesVirtualMachineConfiguration(shares)
@@ -196,6 +192,28 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
 		return nil, nil, fmt.Errorf("vz: the framework refuses the VM configuration: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return cfg, files, nil
+}
+
+// directoryShare is what one virtiofs device exports: one directory,
+// or several (VZMultipleDirectoryShare: the guest sees each entry as a
+// directory at the share's top level, each read-only or not on its own).
+func directoryShare(s SharePlan) (vz.DirectoryShare, error) {
+	if len(s.Dirs) == 0 {
+		dir, err := vz.NewSharedDirectory(s.HostPath, s.ReadOnly)
+		if err != nil {
+			return nil, err
+		}
+		return vz.NewSingleDirectoryShare(dir)
+	}
+	dirs := make(map[string]*vz.SharedDirectory, len(s.Dirs))
+	for _, d := range s.Dirs {
+		dir, err := vz.NewSharedDirectory(d.HostPath, d.ReadOnly)
+		if err != nil {
+			return nil, fmt.Errorf("entry %s (%s): %w", d.Name, d.HostPath, err)
+		}
+		dirs[d.Name] = dir
+	}
+	return vz.NewMultipleDirectoryShare(dirs)
 }
 
 // macHumanInterface gives a macOS guest its display, keyboard and

@@ -3,6 +3,7 @@ package vz
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -65,7 +66,7 @@ func TestNewPlanLinux(t *testing.T) {
 	if p.CPUs != 2 || p.Memory != 1<<30 || p.ConsoleLog != s.ConsoleLog {
 		t.Errorf("size/console %+v", p)
 	}
-	if len(p.Shares) != 2 || p.Shares[0] != (SharePlan{Tag: "macvz-shared", HostPath: s.Shares[0].HostPath}) || !p.Shares[1].ReadOnly {
+	if len(p.Shares) != 2 || !reflect.DeepEqual(p.Shares[0], SharePlan{Tag: "macvz-shared", HostPath: s.Shares[0].HostPath}) || !p.Shares[1].ReadOnly {
 		t.Errorf("shares %+v", p.Shares)
 	}
 	if len(p.NICs) != 1 || p.NICs[0].Kind != vm.NICSocket || p.NICs[0].Interface != "/var/run/socket_vmnet.sb2" || p.NICs[0].MAC.String() != "02:aa:bb:cc:dd:01" {

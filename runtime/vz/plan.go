@@ -39,10 +39,13 @@ type NICPlan struct {
 	MAC       net.HardwareAddr
 }
 
-// SharePlan is one virtiofs device exporting one host directory.
+// SharePlan is one virtiofs device exporting one host directory, or,
+// when Dirs is set, several under their names (a
+// VZMultipleDirectoryShare; HostPath is then empty).
 type SharePlan struct {
 	Tag, HostPath string
 	ReadOnly      bool
+	Dirs          []vm.ShareDir
 }
 
 // Plan is the VM the darwin code builds.
@@ -138,6 +141,14 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 		if p.Boot == vm.BootLinux && len(s.Tag) > maxLinuxTag {
 			return nil, bad("share tag %q: a Linux guest's virtiofs tag has at most %d bytes", s.Tag, maxLinuxTag)
 		}
+		if len(s.Dirs) > 0 {
+			dirs, err := planShareDirs(s)
+			if err != nil {
+				return nil, err
+			}
+			p.Shares = append(p.Shares, SharePlan{Tag: s.Tag, Dirs: dirs})
+			continue
+		}
 		if !filepath.IsAbs(s.HostPath) {
 			return nil, bad("share %s: host path %q must be absolute", s.Tag, s.HostPath)
 		}
@@ -170,6 +181,46 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 		p.NICs = append(p.NICs, np)
 	}
 	return p, nil
+}
+
+// planShareDirs checks the entries of a multi-directory share: each
+// has a name that is one plain file name (the guest sees it as a
+// directory at the share's top level), used once, and an absolute,
+// clean host path. The share has no host path or read-only flag of its
+// own: each entry has its own.
+func planShareDirs(s vm.Share) ([]vm.ShareDir, error) {
+	if s.HostPath != "" || s.ReadOnly || s.Passthrough {
+		return nil, bad("share %s: a share of several directories has no host path, read-only flag or passthrough of its own (each entry has its own)", s.Tag)
+	}
+	names := map[string]bool{}
+	out := make([]vm.ShareDir, 0, len(s.Dirs))
+	for _, d := range s.Dirs {
+		if !shareDirName(d.Name) || names[d.Name] {
+			return nil, bad("share %s: entry name %q is empty, repeated or not a plain name (letters, digits, '.', '_', '-'; not . or ..)", s.Tag, d.Name)
+		}
+		names[d.Name] = true
+		if !filepath.IsAbs(d.HostPath) || filepath.Clean(d.HostPath) != d.HostPath {
+			return nil, bad("share %s: entry %s: host path %q must be absolute and clean", s.Tag, d.Name, d.HostPath)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// shareDirName says whether n can name an entry of a multi-directory
+// share: a short plain name, never a path or a dot entry.
+func shareDirName(n string) bool {
+	if n == "" || n == "." || n == ".." || len(n) > 64 {
+		return false
+	}
+	for _, r := range n {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // macOSBoot checks and takes a macOS guest's platform fields.

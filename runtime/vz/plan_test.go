@@ -110,3 +110,46 @@ func TestRestorable(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanMultiDirShare: a share of several directories keeps its
+// entries (names, host paths, read-only flags) for one virtiofs device;
+// a bad entry is the spec's mistake.
+func TestPlanMultiDirShare(t *testing.T) {
+	vol := vm.Share{Tag: "macvz-vol", Dirs: []vm.ShareDir{
+		{Name: "0", HostPath: "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~secret/s", ReadOnly: true},
+		{Name: "1", HostPath: "/var/lib/kubelet/pods/u1/containers"},
+	}}
+	s := macSpec()
+	s.Shares = append(s.Shares, vol)
+	p, err := NewPlan(s, testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := p.Shares[2]
+	if got.Tag != "macvz-vol" || got.HostPath != "" || got.ReadOnly || len(got.Dirs) != 2 ||
+		got.Dirs[0] != vol.Dirs[0] || got.Dirs[1] != vol.Dirs[1] {
+		t.Errorf("multi-directory share planned as %+v", got)
+	}
+
+	for name, change := range map[string]func(*vm.Share){
+		"repeated name":   func(v *vm.Share) { v.Dirs[1].Name = "0" },
+		"empty name":      func(v *vm.Share) { v.Dirs[0].Name = "" },
+		"dot name":        func(v *vm.Share) { v.Dirs[0].Name = "." },
+		"dotdot name":     func(v *vm.Share) { v.Dirs[0].Name = ".." },
+		"path name":       func(v *vm.Share) { v.Dirs[0].Name = "a/b" },
+		"space name":      func(v *vm.Share) { v.Dirs[0].Name = "a b" },
+		"relative path":   func(v *vm.Share) { v.Dirs[0].HostPath = "pods/u1" },
+		"unclean path":    func(v *vm.Share) { v.Dirs[0].HostPath = "/var/lib/kubelet/pods/u1/../u2" },
+		"own host path":   func(v *vm.Share) { v.HostPath = "/data" },
+		"own read-only":   func(v *vm.Share) { v.ReadOnly = true },
+		"own passthrough": func(v *vm.Share) { v.Passthrough = true },
+	} {
+		v := vm.Share{Tag: vol.Tag, Dirs: append([]vm.ShareDir(nil), vol.Dirs...)}
+		change(&v)
+		s := macSpec()
+		s.Shares = append(s.Shares, v)
+		if _, err := NewPlan(s, testLimits); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

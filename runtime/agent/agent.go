@@ -46,6 +46,10 @@ type config struct {
 	centralReaper bool
 	// powerOff powers the machine off or reboots it (system only).
 	powerOff func(reboot bool)
+	// setClock sets the machine's clock from the host's (system only):
+	// a ping carries the host's time, and a VM restored from a saved
+	// state wakes with the clock of the moment it was saved.
+	setClock func(time.Time) error
 	log      *slog.Logger
 	// version is what Ping and Info report ("dev").
 	version string
@@ -137,10 +141,10 @@ func osErr(c codes.Code, err error, format string, args ...any) error {
 }
 
 func (a *agent) Ping(ctx context.Context, req *api.PingRequest) (*api.PingResponse, error) {
-	if t := req.GetHostTimeUnixNano(); t != 0 && a.cfg.system {
+	if t := req.GetHostTimeUnixNano(); t != 0 && a.cfg.setClock != nil {
 		host := time.Unix(0, t)
 		if d := time.Since(host); d > clockSlack || d < -clockSlack {
-			if err := setClock(host); err != nil {
+			if err := a.cfg.setClock(host); err != nil {
 				a.cfg.log.Warn("setting the clock from the host", "err", err)
 			} else {
 				a.cfg.log.Debug("clock set from the host", "offset", d)

@@ -101,6 +101,7 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.System {
 		cfg.powerOff = powerOff
+		cfg.setClock = setClock
 	}
 	a := newAgent(cfg)
 	a.ready, a.allLoaded = ready, allLoaded

@@ -160,7 +160,11 @@ func (p *process) setup() error {
 	}
 	attr := &syscall.SysProcAttr{Setsid: true}
 	if os.Getuid() == 0 || int(req.Uid) != os.Getuid() || int(req.Gid) != os.Getgid() || len(req.AdditionalGids) > 0 {
-		attr.Credential = &syscall.Credential{Uid: req.Uid, Gid: req.Gid, Groups: req.AdditionalGids}
+		groups, err := credentialGroups(req.Gid, req.AdditionalGids)
+		if err != nil {
+			return err
+		}
+		attr.Credential = &syscall.Credential{Uid: req.Uid, Gid: req.Gid, Groups: groups}
 		if attr.Credential.Groups == nil {
 			attr.Credential.Groups = []uint32{}
 		}

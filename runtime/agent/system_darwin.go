@@ -146,8 +146,15 @@ func powerOff(reboot bool) {
 	}
 }
 
-// setClock: macOS guests keep their own time (timed/NTP).
-func setClock(t time.Time) error { return nil }
+// setClock sets the system clock with settimeofday(2) (root only, as
+// the agent's launchd job runs). A macOS guest restored from a saved
+// state wakes with the clock of the moment it was saved; the host's
+// shim sends its time with the first ping of every connection, so the
+// clock is right before the restored guest runs anything.
+func setClock(t time.Time) error {
+	tv := unix.NsecToTimeval(t.UnixNano())
+	return unix.Settimeofday(&tv)
+}
 
 // runTool runs a system tool and returns its combined output.
 func runTool(ctx context.Context, tool string, args ...string) (string, error) {

@@ -76,15 +76,55 @@ func memberGroups(etc, name string) []uint32 {
 }
 
 // resolveUser applies username, gid_from_passwd and groups_from_etc to a
-// CreateProcessRequest (in place), from the guest's etc directory.
+// CreateProcessRequest (in place), from the guest's user database:
+// etc's passwd and group files on Linux guests, the directory service on
+// macOS guests (guestUsers).
 func resolveUser(etc string, req *api.CreateProcessRequest) error {
 	if req.Username == "" && !req.GidFromPasswd && !req.GroupsFromEtc {
 		return nil
 	}
-	e, ok := lookupPasswd(etc, req.Username, req.Uid)
+	return resolveUserIn(guestUsers(etc), req)
+}
+
+// userDB is where resolveUser looks users and their groups up.
+type userDB interface {
+	// lookup finds a user by name (when name is set) or by uid; ok is
+	// false for a user the database does not have.
+	lookup(name string, uid uint32) (e passwdEntry, ok bool, err error)
+	// groups are the gids of the groups e is a member of.
+	groups(e passwdEntry) ([]uint32, error)
+	// where names the database in errors.
+	where() string
+	// maxGroups is how many groups a process can have, its gid
+	// included (0: no limit): the groups found beyond it are left out,
+	// as initgroups(3) does.
+	maxGroups() int
+}
+
+// etcUsers is the guest's /etc/passwd and /etc/group (Linux guests).
+type etcUsers string
+
+func (etc etcUsers) lookup(name string, uid uint32) (passwdEntry, bool, error) {
+	e, ok := lookupPasswd(string(etc), name, uid)
+	return e, ok, nil
+}
+
+func (etc etcUsers) groups(e passwdEntry) ([]uint32, error) {
+	return memberGroups(string(etc), e.name), nil
+}
+
+func (etc etcUsers) where() string { return "the guest's " + filepath.Join(string(etc), "passwd") }
+
+func (etc etcUsers) maxGroups() int { return 0 }
+
+func resolveUserIn(db userDB, req *api.CreateProcessRequest) error {
+	e, ok, err := db.lookup(req.Username, req.Uid)
+	if err != nil {
+		return err
+	}
 	if req.Username != "" {
 		if !ok {
-			return errf(codes.NotFound, "user %q is not in the guest's %s", req.Username, filepath.Join(etc, "passwd"))
+			return errf(codes.NotFound, "user %q is not in %s", req.Username, db.where())
 		}
 		req.Uid = e.uid
 	}
@@ -92,7 +132,14 @@ func resolveUser(etc string, req *api.CreateProcessRequest) error {
 		req.Gid = e.gid
 	}
 	if ok && req.GroupsFromEtc {
-		for _, g := range memberGroups(etc, e.name) {
+		gs, err := db.groups(e)
+		if err != nil {
+			return err
+		}
+		for _, g := range gs {
+			if n := db.maxGroups(); n > 0 && 1+len(req.AdditionalGids) >= n {
+				break
+			}
 			if g != req.Gid && !slices.Contains(req.AdditionalGids, g) {
 				req.AdditionalGids = append(req.AdditionalGids, g)
 			}

@@ -533,7 +533,9 @@ func (m *machine) Stats(ctx context.Context) (vm.Stats, error) {
 	return vm.Stats{CPUNanos: uint64(cpu), MemoryBytes: uint64(ru.Maxrss)}, nil
 }
 
-// DialAgent implements vm.Machine: a vsock connection to the agent.
+// DialAgent implements vm.Machine: a vsock connection to the agent,
+// given up when ctx ends (the framework's connect cannot be cancelled:
+// dialContext).
 func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 	m.mu.Lock()
 	v, st := m.v, m.state
@@ -545,7 +547,8 @@ func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 	if len(devs) == 0 {
 		return nil, fmt.Errorf("vz: machine %s has no socket device", m.spec.ID)
 	}
-	return devs[0].Connect(AgentPort)
+	dev := devs[0]
+	return dialContext(ctx, func() (*vz.VirtioSocketConnection, error) { return dev.Connect(AgentPort) })
 }
 
 // Save implements vm.Machine: pause, then write the state (macOS 14+,

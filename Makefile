@@ -130,12 +130,13 @@ cluster-e2e: build tools
 		$(GO) test -count=1 -v -timeout 40m -run '^TestCluster$$' ./integration/
 
 # On a Mac: sign the binaries that host VMs with the virtualization
-# entitlement (ad hoc by default; SIGN_IDENTITY for a real identity).
-# Bridged networking needs ENTITLEMENTS=cmd/macvz-shim/macvz-bridged.entitlements.
-ENTITLEMENTS ?= cmd/macvz-shim/macvz.entitlements
+# entitlement (ad hoc by default; SIGN_IDENTITY for a real identity). The
+# entitlements are fixed: never the restricted com.apple.vm.networking,
+# with which macOS kills an ad-hoc-signed process at exec (bridged pods
+# go through socket_vmnet's bridged mode, see the README).
 SIGN_IDENTITY ?= -
 sign: build
-	codesign --force --entitlements $(ENTITLEMENTS) -s "$(SIGN_IDENTITY)" bin/macvz-shim bin/macvz
+	codesign --force --entitlements cmd/macvz-shim/macvz.entitlements -s "$(SIGN_IDENTITY)" bin/macvz-shim bin/macvz
 
 # The darwin/arm64 code cannot be compiled here; type-check it (see
 # integration/darwincheck).

@@ -307,7 +307,10 @@ func networkDevices(p *Plan) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File
 				}
 			}
 			if found == nil {
-				return fail(fmt.Errorf("nic %d: no bridgeable host interface %q (the binary needs com.apple.vm.networking: make sign ENTITLEMENTS=...-bridged...): %w", i, n.Interface, errdefs.ErrFailedPrecondition))
+				// The framework lists bridgeable interfaces only to a
+				// process with the restricted com.apple.vm.networking
+				// entitlement, which an ad-hoc signature cannot carry.
+				return fail(fmt.Errorf("nic %d: no bridgeable host interface %q: vmnet-bridged needs the com.apple.vm.networking entitlement, which Apple grants only to a developer's provisioning profile (an ad-hoc-signed binary claiming it is killed at exec); bridge pods through socket_vmnet's bridged mode instead: macvz-net \"mode\": \"socket\" with \"socket\" its bridged socket (see the README): %w", i, n.Interface, errdefs.ErrFailedPrecondition))
 			}
 			a, err := vz.NewBridgedNetworkDeviceAttachment(found)
 			if err != nil {

@@ -33,7 +33,7 @@ func TestPlists(t *testing.T) {
 	}
 
 	for path, want := range map[string]map[string]any{
-		"macvz.entitlements":         {"com.apple.security.virtualization": true},
+		"macvz.entitlements": {"com.apple.security.virtualization": true},
 		"../macvz/launchd/io.macvz.macvz.plist": {"Label": "io.macvz.macvz", "AbandonProcessGroup": true, "KeepAlive": true, "RunAtLoad": true,
 			"ProgramArguments": []any{"/usr/local/bin/macvz", "serve", "--config", "/etc/macvz/config.toml"}},
 		"../../vmimage/agentinstall/io.macvz.agent.plist": {"Label": "io.macvz.agent", "KeepAlive": true, "RunAtLoad": true,

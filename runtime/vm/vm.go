@@ -138,7 +138,7 @@ const (
 	NICUser         NICKind = "user"          // qemu user-mode networking (no host setup)
 	NICVmnetNAT     NICKind = "vmnet-nat"     // vz NAT attachment
 	NICVmnetBridged NICKind = "vmnet-bridged" // vz bridged to host interface Device
-	NICSocket       NICKind = "socket"        // vz file-handle attachment to a unix datagram socket at Device
+	NICSocket       NICKind = "socket"        // vz file-handle attachment relayed to socket_vmnet's unix stream socket at Device
 )
 
 // NIC is one virtio network interface.

@@ -71,9 +71,10 @@ func (*Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
 	return m, nil
 }
 
-// buildConfig turns a plan into a framework configuration. The files
-// are kept open for the VM's life (file-handle NIC attachments).
-func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []*os.File, error) {
+// buildConfig turns a plan into a framework configuration. The closers
+// (file handles, socket_vmnet forwarders) are kept for the VM's life and
+// closed when it ends.
+func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []io.Closer, error) {
 	var boot vz.BootLoader
 	var err error
 	if p.Boot == vm.BootLinux {
@@ -279,12 +280,12 @@ func macPlatform(p *Plan) (*vz.MacPlatformConfiguration, error) {
 	return vz.NewMacPlatformConfiguration(vz.WithMacHardwareModel(hw), vz.WithMacMachineIdentifier(id), vz.WithMacAuxiliaryStorage(aux))
 }
 
-// networkDevices makes the NICs; a socket attachment connects a unix
-// datagram socket to the net plugin's (softnet-style) peer at its path.
-func networkDevices(p *Plan) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File, error) {
+// networkDevices makes the NICs; a socket attachment connects to
+// socket_vmnet's stream socket at its path (socketnic_darwin.go).
+func networkDevices(p *Plan) ([]*vz.VirtioNetworkDeviceConfiguration, []io.Closer, error) {
 	var out []*vz.VirtioNetworkDeviceConfiguration
-	var files []*os.File
-	fail := func(err error) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File, error) {
+	var files []io.Closer
+	fail := func(err error) ([]*vz.VirtioNetworkDeviceConfiguration, []io.Closer, error) {
 		for _, f := range files {
 			f.Close()
 		}
@@ -318,15 +319,11 @@ func networkDevices(p *Plan) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File
 			}
 			att = a
 		case vm.NICSocket:
-			f, err := dialDatagram(n.Interface)
+			a, closers, err := socketAttachment(n.Interface)
 			if err != nil {
 				return fail(fmt.Errorf("nic %d: %w", i, err))
 			}
-			files = append(files, f)
-			a, err := vz.NewFileHandleNetworkDeviceAttachment(f)
-			if err != nil {
-				return fail(err)
-			}
+			files = append(files, closers...)
 			att = a
 		}
 		dev, err := vz.NewVirtioNetworkDeviceConfiguration(att)
@@ -343,17 +340,6 @@ func networkDevices(p *Plan) ([]*vz.VirtioNetworkDeviceConfiguration, []*os.File
 	return out, files, nil
 }
 
-// dialDatagram is a unix datagram socket connected to path, as a file
-// for the framework's file-handle attachment.
-func dialDatagram(path string) (*os.File, error) {
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return nil, fmt.Errorf("connecting to the network socket %s: %w", path, err)
-	}
-	defer c.Close()
-	return c.File() // a dup, independent of c
-}
-
 // machine is one VM. The framework runs it in its own queue; state
 // changes arrive on StateChangedNotify.
 type machine struct {
@@ -361,7 +347,7 @@ type machine struct {
 	plan   *Plan
 	log    *slog.Logger
 	config *vz.VirtualMachineConfiguration
-	files  []*os.File
+	files  []io.Closer // closed when the VM ends (ended)
 
 	mu       sync.Mutex
 	v        *vz.VirtualMachine

@@ -34,7 +34,8 @@ type Limits struct {
 type NICPlan struct {
 	Kind vm.NICKind
 	// Interface is the host interface to bridge to (vmnet-bridged), or
-	// the unix datagram socket to attach to (socket).
+	// the path of socket_vmnet's unix stream socket (socket: the VM gets
+	// a datagram socketpair relayed to it, package socketvmnet).
 	Interface string
 	MAC       net.HardwareAddr
 }
@@ -169,7 +170,7 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 			np.Interface = n.Device
 		case vm.NICSocket:
 			if !filepath.IsAbs(n.Device) {
-				return nil, bad("nic %d: socket attachment needs the datagram socket's absolute path, got %q", i, n.Device)
+				return nil, bad("nic %d: socket attachment needs the absolute path of socket_vmnet's socket, got %q", i, n.Device)
 			}
 			np.Interface = n.Device
 		default:

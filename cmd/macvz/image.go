@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 func imageCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Prepare VM images"}
 	var agent string
+	var keepTart bool
 	install := &cobra.Command{
 		Use:   "install-agent [--agent PATH] DISK.IMG|TART-VM-DIR",
 		Short: "Install the macvz guest agent and its launchd job into a macOS VM disk (run on the Mac, as root, with the VM stopped)",
@@ -21,7 +23,12 @@ func imageCmd() *cobra.Command {
 its APFS Data volume, writes the agent to /usr/local/bin/macvz-agent and its
 launchd job to /Library/LaunchDaemons/io.macvz.agent.plist (root:wheel), and
 detaches the disk. Give a Tart VM directory (~/.tart/vms/NAME) or its disk.img;
-then push the VM as an image (tart push NAME REGISTRY/REPO:TAG).`,
+then push the VM as an image (tart push NAME REGISTRY/REPO:TAG).
+
+Tart's images run tart-guest-agent from launchd (a root daemon and a per-user
+agent) for Tart's host, which is not there under macvz: install-agent moves
+their plists to /Library/macvz/disabled-launchd-jobs/ in the guest (move one
+back to enable it again), unless --keep-tart-agent is given.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if runtime.GOOS != "darwin" {
@@ -37,14 +44,16 @@ then push the VM as an image (tart push NAME REGISTRY/REPO:TAG).`,
 			if agent == "" {
 				agent = defaultAgent()
 			}
-			in := &agentinstall.Installer{Run: agentinstall.ExecRunner}
-			if err := in.Install(cmd.Context(), disk, agent); err != nil {
+			in := &agentinstall.Installer{Run: agentinstall.ExecRunner, KeepTartAgent: keepTart}
+			res, err := in.Install(cmd.Context(), disk, agent)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "installed %s into %s\n", agent, disk)
+			printInstall(cmd.OutOrStdout(), disk, agent, keepTart, res)
 			return nil
 		},
 	}
+	install.Flags().BoolVar(&keepTart, "keep-tart-agent", false, "leave the launchd jobs of Tart's guest agent (tart-guest-agent) enabled")
 	install.Flags().StringVar(&agent, "agent", "", "the darwin/arm64 agent binary (default: macvz-agent next to this binary, else bin/darwin-arm64/macvz-agent)")
 	cmd.AddCommand(install)
 	return cmd
@@ -60,4 +69,19 @@ func defaultAgent() string {
 		}
 	}
 	return filepath.Join("bin", "darwin-arm64", "macvz-agent")
+}
+
+// printInstall says what install-agent did to the image.
+func printInstall(w io.Writer, disk, agent string, keepTart bool, res *agentinstall.Result) {
+	fmt.Fprintf(w, "installed %s into %s (Data volume %s of %s): /%s, /%s\n",
+		agent, disk, res.Volume, res.Device, agentinstall.AgentPath, agentinstall.PlistPath)
+	for _, j := range res.Disabled {
+		fmt.Fprintf(w, "disabled tart-guest-agent's launchd job %s: moved %s to %s\n", j.Label, j.From, j.To)
+	}
+	switch {
+	case keepTart:
+		fmt.Fprintln(w, "tart-guest-agent's launchd jobs left as they are (--keep-tart-agent)")
+	case len(res.Disabled) == 0:
+		fmt.Fprintln(w, "no tart-guest-agent launchd job found")
+	}
 }

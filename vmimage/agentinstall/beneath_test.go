@@ -87,7 +87,7 @@ func TestInstallRefusesSymlinks(t *testing.T) {
 				before := tree(t, host)
 				ft := &fakeTools{t: t}
 				in := &Installer{Run: ft.run, MountDir: mnt, Chown: func(int, int, int) error { return nil }}
-				err := in.Install(context.Background(), "disk.img", agent)
+				_, err := in.Install(context.Background(), "disk.img", agent)
 				t.Log(err)
 				if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/"+link+" in the guest's volume is a symbolic link") {
 					t.Fatalf("%v; want InvalidArgument naming /%s as a symlink", err, link)
@@ -124,7 +124,7 @@ func TestInstallReplacesSymlinkedFiles(t *testing.T) {
 	}
 	before := tree(t, host)
 	in := &Installer{Run: (&fakeTools{t: t}).run, MountDir: mnt, Chown: func(int, int, int) error { return nil }}
-	if err := in.Install(context.Background(), "disk.img", agent); err != nil {
+	if _, err := in.Install(context.Background(), "disk.img", agent); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, before, tree(t, host), "host")
@@ -146,7 +146,7 @@ func TestInstallRefusesNonDirectories(t *testing.T) {
 		os.MkdirAll(filepath.Join(mnt, filepath.Dir(file)), 0o755)
 		os.WriteFile(filepath.Join(mnt, file), []byte("x"), 0o644)
 		in := &Installer{Run: (&fakeTools{t: t}).run, MountDir: mnt, Chown: func(int, int, int) error { return nil }}
-		err := in.Install(context.Background(), "disk.img", agent)
+		_, err := in.Install(context.Background(), "disk.img", agent)
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/"+file+" in the guest's volume is not a directory") {
 			t.Errorf("%s a file: %v", file, err)
 		}

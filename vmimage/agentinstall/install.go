@@ -4,9 +4,12 @@
 //
 // The disk is attached without mounting (hdiutil), the APFS volume with
 // the Data role is found among the containers on its partitions
-// (diskutil apfs list) and mounted nosuid,nodev with ownership on at a
-// private mount point, the files are written there as root:wheel without
-// ever following the guest's symlinks (beneath.go), and everything is
+// (diskutil apfs list; disks.go says how the image's disk is told from
+// the synthesized APFS containers hdiutil may list with it) and mounted
+// nosuid,nodev with ownership on at a private mount point, the files are
+// written there as root:wheel without ever following the guest's
+// symlinks (beneath.go), the launchd jobs of Tart's guest agent are
+// moved out of launchd's directories (tart.go), and everything is
 // unmounted and detached again, also on failure. Only macOS has the
 // tools; the sequence and the parsing of their property lists are
 // platform-neutral and tested with captured output.
@@ -24,12 +27,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-	"howett.net/plist"
 )
 
 // LaunchdPlist is the agent's launchd job: vsock port 1024, --system.
@@ -69,7 +70,20 @@ type Installer struct {
 	// MountDir is where the Data volume is mounted ("" = a new temporary
 	// directory).
 	MountDir string
-	Log      *slog.Logger
+	// KeepTartAgent leaves the launchd jobs of Tart's guest agent as
+	// they are (tart.go).
+	KeepTartAgent bool
+	Log           *slog.Logger
+}
+
+// Result is what Install did.
+type Result struct {
+	// Device is the image's disk while it was attached ("/dev/disk4")
+	// and Volume the Data volume written to ("disk6s4").
+	Device, Volume string
+	// Disabled are the launchd jobs of Tart's guest agent taken out of
+	// launchd's directories.
+	Disabled []DisabledJob
 }
 
 // DiskImage finds the disk image of path: the file itself, or disk.img
@@ -104,25 +118,27 @@ func CheckAgent(agent string) error {
 }
 
 // Install copies agent and the launchd job into the Data volume of the
-// macOS disk image disk. The image must not be in use by a running VM.
-func (in *Installer) Install(ctx context.Context, disk, agent string) (err error) {
+// macOS disk image disk, and disables the launchd jobs of Tart's guest
+// agent there unless KeepTartAgent is set. The image must not be in use
+// by a running VM.
+func (in *Installer) Install(ctx context.Context, disk, agent string) (res *Result, err error) {
 	log := in.Log
 	if log == nil {
 		log = slog.Default()
 	}
 	if err := CheckAgent(agent); err != nil {
-		return err
+		return nil, err
 	}
 	out, err := in.Run(ctx, "hdiutil", "attach", "-nomount", "-noverify", "-noautofsck",
 		"-imagekey", "diskimage-class=CRawDiskImage", "-plist", disk)
 	if err != nil {
-		return fmt.Errorf("attaching %s (is its VM still running?): %w", disk, err)
+		return nil, fmt.Errorf("attaching %s (is its VM still running?): %w", disk, err)
 	}
-	whole, parts, err := attachedDevices(out)
-	if err != nil {
-		return err
+	att, aerr := attachedDevices(out)
+	if att.whole == "" {
+		return nil, fmt.Errorf("%s: %w (it may still be attached: see hdiutil info)", disk, aerr)
 	}
-	log.Info("disk image attached", "disk", disk, "device", whole)
+	whole := "/dev/" + att.whole
 	defer func() {
 		// The image stays attached otherwise and cannot boot: detach
 		// even when the context is done.
@@ -130,25 +146,30 @@ func (in *Installer) Install(ctx context.Context, disk, agent string) (err error
 			err = errors.Join(err, fmt.Errorf("detaching %s (run `hdiutil detach %s`): %w", whole, whole, derr))
 		}
 	}()
+	if aerr != nil {
+		return nil, fmt.Errorf("%s: %w", disk, aerr)
+	}
+	log.Info("disk image attached", "disk", disk, "device", whole)
 	list, err := in.Run(ctx, "diskutil", "apfs", "list", "-plist")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	vol, err := dataVolume(list, parts)
+	vol, err := dataVolume(list, att)
 	if err != nil {
-		return fmt.Errorf("%s: %w", disk, err)
+		return nil, fmt.Errorf("%s: %w", disk, err)
 	}
+	res = &Result{Device: whole, Volume: vol}
 	dir := in.MountDir
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "macvz-install-agent-"); err != nil {
-			return err
+			return nil, err
 		}
 		defer os.Remove(dir)
 	}
 	// The volume is the image's: nothing on it may become a setuid
 	// program or a device node of the host.
 	if _, err := in.Run(ctx, "diskutil", "mount", "-mountOptions", "nosuid,nodev", "-mountPoint", dir, vol); err != nil {
-		return fmt.Errorf("mounting the Data volume %s: %w", vol, err)
+		return nil, fmt.Errorf("mounting the Data volume %s: %w", vol, err)
 	}
 	defer func() {
 		if _, uerr := in.Run(context.WithoutCancel(ctx), "diskutil", "unmount", dir); uerr != nil {
@@ -158,11 +179,11 @@ func (in *Installer) Install(ctx context.Context, disk, agent string) (err error
 	// Volumes of attached images ignore ownership by default: the files
 	// would belong to whoever reads them.
 	if _, err := in.Run(ctx, "diskutil", "enableOwnership", dir); err != nil {
-		return err
+		return nil, err
 	}
 	root, err := openRoot(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unix.Close(root)
 	chown := in.Chown
@@ -178,96 +199,23 @@ func (in *Installer) Install(ctx context.Context, disk, agent string) (err error
 		_, err = io.Copy(w, f)
 		return err
 	}, 0o755, chown); err != nil {
-		return err
+		return nil, err
 	}
 	if err := writeBeneath(root, PlistPath, func(w io.Writer) error {
 		_, err := w.Write(LaunchdPlist)
 		return err
 	}, 0o644, chown); err != nil {
-		return err
+		return nil, err
 	}
 	log.Info("agent installed", "disk", disk, "volume", vol, "agent", "/"+AgentPath, "launchd", "/"+PlistPath)
-	return nil
-}
-
-// attachedDevices reads `hdiutil attach -plist`: the whole disk
-// ("disk4") and its partitions ("disk4s2", ...).
-func attachedDevices(out []byte) (whole string, parts map[string]bool, err error) {
-	var a struct {
-		Entities []struct {
-			DevEntry    string `plist:"dev-entry"`
-			ContentHint string `plist:"content-hint"`
-		} `plist:"system-entities"`
-	}
-	if _, err := plist.Unmarshal(out, &a); err != nil {
-		return "", nil, fmt.Errorf("reading hdiutil's answer: %w", err)
-	}
-	parts = map[string]bool{}
-	for _, e := range a.Entities {
-		dev := strings.TrimPrefix(e.DevEntry, "/dev/")
-		if dev == "" {
-			continue
+	if !in.KeepTartAgent {
+		res.Disabled, err = disableTartAgent(root, chown)
+		for _, j := range res.Disabled {
+			log.Info("tart-guest-agent's launchd job disabled", "label", j.Label, "from", j.From, "to", j.To)
 		}
-		if whole == "" || len(dev) < len(whole) {
-			whole = dev
-		}
-		parts[dev] = true
-	}
-	if whole == "" {
-		return "", nil, fmt.Errorf("hdiutil attached no device")
-	}
-	for p := range parts {
-		if !strings.HasPrefix(p, whole) {
-			return "", nil, fmt.Errorf("hdiutil attached %s and %s, not one disk", whole, p)
+		if err != nil {
+			return nil, err
 		}
 	}
-	delete(parts, whole)
-	return "/dev/" + whole, parts, nil
-}
-
-// dataVolume reads `diskutil apfs list -plist` and returns the device of
-// the volume with the Data role in an APFS container stored on one of
-// parts.
-func dataVolume(out []byte, parts map[string]bool) (string, error) {
-	var l struct {
-		Containers []struct {
-			Reference      string `plist:"ContainerReference"`
-			PhysicalStores []struct {
-				DeviceIdentifier string `plist:"DeviceIdentifier"`
-			} `plist:"PhysicalStores"`
-			Volumes []struct {
-				DeviceIdentifier string   `plist:"DeviceIdentifier"`
-				Name             string   `plist:"Name"`
-				Roles            []string `plist:"Roles"`
-			} `plist:"Volumes"`
-		} `plist:"Containers"`
-	}
-	if _, err := plist.Unmarshal(out, &l); err != nil {
-		return "", fmt.Errorf("reading diskutil's APFS list: %w", err)
-	}
-	var found []string
-	for _, c := range l.Containers {
-		ours := false
-		for _, s := range c.PhysicalStores {
-			ours = ours || parts[s.DeviceIdentifier]
-		}
-		if !ours {
-			continue
-		}
-		for _, v := range c.Volumes {
-			for _, r := range v.Roles {
-				if r == "Data" {
-					found = append(found, v.DeviceIdentifier)
-				}
-			}
-		}
-	}
-	sort.Strings(found)
-	switch len(found) {
-	case 0:
-		return "", fmt.Errorf("no APFS volume with the Data role: not a macOS VM disk, or macOS is not installed on it yet: %w", errdefs.ErrFailedPrecondition)
-	case 1:
-		return found[0], nil
-	}
-	return "", fmt.Errorf("several APFS Data volumes (%s): %w", strings.Join(found, ", "), errdefs.ErrFailedPrecondition)
+	return res, nil
 }

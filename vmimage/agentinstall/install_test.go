@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -54,6 +55,10 @@ type fakeTools struct {
 	t     *testing.T
 	calls []string
 	fail  string
+	// attach is hdiutil attach's answer (a fixture's name), by default
+	// hdiutil-attach.plist; attachOut, when set, instead.
+	attach    string
+	attachOut []byte
 }
 
 func (f *fakeTools) run(ctx context.Context, tool string, args ...string) ([]byte, error) {
@@ -64,6 +69,12 @@ func (f *fakeTools) run(ctx context.Context, tool string, args ...string) ([]byt
 	}
 	switch {
 	case tool == "hdiutil" && args[0] == "attach":
+		if f.attachOut != nil {
+			return f.attachOut, nil
+		}
+		if f.attach != "" {
+			return fixture(f.t, f.attach), nil
+		}
 		return fixture(f.t, "hdiutil-attach.plist"), nil
 	case tool == "diskutil" && args[0] == "apfs":
 		return fixture(f.t, "diskutil-apfs-list.plist"), nil
@@ -84,7 +95,7 @@ func TestInstall(t *testing.T) {
 		owners[uint64(st.Ino)] = [2]int{uid, gid}
 		return nil
 	}}
-	if err := in.Install(context.Background(), "/vms/sonoma/disk.img", agent); err != nil {
+	if _, err := in.Install(context.Background(), "/vms/sonoma/disk.img", agent); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
@@ -160,7 +171,7 @@ func TestInstallCleansUp(t *testing.T) {
 	} {
 		ft := &fakeTools{t: t, fail: fail}
 		in := &Installer{Run: ft.run, MountDir: t.TempDir(), Chown: func(int, int, int) error { return nil }}
-		err := in.Install(context.Background(), "disk.img", agent)
+		_, err := in.Install(context.Background(), "disk.img", agent)
 		if err == nil {
 			t.Errorf("%s failing: no error", fail)
 			continue
@@ -180,7 +191,7 @@ func TestInstallCleansUp(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(mnt, "usr/local/bin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := in.Install(context.Background(), "disk.img", agent); !errors.Is(err, os.ErrPermission) {
+	if _, err := in.Install(context.Background(), "disk.img", agent); !errors.Is(err, os.ErrPermission) {
 		t.Errorf("chown failing: %v", err)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(mnt, "usr/local/bin")); len(ents) != 0 {
@@ -188,6 +199,40 @@ func TestInstallCleansUp(t *testing.T) {
 	}
 	if last := ft.calls[len(ft.calls)-1]; last != "hdiutil detach /dev/disk4" {
 		t.Errorf("last call %q", last)
+	}
+}
+
+// An odd hdiutil answer writes nothing; the image is detached when its
+// disk is known, and the error says how to find it otherwise.
+func TestInstallOddAttach(t *testing.T) {
+	agent := machO(t, cpuArm64, mhExec)
+	for name, tc := range map[string]struct {
+		out    []byte
+		detach string
+	}{
+		"two disks":  {attachPlist("/dev/disk4"+gpt, "/dev/disk4s1 Apple_APFS", "/dev/disk5"+gpt, "/dev/disk5s1 Apple_APFS"), ""},
+		"not GPT":    {attachPlist("/dev/disk4 FDisk_partition_scheme", "/dev/disk4s1 DOS_FAT_32"), "hdiutil detach /dev/disk4"},
+		"stray part": {attachPlist("/dev/disk4"+gpt, "/dev/disk4s2 Apple_APFS", "/dev/disk2s1 Apple_APFS"), "hdiutil detach /dev/disk4"},
+	} {
+		mnt := t.TempDir()
+		ft := &fakeTools{t: t, attachOut: tc.out}
+		in := &Installer{Run: ft.run, MountDir: mnt, Chown: func(int, int, int) error { return nil }}
+		_, err := in.Install(context.Background(), "disk.img", agent)
+		if !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("%s: %v", name, err)
+		}
+		want := []string{ft.calls[0]}
+		if tc.detach != "" {
+			want = append(want, tc.detach)
+		} else if !strings.Contains(err.Error(), "hdiutil info") {
+			t.Errorf("%s: %v does not say how to find the attached image", name, err)
+		}
+		if !reflect.DeepEqual(ft.calls, want) {
+			t.Errorf("%s: calls %q, want %q", name, ft.calls, want)
+		}
+		if ents, _ := os.ReadDir(mnt); len(ents) != 0 {
+			t.Errorf("%s: wrote %v", name, ents)
+		}
 	}
 }
 
@@ -209,29 +254,155 @@ func TestCheckAgent(t *testing.T) {
 	// Nothing is attached for a wrong agent.
 	ft := &fakeTools{t: t}
 	in := &Installer{Run: ft.run, Chown: func(int, int, int) error { return nil }}
-	if err := in.Install(context.Background(), "disk.img", self); err == nil || len(ft.calls) != 0 {
+	if _, err := in.Install(context.Background(), "disk.img", self); err == nil || len(ft.calls) != 0 {
 		t.Errorf("wrong agent: %v, calls %q", err, ft.calls)
 	}
 }
 
 func TestDataVolume(t *testing.T) {
-	whole, parts, err := attachedDevices(fixture(t, "hdiutil-attach.plist"))
-	if err != nil || whole != "/dev/disk4" || !reflect.DeepEqual(parts, map[string]bool{"disk4s1": true, "disk4s2": true, "disk4s3": true}) {
-		t.Fatalf("attached %s %v %v", whole, parts, err)
-	}
 	list := fixture(t, "diskutil-apfs-list.plist")
-	if v, err := dataVolume(list, parts); err != nil || v != "disk6s4" {
-		t.Errorf("data volume %q %v", v, err)
+	for _, f := range []string{"hdiutil-attach.plist", "hdiutil-attach-containers.plist"} {
+		att, err := attachedDevices(fixture(t, f))
+		if err != nil || att.whole != "disk4" || !reflect.DeepEqual(att.parts, map[string]bool{"disk4s1": true, "disk4s2": true, "disk4s3": true}) {
+			t.Fatalf("%s: attached %+v %v", f, att, err)
+		}
+		if v, err := dataVolume(list, att); err != nil || v != "disk6s4" {
+			t.Errorf("%s: data volume %q %v", f, v, err)
+		}
+		// A disk without macOS on it (only the recovery container attached).
+		only := att
+		only.parts = map[string]bool{"disk4s3": true}
+		if _, err := dataVolume(list, only); !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("%s: no Data volume: %v", f, err)
+		}
 	}
-	// A disk without macOS on it (only the recovery container attached).
-	if _, err := dataVolume(list, map[string]bool{"disk4s3": true}); !errdefs.IsFailedPrecondition(err) {
-		t.Errorf("no Data volume: %v", err)
+	containers, _ := attachedDevices(fixture(t, "hdiutil-attach-containers.plist"))
+	if !reflect.DeepEqual(containers.containers, map[string]bool{"disk5": true, "disk6": true, "disk7": true}) {
+		t.Errorf("synthesized containers %v", containers.containers)
 	}
-	if _, _, err := attachedDevices([]byte("<plist><dict/></plist>")); err == nil {
+	// diskutil's container on the image is not one hdiutil listed: no
+	// guess.
+	other := containers
+	other.containers = map[string]bool{"disk5": true, "disk7": true, "disk8": true}
+	if _, err := dataVolume(list, other); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "disk6") {
+		t.Errorf("container not attached: %v", err)
+	}
+	if _, err := attachedDevices([]byte("<plist><dict/></plist>")); err == nil {
 		t.Error("nothing attached: no error")
 	}
-	if _, _, err := attachedDevices([]byte("hdiutil: attach failed")); err == nil {
+	if _, err := attachedDevices([]byte("hdiutil: attach failed")); err == nil {
 		t.Error("garbage: no error")
+	}
+}
+
+// attachPlist is `hdiutil attach -plist` for entities "dev hint".
+func attachPlist(ents ...string) []byte {
+	var b strings.Builder
+	b.WriteString(`<?xml version="1.0" encoding="UTF-8"?><plist version="1.0"><dict><key>system-entities</key><array>`)
+	for _, e := range ents {
+		dev, hint, _ := strings.Cut(e, " ")
+		b.WriteString("<dict><key>content-hint</key><string>" + hint + "</string><key>dev-entry</key><string>" + dev + "</string></dict>")
+	}
+	b.WriteString("</array></dict></plist>")
+	return []byte(b.String())
+}
+
+const (
+	gpt       = " GUID_partition_scheme"
+	container = " " + apfsContainerHint
+	volume    = " 41504653-0000-11AA-AA11-00306543ECAC"
+)
+
+func TestAttachedDevices(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ents  []string
+		whole string // "" = an error
+		parts []string
+		err   string // in the error
+	}{
+		// Whatever the order and numbers, the disk with the partition
+		// table is the image's; disk1 is no prefix of disk10.
+		{"containers first, lower numbers", []string{"/dev/disk10" + container, "/dev/disk10s1" + volume, "/dev/disk12" + container, "/dev/disk12s4" + volume, "/dev/disk9" + gpt, "/dev/disk9s1 Apple_APFS_ISC", "/dev/disk9s2 Apple_APFS", "/dev/disk9s3 Apple_APFS_Recovery"}, "disk9", []string{"disk9s1", "disk9s2", "disk9s3"}, ""},
+		{"prefix", []string{"/dev/disk1" + gpt, "/dev/disk1s1 Apple_APFS", "/dev/disk10" + container, "/dev/disk10s1" + volume, "/dev/disk11" + container}, "disk1", []string{"disk1s1"}, ""},
+		{"bare names", []string{"/dev/disk4" + gpt, "/dev/disk4s2 Apple_APFS"}, "disk4", []string{"disk4s2"}, ""},
+		// Errors: never a wrong disk.
+		{"two image disks", []string{"/dev/disk4" + gpt, "/dev/disk4s1 Apple_APFS", "/dev/disk5" + gpt, "/dev/disk5s1 Apple_APFS"}, "", nil, "several disks (disk4, disk5)"},
+		{"only containers", []string{"/dev/disk5" + container, "/dev/disk5s1" + volume}, "", nil, "no disk with a partition table"},
+		{"empty", nil, "", nil, "no disk with a partition table"},
+		{"slice of an unlisted disk", []string{"/dev/disk4" + gpt, "/dev/disk4s1 Apple_APFS", "/dev/disk3s1 Apple_APFS"}, "disk4", nil, "disk3s1, a slice of disk3"},
+		{"no partitions", []string{"/dev/disk4" + gpt}, "disk4", nil, "no partitions"},
+		{"not GPT", []string{"/dev/disk4 FDisk_partition_scheme", "/dev/disk4s1 DOS_FAT_32"}, "disk4", nil, "not a GUID partition table"},
+		{"not under /dev", []string{"disk4" + gpt, "/dev/disk4s1 Apple_APFS"}, "", nil, `"disk4"`},
+		{"path", []string{"/dev/../dev/disk4" + gpt}, "", nil, "not a disk device"},
+		{"rdisk", []string{"/dev/rdisk4" + gpt}, "", nil, "not a disk device"},
+		{"odd slice", []string{"/dev/disk4" + gpt, "/dev/disk4s1s2 Apple_APFS"}, "", nil, "not a disk device"},
+		{"leading zero", []string{"/dev/disk04" + gpt}, "", nil, "not a disk device"},
+		{"empty entry", []string{" " + gpt}, "", nil, "not a disk device"},
+		{"huge number", []string{"/dev/disk99999999999999999999" + gpt}, "", nil, "not a disk device"},
+	} {
+		att, err := attachedDevices(attachPlist(tc.ents...))
+		if tc.err == "" {
+			var parts []string
+			for p := range att.parts {
+				parts = append(parts, p)
+			}
+			sort.Strings(parts)
+			if err != nil || att.whole != tc.whole || !reflect.DeepEqual(parts, tc.parts) {
+				t.Errorf("%s: %+v %v; want %s %v", tc.name, att, err, tc.whole, tc.parts)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.err) || !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("%s: %v; want a FailedPrecondition naming %q", tc.name, err, tc.err)
+		}
+		if att.whole != tc.whole {
+			t.Errorf("%s: whole %q (to detach), want %q", tc.name, att.whole, tc.whole)
+		}
+	}
+}
+
+// apfsList is `diskutil apfs list -plist` with one container.
+func apfsList(ref string, stores []string, vols ...string) []byte {
+	var b strings.Builder
+	b.WriteString(`<?xml version="1.0" encoding="UTF-8"?><plist version="1.0"><dict><key>Containers</key><array><dict><key>ContainerReference</key><string>` + ref + `</string><key>PhysicalStores</key><array>`)
+	for _, s := range stores {
+		b.WriteString("<dict><key>DeviceIdentifier</key><string>" + s + "</string></dict>")
+	}
+	b.WriteString("</array><key>Volumes</key><array>")
+	for _, v := range vols {
+		dev, role, _ := strings.Cut(v, " ")
+		b.WriteString("<dict><key>DeviceIdentifier</key><string>" + dev + "</string><key>Roles</key><array><string>" + role + "</string></array></dict>")
+	}
+	b.WriteString("</array></dict></array></dict></plist>")
+	return []byte(b.String())
+}
+
+func TestDataVolumeHostile(t *testing.T) {
+	att := attachment{whole: "disk4", parts: map[string]bool{"disk4s2": true}, containers: map[string]bool{"disk6": true}}
+	if v, err := dataVolume(apfsList("disk6", []string{"disk4s2"}, "disk6s1 System", "disk6s4 Data"), att); err != nil || v != "disk6s4" {
+		t.Errorf("plain: %q %v", v, err)
+	}
+	for name, list := range map[string][]byte{
+		"spans a host disk":      apfsList("disk6", []string{"disk4s2", "disk0s2"}, "disk6s4 Data"),
+		"volume of another disk": apfsList("disk6", []string{"disk4s2"}, "disk3s5 Data"),
+		"volume is a whole disk": apfsList("disk6", []string{"disk4s2"}, "disk6 Data"),
+		"odd container name":     apfsList("disk6s1", []string{"disk4s2"}, "disk6s4 Data"),
+		"container not attached": apfsList("disk8", []string{"disk4s2"}, "disk8s4 Data"),
+		"two Data volumes":       apfsList("disk6", []string{"disk4s2"}, "disk6s4 Data", "disk6s6 Data"),
+		"no Data volume":         apfsList("disk6", []string{"disk4s2"}, "disk6s1 System"),
+		"not our disk":           apfsList("disk3", []string{"disk0s2"}, "disk3s5 Data"),
+		"garbage":                []byte("<plist><string>no</string></plist>"),
+	} {
+		if v, err := dataVolume(list, att); err == nil {
+			t.Errorf("%s: %q, want an error", name, v)
+		}
+	}
+	// Without synthesized containers from hdiutil (older systems), the
+	// physical store decides.
+	att.containers = map[string]bool{}
+	if v, err := dataVolume(apfsList("disk8", []string{"disk4s2"}, "disk8s4 Data"), att); err != nil || v != "disk8s4" {
+		t.Errorf("no containers listed: %q %v", v, err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/internal/testpause"
 	"github.com/macvz/macvz/runtime/store"
 )
@@ -76,6 +77,10 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		CreatedAt: time.Now(),
 		LogPath:   logPath,
 		Node:      sb.Node,
+	}
+	if !c.IsVM && store.SpecOf(sb).NoAgent {
+		return nil, fmt.Errorf("container %q has a command, and sandbox %s's VM runs without the macvz guest agent (%s: %s, or its runtime handler's agent = %q): only the VM itself (no command, no args) runs there; put the agent into the VM image with `macvz image install-agent`: %w",
+			cfg.GetMetadata().GetName(), sb.ID, annotationAgent, config.AgentNone, config.AgentNone, errdefs.ErrFailedPrecondition)
 	}
 	if err := s.st.CreateContainer(c); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/cri/config"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -18,6 +19,25 @@ import (
 // before any container exists; honoured only for runtime handlers whose
 // configuration sets allow_vm_image_annotation.
 const annotationVMImage = "macvz.io/vm-image"
+
+// annotationAgent: "none" says the pod's VM image has no macvz agent
+// (config.AgentNone); "required" or absent, that it has one.
+const annotationAgent = "macvz.io/agent"
+
+// agentless says whether a sandbox's VM runs without an agent: its
+// handler's agent setting, or the pod's annotation (which may only turn
+// the agent off: it takes nothing from the pod but exec and probes).
+func agentless(h config.RuntimeHandler, cfg *runtimeapi.PodSandboxConfig) (bool, error) {
+	switch a := cfg.GetAnnotations()[annotationAgent]; a {
+	case config.AgentNone:
+		return true, nil
+	case "", config.AgentRequired:
+		return h.Agent == config.AgentNone, nil
+	default:
+		return false, fmt.Errorf("pod annotation %s=%q: must be %q (the VM image has no macvz agent) or %q: %w",
+			annotationAgent, a, config.AgentNone, config.AgentRequired, errdefs.ErrInvalidArgument)
+	}
+}
 
 // sandboxName is containerd's unique sandbox name.
 func sandboxName(md *runtimeapi.PodSandboxMetadata) string {

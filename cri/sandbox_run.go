@@ -36,9 +36,20 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 			return nil, fmt.Errorf("the node VM's shares: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 	}
-	vmImage, err := s.handlerImage(r.GetRuntimeHandler(), cfg)
+	h, err := s.handler(r.GetRuntimeHandler())
 	if err != nil {
 		return nil, err
+	}
+	vmImage, err := handlerImage(h, cfg)
+	if err != nil {
+		return nil, err
+	}
+	noAgent, err := agentless(h.RuntimeHandler, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if noAgent && node {
+		return nil, fmt.Errorf("the node VM needs its agent: %w", errdefs.ErrInvalidArgument)
 	}
 	var img *imagestore.VMImage
 	if vmImage != "" {
@@ -52,11 +63,13 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	if err != nil {
 		return nil, err
 	}
+	spec := sandboxSpec(cfg)
+	spec.NoAgent = noAgent
 	sb, err := s.ctl.Create(ctx, store.Sandbox{
 		ID:      store.NewID(),
 		Name:    sandboxName(cfg.GetMetadata()),
 		Config:  raw,
-		Spec:    sandboxSpec(cfg),
+		Spec:    spec,
 		Handler: r.GetRuntimeHandler(),
 		Node:    node,
 	}, img)
@@ -67,10 +80,15 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: sb.ID}, nil
 }
 
-// handlerImage is the VM image a sandbox boots at creation, if any: the
-// pod's macvz.io/vm-image annotation where its handler allows it, else
-// the handler's vm_image.
-func (s *Service) handlerImage(handler string, cfg *runtimeapi.PodSandboxConfig) (string, error) {
+// namedHandler is a runtime handler's configuration and its name.
+type namedHandler struct {
+	config.RuntimeHandler
+	name string
+}
+
+// handler is the configuration of a sandbox's runtime handler ("" is
+// the default one).
+func (s *Service) handler(handler string) (namedHandler, error) {
 	name := handler
 	if name == "" {
 		name = config.DefaultHandler
@@ -84,8 +102,16 @@ func (s *Service) handlerImage(handler string, cfg *runtimeapi.PodSandboxConfig)
 			}
 		}
 		sort.Strings(known)
-		return "", fmt.Errorf("runtime handler %q is not configured (configured: %s): %w", handler, strings.Join(known, ", "), errdefs.ErrNotFound)
+		return namedHandler{}, fmt.Errorf("runtime handler %q is not configured (configured: %s): %w", handler, strings.Join(known, ", "), errdefs.ErrNotFound)
 	}
+	return namedHandler{h, name}, nil
+}
+
+// handlerImage is the VM image a sandbox boots at creation, if any: the
+// pod's macvz.io/vm-image annotation where its handler allows it, else
+// the handler's vm_image.
+func handlerImage(h namedHandler, cfg *runtimeapi.PodSandboxConfig) (string, error) {
+	name := h.name
 	img := h.VMImage
 	if a := cfg.GetAnnotations()[annotationVMImage]; a != "" {
 		// The image would boot as found on the node, past the kubelet's

@@ -44,7 +44,7 @@ func TestHandlerImageAnnotation(t *testing.T) {
 		{"trusted", "example.com/x:1", "example.com/x:1", false},
 		{"trusted", "", "example.com/h:1", false},
 	} {
-		got, err := s.handlerImage(tc.handler, annotatedPod(tc.annotation))
+		got, err := imageOf(s, tc.handler, annotatedPod(tc.annotation))
 		if tc.denied {
 			if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "allow_vm_image_annotation") {
 				t.Errorf("handler %q, annotation %q: %q, %v; want FailedPrecondition naming allow_vm_image_annotation", tc.handler, tc.annotation, got, err)
@@ -58,12 +58,57 @@ func TestHandlerImageAnnotation(t *testing.T) {
 	// The default handler, once allowed.
 	s.cfg.RuntimeHandlers[config.DefaultHandler] = config.RuntimeHandler{AllowVMImageAnnotation: true}
 	for _, h := range []string{"", "macvz"} {
-		if got, err := s.handlerImage(h, annotatedPod("example.com/x:1")); err != nil || got != "example.com/x:1" {
+		if got, err := imageOf(s, h, annotatedPod("example.com/x:1")); err != nil || got != "example.com/x:1" {
 			t.Errorf("allowed default handler %q: %q, %v", h, got, err)
 		}
 	}
-	if _, err := s.handlerImage("nope", annotatedPod("")); !errdefs.IsNotFound(err) || strings.Count(err.Error(), "macvz") != 1 {
+	if _, err := imageOf(s, "nope", annotatedPod("")); !errdefs.IsNotFound(err) || strings.Count(err.Error(), "macvz") != 1 {
 		t.Errorf("unknown handler: %v", err)
+	}
+}
+
+// imageOf is the VM image a sandbox of handler boots at RunPodSandbox.
+func imageOf(s *Service, handler string, cfg *runtimeapi.PodSandboxConfig) (string, error) {
+	h, err := s.handler(handler)
+	if err != nil {
+		return "", err
+	}
+	return handlerImage(h, cfg)
+}
+
+// TestAgentless: the handler's agent setting and the pod's annotation
+// (which can only turn the agent off) decide whether a VM runs without
+// one; anything else is InvalidArgument naming the annotation.
+func TestAgentless(t *testing.T) {
+	none := config.RuntimeHandler{Agent: config.AgentNone}
+	for _, tc := range []struct {
+		h          config.RuntimeHandler
+		annotation string
+		want, bad  bool
+	}{
+		{config.RuntimeHandler{}, "", false, false},
+		{config.RuntimeHandler{}, "none", true, false},
+		{config.RuntimeHandler{}, "required", false, false},
+		{none, "", true, false},
+		{none, "required", true, false}, // a pod cannot ask an agentless image for an agent
+		{none, "none", true, false},
+		{config.RuntimeHandler{}, "None", false, true},
+		{config.RuntimeHandler{}, "off", false, true},
+	} {
+		cfg := &runtimeapi.PodSandboxConfig{Annotations: map[string]string{}}
+		if tc.annotation != "" {
+			cfg.Annotations[annotationAgent] = tc.annotation
+		}
+		got, err := agentless(tc.h, cfg)
+		if tc.bad {
+			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), annotationAgent) {
+				t.Errorf("handler agent %q, annotation %q: %v, %v; want InvalidArgument naming %s", tc.h.Agent, tc.annotation, got, err, annotationAgent)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("handler agent %q, annotation %q: %v, %v; want %v", tc.h.Agent, tc.annotation, got, err, tc.want)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -52,6 +53,19 @@ func (s *Service) vmStats(ctx context.Context, sb store.Sandbox) (*agentapi.Stat
 	sc, err := s.ctl.Shim(ctx, sb)
 	if err != nil {
 		return nil, err
+	}
+	if store.SpecOf(sb).NoAgent {
+		// No guest to ask: the host's view of the VM, its process's CPU
+		// time and resident memory.
+		r, err := sc.Shim().Stats(ctx, &shimapi.StatsRequest{})
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: stats of the VM: %w", sb.ID, err)
+		}
+		return &agentapi.StatsResponse{
+			TimestampUnixNano: r.GetTimestampUnixNano(),
+			Cpu:               &agentapi.CPUStats{UsageCoreNanoseconds: r.GetCpuNanos()},
+			Memory:            &agentapi.MemoryStats{UsageBytes: r.GetMemoryBytes(), WorkingSetBytes: r.GetMemoryBytes(), RssBytes: r.GetMemoryBytes()},
+		}, nil
 	}
 	st, err := sc.Agent().Stats(ctx, &agentapi.StatsRequest{FilesystemPaths: []string{"/"}, PerContainer: true})
 	if err != nil {

@@ -30,8 +30,7 @@ type Config struct {
 	Node     Node     `toml:"node"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz"). An entry named
-	// "macvz" configures the default handler; it may only set
-	// AllowVMImageAnnotation.
+	// "macvz" configures the default handler; it may not set VMImage.
 	RuntimeHandlers map[string]RuntimeHandler `toml:"runtime_handlers"`
 }
 
@@ -133,7 +132,19 @@ type RuntimeHandler struct {
 	// secrets), so it is off unless the operator trusts the handler's pod
 	// authors; a pod that sets it anyway fails with FailedPrecondition.
 	AllowVMImageAnnotation bool `toml:"allow_vm_image_annotation"`
+	// Agent is "required" (or empty): a VM boots until its macvz agent
+	// answers; or "none": the handler's images have no agent (a stock
+	// Tart image), a VM is ready once it runs, and only the VM itself
+	// container works. A pod asks for the same with the annotation
+	// macvz.io/agent: none.
+	Agent string `toml:"agent"`
 }
+
+// Agent values of a runtime handler and of the macvz.io/agent annotation.
+const (
+	AgentRequired = "required"
+	AgentNone     = "none"
+)
 
 // DefaultHandler is the name of the default runtime handler (the CRI's
 // "" means it too).

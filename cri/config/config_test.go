@@ -66,6 +66,7 @@ func TestDecodeRejects(t *testing.T) {
 		"unknown host key":      {"[registry.hosts.\"a.io\"]\nmirror = [\"m\"]", "mirror"},
 		"default handler image": {"[runtime_handlers.macvz]\nvm_image = \"x\"", "runtime_handlers.macvz.vm_image"},
 		"empty handler name":    {"[runtime_handlers.\"\"]\nallow_vm_image_annotation = true", "runtime_handlers"},
+		"handler agent":         {"[runtime_handlers.tart]\nagent = \"off\"", "runtime_handlers.tart.agent"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.in))

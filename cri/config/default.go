@@ -196,11 +196,19 @@ cgroup_driver = "{{.C.CgroupDriver}}"
 # (AlwaysPullImages, image pull secrets): any pod author could boot any
 # image another pod pulled. Off unless set; a pod with the annotation then
 # fails with FailedPrecondition. The default handler's section is
-# [runtime_handlers.macvz] and takes only this key.
+# [runtime_handlers.macvz] and takes every key but vm_image.
+#
+# agent = "none" is for images without the macvz guest agent (a stock Tart
+# image): the VM is ready as soon as it runs and only the VM itself
+# container works; exec, attach, port-forward, exec probes and containers
+# with a command answer FailedPrecondition. A pod asks for the same with
+# the annotation macvz.io/agent: none. "required" (the default) waits
+# vm.boot_timeout for the agent.
 #
 # [runtime_handlers.macos-15]
 #   vm_image = "ghcr.io/cirruslabs/macos-sequoia-base:latest"
 #   allow_vm_image_annotation = false
+#   agent = "none"
 #
 # [runtime_handlers.macvz]
 #   allow_vm_image_annotation = false

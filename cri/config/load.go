@@ -239,6 +239,11 @@ func (c *Config) Validate() error {
 		if name == "" {
 			return bad("runtime_handlers", "\"\" is the default handler; configure it as [runtime_handlers.%s]", DefaultHandler)
 		}
+		switch h.Agent {
+		case "", AgentRequired, AgentNone:
+		default:
+			return bad(fmt.Sprintf("runtime_handlers.%s.agent", name), "must be %q or %q, got %q", AgentRequired, AgentNone, h.Agent)
+		}
 		if name == DefaultHandler && h.VMImage != "" {
 			return bad("runtime_handlers.macvz.vm_image", "the default handler boots no image at RunPodSandbox; give the image a handler of its own (RuntimeClass)")
 		}

@@ -51,7 +51,9 @@ func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestor
 	}
 	defer release()
 	b.slot = slot
-	if s.warm != nil {
+	// An agentless VM is never saved: nothing says when its guest has
+	// finished booting.
+	if s.warm != nil && !store.SpecOf(*sb).NoAgent {
 		if b.key, b.mac, err = s.warmPlan(sb, b); err != nil {
 			return err
 		}
@@ -179,6 +181,24 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("starting the VM's shim: %w", err)
 	}
 	s.addShim(sb.ID, c)
+	if store.SpecOf(*sb).NoAgent {
+		// Nothing to wait for and nothing to configure in the guest: it
+		// takes its network from DHCP (vmnet's, socket_vmnet's) and its
+		// name and resolver from its own image.
+		resp, err := c.Shim().Start(ctx, &shimapi.StartRequest{NoAgent: true})
+		if err != nil {
+			return fmt.Errorf("booting the VM: %w", err)
+		}
+		rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
+		if err != nil {
+			return err
+		}
+		*sb = rec
+		// The pod IP comes from the DHCP leases by MAC (macOS hosts).
+		s.afterBoot(rec)
+		log.Info("VM running without an agent", "vm_start", time.Duration(resp.VmStartNs).Round(time.Millisecond))
+		return nil
+	}
 	resp, err := c.Start(ctx, agentWait(ctx, s.cfg.BootTimeout))
 	if err != nil {
 		if ws != nil {

@@ -31,6 +31,11 @@ var (
 	linkRetry = 20 * time.Millisecond
 )
 
+// ErrNoAgent is what every agent call of a VM started without an agent
+// answers (FailedPrecondition): the VM itself runs, nothing in it
+// answers.
+var ErrNoAgent = errors.New("the VM runs without the macvz guest agent (its pod says its image has none: annotation macvz.io/agent=none or the runtime handler's agent = \"none\"): exec, attach, port-forward, exec probes, container processes and guest stats need the agent; put it into the VM image with `macvz image install-agent`")
+
 // agentSession is one ttrpc connection to the guest agent.
 type agentSession struct {
 	tc     *ttrpc.Client

@@ -333,6 +333,14 @@ func (s *server) Start(ctx context.Context, req *shimapi.StartRequest) (*shimapi
 	s.vmStarted = time.Now()
 	s.mu.Unlock()
 
+	if req.NoAgent {
+		// Nothing will answer: every agent call says so at once instead
+		// of waiting for a connection that never comes.
+		s.agent.drop(ErrNoAgent)
+		s.log.Info("VM started without an agent", "vm_start", vmStart)
+		return &shimapi.StartResponse{BootNs: int64(vmStart), VmStartNs: int64(vmStart)}, nil
+	}
+
 	actx := ctx
 	timeout := time.Duration(req.AgentTimeoutNs)
 	if timeout <= 0 {

@@ -1145,3 +1145,43 @@ func TestSaveFails(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStartNoAgent: a VM started without an agent runs at once, its
+// shim never connects, and every agent call (forwarded or the shim's
+// own process calls) answers FailedPrecondition naming the missing
+// agent; the VM still stops.
+func TestStartNoAgent(t *testing.T) {
+	dir := sandboxDir(t)
+	ctx := ctxT(t, 60*time.Second)
+	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.Shim().Start(ctx, &shimapi.StartRequest{NoAgent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetAgent() != nil {
+		t.Errorf("an agentless start reports an agent: %v", r.GetAgent())
+	}
+	noAgent := func(what string, err error) {
+		t.Helper()
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "without the macvz guest agent") || !strings.Contains(err.Error(), "install-agent") {
+			t.Errorf("%s without an agent: %v", what, err)
+		}
+	}
+	_, err = c.Agent().Ping(ctx, &agentapi.PingRequest{})
+	noAgent("Ping", err)
+	_, err = c.StartProcess(ctx, &agentapi.CreateProcessRequest{Id: &agentapi.ProcessID{ContainerId: "c1"}, Argv: []string{"true"}}, "")
+	noAgent("StartProcess", err)
+	if st, err := c.State(ctx); err != nil || st.State != shimapi.VMState_VM_RUNNING || st.AgentConnected {
+		t.Errorf("State of an agentless VM: %v %v", st, err)
+	}
+	if _, err := c.Stop(ctx, time.Second); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -227,8 +227,12 @@ type StartRequest struct {
 	// agent_timeout_ns bounds the boot, from the call to an answering agent;
 	// 0 = until the call's own deadline (or 2 minutes without one).
 	AgentTimeoutNs int64 `protobuf:"varint,1,opt,name=agent_timeout_ns,json=agentTimeoutNs,proto3" json:"agent_timeout_ns,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// no_agent starts a VM whose image has no macvz agent: Start returns
+	// once the VM runs, and every agent call answers FailedPrecondition
+	// with a message naming the missing agent.
+	NoAgent       bool `protobuf:"varint,2,opt,name=no_agent,json=noAgent,proto3" json:"no_agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRequest) Reset() {
@@ -266,6 +270,13 @@ func (x *StartRequest) GetAgentTimeoutNs() int64 {
 		return x.AgentTimeoutNs
 	}
 	return 0
+}
+
+func (x *StartRequest) GetNoAgent() bool {
+	if x != nil {
+		return x.NoAgent
+	}
+	return false
 }
 
 type StartResponse struct {
@@ -1774,9 +1785,10 @@ const file_shim_proto_rawDesc = "" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05clean\x18\x03 \x01(\bR\x05clean\"8\n" +
+	"\x05clean\x18\x03 \x01(\bR\x05clean\"S\n" +
 	"\fStartRequest\x12(\n" +
-	"\x10agent_timeout_ns\x18\x01 \x01(\x03R\x0eagentTimeoutNs\"|\n" +
+	"\x10agent_timeout_ns\x18\x01 \x01(\x03R\x0eagentTimeoutNs\x12\x19\n" +
+	"\bno_agent\x18\x02 \x01(\bR\anoAgent\"|\n" +
 	"\rStartResponse\x122\n" +
 	"\x05agent\x18\x01 \x01(\v2\x1c.macvz.agent.v1.InfoResponseR\x05agent\x12\x17\n" +
 	"\aboot_ns\x18\x02 \x01(\x03R\x06bootNs\x12\x1e\n" +

@@ -132,6 +132,10 @@ type SandboxSpec struct {
 	// each a share of its own (vm.Share.Passthrough) that its kubelet's
 	// mounts of them (or below them) use directly.
 	NodeShares []string `json:"nodeShares,omitempty"`
+	// NoAgent: the VM's image has no macvz agent (runtime handler agent
+	// = "none", annotation macvz.io/agent: none). The VM is ready once
+	// it runs; nothing is configured in the guest.
+	NoAgent bool `json:"noAgent,omitempty"`
 }
 
 // SpecOf is a record's spec; empty for a record without one.

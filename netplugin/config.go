@@ -27,11 +27,14 @@ const (
 	// vmnet's DHCP server gives the guest its address.
 	ModeVmnetNAT = "vmnet-nat"
 	// ModeVmnetBridged (macOS): Virtualization.framework's bridged
-	// attachment to the host interface named by "interface". The daemon
-	// binary needs the com.apple.vm.networking entitlement.
+	// attachment to the host interface named by "interface". The shim
+	// needs the restricted com.apple.vm.networking entitlement, which
+	// only an Apple-provisioned build carries; bridge through
+	// socket_vmnet (ModeSocket) instead.
 	ModeVmnetBridged = "vmnet-bridged"
-	// ModeSocket (macOS): a file-handle attachment connected to a
-	// socket_vmnet-style daemon at "socket"; no entitlement needed.
+	// ModeSocket (macOS): a file-handle attachment relayed to
+	// socket_vmnet's unix stream socket at "socket" (its shared or its
+	// bridged network); no entitlement needed.
 	ModeSocket = "socket"
 )
 
@@ -86,7 +89,7 @@ type NetConf struct {
 	HairpinMode *bool `json:"hairpinMode,omitempty"`
 	// Interface (vmnet-bridged) is the host interface to bridge to (en0).
 	Interface string `json:"interface,omitempty"`
-	// Socket (socket) is the path of the socket_vmnet-style unix socket.
+	// Socket (socket) is the path of socket_vmnet's unix stream socket.
 	Socket string `json:"socket,omitempty"`
 	// Subnet (vmnet-nat, socket, vmnet-bridged) is the IPv4 subnet the
 	// DHCP server gives guests their addresses from, and Gateway the
@@ -257,7 +260,7 @@ func LoadConf(stdin []byte) (*NetConf, error) {
 		}
 	case ModeSocket:
 		if c.Socket == "" || !filepath.IsAbs(c.Socket) {
-			return nil, confErr("mode %s needs \"socket\", the absolute path of a socket_vmnet-style unix socket (got %q)", c.Mode, c.Socket)
+			return nil, confErr("mode %s needs \"socket\", the absolute path of socket_vmnet's unix socket (got %q)", c.Mode, c.Socket)
 		}
 	}
 	if c.Mode != ModeBridgeTap {

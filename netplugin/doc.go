@@ -27,9 +27,18 @@
 //	  }]
 //	}
 //
-// macOS modes: "vmnet-nat", "vmnet-bridged" with "interface": "en0" (the
-// daemon needs the com.apple.vm.networking entitlement), "socket" with
-// "socket": "/var/run/socket_vmnet" (no entitlement). They take no
+// macOS modes: "vmnet-nat" (needs nothing, but vmnet isolates every VM
+// from the others: pods reach neither each other nor the node VM),
+// "socket" with "socket": "/var/run/socket_vmnet" (socket_vmnet's shared
+// network, or its bridged one on a socket such as
+// /var/run/socket_vmnet.bridged.en0; no entitlement), and "vmnet-bridged"
+// with "interface": "en0" (needs the restricted com.apple.vm.networking
+// entitlement, which only an Apple-provisioned build can carry: use
+// socket_vmnet's bridged mode instead). `macvz config network` prints the
+// default for the host: socket on socket_vmnet's shared socket when it is
+// at one of SocketVmnetPaths, else vmnet-nat. STATUS of the socket mode
+// fails (code 50, naming the path and how to start socket_vmnet) unless
+// socket_vmnet accepts a connection. They take no
 // "ipam": the guest gets its address by DHCP. "subnet" (IPv4 CIDR) and
 // "gateway" say where that address must lie and the host's address
 // there; defaults 192.168.64.0/24 (vmnet-nat), 192.168.105.0/24 (socket,

@@ -5,8 +5,6 @@ package netplugin
 import (
 	"fmt"
 	"net"
-	"os"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -55,8 +53,10 @@ func (vmnetNAT) gc(*skel.CmdArgs, *NetConf) error     { return nil }
 // vmnetBridged: VZBridgedNetworkDeviceAttachment on the host interface
 // c.Interface. Virtualization.framework only lists bridgeable interfaces
 // (VZBridgedNetworkInterface.networkInterfaces) to a process signed with
-// the com.apple.vm.networking entitlement, which Apple grants on request to
-// a developer ID: a daemon without it must use vmnet-nat or socket.
+// the restricted com.apple.vm.networking entitlement, which Apple grants
+// only to a developer's provisioning profile (`make sign` never adds it:
+// an ad-hoc-signed binary claiming it is killed at exec). Bridged pods
+// use socket mode on socket_vmnet's bridged socket instead.
 type vmnetBridged struct{}
 
 func hostInterfaceUp(name string) error {
@@ -91,30 +91,17 @@ func (vmnetBridged) status(_ *skel.CmdArgs, c *NetConf) error {
 }
 func (vmnetBridged) gc(*skel.CmdArgs, *NetConf) error { return nil }
 
-// socketMode: VZFileHandleNetworkDeviceAttachment fed from a
-// socket_vmnet-style daemon listening on the unix socket c.Socket (the
-// daemon runs as root and holds the vmnet access, so macvz needs no
-// entitlement). The result carries the path as the interfaces' socketPath.
+// socketMode: VZFileHandleNetworkDeviceAttachment relayed by the shim to
+// socket_vmnet's unix stream socket c.Socket (runtime/vz/socketvmnet;
+// socket_vmnet runs as root and holds the vmnet access, so macvz needs no
+// entitlement), in its shared mode (VMs reach each other and the host) or
+// its bridged mode (VMs on the LAN). The result carries the path as the
+// interfaces' socketPath.
 type socketMode struct{}
 
-func dialSocket(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("socket %s: %w", path, err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s is not a unix socket", path)
-	}
-	conn, err := net.DialTimeout("unix", path, 2*time.Second)
-	if err != nil {
-		return fmt.Errorf("socket %s: %w (is socket_vmnet running?)", path, err)
-	}
-	return conn.Close()
-}
-
 func (socketMode) add(args *skel.CmdArgs, c *NetConf) (*current.Result, error) {
-	if fi, err := os.Stat(c.Socket); err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("socket %s is not there (is socket_vmnet running?)", c.Socket), "")
+	if err := socketVmnetStatus(c.Socket); err != nil {
+		return nil, types.NewError(types.ErrTryAgainLater, err.Msg, "")
 	}
 	return darwinResult(args, c, &current.Interface{Name: HostSocket, SocketPath: c.Socket}), nil
 }
@@ -123,11 +110,18 @@ func (socketMode) check(args *skel.CmdArgs, c *NetConf) error {
 	if _, err := checkGuestMAC(args, c); err != nil {
 		return err
 	}
-	return dialSocket(c.Socket)
+	if err := socketVmnetStatus(c.Socket); err != nil {
+		return err
+	}
+	return nil
 }
+
+// status fails (CNI code 50, with the path and how to start socket_vmnet)
+// unless socket_vmnet accepts a connection, so that kubelet and crictl
+// see the network not ready.
 func (socketMode) status(_ *skel.CmdArgs, c *NetConf) error {
-	if err := dialSocket(c.Socket); err != nil {
-		return notAvailable("%v", err)
+	if err := socketVmnetStatus(c.Socket); err != nil {
+		return err
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	goruntime "runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -13,6 +15,8 @@ import (
 
 	"github.com/macvz/macvz/cri"
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/netplugin"
+	"github.com/macvz/macvz/netplugin/cnimgr"
 )
 
 func serveCmd() *cobra.Command {
@@ -63,6 +67,23 @@ func configCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := cmd.OutOrStdout().Write(config.DefaultTOML())
+			return err
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "network",
+		Short: "Print the default pod network (a CNI conflist) for this host",
+		Long: "Print the default pod network (a CNI conflist for <conf_dir>/10-macvz.conflist) for this host: bridge-tap on Linux; " +
+			"on a Mac socket_vmnet's shared network when its socket is at " + strings.Join(netplugin.SocketVmnetPaths, " or ") +
+			", else vmnet NAT, which isolates pods from each other and from the node VM (it says which and why on stderr).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			mac := netplugin.DefaultMacNetwork(netplugin.SocketVmnetPaths, netplugin.IsUnixSocket)
+			if goruntime.GOOS == "darwin" {
+				// Why, on stderr: stdout is the file to write.
+				fmt.Fprintf(cmd.ErrOrStderr(), "macvz: mode %s: %s\n", mac.Mode, mac.Why)
+			}
+			_, err := cmd.OutOrStdout().Write(cnimgr.DefaultConflist(goruntime.GOOS, mac))
 			return err
 		},
 	})

@@ -603,17 +603,25 @@ func (m *Manager) attachment(list *libcni.NetworkConfigList, conf *netplugin.Net
 // DefaultConflist is the network configuration macvz proposes for a
 // platform ("linux" or "darwin") when the operator has written none: on
 // Linux bridge-tap on macvz0 with host-local on 10.88.0.0/16, hostPorts
-// by DNAT; on macOS vmnet-nat (hostPorts are the daemon's proxy). Write it
-// to <ConfDir>/10-macvz.conflist.
-func DefaultConflist(goos string) []byte {
+// by DNAT; on macOS mac's mode (netplugin.DefaultMacNetwork: socket on
+// socket_vmnet's shared network when it is installed, else vmnet-nat;
+// hostPorts are the daemon's proxy). `macvz config network` prints it for
+// the host it runs on; write it to <ConfDir>/10-macvz.conflist.
+func DefaultConflist(goos string, mac netplugin.MacNetwork) []byte {
 	if goos == "darwin" {
+		mode := `"mode": "vmnet-nat"`
+		if mac.Mode == netplugin.ModeSocket {
+			path, _ := json.Marshal(mac.Socket) // a string always marshals
+			mode = `"mode": "socket",
+      "socket": ` + string(path)
+		}
 		return []byte(`{
   "cniVersion": "1.1.0",
   "name": "macvz",
   "plugins": [
     {
       "type": "macvz-net",
-      "mode": "vmnet-nat",
+      ` + mode + `,
       "capabilities": {"dns": true, "mac": true}
     }
   ]

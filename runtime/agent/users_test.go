@@ -21,6 +21,12 @@ func TestResolveUser(t *testing.T) {
 	etc := t.TempDir()
 	os.WriteFile(filepath.Join(etc, "passwd"), []byte("root:x:0:0::/root:/bin/sh\n# comment\nwww-data:x:33:33::/var/www:/bin/false\nalice:x:1000:1000::/home/alice:/bin/sh\n"), 0o644)
 	os.WriteFile(filepath.Join(etc, "group"), []byte("root:x:0:\nwww-data:x:33:\nstaff:x:50:alice,bob\nvideo:x:44:alice\naudio:x:29:bob\n"), 0o644)
+	// Linux guests' users are in etc (resolveUser); elsewhere the etc
+	// files are tested as such.
+	resolveUser := resolveUser
+	if runtime.GOOS != "linux" {
+		resolveUser = func(etc string, req *api.CreateProcessRequest) error { return resolveUserIn(etcUsers(etc), req) }
+	}
 	for _, tc := range []struct {
 		name string
 		req  *api.CreateProcessRequest

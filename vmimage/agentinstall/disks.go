@@ -37,6 +37,13 @@ const (
 	gptHint = "GUID_partition_scheme"
 )
 
+// isContainerHint: hint is the APFS container type, in full or cut to
+// the 31 characters hdiutil's text output shows (in case its property
+// list ever does the same).
+func isContainerHint(hint string) bool {
+	return len(hint) >= 31 && strings.HasPrefix(strings.ToUpper(apfsContainerHint), strings.ToUpper(hint))
+}
+
 // bsdDisk splits a BSD disk name: "disk4" is whole disk "disk4",
 // "disk4s2" slice 2 of it. ok is false for anything else.
 func bsdDisk(name string) (whole string, slice bool, ok bool) {
@@ -105,7 +112,7 @@ func attachedDevices(out []byte) (attachment, error) {
 	att.parts, att.containers = map[string]bool{}, map[string]bool{}
 	var disks []entity
 	for _, w := range wholes {
-		if strings.EqualFold(w.hint, apfsContainerHint) {
+		if isContainerHint(w.hint) {
 			att.containers[w.dev] = true
 		} else {
 			disks = append(disks, w)
@@ -120,6 +127,7 @@ func attachedDevices(out []byte) (attachment, error) {
 		for _, d := range disks {
 			names = append(names, d.dev)
 		}
+		sort.Strings(names)
 		return att, fmt.Errorf("hdiutil attached several disks (%s); not knowing which is the image's, nothing is written (detach them with hdiutil detach): %w", strings.Join(names, ", "), errdefs.ErrFailedPrecondition)
 	}
 	att.whole = disks[0].dev

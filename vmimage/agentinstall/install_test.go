@@ -325,9 +325,12 @@ func TestAttachedDevices(t *testing.T) {
 		// table is the image's; disk1 is no prefix of disk10.
 		{"containers first, lower numbers", []string{"/dev/disk10" + container, "/dev/disk10s1" + volume, "/dev/disk12" + container, "/dev/disk12s4" + volume, "/dev/disk9" + gpt, "/dev/disk9s1 Apple_APFS_ISC", "/dev/disk9s2 Apple_APFS", "/dev/disk9s3 Apple_APFS_Recovery"}, "disk9", []string{"disk9s1", "disk9s2", "disk9s3"}, ""},
 		{"prefix", []string{"/dev/disk1" + gpt, "/dev/disk1s1 Apple_APFS", "/dev/disk10" + container, "/dev/disk10s1" + volume, "/dev/disk11" + container}, "disk1", []string{"disk1s1"}, ""},
+		{"hint cut short", []string{"/dev/disk5 EF57347C-0000-11AA-AA11-0030654", "/dev/disk5s1 41504653-0000-11AA-AA11-0030654", "/dev/disk4" + gpt, "/dev/disk4s2 Apple_APFS"}, "disk4", []string{"disk4s2"}, ""},
+		{"lower case hint", []string{"/dev/disk5 ef57347c-0000-11aa-aa11-00306543ecac", "/dev/disk4" + gpt, "/dev/disk4s2 Apple_APFS"}, "disk4", []string{"disk4s2"}, ""},
 		{"bare names", []string{"/dev/disk4" + gpt, "/dev/disk4s2 Apple_APFS"}, "disk4", []string{"disk4s2"}, ""},
 		// Errors: never a wrong disk.
 		{"two image disks", []string{"/dev/disk4" + gpt, "/dev/disk4s1 Apple_APFS", "/dev/disk5" + gpt, "/dev/disk5s1 Apple_APFS"}, "", nil, "several disks (disk4, disk5)"},
+		{"hint too short", []string{"/dev/disk5 EF57347C", "/dev/disk4" + gpt, "/dev/disk4s2 Apple_APFS"}, "", nil, "several disks (disk4, disk5)"},
 		{"only containers", []string{"/dev/disk5" + container, "/dev/disk5s1" + volume}, "", nil, "no disk with a partition table"},
 		{"empty", nil, "", nil, "no disk with a partition table"},
 		{"slice of an unlisted disk", []string{"/dev/disk4" + gpt, "/dev/disk4s1 Apple_APFS", "/dev/disk3s1 Apple_APFS"}, "disk4", nil, "disk3s1, a slice of disk3"},

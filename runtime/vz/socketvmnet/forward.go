@@ -208,7 +208,9 @@ func (f *Forwarder) sendVM(frame []byte) error {
 }
 
 // vmToStream reads the VM's datagrams and writes each to socket_vmnet
-// behind its length, header and frame in one write.
+// behind its length, header and frame in one write (socket_vmnet reads a
+// frame's bytes with a single read after its length, so they must not
+// trail behind in a second write).
 func (f *Forwarder) vmToStream() {
 	defer f.exit()
 	// One byte more than MaxFrame: a datagram that fills it was longer

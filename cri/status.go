@@ -28,7 +28,11 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 		}
 		// goroutines: the daemon's count, for leak checks
 		// (integration/reliability_test.go); cheap to read.
-		resp.Info = map[string]string{"config": string(cfg), "goroutines": strconv.Itoa(goruntime.NumGoroutine())}
+		warm, err := json.Marshal(s.ctl.WarmStatus())
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"config": string(cfg), "goroutines": strconv.Itoa(goruntime.NumGoroutine()), "warmStart": string(warm)}
 	}
 	return resp, nil
 }

@@ -155,6 +155,8 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		// runtime/nodevm/memvol) shows, and vz has no bind mounts.
 		spec.Shares = append(spec.Shares, vm.Share{Tag: nodeShareTag(i), HostPath: p, Passthrough: true})
 	}
+	// Saved now or restored: built from what the backend can save.
+	spec.Savable = b.key != ""
 	if b.key != "" && spec.Boot.Kind == vm.BootMacOS && len(spec.Boot.MachineID) == 0 {
 		// A fresh identity: saveWarm keeps it with the state.
 		spec.Boot.MachineIDFile = filepath.Join(sb.Dir, "machine-id")

@@ -85,6 +85,8 @@ type Controller struct {
 	shimsMu  sync.Mutex
 	shims    map[string]shim.Conn // sandbox ID → connected shim
 	stopping map[string]bool      // sandboxes being stopped on purpose
+	// warmHostOff is why this host saves no VM state ("": it can).
+	warmHostOff string
 }
 
 // New returns a controller over d and settles what the previous daemon
@@ -103,6 +105,7 @@ func New(ctx context.Context, cfg Config, d Deps) *Controller {
 	s.collectNetworks(ctx)
 	if s.warm != nil {
 		s.warm.sweep(ctx)
+		s.warmHostCheck()
 	}
 	return s
 }

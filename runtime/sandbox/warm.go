@@ -136,23 +136,85 @@ type warmStore struct {
 
 	mu     sync.Mutex
 	saving map[string]bool
-	// coldOnly are the images (VMImage.Content) whose VMs the backend
-	// cannot restore, once said in the log.
-	coldOnly map[string]bool
+	// coldOnly are the images (VMImage.Content) whose VMs boot cold, and
+	// why, once said in the log.
+	coldOnly map[string]coldNote
+	// unsavable are the keys whose VMs the backend refused to save
+	// (errdefs.ErrNotImplemented: the host's release, the VM's
+	// configuration): not tried again until the daemon restarts.
+	unsavable map[string]bool
 }
 
+// coldNote is why an image's VMs boot cold.
+type coldNote struct{ image, why string }
+
 func newWarmStore(dir string, max int, sn *snapshotter.Snapshotter) *warmStore {
-	return &warmStore{dir: dir, max: max, sn: sn, saving: map[string]bool{}, coldOnly: map[string]bool{}}
+	return &warmStore{dir: dir, max: max, sn: sn, saving: map[string]bool{}, coldOnly: map[string]coldNote{}, unsavable: map[string]bool{}}
 }
 
 // noteColdOnly logs, once per image, why its VMs boot cold.
 func (w *warmStore) noteColdOnly(img *imagestore.VMImage, why error) {
 	w.mu.Lock()
-	seen := w.coldOnly[img.Content]
-	w.coldOnly[img.Content] = true
+	_, seen := w.coldOnly[img.Content]
+	if !seen {
+		w.coldOnly[img.Content] = coldNote{img.Image.Name, why.Error()}
+	}
 	w.mu.Unlock()
 	if !seen {
 		slog.Info("warm start is off for this image: its VMs always boot cold", "image", img.Image.Name, "why", why)
+	}
+}
+
+// noteUnsavable remembers that the backend refused to save the VMs of
+// key, and says why once for the image.
+func (w *warmStore) noteUnsavable(key string, img *imagestore.VMImage, why error) {
+	w.mu.Lock()
+	w.unsavable[key] = true
+	w.mu.Unlock()
+	w.noteColdOnly(img, why)
+}
+
+func (w *warmStore) isUnsavable(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.unsavable[key]
+}
+
+// WarmStatus is what `crictl info` shows of warm start.
+type WarmStatus struct {
+	Enabled bool `json:"enabled"`
+	// Host is why no VM of this host can be saved ("" when they can).
+	Host string `json:"host,omitempty"`
+	// ColdImages are the images whose VMs boot cold, and why.
+	ColdImages map[string]string `json:"coldImages,omitempty"`
+}
+
+// WarmStatus reports whether warm start is on, and where it is not.
+func (s *Controller) WarmStatus() WarmStatus {
+	if s.warm == nil {
+		return WarmStatus{}
+	}
+	st := WarmStatus{Enabled: true, Host: s.warmHostOff}
+	s.warm.mu.Lock()
+	for _, n := range s.warm.coldOnly {
+		if st.ColdImages == nil {
+			st.ColdImages = map[string]string{}
+		}
+		st.ColdImages[n.image] = n.why
+	}
+	s.warm.mu.Unlock()
+	return st
+}
+
+// warmHostCheck says once, at the start, why this host saves no VM at
+// all (vz below macOS 14): nothing else would until a macOS pod boots.
+func (s *Controller) warmHostCheck() {
+	if s.cfg.Backend != "vz" {
+		return
+	}
+	if err := shim.Restorable(s.cfg.Backend, &vm.Spec{Boot: vm.Boot{Kind: vm.BootMacOS}}); err != nil {
+		s.warmHostOff = err.Error()
+		slog.Warn("warm start is off on this host: macOS VMs always boot cold", "why", err)
 	}
 }
 
@@ -399,7 +461,11 @@ func (s *Controller) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, er
 			}
 		}
 	}
-	return warmKey(s.cfg.Backend, b.img.Content, probe, slot), mac, nil
+	key = warmKey(s.cfg.Backend, b.img.Content, probe, slot)
+	if s.warm.isUnsavable(key) {
+		return "", "", nil
+	}
+	return key, mac, nil
 }
 
 // slotMACNIC says whether a NIC of kind can take its VM slot's MAC: the
@@ -472,7 +538,12 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 		// The shim leaves a VM it could not save running, its agent
 		// reachable. Resuming again costs nothing then, and tells a VM
 		// that cannot run on from one that can.
-		log.Warn("cannot save the VM state for warm starts", "err", err)
+		if errdefs.IsNotImplemented(err) {
+			// The backend will refuse every VM of this key the same way.
+			s.warm.noteUnsavable(key, img, err)
+		} else {
+			log.Warn("cannot save the VM state for warm starts", "err", err)
+		}
 		if rerr := c.Resume(ctx); rerr != nil {
 			return fmt.Errorf("the VM cannot run on after its state failed to save: %w", rerr)
 		}

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/macvz/macvz/runtime/store"
@@ -245,10 +247,9 @@ func TestWarmPlanColdOnly(t *testing.T) {
 	if key, _, err := s.warmPlan(sb, &vmBoot{img: amd, cpus: 1, mem: 512 << 20}); err != nil || key == "" {
 		t.Errorf("amd64 guest: key %q err %v", key, err)
 	}
-	s.warm.mu.Lock()
-	defer s.warm.mu.Unlock()
-	if len(s.warm.coldOnly) != 1 || !s.warm.coldOnly[arm.Content] {
-		t.Errorf("images noted as cold only: %v", s.warm.coldOnly)
+	st := s.WarmStatus()
+	if !st.Enabled || st.Host != "" || len(st.ColdImages) != 1 || st.ColdImages[arm.Image.Name] == "" {
+		t.Errorf("warm status: %+v", st)
 	}
 }
 
@@ -284,6 +285,32 @@ func TestSaveWarmFails(t *testing.T) {
 	f.resumeErr = errors.New("paused for good")
 	if err := s.saveWarm(ctx, f, "k", spec, img, "", ""); err == nil || !strings.Contains(err.Error(), "paused for good") {
 		t.Errorf("save and resume failed: %v", err)
+	}
+}
+
+// TestSaveWarmUnsavable: a save the backend refuses for good (the
+// host's release, the VM's configuration: NotImplemented) is not tried
+// again for that key, and crictl info says why the image boots cold.
+func TestSaveWarmUnsavable(t *testing.T) {
+	ctx := context.Background()
+	s := newTestController(t)
+	img := &imagestore.VMImage{Descriptor: &vmimage.Descriptor{OS: "linux"}}
+	img.Image.Name = "example.com/vm:1"
+	spec := &vm.Spec{ID: "sb", Boot: vm.Boot{Kind: vm.BootLinux}}
+	f := &fakeSaver{saveErr: fmt.Errorf("the framework cannot save a VM with a serial port: %w", errdefs.ErrNotImplemented)}
+	if err := s.saveWarm(ctx, f, "k", spec, img, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if f.resumed != 1 || !s.warm.isUnsavable("k") || s.warm.isUnsavable("other") {
+		t.Errorf("resumed %d, unsavable %v", f.resumed, s.warm.isUnsavable("k"))
+	}
+	if st := s.WarmStatus(); !strings.Contains(st.ColdImages["example.com/vm:1"], "serial port") {
+		t.Errorf("warm status: %+v", st)
+	}
+	// Any other failure may pass: the key is tried again.
+	f.saveErr = errors.New("disk full")
+	if err := s.saveWarm(ctx, f, "k2", spec, img, "", ""); err != nil || s.warm.isUnsavable("k2") {
+		t.Errorf("a transient failure: %v, unsavable %v", err, s.warm.isUnsavable("k2"))
 	}
 }
 

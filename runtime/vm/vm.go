@@ -55,6 +55,12 @@ type Spec struct {
 	// VM with the same Spec (but for ID, Dir, disks' paths, NICs): the VM
 	// resumes from it instead of booting.
 	RestoreFrom string `json:"restoreFrom,omitempty"`
+	// Savable: the VM's state is to be saved (warm start), or was: the
+	// backend builds it from devices it can save and restore, leaving out
+	// what it cannot (vz: a macOS guest's entropy device and console).
+	// Every VM of a warm-start key has it, so a restore finds the devices
+	// the state was saved with.
+	Savable bool `json:"savable,omitempty"`
 
 	// QEMU are the qemu backend's settings from the daemon config; other
 	// backends ignore them.

@@ -50,11 +50,16 @@ func (*Driver) Validate(spec *vm.Spec) error {
 // Restorable implements vm.Driver: macOS guests, on macOS 14 and later;
 // never a Linux guest (errLinuxRestore).
 func (*Driver) Restorable(spec *vm.Spec) error {
+	return Restorable(spec, hostMacOSMajor())
+}
+
+// hostMacOSMajor is this host's macOS major release (0: unknown).
+func hostMacOSMajor() int {
 	v, err := unix.Sysctl("kern.osproductversion")
 	if err != nil {
-		v = ""
+		return 0
 	}
-	return Restorable(spec, MacOSMajor(v))
+	return MacOSMajor(v)
 }
 
 // Create implements vm.Driver: the configuration is built and validated
@@ -147,12 +152,14 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []io.Closer, error) 
 		}
 	}
 
-	entropy, err := vz.NewVirtioEntropyDeviceConfiguration()
-	if err != nil {
-		closeFiles()
-		return nil, nil, err
+	if p.Entropy {
+		entropy, err := vz.NewVirtioEntropyDeviceConfiguration()
+		if err != nil {
+			closeFiles()
+			return nil, nil, err
+		}
+		cfg.SetEntropyDevicesVirtualMachineConfiguration([]*vz.VirtioEntropyDeviceConfiguration{entropy})
 	}
-	cfg.SetEntropyDevicesVirtualMachineConfiguration([]*vz.VirtioEntropyDeviceConfiguration{entropy})
 	balloon, err := vz.NewVirtioTraditionalMemoryBalloonDeviceConfiguration()
 	if err != nil {
 		closeFiles()
@@ -552,8 +559,14 @@ func (m *machine) Save(ctx context.Context, path string) error {
 	if st != vm.StateRunning || v == nil {
 		return fmt.Errorf("vz: machine %s is %s, not running: %w", m.spec.ID, st, errdefs.ErrFailedPrecondition)
 	}
+	// The library's validation has no version guard of its own: below
+	// macOS 14 its Objective-C side raises an exception that kills the
+	// shim and its VM. Never call it there.
+	if err := CanSave(hostMacOSMajor()); err != nil {
+		return err
+	}
 	if ok, err := m.config.ValidateSaveRestoreSupport(); !ok || err != nil {
-		return classify("saving the VM state (unsupported configuration)", err)
+		return unsavable(err)
 	}
 	if err := v.Pause(); err != nil {
 		return classify("pausing the VM", err)

@@ -7,6 +7,7 @@
 package vz
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -80,6 +81,11 @@ type Plan struct {
 	// RestoreFrom is a saved state to restore instead of booting (macOS
 	// guests only: see Restorable).
 	RestoreFrom string
+	// Entropy adds a virtio entropy device. A savable macOS guest has
+	// none, nor a console (ConsoleLog is empty): the framework has refused
+	// to save VMs with either (macOS 14), and a macOS guest needs neither
+	// (it seeds its own generator and logs to its unified log).
+	Entropy bool
 	// The devices every macOS VM gets, whatever the spec: a Mac graphics
 	// device (even headless: VMs without one have shown vsock connection
 	// resets), keyboard and trackpad, an entropy device, a memory
@@ -98,6 +104,10 @@ func NewPlan(spec *vm.Spec, lim Limits) (*Plan, error) {
 		Boot: spec.Boot.Kind,
 		CPUs: spec.CPUs, Memory: uint64(max(spec.MemoryBytes, 0)),
 		ConsoleLog: spec.ConsoleLog, ConsoleLogMax: spec.ConsoleLogMax, RestoreFrom: spec.RestoreFrom,
+		Entropy: true,
+	}
+	if spec.Savable && spec.Boot.Kind == vm.BootMacOS {
+		p.Entropy, p.ConsoleLog = false, ""
 	}
 	switch spec.Boot.Kind {
 	case vm.BootMacOS:
@@ -256,8 +266,8 @@ func precondition(format string, a ...any) error {
 const MinRestoreMacOS = 14
 
 // Restorable says why a VM of spec could not be restored from a saved
-// state on a host running macOS release hostMajor (0: not known, left to
-// the framework to say when the state is saved); nil when it can. The
+// state on a host running macOS release hostMajor (0: not known, which
+// is never trusted: see CanSave); nil when it can. The
 // framework may still refuse a configuration (Save validates it). Linux
 // guests are never restored (errLinuxRestore).
 func Restorable(spec *vm.Spec, hostMajor int) error {
@@ -268,11 +278,42 @@ func Restorable(spec *vm.Spec, hostMajor int) error {
 	default:
 		return fmt.Errorf("vz: boot kind %q: this backend runs macOS and Linux guests: %w", spec.Boot.Kind, errdefs.ErrNotImplemented)
 	}
-	if hostMajor > 0 && hostMajor < MinRestoreMacOS {
-		return fmt.Errorf("vz: this host runs macOS %d; saving and restoring a VM's state needs macOS %d or later: %w",
-			hostMajor, MinRestoreMacOS, errdefs.ErrFailedPrecondition)
+	if hostMajor < MinRestoreMacOS {
+		return fmt.Errorf("vz: this host runs %s; saving and restoring a VM's state needs macOS %d or later, so warm start is off: %w",
+			hostRelease(hostMajor), MinRestoreMacOS, errdefs.ErrFailedPrecondition)
 	}
 	return nil
+}
+
+// CanSave says why a host running macOS release hostMajor cannot save a
+// VM's state: before macOS 14, and when the release is not known (0),
+// the framework has no save (and Code-Hex/vz's validation of one raises
+// an uncaught exception there). It wraps errdefs.ErrNotImplemented: the
+// daemon stops trying for that VM.
+func CanSave(hostMajor int) error {
+	if hostMajor >= MinRestoreMacOS {
+		return nil
+	}
+	return fmt.Errorf("vz: this host runs %s; saving a VM's state needs macOS %d or later: %w", hostRelease(hostMajor), MinRestoreMacOS, errdefs.ErrNotImplemented)
+}
+
+// hostRelease names a macOS major release for a message.
+func hostRelease(major int) string {
+	if major <= 0 {
+		return "an unknown macOS release"
+	}
+	return "macOS " + strconv.Itoa(major)
+}
+
+// unsavable is the framework's refusal to save a VM of this
+// configuration (VZVirtualMachineConfiguration
+// validateSaveRestoreSupport), as errdefs.ErrNotImplemented: the daemon
+// keeps the reason and boots that VM's later sandboxes cold.
+func unsavable(why error) error {
+	if why == nil {
+		why = errors.New("no reason given")
+	}
+	return fmt.Errorf("vz: Virtualization.framework cannot save a VM configured like this one: %v: %w", why, errdefs.ErrNotImplemented)
 }
 
 // MacOSMajor is the major release of a macOS product version

@@ -1,6 +1,8 @@
 package vz
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -49,6 +51,27 @@ func TestNewPlan(t *testing.T) {
 	}
 }
 
+// TestPlanSavable: a macOS guest whose state is to be saved gets no
+// entropy device and no console, which the framework has refused to
+// save; any other VM keeps both.
+func TestPlanSavable(t *testing.T) {
+	p, err := NewPlan(macSpec(), testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Entropy || p.ConsoleLog == "" {
+		t.Errorf("an unsaved macOS VM: entropy %v, console %q", p.Entropy, p.ConsoleLog)
+	}
+	s := macSpec()
+	s.Savable = true
+	if p, err = NewPlan(s, testLimits); err != nil {
+		t.Fatal(err)
+	}
+	if p.Entropy || p.ConsoleLog != "" {
+		t.Errorf("a savable macOS VM: entropy %v, console %q", p.Entropy, p.ConsoleLog)
+	}
+}
+
 func TestNewPlanRefuses(t *testing.T) {
 	for name, tc := range map[string]struct {
 		change  func(*vm.Spec)
@@ -82,17 +105,29 @@ func TestNewPlanRefuses(t *testing.T) {
 	}
 }
 
-// TestRestorable: a macOS guest can be restored on macOS 14 and later
-// (or a host whose release is not known); a Linux guest never is, and
-// other guests are not vz's.
+// TestRestorable: a macOS guest can be restored on macOS 14 and later,
+// never on an older host or one whose release is not known (saving
+// there would abort the shim); a Linux guest never is, and other guests
+// are not vz's.
 func TestRestorable(t *testing.T) {
-	for _, major := range []int{0, 14, 15} {
+	for _, major := range []int{14, 15, 26} {
 		if err := Restorable(macSpec(), major); err != nil {
 			t.Errorf("macOS %d: %v", major, err)
 		}
+		if err := CanSave(major); err != nil {
+			t.Errorf("CanSave(%d): %v", major, err)
+		}
 	}
-	if err := Restorable(macSpec(), 13); !errdefs.IsFailedPrecondition(err) {
-		t.Errorf("macOS 13: %v", err)
+	for major, host := range map[int]string{13: "macOS 13", 12: "macOS 12", 0: "unknown macOS release"} {
+		if err := Restorable(macSpec(), major); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), host) || !strings.Contains(err.Error(), "macOS 14") {
+			t.Errorf("Restorable on %s: %v", host, err)
+		}
+		if err := CanSave(major); !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), host) {
+			t.Errorf("CanSave on %s: %v", host, err)
+		}
+	}
+	if err := unsavable(errors.New("the configuration has a serial port")); !errdefs.IsNotImplemented(err) || !strings.Contains(err.Error(), "serial port") {
+		t.Errorf("unsavable: %v", err)
 	}
 	linux := macSpec()
 	linux.Boot = vm.Boot{Kind: vm.BootLinux}

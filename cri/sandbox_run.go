@@ -59,6 +59,9 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 		}
 		img = &vi
 	}
+	if err := s.checkVolumeDirs(r.GetRuntimeHandler(), cfg); err != nil {
+		return nil, err
+	}
 	raw, err := proto.Marshal(cfg)
 	if err != nil {
 		return nil, err

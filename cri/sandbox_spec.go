@@ -7,6 +7,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/runtime/nodevm"
+	"github.com/macvz/macvz/runtime/sandbox"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -28,6 +29,8 @@ func sandboxSpec(cfg *runtimeapi.PodSandboxConfig) *store.SandboxSpec {
 		// Checked by RunPodSandbox.
 		spec.NodeShares, _ = nodevm.DecodeShares(cfg.GetAnnotations()[nodevm.SharesAnnotation])
 	}
+	// Checked by RunPodSandbox (checkVolumeDirs).
+	spec.VolumeDirs, _ = decodeVolumeDirs(cfg.GetAnnotations()[sandbox.AnnotationVolumeDirs])
 	for _, p := range cfg.GetPortMappings() {
 		spec.Ports = append(spec.Ports, store.Port{
 			Protocol:      strings.ToLower(p.GetProtocol().String()),

@@ -185,6 +185,7 @@ func controllerConfig(cfg *config.Config, shimBin string) sandbox.Config {
 		MaxMacOSVMs:        cfg.VM.MaxMacOSVMs,
 		QEMU:               vm.QEMUOptions{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel},
 		ImageMachineID:     cfg.VZ.MachineIdentifier == "image",
+		VolumeRoots:        cfg.VZ.VolumeRoots,
 	}
 	if cfg.VM.WarmStart {
 		c.WarmDir = filepath.Join(cfg.Root, "warm")

@@ -64,6 +64,14 @@ type VZ struct {
 	// "image" (the image's own, for guests licensed to one identity).
 	// Two VMs running with one identifier conflict.
 	MachineIdentifier string `toml:"machine_identifier"`
+	// VolumeRoots are kubelet's pods directories as the host sees them
+	// (the node VM shares them at the same path). A macOS host has no
+	// bind mounts and a vz VM's shares are fixed at boot, so a pod's VM
+	// boots with a share of the pod's own volume directories below them
+	// (<root>/<pod UID>/volumes/<plugin>/<name>, and <root>/<pod
+	// UID>/containers for termination logs), never a whole pod
+	// directory. Unused where the host has bind mounts (Linux).
+	VolumeRoots []string `toml:"volume_roots"`
 }
 
 // QEMU configures the qemu backend.
@@ -126,6 +134,14 @@ type RuntimeHandler struct {
 	// VMImage, when set, boots every sandbox of this handler from this
 	// image at RunPodSandbox, before any container is created.
 	VMImage string `toml:"vm_image"`
+	// AllowVolumeDirsAnnotation honours the pod annotation
+	// macvz.io/volume-dirs (a JSON array of host directories added to a
+	// vz VM's volume share, for volumes outside kubelet's pod
+	// directories: crictl's). Any pod author could share any host
+	// directory with their VM, so it is off unless the handler's pod
+	// authors are trusted; a pod that sets it anyway fails with
+	// FailedPrecondition.
+	AllowVolumeDirsAnnotation bool `toml:"allow_volume_dirs_annotation"`
 	// AllowVMImageAnnotation honours the pod annotation macvz.io/vm-image
 	// (boot that image at RunPodSandbox). The image is used as present on
 	// the node, past the kubelet's image admission (AlwaysPullImages, pull

@@ -100,6 +100,19 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # machine identifier; "image" keeps the image's (two VMs running with one
   # identifier conflict).
   machine_identifier = "{{.C.VZ.MachineIdentifier}}"
+  # A Mac has no bind mounts and a vz VM's shares are fixed when it boots,
+  # so each pod VM boots with one more virtiofs share whose entries are the
+  # pod's own volume directories below these roots (kubelet's pods
+  # directory, shared with the node VM at the same path):
+  # <root>/<pod UID>/volumes/<plugin>/<name> (secrets, configMaps,
+  # projected and downward API read-only) and <root>/<pod UID>/containers
+  # (termination logs). Never a whole pod directory. More host directories
+  # come from the pod annotation macvz.io/volume-dirs (a JSON array of
+  # absolute paths), honoured only for runtime handlers with
+  # allow_volume_dirs_annotation = true (any pod author could otherwise
+  # share any host directory); a volume below none of them fails with
+  # FailedPrecondition. Unused on Linux hosts, which bind volumes.
+  volume_roots = [{{range $i, $a := .C.VZ.VolumeRoots}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
 
 [network]
   # The pod network: a CNI configuration list whose first plugin is

@@ -43,7 +43,7 @@ func Default() *Config {
 			MaxMacOSVMs:        2,
 		},
 		QEMU:            QEMU{Binary: "qemu-system-x86_64", Accel: "auto"},
-		VZ:              VZ{MachineIdentifier: "fresh"},
+		VZ:              VZ{MachineIdentifier: "fresh", VolumeRoots: []string{"/var/lib/kubelet/pods"}},
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
 		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
@@ -234,6 +234,11 @@ func (c *Config) Validate() error {
 	case "fresh", "image":
 	default:
 		return bad("vz.machine_identifier", "must be fresh or image, got %q", c.VZ.MachineIdentifier)
+	}
+	for _, r := range c.VZ.VolumeRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) != r {
+			return bad("vz.volume_roots", "%q must be an absolute, clean path", r)
+		}
 	}
 	for name, h := range c.RuntimeHandlers {
 		if name == "" {

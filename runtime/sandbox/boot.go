@@ -155,6 +155,13 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		// runtime/nodevm/memvol) shows, and vz has no bind mounts.
 		spec.Shares = append(spec.Shares, vm.Share{Tag: nodeShareTag(i), HostPath: p, Passthrough: true})
 	}
+	if sp := store.SpecOf(*sb); s.hasVolumeShare(sp) {
+		vs, err := s.volumeShare(sb.ID, sb.Dir, &sp)
+		if err != nil {
+			return fmt.Errorf("the VM's volume share: %w", err)
+		}
+		spec.Shares = append(spec.Shares, vs)
+	}
 	// Saved now or restored: built from what the backend can save.
 	spec.Savable = b.key != ""
 	if b.key != "" && spec.Boot.Kind == vm.BootMacOS && len(spec.Boot.MachineID) == 0 {
@@ -297,7 +304,7 @@ func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spe
 	for _, sh := range append([]shareMount{
 		{sharedTag, guestSharedDirFor(guestOS), false},
 		{sharedROTag, guestSharedDirFor(guestOS) + "-ro", true},
-	}, nodeShareMounts(spec, guestOS)...) {
+	}, s.moreShareMounts(spec, guestOS)...) {
 		g.Go(func() error {
 			if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
 				Tag: sh.tag, Fstype: shareFstype(s.cfg.Backend), Target: sh.target, CreateTarget: true, ReadOnly: sh.ro,

@@ -48,6 +48,10 @@ type Config struct {
 	// ImageMachineID boots macOS guests with their image's machine
 	// identifier instead of a fresh one.
 	ImageMachineID bool
+	// VolumeRoots are the directories whose <pod UID>/volumes/*/* and
+	// <pod UID>/containers a vz VM's volume share exports, on a host
+	// without bind mounts (volumes.go).
+	VolumeRoots []string
 }
 
 // Deps are the stores and managers the controller works with; the
@@ -74,6 +78,11 @@ type Controller struct {
 
 	// warm keeps saved VM states for warm starts; nil when off.
 	warm *warmStore
+	// hostBinds: the host has bind mounts (Linux), through which a
+	// volume of any container reaches the VM's shared directory; without
+	// them a vz VM boots with its volume share (volumes.go).
+	hostBinds bool
+
 	// slots counts VM boots in progress per guest OS; slotsReserve
 	// makes each reservation's check-and-take one step.
 	slots        vmSlots
@@ -94,7 +103,7 @@ type Controller struct {
 // sandboxes, collects network attachments nobody owns and sweeps the
 // saved states. Call it before anything else collects disk clones.
 func New(ctx context.Context, cfg Config, d Deps) *Controller {
-	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}}
+	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}, hostBinds: hostBindMounts}
 	if s.shimProcs == nil {
 		s.shimProcs = shim.Processes{}
 	}

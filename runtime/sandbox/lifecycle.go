@@ -186,9 +186,12 @@ type Volume struct {
 
 // BindVolumes makes each volume of a container visible in the guest at
 // its path: a bind of the host path under the sandbox's shared directory
-// (host side), then a bind of that in the guest.
+// (host side), then a bind of that in the guest. A vz VM on a host
+// without bind mounts takes its volumes from its volume share instead
+// (linkVolumes).
 func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, cid string, vols []Volume) error {
 	spec := store.SpecOf(sb)
+	var fromShare []Volume
 	for i, v := range vols {
 		if tag, sub, ok := nodeShareOf(spec, v.HostPath); ok {
 			// The node VM's own share: bound from it in the guest.
@@ -197,6 +200,10 @@ func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agenta
 			}); err != nil {
 				return fmt.Errorf("volume %s → %s in the node VM: %w", v.HostPath, v.GuestPath, err)
 			}
+			continue
+		}
+		if s.volumeShareOn() {
+			fromShare = append(fromShare, v)
 			continue
 		}
 		sub := filepath.Join(cid, strconv.Itoa(i))
@@ -214,6 +221,9 @@ func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agenta
 		if err != nil {
 			return fmt.Errorf("volume %s → %s in the guest: %w", v.HostPath, v.GuestPath, err)
 		}
+	}
+	if len(fromShare) > 0 {
+		return s.linkVolumes(ctx, sb, a, fromShare)
 	}
 	return nil
 }

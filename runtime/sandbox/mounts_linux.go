@@ -13,6 +13,10 @@ import (
 	"github.com/macvz/macvz/runtime/safefs"
 )
 
+// hostBindMounts: a volume of a container started later is bound into
+// the VM's share on the host.
+const hostBindMounts = true
+
 // The share's own files live on a small tmpfs: the guest writes the share
 // (9p), so what it can put there is bounded, and nothing it makes there
 // (a device node, a setuid file) means anything on the host. Volumes are

@@ -10,6 +10,10 @@ import (
 	"github.com/containerd/errdefs"
 )
 
+// hostBindMounts: macOS has no bind mounts; a vz VM gets its volumes
+// through its volume share, set when it boots (volumes.go).
+const hostBindMounts = false
+
 // prepareShare makes the sandbox's share directories.
 func prepareShare(sbDir string) error {
 	for _, d := range []string{sharedDir, sharedRODir} {
@@ -20,8 +24,8 @@ func prepareShare(sbDir string) error {
 	return nil
 }
 
-// bindVolume: macOS has no bind mounts; volumes reach a vz guest as
-// directory shares of their own (the vz backend's issue).
+// bindVolume: macOS has no bind mounts (BindVolumes uses the volume
+// share instead: volumes.go).
 func bindVolume(sbDir, cid string, i int, src string, readOnly bool) error {
 	return fmt.Errorf("volume %s: host bind mounts are not available on this OS: %w", src, errdefs.ErrNotImplemented)
 }

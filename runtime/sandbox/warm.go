@@ -443,6 +443,10 @@ func (s *Controller) warmPlan(sb *store.Sandbox, b *vmBoot) (key, mac string, er
 	if sb.Network != nil {
 		probe.NICs = []vm.NIC{sb.Network.NIC}
 	}
+	if s.hasVolumeShare(store.SpecOf(*sb)) {
+		vs, _ := s.volumeShare(sb.ID, sb.Dir, nil) // its shape: cannot fail
+		probe.Shares = append(probe.Shares, vs)
+	}
 	// A state the backend could not restore is not worth saving (and
 	// saving pauses the VM and drops its agent connection).
 	if err := shim.Restorable(s.cfg.Backend, probe); err != nil {

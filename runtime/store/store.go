@@ -128,6 +128,10 @@ type SandboxSpec struct {
 	Sysctls map[string]string `json:"sysctls,omitempty"`
 	// Resources size the VM (zero = the containers', else the defaults).
 	Resources Resources `json:"resources,omitzero"`
+	// VolumeDirs are host directories the pod's annotation
+	// macvz.io/volume-dirs adds to a vz VM's volume share (checked at
+	// RunPodSandbox: absolute, clean, real directories).
+	VolumeDirs []string `json:"volumeDirs,omitempty"`
 	// NodeShares are the node VM's (runtime/nodevm) host directories,
 	// each a share of its own (vm.Share.Passthrough) that its kubelet's
 	// mounts of them (or below them) use directly.

@@ -52,8 +52,9 @@ type Spec struct {
 	ConsoleLogMax int64  `json:"consoleLogMax,omitempty"`
 
 	// RestoreFrom, when set, is a state file written by Machine.Save of a
-	// VM with the same Spec (but for ID, Dir, disks' paths, NICs): the VM
-	// resumes from it instead of booting.
+	// VM with the same Spec (but for ID, Dir, disks' paths, NICs, and the
+	// entries of a share of several directories): the VM resumes from it
+	// instead of booting.
 	RestoreFrom string `json:"restoreFrom,omitempty"`
 	// Savable: the VM's state is to be saved (warm start), or was: the
 	// backend builds it from devices it can save and restore, leaving out

@@ -88,6 +88,9 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 		if err := vz.CheckEntitlements(bin, false); err != nil {
 			return nil, fmt.Errorf("backend vz: %w", err)
 		}
+		for _, w := range vz.HostWarnings() {
+			slog.Warn(w)
+		}
 	}
 	return newService(ctx, cfg, deps{shims: shim.Processes{}, shimBinary: shimBin, openImages: openImageStore})
 }

@@ -387,7 +387,7 @@ func (m *machine) Start(ctx context.Context) error {
 	if m.plan.RestoreFrom != "" {
 		if err := v.RestoreMachineStateFromURL(m.plan.RestoreFrom); err != nil {
 			m.ended("restoring the saved state failed: "+err.Error(), false)
-			return classify("restoring the saved state", err)
+			return startError(m.plan.Boot, "restoring the saved state", err)
 		}
 		if err := v.Resume(); err != nil {
 			m.ended("resuming the restored VM failed: "+err.Error(), false)
@@ -395,7 +395,7 @@ func (m *machine) Start(ctx context.Context) error {
 		}
 	} else if err := v.Start(); err != nil {
 		m.ended("starting failed: "+err.Error(), false)
-		return classify("starting the VM", err)
+		return startError(m.plan.Boot, "starting the VM", err)
 	}
 	m.mu.Lock()
 	if m.state == vm.StateCreated {

@@ -91,6 +91,12 @@ type NetConf struct {
 	Interface string `json:"interface,omitempty"`
 	// Socket (socket) is the path of socket_vmnet's unix stream socket.
 	Socket string `json:"socket,omitempty"`
+	// LAN (socket) says the socket is socket_vmnet's bridged mode: guests
+	// take their addresses from the LAN's DHCP server, which leaves no
+	// lease on the host, so the daemon takes the address the guest
+	// reports inside "subnet" (the LAN's, required), as for
+	// vmnet-bridged.
+	LAN bool `json:"lan,omitempty"`
 	// Subnet (vmnet-nat, socket, vmnet-bridged) is the IPv4 subnet the
 	// DHCP server gives guests their addresses from, and Gateway the
 	// host's (router's) address in it. The daemon accepts a guest's
@@ -262,6 +268,12 @@ func LoadConf(stdin []byte) (*NetConf, error) {
 		if c.Socket == "" || !filepath.IsAbs(c.Socket) {
 			return nil, confErr("mode %s needs \"socket\", the absolute path of socket_vmnet's unix socket (got %q)", c.Mode, c.Socket)
 		}
+		if c.LAN && c.Subnet == "" {
+			return nil, confErr("mode %s with \"lan\": true needs \"subnet\", the LAN's (a guest's address is taken only inside it)", c.Mode)
+		}
+	}
+	if c.LAN && c.Mode != ModeSocket {
+		return nil, confErr("\"lan\" is for mode %s (socket_vmnet's bridged mode), not %s", ModeSocket, c.Mode)
 	}
 	if c.Mode != ModeBridgeTap {
 		if _, _, err := c.GuestSubnet(); err != nil {

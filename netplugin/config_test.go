@@ -71,6 +71,8 @@ func TestLoadConfErrors(t *testing.T) {
 		{`{"name":"n","mode":"bridge-tap","ipam":{"subnet":"10.0.0.0/8"}}`, `missing "type"`},
 		{`{"name":"n","mode":"vmnet-bridged"}`, `needs "interface"`},
 		{`{"name":"n","mode":"socket","socket":"relative.sock"}`, "absolute path"},
+		{`{"name":"n","mode":"socket","socket":"/var/run/socket_vmnet.bridged.en0","lan":true}`, "needs \"subnet\", the LAN's"},
+		{`{"name":"n","mode":"vmnet-nat","lan":true}`, "\"lan\" is for mode socket"},
 		{`{"name":"n","mode":"vmnet-nat","ipam":{"type":"host-local"}}`, `takes no "ipam"`},
 		{`{"name":"n","mode":"vmnet-nat","subnet":"192.168.64.0/33"}`, `subnet "192.168.64.0/33"`},
 		{`{"name":"n","mode":"vmnet-nat","subnet":"fd00::/64"}`, "IPv4"},

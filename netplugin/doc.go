@@ -31,7 +31,8 @@
 // from the others: pods reach neither each other nor the node VM),
 // "socket" with "socket": "/var/run/socket_vmnet" (socket_vmnet's shared
 // network, or its bridged one on a socket such as
-// /var/run/socket_vmnet.bridged.en0; no entitlement), and "vmnet-bridged"
+// /var/run/socket_vmnet.bridged.en0 with "lan": true and the LAN's
+// "subnet"; no entitlement), and "vmnet-bridged"
 // with "interface": "en0" (needs the restricted com.apple.vm.networking
 // entitlement, which only an Apple-provisioned build can carry: use
 // socket_vmnet's bridged mode instead). `macvz config network` prints the
@@ -45,7 +46,10 @@
 // socket_vmnet's default), none (vmnet-bridged), the gateway being the
 // subnet's first address. On vmnet-nat and socket the daemon takes the
 // pod IP from the host DHCP server's lease for the guest's MAC, inside
-// the subnet; the guest agent's report only confirms it (runtime/sandbox/pod_ip.go).
+// the subnet; the guest agent's report only confirms it. On socket with
+// "lan" and on vmnet-bridged the LAN's DHCP server leaves no lease on the
+// host: the daemon takes the address the guest reports inside "subnet"
+// (runtime/sandbox/pod_ip.go).
 //
 // Bad configuration fails with CNI error code 7 and a message naming the
 // key; STATUS failures are code 50.

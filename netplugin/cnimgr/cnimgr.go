@@ -148,8 +148,11 @@ type Attachment struct {
 	// daemon accepts a guest-reported address only inside Subnet.
 	Subnet  *net.IPNet
 	Gateway net.IP
-	Routes  []Route
-	DNS     DNS
+	// LAN (socket): the guest's address comes from the LAN's DHCP
+	// server, not the host's (socket_vmnet's bridged mode).
+	LAN    bool
+	Routes []Route
+	DNS    DNS
 	// PortMappingsHandled says the network maps hostPorts itself (a
 	// plugin declares the portMappings capability and the mode does it);
 	// otherwise the daemon proxies them (netplugin/portproxy).
@@ -558,7 +561,7 @@ func (m *Manager) attachment(list *libcni.NetworkConfigList, conf *netplugin.Net
 	case netplugin.ModeVmnetBridged:
 		a.Kind, a.Device = vm.NICVmnetBridged, conf.Interface
 	case netplugin.ModeSocket:
-		a.Kind, a.Device = vm.NICSocket, conf.Socket
+		a.Kind, a.Device, a.LAN = vm.NICSocket, conf.Socket, conf.LAN
 		if gi.SocketPath != "" {
 			a.Device = gi.SocketPath
 		}

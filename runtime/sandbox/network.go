@@ -151,6 +151,7 @@ func networkOf(a *cnimgr.Attachment) *store.Network {
 		MTU:           a.MTU,
 		DNS:           store.DNS{Servers: a.DNS.Servers, Searches: a.DNS.Searches, Options: a.DNS.Options},
 		PortsByDaemon: !a.PortMappingsHandled,
+		LAN:           a.LAN,
 	}
 	for _, ip := range a.IPs {
 		n.Addresses = append(n.Addresses, ip.Address.String())

@@ -23,7 +23,8 @@ import (
 //     network's subnet; the guest's report only confirms it (a different
 //     claim is logged and ignored). Without such a lease there is no pod
 //     IP: the daemon says why and claims nothing.
-//   - vmnet-bridged: the LAN's DHCP server is not the host's, so there is
+//   - vmnet-bridged, and socket with "lan" (socket_vmnet's bridged
+//     mode): the LAN's DHCP server is not the host's, so there is
 //     no lease to compare with. The guest's address is taken when it is
 //     inside the network's "subnet" (if configured) and none of the
 //     refused addresses below; else a lease, under the same rules.
@@ -34,6 +35,7 @@ import (
 // ipFacts is what podIPFor decides from.
 type ipFacts struct {
 	kind     vm.NICKind
+	lan      bool // socket_vmnet's bridged mode: no host lease
 	mac      string
 	subnet   *net.IPNet // nil: unknown (vmnet-bridged without "subnet")
 	gateway  net.IP
@@ -67,9 +69,12 @@ func subnetOf(n *store.Network) (*net.IPNet, net.IP) {
 	return subnet, gw
 }
 
-// leased reports whether a network kind's addresses come from the host's
-// DHCP server (vmnet's shared network), whose leases the daemon reads.
-func leased(k vm.NICKind) bool { return k == vm.NICVmnetNAT || k == vm.NICSocket }
+// leased reports whether a network's addresses come from the host's
+// DHCP server (vmnet's shared network), whose leases the daemon reads:
+// not socket_vmnet's bridged mode (lan), whose come from the LAN's.
+func leased(k vm.NICKind, lan bool) bool {
+	return k == vm.NICVmnetNAT || (k == vm.NICSocket && !lan)
+}
 
 // refuse says why ip cannot be a pod IP on the network ("" when it can).
 func (f *ipFacts) refuse(ip net.IP) string {
@@ -130,7 +135,7 @@ func podIPFor(f ipFacts) (ips []string, note string, err error) {
 		}
 	}
 
-	if !leased(f.kind) {
+	if !leased(f.kind, f.lan) {
 		if len(accepted) > 0 {
 			if len(refused) > 0 {
 				note = "the guest also claims " + strings.Join(refused, ", ") + "; not used"
@@ -212,7 +217,7 @@ func (s *Controller) learnedIPs(sb store.Sandbox, reported []string) ([]string, 
 		}
 		return reported, "", nil
 	}
-	f := ipFacts{kind: n.NIC.Kind, mac: n.NIC.MAC, reported: reported, taken: s.addressTaken(sb.ID)}
+	f := ipFacts{kind: n.NIC.Kind, lan: n.LAN, mac: n.NIC.MAC, reported: reported, taken: s.addressTaken(sb.ID)}
 	f.subnet, f.gateway = subnetOf(n)
 	mac, err := net.ParseMAC(n.NIC.MAC)
 	if err == nil {

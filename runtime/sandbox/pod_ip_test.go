@@ -80,6 +80,9 @@ func TestPodIPFor(t *testing.T) {
 		{"bridged, no subnet: the guest's address", ipFacts{kind: vm.NICVmnetBridged, mac: ourMAC, reported: []string{"192.168.1.20"}, leaseErr: noLease, taken: taken}, []string{"192.168.1.20"}, "", ""},
 		{"bridged: the host's address", ipFacts{kind: vm.NICVmnetBridged, mac: ourMAC, reported: []string{"192.168.1.2"}, leaseErr: noLease, taken: taken}, nil, "", "an address of this host"},
 		{"bridged with a subnet: outside it", ipFacts{kind: vm.NICVmnetBridged, mac: ourMAC, subnet: lan, gateway: net.ParseIP("192.168.1.1"), reported: []string{"10.1.1.1", "192.168.1.1"}, leaseErr: noLease, taken: taken}, nil, "", "outside the network's subnet 192.168.1.0/24"},
+		{"socket_vmnet bridged (lan): the guest's address in the LAN's subnet", ipFacts{kind: vm.NICSocket, lan: true, mac: ourMAC, subnet: lan, gateway: net.ParseIP("192.168.1.1"), reported: []string{"192.168.1.31"}, leaseErr: noLease, taken: taken}, []string{"192.168.1.31"}, "", ""},
+		{"socket_vmnet bridged (lan): outside the LAN's subnet", ipFacts{kind: vm.NICSocket, lan: true, mac: ourMAC, subnet: lan, gateway: net.ParseIP("192.168.1.1"), reported: []string{"192.168.105.9"}, leaseErr: noLease, taken: taken}, nil, "", "outside the network's subnet 192.168.1.0/24"},
+		{"socket_vmnet shared: no lease, the guest's claim is not enough", ipFacts{kind: vm.NICSocket, mac: ourMAC, subnet: shared, gateway: gw, reported: []string{"192.168.64.9"}, leaseErr: noLease, taken: taken}, nil, "", "no DHCP lease confirms it"},
 		{"bridged with a subnet: inside it", ipFacts{kind: vm.NICVmnetBridged, mac: ourMAC, subnet: lan, gateway: net.ParseIP("192.168.1.1"), reported: []string{"10.1.1.1", "192.168.1.30"}, leaseErr: noLease, taken: taken}, []string{"192.168.1.30"}, "10.1.1.1", ""},
 	} {
 		ips, note, err := podIPFor(tc.f)

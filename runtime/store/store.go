@@ -100,6 +100,9 @@ type Network struct {
 	// learned pod IP must be inside the one and is never the other.
 	Subnet  string `json:"subnet,omitempty"`
 	Gateway string `json:"gateway,omitempty"`
+	// LAN: the guest's address comes from the LAN's DHCP server, which
+	// leaves no lease on the host (socket_vmnet's bridged mode).
+	LAN bool `json:"lan,omitempty"`
 	// DNS is the attachment's DNS config, used when the pod has none.
 	DNS DNS `json:"dns,omitzero"`
 	// PortsByDaemon: the plugins did not handle the hostPorts; the daemon

@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image node-image sign
+.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image node-image sign mac-test
 
 all: build
 
@@ -81,8 +81,23 @@ fuzz:
 # The QEMU test guest (integration/guest): Debian kernel + busybox + the
 # agent as /init, written as an OCI layout in bin/guest/oci (tags plain and
 # httpd); push it with bin/pushimage -kind layout -layout bin/guest/oci.
+# ARCH=arm64 builds the arm64 guest into bin/guest-arm64 (its OCI layout
+# in bin/guest-arm64/oci): what make mac-test boots on a Mac, which cannot
+# build it (Debian's packages).
 guest-image: build
-	$(GO) run ./integration/guest/cmd/build-guest --out bin/guest --agent bin/macvz-agent
+	$(GO) run ./integration/guest/cmd/build-guest --arch $(ARCH) --out bin/guest$(if $(filter arm64,$(ARCH)),-arm64) \
+		--agent $(if $(filter arm64,$(ARCH)),bin/linux-arm64/macvz-agent,bin/macvz-agent)
+
+# The Mac bring-up kit (a Mac only): build, sign ad hoc, then the vz
+# integration tests (integration/mac_test.go) against the signed daemon:
+# the arm64 Linux test guest from MACVZ_GUEST_LAYOUT (built on Linux with
+# make guest-image ARCH=arm64) and, when MACVZ_MACOS_IMAGE names a macOS
+# image with the agent installed, a macOS pod, cold then warm. On Linux
+# make darwin-check type-checks those tests.
+mac-test:
+	@test "$$(uname -s)" = Darwin || { echo "make mac-test runs on a Mac; here, make darwin-check type-checks its tests"; exit 1; }
+	$(MAKE) sign tools
+	MACVZ=$(CURDIR)/bin/macvz $(GO) test -count=1 -v -timeout 90m -run '^TestMac' ./integration/
 
 # The node image (integration/guest/node.go): the guest a node VM boots,
 # carrying an unmodified kubelet, as an OCI layout in

@@ -41,7 +41,7 @@ func (s *Service) networkCondition(ctx context.Context) *runtimeapi.RuntimeCondi
 	if se := s.ctl.NetworkStatus(ctx); se != nil {
 		return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: false, Reason: se.Reason, Message: se.Message}
 	}
-	return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+	return &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true, Message: s.ctl.NetworkSummary()}
 }
 
 // capacityCondition is the condition "VMCapacity": true while every

@@ -166,6 +166,8 @@ func TestPodNetwork(t *testing.T) {
 	n := newNetTest(t)
 	if out := n.d.mustCrictl("info"); !strings.Contains(out, `"type": "NetworkReady"`) || strings.Contains(out, "NoNetworkConfig") {
 		t.Fatalf("network not ready:\n%s", out)
+	} else if !strings.Contains(out, "mode bridge-tap on bridge") {
+		t.Errorf("crictl info does not say which network mode pods join:\n%s", out)
 	}
 	dns := map[string]any{"servers": []string{"10.96.0.10"}, "searches": []string{"ns1.svc.cluster.local"}, "options": []string{"ndots:5"}}
 	podA := n.podConfig(t, "web-a", map[string]any{

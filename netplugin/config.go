@@ -451,6 +451,29 @@ func (c *NetConf) GuestSubnet() (*net.IPNet, net.IP, error) {
 	return n, gw, nil
 }
 
+// Summary says which mode a network uses and what that means for pods,
+// for `crictl info` (a CNI STATUS that succeeds prints nothing).
+func (c *NetConf) Summary() string {
+	switch c.Mode {
+	case ModeSocket:
+		if c.LAN {
+			return fmt.Sprintf("mode socket: socket_vmnet's bridged network at %s (pods on the LAN; a pod IP is what its guest reports inside %s)", c.Socket, c.Subnet)
+		}
+		return fmt.Sprintf("mode socket: socket_vmnet's shared network at %s (pods, the node VM and the host reach each other)", c.Socket)
+	case ModeVmnetNAT:
+		return "mode vmnet-nat: vmnet isolates every VM, so pods reach neither each other nor the node VM (right for a single-pod CI host; socket_vmnet's shared network joins them)"
+	case ModeVmnetBridged:
+		return fmt.Sprintf("mode vmnet-bridged on %s (needs the com.apple.vm.networking entitlement)", c.Interface)
+	case ModeBridgeTap:
+		br := c.Bridge
+		if br == "" {
+			br = DefaultBridge
+		}
+		return fmt.Sprintf("mode bridge-tap on bridge %s", br)
+	}
+	return "mode " + c.Mode
+}
+
 // DefaultGuestSubnet is a mode's default "subnet" ("" for none).
 func DefaultGuestSubnet(mode string) string {
 	switch mode {

@@ -155,3 +155,22 @@ func TestGuestSubnet(t *testing.T) {
 		}
 	}
 }
+
+// TestSummary: crictl info says which mode the pods' network is in and
+// what it means for them (NAT's isolation above all).
+func TestSummary(t *testing.T) {
+	for conf, want := range map[string]string{
+		`{"name":"n","mode":"vmnet-nat"}`:                                                                             "pods reach neither each other nor the node VM",
+		`{"name":"n","mode":"socket","socket":"/var/run/socket_vmnet"}`:                                               "shared network at /var/run/socket_vmnet",
+		`{"name":"n","mode":"socket","socket":"/var/run/socket_vmnet.bridged.en0","lan":true,"subnet":"10.0.0.0/24"}`: "bridged network at /var/run/socket_vmnet.bridged.en0 (pods on the LAN; a pod IP is what its guest reports inside 10.0.0.0/24)",
+		`{"name":"n","mode":"vmnet-bridged","interface":"en0"}`:                                                       "vmnet-bridged on en0",
+	} {
+		c, err := LoadConf([]byte(conf))
+		if err != nil {
+			t.Fatalf("%s: %v", conf, err)
+		}
+		if got := c.Summary(); !strings.Contains(got, want) {
+			t.Errorf("%s: summary %q, want one with %q", conf, got, want)
+		}
+	}
+}

@@ -298,6 +298,20 @@ func (m *Manager) Status(ctx context.Context) error {
 	return nil
 }
 
+// Summary says which network pods join and in which mode (what
+// NetConf.Summary says), for a network that is ready.
+func (m *Manager) Summary() (string, error) {
+	list, err := m.Load()
+	if err != nil {
+		return "", err
+	}
+	c, err := ourConf(list)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("network %q, %s", list.Name, c.Summary()), nil
+}
+
 // describe renders a plugin error with its CNI code.
 func describe(err error) string {
 	var te *types.Error

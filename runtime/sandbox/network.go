@@ -45,6 +45,19 @@ func (s *Controller) NetworkStatus(ctx context.Context) *cnimgr.StatusError {
 	return &cnimgr.StatusError{Reason: cnimgr.ReasonPluginNotReady, Message: err.Error(), Err: err}
 }
 
+// NetworkSummary says which network pods join and in which mode (""
+// when none is configured).
+func (s *Controller) NetworkSummary() string {
+	if s.net == nil {
+		return ""
+	}
+	sum, err := s.net.Summary()
+	if err != nil {
+		return ""
+	}
+	return sum
+}
+
 // setupNetwork attaches a new sandbox: a CNI ADD for a pod-network pod,
 // a user-mode NIC for a host-network pod. It records the attachment in
 // the sandbox before returning; on failure nothing is left.

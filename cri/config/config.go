@@ -68,9 +68,9 @@ type VZ struct {
 	// (the node VM shares them at the same path). A macOS host has no
 	// bind mounts and a vz VM's shares are fixed at boot, so a pod's VM
 	// boots with a share of the pod's own volume directories below them
-	// (<root>/<pod UID>/volumes/<plugin>/<name>, and <root>/<pod
-	// UID>/containers for termination logs), never a whole pod
-	// directory. Unused where the host has bind mounts (Linux).
+	// (<root>/<pod UID>/volumes/<plugin>/<name>), never a whole pod
+	// directory nor its termination logs. Unused where the host has bind
+	// mounts (Linux).
 	VolumeRoots []string `toml:"volume_roots"`
 }
 

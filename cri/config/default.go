@@ -105,8 +105,8 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # pod's own volume directories below these roots (kubelet's pods
   # directory, shared with the node VM at the same path):
   # <root>/<pod UID>/volumes/<plugin>/<name> (secrets, configMaps,
-  # projected and downward API read-only) and <root>/<pod UID>/containers
-  # (termination logs). Never a whole pod directory. More host directories
+  # projected and downward API read-only); never a whole pod directory nor
+  # the termination logs kubelet reads back. More host directories
   # come from the pod annotation macvz.io/volume-dirs (a JSON array of
   # absolute paths), honoured only for runtime handlers with
   # allow_volume_dirs_annotation = true (any pod author could otherwise

@@ -34,14 +34,16 @@ import (
 //     kubelet makes and fills before RunPodSandbox; read-only for the
 //     kinds kubelet writes itself (secret, configMap, projected,
 //     downward API);
-//   - <root>/<pod UID>/containers, writable, made when missing (kubelet
-//     makes it at CreateContainer), where kubelet puts each container's
-//     termination-log file;
 //   - the directories the pod's macvz.io/volume-dirs annotation lists
 //     (where its runtime handler allows it), writable.
 //
 // Never the pod's whole directory nor the whole root: other pods'
-// volumes are there. BindVolumes then finds each volume's host path
+// volumes are there. Nor <root>/<pod UID>/containers, where kubelet
+// keeps each container's termination-log file and reads it back when
+// the container ends: shared writable, the guest could swap the file for
+// a symlink that kubelet then follows, and a file of the node (its
+// kubeconfig, its client key) would become the pod's termination
+// message. Termination logs are left out (see volumeRuleFor). BindVolumes then finds each volume's host path
 // below one entry and asks the agent for that subpath of the share.
 
 // volumeTag is the volume share's tag (short enough for a Linux guest's
@@ -87,11 +89,9 @@ func realDir(p string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// podVolumeDirs finds, below each root, the pod's volume directories and
-// its containers directory (made when the pod's directory and its
-// volumes directory exist: kubelet's pod). Nothing below a root is
-// followed through a symlink: a symlink where a directory belongs is
-// left out (and logged).
+// podVolumeDirs finds, below each root, the pod's volume directories.
+// Nothing below a root is followed through a symlink: a symlink where a
+// directory belongs is left out (and logged).
 func podVolumeDirs(log *slog.Logger, roots []string, uid string) []volumeDir {
 	if !podUIDElem(uid) {
 		if uid != "" {
@@ -129,17 +129,27 @@ func podVolumeDirs(log *slog.Logger, roots []string, uid string) []volumeDir {
 				out = append(out, volumeDir{d, readOnlyVolumeKinds[pl.Name()]})
 			}
 		}
-		ctrs := filepath.Join(pod, "containers")
-		if err := os.Mkdir(ctrs, 0o750); err != nil && !os.IsExist(err) {
-			log.Warn("making the pod's containers directory (termination logs)", "dir", ctrs, "err", err)
-		}
-		if !realDir(ctrs) {
-			log.Warn("the pod's containers directory is not a directory (a symlink?); termination logs are not shared", "path", ctrs)
-			continue
-		}
-		out = append(out, volumeDir{ctrs, false})
 	}
 	return out
+}
+
+// terminationLog says whether hostPath is in the pod's containers
+// directory below one of roots: kubelet's termination-log files, which
+// are never shared (see the top of this file).
+func terminationLog(roots []string, uid, hostPath string) bool {
+	if !podUIDElem(uid) {
+		return false
+	}
+	for _, root := range roots {
+		rel, err := filepath.Rel(filepath.Join(root, uid), hostPath)
+		if err != nil || !filepath.IsLocal(rel) {
+			continue
+		}
+		if first, _, _ := strings.Cut(filepath.ToSlash(rel), "/"); first == "containers" {
+			return true
+		}
+	}
+	return false
 }
 
 // extraVolumeDirs are the directories of the macvz.io/volume-dirs
@@ -267,12 +277,16 @@ const (
 )
 
 // volumeRuleFor is the rule for a volume at guestPath of a guest of the
-// OS (resolved: its host path is below an entry of the volume share),
-// and why it is not required. kubelet mounts files at system paths in
-// every container: a macOS guest's /dev is devfs and its /etc/hosts a
-// file of its own; kubelet's hosts file lies directly in the pod's
-// directory, which is never shared.
-func volumeRuleFor(guestOS, guestPath string, resolved bool) (volumeRule, string) {
+// OS (resolved: its host path is below an entry of the volume share;
+// termLog: it is kubelet's termination-log file), and why it is not
+// required. kubelet mounts files at system paths in every container: a
+// macOS guest's /dev is devfs and its /etc/hosts a file of its own;
+// kubelet's hosts file lies directly in the pod's directory, which is
+// never shared, and its termination-log files are not shared either.
+func volumeRuleFor(guestOS, guestPath string, resolved, termLog bool) (volumeRule, string) {
+	if termLog {
+		return volumeSkipped, "kubelet reads a termination-log file back on the host, so a vz VM does not get its directory (the guest could swap the file for a symlink kubelet would follow): the termination message comes from the log with terminationMessagePolicy FallbackToLogsOnError, else is empty"
+	}
 	clean := path.Clean(guestPath)
 	if guestOS == "darwin" {
 		switch {
@@ -320,15 +334,16 @@ func (s *Controller) linkVolumes(ctx context.Context, sb store.Sandbox, a agenta
 		return err
 	}
 	log := sbLog(sb.ID)
+	uid := store.SpecOf(sb).UID
 	for _, v := range vols {
 		entry, rel, ok := resolveVolume(dirs, v.HostPath)
-		rule, why := volumeRuleFor(sb.VMOS, v.GuestPath, ok)
+		rule, why := volumeRuleFor(sb.VMOS, v.GuestPath, ok, terminationLog(s.cfg.VolumeRoots, uid, v.HostPath))
 		if rule == volumeSkipped {
 			log.Info("volume skipped", "hostPath", v.HostPath, "target", v.GuestPath, "why", why)
 			continue
 		}
 		if !ok {
-			return fmt.Errorf("volume %s → %s: a vz VM's shares are fixed when it boots, and this host path is below none of the directories shared with it (the pod's own volume directories below [vz] volume_roots, its containers directory, and the directories of the pod annotation %s): %w",
+			return fmt.Errorf("volume %s → %s: a vz VM's shares are fixed when it boots, and this host path is below none of the directories shared with it (the pod's own volume directories below [vz] volume_roots and the directories of the pod annotation %s): %w",
 				v.HostPath, v.GuestPath, AnnotationVolumeDirs, errdefs.ErrFailedPrecondition)
 		}
 		_, err := a.MountShare(ctx, &agentapi.MountShareRequest{

@@ -68,8 +68,8 @@ func kubeletPods(t *testing.T) string {
 }
 
 // TestPodVolumeDirs: a pod's own volume directories are found (read-only
-// for kubelet's API-data kinds) with its containers directory, made when
-// missing; symlinks where directories belong, other pods and hostile
+// for kubelet's API-data kinds), never its containers directory (nor is
+// one made); symlinks where directories belong, other pods and hostile
 // UIDs give nothing.
 func TestPodVolumeDirs(t *testing.T) {
 	root := kubeletPods(t)
@@ -81,22 +81,21 @@ func TestPodVolumeDirs(t *testing.T) {
 		{root + "/u1/volumes/kubernetes.io~empty-dir/scratch", false},
 		{root + "/u1/volumes/kubernetes.io~projected/kube-api-access-x", true},
 		{root + "/u1/volumes/kubernetes.io~secret/s1", true},
-		{root + "/u1/containers", false},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("u1's volume directories:\n got %v\nwant %v", got, want)
 	}
-	if !realDir(filepath.Join(root, "u1/containers")) {
-		t.Error("u1's containers directory was not made")
+	if _, err := os.Lstat(filepath.Join(root, "u1/containers")); !os.IsNotExist(err) {
+		t.Errorf("u1's containers directory was made: %v", err)
 	}
 
-	// u3 is a symlink to u2's directory; u4's containers a symlink to
-	// u2's: nothing of u2 is shared through them.
+	// u3 is a symlink to u2's directory: nothing of u2 is shared
+	// through it.
 	if got := podVolumeDirs(log, []string{root}, "u3"); len(got) != 0 {
 		t.Errorf("through a symlinked pod directory: %v", got)
 	}
 	if got := podVolumeDirs(log, []string{root}, "u4"); !reflect.DeepEqual(got, []volumeDir{{root + "/u4/volumes/kubernetes.io~empty-dir/e", false}}) {
-		t.Errorf("u4 (containers is a symlink): %v", got)
+		t.Errorf("u4: %v", got)
 	}
 	// Not kubelet's pod: nothing, and nothing made.
 	if got := podVolumeDirs(log, []string{root}, "u5"); len(got) != 0 {
@@ -126,7 +125,7 @@ func TestPodVolumeDirs(t *testing.T) {
 	// Two roots: each gives the pod's directories.
 	other := t.TempDir()
 	mkdirs(t, other, "u1/volumes/kubernetes.io~empty-dir/more")
-	if got := podVolumeDirs(log, []string{root, other}, "u1"); len(got) != len(want)+2 || got[len(got)-2].path != other+"/u1/volumes/kubernetes.io~empty-dir/more" {
+	if got := podVolumeDirs(log, []string{root, other}, "u1"); len(got) != len(want)+1 || got[len(got)-1].path != other+"/u1/volumes/kubernetes.io~empty-dir/more" {
 		t.Errorf("two roots: %v", got)
 	}
 }
@@ -227,10 +226,36 @@ func TestVolumeRuleFor(t *testing.T) {
 		{"linux", "/dev/termination-log", true, volumeRequired},
 		{"linux", "/dev/termination-log", false, volumeRequired},
 	} {
-		got, why := volumeRuleFor(tc.os, tc.target, tc.resolved)
+		got, why := volumeRuleFor(tc.os, tc.target, tc.resolved, false)
 		if got != tc.want || (got == volumeRequired) != (why == "") {
 			t.Errorf("%s %s resolved=%v: %v %q, want %v", tc.os, tc.target, tc.resolved, got, why, tc.want)
 		}
+	}
+	// kubelet's termination-log files are never linked, whatever the
+	// guest and the path the container asked for.
+	for _, os := range []string{"darwin", "linux"} {
+		for _, target := range []string{"/dev/termination-log", "/tmp/my-termination"} {
+			if got, why := volumeRuleFor(os, target, true, true); got != volumeSkipped || !strings.Contains(why, "symlink") {
+				t.Errorf("termination log %s in a %s guest: %v %q", target, os, got, why)
+			}
+		}
+	}
+	roots := []string{"/var/lib/kubelet/pods"}
+	for hp, want := range map[string]bool{
+		"/var/lib/kubelet/pods/u1/containers/app/0123abcd":              true,
+		"/var/lib/kubelet/pods/u1/containers":                           true,
+		"/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/x":    false,
+		"/var/lib/kubelet/pods/u2/containers/app/1":                     false, // another pod's: below no entry anyway
+		"/var/lib/kubelet/pods/u1/../u1/containers/a/b":                 true,
+		"/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/containers": false,
+		"/elsewhere/containers/app/1":                                   false,
+	} {
+		if got := terminationLog(roots, "u1", hp); got != want {
+			t.Errorf("terminationLog(%s) = %v, want %v", hp, got, want)
+		}
+	}
+	if terminationLog(roots, "..", "/var/lib/kubelet/containers/a") {
+		t.Error("terminationLog with a hostile UID")
 	}
 }
 
@@ -278,7 +303,7 @@ func TestVolumeShareBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sh.Tag != volumeTag || sh.HostPath != "" || len(sh.Dirs) != 7 || sh.Dirs[6] != (vm.ShareDir{Name: "6", HostPath: extra}) || !sh.Dirs[4].ReadOnly {
+	if sh.Tag != volumeTag || sh.HostPath != "" || len(sh.Dirs) != 6 || sh.Dirs[5] != (vm.ShareDir{Name: "5", HostPath: extra}) || !sh.Dirs[4].ReadOnly {
 		t.Errorf("volume share %+v", sh)
 	}
 	shape, _ := c.volumeShare("sb", sbDir, nil)
@@ -306,11 +331,15 @@ func TestBindVolumesFromShare(t *testing.T) {
 	c := newTestController(t)
 	c.cfg.Backend, c.hostBinds = "vz", false
 	root := kubeletPods(t)
+	c.cfg.VolumeRoots = []string{root}
 	dirs := []vm.ShareDir{
 		{Name: "0", HostPath: root + "/u1/volumes/kubernetes.io~projected/kube-api-access-x", ReadOnly: true},
+		// Never an entry since termination logs are not shared (a VM
+		// booted by an older daemon could have it): still skipped.
 		{Name: "1", HostPath: root + "/u1/containers"},
+		{Name: "2", HostPath: root + "/u1/volumes/kubernetes.io~empty-dir/scratch"},
 	}
-	sb := store.Sandbox{ID: "sb1", Dir: t.TempDir(), VMOS: "darwin"}
+	sb := store.Sandbox{ID: "sb1", Dir: t.TempDir(), VMOS: "darwin", Spec: &store.SandboxSpec{UID: "u1"}}
 	spec := vm.Spec{ID: sb.ID, Shares: []vm.Share{{Tag: sharedTag, HostPath: sb.Dir + "/shared"}, {Tag: volumeTag, Dirs: dirs}}}
 	b, _ := json.Marshal(spec)
 	if err := os.WriteFile(filepath.Join(sb.Dir, shim.SpecFile), b, 0o600); err != nil {
@@ -332,23 +361,25 @@ func TestBindVolumesFromShare(t *testing.T) {
 		t.Errorf("mounts %v", a.calls)
 	}
 
-	// The guest takes the termination log: it is linked.
+	// Even a guest that would take it never gets the termination log
+	// (kubelet reads it back on the host), at whatever path; an emptyDir
+	// at a /dev path is tried.
 	a = &mountAgent{}
-	if err := c.BindVolumes(context.Background(), sb, a, "c1", vols[1:]); err != nil {
+	custom := []Volume{vols[1], {HostPath: root + "/u1/containers/app/c1", GuestPath: "/tmp/term"}, {HostPath: dirs[2].HostPath, GuestPath: "/dev/scratch"}}
+	if err := c.BindVolumes(context.Background(), sb, a, "c1", custom); err != nil {
 		t.Fatal(err)
 	}
-	if len(a.calls) != 1 || a.calls[0].Subpath != "1/app/c1" || a.calls[0].Target != "/dev/termination-log" {
-		t.Errorf("termination log: %v", a.calls)
+	if len(a.calls) != 1 || a.calls[0].Subpath != "2" || a.calls[0].Target != "/dev/scratch" {
+		t.Errorf("termination logs and a /dev emptyDir in a macOS guest: %v", a.calls)
 	}
 
-	// A Linux guest on vz: the termination log is required, the hosts file
-	// skipped.
+	// A Linux guest on vz: the same, and the hosts file skipped.
 	sb.VMOS = "linux"
 	a = &mountAgent{}
-	if err := c.BindVolumes(context.Background(), sb, a, "c1", vols); err != nil {
+	if err := c.BindVolumes(context.Background(), sb, a, "c1", append(vols, custom...)); err != nil {
 		t.Fatal(err)
 	}
-	if len(a.calls) != 2 || a.calls[1].Subpath != "1/app/c1" {
+	if len(a.calls) != 2 || a.calls[0].Subpath != "0" || a.calls[1].Subpath != "2" {
 		t.Errorf("Linux guest: %v", a.calls)
 	}
 

@@ -1059,11 +1059,7 @@ func TestLongDirAndSave(t *testing.T) {
 		t.Fatal("path not long enough")
 	}
 	ctx := ctxT(t, 60*time.Second)
-	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := spawnFake(ctx, t, dir)
 	if _, err := c.Start(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -1108,11 +1104,7 @@ func TestLongDirAndSave(t *testing.T) {
 func TestSaveFails(t *testing.T) {
 	dir := sandboxDir(t)
 	ctx := ctxT(t, 60*time.Second)
-	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := spawnFake(ctx, t, dir)
 	if _, err := c.Start(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -1134,7 +1126,7 @@ func TestSaveFails(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, failResumeFile), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Shim().Save(ctx, &shimapi.SaveRequest{Path: state})
+	_, err := c.Shim().Save(ctx, &shimapi.SaveRequest{Path: state})
 	if err == nil || !strings.Contains(err.Error(), "unusable") || !strings.Contains(err.Error(), "resuming failed") {
 		t.Fatalf("Save that cannot resume: %v", err)
 	}
@@ -1153,11 +1145,7 @@ func TestSaveFails(t *testing.T) {
 func TestStartNoAgent(t *testing.T) {
 	dir := sandboxDir(t)
 	ctx := ctxT(t, 60*time.Second)
-	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := spawnFake(ctx, t, dir)
 	r, err := c.Shim().Start(ctx, &shimapi.StartRequest{NoAgent: true})
 	if err != nil {
 		t.Fatal(err)
@@ -1184,4 +1172,16 @@ func TestStartNoAgent(t *testing.T) {
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// spawnFake spawns a shim of the fake backend for dir, closed (not shut
+// down) when the test ends.
+func spawnFake(ctx context.Context, t *testing.T, dir string) *Client {
+	t.Helper()
+	c, err := Spawn(ctx, SpawnOptions{Dir: dir, Backend: fakeBackend, Spec: fakeSpec(dir, agentBin)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

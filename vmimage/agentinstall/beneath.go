@@ -44,10 +44,11 @@ func splitRel(rel string) ([]string, error) {
 	return parts, nil
 }
 
-// openDirBeneath opens the directory rel beneath the directory root,
-// creating missing components (mode 0755, owned by uid:gid through
-// chown). It refuses a component that is a symlink or not a directory.
-// The caller closes the descriptor.
+// openDirBeneath opens the directory rel beneath the directory root.
+// With chown it creates missing components (mode 0755, owned by root
+// through chown); without, a missing component gives -1 and no error. It
+// refuses a component that is a symlink or not a directory. The caller
+// closes the descriptor.
 func openDirBeneath(root int, rel string, chown func(fd, uid, gid int) error) (int, error) {
 	parts, err := splitRel(rel)
 	if err != nil {
@@ -59,7 +60,17 @@ func openDirBeneath(root int, rel string, chown func(fd, uid, gid int) error) (i
 	}
 	for i, name := range parts {
 		where := "/" + strings.Join(parts[:i+1], "/")
-		next, created, err := openOrMakeDir(cur, name)
+		var next int
+		var created bool
+		if chown == nil {
+			next, err = unix.Openat(cur, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err == unix.ENOENT {
+				unix.Close(cur)
+				return -1, nil
+			}
+		} else {
+			next, created, err = openOrMakeDir(cur, name)
+		}
 		if err != nil {
 			err = refusal(cur, name, where, err)
 		}

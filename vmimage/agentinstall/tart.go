@@ -63,7 +63,7 @@ type DisabledJob struct {
 func disableTartAgent(root int, chown func(fd, uid, gid int) error) ([]DisabledJob, error) {
 	var done []DisabledJob
 	for _, rel := range jobDirs {
-		dir, err := openExistingDirBeneath(root, rel)
+		dir, err := openDirBeneath(root, rel, nil)
 		if err != nil {
 			return done, err
 		}
@@ -163,34 +163,4 @@ func dirNames(dir int) ([]string, error) {
 	names, err := f.Readdirnames(-1)
 	sort.Strings(names)
 	return names, err
-}
-
-// openExistingDirBeneath opens the directory rel beneath root without
-// creating anything: -1 and no error when a component is missing; an
-// error when one is a symlink or not a directory.
-func openExistingDirBeneath(root int, rel string) (int, error) {
-	parts, err := splitRel(rel)
-	if err != nil {
-		return -1, err
-	}
-	cur, err := unix.Dup(root)
-	if err != nil {
-		return -1, err
-	}
-	for i, name := range parts {
-		next, err := unix.Openat(cur, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err == unix.ENOENT {
-			unix.Close(cur)
-			return -1, nil
-		}
-		if err != nil {
-			err = refusal(cur, name, "/"+strings.Join(parts[:i+1], "/"), err)
-		}
-		unix.Close(cur)
-		if err != nil {
-			return -1, err
-		}
-		cur = next
-	}
-	return cur, nil
 }

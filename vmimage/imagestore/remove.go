@@ -58,10 +58,12 @@ func (s *Store) collect(ctx context.Context) error {
 	}
 	live := map[digest.Digest]bool{}
 	bases := map[string]bool{}
+	trees := map[string]bool{}
 	for _, img := range all {
 		if img.Kind != "" {
 			bases[BaseName(img.Manifest.Digest)] = true
 		}
+		trees[TreeName(img.Manifest.Digest)] = true
 		err := images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 			live[d.Digest] = true
 			children, err := images.Children(ctx, s.content, d)
@@ -101,6 +103,11 @@ func (s *Store) collect(ctx context.Context) error {
 	var deadBases []string
 	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindCommitted && info.Labels[LabelBase] != "" && !bases[info.Name] {
+			deadBases = append(deadBases, info.Name)
+		}
+		// The tree of a removed image (its volumes are gone: an image in
+		// use cannot be removed).
+		if isTree(info) && !trees[info.Name] {
 			deadBases = append(deadBases, info.Name)
 		}
 		return nil

@@ -122,6 +122,10 @@ type Store struct {
 	// boot caches what VMImage reads from a VM image's base and
 	// manifest, by manifest digest (*bootInfo).
 	boot sync.Map
+	// trees are the image trees being unpacked or removed, by manifest
+	// (see Tree): closed when done.
+	treesMu sync.Mutex
+	trees   map[digest.Digest]chan struct{}
 }
 
 // Open opens (creating if needed) the store under opts.Root.

@@ -246,3 +246,46 @@ func TestApplyLayer(t *testing.T) {
 		t.Errorf("over the budget: %v", err)
 	}
 }
+
+// TestResolve: an image sub path resolves as in the guest, with the
+// tree as "/": symlinks are followed inside the tree, never out.
+func TestResolve(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"private/etc", "usr/lib"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(root, "private/etc/passwd"), []byte("x"), 0o644)
+	os.Symlink("/private/etc", filepath.Join(root, "etc"))
+	os.Symlink("usr/lib", filepath.Join(root, "lib"))
+	os.Symlink("../../../../../../../../..", filepath.Join(root, "up"))
+	os.Symlink("/", filepath.Join(root, "slash"))
+	os.Symlink("loop2", filepath.Join(root, "loop1"))
+	os.Symlink("loop1", filepath.Join(root, "loop2"))
+	for sub, want := range map[string]string{
+		"":             root,
+		"etc":          root + "/private/etc",
+		"etc/passwd":   root + "/private/etc/passwd",
+		"lib":          root + "/usr/lib",
+		"up":           root,
+		"up/etc":       root + "/private/etc",
+		"slash/etc":    root + "/private/etc",
+		"../../etc":    root + "/private/etc",
+		"usr/../etc/.": root + "/private/etc",
+	} {
+		got, err := Resolve(root, sub)
+		if err != nil || got != want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", sub, got, err, want)
+		}
+	}
+	for sub, is := range map[string]func(error) bool{
+		"/etc":             errdefs.IsInvalidArgument,
+		"not-existing":     errdefs.IsNotFound,
+		"etc/passwd/x":     errdefs.IsInvalidArgument,
+		"loop1":            errdefs.IsInvalidArgument,
+		"etc/not-existing": errdefs.IsNotFound,
+	} {
+		if _, err := Resolve(root, sub); !is(err) {
+			t.Errorf("Resolve(%q): %v", sub, err)
+		}
+	}
+}

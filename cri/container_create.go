@@ -93,6 +93,7 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		}
 	}
 	ctrLog(*c).Info("container created", "name", c.Name, "image", c.ImageRef, "vm", c.IsVM)
+	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT, c.SandboxID, c.ID)
 	return &runtimeapi.CreateContainerResponse{ContainerId: c.ID}, nil
 }
 

@@ -53,5 +53,6 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 		return nil, err
 	}
 	ctrLog(c).Info("container removed")
+	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT, c.SandboxID, c.ID)
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }

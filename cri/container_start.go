@@ -93,6 +93,7 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 		return nil, err
 	}
 	log.Info("container started", "vm", c.IsVM)
+	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT, c.SandboxID, c.ID)
 	return &runtimeapi.StartContainerResponse{}, nil
 }
 

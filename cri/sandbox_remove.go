@@ -32,9 +32,23 @@ func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodS
 		}
 	}
 	testpause.Pause(ctx, "rmp") // test-only hook, inert unless MACVZ_TEST_PAUSE=rmp
+	// The deleted events carry the sandbox's last status and name its
+	// containers, which the removal takes with it.
+	if rec, err := s.st.Sandbox(sb.ID); err == nil {
+		sb = rec
+	}
+	cs, err := s.st.Containers(func(c *store.Container) bool { return c.SandboxID == sb.ID })
+	if err != nil {
+		return nil, err
+	}
 	if err := s.ctl.Remove(ctx, sb); err != nil {
 		return nil, err
 	}
 	sbLog(sb.ID).Info("sandbox removed")
+	ids := make([]string, 0, len(cs))
+	for _, c := range cs {
+		ids = append(ids, c.ID)
+	}
+	s.sandboxRemoved(sb, ids)
 	return &runtimeapi.RemovePodSandboxResponse{}, nil
 }

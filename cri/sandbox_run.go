@@ -80,6 +80,9 @@ func (s *Service) RunPodSandbox(ctx context.Context, r *runtimeapi.RunPodSandbox
 		return nil, err
 	}
 	sbLog(sb.ID).Info("sandbox created", "name", sb.Name, "vmImage", vmImage, "ips", sb.IPs)
+	// Created and started at once, as containerd reports a sandbox.
+	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT, sb.ID, sb.ID)
+	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT, sb.ID, sb.ID)
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: sb.ID}, nil
 }
 

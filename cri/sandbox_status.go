@@ -16,11 +16,35 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 		return nil, err
 	}
 	sb = s.ctl.PodIPs(ctx, s.ctl.Refresh(ctx, sb))
+	st, err := sandboxStatus(sb)
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.PodSandboxStatusResponse{Status: st}
+	if r.GetVerbose() {
+		info, err := json.Marshal(sandboxInfo(sb))
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"info": string(info)}
+	}
+	ctrs, err := s.containerStatuses(sb.ID, func(c store.Container) store.Container { return s.ctl.RefreshContainer(ctx, c) })
+	if err != nil {
+		return nil, err
+	}
+	resp.ContainersStatuses = ctrs
+	resp.Timestamp = nowNano()
+	return resp, nil
+}
+
+// sandboxStatus is a sandbox record's CRI status, as PodSandboxStatus
+// and the container events (container_events.go) report it.
+func sandboxStatus(sb store.Sandbox) (*runtimeapi.PodSandboxStatus, error) {
 	cfg, err := podConfig(sb)
 	if err != nil {
 		return nil, err
 	}
-	st := &runtimeapi.PodSandboxStatus{
+	return &runtimeapi.PodSandboxStatus{
 		Id:             sb.ID,
 		Metadata:       cfg.GetMetadata(),
 		State:          criSandboxState(sb.State),
@@ -32,29 +56,27 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 		Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{
 			Options: cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(),
 		}},
-	}
-	resp := &runtimeapi.PodSandboxStatusResponse{Status: st}
-	if r.GetVerbose() {
-		info, err := json.Marshal(sandboxInfo(sb))
-		if err != nil {
-			return nil, err
-		}
-		resp.Info = map[string]string{"info": string(info)}
-	}
-	var ctrs []*runtimeapi.ContainerStatus
-	cs, err := s.st.Containers(func(c *store.Container) bool { return c.SandboxID == sb.ID })
+	}, nil
+}
+
+// containerStatuses are the statuses of a sandbox's containers, each
+// record passed through refresh first when it is set; a container whose
+// stored config does not decode is left out.
+func (s *Service) containerStatuses(sbID string, refresh func(store.Container) store.Container) ([]*runtimeapi.ContainerStatus, error) {
+	cs, err := s.st.Containers(func(c *store.Container) bool { return c.SandboxID == sbID })
 	if err != nil {
 		return nil, err
 	}
+	var out []*runtimeapi.ContainerStatus
 	for _, c := range cs {
-		c = s.ctl.RefreshContainer(ctx, c)
+		if refresh != nil {
+			c = refresh(c)
+		}
 		if cst, err := s.containerStatus(c); err == nil {
-			ctrs = append(ctrs, cst)
+			out = append(out, cst)
 		}
 	}
-	resp.ContainersStatuses = ctrs
-	resp.Timestamp = nowNano()
-	return resp, nil
+	return out, nil
 }
 
 // sandboxInfo is what `crictl inspectp` shows under info.

@@ -78,6 +78,9 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 	case <-ctx.Done():
 	}
 	slog.Info("shutting down", "grace", grace)
+	// The event streams last as long as their clients: end them, or the
+	// graceful stop would wait the whole grace period for them.
+	svc.events.close()
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {

@@ -50,6 +50,8 @@ type Service struct {
 	node   *nodevm.Supervisor  // the node VM, when [node] enables it
 	// podCIDRMu serialises UpdateRuntimeConfig (runtime_config_update.go).
 	podCIDRMu sync.Mutex
+	// events feeds the GetContainerEvents streams (container_events.go).
+	events *containerEvents
 }
 
 // registryHosts is the image store's view of [registry.hosts].
@@ -126,6 +128,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 		return nil, fmt.Errorf("network: %w", err)
 	}
 	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New()}
+	s.events = newContainerEvents(s.watchExits)
 	undo = append(undo, func() error { s.ports.Close(); return nil })
 	s.images, err = d.openImages(ctx, imagestore.Options{
 		Root:                   filepath.Join(cfg.Root, "images"),
@@ -150,7 +153,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 	s.restorePodCIDRs()
 	// The controller re-attaches to the shims that outlived the previous
 	// daemon before anything is collected: their disk clones are in use.
-	s.ctl = sandbox.New(ctx, controllerConfig(cfg, d.shimBinary), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims})
+	s.ctl = sandbox.New(ctx, controllerConfig(cfg, d.shimBinary), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims, Stopped: s.stopped})
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
 	if err := sn.Cleanup(ctx); err != nil {
@@ -162,9 +165,11 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 	return s, nil
 }
 
-// Close releases the stores. In-flight RPCs must have finished.
+// Close releases the stores. In-flight RPCs must have finished; the
+// container event streams, which never finish on their own, are ended.
 // The shims and their VMs keep running: the next daemon re-attaches.
 func (s *Service) Close() error {
+	s.events.close()
 	s.stream.Close()
 	s.ports.Close()
 	s.ctl.Close()

@@ -421,7 +421,7 @@ func exitOf(ctx context.Context, dir string, c shim.Conn, cid string) *Exit {
 
 // SetExited moves a container to Exited (once).
 func (s *Controller) SetExited(id string, ex *Exit) {
-	_, err := s.st.UpdateContainer(id, func(c *store.Container) error {
+	rec, err := s.st.UpdateContainer(id, func(c *store.Container) error {
 		if c.State == store.ContainerExited {
 			return errNoChange
 		}
@@ -443,5 +443,8 @@ func (s *Controller) SetExited(id string, ex *Exit) {
 	})
 	if err != nil && !errors.Is(err, errNoChange) && !errdefs.IsNotFound(err) {
 		slog.Warn("recording a container exit", "container", id, "err", err)
+	}
+	if err == nil {
+		s.stopped(rec.SandboxID, id)
 	}
 }

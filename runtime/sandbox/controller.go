@@ -63,6 +63,14 @@ type Deps struct {
 	Ports       *portproxy.Manager
 	// Shims runs the VMs' shims; nil = runtime/shim's processes.
 	Shims shim.Launcher
+	// Stopped, when set, is told of each stop the controller records,
+	// asked for or not (a VM or process that ended on its own): a
+	// container that became Exited (its ID and its sandbox's), or a
+	// sandbox that went from Ready to NotReady (containerID ""). It runs
+	// on the goroutine that made the change, after the store has it,
+	// possibly under the sandbox lock: it must be quick and must not call
+	// the controller's lifecycle methods (cri's container events).
+	Stopped func(sandboxID, containerID string)
 }
 
 // Controller boots, stops and removes sandbox VMs. See the package
@@ -96,6 +104,8 @@ type Controller struct {
 	stopping map[string]bool      // sandboxes being stopped on purpose
 	// warmHostOff is why this host saves no VM state ("": it can).
 	warmHostOff string
+	// stopped is Deps.Stopped, or a no-op.
+	stopped func(sandboxID, containerID string)
 }
 
 // New returns a controller over d and settles what the previous daemon
@@ -103,7 +113,10 @@ type Controller struct {
 // sandboxes, collects network attachments nobody owns and sweeps the
 // saved states. Call it before anything else collects disk clones.
 func New(ctx context.Context, cfg Config, d Deps) *Controller {
-	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}, hostBinds: hostBindMounts}
+	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}, hostBinds: hostBindMounts, stopped: d.Stopped}
+	if s.stopped == nil {
+		s.stopped = func(string, string) {}
+	}
 	if s.shimProcs == nil {
 		s.shimProcs = shim.Processes{}
 	}

@@ -84,13 +84,18 @@ func (s *Controller) Stop(ctx context.Context, id string) error {
 		return fmt.Errorf("sandbox %s: %w", sb.ID, err)
 	}
 	// Containers that never started cannot start any more.
+	wasReady := false
 	_, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		wasReady = r.State == store.SandboxReady
 		r.State = store.SandboxNotReady
 		r.VMStarted = false
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	if wasReady {
+		s.stopped(sb.ID, "")
 	}
 	sbLog(sb.ID).Info("sandbox stopped")
 	return nil
@@ -109,12 +114,17 @@ func (s *Controller) ShutdownVM(ctx context.Context, id string, grace time.Durat
 	if err := s.stopVM(ctx, sb, grace, ""); err != nil {
 		return err
 	}
+	wasReady := false
 	_, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		wasReady = r.State == store.SandboxReady
 		r.State = store.SandboxNotReady
 		r.VMStarted = false
 		r.Reason = reason
 		return nil
 	})
+	if err == nil && wasReady {
+		s.stopped(sb.ID, "")
+	}
 	return err
 }
 

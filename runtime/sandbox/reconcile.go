@@ -87,6 +87,7 @@ func (s *Controller) vmGone(ctx context.Context, sb store.Sandbox, c shim.Conn, 
 	if err != nil {
 		return sb
 	}
+	s.stopped(sb.ID, "")
 	return rec
 }
 

@@ -60,7 +60,9 @@ func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestor
 	}
 	return s.retryExhausted(ctx, sb.ID, img.Descriptor.OS, func() error {
 		if b.key != "" {
-			if ws := s.warm.lookup(b.key); ws != nil {
+			ws := s.warm.lookup(b.key)
+			s.rec().WarmLookup(ws != nil)
+			if ws != nil {
 				err := s.bootVMFrom(ctx, sb, b, ws)
 				// A hypervisor at its VM limit says nothing about the state.
 				if err == nil || ctx.Err() != nil || errdefs.IsResourceExhausted(err) {
@@ -84,6 +86,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	img, cpus, mem := b.img, b.cpus, b.mem
 	log := sbLog(sb.ID)
 	start := time.Now()
+	defer func() { s.rec().BootDone(img.Descriptor.OS, ws != nil, time.Since(start), retErr) }()
 	baseName := img.Base
 	parent := baseName
 	if ws != nil && ws.meta.Disk != "" {

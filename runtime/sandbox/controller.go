@@ -52,6 +52,9 @@ type Config struct {
 	// <pod UID>/containers a vz VM's volume share exports, on a host
 	// without bind mounts (volumes.go).
 	VolumeRoots []string
+	// Recorder is told of boots, VM slots, warm states and shims for the
+	// daemon's metrics (recorder.go); nil = nobody.
+	Recorder Recorder
 }
 
 // Deps are the stores and managers the controller works with; the
@@ -207,6 +210,7 @@ func (s *Controller) Shim(ctx context.Context, sb store.Sandbox) (shim.Conn, err
 		return nil, err
 	}
 	s.shims[sb.ID] = c
+	s.rec().ShimReconnected(ShimReconnect)
 	return c, nil
 }
 

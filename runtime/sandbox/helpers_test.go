@@ -34,8 +34,9 @@ func newTestController(t *testing.T) *Controller {
 }
 
 // newFakeController is a controller over the stores in dir (fresh or
-// left by an earlier controller) whose shims are fakes.
-func newFakeController(t *testing.T, dir string, shims *shimtest.Launcher) (*Controller, *store.Store) {
+// left by an earlier controller) whose shims are fakes; each of opts
+// changes testConfig first.
+func newFakeController(t *testing.T, dir string, shims *shimtest.Launcher, opts ...func(*Config)) (*Controller, *store.Store) {
 	t.Helper()
 	sn, err := snapshotter.New(filepath.Join(dir, "snapshots"))
 	if err != nil {
@@ -50,7 +51,11 @@ func newFakeController(t *testing.T, dir string, shims *shimtest.Launcher) (*Con
 		t.Fatal(err)
 	}
 	ports := portproxy.New()
-	c := New(context.Background(), testConfig(dir), Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: ports, Shims: shims})
+	cfg := testConfig(dir)
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c := New(context.Background(), cfg, Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: ports, Shims: shims})
 	t.Cleanup(func() {
 		// The shares are tmpfs mounts: gone before the temporary
 		// directory is removed.

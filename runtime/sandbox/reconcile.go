@@ -36,10 +36,12 @@ func (s *Controller) reconcile(ctx context.Context) {
 			c, err := s.shimProcs.Connect(ctx, sb.Dir)
 			if err != nil {
 				log.Warn("the VM's shim is gone", "err", err)
+				s.rec().ShimLost()
 				s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim exited while macvz was not running (%v)", err))
 				continue
 			}
 			s.addShim(sb.ID, c)
+			s.rec().ShimReconnected(ShimAtStart)
 			log.Info("re-attached to the VM's shim", "pid", c.Pid())
 			if sb = s.Refresh(ctx, sb); sb.State == store.SandboxReady {
 				// The proxies died with the previous daemon.
@@ -103,6 +105,7 @@ func (s *Controller) Refresh(ctx context.Context, sb store.Sandbox) store.Sandbo
 	if err != nil {
 		if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
 			s.dropShim(sb.ID)
+			s.rec().ShimLost()
 			return s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim is gone (%v)", err))
 		}
 		return sb
@@ -113,8 +116,10 @@ func (s *Controller) Refresh(ctx context.Context, sb store.Sandbox) store.Sandbo
 			s.dropShim(sb.ID)
 			if c2, err2 := s.shimProcs.Connect(ctx, sb.Dir); err2 == nil {
 				s.addShim(sb.ID, c2)
+				s.rec().ShimReconnected(ShimReconnect)
 				return sb
 			}
+			s.rec().ShimLost()
 			return s.vmGone(ctx, sb, nil, fmt.Sprintf("the VM's shim is gone (%v)", err))
 		}
 		return sb

@@ -134,6 +134,7 @@ func (s *Controller) reserveVM(sbID, os string) (slot int, release func(), err e
 			return 0, nil, err
 		}
 		if len(holders) >= limit {
+			s.rec().SlotRefused(os, SlotLimit)
 			key := "vm.max_linux_vms"
 			if os == "darwin" {
 				key = "vm.max_macos_vms"
@@ -173,6 +174,7 @@ func (s *Controller) retryExhausted(ctx context.Context, sbID, os string, boot f
 			return err
 		}
 		if attempt == len(hypervisorBackoff) || ctx.Err() != nil {
+			s.rec().SlotRefused(os, SlotHypervisor)
 			holders, _ := s.vmHolders(os, sbID)
 			mine := "none"
 			if len(holders) > 0 {
@@ -182,10 +184,12 @@ func (s *Controller) retryExhausted(ctx context.Context, sbID, os string, boot f
 				osLabel(os), attempt+1, mine, err)
 		}
 		sbLog(sbID).Warn("the hypervisor refused another VM; trying again", "os", os, "in", hypervisorBackoff[attempt], "err", err)
+		waited := time.Now()
 		select {
 		case <-ctx.Done():
 		case <-time.After(hypervisorBackoff[attempt]):
 		}
+		s.rec().SlotWaited(os, time.Since(waited))
 	}
 }
 

@@ -516,6 +516,8 @@ var errWarmRestore = errors.New("restoring the saved VM state failed")
 func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec *vm.Spec, img *imagestore.VMImage, baseName, cloneDir string) error {
 	log := sbLog(spec.ID)
 	start := time.Now()
+	result := WarmSaveFailed
+	defer func() { s.rec().WarmSaved(result) }()
 	var machineID []byte
 	if spec.Boot.Kind == vm.BootMacOS {
 		machineID = spec.Boot.MachineID
@@ -544,6 +546,7 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 		// that cannot run on from one that can.
 		if errdefs.IsNotImplemented(err) {
 			// The backend will refuse every VM of this key the same way.
+			result = WarmSaveUnsupported
 			s.warm.noteUnsavable(key, img, err)
 		} else {
 			log.Warn("cannot save the VM state for warm starts", "err", err)
@@ -584,6 +587,7 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 		return nil
 	}
 	committed = true
+	result = WarmSaveOK
 	fi, _ := os.Stat(filepath.Join(s.warm.dir, key, "state"))
 	var size int64
 	if fi != nil {

@@ -53,7 +53,21 @@ type SpawnOptions struct {
 	Timeout time.Duration
 	// Env is added to the shim's environment.
 	Env []string
+	// AgentCalls, when set, is told of the client's guest agent calls
+	// (see AgentCallObserver).
+	AgentCalls AgentCallObserver
 }
+
+// AgentCallObserver is told of each unary call a Client makes to the
+// guest agent through the shim (which forwards it): the agent method, how
+// long the round trip took, and its error. WaitProcess is left out: it
+// lasts as long as the process it waits for. The daemon's metrics use it
+// (cri/opmetrics); the shim's own keepalive pings to the agent run in the
+// shim's process and are not seen here.
+type AgentCallObserver func(method string, took time.Duration, err error)
+
+// agentService is the ttrpc service name of the guest agent's calls.
+const agentService = "macvz.agent.v1.Agent"
 
 // Client is a connection to one shim. Its Shim and Agent clients share
 // the connection. Unary calls return errdefs errors (errgrpc.ToNative of
@@ -184,7 +198,7 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Client, error) {
 		default:
 		}
 		cctx, cancel := context.WithTimeout(wctx, time.Second)
-		c, err := Connect(cctx, dir)
+		c, err := connect(cctx, dir, o.AgentCalls)
 		cancel()
 		if err == nil {
 			if c.pid != cmd.Process.Pid {
@@ -212,6 +226,10 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Client, error) {
 // errdefs.ErrNotFound; a socket nobody listens on or a shim that does not
 // answer is errdefs.ErrUnavailable.
 func Connect(ctx context.Context, dir string) (*Client, error) {
+	return connect(ctx, dir, nil)
+}
+
+func connect(ctx context.Context, dir string, agentCalls AgentCallObserver) (*Client, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -228,9 +246,13 @@ func Connect(ctx context.Context, dir string) (*Client, error) {
 		return nil, fmt.Errorf("%w: connecting to the shim for %s: %w", errdefs.ErrUnavailable, dir, err)
 	}
 	c := &Client{dir: dir, done: make(chan struct{})}
+	intercept := clientErrors
+	if agentCalls != nil {
+		intercept = observeAgentCalls(agentCalls)
+	}
 	c.tc = ttrpc.NewClient(conn,
 		ttrpc.WithOnClose(func() { close(c.done) }),
-		ttrpc.WithUnaryClientInterceptor(clientErrors))
+		ttrpc.WithUnaryClientInterceptor(intercept))
 	c.shim = shimapi.NewShimClient(c.tc)
 	c.agent = agentapi.NewAgentClient(c.tc)
 	sctx := ctx
@@ -264,6 +286,22 @@ func clientErrors(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response,
 		return fmt.Errorf("%w: %s: the connection to the shim closed: %w", errdefs.ErrUnavailable, info.FullMethod, err)
 	}
 	return errgrpc.ToNative(err)
+}
+
+// observeAgentCalls is clientErrors that also times the agent's calls
+// (with their errors as the caller sees them) for obs.
+func observeAgentCalls(obs AgentCallObserver) ttrpc.UnaryClientInterceptor {
+	prefix := "/" + agentService + "/"
+	return func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoker ttrpc.Invoker) error {
+		method, ok := strings.CutPrefix(info.FullMethod, prefix)
+		if !ok || method == "WaitProcess" {
+			return clientErrors(ctx, req, resp, info, invoker)
+		}
+		start := time.Now()
+		err := clientErrors(ctx, req, resp, info, invoker)
+		obs(method, time.Since(start), err)
+		return err
+	}
 }
 
 // Dir is the shim's sandbox directory.

@@ -42,9 +42,16 @@ type Launcher interface {
 
 // Processes launches shims as processes of their own, which outlive the
 // daemon (Spawn, Connect and Kill of this package).
-type Processes struct{}
+type Processes struct {
+	// AgentCalls, when set, is told of the guest agent calls of every
+	// client it returns (SpawnOptions.AgentCalls).
+	AgentCalls AgentCallObserver
+}
 
-func (Processes) Spawn(ctx context.Context, o SpawnOptions) (Conn, error) {
+func (p Processes) Spawn(ctx context.Context, o SpawnOptions) (Conn, error) {
+	if o.AgentCalls == nil {
+		o.AgentCalls = p.AgentCalls
+	}
 	c, err := Spawn(ctx, o)
 	if err != nil {
 		return nil, err
@@ -52,8 +59,8 @@ func (Processes) Spawn(ctx context.Context, o SpawnOptions) (Conn, error) {
 	return c, nil
 }
 
-func (Processes) Connect(ctx context.Context, dir string) (Conn, error) {
-	c, err := Connect(ctx, dir)
+func (p Processes) Connect(ctx context.Context, dir string) (Conn, error) {
+	c, err := connect(ctx, dir, p.AgentCalls)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -119,6 +120,10 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (im
 	host := reference.Domain(named)
 	log := logger(ctx).With("image", name)
 	start := time.Now()
+	p := &pullState{s: s, host: host}
+	if s.opts.PullDone != nil {
+		defer func() { s.opts.PullDone(p.fetched.Load(), time.Since(start), retErr) }()
+	}
 
 	resolver, err := s.resolver(host, auth)
 	if err != nil {
@@ -133,7 +138,7 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (im
 		return Image{}, classify(host, err)
 	}
 
-	p := &pullState{s: s, fetcher: fetcher, host: host}
+	p.fetcher = fetcher
 	defer p.releaseAll()
 	defer func() {
 		// A pull that failed for a reason other than the network keeps
@@ -220,6 +225,8 @@ type pullState struct {
 	s       *Store
 	fetcher remotes.Fetcher
 	host    string
+	// fetched counts the bytes downloaded.
+	fetched atomic.Int64
 
 	mu   sync.Mutex
 	held []digest.Digest
@@ -476,6 +483,7 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 		buf := copyBufs.Get().(*[]byte)
 		n, err := io.CopyBuffer(cw, io.LimitReader(r, desc.Size-st.Offset+1), *buf)
 		copyBufs.Put(buf)
+		p.fetched.Add(n)
 		if err != nil {
 			return false, classify(p.host, fmt.Errorf("downloading %s (%s) at byte %d: %w", desc.Digest, desc.MediaType, st.Offset+n, err))
 		}

@@ -86,6 +86,10 @@ type Options struct {
 	// InUse, when set, reports whether a sandbox uses an image ID; such
 	// images refuse removal.
 	InUse func(imageID string) bool
+	// PullDone, when set, is told of each pull when it ends: the bytes it
+	// downloaded (blobs already stored cost none), how long it took and
+	// its error. Concurrent Pulls that share a download are one pull.
+	PullDone func(fetched int64, took time.Duration, err error)
 }
 
 // Host is how the store reaches one registry host.

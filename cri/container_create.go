@@ -27,6 +27,10 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 	if cfg.GetImage().GetImage() == "" {
 		return nil, fmt.Errorf("container %q has no image: %w", cfg.GetMetadata().GetName(), errdefs.ErrInvalidArgument)
 	}
+	volImages, err := s.resolveImageVolumes(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	if err := validateMounts(cfg.GetMounts()); err != nil {
 		return nil, err
 	}
@@ -77,6 +81,8 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		CreatedAt: time.Now(),
 		LogPath:   logPath,
 		Node:      sb.Node,
+
+		VolumeImages: volImages,
 	}
 	if !c.IsVM && store.SpecOf(sb).NoAgent {
 		return nil, fmt.Errorf("container %q has a command, and sandbox %s's VM runs without the macvz guest agent (%s: %s, or its runtime handler's agent = %q): only the VM itself (no command, no args) runs there; put the agent into the VM image with `macvz image install-agent`: %w",

@@ -53,6 +53,7 @@ func (s *Service) RemoveContainer(ctx context.Context, r *runtimeapi.RemoveConta
 		return nil, err
 	}
 	ctrLog(c).Info("container removed")
+	s.releaseImageVolumes(ctx, c.VolumeImages)
 	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT, c.SandboxID, c.ID)
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }

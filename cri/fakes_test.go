@@ -185,6 +185,9 @@ type fakeImages struct {
 	mu      sync.Mutex
 	images  map[string]imagestore.VMImage // by name
 	removed []string
+	// treesReleased are the images whose trees RemoveTree dropped; an
+	// image's tree is its BaseDir.
+	treesReleased []string
 }
 
 var _ imageStore = (*fakeImages)(nil)
@@ -307,6 +310,21 @@ func (f *fakeImages) Base(ctx context.Context, img imagestore.Image) (string, bo
 func (f *fakeImages) Usage(ctx context.Context) (int64, int64, error) { return 0, 0, nil }
 
 func (f *fakeImages) Collect(ctx context.Context) error { return nil }
+
+func (f *fakeImages) Tree(ctx context.Context, img imagestore.Image) (string, error) {
+	vi, ok := f.lookup(img.ID())
+	if !ok {
+		return "", errdefs.ErrNotFound
+	}
+	return vi.BaseDir, nil
+}
+
+func (f *fakeImages) RemoveTree(ctx context.Context, img imagestore.Image) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.treesReleased = append(f.treesReleased, img.ID())
+	return nil
+}
 
 func (f *fakeImages) Close() error { return nil }
 

@@ -22,6 +22,9 @@ type imageStore interface {
 	Base(ctx context.Context, img imagestore.Image) (name string, ok bool)
 	Usage(ctx context.Context) (bytes, inodes int64, err error)
 	Collect(ctx context.Context) error
+	// Tree and RemoveTree are an image's file tree for image volumes.
+	Tree(ctx context.Context, img imagestore.Image) (string, error)
+	RemoveTree(ctx context.Context, img imagestore.Image) error
 	Close() error
 }
 

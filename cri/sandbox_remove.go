@@ -46,9 +46,12 @@ func (s *Service) RemovePodSandbox(ctx context.Context, r *runtimeapi.RemovePodS
 	}
 	sbLog(sb.ID).Info("sandbox removed")
 	ids := make([]string, 0, len(cs))
+	var volImages []string
 	for _, c := range cs {
 		ids = append(ids, c.ID)
+		volImages = append(volImages, c.VolumeImages...)
 	}
+	s.releaseImageVolumes(ctx, volImages)
 	s.sandboxRemoved(sb, ids)
 	return &runtimeapi.RemovePodSandboxResponse{}, nil
 }

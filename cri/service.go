@@ -223,7 +223,7 @@ func (s *Service) imageInUse(id string) bool {
 		// Until the controller settled the records, everything is in use.
 		return true
 	}
-	cs, err := s.st.Containers(func(c *store.Container) bool { return c.ImageID == id })
+	cs, err := s.st.Containers(func(c *store.Container) bool { return c.ImageID == id || contains(c.VolumeImages, id) })
 	return err != nil || len(cs) > 0
 }
 

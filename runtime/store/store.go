@@ -211,6 +211,9 @@ type Container struct {
 	Message    string    `json:"message,omitempty"`
 	// Node: the container is in the node VM (Sandbox.Node).
 	Node bool `json:"node,omitempty"`
+	// VolumeImages are the IDs of the images its image volumes mount:
+	// they cannot be removed while it exists.
+	VolumeImages []string `json:"volumeImages,omitempty"`
 }
 
 // Store is the state database.

@@ -26,7 +26,7 @@ func (s *Store) Remove(ctx context.Context, refOrID string) error {
 	}
 	id := imgs[0].ID()
 	if s.opts.InUse != nil && s.opts.InUse(id) {
-		return fmt.Errorf("image %s (%s) is used by a pod sandbox; remove the sandbox first: %w", refOrID, id, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("image %s (%s) is used by a pod sandbox or mounted as an image volume; remove them first: %w", refOrID, id, errdefs.ErrFailedPrecondition)
 	}
 	s.gc.Lock()
 	err = s.db.Update(func(tx *bolt.Tx) error {

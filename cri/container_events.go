@@ -49,15 +49,20 @@ func (s *Service) GetContainerEvents(_ *runtimeapi.GetEventsRequest, stream grpc
 	defer s.events.unsubscribe(sub)
 	for {
 		select {
-		case ev, ok := <-sub.ch:
-			if !ok {
+		case <-sub.done:
+			return sub.end
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case ev := <-sub.ch:
+			// An ended stream sends none of what is still queued.
+			select {
+			case <-sub.done:
 				return sub.end
+			default:
 			}
 			if err := stream.Send(ev); err != nil {
 				return err
 			}
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
@@ -175,8 +180,20 @@ type eventSub struct {
 	ch chan *runtimeapi.ContainerEventResponse
 	// seesNode: the stream is the node VM supervisor's own.
 	seesNode bool
-	// end is why ch was closed; set before the close.
-	end error
+	// done is closed when the subscription ends, end (set before) says
+	// why: nil when the stream itself left.
+	done chan struct{}
+	end  error
+}
+
+// endLocked ends a subscription; e.mu is held.
+func (e *containerEvents) endLocked(sub *eventSub, why error) {
+	if _, ok := e.subs[sub]; !ok {
+		return
+	}
+	delete(e.subs, sub)
+	sub.end = why
+	close(sub.done)
 }
 
 func newContainerEvents(watch func(context.Context)) *containerEvents {
@@ -189,7 +206,7 @@ func (e *containerEvents) subscribe(seesNode bool) (*eventSub, error) {
 	if e.closed {
 		return nil, status.Error(codes.Unavailable, "macvz is shutting down")
 	}
-	sub := &eventSub{ch: make(chan *runtimeapi.ContainerEventResponse, eventBuffer), seesNode: seesNode}
+	sub := &eventSub{ch: make(chan *runtimeapi.ContainerEventResponse, eventBuffer), seesNode: seesNode, done: make(chan struct{})}
 	e.subs[sub] = struct{}{}
 	if e.stopWatch == nil && e.watch != nil {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -207,10 +224,7 @@ func (e *containerEvents) subscribe(seesNode bool) (*eventSub, error) {
 func (e *containerEvents) unsubscribe(sub *eventSub) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if _, ok := e.subs[sub]; ok {
-		delete(e.subs, sub)
-		close(sub.ch)
-	}
+	e.endLocked(sub, nil)
 	e.idleLocked()
 }
 
@@ -242,9 +256,7 @@ func (e *containerEvents) publish(ev *runtimeapi.ContainerEventResponse, node bo
 		case sub.ch <- ev:
 		default:
 			slog.Warn("a container events stream fell behind; ending it so that its client relists", "buffered", eventBuffer)
-			sub.end = status.Errorf(codes.ResourceExhausted, "the container events stream fell %d events behind; relist and subscribe again", eventBuffer)
-			delete(e.subs, sub)
-			close(sub.ch)
+			e.endLocked(sub, status.Errorf(codes.ResourceExhausted, "the container events stream fell %d events behind; relist and subscribe again", eventBuffer))
 		}
 	}
 	e.idleLocked()
@@ -256,9 +268,7 @@ func (e *containerEvents) close() {
 	e.mu.Lock()
 	e.closed = true
 	for sub := range e.subs {
-		sub.end = status.Error(codes.Unavailable, "macvz is shutting down")
-		delete(e.subs, sub)
-		close(sub.ch)
+		e.endLocked(sub, status.Error(codes.Unavailable, "macvz is shutting down"))
 	}
 	e.idleLocked()
 	e.mu.Unlock()

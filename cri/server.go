@@ -45,12 +45,10 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 	}
 	defer removeSocketIfOurs(cfg.Socket, fi)
 
-	srv := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(unaryErrors),
-		grpc.ChainStreamInterceptor(streamErrors),
+	srv := grpc.NewServer(append(svc.interceptors(),
 		grpc.MaxRecvMsgSize(maxMsgSize),
 		grpc.MaxSendMsgSize(maxMsgSize),
-	)
+	)...)
 	runtimeapi.RegisterRuntimeServiceServer(srv, svc)
 	runtimeapi.RegisterImageServiceServer(srv, svc)
 
@@ -66,6 +64,12 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	defer stopAdmin()
+	stopMetrics, err := svc.serveMetrics()
+	if err != nil {
+		srv.Stop()
+		return err
+	}
+	defer stopMetrics()
 	for _, f := range started {
 		if stop := f(svc); stop != nil {
 			defer stop()

@@ -14,11 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/cri/opmetrics"
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/nodevm"
@@ -52,6 +54,10 @@ type Service struct {
 	podCIDRMu sync.Mutex
 	// events feeds the GetContainerEvents streams (container_events.go).
 	events *containerEvents
+	// metrics are the operators' metrics, nil when [metrics] is off;
+	// metricsURL is where they are served, once they are (opmetrics.go).
+	metrics    *opmetrics.Metrics
+	metricsURL atomic.Pointer[string]
 }
 
 // registryHosts is the image store's view of [registry.hosts].
@@ -72,6 +78,8 @@ type deps struct {
 	shimBinary string
 	// openImages opens the image store with the service's options.
 	openImages func(context.Context, imagestore.Options) (imageStore, error)
+	// metrics, when set, are fed by the service (opmetrics.go).
+	metrics *opmetrics.Metrics
 }
 
 // NewService opens the stores under cfg.Root and returns a ready service.
@@ -94,7 +102,8 @@ func NewService(ctx context.Context, cfg *config.Config) (*Service, error) {
 			slog.Warn(w)
 		}
 	}
-	return newService(ctx, cfg, deps{shims: shim.Processes{}, shimBinary: shimBin, openImages: openImageStore})
+	m, shims := newMetrics(cfg)
+	return newService(ctx, cfg, deps{shims: shims, shimBinary: shimBin, openImages: openImageStore, metrics: m})
 }
 
 // newService is NewService with its shims and image store given; cfg's
@@ -127,7 +136,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New()}
+	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New(), metrics: d.metrics}
 	s.events = newContainerEvents(s.watchExits)
 	undo = append(undo, func() error { s.ports.Close(); return nil })
 	s.images, err = d.openImages(ctx, imagestore.Options{
@@ -137,6 +146,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 		MaxConcurrentDownloads: cfg.Image.MaxConcurrentDownloads,
 		MaxUnpackedSize:        cfg.Image.MaxUnpackedSize,
 		InUse:                  s.imageInUse,
+		PullDone:               s.pullDone(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("image store: %w", err)
@@ -153,7 +163,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 	s.restorePodCIDRs()
 	// The controller re-attaches to the shims that outlived the previous
 	// daemon before anything is collected: their disk clones are in use.
-	s.ctl = sandbox.New(ctx, controllerConfig(cfg, d.shimBinary), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims, Stopped: s.stopped})
+	s.ctl = sandbox.New(ctx, s.withRecorder(controllerConfig(cfg, d.shimBinary)), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims, Stopped: s.stopped})
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
 	if err := sn.Cleanup(ctx); err != nil {

@@ -33,6 +33,10 @@ func (s *Service) Status(ctx context.Context, r *runtimeapi.StatusRequest) (*run
 			return nil, err
 		}
 		resp.Info = map[string]string{"config": string(cfg), "goroutines": strconv.Itoa(goruntime.NumGoroutine()), "warmStart": string(warm)}
+		if u := s.metricsURL.Load(); u != nil {
+			// Where [metrics] serves, its free port picked.
+			resp.Info["metrics"] = *u
+		}
 	}
 	return resp, nil
 }

@@ -28,6 +28,7 @@ type Config struct {
 	Stream   Stream   `toml:"stream"`
 	Kubelet  Kubelet  `toml:"kubelet"`
 	Node     Node     `toml:"node"`
+	Metrics  Metrics  `toml:"metrics"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz"). An entry named
 	// "macvz" configures the default handler; it may not set VMImage.
@@ -111,6 +112,18 @@ type Stream struct {
 	Port    string `toml:"port"`
 	// IdleTimeout ends a session without traffic after this long.
 	IdleTimeout Duration `toml:"idle_timeout"`
+}
+
+// Metrics is the daemon's Prometheus endpoint (cri/opmetrics): CRI calls,
+// pulls, VM boots and slots, warm states, shims and agent calls, for the
+// operator's monitoring. Off by default: what it serves (pod and VM
+// counts, call rates and failures, the daemon's memory) is operational
+// data about the node, and it has no authentication, so it is opened only
+// where the operator asks, normally on loopback for a local scraper.
+type Metrics struct {
+	// Address is host:port for /metrics over plain HTTP ("" = off; port 0
+	// = any free port, which `crictl info` shows).
+	Address string `toml:"address"`
 }
 
 // Kubelet is how the daemon shows kubelet its VM slots.

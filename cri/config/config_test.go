@@ -20,7 +20,7 @@ func TestDefaultTOMLRoundTrip(t *testing.T) {
 		t.Fatalf("default TOML decodes to %+v, want %+v", got, Default())
 	}
 	// Every key of the struct appears in the commented text.
-	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template", "device_plugin", "device_plugin_dir"} {
+	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template", "device_plugin", "device_plugin_dir", "address"} {
 		if !strings.Contains(string(DefaultTOML()), key+" =") {
 			t.Errorf("default TOML does not document %q", key)
 		}
@@ -67,6 +67,9 @@ func TestDecodeRejects(t *testing.T) {
 		"default handler image": {"[runtime_handlers.macvz]\nvm_image = \"x\"", "runtime_handlers.macvz.vm_image"},
 		"empty handler name":    {"[runtime_handlers.\"\"]\nallow_vm_image_annotation = true", "runtime_handlers"},
 		"handler agent":         {"[runtime_handlers.tart]\nagent = \"off\"", "runtime_handlers.tart.agent"},
+		"metrics host":          {"[metrics]\naddress = \"localhost:9102\"", "metrics.address"},
+		"metrics no port":       {"[metrics]\naddress = \"127.0.0.1\"", "metrics.address"},
+		"metrics bad port":      {"[metrics]\naddress = \"127.0.0.1:99999\"", "metrics.address"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.in))
@@ -161,5 +164,17 @@ func TestConfTemplateValidation(t *testing.T) {
 				t.Errorf("error %q: want InvalidArgument naming network.conf_template and %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestMetricsAddress(t *testing.T) {
+	if Default().Metrics.Address != "" {
+		t.Error("metrics are on by default")
+	}
+	for _, a := range []string{"127.0.0.1:9102", "[::1]:0", "0.0.0.0:9102"} {
+		cfg, err := Decode(strings.NewReader("[metrics]\naddress = \"" + a + "\""))
+		if err != nil || cfg.Metrics.Address != a {
+			t.Errorf("address %q: %v", a, err)
+		}
 	}
 }

@@ -160,6 +160,17 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # kubelet's pod-resources API is read at ../pod-resources/kubelet.sock.
   device_plugin_dir = "{{.C.Kubelet.DevicePluginDir}}"
 
+[metrics]
+  # A Prometheus endpoint, http://<address>/metrics: CRI calls per method and
+  # code, image pulls, VM boots (cold or warm), running VMs, VM-slot
+  # refusals, warm-state hits and saves, shim reconnects, guest agent call
+  # latency, and the Go and process collectors. "" = off. It has no
+  # authentication and tells whoever reaches it how busy the node is and
+  # what fails: keep it on loopback ("127.0.0.1:9102") unless the network
+  # it listens on is the monitoring system's own. Port 0 picks a free port
+  # at every start (crictl info shows it as "metrics").
+  address = "{{.C.Metrics.Address}}"
+
 # The node VM: a small Linux VM booted from a node image (make node-image)
 # that runs the unmodified kubelet, which reaches this daemon's CRI and
 # streaming server over the VM's private channel (never a network). This

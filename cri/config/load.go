@@ -139,6 +139,15 @@ func (c *Config) Validate() error {
 	if c.Stream.IdleTimeout <= 0 {
 		return bad("stream.idle_timeout", "must be positive")
 	}
+	if a := c.Metrics.Address; a != "" {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || net.ParseIP(host) == nil {
+			return bad("metrics.address", "must be IP:port (\"127.0.0.1:9102\", \"[::1]:9102\"; \"\" = off), got %q", a)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return bad("metrics.address", "must be IP:port with a port number (0 = any free port), got %q", a)
+		}
+	}
 	if !filepath.IsAbs(c.Network.ConfDir) {
 		return bad("network.conf_dir", "must be an absolute path, got %q", c.Network.ConfDir)
 	}

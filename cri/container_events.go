@@ -5,7 +5,8 @@ package cri
 // event (created and started from here, deleted from the removes), and
 // the sandbox controller reports every stop it records, asked for or
 // not (sandbox.Deps.Stopped), so a VM or process that ends on its own is
-// reported too. A sandbox's events carry its ID as the container ID.
+// reported too, and a pod IP learned after the boot (addressed). A
+// sandbox's events carry its ID as the container ID.
 // Each event carries the pod's status as PodSandboxStatus reports it and
 // the statuses of all its containers, which kubelet puts in its pod
 // cache instead of asking.
@@ -47,6 +48,7 @@ func (s *Service) GetContainerEvents(_ *runtimeapi.GetEventsRequest, stream grpc
 		return err
 	}
 	defer s.events.unsubscribe(sub)
+	slog.Debug("container events stream opened")
 	for {
 		select {
 		case <-sub.done:
@@ -109,6 +111,15 @@ func (s *Service) stopped(sbID, ctrID string) {
 		ctrID = sbID
 	}
 	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT, sbID, ctrID)
+}
+
+// addressed is the sandbox controller's report that a ready sandbox's pod
+// IPs became known after its boot (sandbox.Deps.Addressed; vmnet's DHCP).
+// The CRI has no event for that: the sandbox's started event again
+// carries the new status, which kubelet takes into its cache and syncs
+// the pod by, so the pod IP does not wait for its next relist.
+func (s *Service) addressed(sbID string) {
+	s.containerEvent(runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT, sbID, sbID)
 }
 
 func (s *Service) sendEvent(typ runtimeapi.ContainerEventType, id string, at int64, sb *store.Sandbox, withContainers bool) {

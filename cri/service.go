@@ -163,7 +163,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 	s.restorePodCIDRs()
 	// The controller re-attaches to the shims that outlived the previous
 	// daemon before anything is collected: their disk clones are in use.
-	s.ctl = sandbox.New(ctx, s.withRecorder(controllerConfig(cfg, d.shimBinary)), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims, Stopped: s.stopped})
+	s.ctl = sandbox.New(ctx, s.withRecorder(controllerConfig(cfg, d.shimBinary)), sandbox.Deps{Store: st, Snapshotter: sn, Network: netMgr, Ports: s.ports, Shims: d.shims, Stopped: s.stopped, Addressed: s.addressed})
 	// A crash can leave half-made clones and unreferenced blobs; reclaim
 	// them before serving, as containerd's GC does at start.
 	if err := sn.Cleanup(ctx); err != nil {

@@ -74,6 +74,10 @@ type Deps struct {
 	// possibly under the sandbox lock: it must be quick and must not call
 	// the controller's lifecycle methods (cri's container events).
 	Stopped func(sandboxID, containerID string)
+	// Addressed, when set, is told when a ready sandbox's pod IPs become
+	// known after its boot (learned from the guest or the DHCP leases),
+	// under the same rules as Stopped.
+	Addressed func(sandboxID string)
 }
 
 // Controller boots, stops and removes sandbox VMs. See the package
@@ -107,8 +111,10 @@ type Controller struct {
 	stopping map[string]bool      // sandboxes being stopped on purpose
 	// warmHostOff is why this host saves no VM state ("": it can).
 	warmHostOff string
-	// stopped is Deps.Stopped, or a no-op.
-	stopped func(sandboxID, containerID string)
+	// stopped and addressed are Deps.Stopped and Deps.Addressed, or
+	// no-ops.
+	stopped   func(sandboxID, containerID string)
+	addressed func(sandboxID string)
 }
 
 // New returns a controller over d and settles what the previous daemon
@@ -116,9 +122,12 @@ type Controller struct {
 // sandboxes, collects network attachments nobody owns and sweeps the
 // saved states. Call it before anything else collects disk clones.
 func New(ctx context.Context, cfg Config, d Deps) *Controller {
-	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}, hostBinds: hostBindMounts, stopped: d.Stopped}
+	s := &Controller{cfg: cfg, st: d.Store, sn: d.Snapshotter, net: d.Network, ports: d.Ports, shimProcs: d.Shims, shims: map[string]shim.Conn{}, hostBinds: hostBindMounts, stopped: d.Stopped, addressed: d.Addressed}
 	if s.stopped == nil {
 		s.stopped = func(string, string) {}
+	}
+	if s.addressed == nil {
+		s.addressed = func(string) {}
 	}
 	if s.shimProcs == nil {
 		s.shimProcs = shim.Processes{}

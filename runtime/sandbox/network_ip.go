@@ -92,6 +92,7 @@ func (s *Controller) learnIPs(ctx context.Context, sb store.Sandbox) (store.Sand
 	}
 	sbLog(sb.ID).Info("pod IP learned", "ips", ips)
 	s.startPorts(rec)
+	s.addressed(sb.ID)
 	return rec, nil
 }
 

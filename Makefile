@@ -116,7 +116,7 @@ integration: build tools
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) $(if $(call has_main,macvz),MACVZ=$(abspath bin/macvz)) \
 		$(GO) test -race -count=1 -v -timeout 60m -skip '^(TestCritest|TestKubelet|TestKubeletNodeVM|TestCluster|TestNodeVM|TestNodeVMStats|TestNodeVMDevicePlugin|TestNodeImageKubelet)$$' ./integration/...
 
-# critest (cri-tools v1.36.0) against the real daemon on QEMU, in a network
+# critest (cri-tools v1.37.0) against the real daemon on QEMU, in a network
 # namespace; integration/critest/skip.txt lists the specs skipped and why.
 critest: build tools
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) MACVZ=$(abspath bin/macvz) \

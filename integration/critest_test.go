@@ -27,7 +27,7 @@ import (
 	"github.com/macvz/macvz/integration/testutil"
 )
 
-// TestCritest runs critest (cri-tools v1.36.0) against the real daemon
+// TestCritest runs critest (cri-tools v1.37.0) against the real daemon
 // with the QEMU backend, in a network namespace with the bridge-tap pod
 // network. The images critest pulls keep their upstream names: the test
 // registry serves them through macvz's registry mirrors. Specs listed in
@@ -274,6 +274,13 @@ func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[stri
 	tagged := guestVariant(t, guests[guest.RefPlain], "macvz.test-image=tag", nil)
 	put(staging+"test-image-tag", "test", tagged)
 	put(staging+"test-image-tag", "all", tagged)
+	// test-image-predefined-group: runs containers and is mounted as an
+	// image volume (its initramfs is its root): cri-tools' image has
+	// default-user (1000) in group-defined-in-image (50000).
+	put(staging+"test-image-predefined-group", "latest", guestWithFiles(t, guests[guest.RefPlain], map[string]string{
+		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\ndefault-user:x:1000:1000:default-user:/home/default-user:/bin/sh\n",
+		"/etc/group":  "root:x:0:\nnobody:x:65534:\nnogroup:x:65534:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n",
+	}))
 	for i := 1; i <= 3; i++ {
 		put(fmt.Sprintf("%stest-image-%d", staging, i), "latest", mk(testimage.OCI(testimage.OCIOptions{Seed: uint64(130 + i), Env: []string{fmt.Sprintf("IMAGE=test-image-%d", i)}})))
 	}
@@ -283,11 +290,8 @@ func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[stri
 	}
 }
 
-// guestVariant is a test guest image with another kernel command line
-// suffix and default process: the same kernel and initrd, so the same VM.
-func guestVariant(t *testing.T, base testimage.Image, cmdlineExtra string, proc *vmimage.Process) testimage.Image {
-	t.Helper()
-	var kernel, initrd []byte
+// guestParts are a test guest image's kernel and initramfs.
+func guestParts(base testimage.Image) (kernel, initrd []byte) {
 	for _, b := range base.Blobs {
 		switch b.Desc.MediaType {
 		case vmimage.MediaTypeLinuxKernel:
@@ -296,6 +300,33 @@ func guestVariant(t *testing.T, base testimage.Image, cmdlineExtra string, proc 
 			initrd = b.Data
 		}
 	}
+	return kernel, initrd
+}
+
+// guestWithFiles is a test guest image whose initramfs has files added
+// or replaced (a second archive after the first: a different VM).
+func guestWithFiles(t *testing.T, base testimage.Image, files map[string]string) testimage.Image {
+	t.Helper()
+	kernel, initrd := guestParts(base)
+	more, err := guest.AppendFiles(initrd, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := testimage.Linux(testimage.LinuxOptions{
+		Kernel: kernel, Initrd: more, KernelCmdline: guest.DefaultCmdline,
+		MinCPUs: guest.MinCPUs, MinMemoryBytes: guest.MinMemoryBytes,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// guestVariant is a test guest image with another kernel command line
+// suffix and default process: the same kernel and initrd, so the same VM.
+func guestVariant(t *testing.T, base testimage.Image, cmdlineExtra string, proc *vmimage.Process) testimage.Image {
+	t.Helper()
+	kernel, initrd := guestParts(base)
 	cmdline := guest.DefaultCmdline
 	if cmdlineExtra != "" {
 		cmdline += " " + cmdlineExtra

@@ -68,7 +68,7 @@ func run(m *testing.M) int {
 func requireCrictl(t testing.TB) string {
 	t.Helper()
 	if _, err := os.Stat(crictlBin); err != nil {
-		testutil.Unavailable(t, "needs crictl at %s: run `make tools` (builds cri-tools v1.36.0)", crictlBin)
+		testutil.Unavailable(t, "needs crictl at %s: run `make tools` (builds cri-tools v1.37.0)", crictlBin)
 	}
 	return crictlBin
 }

@@ -1,9 +1,11 @@
 package guest
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"io/fs"
+	"sort"
 	"strings"
 )
 
@@ -101,3 +103,28 @@ func cpioMode(m fs.FileMode) uint32 {
 
 // cpioName is p without its leading slash.
 func cpioName(p string) string { return strings.TrimPrefix(p, "/") }
+
+// AppendFiles is initrd with a second newc archive after it holding
+// regular files (path → contents, mode 0644): the kernel unpacks both,
+// the later entries replacing the earlier ones, so a variant of a guest
+// can change a few files without rebuilding its initramfs.
+func AppendFiles(initrd []byte, files map[string]string) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.Write(initrd)
+	for buf.Len()%4 != 0 {
+		buf.WriteByte(0)
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	c := &cpioWriter{w: &buf, n: int64(buf.Len()), ino: 1 << 20}
+	for _, n := range names {
+		c.entry(cpioName(n), cpioReg|0o644, []byte(files[n]), 0, 0)
+	}
+	if err := c.close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

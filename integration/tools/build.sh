@@ -17,7 +17,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
-version=1.36.0 # keep in step with sigs.k8s.io/cri-tools in go.mod
+# cri-tools' version, as go.mod pins it (without the v).
+version=$(awk '$1 == "sigs.k8s.io/cri-tools" { sub(/^v/, "", $2); print $2 }' go.mod)
 ldflags="-X sigs.k8s.io/cri-tools/pkg/version.Version=${version}"
 
 export GOWORK=off

@@ -1,7 +1,7 @@
 //go:build tools
 
 // Package tools pins the CRI test tools macvz's integration tests drive:
-// crictl and critest from cri-tools v1.36.0. Nothing here is compiled (the
+// crictl and critest from cri-tools v1.37.0. Nothing here is compiled (the
 // tools build tag is never set); the imports only make `go mod tidy` keep
 // every module that crictl and critest need in go.mod and go.sum.
 // critest is a test binary (cmd/critest has only a _test.go file), and tidy

@@ -264,20 +264,8 @@ func (x *cpioExtract) entry(h cpioHeader) error {
 			x.links[h.ino] = name
 		}
 		x.replace(name)
-		f, err := x.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		if err := x.writeData(name, os.O_CREATE|os.O_EXCL, h, data); err != nil {
 			return err
-		}
-		n, err := io.Copy(f, data)
-		x.off += n
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		if n != int64(h.size) {
-			return fmt.Errorf("truncated file: %w", errdefs.ErrDataLoss)
 		}
 		return x.setFile(name, h, perm)
 	case sIFBLK, sIFCHR, sIFIFO, sIFSOCK:
@@ -287,21 +275,33 @@ func (x *cpioExtract) entry(h cpioHeader) error {
 	}
 }
 
+// writeData writes an entry's data into name (opened with flags and
+// O_WRONLY), all of it or a DataLoss error.
+func (x *cpioExtract) writeData(name string, flags int, h cpioHeader, data io.Reader) error {
+	f, err := x.root.OpenFile(name, os.O_WRONLY|flags, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(f, data)
+	x.off += n
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if n != int64(h.size) {
+		return fmt.Errorf("truncated file: %w", errdefs.ErrDataLoss)
+	}
+	return nil
+}
+
 // hardLink makes name another link to first; newc writes a hard-linked
 // file's data with one of its entries only (the last, by convention),
 // so data that comes here replaces first's.
 func (x *cpioExtract) hardLink(first, name string, h cpioHeader, data io.Reader) error {
 	if h.size > 0 {
-		f, err := x.root.OpenFile(first, os.O_WRONLY|os.O_TRUNC, 0)
-		if err != nil {
-			return err
-		}
-		n, err := io.Copy(f, data)
-		x.off += n
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := x.writeData(first, os.O_TRUNC, h, data); err != nil {
 			return err
 		}
 		if err := x.setFile(first, h, os.FileMode(h.mode&0o777)); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -58,7 +59,7 @@ func (s *Service) resolveImageVolumes(ctx context.Context, cfg *runtimeapi.Conta
 		}
 		m.HostPath = host
 		spec.ImageRef = img.ID()
-		if !contains(ids, img.ID()) {
+		if !slices.Contains(ids, img.ID()) {
 			ids = append(ids, img.ID())
 		}
 	}
@@ -69,8 +70,7 @@ func (s *Service) resolveImageVolumes(ctx context.Context, cfg *runtimeapi.Conta
 // any more (after a container's removal): the next mount unpacks again.
 func (s *Service) releaseImageVolumes(ctx context.Context, ids []string) {
 	for _, id := range ids {
-		users, err := s.st.Containers(func(c *store.Container) bool { return contains(c.VolumeImages, id) })
-		if err != nil || len(users) > 0 {
+		if s.imageVolumeInUse(id) {
 			continue
 		}
 		recs, err := s.images.Resolve(ctx, id)
@@ -85,15 +85,6 @@ func (s *Service) releaseImageVolumes(ctx context.Context, ids []string) {
 
 // imageVolumeInUse says whether a container mounts the image id.
 func (s *Service) imageVolumeInUse(id string) bool {
-	cs, err := s.st.Containers(func(c *store.Container) bool { return contains(c.VolumeImages, id) })
+	cs, err := s.st.Containers(func(c *store.Container) bool { return slices.Contains(c.VolumeImages, id) })
 	return err != nil || len(cs) > 0
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -233,7 +234,7 @@ func (s *Service) imageInUse(id string) bool {
 		// Until the controller settled the records, everything is in use.
 		return true
 	}
-	cs, err := s.st.Containers(func(c *store.Container) bool { return c.ImageID == id || contains(c.VolumeImages, id) })
+	cs, err := s.st.Containers(func(c *store.Container) bool { return c.ImageID == id || slices.Contains(c.VolumeImages, id) })
 	return err != nil || len(cs) > 0
 }
 

@@ -193,25 +193,17 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("starting the VM's shim: %w", err)
 	}
 	s.addShim(sb.ID, c)
-	if store.SpecOf(*sb).NoAgent {
+	noAgent := store.SpecOf(*sb).NoAgent
+	var resp *shimapi.StartResponse
+	if noAgent {
 		// Nothing to wait for and nothing to configure in the guest: it
-		// takes its network from DHCP (vmnet's, socket_vmnet's) and its
-		// name and resolver from its own image.
-		resp, err := c.Shim().Start(ctx, &shimapi.StartRequest{NoAgent: true})
-		if err != nil {
-			return fmt.Errorf("booting the VM: %w", err)
-		}
-		rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
-		if err != nil {
-			return err
-		}
-		*sb = rec
-		// The pod IP comes from the DHCP leases by MAC (macOS hosts).
-		s.afterBoot(rec)
-		log.Info("VM running without an agent", "vm_start", time.Duration(resp.VmStartNs).Round(time.Millisecond))
-		return nil
+		// takes its network from DHCP (vmnet's, socket_vmnet's; the pod IP
+		// comes from the leases by MAC) and its name and resolver from its
+		// own image. Its warm key is empty: it is never saved.
+		resp, err = c.Shim().Start(ctx, &shimapi.StartRequest{NoAgent: true})
+	} else {
+		resp, err = c.Start(ctx, agentWait(ctx, s.cfg.BootTimeout))
 	}
-	resp, err := c.Start(ctx, agentWait(ctx, s.cfg.BootTimeout))
 	if err != nil {
 		if ws != nil {
 			return fmt.Errorf("restoring the VM: %w", err)
@@ -226,8 +218,10 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 			return err
 		}
 	}
-	if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS); err != nil {
-		return err
+	if !noAgent {
+		if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS); err != nil {
+			return err
+		}
 	}
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
 	if err != nil {
@@ -236,8 +230,11 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	*sb = rec
 	s.afterBoot(rec)
 	how := "VM booted"
-	if ws != nil {
+	switch {
+	case ws != nil:
 		how = "VM restored from a saved state"
+	case noAgent:
+		how = "VM running without an agent"
 	}
 	log.Info(how, "slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.Image.Name,
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),

@@ -107,14 +107,18 @@ func (c *clusterTest) testStreaming(t *testing.T) {
 			pod := web[n.Name]
 			term := newTmux(t, 120, 40, c.cp.KubectlCommand("exec", "-it", pod, "--", "sh")...)
 			c.streamScreen(t, term, n.Name, "/ #")
-			term.send("tty; echo sum=$((6*7)); stty size")
-			c.streamScreen(t, term, n.Name, "/dev/pts/", "sum=42", "40 120")
+			term.send("tty; echo sum=$((6*7))")
+			c.streamScreen(t, term, n.Name, "/dev/pts/", "sum=42")
+			if !term.sendUntil("stty size", "40 120") {
+				c.fatal(t, "app=web", "node %s: kubectl exec -it %s -- sh never showed the terminal's size 40 120 in 30s:\n%s", n.Name, pod, term.screen())
+			}
 			if screen := term.screen(); !regexp.MustCompile(`(?m)^/dev/pts/[0-9]+\s*$`).MatchString(screen) {
 				c.fatal(t, "app=web", "node %s: `tty` in kubectl exec -it %s -- sh did not answer /dev/pts/N (no terminal in the guest?):\n%s", n.Name, pod, screen)
 			}
 			term.resize(100, 30)
-			term.send("stty size")
-			c.streamScreen(t, term, n.Name, "30 100")
+			if !term.sendUntil("stty size", "30 100") {
+				c.fatal(t, "app=web", "node %s: kubectl exec -it %s -- sh never showed the new size 30 100 in 30s:\n%s", n.Name, pod, term.screen())
+			}
 			term.send("exit")
 			// kubectl ends with the shell, and the session with it.
 			deadline := time.Now().Add(30 * time.Second)

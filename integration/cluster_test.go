@@ -137,7 +137,9 @@ func (c *clusterTest) getPods(t testing.TB, selector string) []clusterPod {
 // pods matching selector described, events, every process's log tail).
 func (c *clusterTest) fatal(t testing.TB, selector, format string, args ...any) {
 	t.Helper()
-	t.Fatalf("%s\n\ncluster state:\n%s", fmt.Sprintf(format, args...), c.cp.Dump(selector))
+	// The message again after the dump: CI keeps only the output's tail.
+	msg := fmt.Sprintf(format, args...)
+	t.Fatalf("%s\n\ncluster state:\n%s\n\nfailed: %s", msg, c.cp.Dump(selector), msg)
 }
 
 // clusterScenario is one subtest of TestCluster: what users do with

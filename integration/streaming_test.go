@@ -57,6 +57,25 @@ func (s *tmuxSession) waitScreen(want string) {
 	}
 }
 
+// sendUntil sends keys every few seconds until the terminal shows want, for
+// up to 30s, and reports whether it did. A resize reaches the guest on its
+// own stream, unordered with stdin (kubectl's and crictl's resize queue, the
+// apiserver's proxy), so a command typed right after it may still see the
+// old size: that is so with any runtime, and a user types it again.
+func (s *tmuxSession) sendUntil(keys, want string) bool {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		s.send(keys)
+		for next := time.Now().Add(3 * time.Second); time.Now().Before(next); time.Sleep(100 * time.Millisecond) {
+			if strings.Contains(s.screen(), want) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (s *tmuxSession) resize(cols, rows int) {
 	s.t.Helper()
 	if out, err := exec.Command("tmux", "resize-window", "-t", s.name, "-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows)).CombinedOutput(); err != nil {
@@ -87,12 +106,15 @@ func TestStreaming(t *testing.T) {
 	t.Run("exec -it with resize", func(t *testing.T) {
 		term := newTmux(t, 120, 40, v.d.crictlArgs("exec", "-it", web, "/bin/sh")...)
 		term.waitScreen("/ #")
-		term.send("stty size; echo sum=$((6*7))")
-		term.waitScreen("40 120")
+		term.send("echo sum=$((6*7))")
 		term.waitScreen("sum=42")
+		if !term.sendUntil("stty size", "40 120") {
+			t.Fatalf("the terminal never showed its size 40 120:\n%s", term.screen())
+		}
 		term.resize(100, 30)
-		term.send("stty size")
-		term.waitScreen("30 100")
+		if !term.sendUntil("stty size", "30 100") {
+			t.Fatalf("the terminal never showed the new size 30 100:\n%s", term.screen())
+		}
 		term.send("tty")
 		term.waitScreen("/dev/pts/")
 		term.send("exit")
@@ -136,8 +158,9 @@ func TestStreaming(t *testing.T) {
 		time.Sleep(time.Second) // attach shows output from now on: let it connect
 		term.send("echo attached $((2+3))")
 		term.waitScreen("attached 5")
-		term.send("stty size")
-		term.waitScreen("40 120")
+		if !term.sendUntil("stty size", "40 120") {
+			t.Fatalf("the terminal never showed its size 40 120:\n%s", term.screen())
+		}
 	})
 
 	t.Run("attach with stdin_once", func(t *testing.T) {

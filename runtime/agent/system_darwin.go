@@ -50,6 +50,12 @@ func sysInfo(r *api.InfoResponse) {
 	}
 }
 
+// UnmountShare on macOS: not needed (vz saves a VM with its virtiofs
+// shares mounted), so not offered.
+func (a *agent) UnmountShare(ctx context.Context, req *api.UnmountShareRequest) (*api.UnmountShareResponse, error) {
+	return nil, errf(codes.Unimplemented, "UnmountShare: macOS guests keep their shares mounted across a save")
+}
+
 // MountShare on macOS: virtiofs only (macOS guests have no 9p), mounted
 // with mount_virtiofs(8) (macOS 13+ guests). A subpath cannot be bound
 // (macOS has no bind mounts): it becomes a symlink at the target into

@@ -255,6 +255,43 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 	return &api.MountShareResponse{}, nil
 }
 
+// UnmountShare unmounts a share's root (see the proto). Binds of the
+// share elsewhere keep its file system, and QEMU's refusal to migrate,
+// alive: then nothing is unmounted and the caller hears where they are.
+func (a *agent) UnmountShare(ctx context.Context, req *api.UnmountShareRequest) (*api.UnmountShareResponse, error) {
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "UnmountShare: the agent does not own this machine")
+	}
+	a.mu.Lock()
+	target, ok := a.shares[req.Tag]
+	a.mu.Unlock()
+	if !ok {
+		return &api.UnmountShareResponse{}, nil
+	}
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, osErr(codes.Internal, err, "reading the mount table")
+	}
+	_, others, found := mountinfoOthers(string(info), target)
+	if found && len(others) > 0 {
+		return nil, errf(codes.FailedPrecondition, "share %q is also bound at %s (a container's volume): it stays mounted", req.Tag, strings.Join(others, ", "))
+	}
+	if found {
+		if err := unix.Unmount(target, 0); err != nil {
+			c := codes.Internal
+			if errors.Is(err, unix.EBUSY) {
+				c = codes.FailedPrecondition
+			}
+			return nil, osErr(c, err, "unmounting share %q at %s", req.Tag, target)
+		}
+	}
+	a.mu.Lock()
+	delete(a.shares, req.Tag)
+	a.mu.Unlock()
+	a.cfg.log.Info("share unmounted", "tag", req.Tag, "target", target)
+	return &api.UnmountShareResponse{}, nil
+}
+
 // bindShare binds a path inside a mounted share at req.Target.
 func (a *agent) bindShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
 	root, src, err := a.shareSubpath(req)

@@ -3219,6 +3219,86 @@ func (x *PortForwardFrame) GetDial() string {
 	return ""
 }
 
+type UnmountShareRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tag           string                 `protobuf:"bytes,1,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmountShareRequest) Reset() {
+	*x = UnmountShareRequest{}
+	mi := &file_agent_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmountShareRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmountShareRequest) ProtoMessage() {}
+
+func (x *UnmountShareRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmountShareRequest.ProtoReflect.Descriptor instead.
+func (*UnmountShareRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *UnmountShareRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+type UnmountShareResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmountShareResponse) Reset() {
+	*x = UnmountShareResponse{}
+	mi := &file_agent_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmountShareResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmountShareResponse) ProtoMessage() {}
+
+func (x *UnmountShareResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmountShareResponse.ProtoReflect.Descriptor instead.
+func (*UnmountShareResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{53}
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -3431,7 +3511,10 @@ const file_agent_proto_rawDesc = "" +
 	"closeWrite\x12\x16\n" +
 	"\x06window\x18\x05 \x01(\rR\x06window\x12\x16\n" +
 	"\x06listen\x18\x06 \x01(\tR\x06listen\x12\x12\n" +
-	"\x04dial\x18\a \x01(\tR\x04dial*6\n" +
+	"\x04dial\x18\a \x01(\tR\x04dial\"'\n" +
+	"\x13UnmountShareRequest\x12\x10\n" +
+	"\x03tag\x18\x01 \x01(\tR\x03tag\"\x16\n" +
+	"\x14UnmountShareResponse*6\n" +
 	"\x05Stdio\x12\x15\n" +
 	"\x11STDIO_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -3443,7 +3526,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aCREATED\x10\x01\x12\v\n" +
 	"\aRUNNING\x10\x02\x12\n" +
 	"\n" +
-	"\x06EXITED\x10\x032\x87\x0e\n" +
+	"\x06EXITED\x10\x032\xe2\x0e\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Ping\x12\x1b.macvz.agent.v1.PingRequest\x1a\x1c.macvz.agent.v1.PingResponse\x12A\n" +
 	"\x04Info\x12\x1b.macvz.agent.v1.InfoRequest\x1a\x1c.macvz.agent.v1.InfoResponse\x12\\\n" +
@@ -3470,7 +3553,8 @@ const file_agent_proto_rawDesc = "" +
 	"SetSysctls\x12!.macvz.agent.v1.SetSysctlsRequest\x1a\".macvz.agent.v1.SetSysctlsResponse\x12D\n" +
 	"\x05Stats\x12\x1c.macvz.agent.v1.StatsRequest\x1a\x1d.macvz.agent.v1.StatsResponse\x12M\n" +
 	"\bShutdown\x12\x1f.macvz.agent.v1.ShutdownRequest\x1a .macvz.agent.v1.ShutdownResponse\x12U\n" +
-	"\vPortForward\x12 .macvz.agent.v1.PortForwardFrame\x1a .macvz.agent.v1.PortForwardFrame(\x010\x01B)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
+	"\vPortForward\x12 .macvz.agent.v1.PortForwardFrame\x1a .macvz.agent.v1.PortForwardFrame(\x010\x01\x12Y\n" +
+	"\fUnmountShare\x12#.macvz.agent.v1.UnmountShareRequest\x1a$.macvz.agent.v1.UnmountShareResponseB)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -3485,7 +3569,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_agent_proto_goTypes = []any{
 	(Stdio)(0),                       // 0: macvz.agent.v1.Stdio
 	(ProcessState)(0),                // 1: macvz.agent.v1.ProcessState
@@ -3541,7 +3625,9 @@ var file_agent_proto_goTypes = []any{
 	(*ShutdownRequest)(nil),          // 51: macvz.agent.v1.ShutdownRequest
 	(*ShutdownResponse)(nil),         // 52: macvz.agent.v1.ShutdownResponse
 	(*PortForwardFrame)(nil),         // 53: macvz.agent.v1.PortForwardFrame
-	nil,                              // 54: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	(*UnmountShareRequest)(nil),      // 54: macvz.agent.v1.UnmountShareRequest
+	(*UnmountShareResponse)(nil),     // 55: macvz.agent.v1.UnmountShareResponse
+	nil,                              // 56: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	6,  // 0: macvz.agent.v1.InfoResponse.interfaces:type_name -> macvz.agent.v1.NetInterface
@@ -3564,7 +3650,7 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 17: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
 	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
 	38, // 19: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
-	54, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	56, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 	46, // 21: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
 	47, // 22: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
 	48, // 23: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
@@ -3590,29 +3676,31 @@ var file_agent_proto_depIdxs = []int32{
 	45, // 43: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
 	51, // 44: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
 	53, // 45: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
-	3,  // 46: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
-	5,  // 47: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
-	10, // 48: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
-	12, // 49: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
-	14, // 50: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
-	16, // 51: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
-	18, // 52: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
-	20, // 53: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
-	22, // 54: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
-	24, // 55: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
-	28, // 56: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
-	30, // 57: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
-	32, // 58: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
-	34, // 59: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
-	36, // 60: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
-	40, // 61: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
-	42, // 62: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
-	44, // 63: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
-	50, // 64: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
-	52, // 65: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
-	53, // 66: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
-	46, // [46:67] is the sub-list for method output_type
-	25, // [25:46] is the sub-list for method input_type
+	54, // 46: macvz.agent.v1.Agent.UnmountShare:input_type -> macvz.agent.v1.UnmountShareRequest
+	3,  // 47: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
+	5,  // 48: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
+	10, // 49: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
+	12, // 50: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
+	14, // 51: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
+	16, // 52: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
+	18, // 53: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
+	20, // 54: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
+	22, // 55: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
+	24, // 56: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
+	28, // 57: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
+	30, // 58: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
+	32, // 59: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
+	34, // 60: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
+	36, // 61: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
+	40, // 62: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
+	42, // 63: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
+	44, // 64: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
+	50, // 65: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
+	52, // 66: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
+	53, // 67: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
+	55, // 68: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
+	47, // [47:69] is the sub-list for method output_type
+	25, // [25:47] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -3629,7 +3717,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

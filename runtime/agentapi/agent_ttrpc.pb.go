@@ -29,6 +29,7 @@ type AgentService interface {
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	PortForward(context.Context, Agent_PortForwardServer) error
+	UnmountShare(context.Context, *UnmountShareRequest) (*UnmountShareResponse, error)
 }
 
 type Agent_ReadOutputServer interface {
@@ -211,6 +212,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				}
 				return svc.Shutdown(ctx, &req)
 			},
+			"UnmountShare": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UnmountShareRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UnmountShare(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"ReadOutput": {
@@ -253,6 +261,7 @@ type AgentClient interface {
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	PortForward(context.Context) (Agent_PortForwardClient, error)
+	UnmountShare(context.Context, *UnmountShareRequest) (*UnmountShareResponse, error)
 }
 
 type agentClient struct {
@@ -483,4 +492,12 @@ func (x *agentPortForwardClient) Recv() (*PortForwardFrame, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+func (c *agentClient) UnmountShare(ctx context.Context, req *UnmountShareRequest) (*UnmountShareResponse, error) {
+	var resp UnmountShareResponse
+	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "UnmountShare", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
 }

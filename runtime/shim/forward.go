@@ -133,6 +133,10 @@ func (f *forwarder) ConfigureNetwork(ctx context.Context, r *agentapi.ConfigureN
 	return call(ctx, f, r, agentapi.AgentClient.ConfigureNetwork)
 }
 
+func (f *forwarder) UnmountShare(ctx context.Context, r *agentapi.UnmountShareRequest) (*agentapi.UnmountShareResponse, error) {
+	return call(ctx, f, r, agentapi.AgentClient.UnmountShare)
+}
+
 func (f *forwarder) MountShare(ctx context.Context, r *agentapi.MountShareRequest) (*agentapi.MountShareResponse, error) {
 	return call(ctx, f, r, agentapi.AgentClient.MountShare)
 }

@@ -35,6 +35,8 @@ type vmBoot struct {
 	// the MAC its NIC gets instead of the attachment's (the slot's, for a
 	// macOS guest: see warmPlan).
 	key, mac string
+	// restored: the VM resumes from a checkpoint (Sandbox.Restore).
+	restored bool
 }
 
 // Boot boots the sandbox's VM from img: from a saved state of the same VM
@@ -45,12 +47,27 @@ type vmBoot struct {
 func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestore.VMImage, ctrs []store.Resources) error {
 	b := &vmBoot{img: img}
 	b.cpus, b.mem = s.vmSize(store.SpecOf(*sb).Resources, ctrs, img.Descriptor)
+	if r := sb.Restore; r != nil {
+		// A restored sandbox (checkpoint.go): its VM is the
+		// checkpointed one, sized as it was, and never boots cold (that
+		// would lose the processes).
+		b.cpus, b.mem = r.CPUs, r.MemoryBytes
+	}
 	slot, release, err := s.reserveVM(sb.ID, img.Descriptor.OS)
 	if err != nil {
 		return err
 	}
 	defer release()
 	b.slot = slot
+	if r := sb.Restore; r != nil {
+		b.restored = true
+		return s.retryExhausted(ctx, sb.ID, img.Descriptor.OS, func() error {
+			if err := s.bootVMFrom(ctx, sb, b, restoredState(r)); err != nil {
+				return fmt.Errorf("resuming the VM from its checkpoint: %w", err)
+			}
+			return nil
+		})
+	}
 	// An agentless VM is never saved: nothing says when its guest has
 	// finished booting.
 	if s.warm != nil && !store.SpecOf(*sb).NoAgent {
@@ -139,6 +156,18 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		if base, err = snapshotter.Dir(ms); err != nil {
 			return err
 		}
+		if ws != nil {
+			for _, f := range ws.files {
+				// The clone has the image's file; the checkpoint's
+				// replaces it.
+				if err := os.Remove(filepath.Join(base, f)); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+				if _, err := snapshotter.CloneFile(filepath.Join(ws.dir, f), filepath.Join(base, f)); err != nil {
+					return fmt.Errorf("cloning the checkpoint's disk file %s: %w", f, err)
+				}
+			}
+		}
 	} else {
 		// A Linux guest without a disk: QEMU only reads its kernel and
 		// initrd, and the image cannot be removed while the sandbox
@@ -166,7 +195,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		spec.Shares = append(spec.Shares, vs)
 	}
 	// Saved now or restored: built from what the backend can save.
-	spec.Savable = b.key != ""
+	spec.Savable = b.key != "" || b.restored
 	if b.key != "" && spec.Boot.Kind == vm.BootMacOS && len(spec.Boot.MachineID) == 0 {
 		// A fresh identity: saveWarm keeps it with the state.
 		spec.Boot.MachineIDFile = filepath.Join(sb.Dir, "machine-id")
@@ -223,14 +252,23 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 			return err
 		}
 	}
-	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; return nil })
+	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; r.Restore = nil; return nil })
 	if err != nil {
 		return err
 	}
 	*sb = rec
 	s.afterBoot(rec)
+	if b.restored {
+		// Resumed: the VM has its own disk clone now, and a restored
+		// sandbox never resumes twice.
+		if err := os.RemoveAll(ws.dir); err != nil {
+			log.Warn("removing the checkpoint's copy", "err", err)
+		}
+	}
 	how := "VM booted"
 	switch {
+	case b.restored:
+		how = "VM resumed from a checkpoint"
 	case ws != nil:
 		how = "VM restored from a saved state"
 	case noAgent:

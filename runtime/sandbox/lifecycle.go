@@ -24,6 +24,13 @@ import (
 // directory, attaches its network and, when img is set, boots its VM.
 // Anything made before a failure is undone, the record included.
 func (s *Controller) Create(ctx context.Context, sb store.Sandbox, img *imagestore.VMImage) (_ store.Sandbox, retErr error) {
+	return s.create(ctx, sb, img, nil)
+}
+
+// create is Create with prepare, when set, run once the sandbox's
+// directory and network exist (Restore: the checkpoint's files and
+// containers), undone with the rest on failure.
+func (s *Controller) create(ctx context.Context, sb store.Sandbox, img *imagestore.VMImage, prepare func(*store.Sandbox) error) (_ store.Sandbox, retErr error) {
 	if sb.Spec == nil {
 		return sb, fmt.Errorf("sandbox %s has no spec: %w", sb.ID, errdefs.ErrInvalidArgument)
 	}
@@ -53,6 +60,11 @@ func (s *Controller) Create(ctx context.Context, sb store.Sandbox, img *imagesto
 		return sb, err
 	}
 	testpause.Pause(ctx, "runp") // test-only hook, inert unless MACVZ_TEST_PAUSE=runp
+	if prepare != nil {
+		if err := prepare(&sb); err != nil {
+			return sb, err
+		}
+	}
 	if img != nil {
 		if err := s.Boot(ctx, &sb, img, nil); err != nil {
 			return sb, err

@@ -123,6 +123,9 @@ type warmState struct {
 	key  string
 	dir  string
 	meta warmMeta
+	// files are disk files in dir that replace the clone's (a
+	// checkpoint's, see checkpoint.go).
+	files []string
 }
 
 func (w *warmState) stateFile() string { return filepath.Join(w.dir, "state") }

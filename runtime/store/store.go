@@ -84,6 +84,25 @@ type Sandbox struct {
 	// Node marks the node VM (runtime/nodevm): the CRI shows it to the
 	// daemon's node-VM supervisor only.
 	Node bool `json:"node,omitempty"`
+	// Restore is set on a sandbox RestorePod made, until its VM resumes
+	// from the checkpoint copied into its directory (the first
+	// StartContainer).
+	Restore *Restore `json:"restore,omitempty"`
+}
+
+// Restore is what a restored sandbox's VM resumes with: its size, devices
+// and identity as they were when checkpointed.
+type Restore struct {
+	// Dir holds the VM state ("state") and the disk files, cloned from
+	// the checkpoint directory.
+	Dir         string   `json:"dir"`
+	Disks       []string `json:"disks,omitempty"`
+	CPUs        int      `json:"cpus"`
+	MemoryBytes int64    `json:"memoryBytes"`
+	// MAC is the NIC's address when checkpointed: the guest's agent moves
+	// the NIC to the sandbox's own.
+	MAC       string `json:"mac,omitempty"`
+	MachineID []byte `json:"machineId,omitempty"`
 }
 
 // Network is what a sandbox's VM needs of its CNI attachment.
@@ -214,6 +233,9 @@ type Container struct {
 	// VolumeImages are the IDs of the images its image volumes mount:
 	// they cannot be removed while it exists.
 	VolumeImages []string `json:"volumeImages,omitempty"`
+	// Restored: its process is in a checkpoint's VM state (RestorePod),
+	// stopped; StartContainer resumes it instead of starting one.
+	Restored bool `json:"restored,omitempty"`
 }
 
 // Store is the state database.

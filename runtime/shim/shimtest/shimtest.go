@@ -116,6 +116,9 @@ type Shim struct {
 	logPaths  []string
 	removed   []*agentapi.ProcessID
 	procError error
+	saveErr   error
+	paused    bool
+	watched   []*shimapi.WatchProcessRequest
 }
 
 var _ shim.Conn = (*Shim)(nil)
@@ -164,11 +167,17 @@ func (c *Shim) Stop(ctx context.Context, grace time.Duration) (*shimapi.VMExit, 
 	return c.exit, nil
 }
 
-// Save writes a state file, as a backend does.
+// Save writes a state file, as a backend does (FailSave: fails instead),
+// and leaves the VM paused.
 func (c *Shim) Save(ctx context.Context, path string) error {
 	c.mu.Lock()
 	c.calls.Saves++
+	err := c.saveErr
+	c.paused = true
 	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return os.WriteFile(path, []byte("fake VM state"), 0o600)
 }
 
@@ -176,7 +185,22 @@ func (c *Shim) Resume(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls.Resumes++
+	c.paused = false
 	return nil
+}
+
+// FailSave makes Save fail with err (nil: succeed again).
+func (c *Shim) FailSave(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.saveErr = err
+}
+
+// Paused says whether the VM is paused (saved and not resumed).
+func (c *Shim) Paused() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.paused
 }
 
 // Shutdown ends the shim: it is no longer running.
@@ -270,6 +294,21 @@ type shimService struct {
 	c *Shim
 }
 
+// WatchProcess records the call (Watched).
+func (s shimService) WatchProcess(ctx context.Context, r *shimapi.WatchProcessRequest) (*shimapi.WatchProcessResponse, error) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.c.watched = append(s.c.watched, r)
+	return &shimapi.WatchProcessResponse{}, nil
+}
+
+// Watched are the WatchProcess calls so far.
+func (c *Shim) Watched() []*shimapi.WatchProcessRequest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*shimapi.WatchProcessRequest(nil), c.watched...)
+}
+
 func (s shimService) ProcessStatus(ctx context.Context, r *shimapi.ProcessStatusRequest) (*shimapi.ProcessStatusResponse, error) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
@@ -290,6 +329,8 @@ type Agent struct {
 	resolv   []*agentapi.WriteResolvConfRequest
 	mounts   []*agentapi.MountShareRequest
 	sysctls  []map[string]string
+	signals  []string
+	unmounts []string
 }
 
 // Setup is what the guest was told so far.
@@ -299,6 +340,10 @@ type Setup struct {
 	Resolv    []*agentapi.WriteResolvConfRequest
 	Mounts    []*agentapi.MountShareRequest
 	Sysctls   []map[string]string
+	// Signals are KillAll's ("<container> <signal number>"), Unmounts
+	// UnmountShare's tags.
+	Signals  []string
+	Unmounts []string
 }
 
 // Setup returns the calls recorded so far.
@@ -309,7 +354,22 @@ func (a *Agent) Setup() Setup {
 		Network: append([]*agentapi.ConfigureNetworkRequest(nil), a.network...), Hostnames: append([]string(nil), a.hostname...),
 		Resolv: append([]*agentapi.WriteResolvConfRequest(nil), a.resolv...), Mounts: append([]*agentapi.MountShareRequest(nil), a.mounts...),
 		Sysctls: append([]map[string]string(nil), a.sysctls...),
+		Signals: append([]string(nil), a.signals...), Unmounts: append([]string(nil), a.unmounts...),
 	}
+}
+
+func (a *Agent) KillAll(ctx context.Context, r *agentapi.KillAllRequest) (*agentapi.KillAllResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.signals = append(a.signals, fmt.Sprintf("%s %d", r.GetContainerId(), r.GetSignal()))
+	return &agentapi.KillAllResponse{Signaled: 1}, nil
+}
+
+func (a *Agent) UnmountShare(ctx context.Context, r *agentapi.UnmountShareRequest) (*agentapi.UnmountShareResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.unmounts = append(a.unmounts, r.GetTag())
+	return &agentapi.UnmountShareResponse{}, nil
 }
 
 func (a *Agent) ConfigureNetwork(ctx context.Context, r *agentapi.ConfigureNetworkRequest) (*agentapi.ConfigureNetworkResponse, error) {

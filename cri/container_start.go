@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -14,6 +15,7 @@ import (
 	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/sandbox"
 	"github.com/macvz/macvz/runtime/shim"
+	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/vmimage/imagestore"
 )
@@ -80,13 +82,19 @@ func (s *Service) StartContainer(ctx context.Context, r *runtimeapi.StartContain
 		if err != nil {
 			return nil, err
 		}
-		if started, err = s.startProcess(ctx, sb, sc, c, cfg, &img); err != nil {
+		if c.Restored {
+			err = s.continueProcess(ctx, sc, c)
+		} else {
+			started, err = s.startProcess(ctx, sb, sc, c, cfg, &img)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	_, err = s.st.UpdateContainer(c.ID, func(r *store.Container) error {
 		r.State = store.ContainerRunning
 		r.StartedAt = started
+		r.Restored = false
 		return nil
 	})
 	if err != nil {
@@ -164,4 +172,23 @@ func volumesOf(ms []*runtimeapi.Mount) []sandbox.Volume {
 		out = append(out, sandbox.Volume{HostPath: m.GetHostPath(), GuestPath: m.GetContainerPath(), ReadOnly: m.GetReadonly()})
 	}
 	return out
+}
+
+// continueProcess starts a restored container (RestorePod): its process
+// is in the VM's state, stopped since the checkpoint. The shim watches it
+// (output into the log from where the guest's buffer has it, the exit),
+// then its processes continue.
+func (s *Service) continueProcess(ctx context.Context, sc shim.Conn, c store.Container) error {
+	if c.LogPath != "" {
+		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
+			return err
+		}
+	}
+	if _, err := sc.Shim().WatchProcess(ctx, &shimapi.WatchProcessRequest{ContainerId: c.ID, LogPath: c.LogPath}); err != nil {
+		return fmt.Errorf("watching the restored container's process: %w", err)
+	}
+	if _, err := sc.Agent().KillAll(ctx, &agentapi.KillAllRequest{ContainerId: c.ID, Signal: uint32(syscall.SIGCONT)}); err != nil {
+		return fmt.Errorf("continuing the restored container's processes: %w", err)
+	}
+	return nil
 }

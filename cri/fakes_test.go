@@ -427,7 +427,9 @@ func (a procAgent) KillAll(ctx context.Context, r *agentapi.KillAllRequest) (*ag
 	a.c.l.mu.Lock()
 	a.c.l.kills = append(a.c.l.kills, r)
 	a.c.l.mu.Unlock()
-	a.c.exitBy(r.GetContainerId(), syscall.Signal(r.GetSignal()))
+	if sig := syscall.Signal(r.GetSignal()); sig != syscall.SIGSTOP && sig != syscall.SIGCONT {
+		a.c.exitBy(r.GetContainerId(), sig)
+	}
 	return &agentapi.KillAllResponse{}, nil
 }
 

@@ -17,18 +17,6 @@ func notYet(verb string) error {
 	return status.Errorf(codes.Unimplemented, "%s is not implemented by this macvz build yet", verb)
 }
 
-func (s *Service) CheckpointContainer(context.Context, *runtimeapi.CheckpointContainerRequest) (*runtimeapi.CheckpointContainerResponse, error) {
-	return nil, notYet("CheckpointContainer")
-}
-
-func (s *Service) CheckpointPod(context.Context, *runtimeapi.CheckpointPodRequest) (*runtimeapi.CheckpointPodResponse, error) {
-	return nil, notYet("CheckpointPod")
-}
-
-func (s *Service) RestorePod(context.Context, *runtimeapi.RestorePodRequest) (*runtimeapi.RestorePodResponse, error) {
-	return nil, notYet("RestorePod")
-}
-
 func (s *Service) UpdatePodSandboxResources(context.Context, *runtimeapi.UpdatePodSandboxResourcesRequest) (*runtimeapi.UpdatePodSandboxResourcesResponse, error) {
 	return nil, notYet("UpdatePodSandboxResources")
 }

@@ -11,10 +11,12 @@ const execHelperArg = "__macvz_exec"
 // namespaces; processes run as they are.
 type helperSpec struct {
 	restrictCaps, noNewPrivs, newMountNS, readOnlyRoot bool
-	caps, readonlyPaths                                []string
+	caps, readonlyPaths, maskedPaths                   []string
 	uid, gid                                           uint32
 	groups                                             []uint32
 	joinMountNS                                        int
+	newPidNS                                           bool
+	seccomp                                            *compiledSeccomp
 }
 
 func helperArgs(path string, argv []string, h helperSpec) ([]string, error) {

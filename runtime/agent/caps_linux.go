@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,7 +43,13 @@ type helperSpec struct {
 	newMountNS    bool
 	readOnlyRoot  bool
 	readonlyPaths []string
+	maskedPaths   []string
 	joinMountNS   int
+	// newPidNS: the helper is pid 1 of a new PID namespace (the agent
+	// cloned it so) and mounts its /proc.
+	newPidNS bool
+	// seccomp is the compiled filter, installed last.
+	seccomp *compiledSeccomp
 }
 
 // helperArgs is the argv that runs path/argv through the exec helper:
@@ -66,14 +73,27 @@ func helperArgs(path string, argv []string, h helperSpec) ([]string, error) {
 	switch {
 	case h.newMountNS:
 		args = append(args, "mntns=new", "roroot="+strconv.FormatBool(h.readOnlyRoot))
+		if h.newPidNS {
+			args = append(args, "pidns=new")
+		}
 		for _, p := range h.readonlyPaths {
 			if !filepath.IsAbs(p) {
 				return nil, fmt.Errorf("read-only path %q is not absolute", p)
 			}
 			args = append(args, "ropath="+p)
 		}
+		for _, p := range h.maskedPaths {
+			if !filepath.IsAbs(p) {
+				return nil, fmt.Errorf("masked path %q is not absolute", p)
+			}
+			args = append(args, "maskpath="+p)
+		}
 	case h.joinMountNS > 0:
 		args = append(args, "mntns=join:"+strconv.Itoa(h.joinMountNS))
+	}
+	if h.seccomp != nil {
+		args = append(args, "seccomp="+base64.StdEncoding.EncodeToString(h.seccomp.bytes()),
+			"seccompflags="+strconv.FormatUint(uint64(h.seccomp.flags), 10))
 	}
 	return append(append(args, "--", path), argv...), nil
 }
@@ -131,6 +151,32 @@ func execHelper(args []string) {
 			h.readOnlyRoot = v == "true"
 		case "ropath":
 			h.readonlyPaths = append(h.readonlyPaths, v)
+		case "maskpath":
+			h.maskedPaths = append(h.maskedPaths, v)
+		case "pidns":
+			h.newPidNS = v == "new"
+		case "seccomp":
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				fail("exec helper: bad seccomp program: %v", err)
+			}
+			insns, err := parseSeccompBytes(b)
+			if err != nil {
+				fail("exec helper: %v", err)
+			}
+			if h.seccomp == nil {
+				h.seccomp = &compiledSeccomp{}
+			}
+			h.seccomp.insns = insns
+		case "seccompflags":
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				fail("exec helper: bad seccomp flags %q", v)
+			}
+			if h.seccomp == nil {
+				h.seccomp = &compiledSeccomp{}
+			}
+			h.seccomp.flags = uint(n)
 		default:
 			fail("exec helper: unknown setting %q", args[i])
 		}
@@ -151,20 +197,9 @@ func execHelper(args []string) {
 		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 			fail("mount namespace: %v", err)
 		}
-		for _, p := range h.readonlyPaths {
-			if _, err := os.Stat(p); err != nil {
-				continue // as runc: a missing path is not an error
-			}
-			if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-				fail("read-only path %s: %v", p, err)
-			}
-			if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-				fail("read-only path %s: %v", p, err)
-			}
-		}
-		if h.readOnlyRoot {
-			if err := unix.Mount("", "/", "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-				fail("read-only root: %v", err)
+		for _, s := range mountPlan(h) {
+			if err := runMountStep(s); err != nil {
+				fail("%v", err)
 			}
 		}
 	case strings.HasPrefix(mntns, "join:"):
@@ -199,6 +234,14 @@ func execHelper(args []string) {
 			}
 		}
 	}
+	// Without no_new_privs a filter needs CAP_SYS_ADMIN, gone after the
+	// uid switch: load it now, as runc does (the profile must then allow
+	// the few calls left before the exec). With it, load it last.
+	if h.seccomp != nil && !h.noNewPrivs {
+		if err := installSeccomp(h.seccomp.insns, h.seccomp.flags); err != nil {
+			fail("seccomp filter: %v", err)
+		}
+	}
 	groups := make([]int, len(h.groups))
 	for i, g := range h.groups {
 		groups[i] = int(g)
@@ -215,6 +258,11 @@ func execHelper(args []string) {
 	if h.noNewPrivs {
 		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 			fail("no_new_privs: %v", err)
+		}
+		if h.seccomp != nil {
+			if err := installSeccomp(h.seccomp.insns, h.seccomp.flags); err != nil {
+				fail("seccomp filter: %v", err)
+			}
 		}
 	}
 	err := syscall.Exec(path, argv, os.Environ())

@@ -55,6 +55,10 @@ type process struct {
 	exited   chan struct{}
 	exit     *api.ExitStatus
 	released bool
+	// seccomp is the compiled filter (Linux guests), nil when unconfined;
+	// cgroup the container's cgroup directory the process runs in.
+	seccomp *compiledSeccomp
+	cgroup  string
 }
 
 func (a *agent) lookup(id *api.ProcessID) (*process, error) {
@@ -110,6 +114,13 @@ func (a *agent) CreateProcess(ctx context.Context, req *api.CreateProcessRequest
 	if err := resolveUser(a.cfg.etcDir, req); err != nil {
 		return nil, err
 	}
+	if req.MemoryLimitBytes < 0 {
+		return nil, errf(codes.InvalidArgument, "process %s: negative memory limit %d", k, req.MemoryLimitBytes)
+	}
+	filter, err := seccompOf(req)
+	if err != nil {
+		return nil, errf(codes.InvalidArgument, "process %s: %v", k, err)
+	}
 	if req.Id.ExecId == "" && req.Cwd != "" {
 		// A container's working directory need not exist in the image
 		// (kubelet's workingDir): runc creates it, root-owned 0755, and
@@ -119,10 +130,11 @@ func (a *agent) CreateProcess(ctx context.Context, req *api.CreateProcessRequest
 		}
 	}
 	p := &process{
-		key:    k,
-		req:    req,
-		state:  api.ProcessState_CREATED,
-		exited: make(chan struct{}),
+		key:     k,
+		req:     req,
+		state:   api.ProcessState_CREATED,
+		exited:  make(chan struct{}),
+		seccomp: filter,
 	}
 	a.mu.Lock()
 	if a.procs[k] != nil {
@@ -275,11 +287,32 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	case <-ctx.Done():
 		return nil, errf(codes.DeadlineExceeded, "process %s: the guest's kernel modules are still loading", p.key)
 	}
-	// An exec runs where its container's main process runs. Looked up
+	// An exec runs where its container's main process runs: its mount
+	// and PID namespaces, its cgroup, its seccomp filter. Looked up
 	// before p.mu is taken: the table lock is never taken under it.
-	var joinPid int
+	var (
+		joinPid int
+		fork    forkSpec
+		filter  = p.seccomp
+	)
 	if p.key.exec != "" {
-		joinPid = a.mountNSPid(p.key.container)
+		m := a.mainOf(p.key.container)
+		if m.pid > 0 && ownsMountNS(m.req) {
+			joinPid = m.pid
+		}
+		if m.pid > 0 && (m.req.OwnPidNamespace || m.req.PidNamespaceOf != "") {
+			fork.joinPidNS = m.pid
+		}
+		fork.cgroup = m.cgroup
+		if filter == nil {
+			filter = m.seccomp
+		}
+	} else if t := p.req.PidNamespaceOf; t != "" {
+		m := a.mainOf(t)
+		if m.pid <= 0 {
+			return nil, errf(codes.FailedPrecondition, "process %s: container %s, whose PID namespace it is to share, is not running", p.key, t)
+		}
+		fork.joinPidNS = m.pid
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -317,14 +350,29 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 		return startErr(&fs.PathError{Op: "chdir", Path: p.cmd.Dir, Err: err})
 	}
 	p.cmd.Path = path
+	main := p.key.exec == ""
 	h := helperSpec{
 		restrictCaps: p.req.RestrictCapabilities, caps: p.req.Capabilities, noNewPrivs: p.req.NoNewPrivs,
 		uid: p.req.Uid, gid: p.req.Gid, groups: p.req.AdditionalGids,
-		newMountNS: p.req.OwnMountNamespace && p.key.exec == "", readOnlyRoot: p.req.ReadOnlyRootfs, readonlyPaths: p.req.ReadonlyPaths,
+		newMountNS: main && ownsMountNS(p.req), readOnlyRoot: p.req.ReadOnlyRootfs, readonlyPaths: p.req.ReadonlyPaths,
+		maskedPaths: p.req.MaskedPaths,
+		// A process in a PID namespace other than the guest's sees it in
+		// a /proc of its own.
+		newPidNS: main && (p.req.OwnPidNamespace || p.req.PidNamespaceOf != ""),
+		seccomp:  filter,
 	}
 	h.joinMountNS = joinPid
+	fork.newPidNS = main && p.req.OwnPidNamespace
+	if main && p.req.MemoryLimitBytes > 0 {
+		dir, err := containerCgroup(p.key.container, p.req.MemoryLimitBytes)
+		if err != nil {
+			return startErr(err)
+		}
+		fork.cgroup = dir
+	}
+	p.cgroup = fork.cgroup
 	var setupDone *os.File
-	if h.restrictCaps || h.noNewPrivs || h.newMountNS || h.joinMountNS > 0 {
+	if h.restrictCaps || h.noNewPrivs || h.newMountNS || h.joinMountNS > 0 || h.seccomp != nil {
 		// The agent re-executed finishes the setup the fork cannot.
 		args, err := helperArgs(path, p.req.Argv, h)
 		if err != nil {
@@ -345,11 +393,19 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 		p.cmd.Path, p.cmd.Args = "/proc/self/exe", args
 		p.cmd.SysProcAttr.Credential = nil
 	}
-	done, err := a.reaper.start(p.cmd)
+	var done <-chan waitResult
+	err = startIsolated(p.cmd, fork, func() error {
+		var err error
+		done, err = a.reaper.start(p.cmd)
+		return err
+	})
 	for _, f := range p.cmd.ExtraFiles {
 		f.Close()
 	}
 	if err != nil {
+		if main && p.cgroup != "" {
+			removeCgroup(p.cgroup)
+		}
 		return startErr(err)
 	}
 	if setupDone != nil {
@@ -389,6 +445,12 @@ func (p *process) wait(done <-chan waitResult) {
 		st.ExitCode = 128 + int32(ws.Signal())
 	default:
 		st.ExitCode = int32(ws.ExitStatus())
+	}
+	// The container's cgroup is new at each start: any OOM kill counted
+	// there happened in its life (containerd's reading: the reason is
+	// OOMKilled whichever of its processes the kernel chose).
+	if p.cgroup != "" && oomKills(p.cgroup) > 0 {
+		st.OomKilled = true
 	}
 	p.mu.Lock()
 	p.state = api.ProcessState_EXITED
@@ -614,6 +676,11 @@ func (a *agent) RemoveProcess(ctx context.Context, req *api.RemoveProcessRequest
 	a.mu.Unlock()
 	if p != nil {
 		p.release()
+		if k.exec == "" && p.cgroup != "" {
+			if err := removeCgroup(p.cgroup); err != nil {
+				a.cfg.log.Warn("removing a container's cgroup", "id", k.String(), "err", err)
+			}
+		}
 		// Readers still attached end; pumps end when the last holders of
 		// the pipes are gone. Drop what nobody will read.
 		for _, b := range p.out {
@@ -669,19 +736,33 @@ func (a *agent) stopAll(grace time.Duration) {
 	}
 }
 
-// mountNSPid is the pid of a container's running main process when it
-// has a mount namespace of its own (its execs join it), else 0.
-func (a *agent) mountNSPid(container string) int {
+// ownsMountNS tells whether a container's main process gets a mount
+// namespace of its own (its execs join it).
+func ownsMountNS(req *api.CreateProcessRequest) bool {
+	return req.OwnMountNamespace || req.OwnPidNamespace || req.PidNamespaceOf != "" || len(req.MaskedPaths) > 0
+}
+
+// mainInfo is what an exec takes from its container's main process.
+type mainInfo struct {
+	pid     int // 0 unless running
+	req     *api.CreateProcessRequest
+	cgroup  string
+	seccomp *compiledSeccomp
+}
+
+// mainOf describes a container's main process.
+func (a *agent) mainOf(container string) mainInfo {
 	a.mu.Lock()
 	main := a.procs[procKey{container, ""}]
 	a.mu.Unlock()
-	if main == nil || !main.req.OwnMountNamespace {
-		return 0
+	if main == nil {
+		return mainInfo{req: &api.CreateProcessRequest{}}
 	}
 	main.mu.Lock()
 	defer main.mu.Unlock()
-	if main.state != api.ProcessState_RUNNING {
-		return 0
+	m := mainInfo{req: main.req, cgroup: main.cgroup, seccomp: main.seccomp}
+	if main.state == api.ProcessState_RUNNING {
+		m.pid = main.pid
 	}
-	return main.pid
+	return m
 }

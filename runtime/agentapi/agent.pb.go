@@ -624,8 +624,33 @@ type CreateProcessRequest struct {
 	OwnMountNamespace bool     `protobuf:"varint,18,opt,name=own_mount_namespace,json=ownMountNamespace,proto3" json:"own_mount_namespace,omitempty"`
 	ReadOnlyRootfs    bool     `protobuf:"varint,19,opt,name=read_only_rootfs,json=readOnlyRootfs,proto3" json:"read_only_rootfs,omitempty"`
 	ReadonlyPaths     []string `protobuf:"bytes,20,rep,name=readonly_paths,json=readonlyPaths,proto3" json:"readonly_paths,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// masked_paths (Linux guests, with own_mount_namespace) are hidden in
+	// the process's mount namespace: /dev/null bound over a file, an
+	// empty read-only tmpfs over a directory. A path that is missing is
+	// skipped; one that passes through a symbolic link fails the start.
+	MaskedPaths []string `protobuf:"bytes,21,rep,name=masked_paths,json=maskedPaths,proto3" json:"masked_paths,omitempty"`
+	// own_pid_namespace (Linux guests, a container's main process) starts
+	// the process as pid 1 of a new PID namespace with its own /proc
+	// (it implies own_mount_namespace); the container's execs join it.
+	OwnPidNamespace bool `protobuf:"varint,22,opt,name=own_pid_namespace,json=ownPidNamespace,proto3" json:"own_pid_namespace,omitempty"`
+	// pid_namespace_of (Linux guests) starts the process in the PID
+	// namespace of that container's running main process (CRI's TARGET
+	// mode); "" leaves it in the guest's.
+	PidNamespaceOf string `protobuf:"bytes,23,opt,name=pid_namespace_of,json=pidNamespaceOf,proto3" json:"pid_namespace_of,omitempty"`
+	// seccomp (Linux guests) is the process's seccomp profile: an OCI
+	// runtime-spec LinuxSeccomp as JSON, compiled by the agent for its
+	// own architecture and installed just before the exec; empty =
+	// unconfined. seccomp_runtime_default asks for the agent's default
+	// profile instead (the container runtimes' RuntimeDefault).
+	Seccomp               []byte `protobuf:"bytes,24,opt,name=seccomp,proto3" json:"seccomp,omitempty"`
+	SeccompRuntimeDefault bool   `protobuf:"varint,25,opt,name=seccomp_runtime_default,json=seccompRuntimeDefault,proto3" json:"seccomp_runtime_default,omitempty"`
+	// memory_limit_bytes (Linux guests, a container's main process) puts
+	// the container in a cgroup v2 of its own with memory.max set to it;
+	// its execs join that cgroup. An OOM kill in it is reported as
+	// ExitStatus.oom_killed. 0 = no limit but the VM's.
+	MemoryLimitBytes int64 `protobuf:"varint,26,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateProcessRequest) Reset() {
@@ -796,6 +821,48 @@ func (x *CreateProcessRequest) GetReadonlyPaths() []string {
 		return x.ReadonlyPaths
 	}
 	return nil
+}
+
+func (x *CreateProcessRequest) GetMaskedPaths() []string {
+	if x != nil {
+		return x.MaskedPaths
+	}
+	return nil
+}
+
+func (x *CreateProcessRequest) GetOwnPidNamespace() bool {
+	if x != nil {
+		return x.OwnPidNamespace
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetPidNamespaceOf() string {
+	if x != nil {
+		return x.PidNamespaceOf
+	}
+	return ""
+}
+
+func (x *CreateProcessRequest) GetSeccomp() []byte {
+	if x != nil {
+		return x.Seccomp
+	}
+	return nil
+}
+
+func (x *CreateProcessRequest) GetSeccompRuntimeDefault() bool {
+	if x != nil {
+		return x.SeccompRuntimeDefault
+	}
+	return false
+}
+
+func (x *CreateProcessRequest) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
 }
 
 type CreateProcessResponse struct {
@@ -1513,7 +1580,7 @@ type ExitStatus struct {
 	Signaled       bool                   `protobuf:"varint,2,opt,name=signaled,proto3" json:"signaled,omitempty"`
 	Signal         uint32                 `protobuf:"varint,3,opt,name=signal,proto3" json:"signal,omitempty"`
 	ExitedUnixNano int64                  `protobuf:"varint,4,opt,name=exited_unix_nano,json=exitedUnixNano,proto3" json:"exited_unix_nano,omitempty"`
-	OomKilled      bool                   `protobuf:"varint,5,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"` // reserved: not detected yet
+	OomKilled      bool                   `protobuf:"varint,5,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"` // the process's container cgroup had an OOM kill during its life
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -3335,7 +3402,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc9\x05\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc2\a\n" +
 	"\x14CreateProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\x12\x12\n" +
 	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
@@ -3358,7 +3425,13 @@ const file_agent_proto_rawDesc = "" +
 	"noNewPrivs\x12.\n" +
 	"\x13own_mount_namespace\x18\x12 \x01(\bR\x11ownMountNamespace\x12(\n" +
 	"\x10read_only_rootfs\x18\x13 \x01(\bR\x0ereadOnlyRootfs\x12%\n" +
-	"\x0ereadonly_paths\x18\x14 \x03(\tR\rreadonlyPaths\"\x17\n" +
+	"\x0ereadonly_paths\x18\x14 \x03(\tR\rreadonlyPaths\x12!\n" +
+	"\fmasked_paths\x18\x15 \x03(\tR\vmaskedPaths\x12*\n" +
+	"\x11own_pid_namespace\x18\x16 \x01(\bR\x0fownPidNamespace\x12(\n" +
+	"\x10pid_namespace_of\x18\x17 \x01(\tR\x0epidNamespaceOf\x12\x18\n" +
+	"\aseccomp\x18\x18 \x01(\fR\aseccomp\x126\n" +
+	"\x17seccomp_runtime_default\x18\x19 \x01(\bR\x15seccompRuntimeDefault\x12,\n" +
+	"\x12memory_limit_bytes\x18\x1a \x01(\x03R\x10memoryLimitBytes\"\x17\n" +
 	"\x15CreateProcessResponse\"@\n" +
 	"\x13StartProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\"(\n" +

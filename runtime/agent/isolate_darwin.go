@@ -1,0 +1,27 @@
+package agent
+
+import (
+	"fmt"
+	"os/exec"
+)
+
+type forkSpec struct {
+	newPidNS  bool
+	cgroup    string
+	joinPidNS int
+}
+
+func containerCgroup(container string, limit int64) (string, error) {
+	return "", fmt.Errorf("a container memory limit needs Linux cgroups, which macOS does not have: a macOS pod's memory is its VM's")
+}
+
+func removeCgroup(dir string) error { return nil }
+
+func oomKills(dir string) uint64 { return 0 }
+
+func startIsolated(cmd *exec.Cmd, spec forkSpec, start func() error) error {
+	if spec.newPidNS || spec.cgroup != "" || spec.joinPidNS > 0 {
+		return fmt.Errorf("PID namespaces and cgroups are Linux-only: macOS cannot give a container its own")
+	}
+	return start()
+}

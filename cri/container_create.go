@@ -65,6 +65,18 @@ func (s *Service) CreateContainer(ctx context.Context, r *runtimeapi.CreateConta
 		return nil, fmt.Errorf("sandbox %s already runs VM image %s; a pod is one VM, so its containers must share one VM image (got %s, which boots a different VM): %w",
 			sb.ID, sb.VMImage, cfg.GetImage().GetImage(), errdefs.ErrFailedPrecondition)
 	}
+	switch img.Descriptor.OS {
+	case "linux":
+		// A Localhost profile that cannot be read or parsed fails here,
+		// before anything is created.
+		if _, _, err := seccompProfile(cfg.GetLinux().GetSecurityContext()); err != nil {
+			return nil, err
+		}
+	case "darwin":
+		if err := checkMacOSIsolation(cfg, sb, img.Descriptor.MinMemoryBytes); err != nil {
+			return nil, err
+		}
+	}
 	raw, err := proto.Marshal(cfg)
 	if err != nil {
 		return nil, err

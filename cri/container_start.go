@@ -149,6 +149,11 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc shim.Co
 		// A view of the VM's root of its own; its execs join it.
 		creq.OwnMountNamespace, creq.ReadOnlyRootfs, creq.ReadonlyPaths = true, sc.GetReadonlyRootfs(), sc.GetReadonlyPaths()
 	}
+	if img.Descriptor.OS == "linux" {
+		if err := applyIsolation(creq, cfg); err != nil {
+			return time.Time{}, err
+		}
+	}
 	pu.forOS(img.Descriptor.OS).apply(creq)
 	if c.LogPath != "" {
 		// kubelet makes the pod's log directory; crictl users may not.

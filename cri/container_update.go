@@ -58,6 +58,9 @@ func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.Up
 	return &runtimeapi.UpdateContainerResourcesResponse{}, nil
 }
 
+// minMemoryLimit is the smallest container memory limit (Docker's).
+const minMemoryLimit = 6 << 20
+
 // validateResources refuses resources no VM can have.
 func validateResources(r *runtimeapi.LinuxContainerResources) error {
 	switch {
@@ -65,8 +68,11 @@ func validateResources(r *runtimeapi.LinuxContainerResources) error {
 		return fmt.Errorf("negative CPU resources (quota %d, period %d, shares %d): %w", r.GetCpuQuota(), r.GetCpuPeriod(), r.GetCpuShares(), errdefs.ErrInvalidArgument)
 	case r.GetMemoryLimitInBytes() < 0:
 		return fmt.Errorf("negative memory limit %d: %w", r.GetMemoryLimitInBytes(), errdefs.ErrInvalidArgument)
-	case r.GetMemoryLimitInBytes() > 0 && r.GetMemoryLimitInBytes() < 64<<20:
-		return fmt.Errorf("memory limit %d bytes is below the 64 MiB a VM needs: %w", r.GetMemoryLimitInBytes(), errdefs.ErrInvalidArgument)
+	case r.GetMemoryLimitInBytes() > 0 && r.GetMemoryLimitInBytes() < minMemoryLimit:
+		// A Linux guest's container limit is a cgroup's memory.max (the
+		// VM itself is never below 64 MiB); Docker's floor keeps a
+		// typo from OOM-killing the container at once.
+		return fmt.Errorf("memory limit %d bytes is below the 6 MiB a container needs: %w", r.GetMemoryLimitInBytes(), errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -525,7 +525,7 @@ func TestPodBadInput(t *testing.T) {
 	}{
 		{"unknown image", v.reg.Ref("macvz/nope", "1"), nil, "NotFound", "pull it first"},
 		{"ordinary image", ociImg, nil, "FailedPrecondition", "ordinary container image"},
-		{"invalid memory", v.plain, map[string]any{"linux": map[string]any{"resources": map[string]any{"memory_limit_in_bytes": 1000}}}, "InvalidArgument", "64 MiB"},
+		{"invalid memory", v.plain, map[string]any{"linux": map[string]any{"resources": map[string]any{"memory_limit_in_bytes": 1000}}}, "InvalidArgument", "6 MiB"},
 		{"missing hostPath", v.plain, map[string]any{"mounts": []map[string]any{{"container_path": "/x", "host_path": "/nonexistent/macvz-test"}}}, "NotFound", "/nonexistent/macvz-test"},
 		{"relative container path", v.plain, map[string]any{"mounts": []map[string]any{{"container_path": "x", "host_path": "/tmp"}}}, "InvalidArgument", "not absolute"},
 	}

@@ -144,6 +144,9 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	case len(store.SpecOf(sb).VolumeDirs) > 0:
 		return fmt.Errorf("sandbox %s has a volume share (macvz.io/volume-dirs), which a checkpoint cannot carry: %w", sb.ID, errdefs.ErrFailedPrecondition)
 	}
+	if filepath.IsAbs(out) {
+		out = filepath.Clean(out)
+	}
 	root, err := openEmptyDir(out)
 	if err != nil {
 		return err
@@ -168,8 +171,10 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	// Files made in out, removed again on failure (the directory is the
 	// caller's: it stays).
 	var made []string
+	saved := false
 	defer func() {
 		if retErr != nil {
+			log.Warn("checkpoint failed; the VM and its processes run on", "dir", out, "saved", saved, "err", retErr)
 			for _, f := range slices.Backward(made) {
 				if err := root.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					log.Warn("removing a file of a failed checkpoint", "file", f, "err", err)
@@ -232,10 +237,19 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	// ctx's deadline (by saveGrace at most) rather than be abandoned: a
 	// Resume sent while the shim still saves could come before the save
 	// ends, and leave the VM paused.
-	made = append(made, checkpointStateFile+".tmp", checkpointStateFile)
+	//
+	// The shim (root) writes the state into the sandbox's own directory,
+	// never into the caller's, where a name could have been made a
+	// symlink since it was found empty; it is moved there after.
+	saveDir, err := os.MkdirTemp(sb.Dir, "checkpoint-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(saveDir)
 	sctx, scancel := saveContext(ctx)
-	saveErr := c.Save(sctx, filepath.Join(out, checkpointStateFile))
+	saveErr := c.Save(sctx, filepath.Join(saveDir, checkpointStateFile))
 	scancel()
+	saved = saveErr == nil
 	var disks []CheckpointFile
 	var diskErr error
 	if saveErr == nil {
@@ -257,6 +271,10 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("checkpointing sandbox %s: %w", sb.ID, err)
+	}
+	made = append(made, checkpointStateFile)
+	if err := moveInto(filepath.Join(saveDir, checkpointStateFile), out, checkpointStateFile); err != nil {
+		return fmt.Errorf("moving the VM's state into %s: %w", out, err)
 	}
 	st, err := hashFile(root, checkpointStateFile)
 	if err != nil {
@@ -297,6 +315,19 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	log.Info("sandbox checkpointed", "dir", out, "containers", len(ctrs), "stateMiB", st.Size>>20,
 		"paused", paused.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// moveInto moves the file src to dir/name: a rename (which replaces a
+// symlink at name rather than follow it), else, across file systems, a
+// clone into a new file.
+func moveInto(src, dir, name string) error {
+	dst := filepath.Join(dir, name)
+	err := os.Rename(src, dst)
+	if !errors.Is(err, syscall.EXDEV) {
+		return err
+	}
+	_, err = snapshotter.CloneFile(src, dst)
+	return err
 }
 
 // saveGrace is how long a VM's save may run past the deadline of the
@@ -368,8 +399,8 @@ func diskFiles(img *imagestore.VMImage) []string {
 // empty directory (not a symlink): macvz never writes into a directory
 // that has something in it.
 func openEmptyDir(out string) (*os.Root, error) {
-	if out == "" || !filepath.IsAbs(out) || filepath.Clean(out) != out {
-		return nil, fmt.Errorf("checkpoint directory %q is not a clean absolute path: %w", out, errdefs.ErrInvalidArgument)
+	if !filepath.IsAbs(out) {
+		return nil, fmt.Errorf("checkpoint directory %q is not an absolute path: %w", out, errdefs.ErrInvalidArgument)
 	}
 	fi, err := os.Lstat(out)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -675,7 +706,12 @@ func copyCheckpoint(cp *Checkpoint, dir string) error {
 		return err
 	}
 	defer root.Close()
-	if _, err := snapshotter.CloneFile(filepath.Join(cp.Dir, checkpointStateFile), filepath.Join(dir, checkpointStateFile)); err != nil {
+	src, err := os.OpenRoot(cp.Dir)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	if err := cloneFromRoot(src, checkpointStateFile, filepath.Join(dir, checkpointStateFile), m.State.Size); err != nil {
 		return fmt.Errorf("copying the checkpoint's VM state: %w", err)
 	}
 	st, err := hashFile(root, checkpointStateFile)
@@ -687,7 +723,7 @@ func copyCheckpoint(cp *Checkpoint, dir string) error {
 	}
 	for _, d := range m.Disks {
 		dst := filepath.Join(dir, d.Name)
-		if _, err := snapshotter.CloneFile(filepath.Join(cp.Dir, checkpointDiskDir, d.Name), dst); err != nil {
+		if err := cloneFromRoot(src, filepath.Join(checkpointDiskDir, d.Name), dst, d.Size); err != nil {
 			return fmt.Errorf("copying the checkpoint's disk file %s: %w", d.Name, err)
 		}
 		fi, err := root.Lstat(d.Name)
@@ -699,6 +735,28 @@ func copyCheckpoint(cp *Checkpoint, dir string) error {
 		}
 	}
 	return nil
+}
+
+// cloneFromRoot clones name, a regular file of size bytes inside root
+// (opened there without following a symlink, so a name swapped for one
+// since ReadCheckpoint looked cannot lead out), to the new file dst.
+func cloneFromRoot(root *os.Root, name, dst string, size int64) error {
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != size {
+		return fmt.Errorf("%s is not a regular file of %d bytes: %w", name, size, errdefs.ErrInvalidArgument)
+	}
+	// The open file, by its descriptor's name: what is cloned is what
+	// was checked.
+	_, err = snapshotter.CloneFile(fdPath(f), dst)
+	return err
 }
 
 // restoredState is the saved state a restored sandbox's VM resumes from.

@@ -159,3 +159,34 @@ func TestCheckpointRestore(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestCloneFromRoot: a checkpoint's file is cloned from what was opened
+// inside the directory: a name that became a symlink (to a host file) is
+// refused, as is a file of another size.
+func TestCloneFromRoot(t *testing.T) {
+	dir, out := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(dir, "state"), []byte("vm state"), 0o600)
+	secret := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secret, []byte("host data"), 0o600)
+	os.Symlink(secret, filepath.Join(dir, "link"))
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if err := cloneFromRoot(root, "state", filepath.Join(out, "state"), 8); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "state")); string(b) != "vm state" {
+		t.Errorf("cloned %q", b)
+	}
+	if err := cloneFromRoot(root, "link", filepath.Join(out, "link"), 9); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a symlink: %v", err)
+	}
+	if err := cloneFromRoot(root, "state", filepath.Join(out, "other"), 99); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("another size: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(out, "link")); !os.IsNotExist(err) {
+		t.Errorf("a refused clone left %v", err)
+	}
+}

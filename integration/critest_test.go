@@ -106,6 +106,10 @@ bin_dirs = [%q]
 	if f := os.Getenv("CRITEST_FOCUS"); f != "" {
 		args = append(args, "--ginkgo.focus", f)
 	}
+	if os.Getenv("CRITEST_VERBOSE") != "" {
+		// Each spec's name and outcome, passed ones too (in CRITEST_LOG).
+		args = append(args, "--ginkgo.v")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", args...)
@@ -244,7 +248,16 @@ func pushCritestImages(t *testing.T, reg *testregistry.Registry, guests map[stri
 		}
 	}
 	put("e2e-test-images/busybox", "1.29-2", guests[guest.RefPlain])
-	put("e2e-test-images/nginx", "1.14-2", guests[guest.RefHTTPD])
+	// nginx: httpd on port 80 whose command line, like nginx's, says
+	// "master process" (the PID namespace specs look for it in
+	// /proc/1/cmdline); the realm (-r) is unused without an httpd.conf.
+	put("e2e-test-images/nginx", "1.14-2", guestVariant(t, guests[guest.RefPlain], "", &vmimage.Process{
+		Entrypoint: []string{"/bin/sh", "-c"},
+		Cmd:        []string{"echo nginx stand-in on port 80; exec /bin/busybox httpd -f -v -p 80 -h /www -r 'nginx stand-in: master process'"},
+		Env:        []string{"PATH=/bin"},
+		WorkingDir: "/",
+		User:       "0",
+	}))
 	put("e2e-test-images/httpd", "2.4.39-4", guests[guest.RefHTTPD])
 	// pause holds a sandbox and does nothing: a VM image with no default
 	// process, whose container stands for the VM itself.

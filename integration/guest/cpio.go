@@ -70,6 +70,30 @@ func (c *cpioWriter) entry(name string, mode uint32, data []byte, rdevMajor, rde
 	c.pad()
 }
 
+// entryLinks writes the first name of a file with nlink names, with its
+// data, and returns its inode number for linkEntry.
+func (c *cpioWriter) entryLinks(name string, mode uint32, data []byte, nlink uint32) uint32 {
+	c.ino++
+	c.header(name, c.ino, mode, nlink, data)
+	return c.ino
+}
+
+// linkEntry writes another name of inode ino: no data (the kernel links
+// it to the name it unpacked first).
+func (c *cpioWriter) linkEntry(name string, mode, ino, nlink uint32) {
+	c.header(name, ino, mode, nlink, nil)
+}
+
+func (c *cpioWriter) header(name string, ino, mode, nlink uint32, data []byte) {
+	hdr := fmt.Sprintf("070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
+		ino, mode, 0, 0, nlink, c.mtime, len(data), 0, 0, 0, 0, len(name)+1, 0)
+	c.write([]byte(hdr))
+	c.write([]byte(name + "\x00"))
+	c.pad()
+	c.write(data)
+	c.pad()
+}
+
 const cpioTrailer = "TRAILER!!!"
 
 func (c *cpioWriter) close() error {

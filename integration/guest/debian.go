@@ -282,6 +282,18 @@ func (c *Cache) Busybox(ctx context.Context) (string, error) {
 	return filepath.Join(root, "bin", "busybox"), nil
 }
 
+// BusyboxDynamic returns the path of Debian's busybox (the dynamically
+// linked one) for the cache's architecture. Unlike busybox-static, its
+// shell runs commands found in PATH, not its own applets first: a masked
+// /bin/ls is what the shell's ls runs.
+func (c *Cache) BusyboxDynamic(ctx context.Context) (string, error) {
+	root, err := c.unpacked(ctx, "busybox", "bin/busybox")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "bin", "busybox"), nil
+}
+
 // Libc returns the root of Debian's libc6 package for the cache's
 // architecture, unpacked (fetched on first use): the dynamic loader and
 // the C library a dynamically linked program needs.

@@ -5,8 +5,11 @@
 //     (the newest apt offers), which QEMU boots with PVH; or, with
 //     Options.Arch arm64, the Image of linux-image-6.1.0-NN-arm64 (which
 //     qemu-system-aarch64 boots on -M virt, and a Mac's vz backend too);
-//   - initramfs (newc cpio): /init = the guest agent, busybox-static with
-//     its applets in /bin, the kernel modules the guest needs with their
+//   - initramfs (newc cpio): /init = the guest agent, busybox-static as
+//     /bin/busybox with its applets in /bin (the test guest's are hard
+//     links of Debian's dynamic busybox, with its loader and libc, whose
+//     shell runs what PATH finds: see InitramfsOptions.Applets; the node
+//     image keeps busybox-static's links), the kernel modules the guest needs with their
 //     modules.dep dependencies, listed in load order in ModulesList, and a
 //     minimal /etc;
 //   - written as an OCI image layout with two tags: RefPlain (no default
@@ -245,6 +248,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	// /bin/euid, the node image kubelet and what kubelet needs.
 	files := []File{{Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)}}
 	kubeletVersion := ""
+	applets, appletsList := "", ""
 	if o.Node != nil {
 		if kubeletVersion = o.Node.KubeletVersion; kubeletVersion == "" {
 			if kubeletVersion, err = KubeletVersion(ctx, o.Node.Kubelet, arch); err != nil {
@@ -274,6 +278,28 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		files = append([]File{{Path: "/www/index.html", Data: []byte(IndexHTML)}}, append(files, File{Path: "/bin/euid", Mode: fs.ModeSetuid | 0o755, Data: euidBin})...)
+		// The test guest's applets are hard links of Debian's dynamic
+		// busybox (see InitramfsOptions.Applets), so that a container's
+		// masked /bin/ls is not its shell too, and that shell runs what
+		// PATH finds (busybox-static's runs its own applets first).
+		if applets, err = cache.BusyboxDynamic(ctx); err != nil {
+			return nil, err
+		}
+		if arch != hostArch() {
+			host := &Cache{Dir: o.Cache, Arch: hostArch(), Log: o.Log}
+			if appletsList, err = host.BusyboxDynamic(ctx); err != nil {
+				return nil, err
+			}
+		}
+		libc, err := cache.Libc(ctx)
+		if err != nil {
+			return nil, err
+		}
+		libs, err := dynamicDeps(applets, libc)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, libs...)
 	}
 	initramfs := func(init string) (*bytes.Buffer, *InitramfsInfo, error) {
 		var initrd bytes.Buffer
@@ -283,6 +309,8 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			Modules:     o.Modules,
 			Busybox:     bb,
 			BusyboxList: bbList,
+			Applets:     applets,
+			AppletsList: appletsList,
 			Files:       files,
 			Gzip:        o.Gzip,
 

@@ -82,6 +82,9 @@ type File struct {
 	Path string      // absolute path in the guest
 	Mode fs.FileMode // type and permission bits; 0 means a regular file, 0644
 	Data []byte      // the content, or a symbolic link's target
+	// HardLink, when set, makes this regular file another name of the
+	// file at that path (one inode; Data is ignored).
+	HardLink string
 }
 
 // InitramfsOptions describe an initramfs.
@@ -103,6 +106,15 @@ type InitramfsOptions struct {
 	// architecture), for a Busybox of another architecture; "" means
 	// Busybox itself.
 	BusyboxList string
+	// Applets, when set, is the host path of a busybox whose applets
+	// become /bin/<applet> as hard links of one copy of it (/bin/sh),
+	// instead of symbolic links to Busybox; Busybox's other applets keep
+	// their links. A hard link is a name of its own: binding /dev/null
+	// over /bin/ls (a masked path) leaves /bin/sh alone, where a symbolic
+	// link would mask /bin/busybox and so the shell. Its dynamic loader
+	// and libraries come in Files. AppletsList is to Applets what
+	// BusyboxList is to Busybox.
+	Applets, AppletsList string
 	// Files are added last and replace what is already at their path.
 	Files []File
 	// Gzip compresses the archive (the kernel unpacks either).
@@ -186,6 +198,26 @@ func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 		for _, a := range strings.Fields(string(out)) {
 			if !skipApplets[a] && a != "busybox" && !strings.Contains(a, "/") {
 				t.add(File{Path: "/bin/" + a, Mode: fs.ModeSymlink | 0o777, Data: []byte("busybox")})
+			}
+		}
+	}
+	if o.Applets != "" {
+		bb, err := os.ReadFile(o.Applets)
+		if err != nil {
+			return nil, fmt.Errorf("initramfs applets: %w", err)
+		}
+		list := o.Applets
+		if o.AppletsList != "" {
+			list = o.AppletsList
+		}
+		out, err := exec.Command(list, "--list").Output()
+		if err != nil {
+			return nil, fmt.Errorf("%s --list: %w%s", list, err, stderrOf(err))
+		}
+		t.add(File{Path: "/bin/sh", Mode: 0o755, Data: bb})
+		for _, a := range strings.Fields(string(out)) {
+			if !skipApplets[a] && a != "busybox" && a != "sh" && !strings.Contains(a, "/") {
+				t.add(File{Path: "/bin/" + a, Mode: 0o755, HardLink: "/bin/sh"})
 			}
 		}
 	}
@@ -282,6 +314,19 @@ func (t tree) write(w io.Writer) (int, error) {
 	sort.Slice(names, func(i, j int) bool {
 		return strings.ReplaceAll(names[i], "/", "\x00") < strings.ReplaceAll(names[j], "/", "\x00")
 	})
+	// A hard-linked file's names share an inode and a link count; the
+	// kernel links each later name to the first one it unpacked, so the
+	// data goes with whichever name comes first and the others are empty.
+	nlink := map[string]uint32{}
+	for _, f := range t {
+		if f.HardLink != "" {
+			if tf, ok := t[f.HardLink]; !ok || !tf.Mode.IsRegular() || tf.HardLink != "" {
+				return 0, fmt.Errorf("initramfs: %s is a hard link to %s, which is not a regular file", f.Path, f.HardLink)
+			}
+			nlink[f.HardLink]++
+		}
+	}
+	inos := map[string]uint32{}
 	cw := &cpioWriter{w: w, mtime: uint32(epoch.Unix())}
 	for _, p := range names {
 		f := t[p]
@@ -290,6 +335,19 @@ func (t tree) write(w io.Writer) (int, error) {
 		data := f.Data
 		if f.Mode.IsDir() {
 			data = nil
+		}
+		group := p
+		if f.HardLink != "" {
+			group = f.HardLink
+			data = t[group].Data
+		}
+		if n, ok := nlink[group]; ok {
+			if ino, seen := inos[group]; seen {
+				cw.linkEntry(cpioName(p), cpioMode(f.Mode), ino, n+1)
+				continue
+			}
+			inos[group] = cw.entryLinks(cpioName(p), cpioMode(f.Mode), data, n+1)
+			continue
 		}
 		cw.entry(cpioName(p), cpioMode(f.Mode), data, major, minor)
 	}

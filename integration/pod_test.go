@@ -517,6 +517,13 @@ func TestPodBadInput(t *testing.T) {
 	podCfg := v.podConfig(t, "bad", nil)
 	pod := v.runPod(t, podCfg)
 	stateDir := v.inspectPod(t, pod).Info.StateDir
+	badProfile := filepath.Join(t.TempDir(), "bad-seccomp.json")
+	if err := os.WriteFile(badProfile, []byte(`{"defaultAction": `), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	secCtx := func(sc map[string]any) map[string]any {
+		return map[string]any{"linux": map[string]any{"security_context": sc}}
+	}
 
 	cases := []struct {
 		name, image string
@@ -528,6 +535,13 @@ func TestPodBadInput(t *testing.T) {
 		{"invalid memory", v.plain, map[string]any{"linux": map[string]any{"resources": map[string]any{"memory_limit_in_bytes": 1000}}}, "InvalidArgument", "6 MiB"},
 		{"missing hostPath", v.plain, map[string]any{"mounts": []map[string]any{{"container_path": "/x", "host_path": "/nonexistent/macvz-test"}}}, "NotFound", "/nonexistent/macvz-test"},
 		{"relative container path", v.plain, map[string]any{"mounts": []map[string]any{{"container_path": "x", "host_path": "/tmp"}}}, "InvalidArgument", "not absolute"},
+		// Container isolation: a Localhost seccomp profile is read at
+		// create; a macOS guest cannot isolate one container.
+		{"missing seccomp profile", v.plain, secCtx(map[string]any{"seccomp": map[string]any{"profile_type": 2, "localhost_ref": "/nonexistent/macvz-seccomp.json"}}), "NotFound", "/nonexistent/macvz-seccomp.json"},
+		{"malformed seccomp profile", v.plain, secCtx(map[string]any{"seccomp": map[string]any{"profile_type": 2, "localhost_ref": badProfile}}), "InvalidArgument", "not an OCI seccomp profile"},
+		{"macOS seccomp", macos, secCtx(map[string]any{"seccomp": map[string]any{"profile_type": 0}}), "Unimplemented", "macOS has no seccomp"},
+		{"macOS PID namespace", macos, secCtx(map[string]any{"namespace_options": map[string]any{"pid": 1}}), "Unimplemented", "macOS has no PID namespaces"},
+		{"macOS masked path", macos, secCtx(map[string]any{"masked_paths": []string{"/Users/admin/secret"}}), "Unimplemented", "macOS has no mount namespaces"},
 	}
 	for _, tc := range cases {
 		out, err := v.d.crictl("create", pod, v.ctrConfig(t, "bad", tc.image, tc.extra), podCfg)

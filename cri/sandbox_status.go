@@ -33,7 +33,14 @@ func (s *Service) PodSandboxStatus(ctx context.Context, r *runtimeapi.PodSandbox
 		return nil, err
 	}
 	resp.ContainersStatuses = ctrs
-	resp.Timestamp = nowNano()
+	// Timestamp stays 0. kubelet v1.37 with EventedPLEG on takes a
+	// non-zero one as "this runtime's sandbox status is the pod status":
+	// it then uses ContainersStatuses for the pod and leaves its active
+	// container statuses empty, so it finds no init container and creates
+	// it again (AlreadyExists, for ever). At 0 it asks ContainerStatus
+	// for each container, as with the gate off; the events it still gets
+	// (container_events.go) trigger its relists, which is all that
+	// EventedPLEG does in v1.37.
 	return resp, nil
 }
 

@@ -30,6 +30,11 @@ func TestPodSandboxStatus(t *testing.T) {
 	if cs := r.GetContainersStatuses(); len(cs) != 1 || cs[0].GetId() != id || cs[0].GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Errorf("containers: %v", cs)
 	}
+	// A timestamp makes kubelet v1.37 (EventedPLEG on) lose its active
+	// container statuses: see PodSandboxStatus.
+	if r.GetTimestamp() != 0 {
+		t.Errorf("timestamp %d, want 0", r.GetTimestamp())
+	}
 	var info struct {
 		VMStarted bool   `json:"vmStarted"`
 		VMImage   string `json:"vmImage"`

@@ -202,6 +202,9 @@ evictionHard:
   memory.available: 100Mi
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# GetContainerEvents drives kubelet's relists (issue 18).
+featureGates:
+  EventedPLEG: true
 `, dir, endpoints)
 	cfgPath := filepath.Join(dir, "kubelet.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -656,6 +659,32 @@ func testKubeletScenarios(t *testing.T, r kubeletRunner) {
 		if got := strings.TrimSpace(n.d.mustCrictl("ps", "-a", "-q", "--pod", sandbox["init"])); strings.Count(got, "\n") != 1 {
 			t.Errorf("init pod: containers %q, want the init container and main in one sandbox", got)
 		}
+	})
+
+	t.Run("eventedPLEG", func(t *testing.T) {
+		// kubelet runs with EventedPLEG on (writeKubeletConfig): it holds
+		// a GetContainerEvents stream to the daemon and times every event
+		// it gets; the pods above converged with it (the init pod
+		// creates its init container once: checked just above).
+		m, err := k.get("/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns, _ := promValue(string(m), "kubelet_evented_pleg_connection_success_count", "")
+		events, _ := promValue(string(m), "kubelet_evented_pleg_connection_latency_seconds_count", "")
+		if conns < 1 || events < 1 {
+			var pleg []string
+			for _, l := range strings.Split(string(m), "\n") {
+				if strings.Contains(l, "pleg") && !strings.HasPrefix(l, "#") {
+					pleg = append(pleg, l)
+				}
+			}
+			t.Fatalf("kubelet's evented PLEG: %v stream connections, %v events received; want both ≥ 1; its PLEG metrics:\n%s", conns, events, strings.Join(pleg, "\n"))
+		}
+		if errs, _ := promValue(string(m), "kubelet_evented_pleg_connection_error_count", ""); errs > 0 {
+			t.Errorf("kubelet's evented PLEG: %v stream errors", errs)
+		}
+		t.Logf("kubelet's evented PLEG: %v stream connection(s), %v container events received", conns, events)
 	})
 
 	t.Run("probes", func(t *testing.T) {

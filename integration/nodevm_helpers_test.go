@@ -323,11 +323,12 @@ func promValue(page, metric, label string) (float64, bool) {
 		if label != "" && !strings.Contains(l, label) {
 			continue
 		}
+		// The value follows the labels, or the name of a sample without.
 		f := strings.Fields(l[strings.LastIndex(l, "}")+1:])
 		if len(f) == 0 {
 			continue
 		}
-		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
 			return v, true
 		}
 	}

@@ -11,6 +11,8 @@ type forkSpec struct {
 	joinPidNS int
 }
 
+var errNoMemoryCgroup = fmt.Errorf("macOS has no memory cgroups")
+
 func containerCgroup(container string, limit int64) (string, error) {
 	return "", fmt.Errorf("a container memory limit needs Linux cgroups, which macOS does not have: a macOS pod's memory is its VM's")
 }

@@ -21,6 +21,12 @@ const (
 	cgroupParent = "macvz"
 )
 
+// errNoMemoryCgroup: the guest cannot limit one container's memory (a
+// kernel without cgroup2's memory controller, or an agent that is not
+// init in a guest without the hierarchy mounted). The container runs
+// bounded by the VM's memory, as before per-container limits.
+var errNoMemoryCgroup = errors.New("this guest has no memory cgroups")
+
 // containerCgroup makes (or empties and reuses) the cgroup of a
 // container's main process, limited to limit bytes of memory without
 // swap, and returns its directory. The memory controller is enabled on
@@ -31,7 +37,10 @@ func containerCgroup(container string, limit int64) (string, error) {
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(cgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return "", fmt.Errorf("memory limits need the cgroup2 hierarchy at %s, which this guest does not have mounted", cgroupRoot)
+		return "", fmt.Errorf("%w: no cgroup2 hierarchy at %s", errNoMemoryCgroup, cgroupRoot)
+	}
+	if b, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers")); err != nil || !strings.Contains(" "+strings.TrimSpace(string(b))+" ", " memory ") {
+		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no memory controller", errNoMemoryCgroup)
 	}
 	parent := filepath.Join(cgroupRoot, cgroupParent)
 	if err := enableMemory(cgroupRoot); err != nil {

@@ -26,6 +26,17 @@ func openNoSymlinks(path string) (*os.File, error) {
 	case err != nil:
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// O_PATH|O_NOFOLLOW opens a link at the end itself instead of
+	// failing: refuse it the same.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s is or passes through a symbolic link; name the path the link leads to", path)
+	}
 	return os.NewFile(uintptr(fd), path), nil
 }
 

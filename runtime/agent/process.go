@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -365,7 +366,10 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	fork.newPidNS = main && p.req.OwnPidNamespace
 	if main && p.req.MemoryLimitBytes > 0 {
 		dir, err := containerCgroup(p.key.container, p.req.MemoryLimitBytes)
-		if err != nil {
+		switch {
+		case errors.Is(err, errNoMemoryCgroup) && runtime.GOOS == "linux":
+			a.cfg.log.Warn("container memory limit not applied: the VM's memory bounds it", "id", p.key.String(), "limit", p.req.MemoryLimitBytes, "err", err)
+		case err != nil:
 			return startErr(err)
 		}
 		fork.cgroup = dir

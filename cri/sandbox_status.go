@@ -97,6 +97,8 @@ func sandboxInfo(sb store.Sandbox) map[string]any {
 		"disk":      sb.Disk,
 		"reason":    sb.Reason,
 		"network":   sb.Network,
+		// The size the VM booted with and the balloon's target (0: all).
+		"vm": map[string]any{"cpus": sb.VMCPUs, "memoryBytes": sb.VMMemoryBytes, "memoryTargetBytes": sb.VMMemoryTarget},
 	}
 }
 

@@ -42,6 +42,7 @@ var DefaultModules = []string{
 	"virtiofs",
 	"button", "evdev", // the power button: a graceful stop
 	"virtio_rng",
+	"virtio_balloon", // a running pod's memory shrinks through it (resize)
 	"virtio_blk",
 	// No ext4: the test guest has no disk (a guest with an ext4 disk
 	// adds crc32c_generic and ext4 with build-guest --modules).

@@ -515,6 +515,9 @@ func Args(spec *vm.Spec, accel, machine string) []string {
 		// while to be ready under TCG.
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng",
+		// A memory balloon: a running pod's memory shrinks (and grows
+		// back to its boot size) through it (Machine.SetMemoryTarget).
+		"-device", "virtio-balloon-pci,id=balloon",
 	)
 	if !arm {
 		// A VM generation ID, new at every QEMU start (guid=auto) and

@@ -59,7 +59,10 @@ type machine struct {
 	dirFile  *os.File // Dir, kept open when socket paths need /proc/self/fd
 }
 
-var _ vm.Machine = (*machine)(nil)
+var (
+	_ vm.Machine = (*machine)(nil)
+	_ vm.Balloon = (*machine)(nil)
+)
 
 func newMachine(spec *vm.Spec, c config) *machine {
 	return &machine{
@@ -846,4 +849,27 @@ func (f *inherited) copyConsole() {
 	defer f.log.Close()
 	defer f.console.Close()
 	io.Copy(f.log, f.console)
+}
+
+// SetMemoryTarget implements vm.Balloon: QMP balloon. QEMU answers
+// DeviceNotActive until the guest's virtio_balloon driver has bound the
+// device: a guest without the driver cannot give memory back.
+func (m *machine) SetMemoryTarget(ctx context.Context, bytes int64) error {
+	if err := vm.CheckMemoryTarget(m.spec, bytes); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	q, st := m.qmp, m.state
+	m.mu.Unlock()
+	if st != vm.StateRunning || q == nil {
+		return precondition("machine %s is %s, not running", m.spec.ID, st)
+	}
+	if _, err := q.execute(ctx, "balloon", map[string]any{"value": bytes}); err != nil {
+		var qe *qmpError
+		if errors.As(err, &qe) && qe.Class == "DeviceNotActive" {
+			return precondition("VM %s cannot give memory back: its guest has no virtio_balloon driver loaded (%s)", m.spec.ID, qe.Desc)
+		}
+		return fmt.Errorf("setting VM %s's memory to %d bytes: %w", m.spec.ID, bytes, err)
+	}
+	return nil
 }

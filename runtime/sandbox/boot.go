@@ -252,7 +252,12 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 			return err
 		}
 	}
-	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.VMStarted = true; r.Restore = nil; return nil })
+	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
+		r.VMStarted = true
+		r.Restore = nil
+		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget = b.cpus, b.mem, 0
+		return nil
+	})
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,7 @@ import (
 // warmLayout changes when the VM a backend builds from a Spec changes in
 // a way a saved state depends on (QEMU's device list): old states then
 // stop matching instead of failing to restore.
-const warmLayout = 3
+const warmLayout = 4 // 4: QEMU VMs got a memory balloon
 
 // warmIdentity is what a saved state and the VM restoring it must share.
 type warmIdentity struct {

@@ -536,6 +536,21 @@ func (s *server) Save(ctx context.Context, req *shimapi.SaveRequest) (*shimapi.S
 	return &shimapi.SaveResponse{}, nil
 }
 
+func (s *server) SetMemory(ctx context.Context, req *shimapi.SetMemoryRequest) (*shimapi.SetMemoryResponse, error) {
+	b, ok := s.m.(vm.Balloon)
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "this VM backend cannot change a running VM's memory")
+	}
+	if st := s.m.State(); st != vm.StateRunning {
+		return nil, status.Errorf(codes.FailedPrecondition, "the VM is %s", st)
+	}
+	if err := b.SetMemoryTarget(ctx, req.TargetBytes); err != nil {
+		return nil, err
+	}
+	s.log.Info("VM memory target set", "bytes", req.TargetBytes)
+	return &shimapi.SetMemoryResponse{}, nil
+}
+
 func (s *server) Resume(ctx context.Context, _ *shimapi.ResumeRequest) (*shimapi.ResumeResponse, error) {
 	if st := s.m.State(); st != vm.StateRunning {
 		return nil, status.Errorf(codes.FailedPrecondition, "the VM is %s", st)

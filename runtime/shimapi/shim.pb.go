@@ -1775,6 +1775,86 @@ func (*RemoveProcessResponse) Descriptor() ([]byte, []int) {
 	return file_shim_proto_rawDescGZIP(), []int{31}
 }
 
+type SetMemoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TargetBytes   int64                  `protobuf:"varint,1,opt,name=target_bytes,json=targetBytes,proto3" json:"target_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMemoryRequest) Reset() {
+	*x = SetMemoryRequest{}
+	mi := &file_shim_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMemoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMemoryRequest) ProtoMessage() {}
+
+func (x *SetMemoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMemoryRequest.ProtoReflect.Descriptor instead.
+func (*SetMemoryRequest) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *SetMemoryRequest) GetTargetBytes() int64 {
+	if x != nil {
+		return x.TargetBytes
+	}
+	return 0
+}
+
+type SetMemoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMemoryResponse) Reset() {
+	*x = SetMemoryResponse{}
+	mi := &file_shim_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMemoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMemoryResponse) ProtoMessage() {}
+
+func (x *SetMemoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shim_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMemoryResponse.ProtoReflect.Descriptor instead.
+func (*SetMemoryResponse) Descriptor() ([]byte, []int) {
+	return file_shim_proto_rawDescGZIP(), []int{33}
+}
+
 var File_shim_proto protoreflect.FileDescriptor
 
 const file_shim_proto_rawDesc = "" +
@@ -1869,7 +1949,10 @@ const file_shim_proto_rawDesc = "" +
 	"\x14RemoveProcessRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\x17\n" +
-	"\x15RemoveProcessResponse*S\n" +
+	"\x15RemoveProcessResponse\"5\n" +
+	"\x10SetMemoryRequest\x12!\n" +
+	"\ftarget_bytes\x18\x01 \x01(\x03R\vtargetBytes\"\x13\n" +
+	"\x11SetMemoryResponse*S\n" +
 	"\aVMState\x12\x18\n" +
 	"\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1881,7 +1964,8 @@ const file_shim_proto_rawDesc = "" +
 	"\fProcessState\x12\x1d\n" +
 	"\x19PROCESS_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROCESS_RUNNING\x10\x01\x12\x12\n" +
-	"\x0ePROCESS_EXITED\x10\x022\xb0\t\n" +
+	"\x0ePROCESS_EXITED\x10\x022\x80\n" +
+	"\n" +
 	"\x04Shim\x12B\n" +
 	"\x05Start\x12\x1b.macvz.shim.v1.StartRequest\x1a\x1c.macvz.shim.v1.StartResponse\x12B\n" +
 	"\x05State\x12\x1b.macvz.shim.v1.StateRequest\x1a\x1c.macvz.shim.v1.StateResponse\x12?\n" +
@@ -1897,7 +1981,8 @@ const file_shim_proto_rawDesc = "" +
 	"\rListProcesses\x12#.macvz.shim.v1.ListProcessesRequest\x1a$.macvz.shim.v1.ListProcessesResponse\x12Z\n" +
 	"\rForgetProcess\x12#.macvz.shim.v1.ForgetProcessRequest\x1a$.macvz.shim.v1.ForgetProcessResponse\x12W\n" +
 	"\fStartProcess\x12\".macvz.shim.v1.StartProcessRequest\x1a#.macvz.shim.v1.StartProcessResponse\x12Z\n" +
-	"\rRemoveProcess\x12#.macvz.shim.v1.RemoveProcessRequest\x1a$.macvz.shim.v1.RemoveProcessResponseB(Z&github.com/macvz/macvz/runtime/shimapib\x06proto3"
+	"\rRemoveProcess\x12#.macvz.shim.v1.RemoveProcessRequest\x1a$.macvz.shim.v1.RemoveProcessResponse\x12N\n" +
+	"\tSetMemory\x12\x1f.macvz.shim.v1.SetMemoryRequest\x1a .macvz.shim.v1.SetMemoryResponseB(Z&github.com/macvz/macvz/runtime/shimapib\x06proto3"
 
 var (
 	file_shim_proto_rawDescOnce sync.Once
@@ -1912,7 +1997,7 @@ func file_shim_proto_rawDescGZIP() []byte {
 }
 
 var file_shim_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shim_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_shim_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_shim_proto_goTypes = []any{
 	(VMState)(0),                          // 0: macvz.shim.v1.VMState
 	(ProcessState)(0),                     // 1: macvz.shim.v1.ProcessState
@@ -1948,11 +2033,13 @@ var file_shim_proto_goTypes = []any{
 	(*StartProcessResponse)(nil),          // 31: macvz.shim.v1.StartProcessResponse
 	(*RemoveProcessRequest)(nil),          // 32: macvz.shim.v1.RemoveProcessRequest
 	(*RemoveProcessResponse)(nil),         // 33: macvz.shim.v1.RemoveProcessResponse
-	(*agentapi.InfoResponse)(nil),         // 34: macvz.agent.v1.InfoResponse
-	(*agentapi.CreateProcessRequest)(nil), // 35: macvz.agent.v1.CreateProcessRequest
+	(*SetMemoryRequest)(nil),              // 34: macvz.shim.v1.SetMemoryRequest
+	(*SetMemoryResponse)(nil),             // 35: macvz.shim.v1.SetMemoryResponse
+	(*agentapi.InfoResponse)(nil),         // 36: macvz.agent.v1.InfoResponse
+	(*agentapi.CreateProcessRequest)(nil), // 37: macvz.agent.v1.CreateProcessRequest
 }
 var file_shim_proto_depIdxs = []int32{
-	34, // 0: macvz.shim.v1.StartResponse.agent:type_name -> macvz.agent.v1.InfoResponse
+	36, // 0: macvz.shim.v1.StartResponse.agent:type_name -> macvz.agent.v1.InfoResponse
 	0,  // 1: macvz.shim.v1.StateResponse.state:type_name -> macvz.shim.v1.VMState
 	2,  // 2: macvz.shim.v1.StateResponse.exit:type_name -> macvz.shim.v1.VMExit
 	2,  // 3: macvz.shim.v1.StopResponse.exit:type_name -> macvz.shim.v1.VMExit
@@ -1960,7 +2047,7 @@ var file_shim_proto_depIdxs = []int32{
 	19, // 5: macvz.shim.v1.ProcessStatusResponse.exit:type_name -> macvz.shim.v1.ProcessExit
 	19, // 6: macvz.shim.v1.WaitProcessResponse.exit:type_name -> macvz.shim.v1.ProcessExit
 	21, // 7: macvz.shim.v1.ListProcessesResponse.processes:type_name -> macvz.shim.v1.ProcessStatusResponse
-	35, // 8: macvz.shim.v1.StartProcessRequest.create:type_name -> macvz.agent.v1.CreateProcessRequest
+	37, // 8: macvz.shim.v1.StartProcessRequest.create:type_name -> macvz.agent.v1.CreateProcessRequest
 	3,  // 9: macvz.shim.v1.Shim.Start:input_type -> macvz.shim.v1.StartRequest
 	5,  // 10: macvz.shim.v1.Shim.State:input_type -> macvz.shim.v1.StateRequest
 	7,  // 11: macvz.shim.v1.Shim.Stop:input_type -> macvz.shim.v1.StopRequest
@@ -1976,23 +2063,25 @@ var file_shim_proto_depIdxs = []int32{
 	28, // 21: macvz.shim.v1.Shim.ForgetProcess:input_type -> macvz.shim.v1.ForgetProcessRequest
 	30, // 22: macvz.shim.v1.Shim.StartProcess:input_type -> macvz.shim.v1.StartProcessRequest
 	32, // 23: macvz.shim.v1.Shim.RemoveProcess:input_type -> macvz.shim.v1.RemoveProcessRequest
-	4,  // 24: macvz.shim.v1.Shim.Start:output_type -> macvz.shim.v1.StartResponse
-	6,  // 25: macvz.shim.v1.Shim.State:output_type -> macvz.shim.v1.StateResponse
-	8,  // 26: macvz.shim.v1.Shim.Stop:output_type -> macvz.shim.v1.StopResponse
-	10, // 27: macvz.shim.v1.Shim.Stats:output_type -> macvz.shim.v1.StatsResponse
-	12, // 28: macvz.shim.v1.Shim.Save:output_type -> macvz.shim.v1.SaveResponse
-	14, // 29: macvz.shim.v1.Shim.Resume:output_type -> macvz.shim.v1.ResumeResponse
-	16, // 30: macvz.shim.v1.Shim.Shutdown:output_type -> macvz.shim.v1.ShutdownResponse
-	18, // 31: macvz.shim.v1.Shim.WatchProcess:output_type -> macvz.shim.v1.WatchProcessResponse
-	21, // 32: macvz.shim.v1.Shim.ProcessStatus:output_type -> macvz.shim.v1.ProcessStatusResponse
-	23, // 33: macvz.shim.v1.Shim.WaitProcess:output_type -> macvz.shim.v1.WaitProcessResponse
-	25, // 34: macvz.shim.v1.Shim.ReopenLog:output_type -> macvz.shim.v1.ReopenLogResponse
-	27, // 35: macvz.shim.v1.Shim.ListProcesses:output_type -> macvz.shim.v1.ListProcessesResponse
-	29, // 36: macvz.shim.v1.Shim.ForgetProcess:output_type -> macvz.shim.v1.ForgetProcessResponse
-	31, // 37: macvz.shim.v1.Shim.StartProcess:output_type -> macvz.shim.v1.StartProcessResponse
-	33, // 38: macvz.shim.v1.Shim.RemoveProcess:output_type -> macvz.shim.v1.RemoveProcessResponse
-	24, // [24:39] is the sub-list for method output_type
-	9,  // [9:24] is the sub-list for method input_type
+	34, // 24: macvz.shim.v1.Shim.SetMemory:input_type -> macvz.shim.v1.SetMemoryRequest
+	4,  // 25: macvz.shim.v1.Shim.Start:output_type -> macvz.shim.v1.StartResponse
+	6,  // 26: macvz.shim.v1.Shim.State:output_type -> macvz.shim.v1.StateResponse
+	8,  // 27: macvz.shim.v1.Shim.Stop:output_type -> macvz.shim.v1.StopResponse
+	10, // 28: macvz.shim.v1.Shim.Stats:output_type -> macvz.shim.v1.StatsResponse
+	12, // 29: macvz.shim.v1.Shim.Save:output_type -> macvz.shim.v1.SaveResponse
+	14, // 30: macvz.shim.v1.Shim.Resume:output_type -> macvz.shim.v1.ResumeResponse
+	16, // 31: macvz.shim.v1.Shim.Shutdown:output_type -> macvz.shim.v1.ShutdownResponse
+	18, // 32: macvz.shim.v1.Shim.WatchProcess:output_type -> macvz.shim.v1.WatchProcessResponse
+	21, // 33: macvz.shim.v1.Shim.ProcessStatus:output_type -> macvz.shim.v1.ProcessStatusResponse
+	23, // 34: macvz.shim.v1.Shim.WaitProcess:output_type -> macvz.shim.v1.WaitProcessResponse
+	25, // 35: macvz.shim.v1.Shim.ReopenLog:output_type -> macvz.shim.v1.ReopenLogResponse
+	27, // 36: macvz.shim.v1.Shim.ListProcesses:output_type -> macvz.shim.v1.ListProcessesResponse
+	29, // 37: macvz.shim.v1.Shim.ForgetProcess:output_type -> macvz.shim.v1.ForgetProcessResponse
+	31, // 38: macvz.shim.v1.Shim.StartProcess:output_type -> macvz.shim.v1.StartProcessResponse
+	33, // 39: macvz.shim.v1.Shim.RemoveProcess:output_type -> macvz.shim.v1.RemoveProcessResponse
+	35, // 40: macvz.shim.v1.Shim.SetMemory:output_type -> macvz.shim.v1.SetMemoryResponse
+	25, // [25:41] is the sub-list for method output_type
+	9,  // [9:25] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -2009,7 +2098,7 @@ func file_shim_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shim_proto_rawDesc), len(file_shim_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

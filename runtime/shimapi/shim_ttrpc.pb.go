@@ -23,6 +23,7 @@ type ShimService interface {
 	ForgetProcess(context.Context, *ForgetProcessRequest) (*ForgetProcessResponse, error)
 	StartProcess(context.Context, *StartProcessRequest) (*StartProcessResponse, error)
 	RemoveProcess(context.Context, *RemoveProcessRequest) (*RemoveProcessResponse, error)
+	SetMemory(context.Context, *SetMemoryRequest) (*SetMemoryResponse, error)
 }
 
 func RegisterShimService(srv *ttrpc.Server, svc ShimService) {
@@ -132,6 +133,13 @@ func RegisterShimService(srv *ttrpc.Server, svc ShimService) {
 					return nil, err
 				}
 				return svc.RemoveProcess(ctx, &req)
+			},
+			"SetMemory": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetMemoryRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetMemory(ctx, &req)
 			},
 		},
 	})
@@ -262,6 +270,14 @@ func (c *shimClient) StartProcess(ctx context.Context, req *StartProcessRequest)
 func (c *shimClient) RemoveProcess(ctx context.Context, req *RemoveProcessRequest) (*RemoveProcessResponse, error) {
 	var resp RemoveProcessResponse
 	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "RemoveProcess", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *shimClient) SetMemory(ctx context.Context, req *SetMemoryRequest) (*SetMemoryResponse, error) {
+	var resp SetMemoryResponse
+	if err := c.client.Call(ctx, "macvz.shim.v1.Shim", "SetMemory", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

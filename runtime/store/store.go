@@ -61,6 +61,12 @@ type Sandbox struct {
 	VMContent string `json:"vmContent,omitempty"`
 	// VMStarted is set once the VM has booted and its agent answered.
 	VMStarted bool `json:"vmStarted,omitempty"`
+	// VMCPUs and VMMemoryBytes are the size the running VM booted with
+	// (0: not recorded, a VM of an older macvz); VMMemoryTarget is the
+	// memory a resize left it (0: all it booted with). Set with VMStarted.
+	VMCPUs         int   `json:"vmCPUs,omitempty"`
+	VMMemoryBytes  int64 `json:"vmMemoryBytes,omitempty"`
+	VMMemoryTarget int64 `json:"vmMemoryTarget,omitempty"`
 	// VMOS is the guest's OS ("darwin", "linux"), set with VMImage: the
 	// host limits how many macOS VMs run at once.
 	VMOS string `json:"vmOS,omitempty"`

@@ -236,3 +236,14 @@ type Machine interface {
 	// Resume continues a VM paused by Save.
 	Resume(ctx context.Context) error
 }
+
+// Balloon is a Machine whose guest memory can be taken back and returned
+// while it runs, through a virtio memory balloon. A VM cannot grow past
+// the memory it booted with, so this is how a running pod's memory
+// shrinks and grows again (in-place resize).
+type Balloon interface {
+	// SetMemoryTarget asks the guest to make do with bytes of its boot
+	// memory (Spec.MemoryBytes at most). It returns once the hypervisor
+	// has the target; the guest's driver moves to it at its own pace.
+	SetMemoryTarget(ctx context.Context, bytes int64) error
+}

@@ -622,3 +622,25 @@ func consolePipe(path string, limit int64) (in, out *os.File, err error) {
 	}()
 	return in, w, nil
 }
+
+// SetMemoryTarget implements vm.Balloon through the VM's traditional
+// virtio balloon (every VM gets one: NewPlan). macOS guests carry the
+// driver; a Linux guest needs virtio_balloon.
+func (m *machine) SetMemoryTarget(ctx context.Context, bytes int64) error {
+	if err := vm.CheckMemoryTarget(m.spec, bytes); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	v := m.v
+	m.mu.Unlock()
+	if v == nil || v.State() != vz.VirtualMachineStateRunning {
+		return fmt.Errorf("VM %s is not running: %w", m.spec.ID, errdefs.ErrFailedPrecondition)
+	}
+	for _, d := range v.MemoryBalloonDevices() {
+		if b := vz.AsVirtioTraditionalMemoryBalloonDevice(d); b != nil {
+			b.SetTargetVirtualMachineMemorySize(uint64(bytes))
+			return nil
+		}
+	}
+	return fmt.Errorf("VM %s has no memory balloon device: %w", m.spec.ID, errdefs.ErrFailedPrecondition)
+}

@@ -119,6 +119,7 @@ type Shim struct {
 	saveErr   error
 	paused    bool
 	watched   []*shimapi.WatchProcessRequest
+	targets   []int64
 }
 
 var _ shim.Conn = (*Shim)(nil)
@@ -292,6 +293,28 @@ func (c *Shim) Agent() agentapi.AgentClient { return c.Guest }
 type shimService struct {
 	shimapi.ShimService
 	c *Shim
+}
+
+// SetMemory records the balloon target (MemoryTargets) after the real
+// shim's checks: a running VM, no more than it booted with.
+func (s shimService) SetMemory(ctx context.Context, r *shimapi.SetMemoryRequest) (*shimapi.SetMemoryResponse, error) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.c.state != shimapi.VMState_VM_RUNNING {
+		return nil, fmt.Errorf("the VM is not running: %w", errdefs.ErrFailedPrecondition)
+	}
+	if err := vm.CheckMemoryTarget(s.c.Spec, r.TargetBytes); err != nil {
+		return nil, err
+	}
+	s.c.targets = append(s.c.targets, r.TargetBytes)
+	return &shimapi.SetMemoryResponse{}, nil
+}
+
+// MemoryTargets are the balloon targets SetMemory was given, in order.
+func (c *Shim) MemoryTargets() []int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]int64(nil), c.targets...)
 }
 
 // WatchProcess records the call (Watched).

@@ -1,0 +1,103 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/macvz/macvz/runtime/shimapi"
+	"github.com/macvz/macvz/runtime/store"
+)
+
+// Resize gives a sandbox new pod resources (in-place resize). A sandbox
+// whose VM has not booted just records them: its boot sizes the VM from
+// them. A running VM changes what it can: its memory, through the
+// balloon, down from and back up to what it booted with. It cannot grow
+// past that nor change its vCPUs; what is asked of it that it cannot do
+// is FailedPrecondition, saying why, after the memory is applied, so
+// kubelet's resize status carries the reason. The caller holds the
+// sandbox lock.
+func (s *Controller) Resize(ctx context.Context, id string, res store.Resources) error {
+	sb, err := s.st.Sandbox(id)
+	if err != nil {
+		return err
+	}
+	if sb.State != store.SandboxReady {
+		return fmt.Errorf("sandbox %s is not ready: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	if !sb.VMStarted {
+		_, err := s.st.UpdateSandbox(id, func(r *store.Sandbox) error {
+			if r.Spec != nil {
+				r.Spec.Resources = res
+			}
+			return nil
+		})
+		if err == nil {
+			sbLog(id).Info("pod resources recorded for the VM's boot", "milliCPU", res.MilliCPU, "memory", res.MemoryBytes)
+		}
+		return err
+	}
+	if sb.VMCPUs == 0 || sb.VMMemoryBytes == 0 {
+		return fmt.Errorf("sandbox %s's VM was booted by an older macvz, which did not record its size: it cannot be resized while it runs: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	wantCPUs, target, err := resizePlan(sb, res)
+	if err != nil {
+		return err
+	}
+	current := sb.VMMemoryTarget
+	if current == 0 {
+		current = sb.VMMemoryBytes
+	}
+	if target != current {
+		c, err := s.Shim(ctx, sb)
+		if err != nil {
+			return err
+		}
+		if _, err := c.Shim().SetMemory(ctx, &shimapi.SetMemoryRequest{TargetBytes: target}); err != nil {
+			return fmt.Errorf("setting sandbox %s's VM memory to %d MiB: %w", id, target>>20, err)
+		}
+		sbLog(id).Info("VM memory resized", "from", current, "to", target, "booted", sb.VMMemoryBytes)
+	}
+	if _, err := s.st.UpdateSandbox(id, func(r *store.Sandbox) error {
+		r.VMMemoryTarget = target
+		if target == r.VMMemoryBytes {
+			r.VMMemoryTarget = 0
+		}
+		if r.Spec != nil && wantCPUs == sb.VMCPUs {
+			r.Spec.Resources = res
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if wantCPUs != sb.VMCPUs {
+		return fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new resources need %d: a running VM cannot change its vCPUs (its memory was resized); the new CPU size applies when the pod is recreated: %w",
+			id, sb.VMCPUs, wantCPUs, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// resizePlan is the vCPUs and balloon target res asks of sb's running
+// VM, sized as vmSize sizes a boot (whole vCPUs, whole MiB); no CPU or
+// memory in res keeps the VM's. Memory past what the VM booted with is
+// FailedPrecondition: a balloon only gives back what it took.
+func resizePlan(sb store.Sandbox, res store.Resources) (cpus int, target int64, err error) {
+	if res.MilliCPU < 0 || res.MemoryBytes < 0 {
+		return 0, 0, fmt.Errorf("negative resources (%d millicores, %d bytes): %w", res.MilliCPU, res.MemoryBytes, errdefs.ErrInvalidArgument)
+	}
+	cpus = sb.VMCPUs
+	if res.MilliCPU > 0 {
+		cpus = min(max(int((res.MilliCPU+999)/1000), 1), runtime.NumCPU())
+	}
+	target = sb.VMMemoryBytes
+	if res.MemoryBytes > 0 {
+		target = (res.MemoryBytes + 1<<20 - 1) &^ (1<<20 - 1)
+	}
+	if target > sb.VMMemoryBytes {
+		return 0, 0, fmt.Errorf("sandbox %s's VM booted with %d MiB and the new resources ask %d MiB: a running VM can give memory back and take it again, but not grow past its boot size; the larger size applies when the pod is recreated: %w",
+			sb.ID, sb.VMMemoryBytes>>20, target>>20, errdefs.ErrFailedPrecondition)
+	}
+	return cpus, target, nil
+}

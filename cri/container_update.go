@@ -66,6 +66,8 @@ func validateResources(r *runtimeapi.LinuxContainerResources) error {
 	switch {
 	case r.GetCpuQuota() < -1 || r.GetCpuPeriod() < 0 || r.GetCpuShares() < 0:
 		return fmt.Errorf("negative CPU resources (quota %d, period %d, shares %d): %w", r.GetCpuQuota(), r.GetCpuPeriod(), r.GetCpuShares(), errdefs.ErrInvalidArgument)
+	case r.GetCpuPeriod() != 0 && (r.GetCpuPeriod() < 1000 || r.GetCpuPeriod() > 1_000_000):
+		return fmt.Errorf("CPU period %d µs is outside what the kernel accepts (1000 to 1000000): %w", r.GetCpuPeriod(), errdefs.ErrInvalidArgument)
 	case r.GetMemoryLimitInBytes() < 0:
 		return fmt.Errorf("negative memory limit %d: %w", r.GetMemoryLimitInBytes(), errdefs.ErrInvalidArgument)
 	case r.GetMemoryLimitInBytes() > 0 && r.GetMemoryLimitInBytes() < minMemoryLimit:

@@ -82,7 +82,14 @@ func applyIsolation(creq *agentapi.CreateProcessRequest, cfg *runtimeapi.Contain
 	if creq.OwnPidNamespace || creq.PidNamespaceOf != "" || len(creq.MaskedPaths) > 0 {
 		creq.OwnMountNamespace = true
 	}
-	creq.MemoryLimitBytes = cfg.GetLinux().GetResources().GetMemoryLimitInBytes()
+	res := cfg.GetLinux().GetResources()
+	creq.MemoryLimitBytes = res.GetMemoryLimitInBytes()
+	// A CPU limit is a CFS quota on the container's cgroup in the guest
+	// (the VM's vCPUs, rounded up from the pod's limits, are the bound
+	// of them all), as runc sets it on the node.
+	if q := res.GetCpuQuota(); q > 0 {
+		creq.CpuQuotaUs, creq.CpuPeriodUs = max(q, 1000), res.GetCpuPeriod()
+	}
 	return nil
 }
 

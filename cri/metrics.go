@@ -2,10 +2,12 @@ package cri
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/store"
 )
 
@@ -19,12 +21,18 @@ import (
 // cAdvisor's, so dashboards and recording rules written for cAdvisor
 // read these too.
 //
-// Every value is taken from the CRI stats stats.go makes of the agent's
-// one Stats answer per VM (sandboxStatsOf, containerStatsOf), so these
-// agree with ContainerStats and PodSandboxStats, and so with kubelet's
-// /stats/summary and /metrics/resource. What the agent does not measure
-// (network, disk I/O, throttling, page cache, per-container limits) is
-// not described and not reported.
+// Every value comes from the agent's one Stats answer per VM: CPU and
+// memory through the CRI stats stats.go makes of it (sandboxStatsOf,
+// containerStatsOf), so these agree with ContainerStats and
+// PodSandboxStats, and so with kubelet's /stats/summary and
+// /metrics/resource. The pod is its VM as the guest sees itself
+// (/proc/stat, meminfo, vmstat, net/dev, diskstats: its NICs and disks);
+// a container is its processes (CPU split, threads, open files and
+// sockets), and, when it has a cgroup of its own in the guest (a memory
+// limit or a CPU quota), that cgroup's counters (page cache, peak usage,
+// limit hits, OOM kills, CFS throttling). The spec_* metrics are the
+// container's configured resources. What no VM measures is not
+// described: see metricDefs.
 //
 // The labels are those kubelet gives cAdvisor's containers: container,
 // id, image, name, namespace, pod. A container's are its name, its ID,
@@ -34,48 +42,131 @@ import (
 // the sandbox's ID as id; recording rules tell the two apart by
 // container!="" or image!="".
 
-// Label keys: the base ones sorted, then a metric's own (cpu, device);
-// a Metric's label values come in the same order.
+// Label keys: the base ones sorted, then a metric's own (cpu, device,
+// interface, ...); a Metric's label values come in the same order.
 var (
-	baseLabelKeys   = []string{"container", "id", "image", "name", "namespace", "pod"}
-	cpuLabelKeys    = append(append([]string(nil), baseLabelKeys...), "cpu")
-	deviceLabelKeys = append(append([]string(nil), baseLabelKeys...), "device")
+	baseLabelKeys      = []string{"container", "id", "image", "name", "namespace", "pod"}
+	cpuLabelKeys       = withKeys("cpu")
+	deviceLabelKeys    = withKeys("device")
+	interfaceLabelKeys = withKeys("interface")
+	failureLabelKeys   = withKeys("failure_type", "scope")
+	blkioLabelKeys     = withKeys("device", "major", "minor", "operation")
 )
 
-// The metrics' names.
+func withKeys(k ...string) []string { return append(append([]string(nil), baseLabelKeys...), k...) }
+
+// The metrics' names: cAdvisor's.
 const (
-	mCPUUsage      = "container_cpu_usage_seconds_total"
-	mMemWorkingSet = "container_memory_working_set_bytes"
-	mMemUsage      = "container_memory_usage_bytes"
-	mMemRSS        = "container_memory_rss"
-	mProcesses     = "container_processes"
-	mStartTime     = "container_start_time_seconds"
-	mFsUsage       = "container_fs_usage_bytes"
-	mFsLimit       = "container_fs_limit_bytes"
-	mFsInodesTotal = "container_fs_inodes_total"
-	mFsInodesFree  = "container_fs_inodes_free"
+	mCPUUsage         = "container_cpu_usage_seconds_total"
+	mCPUUser          = "container_cpu_user_seconds_total"
+	mCPUSystem        = "container_cpu_system_seconds_total"
+	mCFSPeriods       = "container_cpu_cfs_periods_total"
+	mCFSThrottled     = "container_cpu_cfs_throttled_periods_total"
+	mCFSThrottledSecs = "container_cpu_cfs_throttled_seconds_total"
+	mMemWorkingSet    = "container_memory_working_set_bytes"
+	mMemUsage         = "container_memory_usage_bytes"
+	mMemRSS           = "container_memory_rss"
+	mMemCache         = "container_memory_cache"
+	mMemMapped        = "container_memory_mapped_file"
+	mMemKernel        = "container_memory_kernel_usage"
+	mMemSwap          = "container_memory_swap"
+	mMemMaxUsage      = "container_memory_max_usage_bytes"
+	mMemFailcnt       = "container_memory_failcnt"
+	mMemFailures      = "container_memory_failures_total"
+	mOOMEvents        = "container_oom_events_total"
+	mProcesses        = "container_processes"
+	mThreads          = "container_threads"
+	mThreadsMax       = "container_threads_max"
+	mFileDescriptors  = "container_file_descriptors"
+	mSockets          = "container_sockets"
+	mStartTime        = "container_start_time_seconds"
+	mLastSeen         = "container_last_seen"
+	mFsUsage          = "container_fs_usage_bytes"
+	mFsLimit          = "container_fs_limit_bytes"
+	mFsInodesTotal    = "container_fs_inodes_total"
+	mFsInodesFree     = "container_fs_inodes_free"
+	mFsReads          = "container_fs_reads_total"
+	mFsReadBytes      = "container_fs_reads_bytes_total"
+	mFsWrites         = "container_fs_writes_total"
+	mFsWriteBytes     = "container_fs_writes_bytes_total"
+	mBlkio            = "container_blkio_device_usage_total"
+	mNetRxBytes       = "container_network_receive_bytes_total"
+	mNetRxPackets     = "container_network_receive_packets_total"
+	mNetRxErrors      = "container_network_receive_errors_total"
+	mNetRxDropped     = "container_network_receive_packets_dropped_total"
+	mNetTxBytes       = "container_network_transmit_bytes_total"
+	mNetTxPackets     = "container_network_transmit_packets_total"
+	mNetTxErrors      = "container_network_transmit_errors_total"
+	mNetTxDropped     = "container_network_transmit_packets_dropped_total"
+	mSpecCPUPeriod    = "container_spec_cpu_period"
+	mSpecCPUShares    = "container_spec_cpu_shares"
+	mSpecMemLimit     = "container_spec_memory_limit_bytes"
+	mSpecMemSwapLimit = "container_spec_memory_swap_limit_bytes"
 )
 
 // metricsAgentWait is how long a sandbox's agent has to answer a
 // metrics scrape.
 const metricsAgentWait = 10 * time.Second
 
+const (
+	counter = runtimeapi.MetricType_COUNTER
+	gauge   = runtimeapi.MetricType_GAUGE
+)
+
 // metricDefs are the metrics ListMetricDescriptors describes, each with
-// its type (cAdvisor's): the CPU time is a counter, the rest are gauges.
+// its type and help as cAdvisor has them. Not described, as no VM
+// measures them: hugetlb usage, pressure stall times, the CFS quota and
+// memory reservation specs, ulimits (critest lists them as not yet
+// implemented by every runtime).
 var metricDefs = []struct {
 	desc *runtimeapi.MetricDescriptor
 	typ  runtimeapi.MetricType
 }{
-	{&runtimeapi.MetricDescriptor{Name: mCPUUsage, Help: "Cumulative cpu time consumed in seconds.", LabelKeys: cpuLabelKeys}, runtimeapi.MetricType_COUNTER},
-	{&runtimeapi.MetricDescriptor{Name: mMemWorkingSet, Help: "Current working set in bytes.", LabelKeys: baseLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mMemUsage, Help: "Current memory usage in bytes, including all memory regardless of when it was accessed", LabelKeys: baseLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mMemRSS, Help: "Size of RSS in bytes.", LabelKeys: baseLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mProcesses, Help: "Number of processes running inside the container.", LabelKeys: baseLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mStartTime, Help: "Start time of the container since unix epoch in seconds.", LabelKeys: baseLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mFsUsage, Help: "Number of bytes that are consumed by the container on this filesystem.", LabelKeys: deviceLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mFsLimit, Help: "Number of bytes that can be consumed by the container on this filesystem.", LabelKeys: deviceLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mFsInodesTotal, Help: "Number of Inodes", LabelKeys: deviceLabelKeys}, runtimeapi.MetricType_GAUGE},
-	{&runtimeapi.MetricDescriptor{Name: mFsInodesFree, Help: "Number of available Inodes", LabelKeys: deviceLabelKeys}, runtimeapi.MetricType_GAUGE},
+	{&runtimeapi.MetricDescriptor{Name: mCPUUsage, Help: "Cumulative cpu time consumed in seconds.", LabelKeys: cpuLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mCPUUser, Help: "Cumulative user cpu time consumed in seconds.", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mCPUSystem, Help: "Cumulative system cpu time consumed in seconds.", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mCFSPeriods, Help: "Number of elapsed enforcement period intervals.", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mCFSThrottled, Help: "Number of throttled period intervals.", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mCFSThrottledSecs, Help: "Total time duration the container has been throttled.", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mMemWorkingSet, Help: "Current working set in bytes.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemUsage, Help: "Current memory usage in bytes, including all memory regardless of when it was accessed", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemRSS, Help: "Size of RSS in bytes.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemCache, Help: "Number of bytes of page cache memory.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemMapped, Help: "Size of memory mapped files in bytes.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemKernel, Help: "Size of kernel memory allocated in bytes.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemSwap, Help: "Container swap usage in bytes.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemMaxUsage, Help: "Maximum memory usage recorded in bytes", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mMemFailcnt, Help: "Number of memory usage hits limits", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mMemFailures, Help: "Cumulative count of memory allocation failures.", LabelKeys: failureLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mOOMEvents, Help: "Count of out of memory events observed for the container", LabelKeys: baseLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mProcesses, Help: "Number of processes running inside the container.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mThreads, Help: "Number of threads running inside the container", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mThreadsMax, Help: "Maximum number of threads allowed inside the container, infinity if value is zero", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mFileDescriptors, Help: "Number of open file descriptors for the container.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mSockets, Help: "Number of open sockets for the container.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mStartTime, Help: "Start time of the container since unix epoch in seconds.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mLastSeen, Help: "Last time a container was seen by the exporter", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mFsUsage, Help: "Number of bytes that are consumed by the container on this filesystem.", LabelKeys: deviceLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mFsLimit, Help: "Number of bytes that can be consumed by the container on this filesystem.", LabelKeys: deviceLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mFsInodesTotal, Help: "Number of Inodes", LabelKeys: deviceLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mFsInodesFree, Help: "Number of available Inodes", LabelKeys: deviceLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mFsReads, Help: "Cumulative count of reads completed", LabelKeys: deviceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mFsReadBytes, Help: "Cumulative count of bytes read", LabelKeys: deviceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mFsWrites, Help: "Cumulative count of writes completed", LabelKeys: deviceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mFsWriteBytes, Help: "Cumulative count of bytes written", LabelKeys: deviceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mBlkio, Help: "Blkio device bytes usage", LabelKeys: blkioLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetRxBytes, Help: "Cumulative count of bytes received", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetRxPackets, Help: "Cumulative count of packets received", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetRxErrors, Help: "Cumulative count of errors encountered while receiving", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetRxDropped, Help: "Cumulative count of packets dropped while receiving", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetTxBytes, Help: "Cumulative count of bytes transmitted", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetTxPackets, Help: "Cumulative count of packets transmitted", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetTxErrors, Help: "Cumulative count of errors encountered while transmitting", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mNetTxDropped, Help: "Cumulative count of packets dropped while transmitting", LabelKeys: interfaceLabelKeys}, counter},
+	{&runtimeapi.MetricDescriptor{Name: mSpecCPUPeriod, Help: "CPU period of the container.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mSpecCPUShares, Help: "CPU share of the container.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mSpecMemLimit, Help: "Memory limit for the container.", LabelKeys: baseLabelKeys}, gauge},
+	{&runtimeapi.MetricDescriptor{Name: mSpecMemSwapLimit, Help: "Memory swap limit for the container.", LabelKeys: baseLabelKeys}, gauge},
 }
 
 // metricTypes are metricDefs' types by name. COUNTER is the enum's zero,
@@ -175,16 +266,18 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 	for _, c := range cs {
 		ctrs[c.ID] = c
 	}
-	procs := map[string]uint32{}
+	agentCtrs := map[string]*agentapi.ContainerStats{}
 	for _, c := range vm.GetContainers() {
-		procs[c.GetContainerId()] = c.GetProcesses()
+		agentCtrs[c.GetContainerId()] = c
 	}
 
 	ns, pod := cfg.GetMetadata().GetNamespace(), cfg.GetMetadata().GetName()
 	ts := statsTime(vm)
+	seen := uint64(time.Unix(0, ts).Unix())
 	out := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
 
-	// The pod: its VM.
+	// The pod: its VM, measured by the guest as a whole (the pod's
+	// cgroup under cAdvisor).
 	pm := metricSet{ts: ts, labels: []string{"", sb.ID, "", "", ns, pod}}
 	lx := st.GetLinux()
 	pm.cpu(lx.GetCpu())
@@ -194,6 +287,53 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 	}
 	if !sb.CreatedAt.IsZero() {
 		pm.add(mStartTime, uint64(sb.CreatedAt.Unix()))
+	}
+	pm.add(mLastSeen, seen)
+	if c := vm.GetCpu(); c != nil {
+		pm.add(mCPUUser, c.GetUserNanoseconds()/uint64(time.Second))
+		pm.add(mCPUSystem, c.GetSystemNanoseconds()/uint64(time.Second))
+	}
+	if m := vm.GetMemory(); m != nil {
+		pm.add(mMemCache, m.GetCacheBytes())
+		pm.add(mMemMapped, m.GetMappedFileBytes())
+		pm.add(mMemKernel, m.GetKernelBytes())
+		pm.add(mMemSwap, m.GetSwapBytes())
+		pm.add(mOOMEvents, m.GetOomKills())
+		// The VM has no cgroup above it: its faults are the whole
+		// hierarchy's as well as its own.
+		for _, scope := range []string{"container", "hierarchy"} {
+			pm.add(mMemFailures, m.GetPageFaults(), "pgfault", scope)
+			pm.add(mMemFailures, m.GetMajorPageFaults(), "pgmajfault", scope)
+		}
+	}
+	if tk := vm.GetTasks(); tk != nil {
+		pm.add(mThreads, tk.GetThreads())
+		pm.add(mThreadsMax, tk.GetThreadsMax())
+		pm.add(mFileDescriptors, tk.GetFileDescriptors())
+		pm.add(mSockets, tk.GetSockets())
+	}
+	// The guest's NICs: the pod's network, as cAdvisor reports it on
+	// the pod (its containers share it).
+	for _, n := range vm.GetNetworks() {
+		name := n.GetName()
+		pm.add(mNetRxBytes, n.GetRxBytes(), name)
+		pm.add(mNetRxPackets, n.GetRxPackets(), name)
+		pm.add(mNetRxErrors, n.GetRxErrors(), name)
+		pm.add(mNetRxDropped, n.GetRxDropped(), name)
+		pm.add(mNetTxBytes, n.GetTxBytes(), name)
+		pm.add(mNetTxPackets, n.GetTxPackets(), name)
+		pm.add(mNetTxErrors, n.GetTxErrors(), name)
+		pm.add(mNetTxDropped, n.GetTxDropped(), name)
+	}
+	for _, d := range vm.GetDisks() {
+		dev := d.GetDevice()
+		pm.add(mFsReads, d.GetReads(), dev)
+		pm.add(mFsReadBytes, d.GetReadBytes(), dev)
+		pm.add(mFsWrites, d.GetWrites(), dev)
+		pm.add(mFsWriteBytes, d.GetWriteBytes(), dev)
+		major, minor := strconv.FormatUint(uint64(d.GetMajor()), 10), strconv.FormatUint(uint64(d.GetMinor()), 10)
+		pm.add(mBlkio, d.GetReadBytes(), dev, major, minor, "Read")
+		pm.add(mBlkio, d.GetWriteBytes(), dev, major, minor, "Write")
 	}
 	// The guest's root filesystem, which all the containers share, is
 	// reported on the pod alone (on each container, a sum by pod would
@@ -221,15 +361,26 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 		cm := metricSet{ts: ts, labels: []string{cst.GetAttributes().GetMetadata().GetName(), id, c.ImageRef, id, ns, pod}}
 		cm.cpu(cst.GetCpu())
 		cm.memory(cst.GetMemory())
-		if n, ok := procs[id]; ok {
-			cm.add(mProcesses, uint64(n))
+		if a := agentCtrs[id]; a != nil {
+			cm.add(mProcesses, uint64(a.GetProcesses()))
+			cm.add(mCPUUser, a.GetCpuUserNanoseconds()/uint64(time.Second))
+			cm.add(mCPUSystem, a.GetCpuSystemNanoseconds()/uint64(time.Second))
+			cm.add(mThreads, a.GetThreads())
+			cm.add(mFileDescriptors, a.GetFileDescriptors())
+			cm.add(mSockets, a.GetSockets())
+			cm.cgroup(a.GetCgroup())
+		}
+		if tk := vm.GetTasks(); tk != nil {
+			cm.add(mThreadsMax, tk.GetThreadsMax())
 		}
 		if !c.StartedAt.IsZero() {
 			cm.add(mStartTime, uint64(c.StartedAt.Unix()))
 		}
-		if len(cm.metrics) > 0 {
-			out.ContainerMetrics = append(out.ContainerMetrics, &runtimeapi.ContainerMetrics{ContainerId: id, Metrics: cm.metrics})
+		cm.add(mLastSeen, seen)
+		if cfg, err := ctrConfig(c); err == nil {
+			cm.spec(cfg.GetLinux().GetResources())
 		}
+		out.ContainerMetrics = append(out.ContainerMetrics, &runtimeapi.ContainerMetrics{ContainerId: id, Metrics: cm.metrics})
 	}
 	return out, nil
 }
@@ -271,4 +422,42 @@ func (m *metricSet) memory(mem *runtimeapi.MemoryUsage) {
 	if v := mem.GetRssBytes(); v != nil {
 		m.add(mMemRSS, v.GetValue())
 	}
+}
+
+// cgroup adds what a container's cgroup in the guest counts: a
+// container with a memory limit or a CPU quota has one.
+func (m *metricSet) cgroup(cg *agentapi.CgroupStats) {
+	if cg.GetMemory() {
+		m.add(mMemCache, cg.GetCacheBytes())
+		m.add(mMemMapped, cg.GetMappedFileBytes())
+		m.add(mMemKernel, cg.GetKernelBytes())
+		m.add(mMemSwap, cg.GetSwapBytes())
+		m.add(mMemMaxUsage, cg.GetMemoryPeakBytes())
+		m.add(mMemFailcnt, cg.GetMemoryLimitHits())
+		m.add(mOOMEvents, cg.GetOomKills())
+		// A container cgroup has no children: its hierarchy is itself.
+		for _, scope := range []string{"container", "hierarchy"} {
+			m.add(mMemFailures, cg.GetPageFaults(), "pgfault", scope)
+			m.add(mMemFailures, cg.GetMajorPageFaults(), "pgmajfault", scope)
+		}
+	}
+	if cg.GetCpu() {
+		m.add(mCFSPeriods, cg.GetCfsPeriods())
+		m.add(mCFSThrottled, cg.GetCfsThrottledPeriods())
+		m.add(mCFSThrottledSecs, cg.GetCfsThrottledNanoseconds()/uint64(time.Second))
+	}
+}
+
+// spec adds a container's configured resources as cAdvisor reports its
+// cgroup's: the CFS period (the kernel's 100 ms unless set), the shares,
+// the memory and swap limits (0: none).
+func (m *metricSet) spec(r *runtimeapi.LinuxContainerResources) {
+	period := r.GetCpuPeriod()
+	if period <= 0 {
+		period = 100_000
+	}
+	m.add(mSpecCPUPeriod, uint64(period))
+	m.add(mSpecCPUShares, uint64(max(r.GetCpuShares(), 0)))
+	m.add(mSpecMemLimit, uint64(max(r.GetMemoryLimitInBytes(), 0)))
+	m.add(mSpecMemSwapLimit, uint64(max(r.GetMemorySwapLimitInBytes(), 0)))
 }

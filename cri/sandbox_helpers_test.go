@@ -137,7 +137,7 @@ func TestCompleteEnv(t *testing.T) {
 
 func TestValidateResources(t *testing.T) {
 	for _, r := range []*runtimeapi.LinuxContainerResources{
-		{CpuQuota: -2}, {CpuPeriod: -1}, {CpuShares: -1}, {MemoryLimitInBytes: -1}, {MemoryLimitInBytes: 1000},
+		{CpuQuota: -2}, {CpuPeriod: -1}, {CpuPeriod: 999}, {CpuPeriod: 1_000_001}, {CpuShares: -1}, {MemoryLimitInBytes: -1}, {MemoryLimitInBytes: 1000},
 	} {
 		if err := validateResources(r); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%v: err %v", r, err)

@@ -13,8 +13,10 @@ type forkSpec struct {
 
 var errNoMemoryCgroup = fmt.Errorf("macOS has no memory cgroups")
 
-func containerCgroup(container string, limit int64) (string, error) {
-	return "", fmt.Errorf("a container memory limit needs Linux cgroups, which macOS does not have: a macOS pod's memory is its VM's")
+type cgroupLimits struct{ memory, cpuQuota, cpuPeriod int64 }
+
+func containerCgroup(container string, limits cgroupLimits) (string, error) {
+	return "", fmt.Errorf("a container memory limit or CPU quota needs Linux cgroups, which macOS does not have: a macOS pod's size is its VM's")
 }
 
 func removeCgroup(dir string) error { return nil }

@@ -27,11 +27,18 @@ const (
 // bounded by the VM's memory, as before per-container limits.
 var errNoMemoryCgroup = errors.New("this guest has no memory cgroups")
 
+// cgroupLimits are a container cgroup's limits: memory.max (0: none)
+// and cpu.max's quota and period in µs (quota 0: none; period 0: the
+// kernel's 100 ms).
+type cgroupLimits struct{ memory, cpuQuota, cpuPeriod int64 }
+
 // containerCgroup makes (or empties and reuses) the cgroup of a
-// container's main process, limited to limit bytes of memory without
-// swap, and returns its directory. The memory controller is enabled on
-// the way down, as each level's subtree_control must name it.
-func containerCgroup(container string, limit int64) (string, error) {
+// container's main process with its limits (memory without swap, a CFS
+// quota) and returns its directory. The controllers are enabled on the
+// way down, as each level's subtree_control must name them; the cpu
+// controller where the kernel has it (its counters are what the cAdvisor
+// CFS metrics read), the memory controller always.
+func containerCgroup(container string, lim cgroupLimits) (string, error) {
 	if !validCgroupName(container) {
 		return "", fmt.Errorf("container id %q cannot name a cgroup", container)
 	}
@@ -39,17 +46,25 @@ func containerCgroup(container string, limit int64) (string, error) {
 	if err := unix.Statfs(cgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		return "", fmt.Errorf("%w: no cgroup2 hierarchy at %s", errNoMemoryCgroup, cgroupRoot)
 	}
-	if b, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers")); err != nil || !strings.Contains(" "+strings.TrimSpace(string(b))+" ", " memory ") {
+	b, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers"))
+	controllers := " " + strings.TrimSpace(string(b)) + " "
+	if err != nil || !strings.Contains(controllers, " memory ") {
 		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no memory controller", errNoMemoryCgroup)
 	}
+	want := []string{"memory"}
+	if strings.Contains(controllers, " cpu ") {
+		want = append(want, "cpu")
+	} else if lim.cpuQuota > 0 {
+		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no cpu controller for the CPU quota", errNoMemoryCgroup)
+	}
 	parent := filepath.Join(cgroupRoot, cgroupParent)
-	if err := enableMemory(cgroupRoot); err != nil {
+	if err := enableControllers(cgroupRoot, want); err != nil {
 		return "", err
 	}
 	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", err
 	}
-	if err := enableMemory(parent); err != nil {
+	if err := enableControllers(parent, want); err != nil {
 		return "", err
 	}
 	dir := filepath.Join(parent, container)
@@ -66,15 +81,32 @@ func containerCgroup(container string, limit int64) (string, error) {
 			return "", err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "memory.max"), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
-		removeCgroup(dir)
-		return "", fmt.Errorf("setting memory.max of %s: %w", dir, err)
+	set := func(file, value string) error {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
+			removeCgroup(dir)
+			return fmt.Errorf("setting %s of %s to %s: %w", file, dir, value, err)
+		}
+		return nil
 	}
-	// No swap beyond the limit (Kubernetes' default); a kernel without
-	// swap accounting has no file to write.
-	if err := os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-		removeCgroup(dir)
-		return "", fmt.Errorf("setting memory.swap.max of %s: %w", dir, err)
+	if lim.memory > 0 {
+		if err := set("memory.max", strconv.FormatInt(lim.memory, 10)); err != nil {
+			return "", err
+		}
+		// No swap beyond the limit (Kubernetes' default); a kernel
+		// without swap accounting has no file to write.
+		if err := os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			removeCgroup(dir)
+			return "", fmt.Errorf("setting memory.swap.max of %s: %w", dir, err)
+		}
+	}
+	if lim.cpuQuota > 0 {
+		period := lim.cpuPeriod
+		if period == 0 {
+			period = 100_000
+		}
+		if err := set("cpu.max", fmt.Sprintf("%d %d", lim.cpuQuota, period)); err != nil {
+			return "", err
+		}
 	}
 	return dir, nil
 }
@@ -83,13 +115,17 @@ func validCgroupName(s string) bool {
 	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/\x00") && len(s) <= 255
 }
 
-func enableMemory(dir string) error {
+// enableControllers makes dir's children have the controllers names.
+func enableControllers(dir string, names []string) error {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
-	if err == nil && strings.Contains(" "+strings.TrimSpace(string(b))+" ", " memory ") {
-		return nil
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory"), 0o644); err != nil {
-		return fmt.Errorf("enabling the memory controller in %s: %w", dir, err)
+	have := " " + strings.TrimSpace(string(b)) + " "
+	for _, n := range names {
+		if err == nil && strings.Contains(have, " "+n+" ") {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+"+n), 0o644); err != nil {
+			return fmt.Errorf("enabling the %s controller in %s: %w", n, dir, err)
+		}
 	}
 	return nil
 }

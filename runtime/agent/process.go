@@ -115,6 +115,9 @@ func (a *agent) CreateProcess(ctx context.Context, req *api.CreateProcessRequest
 	if err := resolveUser(a.cfg.etcDir, req); err != nil {
 		return nil, err
 	}
+	if req.CpuQuotaUs < 0 || req.CpuPeriodUs < 0 || (req.CpuQuotaUs > 0 && (req.CpuQuotaUs < 1000 || req.CpuPeriodUs > 1_000_000 || (req.CpuPeriodUs > 0 && req.CpuPeriodUs < 1000))) {
+		return nil, errf(codes.InvalidArgument, "process %s: CPU quota %d / period %d µs is not a CFS quota (quota ≥ 1000, period 1000..1000000)", k, req.CpuQuotaUs, req.CpuPeriodUs)
+	}
 	if req.MemoryLimitBytes < 0 {
 		return nil, errf(codes.InvalidArgument, "process %s: negative memory limit %d", k, req.MemoryLimitBytes)
 	}
@@ -364,11 +367,11 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	}
 	h.joinMountNS = joinPid
 	fork.newPidNS = main && p.req.OwnPidNamespace
-	if main && p.req.MemoryLimitBytes > 0 {
-		dir, err := containerCgroup(p.key.container, p.req.MemoryLimitBytes)
+	if main && (p.req.MemoryLimitBytes > 0 || p.req.CpuQuotaUs > 0) {
+		dir, err := containerCgroup(p.key.container, cgroupLimits{memory: p.req.MemoryLimitBytes, cpuQuota: p.req.CpuQuotaUs, cpuPeriod: p.req.CpuPeriodUs})
 		switch {
 		case errors.Is(err, errNoMemoryCgroup) && runtime.GOOS == "linux":
-			a.cfg.log.Warn("container memory limit not applied: the VM's memory bounds it", "id", p.key.String(), "limit", p.req.MemoryLimitBytes, "err", err)
+			a.cfg.log.Warn("container limits not applied: the VM's size bounds it", "id", p.key.String(), "memory", p.req.MemoryLimitBytes, "cpuQuota", p.req.CpuQuotaUs, "err", err)
 		case err != nil:
 			return startErr(err)
 		}

@@ -106,7 +106,9 @@ func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsRes
 			n, _ := strconv.ParseUint(v, 10, 64)
 			busy += n
 		}
-		r.Cpu = &api.CPUStats{UsageCoreNanoseconds: busy * (uint64(time.Second) / userHZ), NumCpu: uint32(numCPU())}
+		user, system := cpuTimes(f)
+		tick := uint64(time.Second) / userHZ
+		r.Cpu = &api.CPUStats{UsageCoreNanoseconds: busy * tick, NumCpu: uint32(numCPU()), UserNanoseconds: user * tick, SystemNanoseconds: system * tick}
 	}
 	m, err := readMeminfo()
 	if err != nil {
@@ -123,6 +125,23 @@ func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsRes
 		UsageBytes:      usage,
 		WorkingSetBytes: ws,
 		RssBytes:        m["AnonPages"],
+	}
+	memoryExtras(r.Memory, m, keyValues(readText("/proc/vmstat")))
+	r.Networks = netDev(readText("/proc/net/dev"))
+	r.Disks = diskStats(readText("/proc/diskstats"), func(name string) bool {
+		// /sys/block lists whole disks only; ram and loop devices are
+		// not the guest's storage.
+		if strings.HasPrefix(name, "ram") || strings.HasPrefix(name, "loop") || strings.ContainsAny(name, "/.") {
+			return false
+		}
+		_, err := os.Stat(filepath.Join("/sys/block", name))
+		return err == nil
+	})
+	r.Tasks = &api.TaskStats{
+		Threads:         loadavgThreads(readText("/proc/loadavg")),
+		ThreadsMax:      firstNumber(readText("/proc/sys/kernel/threads-max")),
+		FileDescriptors: firstNumber(readText("/proc/sys/fs/file-nr")),
+		Sockets:         sockstatUsed(readText("/proc/net/sockstat")),
 	}
 	for _, p := range req.FilesystemPaths {
 		r.Filesystems = append(r.Filesystems, fsStats(p))
@@ -150,10 +169,14 @@ func numCPU() int {
 func (a *agent) containerStats() []*api.ContainerStats {
 	sessions := map[int]string{}
 	out := map[string]*api.ContainerStats{}
+	cgroups := map[string]string{}
 	for _, p := range a.snapshot("") {
 		p.mu.Lock()
 		if p.state == api.ProcessState_RUNNING {
 			sessions[p.pid] = p.key.container
+		}
+		if p.key.exec == "" && p.cgroup != "" {
+			cgroups[p.key.container] = p.cgroup
 		}
 		p.mu.Unlock()
 		if out[p.key.container] == nil {
@@ -193,10 +216,29 @@ func (a *agent) containerStats() []*api.ContainerStats {
 		if r, ok := smapsRSS(e.Name()); ok {
 			rssBytes = r
 		}
+		threads, _ := strconv.ParseUint(f[17], 10, 64)
+		fds, sockets := openFiles(e.Name())
 		cs := out[c]
-		cs.CpuUsageCoreNanoseconds += (ut + st) * (uint64(time.Second) / userHZ)
+		tick := uint64(time.Second) / userHZ
+		cs.CpuUsageCoreNanoseconds += (ut + st) * tick
+		cs.CpuUserNanoseconds += ut * tick
+		cs.CpuSystemNanoseconds += st * tick
 		cs.MemoryRssBytes += rssBytes
 		cs.Processes++
+		cs.Threads += threads
+		cs.FileDescriptors += fds
+		cs.Sockets += sockets
+	}
+	for c, dir := range cgroups {
+		files := map[string]string{}
+		for _, name := range cgroupFiles {
+			if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
+				files[name] = string(b)
+			}
+		}
+		if cs := out[c]; cs != nil {
+			cs.Cgroup = cgroupStats(files)
+		}
 	}
 	var r []*api.ContainerStats
 	for _, cs := range out {
@@ -565,4 +607,31 @@ func (a *agent) SetSysctls(ctx context.Context, req *api.SetSysctlsRequest) (*ap
 // writes.
 func systemDNS(ctx context.Context, a *agent, req *api.WriteResolvConfRequest) (bool, error) {
 	return false, nil
+}
+
+// readText is a small /proc or /sys file's contents, "" when it cannot
+// be read (a kernel without it).
+func readText(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// openFiles counts a process's open file descriptors and, of them, its
+// sockets.
+func openFiles(pid string) (fds, sockets uint64) {
+	dir := filepath.Join("/proc", pid, "fd")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0
+	}
+	for _, e := range ents {
+		fds++
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			sockets++
+		}
+	}
+	return fds, sockets
 }

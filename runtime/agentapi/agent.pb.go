@@ -649,8 +649,14 @@ type CreateProcessRequest struct {
 	// its execs join that cgroup. An OOM kill in it is reported as
 	// ExitStatus.oom_killed. 0 = no limit but the VM's.
 	MemoryLimitBytes int64 `protobuf:"varint,26,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// cpu_quota_us and cpu_period_us (Linux guests, a container's main
+	// process) put the container in its cgroup (as memory_limit_bytes
+	// does) with cpu.max set to them: a CFS quota within the VM's vCPUs.
+	// 0 = no quota.
+	CpuQuotaUs    int64 `protobuf:"varint,27,opt,name=cpu_quota_us,json=cpuQuotaUs,proto3" json:"cpu_quota_us,omitempty"`
+	CpuPeriodUs   int64 `protobuf:"varint,28,opt,name=cpu_period_us,json=cpuPeriodUs,proto3" json:"cpu_period_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateProcessRequest) Reset() {
@@ -861,6 +867,20 @@ func (x *CreateProcessRequest) GetSeccompRuntimeDefault() bool {
 func (x *CreateProcessRequest) GetMemoryLimitBytes() int64 {
 	if x != nil {
 		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *CreateProcessRequest) GetCpuQuotaUs() int64 {
+	if x != nil {
+		return x.CpuQuotaUs
+	}
+	return 0
+}
+
+func (x *CreateProcessRequest) GetCpuPeriodUs() int64 {
+	if x != nil {
+		return x.CpuPeriodUs
 	}
 	return 0
 }
@@ -2710,6 +2730,8 @@ type CPUStats struct {
 	state                protoimpl.MessageState `protogen:"open.v1"`
 	UsageCoreNanoseconds uint64                 `protobuf:"varint,1,opt,name=usage_core_nanoseconds,json=usageCoreNanoseconds,proto3" json:"usage_core_nanoseconds,omitempty"` // cumulative, all CPUs
 	NumCpu               uint32                 `protobuf:"varint,2,opt,name=num_cpu,json=numCpu,proto3" json:"num_cpu,omitempty"`
+	UserNanoseconds      uint64                 `protobuf:"varint,3,opt,name=user_nanoseconds,json=userNanoseconds,proto3" json:"user_nanoseconds,omitempty"`       // cumulative user (and nice) time
+	SystemNanoseconds    uint64                 `protobuf:"varint,4,opt,name=system_nanoseconds,json=systemNanoseconds,proto3" json:"system_nanoseconds,omitempty"` // cumulative system, irq and softirq time
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -2758,13 +2780,34 @@ func (x *CPUStats) GetNumCpu() uint32 {
 	return 0
 }
 
+func (x *CPUStats) GetUserNanoseconds() uint64 {
+	if x != nil {
+		return x.UserNanoseconds
+	}
+	return 0
+}
+
+func (x *CPUStats) GetSystemNanoseconds() uint64 {
+	if x != nil {
+		return x.SystemNanoseconds
+	}
+	return 0
+}
+
 type MemoryStats struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	TotalBytes      uint64                 `protobuf:"varint,1,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
-	AvailableBytes  uint64                 `protobuf:"varint,2,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`      // MemAvailable
-	UsageBytes      uint64                 `protobuf:"varint,3,opt,name=usage_bytes,json=usageBytes,proto3" json:"usage_bytes,omitempty"`                  // total - free
-	WorkingSetBytes uint64                 `protobuf:"varint,4,opt,name=working_set_bytes,json=workingSetBytes,proto3" json:"working_set_bytes,omitempty"` // usage - inactive file pages
-	RssBytes        uint64                 `protobuf:"varint,5,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`                        // anonymous memory
+	AvailableBytes  uint64                 `protobuf:"varint,2,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`       // MemAvailable
+	UsageBytes      uint64                 `protobuf:"varint,3,opt,name=usage_bytes,json=usageBytes,proto3" json:"usage_bytes,omitempty"`                   // total - free
+	WorkingSetBytes uint64                 `protobuf:"varint,4,opt,name=working_set_bytes,json=workingSetBytes,proto3" json:"working_set_bytes,omitempty"`  // usage - inactive file pages
+	RssBytes        uint64                 `protobuf:"varint,5,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`                         // anonymous memory
+	CacheBytes      uint64                 `protobuf:"varint,6,opt,name=cache_bytes,json=cacheBytes,proto3" json:"cache_bytes,omitempty"`                   // page cache (Cached)
+	MappedFileBytes uint64                 `protobuf:"varint,7,opt,name=mapped_file_bytes,json=mappedFileBytes,proto3" json:"mapped_file_bytes,omitempty"`  // Mapped
+	KernelBytes     uint64                 `protobuf:"varint,8,opt,name=kernel_bytes,json=kernelBytes,proto3" json:"kernel_bytes,omitempty"`                // Slab + KernelStack + PageTables
+	SwapBytes       uint64                 `protobuf:"varint,9,opt,name=swap_bytes,json=swapBytes,proto3" json:"swap_bytes,omitempty"`                      // SwapTotal - SwapFree
+	PageFaults      uint64                 `protobuf:"varint,10,opt,name=page_faults,json=pageFaults,proto3" json:"page_faults,omitempty"`                  // cumulative (vmstat pgfault)
+	MajorPageFaults uint64                 `protobuf:"varint,11,opt,name=major_page_faults,json=majorPageFaults,proto3" json:"major_page_faults,omitempty"` // cumulative (vmstat pgmajfault)
+	OomKills        uint64                 `protobuf:"varint,12,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`                        // cumulative (vmstat oom_kill)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2830,6 +2873,55 @@ func (x *MemoryStats) GetWorkingSetBytes() uint64 {
 func (x *MemoryStats) GetRssBytes() uint64 {
 	if x != nil {
 		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetCacheBytes() uint64 {
+	if x != nil {
+		return x.CacheBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetMappedFileBytes() uint64 {
+	if x != nil {
+		return x.MappedFileBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetKernelBytes() uint64 {
+	if x != nil {
+		return x.KernelBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetSwapBytes() uint64 {
+	if x != nil {
+		return x.SwapBytes
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetPageFaults() uint64 {
+	if x != nil {
+		return x.PageFaults
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetMajorPageFaults() uint64 {
+	if x != nil {
+		return x.MajorPageFaults
+	}
+	return 0
+}
+
+func (x *MemoryStats) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
 	}
 	return 0
 }
@@ -2932,8 +3024,16 @@ type ContainerStats struct {
 	CpuUsageCoreNanoseconds uint64                 `protobuf:"varint,2,opt,name=cpu_usage_core_nanoseconds,json=cpuUsageCoreNanoseconds,proto3" json:"cpu_usage_core_nanoseconds,omitempty"` // cumulative user+system of its live processes
 	MemoryRssBytes          uint64                 `protobuf:"varint,3,opt,name=memory_rss_bytes,json=memoryRssBytes,proto3" json:"memory_rss_bytes,omitempty"`
 	Processes               uint32                 `protobuf:"varint,4,opt,name=processes,proto3" json:"processes,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	CpuUserNanoseconds      uint64                 `protobuf:"varint,5,opt,name=cpu_user_nanoseconds,json=cpuUserNanoseconds,proto3" json:"cpu_user_nanoseconds,omitempty"` // of cpu_usage_core_nanoseconds
+	CpuSystemNanoseconds    uint64                 `protobuf:"varint,6,opt,name=cpu_system_nanoseconds,json=cpuSystemNanoseconds,proto3" json:"cpu_system_nanoseconds,omitempty"`
+	Threads                 uint64                 `protobuf:"varint,7,opt,name=threads,proto3" json:"threads,omitempty"`                                        // of its live processes
+	FileDescriptors         uint64                 `protobuf:"varint,8,opt,name=file_descriptors,json=fileDescriptors,proto3" json:"file_descriptors,omitempty"` // open by its live processes
+	Sockets                 uint64                 `protobuf:"varint,9,opt,name=sockets,proto3" json:"sockets,omitempty"`                                        // of those, sockets
+	// cgroup: a container with a cgroup of its own (a memory limit or a
+	// CPU quota) is measured there too.
+	Cgroup        *CgroupStats `protobuf:"bytes,10,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ContainerStats) Reset() {
@@ -2994,6 +3094,484 @@ func (x *ContainerStats) GetProcesses() uint32 {
 	return 0
 }
 
+func (x *ContainerStats) GetCpuUserNanoseconds() uint64 {
+	if x != nil {
+		return x.CpuUserNanoseconds
+	}
+	return 0
+}
+
+func (x *ContainerStats) GetCpuSystemNanoseconds() uint64 {
+	if x != nil {
+		return x.CpuSystemNanoseconds
+	}
+	return 0
+}
+
+func (x *ContainerStats) GetThreads() uint64 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
+func (x *ContainerStats) GetFileDescriptors() uint64 {
+	if x != nil {
+		return x.FileDescriptors
+	}
+	return 0
+}
+
+func (x *ContainerStats) GetSockets() uint64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *ContainerStats) GetCgroup() *CgroupStats {
+	if x != nil {
+		return x.Cgroup
+	}
+	return nil
+}
+
+// CgroupStats are a container cgroup's counters (cgroup v2 files).
+type CgroupStats struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	MemoryUsageBytes        uint64                 `protobuf:"varint,1,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`                       // memory.current
+	MemoryPeakBytes         uint64                 `protobuf:"varint,2,opt,name=memory_peak_bytes,json=memoryPeakBytes,proto3" json:"memory_peak_bytes,omitempty"`                          // memory.peak
+	CacheBytes              uint64                 `protobuf:"varint,3,opt,name=cache_bytes,json=cacheBytes,proto3" json:"cache_bytes,omitempty"`                                           // memory.stat file
+	RssBytes                uint64                 `protobuf:"varint,4,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`                                                 // memory.stat anon
+	MappedFileBytes         uint64                 `protobuf:"varint,5,opt,name=mapped_file_bytes,json=mappedFileBytes,proto3" json:"mapped_file_bytes,omitempty"`                          // memory.stat file_mapped
+	KernelBytes             uint64                 `protobuf:"varint,6,opt,name=kernel_bytes,json=kernelBytes,proto3" json:"kernel_bytes,omitempty"`                                        // memory.stat kernel
+	SwapBytes               uint64                 `protobuf:"varint,7,opt,name=swap_bytes,json=swapBytes,proto3" json:"swap_bytes,omitempty"`                                              // memory.swap.current
+	MemoryLimitHits         uint64                 `protobuf:"varint,8,opt,name=memory_limit_hits,json=memoryLimitHits,proto3" json:"memory_limit_hits,omitempty"`                          // memory.events max
+	OomKills                uint64                 `protobuf:"varint,9,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`                                                 // memory.events oom_kill
+	PageFaults              uint64                 `protobuf:"varint,10,opt,name=page_faults,json=pageFaults,proto3" json:"page_faults,omitempty"`                                          // memory.stat pgfault
+	MajorPageFaults         uint64                 `protobuf:"varint,11,opt,name=major_page_faults,json=majorPageFaults,proto3" json:"major_page_faults,omitempty"`                         // memory.stat pgmajfault
+	CfsPeriods              uint64                 `protobuf:"varint,12,opt,name=cfs_periods,json=cfsPeriods,proto3" json:"cfs_periods,omitempty"`                                          // cpu.stat nr_periods
+	CfsThrottledPeriods     uint64                 `protobuf:"varint,13,opt,name=cfs_throttled_periods,json=cfsThrottledPeriods,proto3" json:"cfs_throttled_periods,omitempty"`             // cpu.stat nr_throttled
+	CfsThrottledNanoseconds uint64                 `protobuf:"varint,14,opt,name=cfs_throttled_nanoseconds,json=cfsThrottledNanoseconds,proto3" json:"cfs_throttled_nanoseconds,omitempty"` // cpu.stat throttled_usec
+	Memory                  bool                   `protobuf:"varint,15,opt,name=memory,proto3" json:"memory,omitempty"`                                                                    // the memory controller's files were read
+	Cpu                     bool                   `protobuf:"varint,16,opt,name=cpu,proto3" json:"cpu,omitempty"`                                                                          // the cpu controller's files were read
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *CgroupStats) Reset() {
+	*x = CgroupStats{}
+	mi := &file_agent_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CgroupStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CgroupStats) ProtoMessage() {}
+
+func (x *CgroupStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CgroupStats.ProtoReflect.Descriptor instead.
+func (*CgroupStats) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *CgroupStats) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetMemoryPeakBytes() uint64 {
+	if x != nil {
+		return x.MemoryPeakBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetCacheBytes() uint64 {
+	if x != nil {
+		return x.CacheBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetMappedFileBytes() uint64 {
+	if x != nil {
+		return x.MappedFileBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetKernelBytes() uint64 {
+	if x != nil {
+		return x.KernelBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetSwapBytes() uint64 {
+	if x != nil {
+		return x.SwapBytes
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetMemoryLimitHits() uint64 {
+	if x != nil {
+		return x.MemoryLimitHits
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetPageFaults() uint64 {
+	if x != nil {
+		return x.PageFaults
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetMajorPageFaults() uint64 {
+	if x != nil {
+		return x.MajorPageFaults
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetCfsPeriods() uint64 {
+	if x != nil {
+		return x.CfsPeriods
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetCfsThrottledPeriods() uint64 {
+	if x != nil {
+		return x.CfsThrottledPeriods
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetCfsThrottledNanoseconds() uint64 {
+	if x != nil {
+		return x.CfsThrottledNanoseconds
+	}
+	return 0
+}
+
+func (x *CgroupStats) GetMemory() bool {
+	if x != nil {
+		return x.Memory
+	}
+	return false
+}
+
+func (x *CgroupStats) GetCpu() bool {
+	if x != nil {
+		return x.Cpu
+	}
+	return false
+}
+
+// NetworkStats are one guest interface's counters (/proc/net/dev).
+type NetworkStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	RxBytes       uint64                 `protobuf:"varint,2,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	RxPackets     uint64                 `protobuf:"varint,3,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	RxErrors      uint64                 `protobuf:"varint,4,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	RxDropped     uint64                 `protobuf:"varint,5,opt,name=rx_dropped,json=rxDropped,proto3" json:"rx_dropped,omitempty"`
+	TxBytes       uint64                 `protobuf:"varint,6,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	TxPackets     uint64                 `protobuf:"varint,7,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	TxErrors      uint64                 `protobuf:"varint,8,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	TxDropped     uint64                 `protobuf:"varint,9,opt,name=tx_dropped,json=txDropped,proto3" json:"tx_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkStats) Reset() {
+	*x = NetworkStats{}
+	mi := &file_agent_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkStats) ProtoMessage() {}
+
+func (x *NetworkStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkStats.ProtoReflect.Descriptor instead.
+func (*NetworkStats) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *NetworkStats) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetworkStats) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetRxDropped() uint64 {
+	if x != nil {
+		return x.RxDropped
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *NetworkStats) GetTxDropped() uint64 {
+	if x != nil {
+		return x.TxDropped
+	}
+	return 0
+}
+
+// DiskStats are one guest block device's I/O (/proc/diskstats).
+type DiskStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	Major         uint32                 `protobuf:"varint,2,opt,name=major,proto3" json:"major,omitempty"`
+	Minor         uint32                 `protobuf:"varint,3,opt,name=minor,proto3" json:"minor,omitempty"`
+	Reads         uint64                 `protobuf:"varint,4,opt,name=reads,proto3" json:"reads,omitempty"`
+	ReadBytes     uint64                 `protobuf:"varint,5,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	Writes        uint64                 `protobuf:"varint,6,opt,name=writes,proto3" json:"writes,omitempty"`
+	WriteBytes    uint64                 `protobuf:"varint,7,opt,name=write_bytes,json=writeBytes,proto3" json:"write_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskStats) Reset() {
+	*x = DiskStats{}
+	mi := &file_agent_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskStats) ProtoMessage() {}
+
+func (x *DiskStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskStats.ProtoReflect.Descriptor instead.
+func (*DiskStats) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *DiskStats) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *DiskStats) GetMajor() uint32 {
+	if x != nil {
+		return x.Major
+	}
+	return 0
+}
+
+func (x *DiskStats) GetMinor() uint32 {
+	if x != nil {
+		return x.Minor
+	}
+	return 0
+}
+
+func (x *DiskStats) GetReads() uint64 {
+	if x != nil {
+		return x.Reads
+	}
+	return 0
+}
+
+func (x *DiskStats) GetReadBytes() uint64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *DiskStats) GetWrites() uint64 {
+	if x != nil {
+		return x.Writes
+	}
+	return 0
+}
+
+func (x *DiskStats) GetWriteBytes() uint64 {
+	if x != nil {
+		return x.WriteBytes
+	}
+	return 0
+}
+
+// TaskStats are the guest's threads and open files.
+type TaskStats struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Threads         uint64                 `protobuf:"varint,1,opt,name=threads,proto3" json:"threads,omitempty"`                                        // scheduling entities (/proc/loadavg)
+	ThreadsMax      uint64                 `protobuf:"varint,2,opt,name=threads_max,json=threadsMax,proto3" json:"threads_max,omitempty"`                // kernel.threads-max
+	FileDescriptors uint64                 `protobuf:"varint,3,opt,name=file_descriptors,json=fileDescriptors,proto3" json:"file_descriptors,omitempty"` // allocated file handles (fs.file-nr)
+	Sockets         uint64                 `protobuf:"varint,4,opt,name=sockets,proto3" json:"sockets,omitempty"`                                        // sockets in use (/proc/net/sockstat)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TaskStats) Reset() {
+	*x = TaskStats{}
+	mi := &file_agent_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskStats) ProtoMessage() {}
+
+func (x *TaskStats) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
+func (*TaskStats) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *TaskStats) GetThreads() uint64 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
+func (x *TaskStats) GetThreadsMax() uint64 {
+	if x != nil {
+		return x.ThreadsMax
+	}
+	return 0
+}
+
+func (x *TaskStats) GetFileDescriptors() uint64 {
+	if x != nil {
+		return x.FileDescriptors
+	}
+	return 0
+}
+
+func (x *TaskStats) GetSockets() uint64 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
 type StatsResponse struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	TimestampUnixNano int64                  `protobuf:"varint,1,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
@@ -3001,13 +3579,16 @@ type StatsResponse struct {
 	Memory            *MemoryStats           `protobuf:"bytes,3,opt,name=memory,proto3" json:"memory,omitempty"`
 	Filesystems       []*FilesystemStats     `protobuf:"bytes,4,rep,name=filesystems,proto3" json:"filesystems,omitempty"`
 	Containers        []*ContainerStats      `protobuf:"bytes,5,rep,name=containers,proto3" json:"containers,omitempty"`
+	Networks          []*NetworkStats        `protobuf:"bytes,6,rep,name=networks,proto3" json:"networks,omitempty"` // loopback left out
+	Disks             []*DiskStats           `protobuf:"bytes,7,rep,name=disks,proto3" json:"disks,omitempty"`       // whole disks (no partitions, no ram/loop)
+	Tasks             *TaskStats             `protobuf:"bytes,8,opt,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3019,7 +3600,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[48]
+	mi := &file_agent_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3032,7 +3613,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{48}
+	return file_agent_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *StatsResponse) GetTimestampUnixNano() int64 {
@@ -3070,6 +3651,27 @@ func (x *StatsResponse) GetContainers() []*ContainerStats {
 	return nil
 }
 
+func (x *StatsResponse) GetNetworks() []*NetworkStats {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetDisks() []*DiskStats {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetTasks() *TaskStats {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
 type ShutdownRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Reboot bool                   `protobuf:"varint,1,opt,name=reboot,proto3" json:"reboot,omitempty"` // restart instead of powering off
@@ -3082,7 +3684,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3094,7 +3696,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[49]
+	mi := &file_agent_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3107,7 +3709,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{49}
+	return file_agent_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ShutdownRequest) GetReboot() bool {
@@ -3132,7 +3734,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3144,7 +3746,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[50]
+	mi := &file_agent_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3157,7 +3759,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{50}
+	return file_agent_proto_rawDescGZIP(), []int{54}
 }
 
 // PortForwardFrame is both directions of PortForward. The client's first
@@ -3209,7 +3811,7 @@ type PortForwardFrame struct {
 
 func (x *PortForwardFrame) Reset() {
 	*x = PortForwardFrame{}
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3221,7 +3823,7 @@ func (x *PortForwardFrame) String() string {
 func (*PortForwardFrame) ProtoMessage() {}
 
 func (x *PortForwardFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[51]
+	mi := &file_agent_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3234,7 +3836,7 @@ func (x *PortForwardFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortForwardFrame.ProtoReflect.Descriptor instead.
 func (*PortForwardFrame) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{51}
+	return file_agent_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PortForwardFrame) GetPort() uint32 {
@@ -3295,7 +3897,7 @@ type UnmountShareRequest struct {
 
 func (x *UnmountShareRequest) Reset() {
 	*x = UnmountShareRequest{}
-	mi := &file_agent_proto_msgTypes[52]
+	mi := &file_agent_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3307,7 +3909,7 @@ func (x *UnmountShareRequest) String() string {
 func (*UnmountShareRequest) ProtoMessage() {}
 
 func (x *UnmountShareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[52]
+	mi := &file_agent_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3320,7 +3922,7 @@ func (x *UnmountShareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountShareRequest.ProtoReflect.Descriptor instead.
 func (*UnmountShareRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{52}
+	return file_agent_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *UnmountShareRequest) GetTag() string {
@@ -3338,7 +3940,7 @@ type UnmountShareResponse struct {
 
 func (x *UnmountShareResponse) Reset() {
 	*x = UnmountShareResponse{}
-	mi := &file_agent_proto_msgTypes[53]
+	mi := &file_agent_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3350,7 +3952,7 @@ func (x *UnmountShareResponse) String() string {
 func (*UnmountShareResponse) ProtoMessage() {}
 
 func (x *UnmountShareResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[53]
+	mi := &file_agent_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3363,7 +3965,7 @@ func (x *UnmountShareResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountShareResponse.ProtoReflect.Descriptor instead.
 func (*UnmountShareResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{53}
+	return file_agent_proto_rawDescGZIP(), []int{57}
 }
 
 var File_agent_proto protoreflect.FileDescriptor
@@ -3402,7 +4004,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc2\a\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\x88\b\n" +
 	"\x14CreateProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\x12\x12\n" +
 	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
@@ -3431,7 +4033,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x10pid_namespace_of\x18\x17 \x01(\tR\x0epidNamespaceOf\x12\x18\n" +
 	"\aseccomp\x18\x18 \x01(\fR\aseccomp\x126\n" +
 	"\x17seccomp_runtime_default\x18\x19 \x01(\bR\x15seccompRuntimeDefault\x12,\n" +
-	"\x12memory_limit_bytes\x18\x1a \x01(\x03R\x10memoryLimitBytes\"\x17\n" +
+	"\x12memory_limit_bytes\x18\x1a \x01(\x03R\x10memoryLimitBytes\x12 \n" +
+	"\fcpu_quota_us\x18\x1b \x01(\x03R\n" +
+	"cpuQuotaUs\x12\"\n" +
+	"\rcpu_period_us\x18\x1c \x01(\x03R\vcpuPeriodUs\"\x17\n" +
 	"\x15CreateProcessResponse\"@\n" +
 	"\x13StartProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\"(\n" +
@@ -3537,10 +4142,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x12SetSysctlsResponse\"^\n" +
 	"\fStatsRequest\x12)\n" +
 	"\x10filesystem_paths\x18\x01 \x03(\tR\x0ffilesystemPaths\x12#\n" +
-	"\rper_container\x18\x02 \x01(\bR\fperContainer\"Y\n" +
+	"\rper_container\x18\x02 \x01(\bR\fperContainer\"\xb3\x01\n" +
 	"\bCPUStats\x124\n" +
 	"\x16usage_core_nanoseconds\x18\x01 \x01(\x04R\x14usageCoreNanoseconds\x12\x17\n" +
-	"\anum_cpu\x18\x02 \x01(\rR\x06numCpu\"\xc1\x01\n" +
+	"\anum_cpu\x18\x02 \x01(\rR\x06numCpu\x12)\n" +
+	"\x10user_nanoseconds\x18\x03 \x01(\x04R\x0fuserNanoseconds\x12-\n" +
+	"\x12system_nanoseconds\x18\x04 \x01(\x04R\x11systemNanoseconds\"\xba\x03\n" +
 	"\vMemoryStats\x12\x1f\n" +
 	"\vtotal_bytes\x18\x01 \x01(\x04R\n" +
 	"totalBytes\x12'\n" +
@@ -3548,7 +4155,18 @@ const file_agent_proto_rawDesc = "" +
 	"\vusage_bytes\x18\x03 \x01(\x04R\n" +
 	"usageBytes\x12*\n" +
 	"\x11working_set_bytes\x18\x04 \x01(\x04R\x0fworkingSetBytes\x12\x1b\n" +
-	"\trss_bytes\x18\x05 \x01(\x04R\brssBytes\"\xe3\x01\n" +
+	"\trss_bytes\x18\x05 \x01(\x04R\brssBytes\x12\x1f\n" +
+	"\vcache_bytes\x18\x06 \x01(\x04R\n" +
+	"cacheBytes\x12*\n" +
+	"\x11mapped_file_bytes\x18\a \x01(\x04R\x0fmappedFileBytes\x12!\n" +
+	"\fkernel_bytes\x18\b \x01(\x04R\vkernelBytes\x12\x1d\n" +
+	"\n" +
+	"swap_bytes\x18\t \x01(\x04R\tswapBytes\x12\x1f\n" +
+	"\vpage_faults\x18\n" +
+	" \x01(\x04R\n" +
+	"pageFaults\x12*\n" +
+	"\x11major_page_faults\x18\v \x01(\x04R\x0fmajorPageFaults\x12\x1b\n" +
+	"\toom_kills\x18\f \x01(\x04R\boomKills\"\xe3\x01\n" +
 	"\x0fFilesystemStats\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12%\n" +
 	"\x0ecapacity_bytes\x18\x02 \x01(\x04R\rcapacityBytes\x12\x1d\n" +
@@ -3558,12 +4176,71 @@ const file_agent_proto_rawDesc = "" +
 	"\x06inodes\x18\x05 \x01(\x04R\x06inodes\x12\x1f\n" +
 	"\vinodes_used\x18\x06 \x01(\x04R\n" +
 	"inodesUsed\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"\xb8\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"\xb4\x03\n" +
 	"\x0eContainerStats\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12;\n" +
 	"\x1acpu_usage_core_nanoseconds\x18\x02 \x01(\x04R\x17cpuUsageCoreNanoseconds\x12(\n" +
 	"\x10memory_rss_bytes\x18\x03 \x01(\x04R\x0ememoryRssBytes\x12\x1c\n" +
-	"\tprocesses\x18\x04 \x01(\rR\tprocesses\"\xa3\x02\n" +
+	"\tprocesses\x18\x04 \x01(\rR\tprocesses\x120\n" +
+	"\x14cpu_user_nanoseconds\x18\x05 \x01(\x04R\x12cpuUserNanoseconds\x124\n" +
+	"\x16cpu_system_nanoseconds\x18\x06 \x01(\x04R\x14cpuSystemNanoseconds\x12\x18\n" +
+	"\athreads\x18\a \x01(\x04R\athreads\x12)\n" +
+	"\x10file_descriptors\x18\b \x01(\x04R\x0ffileDescriptors\x12\x18\n" +
+	"\asockets\x18\t \x01(\x04R\asockets\x123\n" +
+	"\x06cgroup\x18\n" +
+	" \x01(\v2\x1b.macvz.agent.v1.CgroupStatsR\x06cgroup\"\xe4\x04\n" +
+	"\vCgroupStats\x12,\n" +
+	"\x12memory_usage_bytes\x18\x01 \x01(\x04R\x10memoryUsageBytes\x12*\n" +
+	"\x11memory_peak_bytes\x18\x02 \x01(\x04R\x0fmemoryPeakBytes\x12\x1f\n" +
+	"\vcache_bytes\x18\x03 \x01(\x04R\n" +
+	"cacheBytes\x12\x1b\n" +
+	"\trss_bytes\x18\x04 \x01(\x04R\brssBytes\x12*\n" +
+	"\x11mapped_file_bytes\x18\x05 \x01(\x04R\x0fmappedFileBytes\x12!\n" +
+	"\fkernel_bytes\x18\x06 \x01(\x04R\vkernelBytes\x12\x1d\n" +
+	"\n" +
+	"swap_bytes\x18\a \x01(\x04R\tswapBytes\x12*\n" +
+	"\x11memory_limit_hits\x18\b \x01(\x04R\x0fmemoryLimitHits\x12\x1b\n" +
+	"\toom_kills\x18\t \x01(\x04R\boomKills\x12\x1f\n" +
+	"\vpage_faults\x18\n" +
+	" \x01(\x04R\n" +
+	"pageFaults\x12*\n" +
+	"\x11major_page_faults\x18\v \x01(\x04R\x0fmajorPageFaults\x12\x1f\n" +
+	"\vcfs_periods\x18\f \x01(\x04R\n" +
+	"cfsPeriods\x122\n" +
+	"\x15cfs_throttled_periods\x18\r \x01(\x04R\x13cfsThrottledPeriods\x12:\n" +
+	"\x19cfs_throttled_nanoseconds\x18\x0e \x01(\x04R\x17cfsThrottledNanoseconds\x12\x16\n" +
+	"\x06memory\x18\x0f \x01(\bR\x06memory\x12\x10\n" +
+	"\x03cpu\x18\x10 \x01(\bR\x03cpu\"\x8e\x02\n" +
+	"\fNetworkStats\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\brx_bytes\x18\x02 \x01(\x04R\arxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\x03 \x01(\x04R\trxPackets\x12\x1b\n" +
+	"\trx_errors\x18\x04 \x01(\x04R\brxErrors\x12\x1d\n" +
+	"\n" +
+	"rx_dropped\x18\x05 \x01(\x04R\trxDropped\x12\x19\n" +
+	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\a \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\ttx_errors\x18\b \x01(\x04R\btxErrors\x12\x1d\n" +
+	"\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped\"\xbd\x01\n" +
+	"\tDiskStats\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x14\n" +
+	"\x05major\x18\x02 \x01(\rR\x05major\x12\x14\n" +
+	"\x05minor\x18\x03 \x01(\rR\x05minor\x12\x14\n" +
+	"\x05reads\x18\x04 \x01(\x04R\x05reads\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x05 \x01(\x04R\treadBytes\x12\x16\n" +
+	"\x06writes\x18\x06 \x01(\x04R\x06writes\x12\x1f\n" +
+	"\vwrite_bytes\x18\a \x01(\x04R\n" +
+	"writeBytes\"\x8b\x01\n" +
+	"\tTaskStats\x12\x18\n" +
+	"\athreads\x18\x01 \x01(\x04R\athreads\x12\x1f\n" +
+	"\vthreads_max\x18\x02 \x01(\x04R\n" +
+	"threadsMax\x12)\n" +
+	"\x10file_descriptors\x18\x03 \x01(\x04R\x0ffileDescriptors\x12\x18\n" +
+	"\asockets\x18\x04 \x01(\x04R\asockets\"\xbf\x03\n" +
 	"\rStatsResponse\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x01 \x01(\x03R\x11timestampUnixNano\x12*\n" +
 	"\x03cpu\x18\x02 \x01(\v2\x18.macvz.agent.v1.CPUStatsR\x03cpu\x123\n" +
@@ -3571,7 +4248,10 @@ const file_agent_proto_rawDesc = "" +
 	"\vfilesystems\x18\x04 \x03(\v2\x1f.macvz.agent.v1.FilesystemStatsR\vfilesystems\x12>\n" +
 	"\n" +
 	"containers\x18\x05 \x03(\v2\x1e.macvz.agent.v1.ContainerStatsR\n" +
-	"containers\"Q\n" +
+	"containers\x128\n" +
+	"\bnetworks\x18\x06 \x03(\v2\x1c.macvz.agent.v1.NetworkStatsR\bnetworks\x12/\n" +
+	"\x05disks\x18\a \x03(\v2\x19.macvz.agent.v1.DiskStatsR\x05disks\x12/\n" +
+	"\x05tasks\x18\b \x01(\v2\x19.macvz.agent.v1.TaskStatsR\x05tasks\"Q\n" +
 	"\x0fShutdownRequest\x12\x16\n" +
 	"\x06reboot\x18\x01 \x01(\bR\x06reboot\x12&\n" +
 	"\x0fgrace_period_ms\x18\x02 \x01(\rR\rgracePeriodMs\"\x12\n" +
@@ -3642,7 +4322,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_agent_proto_goTypes = []any{
 	(Stdio)(0),                       // 0: macvz.agent.v1.Stdio
 	(ProcessState)(0),                // 1: macvz.agent.v1.ProcessState
@@ -3694,13 +4374,17 @@ var file_agent_proto_goTypes = []any{
 	(*MemoryStats)(nil),              // 47: macvz.agent.v1.MemoryStats
 	(*FilesystemStats)(nil),          // 48: macvz.agent.v1.FilesystemStats
 	(*ContainerStats)(nil),           // 49: macvz.agent.v1.ContainerStats
-	(*StatsResponse)(nil),            // 50: macvz.agent.v1.StatsResponse
-	(*ShutdownRequest)(nil),          // 51: macvz.agent.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),         // 52: macvz.agent.v1.ShutdownResponse
-	(*PortForwardFrame)(nil),         // 53: macvz.agent.v1.PortForwardFrame
-	(*UnmountShareRequest)(nil),      // 54: macvz.agent.v1.UnmountShareRequest
-	(*UnmountShareResponse)(nil),     // 55: macvz.agent.v1.UnmountShareResponse
-	nil,                              // 56: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	(*CgroupStats)(nil),              // 50: macvz.agent.v1.CgroupStats
+	(*NetworkStats)(nil),             // 51: macvz.agent.v1.NetworkStats
+	(*DiskStats)(nil),                // 52: macvz.agent.v1.DiskStats
+	(*TaskStats)(nil),                // 53: macvz.agent.v1.TaskStats
+	(*StatsResponse)(nil),            // 54: macvz.agent.v1.StatsResponse
+	(*ShutdownRequest)(nil),          // 55: macvz.agent.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),         // 56: macvz.agent.v1.ShutdownResponse
+	(*PortForwardFrame)(nil),         // 57: macvz.agent.v1.PortForwardFrame
+	(*UnmountShareRequest)(nil),      // 58: macvz.agent.v1.UnmountShareRequest
+	(*UnmountShareResponse)(nil),     // 59: macvz.agent.v1.UnmountShareResponse
+	nil,                              // 60: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	6,  // 0: macvz.agent.v1.InfoResponse.interfaces:type_name -> macvz.agent.v1.NetInterface
@@ -3723,60 +4407,64 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 17: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
 	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
 	38, // 19: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
-	56, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
-	46, // 21: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
-	47, // 22: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
-	48, // 23: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
-	49, // 24: macvz.agent.v1.StatsResponse.containers:type_name -> macvz.agent.v1.ContainerStats
-	2,  // 25: macvz.agent.v1.Agent.Ping:input_type -> macvz.agent.v1.PingRequest
-	4,  // 26: macvz.agent.v1.Agent.Info:input_type -> macvz.agent.v1.InfoRequest
-	9,  // 27: macvz.agent.v1.Agent.CreateProcess:input_type -> macvz.agent.v1.CreateProcessRequest
-	11, // 28: macvz.agent.v1.Agent.StartProcess:input_type -> macvz.agent.v1.StartProcessRequest
-	13, // 29: macvz.agent.v1.Agent.ReadOutput:input_type -> macvz.agent.v1.OutputRequest
-	15, // 30: macvz.agent.v1.Agent.WriteStdin:input_type -> macvz.agent.v1.WriteStdinRequest
-	17, // 31: macvz.agent.v1.Agent.CloseStdin:input_type -> macvz.agent.v1.CloseStdinRequest
-	19, // 32: macvz.agent.v1.Agent.ResizeTty:input_type -> macvz.agent.v1.ResizeTtyRequest
-	21, // 33: macvz.agent.v1.Agent.SignalProcess:input_type -> macvz.agent.v1.SignalProcessRequest
-	23, // 34: macvz.agent.v1.Agent.WaitProcess:input_type -> macvz.agent.v1.WaitProcessRequest
-	27, // 35: macvz.agent.v1.Agent.ListProcesses:input_type -> macvz.agent.v1.ListProcessesRequest
-	29, // 36: macvz.agent.v1.Agent.RemoveProcess:input_type -> macvz.agent.v1.RemoveProcessRequest
-	31, // 37: macvz.agent.v1.Agent.KillAll:input_type -> macvz.agent.v1.KillAllRequest
-	33, // 38: macvz.agent.v1.Agent.SetHostname:input_type -> macvz.agent.v1.SetHostnameRequest
-	35, // 39: macvz.agent.v1.Agent.WriteResolvConf:input_type -> macvz.agent.v1.WriteResolvConfRequest
-	39, // 40: macvz.agent.v1.Agent.ConfigureNetwork:input_type -> macvz.agent.v1.ConfigureNetworkRequest
-	41, // 41: macvz.agent.v1.Agent.MountShare:input_type -> macvz.agent.v1.MountShareRequest
-	43, // 42: macvz.agent.v1.Agent.SetSysctls:input_type -> macvz.agent.v1.SetSysctlsRequest
-	45, // 43: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
-	51, // 44: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
-	53, // 45: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
-	54, // 46: macvz.agent.v1.Agent.UnmountShare:input_type -> macvz.agent.v1.UnmountShareRequest
-	3,  // 47: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
-	5,  // 48: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
-	10, // 49: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
-	12, // 50: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
-	14, // 51: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
-	16, // 52: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
-	18, // 53: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
-	20, // 54: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
-	22, // 55: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
-	24, // 56: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
-	28, // 57: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
-	30, // 58: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
-	32, // 59: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
-	34, // 60: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
-	36, // 61: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
-	40, // 62: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
-	42, // 63: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
-	44, // 64: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
-	50, // 65: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
-	52, // 66: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
-	53, // 67: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
-	55, // 68: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
-	47, // [47:69] is the sub-list for method output_type
-	25, // [25:47] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	60, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	50, // 21: macvz.agent.v1.ContainerStats.cgroup:type_name -> macvz.agent.v1.CgroupStats
+	46, // 22: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
+	47, // 23: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
+	48, // 24: macvz.agent.v1.StatsResponse.filesystems:type_name -> macvz.agent.v1.FilesystemStats
+	49, // 25: macvz.agent.v1.StatsResponse.containers:type_name -> macvz.agent.v1.ContainerStats
+	51, // 26: macvz.agent.v1.StatsResponse.networks:type_name -> macvz.agent.v1.NetworkStats
+	52, // 27: macvz.agent.v1.StatsResponse.disks:type_name -> macvz.agent.v1.DiskStats
+	53, // 28: macvz.agent.v1.StatsResponse.tasks:type_name -> macvz.agent.v1.TaskStats
+	2,  // 29: macvz.agent.v1.Agent.Ping:input_type -> macvz.agent.v1.PingRequest
+	4,  // 30: macvz.agent.v1.Agent.Info:input_type -> macvz.agent.v1.InfoRequest
+	9,  // 31: macvz.agent.v1.Agent.CreateProcess:input_type -> macvz.agent.v1.CreateProcessRequest
+	11, // 32: macvz.agent.v1.Agent.StartProcess:input_type -> macvz.agent.v1.StartProcessRequest
+	13, // 33: macvz.agent.v1.Agent.ReadOutput:input_type -> macvz.agent.v1.OutputRequest
+	15, // 34: macvz.agent.v1.Agent.WriteStdin:input_type -> macvz.agent.v1.WriteStdinRequest
+	17, // 35: macvz.agent.v1.Agent.CloseStdin:input_type -> macvz.agent.v1.CloseStdinRequest
+	19, // 36: macvz.agent.v1.Agent.ResizeTty:input_type -> macvz.agent.v1.ResizeTtyRequest
+	21, // 37: macvz.agent.v1.Agent.SignalProcess:input_type -> macvz.agent.v1.SignalProcessRequest
+	23, // 38: macvz.agent.v1.Agent.WaitProcess:input_type -> macvz.agent.v1.WaitProcessRequest
+	27, // 39: macvz.agent.v1.Agent.ListProcesses:input_type -> macvz.agent.v1.ListProcessesRequest
+	29, // 40: macvz.agent.v1.Agent.RemoveProcess:input_type -> macvz.agent.v1.RemoveProcessRequest
+	31, // 41: macvz.agent.v1.Agent.KillAll:input_type -> macvz.agent.v1.KillAllRequest
+	33, // 42: macvz.agent.v1.Agent.SetHostname:input_type -> macvz.agent.v1.SetHostnameRequest
+	35, // 43: macvz.agent.v1.Agent.WriteResolvConf:input_type -> macvz.agent.v1.WriteResolvConfRequest
+	39, // 44: macvz.agent.v1.Agent.ConfigureNetwork:input_type -> macvz.agent.v1.ConfigureNetworkRequest
+	41, // 45: macvz.agent.v1.Agent.MountShare:input_type -> macvz.agent.v1.MountShareRequest
+	43, // 46: macvz.agent.v1.Agent.SetSysctls:input_type -> macvz.agent.v1.SetSysctlsRequest
+	45, // 47: macvz.agent.v1.Agent.Stats:input_type -> macvz.agent.v1.StatsRequest
+	55, // 48: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
+	57, // 49: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
+	58, // 50: macvz.agent.v1.Agent.UnmountShare:input_type -> macvz.agent.v1.UnmountShareRequest
+	3,  // 51: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
+	5,  // 52: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
+	10, // 53: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
+	12, // 54: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
+	14, // 55: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
+	16, // 56: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
+	18, // 57: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
+	20, // 58: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
+	22, // 59: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
+	24, // 60: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
+	28, // 61: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
+	30, // 62: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
+	32, // 63: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
+	34, // 64: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
+	36, // 65: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
+	40, // 66: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
+	42, // 67: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
+	44, // 68: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
+	54, // 69: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
+	56, // 70: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
+	57, // 71: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
+	59, // 72: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
+	51, // [51:73] is the sub-list for method output_type
+	29, // [29:51] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -3790,7 +4478,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   55,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

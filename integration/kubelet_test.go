@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/integration/nettest"
+	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testutil"
 	"github.com/macvz/macvz/runtime/nodevm"
 )
@@ -202,9 +203,11 @@ evictionHard:
   memory.available: 100Mi
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-# GetContainerEvents drives kubelet's relists (issue 18).
+# GetContainerEvents drives kubelet's relists, and kubelet lists pods,
+# containers, images and stats through the Stream* verbs (issue 18).
 featureGates:
   EventedPLEG: true
+  CRIListStreaming: true
 `, dir, endpoints)
 	cfgPath := filepath.Join(dir, "kubelet.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -486,7 +489,19 @@ func testKubeletScenarios(t *testing.T, r kubeletRunner) {
 	snapshotsBefore := n.snapshotDirs(t)
 	n.d.mustCrictl("rmi", n.plain, n.httpd)
 
-	k := r.kubelet(t, n, map[string]any{"Plain": n.plain, "HTTPD": n.httpd, "HostPort": hostPort})
+	// An ordinary OCI image for the imagevol pod's image volume.
+	tools, err := testimage.OCI(testimage.OCIOptions{Layers: [][]testimage.File{
+		{{Path: "/bin/greet", Data: []byte("#!/bin/sh\necho greetings from an image volume\n"), Mode: 0o755}},
+		{{Path: "/data/set.csv", Data: []byte("a,b\n1,2\n")}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.reg.Push(context.Background(), "macvz/kubelet-tools", "1", tools); err != nil {
+		t.Fatal(err)
+	}
+
+	k := r.kubelet(t, n, map[string]any{"Plain": n.plain, "HTTPD": n.httpd, "HostPort": hostPort, "Tools": n.pullHost + "/macvz/kubelet-tools:1"})
 	hostDir := k.vars["HostDir"].(string)
 
 	// Each pod goes in alone, so its time from manifest to Running is
@@ -506,7 +521,7 @@ func testKubeletScenarios(t *testing.T, r kubeletRunner) {
 		return true
 	}
 	took := map[string]time.Duration{}
-	order := []string{"logger", "probes", "crash", "init", "config", "sized", "web"}
+	order := []string{"logger", "probes", "crash", "init", "config", "sized", "imagevol", "web"}
 	pods := map[string]*kubePod{}
 	for _, name := range order {
 		at := k.apply(t, name)
@@ -661,6 +676,37 @@ func testKubeletScenarios(t *testing.T, r kubeletRunner) {
 		}
 	})
 
+	t.Run("imageVolume", func(t *testing.T) {
+		p := pods["imagevol"]
+		want := []string{"stdout greetings from an image volume", "stdout a,b", "stdout 1,2", "stdout read-only"}
+		waitFor(t, "the imagevol pod's lines", k.timeout(30*time.Second), func() bool {
+			return slices.Equal(k.logLines(t, p, "app", 0), want)
+		})
+		// The container's mounts name the image, by its ID.
+		var st struct {
+			Status struct {
+				Mounts []struct {
+					ContainerPath string `json:"containerPath"`
+					Image         struct {
+						ImageRef string `json:"imageRef"`
+					} `json:"image"`
+				} `json:"mounts"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal([]byte(n.d.mustCrictl("inspect", "-o", "json", p.container("app").id())), &st); err != nil {
+			t.Fatal(err)
+		}
+		fromImage := 0
+		for _, m := range st.Status.Mounts {
+			if (m.ContainerPath == "/tools" || m.ContainerPath == "/data") && strings.HasPrefix(m.Image.ImageRef, "sha256:") {
+				fromImage++
+			}
+		}
+		if fromImage != 2 {
+			t.Errorf("crictl inspect: mounts %+v; want /tools and /data from the image", st.Status.Mounts)
+		}
+	})
+
 	t.Run("eventedPLEG", func(t *testing.T) {
 		// kubelet runs with EventedPLEG on (writeKubeletConfig): it holds
 		// a GetContainerEvents stream to the daemon and times every event
@@ -773,7 +819,7 @@ func testKubeletScenarios(t *testing.T, r kubeletRunner) {
 	t.Run("macvzRestart", func(t *testing.T) {
 		// A pod that crash-loops restarts on its own; the rest must not.
 		k.remove(t, "crash")
-		steady := []string{"logger", "probes", "init", "config", "sized", "web"}
+		steady := []string{"logger", "probes", "init", "config", "sized", "imagevol", "web"}
 		before := map[string]kubeContainer{}
 		for _, name := range steady {
 			p := k.pod(t, name)
@@ -831,6 +877,9 @@ func testKubeletScenarios(t *testing.T, r kubeletRunner) {
 		if pods, err := k.pods(); err != nil || len(pods) != 0 {
 			t.Errorf("kubelet still lists %d pods (%v)", len(pods), err)
 		}
+		// The image volume's unpacked tree is the image's: it goes with
+		// the image, which kubelet's image GC leaves on a node this empty.
+		n.d.mustCrictl("rmi", k.vars["Tools"].(string))
 		for _, name := range order {
 			n.assertGone(t, sandbox[name], stateDirs[name], snapshotsBefore)
 		}

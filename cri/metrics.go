@@ -294,17 +294,7 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 		pm.add(mCPUSystem, c.GetSystemNanoseconds()/uint64(time.Second))
 	}
 	if m := vm.GetMemory(); m != nil {
-		pm.add(mMemCache, m.GetCacheBytes())
-		pm.add(mMemMapped, m.GetMappedFileBytes())
-		pm.add(mMemKernel, m.GetKernelBytes())
-		pm.add(mMemSwap, m.GetSwapBytes())
-		pm.add(mOOMEvents, m.GetOomKills())
-		// The VM has no cgroup above it: its faults are the whole
-		// hierarchy's as well as its own.
-		for _, scope := range []string{"container", "hierarchy"} {
-			pm.add(mMemFailures, m.GetPageFaults(), "pgfault", scope)
-			pm.add(mMemFailures, m.GetMajorPageFaults(), "pgmajfault", scope)
-		}
+		pm.memoryDetail(memoryDetail{m.GetCacheBytes(), m.GetMappedFileBytes(), m.GetKernelBytes(), m.GetSwapBytes(), m.GetOomKills(), m.GetPageFaults(), m.GetMajorPageFaults()})
 	}
 	if tk := vm.GetTasks(); tk != nil {
 		pm.add(mThreads, tk.GetThreads())
@@ -428,18 +418,9 @@ func (m *metricSet) memory(mem *runtimeapi.MemoryUsage) {
 // container with a memory limit or a CPU quota has one.
 func (m *metricSet) cgroup(cg *agentapi.CgroupStats) {
 	if cg.GetMemory() {
-		m.add(mMemCache, cg.GetCacheBytes())
-		m.add(mMemMapped, cg.GetMappedFileBytes())
-		m.add(mMemKernel, cg.GetKernelBytes())
-		m.add(mMemSwap, cg.GetSwapBytes())
+		m.memoryDetail(memoryDetail{cg.GetCacheBytes(), cg.GetMappedFileBytes(), cg.GetKernelBytes(), cg.GetSwapBytes(), cg.GetOomKills(), cg.GetPageFaults(), cg.GetMajorPageFaults()})
 		m.add(mMemMaxUsage, cg.GetMemoryPeakBytes())
 		m.add(mMemFailcnt, cg.GetMemoryLimitHits())
-		m.add(mOOMEvents, cg.GetOomKills())
-		// A container cgroup has no children: its hierarchy is itself.
-		for _, scope := range []string{"container", "hierarchy"} {
-			m.add(mMemFailures, cg.GetPageFaults(), "pgfault", scope)
-			m.add(mMemFailures, cg.GetMajorPageFaults(), "pgmajfault", scope)
-		}
 	}
 	if cg.GetCpu() {
 		m.add(mCFSPeriods, cg.GetCfsPeriods())
@@ -460,4 +441,22 @@ func (m *metricSet) spec(r *runtimeapi.LinuxContainerResources) {
 	m.add(mSpecCPUShares, uint64(max(r.GetCpuShares(), 0)))
 	m.add(mSpecMemLimit, uint64(max(r.GetMemoryLimitInBytes(), 0)))
 	m.add(mSpecMemSwapLimit, uint64(max(r.GetMemorySwapLimitInBytes(), 0)))
+}
+
+// memoryDetail is what the guest counts of a VM's or a container
+// cgroup's memory beyond usage and RSS.
+type memoryDetail struct{ cache, mapped, kernel, swap, oomKills, faults, majorFaults uint64 }
+
+func (m *metricSet) memoryDetail(d memoryDetail) {
+	m.add(mMemCache, d.cache)
+	m.add(mMemMapped, d.mapped)
+	m.add(mMemKernel, d.kernel)
+	m.add(mMemSwap, d.swap)
+	m.add(mOOMEvents, d.oomKills)
+	// Neither a VM nor a container cgroup has a cgroup of ours below it:
+	// its faults are its whole hierarchy's as well as its own.
+	for _, scope := range []string{"container", "hierarchy"} {
+		m.add(mMemFailures, d.faults, "pgfault", scope)
+		m.add(mMemFailures, d.majorFaults, "pgmajfault", scope)
+	}
 }

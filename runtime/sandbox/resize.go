@@ -89,11 +89,11 @@ func resizePlan(sb store.Sandbox, res store.Resources) (cpus int, target int64, 
 	}
 	cpus = sb.VMCPUs
 	if res.MilliCPU > 0 {
-		cpus = min(max(int((res.MilliCPU+999)/1000), 1), runtime.NumCPU())
+		cpus = min(max(wholeCPUs(res.MilliCPU), 1), runtime.NumCPU())
 	}
 	target = sb.VMMemoryBytes
 	if res.MemoryBytes > 0 {
-		target = (res.MemoryBytes + 1<<20 - 1) &^ (1<<20 - 1)
+		target = wholeMiB(res.MemoryBytes)
 	}
 	if target > sb.VMMemoryBytes {
 		return 0, 0, fmt.Errorf("sandbox %s's VM booted with %d MiB and the new resources ask %d MiB: a running VM can give memory back and take it again, but not grow past its boot size; the larger size applies when the pod is recreated: %w",

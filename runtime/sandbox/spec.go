@@ -89,7 +89,7 @@ func (s *Controller) vmSize(pod store.Resources, ctrs []store.Resources, desc *v
 			mem += c.MemoryBytes
 		}
 	}
-	cpus = int((milli + 999) / 1000)
+	cpus = wholeCPUs(milli)
 	if cpus == 0 {
 		cpus = s.cfg.DefaultCPUs
 	}
@@ -99,10 +99,14 @@ func (s *Controller) vmSize(pod store.Resources, ctrs []store.Resources, desc *v
 	cpus = max(cpus, desc.MinCPUs, 1)
 	mem = max(mem, desc.MinMemoryBytes, 64<<20)
 	cpus = min(cpus, runtime.NumCPU())
-	// Round memory up to whole MiB: hypervisors size guests in MiB.
-	mem = (mem + 1<<20 - 1) &^ (1<<20 - 1)
-	return cpus, mem
+	return cpus, wholeMiB(mem)
 }
+
+// wholeCPUs is millicores rounded up to vCPUs.
+func wholeCPUs(milli int64) int { return int((milli + 999) / 1000) }
+
+// wholeMiB rounds memory up to whole MiB: hypervisors size guests in MiB.
+func wholeMiB(bytes int64) int64 { return (bytes + 1<<20 - 1) &^ (1<<20 - 1) }
 
 // vmSpec describes a sandbox's VM booting from base (the directory of
 // the sandbox's writable clone of the image's base).

@@ -304,7 +304,7 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 	}
 	// The guest's NICs: the pod's network, as cAdvisor reports it on
 	// the pod (its containers share it).
-	for _, n := range vm.GetNetworks() {
+	for _, n := range guestDevices(vm.GetNetworks(), (*agentapi.NetworkStats).GetName) {
 		name := n.GetName()
 		pm.add(mNetRxBytes, n.GetRxBytes(), name)
 		pm.add(mNetRxPackets, n.GetRxPackets(), name)
@@ -315,7 +315,7 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 		pm.add(mNetTxErrors, n.GetTxErrors(), name)
 		pm.add(mNetTxDropped, n.GetTxDropped(), name)
 	}
-	for _, d := range vm.GetDisks() {
+	for _, d := range guestDevices(vm.GetDisks(), (*agentapi.DiskStats).GetDevice) {
 		dev := d.GetDevice()
 		pm.add(mFsReads, d.GetReads(), dev)
 		pm.add(mFsReadBytes, d.GetReadBytes(), dev)
@@ -329,8 +329,9 @@ func (s *Service) sandboxMetrics(ctx context.Context, sb store.Sandbox) (*runtim
 	// reported on the pod alone (on each container, a sum by pod would
 	// count it once per container). Its device label is the guest's
 	// mount point: the host knows no device name for it.
+	// Only the path asked for ("/", vmStats): the answer is the guest's.
 	for _, fs := range vm.GetFilesystems() {
-		if fs.GetError() != "" {
+		if fs.GetError() != "" || fs.GetPath() != "/" {
 			continue
 		}
 		pm.add(mFsUsage, fs.GetUsedBytes(), fs.GetPath())
@@ -459,4 +460,42 @@ func (m *metricSet) memoryDetail(d memoryDetail) {
 		m.add(mMemFailures, d.faults, "pgfault", scope)
 		m.add(mMemFailures, d.majorFaults, "pgmajfault", scope)
 	}
+}
+
+// maxGuestDevices bounds the NICs and disks of one VM that become label
+// values: the guest names them, and a hostile one must not blow up
+// kubelet's series (a real VM has a few).
+const maxGuestDevices = 16
+
+// guestDevices are the first maxGuestDevices of a guest's devices whose
+// name is a plausible device name (1-32 bytes of [A-Za-z0-9._-], as
+// Linux interface and block device names are), each name once; the rest
+// are dropped.
+func guestDevices[T any](ds []T, name func(T) string) []T {
+	var out []T
+	seen := map[string]bool{}
+	for _, d := range ds {
+		n := name(d)
+		if len(out) == maxGuestDevices {
+			break
+		}
+		if seen[n] || !plausibleDeviceName(n) {
+			continue
+		}
+		seen[n] = true
+		out = append(out, d)
+	}
+	return out
+}
+
+func plausibleDeviceName(n string) bool {
+	if n == "" || len(n) > 32 {
+		return false
+	}
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package cri
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,7 @@ func guestStats(ts int64, app, sidecar string) *agentapi.StatsResponse {
 		Filesystems: []*agentapi.FilesystemStats{
 			{Path: "/", CapacityBytes: 10 << 30, UsedBytes: 2 << 30, AvailableBytes: 8 << 30, Inodes: 1000, InodesUsed: 400},
 			{Path: "/missing", Error: "no such file or directory"},
+			{Path: "/not-asked", CapacityBytes: 1, UsedBytes: 1}, // left out: the host asked for "/"
 		},
 		Containers: []*agentapi.ContainerStats{
 			{ContainerId: app, CpuUsageCoreNanoseconds: 2_500_000_000, MemoryRssBytes: 50 << 20, Processes: 3,
@@ -392,4 +394,24 @@ func (s *metricsStream) Send(r *runtimeapi.StreamPodSandboxMetricsResponse) erro
 	}
 	s.got = append(s.got, r.GetPodSandboxMetrics()...)
 	return nil
+}
+
+// A guest names its NICs and disks: names that are not device names,
+// repeats and more than maxGuestDevices never become label values.
+func TestGuestDevices(t *testing.T) {
+	var nics []*agentapi.NetworkStats
+	for _, n := range []string{"eth0", "eth0", "", "bad name", "x\"}", strings.Repeat("a", 33), "eth1"} {
+		nics = append(nics, &agentapi.NetworkStats{Name: n})
+	}
+	for i := range 40 {
+		nics = append(nics, &agentapi.NetworkStats{Name: fmt.Sprintf("veth%d", i)})
+	}
+	got := guestDevices(nics, (*agentapi.NetworkStats).GetName)
+	if len(got) != maxGuestDevices || got[0].GetName() != "eth0" || got[1].GetName() != "eth1" || got[2].GetName() != "veth0" {
+		var names []string
+		for _, n := range got {
+			names = append(names, n.GetName())
+		}
+		t.Errorf("kept %v", names)
+	}
 }

@@ -58,6 +58,12 @@ func (s *Service) containerStatus(c store.Container) (*runtimeapi.ContainerStatu
 	if !c.FinishedAt.IsZero() {
 		st.FinishedAt = c.FinishedAt.UnixNano()
 	}
+	// The limits the container runs with (UpdateContainerResources
+	// records them once applied): kubelet shows them in the pod's status
+	// and compares them with what a resize asked.
+	if res := cfg.GetLinux().GetResources(); res != nil {
+		st.Resources = &runtimeapi.ContainerResources{Linux: res}
+	}
 	return st, nil
 }
 

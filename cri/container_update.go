@@ -8,13 +8,19 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/macvz/macvz/runtime/agentapi"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 )
 
-// UpdateContainerResources records new resources in the container's
-// config. A running VM cannot be resized: they size the VM at its next
-// boot (the pod's next sandbox).
+// UpdateContainerResources changes a container's limits. A running
+// container of a Linux guest gets them at once, in its cgroup in the
+// guest (memory.max, cpu.max), as runc changes a container's on a node;
+// they are recorded only once applied, so ContainerStatus reports what
+// the container runs with and kubelet's resize status tells the truth.
+// A container not started yet, and one of a macOS guest (no cgroups:
+// its pod's VM is its bound, resized by UpdatePodSandboxResources),
+// records them for its start.
 func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.UpdateContainerResourcesRequest) (*runtimeapi.UpdateContainerResourcesResponse, error) {
 	res := r.GetLinux()
 	if res == nil {
@@ -29,10 +35,23 @@ func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.Up
 	}
 	unlock := s.ctl.Lock(c.SandboxID)
 	defer unlock()
-	_, err = s.st.UpdateContainer(c.ID, func(c *store.Container) error {
-		if c.State == store.ContainerExited {
-			return fmt.Errorf("container %s has exited: %w", c.ID, errdefs.ErrFailedPrecondition)
+	c = s.ctl.RefreshContainer(ctx, c)
+	if c.State == store.ContainerExited {
+		return nil, fmt.Errorf("container %s has exited: %w", c.ID, errdefs.ErrFailedPrecondition)
+	}
+	live := false
+	if c.State == store.ContainerRunning && !c.IsVM {
+		sb, err := s.sandbox(ctx, c.SandboxID)
+		if err != nil {
+			return nil, err
 		}
+		if live = sb.VMOS != "darwin"; live {
+			if err := s.applyContainerResources(ctx, sb, c, res); err != nil {
+				return nil, err
+			}
+		}
+	}
+	_, err = s.st.UpdateContainer(c.ID, func(c *store.Container) error {
 		cfg, err := ctrConfig(*c)
 		if err != nil {
 			return err
@@ -53,9 +72,39 @@ func (s *Service) UpdateContainerResources(ctx context.Context, r *runtimeapi.Up
 	if err != nil {
 		return nil, err
 	}
-	ctrLog(c).Info("container resources recorded; they apply at the VM's next boot",
-		"cpuQuota", res.GetCpuQuota(), "cpuPeriod", res.GetCpuPeriod(), "memoryLimit", res.GetMemoryLimitInBytes())
+	msg := "container resources recorded for its start"
+	if live {
+		msg = "container resources applied in the guest"
+	}
+	ctrLog(c).Info(msg, "cpuQuota", res.GetCpuQuota(), "cpuPeriod", res.GetCpuPeriod(), "memoryLimit", res.GetMemoryLimitInBytes())
 	return &runtimeapi.UpdateContainerResourcesResponse{}, nil
+}
+
+// applyContainerResources sets a running container's cgroup limits in
+// its Linux guest. Limits it already has ask nothing of the guest; a
+// container that started with none has no cgroup to change
+// (FailedPrecondition from the agent).
+func (s *Service) applyContainerResources(ctx context.Context, sb store.Sandbox, c store.Container, res *runtimeapi.LinuxContainerResources) error {
+	want := &agentapi.CreateProcessRequest{}
+	applyLimits(want, res)
+	have := &agentapi.CreateProcessRequest{}
+	if cfg, err := ctrConfig(c); err == nil {
+		applyLimits(have, cfg.GetLinux().GetResources())
+	}
+	if want.MemoryLimitBytes == have.MemoryLimitBytes && want.CpuQuotaUs == have.CpuQuotaUs && want.CpuPeriodUs == have.CpuPeriodUs {
+		return nil
+	}
+	sc, err := s.ctl.Shim(ctx, sb)
+	if err != nil {
+		return err
+	}
+	_, err = sc.Agent().UpdateResources(ctx, &agentapi.UpdateResourcesRequest{
+		ContainerId: c.ID, MemoryLimitBytes: want.MemoryLimitBytes, CpuQuotaUs: want.CpuQuotaUs, CpuPeriodUs: want.CpuPeriodUs,
+	})
+	if err != nil {
+		return fmt.Errorf("changing container %s's limits in the guest: %w", c.ID, err)
+	}
+	return nil
 }
 
 // minMemoryLimit is the smallest container memory limit (Docker's).

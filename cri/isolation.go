@@ -82,15 +82,20 @@ func applyIsolation(creq *agentapi.CreateProcessRequest, cfg *runtimeapi.Contain
 	if creq.OwnPidNamespace || creq.PidNamespaceOf != "" || len(creq.MaskedPaths) > 0 {
 		creq.OwnMountNamespace = true
 	}
-	res := cfg.GetLinux().GetResources()
+	applyLimits(creq, cfg.GetLinux().GetResources())
+	return nil
+}
+
+// applyLimits puts a container's memory limit and CPU limit on its main
+// process's request. A CPU limit is a CFS quota on the container's
+// cgroup in the guest (the VM's vCPUs, rounded up from the pod's limits,
+// are the bound of them all), as runc sets it on the node.
+func applyLimits(creq *agentapi.CreateProcessRequest, res *runtimeapi.LinuxContainerResources) {
 	creq.MemoryLimitBytes = res.GetMemoryLimitInBytes()
-	// A CPU limit is a CFS quota on the container's cgroup in the guest
-	// (the VM's vCPUs, rounded up from the pod's limits, are the bound
-	// of them all), as runc sets it on the node.
+	creq.CpuQuotaUs, creq.CpuPeriodUs = 0, 0
 	if q := res.GetCpuQuota(); q > 0 {
 		creq.CpuQuotaUs, creq.CpuPeriodUs = max(q, 1000), res.GetCpuPeriod()
 	}
-	return nil
 }
 
 // checkMacOSIsolation refuses, for a container of a macOS guest, the

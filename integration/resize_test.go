@@ -16,10 +16,14 @@ import (
 )
 
 // TestPodResize drives UpdatePodSandboxResources (kubelet's in-place pod
-// resize) against a QEMU VM through the CRI: the guest's memory shrinks
-// through the balloon and grows back to its boot size; more memory than
-// it booted with, or another vCPU count, is FailedPrecondition saying
-// why; bad input is InvalidArgument or NotFound.
+// resize) and UpdateContainerResources against a QEMU VM through the
+// CRI: the guest's memory shrinks through the balloon and grows back to
+// its boot size; a pod CPU limit below the vCPUs becomes the guest pod
+// cgroup's quota; a running container's new limits reach its cgroup in
+// the guest at once; more memory than the VM booted with, more vCPUs, or
+// new limits for a container started without any are
+// FailedPrecondition saying why; bad input is InvalidArgument or
+// NotFound.
 func TestPodResize(t *testing.T) {
 	v := newVMTest(t)
 	rc := v.d.runtimeClient(t)
@@ -121,9 +125,80 @@ func TestPodResize(t *testing.T) {
 		t.Errorf("more memory than the VM booted with: %v; want FailedPrecondition naming the boot size", err)
 	}
 	if runtime.NumCPU() >= 2 {
-		if err := update(res(512*mib, 2)); code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "vCPUs") {
-			t.Errorf("another vCPU count: %v; want FailedPrecondition naming the vCPUs", err)
+		if err := update(res(512*mib, 2)); code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "cannot add vCPUs") {
+			t.Errorf("more vCPUs than the VM runs: %v; want FailedPrecondition saying a running VM cannot add vCPUs", err)
 		}
+	}
+	// A guest file, read in the VM's own namespaces through the sleeper.
+	cat := func(path string) string {
+		t.Helper()
+		r, err := rc.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c.ContainerId, Cmd: []string{"cat", path}, Timeout: 30})
+		if err != nil || r.ExitCode != 0 {
+			t.Fatalf("cat %s in the guest: %v %s", path, err, r.GetStderr())
+		}
+		return strings.TrimSpace(string(r.Stdout))
+	}
+	// Half a CPU for the pod: its VM keeps its vCPU, the guest's pod
+	// cgroup gets the quota; the whole CPU again lifts it.
+	if err := update(&runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 512 * mib, CpuQuota: 50000, CpuPeriod: 100000}); err != nil {
+		t.Fatalf("a pod CPU limit of 500m in a 1-vCPU VM: %v", err)
+	}
+	if got := cat("/sys/fs/cgroup/macvz/cpu.max"); got != "50000 100000" {
+		t.Errorf("the guest pod cgroup's cpu.max at 500m: %q", got)
+	}
+	if err := update(res(512*mib, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got := cat("/sys/fs/cgroup/macvz/cpu.max"); got != "max 100000" {
+		t.Errorf("the guest pod cgroup's cpu.max back at the VM's vCPU: %q", got)
+	}
+
+	// A running container's limits change in its cgroup at once.
+	lim, err := rc.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb, SandboxConfig: pod, Config: &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "limited"},
+		Image:    &runtimeapi.ImageSpec{Image: v.plain},
+		Command:  []string{"/bin/sh", "-c", "while :; do sleep 1; done"},
+		LogPath:  "limited.log",
+		Linux:    &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 128 * mib, CpuQuota: 50000, CpuPeriod: 100000}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: lim.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	cg := "/sys/fs/cgroup/macvz/" + lim.ContainerId
+	if m, q := cat(cg+"/memory.max"), cat(cg+"/cpu.max"); m != strconv.Itoa(128*mib) || q != "50000 100000" {
+		t.Errorf("the limited container's cgroup at its start: memory.max %s, cpu.max %s", m, q)
+	}
+	newRes := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 96 * mib, CpuQuota: 25000, CpuPeriod: 100000}
+	if _, err := rc.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: lim.ContainerId, Linux: newRes}); err != nil {
+		t.Fatalf("UpdateContainerResources of a running container: %v", err)
+	}
+	if m, q := cat(cg+"/memory.max"), cat(cg+"/cpu.max"); m != strconv.Itoa(96*mib) || q != "25000 100000" {
+		t.Errorf("the limited container's cgroup after UpdateContainerResources: memory.max %s, cpu.max %s", m, q)
+	}
+	st, err := rc.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: lim.ContainerId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.GetStatus().GetResources().GetLinux(); r.GetMemoryLimitInBytes() != 96*mib || r.GetCpuQuota() != 25000 {
+		t.Errorf("ContainerStatus resources after the update: %v", r)
+	}
+	// The sleeper started without limits: no cgroup to change, and its
+	// status keeps what it runs with.
+	_, err = rc.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c.ContainerId, Linux: newRes})
+	if code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "no cgroup") {
+		t.Errorf("new limits for a container started without any: %v; want FailedPrecondition naming its missing cgroup", err)
+	}
+	if st, err := rc.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: c.ContainerId}); err != nil || st.GetStatus().GetResources().GetLinux().GetMemoryLimitInBytes() != 0 {
+		t.Errorf("the sleeper's status after a refused update: %v %v", err, st.GetStatus().GetResources())
+	}
+	if _, err := rc.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: lim.ContainerId, Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 1}}); code(err) != codes.InvalidArgument {
+		t.Errorf("a 1-byte memory limit: %v", err)
+	}
+	if _, err := rc.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: "nosuch", Linux: newRes}); code(err) != codes.NotFound {
+		t.Errorf("an unknown container: %v", err)
 	}
 	if m := memTotal(); m < booted-8*mib {
 		t.Errorf("refused resizes changed the guest's memory: MemTotal %d MiB", m/mib)

@@ -13,11 +13,17 @@ type forkSpec struct {
 
 var errNoMemoryCgroup = fmt.Errorf("macOS has no memory cgroups")
 
+var errNoCgroups = fmt.Errorf("macOS has no cgroups: a macOS pod's limits are its VM's size")
+
 type cgroupLimits struct{ memory, cpuQuota, cpuPeriod int64 }
 
 func containerCgroup(container string, limits cgroupLimits) (string, error) {
 	return "", fmt.Errorf("a container memory limit or CPU quota needs Linux cgroups, which macOS does not have: a macOS pod's size is its VM's")
 }
+
+func podCgroup(needCPU bool) (string, error) { return "", errNoCgroups }
+
+func setCgroupLimits(dir string, lim cgroupLimits) error { return errNoCgroups }
 
 func removeCgroup(dir string) error { return nil }
 

@@ -27,6 +27,9 @@ const (
 // bounded by the VM's memory, as before per-container limits.
 var errNoMemoryCgroup = errors.New("this guest has no memory cgroups")
 
+// errNoCgroups: the guest OS has no cgroups at all (macOS).
+var errNoCgroups = errors.New("the guest OS has no cgroups")
+
 // cgroupLimits are a container cgroup's limits: memory.max (0: none)
 // and cpu.max's quota and period in µs (quota 0: none; period 0: the
 // kernel's 100 ms).
@@ -42,29 +45,8 @@ func containerCgroup(container string, lim cgroupLimits) (string, error) {
 	if !validCgroupName(container) {
 		return "", fmt.Errorf("container id %q cannot name a cgroup", container)
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(cgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return "", fmt.Errorf("%w: no cgroup2 hierarchy at %s", errNoMemoryCgroup, cgroupRoot)
-	}
-	b, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers"))
-	controllers := " " + strings.TrimSpace(string(b)) + " "
-	if err != nil || !strings.Contains(controllers, " memory ") {
-		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no memory controller", errNoMemoryCgroup)
-	}
-	want := []string{"memory"}
-	if strings.Contains(controllers, " cpu ") {
-		want = append(want, "cpu")
-	} else if lim.cpuQuota > 0 {
-		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no cpu controller for the CPU quota", errNoMemoryCgroup)
-	}
-	parent := filepath.Join(cgroupRoot, cgroupParent)
-	if err := enableControllers(cgroupRoot, want); err != nil {
-		return "", err
-	}
-	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", err
-	}
-	if err := enableControllers(parent, want); err != nil {
+	parent, err := podCgroup(lim.cpuQuota > 0)
+	if err != nil {
 		return "", err
 	}
 	dir := filepath.Join(parent, container)
@@ -81,34 +63,83 @@ func containerCgroup(container string, lim cgroupLimits) (string, error) {
 			return "", err
 		}
 	}
-	set := func(file, value string) error {
+	if err := setCgroupLimits(dir, lim); err != nil {
+		removeCgroup(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// podCgroup makes the parent of the container cgroups (the pod's, whose
+// limits bound them all) with the controllers its children need: memory
+// always, cpu where the kernel has it (its counters are what the
+// cAdvisor CFS metrics read); needCPU makes a kernel without it an error.
+func podCgroup(needCPU bool) (string, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(cgroupRoot, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return "", fmt.Errorf("%w: no cgroup2 hierarchy at %s", errNoMemoryCgroup, cgroupRoot)
+	}
+	b, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers"))
+	controllers := " " + strings.TrimSpace(string(b)) + " "
+	if err != nil || !strings.Contains(controllers, " memory ") {
+		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no memory controller", errNoMemoryCgroup)
+	}
+	want := []string{"memory"}
+	if strings.Contains(controllers, " cpu ") {
+		want = append(want, "cpu")
+	} else if needCPU {
+		return "", fmt.Errorf("%w: the guest kernel's cgroup2 has no cpu controller for the CPU quota", errNoMemoryCgroup)
+	}
+	parent := filepath.Join(cgroupRoot, cgroupParent)
+	if err := enableControllers(cgroupRoot, want); err != nil {
+		return "", err
+	}
+	if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", err
+	}
+	if err := enableControllers(parent, want); err != nil {
+		return "", err
+	}
+	return parent, nil
+}
+
+// setCgroupLimits writes lim into a cgroup, a zero as no limit ("max"),
+// so that it serves a new cgroup and a live change alike: memory.max
+// with no swap beyond it (Kubernetes' default; a kernel without swap
+// accounting has no file for it), cpu.max's quota and period (a cgroup
+// without the cpu controller has no cpu.max: fine while no quota is
+// asked).
+func setCgroupLimits(dir string, lim cgroupLimits) error {
+	write := func(file, value string) error {
 		if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
-			removeCgroup(dir)
 			return fmt.Errorf("setting %s of %s to %s: %w", file, dir, value, err)
 		}
 		return nil
 	}
+	mem := "max"
 	if lim.memory > 0 {
-		if err := set("memory.max", strconv.FormatInt(lim.memory, 10)); err != nil {
-			return "", err
-		}
-		// No swap beyond the limit (Kubernetes' default); a kernel
-		// without swap accounting has no file to write.
-		if err := os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-			removeCgroup(dir)
-			return "", fmt.Errorf("setting memory.swap.max of %s: %w", dir, err)
+		mem = strconv.FormatInt(lim.memory, 10)
+	}
+	if err := write("memory.max", mem); err != nil {
+		return err
+	}
+	if lim.memory > 0 {
+		if err := write("memory.swap.max", "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	}
+	period := lim.cpuPeriod
+	if period == 0 {
+		period = 100_000
+	}
+	cpu := fmt.Sprintf("max %d", period)
 	if lim.cpuQuota > 0 {
-		period := lim.cpuPeriod
-		if period == 0 {
-			period = 100_000
-		}
-		if err := set("cpu.max", fmt.Sprintf("%d %d", lim.cpuQuota, period)); err != nil {
-			return "", err
-		}
+		cpu = fmt.Sprintf("%d %d", lim.cpuQuota, period)
 	}
-	return dir, nil
+	if err := write("cpu.max", cpu); err != nil && (lim.cpuQuota > 0 || !errors.Is(err, os.ErrNotExist)) {
+		return err
+	}
+	return nil
 }
 
 func validCgroupName(s string) bool {

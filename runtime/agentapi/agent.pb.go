@@ -3968,6 +3968,110 @@ func (*UnmountShareResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{57}
 }
 
+type UpdateResourcesRequest struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId      string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`                   // "" = the pod
+	MemoryLimitBytes int64                  `protobuf:"varint,2,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"` // 0 = no limit but the VM's
+	CpuQuotaUs       int64                  `protobuf:"varint,3,opt,name=cpu_quota_us,json=cpuQuotaUs,proto3" json:"cpu_quota_us,omitempty"`                   // 0 = no quota
+	CpuPeriodUs      int64                  `protobuf:"varint,4,opt,name=cpu_period_us,json=cpuPeriodUs,proto3" json:"cpu_period_us,omitempty"`                // 0 = the kernel's 100 ms
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UpdateResourcesRequest) Reset() {
+	*x = UpdateResourcesRequest{}
+	mi := &file_agent_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateResourcesRequest) ProtoMessage() {}
+
+func (x *UpdateResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateResourcesRequest.ProtoReflect.Descriptor instead.
+func (*UpdateResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *UpdateResourcesRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *UpdateResourcesRequest) GetMemoryLimitBytes() int64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *UpdateResourcesRequest) GetCpuQuotaUs() int64 {
+	if x != nil {
+		return x.CpuQuotaUs
+	}
+	return 0
+}
+
+func (x *UpdateResourcesRequest) GetCpuPeriodUs() int64 {
+	if x != nil {
+		return x.CpuPeriodUs
+	}
+	return 0
+}
+
+type UpdateResourcesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateResourcesResponse) Reset() {
+	*x = UpdateResourcesResponse{}
+	mi := &file_agent_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateResourcesResponse) ProtoMessage() {}
+
+func (x *UpdateResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateResourcesResponse.ProtoReflect.Descriptor instead.
+func (*UpdateResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{59}
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -4267,7 +4371,14 @@ const file_agent_proto_rawDesc = "" +
 	"\x04dial\x18\a \x01(\tR\x04dial\"'\n" +
 	"\x13UnmountShareRequest\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\"\x16\n" +
-	"\x14UnmountShareResponse*6\n" +
+	"\x14UnmountShareResponse\"\xaf\x01\n" +
+	"\x16UpdateResourcesRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12,\n" +
+	"\x12memory_limit_bytes\x18\x02 \x01(\x03R\x10memoryLimitBytes\x12 \n" +
+	"\fcpu_quota_us\x18\x03 \x01(\x03R\n" +
+	"cpuQuotaUs\x12\"\n" +
+	"\rcpu_period_us\x18\x04 \x01(\x03R\vcpuPeriodUs\"\x19\n" +
+	"\x17UpdateResourcesResponse*6\n" +
 	"\x05Stdio\x12\x15\n" +
 	"\x11STDIO_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -4279,7 +4390,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aCREATED\x10\x01\x12\v\n" +
 	"\aRUNNING\x10\x02\x12\n" +
 	"\n" +
-	"\x06EXITED\x10\x032\xe2\x0e\n" +
+	"\x06EXITED\x10\x032\xc6\x0f\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Ping\x12\x1b.macvz.agent.v1.PingRequest\x1a\x1c.macvz.agent.v1.PingResponse\x12A\n" +
 	"\x04Info\x12\x1b.macvz.agent.v1.InfoRequest\x1a\x1c.macvz.agent.v1.InfoResponse\x12\\\n" +
@@ -4307,7 +4418,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x05Stats\x12\x1c.macvz.agent.v1.StatsRequest\x1a\x1d.macvz.agent.v1.StatsResponse\x12M\n" +
 	"\bShutdown\x12\x1f.macvz.agent.v1.ShutdownRequest\x1a .macvz.agent.v1.ShutdownResponse\x12U\n" +
 	"\vPortForward\x12 .macvz.agent.v1.PortForwardFrame\x1a .macvz.agent.v1.PortForwardFrame(\x010\x01\x12Y\n" +
-	"\fUnmountShare\x12#.macvz.agent.v1.UnmountShareRequest\x1a$.macvz.agent.v1.UnmountShareResponseB)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
+	"\fUnmountShare\x12#.macvz.agent.v1.UnmountShareRequest\x1a$.macvz.agent.v1.UnmountShareResponse\x12b\n" +
+	"\x0fUpdateResources\x12&.macvz.agent.v1.UpdateResourcesRequest\x1a'.macvz.agent.v1.UpdateResourcesResponseB)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -4322,7 +4434,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_agent_proto_goTypes = []any{
 	(Stdio)(0),                       // 0: macvz.agent.v1.Stdio
 	(ProcessState)(0),                // 1: macvz.agent.v1.ProcessState
@@ -4384,7 +4496,9 @@ var file_agent_proto_goTypes = []any{
 	(*PortForwardFrame)(nil),         // 57: macvz.agent.v1.PortForwardFrame
 	(*UnmountShareRequest)(nil),      // 58: macvz.agent.v1.UnmountShareRequest
 	(*UnmountShareResponse)(nil),     // 59: macvz.agent.v1.UnmountShareResponse
-	nil,                              // 60: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	(*UpdateResourcesRequest)(nil),   // 60: macvz.agent.v1.UpdateResourcesRequest
+	(*UpdateResourcesResponse)(nil),  // 61: macvz.agent.v1.UpdateResourcesResponse
+	nil,                              // 62: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	6,  // 0: macvz.agent.v1.InfoResponse.interfaces:type_name -> macvz.agent.v1.NetInterface
@@ -4407,7 +4521,7 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 17: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
 	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
 	38, // 19: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
-	60, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	62, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 	50, // 21: macvz.agent.v1.ContainerStats.cgroup:type_name -> macvz.agent.v1.CgroupStats
 	46, // 22: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
 	47, // 23: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
@@ -4438,30 +4552,32 @@ var file_agent_proto_depIdxs = []int32{
 	55, // 48: macvz.agent.v1.Agent.Shutdown:input_type -> macvz.agent.v1.ShutdownRequest
 	57, // 49: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
 	58, // 50: macvz.agent.v1.Agent.UnmountShare:input_type -> macvz.agent.v1.UnmountShareRequest
-	3,  // 51: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
-	5,  // 52: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
-	10, // 53: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
-	12, // 54: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
-	14, // 55: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
-	16, // 56: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
-	18, // 57: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
-	20, // 58: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
-	22, // 59: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
-	24, // 60: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
-	28, // 61: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
-	30, // 62: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
-	32, // 63: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
-	34, // 64: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
-	36, // 65: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
-	40, // 66: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
-	42, // 67: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
-	44, // 68: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
-	54, // 69: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
-	56, // 70: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
-	57, // 71: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
-	59, // 72: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
-	51, // [51:73] is the sub-list for method output_type
-	29, // [29:51] is the sub-list for method input_type
+	60, // 51: macvz.agent.v1.Agent.UpdateResources:input_type -> macvz.agent.v1.UpdateResourcesRequest
+	3,  // 52: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
+	5,  // 53: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
+	10, // 54: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
+	12, // 55: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
+	14, // 56: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
+	16, // 57: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
+	18, // 58: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
+	20, // 59: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
+	22, // 60: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
+	24, // 61: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
+	28, // 62: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
+	30, // 63: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
+	32, // 64: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
+	34, // 65: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
+	36, // 66: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
+	40, // 67: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
+	42, // 68: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
+	44, // 69: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
+	54, // 70: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
+	56, // 71: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
+	57, // 72: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
+	59, // 73: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
+	61, // 74: macvz.agent.v1.Agent.UpdateResources:output_type -> macvz.agent.v1.UpdateResourcesResponse
+	52, // [52:75] is the sub-list for method output_type
+	29, // [29:52] is the sub-list for method input_type
 	29, // [29:29] is the sub-list for extension type_name
 	29, // [29:29] is the sub-list for extension extendee
 	0,  // [0:29] is the sub-list for field type_name
@@ -4478,7 +4594,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   59,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

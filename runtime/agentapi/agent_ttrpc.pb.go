@@ -30,6 +30,7 @@ type AgentService interface {
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	PortForward(context.Context, Agent_PortForwardServer) error
 	UnmountShare(context.Context, *UnmountShareRequest) (*UnmountShareResponse, error)
+	UpdateResources(context.Context, *UpdateResourcesRequest) (*UpdateResourcesResponse, error)
 }
 
 type Agent_ReadOutputServer interface {
@@ -219,6 +220,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				}
 				return svc.UnmountShare(ctx, &req)
 			},
+			"UpdateResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req UpdateResourcesRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.UpdateResources(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"ReadOutput": {
@@ -262,6 +270,7 @@ type AgentClient interface {
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
 	PortForward(context.Context) (Agent_PortForwardClient, error)
 	UnmountShare(context.Context, *UnmountShareRequest) (*UnmountShareResponse, error)
+	UpdateResources(context.Context, *UpdateResourcesRequest) (*UpdateResourcesResponse, error)
 }
 
 type agentClient struct {
@@ -497,6 +506,14 @@ func (x *agentPortForwardClient) Recv() (*PortForwardFrame, error) {
 func (c *agentClient) UnmountShare(ctx context.Context, req *UnmountShareRequest) (*UnmountShareResponse, error) {
 	var resp UnmountShareResponse
 	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "UnmountShare", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) UpdateResources(ctx context.Context, req *UpdateResourcesRequest) (*UpdateResourcesResponse, error) {
+	var resp UpdateResourcesResponse
+	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "UpdateResources", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

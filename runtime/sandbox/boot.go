@@ -255,7 +255,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.VMStarted = true
 		r.Restore = nil
-		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget = b.cpus, b.mem, 0
+		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget, r.GuestCPUQuota = b.cpus, b.mem, 0, 0
 		return nil
 	})
 	if err != nil {

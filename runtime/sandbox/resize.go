@@ -7,16 +7,21 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/macvz/macvz/runtime/agentapi"
+	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shimapi"
 	"github.com/macvz/macvz/runtime/store"
 )
 
 // Resize gives a sandbox new pod resources (in-place resize). A sandbox
 // whose VM has not booted just records them: its boot sizes the VM from
-// them. A running VM changes what it can: its memory, through the
-// balloon, down from and back up to what it booted with. It cannot grow
-// past that nor change its vCPUs; what is asked of it that it cannot do
-// is FailedPrecondition, saying why, after the memory is applied, so
+// them. A running VM changes what it can. Its memory, through the
+// balloon, down from and back up to what it booted with. Its CPU limit,
+// below its vCPUs, as a CFS quota on the guest's pod cgroup (every
+// container cgroup is under it), as kubelet limits a pod on a node; a
+// macOS guest has no cgroups. It cannot grow past its boot memory nor
+// add vCPUs: what is asked of it that it cannot do is
+// FailedPrecondition, saying why, after the memory is applied, so
 // kubelet's resize status carries the reason. The caller holds the
 // sandbox lock.
 func (s *Controller) Resize(ctx context.Context, id string, res store.Resources) error {
@@ -50,8 +55,16 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 	if current == 0 {
 		current = sb.VMMemoryBytes
 	}
+	var c shim.Conn
+	conn := func() (shim.Conn, error) {
+		var err error
+		if c == nil {
+			c, err = s.Shim(ctx, sb)
+		}
+		return c, err
+	}
 	if target != current {
-		c, err := s.Shim(ctx, sb)
+		c, err := conn()
 		if err != nil {
 			return err
 		}
@@ -60,23 +73,60 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 		}
 		sbLog(id).Info("VM memory resized", "from", current, "to", target, "booted", sb.VMMemoryBytes)
 	}
+	quota := guestCPUQuota(res.MilliCPU, sb.VMCPUs)
+	var cpuErr error
+	switch {
+	case wantCPUs > sb.VMCPUs:
+		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit needs %d: a running VM cannot add vCPUs (its memory was resized); the larger CPU limit applies when the pod is recreated: %w",
+			id, sb.VMCPUs, wantCPUs, errdefs.ErrFailedPrecondition)
+	case quota == sb.GuestCPUQuota:
+	case sb.VMOS == "darwin" || store.SpecOf(sb).NoAgent:
+		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit is %dm: only a Linux guest with the macvz agent can hold a pod below its vCPUs (a cgroup quota), and a running VM cannot remove vCPUs (its memory was resized); the smaller CPU limit applies when the pod is recreated: %w",
+			id, sb.VMCPUs, res.MilliCPU, errdefs.ErrFailedPrecondition)
+	default:
+		c, err := conn()
+		if err != nil {
+			return err
+		}
+		if _, err := c.Agent().UpdateResources(ctx, &agentapi.UpdateResourcesRequest{CpuQuotaUs: quota, CpuPeriodUs: cfsPeriod}); err != nil {
+			cpuErr = fmt.Errorf("setting the CPU limit of sandbox %s's pod cgroup in the guest to %dm: %w", id, res.MilliCPU, err)
+		} else {
+			sbLog(id).Info("guest pod CPU quota set", "milliCPU", res.MilliCPU, "vCPUs", sb.VMCPUs, "quota", quota)
+		}
+	}
 	if _, err := s.st.UpdateSandbox(id, func(r *store.Sandbox) error {
 		r.VMMemoryTarget = target
 		if target == r.VMMemoryBytes {
 			r.VMMemoryTarget = 0
 		}
-		if r.Spec != nil && wantCPUs == sb.VMCPUs {
-			r.Spec.Resources = res
+		if r.Spec != nil {
+			r.Spec.Resources.MemoryBytes = res.MemoryBytes
+		}
+		if cpuErr == nil {
+			r.GuestCPUQuota = quota
+			if r.Spec != nil {
+				r.Spec.Resources = res
+			}
 		}
 		return nil
 	}); err != nil {
 		return err
 	}
-	if wantCPUs != sb.VMCPUs {
-		return fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new resources need %d: a running VM cannot change its vCPUs (its memory was resized); the new CPU size applies when the pod is recreated: %w",
-			id, sb.VMCPUs, wantCPUs, errdefs.ErrFailedPrecondition)
+	return cpuErr
+}
+
+// cfsPeriod is the CFS period of the guest pod cgroup's quota (the
+// kernel's default, kubelet's).
+const cfsPeriod = 100_000
+
+// guestCPUQuota is the CFS quota (per cfsPeriod) that holds a pod to
+// milliCPU in a VM of vcpus: none (0) when there is no limit or the
+// vCPUs are no more than it.
+func guestCPUQuota(milliCPU int64, vcpus int) int64 {
+	if milliCPU <= 0 || milliCPU >= int64(vcpus)*1000 {
+		return 0
 	}
-	return nil
+	return max(milliCPU*cfsPeriod/1000, 1000)
 }
 
 // resizePlan is the vCPUs and balloon target res asks of sb's running

@@ -60,16 +60,40 @@ func TestResize(t *testing.T) {
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "not grow past its boot size") || len(c.MemoryTargets()) != 2 {
 		t.Errorf("more than the boot memory: %v, targets %v", err, c.MemoryTargets())
 	}
-	// Another vCPU count (fewer: the host caps more at its own): the
-	// memory is applied, the CPUs refused.
+	// A CPU limit below the vCPUs: the guest's pod cgroup gets the quota
+	// (the memory is applied too); the same limit again asks nothing.
 	if cpus > 1 {
-		err = s.Resize(ctx, "sb1", store.Resources{MilliCPU: 500, MemoryBytes: 256 << 20})
-		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "cannot change its vCPUs") {
-			t.Errorf("fewer vCPUs: %v", err)
+		if err := s.Resize(ctx, "sb1", store.Resources{MilliCPU: 500, MemoryBytes: 256 << 20}); err != nil {
+			t.Fatalf("fewer CPUs than vCPUs: %v", err)
 		}
-		if r := record(); r.VMMemoryTarget != 256<<20 || r.Spec.Resources.MilliCPU == 500 {
+		if r := record(); r.VMMemoryTarget != 256<<20 || r.Spec.Resources.MilliCPU != 500 || r.GuestCPUQuota != 50_000 {
+			t.Errorf("after a CPU limit below the vCPUs: target %d, spec resources %+v, guest quota %d", r.VMMemoryTarget, r.Spec.Resources, r.GuestCPUQuota)
+		}
+		if err := s.Resize(ctx, "sb1", store.Resources{MilliCPU: 500, MemoryBytes: 256 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		// Back to all the vCPUs: the quota is lifted.
+		if err := s.Resize(ctx, "sb1", store.Resources{MilliCPU: milli, MemoryBytes: 256 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		u := c.Guest.Setup().Updates
+		if len(u) != 2 || u[0].ContainerId != "" || u[0].CpuQuotaUs != 50_000 || u[0].CpuPeriodUs != 100_000 || u[1].CpuQuotaUs != 0 {
+			t.Errorf("the guest's pod cgroup updates: %v; want quota 50000 then none", u)
+		}
+	}
+	// More CPUs than the VM runs: the memory is applied, the CPUs
+	// refused, the record keeps the CPU limit the VM has.
+	if cpus < runtime.NumCPU() {
+		err = s.Resize(ctx, "sb1", store.Resources{MilliCPU: milli + 1000, MemoryBytes: 300 << 20})
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "cannot add vCPUs") {
+			t.Errorf("more vCPUs: %v", err)
+		}
+		if r := record(); r.VMMemoryTarget != 300<<20 || r.Spec.Resources.MilliCPU != milli || r.Spec.Resources.MemoryBytes != 300<<20 {
 			t.Errorf("after a refused CPU change: target %d, spec resources %+v", r.VMMemoryTarget, r.Spec.Resources)
 		}
+	}
+	if g := guestCPUQuota(1, 4); g != 1000 {
+		t.Errorf("guestCPUQuota(1m, 4 vCPUs) = %d; want the kernel's floor 1000", g)
 	}
 	// Below what a VM needs: the shim refuses it.
 	if err := s.Resize(ctx, "sb1", store.Resources{MemoryBytes: 32 << 20}); !errdefs.IsInvalidArgument(err) {

@@ -137,6 +137,10 @@ func (f *forwarder) UnmountShare(ctx context.Context, r *agentapi.UnmountShareRe
 	return call(ctx, f, r, agentapi.AgentClient.UnmountShare)
 }
 
+func (f *forwarder) UpdateResources(ctx context.Context, r *agentapi.UpdateResourcesRequest) (*agentapi.UpdateResourcesResponse, error) {
+	return call(ctx, f, r, agentapi.AgentClient.UpdateResources)
+}
+
 func (f *forwarder) MountShare(ctx context.Context, r *agentapi.MountShareRequest) (*agentapi.MountShareResponse, error) {
 	return call(ctx, f, r, agentapi.AgentClient.MountShare)
 }

@@ -67,6 +67,9 @@ type Sandbox struct {
 	VMCPUs         int   `json:"vmCPUs,omitempty"`
 	VMMemoryBytes  int64 `json:"vmMemoryBytes,omitempty"`
 	VMMemoryTarget int64 `json:"vmMemoryTarget,omitempty"`
+	// GuestCPUQuota is the CFS quota (µs per 100 ms) a resize put on the
+	// guest's pod cgroup to hold the pod below its VM's vCPUs (0: none).
+	GuestCPUQuota int64 `json:"guestCPUQuota,omitempty"`
 	// VMOS is the guest's OS ("darwin", "linux"), set with VMImage: the
 	// host limits how many macOS VMs run at once.
 	VMOS string `json:"vmOS,omitempty"`

@@ -354,6 +354,7 @@ type Agent struct {
 	sysctls  []map[string]string
 	signals  []string
 	unmounts []string
+	updates  []*agentapi.UpdateResourcesRequest
 }
 
 // Setup is what the guest was told so far.
@@ -367,6 +368,8 @@ type Setup struct {
 	// UnmountShare's tags.
 	Signals  []string
 	Unmounts []string
+	// Updates are UpdateResources' requests.
+	Updates []*agentapi.UpdateResourcesRequest
 }
 
 // Setup returns the calls recorded so far.
@@ -378,6 +381,7 @@ func (a *Agent) Setup() Setup {
 		Resolv: append([]*agentapi.WriteResolvConfRequest(nil), a.resolv...), Mounts: append([]*agentapi.MountShareRequest(nil), a.mounts...),
 		Sysctls: append([]map[string]string(nil), a.sysctls...),
 		Signals: append([]string(nil), a.signals...), Unmounts: append([]string(nil), a.unmounts...),
+		Updates: append([]*agentapi.UpdateResourcesRequest(nil), a.updates...),
 	}
 }
 
@@ -393,6 +397,13 @@ func (a *Agent) UnmountShare(ctx context.Context, r *agentapi.UnmountShareReques
 	defer a.mu.Unlock()
 	a.unmounts = append(a.unmounts, r.GetTag())
 	return &agentapi.UnmountShareResponse{}, nil
+}
+
+func (a *Agent) UpdateResources(ctx context.Context, r *agentapi.UpdateResourcesRequest) (*agentapi.UpdateResourcesResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.updates = append(a.updates, r)
+	return &agentapi.UpdateResourcesResponse{}, nil
 }
 
 func (a *Agent) ConfigureNetwork(ctx context.Context, r *agentapi.ConfigureNetworkRequest) (*agentapi.ConfigureNetworkResponse, error) {

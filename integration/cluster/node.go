@@ -169,6 +169,11 @@ func (c *ControlPlane) AddNode(t testing.TB, o NodeOptions) *Node {
 	if err := n.writeConfig(o, args); err != nil {
 		t.Fatal(err)
 	}
+	if !n.NodeVM {
+		if err := n.makeCgroupRoot(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	n.startHolder(t)
 
 	n.macvzArgv = []string{o.Macvz, "serve", "--config", filepath.Join(dir, "macvz.toml")}
@@ -401,7 +406,7 @@ authorization:
   mode: Webhook
 clusterDomain: cluster.local
 cgroupDriver: cgroupfs
-cgroupsPerQOS: false
+%[7]s
 enforceNodeAllocatable: []
 failSwapOn: false
 failCgroupV1: false
@@ -413,7 +418,7 @@ evictionHard:
   memory.available: 100Mi
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, n.Socket, o.LANAddr, certFile, keyFile, caFile, dir)
+`, n.Socket, o.LANAddr, certFile, keyFile, caFile, dir, n.cgroupConfig())
 	if n.NodeVM {
 		// A ConfigMap's update reaches a running pod at kubelet's next
 		// sync of it (1m by default): the nodevm scenario waits for one.
@@ -553,6 +558,9 @@ func (n *Node) stop(t testing.TB) {
 		}
 	}
 	n.Macvz.Stop(20 * time.Second)
+	if !n.NodeVM {
+		n.removeCgroupRoot()
+	}
 	for _, p := range processesUnder(n.Dir + "/") {
 		if removed {
 			t.Errorf("node %s: process left after every pod was removed: %s", n.Name, p)
@@ -648,4 +656,60 @@ func (n *Node) Leftovers() []string {
 func (n *Node) SnapshotDirs() (int, error) {
 	ents, err := os.ReadDir(filepath.Join(n.Dir, "root", "snapshots", "snapshots"))
 	return len(ents), err
+}
+
+// cgroupConfig is the node kubelet's pod cgroup setting. A native node's
+// kubelet makes pod cgroups (kubelet's in-place resize needs them: with
+// cgroupsPerQOS false v1.37.2 crashes on a resize) under a cgroup root of
+// its own, as two kubelets share the host's hierarchy; the node VM's is
+// alone in its VM.
+func (n *Node) cgroupConfig() string {
+	if n.NodeVM {
+		return "cgroupsPerQOS: false"
+	}
+	return "cgroupsPerQOS: true\ncgroupRoot: " + n.cgroupRoot()
+}
+
+func (n *Node) cgroupRoot() string { return "/macvz-e2e-" + n.Name }
+
+// makeCgroupRoot creates the node's cgroup root in every hierarchy
+// (kubelet refuses a root that does not exist); removeCgroupRoot removes
+// it with what kubelet made below it, deepest first.
+func (n *Node) makeCgroupRoot() error {
+	for _, h := range cgroupHierarchies() {
+		if err := os.MkdirAll(filepath.Join(h, n.cgroupRoot()), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Node) removeCgroupRoot() {
+	for _, h := range cgroupHierarchies() {
+		root := filepath.Join(h, n.cgroupRoot())
+		var dirs []string
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			syscall.Rmdir(dirs[i])
+		}
+	}
+}
+
+// cgroupHierarchies are the cgroup mounts: the v1 controllers' (and the
+// unified one beside them), or the one v2 hierarchy.
+func cgroupHierarchies() []string {
+	var out []string
+	b, _ := os.ReadFile("/proc/self/mounts")
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && (f[2] == "cgroup" || f[2] == "cgroup2") {
+			out = append(out, f[1])
+		}
+	}
+	return out
 }

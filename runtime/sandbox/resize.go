@@ -74,15 +74,19 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 		sbLog(id).Info("VM memory resized", "from", current, "to", target, "booted", sb.VMMemoryBytes)
 	}
 	quota := guestCPUQuota(res.MilliCPU, sb.VMCPUs)
+	memNote := ""
+	if target != current {
+		memNote = " (its memory was resized)"
+	}
 	var cpuErr error
 	switch {
 	case wantCPUs > sb.VMCPUs:
-		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit needs %d: a running VM cannot add vCPUs (its memory was resized); the larger CPU limit applies when the pod is recreated: %w",
-			id, sb.VMCPUs, wantCPUs, errdefs.ErrFailedPrecondition)
+		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit needs %d: a running VM cannot add vCPUs%s; the larger CPU limit applies when the pod is recreated: %w",
+			id, sb.VMCPUs, wantCPUs, memNote, errdefs.ErrFailedPrecondition)
 	case quota == sb.GuestCPUQuota:
 	case sb.VMOS == "darwin" || store.SpecOf(sb).NoAgent:
-		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit is %dm: only a Linux guest with the macvz agent can hold a pod below its vCPUs (a cgroup quota), and a running VM cannot remove vCPUs (its memory was resized); the smaller CPU limit applies when the pod is recreated: %w",
-			id, sb.VMCPUs, res.MilliCPU, errdefs.ErrFailedPrecondition)
+		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit is %dm: only a Linux guest with the macvz agent can hold a pod below its vCPUs (a cgroup quota), and a running VM cannot remove vCPUs%s; the smaller CPU limit applies when the pod is recreated: %w",
+			id, sb.VMCPUs, res.MilliCPU, memNote, errdefs.ErrFailedPrecondition)
 	default:
 		c, err := conn()
 		if err != nil {

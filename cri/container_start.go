@@ -174,7 +174,7 @@ func (s *Service) startProcess(ctx context.Context, sb store.Sandbox, sc shim.Co
 func volumesOf(ms []*runtimeapi.Mount) []sandbox.Volume {
 	var out []sandbox.Volume
 	for _, m := range ms {
-		out = append(out, sandbox.Volume{HostPath: m.GetHostPath(), GuestPath: m.GetContainerPath(), ReadOnly: m.GetReadonly()})
+		out = append(out, sandbox.Volume{HostPath: m.GetHostPath(), GuestPath: m.GetContainerPath(), ReadOnly: m.GetReadonly(), Image: m.GetImage().GetImage() != ""})
 	}
 	return out
 }

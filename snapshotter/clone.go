@@ -75,6 +75,44 @@ func CloneFile(src, dst string) (Method, error) {
 	return m, nil
 }
 
+// CloneTree clones src, a directory or a regular file, to dst, which
+// must not exist (on the same file system for reflinks): a directory
+// with its contents as Prepare clones a snapshot's (symlinks kept as
+// links, never followed; devices, fifos and sockets refused), a file as
+// CloneFile does. What it made is removed again when it fails.
+func CloneTree(ctx context.Context, src, dst string) error {
+	fi, err := os.Lstat(src)
+	if err != nil {
+		return err
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		if _, _, err := cloneFile(src, dst); err != nil {
+			return err
+		}
+		if err := copyMetadata(dst, fi); err != nil {
+			os.Remove(dst)
+			return err
+		}
+		return nil
+	case !fi.IsDir():
+		return fmt.Errorf("cloning %s: neither a directory nor a regular file (%s): %w", src, fi.Mode().Type(), errdefs.ErrInvalidArgument)
+	}
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return err
+	}
+	var tc treeClone
+	if err := cloneDir(ctx, src, dst, &tc); err != nil {
+		os.RemoveAll(dst)
+		return err
+	}
+	if err := copyMetadata(dst, fi); err != nil {
+		os.RemoveAll(dst)
+		return err
+	}
+	return nil
+}
+
 // cloneFile clones src to a new file dst. When it fell back to a copy,
 // reason is the error the reflink failed with.
 func cloneFile(src, dst string) (m Method, reason error, err error) {

@@ -204,6 +204,9 @@ func removeSandboxFiles(dir string) error {
 type Volume struct {
 	HostPath, GuestPath string
 	ReadOnly            bool
+	// Image: an image volume, its host path in an image's file tree
+	// macvz unpacked (read-only), which a vz VM gets as a clone.
+	Image bool
 }
 
 // BindVolumes makes each volume of a container visible in the guest at
@@ -245,7 +248,7 @@ func (s *Controller) BindVolumes(ctx context.Context, sb store.Sandbox, a agenta
 		}
 	}
 	if len(fromShare) > 0 {
-		return s.linkVolumes(ctx, sb, a, fromShare)
+		return s.linkVolumes(ctx, sb, a, cid, fromShare)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/store"
 	"github.com/macvz/macvz/runtime/vm"
+	"github.com/macvz/macvz/snapshotter"
 )
 
 // Volumes of a vz VM. A host without bind mounts (macOS) cannot put a
@@ -35,7 +36,12 @@ import (
 //     kinds kubelet writes itself (secret, configMap, projected,
 //     downward API);
 //   - the directories the pod's macvz.io/volume-dirs annotation lists
-//     (where its runtime handler allows it), writable.
+//     (where its runtime handler allows it), writable;
+//   - always, last, the sandbox's own image-volume directory
+//     (imageVolumeDir, entry "images", read-only), empty at boot: a
+//     container's image volume (an image's file tree, or its sub path)
+//     is cloned into it when the container starts (clonefile on APFS:
+//     instant, no space), which the running VM then sees.
 //
 // Never the pod's whole directory nor the whole root: other pods'
 // volumes are there. Nor <root>/<pod UID>/containers, where kubelet
@@ -50,10 +56,14 @@ import (
 // virtiofs).
 const volumeTag = "macvz-vol"
 
-// emptyVolumeDir is the sandbox directory the volume share exports when
-// it has nothing else: the device is there on every VM of an image
-// (warm states see the same devices), and a share needs an entry.
-const emptyVolumeDir = "volumes-empty"
+// imageVolumeDir is the sandbox directory the volume share exports as
+// its entry "images": the clones of the image volumes of the sandbox's
+// containers. It is there on every VM (warm states see the same
+// devices), so a share never lacks an entry.
+const (
+	imageVolumeDir   = "image-volumes"
+	imageVolumeEntry = "images"
+)
 
 // guestVolumeDirFor is where the agent mounts the volume share in a
 // guest of the OS.
@@ -184,9 +194,9 @@ func CheckVolumeDir(p string) error {
 }
 
 // volumeShareDirs names the directories as the share's entries, "0",
-// "1", ... in order; a directory listed twice is one entry (the first).
-// With no directory, the share exports empty (read-only).
-func volumeShareDirs(dirs []volumeDir, empty string) []vm.ShareDir {
+// "1", ... in order (a directory listed twice is one entry, the
+// first), then images, the image-volume directory, read-only.
+func volumeShareDirs(dirs []volumeDir, images string) []vm.ShareDir {
 	seen := map[string]bool{}
 	var out []vm.ShareDir
 	for _, d := range dirs {
@@ -196,10 +206,7 @@ func volumeShareDirs(dirs []volumeDir, empty string) []vm.ShareDir {
 		seen[d.path] = true
 		out = append(out, vm.ShareDir{Name: strconv.Itoa(len(out)), HostPath: d.path, ReadOnly: d.ro})
 	}
-	if len(out) == 0 {
-		out = []vm.ShareDir{{Name: "empty", HostPath: empty, ReadOnly: true}}
-	}
-	return out
+	return append(out, vm.ShareDir{Name: imageVolumeEntry, HostPath: images, ReadOnly: true})
 }
 
 // volumeShareOn says whether the sandboxes' VMs get the volume share:
@@ -225,16 +232,16 @@ func (s *Controller) moreShareMounts(spec store.SandboxSpec, guestOS string) []s
 // volumeShare is the volume share a sandbox's VM boots with. With nil
 // spec it is only its shape (a warm-start key's).
 func (s *Controller) volumeShare(sbID, sbDir string, spec *store.SandboxSpec) (vm.Share, error) {
-	empty := filepath.Join(sbDir, emptyVolumeDir)
+	images := filepath.Join(sbDir, imageVolumeDir)
 	if spec == nil {
-		return vm.Share{Tag: volumeTag, Dirs: volumeShareDirs(nil, empty)}, nil
+		return vm.Share{Tag: volumeTag, Dirs: volumeShareDirs(nil, images)}, nil
 	}
-	if err := os.MkdirAll(empty, 0o700); err != nil {
+	if err := os.MkdirAll(images, 0o700); err != nil {
 		return vm.Share{}, err
 	}
 	log := sbLog(sbID)
 	dirs := append(podVolumeDirs(log, s.cfg.VolumeRoots, spec.UID), extraVolumeDirs(log, spec.VolumeDirs)...)
-	sh := vm.Share{Tag: volumeTag, Dirs: volumeShareDirs(dirs, empty)}
+	sh := vm.Share{Tag: volumeTag, Dirs: volumeShareDirs(dirs, images)}
 	log.Info("volume directories shared with the VM", "entries", len(dirs))
 	for _, d := range sh.Dirs {
 		log.Debug("volume share entry", "name", d.Name, "hostPath", d.HostPath, "ro", d.ReadOnly)
@@ -327,15 +334,23 @@ func bootVolumeDirs(sbDir string) ([]vm.ShareDir, error) {
 
 // linkVolumes makes each volume of a container visible in a vz guest:
 // a subpath of the volume share, at the container path (a symlink in a
-// macOS guest, a bind in a Linux one).
-func (s *Controller) linkVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, vols []Volume) error {
+// macOS guest, a bind in a Linux one). An image volume is first cloned
+// into the share's image-volume entry.
+func (s *Controller) linkVolumes(ctx context.Context, sb store.Sandbox, a agentapi.AgentClient, cid string, vols []Volume) error {
 	dirs, err := bootVolumeDirs(sb.Dir)
 	if err != nil {
 		return err
 	}
 	log := sbLog(sb.ID)
 	uid := store.SpecOf(sb).UID
-	for _, v := range vols {
+	for i, v := range vols {
+		if v.Image {
+			clone, err := cloneImageVolume(ctx, sb.Dir, cid, i, v.HostPath)
+			if err != nil {
+				return fmt.Errorf("image volume %s → %s: %w", v.HostPath, v.GuestPath, err)
+			}
+			v.HostPath, v.ReadOnly = clone, true
+		}
 		entry, rel, ok := resolveVolume(dirs, v.HostPath)
 		rule, why := volumeRuleFor(sb.VMOS, v.GuestPath, ok, terminationLog(s.cfg.VolumeRoots, uid, v.HostPath))
 		if rule == volumeSkipped {
@@ -359,6 +374,25 @@ func (s *Controller) linkVolumes(ctx context.Context, sb store.Sandbox, a agenta
 		}
 	}
 	return nil
+}
+
+// cloneImageVolume clones an image volume's host path (a directory or
+// file of an image tree: read-only, macvz's own) into the sandbox's
+// image-volume directory as <container>-<index> and returns the clone. A
+// clone a previous start of the container made is used again (the tree
+// does not change).
+func cloneImageVolume(ctx context.Context, sbDir, cid string, i int, src string) (string, error) {
+	if !validID(cid) {
+		return "", fmt.Errorf("container id %q cannot name a file: %w", cid, errdefs.ErrInvalidArgument)
+	}
+	dst := filepath.Join(sbDir, imageVolumeDir, cid+"-"+strconv.Itoa(i))
+	if _, err := os.Lstat(dst); err == nil {
+		return dst, nil
+	}
+	if err := snapshotter.CloneTree(ctx, src, dst); err != nil {
+		return "", fmt.Errorf("cloning the image's tree into the VM's volume share: %w", err)
+	}
+	return dst, nil
 }
 
 // AnnotationVolumeDirs is the pod annotation that lists more host

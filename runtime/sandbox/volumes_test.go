@@ -149,16 +149,17 @@ func TestCheckVolumeDir(t *testing.T) {
 }
 
 // TestVolumeShareDirs: entries are named by position, a directory
-// listed twice is one entry, and a share with nothing exports the empty
-// directory.
+// listed twice is one entry, and the image-volume directory is always
+// the last entry, read-only.
 func TestVolumeShareDirs(t *testing.T) {
-	got := volumeShareDirs([]volumeDir{{"/p/a", true}, {"/p/b", false}, {"/p/a", false}, {"/x", false}}, "/sb/volumes-empty")
-	want := []vm.ShareDir{{Name: "0", HostPath: "/p/a", ReadOnly: true}, {Name: "1", HostPath: "/p/b"}, {Name: "2", HostPath: "/x"}}
+	img := vm.ShareDir{Name: "images", HostPath: "/sb/image-volumes", ReadOnly: true}
+	got := volumeShareDirs([]volumeDir{{"/p/a", true}, {"/p/b", false}, {"/p/a", false}, {"/x", false}}, "/sb/image-volumes")
+	want := []vm.ShareDir{{Name: "0", HostPath: "/p/a", ReadOnly: true}, {Name: "1", HostPath: "/p/b"}, {Name: "2", HostPath: "/x"}, img}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
-	if got := volumeShareDirs(nil, "/sb/volumes-empty"); !reflect.DeepEqual(got, []vm.ShareDir{{Name: "empty", HostPath: "/sb/volumes-empty", ReadOnly: true}}) {
-		t.Errorf("empty: %v", got)
+	if got := volumeShareDirs(nil, "/sb/image-volumes"); !reflect.DeepEqual(got, []vm.ShareDir{img}) {
+		t.Errorf("no directories: %v", got)
 	}
 }
 
@@ -303,11 +304,12 @@ func TestVolumeShareBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sh.Tag != volumeTag || sh.HostPath != "" || len(sh.Dirs) != 6 || sh.Dirs[5] != (vm.ShareDir{Name: "5", HostPath: extra}) || !sh.Dirs[4].ReadOnly {
+	if sh.Tag != volumeTag || sh.HostPath != "" || len(sh.Dirs) != 7 || sh.Dirs[5] != (vm.ShareDir{Name: "5", HostPath: extra}) || !sh.Dirs[4].ReadOnly ||
+		sh.Dirs[6] != (vm.ShareDir{Name: "images", HostPath: filepath.Join(sbDir, imageVolumeDir), ReadOnly: true}) {
 		t.Errorf("volume share %+v", sh)
 	}
 	shape, _ := c.volumeShare("sb", sbDir, nil)
-	if shape.Tag != volumeTag || len(shape.Dirs) != 1 || !realDir(filepath.Join(sbDir, emptyVolumeDir)) {
+	if shape.Tag != volumeTag || len(shape.Dirs) != 1 || !realDir(filepath.Join(sbDir, imageVolumeDir)) {
 		t.Errorf("shape %+v", shape)
 	}
 	if got := c.moreShareMounts(spec, "darwin"); !reflect.DeepEqual(got, []shareMount{{volumeTag, "/var/run/macvz/shared-vol", false}}) {
@@ -389,5 +391,72 @@ func TestBindVolumesFromShare(t *testing.T) {
 		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "fixed when it boots") || !strings.Contains(err.Error(), AnnotationVolumeDirs) {
 			t.Errorf("%s: %v", hp, err)
 		}
+	}
+}
+
+// TestImageVolumeFromShare: on a host without bind mounts an image
+// volume (a directory of an image tree, or a file of it) is cloned into
+// the sandbox's image-volume entry and linked from there, read-only;
+// the tree's symlinks are cloned as links, never followed; a second
+// start of the container uses its clone again.
+func TestImageVolumeFromShare(t *testing.T) {
+	c := newTestController(t)
+	c.cfg.Backend, c.hostBinds = "vz", false
+	sb := store.Sandbox{ID: "sb1", Dir: t.TempDir(), VMOS: "darwin", Spec: &store.SandboxSpec{UID: "u1"}}
+	images := filepath.Join(sb.Dir, imageVolumeDir)
+	if err := os.Mkdir(images, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	spec := vm.Spec{ID: sb.ID, Shares: []vm.Share{{Tag: volumeTag, Dirs: volumeShareDirs(nil, images)}}}
+	b, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(sb.Dir, shim.SpecFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tree := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "secret")
+	for _, f := range []struct{ name, data string }{{"bin/tool", "#!/bin/sh\n"}, {"data/a.txt", "a"}} {
+		p := filepath.Join(tree, f.name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(f.data), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(secret, []byte("host secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(tree, "data/link")); err != nil {
+		t.Fatal(err)
+	}
+	cid := strings.Repeat("c", 64)
+	vols := []Volume{
+		{HostPath: tree, GuestPath: "/tools", ReadOnly: true, Image: true},
+		{HostPath: filepath.Join(tree, "data/a.txt"), GuestPath: "/a.txt", ReadOnly: true, Image: true},
+	}
+	for range 2 {
+		a := &mountAgent{}
+		if err := c.BindVolumes(context.Background(), sb, a, cid, vols); err != nil {
+			t.Fatal(err)
+		}
+		want := []*agentapi.MountShareRequest{
+			{Tag: volumeTag, Subpath: "images/" + cid + "-0", Target: "/tools", ReadOnly: true, CreateTarget: true},
+			{Tag: volumeTag, Subpath: "images/" + cid + "-1", Target: "/a.txt", ReadOnly: true, CreateTarget: true},
+		}
+		if !reflect.DeepEqual(a.calls, want) {
+			t.Errorf("mounts %v", a.calls)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(images, cid+"-0", "bin/tool")); err != nil || string(b) != "#!/bin/sh\n" {
+		t.Errorf("the clone's tool: %q %v", b, err)
+	}
+	if l, err := os.Readlink(filepath.Join(images, cid+"-0", "data/link")); err != nil || l != secret {
+		t.Errorf("the tree's symlink in the clone: %q %v; want it kept as a link", l, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(images, cid+"-1")); err != nil || string(b) != "a" {
+		t.Errorf("the cloned file: %q %v", b, err)
+	}
+	// A container ID that is not one cannot name a clone.
+	err := c.BindVolumes(context.Background(), sb, &mountAgent{}, "../x", vols[:1])
+	if !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a hostile container id: %v", err)
 	}
 }

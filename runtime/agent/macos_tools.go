@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -361,11 +362,12 @@ func memoryStats(total uint64, v vmStat) *api.MemoryStats {
 	return m
 }
 
-// psProc is a line of `ps -A -o pid=,ppid=,rss=,time=`.
+// psProc is a line of `ps -A -o pid=,ppid=,rss=,time=,utime=` (user
+// time, the fifth column, may be missing: 0).
 type psProc struct {
 	pid, ppid int
 	rssBytes  uint64
-	cpu       time.Duration
+	cpu, user time.Duration
 }
 
 func parsePS(out string) []psProc {
@@ -373,7 +375,7 @@ func parsePS(out string) []psProc {
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) != 4 {
+		if len(f) != 4 && len(f) != 5 {
 			continue
 		}
 		pid, err1 := strconv.Atoi(f[0])
@@ -383,10 +385,75 @@ func parsePS(out string) []psProc {
 		if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 			continue
 		}
-		ps = append(ps, psProc{pid: pid, ppid: ppid, rssBytes: rss << 10, cpu: cpu})
+		p := psProc{pid: pid, ppid: ppid, rssBytes: rss << 10, cpu: cpu}
+		if len(f) == 5 {
+			if u, err := parseCPUTime(f[4]); err == nil {
+				p.user = min(u, cpu)
+			}
+		}
+		ps = append(ps, p)
 	}
 	return ps
 }
+
+// userOnly is ps with each process's user time as its CPU time, for a
+// second cpuTotal that sums the guest's user time.
+func userOnly(ps []psProc) []psProc {
+	out := make([]psProc, len(ps))
+	for i, p := range ps {
+		p.cpu = p.user
+		out[i] = p
+	}
+	return out
+}
+
+// parseNetstat reads `netstat -ibn`: each interface's link-level row
+// (its Network column "<Link#n>") with its packet, error and byte
+// counters, the loopback left out, a down interface's "*" dropped from
+// its name. The counters are the last seven columns (Ipkts Ierrs Ibytes
+// Opkts Oerrs Obytes Coll), the address column being empty on some
+// interfaces; a header that does not end so gives nothing.
+func parseNetstat(out string) []*api.NetworkStats {
+	lines := strings.Split(out, "\n")
+	if len(lines) == 0 {
+		return nil
+	}
+	want := []string{"Ipkts", "Ierrs", "Ibytes", "Opkts", "Oerrs", "Obytes", "Coll"}
+	h := strings.Fields(lines[0])
+	if len(h) < len(want)+1 || h[0] != "Name" || !slices.Equal(h[len(h)-len(want):], want) {
+		return nil
+	}
+	var res []*api.NetworkStats
+	seen := map[string]bool{}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) < 3+len(want) || !strings.HasPrefix(f[2], "<Link#") {
+			continue
+		}
+		name := strings.TrimSuffix(f[0], "*")
+		if name == "" || name == "lo0" || seen[name] {
+			continue
+		}
+		n := make([]uint64, len(want))
+		ok := true
+		for i, v := range f[len(f)-len(want):] {
+			var err error
+			if n[i], err = strconv.ParseUint(v, 10, 64); err != nil {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		seen[name] = true
+		res = append(res, &api.NetworkStats{Name: name, RxPackets: n[0], RxErrors: n[1], RxBytes: n[2], TxPackets: n[3], TxErrors: n[4], TxBytes: n[5]})
+	}
+	return res
+}
+
+// maxCPUTimeField bounds each field of a ps time (days, hours,
+// minutes, seconds) so that their sum cannot overflow a Duration.
+const maxCPUTimeField = 1 << 20
 
 // parseCPUTime reads ps's time: [days-][[hours:]minutes:]seconds[.frac],
 // minutes being allowed past 59 ("123:45.67").
@@ -394,7 +461,7 @@ func parseCPUTime(s string) (time.Duration, error) {
 	var d time.Duration
 	if days, rest, ok := strings.Cut(s, "-"); ok {
 		n, err := strconv.Atoi(days)
-		if err != nil {
+		if err != nil || n < 0 || n > maxCPUTimeField {
 			return 0, fmt.Errorf("cpu time %q", s)
 		}
 		d, s = time.Duration(n)*24*time.Hour, rest
@@ -404,14 +471,14 @@ func parseCPUTime(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("cpu time %q", s)
 	}
 	sec, err := strconv.ParseFloat(parts[len(parts)-1], 64)
-	if err != nil || sec < 0 {
+	if err != nil || !(sec >= 0 && sec <= maxCPUTimeField) {
 		return 0, fmt.Errorf("cpu time %q", s)
 	}
 	d += time.Duration(sec * float64(time.Second))
 	unit := time.Minute
 	for i := len(parts) - 2; i >= 0; i-- {
 		n, err := strconv.Atoi(parts[i])
-		if err != nil || n < 0 {
+		if err != nil || n < 0 || n > maxCPUTimeField {
 			return 0, fmt.Errorf("cpu time %q", s)
 		}
 		d += time.Duration(n) * unit

@@ -83,6 +83,16 @@ func FuzzToolOutput(f *testing.F) {
 				t.Fatalf("container %s counts %d processes of %d", id, cs.Processes, len(ps))
 			}
 		}
+		for _, n := range parseNetstat(out) {
+			if n.Name == "" || n.Name == "lo0" {
+				t.Fatalf("interface %q reported", n.Name)
+			}
+		}
+		for _, p := range ps {
+			if p.user > p.cpu {
+				t.Fatalf("user time %v above the whole %v", p.user, p.cpu)
+			}
+		}
 		var c cpuTotal
 		c.sample(ps)
 		c.sample(ps[:len(ps)/2])

@@ -276,6 +276,48 @@ func TestProcessStats(t *testing.T) {
 	}
 }
 
+// TestProcessUserTime: ps's fifth column is a process's user time,
+// never more than its whole time; the guest's user total is kept as
+// the whole one is.
+func TestProcessUserTime(t *testing.T) {
+	ps := parsePS("    1     0  12000   0:10.00   0:06.00\n  100     1  4000  0:01.00  0:09.00\n  200   1  10  0:02.00\n")
+	if len(ps) != 3 || ps[0].user != 6*time.Second || ps[1].user != time.Second || ps[2].user != 0 {
+		t.Fatalf("parsed %+v", ps)
+	}
+	var all, user cpuTotal
+	if a, u := all.sample(ps), user.sample(userOnly(ps)); a != 13*time.Second || u != 7*time.Second {
+		t.Errorf("totals %v, user %v", a, u)
+	}
+}
+
+// netstatOut is `netstat -ibn` as macOS prints it: link rows with and
+// without an address, address rows, a down interface.
+const netstatOut = `Name       Mtu   Network       Address            Ipkts Ierrs     Ibytes    Opkts Oerrs     Obytes  Coll
+lo0        16384 <Link#1>                          5012     0     734560     5012     0     734560     0
+lo0        16384 127           127.0.0.1           5012     -     734560     5012     -     734560     -
+en0        1500  <Link#4>    a2:11:22:33:44:55   120345     2  150000000    80211     1    9000000     0
+en0        1500  192.168.64    192.168.64.5      120000     -  149000000    80000     -    8990000     -
+en0        1500  fe80::a011:2 fe80:4::a011:22ff:    100     -      10000      200     -      20000     -
+gif0*      1280  <Link#2>                             0     0          0        0     0          0     0
+en1        1500  <Link#5>    a2:11:22:33:44:66   x  0  0  0  0  0  0
+`
+
+func TestParseNetstat(t *testing.T) {
+	got := parseNetstat(netstatOut)
+	if len(got) != 2 {
+		t.Fatalf("interfaces %v; want en0 and gif0", got)
+	}
+	if e := got[0]; e.Name != "en0" || e.RxPackets != 120345 || e.RxErrors != 2 || e.RxBytes != 150000000 || e.TxPackets != 80211 || e.TxErrors != 1 || e.TxBytes != 9000000 {
+		t.Errorf("en0: %+v", e)
+	}
+	if g := got[1]; g.Name != "gif0" || g.RxBytes != 0 {
+		t.Errorf("gif0: %+v", g)
+	}
+	if parseNetstat("Name Mtu Network Address Ipkts Ierrs Ibytes Opkts Oerrs Obytes Coll Drop\nen0 1500 <Link#4> a 1 2 3 4 5 6 7 8\n") != nil {
+		t.Error("a header of another shape is read")
+	}
+}
+
 func TestSysctlName(t *testing.T) {
 	if n, err := sysctlName("kern/maxfiles"); err != nil || n != "kern.maxfiles" {
 		t.Errorf("%q %v", n, err)

@@ -178,6 +178,7 @@ var toolPaths = map[string]string{
 	"sysctl":       "/usr/sbin/sysctl",
 	"ps":           "/bin/ps",
 	"vm_stat":      "/usr/bin/vm_stat",
+	"netstat":      "/usr/sbin/netstat",
 }
 
 func networkServices(ctx context.Context) ([]netService, error) {
@@ -291,24 +292,29 @@ func (a *agent) SetSysctls(ctx context.Context, req *api.SetSysctlsRequest) (*ap
 // guestCPU keeps the guest's cumulative CPU time across Stats calls.
 var guestCPU struct {
 	sync.Mutex
-	cpuTotal
+	all, user cpuTotal
 }
 
-// Stats on macOS: memory from vm_stat, CPU time summed over the
-// processes ps lists (the kernel's own time outside processes is not
-// counted), per container the process trees of its processes.
+// Stats on macOS: memory from vm_stat, CPU time (and its user part)
+// summed over the processes ps lists (the kernel's own time outside
+// processes is not counted), the NICs' counters from netstat, per
+// container the process trees of its processes.
 func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsResponse, error) {
 	r := &api.StatsResponse{TimestampUnixNano: time.Now().UnixNano()}
-	out, err := runTool(ctx, toolPaths["ps"], "-A", "-o", "pid=,ppid=,rss=,time=")
+	out, err := runTool(ctx, toolPaths["ps"], "-A", "-o", "pid=,ppid=,rss=,time=,utime=")
 	if err != nil {
 		return nil, errf(codes.Internal, "listing processes: %v", err)
 	}
 	procs := parsePS(out)
 	guestCPU.Lock()
-	total := guestCPU.sample(procs)
+	total, user := guestCPU.all.sample(procs), guestCPU.user.sample(userOnly(procs))
 	guestCPU.Unlock()
+	user = min(user, total)
 	ncpu, _ := unix.SysctlUint32("hw.ncpu")
-	r.Cpu = &api.CPUStats{UsageCoreNanoseconds: uint64(total), NumCpu: ncpu}
+	r.Cpu = &api.CPUStats{UsageCoreNanoseconds: uint64(total), NumCpu: ncpu, UserNanoseconds: uint64(user), SystemNanoseconds: uint64(total - user)}
+	if ns, err := runTool(ctx, toolPaths["netstat"], "-ibn"); err == nil {
+		r.Networks = parseNetstat(ns)
+	}
 	memsize, err := unix.SysctlUint64("hw.memsize")
 	if err != nil {
 		return nil, errf(codes.Internal, "hw.memsize: %v", err)

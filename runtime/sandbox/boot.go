@@ -256,6 +256,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		r.VMStarted = true
 		r.Restore = nil
 		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget, r.GuestCPUQuota = b.cpus, b.mem, 0, 0
+		r.VMMinMemory = wholeMiB(img.Descriptor.MinMemoryBytes)
 		return nil
 	})
 	if err != nil {

@@ -134,7 +134,8 @@ func guestCPUQuota(milliCPU int64, vcpus int) int64 {
 }
 
 // resizePlan is the vCPUs and balloon target res asks of sb's running
-// VM, sized as vmSize sizes a boot (whole vCPUs, whole MiB); no CPU or
+// VM, sized as vmSize sizes a boot (whole vCPUs, whole MiB, not below
+// the image's minimum memory); no CPU or
 // memory in res keeps the VM's. Memory past what the VM booted with is
 // FailedPrecondition: a balloon only gives back what it took.
 func resizePlan(sb store.Sandbox, res store.Resources) (cpus int, target int64, err error) {
@@ -149,6 +150,9 @@ func resizePlan(sb store.Sandbox, res store.Resources) (cpus int, target int64, 
 	if res.MemoryBytes > 0 {
 		target = wholeMiB(res.MemoryBytes)
 	}
+	// Never below what the image needs, as at boot (the pod's limit is
+	// then the containers' cgroups in the guest).
+	target = max(target, sb.VMMinMemory)
 	if target > sb.VMMemoryBytes {
 		return 0, 0, fmt.Errorf("sandbox %s's VM booted with %d MiB and the new resources ask %d MiB: a running VM can give memory back and take it again, but not grow past its boot size; the larger size applies when the pod is recreated: %w",
 			sb.ID, sb.VMMemoryBytes>>20, target>>20, errdefs.ErrFailedPrecondition)

@@ -92,6 +92,10 @@ func TestResize(t *testing.T) {
 			t.Errorf("after a refused CPU change: target %d, spec resources %+v", r.VMMemoryTarget, r.Spec.Resources)
 		}
 	}
+	// Never below the image's minimum memory.
+	if _, target, err := resizePlan(store.Sandbox{VMCPUs: 2, VMMemoryBytes: 4 << 30, VMMinMemory: 2 << 30}, store.Resources{MemoryBytes: 1 << 30}); err != nil || target != 2<<30 {
+		t.Errorf("a resize below the image's minimum: target %d, %v; want the 2 GiB minimum", target, err)
+	}
 	if g := guestCPUQuota(1, 4); g != 1000 {
 		t.Errorf("guestCPUQuota(1m, 4 vCPUs) = %d; want the kernel's floor 1000", g)
 	}

@@ -67,6 +67,9 @@ type Sandbox struct {
 	VMCPUs         int   `json:"vmCPUs,omitempty"`
 	VMMemoryBytes  int64 `json:"vmMemoryBytes,omitempty"`
 	VMMemoryTarget int64 `json:"vmMemoryTarget,omitempty"`
+	// VMMinMemory is the image's minimum memory (0: none): a resize
+	// never takes the VM below it, as its boot never does.
+	VMMinMemory int64 `json:"vmMinMemory,omitempty"`
 	// GuestCPUQuota is the CFS quota (µs per 100 ms) a resize put on the
 	// guest's pod cgroup to hold the pod below its VM's vCPUs (0: none).
 	GuestCPUQuota int64 `json:"guestCPUQuota,omitempty"`

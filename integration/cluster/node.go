@@ -357,9 +357,13 @@ log_dir = %q
 `, o.NodeImage, tomlStrings(kubeletArgs...), tomlStrings("/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", n.KubeDir),
 			1<<30, filepath.Dir(n.NodeVMKubeletLog()))
 	}
+	// cgroupfs whatever the host runs: the native kubelets' pod cgroups
+	// go below a plain cgroupRoot directory (makeCgroupRoot), which a
+	// systemd driver would take as a slice.
 	cfg := fmt.Sprintf(`root = %q
 state = %q
 socket = %q
+cgroup_driver = "cgroupfs"
 
 [log]
 level = "debug"

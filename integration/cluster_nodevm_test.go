@@ -378,4 +378,8 @@ func (c *clusterTest) testNodeVM(t *testing.T) {
 		}
 		t.Logf("kubectl cp of %d KiB into pod %s and back out: equal", len(data)>>10, nodeVMPod)
 	})
+
+	// In-place resize through the node VM's kubelet (with pod cgroups
+	// in the node VM), as on a Mac.
+	t.Run("resize", func(t *testing.T) { c.resizeOn(t, nodeVMNode, "resize-vm") })
 }

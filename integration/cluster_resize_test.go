@@ -20,17 +20,21 @@ func init() {
 const resizeManifest = `apiVersion: v1
 kind: Pod
 metadata:
-  name: resize
+  name: %[1]s
   namespace: default
   labels:
-    e2e: resize
+    e2e: %[1]s
 spec:
   terminationGracePeriodSeconds: 5
   nodeSelector:
-    kubernetes.io/hostname: node-a
+    kubernetes.io/hostname: %[2]s
+  tolerations:
+  - key: macvz.io/node-vm
+    operator: Exists
+    effect: NoSchedule
   containers:
   - name: app
-    image: %s
+    image: %[3]s
     command: ["sleep", "3600"]
     resources:
       requests: {cpu: 100m, memory: 128Mi}
@@ -50,26 +54,30 @@ type resizePod struct {
 	} `json:"status"`
 }
 
-// testResize is kubelet's in-place pod resize (kubectl patch
-// --subresource resize) of a pod that is a VM, with pod cgroups on the
-// node (kubelet v1.37.2 needs them to resize at all). Half the CPU and
-// half the memory are done in place: the guest gives memory back through
-// the balloon, the container's cgroup in the guest gets the new quota,
+// testResize is kubelet's in-place pod resize on node-a (a native
+// kubelet); the nodevm scenario does the same through the node VM's.
+func (c *clusterTest) testResize(t *testing.T) { c.resizeOn(t, "node-a", "resize") }
+
+// resizeOn is kubelet's in-place pod resize (kubectl patch
+// --subresource resize) of a pod that is a VM on node, with pod cgroups
+// (kubelet v1.37.2 needs them to resize at all). Half the CPU and half
+// the memory are done in place: the guest gives memory back through the
+// balloon, the container's cgroup in the guest gets the new quota,
 // kubelet reports the new limits and no restart. Two CPUs, which a
 // running 1-vCPU VM cannot have, leave kubelet's resize status in error
 // with macvz's reason.
-func (c *clusterTest) testResize(t *testing.T) {
-	const sel = "e2e=resize"
-	t.Cleanup(func() { c.cfgDelete(t, sel, "pod/resize") })
-	c.cp.Apply(t, fmt.Sprintf(resizeManifest, c.plainImage()))
-	c.cfgWait(t, sel, "pod resize Ready", 5*time.Minute, func() (bool, string) {
-		p, ok := c.cfgGetPod(t, "resize")
+func (c *clusterTest) resizeOn(t *testing.T, node, name string) {
+	sel := "e2e=" + name
+	t.Cleanup(func() { c.cfgDelete(t, sel, "pod/"+name) })
+	c.cp.Apply(t, fmt.Sprintf(resizeManifest, name, node, c.plainImage()))
+	c.cfgWait(t, sel, "pod "+name+" Ready", 5*time.Minute, func() (bool, string) {
+		p, ok := c.cfgGetPod(t, name)
 		return ok && condition(p.Status.Conditions, "Ready").Status == "True", p.summary()
 	})
 	guest := func(script string) string {
-		out, err := c.cfgExec("resize", "sh", "-c", script)
+		out, err := c.cfgExec(name, "sh", "-c", script)
 		if err != nil {
-			c.fatal(t, sel, "kubectl exec resize -- sh -c %q: %v\n%s", script, err, out)
+			c.fatal(t, sel, "kubectl exec %s -- sh -c %q: %v\n%s", name, script, err, out)
 		}
 		return strings.TrimSpace(out)
 	}
@@ -89,16 +97,16 @@ func (c *clusterTest) testResize(t *testing.T) {
 	cpuMax := func() string { return guest("cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max") }
 	get := func() resizePod {
 		var p resizePod
-		out := c.cp.MustKubectl(t, "get", "pod", "resize", "-o", "json")
+		out := c.cp.MustKubectl(t, "get", "pod", name, "-o", "json")
 		if err := json.Unmarshal([]byte(out), &p); err != nil {
-			t.Fatalf("kubectl get pod resize: %v\n%s", err, out)
+			t.Fatalf("kubectl get pod %s: %v\n%s", name, err, out)
 		}
 		return p
 	}
 	patch := func(cpu, mem string) {
 		body := fmt.Sprintf(`{"spec":{"containers":[{"name":"app","resources":{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"cpu":%q,"memory":%q}}}]}}`, cpu, mem)
-		if out, err := c.cp.Kubectl("patch", "pod", "resize", "--subresource", "resize", "--type", "strategic", "-p", body); err != nil {
-			c.fatal(t, sel, "kubectl patch pod resize --subresource resize: %v\n%s", err, out)
+		if out, err := c.cp.Kubectl("patch", "pod", name, "--subresource", "resize", "--type", "strategic", "-p", body); err != nil {
+			c.fatal(t, sel, "kubectl patch pod %s --subresource resize: %v\n%s", name, err, out)
 		}
 	}
 	booted, bootCPU := memTotal(), cpuMax()
@@ -127,8 +135,8 @@ func (c *clusterTest) testResize(t *testing.T) {
 	if rc := get().Status.ContainerStatuses[0].RestartCount; rc != 0 {
 		t.Errorf("the container restarted %d times for an in-place resize", rc)
 	}
-	t.Logf("limits 1 CPU / 512Mi → 500m / 256Mi in place in %v: guest MemTotal %d → %d MiB, container cpu.max %q → %q",
-		time.Since(start).Round(10*time.Millisecond), booted, mib, bootCPU, quota)
+	t.Logf("%s: limits 1 CPU / 512Mi → 500m / 256Mi in place in %v: guest MemTotal %d → %d MiB, container cpu.max %q → %q",
+		node, time.Since(start).Round(10*time.Millisecond), booted, mib, bootCPU, quota)
 
 	// More CPUs than the VM has: kubelet's resize status carries
 	// macvz's reason, and the guest keeps what it had.
@@ -144,5 +152,5 @@ func (c *clusterTest) testResize(t *testing.T) {
 	if lim := get().Status.ContainerStatuses[0].Resources.Limits; lim["cpu"] != "500m" {
 		t.Errorf("kubelet reports CPU limit %q after a refused resize; want the 500m the container runs with", lim["cpu"])
 	}
-	t.Logf("CPU limit 500m → 2: PodResizeInProgress Error: %s", condition(get().Status.Conditions, "PodResizeInProgress").Message)
+	t.Logf("%s: CPU limit 500m → 2: PodResizeInProgress Error: %s", node, condition(get().Status.Conditions, "PodResizeInProgress").Message)
 }

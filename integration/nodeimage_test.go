@@ -22,13 +22,14 @@ import (
 
 // nodeKubeletConfig is the KubeletConfiguration the test starts kubelet
 // with inside the node image: standalone (no API server), cgroupfs with
-// no QoS cgroups and nothing enforced, and the runtime endpoint the node
-// VM forwards to the daemon.
+// QoS and pod cgroups in the node VM (what in-place resize needs) and
+// nothing enforced, and the runtime endpoint the node VM forwards to the
+// daemon.
 var nodeKubeletConfig = map[string]any{
 	"kind":                     "KubeletConfiguration",
 	"apiVersion":               "kubelet.config.k8s.io/v1beta1",
 	"cgroupDriver":             "cgroupfs",
-	"cgroupsPerQOS":            false,
+	"cgroupsPerQOS":            true,
 	"enforceNodeAllocatable":   []string{},
 	"failSwapOn":               false,
 	"failCgroupV1":             false,

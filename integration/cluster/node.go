@@ -662,14 +662,14 @@ func (n *Node) SnapshotDirs() (int, error) {
 	return len(ents), err
 }
 
-// cgroupConfig is the node kubelet's pod cgroup setting. A native node's
-// kubelet makes pod cgroups (kubelet's in-place resize needs them: with
-// cgroupsPerQOS false v1.37.2 crashes on a resize) under a cgroup root of
-// its own, as two kubelets share the host's hierarchy; the node VM's is
-// alone in its VM.
+// cgroupConfig is the node kubelet's pod cgroup setting: kubelet makes
+// pod cgroups (its in-place resize needs them: with cgroupsPerQOS false
+// v1.37.2 crashes on a resize). A native node's go under a cgroup root
+// of its own, as two kubelets share the host's hierarchy; the node VM's
+// kubelet is alone in its VM.
 func (n *Node) cgroupConfig() string {
 	if n.NodeVM {
-		return "cgroupsPerQOS: false"
+		return "cgroupsPerQOS: true"
 	}
 	return "cgroupsPerQOS: true\ncgroupRoot: " + n.cgroupRoot()
 }

@@ -153,6 +153,67 @@ SIGN_IDENTITY ?= -
 sign: build
 	codesign --force --entitlements cmd/macvz-shim/macvz.entitlements -s "$(SIGN_IDENTITY)" bin/macvz-shim bin/macvz
 
+# make install: the daemon as a service (README, "Install"). It builds
+# nothing (run `make build`, on a Mac `make sign`, as yourself first; then
+# `sudo make install`) and never starts anything: it prints the command
+# that does. DESTDIR stages the tree elsewhere (packaging, and
+# integration/install_test.go). The binaries go to PREFIX/bin (macvz finds
+# macvz-shim next to itself, `macvz image install-agent` the darwin agent),
+# the CNI plugins to CNI_BIN_DIR (the daemon's network.bin_dirs default),
+# config.toml and net.d/10-macvz.conflist under SYSCONFDIR/macvz only
+# when none is there (a user's configuration is never overwritten; the
+# default names SYSCONFDIR and CNI_BIN_DIR when they are not the
+# defaults), and the service: the systemd unit on Linux (SYSTEMD_UNIT_DIR,
+# /etc/systemd/system: the administrator's units, not a distribution
+# package's /lib/systemd/system; empty to skip), the launchd job on a Mac
+# (LAUNCHD_DIR), both with ExecStart/ProgramArguments rewritten for PREFIX
+# and SYSCONFDIR.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+CNI_BIN_DIR ?= /opt/macvz/bin
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+LAUNCHD_DIR ?= /Library/LaunchDaemons
+DESTDIR ?=
+INSTALL_OS := $(shell uname -s)
+# What runs on this host: the Linux plugin is linux/amd64, a Mac's is darwin/arm64.
+INSTALL_NET := $(if $(filter Darwin,$(INSTALL_OS)),bin/darwin-arm64/macvz-net,bin/macvz-net)
+INSTALL_FILES := bin/macvz bin/macvz-shim $(INSTALL_NET) bin/host-local \
+	$(if $(filter Darwin,$(INSTALL_OS)),bin/darwin-arm64/macvz-agent)
+# sed rewrites of the default paths, for the unit, the plist and the config.
+INSTALL_SED := -e 's|/usr/local/bin/macvz|$(PREFIX)/bin/macvz|g' -e 's|/etc/macvz/|$(SYSCONFDIR)/macvz/|g' \
+	-e 's|"/opt/macvz/bin"|"$(CNI_BIN_DIR)"|g'
+
+.PHONY: install
+install:
+	@missing=; for f in $(INSTALL_FILES); do test -x "$$f" || missing="$$missing $$f"; done; \
+		if [ -n "$$missing" ]; then echo "make install: not built:$$missing; run make build$(if $(filter Darwin,$(INSTALL_OS)), and make sign,) first" >&2; exit 1; fi
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(SYSCONFDIR)/macvz/net.d
+	install -m 0755 bin/macvz bin/macvz-shim $(DESTDIR)$(PREFIX)/bin/
+	$(if $(filter Darwin,$(INSTALL_OS)),install -m 0755 bin/darwin-arm64/macvz-agent $(DESTDIR)$(PREFIX)/bin/macvz-agent)
+	install -m 0755 $(INSTALL_NET) $(DESTDIR)$(CNI_BIN_DIR)/macvz-net
+	install -m 0755 bin/host-local $(DESTDIR)$(CNI_BIN_DIR)/host-local
+	@cfg=$(DESTDIR)$(SYSCONFDIR)/macvz/config.toml; \
+		if [ -e "$$cfg" ] || [ -L "$$cfg" ]; then echo "kept $$cfg: it exists (macvz config default prints the new defaults)"; \
+		else bin/macvz config default | sed $(INSTALL_SED) > "$$cfg.tmp" && chmod 0644 "$$cfg.tmp" && mv "$$cfg.tmp" "$$cfg" && echo "wrote $$cfg"; fi
+	@dir=$(DESTDIR)$(SYSCONFDIR)/macvz/net.d; \
+		have=; for f in "$$dir"/*.conflist "$$dir"/*.conf "$$dir"/*.json; do [ -e "$$f" ] && have=$$f; done; \
+		if [ -n "$$have" ]; then echo "kept the network configuration in $$dir ($$have)"; \
+		else bin/macvz config network > "$$dir/.10-macvz.conflist.tmp" && chmod 0644 "$$dir/.10-macvz.conflist.tmp" && \
+			mv "$$dir/.10-macvz.conflist.tmp" "$$dir/10-macvz.conflist" && echo "wrote $$dir/10-macvz.conflist"; fi
+ifeq ($(INSTALL_OS),Darwin)
+	install -d -m 0755 $(DESTDIR)$(LAUNCHD_DIR)
+	sed $(INSTALL_SED) cmd/macvz/launchd/io.macvz.macvz.plist > $(DESTDIR)$(LAUNCHD_DIR)/.io.macvz.macvz.plist.tmp
+	chmod 0644 $(DESTDIR)$(LAUNCHD_DIR)/.io.macvz.macvz.plist.tmp
+	mv $(DESTDIR)$(LAUNCHD_DIR)/.io.macvz.macvz.plist.tmp $(DESTDIR)$(LAUNCHD_DIR)/io.macvz.macvz.plist
+	@echo "next: sudo launchctl bootstrap system $(LAUNCHD_DIR)/io.macvz.macvz.plist (or, if it runs: sudo launchctl kickstart -k system/io.macvz.macvz)"
+else ifneq ($(SYSTEMD_UNIT_DIR),)
+	install -d -m 0755 $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed $(INSTALL_SED) cmd/macvz/systemd/macvz.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/.macvz.service.tmp
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/.macvz.service.tmp
+	mv $(DESTDIR)$(SYSTEMD_UNIT_DIR)/.macvz.service.tmp $(DESTDIR)$(SYSTEMD_UNIT_DIR)/macvz.service
+	@echo "next: systemctl daemon-reload && systemctl enable --now macvz (or, if it runs: systemctl restart macvz)"
+endif
+
 # The darwin/arm64 code cannot be compiled here; type-check it (see
 # integration/darwincheck).
 darwin-check:
@@ -189,6 +250,8 @@ clean:
 
 # Recommends stay on: qemu-system-x86 recommends ipxe-qemu, the option
 # ROMs that -device virtio-net-pci loads.
+# systemd only for systemd-analyze, which integration/install_test.go runs
+# offline on the unit `make install` writes (nothing starts systemd).
 # The arm64 test guest (TestArm64GuestBoot) downloads Debian's arm64
 # kernel and busybox-static:arm64: dpkg gets the arm64 architecture once,
 # before apt-get update, so apt's lists have them.
@@ -197,4 +260,4 @@ deps:
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
 		qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio kmod xfsprogs e2fsprogs \
-		iproute2 nftables tmux git ca-certificates
+		iproute2 nftables tmux git ca-certificates systemd

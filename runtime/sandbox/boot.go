@@ -256,6 +256,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		r.VMStarted = true
 		r.Restore = nil
 		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget, r.GuestCPUQuota = b.cpus, b.mem, 0, 0
+		r.VMBoot, r.VMBootedAt = bootKind(b, ws), time.Now()
 		r.VMMinMemory = wholeMiB(img.Descriptor.MinMemoryBytes)
 		return nil
 	})
@@ -284,6 +285,25 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
 		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease())
 	return nil
+}
+
+// Boot kinds, as store.Sandbox.VMBoot records them.
+const (
+	BootCold       = "cold"
+	BootWarm       = "warm"
+	BootCheckpoint = "checkpoint"
+)
+
+// bootKind is how a boot brought its VM up: resumed from a pod
+// checkpoint, restored from a saved warm state, or booted cold.
+func bootKind(b *vmBoot, ws *warmState) string {
+	switch {
+	case b.restored:
+		return BootCheckpoint
+	case ws != nil:
+		return BootWarm
+	}
+	return BootCold
 }
 
 // agentWait is how long a boot waits for the guest agent: the boot

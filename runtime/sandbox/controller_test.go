@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -93,6 +94,9 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 	sb := createSandbox(t, s, "sb1", "web_ns_u1_0", img)
 	if !sb.VMStarted || sb.Creating || sb.State != store.SandboxReady || sb.Dir != filepath.Join(s.cfg.StateDir, "sb1") {
 		t.Fatalf("record after Create: %+v", sb)
+	}
+	if sb.VMBoot != BootCold || sb.VMBootedAt.IsZero() || time.Since(sb.VMBootedAt) > time.Minute {
+		t.Errorf("boot recorded as %q at %v, want a cold boot just now", sb.VMBoot, sb.VMBootedAt)
 	}
 	// The VM the shim was asked for: sized by the spec, the image's
 	// kernel in the sandbox's own disk clone, the share, a NAT NIC
@@ -193,6 +197,9 @@ func TestCreateRestoresWarmState(t *testing.T) {
 	spec := shims.LastSpawn().Spec
 	if spec.RestoreFrom == "" || !strings.HasPrefix(spec.RestoreFrom, s.cfg.WarmDir) {
 		t.Fatalf("second boot: RestoreFrom %q", spec.RestoreFrom)
+	}
+	if first.VMBoot != BootCold || second.VMBoot != BootWarm {
+		t.Errorf("boots recorded as %q and %q, want cold then warm", first.VMBoot, second.VMBoot)
 	}
 	in := shims.Running(second.Dir).Guest.Setup().Network[0].GetInterfaces()[0]
 	if in.GetMac() != second.Network.NIC.MAC || in.GetPreviousMac() != first.Network.NIC.MAC {

@@ -108,6 +108,10 @@ func wholeCPUs(milli int64) int { return int((milli + 999) / 1000) }
 // wholeMiB rounds memory up to whole MiB: hypervisors size guests in MiB.
 func wholeMiB(bytes int64) int64 { return (bytes + 1<<20 - 1) &^ (1<<20 - 1) }
 
+// ConsoleLogFile is the VM's console log in the sandbox's directory
+// (rotated to ConsoleLogFile+".1" at vm.console_log_max_bytes).
+const ConsoleLogFile = "console.log"
+
 // vmSpec describes a sandbox's VM booting from base (the directory of
 // the sandbox's writable clone of the image's base).
 func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, cpus int, mem int64) (*vm.Spec, error) {
@@ -116,7 +120,7 @@ func (s *Controller) vmSpec(sbID, sbDir, base string, desc *vmimage.Descriptor, 
 		Dir:           sbDir,
 		CPUs:          cpus,
 		MemoryBytes:   mem,
-		ConsoleLog:    filepath.Join(sbDir, "console.log"),
+		ConsoleLog:    filepath.Join(sbDir, ConsoleLogFile),
 		ConsoleLogMax: s.cfg.ConsoleLogMax,
 		Shares: []vm.Share{
 			{Tag: sharedTag, HostPath: filepath.Join(sbDir, sharedDir)},

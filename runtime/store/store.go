@@ -67,6 +67,11 @@ type Sandbox struct {
 	VMCPUs         int   `json:"vmCPUs,omitempty"`
 	VMMemoryBytes  int64 `json:"vmMemoryBytes,omitempty"`
 	VMMemoryTarget int64 `json:"vmMemoryTarget,omitempty"`
+	// VMBoot is how the running VM came up: "cold", "warm" (from a saved
+	// state) or "checkpoint" (resumed from a pod checkpoint); VMBootedAt
+	// when. Set with VMStarted ("" and zero: a VM of an older macvz).
+	VMBoot     string    `json:"vmBoot,omitempty"`
+	VMBootedAt time.Time `json:"vmBootedAt,omitzero"`
 	// VMMinMemory is the image's minimum memory (0: none): a resize
 	// never takes the VM below it, as its boot never does.
 	VMMinMemory int64 `json:"vmMinMemory,omitempty"`

@@ -797,3 +797,41 @@ func TestOpenRemovesStaleExtractions(t *testing.T) {
 		t.Error("a sandbox's snapshot was removed")
 	}
 }
+
+// Footprint counts an image's blobs and its unpacked disk: the disk's
+// whole length logically, only its written blocks on disk when the file
+// system keeps holes; an image's footprint is gone with it.
+func TestFootprint(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	disk := make([]byte, 8<<20)
+	copy(disk[1<<20:], randomBytes(7, 256<<10)) // the rest are holes
+	img, err := testimage.Tart(testimage.TartOptions{Seed: 7, Disk: disk, ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg, "vm", "v1", img)
+	s := newStore(t, insecure(reg.Host()))
+	got := mustPull(t, s, reg.Ref("vm", "v1"), nil)
+	fp, err := s.Footprint(ctx, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The blobs count once each: the disk's zero chunks are one blob,
+	// which Size counts once per layer.
+	if fp.Logical < int64(len(disk))+got.Manifest.Size || fp.Logical > got.Size+int64(len(disk))+64<<10 {
+		t.Errorf("logical size %d, want the disk's %d and at most the blobs' %d", fp.Logical, len(disk), got.Size)
+	}
+	if fp.Allocated <= 256<<10 {
+		t.Errorf("allocated %d, want at least the written part of the disk", fp.Allocated)
+	}
+	if sparseSupported(t, s.root) && fp.Allocated >= fp.Logical-4<<20 {
+		t.Errorf("allocated %d of logical %d: the disk's holes were counted", fp.Allocated, fp.Logical)
+	}
+	if err := s.Remove(ctx, got.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if fp, err := s.Footprint(ctx, got); err != nil || fp.Allocated != 0 {
+		t.Errorf("footprint of a removed image: %+v, %v", fp, err)
+	}
+}

@@ -146,6 +146,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 		Hosts:                  registryHosts(cfg.Registry),
 		MaxConcurrentDownloads: cfg.Image.MaxConcurrentDownloads,
 		MaxUnpackedSize:        cfg.Image.MaxUnpackedSize,
+		KeepDiskChunks:         cfg.Image.KeepDiskChunks,
 		InUse:                  s.imageInUse,
 		PullDone:               s.pullDone(),
 	})

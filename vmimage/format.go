@@ -23,6 +23,19 @@ const (
 )
 
 // Format is one VM image format.
+// IsDiskLayer says whether a layer media type is (a chunk of) a VM
+// disk: Tart's disk chunks, the agoda disk, a macvz Linux VM's disk.
+// Once a VM image's base is unpacked nothing reads them again (an
+// image volume of a Linux VM image reads its initramfs, not its disk),
+// so the store can release them (image.keep_disk_chunks).
+func IsDiskLayer(mediaType string) bool {
+	switch mediaType {
+	case MediaTypeTartDiskV1, MediaTypeTartDiskV2, MediaTypeAgodaDisk, MediaTypeLinuxDisk, MediaTypeLinuxDiskGzip:
+		return true
+	}
+	return false
+}
+
 type Format interface {
 	Kind() Kind
 	// Match reports whether a manifest is of this format. It looks only at

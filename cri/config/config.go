@@ -212,6 +212,10 @@ type Image struct {
 	// counted at its full size, holes included); a pull of a bigger image
 	// fails.
 	MaxUnpackedSize int64 `toml:"max_unpacked_size"`
+	// KeepDiskChunks keeps a VM image's compressed disk chunks after its
+	// disk is unpacked and verified (containerd's discard_unpacked_layers,
+	// inverted); false releases them.
+	KeepDiskChunks bool `toml:"keep_disk_chunks"`
 }
 
 // Node is the node VM (runtime/nodevm): a Linux VM the daemon boots from

@@ -55,6 +55,11 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # the file system of the VM bases would keep less than 1 GiB (or 2% of
   # a small one) free.
   max_unpacked_size = {{.C.Image.MaxUnpackedSize}}
+  # Keep a VM image's compressed disk chunks after its disk is unpacked
+  # and verified. Off: they are released (a macOS image would otherwise
+  # keep tens of GB of chunks no one reads), and a re-pull of the image
+  # fetches only what is not its disk.
+  keep_disk_chunks = {{.C.Image.KeepDiskChunks}}
 
 [vm]
   # Size of a VM whose pod sets no CPU/memory limits or requests. A pod's

@@ -37,7 +37,15 @@ func BaseName(manifest digest.Digest) string { return basePrefix + manifest.Stri
 func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, mdesc ocispec.Descriptor, m ocispec.Manifest, config []byte) (retErr error) {
 	name := BaseName(mdesc.Digest)
 	if _, err := p.s.sn.Stat(ctx, name); err == nil {
-		return p.layers(ctx, m.Layers, nil)
+		// The base is there: fetch what the store keeps of the image,
+		// not the disk chunks it released.
+		var keep []ocispec.Descriptor
+		for _, l := range m.Layers {
+			if p.s.opts.KeepDiskChunks || !vmimage.IsDiskLayer(l.MediaType) {
+				keep = append(keep, l)
+			}
+		}
+		return p.layers(ctx, keep, nil)
 	} else if !errdefs.IsNotFound(err) {
 		return err
 	}

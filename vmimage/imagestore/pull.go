@@ -210,6 +210,10 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (im
 			img = stored
 		}
 	}
+	if format != nil && !s.opts.KeepDiskChunks {
+		p.releaseAll()
+		s.releaseDiskChunks(ctx, manifest.Layers)
+	}
 	log.Info("pulled image", "id", img.ID(), "kind", img.Kind, "size", img.Size, "duration", time.Since(start).Round(time.Millisecond))
 	return img, nil
 }

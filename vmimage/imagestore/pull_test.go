@@ -142,7 +142,9 @@ func TestPullVMFormats(t *testing.T) {
 			t.Fatalf("%d chunks, %d with compressed blocks", chunks, compressed)
 		}
 		push(t, reg, "macos/tart", "sonoma", img)
-		s := newStore(t, insecure(reg.Host()))
+		// The chunks kept (image.keep_disk_chunks): a lost base is
+		// unpacked again from them (TestPullReleasesDiskChunks: not).
+		s := newStore(t, insecure(reg.Host()), func(o *imagestore.Options) { o.KeepDiskChunks = true })
 		got := mustPull(t, s, reg.Ref("macos/tart", "sonoma"), nil)
 		if got.Kind != vmimage.KindTart || !s.HasBase(ctx, got) {
 			t.Fatalf("Kind %q, HasBase %v", got.Kind, s.HasBase(ctx, got))
@@ -937,4 +939,79 @@ func TestCollectExpiresPartialDownloads(t *testing.T) {
 	}
 	restore()
 	mustPull(t, s, reg.Ref("app", "v1"), nil)
+}
+
+// TestPullReleasesDiskChunks: by default a VM image's disk chunks leave
+// the content store once its base is unpacked and verified (its config,
+// NVRAM and manifest stay); a re-pull with the base there fetches no
+// chunk; a lost base is pulled again, chunks and all, and they are
+// released again; an interrupted pull keeps its partial chunks and
+// resumes them.
+func TestPullReleasesDiskChunks(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	disk := testimage.DiskPattern(31, 6<<20+777)
+	img, err := testimage.Tart(testimage.TartOptions{Seed: 31, Disk: disk, ChunkSize: 1 << 20, NVRAM: randomBytes(32, 64<<10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg, "vm", "v1", img)
+	s := newStore(t, insecure(reg.Host()))
+	got := mustPull(t, s, reg.Ref("vm", "v1"), nil)
+	present := func(d digest.Digest) bool {
+		_, err := s.Content().Info(ctx, d)
+		return err == nil
+	}
+	chunks := 0
+	for _, l := range img.Parsed().Layers {
+		if vmimage.IsDiskLayer(l.MediaType) {
+			chunks++
+			if present(l.Digest) {
+				t.Errorf("disk chunk %s still stored after the base was unpacked", l.Digest)
+			}
+		} else if !present(l.Digest) {
+			t.Errorf("layer %s (%s) released; only disk chunks go", l.Digest, l.MediaType)
+		}
+	}
+	if chunks < 2 || !present(got.Manifest.Digest) || !present(got.Config.Digest) {
+		t.Fatalf("%d chunks; manifest stored %v, config %v", chunks, present(got.Manifest.Digest), present(got.Config.Digest))
+	}
+	sameFile(t, filepath.Join(viewBase(t, s, got), vmimage.DiskFile), disk)
+
+	requests := func() map[digest.Digest]int {
+		m := map[digest.Digest]int{}
+		for _, b := range img.Blobs {
+			m[b.Desc.Digest] = reg.Requests(b.Desc.Digest)
+		}
+		return m
+	}
+	before := requests()
+	mustPull(t, s, reg.Ref("vm", "v1"), nil)
+	for d, n := range requests() {
+		if n != before[d] {
+			t.Errorf("a re-pull with the base there fetched %s again", d)
+		}
+	}
+
+	// The base lost: the pull fetches the chunks again, unpacks, and
+	// releases them.
+	for name := range snaps(t, s) {
+		if strings.HasPrefix(name, "test-view-") {
+			if err := s.sn.Remove(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.sn.Remove(ctx, imagestore.BaseName(got.Manifest.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	mustPull(t, s, reg.Ref("vm", "v1"), nil)
+	if !s.HasBase(ctx, got) {
+		t.Fatal("the re-pull did not unpack the base again")
+	}
+	for _, l := range img.Parsed().Layers {
+		if vmimage.IsDiskLayer(l.MediaType) && present(l.Digest) {
+			t.Errorf("disk chunk %s kept after the second unpack", l.Digest)
+		}
+	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/macvz/macvz/vmimage"
 )
 
 // Remove deletes every name of the image refOrID designates, then the
@@ -169,6 +171,31 @@ func (s *Store) expireIngests(ctx context.Context) {
 	if len(stale) > 0 {
 		logger(ctx).Info("removing stale partial downloads", "count", len(stale))
 		s.abortIngests(ctx, stale)
+	}
+}
+
+// releaseDiskChunks deletes the disk chunk blobs of a VM image whose
+// base is committed (Options.KeepDiskChunks). A chunk another pull holds
+// (one still unpacking an image that shares it) stays; that pull
+// releases it when it ends. The caller holds s.gc.
+func (s *Store) releaseDiskChunks(ctx context.Context, layers []ocispec.Descriptor) {
+	var n, bytes int64
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range layers {
+		if !vmimage.IsDiskLayer(l.MediaType) || s.inflight[l.Digest] > 0 {
+			continue
+		}
+		err := s.content.Delete(ctx, l.Digest)
+		switch {
+		case err == nil:
+			n, bytes = n+1, bytes+l.Size
+		case !errdefs.IsNotFound(err):
+			logger(ctx).Warn("releasing a disk chunk", "digest", l.Digest, "error", err)
+		}
+	}
+	if n > 0 {
+		logger(ctx).Info("released the disk chunks of an unpacked VM image", "chunks", n, "bytes", bytes)
 	}
 }
 

@@ -83,6 +83,12 @@ type Options struct {
 	// FreeSpace, when set, replaces statfs(2) of the snapshotter's
 	// directory in the free-space checks of unpacking, for tests.
 	FreeSpace func(dir string) (avail, total uint64, err error)
+	// KeepDiskChunks keeps a VM image's disk chunk blobs in the content
+	// store after its base is unpacked and verified; by default they are
+	// released then (the unpacked disk is what boots, and keeping both
+	// would double the disk space a macOS image takes), and a re-pull of
+	// an image whose base is there does not fetch them again.
+	KeepDiskChunks bool
 	// InUse, when set, reports whether a sandbox uses an image ID; such
 	// images refuse removal.
 	InUse func(imageID string) bool

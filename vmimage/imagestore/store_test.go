@@ -811,7 +811,8 @@ func TestFootprint(t *testing.T) {
 		t.Fatal(err)
 	}
 	push(t, reg, "vm", "v1", img)
-	s := newStore(t, insecure(reg.Host()))
+	// The chunks kept: the footprint counts them with the disk.
+	s := newStore(t, insecure(reg.Host()), func(o *imagestore.Options) { o.KeepDiskChunks = true })
 	got := mustPull(t, s, reg.Ref("vm", "v1"), nil)
 	fp, err := s.Footprint(ctx, got)
 	if err != nil {

@@ -85,7 +85,10 @@ func setupBenchImage() {
 // wire-MB/s and raw-MB/s are the blob bytes over the pull's and over the
 // baseline's time; pull/raw is their ratio (1 means the pull costs
 // nothing beyond moving the bytes); cpu-s/op is the process's CPU time
-// (user and system) during the pull, the registry's serving included.
+// (user and system) during the pull, the registry's serving included;
+// stored-MB is what the pulled image takes on disk (allocated blocks of
+// the content store and the unpacked base), chunks-MB the compressed
+// chunks it would keep beside that with image.keep_disk_chunks.
 func BenchmarkPullTart(b *testing.B) {
 	benchImage.once.Do(setupBenchImage)
 	if benchImage.err != nil {
@@ -100,6 +103,7 @@ func BenchmarkPullTart(b *testing.B) {
 	defer client.CloseIdleConnections()
 
 	var pullDur, rawDur, pullCPU time.Duration
+	var stored int64
 	b.ResetTimer()
 	b.StopTimer()
 	for i := 0; i < b.N; i++ {
@@ -142,6 +146,7 @@ func BenchmarkPullTart(b *testing.B) {
 		if !s.HasBase(context.Background(), img) {
 			b.Fatal("no base after the pull")
 		}
+		stored = allocatedUnder(root)
 		s.Close()
 		sn.Close()
 		os.RemoveAll(root)
@@ -152,6 +157,24 @@ func BenchmarkPullTart(b *testing.B) {
 	b.ReportMetric(n*float64(benchImage.wire)/1e6/rawDur.Seconds(), "raw-MB/s")
 	b.ReportMetric(rawDur.Seconds()/pullDur.Seconds(), "pull/raw")
 	b.ReportMetric(pullCPU.Seconds()/n, "cpu-s/op")
+	b.ReportMetric(float64(stored)/1e6, "stored-MB")
+	b.ReportMetric(float64(benchImage.wire)/1e6, "chunks-MB")
+}
+
+// allocatedUnder is the disk space the files under root take (their
+// allocated blocks: holes and clones' shared extents not counted twice
+// within a file).
+func allocatedUnder(root string) int64 {
+	var n int64
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // rawDownload GETs every blob of the bench image into io.Discard,

@@ -178,6 +178,35 @@ func TestMakeInstall(t *testing.T) {
 		}
 	})
 
+	// The Homebrew formula cannot run here (no Mac): it must at least name
+	// what exists (the commands `make build` builds, the entitlements
+	// `make sign` applies, the launchd job) and be valid Ruby where ruby is
+	// installed (it is not a CI requirement).
+	t.Run("homebrew", func(t *testing.T) {
+		f := read(t, filepath.Join(root, "cmd/macvz/homebrew/macvz.rb"))
+		for _, want := range []string{`"./cmd/macvz"`, `"./cmd/macvz-shim"`, `"./cmd/macvz-agent"`, `"./cmd/macvz-net"`,
+			`"cmd/macvz-shim/macvz.entitlements"`, `"cmd/macvz/launchd/io.macvz.macvz.plist"`, `"/usr/local/bin/macvz"`,
+			"github.com/containernetworking/plugins/plugins/ipam/host-local", "service do", "require_root true"} {
+			if !strings.Contains(f, want) {
+				t.Errorf("the formula lacks %s", want)
+			}
+			if p, ok := strings.CutPrefix(strings.Trim(want, `"`), "./"); ok || strings.HasPrefix(want, `"cmd/`) {
+				if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+					t.Errorf("the formula names %s: %v", want, err)
+				}
+			}
+		}
+		if !strings.Contains(read(t, filepath.Join(root, "Makefile")), "--entitlements cmd/macvz-shim/macvz.entitlements") {
+			t.Error("make sign no longer uses cmd/macvz-shim/macvz.entitlements: update the formula with it")
+		}
+		if rb, err := exec.LookPath("ruby"); err == nil {
+			if out, err := exec.Command(rb, "-wc", filepath.Join(root, "cmd/macvz/homebrew/macvz.rb")).CombinedOutput(); err != nil ||
+				strings.TrimSpace(string(out)) != "Syntax OK" {
+				t.Errorf("ruby -wc: %v\n%s", err, out)
+			}
+		}
+	})
+
 	// Before `make build` there is nothing to install: say so, write nothing.
 	t.Run("unbuilt", func(t *testing.T) {
 		dest, cwd := t.TempDir(), t.TempDir()

@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo tools clean deps guest-image node-image sign mac-test
+.PHONY: all build build-host build-cross test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo demo-deps demo-build demo-guest tools crictl registry-tools clean deps guest-image node-image sign mac-test
 
 all: build
 
@@ -28,16 +28,27 @@ all: build
 # guests: static linux/amd64 for QEMU guests, linux/arm64 for arm64 Linux
 # guests (QEMU's virt machine here, a Mac's node VM), darwin/arm64 for
 # macOS guests.
-build:
+build: build-host build-cross
+
+# What a Linux host with QEMU guests runs (and all `make demo` builds): the
+# daemon, the shim, the amd64 agent, the CNI plugin and host-local.
+build-host:
 	@mkdir -p bin
 	$(if $(call has_main,macvz),$(GO) build -o bin/macvz ./cmd/macvz)
 	$(if $(call has_main,macvz-shim),$(GO) build -o bin/macvz-shim ./cmd/macvz-shim)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
+	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)
+	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
+	@true
+
+# The other platforms' binaries (each a cold compile of the standard
+# library for its GOOS/GOARCH): the arm64 Linux agent, the macOS agent and
+# the Mac's CNI plugin.
+build-cross:
+	@mkdir -p bin
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o bin/linux-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-agent ./cmd/macvz-agent)
-	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-net ./cmd/macvz-net)
-	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
 
 test: unit fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e
@@ -85,7 +96,8 @@ fuzz:
 # in bin/guest-arm64/oci): what make mac-test boots on a Mac, which cannot
 # build it (Debian's packages).
 guest-image: build
-	$(GO) run ./integration/guest/cmd/build-guest --arch $(ARCH) --out bin/guest$(if $(filter arm64,$(ARCH)),-arm64) \
+	$(BUILD_GUEST)
+BUILD_GUEST = $(GO) run ./integration/guest/cmd/build-guest --arch $(ARCH) --out bin/guest$(if $(filter arm64,$(ARCH)),-arm64) \
 		--agent $(if $(filter arm64,$(ARCH)),bin/linux-arm64/macvz-agent,bin/macvz-agent)
 
 # The Mac bring-up kit (a Mac only): build, sign ad hoc, then the vz
@@ -230,17 +242,45 @@ bench: build tools
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) MACVZ=$(abspath bin/macvz) CRITEST_BENCHMARK_DIR=$(abspath bin/critest-bench) \
 		$(GO) test -count=1 -v -timeout 60m -run '^TestCritest$$' ./integration/ | tail -20
 
-# Installs the system packages first: `make demo` is the first command on a
-# fresh machine.
-demo: deps build tools guest-image
-	bash integration/demo.sh
+# `make demo` is the first command on a fresh machine: integration/demo.sh
+# runs its phases, timing each (demo-deps, demo-build, demo-guest, then the
+# demo itself), and builds only what the demo runs: none of the tools'
+# kubernetes, etcd and critest, nor the other platforms' binaries.
+demo:
+	MAKE="$(MAKE)" bash integration/demo.sh
+demo-build: build-host crictl registry-tools
+# The amd64 test guest, from the agent demo-build built.
+demo-guest:
+	$(BUILD_GUEST)
+
+# The packages the demo needs: QEMU, busybox (the guest's, and the host's
+# wget), kmod (depmod, for the guest's modules), iproute2 (the network
+# namespace). Without Recommends: qemu-system-x86's are its GUI, UEFI
+# firmware and block backends, about 140 packages and 140 MB more that the
+# demo never uses (`make deps`, for the tests, installs them). apt runs
+# only when a package is missing or the test guest is not built yet (its
+# kernel and busybox are fetched through apt's package lists), so a
+# second `make demo` skips it.
+DEMO_PACKAGES := qemu-system-x86 busybox-static kmod iproute2 ca-certificates
+demo-deps:
+	@missing=; for p in $(DEMO_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ] && [ -e bin/guest/guest.json ]; then \
+		echo "apt: nothing to do ($(DEMO_PACKAGES) installed, test guest built)"; exit 0; fi; \
+	set -x; \
+	$(SUDO) apt-get update -qq; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEMO_PACKAGES)
 
 # crictl and critest (cri-tools, pinned in integration/tools/go.mod); kubelet,
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and
 # kube-proxy (one kubernetes release, integration/tools/kubernetes/go.mod);
 # etcd (integration/tools/etcd/go.mod); the standalone test registry.
-tools:
-	$(TOOLS)/build.sh
+tools: crictl registry-tools
+	$(TOOLS)/build.sh critest kubernetes etcd
+crictl:
+	$(TOOLS)/build.sh crictl
+# The test registry and the tool that pushes images to it.
+registry-tools:
 	@mkdir -p bin
 	$(GO) build -o bin/testregistry ./integration/cmd/testregistry
 	$(GO) build -o bin/pushimage ./integration/cmd/pushimage

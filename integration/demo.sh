@@ -1,32 +1,110 @@
 #!/usr/bin/env bash
-# `make demo`: a local registry, the macvz daemon, and crictl driving it.
-# Everything lives in a temporary directory and a network namespace of its
-# own (the pod network's bridge, taps and NAT rules are made there, never
-# on this machine's interfaces); both are removed on exit.
+# `make demo`: installs and builds only what the demo runs (the apt
+# packages of `make demo-deps`; `make demo-build`: the daemon, the shim,
+# the amd64 agent, the CNI plugin, crictl, the test registry and
+# pushimage; `make demo-guest`: the QEMU test guest), then a local
+# registry, the macvz daemon, and crictl driving it, and prints how long
+# each phase took. Everything lives in a temporary directory and a network
+# namespace of its own (the pod network's bridge, taps and NAT rules are
+# made there, never on this machine's interfaces); both are removed on
+# exit, and any process the demo left in its namespace is ended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" != 0 ]; then
+	echo "make demo needs root (apt, a network namespace, taps, QEMU): run it as root" >&2
+	exit 1
+fi
+
+MAKE=${MAKE:-make}
 BIN=$PWD/bin
 CRICTL=$PWD/integration/tools/bin/crictl
-work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
+work=
 ns=macvz-demo-$$
 pids=()
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+crictl() { "$CRICTL" --config "$work/crictl.yaml" --runtime-endpoint "unix://$work/macvz.sock" --image-endpoint "unix://$work/macvz.sock" "$@"; }
+
+# Phase timing: phase NAME ends the running phase and starts NAME; the
+# summary prints at exit, after the cleanup it times.
+t0=$EPOCHREALTIME
+phase_names=()
+phase_us=()
+phase_name=
+phase_start=
+now_us() { echo "${EPOCHREALTIME/./}"; }
+phase() {
+	local t
+	t=$(now_us)
+	if [ -n "$phase_name" ]; then
+		phase_names+=("$phase_name")
+		phase_us+=($((t - phase_start)))
+	fi
+	phase_name=$1
+	phase_start=$t
+}
+summary() {
+	local status=$1 i us
+	say "timing${2:+ ($2)}"
+	for i in "${!phase_names[@]}"; do
+		us=${phase_us[$i]}
+		printf '  %-16s %6d.%d s\n' "${phase_names[$i]}" $((us / 1000000)) $((us / 100000 % 10))
+	done
+	us=$(($(now_us) - ${t0/./}))
+	printf '  %-16s %6d.%d s%s\n' total $((us / 1000000)) $((us / 100000 % 10)) "$([ "$status" = 0 ] || echo "  (failed: exit status $status)")"
+}
+
 cleanup() {
-	[ -S "$work/macvz.sock" ] && crictl rmp -f -a >/dev/null 2>&1 || true
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	ip netns del "$ns" 2>/dev/null || true
-	rm -rf "$work"
+	local status=$? failed=$phase_name
+	[ "$status" = 0 ] || failed="failed during: $failed"
+	[ "$status" = 0 ] || phase "cleanup"
+	if [ -n "$work" ]; then
+		[ -S "$work/macvz.sock" ] && crictl rmp -f -a >/dev/null 2>&1 || true
+		for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+		wait 2>/dev/null || true
+	fi
+	if [ -e "/run/netns/$ns" ]; then
+		# Whatever still runs in the demo's namespace is the demo's (a
+		# shim or QEMU the daemon did not stop on a failed run).
+		local left
+		left=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+		if [ -n "$left" ]; then
+			echo "ending what the demo left in its namespace: $left"
+			# shellcheck disable=SC2086
+			kill $left 2>/dev/null || true
+			sleep 1
+			# shellcheck disable=SC2086
+			kill -KILL $left 2>/dev/null || true
+		fi
+		ip netns del "$ns" 2>/dev/null || true
+	fi
+	[ -z "$work" ] || rm -rf "$work" || echo "could not remove $work" >&2
+	phase ""
+	[ "$status" = 0 ] || summary "$status" "$failed"
+	[ "$status" != 0 ] || summary 0
+	exit "$status"
 }
 trap cleanup EXIT
+
+phase "apt"
+say "apt: the packages the demo needs (make demo-deps)"
+"$MAKE" --no-print-directory demo-deps
+phase "build"
+say "building what the demo runs (make demo-build)"
+"$MAKE" --no-print-directory demo-build
+phase "guest image"
+say "the QEMU test guest (make demo-guest)"
+"$MAKE" --no-print-directory demo-guest
+
+phase "registry + push"
+work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 # inns runs a command in the demo's network namespace. Background jobs
 # use `ip netns exec` directly, so that $! is the program's own pid.
 inns() { ip netns exec "$ns" "$@"; }
-
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
 
 say "starting a local OCI registry"
 ip netns exec "$ns" "$BIN/testregistry" -addr 127.0.0.1:0 -root "$work/registry" >"$work/registry.log" 2>&1 &
@@ -40,6 +118,7 @@ inns "$BIN/pushimage" -registry "$reg" -kind tart -repo demo/macos -tag 15 -disk
 inns "$BIN/pushimage" -registry "$reg" -kind oci -repo demo/app -tag 1
 inns "$BIN/pushimage" -registry "$reg" -kind layout -layout "$BIN/guest/oci" -repo macvz/guest
 
+phase "daemon start"
 say "starting macvz serve"
 cat >"$work/config.toml" <<TOML
 root = "$work/root"
@@ -65,10 +144,10 @@ ip netns exec "$ns" "$BIN/macvz" serve --config "$work/config.toml" 2>"$work/mac
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/macvz.sock" ] && break; sleep 0.1; done
 : >"$work/crictl.yaml"
-crictl() { "$CRICTL" --config "$work/crictl.yaml" --runtime-endpoint "unix://$work/macvz.sock" --image-endpoint "unix://$work/macvz.sock" "$@"; }
-
-say "what crictl sees"
 run crictl version
+
+phase "image pulls"
+say "what crictl sees"
 run crictl pull "$reg/demo/macos:15"
 run crictl pull "$reg/demo/app:1"
 run crictl images
@@ -78,8 +157,10 @@ run crictl imagefsinfo
 run crictl rmi "$reg/demo/app:1"
 run crictl images
 
-say "a pod is a VM: run one on the Linux test guest (QEMU) and exec into it"
 run crictl pull "$reg/macvz/guest:httpd"
+
+phase "pod start"
+say "a pod is a VM: run one on the Linux test guest (QEMU) and exec into it"
 cat >"$work/pod.json" <<JSON
 {"metadata": {"name": "demo", "namespace": "default", "uid": "demo-1"},
  "hostname": "demo-pod", "log_directory": "$work/logs",
@@ -98,6 +179,8 @@ pod=$(run crictl --timeout 2m runp "$work/pod.json" | tail -1)
 web=$(crictl --timeout 2m create "$pod" "$work/web.json" "$work/pod.json")
 run crictl --timeout 2m start "$web"
 echo "pod running in $(( (${EPOCHREALTIME/./} - ${start/./}) / 1000 )) ms (VM boot included)"
+
+phase "exec"
 shell=$(crictl create "$pod" "$work/shell.json" "$work/pod.json")
 run crictl start "$shell"
 run crictl pods
@@ -114,8 +197,9 @@ echo "$ inns busybox wget -q -O - http://127.0.0.1:8080/    (hostPort 8080 -> 80
 inns busybox wget -q -O - http://127.0.0.1:8080/
 run crictl logs "$shell"
 run crictl stats
+
+phase "cleanup"
+say "stopping and removing the pod, the daemon, the registry and the namespace"
 run crictl stopp "$pod"
 run crictl rmp "$pod"
 run crictl pods
-
-say "done; cleaning up"

@@ -11,6 +11,9 @@
 # with a warm cache (after an edit here) a minute or two. Each build prints
 # its time.
 #
+# Arguments pick what to build: crictl, critest, kubernetes, etcd (`make
+# crictl`, which `make demo` uses, is `build.sh crictl`); none means all.
+#
 # The module proxy here refuses version lists (so `go install pkg@vX` fails
 # for cri-tools); each module names the exact version and go.sum pins
 # everything, and the local module cache is tried before the proxy.
@@ -44,14 +47,38 @@ mkdir -p bin
 tmp=$(mktemp -d bin/.build.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
-if fresh bin/crictl; then
+# want NAME: true when NAME is to be built (no arguments: everything).
+want() {
+	((${#targets[@]} == 0)) && return 0
+	local w
+	for w in "${targets[@]}"; do
+		[[ $w == "$1" ]] && return 0
+	done
+	return 1
+}
+targets=("$@")
+for t in "${targets[@]}"; do
+	case $t in
+	crictl | critest | kubernetes | etcd) ;;
+	*)
+		echo "build.sh: unknown target $t (want crictl, critest, kubernetes or etcd)" >&2
+		exit 2
+		;;
+	esac
+done
+
+if ! want crictl; then
+	:
+elif fresh bin/crictl; then
 	echo "bin/crictl is up to date"
 else
 	echo "building bin/crictl (cri-tools v${version})"
 	timed go build -ldflags "$ldflags" -o "$tmp/crictl" sigs.k8s.io/cri-tools/cmd/crictl
 	mv "$tmp/crictl" bin/crictl
 fi
-if fresh bin/critest; then
+if ! want critest; then
+	:
+elif fresh bin/critest; then
 	echo "bin/critest is up to date"
 else
 	echo "building bin/critest (cri-tools v${version})"
@@ -67,7 +94,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	kube_ldflags+=" -X ${pkg}.gitVersion=${kube_version} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=37 -X ${pkg}.gitTreeState=clean"
 done
 stale=()
-for b in kubelet kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
+want kubernetes && for b in kubelet kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy; do
 	if fresh "bin/$b" kubernetes; then
 		echo "bin/$b is up to date"
 	else
@@ -83,7 +110,9 @@ if ((${#stale[@]})); then
 fi
 
 etcd_version=v3.7.0 # keep in step with go.etcd.io/etcd/server/v3 in etcd/go.mod (what kubernetes/go.mod requires)
-if fresh bin/etcd etcd; then
+if ! want etcd; then
+	:
+elif fresh bin/etcd etcd; then
 	echo "bin/etcd is up to date"
 else
 	echo "building bin/etcd (etcd ${etcd_version})"

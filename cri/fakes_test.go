@@ -254,7 +254,7 @@ func (f *fakeImages) Resolve(ctx context.Context, ref string) ([]imagestore.Imag
 	return nil, fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
 }
 
-func (f *fakeImages) Pull(ctx context.Context, ref string, auth *imagestore.Auth) (imagestore.Image, error) {
+func (f *fakeImages) Pull(ctx context.Context, ref string, auth *imagestore.Auth, _ ...imagestore.PullOption) (imagestore.Image, error) {
 	if img, ok := f.lookup(ref); ok {
 		return img.Image, nil
 	}

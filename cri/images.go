@@ -14,7 +14,7 @@ import (
 type imageStore interface {
 	VMImage(ctx context.Context, ref string) (imagestore.VMImage, error)
 	Resolve(ctx context.Context, refOrID string) ([]imagestore.Image, error)
-	Pull(ctx context.Context, ref string, auth *imagestore.Auth) (imagestore.Image, error)
+	Pull(ctx context.Context, ref string, auth *imagestore.Auth, opts ...imagestore.PullOption) (imagestore.Image, error)
 	Remove(ctx context.Context, refOrID string) error
 	List(ctx context.Context) ([]imagestore.Image, error)
 	Config(ctx context.Context, img imagestore.Image) ([]byte, error)

@@ -43,6 +43,8 @@ func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, md
 		for _, l := range m.Layers {
 			if p.s.opts.KeepDiskChunks || !vmimage.IsDiskLayer(l.MediaType) {
 				keep = append(keep, l)
+			} else {
+				p.prog.complete(l.Digest) // not needed: the disk is there
 			}
 		}
 		return p.layers(ctx, keep, nil)

@@ -46,10 +46,14 @@ func ParseRef(ref string) (reference.Named, error) {
 // (and its repo digest). Concurrent pulls of one name with the same
 // credentials share one download; pulls of different names share blobs
 // through the content store's per-digest ingest lock.
-func (s *Store) Pull(ctx context.Context, ref string, auth *Auth) (Image, error) {
+func (s *Store) Pull(ctx context.Context, ref string, auth *Auth, opts ...PullOption) (Image, error) {
 	named, err := ParseRef(ref)
 	if err != nil {
 		return Image{}, err
+	}
+	var o pullOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
 	key := named.String() + "\x00" + authKey(auth)
 
@@ -60,10 +64,10 @@ func (s *Store) Pull(ctx context.Context, ref string, auth *Auth) (Image, error)
 		// or until every caller waiting for it has given up, so that one
 		// impatient caller does not fail the others.
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight{done: make(chan struct{}), cancel: cancel}
+		f = &flight{done: make(chan struct{}), cancel: cancel, progress: newTracker()}
 		s.flights[key] = f
 		go func() {
-			img, err := s.pull(fctx, named, auth)
+			img, err := s.pull(fctx, named, auth, f.progress)
 			s.flightsMu.Lock()
 			if s.flights[key] == f {
 				delete(s.flights, key)
@@ -76,6 +80,8 @@ func (s *Store) Pull(ctx context.Context, ref string, auth *Auth) (Image, error)
 	}
 	f.waiters++
 	s.flightsMu.Unlock()
+	stop := o.report(ctx, f.progress, f.done)
+	defer stop()
 
 	select {
 	case <-f.done:
@@ -103,6 +109,8 @@ type flight struct {
 	err     error
 	cancel  context.CancelFunc
 	waiters int // guarded by Store.flightsMu
+	// progress is the pull's, which every waiter may watch.
+	progress *tracker
 }
 
 // authKey separates single-flight groups by credentials without keeping
@@ -115,12 +123,12 @@ func authKey(a *Auth) string {
 	return hex.EncodeToString(h[:])
 }
 
-func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (img Image, retErr error) {
+func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth, prog *tracker) (img Image, retErr error) {
 	name := named.String()
 	host := reference.Domain(named)
 	log := logger(ctx).With("image", name)
 	start := time.Now()
-	p := &pullState{s: s, host: host}
+	p := &pullState{s: s, host: host, prog: prog}
 	if s.opts.PullDone != nil {
 		defer func() { s.opts.PullDone(p.fetched.Load(), time.Since(start), retErr) }()
 	}
@@ -160,6 +168,7 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth) (im
 	if err != nil {
 		return Image{}, err
 	}
+	p.prog.setBlobs(append([]ocispec.Descriptor{manifest.Config}, manifest.Layers...))
 	configBytes, err := p.small(ctx, manifest.Config, "config")
 	if err != nil {
 		return Image{}, err
@@ -231,6 +240,8 @@ type pullState struct {
 	host    string
 	// fetched counts the bytes downloaded.
 	fetched atomic.Int64
+	// prog is the progress callers see (nil: nobody watches).
+	prog *tracker
 
 	mu   sync.Mutex
 	held []digest.Digest
@@ -448,6 +459,7 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 	// this returns AlreadyExists and the blob is not downloaded twice.
 	cw, err := content.OpenWriter(ctx, p.s.content, content.WithRef(ref), content.WithDescriptor(desc))
 	if errdefs.IsAlreadyExists(err) {
+		p.prog.complete(desc.Digest)
 		return false, nil
 	}
 	if err != nil {
@@ -465,6 +477,7 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 		return p.fetch(ctx, desc, tee)
 	}
 	if st.Offset < desc.Size {
+		p.prog.resumed(desc.Digest, st.Offset)
 		rc, err := p.fetcher.Fetch(ctx, desc)
 		if err != nil {
 			return false, classify(p.host, fmt.Errorf("fetching %s (%s): %w", desc.Digest, desc.MediaType, err))
@@ -485,7 +498,11 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 			streamed = true
 		}
 		buf := copyBufs.Get().(*[]byte)
-		n, err := io.CopyBuffer(cw, io.LimitReader(r, desc.Size-st.Offset+1), *buf)
+		var dst io.Writer = cw
+		if p.prog != nil {
+			dst = countingWriter{w: cw, t: p.prog, d: desc.Digest}
+		}
+		n, err := io.CopyBuffer(dst, io.LimitReader(r, desc.Size-st.Offset+1), *buf)
 		copyBufs.Put(buf)
 		p.fetched.Add(n)
 		if err != nil {
@@ -498,6 +515,7 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 	}
 	if err := cw.Commit(ctx, desc.Size, desc.Digest); err != nil {
 		if errdefs.IsAlreadyExists(err) {
+			p.prog.complete(desc.Digest)
 			return streamed, nil
 		}
 		// The bytes are not what the manifest promised: drop them, so
@@ -505,5 +523,6 @@ func (p *pullState) fetch(ctx context.Context, desc ocispec.Descriptor, tee io.W
 		p.s.content.Abort(ctx, ref)
 		return false, fmt.Errorf("blob %s (%s) failed verification: %v: %w", desc.Digest, desc.MediaType, err, errdefs.ErrDataLoss)
 	}
+	p.prog.complete(desc.Digest)
 	return streamed, nil
 }

@@ -781,8 +781,34 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	}
 
 	px.setDown(false)
-	got := mustPull(t, s, ref, nil)
+	// The resumed pull's progress: the cut chunk starts at what it had
+	// and downloads only the rest, the blobs already there (the config,
+	// the layers before the cut one, fetched in order) count whole and
+	// cost nothing.
+	var last imagestore.Progress
+	calls := 0
+	got, err := s.Pull(context.Background(), ref, nil, imagestore.WithProgress(time.Millisecond, func(p imagestore.Progress) { last, calls = p, calls+1 }))
+	if err != nil {
+		t.Fatal(err)
+	}
 	sameFile(t, filepath.Join(viewBase(t, s, got), vmimage.DiskFile), disk)
+	if calls == 0 || len(last.Blobs) != 1+len(layers) || last.Started.IsZero() {
+		t.Fatalf("progress: %d calls, last %+v", calls, last)
+	}
+	for _, b := range last.Blobs {
+		wantFetched := int64(0)
+		if b.Digest == big.Digest {
+			wantFetched = big.Size - cut
+		} else if b.Digest != first.Digest && b.Digest != layers[0].Digest && b.Digest != img.ConfigDigest() {
+			wantFetched = b.Size
+		}
+		if !b.Complete || b.Done != b.Size || b.Fetched != wantFetched {
+			t.Errorf("progress of %s (%s): %+v; want complete, %d fetched", b.Digest, b.MediaType, b, wantFetched)
+		}
+	}
+	if size, done, _ := last.Totals(); size != done || size != img.Parsed().Config.Size+sumSizes(layers) {
+		t.Errorf("progress totals: size %d, done %d", size, done)
+	}
 	var gets []proxied
 	for _, r := range px.requests() {
 		if strings.HasSuffix(r.path, "/blobs/"+big.Digest.String()) && r.status/100 == 2 {
@@ -1014,4 +1040,15 @@ func TestPullReleasesDiskChunks(t *testing.T) {
 			t.Errorf("disk chunk %s kept after the second unpack", l.Digest)
 		}
 	}
+}
+
+func sumSizes(ds []ocispec.Descriptor) (n int64) {
+	seen := map[digest.Digest]bool{}
+	for _, d := range ds {
+		if !seen[d.Digest] {
+			seen[d.Digest] = true
+			n += d.Size
+		}
+	}
+	return n
 }

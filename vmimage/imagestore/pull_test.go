@@ -171,16 +171,7 @@ func TestPullVMFormats(t *testing.T) {
 			before[b.Desc.Digest] = reg.Requests(b.Desc.Digest)
 		}
 		mustPull(t, s, reg.Ref("macos/tart", "sonoma"), nil)
-		for name := range snaps(t, s) {
-			if strings.HasPrefix(name, "test-view-") {
-				if err := s.sn.Remove(ctx, name); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		if err := s.sn.Remove(ctx, imagestore.BaseName(got.Manifest.Digest)); err != nil {
-			t.Fatal(err)
-		}
+		loseBase(t, s, got)
 		if s.HasBase(ctx, got) {
 			t.Fatal("HasBase after the base was removed")
 		}
@@ -1021,16 +1012,7 @@ func TestPullReleasesDiskChunks(t *testing.T) {
 
 	// The base lost: the pull fetches the chunks again, unpacks, and
 	// releases them.
-	for name := range snaps(t, s) {
-		if strings.HasPrefix(name, "test-view-") {
-			if err := s.sn.Remove(ctx, name); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := s.sn.Remove(ctx, imagestore.BaseName(got.Manifest.Digest)); err != nil {
-		t.Fatal(err)
-	}
+	loseBase(t, s, got)
 	mustPull(t, s, reg.Ref("vm", "v1"), nil)
 	if !s.HasBase(ctx, got) {
 		t.Fatal("the re-pull did not unpack the base again")
@@ -1051,4 +1033,21 @@ func sumSizes(ds []ocispec.Descriptor) (n int64) {
 		}
 	}
 	return n
+}
+
+// loseBase removes an image's unpacked base (and the test's views of
+// it), as if it were lost.
+func loseBase(t *testing.T, s *testStore, img imagestore.Image) {
+	t.Helper()
+	ctx := context.Background()
+	for name := range snaps(t, s) {
+		if strings.HasPrefix(name, "test-view-") {
+			if err := s.sn.Remove(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.sn.Remove(ctx, imagestore.BaseName(img.Manifest.Digest)); err != nil {
+		t.Fatal(err)
+	}
 }

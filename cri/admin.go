@@ -2,36 +2,41 @@ package cri
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
+	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+
 	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/adminapi"
 )
 
-// AdminSocket is the daemon's admin API (the `macvz node` commands): a
-// unix socket in the state directory, root only. It is not CRI and
-// nothing in a VM can reach it.
+// AdminSocket is the daemon's admin API (runtime/adminapi: the `macvz
+// node`, `vm` and `image` commands): a unix socket in the state
+// directory, root only. It is not CRI and nothing in a VM can reach it
+// (the node VM's kubelet reaches the CRI socket only).
 func AdminSocket(cfg *config.Config) string { return filepath.Join(cfg.State, "admin.sock") }
 
-// serveAdmin serves the admin API until the returned stop:
-//
-//	GET  /v1/node          the node VM's nodevm.Status (404: no node VM)
-//	POST /v1/node/restart  make the node VM again (or start it after a stop)
-//	POST /v1/node/stop     remove the node VM until a restart
+// adminServer serves adminapi.Admin over the service: the same stores,
+// controller and image service logic as the CRI verbs, so what an
+// operator does through it is what kubelet would see. One file per
+// group: admin_vm.go (VMs), admin_image.go (images).
+type adminServer struct {
+	adminapi.UnimplementedAdminServer
+	s *Service
+}
+
+// serveAdmin serves the admin API until the returned stop. Its calls go
+// through the CRI's error interceptors (errors.go): the same statuses
+// and the same panic guard.
 func serveAdmin(s *Service) (stop func(), err error) {
 	path := AdminSocket(s.cfg)
-	ln, err := listenUnix(path)
+	ln, err := listenUnixMode(path, 0o600)
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, err
 	}
 	fi, err := os.Lstat(path)
@@ -39,51 +44,62 @@ func serveAdmin(s *Service) (stop func(), err error) {
 		ln.Close()
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/node", func(w http.ResponseWriter, r *http.Request) {
-		if s.node == nil {
-			http.Error(w, "no node VM: [node] enabled is false in the daemon's configuration", http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(s.node.Status())
-	})
-	mux.HandleFunc("POST /v1/node/restart", func(w http.ResponseWriter, r *http.Request) {
-		if s.node == nil {
-			http.Error(w, "no node VM: [node] enabled is false in the daemon's configuration", http.StatusNotFound)
-			return
-		}
-		s.node.Restart()
-		w.WriteHeader(http.StatusAccepted)
-	})
-	mux.HandleFunc("POST /v1/node/stop", func(w http.ResponseWriter, r *http.Request) {
-		if s.node == nil {
-			http.Error(w, "no node VM: [node] enabled is false in the daemon's configuration", http.StatusNotFound)
-			return
-		}
-		s.node.Stop()
-		w.WriteHeader(http.StatusAccepted)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := grpc.NewServer(
+		grpc.ChainUnaryInterceptor(unaryErrors),
+		grpc.ChainStreamInterceptor(streamErrors),
+		grpc.MaxRecvMsgSize(maxMsgSize),
+		grpc.MaxSendMsgSize(maxMsgSize),
+	)
+	adminapi.RegisterAdminServer(srv, &adminServer{s: s})
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(ln); err != nil {
 			slog.Warn("admin API", "err", err)
 		}
 	}()
 	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
+		// A console follower never ends on its own: Stop, not
+		// GracefulStop; admin calls are the operator's, who retries.
+		srv.Stop()
 		removeSocketIfOurs(path, fi)
 	}, nil
 }
 
-// AdminClient is an HTTP client of the admin socket at path.
-func AdminClient(path string) *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
+// errNoNodeVM answers the node calls of a daemon without a node VM.
+var errNoNodeVM = fmt.Errorf("no node VM: [node] enabled is false in the daemon's configuration: %w", errdefs.ErrFailedPrecondition)
+
+func (a *adminServer) NodeStatus(ctx context.Context, _ *adminapi.NodeStatusRequest) (*adminapi.NodeStatusResponse, error) {
+	if a.s.node == nil {
+		return nil, errNoNodeVM
+	}
+	st := a.s.node.Status()
+	return &adminapi.NodeStatusResponse{
+		State: st.State, SandboxId: st.SandboxID, ContainerId: st.ContainerID, Image: st.Image,
+		SinceUnixNano: unixNano(st.Since), Restarts: int64(st.Restarts), LastError: st.LastError,
+		LogPath: st.LogPath, PodIp: st.PodIP,
+	}, nil
+}
+
+func (a *adminServer) NodeRestart(ctx context.Context, _ *adminapi.NodeRestartRequest) (*adminapi.NodeRestartResponse, error) {
+	if a.s.node == nil {
+		return nil, errNoNodeVM
+	}
+	a.s.node.Restart()
+	return &adminapi.NodeRestartResponse{}, nil
+}
+
+func (a *adminServer) NodeStop(ctx context.Context, _ *adminapi.NodeStopRequest) (*adminapi.NodeStopResponse, error) {
+	if a.s.node == nil {
+		return nil, errNoNodeVM
+	}
+	a.s.node.Stop()
+	return &adminapi.NodeStopResponse{}, nil
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time (whose
+// UnixNano is undefined).
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }

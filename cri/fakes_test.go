@@ -87,6 +87,7 @@ func newFake(t *testing.T, opts ...func(*config.Config)) *fake {
 		shims: f.shims,
 		openImages: func(_ context.Context, o imagestore.Options) (imageStore, error) {
 			f.imageOpts = o
+			f.images.inUse = o.InUse
 			return f.images, nil
 		},
 	})
@@ -188,6 +189,8 @@ type fakeImages struct {
 	// treesReleased are the images whose trees RemoveTree dropped; an
 	// image's tree is its BaseDir.
 	treesReleased []string
+	// inUse is the service's InUse option (newFake sets it).
+	inUse func(imageID string) bool
 }
 
 var _ imageStore = (*fakeImages)(nil)
@@ -261,11 +264,15 @@ func (f *fakeImages) Pull(ctx context.Context, ref string, auth *imagestore.Auth
 	return imagestore.Image{}, fmt.Errorf("pulling %q: %w", ref, errdefs.ErrNotFound)
 }
 
-// Remove removes an image with all its names.
+// Remove removes an image with all its names; as the real store, it
+// refuses an image the service's InUse says is used.
 func (f *fakeImages) Remove(ctx context.Context, ref string) error {
 	img, ok := f.lookup(ref)
 	if !ok {
 		return fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
+	}
+	if f.inUse != nil && f.inUse(img.Image.ID()) {
+		return fmt.Errorf("image %s is used by a pod sandbox: %w", ref, errdefs.ErrFailedPrecondition)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -310,6 +317,11 @@ func (f *fakeImages) Base(ctx context.Context, img imagestore.Image) (string, bo
 func (f *fakeImages) Usage(ctx context.Context) (int64, int64, error) { return 0, 0, nil }
 
 func (f *fakeImages) Collect(ctx context.Context) error { return nil }
+
+// Footprint is the image's Size, logical, and half of it allocated.
+func (f *fakeImages) Footprint(ctx context.Context, img imagestore.Image) (imagestore.Footprint, error) {
+	return imagestore.Footprint{Logical: img.Size, Allocated: img.Size / 2}, nil
+}
 
 func (f *fakeImages) Tree(ctx context.Context, img imagestore.Image) (string, error) {
 	vi, ok := f.lookup(img.ID())

@@ -21,6 +21,8 @@ type imageStore interface {
 	OCIConfig(ctx context.Context, img imagestore.Image) (cfg ocispec.Image, ok bool, err error)
 	Base(ctx context.Context, img imagestore.Image) (name string, ok bool)
 	Usage(ctx context.Context) (bytes, inodes int64, err error)
+	// Footprint is what one image takes: logical and allocated bytes.
+	Footprint(ctx context.Context, img imagestore.Image) (imagestore.Footprint, error)
 	Collect(ctx context.Context) error
 	// Tree and RemoveTree are an image's file tree for image volumes.
 	Tree(ctx context.Context, img imagestore.Image) (string, error)

@@ -18,7 +18,11 @@ import (
 // ever sees it with a wider mode, and a stale socket left by a crash is
 // replaced. A socket that still answers belongs to a running daemon: that
 // is refused rather than stolen.
-func listenUnix(path string) (*net.UnixListener, error) {
+func listenUnix(path string) (*net.UnixListener, error) { return listenUnixMode(path, 0o660) }
+
+// listenUnixMode is listenUnix with the socket's mode (the admin socket:
+// 0600).
+func listenUnixMode(path string, mode os.FileMode) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
 	}
@@ -33,7 +37,7 @@ func listenUnix(path string) (*net.UnixListener, error) {
 	}
 	// Close must not unlink tmp: after the rename the name belongs to path.
 	ln.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o660); err != nil {
+	if err := os.Chmod(tmp, mode); err != nil {
 		ln.Close()
 		os.Remove(tmp)
 		return nil, err

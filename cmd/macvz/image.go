@@ -13,7 +13,7 @@ import (
 )
 
 func imageCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "image", Short: "Prepare VM images"}
+	cmd := &cobra.Command{Use: "image", Short: "The daemon's images (ls, inspect, rm, prune), and preparing VM images (install-agent)"}
 	var agent string
 	var keepTart bool
 	install := &cobra.Command{
@@ -56,6 +56,7 @@ back to enable it again), unless --keep-tart-agent is given.`,
 	install.Flags().BoolVar(&keepTart, "keep-tart-agent", false, "leave the launchd jobs of Tart's guest agent (tart-guest-agent) enabled")
 	install.Flags().StringVar(&agent, "agent", "", "the darwin/arm64 agent binary (default: macvz-agent next to this binary, else bin/darwin-arm64/macvz-agent)")
 	cmd.AddCommand(install)
+	cmd.AddCommand(imageAdminCmds()...)
 	return cmd
 }
 

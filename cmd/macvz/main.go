@@ -16,7 +16,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), configCmd(), versionCmd(), shimCmd(), imageCmd(), nodeCmd())
+	root.AddCommand(serveCmd(), configCmd(), versionCmd(), shimCmd(), imageCmd(), nodeCmd(), vmCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "macvz:", err)
 		os.Exit(1)

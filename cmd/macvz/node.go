@@ -2,11 +2,10 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -14,40 +13,30 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/macvz/macvz/cri"
-	"github.com/macvz/macvz/cri/config"
+	"github.com/macvz/macvz/runtime/adminapi"
 	"github.com/macvz/macvz/runtime/nodevm"
 )
 
-// nodeCmd is `macvz node status|logs|restart`: the node VM through the
-// daemon's admin socket.
+// nodeCmd is `macvz node status|logs|restart|stop`: the node VM through
+// the daemon's admin API.
 func nodeCmd() *cobra.Command {
-	var cfgPath string
 	cmd := &cobra.Command{Use: "node", Short: "The node VM: kubelet in a Linux VM ([node] in the configuration)"}
-	cmd.PersistentFlags().StringVar(&cfgPath, "config", config.DefaultPath, "the daemon's configuration file (its state directory holds the admin socket)")
-	admin := func(cmd *cobra.Command) (*http.Client, error) {
-		cfg, err := config.Load(cfgPath, cmd.Flags().Changed("config"))
-		if err != nil {
-			return nil, err
-		}
-		return cri.AdminClient(cri.AdminSocket(cfg)), nil
-	}
+	cfgPath := addConfigFlag(cmd)
 	status := func(cmd *cobra.Command) (nodevm.Status, error) {
 		var st nodevm.Status
-		c, err := admin(cmd)
-		if err != nil {
-			return st, err
-		}
-		resp, err := c.Get("http://macvz/v1/node")
-		if err != nil {
-			return st, fmt.Errorf("asking the daemon (is `macvz serve` running?): %w", err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b, _ := io.ReadAll(resp.Body)
-			return st, errors.New(strings.TrimSpace(string(b)))
-		}
-		return st, json.NewDecoder(resp.Body).Decode(&st)
+		err := withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
+			r, err := c.NodeStatus(ctx, &adminapi.NodeStatusRequest{})
+			if err != nil {
+				return err
+			}
+			st = nodevm.Status{
+				State: r.GetState(), SandboxID: r.GetSandboxId(), ContainerID: r.GetContainerId(), Image: r.GetImage(),
+				Since: fromUnixNano(r.GetSinceUnixNano()), Restarts: int(r.GetRestarts()), LastError: r.GetLastError(),
+				LogPath: r.GetLogPath(), PodIP: r.GetPodIp(),
+			}
+			return nil
+		})
+		return st, err
 	}
 
 	var asJSON bool
@@ -95,29 +84,18 @@ func nodeCmd() *cobra.Command {
 	}
 	logsCmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
 
-	post := func(cmd *cobra.Command, verb, said string) error {
-		c, err := admin(cmd)
-		if err != nil {
-			return err
-		}
-		resp, err := c.Post("http://macvz/v1/node/"+verb, "", nil)
-		if err != nil {
-			return fmt.Errorf("asking the daemon (is `macvz serve` running?): %w", err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			b, _ := io.ReadAll(resp.Body)
-			return errors.New(strings.TrimSpace(string(b)))
-		}
-		fmt.Fprintln(cmd.OutOrStdout(), said)
-		return nil
-	}
 	restartCmd := &cobra.Command{
 		Use:   "restart",
 		Short: "Make the node VM again (kubelet with it), or start it after a stop; pods are not touched",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return post(cmd, "restart", "node VM restarting; `macvz node status` follows it")
+			return withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
+				if _, err := c.NodeRestart(ctx, &adminapi.NodeRestartRequest{}); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "node VM restarting; `macvz node status` follows it")
+				return nil
+			})
 		},
 	}
 	stopCmd := &cobra.Command{
@@ -125,7 +103,13 @@ func nodeCmd() *cobra.Command {
 		Short: "Remove the node VM (kubelet with it) until `macvz node restart` or the daemon's next start; pods are not touched",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return post(cmd, "stop", "node VM stopping; `macvz node status` follows it")
+			return withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
+				if _, err := c.NodeStop(ctx, &adminapi.NodeStopRequest{}); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "node VM stopping; `macvz node status` follows it")
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(statusCmd, logsCmd, restartCmd, stopCmd)

@@ -57,6 +57,7 @@ back to enable it again), unless --keep-tart-agent is given.`,
 	install.Flags().StringVar(&agent, "agent", "", "the darwin/arm64 agent binary (default: macvz-agent next to this binary, else bin/darwin-arm64/macvz-agent)")
 	cmd.AddCommand(install)
 	cmd.AddCommand(imageAdminCmds()...)
+	cmd.AddCommand(imagePullCmd())
 	return cmd
 }
 

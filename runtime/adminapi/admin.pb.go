@@ -1302,6 +1302,235 @@ func (x *PruneImagesResponse) GetFreedBytes() int64 {
 	return 0
 }
 
+type PullImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ref   string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Registry credentials for the image's registry (never logged nor
+	// stored): a user and password, or an identity token.
+	Username      string `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	IdentityToken string `protobuf:"bytes,4,opt,name=identity_token,json=identityToken,proto3" json:"identity_token,omitempty"`
+	// progress_interval_ms: how often progress comes (0: 500 ms; at
+	// least 50).
+	ProgressIntervalMs int64 `protobuf:"varint,5,opt,name=progress_interval_ms,json=progressIntervalMs,proto3" json:"progress_interval_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *PullImageRequest) Reset() {
+	*x = PullImageRequest{}
+	mi := &file_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullImageRequest) ProtoMessage() {}
+
+func (x *PullImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullImageRequest.ProtoReflect.Descriptor instead.
+func (*PullImageRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PullImageRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *PullImageRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *PullImageRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *PullImageRequest) GetIdentityToken() string {
+	if x != nil {
+		return x.IdentityToken
+	}
+	return ""
+}
+
+func (x *PullImageRequest) GetProgressIntervalMs() int64 {
+	if x != nil {
+		return x.ProgressIntervalMs
+	}
+	return 0
+}
+
+type PullImageProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// elapsed_nanos is the pull's age (a joined pull's, from its start).
+	ElapsedNanos int64 `protobuf:"varint,1,opt,name=elapsed_nanos,json=elapsedNanos,proto3" json:"elapsed_nanos,omitempty"`
+	// blobs are the manifest's config and layers, once it is read.
+	Blobs []*BlobProgress `protobuf:"bytes,2,rep,name=blobs,proto3" json:"blobs,omitempty"`
+	// image is set on the last message: the image pulled.
+	Image         *Image `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullImageProgress) Reset() {
+	*x = PullImageProgress{}
+	mi := &file_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullImageProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullImageProgress) ProtoMessage() {}
+
+func (x *PullImageProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullImageProgress.ProtoReflect.Descriptor instead.
+func (*PullImageProgress) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PullImageProgress) GetElapsedNanos() int64 {
+	if x != nil {
+		return x.ElapsedNanos
+	}
+	return 0
+}
+
+func (x *PullImageProgress) GetBlobs() []*BlobProgress {
+	if x != nil {
+		return x.Blobs
+	}
+	return nil
+}
+
+func (x *PullImageProgress) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+type BlobProgress struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Digest    string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	MediaType string                 `protobuf:"bytes,2,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	Size      int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// done: bytes stored (resumed, downloaded, or all once complete);
+	// fetched: what this pull downloaded of it.
+	Done          int64 `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	Fetched       int64 `protobuf:"varint,5,opt,name=fetched,proto3" json:"fetched,omitempty"`
+	Complete      bool  `protobuf:"varint,6,opt,name=complete,proto3" json:"complete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobProgress) Reset() {
+	*x = BlobProgress{}
+	mi := &file_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobProgress) ProtoMessage() {}
+
+func (x *BlobProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobProgress.ProtoReflect.Descriptor instead.
+func (*BlobProgress) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BlobProgress) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *BlobProgress) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *BlobProgress) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BlobProgress) GetDone() int64 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *BlobProgress) GetFetched() int64 {
+	if x != nil {
+		return x.Fetched
+	}
+	return 0
+}
+
+func (x *BlobProgress) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -1390,7 +1619,25 @@ const file_admin_proto_rawDesc = "" +
 	"\x13PruneImagesResponse\x12/\n" +
 	"\aremoved\x18\x01 \x03(\v2\x15.macvz.admin.v1.ImageR\aremoved\x12\x1f\n" +
 	"\vfreed_bytes\x18\x02 \x01(\x03R\n" +
-	"freedBytes2\xcc\x06\n" +
+	"freedBytes\"\xb5\x01\n" +
+	"\x10PullImageRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12%\n" +
+	"\x0eidentity_token\x18\x04 \x01(\tR\ridentityToken\x120\n" +
+	"\x14progress_interval_ms\x18\x05 \x01(\x03R\x12progressIntervalMs\"\x99\x01\n" +
+	"\x11PullImageProgress\x12#\n" +
+	"\relapsed_nanos\x18\x01 \x01(\x03R\felapsedNanos\x122\n" +
+	"\x05blobs\x18\x02 \x03(\v2\x1c.macvz.admin.v1.BlobProgressR\x05blobs\x12+\n" +
+	"\x05image\x18\x03 \x01(\v2\x15.macvz.admin.v1.ImageR\x05image\"\xa3\x01\n" +
+	"\fBlobProgress\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x02 \x01(\tR\tmediaType\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
+	"\x04done\x18\x04 \x01(\x03R\x04done\x12\x18\n" +
+	"\afetched\x18\x05 \x01(\x03R\afetched\x12\x1a\n" +
+	"\bcomplete\x18\x06 \x01(\bR\bcomplete2\xa0\a\n" +
 	"\x05Admin\x12S\n" +
 	"\n" +
 	"NodeStatus\x12!.macvz.admin.v1.NodeStatusRequest\x1a\".macvz.admin.v1.NodeStatusResponse\x12V\n" +
@@ -1403,7 +1650,8 @@ const file_admin_proto_rawDesc = "" +
 	"ListImages\x12!.macvz.admin.v1.ListImagesRequest\x1a\".macvz.admin.v1.ListImagesResponse\x12Y\n" +
 	"\fInspectImage\x12#.macvz.admin.v1.InspectImageRequest\x1a$.macvz.admin.v1.InspectImageResponse\x12V\n" +
 	"\vRemoveImage\x12\".macvz.admin.v1.RemoveImageRequest\x1a#.macvz.admin.v1.RemoveImageResponse\x12V\n" +
-	"\vPruneImages\x12\".macvz.admin.v1.PruneImagesRequest\x1a#.macvz.admin.v1.PruneImagesResponseB2Z0github.com/macvz/macvz/runtime/adminapi;adminapib\x06proto3"
+	"\vPruneImages\x12\".macvz.admin.v1.PruneImagesRequest\x1a#.macvz.admin.v1.PruneImagesResponse\x12R\n" +
+	"\tPullImage\x12 .macvz.admin.v1.PullImageRequest\x1a!.macvz.admin.v1.PullImageProgress0\x01B2Z0github.com/macvz/macvz/runtime/adminapi;adminapib\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -1417,7 +1665,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_admin_proto_goTypes = []any{
 	(*NodeStatusRequest)(nil),    // 0: macvz.admin.v1.NodeStatusRequest
 	(*NodeStatusResponse)(nil),   // 1: macvz.admin.v1.NodeStatusResponse
@@ -1441,6 +1689,9 @@ var file_admin_proto_goTypes = []any{
 	(*RemoveImageResponse)(nil),  // 19: macvz.admin.v1.RemoveImageResponse
 	(*PruneImagesRequest)(nil),   // 20: macvz.admin.v1.PruneImagesRequest
 	(*PruneImagesResponse)(nil),  // 21: macvz.admin.v1.PruneImagesResponse
+	(*PullImageRequest)(nil),     // 22: macvz.admin.v1.PullImageRequest
+	(*PullImageProgress)(nil),    // 23: macvz.admin.v1.PullImageProgress
+	(*BlobProgress)(nil),         // 24: macvz.admin.v1.BlobProgress
 }
 var file_admin_proto_depIdxs = []int32{
 	8,  // 0: macvz.admin.v1.ListVMsResponse.vms:type_name -> macvz.admin.v1.VM
@@ -1449,31 +1700,35 @@ var file_admin_proto_depIdxs = []int32{
 	15, // 3: macvz.admin.v1.InspectImageResponse.image:type_name -> macvz.admin.v1.Image
 	15, // 4: macvz.admin.v1.RemoveImageResponse.removed:type_name -> macvz.admin.v1.Image
 	15, // 5: macvz.admin.v1.PruneImagesResponse.removed:type_name -> macvz.admin.v1.Image
-	0,  // 6: macvz.admin.v1.Admin.NodeStatus:input_type -> macvz.admin.v1.NodeStatusRequest
-	2,  // 7: macvz.admin.v1.Admin.NodeRestart:input_type -> macvz.admin.v1.NodeRestartRequest
-	4,  // 8: macvz.admin.v1.Admin.NodeStop:input_type -> macvz.admin.v1.NodeStopRequest
-	6,  // 9: macvz.admin.v1.Admin.ListVMs:input_type -> macvz.admin.v1.ListVMsRequest
-	9,  // 10: macvz.admin.v1.Admin.InspectVM:input_type -> macvz.admin.v1.InspectVMRequest
-	11, // 11: macvz.admin.v1.Admin.Console:input_type -> macvz.admin.v1.ConsoleRequest
-	13, // 12: macvz.admin.v1.Admin.ListImages:input_type -> macvz.admin.v1.ListImagesRequest
-	16, // 13: macvz.admin.v1.Admin.InspectImage:input_type -> macvz.admin.v1.InspectImageRequest
-	18, // 14: macvz.admin.v1.Admin.RemoveImage:input_type -> macvz.admin.v1.RemoveImageRequest
-	20, // 15: macvz.admin.v1.Admin.PruneImages:input_type -> macvz.admin.v1.PruneImagesRequest
-	1,  // 16: macvz.admin.v1.Admin.NodeStatus:output_type -> macvz.admin.v1.NodeStatusResponse
-	3,  // 17: macvz.admin.v1.Admin.NodeRestart:output_type -> macvz.admin.v1.NodeRestartResponse
-	5,  // 18: macvz.admin.v1.Admin.NodeStop:output_type -> macvz.admin.v1.NodeStopResponse
-	7,  // 19: macvz.admin.v1.Admin.ListVMs:output_type -> macvz.admin.v1.ListVMsResponse
-	10, // 20: macvz.admin.v1.Admin.InspectVM:output_type -> macvz.admin.v1.InspectVMResponse
-	12, // 21: macvz.admin.v1.Admin.Console:output_type -> macvz.admin.v1.ConsoleChunk
-	14, // 22: macvz.admin.v1.Admin.ListImages:output_type -> macvz.admin.v1.ListImagesResponse
-	17, // 23: macvz.admin.v1.Admin.InspectImage:output_type -> macvz.admin.v1.InspectImageResponse
-	19, // 24: macvz.admin.v1.Admin.RemoveImage:output_type -> macvz.admin.v1.RemoveImageResponse
-	21, // 25: macvz.admin.v1.Admin.PruneImages:output_type -> macvz.admin.v1.PruneImagesResponse
-	16, // [16:26] is the sub-list for method output_type
-	6,  // [6:16] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	24, // 6: macvz.admin.v1.PullImageProgress.blobs:type_name -> macvz.admin.v1.BlobProgress
+	15, // 7: macvz.admin.v1.PullImageProgress.image:type_name -> macvz.admin.v1.Image
+	0,  // 8: macvz.admin.v1.Admin.NodeStatus:input_type -> macvz.admin.v1.NodeStatusRequest
+	2,  // 9: macvz.admin.v1.Admin.NodeRestart:input_type -> macvz.admin.v1.NodeRestartRequest
+	4,  // 10: macvz.admin.v1.Admin.NodeStop:input_type -> macvz.admin.v1.NodeStopRequest
+	6,  // 11: macvz.admin.v1.Admin.ListVMs:input_type -> macvz.admin.v1.ListVMsRequest
+	9,  // 12: macvz.admin.v1.Admin.InspectVM:input_type -> macvz.admin.v1.InspectVMRequest
+	11, // 13: macvz.admin.v1.Admin.Console:input_type -> macvz.admin.v1.ConsoleRequest
+	13, // 14: macvz.admin.v1.Admin.ListImages:input_type -> macvz.admin.v1.ListImagesRequest
+	16, // 15: macvz.admin.v1.Admin.InspectImage:input_type -> macvz.admin.v1.InspectImageRequest
+	18, // 16: macvz.admin.v1.Admin.RemoveImage:input_type -> macvz.admin.v1.RemoveImageRequest
+	20, // 17: macvz.admin.v1.Admin.PruneImages:input_type -> macvz.admin.v1.PruneImagesRequest
+	22, // 18: macvz.admin.v1.Admin.PullImage:input_type -> macvz.admin.v1.PullImageRequest
+	1,  // 19: macvz.admin.v1.Admin.NodeStatus:output_type -> macvz.admin.v1.NodeStatusResponse
+	3,  // 20: macvz.admin.v1.Admin.NodeRestart:output_type -> macvz.admin.v1.NodeRestartResponse
+	5,  // 21: macvz.admin.v1.Admin.NodeStop:output_type -> macvz.admin.v1.NodeStopResponse
+	7,  // 22: macvz.admin.v1.Admin.ListVMs:output_type -> macvz.admin.v1.ListVMsResponse
+	10, // 23: macvz.admin.v1.Admin.InspectVM:output_type -> macvz.admin.v1.InspectVMResponse
+	12, // 24: macvz.admin.v1.Admin.Console:output_type -> macvz.admin.v1.ConsoleChunk
+	14, // 25: macvz.admin.v1.Admin.ListImages:output_type -> macvz.admin.v1.ListImagesResponse
+	17, // 26: macvz.admin.v1.Admin.InspectImage:output_type -> macvz.admin.v1.InspectImageResponse
+	19, // 27: macvz.admin.v1.Admin.RemoveImage:output_type -> macvz.admin.v1.RemoveImageResponse
+	21, // 28: macvz.admin.v1.Admin.PruneImages:output_type -> macvz.admin.v1.PruneImagesResponse
+	23, // 29: macvz.admin.v1.Admin.PullImage:output_type -> macvz.admin.v1.PullImageProgress
+	19, // [19:30] is the sub-list for method output_type
+	8,  // [8:19] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -1487,7 +1742,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

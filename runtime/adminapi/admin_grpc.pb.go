@@ -40,6 +40,7 @@ const (
 	Admin_InspectImage_FullMethodName = "/macvz.admin.v1.Admin/InspectImage"
 	Admin_RemoveImage_FullMethodName  = "/macvz.admin.v1.Admin/RemoveImage"
 	Admin_PruneImages_FullMethodName  = "/macvz.admin.v1.Admin/PruneImages"
+	Admin_PullImage_FullMethodName    = "/macvz.admin.v1.Admin/PullImage"
 )
 
 // AdminClient is the client API for Admin service.
@@ -74,6 +75,14 @@ type AdminClient interface {
 	// PruneImages removes every image no sandbox uses and the
 	// configuration does not name (pinned).
 	PruneImages(ctx context.Context, in *PruneImagesRequest, opts ...grpc.CallOption) (*PruneImagesResponse, error)
+	// PullImage pulls through the daemon's image store, as CRI
+	// PullImage does (a pull of the same name and credentials already
+	// running is joined, not repeated; an interrupted pull resumes its
+	// partial downloads), streaming the pull's progress every
+	// progress_interval_ms; the last message carries the pulled image.
+	// The caller going away stops the pull unless another caller waits
+	// for it.
+	PullImage(ctx context.Context, in *PullImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error)
 }
 
 type adminClient struct {
@@ -193,6 +202,25 @@ func (c *adminClient) PruneImages(ctx context.Context, in *PruneImagesRequest, o
 	return out, nil
 }
 
+func (c *adminClient) PullImage(ctx context.Context, in *PullImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[1], Admin_PullImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PullImageRequest, PullImageProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_PullImageClient = grpc.ServerStreamingClient[PullImageProgress]
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -225,6 +253,14 @@ type AdminServer interface {
 	// PruneImages removes every image no sandbox uses and the
 	// configuration does not name (pinned).
 	PruneImages(context.Context, *PruneImagesRequest) (*PruneImagesResponse, error)
+	// PullImage pulls through the daemon's image store, as CRI
+	// PullImage does (a pull of the same name and credentials already
+	// running is joined, not repeated; an interrupted pull resumes its
+	// partial downloads), streaming the pull's progress every
+	// progress_interval_ms; the last message carries the pulled image.
+	// The caller going away stops the pull unless another caller waits
+	// for it.
+	PullImage(*PullImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -264,6 +300,9 @@ func (UnimplementedAdminServer) RemoveImage(context.Context, *RemoveImageRequest
 }
 func (UnimplementedAdminServer) PruneImages(context.Context, *PruneImagesRequest) (*PruneImagesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PruneImages not implemented")
+}
+func (UnimplementedAdminServer) PullImage(*PullImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error {
+	return status.Error(codes.Unimplemented, "method PullImage not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -459,6 +498,17 @@ func _Admin_PruneImages_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PullImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(PullImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServer).PullImage(m, &grpc.GenericServerStream[PullImageRequest, PullImageProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_PullImageServer = grpc.ServerStreamingServer[PullImageProgress]
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -507,6 +557,11 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Console",
 			Handler:       _Admin_Console_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "PullImage",
+			Handler:       _Admin_PullImage_Handler,
 			ServerStreams: true,
 		},
 	},

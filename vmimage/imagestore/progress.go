@@ -143,6 +143,13 @@ func (o pullOptions) report(ctx context.Context, t *tracker, done <-chan struct{
 				o.progress(t.snapshot())
 				return
 			case <-quit:
+				// Pull is returning: when the pull ended, the last
+				// view is still owed.
+				select {
+				case <-done:
+					o.progress(t.snapshot())
+				default:
+				}
 				return
 			case <-ctx.Done():
 				return

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/macvz/macvz/runtime/adminapi"
+	"github.com/macvz/macvz/vmimage/imagestore"
+)
+
+// imagePullCmd is `macvz image pull REF`: a pull through the running
+// daemon, with its progress.
+func imagePullCmd() *cobra.Command {
+	var creds string
+	var quiet, plain bool
+	cmd := &cobra.Command{
+		Use:   "pull REF",
+		Short: "Pull an image through the daemon, showing its progress",
+		Long: `pull fetches REF into the daemon's image store, as a CRI pull does: a
+pull of the same image already running (kubelet's, another pull's) is
+joined, not repeated; a pull interrupted (Ctrl-C, a dropped link) keeps
+what it downloaded, and the next pull resumes from there. A VM image is
+unpacked as it downloads.
+
+Progress: on a terminal, the total (bytes, share, rate, ETA) and each
+blob downloading, redrawn in place; otherwise a line every 5 seconds;
+--quiet prints only the image ID at the end.
+
+Credentials: --creds USER[:PASSWORD] (the password is asked for when left
+out), else the registry's entry in Docker's config.json ($DOCKER_CONFIG,
+else ~/.docker, the sudo user's when run through sudo), its credential
+helper included.`,
+		Args: cobra.ExactArgs(1),
+	}
+	cfgPath := addConfigFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ref := args[0]
+		named, err := imagestore.ParseRef(ref)
+		if err != nil {
+			return errors.New(strings.TrimSuffix(err.Error(), ": invalid argument"))
+		}
+		req := &adminapi.PullImageRequest{Ref: ref}
+		if creds != "" {
+			user, pass, hasPass, err := parseCreds(creds)
+			if err != nil {
+				return err
+			}
+			if !hasPass {
+				if pass, err = readPassword(cmd.InOrStdin(), cmd.ErrOrStderr(), user); err != nil {
+					return err
+				}
+			}
+			req.Username, req.Password = user, pass
+		} else {
+			a, err := authFromDockerConfig(cmd.Context(), dockerConfigPath(), reference.Domain(named))
+			if err != nil {
+				return fmt.Errorf("registry credentials: %w", err)
+			}
+			if a != nil {
+				req.Username, req.Password, req.IdentityToken = a.Username, a.Password, a.IdentityToken
+			}
+		}
+		out := cmd.OutOrStdout()
+		tty := !plain && isTerminal(out)
+		req.ProgressIntervalMs = 5000
+		if tty {
+			req.ProgressIntervalMs = 200
+		}
+		// Ctrl-C ends the pull (the daemon's goes on while kubelet or
+		// another caller waits for it) and says how to resume.
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		cmd.SetContext(ctx)
+		err = withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
+			return runPull(ctx, c, req, named.String(), out, tty, quiet)
+		})
+		if ctx.Err() != nil {
+			return fmt.Errorf("pull of %s interrupted: what it downloaded is kept, and pulling again resumes from there", named.String())
+		}
+		return err
+	}
+	cmd.Flags().StringVar(&creds, "creds", "", "registry credentials USER[:PASSWORD]")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID")
+	cmd.Flags().BoolVar(&plain, "plain", false, "plain progress lines even on a terminal")
+	return cmd
+}
+
+// runPull streams the pull's progress to the printer and ends with the
+// image's ID.
+func runPull(ctx context.Context, c *adminConn, req *adminapi.PullImageRequest, name string, out io.Writer, tty, quiet bool) error {
+	stream, err := c.PullImage(ctx, req)
+	if err != nil {
+		return err
+	}
+	p := newProgressPrinter(out, tty)
+	var view pullView
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("the daemon ended the pull of %s without its result", name)
+		}
+		if err != nil {
+			if !quiet && ctx.Err() == nil {
+				p.done(view, "", adminErr(err))
+			}
+			return adminErr(err)
+		}
+		view = pullViewOf(name, m)
+		if img := m.GetImage(); img != nil {
+			if quiet {
+				fmt.Fprintln(out, img.GetId())
+			} else {
+				p.done(view, img.GetId(), nil)
+			}
+			return nil
+		}
+		if !quiet {
+			p.update(view)
+		}
+	}
+}
+
+func pullViewOf(name string, m *adminapi.PullImageProgress) pullView {
+	v := pullView{Ref: name, Elapsed: time.Duration(m.GetElapsedNanos())}
+	for _, b := range m.GetBlobs() {
+		v.Blobs = append(v.Blobs, blobView{Digest: b.GetDigest(), MediaType: b.GetMediaType(), Size: b.GetSize(), Done: b.GetDone(), Fetched: b.GetFetched(), Complete: b.GetComplete()})
+	}
+	return v
+}
+
+// readPassword asks for a password: hidden on a terminal, else the
+// first line of stdin (a script's pipe).
+func readPassword(in io.Reader, prompt io.Writer, user string) (string, error) {
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintf(prompt, "Password for %s: ", user)
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(prompt)
+		return string(b), err
+	}
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
+}

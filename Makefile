@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build build-host build-cross test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo demo-deps demo-build demo-guest tools crictl registry-tools clean deps guest-image node-image sign mac-test
+.PHONY: all build build-host build-cross test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo demo-deps demo-build demo-bins demo-guest tools crictl registry-tools clean deps guest-image node-image sign mac-test
 
 all: build
 
@@ -243,13 +243,30 @@ bench: build tools
 		$(GO) test -count=1 -v -timeout 60m -run '^TestCritest$$' ./integration/ | tail -20
 
 # `make demo` is the first command on a fresh machine: integration/demo.sh
-# runs its phases, timing each (demo-deps, demo-build, demo-guest, then the
-# demo itself), and builds only what the demo runs: none of the tools'
-# kubernetes, etcd and critest, nor the other platforms' binaries.
+# runs its phases, timing each (demo-deps beside demo-build, demo-guest,
+# then the demo itself), and builds only what the demo runs: none of the
+# tools' kubernetes, etcd and critest, nor the other platforms' binaries.
 demo:
 	MAKE="$(MAKE)" bash integration/demo.sh
-demo-build: build-host crictl registry-tools
-# The amd64 test guest, from the agent demo-build built.
+# What build-host, crictl and registry-tools build, with cgo off (none of it
+# needs cgo on Linux): every binary then shares one build of the standard
+# library and of the common modules, and the host's binaries are one `go
+# build`, which overlaps their compiles and links; demo.sh runs it with
+# -j2, crictl beside the rest. That halves a cold build on 2 cores (about
+# 330 CPU-seconds instead of 430). The tests' `make build` keeps the
+# default.
+demo-build: export CGO_ENABLED := 0
+demo-build: demo-bins crictl
+HOST_GOARCH = $(shell $(GO) env GOARCH)
+demo-bins:
+	@mkdir -p bin
+	$(GO) build -o bin/ ./cmd/macvz ./cmd/macvz-shim ./cmd/macvz-net \
+		github.com/containernetworking/plugins/plugins/ipam/host-local \
+		./integration/cmd/testregistry ./integration/cmd/pushimage $(if $(filter amd64,$(HOST_GOARCH)),./cmd/macvz-agent)
+	$(if $(filter amd64,$(HOST_GOARCH)),,GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
+# The amd64 test guest, from the agent demo-build built (cgo off likewise,
+# for build-guest to find its packages built).
+demo-guest: export CGO_ENABLED := 0
 demo-guest:
 	$(BUILD_GUEST)
 

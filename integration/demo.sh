@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: installs and builds only what the demo runs (the apt
-# packages of `make demo-deps`; `make demo-build`: the daemon, the shim,
-# the amd64 agent, the CNI plugin, crictl, the test registry and
-# pushimage; `make demo-guest`: the QEMU test guest), then a local
+# packages of `make demo-deps`, beside `make demo-build`: the daemon, the
+# shim, the amd64 agent, the CNI plugin, crictl, the test registry and
+# pushimage; then `make demo-guest`: the QEMU test guest), then a local
 # registry, the macvz daemon, and crictl driving it, and prints how long
 # each phase took. Everything lives in a temporary directory and a network
 # namespace of its own (the pod network's bridge, taps and NAT rules are
@@ -19,9 +19,10 @@ fi
 MAKE=${MAKE:-make}
 BIN=$PWD/bin
 CRICTL=$PWD/integration/tools/bin/crictl
-work=
+work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
 ns=macvz-demo-$$
 pids=()
+apt_pid=
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -32,6 +33,7 @@ crictl() { "$CRICTL" --config "$work/crictl.yaml" --runtime-endpoint "unix://$wo
 t0=$EPOCHREALTIME
 phase_names=()
 phase_us=()
+phase_notes=()
 phase_name=
 phase_start=
 now_us() { echo "${EPOCHREALTIME/./}"; }
@@ -41,6 +43,7 @@ phase() {
 	if [ -n "$phase_name" ]; then
 		phase_names+=("$phase_name")
 		phase_us+=($((t - phase_start)))
+		phase_notes+=("")
 	fi
 	phase_name=$1
 	phase_start=$t
@@ -50,7 +53,7 @@ summary() {
 	say "timing${2:+ ($2)}"
 	for i in "${!phase_names[@]}"; do
 		us=${phase_us[$i]}
-		printf '  %-16s %6d.%d s\n' "${phase_names[$i]}" $((us / 1000000)) $((us / 100000 % 10))
+		printf '  %-16s %6d.%d s%s\n' "${phase_names[$i]}" $((us / 1000000)) $((us / 100000 % 10)) "${phase_notes[$i]}"
 	done
 	us=$(($(now_us) - ${t0/./}))
 	printf '  %-16s %6d.%d s%s\n' total $((us / 1000000)) $((us / 100000 % 10)) "$([ "$status" = 0 ] || echo "  (failed: exit status $status)")"
@@ -58,13 +61,12 @@ summary() {
 
 cleanup() {
 	local status=$? failed=$phase_name
+	[ -z "$apt_pid" ] || wait "$apt_pid" 2>/dev/null || true
 	[ "$status" = 0 ] || failed="failed during: $failed"
 	[ "$status" = 0 ] || phase "cleanup"
-	if [ -n "$work" ]; then
-		[ -S "$work/macvz.sock" ] && crictl rmp -f -a >/dev/null 2>&1 || true
-		for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-		wait 2>/dev/null || true
-	fi
+	[ -S "$work/macvz.sock" ] && crictl rmp -f -a >/dev/null 2>&1 || true
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
 	if [ -e "/run/netns/$ns" ]; then
 		# Whatever still runs in the demo's namespace is the demo's (a
 		# shim or QEMU the daemon did not stop on a failed run).
@@ -80,7 +82,7 @@ cleanup() {
 		fi
 		ip netns del "$ns" 2>/dev/null || true
 	fi
-	[ -z "$work" ] || rm -rf "$work" || echo "could not remove $work" >&2
+	rm -rf "$work" || echo "could not remove $work" >&2
 	phase ""
 	[ "$status" = 0 ] || summary "$status" "$failed"
 	[ "$status" != 0 ] || summary 0
@@ -88,18 +90,36 @@ cleanup() {
 }
 trap cleanup EXIT
 
-phase "apt"
-say "apt: the packages the demo needs (make demo-deps)"
-"$MAKE" --no-print-directory demo-deps
+# apt runs beside the build: neither needs the other, and one mostly
+# waits on the network while the other compiles. The guest image needs
+# both (apt's lists for its kernel and busybox, the agent).
+say "apt: the packages the demo needs (make demo-deps, in the background)"
+apt_start=$(now_us)
+(
+	rc=0
+	"$MAKE" --no-print-directory demo-deps >"$work/apt.log" 2>&1 || rc=$?
+	echo "$rc $(now_us)" >"$work/apt.done"
+) &
+apt_pid=$!
 phase "build"
 say "building what the demo runs (make demo-build)"
-"$MAKE" --no-print-directory demo-build
+"$MAKE" --no-print-directory -j2 demo-build
+wait "$apt_pid" || true
+apt_pid=
+read -r apt_rc apt_end <"$work/apt.done"
+cat "$work/apt.log"
+phase_names+=("apt")
+phase_us+=($((apt_end - apt_start)))
+phase_notes+=("  (beside the build)")
+if [ "$apt_rc" != 0 ]; then
+	echo "make demo-deps failed (exit status $apt_rc)" >&2
+	exit 1
+fi
 phase "guest image"
 say "the QEMU test guest (make demo-guest)"
 "$MAKE" --no-print-directory demo-guest
 
 phase "registry + push"
-work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 # inns runs a command in the demo's network namespace. Background jobs

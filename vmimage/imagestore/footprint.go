@@ -9,10 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Footprint is what an image takes in the store: its blobs, its unpacked
@@ -34,20 +32,8 @@ func (s *Store) Footprint(ctx context.Context, img Image) (Footprint, error) {
 	var fp Footprint
 	seen := map[fileKey]bool{}
 	blobs := map[digest.Digest]bool{}
-	err := images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-		if blobs[d.Digest] {
-			return nil, nil
-		}
-		blobs[d.Digest] = true
-		children, err := images.Children(ctx, s.content, d)
-		if errdefs.IsNotFound(err) {
-			// Index entries for other platforms were never fetched.
-			return nil, nil
-		}
-		return children, err
-	}), img.Target)
-	if err != nil {
-		return Footprint{}, fmt.Errorf("walking image %s: %w", img.Name, err)
+	if err := s.walkImage(ctx, img, blobs); err != nil {
+		return Footprint{}, err
 	}
 	for d := range blobs {
 		if d.Validate() != nil {

@@ -66,17 +66,8 @@ func (s *Store) collect(ctx context.Context) error {
 			bases[BaseName(img.Manifest.Digest)] = true
 		}
 		trees[TreeName(img.Manifest.Digest)] = true
-		err := images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-			live[d.Digest] = true
-			children, err := images.Children(ctx, s.content, d)
-			if errdefs.IsNotFound(err) {
-				// Index entries for other platforms were never fetched.
-				return nil, nil
-			}
-			return children, err
-		}), img.Target)
-		if err != nil {
-			return fmt.Errorf("walking image %s: %w", img.Name, err)
+		if err := s.walkImage(ctx, img, live); err != nil {
+			return err
 		}
 	}
 	s.mu.Lock()
@@ -172,6 +163,29 @@ func (s *Store) expireIngests(ctx context.Context) {
 		logger(ctx).Info("removing stale partial downloads", "count", len(stale))
 		s.abortIngests(ctx, stale)
 	}
+}
+
+// walkImage adds to seen the digests of img's blobs: its index or
+// manifest, config and layers (the blobs themselves need not be
+// stored: a released disk chunk is still the image's). A digest already
+// in seen is not walked again.
+func (s *Store) walkImage(ctx context.Context, img Image, seen map[digest.Digest]bool) error {
+	err := images.Walk(ctx, images.HandlerFunc(func(ctx context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		if seen[d.Digest] {
+			return nil, nil
+		}
+		seen[d.Digest] = true
+		children, err := images.Children(ctx, s.content, d)
+		if errdefs.IsNotFound(err) {
+			// Index entries for other platforms were never fetched.
+			return nil, nil
+		}
+		return children, err
+	}), img.Target)
+	if err != nil {
+		return fmt.Errorf("walking image %s: %w", img.Name, err)
+	}
+	return nil
 }
 
 // releaseDiskChunks deletes the disk chunk blobs of a VM image whose

@@ -41,15 +41,7 @@ func (a *adminServer) ListImages(ctx context.Context, _ *adminapi.ListImagesRequ
 }
 
 func (a *adminServer) InspectImage(ctx context.Context, r *adminapi.InspectImageRequest) (*adminapi.InspectImageResponse, error) {
-	recs, err := a.resolveImage(ctx, r.GetRef())
-	if err != nil {
-		return nil, err
-	}
-	users, err := a.imageUsers()
-	if err != nil {
-		return nil, err
-	}
-	img, err := a.imageOf(ctx, recs, users, a.pinnedImages(ctx))
+	recs, img, err := a.describeImage(ctx, r.GetRef())
 	if err != nil {
 		return nil, err
 	}
@@ -60,16 +52,26 @@ func (a *adminServer) InspectImage(ctx context.Context, r *adminapi.InspectImage
 	return &adminapi.InspectImageResponse{Image: img, Info: info}, nil
 }
 
-func (a *adminServer) RemoveImage(ctx context.Context, r *adminapi.RemoveImageRequest) (*adminapi.RemoveImageResponse, error) {
-	recs, err := a.resolveImage(ctx, r.GetRef())
+// describeImage resolves ref to its records and describes the image
+// with its sizes, users and pin.
+func (a *adminServer) describeImage(ctx context.Context, ref string) ([]imagestore.Image, *adminapi.Image, error) {
+	recs, err := a.resolveImage(ctx, ref)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	users, err := a.imageUsers()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	img, err := a.imageOf(ctx, recs, users, a.pinnedImages(ctx))
+	if err != nil {
+		return nil, nil, err
+	}
+	return recs, img, nil
+}
+
+func (a *adminServer) RemoveImage(ctx context.Context, r *adminapi.RemoveImageRequest) (*adminapi.RemoveImageResponse, error) {
+	recs, img, err := a.describeImage(ctx, r.GetRef())
 	if err != nil {
 		return nil, err
 	}

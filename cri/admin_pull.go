@@ -44,15 +44,7 @@ func (a *adminServer) PullImage(r *adminapi.PullImageRequest, stream adminapi.Ad
 	if sendErr != nil {
 		return sendErr
 	}
-	recs, err := a.s.images.Resolve(ctx, img.ID())
-	if err != nil {
-		return err
-	}
-	users, err := a.imageUsers()
-	if err != nil {
-		return err
-	}
-	out, err := a.imageOf(ctx, recs, users, a.pinnedImages(ctx))
+	_, out, err := a.describeImage(ctx, img.ID())
 	if err != nil {
 		return err
 	}

@@ -103,7 +103,7 @@ apt_start=$(now_us)
 apt_pid=$!
 phase "build"
 say "building what the demo runs (make demo-build)"
-"$MAKE" --no-print-directory -j2 demo-build
+"$MAKE" --no-print-directory demo-build
 wait "$apt_pid" || true
 apt_pid=
 read -r apt_rc apt_end <"$work/apt.done"

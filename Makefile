@@ -19,7 +19,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # works while the tree grows.
 has_main = $(wildcard cmd/$(1)/*.go)
 
-.PHONY: all build build-host build-cross test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo demo-deps demo-build demo-bins demo-guest tools crictl registry-tools clean deps guest-image node-image sign mac-test
+.PHONY: all build build-host build-cross test unit fuzz fuzz-short integration critest kubelet-e2e node-e2e cluster-e2e darwin-check bench demo demo-deps demo-build demo-bins demo-guest demo-guest-prefetch tools crictl registry-tools clean deps guest-image node-image sign mac-test
 
 all: build
 
@@ -267,10 +267,14 @@ demo-bins:
 		./integration/cmd/testregistry ./integration/cmd/pushimage $(if $(filter amd64,$(HOST_GOARCH)),./cmd/macvz-agent)
 	$(if $(filter amd64,$(HOST_GOARCH)),,GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
 # The amd64 test guest, from the agent demo-build built (cgo off likewise,
-# for build-guest to find its packages built).
-demo-guest: export CGO_ENABLED := 0
+# for build-guest to find its packages built). demo-guest-prefetch does its
+# slow part ahead (the Debian packages, /bin/euid): demo.sh runs it beside
+# crictl's build, once apt is done and the demo's binaries filled the cache.
+demo-guest demo-guest-prefetch: export CGO_ENABLED := 0
 demo-guest:
 	$(BUILD_GUEST)
+demo-guest-prefetch:
+	$(GO) run ./integration/guest/cmd/build-guest --prefetch --out bin/guest
 
 # The packages the demo needs: QEMU, busybox (the guest's, and the host's
 # wget), kmod (depmod, for the guest's modules), iproute2 (the network

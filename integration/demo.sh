@@ -22,7 +22,7 @@ CRICTL=$PWD/integration/tools/bin/crictl
 work=$(mktemp -d /tmp/macvz-demo.XXXXXX)
 ns=macvz-demo-$$
 pids=()
-apt_pid=
+bg_pid=
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -61,7 +61,7 @@ summary() {
 
 cleanup() {
 	local status=$? failed=$phase_name
-	[ -z "$apt_pid" ] || wait "$apt_pid" 2>/dev/null || true
+	[ -z "$bg_pid" ] || wait "$bg_pid" 2>/dev/null || true
 	[ "$status" = 0 ] || failed="failed during: $failed"
 	[ "$status" = 0 ] || phase "cleanup"
 	[ -S "$work/macvz.sock" ] && crictl rmp -f -a >/dev/null 2>&1 || true
@@ -90,31 +90,44 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# apt runs beside the build: neither needs the other, and one mostly
-# waits on the network while the other compiles. The guest image needs
-# both (apt's lists for its kernel and busybox, the agent).
-say "apt: the packages the demo needs (make demo-deps, in the background)"
-apt_start=$(now_us)
-(
-	rc=0
-	"$MAKE" --no-print-directory demo-deps >"$work/apt.log" 2>&1 || rc=$?
-	echo "$rc $(now_us)" >"$work/apt.done"
-) &
-apt_pid=$!
+# Two jobs run in the background beside the build, as they mostly wait
+# on the network while it compiles: apt from the start, then, once apt is
+# done and the demo's binaries (whose packages it shares) are built, the
+# guest's Debian packages beside crictl's build. bg NAME TARGET starts
+# one; bg_wait NAME waits for it, prints its output and times it.
+bg() {
+	local name=$1 target=$2
+	echo "$name: make $target, in the background"
+	(
+		start=$(now_us) rc=0
+		"$MAKE" --no-print-directory "$target" >"$work/$name.log" 2>&1 || rc=$?
+		echo "$rc $start $(now_us)" >"$work/$name.done"
+	) &
+	bg_pid=$!
+}
+bg_wait() {
+	local name=$1 rc start end
+	wait "$bg_pid" || true
+	bg_pid=
+	read -r rc start end <"$work/$name.done"
+	sed "s/^/[$name] /" "$work/$name.log"
+	phase_names+=("$name")
+	phase_us+=($((end - start)))
+	phase_notes+=("  (beside the build)")
+	if [ "$rc" != 0 ]; then
+		echo "make for $name failed (exit status $rc)" >&2
+		exit 1
+	fi
+}
+export CGO_ENABLED=0 # as make demo-build does: see the Makefile
 phase "build"
-say "building what the demo runs (make demo-build)"
-"$MAKE" --no-print-directory demo-build
-wait "$apt_pid" || true
-apt_pid=
-read -r apt_rc apt_end <"$work/apt.done"
-cat "$work/apt.log"
-phase_names+=("apt")
-phase_us+=($((apt_end - apt_start)))
-phase_notes+=("  (beside the build)")
-if [ "$apt_rc" != 0 ]; then
-	echo "make demo-deps failed (exit status $apt_rc)" >&2
-	exit 1
-fi
+say "building what the demo runs (make demo-build: demo-bins, then crictl)"
+bg apt demo-deps
+"$MAKE" --no-print-directory demo-bins
+bg_wait apt
+bg "guest packages" demo-guest-prefetch
+"$MAKE" --no-print-directory crictl
+bg_wait "guest packages"
 phase "guest image"
 say "the QEMU test guest (make demo-guest)"
 "$MAKE" --no-print-directory demo-guest

@@ -438,6 +438,46 @@ func linkBlob(layout string, d digest.Digest, dst string) error {
 // effective uid).
 const EUIDPackage = "github.com/macvz/macvz/integration/guest/euid"
 
+// Prefetch does ahead of Build what the test guest's Build does before it
+// reads o.Agent, so that it can run while the agent is still being
+// built (make demo runs it beside the build): fetches the Debian packages
+// into the cache and builds /bin/euid, whose packages then stay in Go's
+// build cache. o.Agent is not needed; the node image is not prefetched.
+func Prefetch(ctx context.Context, o Options) error {
+	if o.Out == "" || o.Node != nil {
+		return fmt.Errorf("guest: Prefetch needs Options.Out and is for the test guest only")
+	}
+	if o.Cache == "" {
+		o.Cache = filepath.Join(o.Out, "cache")
+	}
+	arch, err := checkArch(o.Arch)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return err
+	}
+	caches := []*Cache{{Dir: o.Cache, Arch: arch, Log: o.Log}}
+	if arch != hostArch() {
+		caches = append(caches, &Cache{Dir: o.Cache, Arch: hostArch(), Log: o.Log})
+	}
+	if _, err := caches[0].Kernel(ctx, o.KernelVersion); err != nil {
+		return err
+	}
+	for _, c := range caches {
+		if _, err := c.Busybox(ctx); err != nil {
+			return err
+		}
+		if _, err := c.BusyboxDynamic(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := caches[0].Libc(ctx); err != nil {
+		return err
+	}
+	return BuildStaticArch(ctx, arch, EUIDPackage, filepath.Join(o.Out, "euid"))
+}
+
 // AgentPackage is the import path of the guest agent.
 const AgentPackage = "github.com/macvz/macvz/cmd/macvz-agent"
 

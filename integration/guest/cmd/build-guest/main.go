@@ -11,6 +11,10 @@
 //
 //	go run ./integration/guest/cmd/build-guest --arch arm64 --out bin/guest-arm64 --agent bin/linux-arm64/macvz-agent
 //
+// With --prefetch it only fetches the Debian packages into the cache and
+// builds /bin/euid (guest.Prefetch), needing no --agent: make demo runs it
+// while the agent is still being built.
+//
 // Output: <out>/oci (OCI image layout, tags plain and httpd), <out>/vmlinux
 // (<out>/Image for arm64) and <out>/initrd (for booting QEMU directly),
 // <out>/guest.json, and the Debian package cache <out>/cache.
@@ -33,6 +37,7 @@ func main() {
 	var o guest.Options
 	testInit := flag.Bool("test-init", false, "use integration/guest/testinit as /init instead of --agent")
 	hostile := flag.Bool("hostile", false, "also write the hostile tags (an agent built with -tags hostile that attacks the host)")
+	prefetch := flag.Bool("prefetch", false, "only fetch the Debian packages into the cache and build /bin/euid, then exit (no --agent needed)")
 	flag.StringVar(&o.Out, "out", "bin/guest", "output directory")
 	flag.StringVar(&o.Agent, "agent", "", "static linux binary of --arch to install as /init (bin/macvz-agent)")
 	flag.StringVar(&o.Arch, "arch", guest.ArchAMD64, "guest architecture: amd64 or arm64")
@@ -42,17 +47,28 @@ func main() {
 	flag.BoolVar(&o.Gzip, "gzip", false, "gzip the initramfs")
 	modules := flag.String("modules", "", "comma-separated kernel modules to load (default for amd64: "+strings.Join(guest.DefaultModules, ",")+"; arm64 adds gpio_keys)")
 	flag.Parse()
-	if flag.NArg() != 0 || (o.Agent == "") == !*testInit {
-		fmt.Fprintln(os.Stderr, "usage: build-guest [--out DIR] (--agent PATH | --test-init) [flags]")
-		flag.PrintDefaults()
-		os.Exit(2)
-	}
 	if *modules != "" {
 		o.Modules = strings.Split(*modules, ",")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o.Log = os.Stderr
+	if *prefetch {
+		if flag.NArg() != 0 || o.Agent != "" || *testInit || *hostile {
+			fmt.Fprintln(os.Stderr, "usage: build-guest --prefetch [--out DIR] [--arch ARCH] [--cache DIR] [--kernel VERSION]")
+			os.Exit(2)
+		}
+		if err := guest.Prefetch(ctx, o); err != nil {
+			fail(err)
+		}
+		fmt.Println("guest packages fetched, /bin/euid built")
+		return
+	}
+	if flag.NArg() != 0 || (o.Agent == "") == !*testInit {
+		fmt.Fprintln(os.Stderr, "usage: build-guest [--out DIR] (--agent PATH | --test-init) [flags]")
+		flag.PrintDefaults()
+		os.Exit(2)
+	}
 	if *testInit {
 		o.Agent = filepath.Join(o.Out, "testinit")
 		if err := os.MkdirAll(o.Out, 0o755); err != nil {

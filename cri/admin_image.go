@@ -19,17 +19,12 @@ import (
 // removal and its in-use refusal), with sizes and users added.
 
 func (a *adminServer) ListImages(ctx context.Context, _ *adminapi.ListImagesRequest) (*adminapi.ListImagesResponse, error) {
-	recs, err := a.s.images.List(ctx)
+	groups, users, pins, err := a.imageGroups(ctx)
 	if err != nil {
 		return nil, err
 	}
-	users, err := a.imageUsers()
-	if err != nil {
-		return nil, err
-	}
-	pins := a.pinnedImages(ctx)
 	out := &adminapi.ListImagesResponse{}
-	for _, group := range groupByID(recs) {
+	for _, group := range groups {
 		img, err := a.imageOf(ctx, group, users, pins)
 		if err != nil {
 			return nil, err
@@ -50,6 +45,19 @@ func (a *adminServer) InspectImage(ctx context.Context, r *adminapi.InspectImage
 		return nil, err
 	}
 	return &adminapi.InspectImageResponse{Image: img, Info: info}, nil
+}
+
+// imageGroups is the store's images grouped by ID, with their users and
+// pins.
+func (a *adminServer) imageGroups(ctx context.Context) (groups [][]imagestore.Image, users map[string][]string, pins map[string]bool, err error) {
+	recs, err := a.s.images.List(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if users, err = a.imageUsers(); err != nil {
+		return nil, nil, nil, err
+	}
+	return groupByID(recs), users, a.pinnedImages(ctx), nil
 }
 
 // describeImage resolves ref to its records and describes the image
@@ -93,17 +101,12 @@ func (a *adminServer) PruneImages(ctx context.Context, _ *adminapi.PruneImagesRe
 	if err != nil {
 		return nil, err
 	}
-	recs, err := a.s.images.List(ctx)
+	groups, users, pins, err := a.imageGroups(ctx)
 	if err != nil {
 		return nil, err
 	}
-	users, err := a.imageUsers()
-	if err != nil {
-		return nil, err
-	}
-	pins := a.pinnedImages(ctx)
 	out := &adminapi.PruneImagesResponse{}
-	for _, group := range groupByID(recs) {
+	for _, group := range groups {
 		id := group[0].ID()
 		if len(users[id]) > 0 || pins[id] || a.s.imageInUse(id) {
 			continue

@@ -2,6 +2,7 @@ package imagestore
 
 import (
 	"context"
+	"io"
 	"sync"
 	"time"
 
@@ -161,7 +162,7 @@ func (o pullOptions) report(ctx context.Context, t *tracker, done <-chan struct{
 
 // countingWriter tells the tracker of each write's bytes.
 type countingWriter struct {
-	w interface{ Write([]byte) (int, error) }
+	w io.Writer
 	t *tracker
 	d digest.Digest
 }

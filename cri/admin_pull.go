@@ -13,44 +13,69 @@ import (
 
 // PullImage is `macvz image pull`: the store's Pull, as CRI PullImage
 // runs it (the same flights: joined, resumed), with its progress
-// streamed. Sends happen on the progress goroutine while the pull runs,
-// then the last one here once Pull returned (it waits for that
-// goroutine), so they never overlap.
+// streamed.
 func (a *adminServer) PullImage(r *adminapi.PullImageRequest, stream adminapi.Admin_PullImageServer) error {
 	ref := strings.TrimSpace(r.GetRef())
 	if ref == "" {
 		return fmt.Errorf("PullImage needs an image reference: %w", errdefs.ErrInvalidArgument)
 	}
-	var auth *imagestore.Auth
-	if r.GetUsername() != "" || r.GetPassword() != "" || r.GetIdentityToken() != "" {
-		auth = &imagestore.Auth{Username: r.GetUsername(), Password: r.GetPassword(), IdentityToken: r.GetIdentityToken()}
-	}
-	every := time.Duration(r.GetProgressIntervalMs()) * time.Millisecond
-	if every <= 0 {
-		every = 500 * time.Millisecond
-	}
-	var sendErr error
-	var last imagestore.Progress
+	ps := newProgressStream(stream.Send, r.GetProgressIntervalMs())
 	ctx := stream.Context()
-	img, err := a.s.images.Pull(ctx, ref, auth, imagestore.WithProgress(every, func(p imagestore.Progress) {
-		last = p
-		if sendErr == nil {
-			sendErr = stream.Send(progressMessage(p))
-		}
-	}))
+	img, err := a.s.images.Pull(ctx, ref, authOf(r.GetUsername(), r.GetPassword(), r.GetIdentityToken()), ps.option())
 	if err != nil {
 		return err
-	}
-	if sendErr != nil {
-		return sendErr
 	}
 	_, out, err := a.describeImage(ctx, img.ID())
 	if err != nil {
 		return err
 	}
-	msg := progressMessage(last)
-	msg.Image = out
-	return stream.Send(msg)
+	return ps.finish(func(m *adminapi.PullImageProgress) { m.Image = out })
+}
+
+// authOf is the registry credentials of an admin request, nil for none.
+func authOf(user, password, token string) *imagestore.Auth {
+	if user == "" && password == "" && token == "" {
+		return nil
+	}
+	return &imagestore.Auth{Username: user, Password: password, IdentityToken: token}
+}
+
+// progressStream sends a long call's progress (pull, import, push) on
+// its stream. Sends happen on the store's progress goroutine while the
+// call runs, then the last one (finish) once the call returned, which
+// waits for that goroutine: they never overlap.
+type progressStream struct {
+	send  func(*adminapi.PullImageProgress) error
+	every time.Duration
+	last  imagestore.Progress
+	err   error
+}
+
+func newProgressStream(send func(*adminapi.PullImageProgress) error, everyMs int64) *progressStream {
+	every := time.Duration(everyMs) * time.Millisecond
+	if every <= 0 {
+		every = 500 * time.Millisecond
+	}
+	return &progressStream{send: send, every: every}
+}
+
+func (p *progressStream) option() imagestore.PullOption {
+	return imagestore.WithProgress(p.every, func(pr imagestore.Progress) {
+		p.last = pr
+		if p.err == nil {
+			p.err = p.send(progressMessage(pr))
+		}
+	})
+}
+
+// finish sends the last message, filled in by set.
+func (p *progressStream) finish(set func(*adminapi.PullImageProgress)) error {
+	if p.err != nil {
+		return p.err
+	}
+	m := progressMessage(p.last)
+	set(m)
+	return p.send(m)
 }
 
 func progressMessage(p imagestore.Progress) *adminapi.PullImageProgress {

@@ -264,6 +264,16 @@ func (f *fakeImages) Pull(ctx context.Context, ref string, auth *imagestore.Auth
 	return imagestore.Image{}, fmt.Errorf("pulling %q: %w", ref, errdefs.ErrNotFound)
 }
 
+// Import and Push are the real store's alone (vmimage/imagestore's
+// tests, integration's TestImageImportPush).
+func (f *fakeImages) Import(ctx context.Context, src, ref string, _ ...imagestore.PullOption) (imagestore.Image, error) {
+	return imagestore.Image{}, fmt.Errorf("fake image store: no import: %w", errdefs.ErrNotImplemented)
+}
+
+func (f *fakeImages) Push(ctx context.Context, local, ref string, _ *imagestore.Auth, _ ...imagestore.PullOption) (imagestore.Pushed, error) {
+	return imagestore.Pushed{}, fmt.Errorf("fake image store: no push: %w", errdefs.ErrNotImplemented)
+}
+
 // Remove removes an image with all its names; as the real store, it
 // refuses an image the service's InUse says is used.
 func (f *fakeImages) Remove(ctx context.Context, ref string) error {

@@ -15,6 +15,9 @@ type imageStore interface {
 	VMImage(ctx context.Context, ref string) (imagestore.VMImage, error)
 	Resolve(ctx context.Context, refOrID string) ([]imagestore.Image, error)
 	Pull(ctx context.Context, ref string, auth *imagestore.Auth, opts ...imagestore.PullOption) (imagestore.Image, error)
+	// Import and Push are `macvz image import` and `push`.
+	Import(ctx context.Context, src, ref string, opts ...imagestore.PullOption) (imagestore.Image, error)
+	Push(ctx context.Context, local, ref string, auth *imagestore.Auth, opts ...imagestore.PullOption) (imagestore.Pushed, error)
 	Remove(ctx context.Context, refOrID string) error
 	List(ctx context.Context) ([]imagestore.Image, error)
 	Config(ctx context.Context, img imagestore.Image) ([]byte, error)

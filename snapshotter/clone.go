@@ -291,7 +291,7 @@ func sparseCopy(src, dst string) (err error) {
 		return err
 	}
 	buf := make([]byte, copyBuffer)
-	if err := dataRanges(in, size, func(start, end int64) error {
+	if err := DataRanges(in, size, func(start, end int64) error {
 		return copyRange(in, out, start, end, buf)
 	}); err != nil {
 		return err

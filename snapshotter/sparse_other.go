@@ -4,9 +4,9 @@ package snapshotter
 
 import "os"
 
-// dataRanges: no SEEK_DATA here, so the whole file is one range; the copy
+// DataRanges: no SEEK_DATA here, so the whole file is one range; the copy
 // still leaves all-zero blocks as holes.
-func dataRanges(_ *os.File, size int64, fn func(start, end int64) error) error {
+func DataRanges(_ *os.File, size int64, fn func(start, end int64) error) error {
 	if size == 0 {
 		return nil
 	}

@@ -9,11 +9,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// dataRanges calls fn for each range of f that holds data, as
+// DataRanges calls fn for each range of f that holds data, as
 // lseek(SEEK_DATA/SEEK_HOLE) reports it, in order. Where the file system
 // does not support them (EINVAL, ENOTSUP) the whole file is one range; the
 // copy then still skips all-zero blocks.
-func dataRanges(f *os.File, size int64, fn func(start, end int64) error) error {
+func DataRanges(f *os.File, size int64, fn func(start, end int64) error) error {
 	fd := int(f.Fd())
 	for off := int64(0); off < size; {
 		start, err := unix.Seek(fd, off, unix.SEEK_DATA)

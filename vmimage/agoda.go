@@ -200,25 +200,35 @@ func (u *agodaUnpacker) Finish(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	d, err := agodaDescriptor(u.config, u.arch)
+	if err != nil {
+		return err
+	}
+	return WriteDescriptor(u.dir, d)
+}
+
+// agodaDescriptor checks a macOS-vz-kubelet config and makes the
+// descriptor of a base holding disk.img and aux.img.
+func agodaDescriptor(config []byte, arch string) (*Descriptor, error) {
 	bad := func(format string, args ...any) error {
 		return invalidf("agoda config (layer %s): %s", MediaTypeAgodaConfig, fmt.Sprintf(format, args...))
 	}
 	var c agodaConfig
-	if err := json.Unmarshal(u.config, &c); err != nil {
-		return bad("%v", err)
+	if err := json.Unmarshal(config, &c); err != nil {
+		return nil, bad("%v", err)
 	}
 	if c.OS != "" && c.OS != "darwin" {
-		return notImplementedf("agoda config (layer %s): os %q: only darwin guests are known", MediaTypeAgodaConfig, c.OS)
+		return nil, notImplementedf("agoda config (layer %s): os %q: only darwin guests are known", MediaTypeAgodaConfig, c.OS)
 	}
-	d := &Descriptor{Kind: KindAgoda, OS: "darwin", Arch: u.arch, Disk: DiskFile, NVRAM: AuxFile}
+	d := &Descriptor{Kind: KindAgoda, OS: "darwin", Arch: arch, Disk: DiskFile, NVRAM: AuxFile}
 	var err error
 	if d.HardwareModel, err = decodeBase64("hardwareModelData", c.HardwareModelData); err != nil {
-		return bad("%v", err)
+		return nil, bad("%v", err)
 	}
 	if d.MachineID, err = decodeBase64("machineIdData", c.MachineIDData); err != nil {
-		return bad("%v", err)
+		return nil, bad("%v", err)
 	}
-	return WriteDescriptor(u.dir, d)
+	return d, nil
 }
 
 func (u *agodaUnpacker) Abort() { u.t.abort() }

@@ -1389,7 +1389,9 @@ type PullImageProgress struct {
 	// blobs are the manifest's config and layers, once it is read.
 	Blobs []*BlobProgress `protobuf:"bytes,2,rep,name=blobs,proto3" json:"blobs,omitempty"`
 	// image is set on the last message: the image pulled.
-	Image         *Image `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	Image *Image `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	// pushed is set on the last message of a push.
+	Pushed        *PushResult `protobuf:"bytes,4,opt,name=pushed,proto3" json:"pushed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1445,6 +1447,232 @@ func (x *PullImageProgress) GetImage() *Image {
 	return nil
 }
 
+func (x *PullImageProgress) GetPushed() *PushResult {
+	if x != nil {
+		return x.Pushed
+	}
+	return nil
+}
+
+type ImportImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// source is an absolute path on the daemon's machine.
+	Source             string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Ref                string `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	ProgressIntervalMs int64  `protobuf:"varint,3,opt,name=progress_interval_ms,json=progressIntervalMs,proto3" json:"progress_interval_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ImportImageRequest) Reset() {
+	*x = ImportImageRequest{}
+	mi := &file_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportImageRequest) ProtoMessage() {}
+
+func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
+func (*ImportImageRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ImportImageRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ImportImageRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *ImportImageRequest) GetProgressIntervalMs() int64 {
+	if x != nil {
+		return x.ProgressIntervalMs
+	}
+	return 0
+}
+
+type PushImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ref is where the image goes (a tag).
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// source is the image to push: a name or ID in the store, or an
+	// absolute path of a VM directory; empty means ref itself.
+	Source             string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Username           string `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
+	Password           string `protobuf:"bytes,4,opt,name=password,proto3" json:"password,omitempty"`
+	IdentityToken      string `protobuf:"bytes,5,opt,name=identity_token,json=identityToken,proto3" json:"identity_token,omitempty"`
+	ProgressIntervalMs int64  `protobuf:"varint,6,opt,name=progress_interval_ms,json=progressIntervalMs,proto3" json:"progress_interval_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *PushImageRequest) Reset() {
+	*x = PushImageRequest{}
+	mi := &file_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushImageRequest) ProtoMessage() {}
+
+func (x *PushImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushImageRequest.ProtoReflect.Descriptor instead.
+func (*PushImageRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PushImageRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *PushImageRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *PushImageRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *PushImageRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *PushImageRequest) GetIdentityToken() string {
+	if x != nil {
+		return x.IdentityToken
+	}
+	return ""
+}
+
+func (x *PushImageRequest) GetProgressIntervalMs() int64 {
+	if x != nil {
+		return x.ProgressIntervalMs
+	}
+	return 0
+}
+
+type PushResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// manifest_digest is the digest of the manifest pushed.
+	ManifestDigest string `protobuf:"bytes,1,opt,name=manifest_digest,json=manifestDigest,proto3" json:"manifest_digest,omitempty"`
+	// uploaded blobs, skipped blobs (the registry had them), and the
+	// bytes uploaded.
+	Uploaded      int32 `protobuf:"varint,2,opt,name=uploaded,proto3" json:"uploaded,omitempty"`
+	Skipped       int32 `protobuf:"varint,3,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Bytes         int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushResult) Reset() {
+	*x = PushResult{}
+	mi := &file_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushResult) ProtoMessage() {}
+
+func (x *PushResult) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
+func (*PushResult) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PushResult) GetManifestDigest() string {
+	if x != nil {
+		return x.ManifestDigest
+	}
+	return ""
+}
+
+func (x *PushResult) GetUploaded() int32 {
+	if x != nil {
+		return x.Uploaded
+	}
+	return 0
+}
+
+func (x *PushResult) GetSkipped() int32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *PushResult) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 type BlobProgress struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Digest    string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
@@ -1461,7 +1689,7 @@ type BlobProgress struct {
 
 func (x *BlobProgress) Reset() {
 	*x = BlobProgress{}
-	mi := &file_admin_proto_msgTypes[24]
+	mi := &file_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1701,7 @@ func (x *BlobProgress) String() string {
 func (*BlobProgress) ProtoMessage() {}
 
 func (x *BlobProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[24]
+	mi := &file_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1714,7 @@ func (x *BlobProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobProgress.ProtoReflect.Descriptor instead.
 func (*BlobProgress) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{24}
+	return file_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BlobProgress) GetDigest() string {
@@ -1625,11 +1853,29 @@ const file_admin_proto_rawDesc = "" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\x12%\n" +
 	"\x0eidentity_token\x18\x04 \x01(\tR\ridentityToken\x120\n" +
-	"\x14progress_interval_ms\x18\x05 \x01(\x03R\x12progressIntervalMs\"\x99\x01\n" +
+	"\x14progress_interval_ms\x18\x05 \x01(\x03R\x12progressIntervalMs\"\xcd\x01\n" +
 	"\x11PullImageProgress\x12#\n" +
 	"\relapsed_nanos\x18\x01 \x01(\x03R\felapsedNanos\x122\n" +
 	"\x05blobs\x18\x02 \x03(\v2\x1c.macvz.admin.v1.BlobProgressR\x05blobs\x12+\n" +
-	"\x05image\x18\x03 \x01(\v2\x15.macvz.admin.v1.ImageR\x05image\"\xa3\x01\n" +
+	"\x05image\x18\x03 \x01(\v2\x15.macvz.admin.v1.ImageR\x05image\x122\n" +
+	"\x06pushed\x18\x04 \x01(\v2\x1a.macvz.admin.v1.PushResultR\x06pushed\"p\n" +
+	"\x12ImportImageRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\x120\n" +
+	"\x14progress_interval_ms\x18\x03 \x01(\x03R\x12progressIntervalMs\"\xcd\x01\n" +
+	"\x10PushImageRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x1a\n" +
+	"\busername\x18\x03 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x04 \x01(\tR\bpassword\x12%\n" +
+	"\x0eidentity_token\x18\x05 \x01(\tR\ridentityToken\x120\n" +
+	"\x14progress_interval_ms\x18\x06 \x01(\x03R\x12progressIntervalMs\"\x81\x01\n" +
+	"\n" +
+	"PushResult\x12'\n" +
+	"\x0fmanifest_digest\x18\x01 \x01(\tR\x0emanifestDigest\x12\x1a\n" +
+	"\buploaded\x18\x02 \x01(\x05R\buploaded\x12\x18\n" +
+	"\askipped\x18\x03 \x01(\x05R\askipped\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\"\xa3\x01\n" +
 	"\fBlobProgress\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
@@ -1637,7 +1883,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
 	"\x04done\x18\x04 \x01(\x03R\x04done\x12\x18\n" +
 	"\afetched\x18\x05 \x01(\x03R\afetched\x12\x1a\n" +
-	"\bcomplete\x18\x06 \x01(\bR\bcomplete2\xa0\a\n" +
+	"\bcomplete\x18\x06 \x01(\bR\bcomplete2\xcc\b\n" +
 	"\x05Admin\x12S\n" +
 	"\n" +
 	"NodeStatus\x12!.macvz.admin.v1.NodeStatusRequest\x1a\".macvz.admin.v1.NodeStatusResponse\x12V\n" +
@@ -1651,7 +1897,9 @@ const file_admin_proto_rawDesc = "" +
 	"\fInspectImage\x12#.macvz.admin.v1.InspectImageRequest\x1a$.macvz.admin.v1.InspectImageResponse\x12V\n" +
 	"\vRemoveImage\x12\".macvz.admin.v1.RemoveImageRequest\x1a#.macvz.admin.v1.RemoveImageResponse\x12V\n" +
 	"\vPruneImages\x12\".macvz.admin.v1.PruneImagesRequest\x1a#.macvz.admin.v1.PruneImagesResponse\x12R\n" +
-	"\tPullImage\x12 .macvz.admin.v1.PullImageRequest\x1a!.macvz.admin.v1.PullImageProgress0\x01B2Z0github.com/macvz/macvz/runtime/adminapi;adminapib\x06proto3"
+	"\tPullImage\x12 .macvz.admin.v1.PullImageRequest\x1a!.macvz.admin.v1.PullImageProgress0\x01\x12V\n" +
+	"\vImportImage\x12\".macvz.admin.v1.ImportImageRequest\x1a!.macvz.admin.v1.PullImageProgress0\x01\x12R\n" +
+	"\tPushImage\x12 .macvz.admin.v1.PushImageRequest\x1a!.macvz.admin.v1.PullImageProgress0\x01B2Z0github.com/macvz/macvz/runtime/adminapi;adminapib\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -1665,7 +1913,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_admin_proto_goTypes = []any{
 	(*NodeStatusRequest)(nil),    // 0: macvz.admin.v1.NodeStatusRequest
 	(*NodeStatusResponse)(nil),   // 1: macvz.admin.v1.NodeStatusResponse
@@ -1691,7 +1939,10 @@ var file_admin_proto_goTypes = []any{
 	(*PruneImagesResponse)(nil),  // 21: macvz.admin.v1.PruneImagesResponse
 	(*PullImageRequest)(nil),     // 22: macvz.admin.v1.PullImageRequest
 	(*PullImageProgress)(nil),    // 23: macvz.admin.v1.PullImageProgress
-	(*BlobProgress)(nil),         // 24: macvz.admin.v1.BlobProgress
+	(*ImportImageRequest)(nil),   // 24: macvz.admin.v1.ImportImageRequest
+	(*PushImageRequest)(nil),     // 25: macvz.admin.v1.PushImageRequest
+	(*PushResult)(nil),           // 26: macvz.admin.v1.PushResult
+	(*BlobProgress)(nil),         // 27: macvz.admin.v1.BlobProgress
 }
 var file_admin_proto_depIdxs = []int32{
 	8,  // 0: macvz.admin.v1.ListVMsResponse.vms:type_name -> macvz.admin.v1.VM
@@ -1700,35 +1951,40 @@ var file_admin_proto_depIdxs = []int32{
 	15, // 3: macvz.admin.v1.InspectImageResponse.image:type_name -> macvz.admin.v1.Image
 	15, // 4: macvz.admin.v1.RemoveImageResponse.removed:type_name -> macvz.admin.v1.Image
 	15, // 5: macvz.admin.v1.PruneImagesResponse.removed:type_name -> macvz.admin.v1.Image
-	24, // 6: macvz.admin.v1.PullImageProgress.blobs:type_name -> macvz.admin.v1.BlobProgress
+	27, // 6: macvz.admin.v1.PullImageProgress.blobs:type_name -> macvz.admin.v1.BlobProgress
 	15, // 7: macvz.admin.v1.PullImageProgress.image:type_name -> macvz.admin.v1.Image
-	0,  // 8: macvz.admin.v1.Admin.NodeStatus:input_type -> macvz.admin.v1.NodeStatusRequest
-	2,  // 9: macvz.admin.v1.Admin.NodeRestart:input_type -> macvz.admin.v1.NodeRestartRequest
-	4,  // 10: macvz.admin.v1.Admin.NodeStop:input_type -> macvz.admin.v1.NodeStopRequest
-	6,  // 11: macvz.admin.v1.Admin.ListVMs:input_type -> macvz.admin.v1.ListVMsRequest
-	9,  // 12: macvz.admin.v1.Admin.InspectVM:input_type -> macvz.admin.v1.InspectVMRequest
-	11, // 13: macvz.admin.v1.Admin.Console:input_type -> macvz.admin.v1.ConsoleRequest
-	13, // 14: macvz.admin.v1.Admin.ListImages:input_type -> macvz.admin.v1.ListImagesRequest
-	16, // 15: macvz.admin.v1.Admin.InspectImage:input_type -> macvz.admin.v1.InspectImageRequest
-	18, // 16: macvz.admin.v1.Admin.RemoveImage:input_type -> macvz.admin.v1.RemoveImageRequest
-	20, // 17: macvz.admin.v1.Admin.PruneImages:input_type -> macvz.admin.v1.PruneImagesRequest
-	22, // 18: macvz.admin.v1.Admin.PullImage:input_type -> macvz.admin.v1.PullImageRequest
-	1,  // 19: macvz.admin.v1.Admin.NodeStatus:output_type -> macvz.admin.v1.NodeStatusResponse
-	3,  // 20: macvz.admin.v1.Admin.NodeRestart:output_type -> macvz.admin.v1.NodeRestartResponse
-	5,  // 21: macvz.admin.v1.Admin.NodeStop:output_type -> macvz.admin.v1.NodeStopResponse
-	7,  // 22: macvz.admin.v1.Admin.ListVMs:output_type -> macvz.admin.v1.ListVMsResponse
-	10, // 23: macvz.admin.v1.Admin.InspectVM:output_type -> macvz.admin.v1.InspectVMResponse
-	12, // 24: macvz.admin.v1.Admin.Console:output_type -> macvz.admin.v1.ConsoleChunk
-	14, // 25: macvz.admin.v1.Admin.ListImages:output_type -> macvz.admin.v1.ListImagesResponse
-	17, // 26: macvz.admin.v1.Admin.InspectImage:output_type -> macvz.admin.v1.InspectImageResponse
-	19, // 27: macvz.admin.v1.Admin.RemoveImage:output_type -> macvz.admin.v1.RemoveImageResponse
-	21, // 28: macvz.admin.v1.Admin.PruneImages:output_type -> macvz.admin.v1.PruneImagesResponse
-	23, // 29: macvz.admin.v1.Admin.PullImage:output_type -> macvz.admin.v1.PullImageProgress
-	19, // [19:30] is the sub-list for method output_type
-	8,  // [8:19] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	26, // 8: macvz.admin.v1.PullImageProgress.pushed:type_name -> macvz.admin.v1.PushResult
+	0,  // 9: macvz.admin.v1.Admin.NodeStatus:input_type -> macvz.admin.v1.NodeStatusRequest
+	2,  // 10: macvz.admin.v1.Admin.NodeRestart:input_type -> macvz.admin.v1.NodeRestartRequest
+	4,  // 11: macvz.admin.v1.Admin.NodeStop:input_type -> macvz.admin.v1.NodeStopRequest
+	6,  // 12: macvz.admin.v1.Admin.ListVMs:input_type -> macvz.admin.v1.ListVMsRequest
+	9,  // 13: macvz.admin.v1.Admin.InspectVM:input_type -> macvz.admin.v1.InspectVMRequest
+	11, // 14: macvz.admin.v1.Admin.Console:input_type -> macvz.admin.v1.ConsoleRequest
+	13, // 15: macvz.admin.v1.Admin.ListImages:input_type -> macvz.admin.v1.ListImagesRequest
+	16, // 16: macvz.admin.v1.Admin.InspectImage:input_type -> macvz.admin.v1.InspectImageRequest
+	18, // 17: macvz.admin.v1.Admin.RemoveImage:input_type -> macvz.admin.v1.RemoveImageRequest
+	20, // 18: macvz.admin.v1.Admin.PruneImages:input_type -> macvz.admin.v1.PruneImagesRequest
+	22, // 19: macvz.admin.v1.Admin.PullImage:input_type -> macvz.admin.v1.PullImageRequest
+	24, // 20: macvz.admin.v1.Admin.ImportImage:input_type -> macvz.admin.v1.ImportImageRequest
+	25, // 21: macvz.admin.v1.Admin.PushImage:input_type -> macvz.admin.v1.PushImageRequest
+	1,  // 22: macvz.admin.v1.Admin.NodeStatus:output_type -> macvz.admin.v1.NodeStatusResponse
+	3,  // 23: macvz.admin.v1.Admin.NodeRestart:output_type -> macvz.admin.v1.NodeRestartResponse
+	5,  // 24: macvz.admin.v1.Admin.NodeStop:output_type -> macvz.admin.v1.NodeStopResponse
+	7,  // 25: macvz.admin.v1.Admin.ListVMs:output_type -> macvz.admin.v1.ListVMsResponse
+	10, // 26: macvz.admin.v1.Admin.InspectVM:output_type -> macvz.admin.v1.InspectVMResponse
+	12, // 27: macvz.admin.v1.Admin.Console:output_type -> macvz.admin.v1.ConsoleChunk
+	14, // 28: macvz.admin.v1.Admin.ListImages:output_type -> macvz.admin.v1.ListImagesResponse
+	17, // 29: macvz.admin.v1.Admin.InspectImage:output_type -> macvz.admin.v1.InspectImageResponse
+	19, // 30: macvz.admin.v1.Admin.RemoveImage:output_type -> macvz.admin.v1.RemoveImageResponse
+	21, // 31: macvz.admin.v1.Admin.PruneImages:output_type -> macvz.admin.v1.PruneImagesResponse
+	23, // 32: macvz.admin.v1.Admin.PullImage:output_type -> macvz.admin.v1.PullImageProgress
+	23, // 33: macvz.admin.v1.Admin.ImportImage:output_type -> macvz.admin.v1.PullImageProgress
+	23, // 34: macvz.admin.v1.Admin.PushImage:output_type -> macvz.admin.v1.PullImageProgress
+	22, // [22:35] is the sub-list for method output_type
+	9,  // [9:22] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -1742,7 +1998,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

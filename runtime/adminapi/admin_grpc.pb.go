@@ -41,6 +41,8 @@ const (
 	Admin_RemoveImage_FullMethodName  = "/macvz.admin.v1.Admin/RemoveImage"
 	Admin_PruneImages_FullMethodName  = "/macvz.admin.v1.Admin/PruneImages"
 	Admin_PullImage_FullMethodName    = "/macvz.admin.v1.Admin/PullImage"
+	Admin_ImportImage_FullMethodName  = "/macvz.admin.v1.Admin/ImportImage"
+	Admin_PushImage_FullMethodName    = "/macvz.admin.v1.Admin/PushImage"
 )
 
 // AdminClient is the client API for Admin service.
@@ -83,6 +85,20 @@ type AdminClient interface {
 	// The caller going away stops the pull unless another caller waits
 	// for it.
 	PullImage(ctx context.Context, in *PullImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error)
+	// ImportImage makes an image from a directory on the daemon's
+	// machine, with no registry: a Tart VM directory or a
+	// macOS-vz-kubelet one (the disk cloned into the image's base), or
+	// an OCI image layout (through the pull's own path). Progress as for
+	// a pull: the layout's blobs, or the VM disk as it is read; the last
+	// message carries the image.
+	ImportImage(ctx context.Context, in *ImportImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error)
+	// PushImage sends an image of the store (or a VM directory, first
+	// imported under the target name) to a registry as it is stored,
+	// skipping the blobs the registry has; a VM disk layer the store
+	// released is made again from the unpacked disk. Progress counts the
+	// bytes uploaded in fetched; the last message carries the image and
+	// what the push sent.
+	PushImage(ctx context.Context, in *PushImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error)
 }
 
 type adminClient struct {
@@ -221,6 +237,44 @@ func (c *adminClient) PullImage(ctx context.Context, in *PullImageRequest, opts 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_PullImageClient = grpc.ServerStreamingClient[PullImageProgress]
 
+func (c *adminClient) ImportImage(ctx context.Context, in *ImportImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[2], Admin_ImportImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImportImageRequest, PullImageProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_ImportImageClient = grpc.ServerStreamingClient[PullImageProgress]
+
+func (c *adminClient) PushImage(ctx context.Context, in *PushImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PullImageProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Admin_ServiceDesc.Streams[3], Admin_PushImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PushImageRequest, PullImageProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_PushImageClient = grpc.ServerStreamingClient[PullImageProgress]
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -261,6 +315,20 @@ type AdminServer interface {
 	// The caller going away stops the pull unless another caller waits
 	// for it.
 	PullImage(*PullImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error
+	// ImportImage makes an image from a directory on the daemon's
+	// machine, with no registry: a Tart VM directory or a
+	// macOS-vz-kubelet one (the disk cloned into the image's base), or
+	// an OCI image layout (through the pull's own path). Progress as for
+	// a pull: the layout's blobs, or the VM disk as it is read; the last
+	// message carries the image.
+	ImportImage(*ImportImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error
+	// PushImage sends an image of the store (or a VM directory, first
+	// imported under the target name) to a registry as it is stored,
+	// skipping the blobs the registry has; a VM disk layer the store
+	// released is made again from the unpacked disk. Progress counts the
+	// bytes uploaded in fetched; the last message carries the image and
+	// what the push sent.
+	PushImage(*PushImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -303,6 +371,12 @@ func (UnimplementedAdminServer) PruneImages(context.Context, *PruneImagesRequest
 }
 func (UnimplementedAdminServer) PullImage(*PullImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error {
 	return status.Error(codes.Unimplemented, "method PullImage not implemented")
+}
+func (UnimplementedAdminServer) ImportImage(*ImportImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error {
+	return status.Error(codes.Unimplemented, "method ImportImage not implemented")
+}
+func (UnimplementedAdminServer) PushImage(*PushImageRequest, grpc.ServerStreamingServer[PullImageProgress]) error {
+	return status.Error(codes.Unimplemented, "method PushImage not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -509,6 +583,28 @@ func _Admin_PullImage_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_PullImageServer = grpc.ServerStreamingServer[PullImageProgress]
 
+func _Admin_ImportImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ImportImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServer).ImportImage(m, &grpc.GenericServerStream[ImportImageRequest, PullImageProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_ImportImageServer = grpc.ServerStreamingServer[PullImageProgress]
+
+func _Admin_PushImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(PushImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServer).PushImage(m, &grpc.GenericServerStream[PushImageRequest, PullImageProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Admin_PushImageServer = grpc.ServerStreamingServer[PullImageProgress]
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -562,6 +658,16 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "PullImage",
 			Handler:       _Admin_PullImage_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ImportImage",
+			Handler:       _Admin_ImportImage_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "PushImage",
+			Handler:       _Admin_PushImage_Handler,
 			ServerStreams: true,
 		},
 	},

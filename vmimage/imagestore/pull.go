@@ -126,7 +126,6 @@ func authKey(a *Auth) string {
 func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth, prog *tracker) (img Image, retErr error) {
 	name := named.String()
 	host := reference.Domain(named)
-	log := logger(ctx).With("image", name)
 	start := time.Now()
 	p := &pullState{s: s, host: host, prog: prog}
 	if s.opts.PullDone != nil {
@@ -145,8 +144,19 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth, pro
 	if err != nil {
 		return Image{}, classify(host, err)
 	}
-
 	p.fetcher = fetcher
+	_, tagged := named.(reference.Tagged)
+	return p.store(ctx, named, top, tagged)
+}
+
+// store fetches what top names through p's fetcher (a registry's, or an
+// OCI layout's for an import), unpacks a VM image's base, and records the
+// image under named and, when byDigest, under its repo digest too.
+func (p *pullState) store(ctx context.Context, named reference.Named, top ocispec.Descriptor, byDigest bool) (img Image, retErr error) {
+	s := p.s
+	name := named.String()
+	log := logger(ctx).With("image", name)
+	start := time.Now()
 	defer p.releaseAll()
 	defer func() {
 		// A pull that failed for a reason other than the network keeps
@@ -204,7 +214,7 @@ func (s *Store) pull(ctx context.Context, named reference.Named, auth *Auth, pro
 	s.gc.Lock()
 	defer s.gc.Unlock()
 	records := []Image{img}
-	if _, tagged := named.(reference.Tagged); tagged {
+	if byDigest {
 		byDigest := img
 		byDigest.Name = named.Name() + "@" + top.Digest.String()
 		records = append(records, byDigest)

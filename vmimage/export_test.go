@@ -7,3 +7,11 @@ func SetSpaceCheckEvery(n int64) (restore func()) {
 	spaceCheckEvery = n
 	return func() { spaceCheckEvery = old }
 }
+
+// SetTartChunkSize changes the size of the Tart chunks Pack makes, for
+// a test.
+func SetTartChunkSize(n int64) (restore func()) {
+	old := tartChunkSize
+	tartChunkSize = n
+	return func() { tartChunkSize = old }
+}

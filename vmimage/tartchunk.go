@@ -22,6 +22,9 @@ import (
 // but the last (DiskV2.swift: 512 MiB).
 const TartChunkSize = 512 << 20
 
+// tartChunkSize is TartChunkSize but in tests.
+var tartChunkSize int64 = TartChunkSize
+
 // chunkSegment is how much of a chunk is read and compressed at a time.
 const chunkSegment = 8 << 20
 
@@ -56,13 +59,13 @@ func TartChunks(ctx context.Context, disk *os.File, workers int, progress PackPr
 		}
 		return true
 	}
-	n := int((size + TartChunkSize - 1) / TartChunkSize)
+	n := int((size + tartChunkSize - 1) / tartChunkSize)
 	out := make([]ocispec.Descriptor, n)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(workers, 1))
 	for i := range n {
-		off := int64(i) * TartChunkSize
-		length := min(TartChunkSize, size-off)
+		off := int64(i) * tartChunkSize
+		length := min(tartChunkSize, size-off)
 		g.Go(func() error {
 			var d ocispec.Descriptor
 			var err error

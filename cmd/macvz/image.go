@@ -13,7 +13,7 @@ import (
 )
 
 func imageCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "image", Short: "The daemon's images (ls, inspect, rm, prune), and preparing VM images (install-agent)"}
+	cmd := &cobra.Command{Use: "image", Short: "The daemon's images (pull, ls, inspect, rm, prune, import, push), and preparing VM images (install-agent)"}
 	var agent string
 	var keepTart bool
 	install := &cobra.Command{
@@ -23,7 +23,8 @@ func imageCmd() *cobra.Command {
 its APFS Data volume, writes the agent to /usr/local/bin/macvz-agent and its
 launchd job to /Library/LaunchDaemons/io.macvz.agent.plist (root:wheel), and
 detaches the disk. Give a Tart VM directory (~/.tart/vms/NAME) or its disk.img;
-then push the VM as an image (tart push NAME REGISTRY/REPO:TAG).
+then make it an image: macvz image import ~/.tart/vms/NAME REF (this
+machine), or macvz image push REF ~/.tart/vms/NAME (a registry).
 
 Tart's images run tart-guest-agent from launchd (a root daemon and a per-user
 agent) for Tart's host, which is not there under macvz: install-agent moves
@@ -57,7 +58,7 @@ back to enable it again), unless --keep-tart-agent is given.`,
 	install.Flags().StringVar(&agent, "agent", "", "the darwin/arm64 agent binary (default: macvz-agent next to this binary, else bin/darwin-arm64/macvz-agent)")
 	cmd.AddCommand(install)
 	cmd.AddCommand(imageAdminCmds()...)
-	cmd.AddCommand(imagePullCmd())
+	cmd.AddCommand(imagePullCmd(), imageImportCmd(), imagePushCmd())
 	return cmd
 }
 

@@ -17,7 +17,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/macvz/macvz/runtime/adminapi"
-	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // imagePullCmd is `macvz image pull REF`: a pull through the running
@@ -47,37 +46,17 @@ helper included.`,
 	cfgPath := addConfigFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ref := args[0]
-		named, err := imagestore.ParseRef(ref)
+		named, err := parseRefArg(ref)
 		if err != nil {
-			return errors.New(strings.TrimSuffix(err.Error(), ": invalid argument"))
+			return err
 		}
 		req := &adminapi.PullImageRequest{Ref: ref}
-		if creds != "" {
-			user, pass, hasPass, err := parseCreds(creds)
-			if err != nil {
-				return err
-			}
-			if !hasPass {
-				if pass, err = readPassword(cmd.InOrStdin(), cmd.ErrOrStderr(), user); err != nil {
-					return err
-				}
-			}
-			req.Username, req.Password = user, pass
-		} else {
-			a, err := authFromDockerConfig(cmd.Context(), dockerConfigPath(), reference.Domain(named))
-			if err != nil {
-				return fmt.Errorf("registry credentials: %w", err)
-			}
-			if a != nil {
-				req.Username, req.Password, req.IdentityToken = a.Username, a.Password, a.IdentityToken
-			}
+		if req.Username, req.Password, req.IdentityToken, err = registryCreds(cmd, creds, reference.Domain(named)); err != nil {
+			return err
 		}
 		out := cmd.OutOrStdout()
 		tty := !plain && isTerminal(out)
-		req.ProgressIntervalMs = 5000
-		if tty {
-			req.ProgressIntervalMs = 200
-		}
+		req.ProgressIntervalMs = progressEvery(tty)
 		// Ctrl-C ends the pull (the daemon's goes on while kubelet or
 		// another caller waits for it) and says how to resume.
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -104,18 +83,26 @@ func runPull(ctx context.Context, c *adminConn, req *adminapi.PullImageRequest, 
 	if err != nil {
 		return err
 	}
+	_, err = followProgress(ctx, stream.Recv, verbPull, name, out, tty, quiet)
+	return err
+}
+
+// followProgress shows a pull's, import's or push's progress until its
+// last message (the one with the image), which it returns.
+func followProgress(ctx context.Context, recv func() (*adminapi.PullImageProgress, error), verb progressVerb, name string, out io.Writer, tty, quiet bool) (*adminapi.PullImageProgress, error) {
 	p := newProgressPrinter(out, tty)
+	p.verb = verb
 	var view pullView
 	for {
-		m, err := stream.Recv()
+		m, err := recv()
 		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("the daemon ended the pull of %s without its result", name)
+			return nil, fmt.Errorf("the daemon ended the %s of %s without its result", verb.noun, name)
 		}
 		if err != nil {
 			if !quiet && ctx.Err() == nil {
 				p.done(view, "", adminErr(err))
 			}
-			return adminErr(err)
+			return nil, adminErr(err)
 		}
 		view = pullViewOf(name, m)
 		if img := m.GetImage(); img != nil {
@@ -124,7 +111,7 @@ func runPull(ctx context.Context, c *adminConn, req *adminapi.PullImageRequest, 
 			} else {
 				p.done(view, img.GetId(), nil)
 			}
-			return nil
+			return m, nil
 		}
 		if !quiet {
 			p.update(view)
@@ -138,6 +125,31 @@ func pullViewOf(name string, m *adminapi.PullImageProgress) pullView {
 		v.Blobs = append(v.Blobs, blobView{Digest: b.GetDigest(), MediaType: b.GetMediaType(), Size: b.GetSize(), Done: b.GetDone(), Fetched: b.GetFetched(), Complete: b.GetComplete()})
 	}
 	return v
+}
+
+// registryCreds are the credentials for host: --creds USER[:PASSWORD]
+// (the password asked for when left out), else Docker's config.json.
+func registryCreds(cmd *cobra.Command, creds, host string) (user, pass, token string, err error) {
+	if creds != "" {
+		user, pass, hasPass, err := parseCreds(creds)
+		if err != nil {
+			return "", "", "", err
+		}
+		if !hasPass {
+			if pass, err = readPassword(cmd.InOrStdin(), cmd.ErrOrStderr(), user); err != nil {
+				return "", "", "", err
+			}
+		}
+		return user, pass, "", nil
+	}
+	a, err := authFromDockerConfig(cmd.Context(), dockerConfigPath(), host)
+	if err != nil {
+		return "", "", "", fmt.Errorf("registry credentials: %w", err)
+	}
+	if a == nil {
+		return "", "", "", nil
+	}
+	return a.Username, a.Password, a.IdentityToken, nil
 }
 
 // readPassword asks for a password: hidden on a terminal, else the

@@ -39,6 +39,7 @@ func (v pullView) totals() (size, done, fetched int64, complete int) {
 // most maxActive of them), elsewhere one plain line every plainEvery.
 // Rates come from the bytes downloaded between two updates, smoothed.
 type progressPrinter struct {
+	verb       progressVerb
 	w          io.Writer
 	tty        bool
 	plainEvery time.Duration
@@ -55,8 +56,19 @@ type progressPrinter struct {
 
 const maxActive = 6
 
+// progressVerb words what is shown: a pull, an import or a push.
+type progressVerb struct {
+	noun, past, moved, active string
+}
+
+var (
+	verbPull   = progressVerb{noun: "pull", past: "pulled", moved: "downloaded", active: "downloading"}
+	verbImport = progressVerb{noun: "import", past: "imported", moved: "read", active: "reading"}
+	verbPush   = progressVerb{noun: "push", past: "pushed", moved: "uploaded", active: "uploading"}
+)
+
 func newProgressPrinter(w io.Writer, tty bool) *progressPrinter {
-	return &progressPrinter{w: w, tty: tty, plainEvery: 5 * time.Second, prev: map[string]int64{}, rates: map[string]float64{}}
+	return &progressPrinter{verb: verbPull, w: w, tty: tty, plainEvery: 5 * time.Second, prev: map[string]int64{}, rates: map[string]float64{}}
 }
 
 // update takes a new view of the pull.
@@ -134,7 +146,7 @@ func (p *progressPrinter) draw(v pullView) {
 	}
 	for i, b := range active {
 		if i == maxActive {
-			lines = append(lines, fmt.Sprintf("  … and %d more downloading", len(active)-maxActive))
+			lines = append(lines, fmt.Sprintf("  … and %d more %s", len(active)-maxActive, p.verb.active))
 			break
 		}
 		lines = append(lines, fmt.Sprintf("  %s %-6s %s %9s / %-9s %s/s", shortDigest(b.Digest), blobKind(b.MediaType), bar(b.Done, b.Size, 20), humanSize(b.Done), humanSize(b.Size), humanSize(int64(p.rates[b.Digest]))))
@@ -163,11 +175,11 @@ func (p *progressPrinter) done(v pullView, id string, err error) {
 		p.draw(v)
 	}
 	if err != nil {
-		fmt.Fprintf(p.w, "pull %s failed after %s: %v\n", v.Ref, v.Elapsed.Round(time.Second), err)
+		fmt.Fprintf(p.w, "%s %s failed after %s: %v\n", p.verb.noun, v.Ref, v.Elapsed.Round(time.Second), err)
 		return
 	}
 	size, _, fetched, _ := v.totals()
-	fmt.Fprintf(p.w, "pulled %s (%s) in %s: %s, %s downloaded\n", v.Ref, shortID(id), v.Elapsed.Round(100*time.Millisecond), humanSize(size), humanSize(fetched))
+	fmt.Fprintf(p.w, "%s %s (%s) in %s: %s, %s %s\n", p.verb.past, v.Ref, shortID(id), v.Elapsed.Round(100*time.Millisecond), humanSize(size), humanSize(fetched), p.verb.moved)
 }
 
 func shortDigest(d string) string {

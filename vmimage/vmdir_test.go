@@ -20,87 +20,39 @@ import (
 
 const testChunk = 1 << 20
 
-// vmDirFiles are the files of a test VM directory: the disk as extents
-// written into a sparse file of diskSize.
-type vmDirFiles struct {
-	config   []byte
-	diskSize int64
-	extents  map[int64][]byte
-	other    map[string][]byte // nvram.bin or aux.img
-}
-
-// tartDirFiles is a Tart VM directory's files, taken from the image
-// testimage makes the way Tart pushes one.
-func tartDirFiles(t testing.TB, osName string) vmDirFiles {
+// tartDirFiles is a Tart VM directory of 3.5 chunks: data in the first
+// and third, the second all holes.
+func tartDirFiles(t testing.TB, osName string) testimage.VMDir {
 	t.Helper()
-	img, err := testimage.Tart(testimage.TartOptions{Seed: 7, OS: osName, Arch: "arm64", DiskSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := manifestOf(t, img)
-	f := vmDirFiles{other: map[string][]byte{}}
-	for _, l := range m.Layers {
-		switch l.MediaType {
-		case vmimage.MediaTypeTartConfig:
-			f.config = blobData(img, l.Digest)
-		case vmimage.MediaTypeTartNVRAM:
-			f.other[vmimage.NVRAMFile] = blobData(img, l.Digest)
-		}
-	}
-	// 3.5 chunks: data in the first and third, the second all holes.
-	f.diskSize = 3*testChunk + testChunk/2
-	f.extents = map[int64][]byte{
+	v, err := testimage.TartDir(7, osName, 3*testChunk+testChunk/2, map[int64][]byte{
 		4096:                      testimage.DiskPattern(1, 64<<10),
 		2*testChunk + 123:         testimage.DiskPattern(2, 100<<10),
 		3*testChunk + testChunk/4: []byte("the last chunk is short"),
-	}
-	return f
-}
-
-func (f vmDirFiles) write(t testing.TB, dir string) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, vmimage.ConfigFile), f.config, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range f.other {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	disk, err := os.Create(filepath.Join(dir, vmimage.DiskFile))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer disk.Close()
-	if err := disk.Truncate(f.diskSize); err != nil {
-		t.Fatal(err)
-	}
-	for off, b := range f.extents {
-		if _, err := disk.WriteAt(b, off); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return v
 }
 
-func (f vmDirFiles) disk() []byte {
-	b := make([]byte, f.diskSize)
-	for off, e := range f.extents {
-		copy(b[off:], e)
+func writeDir(t testing.TB, v testimage.VMDir, dir string) {
+	t.Helper()
+	if err := v.Write(dir); err != nil {
+		t.Fatal(err)
 	}
-	return b
 }
 
 // packDir opens and packs a VM directory written from f, as import does:
 // the files copied into a base first.
-func packDir(t testing.TB, f vmDirFiles) (*vmimage.VMDir, *vmimage.Packed, string) {
+func packDir(t testing.TB, f testimage.VMDir) (*vmimage.VMDir, *vmimage.Packed, string) {
 	t.Helper()
 	src, base := t.TempDir(), t.TempDir()
-	f.write(t, src)
+	writeDir(t, f, src)
 	v, err := vmimage.OpenDir(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.write(t, base)
+	writeDir(t, f, base)
 	os.Remove(filepath.Join(base, vmimage.ConfigFile))
 	p, err := v.Pack(context.Background(), base, 2, nil)
 	if err != nil {
@@ -178,15 +130,15 @@ func TestPackTartDir(t *testing.T) {
 		t.Errorf("uncompressed-disk-size %q, want 3670016", got)
 	}
 	// Tart's disk layers are described by what they hold.
-	disk := f.disk()
+	disk := f.Disk()
 	for i, c := range chunks {
-		want := disk[int64(i)*testChunk : min(int64(i+1)*testChunk, f.diskSize)]
+		want := disk[int64(i)*testChunk : min(int64(i+1)*testChunk, f.DiskSize)]
 		if c.Annotations[vmimage.AnnotationTartUncompressedDigest] != digest.FromBytes(want).String() {
 			t.Errorf("chunk %d: content digest %s, want %s", i, c.Annotations[vmimage.AnnotationTartUncompressedDigest], digest.FromBytes(want))
 		}
 	}
 	// The hole chunk is the same layer as a chunk of written zeros.
-	zero := vmDirFiles{config: f.config, other: f.other, diskSize: testChunk, extents: map[int64][]byte{0: make([]byte, testChunk)}}
+	zero := testimage.VMDir{Config: f.Config, Files: f.Files, DiskSize: testChunk, Extents: map[int64][]byte{0: make([]byte, testChunk)}}
 	_, zp, _ := packDir(t, zero)
 	if zc := zp.Manifest.Layers[1]; zc.Digest != chunks[1].Digest || zc.Size != chunks[1].Size {
 		t.Errorf("hole chunk %s/%d, written zeros %s/%d", chunks[1].Digest, chunks[1].Size, zc.Digest, zc.Size)
@@ -208,7 +160,7 @@ func TestPackTartDir(t *testing.T) {
 		t.Error("the unpacked disk differs from the directory's")
 	}
 	nv, _ := os.ReadFile(filepath.Join(dir, vmimage.NVRAMFile))
-	if !bytes.Equal(nv, f.other[vmimage.NVRAMFile]) {
+	if !bytes.Equal(nv, f.Files[vmimage.NVRAMFile]) {
 		t.Error("the unpacked NVRAM differs")
 	}
 	d1, err := vmimage.ReadDescriptor(base)
@@ -250,24 +202,24 @@ func TestPackAgodaDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := manifestOf(t, img)
-	f := vmDirFiles{other: map[string][]byte{}, diskSize: 2 << 20, extents: map[int64][]byte{8192: testimage.DiskPattern(4, 4096)}}
+	f := testimage.VMDir{Files: map[string][]byte{}, DiskSize: 2 << 20, Extents: map[int64][]byte{8192: testimage.DiskPattern(4, 4096)}}
 	for _, l := range m.Layers {
 		if l.MediaType == vmimage.MediaTypeAgodaConfig {
-			f.config = blobData(img, l.Digest)
+			f.Config = blobData(img, l.Digest)
 		}
 	}
-	f.other[vmimage.AuxFile] = bytes.Repeat([]byte{0, 1, 2, 3}, 1<<16)
+	f.Files[vmimage.AuxFile] = bytes.Repeat([]byte{0, 1, 2, 3}, 1<<16)
 	_, p, base := packDir(t, f)
 	if p.Manifest.ArtifactType != vmimage.ArtifactTypeAgoda || p.Manifest.Config.Platform == nil || p.Manifest.Config.Platform.OS != "darwin" {
 		t.Errorf("manifest %+v: want the agoda artifact type and a darwin config", p.Manifest)
 	}
 	dir := unpackPacked(t, p, base)
 	got, _ := os.ReadFile(filepath.Join(dir, vmimage.DiskFile))
-	if !bytes.Equal(got, f.disk()) {
+	if !bytes.Equal(got, f.Disk()) {
 		t.Error("the unpacked disk differs from the directory's")
 	}
 	aux, _ := os.ReadFile(filepath.Join(dir, vmimage.AuxFile))
-	if !bytes.Equal(aux, f.other[vmimage.AuxFile]) {
+	if !bytes.Equal(aux, f.Files[vmimage.AuxFile]) {
 		t.Error("the unpacked aux.img differs")
 	}
 }
@@ -309,7 +261,7 @@ func TestOpenDirRefuses(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			tart.write(t, dir)
+			writeDir(t, tart, dir)
 			c.change(t, dir)
 			_, err := vmimage.OpenDir(dir)
 			if !c.code(err) || !strings.Contains(err.Error(), c.msg) {

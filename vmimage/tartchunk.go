@@ -87,9 +87,24 @@ func TartChunks(ctx context.Context, disk *os.File, workers int, progress PackPr
 	return out, nil
 }
 
+// AnnotationPacker, on a manifest, says its Tart chunks were made by
+// macvz's encoder (PackerTartLZ4): WriteTartChunk makes them again byte
+// for byte. Chunks Tart made (Apple's encoder) decode to the same disk
+// but are other bytes.
+const (
+	AnnotationPacker = "io.macvz.image.packer"
+	PackerTartLZ4    = "macvz-applelz4-64k/1"
+)
+
+// DescribeTartChunk is the disk.v2 layer WriteTartChunk makes of bytes
+// [off, off+length) of disk.
+func DescribeTartChunk(ctx context.Context, disk io.ReaderAt, off, length int64) (ocispec.Descriptor, error) {
+	return describeChunk(ctx, disk, off, length, nil)
+}
+
 // describeChunk compresses one chunk into a counter and returns its
 // layer descriptor.
-func describeChunk(ctx context.Context, disk *os.File, off, length int64, progress PackProgress) (ocispec.Descriptor, error) {
+func describeChunk(ctx context.Context, disk io.ReaderAt, off, length int64, progress PackProgress) (ocispec.Descriptor, error) {
 	cw := &hashCounter{d: digest.Canonical.Digester()}
 	raw, err := WriteTartChunk(ctx, disk, off, length, cw, progress)
 	if err != nil {
@@ -232,19 +247,9 @@ func RemakeLayer(ctx context.Context, m ocispec.Manifest, i int, base string, w 
 		_, err := copyCtx(ctx, w, io.NewSectionReader(disk, 0, l.Size), nil)
 		return err
 	}
-	var off int64
-	for j := range i {
-		if m.Layers[j].MediaType == MediaTypeTartDiskV2 {
-			n, _, err := sizeAnnotation(j, m.Layers[j], AnnotationTartUncompressedSize)
-			if err != nil {
-				return err
-			}
-			off += n
-		}
-	}
-	size, ok, err := sizeAnnotation(i, l, AnnotationTartUncompressedSize)
-	if err != nil || !ok {
-		return invalidf("%s: no %s", layerName(i, l), AnnotationTartUncompressedSize)
+	off, size, err := TartChunkRange(m, i)
+	if err != nil {
+		return err
 	}
 	want, _, err := digestAnnotation(i, l, AnnotationTartUncompressedDigest)
 	if err != nil {
@@ -258,4 +263,26 @@ func RemakeLayer(ctx context.Context, m ocispec.Manifest, i int, base string, w 
 		return corruptf("%s: the unpacked disk's bytes %d..%d have digest %s, the image says %s: the base changed", layerName(i, l), off, off+size, got, want)
 	}
 	return nil
+}
+
+// TartChunkRange is where disk.v2 layer i of a Tart manifest lies in the
+// disk: after every chunk before it, its uncompressed size long.
+func TartChunkRange(m ocispec.Manifest, i int) (off, size int64, err error) {
+	for j := range i {
+		if m.Layers[j].MediaType == MediaTypeTartDiskV2 {
+			n, _, err := sizeAnnotation(j, m.Layers[j], AnnotationTartUncompressedSize)
+			if err != nil {
+				return 0, 0, err
+			}
+			off += n
+		}
+	}
+	size, ok, err := sizeAnnotation(i, m.Layers[i], AnnotationTartUncompressedSize)
+	if err != nil {
+		return 0, 0, err
+	}
+	if !ok {
+		return 0, 0, invalidf("%s: no %s", layerName(i, m.Layers[i]), AnnotationTartUncompressedSize)
+	}
+	return off, size, nil
 }

@@ -188,7 +188,7 @@ func (v *VMDir) Pack(ctx context.Context, base string, workers int, progress Pac
 			n, _ := strconv.ParseInt(c.Annotations[AnnotationTartUncompressedSize], 10, 64)
 			size += n
 		}
-		m.Annotations = map[string]string{AnnotationTartUncompressedDiskSize: strconv.FormatInt(size, 10)}
+		m.Annotations = map[string]string{AnnotationTartUncompressedDiskSize: strconv.FormatInt(size, 10), AnnotationPacker: PackerTartLZ4}
 	case KindAgoda:
 		// The disk is stored as-is (a layer without the uncompressed-*
 		// annotations, which macOS-vz-kubelet reads as uncompressed): a

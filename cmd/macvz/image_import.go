@@ -132,6 +132,9 @@ Credentials as for macvz image pull: --creds, else Docker's config.json.`,
 			if r := last.GetPushed(); r != nil && !quiet {
 				fmt.Fprintf(out, "%s: manifest %s; %d blobs uploaded (%s), %d already in the registry\n",
 					named.String(), r.GetManifestDigest(), r.GetUploaded(), humanSize(r.GetBytes()), r.GetSkipped())
+				if r.GetManifestDigest() != last.GetImage().GetId() && last.GetImage().GetKind() == "tart" {
+					fmt.Fprintf(out, "the disk went in chunks made anew (the image's own were released after unpacking, and another encoder made them): the same disk under a new manifest, not %s\n", last.GetImage().GetId())
+				}
 			}
 			return nil
 		})

@@ -181,3 +181,45 @@ func TestImportRefusesLeavingNothing(t *testing.T) {
 	_, err = s.Push(ctx, "local/none:1", "127.0.0.1:1/x:1", nil)
 	wantClass(t, err, "NotFound", errdefs.IsNotFound)
 }
+
+// TestPushTartChunksOfAnotherEncoder: a pulled Tart image whose chunks
+// the store released, made by an encoder other than macvz's (here: other
+// block sizes, as Apple's makes other bytes), is pushed with the disk in
+// macvz's chunks under a new manifest: the same disk. With its chunks
+// kept, the same manifest goes.
+func TestPushTartChunksOfAnotherEncoder(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	disk := testimage.DiskPattern(41, 5<<20)
+	img, err := testimage.Tart(testimage.TartOptions{Seed: 41, Disk: disk, ChunkSize: 2 << 20, BlockSize: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg, "tart/apple", "1", img)
+
+	s := newStore(t, insecure(reg.Host()))
+	pulled := mustPull(t, s, reg.Ref("tart/apple", "1"), nil)
+	res, err := s.Push(ctx, pulled.Name, reg.Ref("tart/ours", "1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Manifest.Digest == img.Manifest.Digest {
+		t.Fatalf("pushed the original manifest %s, whose chunks the store cannot make", img.Manifest.Digest)
+	}
+	other := newStore(t, insecure(reg.Host()))
+	again := mustPull(t, other, reg.Ref("tart/ours", "1"), nil)
+	if again.ID() != res.Manifest.Digest.String() {
+		t.Errorf("pulled %s, pushed %s", again.ID(), res.Manifest.Digest)
+	}
+	sameFile(t, filepath.Join(viewBase(t, other, again), vmimage.DiskFile), disk)
+	if m := readManifest(t, other, again); m.Annotations[vmimage.AnnotationPacker] != vmimage.PackerTartLZ4 {
+		t.Errorf("the new manifest's annotations %v: want %s", m.Annotations, vmimage.AnnotationPacker)
+	}
+
+	keep := newStore(t, insecure(reg.Host()), func(o *imagestore.Options) { o.KeepDiskChunks = true })
+	kept := mustPull(t, keep, reg.Ref("tart/apple", "1"), nil)
+	res, err = keep.Push(ctx, kept.Name, reg.Ref("tart/kept", "1"), nil)
+	if err != nil || res.Manifest.Digest != img.Manifest.Digest {
+		t.Errorf("push with the chunks kept: %+v, %v; want the original manifest %s", res, err, img.Manifest.Digest)
+	}
+}

@@ -5,6 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,7 +36,8 @@ type Pushed struct {
 }
 
 // Push sends the image local (a name or ID in the store) to ref, as it
-// is stored: the same manifest, so a pull of ref gives the same image.
+// is stored: the same manifest, so a pull of ref gives the same image
+// (but for a Tart image whose released chunks Tart made: pushManifest).
 // Blobs go in parallel (MaxConcurrentDownloads at a time), each only if
 // the registry lacks it; the manifest goes last, tagged. A VM disk layer
 // the store released after unpacking (image.keep_disk_chunks = false) is
@@ -87,6 +93,10 @@ func (s *Store) Push(ctx context.Context, local, ref string, auth *Auth, opts ..
 	if err != nil {
 		return Pushed{}, classify(host, err)
 	}
+	m, mdesc, mb, err := s.pushManifest(ctx, rec, m, mb, base)
+	if err != nil {
+		return Pushed{}, err
+	}
 	prog.setBlobs(append([]ocispec.Descriptor{m.Config}, m.Layers...))
 	start := time.Now()
 	ps := &pushState{s: s, pusher: pusher, host: host, prog: prog}
@@ -124,7 +134,6 @@ func (s *Store) Push(ctx context.Context, local, ref string, auth *Auth, opts ..
 			return Pushed{}, err
 		}
 	}
-	mdesc := rec.Manifest
 	if err := ps.blob(ctx, mdesc, func(w io.Writer) error {
 		_, err := w.Write(mb)
 		return err
@@ -135,6 +144,82 @@ func (s *Store) Push(ctx context.Context, local, ref string, auth *Auth, opts ..
 	logger(ctx).Info("pushed image", "image", rec.Name, "to", named.String(), "manifest", mdesc.Digest,
 		"uploaded", out.Uploaded, "skipped", out.Skipped, "bytes", out.Bytes, "duration", time.Since(start).Round(time.Millisecond))
 	return out, nil
+}
+
+// pushManifest is the manifest a push sends: the image's own, unless
+// Tart disk chunks the store released were made by another encoder
+// (Apple's, in Tart): macvz's encoder cannot make those bytes again, so
+// the push sends the disk in chunks of its own instead, under a new
+// manifest (the same disk, VM config and NVRAM; a new digest). Each such
+// chunk is compressed here once to learn its digest, and again as it
+// uploads.
+func (s *Store) pushManifest(ctx context.Context, rec Image, m ocispec.Manifest, mb []byte, base string) (ocispec.Manifest, ocispec.Descriptor, []byte, error) {
+	if rec.Kind != vmimage.KindTart || m.Annotations[vmimage.AnnotationPacker] == vmimage.PackerTartLZ4 || base == "" {
+		return m, rec.Manifest, mb, nil
+	}
+	layers := slices.Clone(m.Layers)
+	var replaced, chunks int
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, l := range m.Layers {
+		if l.MediaType != vmimage.MediaTypeTartDiskV2 {
+			continue
+		}
+		chunks++
+		if _, err := s.content.Info(ctx, l.Digest); err == nil {
+			continue
+		}
+		g.Go(func() error {
+			off, size, err := vmimage.TartChunkRange(m, i)
+			if err != nil {
+				return err
+			}
+			disk, err := os.Open(filepath.Join(base, vmimage.DiskFile))
+			if err != nil {
+				return err
+			}
+			defer disk.Close()
+			d, err := vmimage.DescribeTartChunk(gctx, disk, off, size)
+			if err != nil {
+				return err
+			}
+			if d.Annotations[vmimage.AnnotationTartUncompressedDigest] != l.Annotations[vmimage.AnnotationTartUncompressedDigest] {
+				return fmt.Errorf("layer %d (%s): the unpacked disk's bytes %d..%d have digest %s, the image says %s: the base changed: %w", i, l.Digest, off, off+size, d.Annotations[vmimage.AnnotationTartUncompressedDigest], l.Annotations[vmimage.AnnotationTartUncompressedDigest], errdefs.ErrDataLoss)
+			}
+			mu.Lock()
+			if d.Digest != l.Digest {
+				replaced++
+			}
+			layers[i] = d
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return m, ocispec.Descriptor{}, nil, err
+	}
+	if replaced == 0 {
+		return m, rec.Manifest, mb, nil
+	}
+	out := m
+	out.Layers = layers
+	out.Annotations = maps.Clone(m.Annotations)
+	if out.Annotations == nil {
+		out.Annotations = map[string]string{}
+	}
+	if replaced == chunks {
+		out.Annotations[vmimage.AnnotationPacker] = vmimage.PackerTartLZ4
+	}
+	out.MediaType = ocispec.MediaTypeImageManifest
+	b, err := json.Marshal(out)
+	if err != nil {
+		return m, ocispec.Descriptor{}, nil, err
+	}
+	d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(b), Size: int64(len(b))}
+	logger(ctx).Info("pushing a Tart image's disk in chunks of macvz's encoder: its own were released and another encoder made them",
+		"image", rec.Name, "chunks", replaced, "manifest", d.Digest)
+	return out, d, b, nil
 }
 
 type pushState struct {

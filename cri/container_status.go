@@ -95,13 +95,16 @@ func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFil
 	if err != nil {
 		return nil, err
 	}
-	var out []*runtimeapi.Container
+	out := make([]*runtimeapi.Container, 0, len(recs))
+	ids := make(map[string]bool, len(recs))
+	defer func() { s.listed.ctrs.keepOnly(ids) }()
 	for _, c := range recs {
+		ids[c.ID] = true
 		c = s.ctl.RefreshContainer(ctx, c)
 		if st := f.GetState(); st != nil && st.GetState() != criContainerState(c.State) {
 			continue
 		}
-		cfg, err := ctrConfig(c)
+		cfg, err := s.listed.listedCtrConfig(c)
 		if err != nil {
 			return nil, err
 		}

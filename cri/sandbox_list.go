@@ -37,13 +37,16 @@ func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFil
 	if err != nil {
 		return nil, err
 	}
-	var out []*runtimeapi.PodSandbox
+	out := make([]*runtimeapi.PodSandbox, 0, len(recs))
+	ids := make(map[string]bool, len(recs))
+	defer func() { s.listed.pods.keepOnly(ids) }()
 	for _, sb := range recs {
+		ids[sb.ID] = true
 		sb = s.ctl.Refresh(ctx, sb)
 		if st := f.GetState(); st != nil && st.GetState() != criSandboxState(sb.State) {
 			continue
 		}
-		cfg, err := podConfig(sb)
+		cfg, err := s.listed.listedPodConfig(sb)
 		if err != nil {
 			return nil, err
 		}

@@ -50,6 +50,7 @@ type Service struct {
 	ports  *portproxy.Manager  // hostPorts the network leaves to the daemon
 	ctl    *sandbox.Controller // sandbox VMs: boot, stop, network, volumes
 	stream *streamServer       // exec, attach and port-forward sessions
+	listed listConfigs         // configs parsed for the List verbs
 	node   *nodevm.Supervisor  // the node VM, when [node] enables it
 	// podCIDRMu serialises UpdateRuntimeConfig (runtime_config_update.go).
 	podCIDRMu sync.Mutex
@@ -137,7 +138,7 @@ func newService(ctx context.Context, cfg *config.Config, d deps) (_ *Service, re
 	if err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New(), metrics: d.metrics}
+	s := &Service{cfg: cfg, sn: sn, st: st, ports: portproxy.New(), metrics: d.metrics, listed: newListConfigs()}
 	s.events = newContainerEvents(s.watchExits)
 	undo = append(undo, func() error { s.ports.Close(); return nil })
 	s.images, err = d.openImages(ctx, imagestore.Options{

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -255,9 +256,22 @@ type Container struct {
 	Restored bool `json:"restored,omitempty"`
 }
 
-// Store is the state database.
+// Store is the state database, with every record also kept decoded in
+// memory (as containerd keeps its sandbox and container stores): reads,
+// List and Status above all, which kubelet makes every second, never touch
+// bbolt or JSON. Writes go to bbolt first and to memory once committed,
+// one at a time (wmu), so memory always holds the last committed record.
+//
+// A record a read returns shares its slices, maps and pointed-to structs
+// with the index: never change one in place; change records through
+// Update*, which work on a copy decoded from the database.
 type Store struct {
-	db *bolt.DB
+	db  *bolt.DB
+	wmu sync.Mutex // one write at a time, database then index
+
+	mu   sync.RWMutex
+	sbs  map[string]*Sandbox
+	ctrs map[string]*Container
 }
 
 // Open opens (creating) the database at path.
@@ -277,7 +291,15 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	if s.sbs, err = load[Sandbox](db, sandboxes); err == nil {
+		s.ctrs, err = load[Container](db, containers)
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	return s, nil
 }
 
 // Close closes the database.
@@ -302,6 +324,21 @@ var (
 	containers = kind{bucketContainers, "c/", "container"}
 )
 
+func load[T any](db *bolt.DB, k kind) (map[string]*T, error) {
+	out := map[string]*T{}
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(k.bucket).ForEach(func(id, b []byte) error {
+			v := new(T)
+			if err := json.Unmarshal(b, v); err != nil {
+				return fmt.Errorf("%s %s: %w", k.what, id, err)
+			}
+			out[string(id)] = v
+			return nil
+		})
+	})
+	return out, err
+}
+
 func put(tx *bolt.Tx, k kind, id string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -311,8 +348,10 @@ func put(tx *bolt.Tx, k kind, id string, v any) error {
 }
 
 // create stores a new record, reserving its name.
-func create(db *bolt.DB, k kind, id, name string, v any) error {
-	return db.Update(func(tx *bolt.Tx) error {
+func create[T any](s *Store, idx map[string]*T, k kind, id, name string, v *T) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		names := tx.Bucket(bucketNames)
 		if other := names.Get([]byte(k.prefix + name)); other != nil {
 			return fmt.Errorf("%s name %q is reserved for %s %s: %w", k.what, name, k.what, other, errdefs.ErrAlreadyExists)
@@ -325,24 +364,47 @@ func create(db *bolt.DB, k kind, id, name string, v any) error {
 		}
 		return put(tx, k, id, v)
 	})
+	if err != nil {
+		return err
+	}
+	// The caller keeps v: index a copy of what was stored.
+	c, err := decoded[T](v)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	idx[id] = c
+	s.mu.Unlock()
+	return nil
 }
 
-// resolve finds the full ID for id or a unique prefix of it.
-func resolve(tx *bolt.Tx, k kind, id string) (string, error) {
+// decoded is v as a read of the database gives it back: a deep copy.
+func decoded[T any](v *T) (*T, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	c := new(T)
+	return c, json.Unmarshal(b, c)
+}
+
+// resolve finds the full ID for id or a unique prefix of it in idx.
+// The caller holds s.mu.
+func resolve[T any](idx map[string]*T, k kind, id string) (string, error) {
 	if id == "" {
 		return "", fmt.Errorf("%s ID is empty: %w", k.what, errdefs.ErrInvalidArgument)
 	}
-	b := tx.Bucket(k.bucket)
-	if b.Get([]byte(id)) != nil {
+	if _, ok := idx[id]; ok {
 		return id, nil
 	}
 	var found string
-	c := b.Cursor()
-	for key, _ := c.Seek([]byte(id)); key != nil && strings.HasPrefix(string(key), id); key, _ = c.Next() {
-		if found != "" {
-			return "", fmt.Errorf("%s ID prefix %q is ambiguous: %w", k.what, id, errdefs.ErrInvalidArgument)
+	for key := range idx {
+		if strings.HasPrefix(key, id) {
+			if found != "" {
+				return "", fmt.Errorf("%s ID prefix %q is ambiguous: %w", k.what, id, errdefs.ErrInvalidArgument)
+			}
+			found = key
 		}
-		found = string(key)
 	}
 	if found == "" {
 		return "", fmt.Errorf("%s %q: %w", k.what, id, errdefs.ErrNotFound)
@@ -350,25 +412,35 @@ func resolve(tx *bolt.Tx, k kind, id string) (string, error) {
 	return found, nil
 }
 
-func get(db *bolt.DB, k kind, id string, v any) error {
-	return db.View(func(tx *bolt.Tx) error {
-		full, err := resolve(tx, k, id)
-		if err != nil {
-			return err
-		}
-		return json.Unmarshal(tx.Bucket(k.bucket).Get([]byte(full)), v)
-	})
+func get[T any](s *Store, idx map[string]*T, k kind, id string) (T, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	full, err := resolve(idx, k, id)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return *idx[full], nil
 }
 
 // update applies fn to a record in one transaction; fn's error aborts it.
-func update[T any](db *bolt.DB, k kind, id string, fn func(*T) error) (T, error) {
+// fn works on a copy decoded from the database, never on the index's.
+func update[T any](s *Store, idx map[string]*T, k kind, id string, fn func(*T) error) (T, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.RLock()
+	full, err := resolve(idx, k, id)
+	s.mu.RUnlock()
 	var v T
-	err := db.Update(func(tx *bolt.Tx) error {
-		full, err := resolve(tx, k, id)
-		if err != nil {
-			return err
+	if err != nil {
+		return v, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(k.bucket).Get([]byte(full))
+		if b == nil {
+			return fmt.Errorf("%s %q: %w", k.what, id, errdefs.ErrNotFound)
 		}
-		if err := json.Unmarshal(tx.Bucket(k.bucket).Get([]byte(full)), &v); err != nil {
+		if err := json.Unmarshal(b, &v); err != nil {
 			return err
 		}
 		if err := fn(&v); err != nil {
@@ -376,11 +448,23 @@ func update[T any](db *bolt.DB, k kind, id string, fn func(*T) error) (T, error)
 		}
 		return put(tx, k, full, &v)
 	})
-	return v, err
+	if err != nil {
+		return v, err
+	}
+	c, err := decoded(&v)
+	if err != nil {
+		return v, err
+	}
+	s.mu.Lock()
+	idx[full] = c
+	s.mu.Unlock()
+	return v, nil
 }
 
-func remove(db *bolt.DB, k kind, id, name string) error {
-	return db.Update(func(tx *bolt.Tx) error {
+func remove[T any](s *Store, idx map[string]*T, k kind, id, name string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(k.bucket).Delete([]byte(id)); err != nil {
 			return err
 		}
@@ -390,48 +474,50 @@ func remove(db *bolt.DB, k kind, id, name string) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(idx, id)
+	s.mu.Unlock()
+	return nil
 }
 
-func list[T any](db *bolt.DB, k kind, keep func(*T) bool) ([]T, error) {
-	var out []T
-	err := db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(k.bucket).ForEach(func(_, b []byte) error {
-			var v T
-			if err := json.Unmarshal(b, &v); err != nil {
-				return err
-			}
-			if keep == nil || keep(&v) {
-				out = append(out, v)
-			}
-			return nil
-		})
-	})
-	return out, err
+// list returns the records keep accepts (keep sees a copy), in no order.
+func list[T any](s *Store, idx map[string]*T, keep func(*T) bool) []T {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]T, 0, len(idx))
+	for _, v := range idx {
+		c := *v
+		if keep == nil || keep(&c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // CreateSandbox stores a new sandbox; its name must be free.
-func (s *Store) CreateSandbox(sb *Sandbox) error { return create(s.db, sandboxes, sb.ID, sb.Name, sb) }
+func (s *Store) CreateSandbox(sb *Sandbox) error {
+	return create(s, s.sbs, sandboxes, sb.ID, sb.Name, sb)
+}
 
 // Sandbox finds a sandbox by ID or unique ID prefix.
-func (s *Store) Sandbox(id string) (Sandbox, error) {
-	var sb Sandbox
-	err := get(s.db, sandboxes, id, &sb)
-	return sb, err
-}
+func (s *Store) Sandbox(id string) (Sandbox, error) { return get(s, s.sbs, sandboxes, id) }
 
 // UpdateSandbox changes a sandbox atomically.
 func (s *Store) UpdateSandbox(id string, fn func(*Sandbox) error) (Sandbox, error) {
-	return update(s.db, sandboxes, id, fn)
+	return update(s, s.sbs, sandboxes, id, fn)
 }
 
 // DeleteSandbox removes a sandbox record and frees its name.
-func (s *Store) DeleteSandbox(sb Sandbox) error { return remove(s.db, sandboxes, sb.ID, sb.Name) }
+func (s *Store) DeleteSandbox(sb Sandbox) error { return remove(s, s.sbs, sandboxes, sb.ID, sb.Name) }
 
 // Sandboxes lists sandboxes, oldest first, keeping those keep accepts.
 func (s *Store) Sandboxes(keep func(*Sandbox) bool) ([]Sandbox, error) {
-	out, err := list(s.db, sandboxes, keep)
+	out := list(s, s.sbs, keep)
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, err
+	return out, nil
 }
 
 // CreateContainer stores a new container; its sandbox must exist and its
@@ -440,27 +526,23 @@ func (s *Store) CreateContainer(c *Container) error {
 	if _, err := s.Sandbox(c.SandboxID); err != nil {
 		return err
 	}
-	return create(s.db, containers, c.ID, c.Name, c)
+	return create(s, s.ctrs, containers, c.ID, c.Name, c)
 }
 
 // Container finds a container by ID or unique ID prefix.
-func (s *Store) Container(id string) (Container, error) {
-	var c Container
-	err := get(s.db, containers, id, &c)
-	return c, err
-}
+func (s *Store) Container(id string) (Container, error) { return get(s, s.ctrs, containers, id) }
 
 // UpdateContainer changes a container atomically.
 func (s *Store) UpdateContainer(id string, fn func(*Container) error) (Container, error) {
-	return update(s.db, containers, id, fn)
+	return update(s, s.ctrs, containers, id, fn)
 }
 
 // DeleteContainer removes a container record and frees its name.
-func (s *Store) DeleteContainer(c Container) error { return remove(s.db, containers, c.ID, c.Name) }
+func (s *Store) DeleteContainer(c Container) error { return remove(s, s.ctrs, containers, c.ID, c.Name) }
 
 // Containers lists containers, oldest first, keeping those keep accepts.
 func (s *Store) Containers(keep func(*Container) bool) ([]Container, error) {
-	out, err := list(s.db, containers, keep)
+	out := list(s, s.ctrs, keep)
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, err
+	return out, nil
 }

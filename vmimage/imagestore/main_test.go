@@ -10,6 +10,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchRegistryEnv) != "" {
+		// This process is BenchmarkPullTart's registry (serveBenchRegistry).
+		os.Exit(serveBenchRegistry())
+	}
 	flag.Parse()
 	// The store logs every pull at info, and containerd's content store
 	// warns about fs-verity on every Open: keep test output to failures.

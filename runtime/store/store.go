@@ -538,7 +538,9 @@ func (s *Store) UpdateContainer(id string, fn func(*Container) error) (Container
 }
 
 // DeleteContainer removes a container record and frees its name.
-func (s *Store) DeleteContainer(c Container) error { return remove(s, s.ctrs, containers, c.ID, c.Name) }
+func (s *Store) DeleteContainer(c Container) error {
+	return remove(s, s.ctrs, containers, c.ID, c.Name)
+}
 
 // Containers lists containers, oldest first, keeping those keep accepts.
 func (s *Store) Containers(keep func(*Container) bool) ([]Container, error) {

@@ -241,6 +241,8 @@ bench: build tools
 		$(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -timeout 90m ./... | tee bin/bench.txt
 	CRICTL=$(CRICTL) CRITEST=$(CRITEST) MACVZ=$(abspath bin/macvz) CRITEST_BENCHMARK_DIR=$(abspath bin/critest-bench) \
 		$(GO) test -count=1 -v -timeout 60m -run '^TestCritest$$' ./integration/ | tail -20
+	@echo; echo "Performance summary (bin/bench.txt; README: Performance):"
+	@$(GO) run ./integration/cmd/benchsummary bin/bench.txt | tee bin/bench-summary.md
 
 # `make demo` is the first command on a fresh machine: integration/demo.sh
 # runs its phases, timing each (demo-deps beside demo-build, demo-guest,

@@ -7,9 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,6 +64,10 @@ func BenchmarkPodStart(b *testing.B) {
 		b.ReportMetric(float64(p50i(shimRSS))/(1<<20), "shim-rss-MiB")
 		b.ReportMetric(float64(p50i(shimAnon))/(1<<20), "shim-anon-MiB")
 	}
+	// Where a start's time goes: each CRI call (client side), and the
+	// boot's phases as the daemon logged them.
+	v.verbs.report(b, "cri-")
+	bootPhases(v.d.log.String()).report(b, "boot-")
 	b.Logf("bare boots %v; pods %v", bare, pods)
 }
 
@@ -119,13 +125,15 @@ func (v *vmBench) podStart(b *testing.B, i int) (d time.Duration, shimRSS, shimA
 			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}},
 	}
 	start := time.Now()
-	pod, ctr, err := runSleeper(ctx, rt, podCfg, v.plain)
+	pod, ctr, err := runSleeperTimed(ctx, rt, podCfg, v.plain, v.verbs)
 	if err != nil {
 		b.Fatal(err)
 	}
+	t := time.Now()
 	if _, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: ctr, Cmd: []string{"true"}}); err != nil {
 		b.Fatal(err)
 	}
+	v.verbs.add("ExecSync", time.Since(t))
 	d = time.Since(start)
 	b.StopTimer()
 	defer b.StartTimer()
@@ -146,6 +154,80 @@ func (v *vmBench) podStart(b *testing.B, i int) (d time.Duration, shimRSS, shimA
 type vmBench struct {
 	*vmTest
 	kernel, initrd string
+	// verbs are the CRI calls' times, client side, by verb.
+	verbs *verbTimes
+}
+
+// verbTimes collects durations by name.
+type verbTimes struct {
+	mu sync.Mutex
+	m  map[string][]time.Duration
+}
+
+func (v *verbTimes) add(name string, d time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil {
+		v.m = map[string][]time.Duration{}
+	}
+	v.m[name] = append(v.m[name], d)
+}
+
+// report gives each collected name's p50 as a metric "<prefix><name>-ms".
+func (v *verbTimes) report(b *testing.B, prefix string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for name, ds := range v.m {
+		b.ReportMetric(float64(p50(ds).Microseconds())/1000, prefix+name+"-ms")
+	}
+}
+
+// bootPhases collects, from the daemon's "VM booted" lines (cold boots),
+// the phases runtime/sandbox's bootPhases names.
+func bootPhases(log string) *verbTimes {
+	out := &verbTimes{}
+	phase := regexp.MustCompile(`\bphase([A-Za-z]+)=(\S+)`)
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, `msg="VM booted"`) {
+			continue
+		}
+		for _, m := range phase.FindAllStringSubmatch(l, -1) {
+			if d, err := time.ParseDuration(m[2]); err == nil {
+				out.add(m[1], d)
+			}
+		}
+	}
+	return out
+}
+
+// runSleeperTimed is runSleeper, adding each call's time to verbs.
+func runSleeperTimed(ctx context.Context, rt runtimeapi.RuntimeServiceClient, cfg *runtimeapi.PodSandboxConfig, image string, verbs *verbTimes) (pod, ctr string, err error) {
+	t := time.Now()
+	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		return "", "", err
+	}
+	verbs.add("RunPodSandbox", time.Since(t))
+	t = time.Now()
+	c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: sb.GetPodSandboxId(), SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+			Image:    &runtimeapi.ImageSpec{Image: image},
+			Command:  []string{"sleep", "3600"},
+			LogPath:  "main.log",
+		},
+	})
+	if err != nil {
+		return sb.GetPodSandboxId(), "", fmt.Errorf("creating the container: %w", err)
+	}
+	verbs.add("CreateContainer", time.Since(t))
+	t = time.Now()
+	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
+		return sb.GetPodSandboxId(), c.GetContainerId(), fmt.Errorf("starting the container: %w", err)
+	}
+	verbs.add("StartContainer", time.Since(t))
+	return sb.GetPodSandboxId(), c.GetContainerId(), nil
 }
 
 func newVMBench(b *testing.B, extraTOML string) *vmBench {
@@ -169,7 +251,7 @@ func newVMBench(b *testing.B, extraTOML string) *vmBench {
 	if _, err := os.Stat(kernel); err != nil {
 		b.Fatalf("the guest image has no vmlinux layer: %v", err)
 	}
-	return &vmBench{vmTest: v, kernel: kernel, initrd: initrd}
+	return &vmBench{vmTest: v, kernel: kernel, initrd: initrd, verbs: &verbTimes{}}
 }
 
 // bareBoot boots kernel+initrd with QEMU as macvz's driver would (q35,

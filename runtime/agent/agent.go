@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -86,6 +87,12 @@ type agent struct {
 	listeners map[string]*guestListener
 
 	shutdownOnce sync.Once
+
+	// The guest's boot on its own clock (uptime): when New ran, when
+	// the agent served, when every module was loaded (nil: not tracked).
+	startedUptime time.Duration
+	servingUptime atomic.Int64
+	modulesLoaded *atomic.Int64
 }
 
 var _ api.AgentService = (*agent)(nil)
@@ -170,6 +177,10 @@ func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse
 		NumCpu:             uint32(runtime.NumCPU()),
 	}
 	sysInfo(r)
+	r.StartedUptimeNs, r.ServingUptimeNs = int64(a.startedUptime), a.servingUptime.Load()
+	if a.modulesLoaded != nil {
+		r.ModulesLoadedUptimeNs = a.modulesLoaded.Load()
+	}
 	r.Interfaces = hostileInterfaces(interfaces())
 	return r, nil
 }

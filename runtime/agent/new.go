@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -57,6 +58,8 @@ type Agent struct {
 // New sets the guest up as opts say (see Options.Init) and returns its
 // agent.
 func New(opts Options) (*Agent, error) {
+	started := uptime()
+	var modulesLoaded atomic.Int64
 	log := opts.Log
 	if log == nil {
 		log = slog.Default()
@@ -71,6 +74,7 @@ func New(opts Options) (*Agent, error) {
 		channel := make(chan struct{})
 		go func() {
 			loadModules(log, opts.Modules, loaded, channel, ready)
+			modulesLoaded.Store(int64(uptime()))
 			close(allLoaded)
 		}()
 		// A vsock listener (vz guests) binds right after New: its
@@ -105,6 +109,7 @@ func New(opts Options) (*Agent, error) {
 	}
 	a := newAgent(cfg)
 	a.ready, a.allLoaded = ready, allLoaded
+	a.startedUptime, a.modulesLoaded = started, &modulesLoaded
 	if opts.Init {
 		go func() {
 			<-ready // the button's module is among the first
@@ -120,6 +125,9 @@ func New(opts Options) (*Agent, error) {
 // Register registers the agent's service (runtime/agentapi) on srv.
 func (a *Agent) Register(srv *ttrpc.Server) {
 	api.RegisterAgentService(srv, a.a)
+	// Serve comes next: the guest's boot is done as far as the agent
+	// can tell (Info reports it).
+	a.a.servingUptime.Store(int64(uptime()))
 }
 
 // SerialPort returns an opener of the virtio-serial port named name (QEMU

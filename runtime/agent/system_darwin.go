@@ -346,3 +346,13 @@ func (a *agent) Stats(ctx context.Context, req *api.StatsRequest) (*api.StatsRes
 	}
 	return r, nil
 }
+
+// uptime is the time since the kernel started (CLOCK_MONOTONIC counts
+// from boot on macOS): the guest's own clock for where its boot went.
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}

@@ -653,3 +653,13 @@ func openFiles(pid string) (fds, sockets uint64) {
 // maxSocketProbes bounds the readlinks of one process's files per Stats
 // call.
 const maxSocketProbes = 16384
+
+// uptime is the time since the kernel started, suspend included
+// (CLOCK_BOOTTIME): the guest's own clock for where its boot went.
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}

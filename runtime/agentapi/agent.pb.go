@@ -285,9 +285,16 @@ type InfoResponse struct {
 	MemoryTotalBytes   uint64                 `protobuf:"varint,11,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
 	// interfaces are the guest's network interfaces with their current
 	// addresses: how the host learns a DHCP-configured guest's IP (vmnet).
-	Interfaces    []*NetInterface `protobuf:"bytes,12,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Interfaces []*NetInterface `protobuf:"bytes,12,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// Where the guest's boot went, on its own clock since the kernel
+	// started (CLOCK_BOOTTIME; 0 when not known): the agent's process
+	// started (the kernel's part), it served (its init's), and every
+	// listed kernel module was loaded (0: not yet).
+	StartedUptimeNs       int64 `protobuf:"varint,13,opt,name=started_uptime_ns,json=startedUptimeNs,proto3" json:"started_uptime_ns,omitempty"`
+	ServingUptimeNs       int64 `protobuf:"varint,14,opt,name=serving_uptime_ns,json=servingUptimeNs,proto3" json:"serving_uptime_ns,omitempty"`
+	ModulesLoadedUptimeNs int64 `protobuf:"varint,15,opt,name=modules_loaded_uptime_ns,json=modulesLoadedUptimeNs,proto3" json:"modules_loaded_uptime_ns,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -402,6 +409,27 @@ func (x *InfoResponse) GetInterfaces() []*NetInterface {
 		return x.Interfaces
 	}
 	return nil
+}
+
+func (x *InfoResponse) GetStartedUptimeNs() int64 {
+	if x != nil {
+		return x.StartedUptimeNs
+	}
+	return 0
+}
+
+func (x *InfoResponse) GetServingUptimeNs() int64 {
+	if x != nil {
+		return x.ServingUptimeNs
+	}
+	return 0
+}
+
+func (x *InfoResponse) GetModulesLoadedUptimeNs() int64 {
+	if x != nil {
+		return x.ModulesLoadedUptimeNs
+	}
+	return 0
 }
 
 type NetInterface struct {
@@ -4081,7 +4109,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x13host_time_unix_nano\x18\x01 \x01(\x03R\x10hostTimeUnixNano\"3\n" +
 	"\fPingResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\"\r\n" +
-	"\vInfoRequest\"\xbc\x03\n" +
+	"\vInfoRequest\"\xcd\x04\n" +
 	"\fInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -4097,7 +4125,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x12memory_total_bytes\x18\v \x01(\x04R\x10memoryTotalBytes\x12<\n" +
 	"\n" +
 	"interfaces\x18\f \x03(\v2\x1c.macvz.agent.v1.NetInterfaceR\n" +
-	"interfaces\"b\n" +
+	"interfaces\x12*\n" +
+	"\x11started_uptime_ns\x18\r \x01(\x03R\x0fstartedUptimeNs\x12*\n" +
+	"\x11serving_uptime_ns\x18\x0e \x01(\x03R\x0fservingUptimeNs\x127\n" +
+	"\x18modules_loaded_uptime_ns\x18\x0f \x01(\x03R\x15modulesLoadedUptimeNs\"b\n" +
 	"\fNetInterface\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x1c\n" +

@@ -211,6 +211,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	if err := prepareShare(sb.Dir); err != nil {
 		return fmt.Errorf("preparing the VM's share: %w", err)
 	}
+	prepared := time.Since(start)
 	c, err := s.shimProcs.Spawn(ctx, shim.SpawnOptions{
 		Binary:   s.cfg.ShimBinary,
 		Dir:      sb.Dir,
@@ -222,6 +223,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("starting the VM's shim: %w", err)
 	}
 	s.addShim(sb.ID, c)
+	spawned := time.Since(start)
 	noAgent := store.SpecOf(*sb).NoAgent
 	var resp *shimapi.StartResponse
 	if noAgent {
@@ -240,18 +242,23 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("booting the VM: %w", err)
 	}
 	booted := time.Since(start)
+	var saved time.Duration
 	if ws == nil && b.key != "" && s.warm.begin(b.key) {
+		t := time.Now()
 		err := s.saveWarm(ctx, c, b.key, spec, img, baseName, base)
+		saved = time.Since(t)
 		s.warm.end(b.key)
 		if err != nil {
 			return err
 		}
 	}
+	setupStart := time.Now()
 	if !noAgent {
 		if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS); err != nil {
 			return err
 		}
 	}
+	setup := time.Since(setupStart)
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.VMStarted = true
 		r.Restore = nil
@@ -281,10 +288,44 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	case noAgent:
 		how = "VM running without an agent"
 	}
-	log.Info(how, "slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.Image.Name,
+	attrs := []any{"slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.Image.Name,
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
-		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease())
+		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease()}
+	log.Info(how, append(attrs, bootPhases(prepared, spawned, booted, saved, setup, resp, ws == nil && !b.restored)...)...)
 	return nil
+}
+
+// bootPhases names where a boot's time went, in the order it went there
+// (each a duration, as the "VM booted" line gives them): preparing (the
+// record, the disk clone, the spec), spawning the shim, the backend
+// starting the VM, then, for a cold boot, on the guest's own clock the
+// kernel until the agent's process ran and the agent's own start until it
+// served; "hello" is the rest of the boot (the VM process until the
+// guest's clock started, and the agent's first answer); the shim's own
+// part of its Start; saving a warm state (an image's first cold boot);
+// setting the guest up. modules is when the guest had every kernel
+// module loaded (in the background: setup calls that need one wait).
+func bootPhases(prepared, spawned, booted, saved, setup time.Duration, resp *shimapi.StartResponse, cold bool) []any {
+	ms := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+	vmStart := time.Duration(resp.GetVmStartNs())
+	boot := time.Duration(resp.GetBootNs())
+	out := []any{"phasePrepare", ms(prepared), "phaseShim", ms(spawned - prepared), "phaseVMStart", ms(vmStart)}
+	a := resp.GetAgent()
+	if cold && a.GetStartedUptimeNs() > 0 && a.GetServingUptimeNs() >= a.GetStartedUptimeNs() {
+		kernel, agentInit := time.Duration(a.GetStartedUptimeNs()), time.Duration(a.GetServingUptimeNs()-a.GetStartedUptimeNs())
+		out = append(out, "phaseKernel", ms(kernel), "phaseAgentInit", ms(agentInit),
+			"phaseHello", ms(max(boot-vmStart-kernel-agentInit, 0)))
+		if m := a.GetModulesLoadedUptimeNs(); m > 0 {
+			out = append(out, "modulesLoaded", ms(time.Duration(m)))
+		}
+	} else {
+		out = append(out, "phaseGuest", ms(max(boot-vmStart, 0)))
+	}
+	out = append(out, "phaseShimStart", ms(max(booted-spawned-boot, 0)))
+	if saved > 0 {
+		out = append(out, "phaseSave", ms(saved))
+	}
+	return append(out, "phaseSetup", ms(setup))
 }
 
 // Boot kinds, as store.Sandbox.VMBoot records them.

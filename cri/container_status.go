@@ -97,7 +97,10 @@ func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFil
 	}
 	out := make([]*runtimeapi.Container, 0, len(recs))
 	ids := make(map[string]bool, len(recs))
-	defer func() { s.listed.ctrs.keepOnly(ids) }()
+	defer func() {
+		s.listed.ctrs.keepOnly(ids)
+		keepItems(&s.listed.mu, s.listed.ctrItems, ids)
+	}()
 	for _, c := range recs {
 		ids[c.ID] = true
 		c = s.ctl.RefreshContainer(ctx, c)
@@ -111,18 +114,7 @@ func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFil
 		if !labelsMatch(cfg.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
-		out = append(out, &runtimeapi.Container{
-			Id:           c.ID,
-			PodSandboxId: c.SandboxID,
-			Metadata:     cfg.GetMetadata(),
-			Image:        &runtimeapi.ImageSpec{Image: c.ImageRef},
-			ImageRef:     c.ImageID,
-			ImageId:      c.ImageID,
-			State:        criContainerState(c.State),
-			CreatedAt:    c.CreatedAt.UnixNano(),
-			Labels:       cfg.GetLabels(),
-			Annotations:  cfg.GetAnnotations(),
-		})
+		out = append(out, s.listed.ctrItem(c, criContainerState(c.State), cfg))
 	}
 	return out, nil
 }

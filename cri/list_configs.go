@@ -65,25 +65,99 @@ func (p *parsedConfigs[T]) keepOnly(ids map[string]bool) {
 	}
 }
 
-// listConfigs are the Service's parsed configs for the List verbs.
+// listConfigs are the Service's parsed configs for the List verbs, and
+// the items built from them: a List answer is mostly the same items as
+// the last one (only a state changes), and building hundreds anew each
+// second made garbage whose collection was the List's slow tail.
 type listConfigs struct {
 	pods *parsedConfigs[*runtimeapi.PodSandboxConfig]
 	ctrs *parsedConfigs[*runtimeapi.ContainerConfig]
+
+	mu       sync.Mutex
+	podItems map[string]*runtimeapi.PodSandbox
+	ctrItems map[string]*runtimeapi.Container
 }
 
-func newListConfigs() listConfigs {
-	return listConfigs{
-		pods: newParsedConfigs(func() *runtimeapi.PodSandboxConfig { return &runtimeapi.PodSandboxConfig{} }),
-		ctrs: newParsedConfigs(func() *runtimeapi.ContainerConfig { return &runtimeapi.ContainerConfig{} }),
+func newListConfigs() *listConfigs {
+	return &listConfigs{
+		pods:     newParsedConfigs(func() *runtimeapi.PodSandboxConfig { return &runtimeapi.PodSandboxConfig{} }),
+		ctrs:     newParsedConfigs(func() *runtimeapi.ContainerConfig { return &runtimeapi.ContainerConfig{} }),
+		podItems: map[string]*runtimeapi.PodSandbox{},
+		ctrItems: map[string]*runtimeapi.Container{},
+	}
+}
+
+// podItem is the List item of a sandbox: the last one built while it
+// still says the same (its config parsed once, its state), else a new
+// one, kept for the next List. Items are shared by concurrent answers:
+// never changed once built.
+func (l *listConfigs) podItem(sb store.Sandbox, state runtimeapi.PodSandboxState, cfg *runtimeapi.PodSandboxConfig) *runtimeapi.PodSandbox {
+	created := sb.CreatedAt.UnixNano()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old := l.podItems[sb.ID]; old != nil && old.State == state && old.CreatedAt == created &&
+		old.Metadata == cfg.GetMetadata() && old.RuntimeHandler == sb.Handler {
+		return old
+	}
+	it := &runtimeapi.PodSandbox{
+		Id:             sb.ID,
+		Metadata:       cfg.GetMetadata(),
+		State:          state,
+		CreatedAt:      created,
+		Labels:         cfg.GetLabels(),
+		Annotations:    cfg.GetAnnotations(),
+		RuntimeHandler: sb.Handler,
+	}
+	l.podItems[sb.ID] = it
+	return it
+}
+
+// ctrItem is podItem for containers.
+func (l *listConfigs) ctrItem(c store.Container, state runtimeapi.ContainerState, cfg *runtimeapi.ContainerConfig) *runtimeapi.Container {
+	created := c.CreatedAt.UnixNano()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old := l.ctrItems[c.ID]; old != nil && old.State == state && old.CreatedAt == created &&
+		old.Metadata == cfg.GetMetadata() && old.ImageRef == c.ImageID && old.PodSandboxId == c.SandboxID &&
+		old.Image.GetImage() == c.ImageRef {
+		return old
+	}
+	it := &runtimeapi.Container{
+		Id:           c.ID,
+		PodSandboxId: c.SandboxID,
+		Metadata:     cfg.GetMetadata(),
+		Image:        &runtimeapi.ImageSpec{Image: c.ImageRef},
+		ImageRef:     c.ImageID,
+		ImageId:      c.ImageID,
+		State:        state,
+		CreatedAt:    created,
+		Labels:       cfg.GetLabels(),
+		Annotations:  cfg.GetAnnotations(),
+	}
+	l.ctrItems[c.ID] = it
+	return it
+}
+
+// keepItems drops the items of records no longer listed.
+func keepItems[T any](mu *sync.Mutex, m map[string]T, ids map[string]bool) {
+	mu.Lock()
+	defer mu.Unlock()
+	if len(m) <= 2*len(ids)+16 {
+		return
+	}
+	for id := range m {
+		if !ids[id] {
+			delete(m, id)
+		}
 	}
 }
 
 // listedPodConfig is a sandbox's config for a List answer (shared).
-func (l listConfigs) listedPodConfig(sb store.Sandbox) (*runtimeapi.PodSandboxConfig, error) {
+func (l *listConfigs) listedPodConfig(sb store.Sandbox) (*runtimeapi.PodSandboxConfig, error) {
 	return l.pods.get(sb.ID, sb.Config)
 }
 
 // listedCtrConfig is a container's config for a List answer (shared).
-func (l listConfigs) listedCtrConfig(c store.Container) (*runtimeapi.ContainerConfig, error) {
+func (l *listConfigs) listedCtrConfig(c store.Container) (*runtimeapi.ContainerConfig, error) {
 	return l.ctrs.get(c.ID, c.Config)
 }

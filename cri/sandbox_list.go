@@ -39,7 +39,10 @@ func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFil
 	}
 	out := make([]*runtimeapi.PodSandbox, 0, len(recs))
 	ids := make(map[string]bool, len(recs))
-	defer func() { s.listed.pods.keepOnly(ids) }()
+	defer func() {
+		s.listed.pods.keepOnly(ids)
+		keepItems(&s.listed.mu, s.listed.podItems, ids)
+	}()
 	for _, sb := range recs {
 		ids[sb.ID] = true
 		sb = s.ctl.Refresh(ctx, sb)
@@ -53,15 +56,7 @@ func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFil
 		if !labelsMatch(cfg.GetLabels(), f.GetLabelSelector()) {
 			continue
 		}
-		out = append(out, &runtimeapi.PodSandbox{
-			Id:             sb.ID,
-			Metadata:       cfg.GetMetadata(),
-			State:          criSandboxState(sb.State),
-			CreatedAt:      sb.CreatedAt.UnixNano(),
-			Labels:         cfg.GetLabels(),
-			Annotations:    cfg.GetAnnotations(),
-			RuntimeHandler: sb.Handler,
-		})
+		out = append(out, s.listed.podItem(sb, criSandboxState(sb.State), cfg))
 	}
 	return out, nil
 }

@@ -50,7 +50,7 @@ type Service struct {
 	ports  *portproxy.Manager  // hostPorts the network leaves to the daemon
 	ctl    *sandbox.Controller // sandbox VMs: boot, stop, network, volumes
 	stream *streamServer       // exec, attach and port-forward sessions
-	listed listConfigs         // configs parsed for the List verbs
+	listed *listConfigs        // configs parsed and items built for the List verbs
 	node   *nodevm.Supervisor  // the node VM, when [node] enables it
 	// podCIDRMu serialises UpdateRuntimeConfig (runtime_config_update.go).
 	podCIDRMu sync.Mutex

@@ -483,13 +483,19 @@ func remove[T any](s *Store, idx map[string]*T, k kind, id, name string) error {
 	return nil
 }
 
-// list returns the records keep accepts (keep sees a copy), in no order.
-func list[T any](s *Store, idx map[string]*T, keep func(*T) bool) []T {
+// list returns the records keep accepts (keep sees a copy), oldest
+// first. It sorts pointers, then copies: records are hundreds of bytes.
+func list[T any](s *Store, idx map[string]*T, keep func(*T) bool, created func(*T) time.Time) []T {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]T, 0, len(idx))
+	ptrs := make([]*T, 0, len(idx))
 	for _, v := range idx {
-		c := *v
+		ptrs = append(ptrs, v)
+	}
+	s.mu.RUnlock()
+	sort.Slice(ptrs, func(i, j int) bool { return created(ptrs[i]).Before(created(ptrs[j])) })
+	out := make([]T, 0, len(ptrs))
+	for _, p := range ptrs {
+		c := *p
 		if keep == nil || keep(&c) {
 			out = append(out, c)
 		}
@@ -515,9 +521,7 @@ func (s *Store) DeleteSandbox(sb Sandbox) error { return remove(s, s.sbs, sandbo
 
 // Sandboxes lists sandboxes, oldest first, keeping those keep accepts.
 func (s *Store) Sandboxes(keep func(*Sandbox) bool) ([]Sandbox, error) {
-	out := list(s, s.sbs, keep)
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
+	return list(s, s.sbs, keep, func(sb *Sandbox) time.Time { return sb.CreatedAt }), nil
 }
 
 // CreateContainer stores a new container; its sandbox must exist and its
@@ -544,7 +548,5 @@ func (s *Store) DeleteContainer(c Container) error {
 
 // Containers lists containers, oldest first, keeping those keep accepts.
 func (s *Store) Containers(keep func(*Container) bool) ([]Container, error) {
-	out := list(s, s.ctrs, keep)
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
-	return out, nil
+	return list(s, s.ctrs, keep, func(c *Container) time.Time { return c.CreatedAt }), nil
 }

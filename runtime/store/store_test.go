@@ -93,3 +93,57 @@ func TestContainersNeedTheirSandboxAndSurviveReopen(t *testing.T) {
 		t.Fatalf("after reopen: %+v %v", got, err)
 	}
 }
+
+// TestIndexFollowsTheDatabase: reads come from memory, and memory holds
+// what the database holds: after updates, deletes, a failed update, and
+// a reopen; a caller's copy changed in place changes nothing stored.
+func TestIndexFollowsTheDatabase(t *testing.T) {
+	s, p := open(t)
+	base := time.Now()
+	var ids []string
+	for i := range 3 {
+		sb := &Sandbox{ID: NewID(), Name: "pod" + string(rune('a'+i)), State: SandboxReady, CreatedAt: base.Add(time.Duration(2-i) * time.Second), IPs: []string{"10.0.0.1"}}
+		if err := s.CreateSandbox(sb); err != nil {
+			t.Fatal(err)
+		}
+		sb.IPs[0] = "changed by the caller after create"
+		ids = append(ids, sb.ID)
+	}
+	if _, err := s.UpdateSandbox(ids[0], func(r *Sandbox) error { r.State = SandboxNotReady; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateSandbox(ids[1], func(r *Sandbox) error { r.State = SandboxNotReady; return errors.New("no") }); err == nil {
+		t.Fatal("a failing update did not fail")
+	}
+	got, err := s.Sandbox(ids[0][:10])
+	if err != nil || got.State != SandboxNotReady || got.IPs[0] != "10.0.0.1" {
+		t.Fatalf("Sandbox after update: %+v, %v", got, err)
+	}
+	got.State = SandboxReady // a copy: stays the caller's
+	if again, _ := s.Sandbox(ids[0]); again.State != SandboxNotReady {
+		t.Errorf("a caller's change to its copy reached the store")
+	}
+	if err := s.DeleteSandbox(Sandbox{ID: ids[2], Name: "podc"}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(s *Store, when string) {
+		all, err := s.Sandboxes(nil)
+		if err != nil || len(all) != 2 || all[0].ID != ids[1] || all[1].ID != ids[0] {
+			t.Fatalf("%s: %d sandboxes (%v), want pod b then pod a, oldest first", when, len(all), err)
+		}
+		if all[0].State != SandboxReady || all[1].State != SandboxNotReady {
+			t.Errorf("%s: states %v %v", when, all[0].State, all[1].State)
+		}
+		if _, err := s.Sandbox(ids[2]); !errdefs.IsNotFound(err) {
+			t.Errorf("%s: a deleted sandbox: %v", when, err)
+		}
+	}
+	check(s, "before reopening")
+	s.Close()
+	s2, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	check(s2, "after reopening")
+}

@@ -165,6 +165,9 @@ type verbTimes struct {
 }
 
 func (v *verbTimes) add(name string, d time.Duration) {
+	if v == nil {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.m == nil {
@@ -200,7 +203,8 @@ func bootPhases(log string) *verbTimes {
 	return out
 }
 
-// runSleeperTimed is runSleeper, adding each call's time to verbs.
+// runSleeperTimed is runSleeper, adding each call's time to verbs (when
+// not nil).
 func runSleeperTimed(ctx context.Context, rt runtimeapi.RuntimeServiceClient, cfg *runtimeapi.PodSandboxConfig, image string, verbs *verbTimes) (pod, ctr string, err error) {
 	t := time.Now()
 	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
@@ -335,26 +339,7 @@ func readPidFile(p string) (int, error) {
 // runSleeper runs a pod over the CRI with one container of image
 // sleeping, and returns the pod's and the container's IDs.
 func runSleeper(ctx context.Context, rt runtimeapi.RuntimeServiceClient, cfg *runtimeapi.PodSandboxConfig, image string) (pod, ctr string, err error) {
-	sb, err := rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
-	if err != nil {
-		return "", "", err
-	}
-	c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-		PodSandboxId: sb.GetPodSandboxId(), SandboxConfig: cfg,
-		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
-			Image:    &runtimeapi.ImageSpec{Image: image},
-			Command:  []string{"sleep", "3600"},
-			LogPath:  "main.log",
-		},
-	})
-	if err != nil {
-		return sb.GetPodSandboxId(), "", fmt.Errorf("creating the container: %w", err)
-	}
-	if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
-		return sb.GetPodSandboxId(), c.GetContainerId(), fmt.Errorf("starting the container: %w", err)
-	}
-	return sb.GetPodSandboxId(), c.GetContainerId(), nil
+	return runSleeperTimed(ctx, rt, cfg, image, nil)
 }
 
 // BenchmarkPodsConcurrent starts 10 pods one after another, then 10 at

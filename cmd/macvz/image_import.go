@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -53,12 +54,9 @@ the daemon, on this machine.`,
 		if err != nil {
 			return err
 		}
-		out := cmd.OutOrStdout()
-		tty := !plain && isTerminal(out)
-		req := &adminapi.ImportImageRequest{Source: src, Ref: args[1], ProgressIntervalMs: progressEvery(tty)}
-		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		cmd.SetContext(ctx)
+		out, tty, every := progressOutput(cmd, plain)
+		req := &adminapi.ImportImageRequest{Source: src, Ref: args[1], ProgressIntervalMs: every}
+		defer interruptible(cmd)()
 		return withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
 			stream, err := c.ImportImage(ctx, req)
 			if err != nil {
@@ -114,12 +112,9 @@ Credentials as for macvz image pull: --creds, else Docker's config.json.`,
 		if req.Username, req.Password, req.IdentityToken, err = registryCreds(cmd, creds, reference.Domain(named)); err != nil {
 			return err
 		}
-		out := cmd.OutOrStdout()
-		tty := !plain && isTerminal(out)
-		req.ProgressIntervalMs = progressEvery(tty)
-		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		cmd.SetContext(ctx)
+		out, tty, every := progressOutput(cmd, plain)
+		req.ProgressIntervalMs = every
+		defer interruptible(cmd)()
 		return withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
 			stream, err := c.PushImage(ctx, req)
 			if err != nil {
@@ -155,11 +150,23 @@ func parseRefArg(ref string) (reference.Named, error) {
 	return named, nil
 }
 
-// progressEvery is how often the daemon sends progress: often enough to
-// redraw a terminal, once per plain line elsewhere.
-func progressEvery(tty bool) int64 {
+// progressOutput is where a long command (pull, import, push) shows its
+// progress: its output, whether that is a terminal (a block redrawn in
+// place) and how often the daemon sends progress for it (often enough
+// to redraw a terminal, once per plain line elsewhere).
+func progressOutput(cmd *cobra.Command, plain bool) (out io.Writer, tty bool, everyMs int64) {
+	out = cmd.OutOrStdout()
+	tty = !plain && isTerminal(out)
 	if tty {
-		return 200
+		return out, true, 200
 	}
-	return 5000
+	return out, false, 5000
+}
+
+// interruptible makes Ctrl-C (or SIGTERM) end cmd's context; call the
+// returned func when done.
+func interruptible(cmd *cobra.Command) func() {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	cmd.SetContext(ctx)
+	return stop
 }

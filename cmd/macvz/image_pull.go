@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/distribution/reference"
@@ -54,14 +52,12 @@ helper included.`,
 		if req.Username, req.Password, req.IdentityToken, err = registryCreds(cmd, creds, reference.Domain(named)); err != nil {
 			return err
 		}
-		out := cmd.OutOrStdout()
-		tty := !plain && isTerminal(out)
-		req.ProgressIntervalMs = progressEvery(tty)
+		out, tty, every := progressOutput(cmd, plain)
+		req.ProgressIntervalMs = every
 		// Ctrl-C ends the pull (the daemon's goes on while kubelet or
 		// another caller waits for it) and says how to resume.
-		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		cmd.SetContext(ctx)
+		defer interruptible(cmd)()
+		ctx := cmd.Context()
 		err = withAdmin(cmd, cfgPath, func(ctx context.Context, c *adminConn) error {
 			return runPull(ctx, c, req, named.String(), out, tty, quiet)
 		})

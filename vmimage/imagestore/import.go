@@ -53,17 +53,8 @@ func (s *Store) Import(ctx context.Context, src, ref string, opts ...PullOption)
 	if !fi.IsDir() {
 		return Image{}, fmt.Errorf("import source %s is not a directory (a Tart VM directory, a macOS-vz-kubelet one, or an OCI image layout): %w", src, errdefs.ErrInvalidArgument)
 	}
-	var o pullOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	prog := newTracker()
-	done := make(chan struct{})
-	stop := o.report(ctx, prog, done)
-	defer func() {
-		close(done)
-		stop()
-	}()
+	prog, stop := progressOf(ctx, opts)
+	defer stop()
 	if _, err := os.Lstat(filepath.Join(src, ocispec.ImageLayoutFile)); err == nil {
 		return s.importLayout(ctx, src, named, prog)
 	}

@@ -172,3 +172,19 @@ func (c countingWriter) Write(b []byte) (int, error) {
 	c.t.fetched(c.d, int64(n))
 	return n, err
 }
+
+// progressOf is the progress of a call that runs alone (an import, a
+// push: no shared flight), reported as opts ask until stop.
+func progressOf(ctx context.Context, opts []PullOption) (*tracker, func()) {
+	var o pullOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	prog := newTracker()
+	done := make(chan struct{})
+	stopReport := o.report(ctx, prog, done)
+	return prog, func() {
+		close(done)
+		stopReport()
+	}
+}

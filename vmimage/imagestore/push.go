@@ -57,17 +57,8 @@ func (s *Store) Push(ctx context.Context, local, ref string, auth *Auth, opts ..
 		return Pushed{}, err
 	}
 	rec := recs[0]
-	var o pullOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	prog := newTracker()
-	done := make(chan struct{})
-	stop := o.report(ctx, prog, done)
-	defer func() {
-		close(done)
-		stop()
-	}()
+	prog, stop := progressOf(ctx, opts)
+	defer stop()
 
 	mb, err := content.ReadBlob(ctx, s.content, rec.Manifest)
 	if err != nil {

@@ -288,7 +288,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	case noAgent:
 		how = "VM running without an agent"
 	}
-	attrs := []any{"slot", b.slot, "cpus", cpus, "memoryMiB", mem>>20, "image", img.Image.Name,
+	attrs := []any{"slot", b.slot, "cpus", cpus, "memoryMiB", mem >> 20, "image", img.Image.Name,
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
 		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease()}
 	log.Info(how, append(attrs, bootPhases(prepared, spawned, booted, saved, setup, resp, ws == nil && !b.restored)...)...)

@@ -3,6 +3,7 @@ package imagestore_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -30,11 +31,11 @@ const (
 	benchRepo        = "bench/tart"
 )
 
-// benchImage is the benchmark's Tart image, built and pushed once per
-// process into a registry of its own: a child process (this test binary
-// again, serveBenchRegistry), so that the pull's CPU time, read from
-// getrusage of this process, is the puller's alone.
-var benchImage struct {
+// benchRegistry is a registry holding the benchmark's Tart image, built
+// and pushed once per process into a registry of its own: a child process
+// (this test binary again, serveBenchRegistry), so that the pull's CPU
+// time, read from getrusage of this process, is the puller's alone.
+type benchRegistry struct {
 	once     sync.Once
 	err      error
 	url      string
@@ -43,14 +44,35 @@ var benchImage struct {
 	wire     int64                // their total size
 	setupDur time.Duration
 	child    *exec.Cmd
+	// netns, for benchLink: the namespace the child runs in, removed with
+	// its veth when the benchmarks end.
+	netns string
 }
 
-const benchRegistryEnv = "MACVZ_BENCH_REGISTRY"
+var (
+	// benchImage's registry is reached over loopback.
+	benchImage benchRegistry
+	// benchLink's runs in a network namespace behind a veth pair whose
+	// registry end sends at most linkRate (tc tbf): a real link's
+	// bandwidth, for BenchmarkPullTartLink.
+	benchLink benchRegistry
+)
+
+const (
+	benchRegistryEnv     = "MACVZ_BENCH_REGISTRY"
+	benchRegistryAddrEnv = "MACVZ_BENCH_REGISTRY_ADDR"
+	linkRate             = "1gbit"
+)
 
 func stopBenchRegistry() {
-	if c := benchImage.child; c != nil {
-		c.Process.Kill()
-		c.Wait()
+	for _, r := range []*benchRegistry{&benchImage, &benchLink} {
+		if c := r.child; c != nil {
+			c.Process.Kill()
+			c.Wait()
+		}
+		if r.netns != "" {
+			exec.Command("ip", "netns", "del", r.netns).Run()
+		}
 	}
 }
 
@@ -60,31 +82,75 @@ type benchRegistryInfo struct {
 	Blobs    []ocispec.Descriptor
 }
 
-func setupBenchImage() {
+func setupBenchImage() { benchImage.start(nil, "") }
+
+// setupBenchLink makes the shaped link and starts the registry behind it.
+func setupBenchLink() {
+	if os.Geteuid() != 0 {
+		benchLink.err = errSkip("needs root (a network namespace and tc)")
+		return
+	}
+	for _, tool := range []string{"ip", "tc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			benchLink.err = errSkip("needs " + tool + " (iproute2)")
+			return
+		}
+	}
+	id := os.Getpid() % 100000
+	ns, host, peer := fmt.Sprintf("macvz-bench-%d", id), fmt.Sprintf("mvb%d", id), fmt.Sprintf("mvp%d", id)
+	benchLink.netns = ns
+	for _, args := range [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "link", "add", host, "type", "veth", "peer", "name", peer},
+		{"ip", "link", "set", peer, "netns", ns},
+		{"ip", "addr", "add", "10.251.0.1/30", "dev", host},
+		{"ip", "link", "set", host, "up"},
+		{"ip", "-n", ns, "addr", "add", "10.251.0.2/30", "dev", peer},
+		{"ip", "-n", ns, "link", "set", peer, "up"},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		// What the registry sends (the blobs) goes at linkRate.
+		{"tc", "-n", ns, "qdisc", "add", "dev", peer, "root", "tbf", "rate", linkRate, "burst", "1mb", "latency", "50ms"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			benchLink.err = fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, out)
+			return
+		}
+	}
+	benchLink.start([]string{"ip", "netns", "exec", ns}, "10.251.0.2:0")
+}
+
+type errSkip string
+
+func (e errSkip) Error() string { return string(e) }
+
+// start runs the child registry (through wrap: ip netns exec) listening
+// on addr ("" = loopback) and reads what it serves.
+func (r *benchRegistry) start(wrap []string, addr string) {
 	start := time.Now()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), benchRegistryEnv+"=1")
+	argv := append(wrap, os.Args[0])
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), benchRegistryEnv+"=1", benchRegistryAddrEnv+"="+addr)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		benchImage.err = err
+		r.err = err
 		return
 	}
 	if err := cmd.Start(); err != nil {
-		benchImage.err = err
+		r.err = err
 		return
 	}
-	benchImage.child = cmd
+	r.child = cmd
 	var info benchRegistryInfo
 	if err := json.NewDecoder(out).Decode(&info); err != nil {
-		benchImage.err = fmt.Errorf("the bench registry: %w", err)
+		r.err = fmt.Errorf("the bench registry: %w", err)
 		return
 	}
-	benchImage.url, benchImage.ref, benchImage.blobs = info.URL, info.Ref, info.Blobs
-	for _, d := range benchImage.blobs {
-		benchImage.wire += d.Size
+	r.url, r.ref, r.blobs = info.URL, info.Ref, info.Blobs
+	for _, d := range r.blobs {
+		r.wire += d.Size
 	}
-	benchImage.setupDur = time.Since(start)
+	r.setupDur = time.Since(start)
 }
 
 // serveBenchRegistry builds the image, pushes it to a registry it
@@ -98,7 +164,7 @@ func serveBenchRegistry() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	reg, err := testregistry.New(testregistry.Options{})
+	reg, err := testregistry.New(testregistry.Options{Addr: os.Getenv(benchRegistryAddrEnv)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -132,12 +198,30 @@ func serveBenchRegistry() int {
 // chunks it would keep beside that with image.keep_disk_chunks.
 func BenchmarkPullTart(b *testing.B) {
 	benchImage.once.Do(setupBenchImage)
-	if benchImage.err != nil {
-		b.Fatal(benchImage.err)
+	benchPull(b, &benchImage)
+}
+
+// BenchmarkPullTartLink is BenchmarkPullTart from a registry behind a
+// 1 Gbit/s link (a veth pair into a network namespace, shaped with tc
+// tbf): pull/raw is then the pull's throughput against a download-only
+// fetch of the same blobs through the same link, what a real registry
+// gives. Needs root and iproute2.
+func BenchmarkPullTartLink(b *testing.B) {
+	benchLink.once.Do(setupBenchLink)
+	var skip errSkip
+	if errors.As(benchLink.err, &skip) {
+		b.Skip(string(skip))
 	}
-	if benchImage.setupDur > 0 {
-		b.Logf("built and pushed the image (%d MiB of blobs) in %v", benchImage.wire>>20, benchImage.setupDur.Round(time.Millisecond))
-		benchImage.setupDur = 0
+	benchPull(b, &benchLink)
+}
+
+func benchPull(b *testing.B, reg *benchRegistry) {
+	if reg.err != nil {
+		b.Fatal(reg.err)
+	}
+	if reg.setupDur > 0 {
+		b.Logf("built and pushed the image (%d MiB of blobs) in %v", reg.wire>>20, reg.setupDur.Round(time.Millisecond))
+		reg.setupDur = 0
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: benchConcurrency}}
 	defer client.CloseIdleConnections()
@@ -150,7 +234,7 @@ func BenchmarkPullTart(b *testing.B) {
 		var r0, r1 syscall.Rusage
 		syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
 		t0 := time.Now()
-		if err := rawDownload(client, benchImage.url); err != nil {
+		if err := rawDownload(client, reg.url, reg.blobs); err != nil {
 			b.Fatal(err)
 		}
 		rawDur += time.Since(t0)
@@ -168,7 +252,7 @@ func BenchmarkPullTart(b *testing.B) {
 		s, err := imagestore.Open(context.Background(), imagestore.Options{
 			Root:                   filepath.Join(root, "images"),
 			Snapshotter:            sn,
-			Hosts:                  insecure(strings.TrimPrefix(benchImage.url, "http://")),
+			Hosts:                  insecure(strings.TrimPrefix(reg.url, "http://")),
 			MaxConcurrentDownloads: benchConcurrency,
 		})
 		if err != nil {
@@ -179,7 +263,7 @@ func BenchmarkPullTart(b *testing.B) {
 		syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 		b.StartTimer()
 		t1 := time.Now()
-		img, err := s.Pull(context.Background(), benchImage.ref, nil)
+		img, err := s.Pull(context.Background(), reg.ref, nil)
 		pullDur += time.Since(t1)
 		b.StopTimer()
 		syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
@@ -197,14 +281,14 @@ func BenchmarkPullTart(b *testing.B) {
 	}
 	n := float64(b.N)
 	b.ReportMetric(n*benchDiskSize/1e6/pullDur.Seconds(), "disk-MB/s")
-	b.ReportMetric(n*float64(benchImage.wire)/1e6/pullDur.Seconds(), "wire-MB/s")
-	b.ReportMetric(n*float64(benchImage.wire)/1e6/rawDur.Seconds(), "raw-MB/s")
+	b.ReportMetric(n*float64(reg.wire)/1e6/pullDur.Seconds(), "wire-MB/s")
+	b.ReportMetric(n*float64(reg.wire)/1e6/rawDur.Seconds(), "raw-MB/s")
 	b.ReportMetric(rawDur.Seconds()/pullDur.Seconds(), "pull/raw")
 	b.ReportMetric(pullCPU.Seconds()/n, "cpu-s/op")
 	b.ReportMetric(rawCPU.Seconds()/n, "raw-cpu-s/op")
 	b.ReportMetric(pullCPU.Seconds()/n/(benchDiskSize/(1<<30)), "cpu-s/GiB")
 	b.ReportMetric(float64(stored)/1e6, "stored-MB")
-	b.ReportMetric(float64(benchImage.wire)/1e6, "chunks-MB")
+	b.ReportMetric(float64(reg.wire)/1e6, "chunks-MB")
 }
 
 // allocatedUnder is the disk space the files under root take (their
@@ -225,7 +309,7 @@ func allocatedUnder(root string) int64 {
 
 // rawDownload GETs every blob of the bench image into io.Discard,
 // benchConcurrency at a time.
-func rawDownload(c *http.Client, base string) error {
+func rawDownload(c *http.Client, base string, blobs []ocispec.Descriptor) error {
 	work := make(chan ocispec.Descriptor)
 	errs := make(chan error, benchConcurrency)
 	var wg sync.WaitGroup
@@ -255,7 +339,7 @@ func rawDownload(c *http.Client, base string) error {
 			errs <- first
 		}()
 	}
-	for _, d := range benchImage.blobs {
+	for _, d := range blobs {
 		work <- d
 	}
 	close(work)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -274,6 +275,9 @@ func TartChunkRange(m ocispec.Manifest, i int) (off, size int64, err error) {
 			if err != nil {
 				return 0, 0, err
 			}
+			if n > math.MaxInt64-off {
+				return 0, 0, invalidf("%s: the disk chunks' sizes add up past %d bytes", layerName(j, m.Layers[j]), int64(math.MaxInt64))
+			}
 			off += n
 		}
 	}
@@ -283,6 +287,9 @@ func TartChunkRange(m ocispec.Manifest, i int) (off, size int64, err error) {
 	}
 	if !ok {
 		return 0, 0, invalidf("%s: no %s", layerName(i, m.Layers[i]), AnnotationTartUncompressedSize)
+	}
+	if size > math.MaxInt64-off {
+		return 0, 0, invalidf("%s: the disk chunks' sizes add up past %d bytes", layerName(i, m.Layers[i]), int64(math.MaxInt64))
 	}
 	return off, size, nil
 }

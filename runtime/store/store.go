@@ -339,18 +339,28 @@ func load[T any](db *bolt.DB, k kind) (map[string]*T, error) {
 	return out, err
 }
 
-func put(tx *bolt.Tx, k kind, id string, v any) error {
+// put stores v and returns the bytes stored, from which the index
+// decodes its own copy.
+func put(tx *bolt.Tx, k kind, id string, v any) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return tx.Bucket(k.bucket).Put([]byte(id), b)
+	return b, tx.Bucket(k.bucket).Put([]byte(id), b)
+}
+
+// decodeIndexed is the index's copy of a record: decoded from the bytes
+// stored, so it shares nothing with the caller's.
+func decodeIndexed[T any](b []byte) (*T, error) {
+	c := new(T)
+	return c, json.Unmarshal(b, c)
 }
 
 // create stores a new record, reserving its name.
 func create[T any](s *Store, idx map[string]*T, k kind, id, name string, v *T) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	var stored []byte
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		names := tx.Bucket(bucketNames)
 		if other := names.Get([]byte(k.prefix + name)); other != nil {
@@ -362,13 +372,14 @@ func create[T any](s *Store, idx map[string]*T, k kind, id, name string, v *T) e
 		if err := names.Put([]byte(k.prefix+name), []byte(id)); err != nil {
 			return err
 		}
-		return put(tx, k, id, v)
+		var err error
+		stored, err = put(tx, k, id, v)
+		return err
 	})
 	if err != nil {
 		return err
 	}
-	// The caller keeps v: index a copy of what was stored.
-	c, err := decoded[T](v)
+	c, err := decodeIndexed[T](stored)
 	if err != nil {
 		return err
 	}
@@ -376,16 +387,6 @@ func create[T any](s *Store, idx map[string]*T, k kind, id, name string, v *T) e
 	idx[id] = c
 	s.mu.Unlock()
 	return nil
-}
-
-// decoded is v as a read of the database gives it back: a deep copy.
-func decoded[T any](v *T) (*T, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	c := new(T)
-	return c, json.Unmarshal(b, c)
 }
 
 // resolve finds the full ID for id or a unique prefix of it in idx.
@@ -435,6 +436,7 @@ func update[T any](s *Store, idx map[string]*T, k kind, id string, fn func(*T) e
 	if err != nil {
 		return v, err
 	}
+	var stored []byte
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(k.bucket).Get([]byte(full))
 		if b == nil {
@@ -446,12 +448,13 @@ func update[T any](s *Store, idx map[string]*T, k kind, id string, fn func(*T) e
 		if err := fn(&v); err != nil {
 			return err
 		}
-		return put(tx, k, full, &v)
+		stored, err = put(tx, k, full, &v)
+		return err
 	})
 	if err != nil {
 		return v, err
 	}
-	c, err := decoded(&v)
+	c, err := decodeIndexed[T](stored)
 	if err != nil {
 		return v, err
 	}

@@ -4100,6 +4100,87 @@ func (*UpdateResourcesResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{59}
 }
 
+type ReseedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seed is 32 to 512 bytes from the host's CSPRNG.
+	Seed          []byte `protobuf:"bytes,1,opt,name=seed,proto3" json:"seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReseedRequest) Reset() {
+	*x = ReseedRequest{}
+	mi := &file_agent_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReseedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReseedRequest) ProtoMessage() {}
+
+func (x *ReseedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReseedRequest.ProtoReflect.Descriptor instead.
+func (*ReseedRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *ReseedRequest) GetSeed() []byte {
+	if x != nil {
+		return x.Seed
+	}
+	return nil
+}
+
+type ReseedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReseedResponse) Reset() {
+	*x = ReseedResponse{}
+	mi := &file_agent_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReseedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReseedResponse) ProtoMessage() {}
+
+func (x *ReseedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReseedResponse.ProtoReflect.Descriptor instead.
+func (*ReseedResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{61}
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -4409,7 +4490,10 @@ const file_agent_proto_rawDesc = "" +
 	"\fcpu_quota_us\x18\x03 \x01(\x03R\n" +
 	"cpuQuotaUs\x12\"\n" +
 	"\rcpu_period_us\x18\x04 \x01(\x03R\vcpuPeriodUs\"\x19\n" +
-	"\x17UpdateResourcesResponse*6\n" +
+	"\x17UpdateResourcesResponse\"#\n" +
+	"\rReseedRequest\x12\x12\n" +
+	"\x04seed\x18\x01 \x01(\fR\x04seed\"\x10\n" +
+	"\x0eReseedResponse*6\n" +
 	"\x05Stdio\x12\x15\n" +
 	"\x11STDIO_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -4421,7 +4505,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aCREATED\x10\x01\x12\v\n" +
 	"\aRUNNING\x10\x02\x12\n" +
 	"\n" +
-	"\x06EXITED\x10\x032\xc6\x0f\n" +
+	"\x06EXITED\x10\x032\x8f\x10\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Ping\x12\x1b.macvz.agent.v1.PingRequest\x1a\x1c.macvz.agent.v1.PingResponse\x12A\n" +
 	"\x04Info\x12\x1b.macvz.agent.v1.InfoRequest\x1a\x1c.macvz.agent.v1.InfoResponse\x12\\\n" +
@@ -4450,7 +4534,8 @@ const file_agent_proto_rawDesc = "" +
 	"\bShutdown\x12\x1f.macvz.agent.v1.ShutdownRequest\x1a .macvz.agent.v1.ShutdownResponse\x12U\n" +
 	"\vPortForward\x12 .macvz.agent.v1.PortForwardFrame\x1a .macvz.agent.v1.PortForwardFrame(\x010\x01\x12Y\n" +
 	"\fUnmountShare\x12#.macvz.agent.v1.UnmountShareRequest\x1a$.macvz.agent.v1.UnmountShareResponse\x12b\n" +
-	"\x0fUpdateResources\x12&.macvz.agent.v1.UpdateResourcesRequest\x1a'.macvz.agent.v1.UpdateResourcesResponseB)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
+	"\x0fUpdateResources\x12&.macvz.agent.v1.UpdateResourcesRequest\x1a'.macvz.agent.v1.UpdateResourcesResponse\x12G\n" +
+	"\x06Reseed\x12\x1d.macvz.agent.v1.ReseedRequest\x1a\x1e.macvz.agent.v1.ReseedResponseB)Z'github.com/macvz/macvz/runtime/agentapib\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -4465,7 +4550,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_agent_proto_goTypes = []any{
 	(Stdio)(0),                       // 0: macvz.agent.v1.Stdio
 	(ProcessState)(0),                // 1: macvz.agent.v1.ProcessState
@@ -4529,7 +4614,9 @@ var file_agent_proto_goTypes = []any{
 	(*UnmountShareResponse)(nil),     // 59: macvz.agent.v1.UnmountShareResponse
 	(*UpdateResourcesRequest)(nil),   // 60: macvz.agent.v1.UpdateResourcesRequest
 	(*UpdateResourcesResponse)(nil),  // 61: macvz.agent.v1.UpdateResourcesResponse
-	nil,                              // 62: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	(*ReseedRequest)(nil),            // 62: macvz.agent.v1.ReseedRequest
+	(*ReseedResponse)(nil),           // 63: macvz.agent.v1.ReseedResponse
+	nil,                              // 64: macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 }
 var file_agent_proto_depIdxs = []int32{
 	6,  // 0: macvz.agent.v1.InfoResponse.interfaces:type_name -> macvz.agent.v1.NetInterface
@@ -4552,7 +4639,7 @@ var file_agent_proto_depIdxs = []int32{
 	7,  // 17: macvz.agent.v1.RemoveProcessRequest.id:type_name -> macvz.agent.v1.ProcessID
 	37, // 18: macvz.agent.v1.ConfigureNetworkRequest.interfaces:type_name -> macvz.agent.v1.Interface
 	38, // 19: macvz.agent.v1.ConfigureNetworkRequest.routes:type_name -> macvz.agent.v1.Route
-	62, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
+	64, // 20: macvz.agent.v1.SetSysctlsRequest.sysctls:type_name -> macvz.agent.v1.SetSysctlsRequest.SysctlsEntry
 	50, // 21: macvz.agent.v1.ContainerStats.cgroup:type_name -> macvz.agent.v1.CgroupStats
 	46, // 22: macvz.agent.v1.StatsResponse.cpu:type_name -> macvz.agent.v1.CPUStats
 	47, // 23: macvz.agent.v1.StatsResponse.memory:type_name -> macvz.agent.v1.MemoryStats
@@ -4584,31 +4671,33 @@ var file_agent_proto_depIdxs = []int32{
 	57, // 49: macvz.agent.v1.Agent.PortForward:input_type -> macvz.agent.v1.PortForwardFrame
 	58, // 50: macvz.agent.v1.Agent.UnmountShare:input_type -> macvz.agent.v1.UnmountShareRequest
 	60, // 51: macvz.agent.v1.Agent.UpdateResources:input_type -> macvz.agent.v1.UpdateResourcesRequest
-	3,  // 52: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
-	5,  // 53: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
-	10, // 54: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
-	12, // 55: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
-	14, // 56: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
-	16, // 57: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
-	18, // 58: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
-	20, // 59: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
-	22, // 60: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
-	24, // 61: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
-	28, // 62: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
-	30, // 63: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
-	32, // 64: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
-	34, // 65: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
-	36, // 66: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
-	40, // 67: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
-	42, // 68: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
-	44, // 69: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
-	54, // 70: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
-	56, // 71: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
-	57, // 72: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
-	59, // 73: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
-	61, // 74: macvz.agent.v1.Agent.UpdateResources:output_type -> macvz.agent.v1.UpdateResourcesResponse
-	52, // [52:75] is the sub-list for method output_type
-	29, // [29:52] is the sub-list for method input_type
+	62, // 52: macvz.agent.v1.Agent.Reseed:input_type -> macvz.agent.v1.ReseedRequest
+	3,  // 53: macvz.agent.v1.Agent.Ping:output_type -> macvz.agent.v1.PingResponse
+	5,  // 54: macvz.agent.v1.Agent.Info:output_type -> macvz.agent.v1.InfoResponse
+	10, // 55: macvz.agent.v1.Agent.CreateProcess:output_type -> macvz.agent.v1.CreateProcessResponse
+	12, // 56: macvz.agent.v1.Agent.StartProcess:output_type -> macvz.agent.v1.StartProcessResponse
+	14, // 57: macvz.agent.v1.Agent.ReadOutput:output_type -> macvz.agent.v1.OutputChunk
+	16, // 58: macvz.agent.v1.Agent.WriteStdin:output_type -> macvz.agent.v1.WriteStdinResponse
+	18, // 59: macvz.agent.v1.Agent.CloseStdin:output_type -> macvz.agent.v1.CloseStdinResponse
+	20, // 60: macvz.agent.v1.Agent.ResizeTty:output_type -> macvz.agent.v1.ResizeTtyResponse
+	22, // 61: macvz.agent.v1.Agent.SignalProcess:output_type -> macvz.agent.v1.SignalProcessResponse
+	24, // 62: macvz.agent.v1.Agent.WaitProcess:output_type -> macvz.agent.v1.WaitProcessResponse
+	28, // 63: macvz.agent.v1.Agent.ListProcesses:output_type -> macvz.agent.v1.ListProcessesResponse
+	30, // 64: macvz.agent.v1.Agent.RemoveProcess:output_type -> macvz.agent.v1.RemoveProcessResponse
+	32, // 65: macvz.agent.v1.Agent.KillAll:output_type -> macvz.agent.v1.KillAllResponse
+	34, // 66: macvz.agent.v1.Agent.SetHostname:output_type -> macvz.agent.v1.SetHostnameResponse
+	36, // 67: macvz.agent.v1.Agent.WriteResolvConf:output_type -> macvz.agent.v1.WriteResolvConfResponse
+	40, // 68: macvz.agent.v1.Agent.ConfigureNetwork:output_type -> macvz.agent.v1.ConfigureNetworkResponse
+	42, // 69: macvz.agent.v1.Agent.MountShare:output_type -> macvz.agent.v1.MountShareResponse
+	44, // 70: macvz.agent.v1.Agent.SetSysctls:output_type -> macvz.agent.v1.SetSysctlsResponse
+	54, // 71: macvz.agent.v1.Agent.Stats:output_type -> macvz.agent.v1.StatsResponse
+	56, // 72: macvz.agent.v1.Agent.Shutdown:output_type -> macvz.agent.v1.ShutdownResponse
+	57, // 73: macvz.agent.v1.Agent.PortForward:output_type -> macvz.agent.v1.PortForwardFrame
+	59, // 74: macvz.agent.v1.Agent.UnmountShare:output_type -> macvz.agent.v1.UnmountShareResponse
+	61, // 75: macvz.agent.v1.Agent.UpdateResources:output_type -> macvz.agent.v1.UpdateResourcesResponse
+	63, // 76: macvz.agent.v1.Agent.Reseed:output_type -> macvz.agent.v1.ReseedResponse
+	53, // [53:77] is the sub-list for method output_type
+	29, // [29:53] is the sub-list for method input_type
 	29, // [29:29] is the sub-list for extension type_name
 	29, // [29:29] is the sub-list for extension extendee
 	0,  // [0:29] is the sub-list for field type_name
@@ -4625,7 +4714,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   61,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

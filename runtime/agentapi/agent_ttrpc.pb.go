@@ -31,6 +31,7 @@ type AgentService interface {
 	PortForward(context.Context, Agent_PortForwardServer) error
 	UnmountShare(context.Context, *UnmountShareRequest) (*UnmountShareResponse, error)
 	UpdateResources(context.Context, *UpdateResourcesRequest) (*UpdateResourcesResponse, error)
+	Reseed(context.Context, *ReseedRequest) (*ReseedResponse, error)
 }
 
 type Agent_ReadOutputServer interface {
@@ -227,6 +228,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 				}
 				return svc.UpdateResources(ctx, &req)
 			},
+			"Reseed": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ReseedRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Reseed(ctx, &req)
+			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"ReadOutput": {
@@ -271,6 +279,7 @@ type AgentClient interface {
 	PortForward(context.Context) (Agent_PortForwardClient, error)
 	UnmountShare(context.Context, *UnmountShareRequest) (*UnmountShareResponse, error)
 	UpdateResources(context.Context, *UpdateResourcesRequest) (*UpdateResourcesResponse, error)
+	Reseed(context.Context, *ReseedRequest) (*ReseedResponse, error)
 }
 
 type agentClient struct {
@@ -514,6 +523,14 @@ func (c *agentClient) UnmountShare(ctx context.Context, req *UnmountShareRequest
 func (c *agentClient) UpdateResources(ctx context.Context, req *UpdateResourcesRequest) (*UpdateResourcesResponse, error) {
 	var resp UpdateResourcesResponse
 	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "UpdateResources", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) Reseed(ctx context.Context, req *ReseedRequest) (*ReseedResponse, error) {
+	var resp ReseedResponse
+	if err := c.client.Call(ctx, "macvz.agent.v1.Agent", "Reseed", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

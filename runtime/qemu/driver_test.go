@@ -59,7 +59,7 @@ func TestArgs(t *testing.T) {
 	s := sampleSpec(t)
 	d, root := s.Dir, filepath.Dir(s.Dir)
 	s.RestoreFrom = filepath.Join(root, "it's.state")
-	got := Args(s, AccelTCG, "")
+	got := Args(s, AccelTCG, "", "/usr/share/qemu/qboot.rom")
 	want := []string{
 		"-name", "sb1",
 		"-M", "q35",
@@ -70,6 +70,7 @@ func TestArgs(t *testing.T) {
 		"-smp", "2",
 		"-m", "512M",
 		"-kernel", root + "/vmlinux",
+		"-bios", "/usr/share/qemu/qboot.rom",
 		"-initrd", root + "/initrd.img",
 		"-append", "console=ttyS0 panic=-1 quiet rdinit=/init",
 		"-chardev", "file,id=con,path=/proc/self/fd/3",
@@ -82,7 +83,6 @@ func TestArgs(t *testing.T) {
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng",
 		"-device", "virtio-balloon-pci,id=balloon",
-		"-device", "vmgenid,guid=auto",
 		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk0,cache=writeback,discard=unmap",
 		"-device", "virtio-blk-pci,drive=disk0",
 		"-drive", "file=" + root + "/disk,,0.raw,format=raw,if=none,id=disk1,cache=writeback,discard=unmap,readonly=on",
@@ -107,13 +107,13 @@ func TestArgs(t *testing.T) {
 
 // An arm64 guest: qemu-system-aarch64's virt machine with -cpu max under
 // TCG, the PL011 console, the same virtio-pci devices and agent channel
-// as amd64, and no vmgenid (virt has none).
+// as amd64, and QEMU's own firmware for virt.
 func TestArgsARM64(t *testing.T) {
 	s := sampleSpec(t)
 	s.Arch = ArchARM64
 	d, root := s.Dir, filepath.Dir(s.Dir)
 	s.NICs = s.NICs[1:]
-	got := Args(s, AccelTCG, "")
+	got := Args(s, AccelTCG, "", "")
 	want := []string{
 		"-name", "sb1",
 		"-M", "virt,gic-version=max",
@@ -150,7 +150,7 @@ func TestArgsARM64(t *testing.T) {
 		t.Errorf("args differ\n got: %q\nwant: %q", got, want)
 	}
 	// On an arm64 host with kvm: the host's CPU.
-	kvm := strings.Join(Args(s, AccelKVM, ARM64Machine), " ")
+	kvm := strings.Join(Args(s, AccelKVM, ARM64Machine, ""), " ")
 	if !strings.Contains(kvm, "-M virt,gic-version=max -accel kvm -cpu host -sandbox") {
 		t.Errorf("kvm args: %s", kvm)
 	}
@@ -192,7 +192,7 @@ func TestConfigArch(t *testing.T) {
 func TestArgsKVMAndDefaults(t *testing.T) {
 	s := &vm.Spec{ID: "x", Dir: "/run/x", CPUs: 1, MemoryBytes: 100<<20 + 1,
 		Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k", Cmdline: "console=hvc0 panic=5"}}
-	got := strings.Join(Args(s, AccelKVM, ""), " ")
+	got := strings.Join(Args(s, AccelKVM, "", ""), " ")
 	for _, want := range []string{
 		"-M q35 -accel kvm -cpu host ",
 		"-m 101M ",
@@ -211,7 +211,7 @@ func TestArgsKVMAndDefaults(t *testing.T) {
 func TestArgsLongDir(t *testing.T) {
 	dir := "/var/lib/macvz/sandboxes/" + strings.Repeat("a", 64) + "/vm/state/qemu"
 	s := &vm.Spec{ID: "x", Dir: dir, CPUs: 1, MemoryBytes: 64 << 20, Boot: vm.Boot{Kind: vm.BootLinux, Kernel: "/k"}}
-	got := strings.Join(Args(s, AccelTCG, "q35"), " ")
+	got := strings.Join(Args(s, AccelTCG, "q35", ""), " ")
 	if !strings.Contains(got, "socket,id=agent,path=/proc/self/fd/4/agent.sock,") ||
 		!strings.Contains(got, "socket,id=qmp,path=/proc/self/fd/4/qmp.sock,") {
 		t.Errorf("long socket paths not redirected: %s", got)
@@ -296,7 +296,7 @@ func TestValidate(t *testing.T) {
 		{"arm64 binary", func(s *vm.Spec) { s.Arch = ArchARM64; s.QEMU.ARM64Binary = "/nonexistent/qemu-system-aarch64" }, errdefs.ErrFailedPrecondition,
 			"(apt-get install qemu-system-arm)"},
 		{"arm64 machine", func(s *vm.Spec) { s.Arch = ArchARM64; s.QEMU.Machine = "q35" }, errdefs.ErrInvalidArgument, `arm64 guests run on "virt"`},
-		{"arm64 restore", func(s *vm.Spec) { s.Arch = ArchARM64; s.RestoreFrom = s.Boot.Kernel }, errdefs.ErrFailedPrecondition, "no vmgenid"},
+		{"arm64 restore", func(s *vm.Spec) { s.Arch = ArchARM64; s.RestoreFrom = s.Boot.Kernel }, errdefs.ErrFailedPrecondition, "only amd64"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -328,8 +328,8 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestRestorable: amd64 guests (vmgenid) can be restored from a saved
-// state, arm64 guests (virt: no vmgenid) cannot, whatever their files.
+// TestRestorable: amd64 guests can be restored from a saved state, arm64
+// guests cannot, whatever their files.
 func TestRestorable(t *testing.T) {
 	d := New()
 	if err := d.Restorable(&vm.Spec{Boot: vm.Boot{Kind: vm.BootLinux}}); err != nil {
@@ -339,11 +339,37 @@ func TestRestorable(t *testing.T) {
 		t.Errorf("amd64 guest on pc: %v", err)
 	}
 	err := d.Restorable(&vm.Spec{Arch: ArchARM64})
-	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "no vmgenid") {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "only amd64") {
 		t.Errorf("arm64 guest: %v", err)
 	}
 	if err := d.Restorable(nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("nil spec: %v", err)
+	}
+}
+
+// TestQbootFor: the firmware is found beside the binary (<prefix>/bin and
+// <prefix>/share/qemu), and only as a regular file.
+func TestQbootFor(t *testing.T) {
+	root := t.TempDir()
+	bin := filepath.Join(root, "bin", "qemu-system-x86_64")
+	if got := qbootFor(bin); got != "" {
+		t.Errorf("no firmware installed: %q", got)
+	}
+	share := filepath.Join(root, "share", "qemu")
+	if err := os.MkdirAll(filepath.Join(share, "qboot.rom"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := qbootFor(bin); got != "" {
+		t.Errorf("a directory named qboot.rom: %q", got)
+	}
+	if err := os.Remove(filepath.Join(share, "qboot.rom")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(share, "qboot.rom"), []byte("rom"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := qbootFor(bin), filepath.Join(share, "qboot.rom"); got != want {
+		t.Errorf("qbootFor = %q, want %q", got, want)
 	}
 }
 
@@ -489,7 +515,7 @@ func TestShareSecurityModel(t *testing.T) {
 		s := sampleSpec(t)
 		tc.share.HostPath = s.Shares[0].HostPath
 		s.Shares = []vm.Share{tc.share}
-		args := Args(s, AccelTCG, "")
+		args := Args(s, AccelTCG, "", "")
 		found := false
 		for i, a := range args {
 			if a == "-fsdev" && i+1 < len(args) && strings.HasSuffix(args[i+1], tc.want) {

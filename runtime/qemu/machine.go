@@ -68,7 +68,7 @@ func newMachine(spec *vm.Spec, c config) *machine {
 	return &machine{
 		spec:  spec,
 		cfg:   c,
-		args:  Args(spec, c.accel, c.machine),
+		args:  Args(spec, c.accel, c.machine, c.firmware),
 		done:  make(chan struct{}),
 		state: vm.StateCreated,
 	}

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -254,6 +255,13 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	}
 	setupStart := time.Now()
 	if !noAgent {
+		if ws != nil {
+			// First, before anything else runs in it: a restored guest
+			// has the RNG state every VM restored from this state has.
+			if err := reseedGuest(ctx, c.Agent()); err != nil {
+				return err
+			}
+		}
 		if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS); err != nil {
 			return err
 		}
@@ -361,6 +369,21 @@ func agentWait(ctx context.Context, bootTimeout time.Duration) time.Duration {
 		left = time.Second
 	}
 	return min(bootTimeout, left)
+}
+
+// reseedGuest gives a restored guest's kernel RNG fresh host randomness
+// and makes it reseed from it. A guest that cannot (an agent from before
+// Reseed) fails the restore: the caller boots cold instead, rather than
+// run a guest whose random numbers other guests share.
+func reseedGuest(ctx context.Context, a agentapi.AgentClient) error {
+	seed := make([]byte, 64)
+	if _, err := rand.Read(seed); err != nil {
+		return fmt.Errorf("host randomness for the guest: %w", err)
+	}
+	if _, err := a.Reseed(ctx, &agentapi.ReseedRequest{Seed: seed}); err != nil {
+		return fmt.Errorf("reseeding the restored guest's RNG: %w", err)
+	}
+	return nil
 }
 
 // setupGuest configures the guest's network from the sandbox's

@@ -147,6 +147,9 @@ func TestCheckpointRestore(t *testing.T) {
 	if spec.RestoreFrom != filepath.Join(r.Dir, "checkpoint", "state") || !spec.Savable || r.Restore != nil {
 		t.Errorf("restored VM: restore from %q, savable %v, record %+v", spec.RestoreFrom, spec.Savable, r.Restore)
 	}
+	if n := shims.Running(r.Dir).Guest.Setup().Reseeds; n != 1 {
+		t.Errorf("the resumed guest was reseeded %d times, want once", n)
+	}
 	if h := shims.Running(r.Dir).Guest.Setup().Hostnames; !slices.Equal(h, []string{"web-2"}) {
 		t.Errorf("restored guest's hostname: %v", h)
 	}

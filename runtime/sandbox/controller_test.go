@@ -201,6 +201,12 @@ func TestCreateRestoresWarmState(t *testing.T) {
 	if first.VMBoot != BootCold || second.VMBoot != BootWarm {
 		t.Errorf("boots recorded as %q and %q, want cold then warm", first.VMBoot, second.VMBoot)
 	}
+	if n := shims.Running(first.Dir).Guest.Setup().Reseeds; n != 0 {
+		t.Errorf("a cold-booted guest was reseeded %d times", n)
+	}
+	if n := shims.Running(second.Dir).Guest.Setup().Reseeds; n != 1 {
+		t.Errorf("the restored guest was reseeded %d times, want once", n)
+	}
 	in := shims.Running(second.Dir).Guest.Setup().Network[0].GetInterfaces()[0]
 	if in.GetMac() != second.Network.NIC.MAC || in.GetPreviousMac() != first.Network.NIC.MAC {
 		t.Errorf("restored guest NIC: mac %s previous %s (sandboxes' %s, %s)", in.GetMac(), in.GetPreviousMac(), second.Network.NIC.MAC, first.Network.NIC.MAC)

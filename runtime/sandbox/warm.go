@@ -46,15 +46,15 @@ import (
 // hypervisor upgrade that cannot read old states, a corrupt file) drops
 // the state and boots cold.
 //
-// A VM its backend cannot restore (vm.Driver.Restorable: QEMU's arm64
-// guests, whose virt machine has no vmgenid to make a restored guest
-// reseed its RNG) gets no warm key: its state is never saved, and it
+// A restored guest's RNG is reseeded from the host (agent Reseed) before
+// anything else runs in it. A VM its backend cannot restore
+// (vm.Driver.Restorable: QEMU's arm64 guests) gets no warm key: its state is never saved, and it
 // always boots cold.
 
 // warmLayout changes when the VM a backend builds from a Spec changes in
 // a way a saved state depends on (QEMU's device list): old states then
 // stop matching instead of failing to restore.
-const warmLayout = 4 // 4: QEMU VMs got a memory balloon
+const warmLayout = 5 // 4: QEMU VMs got a memory balloon; 5: qboot, no vmgenid
 
 // warmIdentity is what a saved state and the VM restoring it must share.
 type warmIdentity struct {

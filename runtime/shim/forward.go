@@ -272,3 +272,7 @@ func (f *forwarder) PortForward(ctx context.Context, ss agentapi.Agent_PortForwa
 		return s.api.PortForward(ctx)
 	}, first)
 }
+
+func (f *forwarder) Reseed(ctx context.Context, r *agentapi.ReseedRequest) (*agentapi.ReseedResponse, error) {
+	return call(ctx, f, r, agentapi.AgentClient.Reseed)
+}

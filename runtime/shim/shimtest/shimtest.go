@@ -355,6 +355,7 @@ type Agent struct {
 	signals  []string
 	unmounts []string
 	updates  []*agentapi.UpdateResourcesRequest
+	reseeds  int
 }
 
 // Setup is what the guest was told so far.
@@ -370,6 +371,8 @@ type Setup struct {
 	Unmounts []string
 	// Updates are UpdateResources' requests.
 	Updates []*agentapi.UpdateResourcesRequest
+	// Reseeds counts Reseed calls.
+	Reseeds int
 }
 
 // Setup returns the calls recorded so far.
@@ -382,6 +385,7 @@ func (a *Agent) Setup() Setup {
 		Sysctls: append([]map[string]string(nil), a.sysctls...),
 		Signals: append([]string(nil), a.signals...), Unmounts: append([]string(nil), a.unmounts...),
 		Updates: append([]*agentapi.UpdateResourcesRequest(nil), a.updates...),
+		Reseeds: a.reseeds,
 	}
 }
 
@@ -404,6 +408,16 @@ func (a *Agent) UpdateResources(ctx context.Context, r *agentapi.UpdateResources
 	defer a.mu.Unlock()
 	a.updates = append(a.updates, r)
 	return &agentapi.UpdateResourcesResponse{}, nil
+}
+
+func (a *Agent) Reseed(ctx context.Context, r *agentapi.ReseedRequest) (*agentapi.ReseedResponse, error) {
+	if len(r.GetSeed()) < 32 {
+		return nil, fmt.Errorf("Reseed: %d bytes of seed: %w", len(r.GetSeed()), errdefs.ErrInvalidArgument)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.reseeds++
+	return &agentapi.ReseedResponse{}, nil
 }
 
 func (a *Agent) ConfigureNetwork(ctx context.Context, r *agentapi.ConfigureNetworkRequest) (*agentapi.ConfigureNetworkResponse, error) {

@@ -288,6 +288,14 @@ func TestPodWarmStart(t *testing.T) {
 	if got := count("VM restored from a saved state"); got != 2 {
 		t.Fatalf("%d pods restored, want 2", got)
 	}
+	// Two guests restored from one state draw different random numbers:
+	// the host reseeded each (agent Reseed) before its setup.
+	draw := func(c string) string {
+		return n.execOut(t, c, "sh", "-c", "head -c 32 /dev/urandom | sha256sum")
+	}
+	if b, c := draw(cb), draw(cc); b == c {
+		t.Errorf("the restored pods drew the same random bytes (%s)", b)
+	}
 	macs := map[string]string{}
 	for name, c := range map[string]string{"warm-a": ca, "warm-b": cb, "warm-c": cc} {
 		if h := n.execOut(t, c, "hostname"); h != name {

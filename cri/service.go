@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -204,6 +205,7 @@ func controllerConfig(cfg *config.Config, shimBin string) sandbox.Config {
 		DefaultMemoryBytes: cfg.VM.DefaultMemoryBytes,
 		MaxLinuxVMs:        cfg.VM.MaxLinuxVMs,
 		MaxMacOSVMs:        cfg.VM.MaxMacOSVMs,
+		MaxConcurrentBoots: concurrentBoots(cfg.VM.MaxConcurrentBoots),
 		QEMU:               vm.QEMUOptions{Binary: cfg.QEMU.Binary, Accel: cfg.QEMU.Accel},
 		ImageMachineID:     cfg.VZ.MachineIdentifier == "image",
 		VolumeRoots:        cfg.VZ.VolumeRoots,
@@ -256,4 +258,16 @@ func (s *Service) imageUser(ctx context.Context, img imagestore.Image) (string, 
 		return "", err
 	}
 	return p.User, nil
+}
+
+// concurrentBoots is vm.max_concurrent_boots as the sandbox controller
+// takes it: 0 there is no bound, here it is the host's CPU count.
+func concurrentBoots(n int) int {
+	switch {
+	case n < 0:
+		return 0
+	case n == 0:
+		return runtime.NumCPU()
+	}
+	return n
 }

@@ -57,6 +57,9 @@ type VM struct {
 	// Virtualization.framework allow two macOS guests per host.
 	MaxMacOSVMs int `toml:"max_macos_vms"`
 	MaxLinuxVMs int `toml:"max_linux_vms"`
+	// MaxConcurrentBoots bounds the cold boots in progress at once: 0 =
+	// the host's CPU count, -1 = no bound. Restores never wait.
+	MaxConcurrentBoots int `toml:"max_concurrent_boots"`
 }
 
 // VZ configures the vz backend (macOS guests on macOS).

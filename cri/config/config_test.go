@@ -20,7 +20,7 @@ func TestDefaultTOMLRoundTrip(t *testing.T) {
 		t.Fatalf("default TOML decodes to %+v, want %+v", got, Default())
 	}
 	// Every key of the struct appears in the commented text.
-	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template", "device_plugin", "device_plugin_dir", "address"} {
+	for _, key := range []string{"root", "state", "socket", "backend", "level", "format", "max_concurrent_downloads", "max_unpacked_size", "mirrors", "insecure", "skip_verify", "default_cpus", "default_memory_bytes", "boot_timeout", "max_concurrent_boots", "binary", "accel", "vm_image", "allow_vm_image_annotation", "conf_template", "device_plugin", "device_plugin_dir", "address"} {
 		if !strings.Contains(string(DefaultTOML()), key+" =") {
 			t.Errorf("default TOML does not document %q", key)
 		}
@@ -70,6 +70,7 @@ func TestDecodeRejects(t *testing.T) {
 		"metrics host":          {"[metrics]\naddress = \"localhost:9102\"", "metrics.address"},
 		"metrics no port":       {"[metrics]\naddress = \"127.0.0.1\"", "metrics.address"},
 		"metrics bad port":      {"[metrics]\naddress = \"127.0.0.1:99999\"", "metrics.address"},
+		"concurrent boots":      {"[vm]\nmax_concurrent_boots = -2", "vm.max_concurrent_boots"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.in))

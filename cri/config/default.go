@@ -90,6 +90,12 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # two that run, and kubelet retries. Give such nodes maxPods: 2.
   max_macos_vms = {{.C.VM.MaxMacOSVMs}}
   max_linux_vms = {{.C.VM.MaxLinuxVMs}}
+  # How many VMs may boot cold at once; the next ones wait their turn (a
+  # restore from a saved state never waits). A cold boot keeps a core busy
+  # until the guest's agent answers, and more boots than cores slow each
+  # other down: 10 pods started at once on 2 cores finish sooner two at a
+  # time. 0 = the host's CPU count, -1 = no bound.
+  max_concurrent_boots = {{.C.VM.MaxConcurrentBoots}}
 
 [qemu]
   # The qemu backend (Linux guests on Linux).

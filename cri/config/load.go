@@ -188,6 +188,9 @@ func (c *Config) Validate() error {
 	if c.VM.MaxMacOSVMs < 0 || c.VM.MaxLinuxVMs < 0 {
 		return bad("vm.max_macos_vms/max_linux_vms", "must be 0 (no bound) or more")
 	}
+	if c.VM.MaxConcurrentBoots < -1 {
+		return bad("vm.max_concurrent_boots", "must be -1 (no bound), 0 (the host's CPU count) or more, got %d", c.VM.MaxConcurrentBoots)
+	}
 	if c.VM.ConsoleLogMaxBytes < 64<<10 {
 		return bad("vm.console_log_max_bytes", "must be at least 65536, got %d", c.VM.ConsoleLogMaxBytes)
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -213,6 +214,21 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("preparing the VM's share: %w", err)
 	}
 	prepared := time.Since(start)
+	// A cold boot is CPU work from the firmware to the agent (all of it
+	// under TCG): past a boot per core they slow each other down more
+	// than they overlap, so later ones wait their turn (bootTurn). A
+	// restore is mostly reading its state: it does not wait.
+	endTurn, queued := func() {}, time.Duration(0)
+	if ws == nil {
+		t := time.Now()
+		release, err := s.bootTurn(ctx)
+		if err != nil {
+			return err
+		}
+		endTurn = sync.OnceFunc(release)
+		defer endTurn()
+		queued = time.Since(t)
+	}
 	c, err := s.shimProcs.Spawn(ctx, shim.SpawnOptions{
 		Binary:   s.cfg.ShimBinary,
 		Dir:      sb.Dir,
@@ -243,6 +259,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		return fmt.Errorf("booting the VM: %w", err)
 	}
 	booted := time.Since(start)
+	endTurn()
 	var saved time.Duration
 	if ws == nil && b.key != "" && s.warm.begin(b.key) {
 		t := time.Now()
@@ -299,6 +316,9 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	attrs := []any{"slot", b.slot, "cpus", cpus, "memoryMiB", mem >> 20, "image", img.Image.Name,
 		"boot", time.Duration(resp.GetBootNs()), "started", booted.Round(time.Millisecond),
 		"total", time.Since(start).Round(time.Millisecond), "kernel", resp.GetAgent().GetKernelRelease()}
+	if queued >= time.Millisecond {
+		attrs = append(attrs, "queued", queued.Round(time.Millisecond))
+	}
 	log.Info(how, append(attrs, bootPhases(prepared, spawned, booted, saved, setup, resp, ws == nil && !b.restored)...)...)
 	return nil
 }

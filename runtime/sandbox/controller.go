@@ -43,6 +43,9 @@ type Config struct {
 	// MaxLinuxVMs and MaxMacOSVMs bound the VMs of each guest OS at once
 	// (0 = no bound).
 	MaxLinuxVMs, MaxMacOSVMs int
+	// MaxConcurrentBoots bounds the cold boots in progress at once (0 =
+	// no bound); the next ones wait for a turn (bootTurn).
+	MaxConcurrentBoots int
 	// QEMU are the qemu backend's settings.
 	QEMU vm.QEMUOptions
 	// ImageMachineID boots macOS guests with their image's machine
@@ -102,6 +105,8 @@ type Controller struct {
 	// makes each reservation's check-and-take one step.
 	slots        vmSlots
 	slotsReserve sync.Mutex
+	// boots holds a token per cold boot in progress (nil: no bound).
+	boots chan struct{}
 
 	// locks serialise lifecycle calls per sandbox ID.
 	locks keyedLocks
@@ -131,6 +136,9 @@ func New(ctx context.Context, cfg Config, d Deps) *Controller {
 	}
 	if s.shimProcs == nil {
 		s.shimProcs = shim.Processes{}
+	}
+	if cfg.MaxConcurrentBoots > 0 {
+		s.boots = make(chan struct{}, cfg.MaxConcurrentBoots)
 	}
 	if cfg.WarmDir != "" {
 		s.warm = newWarmStore(cfg.WarmDir, cfg.WarmStates, d.Snapshotter)

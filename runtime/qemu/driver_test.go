@@ -72,7 +72,7 @@ func TestArgs(t *testing.T) {
 		"-kernel", root + "/vmlinux",
 		"-bios", "/usr/share/qemu/qboot.rom",
 		"-initrd", root + "/initrd.img",
-		"-append", "console=ttyS0 panic=-1 quiet rdinit=/init",
+		"-append", "console=ttyS0 panic=-1 cryptomgr.notests quiet rdinit=/init",
 		"-chardev", "file,id=con,path=/proc/self/fd/3",
 		"-serial", "chardev:con",
 		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
@@ -126,7 +126,7 @@ func TestArgsARM64(t *testing.T) {
 		"-m", "512M",
 		"-kernel", root + "/vmlinux",
 		"-initrd", root + "/initrd.img",
-		"-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init",
+		"-append", "console=ttyAMA0 panic=-1 cryptomgr.notests quiet rdinit=/init",
 		"-chardev", "file,id=con,path=/proc/self/fd/3",
 		"-serial", "chardev:con",
 		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
@@ -196,7 +196,7 @@ func TestArgsKVMAndDefaults(t *testing.T) {
 	for _, want := range []string{
 		"-M q35 -accel kvm -cpu host ",
 		"-m 101M ",
-		"-append console=hvc0 panic=5 ",
+		"-append cryptomgr.notests console=hvc0 panic=5 ",
 		"-chardev file,id=con,path=/proc/self/fd/3 ",
 	} {
 		if !strings.Contains(got, want) {
@@ -223,19 +223,20 @@ func TestArgsLongDir(t *testing.T) {
 
 func TestCmdline(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                         "console=ttyS0 panic=-1",
-		"quiet":                    "console=ttyS0 panic=-1 quiet",
-		"console=ttyS0,115200":     "panic=-1 console=ttyS0,115200",
-		"panic=1 -- console=x":     "console=ttyS0 panic=1 -- console=x",
-		"console=hvc0 panic=0 foo": "console=hvc0 panic=0 foo",
+		"":                         "console=ttyS0 panic=-1 cryptomgr.notests",
+		"quiet":                    "console=ttyS0 panic=-1 cryptomgr.notests quiet",
+		"console=ttyS0,115200":     "panic=-1 cryptomgr.notests console=ttyS0,115200",
+		"panic=1 -- console=x":     "console=ttyS0 cryptomgr.notests panic=1 -- console=x",
+		"console=hvc0 panic=0 foo": "cryptomgr.notests console=hvc0 panic=0 foo",
+		"cryptomgr.notests=0":      "console=ttyS0 panic=-1 cryptomgr.notests=0",
 	} {
 		if got := Cmdline(in); got != want {
 			t.Errorf("Cmdline(%q) = %q, want %q", in, got, want)
 		}
 	}
 	for in, want := range map[string]string{
-		"quiet":        "console=ttyAMA0 panic=-1 quiet",
-		"console=hvc0": "panic=-1 console=hvc0",
+		"quiet":        "console=ttyAMA0 panic=-1 cryptomgr.notests quiet",
+		"console=hvc0": "panic=-1 cryptomgr.notests console=hvc0",
 	} {
 		if got := CmdlineFor(ArchARM64, in); got != want {
 			t.Errorf("CmdlineFor(arm64, %q) = %q, want %q", in, got, want)

@@ -263,7 +263,14 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	var saved time.Duration
 	if ws == nil && b.key != "" && s.warm.begin(b.key) {
 		t := time.Now()
-		err := s.saveWarm(ctx, c, b.key, spec, img, baseName, base)
+		var err error
+		if rerr := reseedGuest(ctx, c.Agent()); rerr != nil {
+			// Every restore of the state would fail its reseed and boot
+			// cold again after all: save nothing.
+			log.Warn("not saving the VM state for warm starts: its guest cannot be reseeded after a restore (an agent from before Reseed?)", "err", rerr)
+		} else {
+			err = s.saveWarm(ctx, c, b.key, spec, img, baseName, base)
+		}
 		saved = time.Since(t)
 		s.warm.end(b.key)
 		if err != nil {
@@ -393,8 +400,10 @@ func agentWait(ctx context.Context, bootTimeout time.Duration) time.Duration {
 
 // reseedGuest gives a restored guest's kernel RNG fresh host randomness
 // and makes it reseed from it. A guest that cannot (an agent from before
-// Reseed) fails the restore: the caller boots cold instead, rather than
-// run a guest whose random numbers other guests share.
+// Reseed) fails the restore rather than run with random numbers other
+// guests share: a warm start then boots cold, a checkpoint does not
+// resume. A cold guest is asked once before its state is saved, so an
+// image whose agent cannot is never saved at all.
 func reseedGuest(ctx context.Context, a agentapi.AgentClient) error {
 	seed := make([]byte, 64)
 	if _, err := rand.Read(seed); err != nil {

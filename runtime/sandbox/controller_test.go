@@ -184,6 +184,25 @@ func TestCreateBootsStopsRemoves(t *testing.T) {
 
 // A second sandbox of the same VM restores the saved state, and its
 // guest is told the MAC it had when saved.
+// An image whose agent cannot reseed (from before Reseed) is never saved:
+// its sandboxes boot cold, rather than fail a restore each time.
+func TestNoWarmStateWithoutReseed(t *testing.T) {
+	requireRoot(t)
+	shims := shimtest.New()
+	shims.OldAgents()
+	s, _ := newFakeController(t, t.TempDir(), shims)
+	img := testImage(t, s)
+	createSandbox(t, s, "sb1", "sb1", img)
+	createSandbox(t, s, "sb2", "sb2", img)
+	if spec := shims.LastSpawn().Spec; spec.RestoreFrom != "" {
+		t.Errorf("the second boot restored %q, a state that was not to be saved", spec.RestoreFrom)
+	}
+	states, _ := filepath.Glob(filepath.Join(s.cfg.WarmDir, "*", "state"))
+	if len(states) != 0 {
+		t.Errorf("saved states: %v", states)
+	}
+}
+
 func TestCreateRestoresWarmState(t *testing.T) {
 	requireRoot(t)
 	shims := shimtest.New()
@@ -201,8 +220,8 @@ func TestCreateRestoresWarmState(t *testing.T) {
 	if first.VMBoot != BootCold || second.VMBoot != BootWarm {
 		t.Errorf("boots recorded as %q and %q, want cold then warm", first.VMBoot, second.VMBoot)
 	}
-	if n := shims.Running(first.Dir).Guest.Setup().Reseeds; n != 0 {
-		t.Errorf("a cold-booted guest was reseeded %d times", n)
+	if n := shims.Running(first.Dir).Guest.Setup().Reseeds; n != 1 {
+		t.Errorf("the guest whose state was saved was reseeded %d times, want once (asked before the save)", n)
 	}
 	if n := shims.Running(second.Dir).Guest.Setup().Reseeds; n != 1 {
 		t.Errorf("the restored guest was reseeded %d times, want once", n)

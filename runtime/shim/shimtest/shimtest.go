@@ -26,6 +26,8 @@ type Launcher struct {
 	spawned  []shim.SpawnOptions
 	killed   []string
 	startErr error
+	// oldAgents: spawned shims' guests answer Reseed Unimplemented.
+	oldAgents bool
 }
 
 var _ shim.Launcher = (*Launcher)(nil)
@@ -39,7 +41,7 @@ func (l *Launcher) Spawn(ctx context.Context, o shim.SpawnOptions) (shim.Conn, e
 	if l.running[o.Dir] != nil {
 		return nil, fmt.Errorf("a shim already runs in %s: %w", o.Dir, errdefs.ErrAlreadyExists)
 	}
-	c := &Shim{l: l, Dir: o.Dir, Spec: o.Spec, Guest: &Agent{}, state: shimapi.VMState_VM_CREATED}
+	c := &Shim{l: l, Dir: o.Dir, Spec: o.Spec, Guest: &Agent{noReseed: l.oldAgents}, state: shimapi.VMState_VM_CREATED}
 	l.running[o.Dir] = c
 	l.spawned = append(l.spawned, o)
 	return c, nil
@@ -67,6 +69,14 @@ func (l *Launcher) FailNextStart(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.startErr = err
+}
+
+// OldAgents makes the guests of shims spawned from now on agents from
+// before Reseed (it answers Unimplemented).
+func (l *Launcher) OldAgents() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.oldAgents = true
 }
 
 // Running is the shim running for a directory, nil when none is.
@@ -356,6 +366,7 @@ type Agent struct {
 	unmounts []string
 	updates  []*agentapi.UpdateResourcesRequest
 	reseeds  int
+	noReseed bool
 }
 
 // Setup is what the guest was told so far.
@@ -411,6 +422,9 @@ func (a *Agent) UpdateResources(ctx context.Context, r *agentapi.UpdateResources
 }
 
 func (a *Agent) Reseed(ctx context.Context, r *agentapi.ReseedRequest) (*agentapi.ReseedResponse, error) {
+	if a.noReseed {
+		return nil, fmt.Errorf("Reseed: %w", errdefs.ErrNotImplemented)
+	}
 	if len(r.GetSeed()) < 32 {
 		return nil, fmt.Errorf("Reseed: %d bytes of seed: %w", len(r.GetSeed()), errdefs.ErrInvalidArgument)
 	}

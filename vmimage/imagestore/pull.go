@@ -398,10 +398,19 @@ func (p *pullState) layer(ctx context.Context, desc ocispec.Descriptor, w io.Wri
 	// A nil *errWriter in an io.Writer is not a nil interface: pass nil
 	// explicitly when nothing unpacks this blob.
 	var sink io.Writer
+	var queue *queuedWriter
 	if tee != nil {
-		sink = tee
+		// The download hands its bytes to the unpacker through a short
+		// queue instead of waiting while they are decoded, so the
+		// connection keeps reading (and the link stays busy) while a
+		// chunk's LZ4 and hashing catch up.
+		queue = newQueuedWriter(tee, 4)
+		sink = queue
 	}
 	streamed, err := p.fetch(ctx, desc, sink)
+	if queue != nil {
+		queue.Close() // the unpacker has every byte the download passed on
+	}
 	if err != nil {
 		if w != nil {
 			w.Close()
@@ -439,6 +448,58 @@ func (p *pullState) layer(ctx context.Context, desc ocispec.Descriptor, w io.Wri
 // copyBufs are large copy buffers: the decoders behind a tee work better
 // on big writes than on io.Copy's 32 KiB.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+// queuedWriter passes writes to w in its own goroutine, gathered into
+// 1 MiB buffers of which at most depth wait: Write returns once the bytes
+// are copied, and blocks only when the queue is full. w must not fail
+// (errWriter): a queued write has no one to return an error to. Close
+// sends what is gathered and waits until w has had every byte.
+type queuedWriter struct {
+	w     io.Writer
+	queue chan *[]byte
+	cur   *[]byte
+	done  chan struct{}
+}
+
+func newQueuedWriter(w io.Writer, depth int) *queuedWriter {
+	q := &queuedWriter{w: w, queue: make(chan *[]byte, depth), done: make(chan struct{})}
+	go func() {
+		defer close(q.done)
+		for b := range q.queue {
+			w.Write(*b)
+			*b = (*b)[:cap(*b)]
+			copyBufs.Put(b)
+		}
+	}()
+	return q
+}
+
+func (q *queuedWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if q.cur == nil {
+			q.cur = copyBufs.Get().(*[]byte)
+			*q.cur = (*q.cur)[:0]
+		}
+		b := *q.cur
+		k := copy(b[len(b):cap(b)], p)
+		*q.cur, p = b[:len(b)+k], p[k:]
+		if len(*q.cur) == cap(*q.cur) {
+			q.queue <- q.cur
+			q.cur = nil
+		}
+	}
+	return n, nil
+}
+
+func (q *queuedWriter) Close() {
+	if q.cur != nil && len(*q.cur) > 0 {
+		q.queue <- q.cur
+	}
+	q.cur = nil
+	close(q.queue)
+	<-q.done
+}
 
 // errWriter remembers the first write error and swallows the rest of the
 // stream, so a decoding failure does not abort a download whose bytes

@@ -7,9 +7,10 @@ import (
 
 // bootTurn waits until fewer than Config.MaxConcurrentBoots cold boots
 // run and returns the function that ends this one's turn. Waiting ends
-// with ctx (kubelet's RunPodSandbox deadline): the caller has made
-// nothing yet that it would have to undo. Without a bound it returns at
-// once.
+// with ctx (kubelet's RunPodSandbox deadline), as an error the caller
+// handles like any other boot failure: bootVMFrom undoes the disk clone
+// and record changes it made before asking. Without a bound it returns
+// at once.
 func (s *Controller) bootTurn(ctx context.Context) (func(), error) {
 	if s.boots == nil {
 		return func() {}, nil

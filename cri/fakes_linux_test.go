@@ -12,7 +12,7 @@ import (
 
 // unmountBelow unmounts whatever a test left mounted below dir (the
 // shares of sandboxes it did not remove), deepest first.
-func unmountBelow(t *testing.T, dir string) {
+func unmountBelow(t testing.TB, dir string) {
 	t.Helper()
 	ms := mountsBelow(t, dir)
 	sort.Slice(ms, func(i, j int) bool { return len(ms[i]) > len(ms[j]) })
@@ -24,7 +24,7 @@ func unmountBelow(t *testing.T, dir string) {
 }
 
 // mountsBelow are the mount points at or below dir.
-func mountsBelow(t *testing.T, dir string) []string {
+func mountsBelow(t testing.TB, dir string) []string {
 	t.Helper()
 	rdir, err := filepath.EvalSymlinks(dir)
 	if os.IsNotExist(err) {

@@ -44,7 +44,7 @@ var guestProcess = &vmimage.Process{
 
 // requireRoot skips a test that mounts (the sandbox share is a tmpfs)
 // outside CI, and fails it under CI, which runs the unit tests as root.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -67,7 +67,7 @@ type fake struct {
 // fake shims and the fake image store; the runtime handler "guest" boots
 // guestRef at RunPodSandbox. opts change the configuration. Its cleanup
 // undoes the shares' mounts.
-func newFake(t *testing.T, opts ...func(*config.Config)) *fake {
+func newFake(t testing.TB, opts ...func(*config.Config)) *fake {
 	t.Helper()
 	requireRoot(t)
 	dir := t.TempDir()
@@ -112,7 +112,7 @@ func grpcCode(err error) codes.Code {
 
 // hostPod is a host-network pod's config: its own hostname, DNS, sysctls
 // and resources, and a log directory.
-func hostPod(t *testing.T, name string) *runtimeapi.PodSandboxConfig {
+func hostPod(t testing.TB, name string) *runtimeapi.PodSandboxConfig {
 	return &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "ns", Uid: "uid-" + name},
 		Hostname:     name + "-host",
@@ -129,7 +129,7 @@ func hostPod(t *testing.T, name string) *runtimeapi.PodSandboxConfig {
 
 // runPod runs a pod; handler "guest" boots its VM now, "" at its first
 // container's start.
-func (f *fake) runPod(t *testing.T, pod *runtimeapi.PodSandboxConfig, handler string) string {
+func (f *fake) runPod(t testing.TB, pod *runtimeapi.PodSandboxConfig, handler string) string {
 	t.Helper()
 	r, err := f.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: pod, RuntimeHandler: handler})
 	if err != nil {
@@ -139,7 +139,7 @@ func (f *fake) runPod(t *testing.T, pod *runtimeapi.PodSandboxConfig, handler st
 }
 
 // createCtr creates a container of guestRef in a pod.
-func (f *fake) createCtr(t *testing.T, sbID string, pod *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig) string {
+func (f *fake) createCtr(t testing.TB, sbID string, pod *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig) string {
 	t.Helper()
 	if cfg.GetImage() == nil {
 		cfg.Image = &runtimeapi.ImageSpec{Image: guestRef}
@@ -195,7 +195,7 @@ type fakeImages struct {
 
 var _ imageStore = (*fakeImages)(nil)
 
-func newFakeImages(t *testing.T) *fakeImages {
+func newFakeImages(t testing.TB) *fakeImages {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "vmlinux"), []byte("kernel"), 0o644); err != nil {
 		t.Fatal(err)

@@ -70,13 +70,9 @@ type agent struct {
 	cfg    config
 	start  time.Time
 	reaper reaper
-	// ready is closed once the kernel modules the setup calls need are
-	// loaded (setupModules); allLoaded once every listed module is: a
-	// container's process may use any kernel feature the guest offers.
-	allLoaded chan struct{}
-	// ready: see allLoaded; the
-	// calls that need devices wait for it.
-	ready chan struct{}
+	// mods are the guest's kernel modules as they load (modules.go):
+	// the calls that need one wait for it.
+	mods *moduleSet
 
 	mu    sync.Mutex
 	procs map[procKey]*process
@@ -89,10 +85,9 @@ type agent struct {
 	shutdownOnce sync.Once
 
 	// The guest's boot on its own clock (uptime): when New ran, when
-	// the agent served, when every module was loaded (nil: not tracked).
+	// the agent served (when every module was loaded: mods).
 	startedUptime time.Duration
 	servingUptime atomic.Int64
-	modulesLoaded *atomic.Int64
 }
 
 var _ api.AgentService = (*agent)(nil)
@@ -116,9 +111,7 @@ func newAgent(cfg config) *agent {
 	if cfg.kubeletSockets == nil {
 		cfg.kubeletSockets = api.KubeletSockets
 	}
-	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, listeners: map[string]*guestListener{}, ready: make(chan struct{}), allLoaded: make(chan struct{})}
-	close(a.ready)
-	close(a.allLoaded)
+	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, listeners: map[string]*guestListener{}, mods: noModules()}
 	if cfg.centralReaper {
 		a.reaper = newCentralReaper(cfg.log)
 	} else {
@@ -165,7 +158,12 @@ func (a *agent) Ping(ctx context.Context, req *api.PingRequest) (*api.PingRespon
 // a ping sets it.
 const clockSlack = 20 * time.Millisecond
 
-func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse, error) {
+func (a *agent) Info(ctx context.Context, req *api.InfoRequest) (*api.InfoResponse, error) {
+	if req.GetWaitModules() {
+		if err := a.mods.needAll(ctx); err != nil {
+			return nil, errf(codes.DeadlineExceeded, "the guest's kernel modules are still loading")
+		}
+	}
 	host, _ := os.Hostname()
 	r := &api.InfoResponse{
 		AgentVersion:       a.cfg.version,
@@ -178,9 +176,7 @@ func (a *agent) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse
 	}
 	sysInfo(r)
 	r.StartedUptimeNs, r.ServingUptimeNs = int64(a.startedUptime), a.servingUptime.Load()
-	if a.modulesLoaded != nil {
-		r.ModulesLoadedUptimeNs = a.modulesLoaded.Load()
-	}
+	r.ModulesLoadedUptimeNs = a.mods.allUptime.Load()
 	r.Interfaces = hostileInterfaces(interfaces())
 	return r, nil
 }
@@ -291,16 +287,6 @@ func (a *agent) shutdown(reboot bool, grace time.Duration) {
 			a.cfg.powerOff(reboot)
 		}
 	})
-}
-
-// waitReady waits until the guest's devices are there.
-func (a *agent) waitReady(ctx context.Context) error {
-	select {
-	case <-a.ready:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // writeEtc replaces a file of the guest's /etc (hostname, resolv.conf)

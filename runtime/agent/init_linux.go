@@ -7,9 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,93 +56,6 @@ func initMounts(log *slog.Logger) {
 
 // processStart is when the agent started (as near as Go lets us see).
 var processStart = time.Now()
-
-// setupModules are the modules the host's boot-time calls need
-// (ConfigureNetwork: the NIC; MountShare: 9p or virtiofs; a stop: the
-// power button). ready closes once those of them the list has are
-// loaded, so the setup does not wait for the rest of the list (file
-// systems, the bridge), which keeps loading in the background.
-var setupModules = []string{"virtio_net", "9pnet_virtio", "9p", "virtiofs", "button", "evdev"}
-
-// channelModules are the agent's own channel when it is vsock (a Linux
-// guest of the vz backend, whose init arguments say --listen=vsock:PORT):
-// the address family, and the virtio transport the host's connections
-// come through. Debian builds them as modules, and the listener binds as
-// soon as New returns: New waits for those of them the list has (so a
-// list without them, a QEMU guest's, waits for nothing).
-var channelModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
-
-// loadModuleFile loads one module (a variable for tests).
-var loadModuleFile = loadModule
-
-// loadModules loads the kernel modules listed in path (one .ko path a
-// line, in dependency order; '#' comments) with finit_module. A missing
-// list loads nothing; a module already loaded is fine. After each module
-// it pokes loaded (non-blocking) so a waiter can look for new devices.
-// It closes channel once channelModules are loaded, ready once
-// setupModules are (each at the end at the latest; a module that fails
-// to load counts as done).
-func loadModules(log *slog.Logger, path string, loaded, channel, ready chan<- struct{}) {
-	readyOnce := sync.OnceFunc(func() { close(ready) })
-	defer readyOnce()
-	channelOnce := sync.OnceFunc(func() { close(channel) })
-	defer channelOnce()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			log.Warn("module list", "path", path, "err", err)
-		}
-		return
-	}
-	var lines []string
-	pending, pendingChannel := map[string]bool{}, map[string]bool{}
-	for _, l := range strings.Split(string(b), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, "#") {
-			continue
-		}
-		lines = append(lines, l)
-		if name := moduleName(l); slices.Contains(setupModules, name) {
-			pending[name] = true
-		} else if slices.Contains(channelModules, name) {
-			pendingChannel[name] = true
-		}
-	}
-	if len(pendingChannel) == 0 {
-		channelOnce()
-	}
-	start := time.Now()
-	n := 0
-	for _, line := range lines {
-		if err := loadModuleFile(line); err != nil {
-			log.Warn("module not loaded", "module", line, "err", err)
-		} else {
-			n++
-		}
-		delete(pending, moduleName(line))
-		if len(pending) == 0 {
-			readyOnce()
-		}
-		if len(pendingChannel) > 0 {
-			delete(pendingChannel, moduleName(line))
-			if len(pendingChannel) == 0 {
-				channelOnce()
-			}
-		}
-		select {
-		case loaded <- struct{}{}:
-		default:
-		}
-	}
-	log.Info("modules loaded", "count", n, "took", time.Since(start).Round(time.Millisecond))
-}
-
-// moduleName is a module's name from its .ko path.
-func moduleName(path string) string {
-	n := filepath.Base(path)
-	n = strings.TrimSuffix(strings.TrimSuffix(n, ".xz"), ".ko")
-	return strings.ReplaceAll(n, "-", "_")
-}
 
 func loadModule(path string) error {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)

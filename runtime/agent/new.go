@@ -4,7 +4,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -50,47 +49,33 @@ const channelWait = 10 * time.Second
 type Agent struct {
 	a   *agent
 	log *slog.Logger
-	// loaded is poked after each kernel module loads (Init): a device
-	// the serial port waits for may have appeared.
-	loaded chan struct{}
 }
 
 // New sets the guest up as opts say (see Options.Init) and returns its
 // agent.
 func New(opts Options) (*Agent, error) {
 	started := uptime()
-	var modulesLoaded atomic.Int64
 	log := opts.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	loaded := make(chan struct{}, 1)
-	ready := make(chan struct{})
-	allLoaded := make(chan struct{})
+	mods := noModules()
 	if opts.Init {
 		initMounts(log)
 		mountFstab(log, "/etc/fstab")
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-		channel := make(chan struct{})
-		go func() {
-			loadModules(log, opts.Modules, loaded, channel, ready)
-			modulesLoaded.Store(int64(uptime()))
-			close(allLoaded)
-		}()
+		mods = newModuleSet(readModuleList(log, opts.Modules))
+		go mods.load(log)
 		// A vsock listener (vz guests) binds right after New: its
 		// address family must be there (channelModules).
 		select {
-		case <-channel:
+		case <-mods.channel:
 		case <-time.After(channelWait):
 			log.Warn("the vsock modules are still loading; the agent's listener may fail", "waited", channelWait)
 		}
-	} else {
-		close(allLoaded)
-		close(ready)
-		if opts.Subreaper {
-			if err := setSubreaper(); err != nil {
-				return nil, err
-			}
+	} else if opts.Subreaper {
+		if err := setSubreaper(); err != nil {
+			return nil, err
 		}
 	}
 	hostileStart(log) // test guests only (the hostile build tag)
@@ -108,18 +93,18 @@ func New(opts Options) (*Agent, error) {
 		cfg.setClock = setClock
 	}
 	a := newAgent(cfg)
-	a.ready, a.allLoaded = ready, allLoaded
-	a.startedUptime, a.modulesLoaded = started, &modulesLoaded
+	a.mods, a.startedUptime = mods, started
 	if opts.Init {
 		go func() {
-			<-ready // the button's module is among the first
+			// Late modules: the stop's fallback, not worth loading early.
+			mods.whenDone("button", "evdev")
 			watchPowerButton(log, func() {
 				log.Info("power button pressed")
 				a.shutdown(false, 3*time.Second)
 			})
 		}()
 	}
-	return &Agent{a: a, log: log, loaded: loaded}, nil
+	return &Agent{a: a, log: log}, nil
 }
 
 // Register registers the agent's service (runtime/agentapi) on srv.
@@ -135,7 +120,7 @@ func (a *Agent) Register(srv *ttrpc.Server) {
 // the port to appear, the kernel modules loading meanwhile. On macOS
 // guests it always fails.
 func (a *Agent) SerialPort(name string) func() (io.ReadWriteCloser, error) {
-	return hostilePort(a.log, openVirtioPort(a.log, name, a.loaded))
+	return hostilePort(a.log, openVirtioPort(a.log, name, a.a.mods.loaded))
 }
 
 // PowerOff powers the machine off (or restarts it) at once, stopping no

@@ -284,11 +284,10 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	if err != nil {
 		return nil, err
 	}
-	// A process may use any module the guest lists (brctl needs the
-	// bridge): wait for all of them, which the setup calls do not.
-	select {
-	case <-a.allLoaded:
-	case <-ctx.Done():
+	// A process may use any module the guest lists but the late ones
+	// (brctl needs the bridge): wait for them, which the setup calls do
+	// not.
+	if err := a.mods.needEarly(ctx); err != nil {
 		return nil, errf(codes.DeadlineExceeded, "process %s: the guest's kernel modules are still loading", p.key)
 	}
 	// An exec runs where its container's main process runs: its mount

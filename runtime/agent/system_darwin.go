@@ -125,9 +125,10 @@ func initMounts(log *slog.Logger) {}
 // mountFstab: a macOS guest mounts its own file systems.
 func mountFstab(log *slog.Logger, path string) {}
 
-func loadModules(log *slog.Logger, path string, loaded, channel, ready chan<- struct{}) {
-	close(channel)
-	close(ready)
+// loadModule: a macOS guest lists no modules (readModuleList finds no
+// file), so nothing calls it.
+func loadModule(path string) error {
+	return errors.New("kernel modules are a Linux guest's")
 }
 
 func openVirtioPort(log *slog.Logger, name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {

@@ -271,7 +271,7 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 	if !a.cfg.system {
 		return nil, errf(codes.FailedPrecondition, "MountShare: the agent does not own this machine")
 	}
-	if err := a.waitReady(ctx); err != nil {
+	if err := a.mods.need(ctx, shareModules[req.Fstype]...); err != nil {
 		return nil, err
 	}
 	if req.CreateTarget {
@@ -397,8 +397,8 @@ func (a *agent) ConfigureNetwork(ctx context.Context, req *api.ConfigureNetworkR
 		req    *api.Interface
 		setMAC net.HardwareAddr // found by previous_mac: give it this one
 	}
-	// Validate everything first.
-	if err := a.waitReady(ctx); err != nil {
+	// Validate everything first (the NIC's driver first: its link).
+	if err := a.mods.need(ctx, "virtio_net"); err != nil {
 		return nil, err
 	}
 	var ifcs []ifc

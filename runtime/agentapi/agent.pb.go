@@ -235,7 +235,13 @@ func (x *PingResponse) GetAgentVersion() string {
 }
 
 type InfoRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// wait_modules: answer once every kernel module the guest lists is
+	// loaded, the late ones too, which it loads now (the host asks before
+	// saving a VM's state for warm starts, so that every VM restored from
+	// it starts with its modules in). An agent from before the field
+	// answers at once, with modules_loaded_uptime_ns 0 while they load.
+	WaitModules   bool `protobuf:"varint,1,opt,name=wait_modules,json=waitModules,proto3" json:"wait_modules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -268,6 +274,13 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *InfoRequest) GetWaitModules() bool {
+	if x != nil {
+		return x.WaitModules
+	}
+	return false
 }
 
 type InfoResponse struct {
@@ -4189,8 +4202,9 @@ const file_agent_proto_rawDesc = "" +
 	"\vPingRequest\x12-\n" +
 	"\x13host_time_unix_nano\x18\x01 \x01(\x03R\x10hostTimeUnixNano\"3\n" +
 	"\fPingResponse\x12#\n" +
-	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\"\r\n" +
-	"\vInfoRequest\"\xcd\x04\n" +
+	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\"0\n" +
+	"\vInfoRequest\x12!\n" +
+	"\fwait_modules\x18\x01 \x01(\bR\vwaitModules\"\xcd\x04\n" +
 	"\fInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +

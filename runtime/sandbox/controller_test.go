@@ -226,6 +226,9 @@ func TestCreateRestoresWarmState(t *testing.T) {
 	if n := shims.Running(second.Dir).Guest.Setup().Reseeds; n != 1 {
 		t.Errorf("the restored guest was reseeded %d times, want once", n)
 	}
+	if n, m := shims.Running(first.Dir).Guest.Setup().ModuleWaits, shims.Running(second.Dir).Guest.Setup().ModuleWaits; n != 1 || m != 0 {
+		t.Errorf("waits for the guest's modules: %d before the save, %d in the restored guest; want 1 and 0", n, m)
+	}
 	in := shims.Running(second.Dir).Guest.Setup().Network[0].GetInterfaces()[0]
 	if in.GetMac() != second.Network.NIC.MAC || in.GetPreviousMac() != first.Network.NIC.MAC {
 		t.Errorf("restored guest NIC: mac %s previous %s (sandboxes' %s, %s)", in.GetMac(), in.GetPreviousMac(), second.Network.NIC.MAC, first.Network.NIC.MAC)

@@ -367,6 +367,7 @@ type Agent struct {
 	updates  []*agentapi.UpdateResourcesRequest
 	reseeds  int
 	noReseed bool
+	modWaits int
 }
 
 // Setup is what the guest was told so far.
@@ -382,8 +383,10 @@ type Setup struct {
 	Unmounts []string
 	// Updates are UpdateResources' requests.
 	Updates []*agentapi.UpdateResourcesRequest
-	// Reseeds counts Reseed calls.
-	Reseeds int
+	// Reseeds counts Reseed calls; ModuleWaits Info calls that waited
+	// for the guest's modules (wait_modules).
+	Reseeds     int
+	ModuleWaits int
 }
 
 // Setup returns the calls recorded so far.
@@ -396,8 +399,18 @@ func (a *Agent) Setup() Setup {
 		Sysctls: append([]map[string]string(nil), a.sysctls...),
 		Signals: append([]string(nil), a.signals...), Unmounts: append([]string(nil), a.unmounts...),
 		Updates: append([]*agentapi.UpdateResourcesRequest(nil), a.updates...),
-		Reseeds: a.reseeds,
+		Reseeds: a.reseeds, ModuleWaits: a.modWaits,
 	}
+}
+
+// Info answers as a Linux guest whose modules are all loaded.
+func (a *Agent) Info(ctx context.Context, r *agentapi.InfoRequest) (*agentapi.InfoResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r.GetWaitModules() {
+		a.modWaits++
+	}
+	return &agentapi.InfoResponse{AgentVersion: "shimtest", Os: "linux", Arch: "amd64", Pid1: true, ModulesLoadedUptimeNs: int64(time.Second)}, nil
 }
 
 func (a *Agent) KillAll(ctx context.Context, r *agentapi.KillAllRequest) (*agentapi.KillAllResponse, error) {

@@ -1,0 +1,248 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The guest's kernel modules (a Linux guest's, listed in its initramfs)
+// load in the background while the agent serves: under TCG each costs
+// 5–30 ms of the guest's only vCPU, so the order they load in and what
+// waits for which decide how soon a pod's first process runs.
+//
+//   - The channel's modules (vsock, for a vz guest) first: New waits for
+//     them (channelModules).
+//   - Every other module in the list's order, except the late ones: a
+//     container's process may use any of them (overlay, the bridge,
+//     fuse), so StartProcess waits for this group, while each setup call
+//     waits only for what it uses (ConfigureNetwork the NIC's driver,
+//     MountShare its file system's).
+//   - The late ones last (lateModules): drivers no process sees and only
+//     the agent or the hypervisor uses. They load when something needs
+//     one, when the host asks for every module (Info wait_modules, before
+//     a VM's state is saved for warm starts), or lateDelay after the rest,
+//     so a pod's first process does not share the vCPU with them.
+
+// channelModules are the agent's own channel when it is vsock (a Linux
+// guest of the vz backend, whose init arguments say --listen=vsock:PORT):
+// the address family, and the virtio transport the host's connections
+// come through. Debian builds them as modules, and the listener binds as
+// soon as New returns: New waits for those of them the list has (so a
+// list without them, a QEMU guest's, waits for nothing).
+var channelModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
+
+// lateModules load after the rest of the list. None is a dependency of
+// another listed module (moving one later than a module needing it would
+// break the list's dependency order): the ACPI power button and its
+// events (the agent's fallback for a stop when the Shutdown call cannot
+// reach it), the memory balloon (QEMU's balloon target waits in the
+// device until the driver reads it) and virtiofs (a vz guest's shares:
+// MountShare needs it and loads it at once).
+var lateModules = []string{"button", "evdev", "virtio_balloon", "virtiofs"}
+
+// lateDelay is how long the late modules wait after the rest, unless
+// something needs one sooner (a variable for tests).
+var lateDelay = 2 * time.Second
+
+// shareModules are the modules MountShare waits for, by file system.
+var shareModules = map[string][]string{
+	"9p":       {"9pnet_virtio", "9p"},
+	"virtiofs": {"virtiofs"},
+}
+
+// loadModuleFile loads one module (a variable for tests).
+var loadModuleFile = loadModule
+
+// moduleSet is the guest's module list and how far its loading is.
+type moduleSet struct {
+	// done has a channel for every listed module, closed once it is
+	// loaded or failed to.
+	done map[string]chan struct{}
+	// channel closes when channelModules are done; early when every
+	// module but the late ones is; all when every one is.
+	channel, early, all chan struct{}
+	// loaded is poked (non-blocking) after each module: a device the
+	// serial port waits for may have appeared.
+	loaded chan struct{}
+	late   chan struct{} // closed (once) to start the late modules now
+	goLate func()
+	// allUptime is the guest's uptime when all closed (0 before).
+	allUptime atomic.Int64
+	lines     []string // the list, in load order
+}
+
+// noModules is a set with nothing to load (no list, a macOS guest, an
+// agent that is not init): every wait returns at once.
+func noModules() *moduleSet {
+	m := newModuleSet(nil)
+	close(m.channel)
+	close(m.early)
+	close(m.all)
+	return m
+}
+
+// readModuleList is the list at path (one .ko path a line; '#'
+// comments); a missing file is an empty list.
+func readModuleList(log *slog.Logger, path string) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("module list", "path", path, "err", err)
+		}
+		return nil
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// newModuleSet orders lines for loading: the late modules after the
+// rest, each group in the list's order.
+func newModuleSet(lines []string) *moduleSet {
+	m := &moduleSet{
+		done:    map[string]chan struct{}{},
+		channel: make(chan struct{}), early: make(chan struct{}), all: make(chan struct{}),
+		loaded: make(chan struct{}, 1), late: make(chan struct{}),
+	}
+	m.goLate = sync.OnceFunc(func() { close(m.late) })
+	var late []string
+	for _, l := range lines {
+		name := moduleName(l)
+		if _, dup := m.done[name]; dup {
+			continue
+		}
+		m.done[name] = make(chan struct{})
+		if slices.Contains(lateModules, name) {
+			late = append(late, l)
+		} else {
+			m.lines = append(m.lines, l)
+		}
+	}
+	m.lines = append(m.lines, late...)
+	return m
+}
+
+// load loads the modules in order with loadModuleFile (a failure is
+// logged and counts as done), waiting before the late ones as the type's
+// comment says, and records when the last one was done.
+func (m *moduleSet) load(log *slog.Logger) {
+	channelLeft := 0
+	for name := range m.done {
+		if slices.Contains(channelModules, name) {
+			channelLeft++
+		}
+	}
+	channelOnce := sync.OnceFunc(func() { close(m.channel) })
+	earlyOnce := sync.OnceFunc(func() { close(m.early) })
+	defer channelOnce()
+	defer earlyOnce()
+	if channelLeft == 0 {
+		channelOnce()
+	}
+	start := time.Now()
+	n, lateStarted := 0, false
+	for _, line := range m.lines {
+		name := moduleName(line)
+		if slices.Contains(lateModules, name) && !lateStarted {
+			lateStarted = true
+			earlyOnce()
+			log.Info("modules loaded but the late ones", "count", n, "took", time.Since(start).Round(time.Millisecond))
+			t := time.NewTimer(lateDelay)
+			select {
+			case <-t.C:
+			case <-m.late:
+				t.Stop()
+			}
+		}
+		if err := loadModuleFile(line); err != nil {
+			log.Warn("module not loaded", "module", line, "err", err)
+		} else {
+			n++
+		}
+		close(m.done[name])
+		if slices.Contains(channelModules, name) {
+			if channelLeft--; channelLeft == 0 {
+				channelOnce()
+			}
+		}
+		select {
+		case m.loaded <- struct{}{}:
+		default:
+		}
+	}
+	earlyOnce()
+	m.allUptime.Store(int64(uptime()))
+	close(m.all)
+	log.Info("modules loaded", "count", n, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// need waits until the named modules are done; a name not in the list is
+// not waited for. Needing a late module starts the late ones now.
+func (m *moduleSet) need(ctx context.Context, names ...string) error {
+	for _, name := range names {
+		ch, ok := m.done[name]
+		if !ok {
+			continue
+		}
+		if slices.Contains(lateModules, name) {
+			m.goLate()
+		}
+		if err := waitClosed(ctx, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// needAll starts the late modules now and waits for every module.
+func (m *moduleSet) needAll(ctx context.Context) error {
+	m.goLate()
+	return waitClosed(ctx, m.all)
+}
+
+// needEarly waits for every module but the late ones.
+func (m *moduleSet) needEarly(ctx context.Context) error { return waitClosed(ctx, m.early) }
+
+// whenDone waits, without starting the late modules, until those of
+// names the list has are done.
+func (m *moduleSet) whenDone(names ...string) {
+	for _, n := range names {
+		if ch, ok := m.done[n]; ok {
+			<-ch
+		}
+	}
+}
+
+// waitClosed waits for ch to close; a closed ch wins over an ended ctx.
+func waitClosed(ctx context.Context, ch <-chan struct{}) error {
+	select {
+	case <-ch:
+		return nil
+	default:
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// moduleName is a module's name from its .ko path.
+func moduleName(path string) string {
+	n := filepath.Base(path)
+	n = strings.TrimSuffix(strings.TrimSuffix(n, ".xz"), ".ko")
+	return strings.ReplaceAll(n, "-", "_")
+}

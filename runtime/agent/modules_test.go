@@ -1,0 +1,225 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const testLib = "/lib/modules/6.1.0-57-amd64/kernel/"
+
+// fakeLoads replaces loadModuleFile for a test: it records the names it
+// loads, fails those with "missing" in their path, and blocks a load of
+// blockAt until release closes.
+type fakeLoads struct {
+	mu      sync.Mutex
+	got     []string
+	blockAt string
+	release chan struct{}
+}
+
+func newFakeLoads(t *testing.T, blockAt string) *fakeLoads {
+	f := &fakeLoads{blockAt: blockAt, release: make(chan struct{})}
+	loadModuleFile = func(path string) error {
+		if moduleName(path) == f.blockAt {
+			<-f.release
+		}
+		f.mu.Lock()
+		f.got = append(f.got, moduleName(path))
+		f.mu.Unlock()
+		if strings.Contains(path, "missing") {
+			return errors.New("no such module")
+		}
+		return nil
+	}
+	t.Cleanup(func() { loadModuleFile = loadModule })
+	return f
+}
+
+func (f *fakeLoads) loaded() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.got)
+}
+
+func writeList(t *testing.T, mods ...string) string {
+	t.Helper()
+	list := filepath.Join(t.TempDir(), "modules")
+	var lines []string
+	for _, m := range mods {
+		lines = append(lines, testLib+m)
+	}
+	if err := os.WriteFile(list, []byte("# test\n"+strings.Join(lines, "\n")+"\n\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+func closedWithin(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+	}
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// TestModulesChannel: a vz guest's vsock modules release New (the
+// channel) as soon as they are in, while the rest of the list still
+// loads; a list without them (a QEMU guest's) releases it at once.
+func TestModulesChannel(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for name, tc := range map[string]struct {
+		list    []string
+		blockAt string
+	}{
+		"vz guest": {[]string{
+			"drivers/virtio/virtio_pci.ko", "net/vmw_vsock/vsock.ko",
+			"net/vmw_vsock/vmw_vsock_virtio_transport_common.ko", "net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+			"fs/overlayfs/overlay.ko",
+		}, "overlay"},
+		"qemu guest":                       {[]string{"drivers/virtio/virtio_pci.ko", "net/9p/9pnet_virtio.ko", "fs/overlayfs/overlay.ko"}, "virtio_pci"},
+		"failed vsock load counts as done": {[]string{"net/vmw_vsock/vsock-missing.ko", "fs/overlayfs/overlay.ko"}, "overlay"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFakeLoads(t, tc.blockAt)
+			m := newModuleSet(readModuleList(log, writeList(t, tc.list...)))
+			done := make(chan struct{})
+			go func() { defer close(done); m.load(log) }()
+			if !closedWithin(m.channel, 5*time.Second) {
+				t.Error("the channel modules never counted as loaded")
+			}
+			close(f.release)
+			<-done
+			if !closedWithin(m.all, 0) || !closedWithin(m.early, 0) {
+				t.Error("early or all still open after the whole list")
+			}
+			if got := f.loaded(); len(got) != len(tc.list) {
+				t.Errorf("loaded %v, want all of %v", got, tc.list)
+			}
+			if m.allUptime.Load() == 0 {
+				t.Error("no uptime recorded for the whole list")
+			}
+		})
+	}
+}
+
+// TestModulesLate: the late modules load after the rest (in the list's
+// order), only once something needs one, the host asks for all, or
+// lateDelay has passed; the rest release StartProcess (early) before.
+func TestModulesLate(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	list := []string{
+		"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
+		"drivers/acpi/button.ko", "drivers/input/evdev.ko",
+		"drivers/net/virtio_net.ko", "fs/fuse/fuse.ko", "fs/fuse/virtiofs.ko",
+		"drivers/virtio/virtio_balloon.ko", "fs/overlayfs/overlay.ko",
+	}
+	wantOrder := []string{"virtio_pci", "virtio_console", "virtio_net", "fuse", "overlay", "button", "evdev", "virtiofs", "virtio_balloon"}
+	ctx := context.Background()
+	for name, start := range map[string]func(t *testing.T, m *moduleSet){
+		"a late module needed": func(t *testing.T, m *moduleSet) {
+			if err := m.need(ctx, "virtiofs"); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"every module asked for": func(t *testing.T, m *moduleSet) {
+			if err := m.needAll(ctx); err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer func(d time.Duration) { lateDelay = d }(lateDelay)
+			lateDelay = time.Hour
+			f := newFakeLoads(t, "")
+			m := newModuleSet(readModuleList(log, writeList(t, list...)))
+			go m.load(log)
+			if !closedWithin(m.early, 5*time.Second) {
+				t.Fatal("early never closed")
+			}
+			// Only what the setup and processes need, and no late one
+			// while nothing asks (lateDelay is an hour).
+			if err := m.need(ctx, "virtio_net", "9p", "not-listed"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			if got := f.loaded(); !slices.Equal(got, wantOrder[:5]) {
+				t.Fatalf("before anything asked for a late module: loaded %v, want %v", got, wantOrder[:5])
+			}
+			if closedWithin(m.all, 0) || m.allUptime.Load() != 0 {
+				t.Fatal("all closed before the late modules loaded")
+			}
+			start(t, m)
+			if !closedWithin(m.all, 5*time.Second) {
+				t.Fatal("all never closed")
+			}
+			if got := f.loaded(); !slices.Equal(got, wantOrder) {
+				t.Errorf("loaded %v, want %v", got, wantOrder)
+			}
+		})
+	}
+	t.Run("after lateDelay", func(t *testing.T) {
+		defer func(d time.Duration) { lateDelay = d }(lateDelay)
+		lateDelay = 10 * time.Millisecond
+		f := newFakeLoads(t, "")
+		m := newModuleSet(readModuleList(log, writeList(t, list...)))
+		go m.load(log)
+		// A passive wait (the power button's) does not start them.
+		m.whenDone("button", "evdev")
+		if !closedWithin(m.all, 5*time.Second) {
+			t.Fatal("all never closed")
+		}
+		if got := f.loaded(); !slices.Equal(got, wantOrder) {
+			t.Errorf("loaded %v, want %v", got, wantOrder)
+		}
+	})
+	t.Run("a wait ends with its context", func(t *testing.T) {
+		defer func(d time.Duration) { lateDelay = d }(lateDelay)
+		lateDelay = time.Hour
+		f := newFakeLoads(t, "overlay")
+		m := newModuleSet(readModuleList(log, writeList(t, list...)))
+		go m.load(log)
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		if err := m.needEarly(cctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("needEarly while overlay loads: %v, want the deadline", err)
+		}
+		close(f.release)
+		if err := m.needAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestNoModules: without a list (or as a macOS guest) nothing waits.
+func TestNoModules(t *testing.T) {
+	m := noModules()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // a wait that would block fails instead
+	if err := m.needAll(ctx); err != nil {
+		t.Error(err)
+	}
+	if err := m.needEarly(ctx); err != nil {
+		t.Error(err)
+	}
+	if err := m.need(ctx, "9p", "virtiofs"); err != nil {
+		t.Error(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	if l := readModuleList(log, filepath.Join(t.TempDir(), "none")); l != nil {
+		t.Errorf("a missing list: %v", l)
+	}
+}

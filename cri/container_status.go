@@ -88,22 +88,19 @@ func (s *Service) StreamContainers(r *runtimeapi.StreamContainersRequest, stream
 }
 
 func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFilter) ([]*runtimeapi.Container, error) {
-	recs, err := s.st.Containers(visibleContainers(ctx, func(c *store.Container) bool {
+	recs := s.st.ContainersView(visibleContainers(ctx, func(c *store.Container) bool {
 		return (f.GetId() == "" || hasPrefix(c.ID, f.GetId())) &&
 			(f.GetPodSandboxId() == "" || hasPrefix(c.SandboxID, f.GetPodSandboxId()))
 	}))
-	if err != nil {
-		return nil, err
-	}
 	out := make([]*runtimeapi.Container, 0, len(recs))
 	ids := make(map[string]bool, len(recs))
 	defer func() {
 		s.listed.ctrs.keepOnly(ids)
 		keepItems(&s.listed.mu, s.listed.ctrItems, ids)
 	}()
-	for _, c := range recs {
-		ids[c.ID] = true
-		c = s.ctl.RefreshContainer(ctx, c)
+	for _, rec := range recs {
+		ids[rec.ID] = true
+		c := s.ctl.RefreshContainer(ctx, *rec)
 		if st := f.GetState(); st != nil && st.GetState() != criContainerState(c.State) {
 			continue
 		}

@@ -31,21 +31,18 @@ func (s *Service) StreamPodSandboxes(r *runtimeapi.StreamPodSandboxesRequest, st
 }
 
 func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFilter) ([]*runtimeapi.PodSandbox, error) {
-	recs, err := s.st.Sandboxes(visibleSandboxes(ctx, func(sb *store.Sandbox) bool {
+	recs := s.st.SandboxesView(visibleSandboxes(ctx, func(sb *store.Sandbox) bool {
 		return f.GetId() == "" || strings.HasPrefix(sb.ID, f.GetId())
 	}))
-	if err != nil {
-		return nil, err
-	}
 	out := make([]*runtimeapi.PodSandbox, 0, len(recs))
 	ids := make(map[string]bool, len(recs))
 	defer func() {
 		s.listed.pods.keepOnly(ids)
 		keepItems(&s.listed.mu, s.listed.podItems, ids)
 	}()
-	for _, sb := range recs {
-		ids[sb.ID] = true
-		sb = s.ctl.Refresh(ctx, sb)
+	for _, rec := range recs {
+		ids[rec.ID] = true
+		sb := s.ctl.Refresh(ctx, *rec)
 		if st := f.GetState(); st != nil && st.GetState() != criSandboxState(sb.State) {
 			continue
 		}

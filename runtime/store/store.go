@@ -14,7 +14,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -486,24 +486,34 @@ func remove[T any](s *Store, idx map[string]*T, k kind, id, name string) error {
 	return nil
 }
 
-// list returns the records keep accepts (keep sees a copy), oldest
-// first. It sorts pointers, then copies: records are hundreds of bytes.
+// list returns copies of the records keep accepts, oldest first.
 func list[T any](s *Store, idx map[string]*T, keep func(*T) bool, created func(*T) time.Time) []T {
+	ptrs := view(s, idx, keep, created)
+	out := make([]T, len(ptrs))
+	for i, p := range ptrs {
+		out[i] = *p
+	}
+	return out
+}
+
+// view returns the stored records keep accepts, oldest first, without
+// copying them (records are hundreds of bytes, and a List at a thousand
+// sandboxes would copy each every second): an update replaces a record,
+// never changes it, so they stay as they are; neither keep nor the
+// caller may change them.
+func view[T any](s *Store, idx map[string]*T, keep func(*T) bool, created func(*T) time.Time) []*T {
 	s.mu.RLock()
 	ptrs := make([]*T, 0, len(idx))
 	for _, v := range idx {
 		ptrs = append(ptrs, v)
 	}
 	s.mu.RUnlock()
-	sort.Slice(ptrs, func(i, j int) bool { return created(ptrs[i]).Before(created(ptrs[j])) })
-	out := make([]T, 0, len(ptrs))
-	for _, p := range ptrs {
-		c := *p
-		if keep == nil || keep(&c) {
-			out = append(out, c)
-		}
+	if keep != nil {
+		// Outside the lock: a keep may look something up in the store.
+		ptrs = slices.DeleteFunc(ptrs, func(p *T) bool { return !keep(p) })
 	}
-	return out
+	slices.SortFunc(ptrs, func(a, b *T) int { return created(a).Compare(created(b)) })
+	return ptrs
 }
 
 // CreateSandbox stores a new sandbox; its name must be free.
@@ -527,6 +537,12 @@ func (s *Store) Sandboxes(keep func(*Sandbox) bool) ([]Sandbox, error) {
 	return list(s, s.sbs, keep, func(sb *Sandbox) time.Time { return sb.CreatedAt }), nil
 }
 
+// SandboxesView is Sandboxes without the copies: the stored records,
+// which nobody may change (see view).
+func (s *Store) SandboxesView(keep func(*Sandbox) bool) []*Sandbox {
+	return view(s, s.sbs, keep, func(sb *Sandbox) time.Time { return sb.CreatedAt })
+}
+
 // CreateContainer stores a new container; its sandbox must exist and its
 // name be free.
 func (s *Store) CreateContainer(c *Container) error {
@@ -547,6 +563,12 @@ func (s *Store) UpdateContainer(id string, fn func(*Container) error) (Container
 // DeleteContainer removes a container record and frees its name.
 func (s *Store) DeleteContainer(c Container) error {
 	return remove(s, s.ctrs, containers, c.ID, c.Name)
+}
+
+// ContainersView is Containers without the copies: the stored records,
+// which nobody may change (see view).
+func (s *Store) ContainersView(keep func(*Container) bool) []*Container {
+	return view(s, s.ctrs, keep, func(c *Container) time.Time { return c.CreatedAt })
 }
 
 // Containers lists containers, oldest first, keeping those keep accepts.

@@ -96,7 +96,7 @@ func (s *Service) listContainers(ctx context.Context, f *runtimeapi.ContainerFil
 	ids := make(map[string]bool, len(recs))
 	defer func() {
 		s.listed.ctrs.keepOnly(ids)
-		keepItems(&s.listed.mu, s.listed.ctrItems, ids)
+		keepItems(s.listed, s.listed.ctrItems, ids)
 	}()
 	for _, rec := range recs {
 		ids[rec.ID] = true

@@ -76,6 +76,8 @@ type listConfigs struct {
 	mu       sync.Mutex
 	podItems map[string]*runtimeapi.PodSandbox
 	ctrItems map[string]*runtimeapi.Container
+	// encoded are the items' wire encodings, by item (list_codec.go).
+	encoded map[any][]byte
 }
 
 func newListConfigs() *listConfigs {
@@ -84,6 +86,7 @@ func newListConfigs() *listConfigs {
 		ctrs:     newParsedConfigs(func() *runtimeapi.ContainerConfig { return &runtimeapi.ContainerConfig{} }),
 		podItems: map[string]*runtimeapi.PodSandbox{},
 		ctrItems: map[string]*runtimeapi.Container{},
+		encoded:  map[any][]byte{},
 	}
 }
 
@@ -95,7 +98,8 @@ func (l *listConfigs) podItem(sb store.Sandbox, state runtimeapi.PodSandboxState
 	created := sb.CreatedAt.UnixNano()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if old := l.podItems[sb.ID]; old != nil && old.State == state && old.CreatedAt == created &&
+	old := l.podItems[sb.ID]
+	if old != nil && old.State == state && old.CreatedAt == created &&
 		old.Metadata == cfg.GetMetadata() && old.RuntimeHandler == sb.Handler {
 		return old
 	}
@@ -109,6 +113,7 @@ func (l *listConfigs) podItem(sb store.Sandbox, state runtimeapi.PodSandboxState
 		RuntimeHandler: sb.Handler,
 	}
 	l.podItems[sb.ID] = it
+	l.remember(old, it)
 	return it
 }
 
@@ -117,7 +122,8 @@ func (l *listConfigs) ctrItem(c store.Container, state runtimeapi.ContainerState
 	created := c.CreatedAt.UnixNano()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if old := l.ctrItems[c.ID]; old != nil && old.State == state && old.CreatedAt == created &&
+	old := l.ctrItems[c.ID]
+	if old != nil && old.State == state && old.CreatedAt == created &&
 		old.Metadata == cfg.GetMetadata() && old.ImageRef == c.ImageID && old.PodSandboxId == c.SandboxID &&
 		old.Image.GetImage() == c.ImageRef {
 		return old
@@ -135,18 +141,21 @@ func (l *listConfigs) ctrItem(c store.Container, state runtimeapi.ContainerState
 		Annotations:  cfg.GetAnnotations(),
 	}
 	l.ctrItems[c.ID] = it
+	l.remember(old, it)
 	return it
 }
 
-// keepItems drops the items of records no longer listed.
-func keepItems[T any](mu *sync.Mutex, m map[string]T, ids map[string]bool) {
-	mu.Lock()
-	defer mu.Unlock()
+// keepItems drops the items (and their encodings) of records no longer
+// listed.
+func keepItems[T comparable](l *listConfigs, m map[string]T, ids map[string]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if len(m) <= 2*len(ids)+16 {
 		return
 	}
-	for id := range m {
+	for id, it := range m {
 		if !ids[id] {
+			delete(l.encoded, it)
 			delete(m, id)
 		}
 	}

@@ -38,7 +38,7 @@ func (s *Service) listSandboxes(ctx context.Context, f *runtimeapi.PodSandboxFil
 	ids := make(map[string]bool, len(recs))
 	defer func() {
 		s.listed.pods.keepOnly(ids)
-		keepItems(&s.listed.mu, s.listed.podItems, ids)
+		keepItems(s.listed, s.listed.podItems, ids)
 	}()
 	for _, rec := range recs {
 		ids[rec.ID] = true

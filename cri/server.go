@@ -48,6 +48,7 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 	srv := grpc.NewServer(append(svc.interceptors(),
 		grpc.MaxRecvMsgSize(maxMsgSize),
 		grpc.MaxSendMsgSize(maxMsgSize),
+		grpc.ForceServerCodecV2(newListCodec(svc.listed)),
 	)...)
 	runtimeapi.RegisterRuntimeServiceServer(srv, svc)
 	runtimeapi.RegisterImageServiceServer(srv, svc)

@@ -330,9 +330,11 @@ func TestBootPowerButton(t *testing.T) {
 	if _, err := c.Ping(ctx, &api.PingRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	// Modules (button, evdev) load in the background: wait for them.
-	if _, err := c.ConfigureNetwork(ctx, &api.ConfigureNetworkRequest{}); err != nil {
-		t.Fatal(err)
+	// The button's modules (button, evdev) are among the late ones, which
+	// load after the rest: wait for every module, as the host does before
+	// it saves a VM's state. A press before they are in is lost.
+	if r, err := c.Info(ctx, &api.InfoRequest{WaitModules: true}); err != nil || r.GetModulesLoadedUptimeNs() == 0 {
+		t.Fatalf("Info waiting for the modules: %v, modules loaded at %d ns", err, r.GetModulesLoadedUptimeNs())
 	}
 	q, err := net.Dial("unix", filepath.Join(vm.dir, "qmp.sock"))
 	if err != nil {

@@ -62,6 +62,20 @@ func writeList(t *testing.T, mods ...string) string {
 	return list
 }
 
+// loadList starts loading list (a fake load, blocking at blockAt) with
+// lateDelay set to delay for the test.
+func loadList(t *testing.T, list []string, blockAt string, delay time.Duration) (*fakeLoads, *moduleSet) {
+	t.Helper()
+	old := lateDelay
+	lateDelay = delay
+	t.Cleanup(func() { lateDelay = old })
+	log := slog.New(slog.DiscardHandler)
+	f := newFakeLoads(t, blockAt)
+	m := newModuleSet(readModuleList(log, writeList(t, list...)))
+	go m.load(log)
+	return f, m
+}
+
 func closedWithin(ch <-chan struct{}, d time.Duration) bool {
 	select {
 	case <-ch:
@@ -120,7 +134,6 @@ func TestModulesChannel(t *testing.T) {
 // order), only once something needs one, the host asks for all, or
 // lateDelay has passed; the rest release StartProcess (early) before.
 func TestModulesLate(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
 	list := []string{
 		"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
 		"drivers/acpi/button.ko", "drivers/input/evdev.ko",
@@ -142,11 +155,7 @@ func TestModulesLate(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			defer func(d time.Duration) { lateDelay = d }(lateDelay)
-			lateDelay = time.Hour
-			f := newFakeLoads(t, "")
-			m := newModuleSet(readModuleList(log, writeList(t, list...)))
-			go m.load(log)
+			f, m := loadList(t, list, "", time.Hour)
 			if !closedWithin(m.early, 5*time.Second) {
 				t.Fatal("early never closed")
 			}
@@ -172,11 +181,7 @@ func TestModulesLate(t *testing.T) {
 		})
 	}
 	t.Run("after lateDelay", func(t *testing.T) {
-		defer func(d time.Duration) { lateDelay = d }(lateDelay)
-		lateDelay = 10 * time.Millisecond
-		f := newFakeLoads(t, "")
-		m := newModuleSet(readModuleList(log, writeList(t, list...)))
-		go m.load(log)
+		f, m := loadList(t, list, "", 10*time.Millisecond)
 		// A passive wait (the power button's) does not start them.
 		m.whenDone("button", "evdev")
 		if !closedWithin(m.all, 5*time.Second) {
@@ -187,11 +192,7 @@ func TestModulesLate(t *testing.T) {
 		}
 	})
 	t.Run("a wait ends with its context", func(t *testing.T) {
-		defer func(d time.Duration) { lateDelay = d }(lateDelay)
-		lateDelay = time.Hour
-		f := newFakeLoads(t, "overlay")
-		m := newModuleSet(readModuleList(log, writeList(t, list...)))
-		go m.load(log)
+		f, m := loadList(t, list, "overlay", time.Hour)
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 		defer cancel()
 		if err := m.needEarly(cctx); !errors.Is(err, context.DeadlineExceeded) {

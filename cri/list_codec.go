@@ -35,17 +35,19 @@ func (c listCodec) Name() string { return proto.Name }
 func (c listCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.base.Unmarshal(data, v) }
 
 func (c listCodec) Marshal(v any) (mem.BufferSlice, error) {
-	var b []byte
+	var b *[]byte
+	pool := mem.DefaultBufferPool()
 	switch r := v.(type) {
 	case *runtimeapi.ListPodSandboxResponse:
-		b = c.listed.encodeItems(len(r.Items), func(i int) any { return r.Items[i] })
+		b = c.listed.encodeItems(len(r.Items), func(i int) any { return r.Items[i] }, pool.Get)
 	case *runtimeapi.ListContainersResponse:
-		b = c.listed.encodeItems(len(r.Containers), func(i int) any { return r.Containers[i] })
+		b = c.listed.encodeItems(len(r.Containers), func(i int) any { return r.Containers[i] }, pool.Get)
 	}
 	if b == nil {
 		return c.base.Marshal(v)
 	}
-	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	// gRPC puts the buffer back in the pool once it is sent.
+	return mem.BufferSlice{mem.NewBuffer(b, pool)}, nil
 }
 
 // listItemsField is the field number of ListPodSandboxResponse.items and
@@ -53,10 +55,11 @@ func (c listCodec) Marshal(v any) (mem.BufferSlice, error) {
 const listItemsField = 1
 
 // encodeItems is the wire form of a List answer of n items (item(i) is
-// the i-th), or nil when one of them has no encoding (an item not built
-// by podItem or ctrItem), which the caller then marshals the usual way.
-// An empty answer is nil too: its wire form is empty.
-func (l *listConfigs) encodeItems(n int, item func(int) any) []byte {
+// the i-th) in a buffer from get, or nil when one of them has no
+// encoding (an item not built by podItem or ctrItem), which the caller
+// then marshals the usual way. An empty answer is nil too: its wire form
+// is empty.
+func (l *listConfigs) encodeItems(n int, item func(int) any, get func(int) *[]byte) *[]byte {
 	if n == 0 {
 		return nil
 	}
@@ -70,12 +73,14 @@ func (l *listConfigs) encodeItems(n int, item func(int) any) []byte {
 		}
 		size += protowire.SizeTag(listItemsField) + protowire.SizeBytes(len(enc))
 	}
-	b := make([]byte, 0, size)
+	buf := get(size)
+	b := (*buf)[:0]
 	for i := range n {
 		b = protowire.AppendTag(b, listItemsField, protowire.BytesType)
 		b = protowire.AppendBytes(b, l.encoded[item(i)])
 	}
-	return b
+	*buf = b
+	return buf
 }
 
 // remember keeps it's encoding and drops old's (the item it replaces; a

@@ -9,6 +9,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
+func newBuf(n int) *[]byte { b := make([]byte, n); return &b }
+
 // TestListCodec: the List answers the CRI server writes from the items'
 // encodings read back as the answers themselves, follow the items as
 // they change, and an answer with an item of unknown encoding (or
@@ -53,7 +55,7 @@ func TestListCodec(t *testing.T) {
 	if len(pods.Items) != 5 || len(ctrs.Containers) != 5 {
 		t.Fatalf("%d pods, %d containers", len(pods.Items), len(ctrs.Containers))
 	}
-	if b := f.listed.encodeItems(len(pods.Items), func(i int) any { return pods.Items[i] }); b == nil {
+	if b := f.listed.encodeItems(len(pods.Items), func(i int) any { return pods.Items[i] }, newBuf); b == nil {
 		t.Fatal("no encodings for the pods' items")
 	}
 	roundTrip(pods, &runtimeapi.ListPodSandboxResponse{})
@@ -80,7 +82,7 @@ func TestListCodec(t *testing.T) {
 
 	// An item from elsewhere: marshaled the usual way, still right.
 	mixed := &runtimeapi.ListPodSandboxResponse{Items: append([]*runtimeapi.PodSandbox{{Id: "other", State: runtimeapi.PodSandboxState_SANDBOX_READY}}, pods.Items...)}
-	if b := f.listed.encodeItems(len(mixed.Items), func(i int) any { return mixed.Items[i] }); b != nil {
+	if b := f.listed.encodeItems(len(mixed.Items), func(i int) any { return mixed.Items[i] }, newBuf); b != nil {
 		t.Error("an item without an encoding was written from encodings")
 	}
 	roundTrip(mixed, &runtimeapi.ListPodSandboxResponse{})

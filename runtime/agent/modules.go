@@ -76,7 +76,10 @@ type moduleSet struct {
 	goLate func()
 	// allUptime is the guest's uptime when all closed (0 before).
 	allUptime atomic.Int64
-	lines     []string // the list, in load order
+	// lines is the list in load order, of which the first nEarly are not
+	// late modules.
+	lines  []string
+	nEarly int
 }
 
 // noModules is a set with nothing to load (no list, a macOS guest, an
@@ -130,6 +133,7 @@ func newModuleSet(lines []string) *moduleSet {
 			m.lines = append(m.lines, l)
 		}
 	}
+	m.nEarly = len(m.lines)
 	m.lines = append(m.lines, late...)
 	return m
 }
@@ -144,20 +148,14 @@ func (m *moduleSet) load(log *slog.Logger) {
 			channelLeft++
 		}
 	}
-	channelOnce := sync.OnceFunc(func() { close(m.channel) })
-	earlyOnce := sync.OnceFunc(func() { close(m.early) })
-	defer channelOnce()
-	defer earlyOnce()
 	if channelLeft == 0 {
-		channelOnce()
+		close(m.channel)
 	}
 	start := time.Now()
-	n, lateStarted := 0, false
-	for _, line := range m.lines {
-		name := moduleName(line)
-		if slices.Contains(lateModules, name) && !lateStarted {
-			lateStarted = true
-			earlyOnce()
+	n := 0
+	for i, line := range m.lines {
+		if i == m.nEarly {
+			close(m.early)
 			log.Info("modules loaded but the late ones", "count", n, "took", time.Since(start).Round(time.Millisecond))
 			t := time.NewTimer(lateDelay)
 			select {
@@ -171,10 +169,12 @@ func (m *moduleSet) load(log *slog.Logger) {
 		} else {
 			n++
 		}
+		name := moduleName(line)
 		close(m.done[name])
+		// Each channel module is done once (newModuleSet drops repeats).
 		if slices.Contains(channelModules, name) {
 			if channelLeft--; channelLeft == 0 {
-				channelOnce()
+				close(m.channel)
 			}
 		}
 		select {
@@ -182,7 +182,9 @@ func (m *moduleSet) load(log *slog.Logger) {
 		default:
 		}
 	}
-	earlyOnce()
+	if m.nEarly == len(m.lines) {
+		close(m.early)
+	}
 	m.allUptime.Store(int64(uptime()))
 	close(m.all)
 	log.Info("modules loaded", "count", n, "took", time.Since(start).Round(time.Millisecond))

@@ -100,8 +100,13 @@ type bootedVM struct {
 
 const guestMAC = "52:54:00:12:34:56"
 
-func bootVM(t *testing.T) *bootedVM {
+// bootVM boots the guest, its init (the agent) given initArgs.
+func bootVM(t *testing.T, initArgs ...string) *bootedVM {
 	kernel, initrd := buildBootGuest(t)
+	cmdline := "console=ttyS0 panic=-1 quiet"
+	if len(initArgs) > 0 {
+		cmdline += " -- " + strings.Join(initArgs, " ")
+	}
 	// Short socket paths: sun_path has 108 bytes.
 	dir, err := os.MkdirTemp("", "avm")
 	if err != nil {
@@ -115,7 +120,7 @@ func bootVM(t *testing.T) *bootedVM {
 		"-M", "pc", "-accel", "tcg", "-m", "512", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet",
+		"-append", cmdline,
 		"-serial", "file:"+vm.console,
 		"-device", "virtio-serial-pci,id=vser0",
 		"-chardev", "socket,id=agent,path="+filepath.Join(dir, "agent.sock")+",server=on,wait=off",
@@ -350,5 +355,39 @@ func TestBootPowerButton(t *testing.T) {
 	case <-vm.exited:
 	case <-time.After(60 * time.Second):
 		t.Fatal("the guest did not power off on the power button")
+	}
+}
+
+// With the late modules held back (--late-modules=1h), what a process asks
+// the kernel for loads through the agent as the kernel's modprobe helper,
+// from the guest's restricted index: a bridge (SIOCBRADDBR asks for
+// "bridge"), an overlay mount ("fs-overlay") and the first open of
+// /dev/fuse, a node the agent made from modules.devname
+// ("char-major-10-229").
+func TestBootModprobe(t *testing.T) {
+	buildBootGuest(t)
+	vm := bootVM(t, "--late-modules=1h")
+	c, closeClient := vm.connect(t, 2*time.Minute)
+	defer closeClient()
+	script := `for m in bridge overlay fuse; do test -e /sys/module/$m/initstate && echo "$m in before"; done
+brctl addbr mzbr0 && echo bridge ok
+mkdir -p /tmp/o/l /tmp/o/u /tmp/o/w /tmp/o/m
+mount -t overlay overlay -o lowerdir=/tmp/o/l,upperdir=/tmp/o/u,workdir=/tmp/o/w /tmp/o/m && echo overlay ok
+test -c /dev/fuse && cat /dev/fuse 2>/dev/null; test -e /sys/module/fuse/initstate && echo fuse ok
+mount -t xfs none /mnt 2>/dev/null || echo xfs refused
+dmesg | grep 'macvz-agent: modprobe'`
+	out, code := guestRun(t, c, "modprobe", "/bin/sh", "-c", script)
+	t.Logf("guest:\n%s", out)
+	if strings.Contains(out, " in before") {
+		t.Fatalf("a late module was loaded before anything asked (exit %d)", code)
+	}
+	for _, want := range []string{
+		"bridge ok", "overlay ok", "fuse ok", "xfs refused",
+		"modprobe bridge: loaded bridge", "modprobe fs-overlay: loaded overlay",
+		"modprobe char-major-10-229: loaded fuse", "modprobe fs-xfs: no module",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the guest's output", want)
+		}
 	}
 }

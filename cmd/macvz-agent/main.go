@@ -4,7 +4,8 @@
 // runtime/agent; this is its flags, logging and listener.
 //
 //	macvz-agent [--listen serial:agent|vsock:PORT|unix:PATH] [--etc-dir DIR]
-//	            [--system] [--modules FILE] [--subreaper] [--log-level LEVEL]
+//	            [--system] [--modules FILE] [--late-modules DURATION]
+//	            [--subreaper] [--log-level LEVEL]
 package main
 
 import (
@@ -34,6 +35,10 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == agent.ExecHelperArg {
 		agent.RunExecHelper(os.Args[2:])
 	}
+	// As init the agent is the kernel's modprobe helper too.
+	if name, ok := agent.ModprobeRequest(os.Args); ok && os.Getpid() != 1 {
+		os.Exit(agent.Modprobe(name))
+	}
 	// In the node image the agent is also kubelet's mount and umount.
 	if name := filepath.Base(os.Args[0]); name == "mount" || name == "umount" || name == memvol.RestoreName {
 		os.Exit(memvol.Main(name, os.Args[1:]))
@@ -48,6 +53,7 @@ func main() {
 		etcDir     = flag.String("etc-dir", "/etc", "directory for hostname and resolv.conf")
 		system     = flag.Bool("system", pid1, "own the machine: set the kernel hostname, configure the network, mount shares, power off (default: when PID 1)")
 		modules    = flag.String("modules", "/etc/macvz/modules", "kernel modules to load at start, one .ko path a line (init only)")
+		lateMods   = flag.Duration("late-modules", agent.DefaultLateModules, "how long after the others the late kernel modules load, unless needed sooner (init only; 0: right after them)")
 		subreaper  = flag.Bool("subreaper", false, "become a child subreaper and reap every descendant (implied as PID 1)")
 		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
 		showVer    = flag.Bool("version", false, "print the version and exit")
@@ -71,7 +77,11 @@ func main() {
 		}})).With("c", "macvz-agent")
 	slog.SetDefault(log)
 
-	if err := run(log, pid1, *listenSpec, *etcDir, *system, *modules, *subreaper); err != nil {
+	late := *lateMods
+	if late == 0 {
+		late = -1 // agent.Options: zero is the default
+	}
+	if err := run(log, pid1, *listenSpec, *etcDir, *system, *modules, late, *subreaper); err != nil {
 		log.Error("agent failed", "err", err)
 		if pid1 {
 			// init must not exit: the kernel would panic. Power off.
@@ -82,16 +92,17 @@ func main() {
 	}
 }
 
-func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, modules string, subreaper bool) error {
+func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, modules string, lateModules time.Duration, subreaper bool) error {
 	start := time.Now()
 	a, err := agent.New(agent.Options{
-		EtcDir:    etcDir,
-		System:    system,
-		Init:      pid1,
-		Modules:   modules,
-		Subreaper: subreaper,
-		Version:   version,
-		Log:       log,
+		EtcDir:      etcDir,
+		System:      system,
+		Init:        pid1,
+		Modules:     modules,
+		LateModules: lateModules,
+		Subreaper:   subreaper,
+		Version:     version,
+		Log:         log,
 	})
 	if err != nil {
 		return err

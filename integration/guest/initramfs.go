@@ -2,6 +2,7 @@ package guest
 
 import (
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -134,9 +135,9 @@ type InitramfsInfo struct {
 }
 
 // Applets left out of /bin: without init and linuxrc a failing /init ends
-// the boot (kernel panic) instead of starting busybox's init; without
-// modprobe the kernel's request_module fails at once instead of running
-// busybox for every module it asks for (the modules are loaded up front).
+// the boot (kernel panic) instead of starting busybox's init; modprobe,
+// because the agent is the kernel's modprobe helper (it names itself so),
+// answering from the restricted index this archive has.
 var skipApplets = map[string]bool{"init": true, "linuxrc": true, "modprobe": true}
 
 // baseFiles is the skeleton every guest gets.
@@ -167,7 +168,8 @@ func baseFiles() []File {
 // WriteInitramfs writes a newc cpio archive: the skeleton (/bin, /dev with
 // /dev/console, /etc/passwd, group, hostname, hosts, an empty resolv.conf,
 // /proc, /sys, /run, /tmp, /root, /mnt), /init, busybox, the modules with
-// a modules.dep restricted to them and ModulesList, and o.Files.
+// the kernel's modules.dep, modules.alias and modules.devname restricted to
+// them and ModulesList, and o.Files.
 func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 	if o.Init == "" {
 		return nil, fmt.Errorf("initramfs: no /init program")
@@ -252,6 +254,25 @@ func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 			dep.WriteString("\n")
 		}
 		t.add(File{Path: guestDir + "/modules.dep", Data: []byte(dep.String())})
+		// The kernel's aliases and device nodes of the included modules:
+		// the agent as modprobe helper answers the kernel's requests
+		// ("fs-overlay", "rtnl-link-bridge", char-major-10-229) with them.
+		included := map[string]bool{}
+		for _, m := range mods {
+			included[m.Name] = true
+		}
+		for _, idx := range []struct {
+			file  string
+			field int // which field names the module
+		}{{"modules.alias", 2}, {"modules.devname", 0}} {
+			data, err := restrictIndex(filepath.Join(o.Kernel.ModulesDir, idx.file), idx.field, included)
+			if err != nil {
+				return nil, err
+			}
+			if data != nil {
+				t.add(File{Path: guestDir + "/" + idx.file, Data: data})
+			}
+		}
 		list := strings.Join(info.Modules, "\n")
 		if list != "" {
 			list += "\n"
@@ -280,6 +301,26 @@ func WriteInitramfs(w io.Writer, o InitramfsOptions) (*InitramfsInfo, error) {
 	}
 	info.Size = cw.n
 	return info, nil
+}
+
+// restrictIndex is the lines of a depmod index file (modules.alias,
+// modules.devname) whose module, the given field, is included; nil when
+// the kernel has no such file.
+func restrictIndex(file string, field int, included map[string]bool) ([]byte, error) {
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > field && !strings.HasPrefix(l, "#") && included[ModuleName(f[field])] {
+			out = append(append(out, l...), '\n')
+		}
+	}
+	return append([]byte{}, out...), nil
 }
 
 // devices are the device numbers of the skeleton's device nodes.

@@ -70,6 +70,57 @@ func loadModule(path string) error {
 	return err
 }
 
+// modulesDir is /lib/modules/<the running kernel's release>.
+func modulesDir() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return "/lib/modules/" + cstr(u.Release[:])
+}
+
+// kmsg writes line to the kernel log (the modprobe helper has no console).
+func kmsg(line string) {
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		f.WriteString("<6>" + line + "\n")
+		f.Close()
+	}
+}
+
+// onDemandModules names the agent the kernel's modprobe helper (see
+// Modprobe) and creates the device nodes of dir's modules.devname whose
+// module is not in yet (a guest without udev: opening one, /dev/fuse, is
+// how a process asks for its module), as systemd does from kmod's list.
+func onDemandModules(log *slog.Logger, dir string) {
+	exe, err := os.Executable()
+	if err == nil {
+		err = os.WriteFile("/proc/sys/kernel/modprobe", []byte(exe), 0)
+	}
+	if err != nil {
+		log.Warn("the kernel's module requests stay unanswered", "err", err)
+		return
+	}
+	nodes, err := readDevNames(filepath.Join(dir, "modules.devname"))
+	if err != nil {
+		log.Warn("device nodes for on-demand modules", "err", err)
+	}
+	for _, n := range nodes {
+		if moduleLoaded(n.module) {
+			continue
+		}
+		p := filepath.Join("/dev", n.name)
+		mode := uint32(unix.S_IFBLK)
+		if n.char {
+			mode = unix.S_IFCHR
+		}
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		// 0600, as devtmpfs makes the node when the module registers it.
+		if err := unix.Mknod(p, mode|0o600, int(unix.Mkdev(n.major, n.minor))); err != nil && !errors.Is(err, unix.EEXIST) {
+			log.Warn("device node for an on-demand module", "node", p, "module", n.module, "err", err)
+		}
+	}
+}
+
 // findVirtioPort returns the device of the virtio-serial port named name.
 func findVirtioPort(name string) (string, bool) {
 	const dir = "/sys/class/virtio-ports"

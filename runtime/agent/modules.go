@@ -20,16 +20,20 @@ import (
 //
 //   - The channel's modules (vsock, for a vz guest) first: New waits for
 //     them (channelModules).
-//   - Every other module in the list's order, except the late ones: a
-//     container's process may use any of them (overlay, the bridge,
-//     fuse), so StartProcess waits for this group, while each setup call
-//     waits only for what it uses (ConfigureNetwork the NIC's driver,
-//     MountShare its file system's).
-//   - The late ones last (lateModules): drivers no process sees and only
-//     the agent or the hypervisor uses. They load when something needs
-//     one, when the host asks for every module (Info wait_modules, before
-//     a VM's state is saved for warm starts), or lateDelay after the rest,
-//     so a pod's first process does not share the vCPU with them.
+//   - Every other module in the list's order, except the late ones: the
+//     drivers of the VM's devices (its disks, its RNG). StartProcess
+//     waits for this group, while each setup call waits only for what it
+//     uses (ConfigureNetwork the NIC's driver, MountShare its file
+//     system's).
+//   - The late ones last (lateModules, and any module depending on one):
+//     drivers no process sees and only the agent or the hypervisor uses,
+//     and the features a container's process may ask for (overlay, the
+//     bridge, fuse), which the kernel's request loads at once through the
+//     agent as its modprobe helper (see Modprobe) when one asks before
+//     they are in. They load when something needs one, when the host asks
+//     for every module (Info wait_modules, before a VM's state is saved
+//     for warm starts), or the set's lateDelay after the rest, so a pod's
+//     first process does not share the vCPU with them.
 
 // channelModules are the agent's own channel when it is vsock (a Linux
 // guest of the vz backend, whose init arguments say --listen=vsock:PORT):
@@ -39,18 +43,21 @@ import (
 // list without them, a QEMU guest's, waits for nothing).
 var channelModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
 
-// lateModules load after the rest of the list. None is a dependency of
-// another listed module (moving one later than a module needing it would
-// break the list's dependency order): the ACPI power button and its
-// events (the agent's fallback for a stop when the Shutdown call cannot
-// reach it), the memory balloon (QEMU's balloon target waits in the
-// device until the driver reads it) and virtiofs (a vz guest's shares:
-// MountShare needs it and loads it at once).
-var lateModules = []string{"button", "evdev", "virtio_balloon", "virtiofs"}
+// lateModules load after the rest of the list, and so does every listed
+// module depending on one (its modules.dep line names one): the ACPI
+// power button and its events (the agent's fallback for a stop when the
+// Shutdown call cannot reach it), the memory balloon (QEMU's balloon
+// target waits in the device until the driver reads it), virtiofs (a vz
+// guest's shares: MountShare needs it and loads it at once), and what
+// only a process may use, through a request of the kernel: overlay
+// ("fs-overlay"), the bridge and its protocols ("bridge",
+// "rtnl-link-bridge") and fuse (opening /dev/fuse, "fs-fuse"). Under TCG
+// fuse, the bridge and overlay alone take 130-160 ms of the vCPU.
+var lateModules = []string{"button", "evdev", "virtio_balloon", "virtiofs", "fuse", "overlay", "llc", "stp", "bridge"}
 
-// lateDelay is how long the late modules wait after the rest, unless
-// something needs one sooner (a variable for tests).
-var lateDelay = 2 * time.Second
+// DefaultLateModules is how long the late modules wait after the rest,
+// unless something needs one sooner.
+const DefaultLateModules = 2 * time.Second
 
 // shareModules are the modules MountShare waits for, by file system.
 var shareModules = map[string][]string{
@@ -80,12 +87,14 @@ type moduleSet struct {
 	// late modules.
 	lines  []string
 	nEarly int
+	// lateDelay is how long the late modules wait after the rest.
+	lateDelay time.Duration
 }
 
 // noModules is a set with nothing to load (no list, a macOS guest, an
 // agent that is not init): every wait returns at once.
 func noModules() *moduleSet {
-	m := newModuleSet(nil)
+	m := newModuleSet(nil, nil, 0)
 	close(m.channel)
 	close(m.early)
 	close(m.all)
@@ -111,12 +120,14 @@ func readModuleList(log *slog.Logger, path string) []string {
 	return lines
 }
 
-// newModuleSet orders lines for loading: the late modules after the
-// rest, each group in the list's order.
-func newModuleSet(lines []string) *moduleSet {
+// newModuleSet orders lines for loading: the late modules (lateModules
+// and those whose deps, by module name, name one) after the rest, each
+// group in the list's order; the late ones wait lateDelay.
+func newModuleSet(lines []string, deps map[string][]string, lateDelay time.Duration) *moduleSet {
 	m := &moduleSet{
-		done:    map[string]chan struct{}{},
-		channel: make(chan struct{}), early: make(chan struct{}), all: make(chan struct{}),
+		lateDelay: lateDelay,
+		done:      map[string]chan struct{}{},
+		channel:   make(chan struct{}), early: make(chan struct{}), all: make(chan struct{}),
 		loaded: make(chan struct{}, 1), late: make(chan struct{}),
 	}
 	m.goLate = sync.OnceFunc(func() { close(m.late) })
@@ -127,7 +138,7 @@ func newModuleSet(lines []string) *moduleSet {
 			continue
 		}
 		m.done[name] = make(chan struct{})
-		if slices.Contains(lateModules, name) {
+		if isLate(name, deps) {
 			late = append(late, l)
 		} else {
 			m.lines = append(m.lines, l)
@@ -136,6 +147,19 @@ func newModuleSet(lines []string) *moduleSet {
 	m.nEarly = len(m.lines)
 	m.lines = append(m.lines, late...)
 	return m
+}
+
+// isLate says whether a module loads with the late ones.
+func isLate(name string, deps map[string][]string) bool {
+	if slices.Contains(lateModules, name) {
+		return true
+	}
+	for _, d := range deps[name] {
+		if slices.Contains(lateModules, d) {
+			return true
+		}
+	}
+	return false
 }
 
 // load loads the modules in order with loadModuleFile (a failure is
@@ -157,7 +181,7 @@ func (m *moduleSet) load(log *slog.Logger) {
 		if i == m.nEarly {
 			close(m.early)
 			log.Info("modules loaded but the late ones", "count", n, "took", time.Since(start).Round(time.Millisecond))
-			t := time.NewTimer(lateDelay)
+			t := time.NewTimer(m.lateDelay)
 			select {
 			case <-t.C:
 			case <-m.late:
@@ -198,7 +222,7 @@ func (m *moduleSet) need(ctx context.Context, names ...string) error {
 		if !ok {
 			continue
 		}
-		if slices.Contains(lateModules, name) {
+		if m.isLate(name) {
 			m.goLate()
 		}
 		if err := waitClosed(ctx, ch); err != nil {
@@ -206,6 +230,11 @@ func (m *moduleSet) need(ctx context.Context, names ...string) error {
 		}
 	}
 	return nil
+}
+
+// isLate says whether the set loads name with the late modules.
+func (m *moduleSet) isLate(name string) bool {
+	return slices.ContainsFunc(m.lines[m.nEarly:], func(l string) bool { return moduleName(l) == name })
 }
 
 // needAll starts the late modules now and waits for every module.

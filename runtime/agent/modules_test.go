@@ -62,16 +62,19 @@ func writeList(t *testing.T, mods ...string) string {
 	return list
 }
 
+// testDeps are modules.dep's dependencies of a few modules.
+var testDeps = map[string][]string{
+	"virtiofs": {"fuse"}, "bridge": {"stp", "llc"}, "stp": {"llc"},
+	"br_netfilter": {"bridge", "stp", "llc"}, "9p": {"9pnet", "fscache", "netfs"},
+}
+
 // loadList starts loading list (a fake load, blocking at blockAt) with
-// lateDelay set to delay for the test.
+// the late modules delay after the rest.
 func loadList(t *testing.T, list []string, blockAt string, delay time.Duration) (*fakeLoads, *moduleSet) {
 	t.Helper()
-	old := lateDelay
-	lateDelay = delay
-	t.Cleanup(func() { lateDelay = old })
 	log := slog.New(slog.DiscardHandler)
 	f := newFakeLoads(t, blockAt)
-	m := newModuleSet(readModuleList(log, writeList(t, list...)))
+	m := newModuleSet(readModuleList(log, writeList(t, list...)), testDeps, delay)
 	go m.load(log)
 	return f, m
 }
@@ -109,7 +112,7 @@ func TestModulesChannel(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFakeLoads(t, tc.blockAt)
-			m := newModuleSet(readModuleList(log, writeList(t, tc.list...)))
+			m := newModuleSet(readModuleList(log, writeList(t, tc.list...)), nil, time.Millisecond)
 			done := make(chan struct{})
 			go func() { defer close(done); m.load(log) }()
 			if !closedWithin(m.channel, 5*time.Second) {
@@ -130,21 +133,31 @@ func TestModulesChannel(t *testing.T) {
 	}
 }
 
-// TestModulesLate: the late modules load after the rest (in the list's
-// order), only once something needs one, the host asks for all, or
-// lateDelay has passed; the rest release StartProcess (early) before.
+// TestModulesLate: the late modules (and a module depending on one) load
+// after the rest (in the list's order), only once something needs one,
+// the host asks for all, or the delay has passed; the rest release
+// StartProcess (early) before.
 func TestModulesLate(t *testing.T) {
 	list := []string{
 		"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
 		"drivers/acpi/button.ko", "drivers/input/evdev.ko",
 		"drivers/net/virtio_net.ko", "fs/fuse/fuse.ko", "fs/fuse/virtiofs.ko",
 		"drivers/virtio/virtio_balloon.ko", "fs/overlayfs/overlay.ko",
+		"net/llc/llc.ko", "net/802/stp.ko", "net/bridge/bridge.ko", "net/bridge/br_netfilter.ko",
+		"drivers/char/hw_random/virtio-rng.ko",
 	}
-	wantOrder := []string{"virtio_pci", "virtio_console", "virtio_net", "fuse", "overlay", "button", "evdev", "virtiofs", "virtio_balloon"}
+	wantOrder := []string{"virtio_pci", "virtio_console", "virtio_net", "virtio_rng",
+		"button", "evdev", "fuse", "virtiofs", "virtio_balloon", "overlay", "llc", "stp", "bridge", "br_netfilter"}
+	const nEarly = 4
 	ctx := context.Background()
 	for name, start := range map[string]func(t *testing.T, m *moduleSet){
 		"a late module needed": func(t *testing.T, m *moduleSet) {
 			if err := m.need(ctx, "virtiofs"); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"a module depending on a late one needed": func(t *testing.T, m *moduleSet) {
+			if err := m.need(ctx, "br_netfilter"); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -165,8 +178,8 @@ func TestModulesLate(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(50 * time.Millisecond)
-			if got := f.loaded(); !slices.Equal(got, wantOrder[:5]) {
-				t.Fatalf("before anything asked for a late module: loaded %v, want %v", got, wantOrder[:5])
+			if got := f.loaded(); !slices.Equal(got, wantOrder[:nEarly]) {
+				t.Fatalf("before anything asked for a late module: loaded %v, want %v", got, wantOrder[:nEarly])
 			}
 			if closedWithin(m.all, 0) || m.allUptime.Load() != 0 {
 				t.Fatal("all closed before the late modules loaded")
@@ -180,7 +193,7 @@ func TestModulesLate(t *testing.T) {
 			}
 		})
 	}
-	t.Run("after lateDelay", func(t *testing.T) {
+	t.Run("after the delay", func(t *testing.T) {
 		f, m := loadList(t, list, "", 10*time.Millisecond)
 		// A passive wait (the power button's) does not start them.
 		m.whenDone("button", "evdev")
@@ -192,11 +205,11 @@ func TestModulesLate(t *testing.T) {
 		}
 	})
 	t.Run("a wait ends with its context", func(t *testing.T) {
-		f, m := loadList(t, list, "overlay", time.Hour)
+		f, m := loadList(t, list, "virtio_rng", time.Hour)
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 		defer cancel()
 		if err := m.needEarly(cctx); !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("needEarly while overlay loads: %v, want the deadline", err)
+			t.Errorf("needEarly while virtio_rng loads: %v, want the deadline", err)
 		}
 		close(f.release)
 		if err := m.needAll(ctx); err != nil {

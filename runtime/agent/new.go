@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -29,6 +30,10 @@ type Options struct {
 	// Modules is the file listing the kernel modules to load, one .ko
 	// path a line (Init only; a missing file loads nothing).
 	Modules string
+	// LateModules is how long the late modules (see lateModules) wait
+	// after the others unless something needs one sooner: zero means
+	// DefaultLateModules, a negative duration right after the others.
+	LateModules time.Duration
 	// Subreaper makes the process a child subreaper whose agent reaps
 	// every descendant (implied by Init; Linux only).
 	Subreaper bool
@@ -64,7 +69,22 @@ func New(opts Options) (*Agent, error) {
 		initMounts(log)
 		mountFstab(log, "/etc/fstab")
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-		mods = newModuleSet(readModuleList(log, opts.Modules))
+		late := opts.LateModules
+		switch {
+		case late == 0:
+			late = DefaultLateModules
+		case late < 0:
+			late = 0
+		}
+		// The index (modules.dep) says which listed modules depend on a
+		// late one; an image without it still loads its list.
+		dir := modulesDir()
+		ix, err := readModuleIndex(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("module index", "dir", dir, "err", err)
+		}
+		onDemandModules(log, dir)
+		mods = newModuleSet(readModuleList(log, opts.Modules), ix.depNames(), late)
 		go mods.load(log)
 		// A vsock listener (vz guests) binds right after New: its
 		// address family must be there (channelModules).

@@ -131,6 +131,11 @@ func loadModule(path string) error {
 	return errors.New("kernel modules are a Linux guest's")
 }
 
+// A macOS guest has no kernel modules of ours: no index, no helper.
+func modulesDir() string                           { return "" }
+func kmsg(line string)                             {}
+func onDemandModules(log *slog.Logger, dir string) {}
+
 func openVirtioPort(log *slog.Logger, name string, loaded <-chan struct{}) func() (io.ReadWriteCloser, error) {
 	return func() (io.ReadWriteCloser, error) {
 		return nil, errors.New("virtio-serial ports are not supported on macOS guests")

@@ -53,7 +53,7 @@ func main() {
 		etcDir     = flag.String("etc-dir", "/etc", "directory for hostname and resolv.conf")
 		system     = flag.Bool("system", pid1, "own the machine: set the kernel hostname, configure the network, mount shares, power off (default: when PID 1)")
 		modules    = flag.String("modules", "/etc/macvz/modules", "kernel modules to load at start, one .ko path a line (init only)")
-		lateMods   = flag.Duration("late-modules", agent.DefaultLateModules, "how long after the others the late kernel modules load, unless needed sooner (init only; 0: right after them)")
+		lateMods   = flag.Duration("late-modules", agent.DefaultLateModules, "how long after the early kernel modules the power button's load, unless a late module is needed sooner; the other late ones load when needed (init only; 0: right after the early ones)")
 		subreaper  = flag.Bool("subreaper", false, "become a child subreaper and reap every descendant (implied as PID 1)")
 		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
 		showVer    = flag.Bool("version", false, "print the version and exit")

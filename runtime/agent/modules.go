@@ -25,15 +25,18 @@ import (
 //     waits for this group, while each setup call waits only for what it
 //     uses (ConfigureNetwork the NIC's driver, MountShare its file
 //     system's).
-//   - The late ones last (lateModules, and any module depending on one):
-//     drivers no process sees and only the agent or the hypervisor uses,
-//     and the features a container's process may ask for (overlay, the
-//     bridge, fuse), which the kernel's request loads at once through the
-//     agent as its modprobe helper (see Modprobe) when one asks before
-//     they are in. They load when something needs one, when the host asks
-//     for every module (Info wait_modules, before a VM's state is saved
-//     for warm starts), or the set's lateDelay after the rest, so a pod's
-//     first process does not share the vCPU with them.
+//   - The late ones (lateModules, and any module depending on one) only
+//     once something needs one: drivers no process sees and only the
+//     agent or the hypervisor uses, and the features a container's
+//     process may ask for (overlay, the bridge, fuse), which the kernel's
+//     request loads at once through the agent as its modprobe helper (see
+//     Modprobe). Needing one (MountShare of virtiofs), or the host asking
+//     for every module (Info wait_modules: before a VM's state is saved
+//     for warm starts, before a memory resize), loads them all. A guest
+//     that needs none never spends its vCPU on them.
+//   - Of those, the power button's (timedModules) load the set's
+//     lateDelay after the early group even when nothing needs them: the
+//     stop's fallback must work without anyone asking.
 
 // channelModules are the agent's own channel when it is vsock (a Linux
 // guest of the vz backend, whose init arguments say --listen=vsock:PORT):
@@ -55,8 +58,12 @@ var channelModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw
 // fuse, the bridge and overlay alone take 130-160 ms of the vCPU.
 var lateModules = []string{"button", "evdev", "virtio_balloon", "virtiofs", "fuse", "overlay", "llc", "stp", "bridge"}
 
-// DefaultLateModules is how long the late modules wait after the rest,
-// unless something needs one sooner.
+// timedModules are the late modules that load lateDelay after the early
+// group whether needed or not (the power button: see the list above).
+var timedModules = []string{"button", "evdev"}
+
+// DefaultLateModules is how long the power button's modules wait after
+// the early group, unless something needs a late module sooner.
 const DefaultLateModules = 2 * time.Second
 
 // shareModules are the modules MountShare waits for, by file system.
@@ -74,20 +81,21 @@ type moduleSet struct {
 	// loaded or failed to.
 	done map[string]chan struct{}
 	// channel closes when channelModules are done; early when every
-	// module but the late ones is; all when every one is.
+	// module but the late ones is; all when every one is (never, unless
+	// a late module is needed or there is none).
 	channel, early, all chan struct{}
 	// loaded is poked (non-blocking) after each module: a device the
 	// serial port waits for may have appeared.
 	loaded chan struct{}
-	late   chan struct{} // closed (once) to start the late modules now
+	late   chan struct{} // closed (once) to load every late module now
 	goLate func()
 	// allUptime is the guest's uptime when all closed (0 before).
 	allUptime atomic.Int64
-	// lines is the list in load order, of which the first nEarly are not
-	// late modules.
-	lines  []string
-	nEarly int
-	// lateDelay is how long the late modules wait after the rest.
+	// lines is the list in load order: the early modules (the first
+	// nEarly), the timed ones (up to nTimed), the late ones on demand.
+	lines          []string
+	nEarly, nTimed int
+	// lateDelay is how long the timed modules wait after the early ones.
 	lateDelay time.Duration
 }
 
@@ -131,20 +139,25 @@ func newModuleSet(lines []string, deps map[string][]string, lateDelay time.Durat
 		loaded: make(chan struct{}, 1), late: make(chan struct{}),
 	}
 	m.goLate = sync.OnceFunc(func() { close(m.late) })
-	var late []string
+	var timed, late []string
 	for _, l := range lines {
 		name := moduleName(l)
 		if _, dup := m.done[name]; dup {
 			continue
 		}
 		m.done[name] = make(chan struct{})
-		if isLate(name, deps) {
+		switch {
+		case slices.Contains(timedModules, name):
+			timed = append(timed, l)
+		case isLate(name, deps):
 			late = append(late, l)
-		} else {
+		default:
 			m.lines = append(m.lines, l)
 		}
 	}
 	m.nEarly = len(m.lines)
+	m.lines = append(m.lines, timed...)
+	m.nTimed = len(m.lines)
 	m.lines = append(m.lines, late...)
 	return m
 }
@@ -163,8 +176,8 @@ func isLate(name string, deps map[string][]string) bool {
 }
 
 // load loads the modules in order with loadModuleFile (a failure is
-// logged and counts as done), waiting before the late ones as the type's
-// comment says, and records when the last one was done.
+// logged and counts as done), waiting before the timed and the late ones
+// as the type's comment says, and records when the last one was done.
 func (m *moduleSet) load(log *slog.Logger) {
 	channelLeft := 0
 	for name := range m.done {
@@ -187,6 +200,9 @@ func (m *moduleSet) load(log *slog.Logger) {
 			case <-m.late:
 				t.Stop()
 			}
+		}
+		if i == m.nTimed {
+			<-m.late
 		}
 		if err := loadModuleFile(line); err != nil {
 			log.Warn("module not loaded", "module", line, "err", err)

@@ -119,6 +119,10 @@ func TestModulesChannel(t *testing.T) {
 				t.Error("the channel modules never counted as loaded")
 			}
 			close(f.release)
+			// overlay loads on demand only.
+			if err := m.needAll(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 			<-done
 			if !closedWithin(m.all, 0) || !closedWithin(m.early, 0) {
 				t.Error("early or all still open after the whole list")
@@ -134,9 +138,9 @@ func TestModulesChannel(t *testing.T) {
 }
 
 // TestModulesLate: the late modules (and a module depending on one) load
-// after the rest (in the list's order), only once something needs one,
-// the host asks for all, or the delay has passed; the rest release
-// StartProcess (early) before.
+// after the rest (in the list's order), only once something needs one or
+// the host asks for all; the power button's (timed) also once the delay
+// has passed. The rest release StartProcess (early) before.
 func TestModulesLate(t *testing.T) {
 	list := []string{
 		"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
@@ -148,7 +152,7 @@ func TestModulesLate(t *testing.T) {
 	}
 	wantOrder := []string{"virtio_pci", "virtio_console", "virtio_net", "virtio_rng",
 		"button", "evdev", "fuse", "virtiofs", "virtio_balloon", "overlay", "llc", "stp", "bridge", "br_netfilter"}
-	const nEarly = 4
+	const nEarly, nTimed = 4, 6
 	ctx := context.Background()
 	for name, start := range map[string]func(t *testing.T, m *moduleSet){
 		"a late module needed": func(t *testing.T, m *moduleSet) {
@@ -195,8 +199,18 @@ func TestModulesLate(t *testing.T) {
 	}
 	t.Run("after the delay", func(t *testing.T) {
 		f, m := loadList(t, list, "", 10*time.Millisecond)
-		// A passive wait (the power button's) does not start them.
+		// A passive wait (the power button's) does not start the others.
 		m.whenDone("button", "evdev")
+		time.Sleep(50 * time.Millisecond)
+		if got := f.loaded(); !slices.Equal(got, wantOrder[:nTimed]) {
+			t.Fatalf("after the delay: loaded %v, want %v", got, wantOrder[:nTimed])
+		}
+		if closedWithin(m.all, 0) {
+			t.Fatal("all closed while the late modules wait for a need")
+		}
+		if err := m.need(ctx, "overlay"); err != nil {
+			t.Fatal(err)
+		}
 		if !closedWithin(m.all, 5*time.Second) {
 			t.Fatal("all never closed")
 		}

@@ -30,9 +30,10 @@ type Options struct {
 	// Modules is the file listing the kernel modules to load, one .ko
 	// path a line (Init only; a missing file loads nothing).
 	Modules string
-	// LateModules is how long the late modules (see lateModules) wait
-	// after the others unless something needs one sooner: zero means
-	// DefaultLateModules, a negative duration right after the others.
+	// LateModules is how long the power button's modules (the timed
+	// late modules, see lateModules) wait after the early ones unless a
+	// late module is needed sooner: zero means DefaultLateModules, a
+	// negative duration right after the early ones.
 	LateModules time.Duration
 	// Subreaper makes the process a child subreaper whose agent reaps
 	// every descendant (implied by Init; Linux only).

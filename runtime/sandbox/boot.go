@@ -267,7 +267,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		// Saved with every module in: a VM restored from the state then
 		// starts with an idle guest instead of loading them again, on
 		// the vCPU its setup and first process need.
-		waitGuestModules(ctx, log, c.Agent())
+		waitGuestModules(ctx, log, c.Agent(), "saving the VM state")
 		if rerr := reseedGuest(ctx, c.Agent()); rerr != nil {
 			// Every restore of the state would fail its reseed and boot
 			// cold again after all: save nothing.
@@ -402,24 +402,26 @@ func agentWait(ctx context.Context, bootTimeout time.Duration) time.Duration {
 	return min(bootTimeout, left)
 }
 
-// moduleWait bounds how long a VM's first cold boot waits for its
-// guest's kernel modules before its state is saved.
+// moduleWait bounds how long the host waits for a guest's kernel modules
+// (before its first cold boot's state is saved, before a memory resize).
 const moduleWait = 30 * time.Second
 
 // waitGuestModules waits until the guest has loaded every kernel module
-// it lists (InfoRequest.wait_modules). A guest that takes longer, or an
-// agent from before the field (which answers at once), is saved as it
-// is: its restores load the rest themselves, as every restore did before.
-func waitGuestModules(ctx context.Context, log *slog.Logger, a agentapi.AgentClient) {
+// it lists (InfoRequest.wait_modules), for what it is about to do. A
+// guest that takes longer, or an agent from before the field (which
+// answers at once), goes on as it is: a state saved then has restores
+// load the rest themselves, as every restore did before; a resize then
+// fails as the balloon says.
+func waitGuestModules(ctx context.Context, log *slog.Logger, a agentapi.AgentClient, what string) {
 	ctx, cancel := context.WithTimeout(ctx, moduleWait)
 	defer cancel()
 	t := time.Now()
 	r, err := a.Info(ctx, &agentapi.InfoRequest{WaitModules: true})
 	if err != nil {
-		log.Warn("saving the VM state before the guest's kernel modules are all loaded", "err", err, "waited", time.Since(t).Round(time.Millisecond))
+		log.Warn("the guest's kernel modules are not all loaded; going on", "for", what, "err", err, "waited", time.Since(t).Round(time.Millisecond))
 		return
 	}
-	log.Debug("the guest's kernel modules are loaded", "waited", time.Since(t).Round(time.Millisecond), "loadedUptime", time.Duration(r.GetModulesLoadedUptimeNs()))
+	log.Debug("the guest's kernel modules are loaded", "for", what, "waited", time.Since(t).Round(time.Millisecond), "loadedUptime", time.Duration(r.GetModulesLoadedUptimeNs()))
 }
 
 // reseedGuest gives a restored guest's kernel RNG fresh host randomness

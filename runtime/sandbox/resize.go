@@ -68,6 +68,11 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 		if err != nil {
 			return err
 		}
+		if sb.VMOS != "darwin" && !store.SpecOf(sb).NoAgent {
+			// A Linux guest loads its balloon driver only when asked
+			// (the agent's late modules): the balloon answers once it is.
+			waitGuestModules(ctx, sbLog(id), c.Agent(), "a memory resize")
+		}
 		if _, err := c.Shim().SetMemory(ctx, &shimapi.SetMemoryRequest{TargetBytes: target}); err != nil {
 			return fmt.Errorf("setting sandbox %s's VM memory to %d MiB: %w", id, target>>20, err)
 		}

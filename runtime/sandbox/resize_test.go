@@ -33,6 +33,7 @@ func TestResize(t *testing.T) {
 		return r
 	}
 	milli := int64(cpus) * 1000
+	waits := c.Guest.Setup().ModuleWaits // the boot's (a warm state saved)
 
 	// Down: the balloon takes memory back (rounded up to whole MiB).
 	if err := s.Resize(ctx, "sb1", store.Resources{MilliCPU: milli, MemoryBytes: 200<<20 - 5}); err != nil {
@@ -40,6 +41,10 @@ func TestResize(t *testing.T) {
 	}
 	if got := c.MemoryTargets(); len(got) != 1 || got[0] != 200<<20 {
 		t.Errorf("balloon targets %v, want [200 MiB]", got)
+	}
+	// The guest was asked for its late modules (the balloon driver) first.
+	if n := c.Guest.Setup().ModuleWaits - waits; n != 1 {
+		t.Errorf("%d waits for the guest's modules before the balloon, want 1", n)
 	}
 	if r := record(); r.VMMemoryTarget != 200<<20 || r.Spec.Resources.MemoryBytes != 200<<20-5 {
 		t.Errorf("record: target %d, spec resources %+v", r.VMMemoryTarget, r.Spec.Resources)

@@ -112,18 +112,16 @@ func noModules() *moduleSet {
 // readModuleList is the list at path (one .ko path a line; '#'
 // comments); a missing file is an empty list.
 func readModuleList(log *slog.Logger, path string) []string {
-	b, err := os.ReadFile(path)
+	var lines []string
+	err := eachLine(path, func(l string) error {
+		lines = append(lines, l)
+		return nil
+	})
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			log.Warn("module list", "path", path, "err", err)
 		}
 		return nil
-	}
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
-			lines = append(lines, l)
-		}
 	}
 	return lines
 }

@@ -363,7 +363,8 @@ func TestBootPowerButton(t *testing.T) {
 // from the guest's restricted index: a bridge (SIOCBRADDBR asks for
 // "bridge"), an overlay mount ("fs-overlay") and the first open of
 // /dev/fuse, a node the agent made from modules.devname
-// ("char-major-10-229").
+// ("char-major-10-229"). The helper is /proc/1/exe and the index a
+// read-only mount.
 func TestBootModprobe(t *testing.T) {
 	buildBootGuest(t)
 	vm := bootVM(t, "--late-modules=1h")
@@ -375,6 +376,8 @@ mkdir -p /tmp/o/l /tmp/o/u /tmp/o/w /tmp/o/m
 mount -t overlay overlay -o lowerdir=/tmp/o/l,upperdir=/tmp/o/u,workdir=/tmp/o/w /tmp/o/m && echo overlay ok
 test -c /dev/fuse && cat /dev/fuse 2>/dev/null; test -e /sys/module/fuse/initstate && echo fuse ok
 mount -t xfs none /mnt 2>/dev/null || echo xfs refused
+echo "helper $(cat /proc/sys/kernel/modprobe)"
+echo x >> /lib/modules/$(uname -r)/modules.dep 2>/dev/null || echo index read-only
 dmesg | grep 'macvz-agent: modprobe'`
 	out, code := guestRun(t, c, "modprobe", "/bin/sh", "-c", script)
 	t.Logf("guest:\n%s", out)
@@ -383,6 +386,9 @@ dmesg | grep 'macvz-agent: modprobe'`
 	}
 	for _, want := range []string{
 		"bridge ok", "overlay ok", "fuse ok", "xfs refused",
+		// What the helper runs and reads cannot be replaced in the guest's
+		// root (by a container's root without CAP_SYS_ADMIN).
+		"helper /proc/1/exe", "index read-only",
 		"modprobe bridge: loaded bridge", "modprobe fs-overlay: loaded overlay",
 		"modprobe char-major-10-229: loaded fuse", "modprobe fs-xfs: no module",
 	} {

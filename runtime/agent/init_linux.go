@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,13 +92,27 @@ func kmsg(line string) {
 // Modprobe) and creates the device nodes of dir's modules.devname whose
 // module is not in yet (a guest without udev: opening one, /dev/fuse, is
 // how a process asks for its module), as systemd does from kmod's list.
+//
+// What the helper trusts is fixed before any container runs: dir (the
+// index and the .ko files) becomes a read-only bind mount of itself,
+// which a container's root without CAP_SYS_ADMIN can neither write nor
+// unmount, and the helper is /proc/<pid>/exe, the inode this agent runs
+// from, which no rename in the guest's root can replace. Without the
+// read-only index the kernel's requests stay unanswered.
 func onDemandModules(log *slog.Logger, dir string) {
-	exe, err := os.Executable()
+	if _, err := os.Stat(filepath.Join(dir, "modules.dep")); err != nil {
+		return // no index: nothing to answer with
+	}
+	err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, "")
 	if err == nil {
-		err = os.WriteFile("/proc/sys/kernel/modprobe", []byte(exe), 0)
+		err = unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "")
+	}
+	if err == nil {
+		helper := "/proc/" + strconv.Itoa(os.Getpid()) + "/exe"
+		err = os.WriteFile("/proc/sys/kernel/modprobe", []byte(helper), 0)
 	}
 	if err != nil {
-		log.Warn("the kernel's module requests stay unanswered", "err", err)
+		log.Warn("the kernel's module requests stay unanswered", "dir", dir, "err", err)
 		return
 	}
 	nodes, err := readDevNames(filepath.Join(dir, "modules.devname"))

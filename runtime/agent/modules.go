@@ -46,8 +46,8 @@ import (
 // list without them, a QEMU guest's, waits for nothing).
 var channelModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
 
-// lateModules load after the rest of the list, and so does every listed
-// module depending on one (its modules.dep line names one): the ACPI
+// lateModules load only when needed (but timedModules), and so does every
+// listed module depending on one (its modules.dep line names one): the ACPI
 // power button and its events (the agent's fallback for a stop when the
 // Shutdown call cannot reach it), the memory balloon (QEMU's balloon
 // target waits in the device until the driver reads it), virtiofs (a vz
@@ -126,9 +126,10 @@ func readModuleList(log *slog.Logger, path string) []string {
 	return lines
 }
 
-// newModuleSet orders lines for loading: the late modules (lateModules
-// and those whose deps, by module name, name one) after the rest, each
-// group in the list's order; the late ones wait lateDelay.
+// newModuleSet orders lines for loading: the early modules, then the
+// timed ones (which wait lateDelay), then the other late ones (lateModules
+// and those whose deps, by module name, name one; they wait for a need),
+// each group in the list's order.
 func newModuleSet(lines []string, deps map[string][]string, lateDelay time.Duration) *moduleSet {
 	m := &moduleSet{
 		lateDelay: lateDelay,

@@ -284,9 +284,10 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	if err != nil {
 		return nil, err
 	}
-	// A process may use any module the guest lists but the late ones
-	// (brctl needs the bridge): wait for them, which the setup calls do
-	// not.
+	// A process may use any of the VM's devices, whose drivers are the
+	// early modules: wait for them, which the setup calls do not. What
+	// it may ask the kernel for (the bridge, overlay, fuse) loads on the
+	// request, through the agent as modprobe helper.
 	if err := a.mods.needEarly(ctx); err != nil {
 		return nil, errf(codes.DeadlineExceeded, "process %s: the guest's kernel modules are still loading", p.key)
 	}

@@ -389,8 +389,8 @@ dmesg | grep 'macvz-agent: modprobe'`
 		// What the helper runs and reads cannot be replaced in the guest's
 		// root (by a container's root without CAP_SYS_ADMIN).
 		"helper /proc/1/exe", "index read-only",
-		"modprobe bridge: loaded bridge", "modprobe fs-overlay: loaded overlay",
-		"modprobe char-major-10-229: loaded fuse", "modprobe fs-xfs: no module",
+		`modprobe "bridge": loaded bridge`, `modprobe "fs-overlay": loaded overlay`,
+		`modprobe "char-major-10-229": loaded fuse`, `modprobe "fs-xfs": no module`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in the guest's output", want)

@@ -34,17 +34,18 @@ func ModprobeRequest(args []string) (string, bool) {
 // Modprobe loads the module the kernel asked for (a module name or one of
 // its aliases) after those it depends on, from the guest's module index;
 // it returns the helper's exit status. It runs with no console: what it
-// did goes to the kernel log (dmesg).
+// did goes to the kernel log (dmesg), the request quoted (a process
+// chooses it: a file system type, a link kind).
 func Modprobe(request string) int {
 	ix, err := readModuleIndex(modulesDir())
 	if err == nil {
 		var name string
 		if name, err = ix.load(request, moduleLoaded, loadModuleFile); err == nil {
-			kmsg(fmt.Sprintf("macvz-agent: modprobe %s: loaded %s", request, name))
+			kmsg(fmt.Sprintf("macvz-agent: modprobe %q: loaded %s", request, name))
 			return 0
 		}
 	}
-	kmsg(fmt.Sprintf("macvz-agent: modprobe %s: %v", request, err))
+	kmsg(fmt.Sprintf("macvz-agent: modprobe %q: %v", request, err))
 	return 1
 }
 
@@ -142,7 +143,7 @@ func (ix *moduleIndex) resolve(request string) (string, bool) {
 func (ix *moduleIndex) load(request string, loaded func(string) bool, load func(string) error) (string, error) {
 	name, ok := ix.resolve(request)
 	if !ok {
-		return "", fmt.Errorf("no module in %s for %q", ix.dir, request)
+		return "", fmt.Errorf("no module in %s is named so or has it as an alias", ix.dir)
 	}
 	deps := ix.deps[name]
 	for i := len(deps) - 1; i >= -1; i-- {

@@ -77,11 +77,7 @@ func main() {
 		}})).With("c", "macvz-agent")
 	slog.SetDefault(log)
 
-	late := *lateMods
-	if late == 0 {
-		late = -1 // agent.Options: zero is the default
-	}
-	if err := run(log, pid1, *listenSpec, *etcDir, *system, *modules, late, *subreaper); err != nil {
+	if err := run(log, pid1, *listenSpec, *etcDir, *system, *modules, *lateMods, *subreaper); err != nil {
 		log.Error("agent failed", "err", err)
 		if pid1 {
 			// init must not exit: the kernel would panic. Power off.

@@ -314,13 +314,13 @@ func restrictIndex(file string, field int, included map[string]bool) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	var out []byte
+	out := []byte{} // an index of no line is an empty file, not none
 	for _, l := range strings.Split(string(data), "\n") {
 		if f := strings.Fields(l); len(f) > field && !strings.HasPrefix(l, "#") && included[ModuleName(f[field])] {
 			out = append(append(out, l...), '\n')
 		}
 	}
-	return append([]byte{}, out...), nil
+	return out, nil
 }
 
 // devices are the device numbers of the skeleton's device nodes.

@@ -98,11 +98,9 @@ func kmsg(line string) {
 // which a container's root without CAP_SYS_ADMIN can neither write nor
 // unmount, and the helper is /proc/<pid>/exe, the inode this agent runs
 // from, which no rename in the guest's root can replace. Without the
-// read-only index the kernel's requests stay unanswered.
+// read-only index the kernel's requests stay unanswered. dir has an index
+// (readModuleIndex read it).
 func onDemandModules(log *slog.Logger, dir string) {
-	if _, err := os.Stat(filepath.Join(dir, "modules.dep")); err != nil {
-		return // no index: nothing to answer with
-	}
 	err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, "")
 	if err == nil {
 		err = unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -145,12 +146,10 @@ func (ix *moduleIndex) load(request string, loaded func(string) bool, load func(
 	if !ok {
 		return "", fmt.Errorf("no module in %s is named so or has it as an alias", ix.dir)
 	}
-	deps := ix.deps[name]
-	for i := len(deps) - 1; i >= -1; i-- {
-		m := name
-		if i >= 0 {
-			m = deps[i]
-		}
+	// modules.dep's last dependency loads first, the module last.
+	order := slices.Clone(ix.deps[name])
+	slices.Reverse(order)
+	for _, m := range append(order, name) {
 		if loaded(m) {
 			continue
 		}

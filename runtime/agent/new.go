@@ -32,8 +32,8 @@ type Options struct {
 	Modules string
 	// LateModules is how long the power button's modules (the timed
 	// late modules, see lateModules) wait after the early ones unless a
-	// late module is needed sooner: zero means DefaultLateModules, a
-	// negative duration right after the early ones.
+	// late module is needed sooner (Init only; zero: right after them;
+	// the agent's flag defaults to DefaultLateModules).
 	LateModules time.Duration
 	// Subreaper makes the process a child subreaper whose agent reaps
 	// every descendant (implied by Init; Linux only).
@@ -70,13 +70,6 @@ func New(opts Options) (*Agent, error) {
 		initMounts(log)
 		mountFstab(log, "/etc/fstab")
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-		late := opts.LateModules
-		switch {
-		case late == 0:
-			late = DefaultLateModules
-		case late < 0:
-			late = 0
-		}
 		// The index (modules.dep) says which listed modules depend on a
 		// late one; an image without it still loads its list.
 		dir := modulesDir()
@@ -84,8 +77,10 @@ func New(opts Options) (*Agent, error) {
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			log.Warn("module index", "dir", dir, "err", err)
 		}
-		onDemandModules(log, dir)
-		mods = newModuleSet(readModuleList(log, opts.Modules), ix.depNames(), late)
+		if ix != nil {
+			onDemandModules(log, dir)
+		}
+		mods = newModuleSet(readModuleList(log, opts.Modules), ix.depNames(), opts.LateModules)
 		go mods.load(log)
 		// A vsock listener (vz guests) binds right after New: its
 		// address family must be there (channelModules).

@@ -68,7 +68,7 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 		if err != nil {
 			return err
 		}
-		if sb.VMOS != "darwin" && !store.SpecOf(sb).NoAgent {
+		if linuxAgent(sb) {
 			// A Linux guest loads its balloon driver only when asked
 			// (the agent's late modules): the balloon answers once it is.
 			waitGuestModules(ctx, sbLog(id), c.Agent(), "a memory resize")
@@ -89,7 +89,7 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit needs %d: a running VM cannot add vCPUs%s; the larger CPU limit applies when the pod is recreated: %w",
 			id, sb.VMCPUs, wantCPUs, memNote, errdefs.ErrFailedPrecondition)
 	case quota == sb.GuestCPUQuota:
-	case sb.VMOS == "darwin" || store.SpecOf(sb).NoAgent:
+	case !linuxAgent(sb):
 		cpuErr = fmt.Errorf("sandbox %s's VM runs %d vCPUs and the new CPU limit is %dm: only a Linux guest with the macvz agent can hold a pod below its vCPUs (a cgroup quota), and a running VM cannot remove vCPUs%s; the smaller CPU limit applies when the pod is recreated: %w",
 			id, sb.VMCPUs, res.MilliCPU, memNote, errdefs.ErrFailedPrecondition)
 	default:
@@ -122,6 +122,12 @@ func (s *Controller) Resize(ctx context.Context, id string, res store.Resources)
 		return err
 	}
 	return cpuErr
+}
+
+// linuxAgent says whether sb's guest is Linux with the macvz agent (its
+// kernel modules and its pod cgroup are the agent's).
+func linuxAgent(sb store.Sandbox) bool {
+	return sb.VMOS != "darwin" && !store.SpecOf(sb).NoAgent
 }
 
 // cfsPeriod is the CFS period of the guest pod cgroup's quota (the

@@ -197,13 +197,14 @@ var zeros [holeSize]byte
 // are skipped, which keeps them holes. Every byte of the range must be
 // written by this writer alone.
 type sparseWriter struct {
-	f     *os.File
-	base  int64
-	n     int64 // bytes received
-	limit int64 // <0: no announced size
-	h     hash.Hash
-	b     *budget // the image's cap and free-space checks
-	what  string  // the layer, for errors
+	f      *os.File
+	base   int64
+	n      int64 // bytes received
+	queued int64 // of n, how much was handed to startWriteback
+	limit  int64 // <0: no announced size
+	h      hash.Hash
+	b      *budget // the image's cap and free-space checks
+	what   string  // the layer, for errors
 }
 
 func (s *sparseWriter) Write(p []byte) (int, error) {
@@ -235,7 +236,26 @@ func (s *sparseWriter) Write(p []byte) (int, error) {
 		<-hashed
 	}
 	s.n += int64(len(p))
+	if s.n-s.queued >= writebackStep {
+		s.writeback()
+	}
 	return len(p), nil
+}
+
+// writebackStep is how much a layer writes before its pages are sent to
+// the disk. Without it the disk's dirty pages (most of a GiB: far under
+// the kernel's dirty limits) waited for the unpacker's final Sync, which
+// then wrote them all after the last byte arrived: 0.4–0.6 s of a 1 GiB
+// Tart pull's 4 s through a 1 Gbit/s link. Sent as they are written, they
+// go to the disk while the download goes on.
+const writebackStep = 8 << 20
+
+// writeback starts writing what the layer wrote since the last call.
+func (s *sparseWriter) writeback() {
+	if s.n > s.queued {
+		startWriteback(s.f, s.base+s.queued, s.n-s.queued)
+		s.queued = s.n
+	}
 }
 
 func (s *sparseWriter) writeSparse(p []byte) error {
@@ -265,6 +285,7 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 
 // verify checks the amount written and, when want is set, its digest.
 func (s *sparseWriter) verify(what string, size int64, want digest.Digest) error {
+	s.writeback()
 	if s.n != size {
 		return corruptf("%s: decoded %d bytes, the manifest says %d", what, s.n, size)
 	}

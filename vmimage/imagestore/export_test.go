@@ -8,3 +8,7 @@ func SetIngestExpiry(d time.Duration) (restore func()) {
 	ingestExpiry = d
 	return func() { ingestExpiry = old }
 }
+
+// WaitReleases waits for the disk chunk releases that pulls left running
+// (releaseDiskChunksLater), so a test sees the store as they leave it.
+func (s *Store) WaitReleases() { s.releasing.Wait() }

@@ -236,7 +236,7 @@ func (p *pullState) store(ctx context.Context, named reference.Named, top ocispe
 	}
 	if format != nil && !s.opts.KeepDiskChunks {
 		p.releaseAll()
-		s.releaseDiskChunks(ctx, manifest.Layers)
+		s.releaseDiskChunksLater(ctx, manifest.Layers)
 	}
 	log.Info("pulled image", "id", img.ID(), "kind", img.Kind, "size", img.Size, "duration", time.Since(start).Round(time.Millisecond))
 	return img, nil

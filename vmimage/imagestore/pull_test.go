@@ -959,7 +959,8 @@ func TestCollectExpiresPartialDownloads(t *testing.T) {
 }
 
 // TestPullReleasesDiskChunks: by default a VM image's disk chunks leave
-// the content store once its base is unpacked and verified (its config,
+// the content store once its base is unpacked and verified (after the
+// pull returns: mustPull waits for that; its config,
 // NVRAM and manifest stay); a re-pull with the base there fetches no
 // chunk; a lost base is pulled again, chunks and all, and they are
 // released again; an interrupted pull keeps its partial chunks and

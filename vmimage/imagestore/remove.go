@@ -194,13 +194,20 @@ func (s *Store) walkImage(ctx context.Context, img Image, seen map[digest.Digest
 // releases it when it ends. The caller holds s.gc.
 func (s *Store) releaseDiskChunks(ctx context.Context, layers []ocispec.Descriptor) {
 	var n, bytes int64
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, l := range layers {
-		if !vmimage.IsDiskLayer(l.MediaType) || s.inflight[l.Digest] > 0 {
+		if !vmimage.IsDiskLayer(l.MediaType) {
+			continue
+		}
+		// One blob at a time under s.mu: a pull's hold() of a digest and
+		// its removal here are ordered either way, and a pull starting
+		// meanwhile waits for one removal, not all of them.
+		s.mu.Lock()
+		if s.inflight[l.Digest] > 0 {
+			s.mu.Unlock()
 			continue
 		}
 		err := s.content.Delete(ctx, l.Digest)
+		s.mu.Unlock()
 		switch {
 		case err == nil:
 			n, bytes = n+1, bytes+l.Size
@@ -211,6 +218,20 @@ func (s *Store) releaseDiskChunks(ctx context.Context, layers []ocispec.Descript
 	if n > 0 {
 		logger(ctx).Info("released the disk chunks of an unpacked VM image", "chunks", n, "bytes", bytes)
 	}
+}
+
+// releaseDiskChunksLater runs releaseDiskChunks after the pull returns:
+// the image is complete without its chunks, and removing a file costs what
+// freeing its blocks does (about 10 ms for a 26 MB chunk on a filesystem
+// mounted with discard: 0.16–0.19 s of a 1 GiB Tart pull's 16 chunks).
+// The chunks a crash leaves stay referenced by their image and go with it.
+func (s *Store) releaseDiskChunksLater(ctx context.Context, layers []ocispec.Descriptor) {
+	ctx = context.WithoutCancel(ctx)
+	s.releasing.Add(1)
+	go func() {
+		defer s.releasing.Done()
+		s.releaseDiskChunks(ctx, layers)
+	}()
 }
 
 // abortIngests drops the partial downloads of ds that no running pull

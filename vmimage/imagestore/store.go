@@ -136,6 +136,9 @@ type Store struct {
 	// (see Tree): closed when done.
 	treesMu sync.Mutex
 	trees   map[digest.Digest]chan struct{}
+	// releasing counts the chunk releases running after their pulls
+	// returned (see releaseDiskChunksLater); Close waits for them.
+	releasing sync.WaitGroup
 }
 
 // Open opens (creating if needed) the store under opts.Root.
@@ -176,8 +179,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the database. The snapshotter is the caller's.
-func (s *Store) Close() error { return s.db.Close() }
+// Close waits for the releases of disk chunks under way, then closes the
+// database. The snapshotter is the caller's.
+func (s *Store) Close() error {
+	s.releasing.Wait()
+	return s.db.Close()
+}
 
 // Content exposes the content store (read-only use by callers).
 func (s *Store) Content() content.Store { return s.content }

@@ -89,6 +89,7 @@ func mustPull(t testing.TB, s *testStore, ref string, auth *imagestore.Auth) ima
 	if err != nil {
 		t.Fatalf("pull %s: %v", ref, err)
 	}
+	s.WaitReleases()
 	return img
 }
 

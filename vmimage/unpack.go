@@ -284,6 +284,8 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 }
 
 // verify checks the amount written and, when want is set, its digest.
+// Every layer ends with it, so it also sends the layer's last pages to
+// the disk.
 func (s *sparseWriter) verify(what string, size int64, want digest.Digest) error {
 	s.writeback()
 	if s.n != size {

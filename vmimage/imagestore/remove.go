@@ -191,7 +191,9 @@ func (s *Store) walkImage(ctx context.Context, img Image, seen map[digest.Digest
 // releaseDiskChunks deletes the disk chunk blobs of a VM image whose
 // base is committed (Options.KeepDiskChunks). A chunk another pull holds
 // (one still unpacking an image that shares it) stays; that pull
-// releases it when it ends. The caller holds s.gc.
+// releases it when it ends. It runs after the pull returned, without
+// s.gc: a collection deletes only unreferenced blobs, and these are
+// referenced until their image goes (a removal by both is NotFound).
 func (s *Store) releaseDiskChunks(ctx context.Context, layers []ocispec.Descriptor) {
 	var n, bytes int64
 	for _, l := range layers {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net"
 	"os"
@@ -336,6 +337,98 @@ func TestSaveRestore(t *testing.T) {
 		if !e.Clean || e.Reason != want {
 			t.Errorf("exit %+v, want %q", e, want)
 		}
+	}
+}
+
+// TestSaveRestoreRAMFile: a savable guest (its RAM in a memfd) saves its
+// RAM to a file of its own and a device state without it; two VMs
+// restored from them map the file copy-on-write, find the guest's memory
+// as it was (the boot_id it had made) and leave the file as it was. A
+// later Save of the first VM (a checkpoint) is a whole stream again, which
+// restores without the RAM file.
+func TestSaveRestoreRAMFile(t *testing.T) {
+	requireQEMU(t)
+	ctx := context.Background()
+	spec := guestSpec(t, t.TempDir())
+	spec.Savable = true
+	m := startMachine(t, ctx, spec)
+	a := pingAgent(t, ctx, m)
+	bootID := a.cmd("cat /proc/sys/kernel/random/boot_id")
+	a.c.Close()
+
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	start := time.Now()
+	if err := m.(vm.RAMFileSaver).SaveRAMFile(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	ram := state + vm.RAMFileSuffix
+	st, err1 := os.Stat(state)
+	rf, err2 := os.Stat(ram)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("state %v, RAM file %v", err1, err2)
+	}
+	data := rf.Sys().(*syscall.Stat_t).Blocks * 512
+	t.Logf("SaveRAMFile: %s, state %d KB, RAM file %d MB (%d MB of data)", time.Since(start), st.Size()>>10, rf.Size()>>20, data>>20)
+	if st.Size() > 4<<20 {
+		t.Errorf("the state without the RAM is %d bytes", st.Size())
+	}
+	if rf.Size() != spec.MemoryBytes || data >= spec.MemoryBytes || data < 8<<20 {
+		t.Errorf("RAM file: %d bytes, %d of them data; want %d, sparse", rf.Size(), data, spec.MemoryBytes)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
+	if len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	sum := func() string {
+		b, err := os.ReadFile(ram)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%x", sha256.Sum256(b))
+	}
+	before := sum()
+
+	// A checkpoint of the same VM after it resumed: the RAM is in the
+	// stream again.
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	whole := filepath.Join(dir, "whole")
+	if err := m.Save(ctx, whole); err != nil {
+		t.Fatal(err)
+	}
+	if wf, err := os.Stat(whole); err != nil || wf.Size() < 8<<20 {
+		t.Errorf("a Save after SaveRAMFile: %v, %v bytes; want the RAM in it", err, wf.Size())
+	}
+	if _, err := os.Stat(whole + vm.RAMFileSuffix); !os.IsNotExist(err) {
+		t.Errorf("a Save wrote a RAM file: %v", err)
+	}
+	if err := m.Stop(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, m, time.Second)
+
+	for i, from := range []struct{ state, ram string }{{state, ram}, {state, ram}, {whole, ""}} {
+		rspec := guestSpec(t, t.TempDir())
+		rspec.Savable = true
+		rspec.RestoreFrom, rspec.RestoreRAM = from.state, from.ram
+		start := time.Now()
+		r := startMachine(t, ctx, rspec)
+		ra := pingAgent(t, ctx, r)
+		t.Logf("restore %d (RAM file %q) to agent answering: %s", i, from.ram, time.Since(start))
+		if got := ra.cmd("cat /proc/sys/kernel/random/boot_id"); got != bootID {
+			t.Errorf("restore %d: boot_id %q, want the saved guest's %q", i, got, bootID)
+		}
+		if got := ra.cmd("poweroff"); got != "ok" {
+			t.Errorf("poweroff: %q", got)
+		}
+		if e := waitDone(t, r, time.Minute); !e.Clean {
+			t.Errorf("exit %+v", e)
+		}
+	}
+	if after := sum(); after != before {
+		t.Error("the restored VMs changed the RAM file")
 	}
 }
 

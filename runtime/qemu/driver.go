@@ -478,14 +478,26 @@ func qbootFor(bin string) string {
 func Args(spec *vm.Spec, accel, machine, firmware string) []string {
 	arch := guestArch(spec)
 	arm := arch == ArchARM64
-	if machine == "" {
-		machine = DefaultMachine
-		if arm {
-			machine = ARM64Machine
-		}
-	}
+	machine = machineFor(arch, machine)
 	sock := func(name string) string { return socketPath(spec.Dir, name) }
 	memMiB := (spec.MemoryBytes + (1<<20 - 1)) >> 20
+	// The guest RAM as a backend object of the machine's own RAM id (so
+	// the state is the same migration stream as a VM's without one): in
+	// a memfd the machine can read when it saves (a savable cold boot),
+	// or the saved RAM file mapped copy-on-write (a restore from one).
+	var ramObject string
+	if id := ramID(arch, machine); id != "" {
+		size := ",size=" + strconv.FormatInt(memMiB, 10) + "M"
+		switch {
+		case restoresRAMFile(spec, arch, machine):
+			ramObject = "memory-backend-file,id=" + id + size + ",mem-path=" + optEscape(spec.RestoreRAM) + ",share=off"
+		case savesRAMFile(spec, arch, machine):
+			ramObject = "memory-backend-file,id=" + id + size + ",mem-path=/proc/self/fd/" + strconv.Itoa(ramFD) + ",share=on"
+		}
+		if ramObject != "" {
+			machine += ",memory-backend=" + id
+		}
+	}
 
 	if arm {
 		// The newest interrupt controller the accelerator has: GICv3
@@ -504,6 +516,9 @@ func Args(spec *vm.Spec, accel, machine, firmware string) []string {
 		// virt's default CPU is a 32-bit cortex-a15; max has every
 		// feature TCG emulates.
 		a = append(a, "-cpu", "max")
+	}
+	if ramObject != "" {
+		a = append(a, "-object", ramObject)
 	}
 	a = append(a,
 		// QEMU parses what the guest sends (virtio rings, 9p, the agent
@@ -597,12 +612,57 @@ func Args(spec *vm.Spec, accel, machine, firmware string) []string {
 		// romfile= (empty): no PXE option ROM; we never boot from the net.
 		a = append(a, "-netdev", netdev, "-device", "virtio-net-pci,netdev="+id+",mac="+n.MAC+",romfile=")
 	}
-	if spec.RestoreFrom != "" {
+	switch {
+	case restoresRAMFile(spec, arch, machine):
+		// The state has no RAM in it (x-ignore-shared): the machine sets
+		// that capability first, then starts the load (migrate-incoming
+		// of stateFD).
+		a = append(a, "-incoming", "defer")
+	case spec.RestoreFrom != "":
 		// The machine opens the state file and hands it over (stateFD):
 		// no shell, so the sandbox can deny spawning.
 		a = append(a, "-incoming", "fd:"+strconv.Itoa(stateFD))
 	}
 	return a
+}
+
+// machineFor is the -M value for a guest of arch: machine, or the
+// architecture's default when it is "".
+func machineFor(arch, machine string) string {
+	switch {
+	case machine != "":
+		return machine
+	case arch == ArchARM64:
+		return ARM64Machine
+	}
+	return DefaultMachine
+}
+
+// ramID is the id QEMU gives the RAM of machine (a -M value) for a guest
+// of arch, "" when this driver does not back it by a file: amd64's pc and
+// q35 machines only, the ones measured.
+func ramID(arch, machine string) string {
+	if arch != ArchAMD64 {
+		return ""
+	}
+	switch name, _, _ := strings.Cut(machine, ","); {
+	case name == "q35" || name == "pc" || strings.HasPrefix(name, "pc-"):
+		return "pc.ram"
+	}
+	return ""
+}
+
+// restoresRAMFile reports whether a VM of spec restores from a state
+// without its RAM, mapping the RAM file beside it (spec.RestoreRAM).
+func restoresRAMFile(spec *vm.Spec, arch, machine string) bool {
+	return spec.RestoreFrom != "" && spec.RestoreRAM != "" && ramID(arch, machine) != ""
+}
+
+// savesRAMFile reports whether a VM of spec boots with its RAM in a memfd
+// so that a warm save can write the RAM to a file of its own
+// (vm.RAMFileSaver): a savable cold boot where memfds exist.
+func savesRAMFile(spec *vm.Spec, arch, machine string) bool {
+	return spec.Savable && spec.RestoreFrom == "" && memfdRAM && ramID(arch, machine) != ""
 }
 
 // Cmdline is the kernel command line the driver passes to an amd64 guest:
@@ -661,6 +721,7 @@ const (
 	consoleFD = 3 // the write end of the console pipe
 	dirFD     = 4 // Dir, for socket paths too long for sun_path
 	stateFD   = 5 // the saved state a restore reads
+	ramFD     = 6 // the memfd of a savable cold boot's RAM
 )
 
 // socketPath is the path QEMU and DialAgent use for a socket in dir.

@@ -57,11 +57,15 @@ type machine struct {
 	paused   bool // by Save
 	grace    time.Duration
 	dirFile  *os.File // Dir, kept open when socket paths need /proc/self/fd
+	// ram is the memfd a savable cold boot's guest RAM lives in
+	// (savesRAMFile), which SaveRAMFile reads; closed when QEMU exits.
+	ram *os.File
 }
 
 var (
-	_ vm.Machine = (*machine)(nil)
-	_ vm.Balloon = (*machine)(nil)
+	_ vm.Machine      = (*machine)(nil)
+	_ vm.Balloon      = (*machine)(nil)
+	_ vm.RAMFileSaver = (*machine)(nil)
 )
 
 func newMachine(spec *vm.Spec, c config) *machine {
@@ -153,6 +157,16 @@ func (m *machine) start(ctx context.Context) error {
 		return err
 	}
 	if m.spec.RestoreFrom != "" {
+		if arch := guestArch(m.spec); restoresRAMFile(m.spec, arch, machineFor(arch, m.cfg.machine)) {
+			// A state without its RAM (the RAM file is mapped): the load
+			// must skip the RAM block as the save did.
+			if err := setIgnoreShared(ctx, q, true); err != nil {
+				return fmt.Errorf("restoring from %s: %w", m.spec.RestoreFrom, err)
+			}
+			if _, err := q.execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(stateFD)}); err != nil {
+				return fmt.Errorf("restoring from %s: %w", m.spec.RestoreFrom, err)
+			}
+		}
 		if err := m.waitIncoming(ctx, q); err != nil {
 			return err
 		}
@@ -161,6 +175,16 @@ func (m *machine) start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// setIgnoreShared sets QEMU's x-ignore-shared migration capability: a
+// migration leaves out the RAM of shared memory backends (the memfd a
+// savable VM's RAM is in), which a RAM file carries instead.
+func setIgnoreShared(ctx context.Context, q *qmpConn, on bool) error {
+	_, err := q.execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
+	})
+	return err
 }
 
 // failEarly ends a machine whose QEMU never started.
@@ -417,6 +441,10 @@ func (m *machine) finish(e vm.Exit) {
 		m.dirFile.Close()
 		m.dirFile = nil
 	}
+	if m.ram != nil {
+		m.ram.Close()
+		m.ram = nil
+	}
 	m.mu.Unlock()
 	close(m.done)
 }
@@ -598,6 +626,21 @@ func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 // completed before its exec'd child has necessarily written the last
 // bytes, whereas EOF on our pipe end proves the stream is all there.
 func (m *machine) Save(ctx context.Context, path string) error {
+	return m.saveState(ctx, path, nil)
+}
+
+// SaveRAMFile implements vm.RAMFileSaver: the device state to path as
+// Save writes it but without the RAM (x-ignore-shared leaves out the
+// memfd it is in), and the RAM, copied from the memfd while the VM is
+// paused, to path + vm.RAMFileSuffix. A VM without a memfd saves as Save.
+func (m *machine) SaveRAMFile(ctx context.Context, path string) error {
+	m.mu.Lock()
+	ram := m.ram
+	m.mu.Unlock()
+	return m.saveState(ctx, path, ram)
+}
+
+func (m *machine) saveState(ctx context.Context, path string, ram *os.File) error {
 	m.mu.Lock()
 	q, st := m.qmp, m.state
 	m.mu.Unlock()
@@ -608,7 +651,13 @@ func (m *machine) Save(ctx context.Context, path string) error {
 		return fmt.Errorf("saving VM %s: %w", m.spec.ID, err)
 	}
 	m.setPaused(true)
-	if err := m.save(ctx, q, path); err != nil {
+	err := m.save(ctx, q, path, ram != nil)
+	if err == nil && ram != nil {
+		if err = writeRAMFile(ctx, ram, path+vm.RAMFileSuffix); err != nil {
+			os.Remove(path)
+		}
+	}
+	if err != nil {
 		// Leave the VM as it was: running. (A 9p share the guest has
 		// mounted, for one, makes QEMU refuse to migrate.)
 		cctx, cancel := context.WithTimeout(context.Background(), qmpCommandTimeout)
@@ -646,12 +695,24 @@ func (m *machine) setPaused(p bool) {
 	m.mu.Unlock()
 }
 
-func (m *machine) save(ctx context.Context, q *qmpConn, path string) error {
+func (m *machine) save(ctx context.Context, q *qmpConn, path string, withoutRAM bool) error {
 	// The default migration bandwidth limit (32 MiB/s) would make a save
 	// of a few hundred MiB take seconds; a paused VM has no reason to
 	// throttle.
 	if _, err := q.execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}); err != nil {
 		return err
+	}
+	if withoutRAM {
+		if err := setIgnoreShared(ctx, q, true); err != nil {
+			return err
+		}
+		// Off again whatever happens: a later Save (a checkpoint) must
+		// write the RAM into its stream.
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), qmpCommandTimeout)
+			setIgnoreShared(cctx, q, false)
+			cancel()
+		}()
 	}
 	tmp := path + ".tmp"
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
@@ -806,7 +867,7 @@ func (m *machine) inheritedFiles() (*inherited, error) {
 		log.Close()
 		return nil, err
 	}
-	f := &inherited{console: r, log: log, extra: []*os.File{w, nil, nil}}
+	f := &inherited{console: r, log: log, extra: []*os.File{w, nil, nil, nil}}
 	fail := func(err error) (*inherited, error) {
 		r.Close()
 		w.Close()
@@ -831,6 +892,16 @@ func (m *machine) inheritedFiles() (*inherited, error) {
 			return fail(fmt.Errorf("the saved state: %w", err))
 		}
 		f.extra[stateFD-3] = f.state
+	}
+	if arch := guestArch(m.spec); savesRAMFile(m.spec, arch, machineFor(arch, m.cfg.machine)) {
+		ram, err := newRAMFile(((m.spec.MemoryBytes + (1<<20 - 1)) >> 20) << 20)
+		if err != nil {
+			return fail(err)
+		}
+		m.mu.Lock()
+		m.ram = ram
+		m.mu.Unlock()
+		f.extra[ramFD-3] = ram
 	}
 	return f, nil
 }

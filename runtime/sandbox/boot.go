@@ -205,6 +205,9 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	prevMAC := ""
 	if ws != nil {
 		spec.RestoreFrom = ws.stateFile()
+		if f, ok := ws.ramFile(); ok {
+			spec.RestoreRAM = f
+		}
 		prevMAC = ws.meta.MAC
 		if len(ws.meta.MachineID) > 0 {
 			spec.Boot.MachineID, spec.Boot.MachineIDFile = ws.meta.MachineID, ""

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -129,6 +130,14 @@ type warmState struct {
 }
 
 func (w *warmState) stateFile() string { return filepath.Join(w.dir, "state") }
+
+// ramFile is the guest RAM file saved beside the state (vm.RAMFileSaver),
+// when there is one: a regular file, as the daemon wrote it.
+func (w *warmState) ramFile() (string, bool) {
+	p := w.stateFile() + vm.RAMFileSuffix
+	fi, err := os.Lstat(p)
+	return p, err == nil && fi.Mode().IsRegular()
+}
 
 // warmStore keeps saved states under dir: one directory per key with the
 // state and meta.json, made whole in a temporary directory and renamed.
@@ -543,7 +552,9 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 			os.RemoveAll(tmp)
 		}
 	}()
-	if err := c.Save(ctx, filepath.Join(tmp, "state")); err != nil {
+	// The RAM in a file of its own where the backend can: a restore maps
+	// it instead of reading it (vm.RAMFileSaver).
+	if err := c.SaveRAMFile(ctx, filepath.Join(tmp, "state")); err != nil {
 		// The shim leaves a VM it could not save running, its agent
 		// reachable. Resuming again costs nothing then, and tells a VM
 		// that cannot run on from one that can.
@@ -591,18 +602,35 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 	}
 	committed = true
 	result = WarmSaveOK
-	fi, _ := os.Stat(filepath.Join(s.warm.dir, key, "state"))
+	saved := &warmState{dir: filepath.Join(s.warm.dir, key)}
 	var size int64
-	if fi != nil {
+	if fi, err := os.Stat(saved.stateFile()); err == nil {
 		size = fi.Size()
 	}
-	log.Info("saved the VM state for warm starts", "key", key, "image", img.Image.Name, "stateMiB", size>>20,
-		"took", time.Since(start).Round(time.Millisecond))
+	attrs := []any{"key", key, "image", img.Image.Name, "stateMiB", size >> 20}
+	if f, ok := saved.ramFile(); ok {
+		// Sparse: what the guest had written, the rest holes.
+		attrs = append(attrs, "ramFileMiB", fileBlocks(f)>>20)
+	}
+	log.Info("saved the VM state for warm starts", append(attrs, "took", time.Since(start).Round(time.Millisecond))...)
 	return nil
 }
 
 // shimSaver is the part of a shim client saveWarm uses.
 type shimSaver interface {
-	Save(ctx context.Context, path string) error
+	SaveRAMFile(ctx context.Context, path string) error
 	Resume(ctx context.Context) error
+}
+
+// fileBlocks is the bytes a file has allocated (a sparse file's data), or
+// 0 when that cannot be told.
+func fileBlocks(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
 }

@@ -258,7 +258,7 @@ type fakeSaver struct {
 	saveErr, resumeErr error
 }
 
-func (f *fakeSaver) Save(ctx context.Context, path string) error {
+func (f *fakeSaver) SaveRAMFile(ctx context.Context, path string) error {
 	f.saved++
 	if f.saveErr != nil {
 		return f.saveErr

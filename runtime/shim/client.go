@@ -354,6 +354,13 @@ func (c *Client) Save(ctx context.Context, path string) error {
 	return err
 }
 
+// SaveRAMFile is Save with the guest RAM in a file of its own beside
+// path when the VM's backend can (vm.RAMFileSaver), for a warm start.
+func (c *Client) SaveRAMFile(ctx context.Context, path string) error {
+	_, err := c.shim.Save(ctx, &shimapi.SaveRequest{Path: path, RamFile: true})
+	return err
+}
+
 // Resume continues a VM paused by Save.
 func (c *Client) Resume(ctx context.Context) error {
 	_, err := c.shim.Resume(ctx, &shimapi.ResumeRequest{})

@@ -17,6 +17,7 @@ type Conn interface {
 	State(ctx context.Context) (*shimapi.StateResponse, error)
 	Stop(ctx context.Context, grace time.Duration) (*shimapi.VMExit, error)
 	Save(ctx context.Context, path string) error
+	SaveRAMFile(ctx context.Context, path string) error
 	Resume(ctx context.Context) error
 	Shutdown(ctx context.Context) error
 	Close() error

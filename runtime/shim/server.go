@@ -515,7 +515,11 @@ func (s *server) Save(ctx context.Context, req *shimapi.SaveRequest) (*shimapi.S
 	}
 	// A paused guest answers nothing: no agent connection from here on.
 	s.agent.drop(errors.New("the VM is paused (saved); stop it"))
-	if err := s.m.Save(ctx, req.Path); err != nil {
+	save := s.m.Save
+	if rs, ok := s.m.(vm.RAMFileSaver); ok && req.RamFile {
+		save = rs.SaveRAMFile
+	}
+	if err := save(ctx, req.Path); err != nil {
 		// A driver leaves a VM it could not save running, or tries to:
 		// make sure it runs, then let the agent be reached again. One
 		// that cannot run on is unusable, and every agent call says so.

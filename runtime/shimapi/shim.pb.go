@@ -678,8 +678,15 @@ func (x *StatsResponse) GetMemoryBytes() uint64 {
 }
 
 type SaveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// ram_file: the guest RAM goes to its own file, path + ".ram", which a
+	// restore maps copy-on-write (Spec.RestoreRAM) instead of reading it
+	// from the stream, when the backend can (QEMU, a VM booted with its
+	// RAM in a memfd: vm.RAMFileSaver); else the state is one stream as
+	// without it. Warm starts ask for it; checkpoints do not (their
+	// directory holds one state file).
+	RamFile       bool `protobuf:"varint,2,opt,name=ram_file,json=ramFile,proto3" json:"ram_file,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -719,6 +726,13 @@ func (x *SaveRequest) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *SaveRequest) GetRamFile() bool {
+	if x != nil {
+		return x.RamFile
+	}
+	return false
 }
 
 type SaveResponse struct {
@@ -1894,9 +1908,10 @@ const file_shim_proto_rawDesc = "" +
 	"\rStatsResponse\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x01 \x01(\x03R\x11timestampUnixNano\x12\x1b\n" +
 	"\tcpu_nanos\x18\x02 \x01(\x04R\bcpuNanos\x12!\n" +
-	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\"!\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x04R\vmemoryBytes\"<\n" +
 	"\vSaveRequest\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\x0e\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x19\n" +
+	"\bram_file\x18\x02 \x01(\bR\aramFile\"\x0e\n" +
 	"\fSaveResponse\"\x0f\n" +
 	"\rResumeRequest\"\x10\n" +
 	"\x0eResumeResponse\"\x11\n" +

@@ -56,6 +56,12 @@ type Spec struct {
 	// entries of a share of several directories): the VM resumes from it
 	// instead of booting.
 	RestoreFrom string `json:"restoreFrom,omitempty"`
+	// RestoreRAM, with RestoreFrom, is the guest RAM file a
+	// RAMFileSaver wrote beside that state (RestoreFrom + RAMFileSuffix):
+	// the VM maps it copy-on-write instead of reading its RAM from the
+	// stream. Only the daemon's own warm states set it, never a file
+	// from outside (a checkpoint directory).
+	RestoreRAM string `json:"restoreRAM,omitempty"`
 	// Savable: the VM's state is to be saved (warm start), or was: the
 	// backend builds it from devices it can save and restore, leaving out
 	// what it cannot (vz: a macOS guest's entropy device and console).
@@ -235,6 +241,20 @@ type Machine interface {
 	Save(ctx context.Context, path string) error
 	// Resume continues a VM paused by Save.
 	Resume(ctx context.Context) error
+}
+
+// RAMFileSuffix names the RAM file a RAMFileSaver writes beside its
+// state file.
+const RAMFileSuffix = ".ram"
+
+// RAMFileSaver is a Machine that can save its guest RAM to a file of its
+// own (path + RAMFileSuffix) and only the device state to path. A
+// restore then maps the RAM file copy-on-write (Spec.RestoreRAM): it
+// allocates and copies nothing up front, and VMs restored from one state
+// share its unchanged pages in the page cache. A machine that cannot
+// (QEMU: one not booted with its RAM in a memfd) saves as Save does.
+type RAMFileSaver interface {
+	SaveRAMFile(ctx context.Context, path string) error
 }
 
 // Balloon is a Machine whose guest memory can be taken back and returned

@@ -136,7 +136,7 @@ var _ shim.Conn = (*Shim)(nil)
 
 // Calls counts the calls of a shim's VM verbs.
 type Calls struct {
-	Starts, Saves, Resumes, Stops, Shutdowns, Closes int
+	Starts, Saves, SavesRAMFile, Resumes, Stops, Shutdowns, Closes int
 }
 
 // Calls returns the counts so far.
@@ -190,6 +190,18 @@ func (c *Shim) Save(ctx context.Context, path string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte("fake VM state"), 0o600)
+}
+
+// SaveRAMFile is Save, recorded apart (SavesRAMFile), writing the RAM
+// file a backend that can would write beside the state.
+func (c *Shim) SaveRAMFile(ctx context.Context, path string) error {
+	c.mu.Lock()
+	c.calls.SavesRAMFile++
+	c.mu.Unlock()
+	if err := c.Save(ctx, path); err != nil {
+		return err
+	}
+	return os.WriteFile(path+vm.RAMFileSuffix, []byte("fake VM RAM"), 0o600)
 }
 
 func (c *Shim) Resume(ctx context.Context) error {

@@ -205,7 +205,10 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	prevMAC := ""
 	if ws != nil {
 		spec.RestoreFrom = ws.stateFile()
-		if f, ok := ws.ramFile(); ok {
+		// A warm state's RAM file, never one in a checkpoint's copy: a
+		// checkpoint is one stream, and what else its directory held came
+		// from outside.
+		if f, ok := ws.ramFile(); ok && !b.restored {
 			spec.RestoreRAM = f
 		}
 		prevMAC = ws.meta.MAC

@@ -18,6 +18,7 @@ import (
 	"github.com/macvz/macvz/runtime/shim"
 	"github.com/macvz/macvz/runtime/shim/shimtest"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/runtime/vm"
 )
 
 // TestCheckpointRestore: a checkpoint stops the processes, saves the VM
@@ -140,12 +141,17 @@ func TestCheckpointRestore(t *testing.T) {
 	if err != nil || got.SandboxID != "sb2" || got.State != store.ContainerCreated || !got.Restored || r.Restore == nil || r.VMStarted {
 		t.Fatalf("restored: %+v %+v %v", r, got, err)
 	}
+	// A RAM file beside a checkpoint's state is never mapped: a
+	// checkpoint is one stream, and its directory came from outside.
+	if err := os.WriteFile(filepath.Join(r.Dir, "checkpoint", "state"+vm.RAMFileSuffix), []byte("not RAM"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Boot(ctx, &r, img, nil); err != nil {
 		t.Fatal(err)
 	}
 	spec := shims.LastSpawn().Spec
-	if spec.RestoreFrom != filepath.Join(r.Dir, "checkpoint", "state") || !spec.Savable || r.Restore != nil {
-		t.Errorf("restored VM: restore from %q, savable %v, record %+v", spec.RestoreFrom, spec.Savable, r.Restore)
+	if spec.RestoreFrom != filepath.Join(r.Dir, "checkpoint", "state") || !spec.Savable || r.Restore != nil || spec.RestoreRAM != "" {
+		t.Errorf("restored VM: restore from %q (RAM file %q), savable %v, record %+v", spec.RestoreFrom, spec.RestoreRAM, spec.Savable, r.Restore)
 	}
 	if n := shims.Running(r.Dir).Guest.Setup().Reseeds; n != 1 {
 		t.Errorf("the resumed guest was reseeded %d times, want once", n)

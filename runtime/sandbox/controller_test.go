@@ -217,6 +217,10 @@ func TestCreateRestoresWarmState(t *testing.T) {
 	if spec.RestoreFrom == "" || !strings.HasPrefix(spec.RestoreFrom, s.cfg.WarmDir) {
 		t.Fatalf("second boot: RestoreFrom %q", spec.RestoreFrom)
 	}
+	// The state was saved with its RAM file, which the restore maps.
+	if c := shims.Running(first.Dir).Calls(); c.SavesRAMFile != 1 || spec.RestoreRAM != spec.RestoreFrom+vm.RAMFileSuffix {
+		t.Errorf("saved %d times with a RAM file; the restore maps %q", c.SavesRAMFile, spec.RestoreRAM)
+	}
 	if first.VMBoot != BootCold || second.VMBoot != BootWarm {
 		t.Errorf("boots recorded as %q and %q, want cold then warm", first.VMBoot, second.VMBoot)
 	}

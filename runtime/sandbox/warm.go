@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -607,7 +608,7 @@ func (s *Controller) saveWarm(ctx context.Context, c shimSaver, key string, spec
 	if fi, err := os.Stat(saved.stateFile()); err == nil {
 		size = fi.Size()
 	}
-	attrs := []any{"key", key, "image", img.Image.Name, "stateMiB", size >> 20}
+	attrs := []any{"key", key, "image", img.Image.Name, "stateMiB", math.Round(float64(size)/(1<<20)*10) / 10}
 	if f, ok := saved.ramFile(); ok {
 		// Sparse: what the guest had written, the rest holes.
 		attrs = append(attrs, "ramFileMiB", fileBlocks(f)>>20)

@@ -327,6 +327,14 @@ func (d *Driver) Validate(spec *vm.Spec) error {
 			return err
 		}
 	}
+	if spec.RestoreRAM != "" {
+		if spec.RestoreFrom == "" {
+			return invalid("restoreRAM %q without restoreFrom: a RAM file goes with the state saved beside it", spec.RestoreRAM)
+		}
+		if err := regularFile("restoreRAM", spec.RestoreRAM); err != nil {
+			return err
+		}
+	}
 	switch c.accel {
 	case AccelAuto, AccelTCG:
 	case AccelKVM:

@@ -290,6 +290,8 @@ func TestValidate(t *testing.T) {
 		{"mac", func(s *vm.Spec) { s.NICs[1].MAC = "02:00:00:00:00" }, errdefs.ErrInvalidArgument, "nics[1].mac"},
 		{"mac multicast", func(s *vm.Spec) { s.NICs[1].MAC = "03:00:00:00:00:01" }, errdefs.ErrInvalidArgument, "multicast"},
 		{"restore", func(s *vm.Spec) { s.RestoreFrom = "/nonexistent.state" }, errdefs.ErrFailedPrecondition, "restoreFrom"},
+		{"RAM file alone", func(s *vm.Spec) { s.RestoreRAM = s.Boot.Kernel }, errdefs.ErrInvalidArgument, "without restoreFrom"},
+		{"RAM file missing", func(s *vm.Spec) { s.RestoreFrom = s.Boot.Kernel; s.RestoreRAM = "/nonexistent.ram" }, errdefs.ErrFailedPrecondition, "restoreRAM"},
 		{"accel", func(s *vm.Spec) { s.QEMU.Accel = "hvf" }, errdefs.ErrInvalidArgument, `qemu accel "hvf"`},
 		{"machine", func(s *vm.Spec) { s.QEMU.Machine = "microvm" }, errdefs.ErrInvalidArgument, `qemu machine "microvm"`},
 		{"binary", func(s *vm.Spec) { s.QEMU.Binary = "/nonexistent/qemu" }, errdefs.ErrFailedPrecondition, "(apt-get install qemu-system-x86)"},

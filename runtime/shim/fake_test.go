@@ -302,6 +302,15 @@ func (m *fakeMachine) Save(ctx context.Context, path string) error {
 	return os.WriteFile(path, []byte("fake VM state of "+m.spec.ID+"\n"), 0o600)
 }
 
+// SaveRAMFile writes the state and a RAM file beside it, as QEMU's
+// machine does for a VM with its RAM in a memfd.
+func (m *fakeMachine) SaveRAMFile(ctx context.Context, path string) error {
+	if err := m.Save(ctx, path); err != nil {
+		return err
+	}
+	return os.WriteFile(path+vm.RAMFileSuffix, []byte("fake VM RAM of "+m.spec.ID+"\n"), 0o600)
+}
+
 func (m *fakeMachine) Resume(ctx context.Context) error {
 	if _, err := os.Stat(m.path(failResumeFile)); err == nil {
 		return errors.New("fake VM: resuming failed")

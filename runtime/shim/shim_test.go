@@ -1089,6 +1089,21 @@ func TestLongDirAndSave(t *testing.T) {
 	if _, err := c.Agent().Ping(ctx, &agentapi.PingRequest{}); err != nil {
 		t.Errorf("Ping after Resume: %v", err)
 	}
+	// A plain Save writes no RAM file; one asked for a RAM file goes to
+	// the machine's SaveRAMFile.
+	if _, err := os.Stat(state + vm.RAMFileSuffix); !os.IsNotExist(err) {
+		t.Errorf("a plain Save wrote a RAM file: %v", err)
+	}
+	warm := filepath.Join(base, "warm.state")
+	if err := c.SaveRAMFile(ctx, warm); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(warm + vm.RAMFileSuffix); err != nil || !strings.HasPrefix(string(b), "fake VM RAM") {
+		t.Errorf("RAM file: %q %v", b, err)
+	}
+	if err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -398,8 +398,10 @@ func TestSaveRestoreRAMFile(t *testing.T) {
 	if err := m.Save(ctx, whole); err != nil {
 		t.Fatal(err)
 	}
-	if wf, err := os.Stat(whole); err != nil || wf.Size() < 8<<20 {
-		t.Errorf("a Save after SaveRAMFile: %v, %v bytes; want the RAM in it", err, wf.Size())
+	if wf, err := os.Stat(whole); err != nil {
+		t.Error(err)
+	} else if wf.Size() < 8<<20 {
+		t.Errorf("a Save after SaveRAMFile: %d bytes; want the RAM in it", wf.Size())
 	}
 	if _, err := os.Stat(whole + vm.RAMFileSuffix); !os.IsNotExist(err) {
 		t.Errorf("a Save wrote a RAM file: %v", err)
@@ -419,6 +421,24 @@ func TestSaveRestoreRAMFile(t *testing.T) {
 		t.Logf("restore %d (RAM file %q) to agent answering: %s", i, from.ram, time.Since(start))
 		if got := ra.cmd("cat /proc/sys/kernel/random/boot_id"); got != bootID {
 			t.Errorf("restore %d: boot_id %q, want the saved guest's %q", i, got, bootID)
+		}
+		if i == 1 {
+			// A checkpoint of a VM restored from the RAM file: its RAM
+			// goes into the stream.
+			ra.c.Close()
+			cp := filepath.Join(dir, "checkpoint")
+			if err := r.Save(ctx, cp); err != nil {
+				t.Fatal(err)
+			}
+			if cf, err := os.Stat(cp); err != nil {
+				t.Error(err)
+			} else if cf.Size() < 8<<20 {
+				t.Errorf("a Save of a VM restored from the RAM file: %d bytes; want its RAM in it", cf.Size())
+			}
+			if err := r.Resume(ctx); err != nil {
+				t.Fatal(err)
+			}
+			ra = pingAgent(t, ctx, r)
 		}
 		if got := ra.cmd("poweroff"); got != "ok" {
 			t.Errorf("poweroff: %q", got)

@@ -157,7 +157,9 @@ func (m *machine) start(ctx context.Context) error {
 		return err
 	}
 	if m.spec.RestoreFrom != "" {
-		if arch := guestArch(m.spec); restoresRAMFile(m.spec, arch, machineFor(arch, m.cfg.machine)) {
+		arch := guestArch(m.spec)
+		ramFile := restoresRAMFile(m.spec, arch, machineFor(arch, m.cfg.machine))
+		if ramFile {
 			// A state without its RAM (the RAM file is mapped): the load
 			// must skip the RAM block as the save did.
 			if err := setIgnoreShared(ctx, q, true); err != nil {
@@ -169,6 +171,14 @@ func (m *machine) start(ctx context.Context) error {
 		}
 		if err := m.waitIncoming(ctx, q); err != nil {
 			return err
+		}
+		if ramFile {
+			// Off again, as after a save: a checkpoint of this VM is one
+			// stream with its RAM (which, privately mapped, would go into
+			// it anyway).
+			if err := setIgnoreShared(ctx, q, false); err != nil {
+				return fmt.Errorf("restoring from %s: %w", m.spec.RestoreFrom, err)
+			}
 		}
 		if _, err := q.execute(ctx, "cont", nil); err != nil {
 			return err

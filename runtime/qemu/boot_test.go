@@ -398,11 +398,7 @@ func TestSaveRestoreRAMFile(t *testing.T) {
 	if err := m.Save(ctx, whole); err != nil {
 		t.Fatal(err)
 	}
-	if wf, err := os.Stat(whole); err != nil {
-		t.Error(err)
-	} else if wf.Size() < 8<<20 {
-		t.Errorf("a Save after SaveRAMFile: %d bytes; want the RAM in it", wf.Size())
-	}
+	wantRAMInStream(t, whole, "a Save after SaveRAMFile")
 	if _, err := os.Stat(whole + vm.RAMFileSuffix); !os.IsNotExist(err) {
 		t.Errorf("a Save wrote a RAM file: %v", err)
 	}
@@ -430,11 +426,7 @@ func TestSaveRestoreRAMFile(t *testing.T) {
 			if err := r.Save(ctx, cp); err != nil {
 				t.Fatal(err)
 			}
-			if cf, err := os.Stat(cp); err != nil {
-				t.Error(err)
-			} else if cf.Size() < 8<<20 {
-				t.Errorf("a Save of a VM restored from the RAM file: %d bytes; want its RAM in it", cf.Size())
-			}
+			wantRAMInStream(t, cp, "a Save of a VM restored from the RAM file")
 			if err := r.Resume(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -449,6 +441,17 @@ func TestSaveRestoreRAMFile(t *testing.T) {
 	}
 	if after := sum(); after != before {
 		t.Error("the restored VMs changed the RAM file")
+	}
+}
+
+// wantRAMInStream checks that the state Save wrote to path carries the
+// guest's RAM (a few MB at least), as a checkpoint's must.
+func wantRAMInStream(t *testing.T, path, what string) {
+	t.Helper()
+	if fi, err := os.Stat(path); err != nil {
+		t.Error(err)
+	} else if fi.Size() < 8<<20 {
+		t.Errorf("%s: %d bytes; want the RAM in it", what, fi.Size())
 	}
 }
 

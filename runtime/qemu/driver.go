@@ -488,23 +488,22 @@ func Args(spec *vm.Spec, accel, machine, firmware string) []string {
 	arm := arch == ArchARM64
 	machine = machineFor(arch, machine)
 	sock := func(name string) string { return socketPath(spec.Dir, name) }
-	memMiB := (spec.MemoryBytes + (1<<20 - 1)) >> 20
+	memMiB := guestRAMMiB(spec)
 	// The guest RAM as a backend object of the machine's own RAM id (so
 	// the state is the same migration stream as a VM's without one): in
 	// a memfd the machine can read when it saves (a savable cold boot),
 	// or the saved RAM file mapped copy-on-write (a restore from one).
+	ram, ramID := ramBackingFor(spec, arch, machine)
 	var ramObject string
-	if id := ramID(arch, machine); id != "" {
-		size := ",size=" + strconv.FormatInt(memMiB, 10) + "M"
-		switch {
-		case restoresRAMFile(spec, arch, machine):
-			ramObject = "memory-backend-file,id=" + id + size + ",mem-path=" + optEscape(spec.RestoreRAM) + ",share=off"
-		case savesRAMFile(spec, arch, machine):
-			ramObject = "memory-backend-file,id=" + id + size + ",mem-path=/proc/self/fd/" + strconv.Itoa(ramFD) + ",share=on"
-		}
-		if ramObject != "" {
-			machine += ",memory-backend=" + id
-		}
+	size := ",size=" + strconv.FormatInt(memMiB, 10) + "M"
+	switch ram {
+	case ramMapped:
+		ramObject = "memory-backend-file,id=" + ramID + size + ",mem-path=" + optEscape(spec.RestoreRAM) + ",share=off"
+	case ramMemfd:
+		ramObject = "memory-backend-file,id=" + ramID + size + ",mem-path=/proc/self/fd/" + strconv.Itoa(ramFD) + ",share=on"
+	}
+	if ramObject != "" {
+		machine += ",memory-backend=" + ramID
 	}
 
 	if arm {
@@ -621,7 +620,7 @@ func Args(spec *vm.Spec, accel, machine, firmware string) []string {
 		a = append(a, "-netdev", netdev, "-device", "virtio-net-pci,netdev="+id+",mac="+n.MAC+",romfile=")
 	}
 	switch {
-	case restoresRAMFile(spec, arch, machine):
+	case ram == ramMapped:
 		// The state has no RAM in it (x-ignore-shared): the machine sets
 		// that capability first, then starts the load (migrate-incoming
 		// of stateFD).
@@ -646,31 +645,35 @@ func machineFor(arch, machine string) string {
 	return DefaultMachine
 }
 
-// ramID is the id QEMU gives the RAM of machine (a -M value) for a guest
-// of arch, "" when this driver does not back it by a file: amd64's pc and
-// q35 machines only, the ones measured.
-func ramID(arch, machine string) string {
-	if arch != ArchAMD64 {
-		return ""
-	}
-	switch name, _, _ := strings.Cut(machine, ","); {
-	case name == "q35" || name == "pc" || strings.HasPrefix(name, "pc-"):
-		return "pc.ram"
-	}
-	return ""
-}
+// guestRAMMiB is the spec's memory in whole MiB, rounded up (QEMU's -m).
+func guestRAMMiB(spec *vm.Spec) int64 { return (spec.MemoryBytes + (1<<20 - 1)) >> 20 }
 
-// restoresRAMFile reports whether a VM of spec restores from a state
-// without its RAM, mapping the RAM file beside it (spec.RestoreRAM).
-func restoresRAMFile(spec *vm.Spec, arch, machine string) bool {
-	return spec.RestoreFrom != "" && spec.RestoreRAM != "" && ramID(arch, machine) != ""
-}
+// ramBacking is what a VM's guest RAM lives in.
+type ramBacking int
 
-// savesRAMFile reports whether a VM of spec boots with its RAM in a memfd
-// so that a warm save can write the RAM to a file of its own
-// (vm.RAMFileSaver): a savable cold boot where memfds exist.
-func savesRAMFile(spec *vm.Spec, arch, machine string) bool {
-	return spec.Savable && spec.RestoreFrom == "" && memfdRAM && ramID(arch, machine) != ""
+const (
+	ramQEMU   ramBacking = iota // QEMU's own anonymous memory
+	ramMemfd                    // a memfd the machine reads when it saves (vm.RAMFileSaver)
+	ramMapped                   // the RAM file of the restored state, mapped copy-on-write
+)
+
+// ramBackingFor is what the RAM of a VM of spec lives in, and the RAM's
+// id for a backend object: the memfd for a savable cold boot where
+// memfds exist, the RAM file for a restore given one (spec.RestoreRAM),
+// else QEMU's own. Only amd64's pc and q35 machines (RAM id pc.ram), the
+// ones measured, leave QEMU's own.
+func ramBackingFor(spec *vm.Spec, arch, machine string) (ramBacking, string) {
+	name, _, _ := strings.Cut(machine, ",")
+	if arch != ArchAMD64 || !(name == "q35" || name == "pc" || strings.HasPrefix(name, "pc-")) {
+		return ramQEMU, ""
+	}
+	switch {
+	case spec.RestoreFrom != "" && spec.RestoreRAM != "":
+		return ramMapped, "pc.ram"
+	case spec.RestoreFrom == "" && spec.Savable && memfdRAM:
+		return ramMemfd, "pc.ram"
+	}
+	return ramQEMU, ""
 }
 
 // Cmdline is the kernel command line the driver passes to an amd64 guest:

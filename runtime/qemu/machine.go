@@ -57,9 +57,11 @@ type machine struct {
 	paused   bool // by Save
 	grace    time.Duration
 	dirFile  *os.File // Dir, kept open when socket paths need /proc/self/fd
-	// ram is the memfd a savable cold boot's guest RAM lives in
-	// (savesRAMFile), which SaveRAMFile reads; closed when QEMU exits.
-	ram *os.File
+	// ramBacking is what the guest RAM lives in (ramBackingFor); ram is
+	// the memfd when that is one, which SaveRAMFile reads; closed when
+	// QEMU exits.
+	ramBacking ramBacking
+	ram        *os.File
 }
 
 var (
@@ -69,12 +71,15 @@ var (
 )
 
 func newMachine(spec *vm.Spec, c config) *machine {
+	arch := guestArch(spec)
+	ram, _ := ramBackingFor(spec, arch, machineFor(arch, c.machine))
 	return &machine{
-		spec:  spec,
-		cfg:   c,
-		args:  Args(spec, c.accel, c.machine, c.firmware),
-		done:  make(chan struct{}),
-		state: vm.StateCreated,
+		spec:       spec,
+		cfg:        c,
+		args:       Args(spec, c.accel, c.machine, c.firmware),
+		done:       make(chan struct{}),
+		state:      vm.StateCreated,
+		ramBacking: ram,
 	}
 }
 
@@ -157,8 +162,7 @@ func (m *machine) start(ctx context.Context) error {
 		return err
 	}
 	if m.spec.RestoreFrom != "" {
-		arch := guestArch(m.spec)
-		ramFile := restoresRAMFile(m.spec, arch, machineFor(arch, m.cfg.machine))
+		ramFile := m.ramBacking == ramMapped
 		if ramFile {
 			// A state without its RAM (the RAM file is mapped): the load
 			// must skip the RAM block as the save did.
@@ -903,8 +907,8 @@ func (m *machine) inheritedFiles() (*inherited, error) {
 		}
 		f.extra[stateFD-3] = f.state
 	}
-	if arch := guestArch(m.spec); savesRAMFile(m.spec, arch, machineFor(arch, m.cfg.machine)) {
-		ram, err := newRAMFile(((m.spec.MemoryBytes + (1<<20 - 1)) >> 20) << 20)
+	if m.ramBacking == ramMemfd {
+		ram, err := newRAMFile(guestRAMMiB(m.spec) << 20)
 		if err != nil {
 			return fail(err)
 		}

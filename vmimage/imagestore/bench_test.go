@@ -44,6 +44,7 @@ type benchRegistry struct {
 	wire     int64                // their total size
 	setupDur time.Duration
 	child    *exec.Cmd
+	stdin    io.WriteCloser // the child's: closing it stops the child
 	// netns, for benchLink: the namespace the child runs in, removed with
 	// its veth when the benchmarks end.
 	netns string
@@ -67,8 +68,18 @@ const (
 func stopBenchRegistry() {
 	for _, r := range []*benchRegistry{&benchImage, &benchLink} {
 		if c := r.child; c != nil {
-			c.Process.Kill()
-			c.Wait()
+			// Closing its stdin stops the child, which then removes its
+			// registry's directory (400 MB of blobs); killed, it would
+			// leave it behind, every run.
+			r.stdin.Close()
+			done := make(chan struct{})
+			go func() { c.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				c.Process.Kill()
+				<-done
+			}
 		}
 		if r.netns != "" {
 			exec.Command("ip", "netns", "del", r.netns).Run()
@@ -136,6 +147,10 @@ func (r *benchRegistry) start(wrap []string, addr string) {
 		r.err = err
 		return
 	}
+	if r.stdin, err = cmd.StdinPipe(); err != nil {
+		r.err = err
+		return
+	}
 	if err := cmd.Start(); err != nil {
 		r.err = err
 		return
@@ -154,7 +169,9 @@ func (r *benchRegistry) start(wrap []string, addr string) {
 }
 
 // serveBenchRegistry builds the image, pushes it to a registry it
-// serves, prints benchRegistryInfo and serves until killed.
+// serves, prints benchRegistryInfo and serves until its stdin closes
+// (stopBenchRegistry, or the benchmark process's end), then stops the
+// registry, which removes its directory.
 func serveBenchRegistry() int {
 	// DiskPattern (the default disk) is a used disk: about 40% zero runs
 	// (holes), 25% random bytes (stored as uncompressed blocks) and 35%
@@ -176,7 +193,9 @@ func serveBenchRegistry() int {
 	m := img.Parsed()
 	img = testimage.Image{} // the registry has it; free the GiB
 	json.NewEncoder(os.Stdout).Encode(benchRegistryInfo{URL: reg.URL(), Ref: reg.Ref(benchRepo, "v1"), Blobs: append([]ocispec.Descriptor{m.Config}, m.Layers...)})
-	select {}
+	io.Copy(io.Discard, os.Stdin)
+	reg.Stop()
+	return 0
 }
 
 // BenchmarkPullTart pulls a 1 GiB Tart image (16 chunks of 64 MiB) from

@@ -12,8 +12,8 @@ import (
 // once per block, and a Decoder hands its destination few, large writes.
 // It is small enough that a batch is still in the core's cache when the
 // destination hashes, checks and writes it: with 4 MiB batches a Tart
-// pull took 15-25% more CPU per GiB (alternating runs of
-// BenchmarkPullTart), the bytes being read back from memory.
+// pull took 4-26% more CPU per GiB (six alternating pairs of
+// BenchmarkPullTart runs), the bytes being read back from memory.
 const batchSize = 256 << 10
 
 // window holds decoded output; the HistorySize bytes before pos are the

@@ -910,8 +910,20 @@ func TestKill(t *testing.T) {
 	}
 	// A pid file naming some other process is not followed.
 	other := exec.Command("sleep", "30")
-	other.Start()
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
 	defer func() { other.Process.Kill(); other.Wait() }()
+	// Start returns before the child's exec has finished; until then its
+	// command line reads empty and Kill refuses it for that reason instead.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if args, err := procArgs(other.Process.Pid); err == nil && filepath.Base(args[0]) == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the foreign process never showed sleep's command line")
+		}
+	}
 	shimPid := c.Pid()
 	os.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(other.Process.Pid)), 0o600)
 	if err := Kill(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "not a macvz shim") {

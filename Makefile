@@ -31,12 +31,15 @@ all: build
 build: build-host build-cross
 
 # What a Linux host with QEMU guests runs (and all `make demo` builds): the
-# daemon, the shim, the amd64 agent, the CNI plugin and host-local.
+# daemon, the shim, the amd64 agent and its exec helper (both go into the
+# guest images: /init and /usr/libexec/macvz-exec), the CNI plugin and
+# host-local.
 build-host:
 	@mkdir -p bin
 	$(if $(call has_main,macvz),$(GO) build -o bin/macvz ./cmd/macvz)
 	$(if $(call has_main,macvz-shim),$(GO) build -o bin/macvz-shim ./cmd/macvz-shim)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
+	$(if $(call has_main,macvz-exec),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-exec ./cmd/macvz-exec)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
@@ -47,6 +50,7 @@ build-host:
 build-cross:
 	@mkdir -p bin
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o bin/linux-arm64/macvz-agent ./cmd/macvz-agent)
+	$(if $(call has_main,macvz-exec),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o bin/linux-arm64/macvz-exec ./cmd/macvz-exec)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-net ./cmd/macvz-net)
 	@true

@@ -57,6 +57,7 @@ func main() {
 		subreaper  = flag.Bool("subreaper", false, "become a child subreaper and reap every descendant (implied as PID 1)")
 		logLevel   = flag.String("log-level", "info", "debug, info, warn or error")
 		showVer    = flag.Bool("version", false, "print the version and exit")
+		execHelper = flag.String("exec-helper", defaultExecHelper(), "the exec helper each restricted process starts through (Linux; missing or \"\": the agent re-executes itself, slower)")
 	)
 	flag.Parse()
 	if *showVer {
@@ -77,7 +78,18 @@ func main() {
 		}})).With("c", "macvz-agent")
 	slog.SetDefault(log)
 
-	if err := run(log, pid1, *listenSpec, *etcDir, *system, *modules, *lateMods, *subreaper); err != nil {
+	opts := agent.Options{
+		EtcDir:      *etcDir,
+		System:      *system,
+		Init:        pid1,
+		Modules:     *modules,
+		LateModules: *lateMods,
+		Subreaper:   *subreaper,
+		Version:     version,
+		Log:         log,
+		ExecHelper:  *execHelper,
+	}
+	if err := run(log, opts, *listenSpec); err != nil {
 		log.Error("agent failed", "err", err)
 		if pid1 {
 			// init must not exit: the kernel would panic. Power off.
@@ -88,18 +100,10 @@ func main() {
 	}
 }
 
-func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, modules string, lateModules time.Duration, subreaper bool) error {
+func run(log *slog.Logger, opts agent.Options, listenSpec string) error {
+	pid1 := opts.Init
 	start := time.Now()
-	a, err := agent.New(agent.Options{
-		EtcDir:      etcDir,
-		System:      system,
-		Init:        pid1,
-		Modules:     modules,
-		LateModules: lateModules,
-		Subreaper:   subreaper,
-		Version:     version,
-		Log:         log,
-	})
+	a, err := agent.New(opts)
 	if err != nil {
 		return err
 	}
@@ -118,4 +122,13 @@ func run(log *slog.Logger, pid1 bool, listenSpec, etcDir string, system bool, mo
 		return err
 	}
 	return nil
+}
+
+// defaultExecHelper is where Linux guest images have the exec helper
+// (cmd/macvz-exec); macOS guests start processes without one.
+func defaultExecHelper() string {
+	if runtime.GOOS == "linux" {
+		return "/usr/libexec/macvz-exec"
+	}
+	return ""
 }

@@ -5,7 +5,8 @@
 //     (the newest apt offers), which QEMU boots with PVH; or, with
 //     Options.Arch arm64, the Image of linux-image-6.1.0-NN-arm64 (which
 //     qemu-system-aarch64 boots on -M virt, and a Mac's vz backend too);
-//   - initramfs (newc cpio): /init = the guest agent, busybox-static as
+//   - initramfs (newc cpio): /init = the guest agent, its exec helper
+//     (cmd/macvz-exec) at ExecHelperPath, busybox-static as
 //     /bin/busybox with its applets in /bin (the test guest's are hard
 //     links of Debian's dynamic busybox, with its loader and libc, whose
 //     shell runs what PATH finds: see InitramfsOptions.Applets; the node
@@ -247,6 +248,16 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	// The tools both images have; the test guest adds its web page and
 	// /bin/euid, the node image kubelet and what kubelet needs.
 	files := []File{{Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)}}
+	// The agent's exec helper (cmd/macvz-exec), where its flag looks.
+	helper := filepath.Join(o.Out, "macvz-exec")
+	if err := BuildStaticArch(ctx, arch, ExecHelperPackage, helper); err != nil {
+		return nil, err
+	}
+	helperBin, err := os.ReadFile(helper)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, File{Path: ExecHelperPath, Mode: 0o755, Data: helperBin})
 	kubeletVersion := ""
 	applets, appletsList := "", ""
 	if o.Node != nil {
@@ -475,11 +486,21 @@ func Prefetch(ctx context.Context, o Options) error {
 	if _, err := caches[0].Libc(ctx); err != nil {
 		return err
 	}
+	if err := BuildStaticArch(ctx, arch, ExecHelperPackage, filepath.Join(o.Out, "macvz-exec")); err != nil {
+		return err
+	}
 	return BuildStaticArch(ctx, arch, EUIDPackage, filepath.Join(o.Out, "euid"))
 }
 
 // AgentPackage is the import path of the guest agent.
 const AgentPackage = "github.com/macvz/macvz/cmd/macvz-agent"
+
+// ExecHelperPackage is the import path of the agent's exec helper, which
+// both images have at ExecHelperPath (the agent's --exec-helper default).
+const (
+	ExecHelperPackage = "github.com/macvz/macvz/cmd/macvz-exec"
+	ExecHelperPath    = "/usr/libexec/macvz-exec"
+)
 
 // TestInitPackage is the import path of the stand-in /init for tests.
 const TestInitPackage = "github.com/macvz/macvz/integration/guest/testinit"

@@ -63,6 +63,9 @@ type config struct {
 	// (api.KubeletSockets); tests move them.
 	kubeletPluginDir string
 	kubeletSockets   []string
+	// execHelper is the path a process's exec helper runs from (see
+	// loadExecHelper); "" is the agent re-executed, /proc/self/exe.
+	execHelper string
 }
 
 // agent implements api.AgentService.
@@ -296,4 +299,12 @@ func (a *agent) writeEtc(name string, data []byte) error {
 		return err
 	}
 	return atomicfile.WriteFile(filepath.Join(a.cfg.etcDir, name), data, 0o644)
+}
+
+// execHelperPath is what a process's exec helper runs.
+func (c *config) execHelperPath() string {
+	if c.execHelper != "" {
+		return c.execHelper
+	}
+	return "/proc/self/exe"
 }

@@ -45,6 +45,13 @@ type Options struct {
 	// SocketDir is where PortForward's listen may make unix sockets
 	// (DefaultSocketDir when empty).
 	SocketDir string
+	// ExecHelper is the guest's exec helper (cmd/macvz-exec), the
+	// program each restricted process starts through (Linux). New
+	// copies it into sealed memory, so that nothing a container does to
+	// the file reaches later processes; a missing file, or "", leaves
+	// the agent re-executing itself, which starts slower (its packages'
+	// initialisation; under TCG tens of milliseconds a process).
+	ExecHelper string
 }
 
 // channelWait bounds how long New waits for the agent channel's modules.
@@ -107,6 +114,17 @@ func New(opts Options) (*Agent, error) {
 	if opts.System {
 		cfg.powerOff = powerOff
 		cfg.setClock = setClock
+	}
+	if opts.ExecHelper != "" {
+		p, err := loadExecHelper(opts.ExecHelper)
+		switch {
+		case err == nil:
+			cfg.execHelper = p
+		case errors.Is(err, os.ErrNotExist):
+			log.Info("no exec helper in this guest: processes start through the agent itself", "path", opts.ExecHelper)
+		default:
+			log.Warn("the exec helper could not be loaded: processes start through the agent itself", "path", opts.ExecHelper, "err", err)
+		}
 	}
 	a := newAgent(cfg)
 	a.mods, a.startedUptime = mods, started

@@ -356,16 +356,16 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	p.cmd.Path = path
 	main := p.key.exec == ""
 	h := helperSpec{
-		restrictCaps: p.req.RestrictCapabilities, caps: p.req.Capabilities, noNewPrivs: p.req.NoNewPrivs,
-		uid: p.req.Uid, gid: p.req.Gid, groups: p.req.AdditionalGids,
-		newMountNS: main && ownsMountNS(p.req), readOnlyRoot: p.req.ReadOnlyRootfs, readonlyPaths: p.req.ReadonlyPaths,
-		maskedPaths: p.req.MaskedPaths,
+		RestrictCaps: p.req.RestrictCapabilities, Caps: p.req.Capabilities, NoNewPrivs: p.req.NoNewPrivs,
+		UID: p.req.Uid, GID: p.req.Gid, Groups: p.req.AdditionalGids,
+		NewMountNS: main && ownsMountNS(p.req), ReadOnlyRoot: p.req.ReadOnlyRootfs, ReadonlyPaths: p.req.ReadonlyPaths,
+		MaskedPaths: p.req.MaskedPaths,
 		// A process in a PID namespace other than the guest's sees it in
 		// a /proc of its own.
-		newPidNS: main && (p.req.OwnPidNamespace || p.req.PidNamespaceOf != ""),
-		seccomp:  filter,
+		NewPidNS: main && (p.req.OwnPidNamespace || p.req.PidNamespaceOf != ""),
+		Seccomp:  filter,
 	}
-	h.joinMountNS = joinPid
+	h.JoinMountNS = joinPid
 	fork.newPidNS = main && p.req.OwnPidNamespace
 	if main && (p.req.MemoryLimitBytes > 0 || p.req.CpuQuotaUs > 0) {
 		dir, err := containerCgroup(p.key.container, cgroupLimits{memory: p.req.MemoryLimitBytes, cpuQuota: p.req.CpuQuotaUs, cpuPeriod: p.req.CpuPeriodUs})
@@ -379,7 +379,7 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 	}
 	p.cgroup = fork.cgroup
 	var setupDone *os.File
-	if h.restrictCaps || h.noNewPrivs || h.newMountNS || h.joinMountNS > 0 || h.seccomp != nil {
+	if h.RestrictCaps || h.NoNewPrivs || h.NewMountNS || h.JoinMountNS > 0 || h.Seccomp != nil {
 		// The agent re-executed finishes the setup the fork cannot.
 		args, err := helperArgs(path, p.req.Argv, h)
 		if err != nil {
@@ -397,7 +397,7 @@ func (a *agent) StartProcess(ctx context.Context, req *api.StartProcessRequest) 
 		setupDone = r
 		p.cmd.ExtraFiles = []*os.File{w}
 		args = append(args[:2], append([]string{"sync=3"}, args[2:]...)...)
-		p.cmd.Path, p.cmd.Args = "/proc/self/exe", args
+		p.cmd.Path, p.cmd.Args = a.cfg.execHelperPath(), args
 		p.cmd.SysProcAttr.Credential = nil
 	}
 	var done <-chan waitResult

@@ -1,13 +1,14 @@
 package agent
 
 import (
-	"encoding/binary"
 	"fmt"
 	"slices"
 
 	"github.com/elastic/go-seccomp-bpf/arch"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/net/bpf"
+
+	"github.com/macvz/macvz/runtime/agent/exechelper"
 )
 
 // A seccomp profile (OCI runtime-spec LinuxSeccomp, the format of
@@ -22,7 +23,7 @@ const (
 	seccompArchOff = 4
 	seccompArgOff  = 16
 	// bpfMaxInsns is the kernel's limit on one filter (BPF_MAXINSNS).
-	bpfMaxInsns = 4096
+	bpfMaxInsns = exechelper.MaxInsns
 	// x32SyscallBit marks the x32 ABI's syscall numbers on x86_64.
 	x32SyscallBit = 0x40000000
 )
@@ -47,35 +48,7 @@ var seccompFlags = map[specs.LinuxSeccompFlag]uint{
 }
 
 // compiledSeccomp is a filter ready for seccomp(SECCOMP_SET_MODE_FILTER).
-type compiledSeccomp struct {
-	insns []bpf.RawInstruction
-	flags uint
-}
-
-// bytes is the program as struct sock_filter array (native endian: both
-// guest architectures are little-endian).
-func (c compiledSeccomp) bytes() []byte {
-	b := make([]byte, 0, 8*len(c.insns))
-	for _, in := range c.insns {
-		b = binary.LittleEndian.AppendUint16(b, in.Op)
-		b = append(b, in.Jt, in.Jf)
-		b = binary.LittleEndian.AppendUint32(b, in.K)
-	}
-	return b
-}
-
-// parseSeccompBytes is bytes' inverse (the exec helper's side).
-func parseSeccompBytes(b []byte) ([]bpf.RawInstruction, error) {
-	if len(b) == 0 || len(b)%8 != 0 || len(b)/8 > bpfMaxInsns {
-		return nil, fmt.Errorf("seccomp program of %d bytes is not 1 to %d instructions", len(b), bpfMaxInsns)
-	}
-	out := make([]bpf.RawInstruction, len(b)/8)
-	for i := range out {
-		o := b[8*i:]
-		out[i] = bpf.RawInstruction{Op: binary.LittleEndian.Uint16(o), Jt: o[2], Jf: o[3], K: binary.LittleEndian.Uint32(o[4:])}
-	}
-	return out, nil
-}
+type compiledSeccomp = exechelper.Filter
 
 // seccompAction is the filter's return value for a profile action.
 func seccompAction(a specs.LinuxSeccompAction, errnoRet *uint) (uint32, error) {
@@ -250,7 +223,7 @@ func compileSeccomp(p *specs.LinuxSeccomp, ai *arch.Info) (compiledSeccomp, erro
 		if !ok {
 			return out, fmt.Errorf("seccomp flag %q is not supported", f)
 		}
-		out.flags |= v
+		out.Flags |= v
 	}
 	def, err := seccompAction(p.DefaultAction, p.DefaultErrnoRet)
 	if err != nil {
@@ -317,6 +290,6 @@ func compileSeccomp(p *specs.LinuxSeccomp, ai *arch.Info) (compiledSeccomp, erro
 	if len(a.insns) > bpfMaxInsns {
 		return out, fmt.Errorf("the seccomp profile compiles to %d instructions, more than the kernel's %d", len(a.insns), bpfMaxInsns)
 	}
-	out.insns, err = bpf.Assemble(a.insns)
+	out.Insns, err = bpf.Assemble(a.insns)
 	return out, err
 }

@@ -4,13 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
-	"unsafe"
 
 	"github.com/elastic/go-seccomp-bpf/arch"
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/net/bpf"
-	"golang.org/x/sys/unix"
 
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
@@ -58,21 +55,4 @@ func allCapabilities() []string {
 		out = append(out, n)
 	}
 	return out
-}
-
-// installSeccomp loads a filter on the calling thread, which then execs:
-// the filter passes to the new program (no TSYNC: the helper's other
-// threads die with the exec).
-func installSeccomp(insns []bpf.RawInstruction, flags uint) error {
-	filter := make([]unix.SockFilter, len(insns))
-	for i, in := range insns {
-		filter[i] = unix.SockFilter{Code: in.Op, Jt: in.Jt, Jf: in.Jf, K: in.K}
-	}
-	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	_, _, e := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, uintptr(flags), uintptr(unsafe.Pointer(&prog)))
-	runtime.KeepAlive(filter)
-	if e != 0 {
-		return e
-	}
-	return nil
 }

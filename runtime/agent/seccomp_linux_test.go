@@ -14,7 +14,7 @@ import (
 
 func TestHelperArgsCarryIsolation(t *testing.T) {
 	c := compileJSON(t, blockChmod, arch.X86_64)
-	args, err := helperArgs("/bin/sh", []string{"sh"}, helperSpec{newMountNS: true, newPidNS: true, maskedPaths: []string{"/bin/ls"}, seccomp: &c})
+	args, err := helperArgs("/bin/sh", []string{"sh"}, helperSpec{NewMountNS: true, NewPidNS: true, MaskedPaths: []string{"/bin/ls"}, Seccomp: &c})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +24,7 @@ func TestHelperArgsCarryIsolation(t *testing.T) {
 			t.Errorf("helper args %q lack %q", joined, w)
 		}
 	}
-	if _, err := helperArgs("/bin/sh", []string{"sh"}, helperSpec{newMountNS: true, maskedPaths: []string{"bin/ls"}}); err == nil {
+	if _, err := helperArgs("/bin/sh", []string{"sh"}, helperSpec{NewMountNS: true, MaskedPaths: []string{"bin/ls"}}); err == nil {
 		t.Error("a relative masked path was accepted")
 	}
 }
@@ -43,7 +43,7 @@ func TestSeccompRuntimeDefault(t *testing.T) {
 	if err != nil || ours == nil {
 		t.Fatalf("RuntimeDefault: %v", err)
 	}
-	if n := len(ours.insns); n > bpfMaxInsns {
+	if n := len(ours.Insns); n > bpfMaxInsns {
 		t.Fatalf("%d instructions", n)
 	}
 	ctrd := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{Bounding: caps}}})

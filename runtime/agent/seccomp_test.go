@@ -9,6 +9,8 @@ import (
 	"github.com/elastic/go-seccomp-bpf/arch"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/net/bpf"
+
+	"github.com/macvz/macvz/runtime/agent/exechelper"
 )
 
 // runFilter runs a compiled filter on one syscall in x/net/bpf's VM. The
@@ -33,7 +35,7 @@ func runFilterNr(t *testing.T, c compiledSeccomp, auditArch, nr uint32, args ...
 		binary.BigEndian.PutUint32(data[16+8*i:], uint32(a))
 		binary.BigEndian.PutUint32(data[16+8*i+4:], uint32(a>>32))
 	}
-	insns, err := parseSeccompBytes(c.bytes())
+	insns, err := exechelper.ParseFilter(c.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,33 +160,18 @@ func TestSeccompRefuses(t *testing.T) {
 
 func TestSeccompBytesRoundTrip(t *testing.T) {
 	c := compileJSON(t, blockChmod, arch.AARCH64)
-	back, err := parseSeccompBytes(c.bytes())
-	if err != nil || len(back) != len(c.insns) {
+	back, err := exechelper.ParseFilter(c.Bytes())
+	if err != nil || len(back) != len(c.Insns) {
 		t.Fatalf("round trip: %d instructions, %v", len(back), err)
 	}
 	for i := range back {
-		if back[i] != c.insns[i] {
-			t.Fatalf("instruction %d: %+v, want %+v", i, back[i], c.insns[i])
+		if back[i] != c.Insns[i] {
+			t.Fatalf("instruction %d: %+v, want %+v", i, back[i], c.Insns[i])
 		}
 	}
 	for _, bad := range [][]byte{nil, make([]byte, 7), make([]byte, 8*(bpfMaxInsns+1))} {
-		if _, err := parseSeccompBytes(bad); err == nil {
+		if _, err := exechelper.ParseFilter(bad); err == nil {
 			t.Errorf("%d bytes accepted", len(bad))
 		}
-	}
-}
-
-func TestMountPlanOrder(t *testing.T) {
-	plan := mountPlan(helperSpec{newPidNS: true, readOnlyRoot: true, readonlyPaths: []string{"/proc/sys", "/tmp"}, maskedPaths: []string{"/proc/kcore", "/bin/ls"}})
-	var got []string
-	for _, s := range plan {
-		got = append(got, []string{"proc", "ro", "mask", "roroot"}[s.kind]+":"+s.path)
-	}
-	want := "proc:/proc ro:/proc/sys ro:/tmp mask:/proc/kcore mask:/bin/ls roroot:/"
-	if strings.Join(got, " ") != want {
-		t.Errorf("plan %v, want %s", got, want)
-	}
-	if p := mountPlan(helperSpec{}); len(p) != 0 {
-		t.Errorf("empty spec planned %v", p)
 	}
 }

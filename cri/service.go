@@ -197,6 +197,7 @@ func controllerConfig(cfg *config.Config, shimBin string) sandbox.Config {
 		Backend:            cfg.Backend,
 		StateDir:           filepath.Join(cfg.State, "sandboxes"),
 		WarmStates:         cfg.VM.WarmStates,
+		WarmPool:           cfg.VM.WarmPool,
 		ShimBinary:         shimBin,
 		ShimLogLevel:       cfg.Log.Level,
 		BootTimeout:        time.Duration(cfg.VM.BootTimeout),

@@ -266,6 +266,15 @@ func TestPodNetworkCrash(t *testing.T) {
 	n.assertNetClean(t, "after rmp")
 }
 
+// startHTTPD runs pod name (its hostname too) with one httpd container
+// and returns both IDs.
+func (n *netTest) startHTTPD(t *testing.T, name string) (pod, ctr string) {
+	t.Helper()
+	cfg := n.podConfig(t, name, map[string]any{"hostname": name, "linux": map[string]any{}})
+	pod = n.runPod(t, cfg)
+	return pod, n.startCtr(t, pod, n.ctrConfig(t, "httpd", n.httpd, nil), cfg)
+}
+
 // TestPodWarmStart: the first pod of a VM boots cold and saves its state;
 // the next ones restore it and still get their own MAC, address and
 // hostname on the pod network; a state that cannot be restored is
@@ -273,12 +282,7 @@ func TestPodNetworkCrash(t *testing.T) {
 func TestPodWarmStart(t *testing.T) {
 	n := newNetTest(t)
 	count := func(s string) int { return strings.Count(n.d.log.String(), s) }
-	start := func(name string) (pod, ctr string) {
-		t.Helper()
-		cfg := n.podConfig(t, name, map[string]any{"hostname": name, "linux": map[string]any{}})
-		pod = n.runPod(t, cfg)
-		return pod, n.startCtr(t, pod, n.ctrConfig(t, "httpd", n.httpd, nil), cfg)
-	}
+	start := func(name string) (string, string) { t.Helper(); return n.startHTTPD(t, name) }
 	_, ca := start("warm-a")
 	if count("saved the VM state for warm starts") != 1 || count("VM restored from a saved state") != 0 {
 		t.Fatalf("the first pod did not boot cold and save its state; log:\n%s", n.d.log.String())

@@ -81,16 +81,8 @@ func ensureTap(name, alias string, br netlink.Link, mtu int, hairpin bool) (netl
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	if err != nil {
-		// Persistent (TUNSETPERSIST, netlink's default for Tuntap), so it
-		// outlives this process; QEMU attaches to it by name. The flags
-		// are the attacher's: QEMU sets its own (NO_PI, VNET_HDR).
-		t := &netlink.Tuntap{
-			LinkAttrs: netlink.LinkAttrs{Name: name},
-			Mode:      netlink.TUNTAP_MODE_TAP,
-			Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
-		}
-		if err := netlink.LinkAdd(t); err != nil {
-			return nil, fmt.Errorf("create tap %s: %w", name, err)
+		if err := CreateTap(name); err != nil {
+			return nil, err
 		}
 		if l, err = netlinksafe.LinkByName(name); err != nil {
 			return nil, fmt.Errorf("tap %s: %w", name, err)

@@ -52,6 +52,10 @@ type VM struct {
 	// WarmStates is how many saved states are kept (least recently used
 	// go first).
 	WarmStates int `toml:"warm_states"`
+	// WarmPool is how many VMs restored from each saved state are kept
+	// ready for the next sandboxes of that VM (Linux guests on QEMU);
+	// 0 = none.
+	WarmPool int `toml:"warm_pool"`
 	// MaxMacOSVMs and MaxLinuxVMs bound the VMs of each guest OS running
 	// (or booting) at once; 0 = no bound. Apple's license and
 	// Virtualization.framework allow two macOS guests per host.

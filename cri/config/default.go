@@ -84,6 +84,13 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   warm_start = {{.C.VM.WarmStart}}
   # How many saved states to keep; the least recently used go first.
   warm_states = {{.C.VM.WarmStates}}
+  # How many VMs restored from each saved state to keep ready (Linux guests
+  # on QEMU): a sandbox of that VM then takes one whose guest already runs,
+  # with its shared directories mounted and its process machinery warmed
+  # up, instead of restoring one. Each holds its memory (what the guest had
+  # touched, shared copy-on-write with the saved state) and counts against
+  # max_linux_vms; 0 = none. Filled after a sandbox of the VM booted.
+  warm_pool = {{.C.VM.WarmPool}}
   # How many VMs of each guest OS may run (or boot) at once; 0 = no bound.
   # Virtualization.framework runs at most two macOS guests per host (Apple's
   # license allows two): a third sandbox gets ResourceExhausted naming the

@@ -20,6 +20,10 @@ import (
 // DefaultPath is where `macvz serve` looks for its configuration.
 const DefaultPath = "/etc/macvz/config.toml"
 
+// maxWarmPool bounds vm.warm_pool: each pooled VM holds memory and a VM
+// slot while it waits.
+const maxWarmPool = 8
+
 // Default is the configuration used for every key the file does not set.
 func Default() *Config {
 	return &Config{
@@ -196,6 +200,12 @@ func (c *Config) Validate() error {
 	}
 	if c.VM.WarmStates < 1 {
 		return bad("vm.warm_states", "must be at least 1 (turn warm starts off with vm.warm_start = false), got %d", c.VM.WarmStates)
+	}
+	if c.VM.WarmPool < 0 || c.VM.WarmPool > maxWarmPool {
+		return bad("vm.warm_pool", "must be 0 (none) to %d, got %d", maxWarmPool, c.VM.WarmPool)
+	}
+	if c.VM.WarmPool > 0 && !c.VM.WarmStart {
+		return bad("vm.warm_pool", "keeps VMs restored from saved states: it needs vm.warm_start = true")
 	}
 	if c.Node.Enabled && c.Node.Image == "" {
 		return bad("node.image", "the node VM needs a node image (make node-image)")

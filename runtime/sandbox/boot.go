@@ -46,7 +46,7 @@ type vmBoot struct {
 // restore drops that state and boots cold. ctrs are the resources of the
 // sandbox's containers, which size the VM when its spec does not. On
 // failure nothing of the boot is left. The caller holds the sandbox lock.
-func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestore.VMImage, ctrs []store.Resources) error {
+func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestore.VMImage, ctrs []store.Resources) (retErr error) {
 	b := &vmBoot{img: img}
 	b.cpus, b.mem = s.vmSize(store.SpecOf(*sb).Resources, ctrs, img.Descriptor)
 	if r := sb.Restore; r != nil {
@@ -75,6 +75,22 @@ func (s *Controller) Boot(ctx context.Context, sb *store.Sandbox, img *imagestor
 	if s.warm != nil && !store.SpecOf(*sb).NoAgent {
 		if b.key, b.mac, err = s.warmPlan(sb, b); err != nil {
 			return err
+		}
+	}
+	defer func() {
+		if retErr == nil {
+			s.notePoolable(ctx, *sb, b)
+		}
+	}()
+	if v := s.claimedPooled(sb.ID); v != nil {
+		err := s.bootPooled(ctx, sb, b, v)
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return err
+		case errors.Is(err, errPoolOtherVM):
+			sbLog(sb.ID).Info("the pooled VM the sandbox took is not its image's; restoring or booting one", "image", img.Image.Name)
+		default:
+			sbLog(sb.ID).Warn("the pooled VM could not be used; restoring or booting one", "err", err)
 		}
 	}
 	return s.retryExhausted(ctx, sb.ID, img.Descriptor.OS, func() error {
@@ -296,7 +312,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 				return err
 			}
 		}
-		if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS); err != nil {
+		if err := s.setupGuest(ctx, c.Agent(), store.SpecOf(*sb), sb.Network, prevMAC, img.Descriptor.OS, true); err != nil {
 			return err
 		}
 	}
@@ -378,6 +394,9 @@ const (
 	BootCold       = "cold"
 	BootWarm       = "warm"
 	BootCheckpoint = "checkpoint"
+	// BootPool: a VM of the warm pool (pool.go), restored before the
+	// sandbox asked.
+	BootPool = "pool"
 )
 
 // bootKind is how a boot brought its VM up: resumed from a pod
@@ -451,7 +470,7 @@ func reseedGuest(ctx context.Context, a agentapi.AgentClient) error {
 // attachment (a restored guest's NIC still has prevMAC), applies the
 // spec's hostname, sysctls and DNS config (the attachment's when the pod
 // has none) and mounts the shared directory.
-func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, n *store.Network, prevMAC, guestOS string) error {
+func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, n *store.Network, prevMAC, guestOS string, shares bool) error {
 	// The calls are independent: they go out at once, so a pod start
 	// waits for the slowest, not for their sum (each is a round trip
 	// through the emulated serial port).
@@ -490,18 +509,19 @@ func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spe
 			return nil
 		})
 	}
-	for _, sh := range append([]shareMount{
-		{sharedTag, guestSharedDirFor(guestOS), false},
-		{sharedROTag, guestSharedDirFor(guestOS) + "-ro", true},
-	}, s.moreShareMounts(spec, guestOS)...) {
-		g.Go(func() error {
-			if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
-				Tag: sh.tag, Fstype: shareFstype(s.cfg.Backend), Target: sh.target, CreateTarget: true, ReadOnly: sh.ro,
-			}); err != nil {
-				return fmt.Errorf("mounting the shared directory %s in the guest: %w", sh.tag, err)
-			}
-			return nil
-		})
+	if shares {
+		g.Go(func() error { return s.mountAllShares(ctx, a, spec, guestOS) })
+	}
+	return g.Wait()
+}
+
+// mountAllShares mounts the VM's shares in the guest (shareMounts), at
+// once. A pooled VM mounts them before its sandbox exists: their host
+// side is the sandbox directory, which is the pooled VM's.
+func (s *Controller) mountAllShares(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, guestOS string) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, sh := range s.shareMounts(spec, guestOS) {
+		g.Go(func() error { return s.mountShares(ctx, a, []shareMount{sh}) })
 	}
 	return g.Wait()
 }

@@ -30,6 +30,9 @@ type Config struct {
 	// WarmStates is how many are kept.
 	WarmDir    string
 	WarmStates int
+	// WarmPool is how many VMs restored from each saved state are kept
+	// ready (pool.go); 0 = none.
+	WarmPool int
 	// ShimBinary runs as `<ShimBinary> shim --dir`; "" = this executable.
 	ShimBinary   string
 	ShimLogLevel string
@@ -96,6 +99,8 @@ type Controller struct {
 
 	// warm keeps saved VM states for warm starts; nil when off.
 	warm *warmStore
+	// pool keeps VMs restored from them ready (pool.go); nil when off.
+	pool *warmPool
 	// hostBinds: the host has bind mounts (Linux), through which a
 	// volume of any container reaches the VM's shared directory; without
 	// them a vz VM boots with its volume share (volumes.go).
@@ -144,17 +149,23 @@ func New(ctx context.Context, cfg Config, d Deps) *Controller {
 		s.warm = newWarmStore(cfg.WarmDir, cfg.WarmStates, d.Snapshotter)
 	}
 	s.reconcile(ctx)
+	s.sweepPool(ctx)
 	s.collectNetworks(ctx)
 	if s.warm != nil {
 		s.warm.sweep(ctx)
 		s.warmHostCheck()
 	}
+	if cfg.WarmPool > 0 && s.warm != nil && cfg.Backend == "qemu" {
+		s.pool = newWarmPool(cfg.WarmPool)
+		go s.runPool()
+	}
 	return s
 }
 
-// Close drops the connections to the shims. The shims and their VMs keep
-// running: the next daemon re-attaches.
+// Close discards the pooled VMs and drops the connections to the shims.
+// The sandboxes' shims and VMs keep running: the next daemon re-attaches.
 func (s *Controller) Close() error {
+	s.closePool()
 	s.shimsMu.Lock()
 	defer s.shimsMu.Unlock()
 	var errs []error

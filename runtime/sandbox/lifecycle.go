@@ -35,6 +35,9 @@ func (s *Controller) create(ctx context.Context, sb store.Sandbox, img *imagesto
 		return sb, fmt.Errorf("sandbox %s has no spec: %w", sb.ID, errdefs.ErrInvalidArgument)
 	}
 	sb.Dir = s.Dir(sb.ID)
+	// A pooled VM fit for it gives the sandbox its ID, directory and
+	// disk clone (pool.go).
+	s.claimPooled(&sb, img)
 	sb.State = store.SandboxReady
 	sb.Creating = true
 	if sb.CreatedAt.IsZero() {
@@ -43,6 +46,7 @@ func (s *Controller) create(ctx context.Context, sb store.Sandbox, img *imagesto
 	unlock := s.Lock(sb.ID)
 	defer unlock()
 	if err := s.st.CreateSandbox(&sb); err != nil {
+		s.forgetPooled(context.WithoutCancel(ctx), sb)
 		return sb, err
 	}
 	defer func() {
@@ -147,6 +151,7 @@ func (s *Controller) ShutdownVM(ctx context.Context, id string, grace time.Durat
 // holds the sandbox lock (Create holds it for its undo).
 func (s *Controller) Remove(ctx context.Context, sb store.Sandbox) error {
 	s.ports.Stop(sb.ID)
+	s.forgetPooled(ctx, sb)
 	s.dropShim(sb.ID)
 	var errs []error
 	if err := s.shimProcs.Kill(ctx, sb.Dir); err != nil {
@@ -264,6 +269,7 @@ func (s *Controller) UnbindVolumes(sb store.Sandbox, cid string) error {
 // ForgetImage drops the saved VM states of an image (its manifest) that
 // is about to be removed: their disks are children of its base.
 func (s *Controller) ForgetImage(ctx context.Context, manifest digest.Digest) {
+	s.dropPooledImage(ctx, manifest)
 	if s.warm != nil {
 		s.warm.dropImage(ctx, manifest)
 	}

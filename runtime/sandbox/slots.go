@@ -142,6 +142,10 @@ func (s *Controller) reserveVM(sbID, os string) (slot int, release func(), err e
 			return 0, nil, fmt.Errorf("this host runs at most %d %s VMs at once (%s) and these sandboxes hold them: %s; kubelet retries once one stops (give the node maxPods: %d): %w",
 				limit, osLabel(os), key, strings.Join(holders, ", "), limit, errdefs.ErrResourceExhausted)
 		}
+		if os == "linux" {
+			// Pooled VMs hold no slot a sandbox needs.
+			s.poolEvict(len(holders))
+		}
 	}
 	if slot, err = s.freeSlot(os, sbID); err != nil {
 		return 0, nil, err

@@ -200,6 +200,10 @@ type WarmStatus struct {
 	Host string `json:"host,omitempty"`
 	// ColdImages are the images whose VMs boot cold, and why.
 	ColdImages map[string]string `json:"coldImages,omitempty"`
+	// Pool is vm.warm_pool when the pool is on; PoolReady maps the
+	// images it keeps VMs of to how many are ready.
+	Pool      int            `json:"pool,omitempty"`
+	PoolReady map[string]int `json:"poolReady,omitempty"`
 }
 
 // WarmStatus reports whether warm start is on, and where it is not.
@@ -216,6 +220,9 @@ func (s *Controller) WarmStatus() WarmStatus {
 		st.ColdImages[n.image] = n.why
 	}
 	s.warm.mu.Unlock()
+	if s.pool != nil {
+		st.Pool, st.PoolReady = s.pool.size, s.pool.readyByImage()
+	}
 	return st
 }
 

@@ -380,6 +380,10 @@ type Agent struct {
 	reseeds  int
 	noReseed bool
 	modWaits int
+	// procs are the guest processes CreateProcess made (by container
+	// ID), ran are those StartProcess ran: each exits 0 at once.
+	procs map[string]*agentapi.CreateProcessRequest
+	ran   []*agentapi.CreateProcessRequest
 }
 
 // Setup is what the guest was told so far.
@@ -399,6 +403,10 @@ type Setup struct {
 	// for the guest's modules (wait_modules).
 	Reseeds     int
 	ModuleWaits int
+	// Ran are the processes started through the agent itself (not the
+	// shim's StartProcess), in order; Live those not yet removed.
+	Ran  []*agentapi.CreateProcessRequest
+	Live int
 }
 
 // Setup returns the calls recorded so far.
@@ -412,7 +420,52 @@ func (a *Agent) Setup() Setup {
 		Signals: append([]string(nil), a.signals...), Unmounts: append([]string(nil), a.unmounts...),
 		Updates: append([]*agentapi.UpdateResourcesRequest(nil), a.updates...),
 		Reseeds: a.reseeds, ModuleWaits: a.modWaits,
+		Ran: append([]*agentapi.CreateProcessRequest(nil), a.ran...), Live: len(a.procs),
 	}
+}
+
+func procKey(id *agentapi.ProcessID) string { return id.GetContainerId() + "/" + id.GetExecId() }
+
+// CreateProcess records a process; StartProcess runs it (it exits 0 at
+// once), WaitProcess reports that, RemoveProcess forgets it.
+func (a *Agent) CreateProcess(ctx context.Context, r *agentapi.CreateProcessRequest) (*agentapi.CreateProcessResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.procs == nil {
+		a.procs = map[string]*agentapi.CreateProcessRequest{}
+	}
+	if a.procs[procKey(r.GetId())] != nil {
+		return nil, fmt.Errorf("process %s: %w", procKey(r.GetId()), errdefs.ErrAlreadyExists)
+	}
+	a.procs[procKey(r.GetId())] = r
+	return &agentapi.CreateProcessResponse{}, nil
+}
+
+func (a *Agent) StartProcess(ctx context.Context, r *agentapi.StartProcessRequest) (*agentapi.StartProcessResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.procs[procKey(r.GetId())]
+	if p == nil {
+		return nil, fmt.Errorf("process %s: %w", procKey(r.GetId()), errdefs.ErrNotFound)
+	}
+	a.ran = append(a.ran, p)
+	return &agentapi.StartProcessResponse{}, nil
+}
+
+func (a *Agent) WaitProcess(ctx context.Context, r *agentapi.WaitProcessRequest) (*agentapi.WaitProcessResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.procs[procKey(r.GetId())] == nil {
+		return nil, fmt.Errorf("process %s: %w", procKey(r.GetId()), errdefs.ErrNotFound)
+	}
+	return &agentapi.WaitProcessResponse{Status: &agentapi.ExitStatus{}}, nil
+}
+
+func (a *Agent) RemoveProcess(ctx context.Context, r *agentapi.RemoveProcessRequest) (*agentapi.RemoveProcessResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.procs, procKey(r.GetId()))
+	return &agentapi.RemoveProcessResponse{}, nil
 }
 
 // Info answers as a Linux guest whose modules are all loaded.

@@ -257,15 +257,17 @@ func (d *daemon) runtimeClient(t testing.TB) runtimeapi.RuntimeServiceClient {
 	return runtimeapi.NewRuntimeServiceClient(conn)
 }
 
-// removePodsAtEnd removes, when t ends and before the daemon stops,
-// every pod a test left (it failed half way), and fails t for any VM or
-// shim process still running under the daemon's state: shims are built
-// to outlive the daemon, so nothing else would stop them.
+// removePodsAtEnd removes, when t ends, every pod a test left (it
+// failed half way), stops the daemon (which discards its pooled VMs,
+// vm.warm_pool), and fails t for any VM or shim process still running
+// under the daemon's state: shims are built to outlive the daemon, so
+// nothing else would stop them.
 func (d *daemon) removePodsAtEnd(t testing.TB) {
 	t.Cleanup(func() {
 		if out, err := d.crictl("rmp", "-f", "-a"); err != nil {
 			t.Errorf("removing the pods left: %v\n%s", err, out)
 		}
+		d.stop()
 		for _, p := range processesUnder(d.state) {
 			t.Errorf("process left after every pod was removed: %s", p)
 			if pid, err := strconv.Atoi(strings.SplitN(p, ":", 2)[0]); err == nil {

@@ -460,7 +460,11 @@ func (s *Controller) poolBoot(ctx context.Context, shape poolShape) (_ *pooledVM
 	}
 	defer func() {
 		if retErr != nil {
-			s.discardPooled(context.WithoutCancel(ctx), v, "making it failed", nil)
+			why := "making it failed"
+			if ctx.Err() != nil {
+				why = "the pool closed while it was made"
+			}
+			s.discardPooled(context.WithoutCancel(ctx), v, why, nil)
 		}
 	}()
 	base := img.BaseDir

@@ -91,6 +91,8 @@ func (s *Controller) Stop(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	// A pooled VM it took and never booted in goes now, not at removal.
+	s.forgetPooled(ctx, sb)
 	if err := s.stopVM(ctx, sb, vmStopGrace, ""); err != nil {
 		return fmt.Errorf("sandbox %s: %w", sb.ID, err)
 	}

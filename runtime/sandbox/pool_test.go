@@ -245,3 +245,34 @@ func TestWarmPoolGuess(t *testing.T) {
 		t.Errorf("the marker outlived a wrong guess: %v", err)
 	}
 }
+
+// A sandbox that took a pooled VM and is stopped before its first
+// container starts gives the VM up at once.
+func TestWarmPoolStopBeforeBoot(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	shims := shimtest.New()
+	s, _ := newFakeController(t, t.TempDir(), shims, func(c *Config) { c.WarmPool = 1 })
+	img := testImage(t, s)
+	if _, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: poolSpec()}, img); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, s, 1)
+	pooled := shims.LastSpawn()
+	sb, err := s.Create(ctx, store.Sandbox{ID: "sb2", Name: "sb2", Spec: poolSpec()}, nil)
+	if err != nil || sb.ID != pooled.Spec.ID {
+		t.Fatalf("no pooled VM taken: %v", err)
+	}
+	if err := s.Stop(ctx, sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if shims.Running(pooled.Dir) != nil {
+		t.Error("the stopped sandbox's pooled VM runs on")
+	}
+	if _, err := s.sn.Stat(ctx, diskKey(sb.ID)); err == nil {
+		t.Error("the stopped sandbox's pooled disk clone is left")
+	}
+	if err := s.Remove(ctx, sb); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -116,6 +116,7 @@ func (s *Controller) Stop(ctx context.Context, id string) error {
 		s.stopped(sb.ID, "")
 	}
 	sbLog(sb.ID).Info("sandbox stopped")
+	s.pokePool() // its VM slot is free
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -644,6 +645,24 @@ func discardPooledDir(ctx context.Context, s *Controller, id, dir string, m pool
 	os.Remove(filepath.Join(dir, poolMarkerFile))
 }
 
+// readPoolMarker is the marker of pooled VM id, keeping only what a
+// pooled VM of that ID can have made: its own disk key and a tap of the
+// plugin's (the state directory is root's, but a marker never names
+// anything else to remove).
+func readPoolMarker(id string, b []byte) poolMarker {
+	var m poolMarker
+	if json.Unmarshal(b, &m) != nil {
+		return poolMarker{}
+	}
+	if m.Disk != diskKey(id) {
+		m.Disk = ""
+	}
+	if !strings.HasPrefix(m.Tap, netplugin.TapPrefix) {
+		m.Tap = ""
+	}
+	return m
+}
+
 // sweepPool discards the pooled VMs an earlier daemon left: directories
 // of StateDir with a marker and no sandbox record.
 func (s *Controller) sweepPool(ctx context.Context) {
@@ -660,11 +679,17 @@ func (s *Controller) sweepPool(ctx context.Context) {
 		if _, err := s.st.Sandbox(e.Name()); !errdefs.IsNotFound(err) {
 			continue // a sandbox took it; its marker outlived the take
 		}
-		var m poolMarker
-		json.Unmarshal(b, &m)
+		m := readPoolMarker(e.Name(), b)
 		log := sbLog(e.Name())
 		log.Info("discarding a pooled VM of the previous daemon")
 		discardPooledDir(ctx, s, e.Name(), dir, m, log)
+	}
+}
+
+// pokePool has the pool look for room to fill (a VM slot was freed).
+func (s *Controller) pokePool() {
+	if s.pool != nil {
+		s.pool.poke()
 	}
 }
 
@@ -687,8 +712,7 @@ func (s *Controller) forgetPooled(ctx context.Context, sb store.Sandbox) {
 	// A daemon that died between the claim and the boot: the marker
 	// still names the tap, which no ADD took if the sandbox has none.
 	if b, err := os.ReadFile(filepath.Join(sb.Dir, poolMarkerFile)); err == nil {
-		var m poolMarker
-		if json.Unmarshal(b, &m) == nil && m.Tap != "" && (sb.Network == nil || sb.Network.NIC.Device != m.Tap) {
+		if m := readPoolMarker(sb.ID, b); m.Tap != "" && (sb.Network == nil || sb.Network.NIC.Device != m.Tap) {
 			if err := netplugin.DeleteTap(m.Tap); err != nil {
 				sbLog(sb.ID).Warn("deleting the tap of the pooled VM the sandbox took", "err", err)
 			}

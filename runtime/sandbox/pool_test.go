@@ -276,3 +276,20 @@ func TestWarmPoolStopBeforeBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A marker names only what the pooled VM of its directory made: another
+// sandbox's disk or a device that is not the plugin's tap is never
+// removed for it.
+func TestReadPoolMarker(t *testing.T) {
+	b, _ := json.Marshal(poolMarker{Disk: diskKey("other"), Tap: "eth0"})
+	if m := readPoolMarker("mine", b); m.Disk != "" || m.Tap != "" {
+		t.Errorf("foreign names kept: %+v", m)
+	}
+	b, _ = json.Marshal(poolMarker{Disk: diskKey("mine"), Tap: "mvz0123456789a"})
+	if m := readPoolMarker("mine", b); m.Disk != diskKey("mine") || m.Tap != "mvz0123456789a" {
+		t.Errorf("own names dropped: %+v", m)
+	}
+	if m := readPoolMarker("mine", []byte("{not json")); m != (poolMarker{}) {
+		t.Errorf("garbage: %+v", m)
+	}
+}

@@ -523,32 +523,57 @@ func (s *Controller) poolBoot(ctx context.Context, shape poolShape) (_ *pooledVM
 	return v, nil
 }
 
-// warmUpID is the process a pooled VM runs once.
-var warmUpID = &agentapi.ProcessID{ContainerId: "macvz-pool-warmup"}
+// warmUpMain and warmUpExec are the processes a pooled VM runs once.
+var (
+	warmUpMain = &agentapi.ProcessID{ContainerId: "macvz-pool-warmup"}
+	warmUpExec = &agentapi.ProcessID{ContainerId: "macvz-pool-warmup", ExecId: "exec"}
+)
 
-// warmUpProcess runs one short process with a container's isolation
-// (its own mount namespace, masked and read-only paths, bounded
-// capabilities, the default seccomp profile), so that the agent's and
-// the exec helper's code for it has run once in this QEMU process.
-func warmUpProcess(ctx context.Context, a agentapi.AgentClient) error {
-	req := &agentapi.CreateProcessRequest{
-		Id: warmUpID, Argv: []string{"true"}, Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, Cwd: "/",
-		OwnMountNamespace: true, MaskedPaths: []string{"/proc/kcore"}, ReadonlyPaths: []string{"/proc/sys"},
-		RestrictCapabilities: true, Capabilities: []string{"CAP_CHOWN", "CAP_KILL"}, SeccompRuntimeDefault: true,
+// warmUpProcess runs what a pod's start runs in the guest, once: a
+// container's process with its isolation (its own mount namespace,
+// masked and read-only paths, bounded capabilities, the default seccomp
+// profile) and an exec in it (which joins that namespace), so that the
+// agent's and the exec helper's code for them has run in this QEMU
+// process. Both are gone when it returns.
+func warmUpProcess(ctx context.Context, a agentapi.AgentClient) (retErr error) {
+	defer func() {
+		if retErr != nil {
+			retErr = fmt.Errorf("the warm-up process: %w", retErr)
+		}
+	}()
+	iso := func(id *agentapi.ProcessID, argv ...string) *agentapi.CreateProcessRequest {
+		return &agentapi.CreateProcessRequest{
+			Id: id, Argv: argv, Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, Cwd: "/",
+			OwnMountNamespace: id.GetExecId() == "", MaskedPaths: []string{"/proc/kcore"}, ReadonlyPaths: []string{"/proc/sys"},
+			RestrictCapabilities: true, Capabilities: []string{"CAP_CHOWN", "CAP_KILL"}, SeccompRuntimeDefault: true,
+		}
 	}
-	if _, err := a.CreateProcess(ctx, req); err != nil {
-		return fmt.Errorf("the warm-up process: %w", err)
+	cleanup := context.WithoutCancel(ctx)
+	run := func(req *agentapi.CreateProcessRequest) error {
+		if _, err := a.CreateProcess(ctx, req); err != nil {
+			return err
+		}
+		_, err := a.StartProcess(ctx, &agentapi.StartProcessRequest{Id: req.Id})
+		return err
 	}
-	defer a.RemoveProcess(context.WithoutCancel(ctx), &agentapi.RemoveProcessRequest{Id: warmUpID})
-	if _, err := a.StartProcess(ctx, &agentapi.StartProcessRequest{Id: warmUpID}); err != nil {
-		return fmt.Errorf("the warm-up process: %w", err)
+	defer a.RemoveProcess(cleanup, &agentapi.RemoveProcessRequest{Id: warmUpMain})
+	if err := run(iso(warmUpMain, "sleep", "60")); err != nil {
+		return err
 	}
-	st, err := a.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: warmUpID})
+	defer func() {
+		a.SignalProcess(cleanup, &agentapi.SignalProcessRequest{Id: warmUpMain, Signal: 9, Group: true})
+		a.WaitProcess(cleanup, &agentapi.WaitProcessRequest{Id: warmUpMain})
+	}()
+	defer a.RemoveProcess(cleanup, &agentapi.RemoveProcessRequest{Id: warmUpExec})
+	if err := run(iso(warmUpExec, "true")); err != nil {
+		return err
+	}
+	st, err := a.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: warmUpExec})
 	if err != nil {
-		return fmt.Errorf("the warm-up process: %w", err)
+		return err
 	}
 	if c := st.GetStatus().GetExitCode(); c != 0 {
-		return fmt.Errorf("the warm-up process exited %d", c)
+		return fmt.Errorf("its exec exited %d", c)
 	}
 	return nil
 }

@@ -62,11 +62,14 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("the pooled VM's spec: %+v", pooled.Spec)
 	}
 	g := shims.Running(pooled.Dir).Guest.Setup()
-	if g.Reseeds != 1 || len(g.Mounts) != 2 || len(g.Ran) != 1 || g.Live != 0 || len(g.Network) != 0 || len(g.Hostnames) != 0 {
+	if g.Reseeds != 1 || len(g.Mounts) != 2 || len(g.Ran) != 2 || g.Live != 0 || len(g.Network) != 0 || len(g.Hostnames) != 0 {
 		t.Fatalf("the pooled VM's guest before a sandbox took it: %+v", g)
 	}
 	if w := g.Ran[0]; !w.GetOwnMountNamespace() || !w.GetRestrictCapabilities() || !w.GetSeccompRuntimeDefault() {
 		t.Errorf("the warm-up process runs without a container's isolation: %v", w)
+	}
+	if e := g.Ran[1]; e.GetId().GetContainerId() != g.Ran[0].GetId().GetContainerId() || e.GetId().GetExecId() == "" || !e.GetRestrictCapabilities() {
+		t.Errorf("the warm-up exec: %v", e)
 	}
 	if _, err := os.Stat(filepath.Join(pooled.Dir, poolMarkerFile)); err != nil {
 		t.Errorf("the pooled VM's directory is not marked: %v", err)

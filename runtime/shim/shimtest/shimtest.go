@@ -461,6 +461,16 @@ func (a *Agent) WaitProcess(ctx context.Context, r *agentapi.WaitProcessRequest)
 	return &agentapi.WaitProcessResponse{Status: &agentapi.ExitStatus{}}, nil
 }
 
+// SignalProcess: the fake's processes have exited already.
+func (a *Agent) SignalProcess(ctx context.Context, r *agentapi.SignalProcessRequest) (*agentapi.SignalProcessResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.procs[procKey(r.GetId())] == nil {
+		return nil, fmt.Errorf("process %s: %w", procKey(r.GetId()), errdefs.ErrNotFound)
+	}
+	return &agentapi.SignalProcessResponse{}, nil
+}
+
 func (a *Agent) RemoveProcess(ctx context.Context, r *agentapi.RemoveProcessRequest) (*agentapi.RemoveProcessResponse, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

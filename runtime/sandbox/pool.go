@@ -40,8 +40,9 @@ import (
 // the sandbox's. The tap is made as the network plugin's ADD makes one,
 // and the ADD at RunPodSandbox adopts it (netplugin.CreateTap): QEMU
 // stays attached. Its shared directories are mounted in the guest, and
-// one process has run through the exec helper. What the sandbox still
-// does is the CNI ADD and the guest's network, name and DNS.
+// one process and an exec in it have run through the exec helper. What
+// the sandbox still does is the CNI ADD and the guest's network, name
+// and DNS.
 //
 // Only Linux guests on QEMU are pooled: a macOS guest's saved state
 // belongs to one VM slot (warm.go), and a Mac runs two. Pooled VMs count

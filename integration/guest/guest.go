@@ -249,11 +249,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	// /bin/euid, the node image kubelet and what kubelet needs.
 	files := []File{{Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)}}
 	// The agent's exec helper (cmd/macvz-exec), where its flag looks.
-	helper := filepath.Join(o.Out, "macvz-exec")
-	if err := BuildStaticArch(ctx, arch, ExecHelperPackage, helper); err != nil {
-		return nil, err
-	}
-	helperBin, err := os.ReadFile(helper)
+	helperBin, err := buildInto(ctx, arch, ExecHelperPackage, filepath.Join(o.Out, "macvz-exec"))
 	if err != nil {
 		return nil, err
 	}
@@ -280,11 +276,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 		files = append(files, nf...)
 	} else {
-		euid := filepath.Join(o.Out, "euid")
-		if err := BuildStaticArch(ctx, arch, EUIDPackage, euid); err != nil {
-			return nil, err
-		}
-		euidBin, err := os.ReadFile(euid)
+		euidBin, err := buildInto(ctx, arch, EUIDPackage, filepath.Join(o.Out, "euid"))
 		if err != nil {
 			return nil, err
 		}
@@ -527,6 +519,14 @@ func BuildStaticArch(ctx context.Context, arch, pkg, out string, tags ...string)
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 	}
 	return nil
+}
+
+// buildInto builds pkg (BuildStaticArch) into out and returns its bytes.
+func buildInto(ctx context.Context, arch, pkg, out string) ([]byte, error) {
+	if err := BuildStaticArch(ctx, arch, pkg, out); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(out)
 }
 
 // hostArch is this host's architecture as the guest's packages name it.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/macvz/macvz/runtime/shim/shimtest"
 	"github.com/macvz/macvz/runtime/store"
+	"github.com/macvz/macvz/vmimage/imagestore"
 )
 
 // poolSpec is a host-network pod that forwards no port: one a pooled VM
@@ -18,6 +19,21 @@ func poolSpec() *store.SandboxSpec {
 	sp := testSpec()
 	sp.Ports = nil
 	return sp
+}
+
+// poolWithOne is a controller with warm_pool 1 whose pool holds a VM
+// of img: sandbox sb1 booted it.
+func poolWithOne(t *testing.T) (*Controller, *shimtest.Launcher, *imagestore.VMImage) {
+	t.Helper()
+	requireRoot(t)
+	shims := shimtest.New()
+	s, _ := newFakeController(t, t.TempDir(), shims, func(c *Config) { c.WarmPool = 1 })
+	img := testImage(t, s)
+	if _, err := s.Create(context.Background(), store.Sandbox{ID: "sb1", Name: "sb1", Spec: poolSpec()}, img); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, s, 1)
+	return s, shims, img
 }
 
 func waitPoolReady(t *testing.T, s *Controller, want int) {
@@ -199,15 +215,8 @@ func TestWarmPoolClaimUndone(t *testing.T) {
 // uses it when the image is that one, and discards it and boots as
 // usual when it is another.
 func TestWarmPoolGuess(t *testing.T) {
-	requireRoot(t)
 	ctx := context.Background()
-	shims := shimtest.New()
-	s, _ := newFakeController(t, t.TempDir(), shims, func(c *Config) { c.WarmPool = 1 })
-	img := testImage(t, s)
-	if _, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: poolSpec()}, img); err != nil {
-		t.Fatal(err)
-	}
-	waitPoolReady(t, s, 1)
+	s, shims, img := poolWithOne(t)
 	pooled := shims.LastSpawn()
 	sb, err := s.Create(ctx, store.Sandbox{ID: "sb2", Name: "sb2", Spec: poolSpec()}, nil)
 	if err != nil {
@@ -252,15 +261,8 @@ func TestWarmPoolGuess(t *testing.T) {
 // A sandbox that took a pooled VM and is stopped before its first
 // container starts gives the VM up at once.
 func TestWarmPoolStopBeforeBoot(t *testing.T) {
-	requireRoot(t)
 	ctx := context.Background()
-	shims := shimtest.New()
-	s, _ := newFakeController(t, t.TempDir(), shims, func(c *Config) { c.WarmPool = 1 })
-	img := testImage(t, s)
-	if _, err := s.Create(ctx, store.Sandbox{ID: "sb1", Name: "sb1", Spec: poolSpec()}, img); err != nil {
-		t.Fatal(err)
-	}
-	waitPoolReady(t, s, 1)
+	s, shims, _ := poolWithOne(t)
 	pooled := shims.LastSpawn()
 	sb, err := s.Create(ctx, store.Sandbox{ID: "sb2", Name: "sb2", Spec: poolSpec()}, nil)
 	if err != nil || sb.ID != pooled.Spec.ID {

@@ -379,6 +379,7 @@ func (s *Controller) runPool() {
 			return
 		case <-s.pool.wake:
 		}
+		s.prunePool(ctx)
 		for ctx.Err() == nil {
 			shape, ok := s.pool.next()
 			if !ok || !s.poolRoom() {
@@ -396,6 +397,15 @@ func (s *Controller) runPool() {
 				s.discardPooled(context.Background(), v, "the pool closed or no longer keeps its image", nil)
 			}
 		}
+	}
+}
+
+// prunePool discards the VMs of saved states that are gone (evicted
+// beyond vm.warm_states, dropped with their image or after a failed
+// restore), so the pool holds VMs of at most the states kept.
+func (s *Controller) prunePool(ctx context.Context) {
+	for _, v := range s.pool.drain(func(sh poolShape) bool { return !s.warm.has(sh.key) }) {
+		s.discardPooled(ctx, v, "its saved state is gone", nil)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -296,5 +297,28 @@ func TestReadPoolMarker(t *testing.T) {
 	}
 	if m := readPoolMarker("mine", []byte("{not json")); m != (poolMarker{}) {
 		t.Errorf("garbage: %+v", m)
+	}
+}
+
+// The pool holds VMs of the saved states that are kept: when a state
+// goes (evicted, its image removed), its pooled VMs go at the pool's
+// next look.
+func TestWarmPoolPrunesGoneStates(t *testing.T) {
+	s, shims, _ := poolWithOne(t)
+	pooled := shims.LastSpawn()
+	ents, _ := os.ReadDir(s.cfg.WarmDir)
+	for _, e := range ents {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			s.warm.drop(context.Background(), e.Name(), "the test drops it")
+		}
+	}
+	s.pokePool()
+	waitPoolReady(t, s, 0)
+	deadline := time.Now().Add(5 * time.Second)
+	for shims.Running(pooled.Dir) != nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if shims.Running(pooled.Dir) != nil {
+		t.Error("the pooled VM of a dropped state runs on")
 	}
 }

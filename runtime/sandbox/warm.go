@@ -241,6 +241,12 @@ func (s *Controller) warmHostCheck() {
 // warmSnapshotPrefix names the committed snapshots of saved disks.
 const warmSnapshotPrefix = "macvz.warm/"
 
+// has says whether key has a saved state, without marking it used.
+func (w *warmStore) has(key string) bool {
+	_, err := os.Stat(filepath.Join(w.dir, key, "meta.json"))
+	return err == nil
+}
+
 // lookup returns the saved state of key, nil when there is none.
 func (w *warmStore) lookup(key string) *warmState {
 	dir := filepath.Join(w.dir, key)

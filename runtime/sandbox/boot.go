@@ -135,7 +135,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	// record that reconcile and RemovePodSandbox clean up.
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.Disk = key
-		r.VMImage, r.VMContent, r.VMOS, r.VMSlot = img.Image.ID(), img.Content, img.Descriptor.OS, b.slot
+		b.recordVM(r)
 		if b.mac != "" && r.Network != nil {
 			r.Network.NIC.MAC = b.mac
 		}
@@ -149,17 +149,10 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 		if retErr == nil {
 			return
 		}
-		cctx := context.WithoutCancel(ctx)
 		s.dropShim(sb.ID)
-		if err := s.shimProcs.Kill(cctx, sb.Dir); err != nil {
-			log.Warn("killing the shim of a failed boot", "err", err)
-		}
-		removeVMSockets(sb.Dir)
+		s.endVM(context.WithoutCancel(ctx), sb.Dir, key, log)
 		if key == "" {
 			return
-		}
-		if err := s.sn.Remove(cctx, key); err != nil && !errdefs.IsNotFound(err) {
-			log.Warn("removing the disk clone of a failed boot", "err", err)
 		}
 		if r, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error { r.Disk = ""; return nil }); err == nil {
 			*sb = r
@@ -318,11 +311,8 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	}
 	setup := time.Since(setupStart)
 	rec, err = s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
-		r.VMStarted = true
 		r.Restore = nil
-		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget, r.GuestCPUQuota = b.cpus, b.mem, 0, 0
-		r.VMBoot, r.VMBootedAt = bootKind(b, ws), time.Now()
-		r.VMMinMemory = wholeMiB(img.Descriptor.MinMemoryBytes)
+		b.recordBooted(r, bootKind(b, ws))
 		return nil
 	})
 	if err != nil {
@@ -387,6 +377,35 @@ func bootPhases(prepared, spawned, booted, saved, setup time.Duration, resp *shi
 		out = append(out, "phaseSave", ms(saved))
 	}
 	return append(out, "phaseSetup", ms(setup))
+}
+
+// recordVM records in a sandbox which VM it boots and in which slot.
+func (b *vmBoot) recordVM(r *store.Sandbox) {
+	r.VMImage, r.VMContent, r.VMOS, r.VMSlot = b.img.Image.ID(), b.img.Content, b.img.Descriptor.OS, b.slot
+}
+
+// recordBooted records in a sandbox that its VM runs, how it came up
+// (a boot kind) and its size.
+func (b *vmBoot) recordBooted(r *store.Sandbox, kind string) {
+	r.VMStarted = true
+	r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget, r.GuestCPUQuota = b.cpus, b.mem, 0, 0
+	r.VMBoot, r.VMBootedAt = kind, time.Now()
+	r.VMMinMemory = wholeMiB(b.img.Descriptor.MinMemoryBytes)
+}
+
+// endVM kills the shim and VM of dir, removes their sockets and, when
+// disk is set, the disk clone: what a boot that failed, or a pooled VM
+// given up, leaves.
+func (s *Controller) endVM(ctx context.Context, dir, disk string, log *slog.Logger) {
+	if err := s.shimProcs.Kill(ctx, dir); err != nil {
+		log.Warn("killing the shim", "err", err)
+	}
+	removeVMSockets(dir)
+	if disk != "" {
+		if err := s.sn.Remove(ctx, disk); err != nil && !errdefs.IsNotFound(err) {
+			log.Warn("removing the disk clone", "err", err)
+		}
+	}
 }
 
 // Boot kinds, as store.Sandbox.VMBoot records them.

@@ -620,11 +620,8 @@ func (s *Controller) bootPooled(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	}
 	rec, err := s.st.UpdateSandbox(sb.ID, func(r *store.Sandbox) error {
 		r.Disk = v.disk
-		r.VMImage, r.VMContent, r.VMOS, r.VMSlot = b.img.Image.ID(), b.img.Content, b.img.Descriptor.OS, b.slot
-		r.VMStarted = true
-		r.VMCPUs, r.VMMemoryBytes, r.VMMemoryTarget, r.GuestCPUQuota = b.cpus, b.mem, 0, 0
-		r.VMBoot, r.VMBootedAt = BootPool, time.Now()
-		r.VMMinMemory = wholeMiB(b.img.Descriptor.MinMemoryBytes)
+		b.recordVM(r)
+		b.recordBooted(r, BootPool)
 		return nil
 	})
 	if err != nil {
@@ -658,18 +655,10 @@ func (s *Controller) discardPooled(ctx context.Context, v *pooledVM, why string,
 
 // discardPooledDir is discardPooled from what the directory's marker says.
 func discardPooledDir(ctx context.Context, s *Controller, id, dir string, m poolMarker, log *slog.Logger) {
-	if err := s.shimProcs.Kill(ctx, dir); err != nil {
-		log.Warn("killing a pooled VM's shim", "err", err)
-	}
-	removeVMSockets(dir)
+	s.endVM(ctx, dir, m.Disk, log)
 	if m.Tap != "" {
 		if err := netplugin.DeleteTap(m.Tap); err != nil {
 			log.Warn("deleting a pooled VM's tap", "err", err)
-		}
-	}
-	if m.Disk != "" {
-		if err := s.sn.Remove(ctx, m.Disk); err != nil && !errdefs.IsNotFound(err) {
-			log.Warn("removing a pooled VM's disk clone", "err", err)
 		}
 	}
 	if _, err := s.st.Sandbox(id); errdefs.IsNotFound(err) {

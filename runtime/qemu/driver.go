@@ -19,7 +19,7 @@
 //     user-mode networking, all on PCI (PCIe on virt). vhost is never
 //     requested;
 //   - amd64: qboot as the firmware when it is installed beside QEMU
-//     (qbootFor), else SeaBIOS. Only amd64 guests are restored from a
+//     (QbootFor), else SeaBIOS. Only amd64 guests are restored from a
 //     saved state (Restorable, which Validate applies to
 //     Spec.RestoreFrom); the runtime reseeds a restored guest's RNG
 //     through its agent (there is no vmgenid device).
@@ -457,13 +457,13 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) 
 	c.binary = bin
 	c.accel = d.resolveAccel(c.accel, c.arch)
 	if c.arch == ArchAMD64 {
-		c.firmware = qbootFor(bin)
+		c.firmware = QbootFor(bin)
 	}
 	s := *spec
 	return newMachine(&s, c), nil
 }
 
-// qbootFor is the qboot firmware installed beside the QEMU binary bin
+// QbootFor is the qboot firmware installed beside the QEMU binary bin
 // (<prefix>/share/qemu/qboot.rom: Debian's qemu-system-data, Homebrew's
 // qemu), or "" when there is none. qboot only loads the kernel QEMU was
 // given and jumps to it: an amd64 guest reaches its agent about 200 ms
@@ -471,7 +471,7 @@ func (d *Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) 
 // option ROMs to boot from. It has no vmgenid (it cannot write the
 // pointer QEMU's ACPI linker asks for), so a restored guest learns that
 // it must reseed its RNG from the host instead (agent Reseed).
-func qbootFor(bin string) string {
+func QbootFor(bin string) string {
 	p := filepath.Join(filepath.Dir(bin), "..", "share", "qemu", "qboot.rom")
 	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
 		return filepath.Clean(p)

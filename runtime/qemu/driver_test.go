@@ -355,14 +355,14 @@ func TestRestorable(t *testing.T) {
 func TestQbootFor(t *testing.T) {
 	root := t.TempDir()
 	bin := filepath.Join(root, "bin", "qemu-system-x86_64")
-	if got := qbootFor(bin); got != "" {
+	if got := QbootFor(bin); got != "" {
 		t.Errorf("no firmware installed: %q", got)
 	}
 	share := filepath.Join(root, "share", "qemu")
 	if err := os.MkdirAll(filepath.Join(share, "qboot.rom"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if got := qbootFor(bin); got != "" {
+	if got := QbootFor(bin); got != "" {
 		t.Errorf("a directory named qboot.rom: %q", got)
 	}
 	if err := os.Remove(filepath.Join(share, "qboot.rom")); err != nil {
@@ -371,8 +371,8 @@ func TestQbootFor(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(share, "qboot.rom"), []byte("rom"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := qbootFor(bin), filepath.Join(share, "qboot.rom"); got != want {
-		t.Errorf("qbootFor = %q, want %q", got, want)
+	if got, want := QbootFor(bin), filepath.Join(share, "qboot.rom"); got != want {
+		t.Errorf("QbootFor = %q, want %q", got, want)
 	}
 }
 

@@ -52,6 +52,11 @@ func (w *window) room(n int) {
 func (w *window) decompress(src []byte, n int) error {
 	dst := w.buf[w.pos : w.pos+n : w.pos+n]
 	dict := w.buf[max(0, w.pos-HistorySize):w.pos]
+	if zeroBlock(src, n, dict) {
+		clear(dst)
+		w.pos += n
+		return nil
+	}
 	got, err := lz4.UncompressBlockWithDict(src, dst, dict)
 	if err != nil {
 		return err

@@ -416,3 +416,81 @@ func TestAbortStopsDecoders(t *testing.T) {
 		t.Fatal("Close after Abort succeeded")
 	}
 }
+
+// TestTartSameChunks: a disk's identical chunks (free space) are one
+// layer digest; once one of them has decoded to zeros and passed its
+// checks the others are not decoded again (their bytes could be anything
+// here and the disk still comes out right), while identical chunks that
+// hold data are each decoded.
+func TestTartSameChunks(t *testing.T) {
+	const chunk = 1 << 20
+	data := testimage.DiskPattern(7, chunk)
+	for i := range data[:16] {
+		data[i] = byte(i + 1) // not all zeros, whatever the pattern
+	}
+	// data, zeros, data, zeros, zeros, data (the same chunk thrice).
+	disk := bytes.Join([][]byte{data, make([]byte, chunk), data, make([]byte, 2*chunk), data}, nil)
+	img := mustImage(t)(testimage.Tart(testimage.TartOptions{Disk: disk, ChunkSize: chunk}))
+	m := manifestOf(t, img)
+	var chunks []int
+	for i, l := range m.Layers {
+		if l.MediaType == vmimage.MediaTypeTartDiskV2 {
+			chunks = append(chunks, i)
+		}
+	}
+	if len(chunks) != 6 || m.Layers[chunks[1]].Digest != m.Layers[chunks[3]].Digest || m.Layers[chunks[0]].Digest != m.Layers[chunks[2]].Digest {
+		t.Fatalf("chunks %v: want 6, the zero ones one digest, the data ones another", chunks)
+	}
+
+	// In order, one at a time: the later zero chunks get garbage.
+	dir := t.TempDir()
+	u, err := vmimage.Detect(m).NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir, vmimage.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(i int, b []byte) error {
+		w, err := u.Layer(i)
+		if err != nil {
+			return err
+		}
+		_, werr := w.Write(b)
+		if err := w.Close(); err != nil {
+			return err
+		}
+		return werr
+	}
+	for i := range m.Layers {
+		b := blobData(img, m.Layers[i].Digest)
+		if i == chunks[3] || i == chunks[4] {
+			b = bytes.Repeat([]byte("not LZ4 "), 100)
+		}
+		if err := write(i, b); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+	}
+	if err := u.Finish(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, filepath.Join(dir, vmimage.DiskFile), disk)
+
+	// A data chunk's twin is decoded: garbage for it fails.
+	dir2 := t.TempDir()
+	u, err = vmimage.Detect(m).NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir2, vmimage.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Abort()
+	if err := write(chunks[0], blobData(img, m.Layers[chunks[0]].Digest)); err != nil {
+		t.Fatal(err)
+	}
+	if err := write(chunks[2], bytes.Repeat([]byte("not LZ4 "), 100)); err == nil {
+		t.Fatal("garbage for a data chunk's twin was accepted")
+	}
+
+	// All at once, as a pull writes them: the twins wait for the first.
+	dir3 := t.TempDir()
+	if err := unpack(t, img, dir3); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, filepath.Join(dir3, vmimage.DiskFile), disk)
+}

@@ -205,6 +205,7 @@ type sparseWriter struct {
 	h      hash.Hash
 	b      *budget // the image's cap and free-space checks
 	what   string  // the layer, for errors
+	wrote  bool    // a non-zero run was written: the layer is not all zeros
 }
 
 func (s *sparseWriter) Write(p []byte) (int, error) {
@@ -268,6 +269,7 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 				if _, err := s.f.WriteAt(p[run:i], off+int64(run)); err != nil {
 					return err
 				}
+				s.wrote = true
 				run = -1
 			}
 		} else if run < 0 {
@@ -279,6 +281,7 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 		if _, err := s.f.WriteAt(p[run:], off+int64(run)); err != nil {
 			return err
 		}
+		s.wrote = true
 	}
 	return nil
 }

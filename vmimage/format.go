@@ -61,12 +61,8 @@ type Unpacker interface {
 	// layer's blob bytes, in order, exactly once, and then calls Close,
 	// which reports decoding and verification errors (uncompressed size
 	// and digest where the format records them). Writers for different
-	// layers may be used concurrently from different goroutines, and
-	// each layer must be written in a goroutine of its own: a layer's
-	// first Write may wait until an earlier-opened layer of the same
-	// content is closed (a Tart disk's identical chunks: see
-	// tartUnpacker). A layer that carries nothing to unpack returns an
-	// io.Discard-like writer.
+	// layers may be used concurrently from different goroutines. A layer
+	// that carries nothing to unpack returns an io.Discard-like writer.
 	Layer(i int) (io.WriteCloser, error)
 	// Finish runs after every layer writer closed without error. It writes
 	// Descriptor (vm.json) into dir.

@@ -487,10 +487,72 @@ func TestTartSameChunks(t *testing.T) {
 		t.Fatal("garbage for a data chunk's twin was accepted")
 	}
 
-	// All at once, as a pull writes them: the twins wait for the first.
+	// A twin never waits for the first: written and closed before the
+	// first gets a byte (its download may be the one the first's waits
+	// for), it decodes on its own.
 	dir3 := t.TempDir()
-	if err := unpack(t, img, dir3); err != nil {
+	u, err = vmimage.Detect(m).NewUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir3, vmimage.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Abort()
+	zero := blobData(img, m.Layers[chunks[1]].Digest)
+	w1, err := u.Layer(chunks[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- write(chunks[3], zero) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the twin written first: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the twin waits for the first layer of its content")
+	}
+	// One that has begun when the first turns out zeros stops decoding:
+	// the rest of its bytes are not read.
+	w4, err := u.Layer(chunks[4])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w4.Write(zero[:len(zero)/2]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w1.Write(zero); err != nil {
+		t.Fatal(err)
+	}
+	if err := w1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w4.Write(bytes.Repeat([]byte("not LZ4 "), 100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w4.Close(); err != nil {
+		t.Fatalf("the twin that stopped decoding: %v", err)
+	}
+	for _, i := range []int{0, 2, 5} {
+		if err := write(chunks[i], blobData(img, m.Layers[chunks[i]].Digest)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, l := range m.Layers {
+		if l.MediaType != vmimage.MediaTypeTartDiskV2 {
+			if err := write(i, blobData(img, l.Digest)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := u.Finish(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	checkFile(t, filepath.Join(dir3, vmimage.DiskFile), disk)
+
+	// All at once, as a pull writes them.
+	dir4 := t.TempDir()
+	if err := unpack(t, img, dir4); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, filepath.Join(dir4, vmimage.DiskFile), disk)
 }

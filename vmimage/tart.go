@@ -125,9 +125,9 @@ type tartUnpacker struct {
 	// chunks are the disk layers by content, the first opened of each.
 	// A disk's free space is many identical chunks (one layer digest for
 	// every all-zero chunk of a size): once one of them has decoded to
-	// zeros and passed its checks, the others are left as the holes they
-	// already are, instead of each being decoded and hashed again (0.4
-	// CPU-s per 512 MiB chunk).
+	// zeros and passed its checks, the others stop decoding and are left
+	// as the holes they already are, instead of each being decoded and
+	// hashed again (0.4 CPU-s per 512 MiB chunk).
 	chunkMu sync.Mutex
 	chunks  map[chunkKey]*firstChunk
 }
@@ -143,7 +143,11 @@ type chunkKey struct {
 // firstChunk is the first opened disk layer of its content.
 type firstChunk struct {
 	done chan struct{} // closed when its writer closed
-	zero bool          // it decoded to zeros only, and passed its checks
+	// zero: it decoded to zeros only and passed its checks. The key's
+	// uncompressed size and digest then say that any layer of the key
+	// decodes to zeros, if it decodes at all (and its blob's digest,
+	// checked by the content store, says it does).
+	zero bool
 }
 
 func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error) {
@@ -250,29 +254,27 @@ func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {
 			u.chunks[key] = mine
 		}
 		u.chunkMu.Unlock()
-		decode := func() *layerWriter {
-			h, _ := newHash(i, desc, l.digest)
-			sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
-			dec := applelz4.NewDecoder(sw)
-			dec.SetLimit(l.size)
-			return &layerWriter{w: dec, i: i, t: u.t, finish: func() error {
-				err := dec.Close()
-				if err != nil {
-					err = decodeErr(layerName(i, desc), err)
-				} else {
-					err = sw.verify(layerName(i, desc), l.size, l.digest)
-				}
-				if mine != nil {
-					mine.zero = err == nil && !sw.wrote
-					close(mine.done)
-				}
-				return err
-			}}
-		}
-		if first == nil {
-			return decode(), nil
-		}
-		return &sameChunk{first: first, decode: decode, skip: func() *layerWriter { return u.t.discard(i).(*layerWriter) }}, nil
+		h, _ := newHash(i, desc, l.digest)
+		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
+		dec := applelz4.NewDecoder(sw)
+		dec.SetLimit(l.size)
+		cw := &chunkWriter{dec: dec, first: first}
+		return &layerWriter{w: cw, i: i, t: u.t, finish: func() error {
+			if cw.skipped {
+				return nil
+			}
+			err := dec.Close()
+			if err != nil {
+				err = decodeErr(layerName(i, desc), err)
+			} else {
+				err = sw.verify(layerName(i, desc), l.size, l.digest)
+			}
+			if mine != nil {
+				mine.zero = err == nil && !sw.wrote
+				close(mine.done)
+			}
+			return err
+		}}, nil
 	}
 	return u.t.discard(i), nil
 }
@@ -308,32 +310,31 @@ func (u *tartUnpacker) Abort() {
 	u.disk.Close()
 }
 
-// sameChunk writes a disk layer of the same content as an earlier-opened
-// one (first): it waits, at its first Write or its Close, until first is
-// closed, then is nothing when first decoded to zeros and passed its
-// checks (its range of the disk is holes, which read as zeros), else the
-// layer's own decoding writer. Its blob's bytes are the first's: the
-// content store checked them against the same digest.
-type sameChunk struct {
-	first        *firstChunk
-	decode, skip func() *layerWriter
-	w            *layerWriter
+// chunkWriter decodes a disk layer, unless an earlier-opened layer of the
+// same content (first) has decoded to zeros and passed its checks: from
+// then on it takes the rest of its bytes without decoding them, its
+// range of the disk being holes, which read as zeros. It never waits for
+// first: a layer may be the one whose download the first's waits for
+// (the content store lets one ingest of a blob run at a time).
+type chunkWriter struct {
+	dec     *applelz4.Decoder
+	first   *firstChunk // nil for the first of its content
+	skipped bool
 }
 
-func (s *sameChunk) pick() *layerWriter {
-	if s.w == nil {
-		<-s.first.done
-		if s.first.zero {
-			s.w = s.skip()
-		} else {
-			s.w = s.decode()
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	if !c.skipped && c.first != nil {
+		select {
+		case <-c.first.done:
+			c.skipped = c.first.zero
+		default:
 		}
 	}
-	return s.w
+	if c.skipped {
+		return len(p), nil
+	}
+	return c.dec.Write(p)
 }
-
-func (s *sameChunk) Write(p []byte) (int, error) { return s.pick().Write(p) }
-func (s *sameChunk) Close() error                { return s.pick().Close() }
 
 // tartDescriptor checks a Tart VM config and makes the descriptor.
 func tartDescriptor(b []byte) (*Descriptor, error) {

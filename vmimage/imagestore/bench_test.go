@@ -57,6 +57,8 @@ var (
 	// registry end sends at most linkRate (tc tbf): a real link's
 	// bandwidth, for BenchmarkPullTartLink.
 	benchLink benchRegistry
+	// benchFree's image is a disk mostly free (BenchmarkPullTartFreeSpace).
+	benchFree benchRegistry
 )
 
 const (
@@ -66,7 +68,7 @@ const (
 )
 
 func stopBenchRegistry() {
-	for _, r := range []*benchRegistry{&benchImage, &benchLink} {
+	for _, r := range []*benchRegistry{&benchImage, &benchLink, &benchFree} {
 		if c := r.child; c != nil {
 			// Closing its stdin stops the child, which then removes its
 			// registry's directory (400 MB of blobs); killed, it would
@@ -93,7 +95,7 @@ type benchRegistryInfo struct {
 	Blobs    []ocispec.Descriptor
 }
 
-func setupBenchImage() { benchImage.start(nil, "") }
+func setupBenchImage() { benchImage.start(nil, "", "pattern") }
 
 // setupBenchLink makes the shaped link and starts the registry behind it.
 func setupBenchLink() {
@@ -127,7 +129,7 @@ func setupBenchLink() {
 			return
 		}
 	}
-	benchLink.start([]string{"ip", "netns", "exec", ns}, "10.251.0.2:0")
+	benchLink.start([]string{"ip", "netns", "exec", ns}, "10.251.0.2:0", "pattern")
 }
 
 type errSkip string
@@ -135,12 +137,13 @@ type errSkip string
 func (e errSkip) Error() string { return string(e) }
 
 // start runs the child registry (through wrap: ip netns exec) listening
-// on addr ("" = loopback) and reads what it serves.
-func (r *benchRegistry) start(wrap []string, addr string) {
+// on addr ("" = loopback) with the disk kind names (serveBenchRegistry)
+// and reads what it serves.
+func (r *benchRegistry) start(wrap []string, addr, kind string) {
 	start := time.Now()
 	argv := append(wrap, os.Args[0])
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), benchRegistryEnv+"=1", benchRegistryAddrEnv+"="+addr)
+	cmd.Env = append(os.Environ(), benchRegistryEnv+"="+kind, benchRegistryAddrEnv+"="+addr)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -176,7 +179,14 @@ func serveBenchRegistry() int {
 	// DiskPattern (the default disk) is a used disk: about 40% zero runs
 	// (holes), 25% random bytes (stored as uncompressed blocks) and 35%
 	// text (compressed blocks).
-	img, err := testimage.Tart(testimage.TartOptions{Seed: 42, DiskSize: benchDiskSize, ChunkSize: benchChunkSize})
+	opts := testimage.TartOptions{Seed: 42, DiskSize: benchDiskSize, ChunkSize: benchChunkSize}
+	if os.Getenv(benchRegistryEnv) == "free" {
+		// The first chunk used, the other fifteen free space (zeros: one
+		// layer, as a macOS disk's free space is).
+		opts.Disk = make([]byte, benchDiskSize)
+		copy(opts.Disk, testimage.DiskPattern(42, benchChunkSize))
+	}
+	img, err := testimage.Tart(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -232,6 +242,14 @@ func BenchmarkPullTartLink(b *testing.B) {
 		b.Skip(string(skip))
 	}
 	benchPull(b, &benchLink)
+}
+
+// BenchmarkPullTartFreeSpace is BenchmarkPullTart for a disk of which
+// one 64 MiB chunk holds data and the other fifteen are free space
+// (zeros, one layer digest), over loopback.
+func BenchmarkPullTartFreeSpace(b *testing.B) {
+	benchFree.once.Do(func() { benchFree.start(nil, "", "free") })
+	benchPull(b, &benchFree)
 }
 
 func benchPull(b *testing.B, reg *benchRegistry) {

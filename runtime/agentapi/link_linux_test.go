@@ -12,18 +12,17 @@ import (
 
 // hellosRead counts the HELLO frames that arrive on c until it has been
 // quiet for a while.
-func hellosRead(t *testing.T, c net.Conn) int {
-	t.Helper()
+func hellosRead(c net.Conn) (int, error) {
 	fr := newFrameReader(c)
 	n := 0
 	for {
 		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		f, err := fr.next()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return n
+			return n, nil
 		}
 		if err != nil {
-			t.Fatal(err)
+			return n, err
 		}
 		if f.typ == frameHello {
 			n++
@@ -66,19 +65,26 @@ func TestLinkClientHoldsUnreadHello(t *testing.T) {
 	if _, err := LinkClient(ctx, host, 10*time.Millisecond); err == nil {
 		t.Fatal("LinkClient succeeded without a WELCOME")
 	}
-	if n := hellosRead(t, guest); n != 1 {
-		t.Fatalf("the unread port got %d HELLOs in 150 ms of 10 ms retries; want 1", n)
+	if n, err := hellosRead(guest); err != nil || n != 1 {
+		t.Fatalf("the unread port got %d HELLOs in 150 ms of 10 ms retries (%v); want 1", n, err)
 	}
 
 	host2, guest2 := unixPair(t)
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	defer cancel2()
-	done := make(chan int)
-	go func() { done <- hellosRead(t, guest2) }()
+	type count struct {
+		n   int
+		err error
+	}
+	done := make(chan count)
+	go func() {
+		n, err := hellosRead(guest2)
+		done <- count{n, err}
+	}()
 	if _, err := LinkClient(ctx2, host2, 5*time.Millisecond); err == nil {
 		t.Fatal("LinkClient succeeded without a WELCOME")
 	}
-	if n := <-done; n < 3 {
-		t.Fatalf("a port that reads and drops got %d HELLOs in 150 ms of 5 ms retries; want them repeated", n)
+	if c := <-done; c.err != nil || c.n < 3 {
+		t.Fatalf("a port that reads and drops got %d HELLOs in 150 ms of 5 ms retries (%v); want them repeated", c.n, c.err)
 	}
 }

@@ -49,8 +49,8 @@ func BenchmarkPodStart(b *testing.B) {
 		bare = append(bare, bareBoot(b, v.kernel, v.initrd, ""))
 	}
 	// The same through the firmware the driver boots with (qboot when it
-	// is installed, qemu.QbootFor): SeaBIOS, QEMU's default, is 100-200
-	// ms slower, which the first ratio counts as macvz's gain.
+	// is installed, qemu.QbootFor): SeaBIOS, QEMU's default, is 0.1-0.4
+	// s slower here, which the first ratio counts as macvz's gain.
 	var bareQboot []time.Duration
 	if bin, err := exec.LookPath("qemu-system-x86_64"); err == nil {
 		if fw := qemu.QbootFor(bin); fw != "" {

@@ -163,7 +163,8 @@ func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []
 	if f := m.Annotations[LabelTartDiskFormat]; f != "" && f != "raw" {
 		return nil, notImplementedf("Tart disk format %q (annotation %s): only raw disks are supported", f, LabelTartDiskFormat)
 	}
-	u := &tartUnpacker{dir: dir, m: m, layers: make([]tartLayer, len(m.Layers)), t: newTracker(len(m.Layers)), b: newBudget(dir, lim)}
+	u := &tartUnpacker{dir: dir, m: m, layers: make([]tartLayer, len(m.Layers)), t: newTracker(len(m.Layers)), b: newBudget(dir, lim),
+		chunks: map[chunkKey]*firstChunk{}}
 	sizes := map[int]int64{}
 	var configs, nvrams, chunks int
 	for i, l := range m.Layers {
@@ -247,9 +248,6 @@ func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {
 		first := u.chunks[key]
 		var mine *firstChunk
 		if first == nil {
-			if u.chunks == nil {
-				u.chunks = map[chunkKey]*firstChunk{}
-			}
 			mine = &firstChunk{done: make(chan struct{})}
 			u.chunks[key] = mine
 		}

@@ -39,6 +39,8 @@ var DefaultModules = []string{
 	// What the host's setup calls need comes first: the agent answers
 	// them as soon as these are in, while the rest loads.
 	"virtio_net",
+	// The agent loads the shares' file systems only when a container
+	// first binds a volume (runtime/agent: lateModules).
 	"9pnet_virtio", "9p",
 	"virtiofs",
 	"button", "evdev", // the power button: a graceful stop

@@ -51,7 +51,10 @@ type config struct {
 	// a ping carries the host's time, and a VM restored from a saved
 	// state wakes with the clock of the moment it was saved.
 	setClock func(time.Time) error
-	log      *slog.Logger
+	// mountRoot, when set, mounts a share's root instead of
+	// mountShareRoot (tests: the agent's own bookkeeping around it).
+	mountRoot func(context.Context, *api.MountShareRequest) error
+	log       *slog.Logger
 	// version is what Ping and Info report ("dev").
 	version string
 	// socketDir holds the unix sockets PortForward's listen makes
@@ -79,9 +82,12 @@ type agent struct {
 
 	mu    sync.Mutex
 	procs map[procKey]*process
-	// shares maps a share's tag to where MountShare mounted its root, the
-	// source of later subpath binds.
-	shares map[string]string
+	// shares are the shares MountShare mounted or recorded (lazy), by
+	// tag: the sources of later subpath binds.
+	shares map[string]*share
+	// shareMu is held while a lazy share's root is mounted, and by
+	// UnmountShare.
+	shareMu sync.Mutex
 	// listeners are PortForward's guest sockets, by listen address.
 	listeners map[string]*guestListener
 
@@ -114,7 +120,7 @@ func newAgent(cfg config) *agent {
 	if cfg.kubeletSockets == nil {
 		cfg.kubeletSockets = api.KubeletSockets
 	}
-	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]string{}, listeners: map[string]*guestListener{}, mods: noModules()}
+	a := &agent{cfg: cfg, start: time.Now(), procs: map[procKey]*process{}, shares: map[string]*share{}, listeners: map[string]*guestListener{}, mods: noModules()}
 	if cfg.centralReaper {
 		a.reaper = newCentralReaper(cfg.log)
 	} else {

@@ -15,7 +15,7 @@ import (
 
 // The guest's kernel modules (a Linux guest's, listed in its initramfs)
 // load in the background while the agent serves: under TCG each costs
-// 5–30 ms of the guest's only vCPU, so the order they load in and what
+// 5–50 ms of the guest's only vCPU, so the order they load in and what
 // waits for which decide how soon a pod's first process runs.
 //
 //   - The channel's modules (vsock, for a vz guest) first: New waits for
@@ -23,17 +23,18 @@ import (
 //   - Every other module in the list's order, except the late ones: the
 //     drivers of the VM's devices (its disks, its RNG). StartProcess
 //     waits for this group, while each setup call waits only for what it
-//     uses (ConfigureNetwork the NIC's driver, MountShare its file
-//     system's).
+//     uses (ConfigureNetwork the NIC's driver).
 //   - The late ones (lateModules, and any module depending on one) only
-//     once something needs one: drivers no process sees and only the
-//     agent or the hypervisor uses, and the features a container's
+//     once something needs them: drivers no process sees and only the
+//     agent or the hypervisor uses, the shares' file systems (mounted when
+//     a container first binds a volume), and the features a container's
 //     process may ask for (overlay, the bridge, fuse), which the kernel's
 //     request loads at once through the agent as its modprobe helper (see
-//     Modprobe). Needing one (MountShare of virtiofs), or the host asking
-//     for every module (Info wait_modules: before a VM's state is saved
-//     for warm starts, before a memory resize), loads them all. A guest
-//     that needs none never spends its vCPU on them.
+//     Modprobe). Needing one (MountShare of 9p) loads it and what it
+//     depends on, ahead of any early module still waiting; the host
+//     asking for every module (Info wait_modules: before a VM's state is
+//     saved for warm starts, before a memory resize) loads them all. A
+//     guest that needs none never spends its vCPU on them.
 //   - Of those, the power button's (timedModules) load the set's
 //     lateDelay after the early group even when nothing needs them: the
 //     stop's fallback must work without anyone asking.
@@ -50,13 +51,18 @@ var channelModules = []string{"vsock", "vmw_vsock_virtio_transport_common", "vmw
 // listed module depending on one (its modules.dep line names one): the ACPI
 // power button and its events (the agent's fallback for a stop when the
 // Shutdown call cannot reach it), the memory balloon (QEMU's balloon
-// target waits in the device until the driver reads it), virtiofs (a vz
-// guest's shares: MountShare needs it and loads it at once), and what
-// only a process may use, through a request of the kernel: overlay
-// ("fs-overlay"), the bridge and its protocols ("bridge",
+// target waits in the device until the driver reads it), the shares' file
+// systems, 9p with its transport and caches (a QEMU guest's) and virtiofs
+// (a vz guest's): the host registers its shares lazily and the agent
+// mounts one when a container first binds a path of it, so a pod without
+// volumes never loads them (under TCG the 9p group alone takes 140 ms of
+// the vCPU). And what only a process may use, through a request of the
+// kernel: overlay ("fs-overlay"), the bridge and its protocols ("bridge",
 // "rtnl-link-bridge") and fuse (opening /dev/fuse, "fs-fuse"). Under TCG
 // fuse, the bridge and overlay alone take 130-160 ms of the vCPU.
-var lateModules = []string{"button", "evdev", "virtio_balloon", "virtiofs", "fuse", "overlay", "llc", "stp", "bridge"}
+var lateModules = []string{"button", "evdev", "virtio_balloon",
+	"9pnet", "9pnet_virtio", "netfs", "fscache", "9p", "virtiofs", "fuse",
+	"overlay", "llc", "stp", "bridge"}
 
 // timedModules are the late modules that load lateDelay after the early
 // group whether needed or not (the power button: see the list above).
@@ -82,19 +88,27 @@ type moduleSet struct {
 	done map[string]chan struct{}
 	// channel closes when channelModules are done; early when every
 	// module but the late ones is; all when every one is (never, unless
-	// a late module is needed or there is none).
+	// every late module is needed or there is none).
 	channel, early, all chan struct{}
 	// loaded is poked (non-blocking) after each module: a device the
 	// serial port waits for may have appeared.
 	loaded chan struct{}
 	late   chan struct{} // closed (once) to load every late module now
 	goLate func()
+	// wanted are late modules something waits for (need), in the order
+	// asked; wake is poked when one is added. The loader takes them
+	// between two loads.
+	wantMu sync.Mutex
+	wanted []string
+	wake   chan struct{}
 	// allUptime is the guest's uptime when all closed (0 before).
 	allUptime atomic.Int64
 	// lines is the list in load order: the early modules (the first
 	// nEarly), the timed ones (up to nTimed), the late ones on demand.
 	lines          []string
 	nEarly, nTimed int
+	// deps are each listed module's dependencies, by name (modules.dep).
+	deps map[string][]string
 	// lateDelay is how long the timed modules wait after the early ones.
 	lateDelay time.Duration
 }
@@ -132,10 +146,10 @@ func readModuleList(log *slog.Logger, path string) []string {
 // each group in the list's order.
 func newModuleSet(lines []string, deps map[string][]string, lateDelay time.Duration) *moduleSet {
 	m := &moduleSet{
-		lateDelay: lateDelay,
-		done:      map[string]chan struct{}{},
-		channel:   make(chan struct{}), early: make(chan struct{}), all: make(chan struct{}),
-		loaded: make(chan struct{}, 1), late: make(chan struct{}),
+		lateDelay: lateDelay, deps: deps,
+		done:    map[string]chan struct{}{},
+		channel: make(chan struct{}), early: make(chan struct{}), all: make(chan struct{}),
+		loaded: make(chan struct{}, 1), late: make(chan struct{}), wake: make(chan struct{}, 1),
 	}
 	m.goLate = sync.OnceFunc(func() { close(m.late) })
 	var timed, late []string
@@ -174,9 +188,11 @@ func isLate(name string, deps map[string][]string) bool {
 	return false
 }
 
-// load loads the modules in order with loadModuleFile (a failure is
-// logged and counts as done), waiting before the timed and the late ones
-// as the type's comment says, and records when the last one was done.
+// load loads the modules with loadModuleFile (a failure is logged and
+// counts as done): the early ones in order, then the timed ones after
+// lateDelay and every late one once goLate is called; a module something
+// needs (wanted) goes first, after those of its dependencies not yet
+// loaded. It records when the last one was done.
 func (m *moduleSet) load(log *slog.Logger) {
 	channelLeft := 0
 	for name := range m.done {
@@ -188,21 +204,18 @@ func (m *moduleSet) load(log *slog.Logger) {
 		close(m.channel)
 	}
 	start := time.Now()
-	n := 0
-	for i, line := range m.lines {
-		if i == m.nEarly {
-			close(m.early)
-			log.Info("modules loaded but the late ones", "count", n, "took", time.Since(start).Round(time.Millisecond))
-			t := time.NewTimer(m.lateDelay)
-			select {
-			case <-t.C:
-			case <-m.late:
-				t.Stop()
-			}
+	n, left := 0, len(m.lines)
+	pending := make([]bool, len(m.lines))
+	for i := range pending {
+		pending[i] = true
+	}
+	loadLine := func(i int) {
+		if !pending[i] {
+			return
 		}
-		if i == m.nTimed {
-			<-m.late
-		}
+		pending[i] = false
+		left--
+		line := m.lines[i]
 		if err := loadModuleFile(line); err != nil {
 			log.Warn("module not loaded", "module", line, "err", err)
 		} else {
@@ -221,8 +234,49 @@ func (m *moduleSet) load(log *slog.Logger) {
 		default:
 		}
 	}
-	if m.nEarly == len(m.lines) {
-		close(m.early)
+	// loadWanted loads what something waits for: each wanted module's
+	// dependencies in the list, then it, in the list's order.
+	loadWanted := func() {
+		m.wantMu.Lock()
+		wanted := m.wanted
+		m.wanted = nil
+		m.wantMu.Unlock()
+		for _, w := range wanted {
+			for i, line := range m.lines {
+				if name := moduleName(line); pending[i] && (name == w || slices.Contains(m.deps[w], name)) {
+					loadLine(i)
+				}
+			}
+		}
+	}
+	for i := range m.nEarly {
+		loadWanted()
+		loadLine(i)
+	}
+	close(m.early)
+	log.Info("modules loaded but the late ones", "count", n, "took", time.Since(start).Round(time.Millisecond))
+	timer := time.NewTimer(m.lateDelay)
+	defer timer.Stop()
+	late := m.late
+	for left > 0 {
+		loadWanted()
+		if left == 0 {
+			break
+		}
+		select {
+		case <-timer.C:
+			for i := m.nEarly; i < m.nTimed; i++ {
+				loadWanted()
+				loadLine(i)
+			}
+		case <-late:
+			late = nil // every pending line, below
+			for i := range m.lines {
+				loadWanted()
+				loadLine(i)
+			}
+		case <-m.wake:
+		}
 	}
 	m.allUptime.Store(int64(uptime()))
 	close(m.all)
@@ -230,21 +284,37 @@ func (m *moduleSet) load(log *slog.Logger) {
 }
 
 // need waits until the named modules are done; a name not in the list is
-// not waited for. Needing a late module starts the late ones now.
+// not waited for. A late module needed loads now, with what it depends on.
 func (m *moduleSet) need(ctx context.Context, names ...string) error {
 	for _, name := range names {
 		ch, ok := m.done[name]
 		if !ok {
 			continue
 		}
-		if m.isLate(name) {
-			m.goLate()
+		if m.isLate(name) && !closed(ch) {
+			m.wantMu.Lock()
+			m.wanted = append(m.wanted, name)
+			m.wantMu.Unlock()
+			select {
+			case m.wake <- struct{}{}:
+			default:
+			}
 		}
 		if err := waitClosed(ctx, ch); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// closed says whether ch is closed, without waiting.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // isLate says whether the set loads name with the late modules.

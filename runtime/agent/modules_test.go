@@ -138,9 +138,11 @@ func TestModulesChannel(t *testing.T) {
 }
 
 // TestModulesLate: the late modules (and a module depending on one) load
-// after the rest (in the list's order), only once something needs one or
-// the host asks for all; the power button's (timed) also once the delay
-// has passed. The rest release StartProcess (early) before.
+// after the rest, only once something needs them: a module needed loads
+// with what it depends on, and nothing else; the host asking for all
+// loads the rest in the list's order. The power button's (timed) load
+// once the delay has passed. The rest release StartProcess (early)
+// before.
 func TestModulesLate(t *testing.T) {
 	list := []string{
 		"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko",
@@ -154,22 +156,14 @@ func TestModulesLate(t *testing.T) {
 		"button", "evdev", "fuse", "virtiofs", "virtio_balloon", "overlay", "llc", "stp", "bridge", "br_netfilter"}
 	const nEarly, nTimed = 4, 6
 	ctx := context.Background()
-	for name, start := range map[string]func(t *testing.T, m *moduleSet){
-		"a late module needed": func(t *testing.T, m *moduleSet) {
-			if err := m.need(ctx, "virtiofs"); err != nil {
-				t.Fatal(err)
-			}
-		},
-		"a module depending on a late one needed": func(t *testing.T, m *moduleSet) {
-			if err := m.need(ctx, "br_netfilter"); err != nil {
-				t.Fatal(err)
-			}
-		},
-		"every module asked for": func(t *testing.T, m *moduleSet) {
-			if err := m.needAll(ctx); err != nil {
-				t.Fatal(err)
-			}
-		},
+	for name, tc := range map[string]struct {
+		need []string // nil: needAll
+		want []string // loaded after the need, beyond the early ones
+	}{
+		"a late module needed":                    {[]string{"virtiofs"}, []string{"fuse", "virtiofs"}},
+		"a module depending on a late one needed": {[]string{"br_netfilter"}, []string{"llc", "stp", "bridge", "br_netfilter"}},
+		"two needed, one after the other":         {[]string{"overlay", "stp"}, []string{"overlay", "llc", "stp"}},
+		"every module asked for":                  {nil, wantOrder[nEarly:]},
 	} {
 		t.Run(name, func(t *testing.T) {
 			f, m := loadList(t, list, "", time.Hour)
@@ -188,15 +182,58 @@ func TestModulesLate(t *testing.T) {
 			if closedWithin(m.all, 0) || m.allUptime.Load() != 0 {
 				t.Fatal("all closed before the late modules loaded")
 			}
-			start(t, m)
+			if tc.need == nil {
+				if err := m.needAll(ctx); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := m.need(ctx, tc.need...); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if got, want := f.loaded(), append(slices.Clone(wantOrder[:nEarly]), tc.want...); !slices.Equal(got, want) {
+				t.Errorf("loaded %v, want %v", got, want)
+			}
+			// Then the host asks for all: the rest, in the list's order.
+			if err := m.needAll(ctx); err != nil {
+				t.Fatal(err)
+			}
 			if !closedWithin(m.all, 5*time.Second) {
 				t.Fatal("all never closed")
 			}
-			if got := f.loaded(); !slices.Equal(got, wantOrder) {
-				t.Errorf("loaded %v, want %v", got, wantOrder)
+			got := f.loaded()
+			if len(got) != len(wantOrder) || !slices.Equal(got[:nEarly+len(tc.want)], append(slices.Clone(wantOrder[:nEarly]), tc.want...)) {
+				t.Errorf("loaded %v, want each of %v once, the needed first", got, wantOrder)
+			}
+			rest := slices.DeleteFunc(slices.Clone(wantOrder), func(n string) bool { return slices.Index(got, n) < nEarly+len(tc.want) })
+			if !slices.Equal(got[nEarly+len(tc.want):], rest) {
+				t.Errorf("after needAll: loaded %v, want the rest in order %v", got[nEarly+len(tc.want):], rest)
 			}
 		})
 	}
+	t.Run("a late module needed while the early ones load goes first", func(t *testing.T) {
+		f, m := loadList(t, list, "virtio_console", time.Hour)
+		// virtio_console's load is under way (blocked) when the need
+		// comes: the need waits for it, then goes before virtio_net.
+		for deadline := time.Now().Add(5 * time.Second); len(f.loaded()) == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("virtio_pci never loaded")
+			}
+		}
+		got := make(chan error, 1)
+		go func() { got <- m.need(ctx, "virtiofs") }()
+		time.Sleep(20 * time.Millisecond)
+		close(f.release)
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		if !closedWithin(m.early, 5*time.Second) {
+			t.Fatal("early never closed")
+		}
+		want := []string{"virtio_pci", "virtio_console", "fuse", "virtiofs", "virtio_net", "virtio_rng"}
+		if got := f.loaded(); !slices.Equal(got, want) {
+			t.Errorf("loaded %v, want %v", got, want)
+		}
+	})
 	t.Run("after the delay", func(t *testing.T) {
 		f, m := loadList(t, list, "", 10*time.Millisecond)
 		// A passive wait (the power button's) does not start the others.
@@ -211,11 +248,14 @@ func TestModulesLate(t *testing.T) {
 		if err := m.need(ctx, "overlay"); err != nil {
 			t.Fatal(err)
 		}
-		if !closedWithin(m.all, 5*time.Second) {
-			t.Fatal("all never closed")
+		if got, want := f.loaded(), append(slices.Clone(wantOrder[:nTimed]), "overlay"); !slices.Equal(got, want) {
+			t.Errorf("overlay needed: loaded %v, want %v", got, want)
 		}
-		if got := f.loaded(); !slices.Equal(got, wantOrder) {
-			t.Errorf("loaded %v, want %v", got, wantOrder)
+		if err := m.needAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.loaded(); len(got) != len(wantOrder) {
+			t.Errorf("loaded %v, want all of %v", got, wantOrder)
 		}
 	})
 	t.Run("a wait ends with its context", func(t *testing.T) {

@@ -68,15 +68,18 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 		return nil, errf(codes.FailedPrecondition, "MountShare: the agent does not own this machine")
 	}
 	if req.Subpath != "" {
-		return a.linkShare(req)
+		return a.linkShare(ctx, req)
 	}
+	if _, err := shareArgs(req); err != nil {
+		return nil, err
+	}
+	return a.rootShare(ctx, req)
+}
+
+// shareArgs are mount_virtiofs's arguments for a share's root.
+func shareArgs(req *api.MountShareRequest) ([]string, error) {
 	if req.Fstype != "virtiofs" {
 		return nil, errf(codes.InvalidArgument, "MountShare: macOS guests mount virtiofs shares, not %q", req.Fstype)
-	}
-	if req.CreateTarget {
-		if err := os.MkdirAll(req.Target, 0o755); err != nil {
-			return nil, osErr(codes.Internal, err, "creating mount point %s", req.Target)
-		}
 	}
 	args := []string{}
 	if req.ReadOnly {
@@ -88,20 +91,29 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 		}
 		args = append(args, "-o", o)
 	}
-	args = append(args, req.Tag, req.Target)
-	if out, err := exec.CommandContext(ctx, "/sbin/mount_virtiofs", args...).CombinedOutput(); err != nil {
-		return nil, errf(codes.Internal, "mounting virtiofs share %q on %s: %v: %s", req.Tag, req.Target, err, strings.TrimSpace(string(out)))
+	return append(args, req.Tag, req.Target), nil
+}
+
+// mountShareRoot mounts a checked request's share at its target.
+func (a *agent) mountShareRoot(ctx context.Context, req *api.MountShareRequest) error {
+	args, err := shareArgs(req)
+	if err != nil {
+		return err
 	}
-	a.mu.Lock()
-	a.shares[req.Tag] = req.Target
-	a.mu.Unlock()
-	a.cfg.log.Info("share mounted", "tag", req.Tag, "target", req.Target, "ro", req.ReadOnly)
-	return &api.MountShareResponse{}, nil
+	if req.CreateTarget {
+		if err := os.MkdirAll(req.Target, 0o755); err != nil {
+			return osErr(codes.Internal, err, "creating mount point %s", req.Target)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "/sbin/mount_virtiofs", args...).CombinedOutput(); err != nil {
+		return errf(codes.Internal, "mounting virtiofs share %q on %s: %v: %s", req.Tag, req.Target, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // linkShare makes req.Target a symlink to a path inside a mounted share.
-func (a *agent) linkShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
-	_, src, err := a.shareSubpath(req)
+func (a *agent) linkShare(ctx context.Context, req *api.MountShareRequest) (*api.MountShareResponse, error) {
+	_, src, err := a.shareSubpath(ctx, req)
 	if err != nil {
 		return nil, err
 	}

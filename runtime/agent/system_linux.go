@@ -252,8 +252,20 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 		return nil, errf(codes.InvalidArgument, "MountShare needs a tag and an absolute target (got %q, %q)", req.Tag, req.Target)
 	}
 	if req.Subpath != "" {
-		return a.bindShare(req)
+		return a.bindShare(ctx, req)
 	}
+	if _, err := shareOptions(req); err != nil {
+		return nil, err
+	}
+	if !a.cfg.system {
+		return nil, errf(codes.FailedPrecondition, "MountShare: the agent does not own this machine")
+	}
+	return a.rootShare(ctx, req)
+}
+
+// shareOptions are the mount options of a share's root: the file
+// system's defaults and req's.
+func shareOptions(req *api.MountShareRequest) ([]string, error) {
 	var opts []string
 	switch req.Fstype {
 	case "9p":
@@ -267,16 +279,22 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 			return nil, errf(codes.InvalidArgument, "MountShare: invalid option %q", o)
 		}
 	}
-	opts = append(opts, req.Options...)
-	if !a.cfg.system {
-		return nil, errf(codes.FailedPrecondition, "MountShare: the agent does not own this machine")
+	return append(opts, req.Options...), nil
+}
+
+// mountShareRoot mounts a checked request's share at its target, once
+// the file system's modules are in.
+func (a *agent) mountShareRoot(ctx context.Context, req *api.MountShareRequest) error {
+	opts, err := shareOptions(req)
+	if err != nil {
+		return err
 	}
 	if err := a.mods.need(ctx, shareModules[req.Fstype]...); err != nil {
-		return nil, err
+		return err
 	}
 	if req.CreateTarget {
 		if err := os.MkdirAll(req.Target, 0o755); err != nil {
-			return nil, osErr(codes.Internal, err, "creating mount point %s", req.Target)
+			return osErr(codes.Internal, err, "creating mount point %s", req.Target)
 		}
 	}
 	var flags uintptr
@@ -288,13 +306,9 @@ func (a *agent) MountShare(ctx context.Context, req *api.MountShareRequest) (*ap
 		if errors.Is(err, unix.ENOENT) {
 			c = codes.NotFound
 		}
-		return nil, osErr(c, err, "mounting %s share %q on %s", req.Fstype, req.Tag, req.Target)
+		return osErr(c, err, "mounting %s share %q on %s", req.Fstype, req.Tag, req.Target)
 	}
-	a.mu.Lock()
-	a.shares[req.Tag] = req.Target
-	a.mu.Unlock()
-	a.cfg.log.Info("share mounted", "tag", req.Tag, "fstype", req.Fstype, "target", req.Target, "ro", req.ReadOnly)
-	return &api.MountShareResponse{}, nil
+	return nil
 }
 
 // UnmountShare unmounts a share's root (see the proto). Binds of the
@@ -304,10 +318,21 @@ func (a *agent) UnmountShare(ctx context.Context, req *api.UnmountShareRequest) 
 	if !a.cfg.system {
 		return nil, errf(codes.FailedPrecondition, "UnmountShare: the agent does not own this machine")
 	}
+	a.shareMu.Lock()
+	defer a.shareMu.Unlock()
 	a.mu.Lock()
-	target, ok := a.shares[req.Tag]
+	sh, ok := a.shares[req.Tag]
 	a.mu.Unlock()
 	if !ok {
+		return &api.UnmountShareResponse{}, nil
+	}
+	target := sh.target
+	if sh.lazy != nil {
+		// Never mounted: forgotten.
+		a.mu.Lock()
+		delete(a.shares, req.Tag)
+		a.mu.Unlock()
+		a.cfg.log.Info("share forgotten (it was never mounted)", "tag", req.Tag, "target", target)
 		return &api.UnmountShareResponse{}, nil
 	}
 	info, err := os.ReadFile("/proc/self/mountinfo")
@@ -335,8 +360,8 @@ func (a *agent) UnmountShare(ctx context.Context, req *api.UnmountShareRequest) 
 }
 
 // bindShare binds a path inside a mounted share at req.Target.
-func (a *agent) bindShare(req *api.MountShareRequest) (*api.MountShareResponse, error) {
-	root, src, err := a.shareSubpath(req)
+func (a *agent) bindShare(ctx context.Context, req *api.MountShareRequest) (*api.MountShareResponse, error) {
+	root, src, err := a.shareSubpath(ctx, req)
 	if err != nil {
 		return nil, err
 	}

@@ -2510,7 +2510,13 @@ type MountShareRequest struct {
 	// serves volumes of containers started later. It must be relative and
 	// stay inside the share; a file is bound onto a file (create_target
 	// creates an empty one). read_only makes the bind read-only.
-	Subpath       string `protobuf:"bytes,7,opt,name=subpath,proto3" json:"subpath,omitempty"`
+	Subpath string `protobuf:"bytes,7,opt,name=subpath,proto3" json:"subpath,omitempty"`
+	// lazy (a root, no subpath) checks the request and records it; the
+	// agent mounts the share when a subpath of it is first asked for. A
+	// pod whose containers bind nothing never mounts it, nor loads its
+	// file system's kernel modules (a QEMU guest cannot be saved with a
+	// 9p share mounted either). An agent from before lazy mounts at once.
+	Lazy          bool `protobuf:"varint,8,opt,name=lazy,proto3" json:"lazy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2592,6 +2598,13 @@ func (x *MountShareRequest) GetSubpath() string {
 		return x.Subpath
 	}
 	return ""
+}
+
+func (x *MountShareRequest) GetLazy() bool {
+	if x != nil {
+		return x.Lazy
+	}
+	return false
 }
 
 type MountShareResponse struct {
@@ -4354,7 +4367,7 @@ const file_agent_proto_rawDesc = "" +
 	"interfaces\x18\x01 \x03(\v2\x19.macvz.agent.v1.InterfaceR\n" +
 	"interfaces\x12-\n" +
 	"\x06routes\x18\x02 \x03(\v2\x15.macvz.agent.v1.RouteR\x06routes\"\x1a\n" +
-	"\x18ConfigureNetworkResponse\"\xcb\x01\n" +
+	"\x18ConfigureNetworkResponse\"\xdf\x01\n" +
 	"\x11MountShareRequest\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\x12\x16\n" +
 	"\x06fstype\x18\x02 \x01(\tR\x06fstype\x12\x16\n" +
@@ -4362,7 +4375,8 @@ const file_agent_proto_rawDesc = "" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12#\n" +
 	"\rcreate_target\x18\x05 \x01(\bR\fcreateTarget\x12\x18\n" +
 	"\aoptions\x18\x06 \x03(\tR\aoptions\x12\x18\n" +
-	"\asubpath\x18\a \x01(\tR\asubpath\"\x14\n" +
+	"\asubpath\x18\a \x01(\tR\asubpath\x12\x12\n" +
+	"\x04lazy\x18\b \x01(\bR\x04lazy\"\x14\n" +
 	"\x12MountShareResponse\"\x99\x01\n" +
 	"\x11SetSysctlsRequest\x12H\n" +
 	"\asysctls\x18\x01 \x03(\v2..macvz.agent.v1.SetSysctlsRequest.SysctlsEntryR\asysctls\x1a:\n" +

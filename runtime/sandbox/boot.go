@@ -488,7 +488,8 @@ func reseedGuest(ctx context.Context, a agentapi.AgentClient) error {
 // setupGuest configures the guest's network from the sandbox's
 // attachment (a restored guest's NIC still has prevMAC), applies the
 // spec's hostname, sysctls and DNS config (the attachment's when the pod
-// has none) and mounts the shared directory.
+// has none) and gives it the shared directories (mountShares: mounted
+// when a container first binds a volume).
 func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, n *store.Network, prevMAC, guestOS string, shares bool) error {
 	// The calls are independent: they go out at once, so a pod start
 	// waits for the slowest, not for their sum (each is a round trip

@@ -207,7 +207,9 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 		stopped = append(stopped, ctr.ID)
 	}
 	// QEMU refuses to migrate while the guest has a 9p share mounted:
-	// the shares are unmounted around the save and mounted again after.
+	// the shares are unmounted around the save and given again after
+	// (lazily: a share no container binds was never mounted, and its
+	// unmount only makes the agent forget it).
 	var unmounted []shareMount
 	defer func() {
 		if len(unmounted) == 0 {
@@ -470,11 +472,14 @@ func hashFile(root *os.Root, name string) (CheckpointFile, error) {
 	return CheckpointFile{Name: name, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
-// mountShares mounts shares in the guest, as setupGuest does.
+// mountShares gives the guest its shares, as setupGuest does: lazily,
+// so the guest mounts one (and loads its file system) only when a
+// container first binds a path of it; a pod without volumes never does.
 func (s *Controller) mountShares(ctx context.Context, a agentapi.AgentClient, shs []shareMount) error {
 	for _, sh := range shs {
 		if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
 			Tag: sh.tag, Fstype: shareFstype(s.cfg.Backend), Target: sh.target, CreateTarget: true, ReadOnly: sh.ro,
+			Lazy: true,
 		}); err != nil {
 			return fmt.Errorf("mounting the shared directory %s in the guest: %w", sh.tag, err)
 		}

@@ -530,18 +530,19 @@ func (s *Controller) setupGuest(ctx context.Context, a agentapi.AgentClient, spe
 		})
 	}
 	if shares {
-		g.Go(func() error { return s.mountAllShares(ctx, a, spec, guestOS) })
+		g.Go(func() error { return s.mountAllShares(ctx, a, spec, guestOS, true) })
 	}
 	return g.Wait()
 }
 
-// mountAllShares mounts the VM's shares in the guest (shareMounts), at
-// once. A pooled VM mounts them before its sandbox exists: their host
-// side is the sandbox directory, which is the pooled VM's.
-func (s *Controller) mountAllShares(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, guestOS string) error {
+// mountAllShares gives the guest the VM's shares (shareMounts), the
+// calls at once. A pooled VM mounts them (not lazy) before its sandbox
+// exists: their host side is the sandbox directory, which is the pooled
+// VM's.
+func (s *Controller) mountAllShares(ctx context.Context, a agentapi.AgentClient, spec store.SandboxSpec, guestOS string, lazy bool) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, sh := range s.shareMounts(spec, guestOS) {
-		g.Go(func() error { return s.mountShares(ctx, a, []shareMount{sh}) })
+		g.Go(func() error { return s.mountShares(ctx, a, []shareMount{sh}, lazy) })
 	}
 	return g.Wait()
 }

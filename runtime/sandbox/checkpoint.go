@@ -217,7 +217,7 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 		defer cancel()
-		if err := s.mountShares(uctx, a, unmounted); err != nil {
+		if err := s.mountShares(uctx, a, unmounted, true); err != nil {
 			log.Error("mounting the shares again after a checkpoint", "err", err)
 			retErr = errors.Join(retErr, err)
 		}
@@ -472,14 +472,15 @@ func hashFile(root *os.Root, name string) (CheckpointFile, error) {
 	return CheckpointFile{Name: name, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
-// mountShares gives the guest its shares, as setupGuest does: lazily,
-// so the guest mounts one (and loads its file system) only when a
-// container first binds a path of it; a pod without volumes never does.
-func (s *Controller) mountShares(ctx context.Context, a agentapi.AgentClient, shs []shareMount) error {
+// mountShares gives the guest its shares. Lazy ones (a pod's boot, a
+// checkpoint's) the guest mounts, and loads the file system for, only
+// when a container first binds a path of one: a pod without volumes
+// never does. A pooled VM mounts them at once, ahead of its pod.
+func (s *Controller) mountShares(ctx context.Context, a agentapi.AgentClient, shs []shareMount, lazy bool) error {
 	for _, sh := range shs {
 		if _, err := a.MountShare(ctx, &agentapi.MountShareRequest{
 			Tag: sh.tag, Fstype: shareFstype(s.cfg.Backend), Target: sh.target, CreateTarget: true, ReadOnly: sh.ro,
-			Lazy: true,
+			Lazy: lazy,
 		}); err != nil {
 			return fmt.Errorf("mounting the shared directory %s in the guest: %w", sh.tag, err)
 		}

@@ -523,8 +523,9 @@ func (s *Controller) poolBoot(ctx context.Context, shape poolShape) (_ *pooledVM
 	if err := reseedGuest(ctx, a); err != nil {
 		return nil, err
 	}
-	// The shares are the sandbox directory's, which is the pooled VM's.
-	if err := s.mountAllShares(ctx, a, store.SandboxSpec{}, img.Descriptor.OS); err != nil {
+	// The shares are the sandbox directory's, which is the pooled VM's;
+	// mounted now, as the rest of what a pod's start would run.
+	if err := s.mountAllShares(ctx, a, store.SandboxSpec{}, img.Descriptor.OS, false); err != nil {
 		return nil, err
 	}
 	if err := warmUpProcess(ctx, a); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -458,5 +459,34 @@ func TestImageVolumeFromShare(t *testing.T) {
 	err := c.BindVolumes(context.Background(), sb, &mountAgent{}, "../x", vols[:1])
 	if !errdefs.IsInvalidArgument(err) {
 		t.Errorf("a hostile container id: %v", err)
+	}
+}
+
+// TestMountAllSharesLazy: a pod's boot gives the guest every share lazily
+// (mounted on a container's first bind of it), a pooled VM mounts them
+// at once; each with the backend's file system, at its guest path.
+func TestMountAllSharesLazy(t *testing.T) {
+	c := newTestController(t)
+	node := store.SandboxSpec{NodeShares: []string{"/var/lib/kubelet/pods"}}
+	for _, lazy := range []bool{true, false} {
+		a := &mountAgent{}
+		if err := c.mountAllShares(context.Background(), a, node, "linux", lazy); err != nil {
+			t.Fatal(err)
+		}
+		want := c.shareMounts(node, "linux")
+		if len(a.calls) != len(want) || len(want) < 3 {
+			t.Fatalf("lazy %v: %d calls for %d shares: %v", lazy, len(a.calls), len(want), a.calls)
+		}
+		for _, sh := range want {
+			i := slices.IndexFunc(a.calls, func(r *agentapi.MountShareRequest) bool { return r.Tag == sh.tag })
+			if i < 0 {
+				t.Errorf("lazy %v: share %s not given", lazy, sh.tag)
+				continue
+			}
+			r := a.calls[i]
+			if r.Lazy != lazy || r.Fstype != "9p" || r.Target != sh.target || r.ReadOnly != sh.ro || r.Subpath != "" {
+				t.Errorf("lazy %v: share %s given as %v", lazy, sh.tag, r)
+			}
+		}
 	}
 }

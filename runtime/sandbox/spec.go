@@ -37,7 +37,8 @@ func guestSharedDirFor(guestOS string) string {
 	return "/run/macvz/shared"
 }
 
-// shareMount is a share the agent mounts at boot.
+// shareMount is a share the guest gets at boot (mountShares: lazily, so
+// mounted when a container first binds a path of it).
 type shareMount struct {
 	tag, target string
 	ro          bool
@@ -47,7 +48,7 @@ type shareMount struct {
 // for 9p's 31 bytes and virtiofs's 36).
 func nodeShareTag(i int) string { return "macvz-node" + strconv.Itoa(i) }
 
-// nodeShareMounts are the node VM's own shares, mounted at boot for its
+// nodeShareMounts are the node VM's own shares, given at boot for its
 // kubelet container's mounts to bind from.
 func nodeShareMounts(spec store.SandboxSpec, guestOS string) []shareMount {
 	var out []shareMount

@@ -257,7 +257,6 @@ func (m *moduleSet) load(log *slog.Logger) {
 	log.Info("modules loaded but the late ones", "count", n, "took", time.Since(start).Round(time.Millisecond))
 	timer := time.NewTimer(m.lateDelay)
 	defer timer.Stop()
-	late := m.late
 	for left > 0 {
 		loadWanted()
 		if left == 0 {
@@ -269,8 +268,8 @@ func (m *moduleSet) load(log *slog.Logger) {
 				loadWanted()
 				loadLine(i)
 			}
-		case <-late:
-			late = nil // every pending line, below
+		case <-m.late:
+			// Every pending line: none is left after this.
 			for i := range m.lines {
 				loadWanted()
 				loadLine(i)

@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -91,6 +92,7 @@ func BenchmarkPodStart(b *testing.B) {
 	// boot's phases as the daemon logged them.
 	v.verbs.report(b, "cri-")
 	bootPhases(v.d.log.String(), "VM booted").report(b, "boot-")
+	v.guest.report(b, "guest-")
 	b.Logf("bare boots %v; through qboot %v; pods %v", bare, bareQboot, pods)
 }
 
@@ -197,6 +199,9 @@ func (v *vmBench) podStart(b *testing.B, i int) (d time.Duration, shimRSS, shimA
 	d = time.Since(start)
 	b.StopTimer()
 	defer b.StartTimer()
+	if err := guestCPU(ctx, rt, ctr, v.guest); err != nil {
+		b.Fatal(err)
+	}
 	if pid, err := readPidFile(filepath.Join(v.d.dir, "state", "sandboxes", pod, "shim.pid")); err == nil {
 		shimRSS, shimAnon = rssOf(b, pid)
 	}
@@ -209,6 +214,74 @@ func (v *vmBench) podStart(b *testing.B, i int) (d time.Duration, shimRSS, shimA
 	return d, shimRSS, shimAnon
 }
 
+// guestCPU adds to into where the guest's one vCPU went from its boot
+// to the end of a pod's first exec, read by one more exec (not timed) from
+// the guest's own accounting: "idle" (/proc/uptime; under TCG a cold
+// start leaves none), "agent-user" and "agent-sys" (PID 1: the agent,
+// whose system time includes the kernel's own init before it ran and
+// the module loads), "ctr" (the container's process: the exec helper,
+// then sleep's start: what a container's first process costs).
+func guestCPU(ctx context.Context, rt runtimeapi.RuntimeServiceClient, ctr string, into *verbTimes) error {
+	const script = `read up idle < /proc/uptime; echo idle $idle; read l < /proc/1/stat; echo "agent $l"; ` +
+		`for p in /proc/[0-9]*; do read l < $p/stat 2>/dev/null || continue; case "$l" in *" (sleep) "*) echo "ctr $l";; esac; done`
+	r, err := rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: ctr, Cmd: []string{"sh", "-c", script}, Timeout: 60})
+	if err != nil {
+		return err
+	}
+	if r.ExitCode != 0 {
+		return fmt.Errorf("reading the guest's CPU accounting: exit %d: %s", r.ExitCode, r.Stderr)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ 100
+	// times returns a /proc/PID/stat line's utime and stime (fields 14
+	// and 15: the 12th and 13th after the command's closing parenthesis).
+	times := func(l string) (user, sys time.Duration, err error) {
+		i := strings.LastIndexByte(l, ')')
+		if i < 0 {
+			return 0, 0, fmt.Errorf("not a stat line: %q", l)
+		}
+		f := strings.Fields(l[i+1:])
+		if len(f) < 13 {
+			return 0, 0, fmt.Errorf("not a stat line: %q", l)
+		}
+		u, err1 := strconv.Atoi(f[11])
+		s, err2 := strconv.Atoi(f[12])
+		if err := errors.Join(err1, err2); err != nil {
+			return 0, 0, fmt.Errorf("stat line %q: %w", l, err)
+		}
+		return time.Duration(u) * tick, time.Duration(s) * tick, nil
+	}
+	seen := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(r.Stdout)), "\n") {
+		kind, rest, _ := strings.Cut(l, " ")
+		switch kind {
+		case "idle":
+			sec, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				return fmt.Errorf("/proc/uptime idle %q: %w", rest, err)
+			}
+			into.add("idle", time.Duration(sec*float64(time.Second)))
+		case "agent", "ctr":
+			u, s, err := times(rest)
+			if err != nil {
+				return err
+			}
+			if kind == "agent" {
+				into.add("agent-user", u)
+				into.add("agent-sys", s)
+			} else {
+				into.add("ctr", u+s)
+			}
+		default:
+			continue
+		}
+		seen[kind] = true
+	}
+	if !seen["idle"] || !seen["agent"] || !seen["ctr"] {
+		return fmt.Errorf("the guest's CPU accounting is incomplete: %q", r.Stdout)
+	}
+	return nil
+}
+
 // vmBench is newVMTest for a benchmark, plus the guest's kernel and
 // initrd for the bare boots.
 type vmBench struct {
@@ -216,6 +289,9 @@ type vmBench struct {
 	kernel, initrd string
 	// verbs are the CRI calls' times, client side, by verb.
 	verbs *verbTimes
+	// guest is where the guest's CPU went by the first exec's end
+	// (guestCPU).
+	guest *verbTimes
 }
 
 // verbTimes collects durations by name.
@@ -316,7 +392,7 @@ func newVMBench(b *testing.B, extraTOML string) *vmBench {
 	if _, err := os.Stat(kernel); err != nil {
 		b.Fatalf("the guest image has no vmlinux layer: %v", err)
 	}
-	return &vmBench{vmTest: v, kernel: kernel, initrd: initrd, verbs: &verbTimes{}}
+	return &vmBench{vmTest: v, kernel: kernel, initrd: initrd, verbs: &verbTimes{}, guest: &verbTimes{}}
 }
 
 // bareBoot boots kernel+initrd with QEMU as macvz's driver would (q35,

@@ -186,7 +186,9 @@ func (a *agent) Info(ctx context.Context, req *api.InfoRequest) (*api.InfoRespon
 	sysInfo(r)
 	r.StartedUptimeNs, r.ServingUptimeNs = int64(a.startedUptime), a.servingUptime.Load()
 	r.ModulesLoadedUptimeNs = a.mods.allUptime.Load()
-	r.Interfaces = hostileInterfaces(interfaces())
+	if !req.GetSkipInterfaces() {
+		r.Interfaces = hostileInterfaces(interfaces())
+	}
 	return r, nil
 }
 

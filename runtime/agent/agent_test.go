@@ -139,6 +139,17 @@ func TestPingInfo(t *testing.T) {
 	if info.Os != runtime.GOOS || info.Arch != runtime.GOARCH || info.KernelRelease == "" || info.BootTimeUnixNano == 0 || info.MemoryTotalBytes == 0 || info.Pid1 {
 		t.Errorf("Info: %v", info)
 	}
+	// This host has a loopback interface at least.
+	if len(info.Interfaces) == 0 {
+		t.Errorf("Info lists no interfaces: %v", info)
+	}
+	brief, err := ta.client.Info(ctx, &api.InfoRequest{SkipInterfaces: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(brief.Interfaces) != 0 || brief.KernelRelease != info.KernelRelease || brief.AgentStartUnixNano != info.AgentStartUnixNano {
+		t.Errorf("Info skipping the interfaces: %v", brief)
+	}
 }
 
 func TestOutputAndExitCode(t *testing.T) {

@@ -361,7 +361,9 @@ func (s *server) Start(ctx context.Context, req *shimapi.StartRequest) (*shimapi
 		s.log.Error("the agent did not answer", "err", err, "after", time.Since(t0))
 		return nil, s.withConsole(err)
 	}
-	info, err := sess.api.Info(actx, &agentapi.InfoRequest{})
+	// The answer is the boot's record (its phases, the kernel): the
+	// guest's interfaces are learned later, by whoever needs them.
+	info, err := sess.api.Info(actx, &agentapi.InfoRequest{SkipInterfaces: true})
 	if err != nil {
 		// A guest can answer the handshake and then nothing: say it is
 		// the agent that failed, with the console's end.

@@ -28,6 +28,13 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 	if err := refuseLiveSocket(cfg.Socket); err != nil {
 		return err
 	}
+	// Before the service: the VMs it re-attaches and the boots it
+	// starts are traced as well.
+	traceOpts, stopTracing, err := startTracing(ctx, cfg.Tracing)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	svc, err := NewService(ctx, cfg)
 	if err != nil {
 		return err
@@ -45,7 +52,7 @@ func Serve(ctx context.Context, cfg *config.Config, grace time.Duration, started
 	}
 	defer removeSocketIfOurs(cfg.Socket, fi)
 
-	srv := grpc.NewServer(append(svc.interceptors(),
+	srv := grpc.NewServer(append(append(svc.interceptors(), traceOpts...),
 		grpc.MaxRecvMsgSize(maxMsgSize),
 		grpc.MaxSendMsgSize(maxMsgSize),
 		grpc.ForceServerCodecV2(newListCodec(svc.listed)),

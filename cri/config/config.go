@@ -29,6 +29,7 @@ type Config struct {
 	Kubelet  Kubelet  `toml:"kubelet"`
 	Node     Node     `toml:"node"`
 	Metrics  Metrics  `toml:"metrics"`
+	Tracing  Tracing  `toml:"tracing"`
 	// RuntimeHandlers are the CRI runtime handlers (RuntimeClass
 	// handlers) besides the default one ("" and "macvz"). An entry named
 	// "macvz" configures the default handler; it may not set VMImage.
@@ -131,6 +132,26 @@ type Metrics struct {
 	// Address is host:port for /metrics over plain HTTP ("" = off; port 0
 	// = any free port, which `crictl info` shows).
 	Address string `toml:"address"`
+}
+
+// Tracing sends OpenTelemetry spans to an OTLP collector: one for each
+// CRI call (continuing the caller's trace when it sends a W3C
+// traceparent, as kubelet does with its tracing on) and, under the call
+// that boots a VM, one for the boot with a child for each of its phases
+// (the disk clone and spec, the shim, the VM process, the guest kernel,
+// the agent's start, its first answer, a warm state's save, the guest's
+// setup), the same phases the "VM booted" log line gives. Off by default.
+type Tracing struct {
+	// Endpoint is the collector's OTLP/HTTP URL, e.g.
+	// "http://127.0.0.1:4318": spans go to its /v1/traces, or to the
+	// URL's own path when it has one. "" = off. The OTEL_EXPORTER_OTLP_* variables (headers, TLS files,
+	// timeout) apply too.
+	Endpoint string `toml:"endpoint"`
+	// SamplingRatio is the share of new traces recorded, 0 to 1; a call
+	// that continues its caller's trace follows the caller's decision.
+	SamplingRatio float64 `toml:"sampling_ratio"`
+	// ServiceName is the spans' service.name.
+	ServiceName string `toml:"service_name"`
 }
 
 // Kubelet is how the daemon shows kubelet its VM slots.

@@ -179,3 +179,27 @@ func TestMetricsAddress(t *testing.T) {
 		}
 	}
 }
+
+func TestTracing(t *testing.T) {
+	if d := Default().Tracing; d.Endpoint != "" || d.SamplingRatio != 1 || d.ServiceName != "macvz" {
+		t.Errorf("default [tracing] %+v: want off, ratio 1, service macvz", d)
+	}
+	cfg, err := Decode(strings.NewReader("[tracing]\nendpoint = \"https://otel.example:4318\"\nsampling_ratio = 0.25\nservice_name = \"mini-7\""))
+	if err != nil || cfg.Tracing != (Tracing{Endpoint: "https://otel.example:4318", SamplingRatio: 0.25, ServiceName: "mini-7"}) {
+		t.Errorf("[tracing]: %+v, %v", cfg.Tracing, err)
+	}
+	for _, bad := range []string{
+		`endpoint = "127.0.0.1:4318"`, // no scheme: the exporter would take it as a path
+		`endpoint = "grpc://127.0.0.1:4317"`,
+		`endpoint = "http://"`,
+		`sampling_ratio = 1.5`,
+		`sampling_ratio = -0.1`,
+		`sampling_ratio = nan`,
+		`service_name = ""`,
+	} {
+		_, err := Decode(strings.NewReader("[tracing]\n" + bad))
+		if err == nil || !strings.Contains(err.Error(), "tracing.") {
+			t.Errorf("%s: %v, want an error naming the key", bad, err)
+		}
+	}
+}

@@ -189,6 +189,21 @@ cgroup_driver = "{{.C.CgroupDriver}}"
   # at every start (crictl info shows it as "metrics").
   address = "{{.C.Metrics.Address}}"
 
+[tracing]
+  # OpenTelemetry spans, sent over OTLP/HTTP to a collector: one per CRI
+  # call (continuing kubelet's trace when its tracing is on) and, under the
+  # call that boots a VM, the boot with a child span per phase (disk clone
+  # and spec, shim, VM process, guest kernel, agent start, its first answer,
+  # warm-state save, guest setup). The collector's base URL
+  # ("http://127.0.0.1:4318": spans go to its /v1/traces) or a full URL
+  # with its own path; "" = off. The OTEL_EXPORTER_OTLP_*
+  # variables (headers, certificates, timeout) apply too.
+  endpoint = "{{.C.Tracing.Endpoint}}"
+  # The share of new traces recorded (0 to 1); a call continuing a trace
+  # follows its caller's decision.
+  sampling_ratio = {{.C.Tracing.SamplingRatio}}
+  service_name = "{{.C.Tracing.ServiceName}}"
+
 # The node VM: a small Linux VM booted from a node image (make node-image)
 # that runs the unmodified kubelet, which reaches this daemon's CRI and
 # streaming server over the VM's private channel (never a network). This

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,6 +51,7 @@ func Default() *Config {
 		VZ:              VZ{MachineIdentifier: "fresh", VolumeRoots: []string{"/var/lib/kubelet/pods"}},
 		Network:         Network{ConfDir: "/etc/macvz/net.d", BinDirs: []string{"/opt/macvz/bin"}},
 		Stream:          Stream{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration(4 * time.Hour)},
+		Tracing:         Tracing{SamplingRatio: 1, ServiceName: "macvz"},
 		Kubelet:         Kubelet{DevicePlugin: true, DevicePluginDir: "/var/lib/kubelet/device-plugins"},
 		Node:            Node{Network: DefaultNodeNetwork, KubeletArgs: []string{}, Ports: []int{10250}, Shares: []string{"/var/lib/kubelet/pods", "/var/log/pods", "/var/log/containers", "/etc/kubernetes"}},
 		RuntimeHandlers: map[string]RuntimeHandler{},
@@ -151,6 +153,18 @@ func (c *Config) Validate() error {
 		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 			return bad("metrics.address", "must be IP:port with a port number (0 = any free port), got %q", a)
 		}
+	}
+	if e := c.Tracing.Endpoint; e != "" {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("tracing.endpoint", "must be the OTLP/HTTP collector's URL (\"http://127.0.0.1:4318\"; \"\" = off), got %q", e)
+		}
+	}
+	if r := c.Tracing.SamplingRatio; !(r >= 0 && r <= 1) {
+		return bad("tracing.sampling_ratio", "must be between 0 and 1, got %v", r)
+	}
+	if c.Tracing.ServiceName == "" {
+		return bad("tracing.service_name", "must not be empty")
 	}
 	if !filepath.IsAbs(c.Network.ConfDir) {
 		return bad("network.conf_dir", "must be an absolute path, got %q", c.Network.ConfDir)

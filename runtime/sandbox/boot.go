@@ -121,7 +121,18 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	img, cpus, mem := b.img, b.cpus, b.mem
 	log := sbLog(sb.ID)
 	start := time.Now()
-	defer func() { s.rec().BootDone(img.Descriptor.OS, ws != nil, time.Since(start), retErr) }()
+	kind := "cold"
+	switch {
+	case b.restored:
+		kind = "checkpoint"
+	case ws != nil:
+		kind = "warm"
+	}
+	ctx, span := startBootSpan(ctx, start, sb.ID, img.Descriptor.OS, kind)
+	defer func() {
+		s.rec().BootDone(img.Descriptor.OS, ws != nil, time.Since(start), retErr)
+		endBootSpan(span, retErr)
+	}()
 	baseName := img.Base
 	parent := baseName
 	if ws != nil && ws.meta.Disk != "" {
@@ -342,8 +353,16 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	if queued >= time.Millisecond {
 		attrs = append(attrs, "queued", queued.Round(time.Millisecond))
 	}
-	log.Info(how, append(attrs, bootPhases(prepared, spawned, booted, saved, setup, resp, ws == nil && !b.restored)...)...)
+	phases, modulesLoaded := bootPhases(prepared, spawned, booted, saved, setup, resp, ws == nil && !b.restored)
+	log.Info(how, append(attrs, bootPhaseAttrs(phases, modulesLoaded)...)...)
+	traceBootPhases(ctx, start, phases)
 	return nil
+}
+
+// bootPhase is one part of a boot and how long it took.
+type bootPhase struct {
+	name string // as the log line names it, after "phase"
+	d    time.Duration
 }
 
 // bootPhases names where a boot's time went, in the order it went there
@@ -354,29 +373,40 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 // served; "hello" is the rest of the boot (the VM process until the
 // guest's clock started, and the agent's first answer); the shim's own
 // part of its Start; saving a warm state (an image's first cold boot);
-// setting the guest up. modules is when the guest had every kernel
-// module loaded (in the background: setup calls that need one wait).
-func bootPhases(prepared, spawned, booted, saved, setup time.Duration, resp *shimapi.StartResponse, cold bool) []any {
-	ms := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+// setting the guest up. modulesLoaded is the guest's uptime when it had
+// every kernel module loaded (in the background: setup calls that need
+// one wait), 0 when not known.
+func bootPhases(prepared, spawned, booted, saved, setup time.Duration, resp *shimapi.StartResponse, cold bool) (phases []bootPhase, modulesLoaded time.Duration) {
 	vmStart := time.Duration(resp.GetVmStartNs())
 	boot := time.Duration(resp.GetBootNs())
-	out := []any{"phasePrepare", ms(prepared), "phaseShim", ms(spawned - prepared), "phaseVMStart", ms(vmStart)}
+	phases = []bootPhase{{"Prepare", prepared}, {"Shim", spawned - prepared}, {"VMStart", vmStart}}
 	a := resp.GetAgent()
 	if cold && a.GetStartedUptimeNs() > 0 && a.GetServingUptimeNs() >= a.GetStartedUptimeNs() {
 		kernel, agentInit := time.Duration(a.GetStartedUptimeNs()), time.Duration(a.GetServingUptimeNs()-a.GetStartedUptimeNs())
-		out = append(out, "phaseKernel", ms(kernel), "phaseAgentInit", ms(agentInit),
-			"phaseHello", ms(max(boot-vmStart-kernel-agentInit, 0)))
-		if m := a.GetModulesLoadedUptimeNs(); m > 0 {
-			out = append(out, "modulesLoaded", ms(time.Duration(m)))
-		}
+		phases = append(phases, bootPhase{"Kernel", kernel}, bootPhase{"AgentInit", agentInit},
+			bootPhase{"Hello", max(boot-vmStart-kernel-agentInit, 0)})
+		modulesLoaded = time.Duration(a.GetModulesLoadedUptimeNs())
 	} else {
-		out = append(out, "phaseGuest", ms(max(boot-vmStart, 0)))
+		phases = append(phases, bootPhase{"Guest", max(boot-vmStart, 0)})
 	}
-	out = append(out, "phaseShimStart", ms(max(booted-spawned-boot, 0)))
+	phases = append(phases, bootPhase{"ShimStart", max(booted-spawned-boot, 0)})
 	if saved > 0 {
-		out = append(out, "phaseSave", ms(saved))
+		phases = append(phases, bootPhase{"Save", saved})
 	}
-	return append(out, "phaseSetup", ms(setup))
+	return append(phases, bootPhase{"Setup", setup}), modulesLoaded
+}
+
+// bootPhaseAttrs are the phases as the "VM booted" line's attributes.
+func bootPhaseAttrs(phases []bootPhase, modulesLoaded time.Duration) []any {
+	ms := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+	out := make([]any, 0, 2*len(phases)+2)
+	for _, p := range phases {
+		out = append(out, "phase"+p.name, ms(p.d))
+		if p.name == "Hello" && modulesLoaded > 0 {
+			out = append(out, "modulesLoaded", ms(modulesLoaded))
+		}
+	}
+	return out
 }
 
 // recordVM records in a sandbox which VM it boots and in which slot.

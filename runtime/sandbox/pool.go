@@ -597,8 +597,10 @@ func warmUpProcess(ctx context.Context, a agentapi.AgentClient) (retErr error) {
 func (s *Controller) bootPooled(ctx context.Context, sb *store.Sandbox, b *vmBoot, v *pooledVM) (retErr error) {
 	start := time.Now()
 	n := sb.Network
+	ctx, span := startBootSpan(ctx, start, sb.ID, b.img.Descriptor.OS, BootPool)
 	defer func() {
 		s.rec().BootDone(b.img.Descriptor.OS, true, time.Since(start), retErr)
+		endBootSpan(span, retErr)
 		if retErr == nil {
 			return
 		}

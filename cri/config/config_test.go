@@ -192,14 +192,17 @@ func TestTracing(t *testing.T) {
 		`endpoint = "127.0.0.1:4318"`, // no scheme: the exporter would take it as a path
 		`endpoint = "grpc://127.0.0.1:4317"`,
 		`endpoint = "http://"`,
+		`endpoint = "https://user:secret@otel.example:4318"`,
+		`endpoint = "ftp://user:secret@otel.example"`,
+		`endpoint = "http://user:secret@[::1"`,
 		`sampling_ratio = 1.5`,
 		`sampling_ratio = -0.1`,
 		`sampling_ratio = nan`,
 		`service_name = ""`,
 	} {
 		_, err := Decode(strings.NewReader("[tracing]\n" + bad))
-		if err == nil || !strings.Contains(err.Error(), "tracing.") {
-			t.Errorf("%s: %v, want an error naming the key", bad, err)
+		if err == nil || !strings.Contains(err.Error(), "tracing.") || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: %v, want an error naming the key (and no password)", bad, err)
 		}
 	}
 }

@@ -156,8 +156,16 @@ func (c *Config) Validate() error {
 	}
 	if e := c.Tracing.Endpoint; e != "" {
 		u, err := url.Parse(e)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return bad("tracing.endpoint", "must be the OTLP/HTTP collector's URL (\"http://127.0.0.1:4318\"; \"\" = off), got %q", e)
+		if err != nil {
+			// Not quoted: the text may hold a password.
+			return bad("tracing.endpoint", "is not a URL; it must be the OTLP/HTTP collector's (\"http://127.0.0.1:4318\"; \"\" = off)")
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return bad("tracing.endpoint", "must be the OTLP/HTTP collector's URL (\"http://127.0.0.1:4318\"; \"\" = off), got %q", u.Redacted())
+		}
+		if u.User != nil {
+			// The URL is logged (and the exporter's errors quote it).
+			return bad("tracing.endpoint", "must not carry credentials (%s): give them as headers in OTEL_EXPORTER_OTLP_HEADERS", u.Redacted())
 		}
 	}
 	if r := c.Tracing.SamplingRatio; !(r >= 0 && r <= 1) {

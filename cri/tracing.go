@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -36,6 +37,28 @@ func tracesURL(endpoint string) string {
 	return u.String()
 }
 
+// exportErrors is OpenTelemetry's error handler while tracing is on: a
+// collector that is down fails every batch (every 5 s), so it warns at
+// most once per interval, with how many failures it did not show.
+type exportErrors struct {
+	log    *slog.Logger
+	every  time.Duration
+	mu     sync.Mutex
+	last   time.Time
+	unseen int
+}
+
+func (e *exportErrors) Handle(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.last.IsZero() && time.Since(e.last) < e.every {
+		e.unseen++
+		return
+	}
+	e.log.Warn("tracing: spans not delivered", "err", err, "failures_not_shown", e.unseen)
+	e.last, e.unseen = time.Now(), 0
+}
+
 // startTracing installs the tracer provider [tracing] asks for and
 // returns the CRI server's option for it (none when off) and the
 // function that flushes and stops it.
@@ -57,6 +80,7 @@ func startTracing(ctx context.Context, cfg config.Tracing) ([]grpc.ServerOption,
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SamplingRatio))),
 	)
 	otel.SetTracerProvider(tp)
+	otel.SetErrorHandler(&exportErrors{log: slog.Default(), every: time.Minute})
 	// kubelet sends W3C trace context with its calls when its own
 	// tracing is on: the daemon's spans join its traces.
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))

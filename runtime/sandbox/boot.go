@@ -121,14 +121,7 @@ func (s *Controller) bootVMFrom(ctx context.Context, sb *store.Sandbox, b *vmBoo
 	img, cpus, mem := b.img, b.cpus, b.mem
 	log := sbLog(sb.ID)
 	start := time.Now()
-	kind := "cold"
-	switch {
-	case b.restored:
-		kind = "checkpoint"
-	case ws != nil:
-		kind = "warm"
-	}
-	ctx, span := startBootSpan(ctx, start, sb.ID, img.Descriptor.OS, kind)
+	ctx, span := startBootSpan(ctx, start, sb.ID, img.Descriptor.OS, bootKind(b, ws))
 	defer func() {
 		s.rec().BootDone(img.Descriptor.OS, ws != nil, time.Since(start), retErr)
 		endBootSpan(span, retErr)

@@ -17,7 +17,8 @@ import (
 var tracer = otel.Tracer("github.com/macvz/macvz/runtime/sandbox")
 
 // startBootSpan starts, at start, the span of one boot attempt of
-// sandbox id's VM, under the CRI call's span in ctx when there is one.
+// sandbox id's VM (kind: BootCold, ...), under the CRI call's span in ctx
+// when there is one.
 func startBootSpan(ctx context.Context, start time.Time, id, os, kind string) (context.Context, trace.Span) {
 	return tracer.Start(ctx, "macvz.vm.boot", trace.WithTimestamp(start), trace.WithAttributes(
 		attribute.String("macvz.sandbox.id", id),

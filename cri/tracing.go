@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 
@@ -70,10 +71,15 @@ func startTracing(ctx context.Context, cfg config.Tracing) ([]grpc.ServerOption,
 	if err != nil {
 		return nil, nil, fmt.Errorf("tracing.endpoint %q: %w", cfg.Endpoint, err)
 	}
-	res := resource.NewSchemaless(
+	attrs := []attribute.KeyValue{
 		attribute.String("service.name", cfg.ServiceName),
 		attribute.String("service.version", RuntimeVersion),
-	)
+	}
+	// A fleet's nodes send to one collector: which node a span is from.
+	if h, err := os.Hostname(); err == nil {
+		attrs = append(attrs, attribute.String("host.name", h))
+	}
+	res := resource.NewSchemaless(attrs...)
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithResource(res),
@@ -83,7 +89,7 @@ func startTracing(ctx context.Context, cfg config.Tracing) ([]grpc.ServerOption,
 	otel.SetErrorHandler(&exportErrors{log: slog.Default(), every: time.Minute})
 	// kubelet sends W3C trace context with its calls when its own
 	// tracing is on: the daemon's spans join its traces.
-	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	otel.SetTextMapPropagator(propagation.TraceContext{})
 	slog.Info("tracing on", "endpoint", cfg.Endpoint, "sampling_ratio", cfg.SamplingRatio, "service_name", cfg.ServiceName)
 	stop := func() {
 		// The spans still queued go out before the daemon exits, within

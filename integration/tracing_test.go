@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ type otlpReceiver struct {
 	mu    sync.Mutex
 	spans []*tracepb.Span
 	svc   map[string]bool // service.name values seen
+	hosts map[string]bool // host.name values seen
 }
 
 func startOTLPReceiver(t *testing.T) *otlpReceiver {
@@ -33,7 +35,7 @@ func startOTLPReceiver(t *testing.T) *otlpReceiver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &otlpReceiver{url: "http://" + ln.Addr().String(), svc: map[string]bool{}}
+	r := &otlpReceiver{url: "http://" + ln.Addr().String(), svc: map[string]bool{}, hosts: map[string]bool{}}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(req.Body, 64<<20))
 		var msg coltrace.ExportTraceServiceRequest
@@ -47,8 +49,11 @@ func startOTLPReceiver(t *testing.T) *otlpReceiver {
 		r.mu.Lock()
 		for _, rs := range msg.GetResourceSpans() {
 			for _, kv := range rs.GetResource().GetAttributes() {
-				if kv.GetKey() == "service.name" {
+				switch kv.GetKey() {
+				case "service.name":
 					r.svc[kv.GetValue().GetStringValue()] = true
+				case "host.name":
+					r.hosts[kv.GetValue().GetStringValue()] = true
 				}
 			}
 			for _, ss := range rs.GetScopeSpans() {
@@ -148,6 +153,9 @@ func TestTracing(t *testing.T) {
 	col.mu.Lock()
 	if !col.svc["macvz-test"] {
 		t.Errorf("no span came with service.name macvz-test: %v", col.svc)
+	}
+	if host, _ := os.Hostname(); !col.hosts[host] {
+		t.Errorf("no span came with host.name %s: %v", host, col.hosts)
 	}
 	col.mu.Unlock()
 	for _, s := range spans {

@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/integration/guest"
+	"github.com/macvz/macvz/internal/procstat"
 	"github.com/macvz/macvz/runtime/qemu"
 	"github.com/macvz/macvz/vmimage"
 )
@@ -235,20 +235,10 @@ func guestCPU(ctx context.Context, rt runtimeapi.RuntimeServiceClient, ctr strin
 		return fmt.Errorf("reading the guest's CPU accounting: exit %d: %s", r.ExitCode, r.Stderr)
 	}
 	const tick = 10 * time.Millisecond // USER_HZ 100
-	// times returns a /proc/PID/stat line's utime and stime (fields 14
-	// and 15: the 12th and 13th after the command's closing parenthesis).
+	// times is a /proc/PID/stat line's utime and stime.
 	times := func(l string) (user, sys time.Duration, err error) {
-		i := strings.LastIndexByte(l, ')')
-		if i < 0 {
-			return 0, 0, fmt.Errorf("not a stat line: %q", l)
-		}
-		f := strings.Fields(l[i+1:])
-		if len(f) < 13 {
-			return 0, 0, fmt.Errorf("not a stat line: %q", l)
-		}
-		u, err1 := strconv.Atoi(f[11])
-		s, err2 := strconv.Atoi(f[12])
-		if err := errors.Join(err1, err2); err != nil {
+		u, s, err := procstat.CPUTicks([]byte(l))
+		if err != nil {
 			return 0, 0, fmt.Errorf("stat line %q: %w", l, err)
 		}
 		return time.Duration(u) * tick, time.Duration(s) * tick, nil

@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/macvz/macvz/internal/atomicfile"
+	"github.com/macvz/macvz/internal/procstat"
 	"github.com/macvz/macvz/runtime/boundedlog"
 	"github.com/macvz/macvz/runtime/vm"
 )
@@ -581,19 +581,8 @@ func procStats(pid int) (vm.Stats, error) {
 	if err != nil {
 		return s, err
 	}
-	// comm (field 2) is in parentheses and may contain anything; fields
-	// after its closing parenthesis start at field 3 (state).
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return s, fmt.Errorf("parsing /proc/%d/stat", pid)
-	}
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 13 {
-		return s, fmt.Errorf("parsing /proc/%d/stat: %d fields", pid, len(f))
-	}
-	utime, err1 := strconv.ParseUint(f[11], 10, 64) // field 14
-	stime, err2 := strconv.ParseUint(f[12], 10, 64) // field 15
-	if err := errors.Join(err1, err2); err != nil {
+	utime, stime, err := procstat.CPUTicks(stat)
+	if err != nil {
 		return s, fmt.Errorf("parsing /proc/%d/stat: %w", pid, err)
 	}
 	s.CPUNanos = (utime + stime) * uint64(time.Second/clockTicks)

@@ -545,7 +545,7 @@ func Args(spec *vm.Spec, accel, machine, firmware string) []string {
 	if spec.Boot.Initrd != "" {
 		a = append(a, "-initrd", spec.Boot.Initrd)
 	}
-	a = append(a, "-append", CmdlineFor(arch, spec.Boot.Cmdline))
+	a = append(a, "-append", CmdlineFor(arch, accel, spec.Boot.Cmdline))
 	a = append(a,
 		// The console goes into a pipe the machine reads (consoleFD) and
 		// writes to a bounded log: the guest decides how much it prints.
@@ -676,16 +676,18 @@ func ramBackingFor(spec *vm.Spec, arch, machine string) (ramBacking, string) {
 	return ramQEMU, ""
 }
 
-// Cmdline is the kernel command line the driver passes to an amd64 guest:
-// the spec's, plus console=ttyS0 (the console log is the first serial
-// port), panic=-1 (a panicking guest reboots, which ends QEMU under
-// -no-reboot) and cryptomgr.notests (no crypto self-tests at boot) unless
-// the spec already sets console=, panic= or a cryptomgr. parameter.
-func Cmdline(cmdline string) string { return CmdlineFor(ArchAMD64, cmdline) }
+// Cmdline is the kernel command line the driver passes to an amd64 guest
+// under TCG: the spec's, plus console=ttyS0 (the console log is the first
+// serial port), panic=-1 (a panicking guest reboots, which ends QEMU under
+// -no-reboot), cryptomgr.notests (no crypto self-tests at boot) and
+// mitigations=off (see CmdlineFor) unless the spec already sets console=,
+// panic=, a cryptomgr. parameter or mitigations=.
+func Cmdline(cmdline string) string { return CmdlineFor(ArchAMD64, AccelTCG, cmdline) }
 
 // CmdlineFor is Cmdline for a guest of arch, whose first serial port is
-// ttyS0 (amd64) or the PL011 ttyAMA0 (arm64).
-func CmdlineFor(arch, cmdline string) string {
+// ttyS0 (amd64) or the PL011 ttyAMA0 (arm64), under accel (kvm or tcg):
+// mitigations=off only under TCG.
+func CmdlineFor(arch, accel, cmdline string) string {
 	fields := strings.Fields(cmdline)
 	has := func(key string) bool {
 		for _, f := range fields {
@@ -715,6 +717,19 @@ func CmdlineFor(arch, cmdline string) string {
 		// Debian's 6.1 kernel), for code that is the same every boot. An
 		// image that wants the tests sets cryptomgr.notests=0 itself.
 		pre = append(pre, "cryptomgr.notests")
+	}
+	if accel == AccelTCG && !has("mitigations=") {
+		// The guest kernel's defences against speculative execution
+		// (retpolines, return-stack filling on every switch, barriers)
+		// protect nothing under TCG: the guest's code never runs as
+		// written, its branches and barriers become QEMU's translated
+		// host code, whose speculation the guest's sequences do not
+		// govern. They only cost the one emulated vCPU on every
+		// indirect call and context switch. Under KVM (and vz) the guest
+		// runs on the real CPU and keeps them; the host's own defences
+		// are QEMU's and the host kernel's either way. An image that
+		// wants them sets mitigations=auto itself.
+		pre = append(pre, "mitigations=off")
 	}
 	return strings.TrimSpace(strings.Join(append(pre, cmdline), " "))
 }

@@ -72,7 +72,7 @@ func TestArgs(t *testing.T) {
 		"-kernel", root + "/vmlinux",
 		"-bios", "/usr/share/qemu/qboot.rom",
 		"-initrd", root + "/initrd.img",
-		"-append", "console=ttyS0 panic=-1 cryptomgr.notests quiet rdinit=/init",
+		"-append", "console=ttyS0 panic=-1 cryptomgr.notests mitigations=off quiet rdinit=/init",
 		"-chardev", "file,id=con,path=/proc/self/fd/3",
 		"-serial", "chardev:con",
 		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
@@ -126,7 +126,7 @@ func TestArgsARM64(t *testing.T) {
 		"-m", "512M",
 		"-kernel", root + "/vmlinux",
 		"-initrd", root + "/initrd.img",
-		"-append", "console=ttyAMA0 panic=-1 cryptomgr.notests quiet rdinit=/init",
+		"-append", "console=ttyAMA0 panic=-1 cryptomgr.notests mitigations=off quiet rdinit=/init",
 		"-chardev", "file,id=con,path=/proc/self/fd/3",
 		"-serial", "chardev:con",
 		"-chardev", "socket,id=qmp,path=" + d + "/qmp.sock,server=on,wait=off",
@@ -223,23 +223,32 @@ func TestArgsLongDir(t *testing.T) {
 
 func TestCmdline(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                         "console=ttyS0 panic=-1 cryptomgr.notests",
-		"quiet":                    "console=ttyS0 panic=-1 cryptomgr.notests quiet",
-		"console=ttyS0,115200":     "panic=-1 cryptomgr.notests console=ttyS0,115200",
-		"panic=1 -- console=x":     "console=ttyS0 cryptomgr.notests panic=1 -- console=x",
-		"console=hvc0 panic=0 foo": "cryptomgr.notests console=hvc0 panic=0 foo",
-		"cryptomgr.notests=0":      "console=ttyS0 panic=-1 cryptomgr.notests=0",
+		"":                         "console=ttyS0 panic=-1 cryptomgr.notests mitigations=off",
+		"quiet":                    "console=ttyS0 panic=-1 cryptomgr.notests mitigations=off quiet",
+		"console=ttyS0,115200":     "panic=-1 cryptomgr.notests mitigations=off console=ttyS0,115200",
+		"panic=1 -- console=x":     "console=ttyS0 cryptomgr.notests mitigations=off panic=1 -- console=x",
+		"console=hvc0 panic=0 foo": "cryptomgr.notests mitigations=off console=hvc0 panic=0 foo",
+		"cryptomgr.notests=0":      "console=ttyS0 panic=-1 mitigations=off cryptomgr.notests=0",
+		"mitigations=auto":         "console=ttyS0 panic=-1 cryptomgr.notests mitigations=auto",
+		// After "--" is init's, not the kernel's.
+		"-- mitigations=auto": "console=ttyS0 panic=-1 cryptomgr.notests mitigations=off -- mitigations=auto",
 	} {
 		if got := Cmdline(in); got != want {
 			t.Errorf("Cmdline(%q) = %q, want %q", in, got, want)
 		}
 	}
 	for in, want := range map[string]string{
-		"quiet":        "console=ttyAMA0 panic=-1 cryptomgr.notests quiet",
-		"console=hvc0": "panic=-1 cryptomgr.notests console=hvc0",
+		"quiet":        "console=ttyAMA0 panic=-1 cryptomgr.notests mitigations=off quiet",
+		"console=hvc0": "panic=-1 cryptomgr.notests mitigations=off console=hvc0",
 	} {
-		if got := CmdlineFor(ArchARM64, in); got != want {
-			t.Errorf("CmdlineFor(arm64, %q) = %q, want %q", in, got, want)
+		if got := CmdlineFor(ArchARM64, AccelTCG, in); got != want {
+			t.Errorf("CmdlineFor(arm64, tcg, %q) = %q, want %q", in, got, want)
+		}
+	}
+	// Under KVM the guest runs on the host's CPU: its defences stay.
+	for _, arch := range []string{ArchAMD64, ArchARM64} {
+		if got := CmdlineFor(arch, AccelKVM, "quiet"); strings.Contains(got, "mitigations") {
+			t.Errorf("CmdlineFor(%s, kvm, quiet) = %q: no mitigations= under kvm", arch, got)
 		}
 	}
 }

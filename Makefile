@@ -2,6 +2,10 @@
 # (README); .ci/run calls exactly that.
 
 GO ?= go
+# The Linux guests' agent and exec helper go into initramfs images, whose
+# every byte the guest kernel copies at each boot: no symbol table or DWARF
+# (integration/guest builds its images' alike).
+GUEST_LDFLAGS := -trimpath -ldflags=-s\ -w
 # bash with pipefail, so `go test | tee` fails when the tests do.
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -38,8 +42,8 @@ build-host:
 	@mkdir -p bin
 	$(if $(call has_main,macvz),$(GO) build -o bin/macvz ./cmd/macvz)
 	$(if $(call has_main,macvz-shim),$(GO) build -o bin/macvz-shim ./cmd/macvz-shim)
-	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
-	$(if $(call has_main,macvz-exec),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-exec ./cmd/macvz-exec)
+	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build $(GUEST_LDFLAGS) -o bin/macvz-agent ./cmd/macvz-agent)
+	$(if $(call has_main,macvz-exec),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build $(GUEST_LDFLAGS) -o bin/macvz-exec ./cmd/macvz-exec)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-net ./cmd/macvz-net)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 $(GO) build -o bin/host-local github.com/containernetworking/plugins/plugins/ipam/host-local)
 	@true
@@ -49,8 +53,8 @@ build-host:
 # the Mac's CNI plugin.
 build-cross:
 	@mkdir -p bin
-	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o bin/linux-arm64/macvz-agent ./cmd/macvz-agent)
-	$(if $(call has_main,macvz-exec),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -o bin/linux-arm64/macvz-exec ./cmd/macvz-exec)
+	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build $(GUEST_LDFLAGS) -o bin/linux-arm64/macvz-agent ./cmd/macvz-agent)
+	$(if $(call has_main,macvz-exec),CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build $(GUEST_LDFLAGS) -o bin/linux-arm64/macvz-exec ./cmd/macvz-exec)
 	$(if $(call has_main,macvz-agent),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-agent ./cmd/macvz-agent)
 	$(if $(call has_main,macvz-net),CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 $(GO) build -o bin/darwin-arm64/macvz-net ./cmd/macvz-net)
 	@true
@@ -271,7 +275,7 @@ demo-bins:
 	$(GO) build -o bin/ ./cmd/macvz ./cmd/macvz-shim ./cmd/macvz-net \
 		github.com/containernetworking/plugins/plugins/ipam/host-local \
 		./integration/cmd/testregistry ./integration/cmd/pushimage $(if $(filter amd64,$(HOST_GOARCH)),./cmd/macvz-agent)
-	$(if $(filter amd64,$(HOST_GOARCH)),,GOOS=linux GOARCH=amd64 $(GO) build -o bin/macvz-agent ./cmd/macvz-agent)
+	$(if $(filter amd64,$(HOST_GOARCH)),,GOOS=linux GOARCH=amd64 $(GO) build $(GUEST_LDFLAGS) -o bin/macvz-agent ./cmd/macvz-agent)
 # The amd64 test guest, from the agent demo-build built (cgo off likewise,
 # for build-guest to find its packages built). demo-guest-prefetch does its
 # slow part ahead (the Debian packages, /bin/euid): demo.sh runs it beside

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -22,7 +21,6 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/macvz/macvz/runtime/agent"
-	"github.com/macvz/macvz/runtime/nodevm/memvol"
 )
 
 // version is the agent's version (set with -ldflags -X main.version=...).
@@ -38,10 +36,6 @@ func main() {
 	// As init the agent is the kernel's modprobe helper too.
 	if name, ok := agent.ModprobeRequest(os.Args); ok && os.Getpid() != 1 {
 		os.Exit(agent.Modprobe(name))
-	}
-	// In the node image the agent is also kubelet's mount and umount.
-	if name := filepath.Base(os.Args[0]); name == "mount" || name == "umount" || name == memvol.RestoreName {
-		os.Exit(memvol.Main(name, os.Args[1:]))
 	}
 	pid1 := os.Getpid() == 1
 	defListen := "serial:agent"

@@ -270,7 +270,11 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 				return nil, err
 			}
 		}
-		nf, err := nodeFiles(o.Node, kubeletVersion, libc)
+		memvolBin, err := buildInto(ctx, arch, MemvolPackage, filepath.Join(o.Out, "macvz-memvol"))
+		if err != nil {
+			return nil, err
+		}
+		nf, err := nodeFiles(o.Node, kubeletVersion, libc, memvolBin)
 		if err != nil {
 			return nil, err
 		}
@@ -493,6 +497,10 @@ const (
 	ExecHelperPackage = "github.com/macvz/macvz/cmd/macvz-exec"
 	ExecHelperPath    = "/usr/libexec/macvz-exec"
 )
+
+// MemvolPackage is the import path of the node image's mount and umount
+// for kubelet's memory-backed volumes.
+const MemvolPackage = "github.com/macvz/macvz/cmd/macvz-memvol"
 
 // TestInitPackage is the import path of the stand-in /init for tests.
 const TestInitPackage = "github.com/macvz/macvz/integration/guest/testinit"

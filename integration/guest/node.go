@@ -93,7 +93,7 @@ const nodeFstab = "# kubelet's root dir: a file system its cAdvisor knows\ntmpfs
 // nodeFiles are what the node image adds to the guest's initramfs; libc
 // is the root of the guest arch's libc6 package, for a dynamically linked
 // kubelet ("" when it is static).
-func nodeFiles(o *NodeOptions, kubeletVersion, libc string) ([]File, error) {
+func nodeFiles(o *NodeOptions, kubeletVersion, libc string, memvolBin []byte) ([]File, error) {
 	kubelet, err := os.ReadFile(o.Kubelet)
 	if err != nil {
 		return nil, fmt.Errorf("node image: kubelet: %w", err)
@@ -116,11 +116,11 @@ func nodeFiles(o *NodeOptions, kubeletVersion, libc string) ([]File, error) {
 		// no rootfs, the initramfs); the agent mounts it as init. The
 		// node VM mounts the host's pods/ over it (the paths CRI names).
 		{Path: "/etc/fstab", Data: []byte(nodeFstab)},
-		// kubelet's mount and umount (first on its PATH): the agent's
-		// helper, for the memory-backed volumes (runtime/nodevm/memvol).
-		{Path: memvol.HelperDir + "/mount", Mode: fs.ModeSymlink | 0o777, Data: []byte("/init")},
-		{Path: memvol.HelperDir + "/umount", Mode: fs.ModeSymlink | 0o777, Data: []byte("/init")},
-		{Path: memvol.HelperDir + "/" + memvol.RestoreName, Mode: fs.ModeSymlink | 0o777, Data: []byte("/init")},
+		// kubelet's mount and umount (first on its PATH): the helper for
+		// the memory-backed volumes (cmd/macvz-memvol).
+		{Path: memvol.HelperDir + "/" + memvol.RestoreName, Mode: 0o755, Data: memvolBin},
+		{Path: memvol.HelperDir + "/mount", Mode: fs.ModeSymlink | 0o777, Data: []byte(memvol.RestoreName)},
+		{Path: memvol.HelperDir + "/umount", Mode: fs.ModeSymlink | 0o777, Data: []byte(memvol.RestoreName)},
 	}
 	for _, d := range nodeDirs {
 		files = append(files, File{Path: d, Mode: fs.ModeDir | 0o755})

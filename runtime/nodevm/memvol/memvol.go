@@ -6,7 +6,7 @@
 // umount commands on its PATH (k8s.io/mount-utils). In the node VM such a
 // mount would be the VM's own: the pod's VM, which sees the host's
 // directory, would find it empty. So the node image puts this package's
-// helper first on kubelet's PATH as mount and umount (the agent binary,
+// helper first on kubelet's PATH as mount and umount (cmd/macvz-memvol,
 // called by those names). A tmpfs asked for below a directory shared
 // from the host is asked of the host instead, over the VM's private
 // channel (GuestSocket, served by Handler):

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -24,11 +23,11 @@ var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Built as make guest-image builds it (guest.BuildStatic: static,
+	// no symbol table or DWARF), so that the tests boot the guest users
+	// do, at its size.
 	agent := filepath.Join(dir, "macvz-agent")
-	cmd := exec.Command("go", "build", "-o", agent, "github.com/macvz/macvz/cmd/macvz-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := guest.BuildStatic(context.Background(), guest.AgentPackage, agent); err != nil {
 		return nil, err
 	}
 	// The hostile tags' agent (integration/hostile_test.go).

@@ -264,9 +264,9 @@ demo:
 # build`, which overlaps their compiles and links. crictl comes after them
 # (not beside: two cold builds at once would each compile the standard
 # library), from the cache they filled; the agent after the host's, linked
-# stripped (GUEST_LDFLAGS) from the packages they compiled. A cold build on 2 cores takes about
-# 330 CPU-seconds instead of 430. The tests' `make build` keeps the
-# default.
+# stripped (GUEST_LDFLAGS) from the packages they compiled. A cold build on
+# 2 cores takes about 330 CPU-seconds instead of 430. The tests' `make
+# build` keeps the default.
 demo-build: export CGO_ENABLED := 0
 demo-build: demo-bins crictl
 crictl: $(if $(filter demo-build,$(MAKECMDGOALS)),demo-bins)

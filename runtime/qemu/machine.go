@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,12 +64,15 @@ type machine struct {
 	// QEMU exits.
 	ramBacking ramBacking
 	ram        *os.File
+	// agentLine watches the console for the agent's first line.
+	agentLine markWatch
 }
 
 var (
-	_ vm.Machine      = (*machine)(nil)
-	_ vm.Balloon      = (*machine)(nil)
-	_ vm.RAMFileSaver = (*machine)(nil)
+	_ vm.Machine       = (*machine)(nil)
+	_ vm.Balloon       = (*machine)(nil)
+	_ vm.RAMFileSaver  = (*machine)(nil)
+	_ vm.ConsoleMarker = (*machine)(nil)
 )
 
 func newMachine(spec *vm.Spec, c config) *machine {
@@ -80,6 +85,7 @@ func newMachine(spec *vm.Spec, c config) *machine {
 		done:       make(chan struct{}),
 		state:      vm.StateCreated,
 		ramBacking: ram,
+		agentLine:  markWatch{mark: vm.AgentConsoleMark},
 	}
 }
 
@@ -853,7 +859,8 @@ type inherited struct {
 	extra   []*os.File // ExtraFiles: fd 3, 4, 5
 	console *os.File   // the pipe's read end
 	log     *boundedlog.Writer
-	state   *os.File // the saved state, for a restore
+	state   *os.File   // the saved state, for a restore
+	mark    *markWatch // sees the console on its way to the log
 }
 
 func (m *machine) inheritedFiles() (*inherited, error) {
@@ -870,7 +877,7 @@ func (m *machine) inheritedFiles() (*inherited, error) {
 		log.Close()
 		return nil, err
 	}
-	f := &inherited{console: r, log: log, extra: []*os.File{w, nil, nil, nil}}
+	f := &inherited{console: r, log: log, mark: &m.agentLine, extra: []*os.File{w, nil, nil, nil}}
 	fail := func(err error) (*inherited, error) {
 		r.Close()
 		w.Close()
@@ -922,7 +929,49 @@ func (f *inherited) started() {
 func (f *inherited) copyConsole() {
 	defer f.log.Close()
 	defer f.console.Close()
-	io.Copy(f.log, f.console)
+	io.Copy(io.MultiWriter(f.mark, f.log), f.console)
+}
+
+// AgentLineAt implements vm.ConsoleMarker.
+func (m *machine) AgentLineAt() time.Time { return m.agentLine.At() }
+
+// markWatch is a writer that notes when the bytes written to it first
+// contained mark (which may be split between writes), then only counts
+// them: one scan of the console's first lines, nothing after.
+type markWatch struct {
+	mark string
+	tail []byte // the last len(mark)-1 bytes, while not yet seen
+	at   atomic.Pointer[time.Time]
+}
+
+func (w *markWatch) Write(p []byte) (int, error) {
+	if w.mark == "" || w.at.Load() != nil {
+		return len(p), nil
+	}
+	mark := []byte(w.mark)
+	k := len(mark) - 1
+	// A mark split between writes: the last write's end and this one's
+	// start.
+	edge := append(w.tail, p[:min(len(p), k)]...)
+	if bytes.Contains(edge, mark) || bytes.Contains(p, mark) {
+		now := time.Now()
+		w.at.Store(&now)
+		w.tail = nil
+		return len(p), nil
+	}
+	if len(p) >= k {
+		edge = p
+	}
+	w.tail = append(w.tail[:0:0], edge[len(edge)-min(len(edge), k):]...)
+	return len(p), nil
+}
+
+// At is when the mark was first written; zero until then.
+func (w *markWatch) At() time.Time {
+	if t := w.at.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
 }
 
 // SetMemoryTarget implements vm.Balloon: QMP balloon. QEMU answers

@@ -361,14 +361,20 @@ type bootPhase struct {
 // bootPhases names where a boot's time went, in the order it went there
 // (each a duration, as the "VM booted" line gives them): preparing (the
 // record, the disk clone, the spec), spawning the shim, the backend
-// starting the VM, then, for a cold boot, on the guest's own clock the
-// kernel until the agent's process ran and the agent's own start until it
-// served; "hello" is the rest of the boot (the VM process until the
-// guest's clock started, and the agent's first answer); the shim's own
-// part of its Start; saving a warm state (an image's first cold boot);
-// setting the guest up. modulesLoaded is the guest's uptime when it had
-// every kernel module loaded (in the background: setup calls that need
-// one wait), 0 when not known.
+// starting the VM, then, for a cold boot, "EarlyBoot" (the VM process
+// until the guest's clock started: firmware, the kernel's decompression
+// and early setup), on the guest's own clock the kernel until the agent's
+// process ran and the agent's own start until its first line, and
+// "Hello" from that line to the agent's first answer (the guest's
+// channel drivers, the handshake, the first call). The first line is
+// where a bare boot of the guest is timed to: the phases up to it are the
+// guest's own boot, Hello and what follows are macvz's. When the backend
+// did not see the line on the console, EarlyBoot is left out and Hello is
+// the rest of the boot. Then the shim's own part of its Start; saving a
+// warm state (an image's first cold boot); setting the guest up.
+// modulesLoaded is the guest's uptime when it had every kernel module
+// loaded (in the background: setup calls that need one wait), 0 when not
+// known.
 func bootPhases(prepared, spawned, booted, saved, setup time.Duration, resp *shimapi.StartResponse, cold bool) (phases []bootPhase, modulesLoaded time.Duration) {
 	vmStart := time.Duration(resp.GetVmStartNs())
 	boot := time.Duration(resp.GetBootNs())
@@ -376,8 +382,14 @@ func bootPhases(prepared, spawned, booted, saved, setup time.Duration, resp *shi
 	a := resp.GetAgent()
 	if cold && a.GetStartedUptimeNs() > 0 && a.GetServingUptimeNs() >= a.GetStartedUptimeNs() {
 		kernel, agentInit := time.Duration(a.GetStartedUptimeNs()), time.Duration(a.GetServingUptimeNs()-a.GetStartedUptimeNs())
-		phases = append(phases, bootPhase{"Kernel", kernel}, bootPhase{"AgentInit", agentInit},
-			bootPhase{"Hello", max(boot-vmStart-kernel-agentInit, 0)})
+		line := time.Duration(resp.GetAgentLineNs())
+		if early := line - vmStart - kernel - agentInit; line > 0 && line <= boot && early >= 0 {
+			phases = append(phases, bootPhase{"EarlyBoot", early}, bootPhase{"Kernel", kernel}, bootPhase{"AgentInit", agentInit},
+				bootPhase{"Hello", boot - line})
+		} else {
+			phases = append(phases, bootPhase{"Kernel", kernel}, bootPhase{"AgentInit", agentInit},
+				bootPhase{"Hello", max(boot-vmStart-kernel-agentInit, 0)})
+		}
 		modulesLoaded = time.Duration(a.GetModulesLoadedUptimeNs())
 	} else {
 		phases = append(phases, bootPhase{"Guest", max(boot-vmStart, 0)})

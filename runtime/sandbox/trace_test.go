@@ -16,7 +16,7 @@ import (
 )
 
 func TestPhaseSpanName(t *testing.T) {
-	for in, want := range map[string]string{"Prepare": "prepare", "AgentInit": "agent_init", "VMStart": "vm_start", "ShimStart": "shim_start", "Hello": "hello"} {
+	for in, want := range map[string]string{"Prepare": "prepare", "AgentInit": "agent_init", "VMStart": "vm_start", "ShimStart": "shim_start", "Hello": "hello", "EarlyBoot": "early_boot"} {
 		if got := phaseSpanName(in); got != want {
 			t.Errorf("phaseSpanName(%q) = %q, want %q", in, got, want)
 		}
@@ -39,6 +39,26 @@ func TestBootPhases(t *testing.T) {
 		"phaseHello", "640ms", "modulesLoaded", "3.1s", "phaseShimStart", "1ms", "phaseSetup", "110ms"}
 	if !slices.Equal(attrs, wantAttrs) {
 		t.Errorf("attributes %v, want %v", attrs, wantAttrs)
+	}
+	// With the agent's first console line seen 3.0 s into the boot: the
+	// VM's early boot before the guest's clock (3.0 s - 60 ms - 2.8 s)
+	// and Hello from that line on.
+	resp.AgentLineNs = int64(3000 * time.Millisecond)
+	phases, _ = bootPhases(time.Millisecond, 9*time.Millisecond, 3510*time.Millisecond, 0, 110*time.Millisecond, resp, true)
+	want = []bootPhase{{"Prepare", time.Millisecond}, {"Shim", 8 * time.Millisecond}, {"VMStart", 60 * time.Millisecond},
+		{"EarlyBoot", 140 * time.Millisecond}, {"Kernel", 2600 * time.Millisecond}, {"AgentInit", 200 * time.Millisecond},
+		{"Hello", 500 * time.Millisecond}, {"ShimStart", time.Millisecond}, {"Setup", 110 * time.Millisecond}}
+	if !slices.Equal(phases, want) {
+		t.Errorf("cold boot phases with the console line %v; want %v", phases, want)
+	}
+	// A line that cannot be (before the guest's clock says the agent
+	// served, or after the boot ended) is not used.
+	for _, line := range []time.Duration{2500 * time.Millisecond, 3600 * time.Millisecond} {
+		resp.AgentLineNs = int64(line)
+		phases, _ = bootPhases(time.Millisecond, 9*time.Millisecond, 3510*time.Millisecond, 0, 110*time.Millisecond, resp, true)
+		if len(phases) != 8 || phases[5] != (bootPhase{"Hello", 640 * time.Millisecond}) {
+			t.Errorf("console line at %v: phases %v, want Hello 640ms and no EarlyBoot", line, phases)
+		}
 	}
 	// A warm start has no kernel of its own: one guest phase, and a save.
 	phases, mods = bootPhases(time.Millisecond, 9*time.Millisecond, 400*time.Millisecond, 50*time.Millisecond, 20*time.Millisecond,

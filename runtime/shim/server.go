@@ -377,8 +377,14 @@ func (s *server) Start(ctx context.Context, req *shimapi.StartRequest) (*shimapi
 		s.agentReady = time.Now()
 	}
 	s.mu.Unlock()
+	resp := &shimapi.StartResponse{Agent: info, BootNs: int64(boot), VmStartNs: int64(vmStart)}
+	if cm, ok := s.m.(vm.ConsoleMarker); ok {
+		if at := cm.AgentLineAt(); at.After(t0) && at.Sub(t0) <= boot {
+			resp.AgentLineNs = int64(at.Sub(t0))
+		}
+	}
 	s.log.Info("VM started; the agent answers", "vm_start", vmStart, "boot", boot, "agent", info.AgentVersion, "kernel", info.KernelRelease)
-	return &shimapi.StartResponse{Agent: info, BootNs: int64(boot), VmStartNs: int64(vmStart)}, nil
+	return resp, nil
 }
 
 // withConsole adds the end of the guest's console log to an error.

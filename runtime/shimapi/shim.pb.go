@@ -285,7 +285,11 @@ type StartResponse struct {
 	// boot_ns: from the call to the agent's first answer.
 	BootNs int64 `protobuf:"varint,2,opt,name=boot_ns,json=bootNs,proto3" json:"boot_ns,omitempty"`
 	// vm_start_ns: the part of it the VM backend took to start the VM.
-	VmStartNs     int64 `protobuf:"varint,3,opt,name=vm_start_ns,json=vmStartNs,proto3" json:"vm_start_ns,omitempty"`
+	VmStartNs int64 `protobuf:"varint,3,opt,name=vm_start_ns,json=vmStartNs,proto3" json:"vm_start_ns,omitempty"`
+	// agent_line_ns: from the call to the agent's first line on the guest's
+	// console (what a bare boot of the guest is timed to), for a backend
+	// that watches the console (vm.ConsoleMarker); 0 when not seen.
+	AgentLineNs   int64 `protobuf:"varint,4,opt,name=agent_line_ns,json=agentLineNs,proto3" json:"agent_line_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -337,6 +341,13 @@ func (x *StartResponse) GetBootNs() int64 {
 func (x *StartResponse) GetVmStartNs() int64 {
 	if x != nil {
 		return x.VmStartNs
+	}
+	return 0
+}
+
+func (x *StartResponse) GetAgentLineNs() int64 {
+	if x != nil {
+		return x.AgentLineNs
 	}
 	return 0
 }
@@ -1882,11 +1893,12 @@ const file_shim_proto_rawDesc = "" +
 	"\x05clean\x18\x03 \x01(\bR\x05clean\"S\n" +
 	"\fStartRequest\x12(\n" +
 	"\x10agent_timeout_ns\x18\x01 \x01(\x03R\x0eagentTimeoutNs\x12\x19\n" +
-	"\bno_agent\x18\x02 \x01(\bR\anoAgent\"|\n" +
+	"\bno_agent\x18\x02 \x01(\bR\anoAgent\"\xa0\x01\n" +
 	"\rStartResponse\x122\n" +
 	"\x05agent\x18\x01 \x01(\v2\x1c.macvz.agent.v1.InfoResponseR\x05agent\x12\x17\n" +
 	"\aboot_ns\x18\x02 \x01(\x03R\x06bootNs\x12\x1e\n" +
-	"\vvm_start_ns\x18\x03 \x01(\x03R\tvmStartNs\"\x0e\n" +
+	"\vvm_start_ns\x18\x03 \x01(\x03R\tvmStartNs\x12\"\n" +
+	"\ragent_line_ns\x18\x04 \x01(\x03R\vagentLineNs\"\x0e\n" +
 	"\fStateRequest\"\x92\x03\n" +
 	"\rStateResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +

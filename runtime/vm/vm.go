@@ -257,6 +257,23 @@ type RAMFileSaver interface {
 	SaveRAMFile(ctx context.Context, path string) error
 }
 
+// AgentConsoleMark is in every line the macvz agent logs (its logger's
+// attribute c=macvz-agent, cmd/macvz-agent), on the guest's console too.
+// Its first line there is where a bare boot of the same guest is timed
+// to (BenchmarkPodStart's baseline).
+const AgentConsoleMark = "c=macvz-agent"
+
+// ConsoleMarker is a Machine that notes, on the host's clock, when the
+// guest's console first carried AgentConsoleMark: the boot as far as a
+// bare boot of the guest goes, which tells apart what the guest's own
+// boot took and what came after (the agent's first answer). The guest
+// writes its console, so the time is for the boot's phases only, never
+// for a decision.
+type ConsoleMarker interface {
+	// AgentLineAt is when the mark was first seen; zero until then.
+	AgentLineAt() time.Time
+}
+
 // Balloon is a Machine whose guest memory can be taken back and returned
 // while it runs, through a virtio memory balloon. A VM cannot grow past
 // the memory it booted with, so this is how a running pod's memory

@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,7 +63,7 @@ type machine struct {
 	ramBacking ramBacking
 	ram        *os.File
 	// agentLine watches the console for the agent's first line.
-	agentLine markWatch
+	agentLine vm.ConsoleWatch
 }
 
 var (
@@ -85,7 +83,6 @@ func newMachine(spec *vm.Spec, c config) *machine {
 		done:       make(chan struct{}),
 		state:      vm.StateCreated,
 		ramBacking: ram,
-		agentLine:  markWatch{mark: vm.AgentConsoleMark},
 	}
 }
 
@@ -859,8 +856,8 @@ type inherited struct {
 	extra   []*os.File // ExtraFiles: fd 3, 4, 5
 	console *os.File   // the pipe's read end
 	log     *boundedlog.Writer
-	state   *os.File   // the saved state, for a restore
-	mark    *markWatch // sees the console on its way to the log
+	state   *os.File         // the saved state, for a restore
+	mark    *vm.ConsoleWatch // sees the console on its way to the log
 }
 
 func (m *machine) inheritedFiles() (*inherited, error) {
@@ -933,46 +930,7 @@ func (f *inherited) copyConsole() {
 }
 
 // AgentLineAt implements vm.ConsoleMarker.
-func (m *machine) AgentLineAt() time.Time { return m.agentLine.At() }
-
-// markWatch is a writer that notes when the bytes written to it first
-// contained mark (which may be split between writes), then only counts
-// them: one scan of the console's first lines, nothing after.
-type markWatch struct {
-	mark string
-	tail []byte // the last len(mark)-1 bytes, while not yet seen
-	at   atomic.Pointer[time.Time]
-}
-
-func (w *markWatch) Write(p []byte) (int, error) {
-	if w.mark == "" || w.at.Load() != nil {
-		return len(p), nil
-	}
-	mark := []byte(w.mark)
-	k := len(mark) - 1
-	// A mark split between writes: the last write's end and this one's
-	// start.
-	edge := append(w.tail, p[:min(len(p), k)]...)
-	if bytes.Contains(edge, mark) || bytes.Contains(p, mark) {
-		now := time.Now()
-		w.at.Store(&now)
-		w.tail = nil
-		return len(p), nil
-	}
-	if len(p) >= k {
-		edge = p
-	}
-	w.tail = append(w.tail[:0:0], edge[len(edge)-min(len(edge), k):]...)
-	return len(p), nil
-}
-
-// At is when the mark was first written; zero until then.
-func (w *markWatch) At() time.Time {
-	if t := w.at.Load(); t != nil {
-		return *t
-	}
-	return time.Time{}
-}
+func (m *machine) AgentLineAt() time.Time { return m.agentLine.AgentLineAt() }
 
 // SetMemoryTarget implements vm.Balloon: QMP balloon. QEMU answers
 // DeviceNotActive until the guest's virtio_balloon driver has bound the

@@ -70,7 +70,7 @@ func (*Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
 		return nil, err
 	}
 	m := &machine{spec: spec, plan: p, log: slog.With("sandbox", spec.ID), done: make(chan struct{}), state: vm.StateCreated}
-	if m.config, m.files, err = buildConfig(p); err != nil {
+	if m.config, m.files, err = buildConfig(p, &m.agentLine); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -79,7 +79,7 @@ func (*Driver) Create(ctx context.Context, spec *vm.Spec) (vm.Machine, error) {
 // buildConfig turns a plan into a framework configuration. The closers
 // (file handles, socket_vmnet forwarders) are kept for the VM's life and
 // closed when it ends.
-func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []io.Closer, error) {
+func buildConfig(p *Plan, console io.Writer) (*vz.VirtualMachineConfiguration, []io.Closer, error) {
 	var boot vz.BootLoader
 	var err error
 	if p.Boot == vm.BootLinux {
@@ -170,7 +170,7 @@ func buildConfig(p *Plan) (*vz.VirtualMachineConfiguration, []io.Closer, error) 
 	if p.ConsoleLog != "" {
 		// The console goes through a pipe into a bounded log (the guest
 		// decides how much it prints), not straight into a file.
-		in, out, err := consolePipe(p.ConsoleLog, p.ConsoleLogMax)
+		in, out, err := consolePipe(p.ConsoleLog, p.ConsoleLogMax, console)
 		if err != nil {
 			closeFiles()
 			return nil, nil, err
@@ -363,7 +363,15 @@ type machine struct {
 	stopping bool // Stop was called: a stop is clean within the grace
 	done     chan struct{}
 	doneOnce sync.Once
+	// agentLine watches a Linux guest's console for the agent's first
+	// line (vm.ConsoleMarker).
+	agentLine vm.ConsoleWatch
 }
+
+var _ vm.ConsoleMarker = (*machine)(nil)
+
+// AgentLineAt implements vm.ConsoleMarker.
+func (m *machine) AgentLineAt() time.Time { return m.agentLine.AgentLineAt() }
 
 // Start implements vm.Machine: boot, or restore the saved state and
 // resume (macOS 14+). A framework refusal because too many VMs run
@@ -597,8 +605,9 @@ func (m *machine) Resume(ctx context.Context) error {
 
 // consolePipe returns the guest's console input (/dev/null: nothing is
 // typed into it) and the write end of a pipe whose contents a goroutine
-// moves into the bounded log at path until every writer is closed.
-func consolePipe(path string, limit int64) (in, out *os.File, err error) {
+// moves into the bounded log at path, and through watch, until every
+// writer is closed.
+func consolePipe(path string, limit int64, watch io.Writer) (in, out *os.File, err error) {
 	log, err := boundedlog.Open(path, limit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("console log %s: %w", path, err)
@@ -618,7 +627,7 @@ func consolePipe(path string, limit int64) (in, out *os.File, err error) {
 	go func() {
 		defer log.Close()
 		defer r.Close()
-		io.Copy(log, r)
+		io.Copy(io.MultiWriter(watch, log), r)
 	}()
 	return in, w, nil
 }

@@ -137,7 +137,10 @@ func TestTracing(t *testing.T) {
 		}
 		return out
 	}
-	phases := []string{"prepare", "shim", "vm_start", "kernel", "agent_init", "hello", "shim_start", "setup"}
+	// early_boot: QEMU's driver saw the agent's first console line (the
+	// guest's clock cannot have run longer than the host's since the VM
+	// started, so the phase is never left out for being negative).
+	phases := []string{"prepare", "shim", "vm_start", "early_boot", "kernel", "agent_init", "hello", "shim_start", "setup"}
 	spans := col.waitFor(t, func(spans []*tracepb.Span) bool {
 		for _, n := range append([]string{"runtime.v1.RuntimeService/RunPodSandbox", "runtime.v1.RuntimeService/StartContainer",
 			"runtime.v1.RuntimeService/ExecSync", "macvz.vm.boot"}, phases...) {

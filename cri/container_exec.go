@@ -55,7 +55,7 @@ func (s *Service) runningContainer(ctx context.Context, id string) (store.Contai
 // Its goroutines carry the guest's bytes: each recovers from a panic
 // (logged with the container and exec ids) and ends only this session.
 func (s *Service) execStream(ctx context.Context, cid string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommandserver.TerminalSize) error {
-	p, err := s.newExec(ctx, cid, cmd, tty, in != nil, false)
+	p, err := s.newExec(ctx, cid, cmd, tty, in != nil)
 	if err != nil {
 		return err
 	}

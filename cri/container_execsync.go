@@ -30,9 +30,7 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 	if len(r.GetCmd()) == 0 {
 		return nil, fmt.Errorf("exec needs a command: %w", errdefs.ErrInvalidArgument)
 	}
-	// Created and started in one call: nothing attaches before the start
-	// (the agent keeps the output for the readers opened below).
-	p, err := s.newExec(ctx, r.GetContainerId(), r.GetCmd(), false, false, true)
+	p, err := s.newExec(ctx, r.GetContainerId(), r.GetCmd(), false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -69,11 +67,8 @@ func (s *Service) ExecSync(ctx context.Context, r *runtimeapi.ExecSyncRequest) (
 			})
 		}()
 	}
-	if !p.started {
-		// An agent from before CreateProcessRequest.start.
-		if err := p.start(ctx); err != nil {
-			return nil, err
-		}
+	if err := p.start(ctx); err != nil {
+		return nil, err
 	}
 	w, err := p.agent.WaitProcess(ctx, &agentapi.WaitProcessRequest{Id: p.id})
 	if err == nil {
@@ -111,15 +106,11 @@ type execProcess struct {
 	sc    shim.Conn
 	id    *agentapi.ProcessID
 	log   *slog.Logger
-	// started: the create started it too (newExec's start, an agent
-	// that knows CreateProcessRequest.start).
-	started bool
 }
 
-// newExec creates an exec process in a running container, with the
-// container's user, environment and working directory; with start, the
-// same call starts it when the guest's agent can (p.started).
-func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, stdin, start bool) (*execProcess, error) {
+// newExec creates (not starts) an exec process in a running container,
+// with the container's user, environment and working directory.
+func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, stdin bool) (*execProcess, error) {
 	c, err := s.container(ctx, cid)
 	if err != nil {
 		return nil, err
@@ -151,22 +142,13 @@ func (s *Service) newExec(ctx context.Context, cid string, argv []string, tty, s
 	}
 	p := &execProcess{agent: sc.Agent(), sc: sc, id: &agentapi.ProcessID{ContainerId: c.ID, ExecId: randomHex(16)}, log: ctrLog(c)}
 	creq := &agentapi.CreateProcessRequest{
-		Id: p.id, Argv: argv, Env: completeEnv(env, store.SpecOf(sb).Hostname), Cwd: cwd, Tty: tty, Stdin: stdin, Start: start,
+		Id: p.id, Argv: argv, Env: completeEnv(env, store.SpecOf(sb).Hostname), Cwd: cwd, Tty: tty, Stdin: stdin,
 	}
 	pu.forOS(img.Descriptor.OS).apply(creq)
-	resp, err := p.agent.CreateProcess(ctx, creq)
+	_, err = p.agent.CreateProcess(ctx, creq)
 	if err != nil {
-		if start {
-			// The answer may be lost after the agent started it: it must
-			// not outlive the call (both are no-ops for a process the
-			// agent never made or already removed).
-			p.kill()
-			p.remove()
-			return nil, fmt.Errorf("starting the exec in the guest: %w", err)
-		}
 		return nil, fmt.Errorf("creating the exec in the guest: %w", err)
 	}
-	p.started = resp.GetStarted()
 	return p, nil
 }
 

@@ -178,64 +178,6 @@ func TestOutputAndExitCode(t *testing.T) {
 	}
 }
 
-// TestCreateAndStart: CreateProcess with start runs the process in the
-// same call; output written before a reader attaches is kept; a start
-// that fails leaves no process behind.
-func TestCreateAndStart(t *testing.T) {
-	ta := startAgent(t)
-	ctx := ctxT(t)
-	id := pid("c1", "e1")
-	resp, err := ta.client.CreateProcess(ctx, &api.CreateProcessRequest{Id: id, Argv: []string{"sh", "-c", "echo out; echo err >&2; exit 4"},
-		Env: baseEnv(), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), Start: true})
-	if err != nil || !resp.Started || resp.Pid == 0 {
-		t.Fatalf("CreateProcess with start: %v, %v", resp, err)
-	}
-	if st := ta.wait(t, id); st.ExitCode != 4 {
-		t.Errorf("exit %v", st)
-	}
-	if got := ta.readAll(t, id, api.Stdio_STDOUT); got != "out\n" {
-		t.Errorf("stdout read after the exit %q", got)
-	}
-	if got := ta.readAll(t, id, api.Stdio_STDERR); got != "err\n" {
-		t.Errorf("stderr read after the exit %q", got)
-	}
-	if _, err := ta.client.StartProcess(ctx, &api.StartProcessRequest{Id: id}); status.Code(err) != codes.FailedPrecondition {
-		t.Errorf("StartProcess of a process its create started: %v, want FailedPrecondition", err)
-	}
-
-	missing := pid("c1", "e2")
-	_, err = ta.client.CreateProcess(ctx, &api.CreateProcessRequest{Id: missing, Argv: []string{"no-such-binary-here"},
-		Env: baseEnv(), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), Start: true})
-	if status.Code(err) != codes.NotFound {
-		t.Errorf("CreateProcess with start of a missing binary: %v, want NotFound", err)
-	}
-	if _, err := ta.client.WaitProcess(ctx, &api.WaitProcessRequest{Id: missing}); status.Code(err) != codes.NotFound {
-		t.Errorf("the failed start's process is still there: %v", err)
-	}
-	// Without start: created only, as before.
-	plain := pid("c1", "e3")
-	if resp, err := ta.client.CreateProcess(ctx, &api.CreateProcessRequest{Id: plain, Argv: []string{"true"},
-		Env: baseEnv(), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}); err != nil || resp.Started {
-		t.Errorf("CreateProcess without start: %v, %v", resp, err)
-	}
-	l, err := ta.client.ListProcesses(ctx, &api.ListProcessesRequest{ContainerId: "c1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for _, p := range l.Processes {
-		if p.Id.GetExecId() == "e3" {
-			found = true
-			if p.State != api.ProcessState_CREATED {
-				t.Errorf("a process created without start is %v", p.State)
-			}
-		}
-	}
-	if !found {
-		t.Errorf("the process created without start is not listed: %v", l.Processes)
-	}
-}
-
 func TestErrors(t *testing.T) {
 	ta := startAgent(t)
 	ctx := ctxT(t)

@@ -154,17 +154,7 @@ func (a *agent) CreateProcess(ctx context.Context, req *api.CreateProcessRequest
 		a.mu.Unlock()
 		return nil, osErr(codes.Internal, err, "process %s: setting up stdio", k)
 	}
-	if !req.Start {
-		return &api.CreateProcessResponse{}, nil
-	}
-	st, err := a.StartProcess(ctx, &api.StartProcessRequest{Id: req.Id})
-	if err != nil {
-		// Not started (or exited at once, as a missing binary does):
-		// nothing of it stays for the caller to remove.
-		a.RemoveProcess(context.WithoutCancel(ctx), &api.RemoveProcessRequest{Id: req.Id})
-		return nil, err
-	}
-	return &api.CreateProcessResponse{Started: true, Pid: st.GetPid()}, nil
+	return &api.CreateProcessResponse{}, nil
 }
 
 // setup prepares the command and its stdio.

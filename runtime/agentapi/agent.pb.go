@@ -707,16 +707,8 @@ type CreateProcessRequest struct {
 	// process) put the container in its cgroup (as memory_limit_bytes
 	// does) with cpu.max set to them: a CFS quota within the VM's vCPUs.
 	// 0 = no quota.
-	CpuQuotaUs  int64 `protobuf:"varint,27,opt,name=cpu_quota_us,json=cpuQuotaUs,proto3" json:"cpu_quota_us,omitempty"`
-	CpuPeriodUs int64 `protobuf:"varint,28,opt,name=cpu_period_us,json=cpuPeriodUs,proto3" json:"cpu_period_us,omitempty"`
-	// start starts the process once it is created, as StartProcess would,
-	// saving the caller a round trip through the VM's channel: for a
-	// caller that attaches nothing before the start (its output is kept
-	// from the start for a reader that comes after). A start that fails
-	// removes the process again and answers the start's error. An agent
-	// that predates the field creates only: started in the response
-	// says which happened.
-	Start         bool `protobuf:"varint,29,opt,name=start,proto3" json:"start,omitempty"`
+	CpuQuotaUs    int64 `protobuf:"varint,27,opt,name=cpu_quota_us,json=cpuQuotaUs,proto3" json:"cpu_quota_us,omitempty"`
+	CpuPeriodUs   int64 `protobuf:"varint,28,opt,name=cpu_period_us,json=cpuPeriodUs,proto3" json:"cpu_period_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -947,17 +939,8 @@ func (x *CreateProcessRequest) GetCpuPeriodUs() int64 {
 	return 0
 }
 
-func (x *CreateProcessRequest) GetStart() bool {
-	if x != nil {
-		return x.Start
-	}
-	return false
-}
-
 type CreateProcessResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Started       bool                   `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"` // start was asked for and the process runs
-	Pid           uint32                 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`         // when started
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -990,20 +973,6 @@ func (x *CreateProcessResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use CreateProcessResponse.ProtoReflect.Descriptor instead.
 func (*CreateProcessResponse) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{8}
-}
-
-func (x *CreateProcessResponse) GetStarted() bool {
-	if x != nil {
-		return x.Started
-	}
-	return false
-}
-
-func (x *CreateProcessResponse) GetPid() uint32 {
-	if x != nil {
-		return x.Pid
-	}
-	return 0
 }
 
 type StartProcessRequest struct {
@@ -4292,7 +4261,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\"6\n" +
 	"\fTerminalSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\x9e\b\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\x88\b\n" +
 	"\x14CreateProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\x12\x12\n" +
 	"\x04argv\x18\x02 \x03(\tR\x04argv\x12\x10\n" +
@@ -4324,11 +4293,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x12memory_limit_bytes\x18\x1a \x01(\x03R\x10memoryLimitBytes\x12 \n" +
 	"\fcpu_quota_us\x18\x1b \x01(\x03R\n" +
 	"cpuQuotaUs\x12\"\n" +
-	"\rcpu_period_us\x18\x1c \x01(\x03R\vcpuPeriodUs\x12\x14\n" +
-	"\x05start\x18\x1d \x01(\bR\x05start\"C\n" +
-	"\x15CreateProcessResponse\x12\x18\n" +
-	"\astarted\x18\x01 \x01(\bR\astarted\x12\x10\n" +
-	"\x03pid\x18\x02 \x01(\rR\x03pid\"@\n" +
+	"\rcpu_period_us\x18\x1c \x01(\x03R\vcpuPeriodUs\"\x17\n" +
+	"\x15CreateProcessResponse\"@\n" +
 	"\x13StartProcessRequest\x12)\n" +
 	"\x02id\x18\x01 \x01(\v2\x19.macvz.agent.v1.ProcessIDR\x02id\"(\n" +
 	"\x14StartProcessResponse\x12\x10\n" +

@@ -181,8 +181,11 @@ func (t *procTable) lookup(k procKey) *watched {
 	return t.procs[k]
 }
 
-// watch starts supervising k.
-func (t *procTable) watch(ctx context.Context, k procKey, logPath string) error {
+// watch starts supervising k. created says the caller has just created
+// it in the guest (the shim's StartProcess): the guest is not asked again
+// whether it has it, one round trip through the VM's channel fewer on
+// every container start.
+func (t *procTable) watch(ctx context.Context, k procKey, logPath string, created bool) error {
 	if logPath != "" && (!filepath.IsAbs(logPath) || filepath.Clean(logPath) != logPath) {
 		return status.Errorf(codes.InvalidArgument, "log_path %q is not a clean absolute path", logPath)
 	}
@@ -196,24 +199,27 @@ func (t *procTable) watch(ctx context.Context, k procKey, logPath string) error 
 	}
 	t.mu.Unlock()
 
-	// The process must exist in the guest.
-	s, err := t.agent.get(ctx)
-	if err != nil {
-		return err
-	}
-	list, err := s.api.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: k.container})
-	if err != nil {
-		return agentErr(err)
-	}
-	found := false
-	for _, p := range list.Processes {
-		if p.Id.GetContainerId() == k.container && p.Id.GetExecId() == k.exec {
-			found = true
+	if !created {
+		// The process must exist in the guest.
+		s, err := t.agent.get(ctx)
+		if err != nil {
+			return err
+		}
+		list, err := s.api.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: k.container})
+		if err != nil {
+			return agentErr(err)
+		}
+		found := false
+		for _, p := range list.Processes {
+			if p.Id.GetContainerId() == k.container && p.Id.GetExecId() == k.exec {
+				found = true
+			}
+		}
+		if !found {
+			return status.Errorf(codes.NotFound, "the guest has no process %s", k)
 		}
 	}
-	if !found {
-		return status.Errorf(codes.NotFound, "the guest has no process %s", k)
-	}
+	var err error
 
 	w := &watched{t: t, key: k, logPath: logPath, watchedAt: time.Now(), done: make(chan struct{}),
 		log: t.log.With("container", k.container, "exec", k.exec)}

@@ -594,7 +594,7 @@ func (s *server) WatchProcess(ctx context.Context, req *shimapi.WatchProcessRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := s.procs.watch(ctx, k, req.LogPath); err != nil {
+	if err := s.procs.watch(ctx, k, req.LogPath, false); err != nil {
 		return nil, err
 	}
 	return &shimapi.WatchProcessResponse{}, nil
@@ -722,7 +722,7 @@ func (s *server) StartProcess(ctx context.Context, req *shimapi.StartProcessRequ
 			}
 		}
 	}()
-	if err := s.procs.watch(ctx, k, req.LogPath); err != nil {
+	if err := s.procs.watch(ctx, k, req.LogPath, true); err != nil {
 		return nil, stepErr("watching the process", err)
 	}
 	// The agent connection may have been made again meanwhile.

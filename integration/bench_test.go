@@ -330,41 +330,50 @@ func (v *verbTimes) report(b *testing.B, prefix string) {
 	}
 }
 
-// bootPhases collects, from the daemon's lines with message msg ("VM
-// booted" for cold boots, "VM restored from a saved state" for warm
-// ones), the phases runtime/sandbox's bootPhases names.
-func bootPhases(log, msg string) *verbTimes {
-	out := &verbTimes{}
+// bootLines parses the daemon's lines with message msg ("VM booted" for
+// cold boots, "VM restored from a saved state" for warm ones): for each,
+// the phases runtime/sandbox's bootPhases names, by name.
+func bootLines(log, msg string) []map[string]time.Duration {
 	phase := regexp.MustCompile(`\bphase([A-Za-z]+)=(\S+)`)
+	var out []map[string]time.Duration
 	for _, l := range strings.Split(log, "\n") {
 		if !strings.Contains(l, `msg="`+msg+`"`) {
 			continue
 		}
+		ph := map[string]time.Duration{}
 		for _, m := range phase.FindAllStringSubmatch(l, -1) {
 			if d, err := time.ParseDuration(m[2]); err == nil {
-				out.add(m[1], d)
+				ph[m[1]] = d
 			}
+		}
+		out = append(out, ph)
+	}
+	return out
+}
+
+// bootPhases collects the phases of bootLines(log, msg).
+func bootPhases(log, msg string) *verbTimes {
+	out := &verbTimes{}
+	for _, ph := range bootLines(log, msg) {
+		for name, d := range ph {
+			out.add(name, d)
 		}
 	}
 	return out
 }
 
-// agentLines is, for each cold boot the daemon logged ("VM booted" with
-// phaseEarlyBoot), the time from StartContainer's boot to the agent's
-// first console line: the phases up to it (prepare, shim, VM start, early
-// boot, kernel, agent init).
+// agentLines is, for each cold boot the daemon logged with an EarlyBoot
+// phase, the time from StartContainer's boot to the agent's first console
+// line: the phases up to it.
 func agentLines(log string) []time.Duration {
-	phase := regexp.MustCompile(`\bphase(Prepare|Shim|VMStart|EarlyBoot|Kernel|AgentInit)=(\S+)`)
 	var out []time.Duration
-	for _, l := range strings.Split(log, "\n") {
-		if !strings.Contains(l, `msg="VM booted"`) || !strings.Contains(l, "phaseEarlyBoot=") {
+	for _, ph := range bootLines(log, "VM booted") {
+		if _, ok := ph["EarlyBoot"]; !ok {
 			continue
 		}
 		var sum time.Duration
-		for _, m := range phase.FindAllStringSubmatch(l, -1) {
-			if d, err := time.ParseDuration(m[2]); err == nil {
-				sum += d
-			}
+		for _, name := range []string{"Prepare", "Shim", "VMStart", "EarlyBoot", "Kernel", "AgentInit"} {
+			sum += ph[name]
 		}
 		out = append(out, sum)
 	}

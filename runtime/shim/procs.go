@@ -181,13 +181,38 @@ func (t *procTable) lookup(k procKey) *watched {
 	return t.procs[k]
 }
 
-// watch starts supervising k. created says the caller has just created
-// it in the guest (the shim's StartProcess): the guest is not asked again
-// whether it has it, one round trip through the VM's channel fewer on
-// every container start.
-func (t *procTable) watch(ctx context.Context, k procKey, logPath string, created bool) error {
+// inGuest checks that the guest has the process k: WatchProcess's
+// caller (an older daemon) created it on its own, the shim's StartProcess
+// has just done so and does not ask again.
+func (t *procTable) inGuest(ctx context.Context, k procKey) error {
+	s, err := t.agent.get(ctx)
+	if err != nil {
+		return err
+	}
+	list, err := s.api.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: k.container})
+	if err != nil {
+		return agentErr(err)
+	}
+	for _, p := range list.Processes {
+		if p.Id.GetContainerId() == k.container && p.Id.GetExecId() == k.exec {
+			return nil
+		}
+	}
+	return status.Errorf(codes.NotFound, "the guest has no process %s", k)
+}
+
+// checkLogPath refuses a container log path watch would not open.
+func checkLogPath(logPath string) error {
 	if logPath != "" && (!filepath.IsAbs(logPath) || filepath.Clean(logPath) != logPath) {
 		return status.Errorf(codes.InvalidArgument, "log_path %q is not a clean absolute path", logPath)
+	}
+	return nil
+}
+
+// watch starts supervising k, which the guest has.
+func (t *procTable) watch(ctx context.Context, k procKey, logPath string) error {
+	if err := checkLogPath(logPath); err != nil {
+		return err
 	}
 	t.mu.Lock()
 	if w := t.procs[k]; w != nil {
@@ -199,28 +224,7 @@ func (t *procTable) watch(ctx context.Context, k procKey, logPath string, create
 	}
 	t.mu.Unlock()
 
-	if !created {
-		// The process must exist in the guest.
-		s, err := t.agent.get(ctx)
-		if err != nil {
-			return err
-		}
-		list, err := s.api.ListProcesses(ctx, &agentapi.ListProcessesRequest{ContainerId: k.container})
-		if err != nil {
-			return agentErr(err)
-		}
-		found := false
-		for _, p := range list.Processes {
-			if p.Id.GetContainerId() == k.container && p.Id.GetExecId() == k.exec {
-				found = true
-			}
-		}
-		if !found {
-			return status.Errorf(codes.NotFound, "the guest has no process %s", k)
-		}
-	}
 	var err error
-
 	w := &watched{t: t, key: k, logPath: logPath, watchedAt: time.Now(), done: make(chan struct{}),
 		log: t.log.With("container", k.container, "exec", k.exec)}
 	if logPath != "" {

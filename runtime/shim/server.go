@@ -379,7 +379,9 @@ func (s *server) Start(ctx context.Context, req *shimapi.StartRequest) (*shimapi
 	s.mu.Unlock()
 	resp := &shimapi.StartResponse{Agent: info, BootNs: int64(boot), VmStartNs: int64(vmStart)}
 	if cm, ok := s.m.(vm.ConsoleMarker); ok {
-		if at := cm.AgentLineAt(); at.After(t0) && at.Sub(t0) <= boot {
+		// bootPhases checks it against the boot (a guest writes the
+		// console): here only that it came during this call.
+		if at := cm.AgentLineAt(); at.After(t0) {
 			resp.AgentLineNs = int64(at.Sub(t0))
 		}
 	}
@@ -594,7 +596,15 @@ func (s *server) WatchProcess(ctx context.Context, req *shimapi.WatchProcessRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := s.procs.watch(ctx, k, req.LogPath, false); err != nil {
+	if err := checkLogPath(req.LogPath); err != nil {
+		return nil, err
+	}
+	if s.procs.lookup(k) == nil {
+		if err := s.procs.inGuest(ctx, k); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.procs.watch(ctx, k, req.LogPath); err != nil {
 		return nil, err
 	}
 	return &shimapi.WatchProcessResponse{}, nil
@@ -702,8 +712,8 @@ func (s *server) StartProcess(ctx context.Context, req *shimapi.StartProcessRequ
 		return nil, err
 	}
 	// What watch would refuse, refused before anything is created.
-	if lp := req.LogPath; lp != "" && (!filepath.IsAbs(lp) || filepath.Clean(lp) != lp) {
-		return nil, status.Errorf(codes.InvalidArgument, "log_path %q is not a clean absolute path", lp)
+	if err := checkLogPath(req.LogPath); err != nil {
+		return nil, err
 	}
 	sess, err := s.agent.get(ctx)
 	if err != nil {
@@ -722,7 +732,7 @@ func (s *server) StartProcess(ctx context.Context, req *shimapi.StartProcessRequ
 			}
 		}
 	}()
-	if err := s.procs.watch(ctx, k, req.LogPath, true); err != nil {
+	if err := s.procs.watch(ctx, k, req.LogPath); err != nil {
 		return nil, stepErr("watching the process", err)
 	}
 	// The agent connection may have been made again meanwhile.

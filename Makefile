@@ -35,9 +35,10 @@ all: build
 build: build-host build-cross
 
 # What a Linux host with QEMU guests runs (and all `make demo` builds): the
-# daemon, the shim, the amd64 agent and its exec helper (both go into the
-# guest images: /init and /usr/libexec/macvz-exec), the CNI plugin and
-# host-local.
+# daemon, the shim, the amd64 agent and the Go build of its exec helper
+# (the guest images' /init and /usr/libexec/macvz-exec; the image builder,
+# integration/guest, installs the helper's C build instead when it has a C
+# compiler for the guest), the CNI plugin and host-local.
 build-host:
 	@mkdir -p bin
 	$(if $(call has_main,macvz),$(GO) build -o bin/macvz ./cmd/macvz)
@@ -328,9 +329,13 @@ clean:
 # The arm64 test guest (TestArm64GuestBoot) downloads Debian's arm64
 # kernel and busybox-static:arm64: dpkg gets the arm64 architecture once,
 # before apt-get update, so apt's lists have them.
+# gcc and the arm64 cross compiler with their libc build the guests' exec
+# helper in C (cmd/macvz-exec/c; integration/guest falls back to the Go
+# build without them, each process start then 60-100 ms slower under TCG).
 deps:
 	dpkg --print-foreign-architectures | grep -qx arm64 || $(SUDO) dpkg --add-architecture arm64
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y \
 		qemu-system-x86 qemu-system-arm qemu-utils busybox-static cpio kmod xfsprogs e2fsprogs \
-		iproute2 nftables tmux git ca-certificates systemd
+		iproute2 nftables tmux git ca-certificates systemd \
+		gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross

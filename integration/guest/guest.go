@@ -249,7 +249,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	// /bin/euid, the node image kubelet and what kubelet needs.
 	files := []File{{Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)}}
 	// The agent's exec helper (cmd/macvz-exec), where its flag looks.
-	helperBin, err := buildInto(ctx, arch, ExecHelperPackage, filepath.Join(o.Out, "macvz-exec"))
+	helperBin, err := BuildExecHelper(ctx, arch, filepath.Join(o.Out, "macvz-exec"), o.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -482,7 +482,7 @@ func Prefetch(ctx context.Context, o Options) error {
 	if _, err := caches[0].Libc(ctx); err != nil {
 		return err
 	}
-	if err := BuildStaticArch(ctx, arch, ExecHelperPackage, filepath.Join(o.Out, "macvz-exec")); err != nil {
+	if _, err := BuildExecHelper(ctx, arch, filepath.Join(o.Out, "macvz-exec"), o.Log); err != nil {
 		return err
 	}
 	return BuildStaticArch(ctx, arch, EUIDPackage, filepath.Join(o.Out, "euid"))

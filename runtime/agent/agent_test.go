@@ -403,7 +403,11 @@ func TestSignal(t *testing.T) {
 
 func TestCredentials(t *testing.T) {
 	testutil.RequireRoot(t)
-	ta := startAgent(t)
+	forEachHelper(t, testCredentials)
+}
+
+func testCredentials(t *testing.T, helper func(*config)) {
+	ta := startAgent(t, helper)
 	id := pid("c1", "")
 	ta.run(t, &api.CreateProcessRequest{Id: id, Argv: []string{"sh", "-c", "id -u; id -g; id -G; pwd"}, Uid: 65534, Gid: 65534, AdditionalGids: []uint32{65534, 100}, Cwd: "/tmp"})
 	if got := ta.readAll(t, id, api.Stdio_STDOUT); got != "65534\n65534\n65534 100\n/tmp\n" {

@@ -17,12 +17,19 @@ import (
 // with their settings applied and no descriptor of it left open.
 func TestExecHelperLoaded(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := filepath.Join(t.TempDir(), "macvz-exec")
-	build := exec.Command("go", "build", "-o", bin, "github.com/macvz/macvz/cmd/macvz-exec")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	t.Run("go", func(t *testing.T) {
+		bin := filepath.Join(t.TempDir(), "macvz-exec")
+		build := exec.Command("go", "build", "-o", bin, "github.com/macvz/macvz/cmd/macvz-exec")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build: %v\n%s", err, out)
+		}
+		testExecHelperLoaded(t, bin)
+	})
+	t.Run("c", func(t *testing.T) { testExecHelperLoaded(t, buildCHelper(t)) })
+}
+
+func testExecHelperLoaded(t *testing.T, bin string) {
 	path, err := loadExecHelper(bin)
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,11 @@ import (
 // memory cgroups (this host's cgroup v1: the process runs unlimited).
 func TestContainerIsolation(t *testing.T) {
 	testutil.RequireRoot(t)
-	ta := startAgent(t)
+	forEachHelper(t, testContainerIsolation)
+}
+
+func testContainerIsolation(t *testing.T, helper func(*config)) {
+	ta := startAgent(t, helper)
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "secret")
 	os.WriteFile(secret, []byte("hidden"), 0o644)
@@ -69,6 +73,17 @@ func TestContainerIsolation(t *testing.T) {
 		t.Errorf("an exec's seccomp mode: %q, want 2 (filter)", got)
 	}
 	ta.client.SignalProcess(ctxT(t), &api.SignalProcessRequest{Id: pid("sec", ""), Signal: 9})
+
+	// The bounding set keeps only the listed capabilities; with
+	// no_new_privs the RuntimeDefault filter loads last.
+	ta.run(t, &api.CreateProcessRequest{Id: pid("caps", ""), Argv: []string{"grep", "-E", "^(CapBnd|NoNewPrivs|Seccomp):", "/proc/self/status"},
+		RestrictCapabilities: true, Capabilities: []string{"CAP_CHOWN", "CAP_KILL"}, NoNewPrivs: true, SeccompRuntimeDefault: true})
+	if st := ta.wait(t, pid("caps", "")); st.ExitCode != 0 {
+		t.Fatalf("caps: exit %d: %s", st.ExitCode, ta.readAll(t, pid("caps", ""), api.Stdio_STDERR))
+	}
+	if got := strings.Join(strings.Fields(ta.readAll(t, pid("caps", ""), api.Stdio_STDOUT)), " "); got != "CapBnd: 0000000000000021 NoNewPrivs: 1 Seccomp: 2" {
+		t.Errorf("restricted process: %q, want CAP_CHOWN and CAP_KILL (0x21), no_new_privs, a filter", got)
+	}
 
 	// A profile the agent cannot compile is refused at create.
 	if _, err := ta.client.CreateProcess(ctxT(t), &api.CreateProcessRequest{Id: pid("bad", ""), Argv: []string{"true"}, Env: baseEnv(),

@@ -16,7 +16,11 @@ import (
 // for the exec helper to finish before answering.
 func TestExecJoinsSetUpMountNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
-	ta := startAgent(t)
+	forEachHelper(t, testExecJoinsSetUpMountNamespace)
+}
+
+func testExecJoinsSetUpMountNamespace(t *testing.T, helper func(*config)) {
+	ta := startAgent(t, helper)
 	dir := t.TempDir()
 	for i := range 5 {
 		ctr := "ro" + string(rune('a'+i))

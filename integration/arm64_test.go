@@ -35,6 +35,9 @@ var arm64GuestImages = sync.OnceValues(func() (map[string]testimage.Image, error
 	if err != nil {
 		return nil, err
 	}
+	if err := checkExecHelper(res.Info); err != nil {
+		return nil, err
+	}
 	return guest.Load(res.Layout)
 })
 

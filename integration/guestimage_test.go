@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -39,8 +40,21 @@ var guestImages = sync.OnceValues(func() (map[string]testimage.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkExecHelper(res.Info); err != nil {
+		return nil, err
+	}
 	return guest.Load(res.Layout)
 })
+
+// checkExecHelper: under CI every test guest carries the exec helper's C
+// build (make deps installs the compilers); the Go build there would
+// hide a C build that no longer compiles.
+func checkExecHelper(info guest.Info) error {
+	if testutil.InCI() && info.ExecHelper != guest.ExecHelperC {
+		return fmt.Errorf("CI=true and the %s guest's exec helper is the %q build, not C: make deps installs gcc, libc6-dev and the arm64 cross compiler", info.Arch, info.ExecHelper)
+	}
+	return nil
+}
 
 // vmTest is what every VM test needs: root, QEMU, crictl, the guest
 // images pushed to a fresh registry, and a daemon using TCG.

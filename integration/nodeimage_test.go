@@ -78,6 +78,9 @@ func TestNodeImageKubelet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("building the node image: %v", err)
 	}
+	if err := checkExecHelper(res.Info); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("node image built in %v: kernel %d bytes, initrd %d bytes, kubelet %s",
 		time.Since(start).Round(time.Millisecond), res.Info.KernelBytes, res.Info.InitrdBytes, res.Info.KubeletVersion)
 	if res.Info.KubeletVersion != "v1.37.2" {

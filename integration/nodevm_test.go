@@ -59,6 +59,9 @@ var nodeImage = sync.OnceValues(func() (testimage.Image, error) {
 	if err != nil {
 		return testimage.Image{}, err
 	}
+	if err := checkExecHelper(res.Info); err != nil {
+		return testimage.Image{}, err
+	}
 	imgs, err := guest.Load(res.Layout)
 	if err != nil {
 		return testimage.Image{}, err

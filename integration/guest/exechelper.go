@@ -79,19 +79,27 @@ func cPackages(arch string) string {
 	return "gcc-" + gnuTriples[arch] + " libc6-dev-" + arch + "-cross"
 }
 
+// Exec helper builds, as Info.ExecHelper names them.
+const (
+	ExecHelperC  = "c"
+	ExecHelperGo = "go"
+)
+
 // BuildExecHelper builds the guest's exec helper for arch into out and
-// returns its bytes: the C build when a compiler for arch is here, else
-// the Go build (ExecHelperPackage), which does the same and costs each
-// process start its runtime's start-up (60-100 ms under TCG). log hears
-// which, and why when it is the Go one.
-func BuildExecHelper(ctx context.Context, arch, out string, log io.Writer) ([]byte, error) {
+// returns its bytes and which build it is: the C build when a compiler
+// for arch is here, else the Go build (ExecHelperPackage), which does the
+// same and costs each process start its runtime's start-up (60-100 ms
+// under TCG). log hears why when it is the Go one.
+func BuildExecHelper(ctx context.Context, arch, out string, log io.Writer) ([]byte, string, error) {
 	err := BuildExecHelperC(ctx, arch, out)
 	if err == nil {
-		return os.ReadFile(out)
+		b, err := os.ReadFile(out)
+		return b, ExecHelperC, err
 	}
 	if log != nil {
 		first, _, _ := strings.Cut(err.Error(), "\n")
 		fmt.Fprintf(log, "guest: the exec helper is the Go build (%v)\n", first)
 	}
-	return buildInto(ctx, arch, ExecHelperPackage, out)
+	b, err := buildInto(ctx, arch, ExecHelperPackage, out)
+	return b, ExecHelperGo, err
 }

@@ -195,6 +195,9 @@ type Info struct {
 	InitrdGzip    bool                     `json:"initrdGzip"`
 	Modules       []string                 `json:"modules"`
 	Images        map[string]digest.Digest `json:"images"` // tag -> manifest digest
+	// ExecHelper is the exec helper's build: ExecHelperC or ExecHelperGo
+	// (no C compiler for the architecture here).
+	ExecHelper string `json:"execHelper"`
 	// KubeletVersion is the node image's kubelet (Options.Node only).
 	KubeletVersion string `json:"kubeletVersion,omitempty"`
 }
@@ -249,7 +252,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	// /bin/euid, the node image kubelet and what kubelet needs.
 	files := []File{{Path: "/bin/pgrep", Mode: 0o755, Data: []byte(pgrepScript)}, {Path: "/bin/ipcs", Mode: 0o755, Data: []byte(ipcsScript)}}
 	// The agent's exec helper (cmd/macvz-exec), where its flag looks.
-	helperBin, err := BuildExecHelper(ctx, arch, filepath.Join(o.Out, "macvz-exec"), o.Log)
+	helperBin, helperBuild, err := BuildExecHelper(ctx, arch, filepath.Join(o.Out, "macvz-exec"), o.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -399,6 +402,7 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 			InitrdBytes:   int64(initrd.Len()),
 			InitrdGzip:    o.Gzip,
 			Modules:       ii.Modules,
+			ExecHelper:    helperBuild,
 			Images:        map[string]digest.Digest{},
 
 			KubeletVersion: kubeletVersion,
@@ -482,7 +486,7 @@ func Prefetch(ctx context.Context, o Options) error {
 	if _, err := caches[0].Libc(ctx); err != nil {
 		return err
 	}
-	if _, err := BuildExecHelper(ctx, arch, filepath.Join(o.Out, "macvz-exec"), o.Log); err != nil {
+	if _, _, err := BuildExecHelper(ctx, arch, filepath.Join(o.Out, "macvz-exec"), o.Log); err != nil {
 		return err
 	}
 	return BuildStaticArch(ctx, arch, EUIDPackage, filepath.Join(o.Out, "euid"))

@@ -71,12 +71,19 @@ func BuildExecHelperC(ctx context.Context, arch, out string) error {
 	return nil
 }
 
+// crossPackages are Debian's cross compiler and libc packages by target
+// architecture (the package names spell x86-64 with a hyphen).
+var crossPackages = map[string]string{
+	"amd64": "gcc-x86-64-linux-gnu libc6-dev-amd64-cross",
+	"arm64": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
+}
+
 // cPackages are the Debian packages that build the helper for arch.
 func cPackages(arch string) string {
 	if arch == hostArch() {
 		return "gcc libc6-dev"
 	}
-	return "gcc-" + gnuTriples[arch] + " libc6-dev-" + arch + "-cross"
+	return crossPackages[arch]
 }
 
 // Exec helper builds, as Info.ExecHelper names them.

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/macvz/macvz/integration/guest"
 	"github.com/macvz/macvz/integration/testutil"
 	api "github.com/macvz/macvz/runtime/agentapi"
 )
@@ -18,11 +20,10 @@ import (
 func TestExecHelperLoaded(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Run("go", func(t *testing.T) {
+		// Built as the guest builder builds it (static, stripped).
 		bin := filepath.Join(t.TempDir(), "macvz-exec")
-		build := exec.Command("go", "build", "-o", bin, "github.com/macvz/macvz/cmd/macvz-exec")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("go build: %v\n%s", err, out)
+		if err := guest.BuildStaticArch(context.Background(), runtime.GOARCH, guest.ExecHelperPackage, bin); err != nil {
+			t.Fatal(err)
 		}
 		testExecHelperLoaded(t, bin)
 	})

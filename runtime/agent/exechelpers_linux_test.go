@@ -12,6 +12,7 @@ import (
 
 	"github.com/macvz/macvz/integration/guest"
 	"github.com/macvz/macvz/integration/testutil"
+	"github.com/macvz/macvz/runtime/agent/exechelper"
 )
 
 // forEachHelper runs f with each build of the exec helper a guest may
@@ -76,6 +77,17 @@ func TestExecHelperRefusesBadArguments(t *testing.T) {
 		}{[]string{"--", "/nonexistent/x", "x"}, "exec /nonexistent/x: "})
 	}
 	for name, bin := range builds {
+		// Every capability the agent may name is one the build knows
+		// (the C build has its own table): past the parsing, whatever
+		// stops it then.
+		all := make([]string, 0, len(exechelper.CapNames))
+		for n := range exechelper.CapNames {
+			all = append(all, n)
+		}
+		out, _ := exec.Command(bin, ExecHelperArg, "caps="+strings.Join(all, ","), "--", "/nonexistent/x", "x").CombinedOutput()
+		if strings.Contains(string(out), "unknown capability") {
+			t.Errorf("%s: %s", name, out)
+		}
 		for _, c := range cases {
 			cmd := exec.Command(bin, append([]string{ExecHelperArg}, c.args...)...)
 			out, err := cmd.CombinedOutput()

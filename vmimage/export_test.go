@@ -15,3 +15,10 @@ func SetTartChunkSize(n int64) (restore func()) {
 	tartChunkSize = n
 	return func() { tartChunkSize = old }
 }
+
+// Hole handling, for its tests.
+var (
+	PunchHole = punchHole
+	ZeroData  = zeroData
+	IsHole    = isHole
+)

@@ -71,6 +71,37 @@ type Unpacker interface {
 	Abort()
 }
 
+// ResumableFormat is implemented by formats whose disk arrives in many
+// independently verified layers (Tart's chunks): an unpack interrupted by
+// the network can go on from the layers it finished instead of starting
+// over, as Tart's own pull does.
+type ResumableFormat interface {
+	Format
+	// ResumeUnpacker is NewUnpacker for a dir that an interrupted unpack of
+	// the same manifest left behind (or an empty one): the files it
+	// created are reused, not created afresh. Nothing in it counts as
+	// unpacked until Resume says so.
+	ResumeUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error)
+}
+
+// Resumer is the Unpacker of a ResumableFormat.
+type Resumer interface {
+	Unpacker
+	// Resume takes layer i as unpacked if what an earlier unpack wrote
+	// for it still matches the manifest (its uncompressed size and
+	// digest, read back from dir: a crash may have lost pages the
+	// earlier unpack wrote). When it does not, the layer's output is
+	// cleared and ok is false: the layer must be written again.
+	Resume(ctx context.Context, i int) (ok bool, err error)
+	// Clear discards whatever an earlier unpack may have written for
+	// layer i, so that the layer can be written again from its start.
+	Clear(i int) error
+	// Resumable reports whether layer i is one that Resume can check;
+	// the others (small layers kept in the content store) are written
+	// again on every resume.
+	Resumable(i int) bool
+}
+
 // Formats lists every VM format macvz understands, in match order.
 var Formats []Format
 

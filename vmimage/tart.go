@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"io/fs"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -130,6 +134,8 @@ type tartUnpacker struct {
 	// hashed again (0.4 CPU-s per 512 MiB chunk).
 	chunkMu sync.Mutex
 	chunks  map[chunkKey]*firstChunk
+	// zeroes are the digests of all-zero chunks by size (Resume).
+	zeroes map[zeroKey]digest.Digest
 }
 
 // chunkKey is what makes two disk layers decode to the same bytes: the
@@ -151,6 +157,17 @@ type firstChunk struct {
 }
 
 func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error) {
+	return newTartUnpacker(m, config, dir, lim, false)
+}
+
+// ResumeUnpacker reuses the disk an interrupted unpack left in dir (its
+// layers count as unpacked only once Resume has checked them) and drops
+// the small files it may have left, which are written again.
+func (TartFormat) ResumeUnpacker(ctx context.Context, m ocispec.Manifest, config []byte, dir string, lim Limits) (Unpacker, error) {
+	return newTartUnpacker(m, config, dir, lim, true)
+}
+
+func newTartUnpacker(m ocispec.Manifest, config []byte, dir string, lim Limits, resume bool) (*tartUnpacker, error) {
 	if len(config) > 0 {
 		var oc ociImageConfig
 		if err := json.Unmarshal(config, &oc); err != nil {
@@ -218,12 +235,115 @@ func (TartFormat) NewUnpacker(ctx context.Context, m ocispec.Manifest, config []
 	if v, ok := m.Annotations[AnnotationTartUncompressedDiskSize]; ok && v != fmt.Sprint(u.size) {
 		return nil, invalidf("Tart manifest annotation %s=%q disagrees with its disk layers, whose %s add up to %d", AnnotationTartUncompressedDiskSize, v, AnnotationTartUncompressedSize, u.size)
 	}
-	disk, err := createSized(dir, DiskFile, u.size)
+	var disk *os.File
+	var err error
+	if resume {
+		for _, name := range []string{NVRAMFile, DescriptorFile} {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+		}
+		disk, err = openSized(dir, DiskFile, u.size)
+	} else {
+		disk, err = createSized(dir, DiskFile, u.size)
+	}
 	if err != nil {
 		return nil, err
 	}
 	u.disk = disk
 	return u, nil
+}
+
+// Resumable: the disk's chunks can be checked in place; the config and
+// NVRAM layers are small and written again.
+func (u *tartUnpacker) Resumable(i int) bool {
+	return i >= 0 && i < len(u.layers) && u.layers[i].role == tartChunk
+}
+
+func (u *tartUnpacker) Resume(ctx context.Context, i int) (bool, error) {
+	if !u.Resumable(i) {
+		return false, invalidf("layer %d is not a disk chunk: it cannot be resumed", i)
+	}
+	if err := u.t.open(i); err != nil {
+		return false, err
+	}
+	l, desc := u.layers[i], u.m.Layers[i]
+	var got digest.Digest
+	if isHole(u.disk, l.offset, l.size) {
+		// A disk's free space: every such chunk reads as the same zeros,
+		// hashed once per size instead of once per chunk.
+		got = u.zeroDigest(l.digest.Algorithm(), l.size)
+	} else {
+		h, _ := newHash(i, desc, l.digest)
+		if err := hashRange(ctx, u.disk, l.offset, l.size, h); err != nil {
+			u.t.reset(i)
+			return false, err
+		}
+		got = digest.NewDigest(l.digest.Algorithm(), h)
+	}
+	if got != l.digest {
+		u.t.reset(i)
+		return false, u.Clear(i)
+	}
+	// Counted as the layer's writes would have counted it (holes
+	// included), so the cap covers the disk whichever way it arrived.
+	if u.b.written.Add(l.size) > u.b.max {
+		u.t.reset(i)
+		return false, u.b.tooLarge(layerName(i, desc))
+	}
+	u.t.closed(i, nil)
+	return true, nil
+}
+
+func (u *tartUnpacker) Clear(i int) error {
+	if !u.Resumable(i) {
+		return invalidf("layer %d is not a disk chunk", i)
+	}
+	l := u.layers[i]
+	return punchHole(u.disk, l.offset, l.size)
+}
+
+// zeroDigest is the digest of n zero bytes, computed once per size.
+func (u *tartUnpacker) zeroDigest(alg digest.Algorithm, n int64) digest.Digest {
+	u.chunkMu.Lock()
+	defer u.chunkMu.Unlock()
+	k := zeroKey{alg, n}
+	if d, ok := u.zeroes[k]; ok {
+		return d
+	}
+	h := alg.Hash()
+	for left := n; left > 0; left -= holeSize {
+		h.Write(zeros[:min(left, holeSize)])
+	}
+	d := digest.NewDigest(alg, h)
+	if u.zeroes == nil {
+		u.zeroes = map[zeroKey]digest.Digest{}
+	}
+	u.zeroes[k] = d
+	return d
+}
+
+type zeroKey struct {
+	alg digest.Algorithm
+	n   int64
+}
+
+// hashRange feeds h the n bytes of f at off, in large reads (a disk
+// chunk's holes read as zeros).
+func hashRange(ctx context.Context, f *os.File, off, n int64, h hash.Hash) error {
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		k, err := f.ReadAt(buf[:min(int64(len(buf)), n)], off)
+		h.Write(buf[:k])
+		off, n = off+int64(k), n-int64(k)
+		if err != nil && !(errors.Is(err, io.EOF) && n == 0) {
+			return err
+		}
+	}
+	return nil
 }
 
 func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {

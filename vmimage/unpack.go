@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"github.com/containerd/errdefs"
 	"github.com/klauspost/compress/gzip"
@@ -106,6 +107,14 @@ func (t *tracker) open(i int) error {
 	}
 	t.state[i] = layerOpen
 	return nil
+}
+
+// reset puts an opened layer back to pending: a resume found it not
+// unpacked after all, and it is written again.
+func (t *tracker) reset(i int) {
+	t.mu.Lock()
+	t.state[i] = layerPending
+	t.mu.Unlock()
 }
 
 func (t *tracker) onAbort(f func()) {
@@ -320,6 +329,30 @@ func createSized(dir, name string, size int64) (*os.File, error) {
 		return nil, err
 	}
 	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// openSized opens name in dir, an existing file an interrupted unpack
+// left there (or a new one), at the given size. A file of another size is
+// not that unpack's: it is emptied.
+func openSized(dir, name string, size int64) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", f.Name())
+	}
+	if err == nil && fi.Size() != size {
+		if err = f.Truncate(0); err == nil {
+			err = f.Truncate(size)
+		}
+	}
+	if err != nil {
 		f.Close()
 		return nil, err
 	}

@@ -5,15 +5,18 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/macvz/macvz/snapshotter"
 	"github.com/macvz/macvz/vmimage"
@@ -36,6 +39,8 @@ func BaseName(manifest digest.Digest) string { return basePrefix + manifest.Stri
 // snapshot that is committed only when every layer verified.
 func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, mdesc ocispec.Descriptor, m ocispec.Manifest, config []byte) (retErr error) {
 	name := BaseName(mdesc.Digest)
+	unlock := p.s.lockExtraction(mdesc.Digest)
+	defer unlock()
 	if _, err := p.s.sn.Stat(ctx, name); err == nil {
 		// The base is there: fetch what the store keeps of the image,
 		// not the disk chunks it released.
@@ -50,6 +55,9 @@ func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, md
 		return p.layers(ctx, keep, nil)
 	} else if !errdefs.IsNotFound(err) {
 		return err
+	}
+	if rf, ok := format.(vmimage.ResumableFormat); ok && !p.s.opts.KeepDiskChunks {
+		return p.resumableBase(ctx, rf, mdesc, m, config)
 	}
 	key := extractPrefix + mdesc.Digest.Encoded() + "/" + randomSuffix()
 	mounts, err := p.s.sn.Prepare(ctx, key, "")
@@ -85,6 +93,149 @@ func (p *pullState) layersAndBase(ctx context.Context, format vmimage.Format, md
 		return p.s.sn.Remove(ctx, key)
 	}
 	return err
+}
+
+// resumableBase unpacks a VM base whose disk chunks download straight
+// into the unpacker (see partial.go), continuing the unpack an earlier
+// pull of the manifest left when there is one.
+func (p *pullState) resumableBase(ctx context.Context, f vmimage.ResumableFormat, mdesc ocispec.Descriptor, m ocispec.Manifest, config []byte) (retErr error) {
+	s := p.s
+	log := logger(ctx).With("manifest", mdesc.Digest)
+	key := partialKey(mdesc.Digest)
+	rec, found, err := s.readPartial(mdesc.Digest)
+	if err != nil {
+		return err
+	}
+	resuming := false
+	mounts, err := s.sn.Prepare(ctx, key, "")
+	if errdefs.IsAlreadyExists(err) {
+		resuming = true
+		mounts, err = s.sn.Mounts(ctx, key)
+	}
+	if err != nil {
+		return fmt.Errorf("preparing VM base: %w", err)
+	}
+	if !resuming || !found {
+		// A fresh unpack, or a snapshot whose record a crash lost:
+		// nothing in it counts as unpacked.
+		rec = partialRecord{}
+		if err := s.writePartial(mdesc.Digest, -1); err != nil {
+			s.removePartial(context.WithoutCancel(ctx), mdesc.Digest)
+			return err
+		}
+	}
+	fetched := 0
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if retryable(retErr) {
+			log.Info("keeping the interrupted unpack for the next pull", "layers", fetched+len(rec.Done), "error", retErr)
+			return
+		}
+		if err := s.removePartial(context.WithoutCancel(ctx), mdesc.Digest); err != nil {
+			log.Warn("removing a failed unpack", "error", err)
+		}
+	}()
+	dir, err := snapshotter.Dir(mounts)
+	if err != nil {
+		return err
+	}
+	un, err := f.ResumeUnpacker(ctx, m, config, dir, vmimage.Limits{MaxBytes: s.opts.MaxUnpackedSize, Setting: "[image] max_unpacked_size", FreeSpace: s.opts.FreeSpace})
+	if err != nil {
+		return err
+	}
+	u, ok := un.(vmimage.Resumer)
+	if !ok {
+		un.Abort()
+		return fmt.Errorf("format %s: its unpacker cannot resume: %w", f.Kind(), errdefs.ErrNotImplemented)
+	}
+	done := map[int]bool{}
+	for _, i := range rec.Done {
+		if i >= 0 && i < len(m.Layers) && u.Resumable(i) {
+			done[i] = true
+		}
+	}
+	kept := 0
+	for i := range m.Layers {
+		if !u.Resumable(i) {
+			continue
+		}
+		if done[i] {
+			ok, err := u.Resume(ctx, i)
+			if err != nil {
+				u.Abort()
+				return err
+			}
+			if ok {
+				kept++
+				p.prog.complete(m.Layers[i].Digest)
+				continue
+			}
+			log.Warn("a disk chunk of the interrupted unpack no longer verifies; downloading it again", "layer", i, "digest", m.Layers[i].Digest)
+			done[i] = false
+		} else if resuming {
+			if err := u.Clear(i); err != nil {
+				u.Abort()
+				return err
+			}
+		}
+	}
+	if resuming {
+		log.Info("resuming an interrupted unpack", "layers", kept)
+	}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(s.opts.MaxConcurrentDownloads)
+	for i, l := range m.Layers {
+		if done[i] {
+			continue
+		}
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err // another layer failed while this one waited
+			}
+			w, err := u.Layer(i)
+			if err != nil {
+				return err
+			}
+			if !u.Resumable(i) {
+				return p.layer(gctx, l, w)
+			}
+			if err := p.stream(gctx, l, w); err != nil {
+				return err
+			}
+			mu.Lock()
+			fetched++
+			mu.Unlock()
+			return s.writePartial(mdesc.Digest, i)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		u.Abort()
+		return err
+	}
+	if err := u.Finish(ctx); err != nil {
+		u.Abort()
+		return err
+	}
+	err = s.sn.Commit(ctx, BaseName(mdesc.Digest), key, snapshots.WithLabels(map[string]string{LabelBase: mdesc.Digest.String()}))
+	if errdefs.IsAlreadyExists(err) {
+		err = s.sn.Remove(ctx, key)
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.dropPartial(mdesc.Digest); err != nil {
+		log.Warn("dropping the record of a finished unpack", "error", err)
+	}
+	return nil
+}
+
+// retryable: a pull that failed this way keeps what it downloaded and
+// unpacked for the next one (the network, or the caller, gave up).
+func retryable(err error) bool {
+	return errdefs.IsUnavailable(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 func randomSuffix() string {
@@ -207,10 +358,14 @@ func (s *Store) bootInfo(ctx context.Context, rec Image, dir string) (*bootInfo,
 	return bi, nil
 }
 
-// removeStaleExtractions drops extraction snapshots left by a crash.
+// removeStaleExtractions drops extraction snapshots left by a crash,
+// except the resumable unpacks (expirePartials keeps the fresh ones).
 func (s *Store) removeStaleExtractions(ctx context.Context) {
 	var stale []string
 	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		if _, partial := isPartialKey(info.Name); partial {
+			return nil
+		}
 		if info.Kind == snapshots.KindActive && strings.HasPrefix(info.Name, extractPrefix) {
 			stale = append(stale, info.Name)
 		}

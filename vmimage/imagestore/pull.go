@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"runtime/debug"
@@ -169,7 +168,7 @@ func (p *pullState) store(ctx context.Context, named reference.Named, top ocispe
 		// unreferenced, collect them now. After a network failure (or a
 		// cancellation) the fetched blobs and the partial ingests stay, so
 		// that the retry resumes instead of starting over.
-		if retErr != nil && !errdefs.IsUnavailable(retErr) && !errors.Is(retErr, context.Canceled) && !errors.Is(retErr, context.DeadlineExceeded) {
+		if retErr != nil && !retryable(retErr) {
 			held := p.releaseAll()
 			cctx := context.WithoutCancel(ctx)
 			s.abortIngests(cctx, held)
@@ -529,6 +528,55 @@ func (e *errWriter) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
+}
+
+// stream downloads a blob straight into w, which unpacks it, without
+// storing it: its size and digest are checked as the bytes pass, and a
+// blob that fails either fails the layer (DataLoss) before w's own
+// checks can count it as unpacked. A download cut here is not resumed
+// byte by byte: the unpack resumes chunk by chunk (partial.go).
+func (p *pullState) stream(ctx context.Context, desc ocispec.Descriptor, w io.WriteCloser) error {
+	fail := func(err error) error {
+		w.Close()
+		return err
+	}
+	if desc.Size <= 0 {
+		return fail(fmt.Errorf("blob %s (%s) has size %d in its manifest: %w", desc.Digest, desc.MediaType, desc.Size, errdefs.ErrInvalidArgument))
+	}
+	p.prog.resumed(desc.Digest, 0)
+	rc, err := p.fetcher.Fetch(ctx, desc)
+	if err != nil {
+		return fail(classify(p.host, fmt.Errorf("fetching %s (%s): %w", desc.Digest, desc.MediaType, err)))
+	}
+	defer rc.Close()
+	v := desc.Digest.Verifier()
+	tee := &errWriter{w: w}
+	// As in layer: the connection keeps reading while the chunk decodes.
+	queue := newQueuedWriter(tee, 4)
+	var dst io.Writer = io.MultiWriter(v, queue)
+	if p.prog != nil {
+		dst = countingWriter{w: dst, t: p.prog, d: desc.Digest}
+	}
+	buf := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(dst, io.LimitReader(rc, desc.Size+1), *buf)
+	copyBufs.Put(buf)
+	queue.Close()
+	p.fetched.Add(n)
+	switch {
+	case err != nil:
+		return fail(classify(p.host, fmt.Errorf("downloading %s (%s) at byte %d: %w", desc.Digest, desc.MediaType, n, err)))
+	case n != desc.Size:
+		return fail(fmt.Errorf("blob %s (%s): registry sent %d bytes, manifest says %d: %w", desc.Digest, desc.MediaType, n, desc.Size, errdefs.ErrDataLoss))
+	case !v.Verified():
+		return fail(fmt.Errorf("blob %s (%s) failed verification: its content has another digest: %w", desc.Digest, desc.MediaType, errdefs.ErrDataLoss))
+	case tee.err != nil:
+		return fail(fmt.Errorf("unpacking layer %s (%s): %w", desc.Digest, desc.MediaType, tee.err))
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("unpacking layer %s (%s): %w", desc.Digest, desc.MediaType, err)
+	}
+	p.prog.complete(desc.Digest)
+	return nil
 }
 
 // fetch makes desc present in the content store, verifying its digest.

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -721,8 +722,12 @@ func TestPullResumesWithinPull(t *testing.T) {
 	sameFile(t, filepath.Join(viewBase(t, s, got), vmimage.DiskFile), testimage.DiskPattern(13, 4<<20))
 }
 
-// A pull that fails mid-blob keeps the partial download, and the next
-// pull continues it with a Range request instead of starting over.
+// A Tart pull that fails mid-chunk keeps its unpack: the next pull
+// checks the chunks the first one finished against the manifest, does not
+// download them again, and downloads the cut chunk again from its start
+// (disk chunks stream into the unpacker without being stored, so there is
+// no partial download of them to continue). Nothing of the disk went
+// through the content store.
 func TestPullResumesAcrossPulls(t *testing.T) {
 	reg := testregistry.Start(t, testregistry.Options{})
 	disk := testimage.DiskPattern(14, 6<<20)
@@ -754,28 +759,32 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	if list, _ := s.List(context.Background()); len(list) != 0 {
 		t.Errorf("images after the failed pull: %v", names(list))
 	}
+	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
 	for name, info := range snaps(t, s) {
-		t.Errorf("snapshot %s (%v) left after the failed pull", name, info.Kind)
-	}
-	var partial int64 = -1
-	for _, st := range ingests(t, s) {
-		if st.Expected == big.Digest || strings.Contains(st.Ref, big.Digest.String()) {
-			partial = st.Offset
+		if name != partial || info.Kind != snapshots.KindActive {
+			t.Errorf("snapshot %s (%v) left after the failed pull; want only the unpack to resume, %s", name, info.Kind, partial)
 		}
 	}
-	if partial != cut {
-		t.Fatalf("ingest of the cut blob at %d bytes, want %d; ingests: %+v", partial, cut, ingests(t, s))
+	if _, ok := snaps(t, s)[partial]; !ok {
+		t.Fatalf("the failed pull kept no unpack to resume (%s)", partial)
 	}
 	have := blobs(t, s)
-	if !have[first.Digest] || !have[img.ConfigDigest()] {
-		t.Errorf("blobs fetched before the failure were dropped: %v", have)
+	if !have[img.ConfigDigest()] || !have[layers[0].Digest] {
+		t.Errorf("small blobs fetched before the failure were dropped: %v", have)
+	}
+	if have[first.Digest] || have[big.Digest] {
+		t.Errorf("a disk chunk went into the content store: %v", have)
+	}
+	for _, st := range ingests(t, s) {
+		if strings.Contains(st.Ref, first.Digest.String()) || strings.Contains(st.Ref, big.Digest.String()) {
+			t.Errorf("partial download of a disk chunk: %+v", st)
+		}
 	}
 
 	px.setDown(false)
-	// The resumed pull's progress: the cut chunk starts at what it had
-	// and downloads only the rest, the blobs already there (the config,
-	// the layers before the cut one, fetched in order) count whole and
-	// cost nothing.
+	// The resumed pull's progress: the finished chunk and the blobs
+	// already stored count whole and cost nothing; the cut chunk and the
+	// NVRAM after it (never reached) are downloaded whole.
 	var last imagestore.Progress
 	calls := 0
 	got, err := s.Pull(context.Background(), ref, nil, imagestore.WithProgress(time.Millisecond, func(p imagestore.Progress) { last, calls = p, calls+1 }))
@@ -788,9 +797,7 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	}
 	for _, b := range last.Blobs {
 		wantFetched := int64(0)
-		if b.Digest == big.Digest {
-			wantFetched = big.Size - cut
-		} else if b.Digest != first.Digest && b.Digest != layers[0].Digest && b.Digest != img.ConfigDigest() {
+		if b.Digest != first.Digest && b.Digest != layers[0].Digest && b.Digest != img.ConfigDigest() {
 			wantFetched = b.Size
 		}
 		if !b.Complete || b.Done != b.Size || b.Fetched != wantFetched {
@@ -812,16 +819,156 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	if gets[0].rng != "" || gets[0].bytes != cut {
 		t.Errorf("first GET: %+v, want the whole blob cut at %d", gets[0], cut)
 	}
-	if want := fmt.Sprintf("bytes=%d-", cut); gets[1].rng != want || gets[1].bytes != big.Size-cut {
-		t.Errorf("second GET: %+v, want Range %s and %d bytes", gets[1], want, big.Size-cut)
+	if gets[1].rng != "" || gets[1].bytes != big.Size {
+		t.Errorf("second GET: %+v, want the whole blob again (%d bytes)", gets[1], big.Size)
 	}
-	for _, d := range []digest.Digest{first.Digest, img.ConfigDigest()} {
+	for _, d := range []digest.Digest{first.Digest, layers[0].Digest, img.ConfigDigest()} {
 		if n := reg.Requests(d); n != 1 {
 			t.Errorf("%s fetched %d times across the two pulls, want 1", d, n)
 		}
 	}
+	for name := range snaps(t, s) {
+		if strings.HasPrefix(name, "macvz.extract/") {
+			t.Errorf("unpack %s left after the pull finished", name)
+		}
+	}
 	if st := ingests(t, s); len(st) != 0 {
 		t.Errorf("ingests left: %+v", st)
+	}
+}
+
+// What an interrupted unpack finished is checked again before a retry
+// counts it: a chunk whose bytes changed on disk since (a crash lost its
+// pages, or anything else wrote there) is downloaded again, and the disk
+// comes out right; stale bytes of the chunk cut mid-way do not survive in
+// its holes.
+func TestPullResumeChecksFinishedChunks(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	// Chunk 0 is data, chunk 1 zeros (all holes in a good unpack), chunk
+	// 2 data again: the cut one.
+	disk := append(append(testimage.DiskPattern(41, 1<<20), make([]byte, 1<<20)...), testimage.DiskPattern(42, 1<<20)...)
+	img, err := testimage.Tart(testimage.TartOptions{Seed: 41, Disk: disk, ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg, "vm", "v1", img)
+	layers := img.Parsed().Layers
+	c0, c1, c2 := layers[1], layers[2], layers[3]
+	for _, c := range []ocispec.Descriptor{c0, c1, c2} {
+		if c.MediaType != vmimage.MediaTypeTartDiskV2 {
+			t.Fatalf("layers: %+v", layers)
+		}
+	}
+	reg.TruncateAfterTimes(c2.Digest, int(c2.Size/2), 1)
+	px := startProxy(t, reg.Host())
+	px.downAfterCut = true
+	s := newStore(t, insecure(px.host()), func(o *imagestore.Options) { o.MaxConcurrentDownloads = 1 })
+	ref := px.host() + "/vm:v1"
+	if _, err := s.Pull(ctx, ref, nil); !errdefs.IsUnavailable(err) {
+		t.Fatalf("pull through a registry that went away: %v", err)
+	}
+
+	// Damage what the first pull finished: a byte of chunk 0, and data
+	// where chunk 1's zeros are; the cut chunk 2 holds half its data.
+	mounts, err := s.sn.Mounts(ctx, "macvz.extract/"+img.Manifest.Digest.Encoded()+"/partial")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := snapshotter.Dir(mounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, vmimage.DiskFile), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff}, 12345); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{7}, 4096), 1<<20+8192); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	px.setDown(false)
+	before := map[digest.Digest]int{}
+	for _, c := range []ocispec.Descriptor{c0, c1, c2} {
+		before[c.Digest] = reg.Requests(c.Digest)
+	}
+	got := mustPull(t, s, ref, nil)
+	sameFile(t, filepath.Join(viewBase(t, s, got), vmimage.DiskFile), disk)
+	for _, c := range []ocispec.Descriptor{c0, c1, c2} {
+		if n := reg.Requests(c.Digest) - before[c.Digest]; n != 1 {
+			t.Errorf("chunk %s fetched %d times by the retry, want 1 (each was damaged or unfinished)", c.Digest, n)
+		}
+	}
+}
+
+// An interrupted unpack no pull came back for is dropped by Collect once
+// it is old, as partial downloads are; a fresh one is kept, across a
+// restart of the store too. A pull that fails for a reason other than the
+// network keeps nothing.
+func TestPartialUnpackExpires(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	img, err := testimage.Tart(testimage.TartOptions{Seed: 43, DiskSize: 3 << 20, ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg, "vm", "v1", img)
+	c2 := img.Parsed().Layers[3]
+	reg.TruncateAfterTimes(c2.Digest, int(c2.Size/2), 1)
+	px := startProxy(t, reg.Host())
+	px.downAfterCut = true
+	s := newStore(t, insecure(px.host()), func(o *imagestore.Options) { o.MaxConcurrentDownloads = 1 })
+	ref := px.host() + "/vm:v1"
+	if _, err := s.Pull(ctx, ref, nil); !errdefs.IsUnavailable(err) {
+		t.Fatalf("pull through a registry that went away: %v", err)
+	}
+	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
+	has := func() bool { _, ok := snaps(t, s)[partial]; return ok }
+	if err := s.Collect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !has() {
+		t.Fatal("Collect dropped a fresh interrupted unpack")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := imagestore.Open(ctx, imagestore.Options{Root: filepath.Join(s.root, "images"), Snapshotter: s.sn, Hosts: insecure(px.host())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if !has() {
+		t.Fatal("reopening the store dropped a fresh interrupted unpack")
+	}
+	restore := imagestore.SetIngestExpiry(0)
+	defer restore()
+	if err := s2.Collect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if has() {
+		t.Fatal("Collect kept an expired interrupted unpack")
+	}
+	restore()
+
+	// A chunk that fails verification: DataLoss, and no unpack kept.
+	px.setDown(false)
+	reg.CorruptBlob(c2.Digest)
+	_, err = s2.Pull(ctx, ref, nil)
+	reg.ClearFaults()
+	wantClass(t, err, "DataLoss", errdefs.IsDataLoss, c2.Digest.String())
+	if has() {
+		t.Error("a pull that failed verification kept its unpack")
+	}
+	if _, err := s2.Pull(ctx, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if has() {
+		t.Error("a finished pull left its unpack")
 	}
 }
 

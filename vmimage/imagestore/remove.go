@@ -92,6 +92,7 @@ func (s *Store) collect(ctx context.Context) error {
 	}
 
 	s.expireIngests(ctx)
+	s.expirePartials(ctx)
 
 	var deadBases []string
 	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {

@@ -136,6 +136,9 @@ type Store struct {
 	// (see Tree): closed when done.
 	treesMu sync.Mutex
 	trees   map[digest.Digest]chan struct{}
+	// extracting are the manifests being unpacked (lockExtraction).
+	extractMu  sync.Mutex
+	extracting map[digest.Digest]*extractLock
 	// releasing counts the chunk releases running after their pulls
 	// returned (see releaseDiskChunksLater); Close waits for them.
 	releasing sync.WaitGroup
@@ -172,10 +175,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}, flights: map[string]*flight{}}
+	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}, flights: map[string]*flight{},
+		extracting: map[digest.Digest]*extractLock{}}
 	// A crash mid-pull can leave an unpacked-but-uncommitted base; the
 	// snapshotter's active extraction snapshots are ours to remove.
 	s.removeStaleExtractions(ctx)
+	s.expirePartials(ctx)
 	return s, nil
 }
 

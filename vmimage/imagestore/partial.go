@@ -1,0 +1,228 @@
+package imagestore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A VM image whose format unpacks chunk by chunk (Tart) is pulled without
+// storing its disk chunks: each downloads straight into the unpacker, its
+// blob digest checked on the way, and the content store never sees it (a
+// pass over every byte and an fsync per chunk fewer). What a retry resumes
+// from is then the unpack itself, as with Tart's own pull: the extraction
+// snapshot of the manifest stays after a network failure or a
+// cancellation, and bucketPartial records which of its layers were
+// unpacked and verified. The retry checks each of those again against the
+// manifest's plaintext digest (a crash may have lost what was written)
+// and downloads the rest; a chunk cut mid-way is downloaded again from its
+// start.
+
+// bucketPartial holds one partialRecord per manifest being unpacked.
+var bucketPartial = []byte("partial.v1")
+
+// partialRecord is what an interrupted unpack finished.
+type partialRecord struct {
+	// Done are the manifest layers unpacked and verified.
+	Done []int `json:"done"`
+	// Updated is when a layer was last added (or the unpack began): a
+	// record no pull has updated for ingestExpiry is dropped.
+	Updated time.Time `json:"updated"`
+}
+
+// partialKey is the extraction snapshot of a manifest's resumable unpack:
+// one per manifest, so that a retry finds it.
+func partialKey(m digest.Digest) string { return extractPrefix + m.Encoded() + "/partial" }
+
+func isPartialKey(key string) (digest.Digest, bool) {
+	rest, ok := strings.CutPrefix(key, extractPrefix)
+	if !ok {
+		return "", false
+	}
+	enc, ok := strings.CutSuffix(rest, "/partial")
+	if !ok {
+		return "", false
+	}
+	d := digest.NewDigestFromEncoded(digest.Canonical, enc)
+	if d.Validate() != nil {
+		return "", false
+	}
+	return d, true
+}
+
+// lockExtraction serialises the unpacks of one manifest within this
+// store (pulls of two names of one image): they share its extraction
+// snapshot. The second finds the base committed when it gets the lock.
+func (s *Store) lockExtraction(m digest.Digest) (unlock func()) {
+	s.extractMu.Lock()
+	l := s.extracting[m]
+	if l == nil {
+		l = &extractLock{}
+		s.extracting[m] = l
+	}
+	l.users++
+	s.extractMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.extractMu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.extracting, m)
+		}
+		s.extractMu.Unlock()
+	}
+}
+
+type extractLock struct {
+	mu    sync.Mutex
+	users int // guarded by Store.extractMu
+}
+
+// extracting reports whether a pull of this store is unpacking m.
+func (s *Store) extractingNow(m digest.Digest) bool {
+	s.extractMu.Lock()
+	defer s.extractMu.Unlock()
+	return s.extracting[m] != nil
+}
+
+func (s *Store) readPartial(m digest.Digest) (partialRecord, bool, error) {
+	var r partialRecord
+	var found bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPartial)
+		if b == nil {
+			return nil
+		}
+		v := b.Get([]byte(m.String()))
+		if v == nil {
+			return nil
+		}
+		found = true
+		return json.Unmarshal(v, &r)
+	})
+	if err != nil {
+		return partialRecord{}, false, fmt.Errorf("record of the interrupted unpack of %s: %w", m, err)
+	}
+	return r, found, nil
+}
+
+// writePartial records that layer (≥ 0) of m was unpacked; a negative
+// layer starts an empty record.
+func (s *Store) writePartial(m digest.Digest, layer int) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketPartial)
+		if err != nil {
+			return err
+		}
+		var r partialRecord
+		if layer >= 0 {
+			if v := b.Get([]byte(m.String())); v != nil {
+				if err := json.Unmarshal(v, &r); err != nil {
+					return err
+				}
+			}
+			r.Done = append(r.Done, layer)
+		}
+		r.Updated = time.Now().UTC()
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(m.String()), v)
+	})
+}
+
+func (s *Store) dropPartial(m digest.Digest) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketPartial); b != nil {
+			return b.Delete([]byte(m.String()))
+		}
+		return nil
+	})
+}
+
+// removePartial drops a manifest's interrupted unpack: its extraction
+// snapshot and its record.
+func (s *Store) removePartial(ctx context.Context, m digest.Digest) error {
+	if err := s.sn.Remove(ctx, partialKey(m)); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("removing the interrupted unpack of %s: %w", m, err)
+	}
+	return s.dropPartial(m)
+}
+
+// expirePartials drops the interrupted unpacks no pull is resuming that
+// no pull has added to for ingestExpiry (as expireIngests does for
+// partial downloads), and those whose record or snapshot is missing
+// (left by a crash between the two).
+func (s *Store) expirePartials(ctx context.Context) {
+	keep := map[digest.Digest]bool{}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPartial)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r partialRecord
+			d, err := digest.Parse(string(k))
+			if err == nil && json.Unmarshal(v, &r) == nil && time.Since(r.Updated) < ingestExpiry {
+				keep[d] = true
+			}
+			return nil
+		})
+	})
+	var stale []digest.Digest
+	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		if m, ok := isPartialKey(info.Name); ok && info.Kind == snapshots.KindActive && !keep[m] {
+			stale = append(stale, m)
+		}
+		return nil
+	})
+	// Records without a snapshot are dropped too.
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPartial)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, _ []byte) error {
+			d, err := digest.Parse(string(k))
+			if err != nil {
+				return nil
+			}
+			if _, err := s.sn.Stat(ctx, partialKey(d)); errdefs.IsNotFound(err) {
+				stale = append(stale, d)
+			}
+			return nil
+		})
+	})
+	for _, m := range stale {
+		if s.extractingNow(m) {
+			continue
+		}
+		s.expirePartial(ctx, m)
+	}
+}
+
+// expirePartial removes m's interrupted unpack unless, now that no pull
+// unpacks m, it is fresh after all (a pull added to it meanwhile).
+func (s *Store) expirePartial(ctx context.Context, m digest.Digest) {
+	unlock := s.lockExtraction(m)
+	defer unlock()
+	r, found, err := s.readPartial(m)
+	if err == nil && found && time.Since(r.Updated) < ingestExpiry {
+		if _, err := s.sn.Stat(ctx, partialKey(m)); err == nil {
+			return
+		}
+	}
+	logger(ctx).Info("removing an interrupted unpack no pull resumed", "manifest", m)
+	if err := s.removePartial(ctx, m); err != nil {
+		logger(ctx).Warn("removing an interrupted unpack", "manifest", m, "error", err)
+	}
+}

@@ -242,7 +242,9 @@ type Image struct {
 	MaxUnpackedSize int64 `toml:"max_unpacked_size"`
 	// KeepDiskChunks keeps a VM image's compressed disk chunks after its
 	// disk is unpacked and verified (containerd's discard_unpacked_layers,
-	// inverted); false releases them.
+	// inverted); false releases them, and a Tart image's chunks are not
+	// stored at all (they stream into the unpacker; an interrupted pull
+	// resumes by chunk).
 	KeepDiskChunks bool `toml:"keep_disk_chunks"`
 }
 

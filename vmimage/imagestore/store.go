@@ -87,7 +87,9 @@ type Options struct {
 	// store after its base is unpacked and verified; by default they are
 	// released then (the unpacked disk is what boots, and keeping both
 	// would double the disk space a macOS image takes), and a re-pull of
-	// an image whose base is there does not fetch them again.
+	// an image whose base is there does not fetch them again. Off, the
+	// chunks of a format that resumes by chunk (Tart) are not stored at
+	// all: they stream into the unpacker (partial.go).
 	KeepDiskChunks bool
 	// InUse, when set, reports whether a sandbox uses an image ID; such
 	// images refuse removal.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/macvz/macvz/internal/keyedlock"
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
 	"github.com/macvz/macvz/runtime/shim"
@@ -114,7 +115,7 @@ type Controller struct {
 	boots chan struct{}
 
 	// locks serialise lifecycle calls per sandbox ID.
-	locks keyedLocks
+	locks keyedlock.Locks[string]
 
 	shimsMu  sync.Mutex
 	shims    map[string]shim.Conn // sandbox ID → connected shim
@@ -180,44 +181,10 @@ func (s *Controller) Close() error {
 // pod's containers concurrently, and the first one boots the VM). The
 // controller's methods that say "the caller holds the sandbox lock" need
 // it held; the returned func releases it.
-func (s *Controller) Lock(id string) (unlock func()) { return s.locks.lock(id) }
+func (s *Controller) Lock(id string) (unlock func()) { return s.locks.Lock(id) }
 
 // Dir is the state directory of a sandbox.
 func (s *Controller) Dir(id string) string { return filepath.Join(s.cfg.StateDir, id) }
-
-// keyedLocks is a mutex per key, dropped when nobody holds or waits for it.
-type keyedLocks struct {
-	mu sync.Mutex
-	m  map[string]*keyedLock
-}
-
-type keyedLock struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (k *keyedLocks) lock(key string) (unlock func()) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedLock{}
-	}
-	l := k.m[key]
-	if l == nil {
-		l = &keyedLock{}
-		k.m[key] = l
-	}
-	l.refs++
-	k.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		k.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-}
 
 // diskKey is the snapshotter key of a sandbox's writable clone.
 func diskKey(sandboxID string) string { return "macvz.sandbox/" + sandboxID }

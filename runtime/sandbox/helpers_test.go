@@ -4,9 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/macvz/macvz/netplugin/cnimgr"
 	"github.com/macvz/macvz/netplugin/portproxy"
@@ -71,30 +69,3 @@ func newFakeController(t *testing.T, dir string, shims *shimtest.Launcher, opts 
 	return c, st
 }
 
-// TestKeyedLocks: one key's holders exclude each other, other keys do not
-// wait, and the map does not grow.
-func TestKeyedLocks(t *testing.T) {
-	var k keyedLocks
-	unlock := k.lock("a")
-	other := make(chan struct{})
-	go func() { k.lock("b")(); close(other) }()
-	select {
-	case <-other:
-	case <-time.After(5 * time.Second):
-		t.Fatal("another key waited")
-	}
-	var wg sync.WaitGroup
-	got := make(chan struct{})
-	wg.Add(1)
-	go func() { defer wg.Done(); k.lock("a")(); close(got) }()
-	select {
-	case <-got:
-		t.Fatal("the same key did not wait")
-	case <-time.After(50 * time.Millisecond):
-	}
-	unlock()
-	wg.Wait()
-	if len(k.m) != 0 {
-		t.Errorf("locks left: %v", k.m)
-	}
-}

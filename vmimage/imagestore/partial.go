@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -61,37 +60,7 @@ func isPartialKey(key string) (digest.Digest, bool) {
 // lockExtraction serialises the unpacks of one manifest within this
 // store (pulls of two names of one image): they share its extraction
 // snapshot. The second finds the base committed when it gets the lock.
-func (s *Store) lockExtraction(m digest.Digest) (unlock func()) {
-	s.extractMu.Lock()
-	l := s.extracting[m]
-	if l == nil {
-		l = &extractLock{}
-		s.extracting[m] = l
-	}
-	l.users++
-	s.extractMu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		s.extractMu.Lock()
-		if l.users--; l.users == 0 {
-			delete(s.extracting, m)
-		}
-		s.extractMu.Unlock()
-	}
-}
-
-type extractLock struct {
-	mu    sync.Mutex
-	users int // guarded by Store.extractMu
-}
-
-// extracting reports whether a pull of this store is unpacking m.
-func (s *Store) extractingNow(m digest.Digest) bool {
-	s.extractMu.Lock()
-	defer s.extractMu.Unlock()
-	return s.extracting[m] != nil
-}
+func (s *Store) lockExtraction(m digest.Digest) (unlock func()) { return s.extracting.Lock(m) }
 
 func (s *Store) readPartial(m digest.Digest) (partialRecord, bool, error) {
 	var r partialRecord
@@ -203,7 +172,7 @@ func (s *Store) expirePartials(ctx context.Context) {
 		})
 	})
 	for _, m := range stale {
-		if s.extractingNow(m) {
+		if s.extracting.Busy(m) {
 			continue
 		}
 		s.expirePartial(ctx, m)

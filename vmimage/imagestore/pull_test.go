@@ -860,14 +860,7 @@ func TestPullResumeChecksFinishedChunks(t *testing.T) {
 			t.Fatalf("layers: %+v", layers)
 		}
 	}
-	reg.TruncateAfterTimes(c2.Digest, int(c2.Size/2), 1)
-	px := startProxy(t, reg.Host())
-	px.downAfterCut = true
-	s := newStore(t, insecure(px.host()), func(o *imagestore.Options) { o.MaxConcurrentDownloads = 1 })
-	ref := px.host() + "/vm:v1"
-	if _, err := s.Pull(ctx, ref, nil); !errdefs.IsUnavailable(err) {
-		t.Fatalf("pull through a registry that went away: %v", err)
-	}
+	s, px, ref := interruptedPull(t, reg, c2)
 
 	// Damage what the first pull finished: a byte of chunk 0, and data
 	// where chunk 1's zeros are; the cut chunk 2 holds half its data.
@@ -905,6 +898,22 @@ func TestPullResumeChecksFinishedChunks(t *testing.T) {
 	}
 }
 
+// interruptedPull pulls vm:v1 from reg through a proxy, one layer at a
+// time, and has the registry go away halfway through blob cut: the pull
+// fails as the network does, and the proxy stays down until setDown(false).
+func interruptedPull(t *testing.T, reg *testregistry.Registry, cut ocispec.Descriptor) (*testStore, *proxy, string) {
+	t.Helper()
+	reg.TruncateAfterTimes(cut.Digest, int(cut.Size/2), 1)
+	px := startProxy(t, reg.Host())
+	px.downAfterCut = true
+	s := newStore(t, insecure(px.host()), func(o *imagestore.Options) { o.MaxConcurrentDownloads = 1 })
+	ref := px.host() + "/vm:v1"
+	if _, err := s.Pull(context.Background(), ref, nil); !errdefs.IsUnavailable(err) {
+		t.Fatalf("pull through a registry that went away: %v", err)
+	}
+	return s, px, ref
+}
+
 // An interrupted unpack no pull came back for is dropped by Collect once
 // it is old, as partial downloads are; a fresh one is kept, across a
 // restart of the store too. A pull that fails for a reason other than the
@@ -918,14 +927,7 @@ func TestPartialUnpackExpires(t *testing.T) {
 	}
 	push(t, reg, "vm", "v1", img)
 	c2 := img.Parsed().Layers[3]
-	reg.TruncateAfterTimes(c2.Digest, int(c2.Size/2), 1)
-	px := startProxy(t, reg.Host())
-	px.downAfterCut = true
-	s := newStore(t, insecure(px.host()), func(o *imagestore.Options) { o.MaxConcurrentDownloads = 1 })
-	ref := px.host() + "/vm:v1"
-	if _, err := s.Pull(ctx, ref, nil); !errdefs.IsUnavailable(err) {
-		t.Fatalf("pull through a registry that went away: %v", err)
-	}
+	s, px, ref := interruptedPull(t, reg, c2)
 	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
 	has := func() bool { _, ok := snaps(t, s)[partial]; return ok }
 	if err := s.Collect(ctx); err != nil {

@@ -25,6 +25,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/macvz/macvz/internal/keyedlock"
 	"github.com/macvz/macvz/vmimage"
 )
 
@@ -139,8 +140,7 @@ type Store struct {
 	treesMu sync.Mutex
 	trees   map[digest.Digest]chan struct{}
 	// extracting are the manifests being unpacked (lockExtraction).
-	extractMu  sync.Mutex
-	extracting map[digest.Digest]*extractLock
+	extracting keyedlock.Locks[digest.Digest]
 	// releasing counts the chunk releases running after their pulls
 	// returned (see releaseDiskChunksLater); Close waits for them.
 	releasing sync.WaitGroup
@@ -177,8 +177,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}, flights: map[string]*flight{},
-		extracting: map[digest.Digest]*extractLock{}}
+	s := &Store{opts: opts, content: cs, db: db, sn: opts.Snapshotter, inflight: map[digest.Digest]int{}, flights: map[string]*flight{}}
 	// A crash mid-pull can leave an unpacked-but-uncommitted base; the
 	// snapshotter's active extraction snapshots are ours to remove.
 	s.removeStaleExtractions(ctx)

@@ -68,4 +68,3 @@ func newFakeController(t *testing.T, dir string, shims *shimtest.Launcher, opts 
 	})
 	return c, st
 }
-

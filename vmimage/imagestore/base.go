@@ -124,13 +124,13 @@ func (p *pullState) resumableBase(ctx context.Context, f vmimage.ResumableFormat
 			return err
 		}
 	}
-	fetched := 0
+	kept, fetched := 0, 0 // chunks resumed, chunks unpacked by this pull
 	defer func() {
 		if retErr == nil {
 			return
 		}
 		if retryable(retErr) {
-			log.Info("keeping the interrupted unpack for the next pull", "layers", fetched+len(rec.Done), "error", retErr)
+			log.Info("keeping the interrupted unpack for the next pull", "layers", kept+fetched, "error", retErr)
 			return
 		}
 		if err := s.removePartial(context.WithoutCancel(ctx), mdesc.Digest); err != nil {
@@ -156,7 +156,6 @@ func (p *pullState) resumableBase(ctx context.Context, f vmimage.ResumableFormat
 			done[i] = true
 		}
 	}
-	kept := 0
 	for i := range m.Layers {
 		if !u.Resumable(i) {
 			continue

@@ -31,6 +31,7 @@ func TestImagePullCLI(t *testing.T) {
 	reg := testregistry.Start(t, testregistry.Options{Username: "puller", Password: "pull-s3cret"})
 	img := push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 61, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "1", "2", "3")
 	push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 62, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "4")
+	crashed := push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 63, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "5")
 	d := startDaemon(t, "[registry.hosts.\""+reg.Host()+"\"]\ninsecure = true\n")
 	ref := func(tag string) string { return reg.Host() + "/vm/tart:" + tag }
 	pull := func(env []string, args ...string) (string, string, error) {
@@ -151,6 +152,36 @@ func TestImagePullCLI(t *testing.T) {
 	if !regexp.MustCompile(`resuming an interrupted unpack.* layers=[1-9]`).MatchString(d.log.String()) {
 		t.Errorf("the daemon's log has no resumed unpack with finished chunks:\n%s", d.log.String())
 	}
+
+	// The daemon killed mid-pull (SIGKILL): the unpack it kept survives
+	// its restart, and the next pull resumes it by chunk, each finished
+	// chunk checked again, and comes out whole.
+	reg.SlowBlobs(512 << 10)
+	killed := exec.Command(macvzBin, "image", "pull", "--creds", "puller:pull-s3cret", ref("5"), "--config", d.configPath())
+	killed.Env = append(os.Environ(), noDocker)
+	if err := killed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	d.crash()
+	killed.Wait()
+	reg.SlowBlobs(0)
+	mark := len(d.log.String())
+	out, stderr, err = pull([]string{noDocker}, "--creds", "puller:pull-s3cret", ref("5"))
+	if err != nil {
+		t.Fatalf("the pull after the daemon was killed mid-pull: %v\n%s%s", err, out, stderr)
+	}
+	last = strings.Split(strings.TrimSpace(out), "\n")
+	if m := regexp.MustCompile(`: (\S+), (\S+) downloaded$`).FindStringSubmatch(last[len(last)-1]); m == nil || m[2] == m[1] {
+		t.Errorf("the pull after the crash: %q; want less downloaded than the image", last[len(last)-1])
+	}
+	if after := d.log.String()[mark:]; !regexp.MustCompile(`resuming an interrupted unpack.* layers=[1-9]`).MatchString(after) {
+		t.Errorf("the restarted daemon did not resume the killed one's unpack:\n%s", after)
+	}
+	if o, err := exec.Command(macvzBin, "image", "inspect", ref("5"), "--config", d.configPath()).CombinedOutput(); err != nil || !strings.Contains(string(o), crashed.Manifest.Digest.Encoded()) {
+		t.Errorf("macvz image inspect after the resumed pull: %v\n%s", err, o)
+	}
+	t.Logf("after the daemon was killed mid-pull: %s", last[len(last)-1])
 
 	// On a terminal: the block is drawn in place and ends with the result.
 	reg.SlowBlobs(1 << 20)

@@ -27,9 +27,11 @@ func imagePullCmd() *cobra.Command {
 		Short: "Pull an image through the daemon, showing its progress",
 		Long: `pull fetches REF into the daemon's image store, as a CRI pull does: a
 pull of the same image already running (kubelet's, another pull's) is
-joined, not repeated; a pull interrupted (Ctrl-C, a dropped link) keeps
-what it downloaded, and the next pull resumes from there. A VM image is
-unpacked as it downloads.
+joined, not repeated; a pull interrupted (Ctrl-C, a dropped link, the
+daemon's restart) keeps what it downloaded, and the next pull resumes from
+there. A VM image is unpacked as it downloads; a Tart image's disk chunks
+go straight into its unpack, which the next pull resumes chunk by chunk
+(each finished chunk checked again, a chunk cut mid-way downloaded again).
 
 Progress: on a terminal, the total (bytes, share, rate, ETA) and each
 blob downloading, redrawn in place; otherwise a line every 5 seconds;

@@ -94,8 +94,9 @@ func (a *adminServer) RemoveImage(ctx context.Context, r *adminapi.RemoveImageRe
 }
 
 // PruneImages removes each image that nothing uses and the configuration
-// does not name; freed is the store's usage before less after, so blobs
-// the removed images shared with kept ones are not counted.
+// does not name, and what interrupted pulls left to resume from; freed is
+// the store's usage before less after, so blobs the removed images shared
+// with kept ones are not counted.
 func (a *adminServer) PruneImages(ctx context.Context, _ *adminapi.PruneImagesRequest) (*adminapi.PruneImagesResponse, error) {
 	before, _, err := a.s.images.Usage(ctx)
 	if err != nil {
@@ -125,12 +126,15 @@ func (a *adminServer) PruneImages(ctx context.Context, _ *adminapi.PruneImagesRe
 		}
 		out.Removed = append(out.Removed, img)
 	}
+	// What interrupted pulls kept for a retry goes too (a Tart image's
+	// unpack may be most of a disk); a pull running now keeps its own.
+	out.PartialDownloads = int32(a.s.images.DropInterruptedPulls(ctx))
 	after, _, err := a.s.images.Usage(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out.FreedBytes = max(0, before-after)
-	slog.Info("images pruned through the admin API", "images", len(out.Removed), "freed", out.FreedBytes)
+	slog.Info("images pruned through the admin API", "images", len(out.Removed), "partial_downloads", out.PartialDownloads, "freed", out.FreedBytes)
 	return out, nil
 }
 

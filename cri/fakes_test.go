@@ -328,6 +328,8 @@ func (f *fakeImages) Usage(ctx context.Context) (int64, int64, error) { return 0
 
 func (f *fakeImages) Collect(ctx context.Context) error { return nil }
 
+func (f *fakeImages) DropInterruptedPulls(ctx context.Context) int { return 0 }
+
 // Footprint is the image's Size, logical, and half of it allocated.
 func (f *fakeImages) Footprint(ctx context.Context, img imagestore.Image) (imagestore.Footprint, error) {
 	return imagestore.Footprint{Logical: img.Size, Allocated: img.Size / 2}, nil

@@ -27,6 +27,9 @@ type imageStore interface {
 	// Footprint is what one image takes: logical and allocated bytes.
 	Footprint(ctx context.Context, img imagestore.Image) (imagestore.Footprint, error)
 	Collect(ctx context.Context) error
+	// DropInterruptedPulls removes what interrupted pulls kept to resume
+	// from (none a running pull uses) and says how many.
+	DropInterruptedPulls(ctx context.Context) int
 	// Tree and RemoveTree are an image's file tree for image volumes.
 	Tree(ctx context.Context, img imagestore.Image) (string, error)
 	RemoveTree(ctx context.Context, img imagestore.Image) error

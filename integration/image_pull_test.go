@@ -32,6 +32,7 @@ func TestImagePullCLI(t *testing.T) {
 	img := push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 61, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "1", "2", "3")
 	push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 62, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "4")
 	crashed := push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 63, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "5")
+	push(t, reg, "vm/tart", mk(testimage.Tart(testimage.TartOptions{Seed: 64, DiskSize: 24 << 20, ChunkSize: 2 << 20})), "6")
 	d := startDaemon(t, "[registry.hosts.\""+reg.Host()+"\"]\ninsecure = true\n")
 	ref := func(tag string) string { return reg.Host() + "/vm/tart:" + tag }
 	pull := func(env []string, args ...string) (string, string, error) {
@@ -182,6 +183,28 @@ func TestImagePullCLI(t *testing.T) {
 		t.Errorf("macvz image inspect after the resumed pull: %v\n%s", err, o)
 	}
 	t.Logf("after the daemon was killed mid-pull: %s", last[len(last)-1])
+
+	// What an interrupted pull kept goes with macvz image prune.
+	reg.SlowBlobs(512 << 10)
+	stopped := exec.Command(macvzBin, "image", "pull", "--creds", "puller:pull-s3cret", ref("6"), "--config", d.configPath())
+	stopped.Env = append(os.Environ(), noDocker)
+	if err := stopped.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	stopped.Process.Signal(syscall.SIGINT)
+	stopped.Wait()
+	reg.SlowBlobs(0)
+	mark = len(d.log.String())
+	pruned := mustAdminCLI(t, d, "image", "prune")
+	summary := strings.Split(strings.TrimSpace(pruned), "\n")
+	if !regexp.MustCompile(`^removed [0-9]+ images and ([0-9]+ partial downloads of interrupted pulls|1 partial download of an interrupted pull), freed [0-9.]+[KMG]i?B$`).MatchString(summary[len(summary)-1]) {
+		t.Errorf("macvz image prune after an interrupted pull:\n%s", pruned)
+	}
+	if after := d.log.String()[mark:]; !strings.Contains(after, "removing an interrupted unpack no pull resumed") {
+		t.Errorf("prune did not remove the interrupted pull's unpack:\n%s", after)
+	}
+	t.Logf("macvz image prune after an interrupted pull: %s", summary[len(summary)-1])
 
 	// On a terminal: the block is drawn in place and ends with the result.
 	reg.SlowBlobs(1 << 20)

@@ -97,7 +97,7 @@ images share counts in both.`,
 	var pruneOut string
 	prune := &cobra.Command{
 		Use:   "prune",
-		Short: "Remove every image no sandbox uses and the configuration does not name; print them and the space freed",
+		Short: "Remove every image no sandbox uses and the configuration does not name, and what interrupted pulls kept to resume from; print them and the space freed",
 		Args:  cobra.NoArgs,
 	}
 	cfgPrune := addConfigFlag(prune)
@@ -112,9 +112,10 @@ images share counts in both.`,
 			}
 			if pruneOut == "json" {
 				out := struct {
-					Removed    []imageJSON `json:"removed"`
-					FreedBytes int64       `json:"freedBytes"`
-				}{Removed: []imageJSON{}, FreedBytes: r.GetFreedBytes()}
+					Removed          []imageJSON `json:"removed"`
+					PartialDownloads int32       `json:"partialDownloads"`
+					FreedBytes       int64       `json:"freedBytes"`
+				}{Removed: []imageJSON{}, PartialDownloads: r.GetPartialDownloads(), FreedBytes: r.GetFreedBytes()}
 				for _, img := range r.GetRemoved() {
 					out.Removed = append(out.Removed, imageAsJSON(img))
 				}
@@ -123,7 +124,15 @@ images share counts in both.`,
 			for _, img := range r.GetRemoved() {
 				printRemoved(cmd.OutOrStdout(), img)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, freed %s\n", len(r.GetRemoved()), humanSize(r.GetFreedBytes()))
+			var partial string
+			switch n := r.GetPartialDownloads(); n {
+			case 0:
+			case 1:
+				partial = " and 1 partial download of an interrupted pull"
+			default:
+				partial = fmt.Sprintf(" and %d partial downloads of interrupted pulls", n)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d images%s, freed %s\n", len(r.GetRemoved()), partial, humanSize(r.GetFreedBytes()))
 			return nil
 		})
 	}

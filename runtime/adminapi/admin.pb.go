@@ -1253,9 +1253,13 @@ type PruneImagesResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Removed []*Image               `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
 	// freed_bytes is how much less space the image store takes.
-	FreedBytes    int64 `protobuf:"varint,2,opt,name=freed_bytes,json=freedBytes,proto3" json:"freed_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FreedBytes int64 `protobuf:"varint,2,opt,name=freed_bytes,json=freedBytes,proto3" json:"freed_bytes,omitempty"`
+	// partial_downloads is how many partial downloads that interrupted
+	// pulls kept for a retry went with the images (a Tart image's kept
+	// unpack counts as one, as does each partial blob).
+	PartialDownloads int32 `protobuf:"varint,3,opt,name=partial_downloads,json=partialDownloads,proto3" json:"partial_downloads,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PruneImagesResponse) Reset() {
@@ -1298,6 +1302,13 @@ func (x *PruneImagesResponse) GetRemoved() []*Image {
 func (x *PruneImagesResponse) GetFreedBytes() int64 {
 	if x != nil {
 		return x.FreedBytes
+	}
+	return 0
+}
+
+func (x *PruneImagesResponse) GetPartialDownloads() int32 {
+	if x != nil {
+		return x.PartialDownloads
 	}
 	return 0
 }
@@ -1843,11 +1854,12 @@ const file_admin_proto_rawDesc = "" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"F\n" +
 	"\x13RemoveImageResponse\x12/\n" +
 	"\aremoved\x18\x01 \x01(\v2\x15.macvz.admin.v1.ImageR\aremoved\"\x14\n" +
-	"\x12PruneImagesRequest\"g\n" +
+	"\x12PruneImagesRequest\"\x94\x01\n" +
 	"\x13PruneImagesResponse\x12/\n" +
 	"\aremoved\x18\x01 \x03(\v2\x15.macvz.admin.v1.ImageR\aremoved\x12\x1f\n" +
 	"\vfreed_bytes\x18\x02 \x01(\x03R\n" +
-	"freedBytes\"\xb5\x01\n" +
+	"freedBytes\x12+\n" +
+	"\x11partial_downloads\x18\x03 \x01(\x05R\x10partialDownloads\"\xb5\x01\n" +
 	"\x10PullImageRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
 	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +

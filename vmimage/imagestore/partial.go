@@ -128,10 +128,10 @@ func (s *Store) removePartial(ctx context.Context, m digest.Digest) error {
 }
 
 // expirePartials drops the interrupted unpacks no pull is resuming that
-// no pull has added to for ingestExpiry (as expireIngests does for
-// partial downloads), and those whose record or snapshot is missing
-// (left by a crash between the two).
-func (s *Store) expirePartials(ctx context.Context) {
+// no pull has added to for maxAge (as expireIngests does for partial
+// downloads), and those whose record or snapshot is missing (left by a
+// crash between the two). It returns how many it dropped.
+func (s *Store) expirePartials(ctx context.Context, maxAge time.Duration) (removed int) {
 	keep := map[digest.Digest]bool{}
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPartial)
@@ -141,7 +141,7 @@ func (s *Store) expirePartials(ctx context.Context) {
 		return b.ForEach(func(k, v []byte) error {
 			var r partialRecord
 			d, err := digest.Parse(string(k))
-			if err == nil && json.Unmarshal(v, &r) == nil && time.Since(r.Updated) < ingestExpiry {
+			if err == nil && json.Unmarshal(v, &r) == nil && time.Since(r.Updated) < maxAge {
 				keep[d] = true
 			}
 			return nil
@@ -171,27 +171,34 @@ func (s *Store) expirePartials(ctx context.Context) {
 			return nil
 		})
 	})
+	seen := map[digest.Digest]bool{}
 	for _, m := range stale {
-		if s.extracting.Busy(m) {
+		if seen[m] || s.extracting.Busy(m) {
 			continue
 		}
-		s.expirePartial(ctx, m)
+		seen[m] = true
+		if s.expirePartial(ctx, m, maxAge) {
+			removed++
+		}
 	}
+	return removed
 }
 
 // expirePartial removes m's interrupted unpack unless, now that no pull
 // unpacks m, it is fresh after all (a pull added to it meanwhile).
-func (s *Store) expirePartial(ctx context.Context, m digest.Digest) {
+func (s *Store) expirePartial(ctx context.Context, m digest.Digest, maxAge time.Duration) bool {
 	unlock := s.lockExtraction(m)
 	defer unlock()
 	r, found, err := s.readPartial(m)
-	if err == nil && found && time.Since(r.Updated) < ingestExpiry {
+	if err == nil && found && time.Since(r.Updated) < maxAge {
 		if _, err := s.sn.Stat(ctx, partialKey(m)); err == nil {
-			return
+			return false
 		}
 	}
 	logger(ctx).Info("removing an interrupted unpack no pull resumed", "manifest", m)
 	if err := s.removePartial(ctx, m); err != nil {
 		logger(ctx).Warn("removing an interrupted unpack", "manifest", m, "error", err)
+		return false
 	}
+	return true
 }

@@ -1201,3 +1201,48 @@ func loseBase(t *testing.T, s *testStore, img imagestore.Image) {
 		t.Fatal(err)
 	}
 }
+
+// DropInterruptedPulls (macvz image prune) removes what an interrupted
+// pull kept, fresh or not: a Tart image's unpack and a partial download
+// (the NVRAM layer cut mid-way, after every chunk was unpacked); the next
+// pull starts over.
+func TestDropInterruptedPulls(t *testing.T) {
+	ctx := context.Background()
+	reg := testregistry.Start(t, testregistry.Options{})
+	img, err := testimage.Tart(testimage.TartOptions{Seed: 44, DiskSize: 3 << 20, ChunkSize: 1 << 20, NVRAM: randomBytes(45, 256<<10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg, "vm", "v1", img)
+	layers := img.Parsed().Layers
+	nvram := layers[len(layers)-1]
+	if nvram.MediaType != vmimage.MediaTypeTartNVRAM {
+		t.Fatalf("last layer: %s", nvram.MediaType)
+	}
+	s, px, ref := interruptedPull(t, reg, nvram)
+	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
+	if _, ok := snaps(t, s)[partial]; !ok {
+		t.Fatal("no unpack kept")
+	}
+	if len(ingests(t, s)) != 1 {
+		t.Fatalf("partial downloads: %+v, want the NVRAM's", ingests(t, s))
+	}
+	if n := s.DropInterruptedPulls(ctx); n != 2 {
+		t.Errorf("DropInterruptedPulls removed %d, want 2", n)
+	}
+	if _, ok := snaps(t, s)[partial]; ok {
+		t.Error("the unpack is still there")
+	}
+	if st := ingests(t, s); len(st) != 0 {
+		t.Errorf("partial downloads left: %+v", st)
+	}
+	if n := s.DropInterruptedPulls(ctx); n != 0 {
+		t.Errorf("a second DropInterruptedPulls removed %d", n)
+	}
+	px.setDown(false)
+	before := reg.Requests(layers[1].Digest)
+	mustPull(t, s, ref, nil)
+	if reg.Requests(layers[1].Digest) != before+1 {
+		t.Error("the pull after the drop did not download the first chunk again")
+	}
+}

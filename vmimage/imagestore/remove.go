@@ -91,8 +91,8 @@ func (s *Store) collect(ctx context.Context) error {
 		}
 	}
 
-	s.expireIngests(ctx)
-	s.expirePartials(ctx)
+	s.expireIngests(ctx, ingestExpiry)
+	s.expirePartials(ctx, ingestExpiry)
 
 	var deadBases []string
 	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
@@ -135,19 +135,30 @@ func (s *Store) collect(ctx context.Context) error {
 // kept for a retry to resume from.
 var ingestExpiry = 24 * time.Hour
 
+// DropInterruptedPulls removes what interrupted pulls left for a retry to
+// resume from (partial downloads, a Tart image's kept unpack), whatever
+// their age, except what a pull running now uses; it returns how many it
+// removed. Collect does the same for those untouched for a day.
+func (s *Store) DropInterruptedPulls(ctx context.Context) int {
+	s.gc.Lock()
+	defer s.gc.Unlock()
+	return s.expireIngests(ctx, 0) + s.expirePartials(ctx, 0)
+}
+
 // expireIngests drops partial downloads no pull holds that have not
-// grown for ingestExpiry: the pulls that left them are not coming back.
-func (s *Store) expireIngests(ctx context.Context) {
+// grown for maxAge: the pulls that left them are not coming back. It
+// returns how many it dropped.
+func (s *Store) expireIngests(ctx context.Context, maxAge time.Duration) int {
 	sts, err := s.content.ListStatuses(ctx)
 	if err != nil {
 		// The local store fails the whole listing while an ingest is
 		// being created; the next collection catches up.
 		logger(ctx).Debug("listing partial downloads", "error", err)
-		return
+		return 0
 	}
 	var stale []digest.Digest
 	for _, st := range sts {
-		if time.Since(st.UpdatedAt) < ingestExpiry {
+		if time.Since(st.UpdatedAt) < maxAge {
 			continue
 		}
 		d, err := digest.Parse(strings.TrimPrefix(st.Ref, ingestPrefix))
@@ -162,8 +173,9 @@ func (s *Store) expireIngests(ctx context.Context) {
 	}
 	if len(stale) > 0 {
 		logger(ctx).Info("removing stale partial downloads", "count", len(stale))
-		s.abortIngests(ctx, stale)
+		return s.abortIngests(ctx, stale)
 	}
+	return 0
 }
 
 // walkImage adds to seen the digests of img's blobs: its index or
@@ -241,17 +253,22 @@ func (s *Store) releaseDiskChunksLater(ctx context.Context, layers []ocispec.Des
 // holds. A pull holds a digest from before it opens the ingest until it
 // ends, and the check and the removal happen under s.mu, so an ingest
 // being written is never removed.
-func (s *Store) abortIngests(ctx context.Context, ds []digest.Digest) {
+func (s *Store) abortIngests(ctx context.Context, ds []digest.Digest) (removed int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, d := range ds {
 		if s.inflight[d] > 0 {
 			continue
 		}
-		if err := s.content.Abort(ctx, ingestRef(d)); err != nil && !errdefs.IsNotFound(err) {
+		err := s.content.Abort(ctx, ingestRef(d))
+		switch {
+		case err == nil:
+			removed++
+		case !errdefs.IsNotFound(err):
 			logger(ctx).Warn("removing a partial download", "digest", d, "error", err)
 		}
 	}
+	return removed
 }
 
 // Collect runs garbage collection (at daemon start, and after sandboxes

@@ -181,7 +181,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	// A crash mid-pull can leave an unpacked-but-uncommitted base; the
 	// snapshotter's active extraction snapshots are ours to remove.
 	s.removeStaleExtractions(ctx)
-	s.expirePartials(ctx)
+	s.expirePartials(ctx, ingestExpiry)
 	return s, nil
 }
 

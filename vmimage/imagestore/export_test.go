@@ -12,3 +12,6 @@ func SetIngestExpiry(d time.Duration) (restore func()) {
 // WaitReleases waits for the disk chunk releases that pulls left running
 // (releaseDiskChunksLater), so a test sees the store as they leave it.
 func (s *Store) WaitReleases() { s.releasing.Wait() }
+
+// PartialKey is the extraction snapshot a Tart pull keeps to resume.
+var PartialKey = partialKey

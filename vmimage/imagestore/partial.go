@@ -39,22 +39,17 @@ type partialRecord struct {
 
 // partialKey is the extraction snapshot of a manifest's resumable unpack:
 // one per manifest, so that a retry finds it.
-func partialKey(m digest.Digest) string { return extractPrefix + m.Encoded() + "/partial" }
+func partialKey(m digest.Digest) string { return partialPrefix + m.String() }
+
+const partialPrefix = extractPrefix + "partial/"
 
 func isPartialKey(key string) (digest.Digest, bool) {
-	rest, ok := strings.CutPrefix(key, extractPrefix)
+	rest, ok := strings.CutPrefix(key, partialPrefix)
 	if !ok {
 		return "", false
 	}
-	enc, ok := strings.CutSuffix(rest, "/partial")
-	if !ok {
-		return "", false
-	}
-	d := digest.NewDigestFromEncoded(digest.Canonical, enc)
-	if d.Validate() != nil {
-		return "", false
-	}
-	return d, true
+	d, err := digest.Parse(rest)
+	return d, err == nil
 }
 
 // lockExtraction serialises the unpacks of one manifest within this

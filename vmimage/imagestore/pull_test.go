@@ -759,7 +759,7 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	if list, _ := s.List(context.Background()); len(list) != 0 {
 		t.Errorf("images after the failed pull: %v", names(list))
 	}
-	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
+	partial := imagestore.PartialKey(img.Manifest.Digest)
 	for name, info := range snaps(t, s) {
 		if name != partial || info.Kind != snapshots.KindActive {
 			t.Errorf("snapshot %s (%v) left after the failed pull; want only the unpack to resume, %s", name, info.Kind, partial)
@@ -864,7 +864,7 @@ func TestPullResumeChecksFinishedChunks(t *testing.T) {
 
 	// Damage what the first pull finished: a byte of chunk 0, and data
 	// where chunk 1's zeros are; the cut chunk 2 holds half its data.
-	mounts, err := s.sn.Mounts(ctx, "macvz.extract/"+img.Manifest.Digest.Encoded()+"/partial")
+	mounts, err := s.sn.Mounts(ctx, imagestore.PartialKey(img.Manifest.Digest))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -928,7 +928,7 @@ func TestPartialUnpackExpires(t *testing.T) {
 	push(t, reg, "vm", "v1", img)
 	c2 := img.Parsed().Layers[3]
 	s, px, ref := interruptedPull(t, reg, c2)
-	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
+	partial := imagestore.PartialKey(img.Manifest.Digest)
 	has := func() bool { _, ok := snaps(t, s)[partial]; return ok }
 	if err := s.Collect(ctx); err != nil {
 		t.Fatal(err)
@@ -1220,7 +1220,7 @@ func TestDropInterruptedPulls(t *testing.T) {
 		t.Fatalf("last layer: %s", nvram.MediaType)
 	}
 	s, px, ref := interruptedPull(t, reg, nvram)
-	partial := "macvz.extract/" + img.Manifest.Digest.Encoded() + "/partial"
+	partial := imagestore.PartialKey(img.Manifest.Digest)
 	if _, ok := snaps(t, s)[partial]; !ok {
 		t.Fatal("no unpack kept")
 	}

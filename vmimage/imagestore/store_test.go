@@ -782,6 +782,12 @@ func TestOpenRemovesStaleExtractions(t *testing.T) {
 	if _, err := s.sn.Prepare(ctx, "sandbox-1", ""); err != nil {
 		t.Fatal(err)
 	}
+	// An unpack to resume without its record (a crash between the two)
+	// cannot be resumed: it goes too.
+	orphan := imagestore.PartialKey(digest.FromString("a manifest"))
+	if _, err := s.sn.Prepare(ctx, orphan, ""); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -793,6 +799,9 @@ func TestOpenRemovesStaleExtractions(t *testing.T) {
 	left := snaps(t, s)
 	if _, ok := left["macvz.extract/0123/abcd"]; ok {
 		t.Error("stale extraction kept")
+	}
+	if _, ok := left[orphan]; ok {
+		t.Error("an unpack to resume without its record kept")
 	}
 	if _, ok := left["sandbox-1"]; !ok {
 		t.Error("a sandbox's snapshot was removed")

@@ -231,8 +231,9 @@ func serveBenchRegistry() int {
 // straight into the image format's unpacker, its digest taken on the way)
 // and cpu/floor the pull's CPU over it: what the content store, the
 // resumable ingest and the pull's plumbing add; floor-MB/s and floor/raw
-// are wire-MB/s and pull/raw for that floor: how close to the download a pull doing only those passes
-// comes (through the link: what this machine's CPU allows);
+// are wire-MB/s and pull/raw for that floor (which decodes each blob as
+// it reads it, with no queue in between, so through the link it is
+// slower than the pull);
 // stored-MB is what the pulled image takes on disk (allocated blocks of
 // the content store and the unpacked base), chunks-MB the compressed
 // chunks it would keep beside that with image.keep_disk_chunks.

@@ -46,6 +46,25 @@ func TestImagePullCLI(t *testing.T) {
 		return o.String(), e.String(), err
 	}
 	noDocker := "DOCKER_CONFIG=" + t.TempDir()
+	// midPull runs a pull of tag through a registry slowed to 512 KiB/s,
+	// 3 s into which interrupt stops it somehow; it returns the CLI's
+	// output and exit error.
+	midPull := func(tag string, interrupt func(*exec.Cmd)) (string, error) {
+		reg.SlowBlobs(512 << 10)
+		defer reg.SlowBlobs(0)
+		cmd := exec.Command(macvzBin, "image", "pull", "--creds", "puller:pull-s3cret", ref(tag), "--config", d.configPath())
+		cmd.Env = append(os.Environ(), noDocker)
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second)
+		interrupt(cmd)
+		err := cmd.Wait()
+		return out.String(), err
+	}
+	sigint := func(c *exec.Cmd) { c.Process.Signal(syscall.SIGINT) }
 
 	// No credentials: the registry's refusal, exit 1.
 	if out, stderr, err := pull([]string{noDocker}, ref("1")); err == nil || !strings.Contains(out+stderr, "failed") {
@@ -124,30 +143,20 @@ func TestImagePullCLI(t *testing.T) {
 	if err := exec.Command(macvzBin, "image", "rm", ref("1"), "--config", d.configPath()).Run(); err != nil {
 		t.Fatalf("macvz image rm: %v", err)
 	}
-	reg.SlowBlobs(512 << 10)
-	slow := exec.Command(macvzBin, "image", "pull", "--creds", "puller:pull-s3cret", ref("3"), "--config", d.configPath())
-	slow.Env = append(os.Environ(), noDocker)
-	var slowOut strings.Builder
-	slow.Stdout, slow.Stderr = &slowOut, &slowOut
-	if err := slow.Start(); err != nil {
-		t.Fatal(err)
+	slowOut, err := midPull("3", sigint)
+	if err == nil || !strings.Contains(slowOut, "interrupted") {
+		t.Errorf("the interrupted pull: %v, %q; want a failure saying it was interrupted", err, slowOut)
 	}
-	time.Sleep(3 * time.Second)
-	slow.Process.Signal(syscall.SIGINT)
-	if err := slow.Wait(); err == nil || !strings.Contains(slowOut.String(), "interrupted") {
-		t.Errorf("the interrupted pull: %v, %q; want a failure saying it was interrupted", err, slowOut.String())
-	}
-	reg.SlowBlobs(0)
 	out, stderr, err = pull([]string{noDocker}, "--creds", "puller:pull-s3cret", ref("3"))
 	if err != nil {
-		t.Fatalf("the pull after an interrupted one: %v\n%s%s\n(interrupted: %s)", err, out, stderr, slowOut.String())
+		t.Fatalf("the pull after an interrupted one: %v\n%s%s\n(interrupted: %s)", err, out, stderr, slowOut)
 	}
 	last := strings.Split(strings.TrimSpace(out), "\n")
 	m := regexp.MustCompile(`: (\S+), (\S+) downloaded$`).FindStringSubmatch(last[len(last)-1])
 	if m == nil || m[2] == m[1] {
-		t.Errorf("the resumed pull: %q; want less downloaded than the image (interrupted run: %s)", last[len(last)-1], slowOut.String())
+		t.Errorf("the resumed pull: %q; want less downloaded than the image (interrupted run: %s)", last[len(last)-1], slowOut)
 	}
-	t.Logf("interrupted:\n%sresumed: %s", slowOut.String(), last[len(last)-1])
+	t.Logf("interrupted:\n%sresumed: %s", slowOut, last[len(last)-1])
 	// A Tart image's chunks stream into its unpack, which the
 	// interrupted pull kept: the next one resumes it by chunk.
 	if !regexp.MustCompile(`resuming an interrupted unpack.* layers=[1-9]`).MatchString(d.log.String()) {
@@ -157,16 +166,7 @@ func TestImagePullCLI(t *testing.T) {
 	// The daemon killed mid-pull (SIGKILL): the unpack it kept survives
 	// its restart, and the next pull resumes it by chunk, each finished
 	// chunk checked again, and comes out whole.
-	reg.SlowBlobs(512 << 10)
-	killed := exec.Command(macvzBin, "image", "pull", "--creds", "puller:pull-s3cret", ref("5"), "--config", d.configPath())
-	killed.Env = append(os.Environ(), noDocker)
-	if err := killed.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(3 * time.Second)
-	d.crash()
-	killed.Wait()
-	reg.SlowBlobs(0)
+	midPull("5", func(*exec.Cmd) { d.crash() })
 	mark := len(d.log.String())
 	out, stderr, err = pull([]string{noDocker}, "--creds", "puller:pull-s3cret", ref("5"))
 	if err != nil {
@@ -185,16 +185,7 @@ func TestImagePullCLI(t *testing.T) {
 	t.Logf("after the daemon was killed mid-pull: %s", last[len(last)-1])
 
 	// What an interrupted pull kept goes with macvz image prune.
-	reg.SlowBlobs(512 << 10)
-	stopped := exec.Command(macvzBin, "image", "pull", "--creds", "puller:pull-s3cret", ref("6"), "--config", d.configPath())
-	stopped.Env = append(os.Environ(), noDocker)
-	if err := stopped.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(3 * time.Second)
-	stopped.Process.Signal(syscall.SIGINT)
-	stopped.Wait()
-	reg.SlowBlobs(0)
+	midPull("6", sigint)
 	mark = len(d.log.String())
 	pruned := mustAdminCLI(t, d, "image", "prune")
 	summary := strings.Split(strings.TrimSpace(pruned), "\n")

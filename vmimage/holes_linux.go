@@ -18,9 +18,3 @@ func punchHole(f *os.File, off, n int64) error {
 	}
 	return err
 }
-
-// nextData is where the first data at or after off begins (the file's
-// size if none); ok is false when the file system cannot tell.
-func nextData(f *os.File, off int64) (int64, bool) {
-	return seekData(f, off, unix.SEEK_DATA)
-}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"math"
@@ -134,8 +133,6 @@ type tartUnpacker struct {
 	// hashed again (0.4 CPU-s per 512 MiB chunk).
 	chunkMu sync.Mutex
 	chunks  map[chunkKey]*firstChunk
-	// zeroes are the digests of all-zero chunks by size (Resume).
-	zeroes map[zeroKey]digest.Digest
 }
 
 // chunkKey is what makes two disk layers decode to the same bytes: the
@@ -268,18 +265,16 @@ func (u *tartUnpacker) Resume(ctx context.Context, i int) (bool, error) {
 		return false, err
 	}
 	l, desc := u.layers[i], u.m.Layers[i]
-	var got digest.Digest
+	var src io.Reader = io.NewSectionReader(u.disk, l.offset, l.size)
 	if isHole(u.disk, l.offset, l.size) {
 		// A disk's free space: every such chunk reads as the same zeros,
-		// hashed once per size instead of once per chunk.
-		got = u.zeroDigest(l.digest.Algorithm(), l.size)
-	} else {
-		h, _ := newHash(i, desc, l.digest)
-		if err := hashRange(ctx, u.disk, l.offset, l.size, h); err != nil {
-			u.t.reset(i)
-			return false, err
-		}
-		got = digest.NewDigest(l.digest.Algorithm(), h)
+		// whose digest the store knows once per size (zeroChunk).
+		src = nil
+	}
+	got, err := plainDigest(ctx, l.digest.Algorithm(), src, l.size)
+	if err != nil {
+		u.t.reset(i)
+		return false, err
 	}
 	if got != l.digest {
 		u.t.reset(i)
@@ -303,47 +298,21 @@ func (u *tartUnpacker) Clear(i int) error {
 	return punchHole(u.disk, l.offset, l.size)
 }
 
-// zeroDigest is the digest of n zero bytes, computed once per size.
-func (u *tartUnpacker) zeroDigest(alg digest.Algorithm, n int64) digest.Digest {
-	u.chunkMu.Lock()
-	defer u.chunkMu.Unlock()
-	k := zeroKey{alg, n}
-	if d, ok := u.zeroes[k]; ok {
-		return d
+// plainDigest is the digest of the n bytes src gives; a nil src is n
+// zeros, whose sha256 digest zeroChunk already knows (cached per size).
+func plainDigest(ctx context.Context, alg digest.Algorithm, src io.Reader, n int64) (digest.Digest, error) {
+	if src == nil {
+		if alg == digest.Canonical {
+			d, err := zeroChunk(n)
+			return digest.Digest(d.Annotations[AnnotationTartUncompressedDigest]), err
+		}
+		src = io.NewSectionReader(zeroReader{}, 0, n)
 	}
 	h := alg.Hash()
-	for left := n; left > 0; left -= holeSize {
-		h.Write(zeros[:min(left, holeSize)])
+	if _, err := copyCtx(ctx, h, src, nil); err != nil {
+		return "", err
 	}
-	d := digest.NewDigest(alg, h)
-	if u.zeroes == nil {
-		u.zeroes = map[zeroKey]digest.Digest{}
-	}
-	u.zeroes[k] = d
-	return d
-}
-
-type zeroKey struct {
-	alg digest.Algorithm
-	n   int64
-}
-
-// hashRange feeds h the n bytes of f at off, in large reads (a disk
-// chunk's holes read as zeros).
-func hashRange(ctx context.Context, f *os.File, off, n int64, h hash.Hash) error {
-	buf := make([]byte, 1<<20)
-	for n > 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		k, err := f.ReadAt(buf[:min(int64(len(buf)), n)], off)
-		h.Write(buf[:k])
-		off, n = off+int64(k), n-int64(k)
-		if err != nil && !(errors.Is(err, io.EOF) && n == 0) {
-			return err
-		}
-	}
-	return nil
+	return digest.NewDigest(alg, h), nil
 }
 
 func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {

@@ -127,45 +127,40 @@ func (s *Store) removePartial(ctx context.Context, m digest.Digest) error {
 // downloads), and those whose record or snapshot is missing (left by a
 // crash between the two). It returns how many it dropped.
 func (s *Store) expirePartials(ctx context.Context, maxAge time.Duration) (removed int) {
-	keep := map[digest.Digest]bool{}
+	// The records: fresh ones keep their snapshot; every one is a
+	// candidate when its snapshot is gone.
+	fresh := map[digest.Digest]bool{}
+	var recorded []digest.Digest
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketPartial)
 		if b == nil {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			var r partialRecord
 			d, err := digest.Parse(string(k))
-			if err == nil && json.Unmarshal(v, &r) == nil && time.Since(r.Updated) < maxAge {
-				keep[d] = true
+			if err != nil {
+				return nil
+			}
+			recorded = append(recorded, d)
+			var r partialRecord
+			if json.Unmarshal(v, &r) == nil && time.Since(r.Updated) < maxAge {
+				fresh[d] = true
 			}
 			return nil
 		})
 	})
 	var stale []digest.Digest
 	_ = s.sn.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
-		if m, ok := isPartialKey(info.Name); ok && info.Kind == snapshots.KindActive && !keep[m] {
+		if m, ok := isPartialKey(info.Name); ok && info.Kind == snapshots.KindActive && !fresh[m] {
 			stale = append(stale, m)
 		}
 		return nil
 	})
-	// Records without a snapshot are dropped too.
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPartial)
-		if b == nil {
-			return nil
+	for _, d := range recorded {
+		if _, err := s.sn.Stat(ctx, partialKey(d)); errdefs.IsNotFound(err) {
+			stale = append(stale, d)
 		}
-		return b.ForEach(func(k, _ []byte) error {
-			d, err := digest.Parse(string(k))
-			if err != nil {
-				return nil
-			}
-			if _, err := s.sn.Stat(ctx, partialKey(d)); errdefs.IsNotFound(err) {
-				stale = append(stale, d)
-			}
-			return nil
-		})
-	})
+	}
 	seen := map[digest.Digest]bool{}
 	for _, m := range stale {
 		if seen[m] || s.extracting.Busy(m) {

@@ -162,6 +162,7 @@ func BenchmarkPodWarmStart(b *testing.B) {
 	// Where a pooled start's time goes: each CRI call (StartContainer
 	// holds taking the VM and setting its guest up), and the take alone.
 	pv.verbs.report(b, "pool-cri-")
+	v.verbs.report(b, "warm-cri-")
 	var takes []time.Duration
 	for _, l := range strings.Split(pv.d.log.String(), "\n") {
 		if _, rest, ok := strings.Cut(l, `msg="VM taken from the warm pool"`); ok {

@@ -31,6 +31,12 @@ type Limits struct {
 	// FreeSpace reports the bytes available and the total size of the
 	// file system holding dir; nil means statfs(2).
 	FreeSpace func(dir string) (avail, total uint64, err error)
+	// Held are the layers an interrupted unpack of the image already has
+	// in dir (ResumeUnpacker): the free-space check before unpacking
+	// leaves their blobs out, since what they unpacked to takes its space
+	// already. One that then fails its check is downloaded again under
+	// the checks while unpacking.
+	Held []int
 }
 
 // spaceCheckEvery is how much output passes between two free-space
@@ -58,6 +64,7 @@ type budget struct {
 	max     int64
 	setting string
 	free    func(dir string) (avail, total uint64, err error)
+	held    map[int]bool // Limits.Held
 	written atomic.Int64
 	spaceMu sync.Mutex // one statfs at a time
 }
@@ -73,6 +80,12 @@ func newBudget(dir string, l Limits) *budget {
 	if b.free == nil {
 		b.free = statfsFree
 	}
+	if len(l.Held) > 0 {
+		b.held = make(map[int]bool, len(l.Held))
+		for _, i := range l.Held {
+			b.held[i] = true
+		}
+	}
 	return b
 }
 
@@ -87,11 +100,11 @@ func (b *budget) tooLarge(what string) error {
 // manifest announces it. The free-space check counts the blobs, not the
 // announced sizes: VM disks are sparse (a 50 GiB macOS disk may hold 20
 // GiB of data), so the announced size would refuse images that fit; the
-// checks while unpacking catch the rest.
+// checks while unpacking catch the rest. Held layers are not counted.
 func (b *budget) declared(m ocispec.Manifest, sizes map[int]int64) error {
 	var total, blobs int64
-	for _, l := range m.Layers {
-		if l.Size > 0 && blobs <= math.MaxInt64-l.Size {
+	for i, l := range m.Layers {
+		if l.Size > 0 && !b.held[i] && blobs <= math.MaxInt64-l.Size {
 			blobs += l.Size
 		}
 	}
@@ -114,8 +127,12 @@ func (b *budget) declared(m ocispec.Manifest, sizes map[int]int64) error {
 	}
 	margin := minFree(fsTotal)
 	if uint64(blobs)+margin > avail {
-		return fmt.Errorf("not enough free space on %s to unpack the image: it takes at least %s, %s are free and %s must stay free: %w",
-			b.dir, formatSize(blobs), formatSize(int64(min(avail, 1<<62))), formatSize(int64(margin)), errdefs.ErrResourceExhausted)
+		more := ""
+		if len(b.held) > 0 {
+			more = " more than the interrupted pull it resumes unpacked"
+		}
+		return fmt.Errorf("not enough free space on %s to unpack the image: it takes at least %s%s, %s are free and %s must stay free: %w",
+			b.dir, formatSize(blobs), more, formatSize(int64(min(avail, 1<<62))), formatSize(int64(margin)), errdefs.ErrResourceExhausted)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package vmimage_test
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -215,5 +216,47 @@ func TestFreeSpaceSparseDisk(t *testing.T) {
 	}
 	if err := unpackLimited(t, img, t.TempDir(), vmimage.Limits{FreeSpace: free}); err != nil {
 		t.Fatalf("a sparse 64 MiB disk with 16 MiB to spare: %v", err)
+	}
+}
+
+// A resumed unpack needs free space for what it has left to download
+// only: the chunks the interrupted one holds (Limits.Held) are on the
+// disk already.
+func TestFreeSpaceBeforeResume(t *testing.T) {
+	img := mustImage(t)(testimage.Tart(testimage.TartOptions{Seed: 21, Disk: testimage.DiskPattern(21, 4<<20), ChunkSize: 1 << 20}))
+	m := manifestOf(t, img)
+	rf := vmimage.Detect(m).(vmimage.ResumableFormat)
+	var all, rest int64
+	var held []int
+	for i, l := range m.Layers {
+		all += l.Size
+		if l.MediaType == vmimage.MediaTypeTartDiskV2 && len(held) < 3 {
+			held = append(held, i)
+		} else {
+			rest += l.Size
+		}
+	}
+	if len(held) != 3 || rest >= all {
+		t.Fatalf("image layers: %d chunks held, %d of %d bytes left", len(held), rest, all)
+	}
+	// The 1 GiB margin and exactly what is left.
+	free := func(string) (uint64, uint64, error) { return 1<<30 + uint64(rest), 100 << 30, nil }
+	dir := t.TempDir()
+	un, err := rf.ResumeUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir, vmimage.Limits{FreeSpace: free, Held: held})
+	if err != nil {
+		t.Fatalf("resuming with room for the rest: %v", err)
+	}
+	un.Abort()
+	// One byte less, and the refusal says what it counted.
+	free = func(string) (uint64, uint64, error) { return 1<<30 + uint64(rest) - 1, 100 << 30, nil }
+	_, err = rf.ResumeUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir, vmimage.Limits{FreeSpace: free, Held: held})
+	if !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "more than the interrupted pull it resumes unpacked") {
+		t.Errorf("resuming without room for the rest: %v", err)
+	}
+	// Without the held chunks the whole image counts.
+	free = func(string) (uint64, uint64, error) { return 1<<30 + uint64(rest), 100 << 30, nil }
+	_, err = rf.ResumeUnpacker(context.Background(), m, blobData(img, m.Config.Digest), dir, vmimage.Limits{FreeSpace: free})
+	if !errdefs.IsResourceExhausted(err) || strings.Contains(err.Error(), "interrupted") {
+		t.Errorf("resuming with nothing held: %v", err)
 	}
 }

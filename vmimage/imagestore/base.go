@@ -141,7 +141,9 @@ func (p *pullState) resumableBase(ctx context.Context, f vmimage.ResumableFormat
 	if err != nil {
 		return err
 	}
-	un, err := f.ResumeUnpacker(ctx, m, config, dir, vmimage.Limits{MaxBytes: s.opts.MaxUnpackedSize, Setting: "[image] max_unpacked_size", FreeSpace: s.opts.FreeSpace})
+	// The chunks it holds already take their space: the check of free
+	// space before the unpack counts only the rest.
+	un, err := f.ResumeUnpacker(ctx, m, config, dir, vmimage.Limits{MaxBytes: s.opts.MaxUnpackedSize, Setting: "[image] max_unpacked_size", FreeSpace: s.opts.FreeSpace, Held: rec.Done})
 	if err != nil {
 		return err
 	}

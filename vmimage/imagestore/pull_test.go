@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -749,8 +750,14 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	// went away right after cutting the connection).
 	px := startProxy(t, reg.Host())
 	px.downAfterCut = true
+	// The file system's free space: plenty for the first pull; for the
+	// resumed one, the 1 GiB margin plus what is left to download, less
+	// than the image's blobs: the finished chunk has its space already.
+	var avail atomic.Uint64
+	avail.Store(100 << 30)
 	s := newStore(t, insecure(px.host()), func(o *imagestore.Options) {
 		o.MaxConcurrentDownloads = 1 // layers in order: the cut chunk is not the first
+		o.FreeSpace = func(string) (uint64, uint64, error) { return avail.Load(), 100 << 30, nil }
 	})
 	ref := px.host() + "/vm:v1"
 
@@ -782,6 +789,7 @@ func TestPullResumesAcrossPulls(t *testing.T) {
 	}
 
 	px.setDown(false)
+	avail.Store(1<<30 + uint64(sumSizes(layers)-first.Size))
 	// The resumed pull's progress: the finished chunk and the blobs
 	// already stored count whole and cost nothing; the cut chunk and the
 	// NVRAM after it (never reached) are downloaded whole.

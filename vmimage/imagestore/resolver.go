@@ -119,15 +119,39 @@ func (s *Store) registryHost(host string, caps docker.HostCapabilities, a docker
 	if hc.Insecure {
 		scheme = "http"
 	}
-	tr := docker.DefaultHTTPTransport(&tls.Config{InsecureSkipVerify: hc.SkipVerify}) //nolint:gosec // only where configured
 	return docker.RegistryHost{
-		Client:       &http.Client{Transport: tr},
+		Client:       s.registryClient(host, hc.SkipVerify),
 		Authorizer:   a,
 		Host:         hostForRequests(host),
 		Scheme:       scheme,
 		Path:         "/v2",
 		Capabilities: caps,
 	}
+}
+
+// registryClient is the HTTP client of a registry host, made on first
+// use and shared by every pull, resolve and push after it: they reuse its
+// idle connections (and their TLS sessions) instead of each dialing and
+// handshaking anew, which a pull of an image already here (kubelet's
+// imagePullPolicy: Always) is mostly made of. A client holds no
+// credentials: each pull's authorizer adds its own to its requests.
+func (s *Store) registryClient(host string, skipVerify bool) *http.Client {
+	s.clientsMu.Lock()
+	defer s.clientsMu.Unlock()
+	if c := s.clients[host]; c != nil {
+		return c
+	}
+	tr := docker.DefaultHTTPTransport(&tls.Config{InsecureSkipVerify: skipVerify}) //nolint:gosec // only where configured
+	// Room for every download of a pull to leave its connection idle for
+	// the next request (net/http keeps 2 a host by default).
+	tr.MaxIdleConnsPerHost = s.opts.MaxConcurrentDownloads + 2
+	tr.MaxIdleConns = max(tr.MaxIdleConns, tr.MaxIdleConnsPerHost)
+	c := &http.Client{Transport: tr}
+	if s.clients == nil {
+		s.clients = map[string]*http.Client{}
+	}
+	s.clients[host] = c
+	return c
 }
 
 // hostForRequests maps the reference host to the host that receives HTTP

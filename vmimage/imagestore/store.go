@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -144,6 +145,9 @@ type Store struct {
 	// releasing counts the chunk releases running after their pulls
 	// returned (see releaseDiskChunksLater); Close waits for them.
 	releasing sync.WaitGroup
+	// clients are the registries' HTTP clients by host (registryClient).
+	clientsMu sync.Mutex
+	clients   map[string]*http.Client
 }
 
 // Open opens (creating if needed) the store under opts.Root.
@@ -189,6 +193,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 // database. The snapshotter is the caller's.
 func (s *Store) Close() error {
 	s.releasing.Wait()
+	s.clientsMu.Lock()
+	for _, c := range s.clients {
+		c.CloseIdleConnections()
+	}
+	s.clientsMu.Unlock()
 	return s.db.Close()
 }
 

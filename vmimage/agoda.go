@@ -159,9 +159,10 @@ func (u *agodaUnpacker) Layer(i int) (io.WriteCloser, error) {
 		u.t.closed(i, err)
 		return nil, err
 	}
-	u.t.onAbort(func() { f.Close() })
+	d := openDirect(f)
+	u.t.onAbort(func() { closeFiles(f, d) })
 	h, _ := newHash(i, desc, l.digest)
-	sw := &sparseWriter{f: f, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
+	sw := &sparseWriter{f: f, limit: l.size, h: h, b: u.b, what: layerName(i, desc), d: newDirectStage(f, d)}
 	var w io.WriteCloser = nopCloser{sw}
 	if l.compressed {
 		w = gunzipTo(u.t, sw)
@@ -178,7 +179,7 @@ func (u *agodaUnpacker) Layer(i int) (io.WriteCloser, error) {
 		if err == nil {
 			err = f.Sync()
 		}
-		if cerr := f.Close(); err == nil {
+		if cerr := closeFiles(f, d); err == nil {
 			err = cerr
 		}
 		return err

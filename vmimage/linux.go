@@ -203,15 +203,20 @@ func (u *linuxUnpacker) Layer(i int) (io.WriteCloser, error) {
 		u.t.closed(i, err)
 		return nil, err
 	}
-	u.t.onAbort(func() { f.Close() })
+	d := openDirect(f)
+	u.t.onAbort(func() { closeFiles(f, d) })
 	h, _ := newHash(i, desc, l.digest)
-	sw := &sparseWriter{f: f, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
+	sw := &sparseWriter{f: f, limit: l.size, h: h, b: u.b, what: layerName(i, desc), d: newDirectStage(f, d)}
 	var w io.WriteCloser = nopCloser{sw}
 	if l.gzip {
 		w = gunzipTo(u.t, sw)
 	}
 	return &layerWriter{w: w, i: i, t: u.t, finish: func() error {
 		err := decodeErr(layerName(i, desc), w.Close())
+		if err == nil {
+			// What the direct stage holds lies before the size below.
+			err = sw.flush()
+		}
 		size := l.size
 		if err == nil && size < 0 {
 			// Zero runs at the end were skipped: give the file its size.
@@ -224,7 +229,7 @@ func (u *linuxUnpacker) Layer(i int) (io.WriteCloser, error) {
 		if err == nil {
 			err = f.Sync()
 		}
-		if cerr := f.Close(); err == nil {
+		if cerr := closeFiles(f, d); err == nil {
 			err = cerr
 		}
 		return err

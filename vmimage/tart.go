@@ -120,6 +120,7 @@ type tartUnpacker struct {
 	layers []tartLayer
 	t      *tracker
 	disk   *os.File
+	direct *os.File // disk opened for direct writes (direct.go), or nil
 	size   int64
 	b      *budget
 
@@ -248,6 +249,7 @@ func newTartUnpacker(m ocispec.Manifest, config []byte, dir string, lim Limits, 
 		return nil, err
 	}
 	u.disk = disk
+	u.direct = openDirect(disk)
 	return u, nil
 }
 
@@ -342,7 +344,7 @@ func (u *tartUnpacker) Layer(i int) (io.WriteCloser, error) {
 		}
 		u.chunkMu.Unlock()
 		h, _ := newHash(i, desc, l.digest)
-		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h, b: u.b, what: layerName(i, desc)}
+		sw := &sparseWriter{f: u.disk, base: l.offset, limit: l.size, h: h, b: u.b, what: layerName(i, desc), d: newDirectStage(u.disk, u.direct)}
 		dec := applelz4.NewDecoder(sw)
 		dec.SetLimit(l.size)
 		cw := &chunkWriter{dec: dec, first: first}
@@ -386,7 +388,7 @@ func (u *tartUnpacker) Finish(ctx context.Context) error {
 	if err := u.disk.Sync(); err != nil {
 		return err
 	}
-	if err := u.disk.Close(); err != nil {
+	if err := closeFiles(u.disk, u.direct); err != nil {
 		return err
 	}
 	return WriteDescriptor(u.dir, d)
@@ -394,7 +396,7 @@ func (u *tartUnpacker) Finish(ctx context.Context) error {
 
 func (u *tartUnpacker) Abort() {
 	u.t.abort()
-	u.disk.Close()
+	closeFiles(u.disk, u.direct)
 }
 
 // chunkWriter decodes a disk layer, unless an earlier-opened layer of the

@@ -212,9 +212,10 @@ type sparseWriter struct {
 	queued int64 // of n, how much was handed to startWriteback
 	limit  int64 // <0: no announced size
 	h      hash.Hash
-	b      *budget // the image's cap and free-space checks
-	what   string  // the layer, for errors
-	wrote  bool    // a non-zero run was written: the layer is not all zeros
+	b      *budget      // the image's cap and free-space checks
+	what   string       // the layer, for errors
+	wrote  bool         // a non-zero run was written: the layer is not all zeros
+	d      *directStage // nil: every write goes through f (direct.go)
 }
 
 func (s *sparseWriter) Write(p []byte) (int, error) {
@@ -275,7 +276,7 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 		j := min(len(p), i+holeSize-int((off+int64(i))%holeSize))
 		if bytes.Equal(p[i:j], zeros[:j-i]) {
 			if run >= 0 {
-				if _, err := s.f.WriteAt(p[run:i], off+int64(run)); err != nil {
+				if err := s.writeAt(p[run:i], off+int64(run)); err != nil {
 					return err
 				}
 				s.wrote = true
@@ -287,7 +288,7 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 		i = j
 	}
 	if run >= 0 {
-		if _, err := s.f.WriteAt(p[run:], off+int64(run)); err != nil {
+		if err := s.writeAt(p[run:], off+int64(run)); err != nil {
 			return err
 		}
 		s.wrote = true
@@ -295,10 +296,29 @@ func (s *sparseWriter) writeSparse(p []byte) error {
 	return nil
 }
 
+// flush writes what the direct stage holds; verify does it first.
+func (s *sparseWriter) flush() error {
+	if s.d == nil {
+		return nil
+	}
+	return s.d.close()
+}
+
+func (s *sparseWriter) writeAt(p []byte, off int64) error {
+	if s.d != nil {
+		return s.d.writeAt(p, off)
+	}
+	_, err := s.f.WriteAt(p, off)
+	return err
+}
+
 // verify checks the amount written and, when want is set, its digest.
 // Every layer ends with it, so it also sends the layer's last pages to
 // the disk.
 func (s *sparseWriter) verify(what string, size int64, want digest.Digest) error {
+	if err := s.flush(); err != nil {
+		return err
+	}
 	s.writeback()
 	if s.n != size {
 		return corruptf("%s: decoded %d bytes, the manifest says %d", what, s.n, size)

@@ -39,12 +39,12 @@ func stageRuns(t *testing.T, s *directStage, size int) []byte {
 	rng := rand.New(rand.NewPCG(7, 7))
 	want := make([]byte, size)
 	runs := []struct{ off, n int }{
-		{0, 100},                    // a partial first block
-		{100, 3*directAlign + 17},   // continues it, ends mid-block
-		{5 * directAlign, 10},       // a jump: the pending run goes out first
-		{5*directAlign + 10, 2<<20}, // fills the stage twice over
-		{(5 << 20) + 3, 1},          // one byte in a block of its own
-		{(6 << 20) - 5, 5},          // up to the end of the file
+		{0, 100},                      // a partial first block
+		{100, 3*directAlign + 17},     // continues it, ends mid-block
+		{5 * directAlign, 10},         // a jump: the pending run goes out first
+		{5*directAlign + 10, 2 << 20}, // fills the stage twice over
+		{(5 << 20) + 3, 1},            // one byte in a block of its own
+		{(6 << 20) - 5, 5},            // up to the end of the file
 	}
 	for _, r := range runs {
 		b := make([]byte, r.n)

@@ -7,8 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/containerd/errdefs"
-
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testregistry"
 	"github.com/macvz/macvz/vmimage/imagestore"
@@ -84,23 +82,16 @@ func TestPullReusesConnections(t *testing.T) {
 // a pull without them is refused after one with them succeeded, and one
 // with them succeeds after a refused one.
 func TestPullCredentialsStayWithTheirPull(t *testing.T) {
-	reg := testregistry.Start(t, testregistry.Options{Username: "alice", Password: "s3cret"})
-	img, err := testimage.OCI(testimage.OCIOptions{RandomLayerSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	push(t, reg, "private", "v1", img)
-	ref := reg.Ref("private", "v1")
+	reg, img, ref := privateImage(t)
 	s := newStore(t, insecure(reg.Host()))
 	ctx := context.Background()
 	alice := &imagestore.Auth{Username: "alice", Password: "s3cret"}
-	denied := func(err error) bool { return errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) }
 
 	got := mustPull(t, s, ref, alice)
 	if err := s.Remove(ctx, got.ID()); err != nil {
 		t.Fatal(err)
 	}
-	_, err = s.Pull(ctx, ref, nil)
+	_, err := s.Pull(ctx, ref, nil)
 	wantClass(t, err, "refusal without credentials after a pull with them", denied)
 	_, err = s.Pull(ctx, ref, &imagestore.Auth{Username: "alice", Password: "guess"})
 	wantClass(t, err, "refusal with a wrong password after a pull with the right one", denied)

@@ -452,17 +452,26 @@ func TestPullRegistryDown(t *testing.T) {
 	wantClass(t, err, "Unavailable", errdefs.IsUnavailable, reg2.Host())
 }
 
-func TestPullAuth(t *testing.T) {
+// privateImage is a small image in a registry of its own that wants
+// alice's password ("s3cret"), and its reference.
+func privateImage(t *testing.T) (*testregistry.Registry, testimage.Image, string) {
+	t.Helper()
 	reg := testregistry.Start(t, testregistry.Options{Username: "alice", Password: "s3cret"})
 	img, err := testimage.OCI(testimage.OCIOptions{RandomLayerSize: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
 	push(t, reg, "private", "v1", img)
-	ref := reg.Ref("private", "v1")
+	return reg, img, reg.Ref("private", "v1")
+}
+
+// denied: the registry refused the pull's credentials.
+func denied(err error) bool { return errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) }
+
+func TestPullAuth(t *testing.T) {
+	reg, img, ref := privateImage(t)
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
-	denied := func(err error) bool { return errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) }
 	for _, tc := range []struct {
 		name  string
 		auth  *imagestore.Auth

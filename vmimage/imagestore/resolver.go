@@ -120,7 +120,7 @@ func (s *Store) registryHost(host string, caps docker.HostCapabilities, a docker
 		scheme = "http"
 	}
 	return docker.RegistryHost{
-		Client:       s.registryClient(host, hc.SkipVerify),
+		Client:       s.registryClient(host),
 		Authorizer:   a,
 		Host:         hostForRequests(host),
 		Scheme:       scheme,
@@ -135,13 +135,14 @@ func (s *Store) registryHost(host string, caps docker.HostCapabilities, a docker
 // handshaking anew, which a pull of an image already here (kubelet's
 // imagePullPolicy: Always) is mostly made of. A client holds no
 // credentials: each pull's authorizer adds its own to its requests.
-func (s *Store) registryClient(host string, skipVerify bool) *http.Client {
+func (s *Store) registryClient(host string) *http.Client {
 	s.clientsMu.Lock()
 	defer s.clientsMu.Unlock()
 	if c := s.clients[host]; c != nil {
 		return c
 	}
-	tr := docker.DefaultHTTPTransport(&tls.Config{InsecureSkipVerify: skipVerify}) //nolint:gosec // only where configured
+	// The host's TLS setting is fixed for the store's life (Options).
+	tr := docker.DefaultHTTPTransport(&tls.Config{InsecureSkipVerify: s.opts.Hosts[host].SkipVerify}) //nolint:gosec // only where configured
 	// Room for every download of a pull to leave its connection idle for
 	// the next request (net/http keeps 2 a host by default).
 	tr.MaxIdleConnsPerHost = s.opts.MaxConcurrentDownloads + 2

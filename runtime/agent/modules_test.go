@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -290,4 +292,48 @@ func TestNoModules(t *testing.T) {
 	if l := readModuleList(log, filepath.Join(t.TempDir(), "none")); l != nil {
 		t.Errorf("a missing list: %v", l)
 	}
+}
+
+// TestModulesLogTimes: the two "modules loaded" lines name each module
+// with its load time, in load order: the early ones in the first, the
+// late ones in the second (a slow boot's log says which module took it).
+func TestModulesLogTimes(t *testing.T) {
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	newFakeLoads(t, "")
+	list := []string{"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko", "fs/fuse/fuse.ko"}
+	m := newModuleSet(readModuleList(log, writeList(t, list...)), testDeps, time.Hour)
+	go m.load(log)
+	if err := m.needAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The last line is written after all closes.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(buf.String(), `msg="modules loaded" `) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	each := regexp.MustCompile(`msg="modules loaded but the late ones" count=2 took=\S+ each="virtio_pci=\S+ virtio_console=\S+"`)
+	late := regexp.MustCompile(`msg="modules loaded" count=3 took=\S+ late="fuse=\S+"`)
+	if out := buf.String(); !each.MatchString(out) || !late.MatchString(out) {
+		t.Fatalf("log does not name each module's time:\n%s", out)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the loader's goroutine and the
+// test's reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -42,10 +42,14 @@ func BenchmarkPodStart(b *testing.B) {
 	n := max(b.N, benchPods)
 
 	// The bare boots and the pods run in two blocks, each start after one
-	// of its kind. Alternating them (as BenchmarkPodsConcurrent splits its
-	// sides) gave higher ratios here, by more than this machine's drift
-	// explains (README: Performance); until that is understood, a start
-	// follows one like it, as on a node starting pods.
+	// of its kind, as on a node starting pods. Alternating them (as
+	// BenchmarkPodsConcurrent splits its sides) measures the order, not
+	// macvz: on the test machine (2026-12-07) a start right after one of the other
+	// kind ran at another speed (a pod after a bare boot 2.19-2.38 s
+	// against 1.95-2.00 s in blocks, its guest kernel's own phase 0.1-0.2 s
+	// longer; a bare boot after a pod 1.68-1.75 s against 1.84-1.87), ratios
+	// 1.20-1.40 against 1.06-1.09 in the same process (README:
+	// Performance).
 	bare := make([]time.Duration, 0, n)
 	for range n {
 		bare = append(bare, bareBoot(b, v.kernel, v.initrd, ""))

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/macvz/macvz/internal/logbuf"
 )
 
 // adminCLI runs the real `macvz args... --config` against daemon d:
@@ -163,7 +165,7 @@ func TestAdminCLI(t *testing.T) {
 	}
 	// vm console -f follows until the pod is removed.
 	follow := exec.Command(macvzBin, "vm", "console", "-f", pod, "--config", d.configPath())
-	followOut := &syncBuffer{}
+	followOut := &logbuf.Buffer{}
 	follow.Stdout, follow.Stderr = followOut, followOut
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)

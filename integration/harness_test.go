@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/macvz/macvz/integration/testutil"
+	"github.com/macvz/macvz/internal/logbuf"
 )
 
 var (
@@ -79,7 +79,7 @@ type daemon struct {
 	dir    string
 	socket string
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *logbuf.Buffer
 	netns  string
 	state  string // the configured state directory
 }
@@ -110,7 +110,7 @@ func startDaemonState(t testing.TB, netns, state, extraTOML string) *daemon {
 	if state == "" {
 		state = filepath.Join(dir, "state")
 	}
-	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &syncBuffer{}, netns: netns, state: state}
+	d := &daemon{t: t, dir: dir, socket: filepath.Join(dir, "macvz.sock"), log: &logbuf.Buffer{}, netns: netns, state: state}
 	cfg := fmt.Sprintf("root = %q\nstate = %q\nsocket = %q\n\n[log]\nlevel = \"debug\"\n\n%s\n",
 		filepath.Join(dir, "root"), state, d.socket, extraTOML)
 	if !strings.Contains(extraTOML, "[network]") {
@@ -224,25 +224,6 @@ func (d *daemon) crictlConfig() string {
 		}
 	}
 	return p
-}
-
-// syncBuffer is the daemon's log: exec's copier goroutine writes it while
-// tests read it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // runtimeClient is a CRI RuntimeService client on the daemon's socket,

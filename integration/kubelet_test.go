@@ -27,6 +27,7 @@ import (
 	"github.com/macvz/macvz/integration/nettest"
 	"github.com/macvz/macvz/integration/testimage"
 	"github.com/macvz/macvz/integration/testutil"
+	"github.com/macvz/macvz/internal/logbuf"
 	"github.com/macvz/macvz/runtime/nodevm"
 )
 
@@ -61,7 +62,7 @@ type kubelet struct {
 	// A native kubelet's network namespace, process and log.
 	ns  *nettest.NetNS
 	cmd *exec.Cmd
-	log *syncBuffer
+	log *logbuf.Buffer
 }
 
 // timeout is d for this kubelet.
@@ -104,7 +105,7 @@ func startKubelet(t *testing.T, ns *nettest.NetNS, socket string, vars map[strin
 		t.Fatal(err)
 	}
 	k := &kubelet{t: t, dir: dir, manifests: filepath.Join(dir, "manifests"), podsDir: filepath.Join(dir, "root", "pods"),
-		ns: ns, log: &syncBuffer{}, vars: vars, slow: 1}
+		ns: ns, log: &logbuf.Buffer{}, vars: vars, slow: 1}
 	k.logText = k.log.String
 	k.exited = func() error {
 		if k.cmd.ProcessState != nil {

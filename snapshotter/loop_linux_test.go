@@ -10,13 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/macvz/macvz/integration/testutil"
+	"github.com/macvz/macvz/internal/logbuf"
 )
 
 // loopFS makes a file system of the given size in an image file under
@@ -178,30 +178,12 @@ func TestReflinkXFS(t *testing.T) {
 	sameFile(t, filepath.Join(unpack, "nvram.bin"), other)
 }
 
-// syncBuffer is an io.Writer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestSparseCopyExt4 clones on a real ext4, which cannot reflink: the
 // method must be the sparse copy, holes must stay holes, contents equal,
 // and the slowness is logged once, naming the root.
 func TestSparseCopyExt4(t *testing.T) {
 	mnt := loopFS(t, 1<<30, "mkfs.ext4", "-q", "-F")
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	old := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
 	t.Cleanup(func() { slog.SetDefault(old) })

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/macvz/macvz/internal/logbuf"
 )
 
 const testLib = "/lib/modules/6.1.0-57-amd64/kernel/"
@@ -298,7 +299,7 @@ func TestNoModules(t *testing.T) {
 // with its load time, in load order: the early ones in the first, the
 // late ones in the second (a slow boot's log says which module took it).
 func TestModulesLogTimes(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	newFakeLoads(t, "")
 	list := []string{"drivers/virtio/virtio_pci.ko", "drivers/char/virtio_console.ko", "fs/fuse/fuse.ko"}
@@ -317,23 +318,4 @@ func TestModulesLogTimes(t *testing.T) {
 	if out := buf.String(); !each.MatchString(out) || !late.MatchString(out) {
 		t.Fatalf("log does not name each module's time:\n%s", out)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the loader's goroutine and the
-// test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

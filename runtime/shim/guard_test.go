@@ -1,12 +1,10 @@
 package shim
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,26 +12,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/macvz/macvz/internal/logbuf"
 	"github.com/macvz/macvz/runtime/agentapi"
 )
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // panicAgentStream is the agent side of a forwarded stream whose Recv
 // panics, as a bug reached by a hostile guest's message would.
@@ -65,7 +46,7 @@ func (c *callerStream) Recv() (*agentapi.OutputRequest, error) {
 func TestPumpRecoversPanic(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil)).With("sandbox", "sb-1", "container", "c-1")
 	as := &panicAgentStream{closed: make(chan struct{})}
 	err := pump(ctx, log, &callerStream{ctx}, func(context.Context) (clientStream[*agentapi.OutputRequest, *agentapi.OutputChunk], error) {

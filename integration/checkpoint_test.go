@@ -114,8 +114,15 @@ func TestCheckpointPod(t *testing.T) {
 		n := lastCount(logA)
 		t.Logf("checkpoint with a %v deadline: %v", d, err)
 		waitFor(t, "the counter to go on after a checkpoint past its deadline", 30*time.Second, func() bool { return lastCount(logA) > n+2 })
-		if err == nil {
+		// The daemon checks the deadline after its last write; only the
+		// answer's way back comes after, and a deadline passing there
+		// leaves a whole checkpoint the daemon reported made.
+		committed := strings.Contains(v.d.log.String(), `msg="sandbox checkpointed" sandbox=`+runA.PodSandboxId+` dir=`+empty+` `)
+		if err == nil || committed {
 			// Fast enough after all: start again from an empty directory.
+			if err != nil {
+				t.Logf("the checkpoint was made before its deadline, the answer came after it")
+			}
 			empty = t.TempDir()
 			continue
 		}

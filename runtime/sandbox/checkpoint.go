@@ -314,6 +314,13 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	if err := root.Rename(CheckpointManifestFile+".tmp", CheckpointManifestFile); err != nil {
 		return err
 	}
+	// The caller may have given up while the state was moved, hashed and
+	// described (tens of milliseconds for a large state): a checkpoint it
+	// was told failed must not be left behind complete. Only the answer's
+	// way back is after this check.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("checkpointing sandbox %s: %w", sb.ID, err)
+	}
 	log.Info("sandbox checkpointed", "dir", out, "containers", len(ctrs), "stateMiB", st.Size>>20,
 		"paused", paused.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 	return nil

@@ -68,6 +68,24 @@ func TestCheckpointRestore(t *testing.T) {
 		t.Errorf("guest after a failed save: signals %v unmounts %v mounts %d", g.Signals, g.Unmounts, len(g.Mounts))
 	}
 	c.FailSave(nil)
+
+	// The caller gives up while the state is saved: the save ends (a
+	// VM cannot be resumed mid-save), then everything is undone as for
+	// a failed save.
+	cctx, cancel := context.WithCancel(ctx)
+	c.OnSave(cancel)
+	if err := s.Checkpoint(cctx, sb, img, []store.Container{ctr}, out); !errors.Is(err, context.Canceled) {
+		t.Errorf("a checkpoint whose caller gave up: %v, want context.Canceled", err)
+	}
+	c.OnSave(nil)
+	if ents, _ := os.ReadDir(out); len(ents) != 0 || c.Paused() {
+		t.Errorf("after a checkpoint whose caller gave up: files %v, paused %v", ents, c.Paused())
+	}
+	g = c.Guest.Setup()
+	if n := len(g.Signals); n != 4 || g.Signals[n-1] != cont || len(g.Mounts) != 6 {
+		t.Errorf("guest after a checkpoint whose caller gave up: signals %v mounts %d", g.Signals, len(g.Mounts))
+	}
+
 	if err := s.Checkpoint(ctx, sb, img, []store.Container{ctr}, out); err != nil {
 		t.Fatal(err)
 	}

@@ -127,6 +127,7 @@ type Shim struct {
 	removed   []*agentapi.ProcessID
 	procError error
 	saveErr   error
+	onSave    func()
 	paused    bool
 	watched   []*shimapi.WatchProcessRequest
 	targets   []int64
@@ -183,9 +184,12 @@ func (c *Shim) Stop(ctx context.Context, grace time.Duration) (*shimapi.VMExit, 
 func (c *Shim) Save(ctx context.Context, path string) error {
 	c.mu.Lock()
 	c.calls.Saves++
-	err := c.saveErr
+	err, onSave := c.saveErr, c.onSave
 	c.paused = true
 	c.mu.Unlock()
+	if onSave != nil {
+		onSave()
+	}
 	if err != nil {
 		return err
 	}
@@ -217,6 +221,14 @@ func (c *Shim) FailSave(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.saveErr = err
+}
+
+// OnSave makes Save call f first (nil: nothing), as something that
+// happens while a VM's state is being saved (a caller giving up).
+func (c *Shim) OnSave(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onSave = f
 }
 
 // Paused says whether the VM is paused (saved and not resumed).

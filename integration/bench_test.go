@@ -410,8 +410,8 @@ func phasesOf(boots []map[string]time.Duration) *verbTimes {
 }
 
 // agentLines is, for each of boots (bootLines' "VM booted") with an
-// EarlyBoot phase, the time from StartContainer's boot to the agent's first console
-// line: the phases up to it.
+// EarlyBoot phase, the time from StartContainer's boot to the agent's
+// first console line: the phases up to it.
 func agentLines(boots []map[string]time.Duration) []time.Duration {
 	var out []time.Duration
 	for _, ph := range boots {

@@ -271,9 +271,6 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	if diskErr != nil {
 		return diskErr
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("checkpointing sandbox %s: %w", sb.ID, err)
-	}
 	made = append(made, checkpointStateFile)
 	if err := moveInto(filepath.Join(saveDir, checkpointStateFile), out, checkpointStateFile); err != nil {
 		return fmt.Errorf("moving the VM's state into %s: %w", out, err)
@@ -314,10 +311,11 @@ func (s *Controller) Checkpoint(ctx context.Context, sb store.Sandbox, img *imag
 	if err := root.Rename(CheckpointManifestFile+".tmp", CheckpointManifestFile); err != nil {
 		return err
 	}
-	// The caller may have given up while the state was moved, hashed and
-	// described (tens of milliseconds for a large state): a checkpoint it
-	// was told failed must not be left behind complete. Only the answer's
-	// way back is after this check.
+	// The caller's deadline, checked once, after the last write: a
+	// caller that gave up during the save or while the state was moved,
+	// hashed and described (tens of milliseconds for a large state) must
+	// not find a whole checkpoint it was told failed. Only the answer's
+	// way back comes after this check.
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("checkpointing sandbox %s: %w", sb.ID, err)
 	}
